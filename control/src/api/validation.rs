@@ -1,0 +1,762 @@
+//! Validation and defaulting of objects before they are stored.
+//!
+//! Both are pure functions of the object's JSON so that they can be tested without a
+//! server. Validation first decodes the object into its `k8s-openapi` type, which catches
+//! every wrong type with the path of the field (`spec.replicas: invalid type: string
+//! "three", expected i32`), then checks the rules Kubernetes checks: names, required
+//! fields, selectors that match their templates, ports in range. Every failure names its
+//! field, so the API server answers 422 Invalid with `details.causes[].field` set.
+
+use crate::api::kinds::ResourceKind;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::fmt;
+
+/// Why a field is invalid, as Kubernetes' `field.ErrorType` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Required,
+    Invalid,
+    NotSupported,
+    Duplicate,
+    TypeInvalid,
+    Forbidden,
+}
+
+impl Reason {
+    /// The `details.causes[].reason` string.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::Required => "FieldValueRequired",
+            Reason::Invalid => "FieldValueInvalid",
+            Reason::NotSupported => "FieldValueNotSupported",
+            Reason::Duplicate => "FieldValueDuplicate",
+            Reason::TypeInvalid => "FieldValueTypeInvalid",
+            Reason::Forbidden => "FieldValueForbidden",
+        }
+    }
+
+    fn text(&self) -> &'static str {
+        match self {
+            Reason::Required => "Required value",
+            Reason::Invalid => "Invalid value",
+            Reason::NotSupported => "Unsupported value",
+            Reason::Duplicate => "Duplicate value",
+            Reason::TypeInvalid => "Invalid value",
+            Reason::Forbidden => "Forbidden",
+        }
+    }
+}
+
+/// One invalid field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path with indices: `spec.template.spec.containers[0].image`.
+    pub field: String,
+    pub reason: Reason,
+    /// The offending value, quoted, if there is one to show.
+    pub value: Option<String>,
+    pub detail: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: Reason, value: Option<String>, detail: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            reason,
+            value,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn required(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::new(field, Reason::Required, None, detail)
+    }
+
+    pub fn invalid(field: impl Into<String>, value: impl fmt::Display, detail: impl Into<String>) -> Self {
+        Self::new(field, Reason::Invalid, Some(format!("{:?}", value.to_string())), detail)
+    }
+
+    /// The message without the field, as `details.causes[].message` carries it.
+    pub fn message_with_value(&self) -> String {
+        let mut s = self.reason.text().to_string();
+        if let Some(v) = &self.value {
+            s.push_str(": ");
+            s.push_str(v);
+        }
+        if !self.detail.is_empty() {
+            s.push_str(": ");
+            s.push_str(&self.detail);
+        }
+        s
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message_with_value())
+    }
+}
+
+const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character";
+const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
+const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character";
+
+/// RFC 1123 label: at most 63 characters of `[a-z0-9-]`, alphanumeric at both ends.
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// RFC 1123 subdomain: at most 253 characters, dot-separated labels.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// RFC 1035 label: an RFC 1123 label that starts with a letter.
+pub fn is_dns1035_label(s: &str) -> bool {
+    is_dns1123_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
+fn is_qualified_name(s: &str) -> bool {
+    let (prefix, name) = match s.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    name_ok && prefix.is_none_or(is_dns1123_subdomain)
+}
+
+fn is_label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
+/// Decodes `value` as the kind's typed struct; the error names the field that failed.
+fn decode_typed(kind: &ResourceKind, value: &Value) -> Result<(), FieldError> {
+    use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc};
+    fn check<T: serde::de::DeserializeOwned>(value: &Value) -> Result<(), FieldError> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let path = e.path().to_string();
+                let field = if path == "." { "<body>".to_string() } else { path };
+                Err(FieldError::new(field, Reason::TypeInvalid, None, e.into_inner().to_string()))
+            }
+        }
+    }
+    match (kind.group, kind.kind) {
+        ("", "Namespace") => check::<core::Namespace>(value),
+        ("", "Pod") => check::<core::Pod>(value),
+        ("", "Service") => check::<core::Service>(value),
+        ("", "Endpoints") => check::<core::Endpoints>(value),
+        ("", "Node") => check::<core::Node>(value),
+        ("", "ConfigMap") => check::<core::ConfigMap>(value),
+        ("", "Secret") => check::<core::Secret>(value),
+        ("", "Event") => check::<core::Event>(value),
+        ("apps", "Deployment") => check::<apps::Deployment>(value),
+        ("apps", "ReplicaSet") => check::<apps::ReplicaSet>(value),
+        ("apps", "DaemonSet") => check::<apps::DaemonSet>(value),
+        ("batch", "Job") => check::<batch::Job>(value),
+        ("coordination.k8s.io", "Lease") => check::<coord::Lease>(value),
+        ("discovery.k8s.io", "EndpointSlice") => check::<disc::EndpointSlice>(value),
+        _ => Ok(()),
+    }
+}
+
+/// Checks an object (already defaulted) of `kind`. An empty result means valid.
+pub fn validate(kind: &ResourceKind, obj: &Value) -> Vec<FieldError> {
+    if let Err(e) = decode_typed(kind, obj) {
+        return vec![e];
+    }
+    let mut errs = Vec::new();
+    validate_metadata(kind, obj, &mut errs);
+    let spec = obj.get("spec");
+    match (kind.group, kind.kind) {
+        ("", "Pod") => match spec {
+            Some(s) => validate_pod_spec(s, "spec", &mut errs),
+            None => errs.push(FieldError::required("spec", "")),
+        },
+        ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") => {
+            validate_workload(kind.kind, spec, &mut errs)
+        }
+        ("batch", "Job") => validate_job(spec, &mut errs),
+        ("", "Service") => validate_service(spec, &mut errs),
+        ("", "ConfigMap") | ("", "Secret") => {
+            for section in ["data", "binaryData", "stringData"] {
+                if let Some(map) = obj.get(section).and_then(Value::as_object) {
+                    for key in map.keys() {
+                        if key.is_empty()
+                            || key.len() > 253
+                            || !key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                        {
+                            errs.push(FieldError::invalid(
+                                format!("{section}[{key}]"),
+                                key,
+                                "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        ("discovery.k8s.io", "EndpointSlice") => {
+            if obj.get("addressType").and_then(Value::as_str).is_none() {
+                errs.push(FieldError::required("addressType", ""));
+            }
+        }
+        _ => {}
+    }
+    errs
+}
+
+fn validate_metadata(kind: &ResourceKind, obj: &Value, errs: &mut Vec<FieldError>) {
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    if name.is_empty() {
+        errs.push(FieldError::required("metadata.name", "name or generateName is required"));
+    } else {
+        let (ok, msg) = match kind.kind {
+            "Namespace" => (is_dns1123_label(name), DNS1123_LABEL_MSG),
+            "Service" => (is_dns1035_label(name), DNS1035_LABEL_MSG),
+            // Events are named `OBJECT.HEX`, leases and endpoints follow their owners.
+            _ => (is_dns1123_subdomain(name), DNS1123_SUBDOMAIN_MSG),
+        };
+        if !ok {
+            errs.push(FieldError::invalid("metadata.name", name, msg));
+        }
+    }
+    if kind.namespaced {
+        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
+        if !is_dns1123_label(ns) {
+            errs.push(FieldError::invalid("metadata.namespace", ns, DNS1123_LABEL_MSG));
+        }
+    }
+    if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
+        for (k, v) in labels {
+            if !is_qualified_name(k) {
+                errs.push(FieldError::invalid(
+                    "metadata.labels",
+                    k,
+                    "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+                ));
+            }
+            if !v.as_str().is_some_and(is_label_value) {
+                errs.push(FieldError::invalid(
+                    format!("metadata.labels[{k}]"),
+                    v.as_str().unwrap_or_default(),
+                    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (63 characters at most)",
+                ));
+            }
+        }
+    }
+    if let Some(annotations) = obj.pointer("/metadata/annotations").and_then(Value::as_object) {
+        for k in annotations.keys() {
+            if !is_qualified_name(k) {
+                errs.push(FieldError::invalid("metadata.annotations", k, "invalid annotation key"));
+            }
+        }
+    }
+}
+
+fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    let containers = spec.get("containers").and_then(Value::as_array);
+    match containers {
+        None => errs.push(FieldError::required(format!("{path}.containers"), "a pod needs at least one container")),
+        Some(c) if c.is_empty() => {
+            errs.push(FieldError::required(format!("{path}.containers"), "a pod needs at least one container"))
+        }
+        Some(_) => {}
+    }
+    let volume_names: HashSet<&str> = spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .map(|v| v.iter().filter_map(|v| v.get("name").and_then(Value::as_str)).collect())
+        .unwrap_or_default();
+    let mut seen = HashSet::new();
+    for section in ["initContainers", "containers"] {
+        let Some(list) = spec.get(section).and_then(Value::as_array) else {
+            continue;
+        };
+        for (i, c) in list.iter().enumerate() {
+            let at = format!("{path}.{section}[{i}]");
+            let name = c.get("name").and_then(Value::as_str).unwrap_or("");
+            if name.is_empty() {
+                errs.push(FieldError::required(format!("{at}.name"), ""));
+            } else if !is_dns1123_label(name) {
+                errs.push(FieldError::invalid(format!("{at}.name"), name, DNS1123_LABEL_MSG));
+            } else if !seen.insert(name.to_string()) {
+                errs.push(FieldError::new(format!("{at}.name"), Reason::Duplicate, Some(format!("{name:?}")), ""));
+            }
+            if c.get("image").and_then(Value::as_str).is_none_or(|s| s.trim().is_empty()) {
+                errs.push(FieldError::required(format!("{at}.image"), "the .wasm the container runs"));
+            }
+            if let Some(ports) = c.get("ports").and_then(Value::as_array) {
+                for (j, p) in ports.iter().enumerate() {
+                    let port = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
+                    if !(1..=65535).contains(&port) {
+                        errs.push(FieldError::invalid(
+                            format!("{at}.ports[{j}].containerPort"),
+                            port,
+                            "must be between 1 and 65535, inclusive",
+                        ));
+                    }
+                    check_protocol(p, &format!("{at}.ports[{j}].protocol"), errs);
+                }
+            }
+            if let Some(mounts) = c.get("volumeMounts").and_then(Value::as_array) {
+                for (j, m) in mounts.iter().enumerate() {
+                    let v = m.get("name").and_then(Value::as_str).unwrap_or("");
+                    if !volume_names.contains(v) {
+                        errs.push(FieldError::new(
+                            format!("{at}.volumeMounts[{j}].name"),
+                            Reason::NotSupported,
+                            Some(format!("{v:?}")),
+                            "no volume of that name in the pod",
+                        ));
+                    }
+                    if m.get("mountPath").and_then(Value::as_str).is_none_or(str::is_empty) {
+                        errs.push(FieldError::required(format!("{at}.volumeMounts[{j}].mountPath"), ""));
+                    }
+                }
+            }
+            if let Some(env) = c.get("env").and_then(Value::as_array) {
+                for (j, e) in env.iter().enumerate() {
+                    if e.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                        errs.push(FieldError::required(format!("{at}.env[{j}].name"), ""));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(p) = spec.get("restartPolicy").and_then(Value::as_str)
+        && !matches!(p, "Always" | "OnFailure" | "Never")
+    {
+        errs.push(FieldError::new(
+            format!("{path}.restartPolicy"),
+            Reason::NotSupported,
+            Some(format!("{p:?}")),
+            "supported values: \"Always\", \"OnFailure\", \"Never\"",
+        ));
+    }
+    let mut vols = HashSet::new();
+    if let Some(list) = spec.get("volumes").and_then(Value::as_array) {
+        for (i, v) in list.iter().enumerate() {
+            let name = v.get("name").and_then(Value::as_str).unwrap_or("");
+            if !is_dns1123_label(name) {
+                errs.push(FieldError::invalid(format!("{path}.volumes[{i}].name"), name, DNS1123_LABEL_MSG));
+            } else if !vols.insert(name) {
+                errs.push(FieldError::new(
+                    format!("{path}.volumes[{i}].name"),
+                    Reason::Duplicate,
+                    Some(format!("{name:?}")),
+                    "",
+                ));
+            }
+        }
+    }
+}
+
+fn check_protocol(port: &Value, field: &str, errs: &mut Vec<FieldError>) {
+    if let Some(p) = port.get("protocol").and_then(Value::as_str)
+        && !matches!(p, "TCP" | "UDP" | "SCTP")
+    {
+        errs.push(FieldError::new(
+            field,
+            Reason::NotSupported,
+            Some(format!("{p:?}")),
+            "supported values: \"SCTP\", \"TCP\", \"UDP\"",
+        ));
+    }
+}
+
+fn validate_workload(kind: &str, spec: Option<&Value>, errs: &mut Vec<FieldError>) {
+    let Some(spec) = spec else {
+        errs.push(FieldError::required("spec", ""));
+        return;
+    };
+    if let Some(r) = spec.get("replicas").and_then(Value::as_i64)
+        && r < 0
+    {
+        errs.push(FieldError::invalid("spec.replicas", r, "must be greater than or equal to 0"));
+    }
+    validate_selector_and_template(spec, errs);
+    if let Some(p) = spec.pointer("/template/spec/restartPolicy").and_then(Value::as_str)
+        && p != "Always"
+    {
+        errs.push(FieldError::new(
+            "spec.template.spec.restartPolicy",
+            Reason::NotSupported,
+            Some(format!("{p:?}")),
+            format!("supported values: \"Always\" (a {kind} keeps its pods running)"),
+        ));
+    }
+    if kind == "Deployment"
+        && let Some(t) = spec.pointer("/strategy/type").and_then(Value::as_str)
+        && !matches!(t, "RollingUpdate" | "Recreate")
+    {
+        errs.push(FieldError::new(
+            "spec.strategy.type",
+            Reason::NotSupported,
+            Some(format!("{t:?}")),
+            "supported values: \"Recreate\", \"RollingUpdate\"",
+        ));
+    }
+}
+
+fn validate_selector_and_template(spec: &Value, errs: &mut Vec<FieldError>) {
+    let selector = spec.get("selector");
+    let match_labels = selector.and_then(|s| s.get("matchLabels")).and_then(Value::as_object);
+    let match_exprs = selector.and_then(|s| s.get("matchExpressions")).and_then(Value::as_array);
+    if match_labels.is_none_or(|m| m.is_empty()) && match_exprs.is_none_or(|m| m.is_empty()) {
+        errs.push(FieldError::required("spec.selector", "a selector is required and must not be empty"));
+    }
+    let template_labels = spec
+        .pointer("/template/metadata/labels")
+        .map(crate::api::selector::object_labels_of_map)
+        .unwrap_or_default();
+    if let Some(sel) = selector
+        && !label_selector_matches(sel, &template_labels)
+    {
+        errs.push(FieldError::invalid(
+            "spec.template.metadata.labels",
+            format_labels(&template_labels),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    match spec.pointer("/template/spec") {
+        Some(t) => validate_pod_spec(t, "spec.template.spec", errs),
+        None => errs.push(FieldError::required("spec.template.spec", "")),
+    }
+}
+
+fn format_labels(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// Does a metav1 `LabelSelector` (matchLabels + matchExpressions) match `labels`?
+pub fn label_selector_matches(selector: &Value, labels: &std::collections::BTreeMap<String, String>) -> bool {
+    let labels_ok = selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str()));
+    let exprs_ok = selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .is_none_or(|list| {
+            list.iter().all(|e| {
+                let key = e.get("key").and_then(Value::as_str).unwrap_or("");
+                let values: Vec<&str> = e
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .map(|v| v.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let actual = labels.get(key).map(String::as_str);
+                match e.get("operator").and_then(Value::as_str).unwrap_or("") {
+                    "In" => actual.is_some_and(|a| values.contains(&a)),
+                    "NotIn" => actual.is_none_or(|a| !values.contains(&a)),
+                    "Exists" => actual.is_some(),
+                    "DoesNotExist" => actual.is_none(),
+                    _ => false,
+                }
+            })
+        });
+    labels_ok && exprs_ok
+}
+
+fn validate_job(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
+    let Some(spec) = spec else {
+        errs.push(FieldError::required("spec", ""));
+        return;
+    };
+    for field in ["parallelism", "completions", "backoffLimit", "activeDeadlineSeconds"] {
+        if let Some(n) = spec.get(field).and_then(Value::as_i64)
+            && (n < 0 || (field == "activeDeadlineSeconds" && n == 0))
+        {
+            errs.push(FieldError::invalid(format!("spec.{field}"), n, "must be greater than or equal to 0"));
+        }
+    }
+    validate_selector_and_template(spec, errs);
+    match spec.pointer("/template/spec/restartPolicy").and_then(Value::as_str) {
+        Some("OnFailure") | Some("Never") => {}
+        other => errs.push(FieldError::new(
+            "spec.template.spec.restartPolicy",
+            if other.is_none() { Reason::Required } else { Reason::NotSupported },
+            other.map(|p| format!("{p:?}")),
+            "supported values: \"OnFailure\", \"Never\"",
+        )),
+    }
+}
+
+fn validate_service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
+    let Some(spec) = spec else {
+        errs.push(FieldError::required("spec", ""));
+        return;
+    };
+    let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    if !matches!(ty, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+        errs.push(FieldError::new(
+            "spec.type",
+            Reason::NotSupported,
+            Some(format!("{ty:?}")),
+            "supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"",
+        ));
+    }
+    let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+    let ports = spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    if ports.is_empty() && ty != "ExternalName" && !headless {
+        errs.push(FieldError::required("spec.ports", ""));
+    }
+    let mut names = HashSet::new();
+    let mut seen = HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            errs.push(FieldError::invalid(format!("{at}.port"), port, "must be between 1 and 65535, inclusive"));
+        }
+        match p.get("targetPort") {
+            Some(Value::Number(n)) if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) => errs.push(
+                FieldError::invalid(format!("{at}.targetPort"), n, "must be between 1 and 65535, inclusive"),
+            ),
+            Some(Value::String(s)) if !is_dns1123_label(s) || s.len() > 15 => errs.push(FieldError::invalid(
+                format!("{at}.targetPort"),
+                s,
+                "must be a port number or an IANA_SVC_NAME (at most 15 lowercase characters)",
+            )),
+            _ => {}
+        }
+        if let Some(np) = p.get("nodePort").and_then(Value::as_i64)
+            && ty != "NodePort"
+            && ty != "LoadBalancer"
+            && np != 0
+        {
+            errs.push(FieldError::new(
+                format!("{at}.nodePort"),
+                Reason::Forbidden,
+                None,
+                "may not be used when `type` is 'ClusterIP'",
+            ));
+        }
+        check_protocol(p, &format!("{at}.protocol"), errs);
+        let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+        if ports.len() > 1 && name.is_empty() {
+            errs.push(FieldError::required(format!("{at}.name"), "names are required when a service has several ports"));
+        } else if !name.is_empty() && !is_dns1123_label(name) {
+            errs.push(FieldError::invalid(format!("{at}.name"), name, DNS1123_LABEL_MSG));
+        } else if !name.is_empty() && !names.insert(name.to_string()) {
+            errs.push(FieldError::new(format!("{at}.name"), Reason::Duplicate, Some(format!("{name:?}")), ""));
+        }
+        let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+        if !seen.insert((port, proto.to_string())) {
+            errs.push(FieldError::new(
+                format!("{at}"),
+                Reason::Duplicate,
+                Some(format!("{{port: {port}, protocol: {proto}}}")),
+                "",
+            ));
+        }
+    }
+}
+
+fn set_default(obj: &mut Value, pointer: &str, value: Value) {
+    if obj.pointer(pointer).is_some_and(|v| !v.is_null()) {
+        return;
+    }
+    let mut cur = obj;
+    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            return;
+        }
+        let map = match cur.as_object_mut() {
+            Some(m) => m,
+            None => return,
+        };
+        if i + 1 == parts.len() {
+            map.insert((*part).to_string(), value);
+            return;
+        }
+        cur = map.entry((*part).to_string()).or_insert_with(|| json!({}));
+    }
+}
+
+fn default_pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    set_default(spec, "/restartPolicy", json!("Always"));
+    set_default(spec, "/dnsPolicy", json!("ClusterFirst"));
+    set_default(spec, "/terminationGracePeriodSeconds", json!(30));
+    set_default(spec, "/schedulerName", json!("default-scheduler"));
+    set_default(spec, "/securityContext", json!({}));
+    set_default(spec, "/enableServiceLinks", json!(true));
+    for section in ["initContainers", "containers"] {
+        if let Some(list) = spec.get_mut(section).and_then(Value::as_array_mut) {
+            for c in list {
+                set_default(c, "/imagePullPolicy", json!("IfNotPresent"));
+                set_default(c, "/terminationMessagePath", json!("/dev/termination-log"));
+                set_default(c, "/terminationMessagePolicy", json!("File"));
+                set_default(c, "/resources", json!({}));
+                if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+                    for p in ports {
+                        set_default(p, "/protocol", json!("TCP"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fills the defaults Kubernetes fills, so that a stored object reads back as it would
+/// from a Kubernetes API server.
+pub fn apply_defaults(kind: &ResourceKind, obj: &mut Value) {
+    match (kind.group, kind.kind) {
+        ("", "Pod") => {
+            if let Some(spec) = obj.get_mut("spec") {
+                default_pod_spec(spec);
+            }
+        }
+        ("apps", "Deployment") => {
+            set_default(obj, "/spec/replicas", json!(1));
+            if obj.pointer("/spec/strategy/type").and_then(Value::as_str) != Some("Recreate") {
+                set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
+                set_default(obj, "/spec/strategy/rollingUpdate/maxUnavailable", json!("25%"));
+                set_default(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
+            }
+            set_default(obj, "/spec/revisionHistoryLimit", json!(10));
+            set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
+        }
+        ("apps", "ReplicaSet") => set_default(obj, "/spec/replicas", json!(1)),
+        ("apps", "DaemonSet") => {
+            set_default(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
+            if obj.pointer("/spec/updateStrategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
+                set_default(obj, "/spec/updateStrategy/rollingUpdate/maxUnavailable", json!(1));
+                set_default(obj, "/spec/updateStrategy/rollingUpdate/maxSurge", json!(0));
+            }
+            set_default(obj, "/spec/revisionHistoryLimit", json!(10));
+        }
+        ("batch", "Job") => {
+            set_default(obj, "/spec/parallelism", json!(1));
+            set_default(obj, "/spec/completions", json!(1));
+            set_default(obj, "/spec/backoffLimit", json!(6));
+            set_default(obj, "/spec/completionMode", json!("NonIndexed"));
+            set_default(obj, "/spec/suspend", json!(false));
+        }
+        ("", "Service") => {
+            set_default(obj, "/spec/type", json!("ClusterIP"));
+            set_default(obj, "/spec/sessionAffinity", json!("None"));
+            if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+                for p in ports {
+                    set_default(p, "/protocol", json!("TCP"));
+                    if let Some(port) = p.get("port").cloned() {
+                        set_default(p, "/targetPort", port);
+                    }
+                }
+            }
+        }
+        ("", "Secret") => set_default(obj, "/type", json!("Opaque")),
+        ("", "Namespace") => set_default(obj, "/status/phase", json!("Active")),
+        _ => {}
+    }
+    if let Some(template) = obj.pointer_mut("/spec/template/spec") {
+        default_pod_spec(template);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::kinds::resolve;
+
+    fn kind(name: &str) -> &'static ResourceKind {
+        resolve(name).expect("kind")
+    }
+
+    fn pod(containers: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"containers": containers}})
+    }
+
+    #[test]
+    fn names_follow_rfc1123() {
+        assert!(is_dns1123_subdomain("web-1.example"));
+        assert!(!is_dns1123_subdomain("Web"));
+        assert!(!is_dns1123_subdomain("-web"));
+        assert!(is_dns1123_label("a1"));
+        assert!(!is_dns1123_label(&"a".repeat(64)));
+        assert!(!is_dns1035_label("1web"));
+    }
+
+    #[test]
+    fn a_pod_needs_containers_with_name_and_image() {
+        let errs = validate(kind("pod"), &pod(json!([])));
+        assert_eq!(errs[0].field, "spec.containers");
+        assert_eq!(errs[0].reason, Reason::Required);
+        let errs = validate(kind("pod"), &pod(json!([{"name": "app"}])));
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "spec.containers[0].image");
+        let errs = validate(kind("pod"), &pod(json!([{"name": "a", "image": "x.wasm"}, {"name": "a", "image": "y.wasm"}])));
+        assert_eq!(errs[0].reason, Reason::Duplicate);
+        assert!(validate(kind("pod"), &pod(json!([{"name": "app", "image": "app.wasm"}]))).is_empty());
+    }
+
+    #[test]
+    fn wrong_types_name_their_field() {
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                       "metadata": {"name": "web", "namespace": "default"},
+                       "spec": {"replicas": "three"}});
+        let errs = validate(kind("deploy"), &d);
+        assert_eq!(errs[0].field, "spec.replicas");
+        assert!(errs[0].detail.contains("invalid type"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn selector_must_match_template() {
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                       "metadata": {"name": "web", "namespace": "default"},
+                       "spec": {"selector": {"matchLabels": {"app": "web"}},
+                                "template": {"metadata": {"labels": {"app": "other"}},
+                                             "spec": {"containers": [{"name": "a", "image": "a.wasm"}]}}}});
+        let errs = validate(kind("deploy"), &d);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "spec.template.metadata.labels");
+        assert!(errs[0].to_string().contains("`selector` does not match template `labels`"));
+    }
+
+    #[test]
+    fn service_ports_are_checked() {
+        let s = json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": "web", "namespace": "default"},
+                       "spec": {"ports": [{"port": 70000}]}});
+        let errs = validate(kind("svc"), &s);
+        assert_eq!(errs[0].field, "spec.ports[0].port");
+    }
+
+    #[test]
+    fn defaults_fill_what_kubernetes_fills() {
+        let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                           "metadata": {"name": "web"},
+                           "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "a.wasm",
+                                    "ports": [{"containerPort": 8080}]}]}}}});
+        apply_defaults(kind("deploy"), &mut d);
+        assert_eq!(d.pointer("/spec/replicas"), Some(&json!(1)));
+        assert_eq!(d.pointer("/spec/strategy/rollingUpdate/maxSurge"), Some(&json!("25%")));
+        assert_eq!(d.pointer("/spec/template/spec/restartPolicy"), Some(&json!("Always")));
+        assert_eq!(d.pointer("/spec/template/spec/containers/0/ports/0/protocol"), Some(&json!("TCP")));
+        let mut s = json!({"spec": {"ports": [{"port": 80}]}});
+        apply_defaults(kind("svc"), &mut s);
+        assert_eq!(s.pointer("/spec/ports/0/targetPort"), Some(&json!(80)));
+        assert_eq!(s.pointer("/spec/type"), Some(&json!("ClusterIP")));
+    }
+}

@@ -1,0 +1,206 @@
+//! The API server's error type and its rendering as a Kubernetes `Status`.
+//!
+//! Every failure a client can see is one of these variants, and every variant maps to the
+//! `reason` and `code` kube-apiserver uses, so that kubectl and the client libraries
+//! recognise them (`Error from server (NotFound)`, `IsConflict`, ...). Internal errors are
+//! logged with their detail and answered with a generic message: no internals leak.
+
+use crate::api::validation::FieldError;
+use crate::store::StoreError;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+/// Which object an error is about, for `Status.details`.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    pub group: String,
+    /// The resource (plural), as Kubernetes reports it in `details.kind`.
+    pub resource: String,
+    pub name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    NotFound { subject: Subject, message: String },
+    #[error("{message}")]
+    AlreadyExists { subject: Subject, message: String },
+    #[error("{message}")]
+    Conflict { subject: Subject, message: String },
+    #[error("{message}")]
+    Invalid {
+        subject: Subject,
+        kind: String,
+        message: String,
+        causes: Vec<FieldError>,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("request entity too large: limit is {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("too old resource version: {requested} ({oldest})")]
+    Expired { requested: u64, oldest: u64 },
+    #[error("{0}")]
+    ServiceUnavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn not_found(subject: Subject) -> Self {
+        let message = format!("{} \"{}\" not found", qualified(&subject), subject.name);
+        ApiError::NotFound { subject, message }
+    }
+
+    pub fn already_exists(subject: Subject) -> Self {
+        let message = format!("{} \"{}\" already exists", qualified(&subject), subject.name);
+        ApiError::AlreadyExists { subject, message }
+    }
+
+    pub fn conflict(subject: Subject, why: &str) -> Self {
+        let message = format!(
+            "Operation cannot be fulfilled on {} \"{}\": {why}",
+            qualified(&subject),
+            subject.name
+        );
+        ApiError::Conflict { subject, message }
+    }
+
+    pub fn invalid(subject: Subject, kind: &str, causes: Vec<FieldError>) -> Self {
+        let list = causes
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = if causes.len() > 1 {
+            format!("{kind} \"{}\" is invalid: [{list}]", subject.name)
+        } else {
+            format!("{kind} \"{}\" is invalid: {list}", subject.name)
+        };
+        ApiError::Invalid {
+            subject,
+            kind: kind.to_string(),
+            message,
+            causes,
+        }
+    }
+
+    /// Maps a store error about `subject`.
+    pub fn from_store(err: StoreError, subject: Subject) -> Self {
+        match err {
+            StoreError::NotFound { .. } => ApiError::not_found(subject),
+            StoreError::AlreadyExists { .. } => ApiError::already_exists(subject),
+            StoreError::Conflict { .. } => ApiError::conflict(
+                subject,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ),
+            StoreError::Expired { requested, oldest } => ApiError::Expired { requested, oldest },
+            StoreError::Closed => ApiError::ServiceUnavailable("the store is shutting down".into()),
+            StoreError::Io(e) => ApiError::Internal(e),
+        }
+    }
+
+    pub fn code(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Expired { .. } => StatusCode::GONE,
+            ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::NotFound { .. } => "NotFound",
+            ApiError::AlreadyExists { .. } => "AlreadyExists",
+            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Invalid { .. } => "Invalid",
+            ApiError::BadRequest(_) => "BadRequest",
+            ApiError::Unauthorized(_) => "Unauthorized",
+            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
+            ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            ApiError::NotAcceptable(_) => "NotAcceptable",
+            ApiError::TooLarge { .. } => "RequestEntityTooLarge",
+            ApiError::Expired { .. } => "Expired",
+            ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
+            ApiError::Internal(_) => "InternalError",
+        }
+    }
+
+    /// The `meta/v1 Status` object for this error.
+    pub fn status(&self) -> Value {
+        let message = match self {
+            ApiError::Internal(_) => "an internal error occurred; see the control plane's log".to_string(),
+            other => other.to_string(),
+        };
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": self.reason(),
+            "code": self.code().as_u16(),
+        });
+        let subject = match self {
+            ApiError::NotFound { subject, .. }
+            | ApiError::AlreadyExists { subject, .. }
+            | ApiError::Conflict { subject, .. }
+            | ApiError::Invalid { subject, .. } => Some(subject),
+            _ => None,
+        };
+        if let Some(s) = subject {
+            let mut details = json!({ "name": s.name, "kind": s.resource });
+            if !s.group.is_empty() {
+                details["group"] = json!(s.group);
+            }
+            if let ApiError::Invalid { causes, kind, .. } = self {
+                details["kind"] = json!(kind);
+                details["causes"] = causes
+                    .iter()
+                    .map(|c| json!({"reason": c.reason.as_str(), "message": c.message_with_value(), "field": c.field}))
+                    .collect();
+            }
+            status["details"] = details;
+        }
+        status
+    }
+}
+
+fn qualified(subject: &Subject) -> String {
+    if subject.group.is_empty() {
+        subject.resource.clone()
+    } else {
+        format!("{}.{}", subject.resource, subject.group)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error answering a request");
+        }
+        (self.code(), axum::Json(self.status())).into_response()
+    }
+}

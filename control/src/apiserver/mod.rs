@@ -1,0 +1,121 @@
+//! The Kubernetes-shaped API server.
+//!
+//! One axum router serves every kind through generic handlers driven by the kinds table
+//! ([`crate::api::KINDS`]): a URL is resolved to a [`request::Target`], the verb is chosen
+//! from the method and query, and the object travels as JSON between the client, the
+//! admission steps (defaults, validation, server-filled metadata) and the [`Store`].
+//!
+//! The same router serves TCP clients and the control plane's own components: the
+//! in-process [`kube::Client`] built by [`in_process_client`] calls the router as a tower
+//! service, so a controller sees exactly what a user sees, without a socket.
+
+pub mod auth;
+pub mod discovery;
+pub mod error;
+pub mod objects;
+pub mod request;
+pub mod resources;
+pub mod watch;
+
+use crate::store::Store;
+use auth::{Authenticator, Identity};
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::response::Response;
+use axum::routing::{any, get};
+use error::ApiError;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Tunables of the API server.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Bodies larger than this are refused with 413.
+    pub max_body_bytes: usize,
+    /// How often an idle watch that asked for bookmarks gets one.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_body_bytes: 3 * 1024 * 1024,
+            bookmark_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub auth: Arc<Authenticator>,
+    pub config: Arc<ApiConfig>,
+    /// Cancelled when the server shuts down: ends every open watch so that draining
+    /// connections finishes.
+    pub shutdown: CancellationToken,
+}
+
+/// The whole API: health and version endpoints without authentication, everything else
+/// behind the bearer-token check.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api", get(discovery::api_versions))
+        .route("/apis", get(discovery::api_groups))
+        .route("/api/{version}", get(discovery::core_resources))
+        .route("/apis/{group}", get(discovery::api_group))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/api/{version}/{*rest}", any(core_resource))
+        .route("/apis/{group}/{version}/{*rest}", any(group_resource))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_identity));
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(health))
+        .route("/version", get(discovery::version))
+        .merge(api)
+        .with_state(state)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound {
+        subject: Default::default(),
+        message: "the server could not find the requested resource".into(),
+    }
+}
+
+async fn core_resource(
+    State(state): State<AppState>,
+    Path((version, rest)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    resources::dispatch(state, "", &version, &rest, req).await
+}
+
+async fn group_resource(
+    State(state): State<AppState>,
+    Path((group, version, rest)): Path<(String, String, String)>,
+    req: Request,
+) -> Response {
+    resources::dispatch(state, &group, &version, &rest, req).await
+}
+
+/// A `kube::Client` that calls `router` in process, as the system identity: no TCP, the
+/// same handlers and semantics as any client.
+pub fn in_process_client(router: Router) -> kube::Client {
+    use tower::ServiceExt;
+    let service = router.map_request(|mut req: http::Request<kube::client::Body>| {
+        req.extensions_mut().insert(Identity::system());
+        req.map(axum::body::Body::new)
+    });
+    kube::Client::new(service, "default")
+}
+
+#[cfg(test)]
+mod tests;

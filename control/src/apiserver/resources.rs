@@ -1,0 +1,973 @@
+//! The generic verbs: get, list, create, update, patch, delete, deletecollection, and the
+//! `status` subresource, for every kind in the kinds table.
+//!
+//! Each write is read-modify-write against the store with compare-and-swap on the
+//! revision: the handler reads the object, computes the new one (a pure step: apply the
+//! patch, keep server-owned fields, default, validate), and writes it only if nobody wrote
+//! in between. A client that named a resourceVersion gets 409 Conflict when it is stale;
+//! one that did not is retried transparently on a fresh read, as kube-apiserver's
+//! `GuaranteedUpdate` does.
+
+use super::AppState;
+use super::error::{ApiError, Subject};
+use super::objects::{decode, decode_at, encode, meta_str, now_rfc3339, sent_resource_version};
+use super::request::{self, Target};
+use super::watch;
+use crate::api::kinds::ResourceKind;
+use crate::api::selector::{FieldSelector, LabelSelector};
+use crate::api::validation::{self, FieldError};
+use crate::store::{StoreError, StoredObject, collection_prefix, object_key};
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+
+/// Namespaces that always exist and cannot be deleted.
+pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// How often a write is retried on a conflict the client did not cause.
+const MAX_RETRIES: usize = 16;
+
+/// The query parameters of a request.
+#[derive(Debug, Default, Clone)]
+pub struct Query(pub HashMap<String, String>);
+
+impl Query {
+    pub fn parse(raw: Option<&str>) -> Self {
+        Query(
+            raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    pub fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("true") | Some("1"))
+    }
+
+    fn dry_run(&self) -> Result<bool, ApiError> {
+        match self.get("dryRun") {
+            None | Some("") => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "dryRun: unsupported value {other:?}: supported values: \"All\""
+            ))),
+        }
+    }
+}
+
+pub async fn dispatch(state: AppState, group: &str, version: &str, rest: &str, req: Request) -> Response {
+    match handle(state, group, version, rest, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(state: AppState, group: &str, version: &str, rest: &str, req: Request) -> Result<Response, ApiError> {
+    let target = request::parse(group, version, rest)?;
+    let (parts, body) = req.into_parts();
+    let query = Query::parse(parts.uri.query());
+    let status_sub = match target.subresource.as_deref() {
+        None => false,
+        Some("status") if target.kind.has_status => true,
+        Some(other) => {
+            return Err(ApiError::NotFound {
+                subject: subject(&target, target.name.as_deref().unwrap_or("")),
+                message: format!(
+                    "the server could not find the requested resource: {} has no subresource {other:?}",
+                    target.kind.qualified_plural()
+                ),
+            });
+        }
+    };
+    let name = target.name.clone();
+    match (&parts.method, name) {
+        (&Method::GET, None) if query.flag("watch") => watch::serve(state, &target, &query).await,
+        (&Method::GET, None) => list(&state, &target, &query).await,
+        (&Method::GET, Some(name)) => {
+            let (stored, _) = fetch(&state, &target, &name).await?;
+            Ok(json_response(StatusCode::OK, &decode(&stored)?))
+        }
+        (&Method::POST, None) if !status_sub => {
+            let body = read_json(body, &parts.headers, &state, &["application/json"]).await?;
+            create(&state, &target, &query, body).await
+        }
+        (&Method::PUT, Some(name)) => {
+            let body = read_json(body, &parts.headers, &state, &["application/json"]).await?;
+            let dry = query.dry_run()?;
+            let obj = update_with(&state, &target, &name, status_sub, dry, |_| Ok(body.clone())).await?;
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        (&Method::PATCH, Some(name)) => {
+            let content_type = content_type(&parts.headers);
+            let patch = read_json(body, &parts.headers, &state, PATCH_TYPES).await?;
+            let dry = query.dry_run()?;
+            let obj = update_with(&state, &target, &name, status_sub, dry, |current| {
+                apply_patch(&content_type, current, &patch)
+            })
+            .await?;
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        (&Method::DELETE, Some(name)) if !status_sub => {
+            let opts = delete_options(body, &parts.headers, &state, &query).await?;
+            let obj = delete(&state, &target, &name, &opts).await?;
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        (&Method::DELETE, None) => {
+            let opts = delete_options(body, &parts.headers, &state, &query).await?;
+            delete_collection(&state, &target, &query, &opts).await
+        }
+        (m, _) => Err(ApiError::MethodNotAllowed(format!(
+            "{m} is not supported on {}{}",
+            target.kind.qualified_plural(),
+            if status_sub { "/status" } else { "" }
+        ))),
+    }
+}
+
+const PATCH_TYPES: &[&str] = &[
+    "application/merge-patch+json",
+    "application/json-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
+];
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+pub fn json_response(code: StatusCode, value: &Value) -> Response {
+    (code, axum::Json(value)).into_response()
+}
+
+fn subject(target: &Target, name: &str) -> Subject {
+    Subject {
+        group: target.kind.group.to_string(),
+        resource: target.kind.plural.to_string(),
+        name: name.to_string(),
+    }
+}
+
+/// Reads a JSON body of at most the configured size. A request without a Content-Type is
+/// JSON, as Kubernetes clients assume.
+async fn read_json(body: Body, headers: &HeaderMap, state: &AppState, accepted: &[&str]) -> Result<Value, ApiError> {
+    let ct = content_type(headers);
+    if !ct.is_empty() && !accepted.contains(&ct.as_str()) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format; accepted media types include: {}",
+            accepted.join(", ")
+        )));
+    }
+    let bytes = read_limited(body, headers, state.config.max_body_bytes).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest("the request has no body".into()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+}
+
+async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::TooLarge { limit }),
+        Err(e) => Err(ApiError::BadRequest(format!("reading the request body: {e}"))),
+    }
+}
+
+fn key_of(kind: &ResourceKind, namespace: Option<&str>, name: &str) -> String {
+    object_key(kind.group, kind.plural, namespace.unwrap_or(""), name)
+}
+
+/// The namespace a named request operates in: required for namespaced kinds.
+fn object_namespace<'a>(target: &'a Target) -> Result<Option<&'a str>, ApiError> {
+    match (target.kind.namespaced, target.namespace.as_deref()) {
+        (true, None) => Err(ApiError::BadRequest(format!(
+            "{} are namespaced: use /namespaces/NAMESPACE/{} in the path",
+            target.kind.qualified_plural(),
+            target.kind.plural
+        ))),
+        (true, ns) => Ok(ns),
+        (false, _) => Ok(None),
+    }
+}
+
+async fn fetch(state: &AppState, target: &Target, name: &str) -> Result<(StoredObject, String), ApiError> {
+    let ns = object_namespace(target)?;
+    let key = key_of(target.kind, ns, name);
+    match state.store.get(&key).await {
+        Ok(Some(obj)) => Ok((obj, key)),
+        Ok(None) => Err(ApiError::not_found(subject(target, name))),
+        Err(e) => Err(ApiError::from_store(e, subject(target, name))),
+    }
+}
+
+/// Parsed `labelSelector` and `fieldSelector`.
+pub struct Filter {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn from_query(kind: &ResourceKind, query: &Query) -> Result<Self, ApiError> {
+        let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))
+            .map_err(|e| ApiError::BadRequest(format!("labelSelector: {e}")))?;
+        let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), kind.kind)
+            .map_err(|e| ApiError::BadRequest(format!("fieldSelector: {e}")))?;
+        Ok(Filter { labels, fields })
+    }
+
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches_object(obj) && self.fields.matches(obj)
+    }
+}
+
+pub fn list_prefix(target: &Target) -> String {
+    collection_prefix(target.kind.group, target.kind.plural, target.namespace.as_deref())
+}
+
+async fn list(state: &AppState, target: &Target, query: &Query) -> Result<Response, ApiError> {
+    let filter = Filter::from_query(target.kind, query)?;
+    let listed = state
+        .store
+        .list(&list_prefix(target))
+        .await
+        .map_err(|e| ApiError::from_store(e, subject(target, "")))?;
+    let mut items = Vec::with_capacity(listed.items.len());
+    for stored in &listed.items {
+        let obj = decode(stored)?;
+        if filter.matches(&obj) {
+            items.push(obj);
+        }
+    }
+    Ok(json_response(StatusCode::OK, &list_object(target.kind, items, listed.revision)))
+}
+
+pub fn list_object(kind: &ResourceKind, items: Vec<Value>, revision: u64) -> Value {
+    json!({
+        "kind": format!("{}List", kind.kind),
+        "apiVersion": kind.api_version(),
+        "metadata": {"resourceVersion": revision.to_string()},
+        "items": items,
+    })
+}
+
+fn metadata_mut(obj: &mut Value) -> Result<&mut Map<String, Value>, ApiError> {
+    let map = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("the request body must be a JSON object".into()))?;
+    let meta = map.entry("metadata").or_insert_with(|| json!({}));
+    if meta.is_null() {
+        *meta = json!({});
+    }
+    meta.as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))
+}
+
+/// Checks (or fills) `apiVersion` and `kind` against the URL's kind.
+fn check_type(kind: &ResourceKind, obj: &mut Value) -> Result<(), ApiError> {
+    let map = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("the request body must be a JSON object".into()))?;
+    let api_version = kind.api_version();
+    match map.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => {
+            map.insert("apiVersion".into(), json!(api_version));
+        }
+        Some(v) if v == api_version => {}
+        Some(v) => {
+            return Err(ApiError::BadRequest(format!(
+                "the API version in the data ({v}) does not match the expected API version ({api_version})"
+            )));
+        }
+    }
+    match map.get("kind").and_then(Value::as_str) {
+        None | Some("") => {
+            map.insert("kind".into(), json!(kind.kind));
+        }
+        Some(k) if k == kind.kind => {}
+        Some(k) => {
+            return Err(ApiError::BadRequest(format!(
+                "the kind in the data ({k}) does not match the kind of the URL ({}); served kinds are {}",
+                kind.kind,
+                crate::api::kinds::served_list()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+fn invalid(kind: &ResourceKind, obj: &Value, target: &Target, errs: Vec<FieldError>) -> ApiError {
+    ApiError::invalid(subject(target, meta_str(obj, "name").unwrap_or("")), kind.kind, errs)
+}
+
+/// Server-side preparation of a new object: identity, timestamps, status reset, kind
+/// specific fields, defaults. Pure but for the clock and the random uid.
+pub fn prepare_create(kind: &ResourceKind, obj: &mut Value) -> Result<(), ApiError> {
+    let uid = uuid::Uuid::new_v4().to_string();
+    {
+        let meta = metadata_mut(obj)?;
+        meta.remove("resourceVersion");
+        meta.remove("deletionTimestamp");
+        meta.remove("deletionGracePeriodSeconds");
+        meta.insert("uid".into(), json!(uid));
+        meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        if kind.has_spec {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
+    }
+    let map = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("the request body must be a JSON object".into()))?;
+    if kind.has_status {
+        map.remove("status");
+        if kind.kind == "Pod" {
+            map.insert("status".into(), json!({"phase": "Pending", "qosClass": "BestEffort"}));
+        }
+    }
+    if kind.kind == "Secret" {
+        merge_string_data(map);
+    }
+    if kind.group == "batch" && kind.kind == "Job" {
+        generate_job_selector(obj, &uid);
+    }
+    validation::apply_defaults(kind, obj);
+    Ok(())
+}
+
+/// A Secret's `stringData` is write-only: it is merged into `data`, base64-encoded.
+fn merge_string_data(map: &mut Map<String, Value>) {
+    let Some(Value::Object(string_data)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if let Some(data) = data.as_object_mut() {
+        for (k, v) in string_data {
+            let plain = v.as_str().unwrap_or_default();
+            data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(plain)));
+        }
+    }
+}
+
+/// Jobs select their pods by the job's uid unless the user manages the selector.
+fn generate_job_selector(obj: &mut Value, uid: &str) {
+    if obj.pointer("/spec/manualSelector").and_then(Value::as_bool) == Some(true) {
+        return;
+    }
+    let name = meta_str(obj, "name").unwrap_or_default().to_string();
+    let labels = json!({
+        "batch.kubernetes.io/controller-uid": uid,
+        "batch.kubernetes.io/job-name": name,
+        "controller-uid": uid,
+        "job-name": name,
+    });
+    if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.insert("selector".into(), json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+        let template = spec.entry("template").or_insert_with(|| json!({}));
+        if let Some(t) = template.as_object_mut() {
+            let meta = t.entry("metadata").or_insert_with(|| json!({}));
+            if let Some(m) = meta.as_object_mut() {
+                let l = m.entry("labels").or_insert_with(|| json!({}));
+                if let (Some(l), Some(add)) = (l.as_object_mut(), labels.as_object()) {
+                    for (k, v) in add {
+                        l.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn create(state: &AppState, target: &Target, query: &Query, mut obj: Value) -> Result<Response, ApiError> {
+    let kind = target.kind;
+    let dry = query.dry_run()?;
+    check_type(kind, &mut obj)?;
+    let url_ns = target.namespace.clone();
+    {
+        let meta = metadata_mut(&mut obj)?;
+        if kind.namespaced {
+            let ns = url_ns.ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{} are namespaced: POST to /namespaces/NAMESPACE/{}",
+                    kind.qualified_plural(),
+                    kind.plural
+                ))
+            })?;
+            match meta.get("namespace").and_then(Value::as_str) {
+                None | Some("") => {
+                    meta.insert("namespace".into(), json!(ns));
+                }
+                Some(n) if n == ns => {}
+                Some(n) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "the namespace of the provided object ({n}) does not match the namespace sent on the request ({ns})"
+                    )));
+                }
+            }
+        } else {
+            meta.remove("namespace");
+        }
+        let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        if name.is_empty()
+            && let Some(prefix) = meta.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty())
+        {
+            let generated = format!("{prefix}{}", random_suffix());
+            meta.insert("name".into(), json!(generated));
+        }
+    }
+    prepare_create(kind, &mut obj)?;
+    let errs = validation::validate(kind, &obj);
+    if !errs.is_empty() {
+        return Err(invalid(kind, &obj, target, errs));
+    }
+    let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+    let ns = meta_str(&obj, "namespace").map(str::to_string);
+    if let Some(ns) = &ns {
+        ensure_namespace_open(state, ns).await?;
+    }
+    if dry {
+        return Ok(json_response(StatusCode::CREATED, &obj));
+    }
+    let key = key_of(kind, ns.as_deref(), &name);
+    let stored = state
+        .store
+        .create(&key, encode(&obj)?)
+        .await
+        .map_err(|e| ApiError::from_store(e, subject(target, &name)))?;
+    Ok(json_response(StatusCode::CREATED, &decode(&stored)?))
+}
+
+/// Objects may be created only in a namespace that exists and is not being deleted.
+async fn ensure_namespace_open(state: &AppState, ns: &str) -> Result<(), ApiError> {
+    let key = object_key("", "namespaces", "", ns);
+    let ns_subject = Subject {
+        group: String::new(),
+        resource: "namespaces".into(),
+        name: ns.to_string(),
+    };
+    match state.store.get(&key).await {
+        Ok(Some(stored)) => {
+            let obj = decode(&stored)?;
+            if meta_str(&obj, "deletionTimestamp").is_some() {
+                return Err(ApiError::Forbidden(format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                )));
+            }
+            Ok(())
+        }
+        Ok(None) => Err(ApiError::not_found(ns_subject)),
+        Err(e) => Err(ApiError::from_store(e, ns_subject)),
+    }
+}
+
+/// Builds the object an update stores from the current object and the one the client
+/// sent: server-owned metadata is kept, status or spec is protected depending on whether
+/// this is the status subresource, defaults and validation apply, and `generation` moves
+/// only when the spec changed.
+pub fn prepare_update(
+    kind: &ResourceKind,
+    current: &Value,
+    mut new: Value,
+    status_only: bool,
+) -> Result<Value, Vec<FieldError>> {
+    let mut result = if status_only {
+        let mut r = current.clone();
+        if let Some(map) = r.as_object_mut() {
+            match new.get("status") {
+                Some(s) => map.insert("status".into(), s.clone()),
+                None => map.remove("status"),
+            };
+        }
+        r
+    } else {
+        if kind.has_status
+            && let Some(map) = new.as_object_mut()
+        {
+            match current.get("status") {
+                Some(s) => map.insert("status".into(), s.clone()),
+                None => map.remove("status"),
+            };
+        }
+        new
+    };
+    if let (Some(meta), Some(cur_meta)) = (
+        result.get_mut("metadata").and_then(Value::as_object_mut),
+        current.get("metadata").and_then(Value::as_object),
+    ) {
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "name",
+            "namespace",
+            "generation",
+            "resourceVersion",
+        ] {
+            match cur_meta.get(field) {
+                Some(v) => meta.insert(field.into(), v.clone()),
+                None => meta.remove(field),
+            };
+        }
+        if status_only {
+            // The status subresource may still carry label and annotation changes? No:
+            // Kubernetes ignores every metadata change made through status.
+        }
+    }
+    if let Some(map) = result.as_object_mut() {
+        map.insert("apiVersion".into(), json!(kind.api_version()));
+        map.insert("kind".into(), json!(kind.kind));
+        if kind.kind == "Secret" {
+            merge_string_data(map);
+        }
+    }
+    validation::apply_defaults(kind, &mut result);
+    let errs = validation::validate(kind, &result);
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    if kind.has_spec && current.get("spec") != result.get("spec") {
+        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+        if let Some(meta) = result.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("generation".into(), json!(generation));
+        }
+    }
+    Ok(result)
+}
+
+/// Read-modify-write with compare-and-swap. `mutate` computes the client's intended
+/// object from the current one (a PUT ignores it; a PATCH applies itself to it).
+async fn update_with(
+    state: &AppState,
+    target: &Target,
+    name: &str,
+    status_only: bool,
+    dry_run: bool,
+    mutate: impl Fn(&Value) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
+    let kind = target.kind;
+    for _ in 0..MAX_RETRIES {
+        let (stored, key) = fetch(state, target, name).await?;
+        let current = decode(&stored)?;
+        let mut new = mutate(&current)?;
+        check_type(kind, &mut new)?;
+        if let Some(sent_name) = meta_str(&new, "name")
+            && sent_name != name
+        {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({sent_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        if let Some(sent_ns) = meta_str(&new, "namespace").filter(|s| !s.is_empty())
+            && kind.namespaced
+            && Some(sent_ns) != target.namespace.as_deref()
+        {
+            return Err(ApiError::BadRequest(format!(
+                "the namespace of the object ({sent_ns}) does not match the namespace on the URL"
+            )));
+        }
+        if let Some(uid) = meta_str(&new, "uid").filter(|s| !s.is_empty())
+            && Some(uid) != meta_str(&current, "uid")
+        {
+            return Err(ApiError::conflict(
+                subject(target, name),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&current, "uid").unwrap_or("")
+                ),
+            ));
+        }
+        if let Some(rv) = sent_resource_version(&new)?
+            && rv != stored.mod_revision
+        {
+            return Err(ApiError::conflict(
+                subject(target, name),
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
+        }
+        let result = prepare_update(kind, &current, new, status_only).map_err(|errs| invalid(kind, &current, target, errs))?;
+        if semantically_equal(&result, &current) || dry_run {
+            return Ok(result);
+        }
+        let finalized = meta_str(&result, "deletionTimestamp").is_some()
+            && result
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_none_or(|f| f.is_empty());
+        let outcome = if finalized {
+            state
+                .store
+                .delete(&key, Some(stored.mod_revision))
+                .await
+                .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or(result.clone()))
+        } else {
+            match state.store.update(&key, encode(&result)?, Some(stored.mod_revision)).await {
+                Ok(s) => decode(&s).map_err(|_| StoreError::Io("decode".into())),
+                Err(e) => Err(e),
+            }
+        };
+        match outcome {
+            Ok(obj) => return Ok(obj),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(ApiError::from_store(e, subject(target, name))),
+        }
+    }
+    Err(ApiError::conflict(
+        subject(target, name),
+        "too many concurrent writers; please try again",
+    ))
+}
+
+fn semantically_equal(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
+/// Applies a patch body to the current object according to its media type.
+pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result<Value, ApiError> {
+    let mut doc = current.clone();
+    match content_type {
+        "application/merge-patch+json" | "" => {
+            if !patch.is_object() {
+                return Err(ApiError::BadRequest("a merge patch must be a JSON object".into()));
+            }
+            json_patch::merge(&mut doc, patch);
+            Ok(doc)
+        }
+        "application/json-patch+json" => {
+            let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| ApiError::BadRequest(format!("the JSON patch is malformed: {e}")))?;
+            json_patch::patch(&mut doc, &ops).map_err(|e| {
+                ApiError::Invalid {
+                    subject: Subject::default(),
+                    kind: String::new(),
+                    message: format!("the JSON patch could not be applied: {e}"),
+                    causes: vec![],
+                }
+            })?;
+            Ok(doc)
+        }
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "patch type {other} is not supported yet; use application/merge-patch+json or application/json-patch+json"
+        ))),
+    }
+}
+
+/// `DeleteOptions`, from the body or the query.
+#[derive(Debug, Default, Clone)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub uid: Option<String>,
+    pub resource_version: Option<u64>,
+    pub dry_run: bool,
+}
+
+async fn delete_options(body: Body, headers: &HeaderMap, state: &AppState, query: &Query) -> Result<DeleteOptions, ApiError> {
+    let bytes = read_limited(body, headers, state.config.max_body_bytes).await?;
+    let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("DeleteOptions is not valid JSON: {e}")))?
+    };
+    let mut opts = DeleteOptions {
+        grace_period_seconds: body.get("gracePeriodSeconds").and_then(Value::as_i64),
+        propagation_policy: body.get("propagationPolicy").and_then(Value::as_str).map(str::to_string),
+        uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
+        resource_version: match body.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+            Some(s) => Some(s.parse().map_err(|_| ApiError::BadRequest(format!("preconditions.resourceVersion {s:?} is not a number")))?),
+            None => None,
+        },
+        dry_run: body
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|d| d.iter().any(|v| v == "All")),
+    };
+    if let Some(g) = query.get("gracePeriodSeconds") {
+        opts.grace_period_seconds =
+            Some(g.parse().map_err(|_| ApiError::BadRequest(format!("gracePeriodSeconds {g:?} is not a number")))?);
+    }
+    if let Some(p) = query.get("propagationPolicy") {
+        opts.propagation_policy = Some(p.to_string());
+    }
+    if query.dry_run()? {
+        opts.dry_run = true;
+    }
+    if let Some(p) = &opts.propagation_policy
+        && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
+    {
+        return Err(ApiError::BadRequest(format!(
+            "propagationPolicy: unsupported value {p:?}: supported values: \"Orphan\", \"Background\", \"Foreground\""
+        )));
+    }
+    Ok(opts)
+}
+
+/// What deleting an object does, decided from the object and the options.
+#[derive(Debug, PartialEq)]
+pub enum DeletePlan {
+    /// Remove it now.
+    Remove,
+    /// Mark it (deletionTimestamp, grace) and keep it: finalizers must run, or the node
+    /// must stop the pod first.
+    Mark { grace_seconds: i64 },
+    /// Already marked with a grace no longer than the requested one: nothing to do.
+    Nothing,
+}
+
+pub fn plan_delete(kind: &ResourceKind, obj: &Value, opts: &DeleteOptions) -> DeletePlan {
+    let already = meta_str(obj, "deletionTimestamp").is_some();
+    let finalizers = obj
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    let current_grace = obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
+    if kind.kind == "Pod" && kind.group.is_empty() {
+        let on_node = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+        let grace = opts
+            .grace_period_seconds
+            .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .unwrap_or(30)
+            .max(0);
+        // A pod that never reached a node, or that ended, has nothing to stop.
+        let phase = obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+        let stopped = matches!(phase, "Succeeded" | "Failed");
+        if on_node && grace > 0 && !stopped {
+            if already && current_grace.is_some_and(|g| g <= grace) {
+                return DeletePlan::Nothing;
+            }
+            return DeletePlan::Mark { grace_seconds: grace };
+        }
+    }
+    if finalizers {
+        if already {
+            return DeletePlan::Nothing;
+        }
+        return DeletePlan::Mark { grace_seconds: 0 };
+    }
+    DeletePlan::Remove
+}
+
+async fn delete(state: &AppState, target: &Target, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
+    let kind = target.kind;
+    if kind.kind == "Namespace" && SYSTEM_NAMESPACES.contains(&name) {
+        return Err(ApiError::Forbidden(format!("namespace {name} is a system namespace and may not be deleted")));
+    }
+    for _ in 0..MAX_RETRIES {
+        let (stored, key) = fetch(state, target, name).await?;
+        let current = decode(&stored)?;
+        if let Some(uid) = &opts.uid
+            && Some(uid.as_str()) != meta_str(&current, "uid")
+        {
+            return Err(ApiError::conflict(
+                subject(target, name),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&current, "uid").unwrap_or("")
+                ),
+            ));
+        }
+        if let Some(rv) = opts.resource_version
+            && rv != stored.mod_revision
+        {
+            return Err(ApiError::conflict(
+                subject(target, name),
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    stored.mod_revision
+                ),
+            ));
+        }
+        let plan = plan_delete(kind, &current, opts);
+        if opts.dry_run {
+            return Ok(current);
+        }
+        let outcome = match plan {
+            DeletePlan::Nothing => return Ok(current),
+            DeletePlan::Mark { grace_seconds } => {
+                let mut marked = current.clone();
+                let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace_seconds);
+                if let Some(meta) = marked.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.insert("deletionTimestamp".into(), json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(grace_seconds));
+                }
+                if kind.kind == "Namespace"
+                    && let Some(status) = marked.get_mut("status").and_then(Value::as_object_mut)
+                {
+                    status.insert("phase".into(), json!("Terminating"));
+                }
+                state
+                    .store
+                    .update(&key, encode(&marked)?, Some(stored.mod_revision))
+                    .await
+                    .and_then(|s| decode(&s).map_err(|_| StoreError::Io("decode".into())))
+            }
+            DeletePlan::Remove => {
+                if kind.kind == "Namespace" {
+                    Box::pin(empty_namespace(state, name)).await?;
+                }
+                state
+                    .store
+                    .delete(&key, Some(stored.mod_revision))
+                    .await
+                    .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or(current.clone()))
+            }
+        };
+        match outcome {
+            Ok(obj) => return Ok(obj),
+            Err(StoreError::Conflict { .. }) if opts.resource_version.is_none() => continue,
+            Err(e) => return Err(ApiError::from_store(e, subject(target, name))),
+        }
+    }
+    Err(ApiError::conflict(subject(target, name), "too many concurrent writers; please try again"))
+}
+
+/// Deletes everything inside a namespace that is being deleted. The namespace lifecycle
+/// controller replaces this with a finalizer that waits for graceful pod termination.
+async fn empty_namespace(state: &AppState, ns: &str) -> Result<(), ApiError> {
+    for kind in crate::api::KINDS.iter().filter(|k| k.namespaced) {
+        let target = Target {
+            kind,
+            namespace: Some(ns.to_string()),
+            name: None,
+            subresource: None,
+        };
+        let opts = DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        delete_all(state, &target, &Query::default(), &opts).await?;
+    }
+    Ok(())
+}
+
+async fn delete_all(state: &AppState, target: &Target, query: &Query, opts: &DeleteOptions) -> Result<Vec<Value>, ApiError> {
+    let filter = Filter::from_query(target.kind, query)?;
+    let listed = state
+        .store
+        .list(&list_prefix(target))
+        .await
+        .map_err(|e| ApiError::from_store(e, subject(target, "")))?;
+    let mut deleted = Vec::new();
+    for stored in &listed.items {
+        let obj = decode(stored)?;
+        if !filter.matches(&obj) {
+            continue;
+        }
+        let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+        let one = Target {
+            kind: target.kind,
+            namespace: meta_str(&obj, "namespace").map(str::to_string),
+            name: Some(name.clone()),
+            subresource: None,
+        };
+        match delete(state, &one, &name, opts).await {
+            Ok(v) => deleted.push(v),
+            Err(ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
+async fn delete_collection(state: &AppState, target: &Target, query: &Query, opts: &DeleteOptions) -> Result<Response, ApiError> {
+    let deleted = delete_all(state, target, query, opts).await?;
+    let revision = state.store.revision();
+    Ok(json_response(StatusCode::OK, &list_object(target.kind, deleted, revision)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::kinds::resolve;
+
+    #[test]
+    fn update_keeps_server_fields_and_bumps_generation_on_spec_change() {
+        let kind = resolve("deploy").expect("deploy");
+        let mut current = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "a", "image": "a.wasm"}]}}},
+            "status": {"replicas": 3}});
+        prepare_create(kind, &mut current).expect("create");
+        let mut new = current.clone();
+        new["status"] = json!({"replicas": 99});
+        new["metadata"]["uid"] = json!(null);
+        let same = prepare_update(kind, &current, new.clone(), false).expect("valid");
+        assert_eq!(same.pointer("/metadata/generation"), Some(&json!(1)));
+        assert_eq!(same.get("status"), current.get("status"));
+        assert_eq!(same.pointer("/metadata/uid"), current.pointer("/metadata/uid"));
+
+        new["spec"]["replicas"] = json!(5);
+        let changed = prepare_update(kind, &current, new.clone(), false).expect("valid");
+        assert_eq!(changed.pointer("/metadata/generation"), Some(&json!(2)));
+
+        let status = prepare_update(kind, &current, new, true).expect("valid");
+        assert_eq!(status.pointer("/status/replicas"), Some(&json!(99)));
+        assert_eq!(status.pointer("/spec/replicas"), Some(&json!(1)));
+        assert_eq!(status.pointer("/metadata/generation"), Some(&json!(1)));
+    }
+
+    #[test]
+    fn pods_on_nodes_are_deleted_gracefully() {
+        let kind = resolve("pod").expect("pod");
+        let opts = DeleteOptions::default();
+        let unscheduled = json!({"metadata": {"name": "p"}, "spec": {}});
+        assert_eq!(plan_delete(kind, &unscheduled, &opts), DeletePlan::Remove);
+        let running = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 5}});
+        assert_eq!(plan_delete(kind, &running, &opts), DeletePlan::Mark { grace_seconds: 5 });
+        let now = DeleteOptions { grace_period_seconds: Some(0), ..Default::default() };
+        assert_eq!(plan_delete(kind, &running, &now), DeletePlan::Remove);
+        let cm = resolve("cm").expect("cm");
+        let with_finalizer = json!({"metadata": {"name": "c", "finalizers": ["x"]}});
+        assert_eq!(plan_delete(cm, &with_finalizer, &opts), DeletePlan::Mark { grace_seconds: 0 });
+    }
+
+    #[test]
+    fn patches_apply_by_media_type() {
+        let current = json!({"metadata": {"name": "a", "labels": {"x": "1", "y": "2"}}});
+        let merged = apply_patch("application/merge-patch+json", &current, &json!({"metadata": {"labels": {"x": null, "z": "3"}}}))
+            .expect("merge");
+        assert_eq!(merged.pointer("/metadata/labels"), Some(&json!({"y": "2", "z": "3"})));
+        let patched = apply_patch(
+            "application/json-patch+json",
+            &current,
+            &json!([{"op": "replace", "path": "/metadata/labels/y", "value": "9"}]),
+        )
+        .expect("json patch");
+        assert_eq!(patched.pointer("/metadata/labels/y"), Some(&json!("9")));
+        assert!(apply_patch("application/json-patch+json", &current, &json!([{"op": "remove", "path": "/nope"}])).is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! `?watch=true`: a stream of `{"type","object"}` lines, one per event, flushed per event.
+//!
+//! The stream is the store's watch (in revision order, no gaps, no duplicates) passed
+//! through the request's selectors. Selectors are applied to both the new and the previous
+//! state of each object, as kube-apiserver does: an object that starts matching arrives as
+//! ADDED, one that stops matching as DELETED, so a client's cache built from the stream
+//! always equals a fresh filtered list.
+//!
+//! A watch ends only when the client goes away, `timeoutSeconds` passes, or the server
+//! shuts down; a start revision older than the store's log answers a single ERROR event
+//! carrying a 410 `Status`, inside a 200 response, which is what clients expect.
+
+use super::AppState;
+use super::error::ApiError;
+use super::objects::{decode, decode_at};
+use super::request::Target;
+use super::resources::{Filter, Query, list_prefix};
+use crate::api::kinds::ResourceKind;
+use crate::store::{Event, EventKind, StoreError};
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures::{Stream, StreamExt, stream};
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// One line of the stream, and whether it is the last.
+struct Line(Bytes, bool);
+
+fn line(kind: &str, object: &Value) -> Bytes {
+    let mut v = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+fn bookmark(kind: &ResourceKind, revision: u64, initial_end: bool) -> Bytes {
+    let mut meta = json!({"resourceVersion": revision.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    line("BOOKMARK", &json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": meta}))
+}
+
+fn error_line(err: &ApiError) -> Bytes {
+    line("ERROR", &err.status())
+}
+
+/// What a store event means to a watcher with `filter`: the event type and the object to
+/// send, or nothing.
+pub fn classify(event: &Event, filter: &Filter) -> Result<Option<(&'static str, Value)>, ApiError> {
+    match event.kind {
+        EventKind::Put => {
+            let new = decode(&event.object)?;
+            let new_matches = filter.matches(&new);
+            let prev_matches = match &event.prev {
+                Some(p) => filter.matches(&decode(p)?),
+                None => false,
+            };
+            Ok(match (prev_matches, new_matches) {
+                (true, true) => Some(("MODIFIED", new)),
+                (false, true) => Some(("ADDED", new)),
+                (true, false) => Some(("DELETED", new)),
+                (false, false) => None,
+            })
+        }
+        EventKind::Delete => {
+            let obj = decode_at(&event.object, event.revision)?;
+            Ok(filter.matches(&obj).then_some(("DELETED", obj)))
+        }
+    }
+}
+
+pub async fn serve(state: AppState, target: &Target, query: &Query) -> Result<Response, ApiError> {
+    let kind = target.kind;
+    let filter = Arc::new(Filter::from_query(kind, query)?);
+    let prefix = list_prefix(target);
+    let send_initial = query.flag("sendInitialEvents");
+    let bookmarks = query.flag("allowWatchBookmarks");
+    let timeout = match query.get("timeoutSeconds") {
+        Some(t) => Some(Duration::from_secs(
+            t.parse()
+                .map_err(|_| ApiError::BadRequest(format!("timeoutSeconds {t:?} is not a number")))?,
+        )),
+        None => None,
+    };
+    let requested = match query.get("resourceVersion") {
+        None | Some("") | Some("0") => None,
+        Some(s) => Some(
+            s.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest(format!("resourceVersion {s:?} is not a number")))?,
+        ),
+    };
+
+    // Where the live part starts, and what comes before it.
+    let mut initial: Vec<Bytes> = Vec::new();
+    let start = match requested {
+        Some(rv) if !send_initial => rv,
+        _ => {
+            let listed = state
+                .store
+                .list(&prefix)
+                .await
+                .map_err(|e| ApiError::from_store(e, Default::default()))?;
+            for stored in &listed.items {
+                let obj = decode(stored)?;
+                if filter.matches(&obj) {
+                    initial.push(line("ADDED", &obj));
+                }
+            }
+            if send_initial && bookmarks {
+                initial.push(bookmark(kind, listed.revision, true));
+            }
+            listed.revision
+        }
+    };
+
+    let live = match state.store.watch(&prefix, start) {
+        Ok(s) => s,
+        Err(StoreError::Expired { requested, oldest }) => {
+            let err = ApiError::Expired { requested, oldest };
+            return Ok(stream_response(stream::iter([Line(error_line(&err), true)])));
+        }
+        Err(e) => return Err(ApiError::from_store(e, Default::default())),
+    };
+
+    let seen = Arc::new(AtomicU64::new(start));
+    let events = {
+        let seen = seen.clone();
+        let filter = filter.clone();
+        live.filter_map(move |item| {
+            let out = match item {
+                Ok(event) => {
+                    seen.store(event.revision, Ordering::Relaxed);
+                    match classify(&event, &filter) {
+                        Ok(Some((ty, obj))) => Some(Line(line(ty, &obj), false)),
+                        Ok(None) => None,
+                        Err(e) => Some(Line(error_line(&e), true)),
+                    }
+                }
+                Err(e) => Some(Line(error_line(&ApiError::from_store(e, Default::default())), true)),
+            };
+            futures::future::ready(out)
+        })
+    };
+    let ticks: std::pin::Pin<Box<dyn Stream<Item = Line> + Send>> = if bookmarks {
+        let interval = state.config.bookmark_interval;
+        let seen = seen.clone();
+        Box::pin(
+            tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
+                tokio::time::Instant::now() + interval,
+                interval,
+            ))
+            .map(move |_| Line(bookmark(kind, seen.load(Ordering::Relaxed), false), false)),
+        )
+    } else {
+        Box::pin(stream::pending())
+    };
+    let body = stream::iter(initial.into_iter().map(|b| Line(b, false))).chain(stream::select(events, ticks));
+    let deadline = async move {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let body = body
+        .take_until(state.shutdown.clone().cancelled_owned())
+        .take_until(Box::pin(deadline));
+    Ok(stream_response(body))
+}
+
+/// A chunked response that ends after a line marked last.
+fn stream_response(lines: impl Stream<Item = Line> + Send + 'static) -> Response {
+    let body = stream::unfold((Box::pin(lines), false), |(mut lines, done)| async move {
+        if done {
+            return None;
+        }
+        let Line(bytes, last) = lines.next().await?;
+        Some((Ok::<_, Infallible>(bytes), (lines, last)))
+    });
+    Response::builder()
+        .status(http::StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CACHE_CONTROL, "no-cache, private")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}

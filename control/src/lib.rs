@@ -1,0 +1,15 @@
+//! wharf-control: the control plane of wharf.
+//!
+//! - [`api`]: the kinds wharf serves, selectors, validation and defaults;
+//! - [`store`]: the durable store (fjall) with its revision log and watch;
+//! - [`apiserver`]: the Kubernetes-shaped HTTP API over the store;
+//! - [`controlplane`]: [`start`] puts them together as one serving control plane.
+//!
+//! Everything talks to the API server; nothing but the API server talks to the store.
+
+pub mod api;
+pub mod apiserver;
+pub mod controlplane;
+pub mod store;
+
+pub use controlplane::{ControlConfig, ControlError, ControlPlane, start};

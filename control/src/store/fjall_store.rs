@@ -1,0 +1,1858 @@
+//! [`FjallStore`]: the default [`Store`], embedded in the control-plane process on top of
+//! [fjall](https://docs.rs/fjall) 3 (an LSM-tree with atomic cross-keyspace batches and a
+//! write-ahead journal). One data dir, no server to start.
+//!
+//! # Key layout
+//!
+//! Three keyspaces in one fjall database, always written together in one atomic batch:
+//!
+//! | keyspace  | key                          | value |
+//! |-----------|------------------------------|-------|
+//! | `objects` | the store key, UTF-8 (`core/pods/default/web-1`) | 8-byte BE `mod_revision`, 8-byte BE `create_revision`, then the JSON |
+//! | `log`     | 8-byte BE revision (so keys sort by revision) | one encoded [`Event`], see below |
+//! | `meta`    | `revision`, `compacted`      | 8-byte BE: the last written revision; the revision the log is compacted through |
+//!
+//! A `log` value is: format byte (`1`), 8-byte BE wall-clock milliseconds of the write
+//! (for age-based compaction), kind byte (0 put, 1 delete), prev byte (0 none, 1 present,
+//! 2 same as the object — a delete), 4-byte BE key length and key, then the object
+//! (8-byte BE `mod_revision`, 8-byte BE `create_revision`, 4-byte BE length, bytes) and,
+//! if the prev byte is 1, the previous object in the same shape.
+//!
+//! # Reads: everything is in memory
+//!
+//! Like kube-apiserver's watch cache, every object is also held in a `BTreeMap` behind a
+//! `RwLock`, loaded from `objects` at open. `get` and `list` only read that map: they never
+//! touch the disk and a list's `(items, revision)` is taken under one lock, so it is
+//! consistent. The last `recent_events` events are kept in a ring for watchers.
+//!
+//! # Writes: one writer thread, group commit
+//!
+//! Every write is a message to one dedicated OS thread (not a tokio task, because fjall is
+//! synchronous and an fsync must not stall the runtime); the caller awaits a oneshot reply.
+//! The writer takes everything queued (up to `max_batch` ops), checks each op's
+//! precondition (exists / does not exist / `mod_revision` compare-and-swap) against memory
+//! plus an overlay of the earlier ops of the same batch, gives the ops that pass
+//! consecutive revisions, and writes their objects, their log entries and the new `meta`
+//! revision in ONE fjall batch, committed with an fsync of the journal. Only then does it
+//! apply them to memory, append them to the ring, advance the visible revision, wake the
+//! watchers and reply. So a reader never sees a write that is not durable, and a write
+//! that was acknowledged survives `kill -9` or a power cut. An op whose precondition fails
+//! takes no revision. One fsync is shared by the whole batch: under concurrent load the
+//! cost of durability is paid once per batch, not once per write (the lever measured in
+//! `BENCHMARKS.md`).
+//!
+//! **Durability: `PersistMode::SyncData` (`fdatasync`).** fjall preallocates each journal
+//! file (64 MiB, `set_len` + `fsync` at creation) and `fsync`s both the file and its
+//! directory when it rotates to a new journal, so an append to the active journal changes
+//! no metadata that is needed to read it back; `fdatasync` flushes the data (and, per
+//! POSIX, the file size should it grow) and skips the inode timestamps that `SyncAll`
+//! would also write. Same guarantee, one less metadata write per commit.
+//!
+//! If a commit (journal write or fsync) fails, every op of that batch gets
+//! [`StoreError::Io`] and the store enters a failed state that refuses every further
+//! write: after a failed fsync the state of the disk is unknown (and fjall poisons the
+//! database), so the only safe way on is to reopen, which recovers from the journal.
+//!
+//! # Crash story
+//!
+//! fjall recovers its journal on open: a batch is either wholly present or wholly absent,
+//! and every batch that was acknowledged was fsynced first. Because objects, log entry and
+//! `meta.revision` are in the same batch, they always agree. On open the store loads
+//! `objects` into memory and takes the current revision as the maximum of
+//! `meta.revision`, the last `log` key and the largest `mod_revision` (they are equal
+//! unless something is wrong, which is logged), so revisions are never reused across
+//! restarts. The compacted-through revision is `meta.compacted`, cross-checked with the
+//! first `log` key. Watches started after a restart replay older revisions from the `log`
+//! keyspace on disk.
+//!
+//! # Watch
+//!
+//! A watch stream keeps a position (the last revision it has passed) and loops: take the
+//! events after the position from the in-memory ring, or, if the ring no longer reaches
+//! back that far, read a bounded chunk of the `log` keyspace on tokio's blocking pool;
+//! filter by key prefix; when caught up, await a `tokio::sync::watch` notification of the
+//! next committed revision. Nothing is pushed to watchers, so a slow watcher never lags
+//! or drops: it only reads from further back. Order, no gaps and no duplicates follow
+//! from the log having exactly one entry per revision. If the revisions a watcher needs
+//! were compacted away meanwhile, it yields [`StoreError::Expired`] and ends. All streams
+//! end (`None`) when the store closes.
+//!
+//! # Compaction
+//!
+//! The log keeps a window bounded by count (`log_max_events`) and by age (`log_max_age`),
+//! whichever keeps fewer events, and always keeps the latest event. The writer thread
+//! compacts every `compaction_interval` (at most 10 000 entries per pass, so writes are
+//! never held up for long): it advances the in-memory compacted-through revision first
+//! (so new watches from before it are refused at once), then deletes the old log entries
+//! and records `meta.compacted` in one batch. That batch is not fsynced on its own: if it
+//! is lost in a crash, the entries simply come back and are compacted again.
+//! [`Store::oldest_watchable`] is the compacted-through revision: a watch after `r` needs
+//! `r + 1..`, which are still in the log.
+//!
+//! Ages use the wall clock: a clock that jumps back keeps entries longer, one that jumps
+//! forward compacts them earlier (the count bound still holds).
+
+use super::{Event, EventKind, ListResult, Revision, Store, StoreError, StoredObject, WatchStream};
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use futures::future::BoxFuture;
+use futures::stream::StreamExt;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{oneshot, watch};
+
+const OBJECTS: &str = "objects";
+const LOG: &str = "log";
+const META: &str = "meta";
+const META_REVISION: &[u8] = b"revision";
+const META_COMPACTED: &[u8] = b"compacted";
+
+/// Format byte of a `log` value.
+const LOG_FORMAT: u8 = 1;
+/// Most log entries one compaction pass deletes.
+const COMPACTION_CHUNK: u64 = 10_000;
+/// The durability of a write batch; see the module doc.
+const DURABILITY: PersistMode = PersistMode::SyncData;
+
+/// How to open a [`FjallStore`]. [`StoreConfig::new`] gives the defaults; the fields are
+/// public so tests (and operators) can shrink or grow the windows.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The data dir; created if missing. Only one process may open it at a time.
+    pub dir: PathBuf,
+    /// Most events the revision log keeps (default 100 000).
+    pub log_max_events: usize,
+    /// Oldest event the revision log keeps (default 15 minutes). With `log_max_events`,
+    /// whichever keeps fewer events wins; the latest event is always kept.
+    pub log_max_age: Duration,
+    /// Events kept in memory for watchers (default 10 000); older ones are read from disk.
+    pub recent_events: usize,
+    /// Most writes committed together with one fsync (default 256).
+    pub max_batch: usize,
+    /// How often the writer compacts the log (default 1 s).
+    pub compaction_interval: Duration,
+    /// Most log entries a watcher reads from disk or the ring at a time (default 1024).
+    pub watch_chunk: usize,
+}
+
+impl StoreConfig {
+    /// The defaults, with the data in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            log_max_events: 100_000,
+            log_max_age: Duration::from_secs(15 * 60),
+            recent_events: 10_000,
+            max_batch: 256,
+            compaction_interval: Duration::from_secs(1),
+            watch_chunk: 1024,
+        }
+    }
+}
+
+/// Counters of the writer, for benchmarks and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// fjall batches committed with an fsync (each holds one or more writes).
+    pub commits: u64,
+    /// Writes that took a revision.
+    pub writes: u64,
+}
+
+/// The embedded, durable [`Store`]. See the module doc for the design.
+///
+/// Open it with [`FjallStore::open`]; drop it or call [`FjallStore::close`] to stop the
+/// writer thread, release the data dir and end every watch stream.
+pub struct FjallStore {
+    shared: Arc<Shared>,
+    sender: mpsc::Sender<Command>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for FjallStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FjallStore")
+            .field("revision", &self.revision())
+            .field("oldest_watchable", &self.oldest_watchable())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What readers, watchers and the writer share.
+struct Shared {
+    state: RwLock<State>,
+    /// The `log` keyspace, for watchers that fell out of the ring. `None` once closed.
+    log: RwLock<Option<Keyspace>>,
+    /// A receiver to clone for each watcher; the writer thread owns the sender, so every
+    /// `changed()` fails once the writer has exited.
+    revisions: watch::Receiver<Revision>,
+    closed: AtomicBool,
+    commits: AtomicU64,
+    writes: AtomicU64,
+    watch_chunk: usize,
+}
+
+/// The in-memory view; changed only by the writer thread, after a durable commit.
+struct State {
+    objects: BTreeMap<String, StoredObject>,
+    /// The latest events, with consecutive revisions ending at `revision`.
+    recent: VecDeque<Arc<Event>>,
+    revision: Revision,
+    compacted: Revision,
+}
+
+impl Shared {
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        // The writer never panics while holding the lock; if it somehow did, the state is
+        // still the last fully applied one, since a batch is applied with no fallible step.
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reads the log entries `from..=upper` from disk (blocking). `Ok(None)` if the store is
+    /// closed; `Expired` if `from` is no longer in the log.
+    fn read_log(
+        &self,
+        from: Revision,
+        upper: Revision,
+    ) -> Result<Option<Vec<Arc<Event>>>, StoreError> {
+        let guard = self.log.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(log) = guard.as_ref() else {
+            return Ok(None);
+        };
+        let mut events = Vec::new();
+        let entries = log.range(from.to_be_bytes()..=upper.to_be_bytes());
+        for (expect, item) in (from..).zip(entries) {
+            let (key, value) = item
+                .into_inner()
+                .map_err(|e| io_err(format!("reading the revision log at {expect}"), e))?;
+            let revision = decode_revision_key(&key)?;
+            if revision != expect {
+                if events.is_empty() {
+                    break; // `from` itself is gone: compacted meanwhile.
+                }
+                return Err(StoreError::Io(format!(
+                    "the revision log is missing revision {expect} (found {revision})"
+                )));
+            }
+            let (event, _time) = decode_log_entry(revision, &value)?;
+            events.push(Arc::new(event));
+        }
+        if events.is_empty() {
+            let oldest = self.read_state().compacted;
+            return Err(StoreError::Expired {
+                requested: from.saturating_sub(1),
+                oldest,
+            });
+        }
+        Ok(Some(events))
+    }
+}
+
+type Reply = oneshot::Sender<Result<Arc<Event>, StoreError>>;
+
+enum Command {
+    Write {
+        op: Op,
+        reply: Reply,
+    },
+    Compact {
+        reply: oneshot::Sender<Result<Revision, StoreError>>,
+    },
+    Close,
+}
+
+enum Op {
+    Create {
+        key: String,
+        value: Bytes,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Option<Revision>,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
+}
+
+impl Op {
+    fn key(&self) -> &str {
+        match self {
+            Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key,
+        }
+    }
+
+    /// The event this op produces at `revision` if `current` is the object now, or why not.
+    fn apply(
+        &self,
+        current: Option<&StoredObject>,
+        revision: Revision,
+    ) -> Result<Event, StoreError> {
+        match (self, current) {
+            (Op::Create { key, .. }, Some(_)) => {
+                Err(StoreError::AlreadyExists { key: key.clone() })
+            }
+            (Op::Create { key, value }, None) => Ok(Event {
+                revision,
+                kind: EventKind::Put,
+                object: StoredObject {
+                    key: key.clone(),
+                    value: value.clone(),
+                    mod_revision: revision,
+                    create_revision: revision,
+                },
+                prev: None,
+            }),
+            (Op::Update { key, .. } | Op::Delete { key, .. }, None) => {
+                Err(StoreError::NotFound { key: key.clone() })
+            }
+            (
+                Op::Update {
+                    key,
+                    value,
+                    expected,
+                },
+                Some(cur),
+            ) => {
+                check_expected(key, *expected, cur)?;
+                Ok(Event {
+                    revision,
+                    kind: EventKind::Put,
+                    object: StoredObject {
+                        key: key.clone(),
+                        value: value.clone(),
+                        mod_revision: revision,
+                        create_revision: cur.create_revision,
+                    },
+                    prev: Some(cur.clone()),
+                })
+            }
+            (Op::Delete { key, expected }, Some(cur)) => {
+                check_expected(key, *expected, cur)?;
+                Ok(Event {
+                    revision,
+                    kind: EventKind::Delete,
+                    object: cur.clone(),
+                    prev: Some(cur.clone()),
+                })
+            }
+        }
+    }
+}
+
+fn check_expected(
+    key: &str,
+    expected: Option<Revision>,
+    cur: &StoredObject,
+) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if expected != cur.mod_revision => Err(StoreError::Conflict {
+            key: key.to_owned(),
+            expected,
+            actual: cur.mod_revision,
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl FjallStore {
+    /// Opens (or creates) the store in `config.dir`: recovers fjall's journal, loads every
+    /// object into memory and starts the writer thread.
+    ///
+    /// This blocks on disk I/O proportional to the data set: call it at startup or from
+    /// `tokio::task::spawn_blocking`. Fails with [`StoreError::Io`] if the dir cannot be
+    /// opened, is locked by another process, or holds data this version cannot read.
+    pub fn open(config: StoreConfig) -> Result<FjallStore, StoreError> {
+        let dir = config.dir.clone();
+        let ctx = |what: &str| format!("opening the store in {}: {what}", dir.display());
+        let db = Database::builder(&config.dir)
+            .open()
+            .map_err(|e| io_err(ctx("database"), e))?;
+        let objects = db
+            .keyspace(OBJECTS, KeyspaceCreateOptions::default)
+            .map_err(|e| io_err(ctx("keyspace objects"), e))?;
+        let log = db
+            .keyspace(LOG, KeyspaceCreateOptions::default)
+            .map_err(|e| io_err(ctx("keyspace log"), e))?;
+        let meta = db
+            .keyspace(META, KeyspaceCreateOptions::default)
+            .map_err(|e| io_err(ctx("keyspace meta"), e))?;
+
+        let recovered = recover(&objects, &log, &meta).map_err(|e| match e {
+            StoreError::Io(msg) => StoreError::Io(ctx(&msg)),
+            other => other,
+        })?;
+        tracing::debug!(
+            dir = %config.dir.display(),
+            objects = recovered.objects.len(),
+            revision = recovered.revision,
+            compacted = recovered.compacted,
+            "store opened"
+        );
+
+        let (rev_tx, rev_rx) = watch::channel(recovered.revision);
+        let shared = Arc::new(Shared {
+            state: RwLock::new(State {
+                objects: recovered.objects,
+                recent: VecDeque::new(),
+                revision: recovered.revision,
+                compacted: recovered.compacted,
+            }),
+            log: RwLock::new(Some(log.clone())),
+            revisions: rev_rx,
+            closed: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            watch_chunk: config.watch_chunk.max(1),
+        });
+        let (sender, receiver) = mpsc::channel();
+        let writer = Writer {
+            db,
+            objects,
+            log,
+            meta,
+            shared: shared.clone(),
+            receiver,
+            revisions: rev_tx,
+            failed: None,
+            max_batch: config.max_batch.max(1),
+            recent_events: config.recent_events,
+            log_max_events: config.log_max_events,
+            log_max_age: config.log_max_age,
+            compaction_interval: config.compaction_interval,
+        };
+        let handle = std::thread::Builder::new()
+            .name("wharf-store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::Io(ctx(&format!("starting the writer thread: {e}"))))?;
+        Ok(FjallStore {
+            shared,
+            sender,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Stops the store: writes already queued are committed, later ones fail with
+    /// [`StoreError::Closed`], reads fail with `Closed`, every watch stream ends after the
+    /// events it can still read from memory, and the data dir is released (so it can be
+    /// reopened) by the time this returns. Idempotent; `Drop` calls it.
+    ///
+    /// Blocks until the writer thread has finished its current batch (one fsync), so in
+    /// async code prefer calling it from `spawn_blocking` or at shutdown.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        // Waits for in-flight disk reads of watchers; later ones see `None` and end.
+        drop(
+            self.shared
+                .log
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            // Fails only if the writer already exited, which join then observes.
+            let _ = self.sender.send(Command::Close);
+            if handle.join().is_err() {
+                tracing::error!("the store writer thread panicked");
+            }
+        }
+    }
+
+    /// Runs a compaction pass now (instead of waiting for the periodic one) and returns
+    /// the revision the log is compacted through. Mostly for tests.
+    pub async fn compact_now(&self) -> Result<Revision, StoreError> {
+        self.shared.check_open()?;
+        let (reply, rx) = oneshot::channel();
+        self.sender
+            .send(Command::Compact { reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Counters of the writer: commits (fsyncs) and writes so far, since open.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.shared.commits.load(Ordering::Relaxed),
+            writes: self.shared.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queues `op` for the writer and returns the future of its reply. If the caller drops
+    /// the future, the op still happens (or not) as if it had waited.
+    fn submit(&self, op: Op) -> BoxFuture<'static, Result<Arc<Event>, StoreError>> {
+        let queued = self.shared.check_open().and_then(|()| {
+            let (reply, rx) = oneshot::channel();
+            self.sender
+                .send(Command::Write { op, reply })
+                .map_err(|_| StoreError::Closed)?;
+            Ok(rx)
+        });
+        Box::pin(async move {
+            match queued {
+                // The writer drops the reply without answering only when it is gone.
+                Ok(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+impl Drop for FjallStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Store for FjallStore {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<StoredObject>, StoreError>> {
+        let result = self
+            .shared
+            .check_open()
+            .map(|()| self.shared.read_state().objects.get(key).cloned());
+        Box::pin(futures::future::ready(result))
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<ListResult, StoreError>> {
+        let result = self.shared.check_open().map(|()| {
+            let state = self.shared.read_state();
+            let items = state
+                .objects
+                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| v.clone())
+                .collect();
+            ListResult {
+                items,
+                revision: state.revision,
+            }
+        });
+        Box::pin(futures::future::ready(result))
+    }
+
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<StoredObject, StoreError>> {
+        let reply = self.submit(Op::Create {
+            key: key.to_owned(),
+            value,
+        });
+        Box::pin(async move { reply.await.map(|e| e.object.clone()) })
+    }
+
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expected: Option<Revision>,
+    ) -> BoxFuture<'a, Result<StoredObject, StoreError>> {
+        let reply = self.submit(Op::Update {
+            key: key.to_owned(),
+            value,
+            expected,
+        });
+        Box::pin(async move { reply.await.map(|e| e.object.clone()) })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<Revision>,
+    ) -> BoxFuture<'a, Result<Event, StoreError>> {
+        let reply = self.submit(Op::Delete {
+            key: key.to_owned(),
+            expected,
+        });
+        Box::pin(async move { reply.await.map(|e| Event::clone(&e)) })
+    }
+
+    fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        self.shared.check_open()?;
+        let oldest = self.shared.read_state().compacted;
+        if after < oldest {
+            return Err(StoreError::Expired {
+                requested: after,
+                oldest,
+            });
+        }
+        let watcher = Watcher {
+            shared: self.shared.clone(),
+            prefix: prefix.to_owned(),
+            position: after,
+            revisions: self.shared.revisions.clone(),
+            pending: VecDeque::new(),
+        };
+        Ok(
+            futures::stream::unfold(Some(watcher), |watcher| async move {
+                let mut watcher = watcher?;
+                match watcher.next_event().await? {
+                    Ok(event) => Some((Ok(event), Some(watcher))),
+                    Err(e) => Some((Err(e), None)),
+                }
+            })
+            .boxed(),
+        )
+    }
+
+    fn revision(&self) -> Revision {
+        self.shared.read_state().revision
+    }
+
+    fn oldest_watchable(&self) -> Revision {
+        self.shared.read_state().compacted
+    }
+}
+
+/// The state of one watch stream.
+struct Watcher {
+    shared: Arc<Shared>,
+    prefix: String,
+    /// Every revision up to this one has been delivered or filtered out.
+    position: Revision,
+    revisions: watch::Receiver<Revision>,
+    /// Matching events read but not yet yielded.
+    pending: VecDeque<Arc<Event>>,
+}
+
+enum Step {
+    Progress,
+    CaughtUp,
+    Closed,
+}
+
+impl Watcher {
+    /// The next matching event; `None` once the store is closed and everything it had
+    /// committed was delivered.
+    async fn next_event(&mut self) -> Option<Result<Arc<Event>, StoreError>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(Ok(event));
+            }
+            // Marked before looking at the state: a commit after this point, even one that
+            // `fill` just missed, makes `changed()` return at once.
+            self.revisions.mark_unchanged();
+            match self.fill().await {
+                Ok(Step::Progress) => {}
+                Ok(Step::CaughtUp) => {
+                    if self.revisions.changed().await.is_err() {
+                        return None; // The writer is gone: the store is closed.
+                    }
+                }
+                Ok(Step::Closed) => return None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// Moves `position` forward over the next chunk of revisions (from the ring or the
+    /// disk log), queueing those that match the prefix.
+    async fn fill(&mut self) -> Result<Step, StoreError> {
+        let from = self.position + 1;
+        let chunk = self.shared.watch_chunk;
+        let upper = {
+            let state = self.shared.read_state();
+            if state.revision < from {
+                return Ok(Step::CaughtUp);
+            }
+            match state.recent.front().map(|e| e.revision) {
+                Some(first) if first <= from => {
+                    let skip = usize::try_from(from - first).unwrap_or(usize::MAX);
+                    for event in state
+                        .recent
+                        .range(skip.min(state.recent.len())..)
+                        .take(chunk)
+                    {
+                        self.position = event.revision;
+                        if event.object.key.starts_with(&self.prefix) {
+                            self.pending.push_back(event.clone());
+                        }
+                    }
+                    return Ok(Step::Progress);
+                }
+                // The ring starts after `from`: read from disk up to just before it.
+                Some(first) => (first - 1).min(from.saturating_add(chunk as u64 - 1)),
+                None => state.revision.min(from.saturating_add(chunk as u64 - 1)),
+            }
+        };
+        let shared = self.shared.clone();
+        let read = tokio::task::spawn_blocking(move || shared.read_log(from, upper))
+            .await
+            .map_err(|e| StoreError::Io(format!("reading the revision log: {e}")))?;
+        let Some(events) = read? else {
+            return Ok(Step::Closed);
+        };
+        for event in events {
+            self.position = event.revision;
+            if event.object.key.starts_with(&self.prefix) {
+                self.pending.push_back(event);
+            }
+        }
+        Ok(Step::Progress)
+    }
+}
+
+/// The writer thread: the only code that changes the database or the in-memory state.
+struct Writer {
+    db: Database,
+    objects: Keyspace,
+    log: Keyspace,
+    meta: Keyspace,
+    shared: Arc<Shared>,
+    receiver: mpsc::Receiver<Command>,
+    revisions: watch::Sender<Revision>,
+    /// Set when a commit failed; every later write is refused with this message.
+    failed: Option<String>,
+    max_batch: usize,
+    recent_events: usize,
+    log_max_events: usize,
+    log_max_age: Duration,
+    compaction_interval: Duration,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut next_compaction = Instant::now() + self.compaction_interval;
+        let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(self.max_batch);
+        let mut compact_requests = Vec::new();
+        loop {
+            let wait = next_compaction.saturating_duration_since(Instant::now());
+            let mut closing = false;
+            let mut next = match self.receiver.recv_timeout(wait) {
+                Ok(command) => Some(command),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    closing = true;
+                    None
+                }
+            };
+            // Group commit: take what is queued, up to the cap. A compaction request ends
+            // the batch so it sees every write queued before it.
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Write { op, reply } => batch.push((op, reply)),
+                    Command::Compact { reply } => {
+                        compact_requests.push(reply);
+                        break;
+                    }
+                    Command::Close => {
+                        closing = true;
+                        break;
+                    }
+                }
+                if batch.len() >= self.max_batch {
+                    break;
+                }
+                next = match self.receiver.try_recv() {
+                    Ok(command) => Some(command),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => {
+                        closing = true;
+                        None
+                    }
+                };
+            }
+            if !batch.is_empty() {
+                self.commit(&mut batch);
+            }
+            if closing {
+                break;
+            }
+            let due = Instant::now() >= next_compaction;
+            if due || !compact_requests.is_empty() {
+                let result = self.compact();
+                let more = matches!(result, Ok((_, true)));
+                for reply in compact_requests.drain(..) {
+                    let _ = reply.send(result.clone().map(|(through, _)| through));
+                }
+                if let Err(e) = result {
+                    tracing::error!("compacting the revision log: {e}");
+                }
+                if due || more {
+                    next_compaction = if more {
+                        Instant::now()
+                    } else {
+                        Instant::now() + self.compaction_interval
+                    };
+                }
+            }
+        }
+        // Anything still queued after Close is refused; dropping the receiver then makes
+        // later sends fail, and dropping `revisions` ends every watch stream.
+        while let Ok(command) = self.receiver.try_recv() {
+            match command {
+                Command::Write { reply, .. } => {
+                    let _ = reply.send(Err(StoreError::Closed));
+                }
+                Command::Compact { reply } => {
+                    let _ = reply.send(Err(StoreError::Closed));
+                }
+                Command::Close => {}
+            }
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    /// Checks, commits (one fsync) and applies one batch of writes, then replies to each.
+    fn commit(&mut self, batch: &mut Vec<(Op, Reply)>) {
+        if let Some(reason) = &self.failed {
+            let err = refused(reason);
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(err.clone()));
+            }
+            return;
+        }
+
+        // Decide: preconditions against memory plus the earlier ops of this batch.
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let last = {
+            let state = self.shared.read_state();
+            let mut overlay: HashMap<&str, Option<StoredObject>> = HashMap::new();
+            let mut revision = state.revision;
+            for (op, _) in batch.iter() {
+                let key = op.key();
+                let current = match overlay.get(key) {
+                    Some(in_batch) => in_batch.as_ref(),
+                    None => state.objects.get(key),
+                };
+                let outcome = op.apply(current, revision + 1);
+                if let Ok(event) = &outcome {
+                    revision += 1;
+                    let after = match event.kind {
+                        EventKind::Put => Some(event.object.clone()),
+                        EventKind::Delete => None,
+                    };
+                    overlay.insert(key, after);
+                }
+                outcomes.push(outcome.map(Arc::new));
+            }
+            revision
+        };
+
+        let events: Vec<&Arc<Event>> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+        if !events.is_empty() {
+            if let Err(e) = self.persist(&events, last) {
+                let reason = e.to_string();
+                tracing::error!("store commit failed, refusing further writes: {reason}");
+                self.failed = Some(reason);
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
+
+            // Durable: now make it visible.
+            {
+                let mut state = self.shared.write_state();
+                for event in &events {
+                    match event.kind {
+                        EventKind::Put => {
+                            state
+                                .objects
+                                .insert(event.object.key.clone(), event.object.clone());
+                        }
+                        EventKind::Delete => {
+                            state.objects.remove(&event.object.key);
+                        }
+                    }
+                    if self.recent_events > 0 {
+                        state.recent.push_back(Arc::clone(event));
+                    }
+                }
+                while state.recent.len() > self.recent_events {
+                    state.recent.pop_front();
+                }
+                state.revision = last;
+            }
+            self.shared.commits.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .writes
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            self.revisions.send_replace(last);
+        }
+
+        for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// Writes `events` (objects, log entries, meta revision) in one fjall batch and fsyncs.
+    fn persist(&self, events: &[&Arc<Event>], last: Revision) -> Result<(), StoreError> {
+        let time = wall_clock_millis();
+        let mut batch = self.db.batch().durability(Some(DURABILITY));
+        for event in events {
+            let key = event.object.key.as_bytes();
+            match event.kind {
+                EventKind::Put => batch.insert(&self.objects, key, encode_object(&event.object)),
+                EventKind::Delete => batch.remove(&self.objects, key),
+            }
+            batch.insert(
+                &self.log,
+                event.revision.to_be_bytes(),
+                encode_log_entry(event, time),
+            );
+        }
+        batch.insert(&self.meta, META_REVISION, last.to_be_bytes());
+        batch
+            .commit()
+            .map_err(|e| io_err(format!("committing revisions up to {last}"), e))
+    }
+
+    /// One compaction pass. Returns the compacted-through revision and whether more is
+    /// left to compact (the pass is capped at [`COMPACTION_CHUNK`] entries).
+    fn compact(&mut self) -> Result<(Revision, bool), StoreError> {
+        if let Some(reason) = &self.failed {
+            return Err(refused(reason));
+        }
+        let (revision, compacted) = {
+            let state = self.shared.read_state();
+            (state.revision, state.compacted)
+        };
+        // Always keep the latest event.
+        let max_cut = revision.saturating_sub(1);
+        if max_cut <= compacted {
+            return Ok((compacted, false));
+        }
+        let limit = max_cut.min(compacted + COMPACTION_CHUNK);
+        let keep = u64::try_from(self.log_max_events).unwrap_or(u64::MAX);
+        let by_count = revision.saturating_sub(keep).min(max_cut);
+        let mut cut = by_count.max(compacted);
+        let mut more = cut > limit;
+        cut = cut.min(limit);
+
+        // By age: walk forward from the cut while entries are older than the window.
+        if cut < limit {
+            let max_age = u64::try_from(self.log_max_age.as_millis()).unwrap_or(u64::MAX);
+            let cutoff = wall_clock_millis().saturating_sub(max_age);
+            let mut reached_young = false;
+            for item in self
+                .log
+                .range((cut + 1).to_be_bytes()..=limit.to_be_bytes())
+            {
+                let (key, value) = item
+                    .into_inner()
+                    .map_err(|e| io_err("reading the revision log for compaction".into(), e))?;
+                let entry_revision = decode_revision_key(&key)?;
+                if log_entry_time(entry_revision, &value)? > cutoff {
+                    reached_young = true;
+                    break;
+                }
+                cut = entry_revision;
+            }
+            if !reached_young && cut == limit && limit < max_cut {
+                more = true;
+            }
+        }
+        if cut <= compacted {
+            return Ok((compacted, false));
+        }
+
+        // Refuse new watches from before the cut first, then delete.
+        self.shared.write_state().compacted = cut;
+        let mut batch = self.db.batch();
+        for r in compacted + 1..=cut {
+            batch.remove(&self.log, r.to_be_bytes());
+        }
+        batch.insert(&self.meta, META_COMPACTED, cut.to_be_bytes());
+        if let Err(e) = batch.commit() {
+            let err = io_err(format!("compacting the revision log through {cut}"), e);
+            self.failed = Some(err.to_string());
+            return Err(err);
+        }
+        tracing::debug!(
+            through = cut,
+            removed = cut - compacted,
+            "compacted the revision log"
+        );
+        Ok((cut, more))
+    }
+}
+
+struct Recovered {
+    objects: BTreeMap<String, StoredObject>,
+    revision: Revision,
+    compacted: Revision,
+}
+
+/// Rebuilds the in-memory state from disk; see "Crash story" in the module doc.
+fn recover(objects: &Keyspace, log: &Keyspace, meta: &Keyspace) -> Result<Recovered, StoreError> {
+    let read_meta = |key: &[u8]| -> Result<Revision, StoreError> {
+        match meta
+            .get(key)
+            .map_err(|e| io_err("reading meta".into(), e))?
+        {
+            Some(v) => decode_u64(&v).ok_or_else(|| StoreError::Io("corrupt meta value".into())),
+            None => Ok(0),
+        }
+    };
+    let meta_revision = read_meta(META_REVISION)?;
+    let meta_compacted = read_meta(META_COMPACTED)?;
+    let log_key = |guard: Option<fjall::Guard>| -> Result<Option<Revision>, StoreError> {
+        guard
+            .map(|g| {
+                let key = g
+                    .key()
+                    .map_err(|e| io_err("reading the revision log".into(), e))?;
+                decode_revision_key(&key)
+            })
+            .transpose()
+    };
+    let log_first = log_key(log.first_key_value())?;
+    let log_last = log_key(log.last_key_value())?;
+
+    let mut map = BTreeMap::new();
+    let mut max_mod = 0;
+    for item in objects.iter() {
+        let (key, value) = item
+            .into_inner()
+            .map_err(|e| io_err("reading objects".into(), e))?;
+        let key = String::from_utf8(key.to_vec())
+            .map_err(|_| StoreError::Io("an object key is not UTF-8".into()))?;
+        let object = decode_object(&key, &value)?;
+        max_mod = max_mod.max(object.mod_revision);
+        map.insert(key, object);
+    }
+
+    let revision = meta_revision.max(log_last.unwrap_or(0)).max(max_mod);
+    if revision != meta_revision || log_last.is_some_and(|l| l != revision) {
+        tracing::warn!(
+            meta_revision,
+            ?log_last,
+            max_mod_revision = max_mod,
+            "store revisions disagree on open; continuing after the largest"
+        );
+    }
+    let compacted = match log_first {
+        Some(first) => meta_compacted.max(first - 1),
+        None => meta_compacted.max(revision),
+    }
+    .min(revision);
+    Ok(Recovered {
+        objects: map,
+        revision,
+        compacted,
+    })
+}
+
+fn io_err(context: String, e: fjall::Error) -> StoreError {
+    let detail = match e {
+        fjall::Error::Locked => "the data dir is locked by another process".to_owned(),
+        fjall::Error::Poisoned => "a previous fsync failed; the database is poisoned".to_owned(),
+        other => format!("{other:?}"),
+    };
+    StoreError::Io(format!("{context}: {detail}"))
+}
+
+/// The error of every write after a failed commit.
+fn refused(reason: &str) -> StoreError {
+    StoreError::Io(format!(
+        "the store refuses writes after an earlier I/O failure ({reason}); reopen it to recover"
+    ))
+}
+
+fn wall_clock_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+fn decode_revision_key(key: &[u8]) -> Result<Revision, StoreError> {
+    decode_u64(key).ok_or_else(|| StoreError::Io(format!("corrupt revision log key {key:?}")))
+}
+
+/// `objects` value: mod_revision, create_revision, JSON.
+fn encode_object(object: &StoredObject) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + object.value.len());
+    out.extend_from_slice(&object.mod_revision.to_be_bytes());
+    out.extend_from_slice(&object.create_revision.to_be_bytes());
+    out.extend_from_slice(&object.value);
+    out
+}
+
+fn decode_object(key: &str, bytes: &[u8]) -> Result<StoredObject, StoreError> {
+    let corrupt = || StoreError::Io(format!("corrupt stored object {key}"));
+    let (mod_revision, rest) = bytes.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    let (create_revision, value) = rest.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    Ok(StoredObject {
+        key: key.to_owned(),
+        value: Bytes::copy_from_slice(value),
+        mod_revision: u64::from_be_bytes(*mod_revision),
+        create_revision: u64::from_be_bytes(*create_revision),
+    })
+}
+
+const PREV_NONE: u8 = 0;
+const PREV_PRESENT: u8 = 1;
+const PREV_SAME: u8 = 2;
+
+/// `log` value; the layout is in the module doc.
+fn encode_log_entry(event: &Event, time_millis: u64) -> Vec<u8> {
+    let object = &event.object;
+    let prev_len = event.prev.as_ref().map_or(0, |p| 20 + p.value.len());
+    let mut out = Vec::with_capacity(15 + object.key.len() + 20 + object.value.len() + prev_len);
+    out.push(LOG_FORMAT);
+    out.extend_from_slice(&time_millis.to_be_bytes());
+    out.push(match event.kind {
+        EventKind::Put => 0,
+        EventKind::Delete => 1,
+    });
+    out.push(match &event.prev {
+        None => PREV_NONE,
+        Some(prev) if prev == object => PREV_SAME,
+        Some(_) => PREV_PRESENT,
+    });
+    put_bytes(&mut out, object.key.as_bytes());
+    put_object(&mut out, object);
+    if let Some(prev) = &event.prev
+        && prev != object
+    {
+        put_object(&mut out, prev);
+    }
+    out
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Keys are < 64 KiB (fjall) and values far below 4 GiB (the API server limits bodies).
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn put_object(out: &mut Vec<u8>, object: &StoredObject) {
+    out.extend_from_slice(&object.mod_revision.to_be_bytes());
+    out.extend_from_slice(&object.create_revision.to_be_bytes());
+    put_bytes(out, &object.value);
+}
+
+/// A cursor over a `log` value that fails (rather than panics) on truncated input.
+struct Cursor<'a> {
+    rest: &'a [u8],
+    revision: Revision,
+}
+
+impl<'a> Cursor<'a> {
+    fn corrupt(&self) -> StoreError {
+        StoreError::Io(format!(
+            "corrupt revision log entry at revision {}",
+            self.revision
+        ))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.rest.len() < n {
+            return Err(self.corrupt());
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        decode_u64(self.take(8)?).ok_or_else(|| self.corrupt())
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], StoreError> {
+        let len: [u8; 4] = self.take(4)?.try_into().map_err(|_| self.corrupt())?;
+        let len = usize::try_from(u32::from_be_bytes(len)).map_err(|_| self.corrupt())?;
+        self.take(len)
+    }
+
+    fn object(&mut self, key: &str) -> Result<StoredObject, StoreError> {
+        let mod_revision = self.u64()?;
+        let create_revision = self.u64()?;
+        let value = Bytes::copy_from_slice(self.bytes()?);
+        Ok(StoredObject {
+            key: key.to_owned(),
+            value,
+            mod_revision,
+            create_revision,
+        })
+    }
+}
+
+fn log_entry_time(revision: Revision, bytes: &[u8]) -> Result<u64, StoreError> {
+    let mut cursor = Cursor {
+        rest: bytes,
+        revision,
+    };
+    if cursor.u8()? != LOG_FORMAT {
+        return Err(cursor.corrupt());
+    }
+    cursor.u64()
+}
+
+fn decode_log_entry(revision: Revision, bytes: &[u8]) -> Result<(Event, u64), StoreError> {
+    let mut cursor = Cursor {
+        rest: bytes,
+        revision,
+    };
+    if cursor.u8()? != LOG_FORMAT {
+        return Err(cursor.corrupt());
+    }
+    let time = cursor.u64()?;
+    let kind = match cursor.u8()? {
+        0 => EventKind::Put,
+        1 => EventKind::Delete,
+        _ => return Err(cursor.corrupt()),
+    };
+    let prev_flag = cursor.u8()?;
+    let key = std::str::from_utf8(cursor.bytes()?).map_err(|_| cursor.corrupt())?;
+    let object = cursor.object(key)?;
+    let prev = match prev_flag {
+        PREV_NONE => None,
+        PREV_SAME => Some(object.clone()),
+        PREV_PRESENT => Some(cursor.object(key)?),
+        _ => return Err(cursor.corrupt()),
+    };
+    if !cursor.rest.is_empty() {
+        return Err(cursor.corrupt());
+    }
+    Ok((
+        Event {
+            revision,
+            kind,
+            object,
+            prev,
+        },
+        time,
+    ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use futures::{Stream, StreamExt};
+    use std::future::Future;
+
+    const LIMIT: Duration = Duration::from_secs(20);
+
+    /// Every await in these tests is bounded.
+    async fn t<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(LIMIT, f).await.expect("timed out")
+    }
+
+    fn config(dir: &tempfile::TempDir) -> StoreConfig {
+        let mut c = StoreConfig::new(dir.path());
+        // No surprise compaction passes: tests compact explicitly.
+        c.compaction_interval = Duration::from_secs(3600);
+        c
+    }
+
+    fn open(dir: &tempfile::TempDir) -> FjallStore {
+        FjallStore::open(config(dir)).unwrap()
+    }
+
+    fn v(s: &str) -> Bytes {
+        Bytes::from(format!("{{\"v\":\"{s}\"}}"))
+    }
+
+    /// The next `n` events of a stream, in order.
+    async fn take<S>(stream: &mut S, n: usize) -> Vec<Arc<Event>>
+    where
+        S: Stream<Item = Result<Arc<Event>, StoreError>> + Unpin,
+    {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            out.push(t(stream.next()).await.expect("stream ended").unwrap());
+        }
+        out
+    }
+
+    fn revisions(events: &[Arc<Event>]) -> Vec<Revision> {
+        events.iter().map(|e| e.revision).collect()
+    }
+
+    #[tokio::test]
+    async fn create_get_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        assert_eq!(store.revision(), 0);
+        let a = t(store.create("core/pods/default/a", v("a")))
+            .await
+            .unwrap();
+        assert_eq!((a.mod_revision, a.create_revision), (1, 1));
+        assert_eq!(a.value, v("a"));
+        t(store.create("core/pods/other/b", v("b"))).await.unwrap();
+        t(store.create("core/nodes//n1", v("n"))).await.unwrap();
+        t(store.create("core/podsx/default/z", v("z")))
+            .await
+            .unwrap();
+
+        assert_eq!(
+            t(store.get("core/pods/default/a")).await.unwrap(),
+            Some(a.clone())
+        );
+        assert_eq!(t(store.get("core/pods/default/nope")).await.unwrap(), None);
+
+        let all = t(store.list("core/pods/")).await.unwrap();
+        assert_eq!(all.revision, 4);
+        let keys: Vec<_> = all.items.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["core/pods/default/a", "core/pods/other/b"]);
+        let ns = t(store.list("core/pods/default/")).await.unwrap();
+        assert_eq!(ns.items, vec![a]);
+        assert_eq!(t(store.list("")).await.unwrap().items.len(), 4);
+        assert_eq!(store.stats().writes, 4);
+    }
+
+    #[tokio::test]
+    async fn create_existing_is_already_exists_and_takes_no_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        t(store.create("k/r/ns/a", v("1"))).await.unwrap();
+        let err = t(store.create("k/r/ns/a", v("2"))).await.unwrap_err();
+        assert_eq!(
+            err,
+            StoreError::AlreadyExists {
+                key: "k/r/ns/a".into()
+            }
+        );
+        assert_eq!(store.revision(), 1);
+        assert_eq!(
+            t(store.get("k/r/ns/a")).await.unwrap().unwrap().value,
+            v("1")
+        );
+    }
+
+    #[tokio::test]
+    async fn update_compare_and_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let missing = t(store.update("k/r/ns/a", v("x"), None)).await.unwrap_err();
+        assert_eq!(
+            missing,
+            StoreError::NotFound {
+                key: "k/r/ns/a".into()
+            }
+        );
+
+        let a1 = t(store.create("k/r/ns/a", v("1"))).await.unwrap();
+        let a2 = t(store.update("k/r/ns/a", v("2"), Some(a1.mod_revision)))
+            .await
+            .unwrap();
+        assert_eq!((a2.mod_revision, a2.create_revision), (2, 1));
+
+        // A stale revision conflicts and changes nothing.
+        let err = t(store.update("k/r/ns/a", v("3"), Some(a1.mod_revision)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            StoreError::Conflict {
+                key: "k/r/ns/a".into(),
+                expected: 1,
+                actual: 2
+            }
+        );
+        assert_eq!(store.revision(), 2);
+        assert_eq!(t(store.get("k/r/ns/a")).await.unwrap(), Some(a2.clone()));
+
+        // Unconditional update.
+        let a3 = t(store.update("k/r/ns/a", v("3"), None)).await.unwrap();
+        assert_eq!((a3.mod_revision, a3.create_revision), (3, 1));
+        assert_eq!(a3.value, v("3"));
+    }
+
+    #[tokio::test]
+    async fn delete_compare_and_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let a1 = t(store.create("k/r/ns/a", v("1"))).await.unwrap();
+        let a2 = t(store.update("k/r/ns/a", v("2"), None)).await.unwrap();
+        let err = t(store.delete("k/r/ns/a", Some(a1.mod_revision)))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ));
+        assert!(t(store.get("k/r/ns/a")).await.unwrap().is_some());
+
+        let ev = t(store.delete("k/r/ns/a", Some(a2.mod_revision)))
+            .await
+            .unwrap();
+        assert_eq!(ev.revision, 3);
+        assert_eq!(ev.kind, EventKind::Delete);
+        assert_eq!(ev.object, a2);
+        assert_eq!(ev.prev, Some(a2));
+        assert_eq!(t(store.get("k/r/ns/a")).await.unwrap(), None);
+        let gone = t(store.delete("k/r/ns/a", None)).await.unwrap_err();
+        assert_eq!(
+            gone,
+            StoreError::NotFound {
+                key: "k/r/ns/a".into()
+            }
+        );
+
+        // Recreating starts a new life with a new create_revision.
+        let b = t(store.create("k/r/ns/a", v("b"))).await.unwrap();
+        assert_eq!((b.mod_revision, b.create_revision), (4, 4));
+    }
+
+    #[tokio::test]
+    async fn revisions_strictly_increase_and_failures_take_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let mut seen = Vec::new();
+        for i in 0..5 {
+            let key = format!("k/r/ns/{i}");
+            seen.push(t(store.create(&key, v("c"))).await.unwrap().mod_revision);
+            assert!(t(store.create(&key, v("again"))).await.is_err());
+            seen.push(
+                t(store.update(&key, v("u"), None))
+                    .await
+                    .unwrap()
+                    .mod_revision,
+            );
+            assert!(t(store.update(&key, v("u"), Some(1_000))).await.is_err());
+            seen.push(t(store.delete(&key, None)).await.unwrap().revision);
+            assert!(t(store.delete(&key, None)).await.is_err());
+        }
+        assert_eq!(seen, (1..=15).collect::<Vec<_>>());
+        assert_eq!(store.revision(), 15);
+    }
+
+    #[tokio::test]
+    async fn watch_replays_from_zero_then_follows_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let a = t(store.create("k/r/ns/a", v("1"))).await.unwrap();
+        t(store.update("k/r/ns/a", v("2"), None)).await.unwrap();
+        t(store.delete("k/r/ns/a", None)).await.unwrap();
+
+        let mut w = store.watch("", 0).unwrap();
+        let replay = take(&mut w, 3).await;
+        assert_eq!(revisions(&replay), [1, 2, 3]);
+        assert_eq!(replay[0].kind, EventKind::Put);
+        assert_eq!(replay[0].object, a);
+        assert_eq!(replay[0].prev, None);
+        assert_eq!(replay[1].prev, Some(a));
+        assert_eq!(replay[2].kind, EventKind::Delete);
+        assert_eq!(replay[2].object.mod_revision, 2);
+
+        t(store.create("k/r/ns/b", v("b"))).await.unwrap();
+        t(store.create("k/r/ns/c", v("c"))).await.unwrap();
+        let live = take(&mut w, 2).await;
+        assert_eq!(revisions(&live), [4, 5]);
+        assert_eq!(live[1].object.key, "k/r/ns/c");
+    }
+
+    #[tokio::test]
+    async fn watch_from_the_middle_starts_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        for i in 0..10 {
+            t(store.create(&format!("k/r/ns/{i}"), v("x")))
+                .await
+                .unwrap();
+        }
+        let mut w = store.watch("", 6).unwrap();
+        t(store.create("k/r/ns/live", v("x"))).await.unwrap();
+        assert_eq!(revisions(&take(&mut w, 5).await), [7, 8, 9, 10, 11]);
+        // Caught up: nothing more is pending.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), w.next())
+                .await
+                .is_err()
+        );
+
+        // Watching from the current revision yields only later writes.
+        let mut w = store.watch("", store.revision()).unwrap();
+        t(store.create("k/r/ns/later", v("x"))).await.unwrap();
+        assert_eq!(revisions(&take(&mut w, 1).await), [12]);
+    }
+
+    #[tokio::test]
+    async fn watch_filters_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        t(store.create("core/pods/default/a", v("a")))
+            .await
+            .unwrap(); // 1
+        t(store.create("core/pods/kube-system/b", v("b")))
+            .await
+            .unwrap(); // 2
+        t(store.create("core/podsx/default/c", v("c")))
+            .await
+            .unwrap(); // 3
+        let mut pods = store.watch("core/pods/", 0).unwrap();
+        let mut default = store.watch("core/pods/default/", 0).unwrap();
+        t(store.delete("core/pods/default/a", None)).await.unwrap(); // 4
+        t(store.create("core/nodes//n", v("n"))).await.unwrap(); // 5
+        t(store.create("core/pods/default/d", v("d")))
+            .await
+            .unwrap(); // 6
+
+        assert_eq!(revisions(&take(&mut pods, 4).await), [1, 2, 4, 6]);
+        assert_eq!(revisions(&take(&mut default, 3).await), [1, 4, 6]);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), pods.next())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_watcher_sees_every_revision_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&dir);
+        c.recent_events = 64; // so the watcher also crosses between disk and ring
+        c.watch_chunk = 16;
+        let store = Arc::new(FjallStore::open(c).unwrap());
+        // The watcher runs while the writers write, until it sees the sentinel key.
+        let mut w = store.watch("", 0).unwrap();
+        let watcher = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(event) = w.next().await {
+                let event = event.unwrap();
+                seen.push(event.revision);
+                if event.object.key == "k/r/done/x" {
+                    break;
+                }
+            }
+            seen
+        });
+
+        const WRITERS: usize = 16;
+        const PER_WRITER: usize = 40;
+        let mut tasks = tokio::task::JoinSet::new();
+        for wi in 0..WRITERS {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let mut ok = 0u64;
+                for i in 0..PER_WRITER {
+                    // Every writer fights over one shared key with CAS, and owns others.
+                    let own = format!("k/r/w{wi}/{i}");
+                    let obj = store.create(&own, v("c")).await.unwrap();
+                    store
+                        .update(&own, v("u"), Some(obj.mod_revision))
+                        .await
+                        .unwrap();
+                    ok += 2;
+                    let shared = "k/r/shared/x";
+                    match store.get(shared).await.unwrap() {
+                        None => ok += u64::from(store.create(shared, v("s")).await.is_ok()),
+                        Some(cur) => {
+                            ok += u64::from(
+                                store
+                                    .update(shared, v("s"), Some(cur.mod_revision))
+                                    .await
+                                    .is_ok(),
+                            )
+                        }
+                    }
+                }
+                ok
+            });
+        }
+        let mut successes = 0;
+        while let Some(done) = t(tasks.join_next()).await {
+            successes += done.unwrap();
+        }
+        assert!(successes >= (WRITERS * PER_WRITER * 2) as u64);
+        let done = t(store.create("k/r/done/x", v("d"))).await.unwrap();
+        assert_eq!(done.mod_revision, successes + 1);
+
+        let seen = t(watcher).await.unwrap();
+        assert_eq!(seen, (1..=successes + 1).collect::<Vec<_>>());
+        // Group commit happened: fewer fsyncs than writes.
+        let stats = store.stats();
+        assert_eq!(stats.writes, successes + 1);
+        assert!(stats.commits < stats.writes, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn live_watcher_started_first_sees_concurrent_writes_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir));
+        let mut w = store.watch("k/", 0).unwrap();
+        let writes: Vec<_> = (0..200)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.create(&format!("k/r/ns/{i}"), v("x")).await })
+            })
+            .collect();
+        let events = take(&mut w, 200).await;
+        assert_eq!(revisions(&events), (1..=200).collect::<Vec<_>>());
+        for write in writes {
+            t(write).await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_at_watch_time_after_count_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&dir);
+        c.log_max_events = 3;
+        let store = FjallStore::open(c).unwrap();
+        for i in 0..10 {
+            t(store.create(&format!("k/r/ns/{i}"), v("x")))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.oldest_watchable(), 0);
+        assert_eq!(t(store.compact_now()).await.unwrap(), 7);
+        assert_eq!(store.oldest_watchable(), 7);
+        let err = store.watch("", 6).err().unwrap();
+        assert_eq!(
+            err,
+            StoreError::Expired {
+                requested: 6,
+                oldest: 7
+            }
+        );
+        let mut w = store.watch("", 7).unwrap();
+        assert_eq!(revisions(&take(&mut w, 3).await), [8, 9, 10]);
+        // Idempotent.
+        assert_eq!(t(store.compact_now()).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn age_compaction_keeps_the_latest_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&dir);
+        c.log_max_age = Duration::ZERO;
+        c.recent_events = 0;
+        let store = FjallStore::open(c).unwrap();
+        for i in 0..5 {
+            t(store.create(&format!("k/r/ns/{i}"), v("x")))
+                .await
+                .unwrap();
+        }
+        assert_eq!(t(store.compact_now()).await.unwrap(), 4);
+        assert!(matches!(
+            store.watch("", 3),
+            Err(StoreError::Expired { .. })
+        ));
+        let mut w = store.watch("", 4).unwrap();
+        assert_eq!(revisions(&take(&mut w, 1).await), [5]);
+    }
+
+    #[tokio::test]
+    async fn watcher_behind_a_compaction_gets_expired_then_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&dir);
+        c.log_max_events = 2;
+        c.recent_events = 1;
+        let store = FjallStore::open(c).unwrap();
+        for i in 0..6 {
+            t(store.create(&format!("k/r/ns/{i}"), v("x")))
+                .await
+                .unwrap();
+        }
+        let mut w = store.watch("", 0).unwrap(); // fine: nothing compacted yet
+        assert_eq!(t(store.compact_now()).await.unwrap(), 4);
+        let err = t(w.next()).await.unwrap().unwrap_err();
+        assert_eq!(
+            err,
+            StoreError::Expired {
+                requested: 0,
+                oldest: 4
+            }
+        );
+        assert!(t(w.next()).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn watcher_beyond_the_ring_reads_the_disk_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&dir);
+        c.recent_events = 4;
+        c.watch_chunk = 7;
+        let store = FjallStore::open(c).unwrap();
+        for i in 0..50 {
+            let key = format!("k/r/{}/{i}", if i % 2 == 0 { "even" } else { "odd" });
+            t(store.create(&key, v(&i.to_string()))).await.unwrap();
+        }
+        let mut all = store.watch("", 0).unwrap();
+        let events = take(&mut all, 50).await;
+        assert_eq!(revisions(&events), (1..=50).collect::<Vec<_>>());
+        assert_eq!(events[9].object.value, v("9"));
+        assert_eq!(events[9].object.key, "k/r/odd/9");
+        // Filtered reads from disk skip the other keys without gaps.
+        let mut even = store.watch("k/r/even/", 10).unwrap();
+        let got = take(&mut even, 20).await;
+        assert_eq!(revisions(&got), (11..=50).step_by(2).collect::<Vec<_>>());
+        t(store.create("k/r/even/live", v("l"))).await.unwrap();
+        assert_eq!(revisions(&take(&mut even, 1).await), [51]);
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_objects_revisions_and_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let store = open(&dir);
+            t(store.create("k/r/ns/a", v("a1"))).await.unwrap(); // 1
+            t(store.create("k/r/ns/b", v("b1"))).await.unwrap(); // 2
+            t(store.update("k/r/ns/a", v("a2"), Some(1))).await.unwrap(); // 3
+            t(store.delete("k/r/ns/b", None)).await.unwrap(); // 4
+            t(store.create("k/r/ns/c", v("c1"))).await.unwrap(); // 5
+            let list = t(store.list("")).await.unwrap();
+            store.close();
+            list
+        };
+        let store = open(&dir);
+        assert_eq!(store.revision(), 5);
+        assert_eq!(store.oldest_watchable(), 0);
+        let after = t(store.list("")).await.unwrap();
+        assert_eq!(after.items, before.items);
+        assert_eq!(after.revision, 5);
+        let a = t(store.get("k/r/ns/a")).await.unwrap().unwrap();
+        assert_eq!(
+            (a.mod_revision, a.create_revision, a.value),
+            (3, 1, v("a2"))
+        );
+
+        // Revisions continue; a watch from before the reopen replays from the disk log.
+        let mut w = store.watch("", 0).unwrap();
+        let c2 = t(store.update("k/r/ns/c", v("c2"), Some(5))).await.unwrap();
+        assert_eq!(c2.mod_revision, 6);
+        let events = take(&mut w, 6).await;
+        assert_eq!(revisions(&events), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(events[2].prev.as_ref().unwrap().value, v("a1"));
+        assert_eq!(events[3].kind, EventKind::Delete);
+        assert_eq!(events[3].object.key, "k/r/ns/b");
+        assert_eq!(events[5].object, c2);
+        drop(w);
+
+        // Compaction state survives too.
+        let mut c = config(&dir);
+        c.log_max_events = 2;
+        store.close();
+        let store = FjallStore::open(c.clone()).unwrap();
+        assert_eq!(t(store.compact_now()).await.unwrap(), 4);
+        drop(store);
+        let store = FjallStore::open(c).unwrap();
+        assert_eq!(store.oldest_watchable(), 4);
+        assert_eq!(store.revision(), 6);
+        assert!(store.watch("", 3).is_err());
+        let mut w = store.watch("", 4).unwrap();
+        assert_eq!(revisions(&take(&mut w, 2).await), [5, 6]);
+    }
+
+    #[tokio::test]
+    async fn close_ends_watches_and_refuses_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        t(store.create("k/r/ns/a", v("a"))).await.unwrap();
+        let mut w = store.watch("", 0).unwrap();
+        store.close();
+        // What was committed is still delivered, then the stream ends.
+        assert_eq!(revisions(&take(&mut w, 1).await), [1]);
+        assert!(t(w.next()).await.is_none());
+        assert_eq!(
+            t(store.create("k/r/ns/b", v("b"))).await.unwrap_err(),
+            StoreError::Closed
+        );
+        assert_eq!(
+            t(store.get("k/r/ns/a")).await.unwrap_err(),
+            StoreError::Closed
+        );
+        assert!(matches!(store.watch("", 0), Err(StoreError::Closed)));
+        store.close(); // idempotent
+        // The data dir is released.
+        drop(open(&dir));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_store_ends_watch_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let mut w = store.watch("", 0).unwrap();
+        let waiting = tokio::spawn(async move { w.next().await.is_none() });
+        drop(store);
+        assert!(t(waiting).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn second_open_of_the_same_dir_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = open(&dir);
+        let err = FjallStore::open(config(&dir)).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Io(ref m) if m.contains("locked")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn log_entries_round_trip() {
+        let obj = |rev, val: &str| StoredObject {
+            key: "core/pods/ns/p".into(),
+            value: Bytes::from(val.to_owned()),
+            mod_revision: rev,
+            create_revision: 1,
+        };
+        let cases = [
+            Event {
+                revision: 1,
+                kind: EventKind::Put,
+                object: obj(1, "{}"),
+                prev: None,
+            },
+            Event {
+                revision: 7,
+                kind: EventKind::Put,
+                object: obj(7, "{\"b\":2}"),
+                prev: Some(obj(3, "{\"a\":1}")),
+            },
+            Event {
+                revision: 9,
+                kind: EventKind::Delete,
+                object: obj(7, "{\"b\":2}"),
+                prev: Some(obj(7, "{\"b\":2}")),
+            },
+        ];
+        for ev in cases {
+            let bytes = encode_log_entry(&ev, 1234);
+            assert_eq!(log_entry_time(ev.revision, &bytes).unwrap(), 1234);
+            let (back, time) = decode_log_entry(ev.revision, &bytes).unwrap();
+            assert_eq!((back, time), (ev.clone(), 1234));
+            // Truncation is an error, not a panic.
+            for cut in 0..bytes.len() {
+                assert!(decode_log_entry(ev.revision, &bytes[..cut]).is_err());
+            }
+        }
+        let o = obj(5, "{\"x\":1}");
+        assert_eq!(decode_object(&o.key, &encode_object(&o)).unwrap(), o);
+        assert!(decode_object("k", &[0; 15]).is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! The durable store behind the API server: objects, one global revision, and a revision
+//! log that serves watches.
+//!
+//! Why a trait: the API server only ever speaks to [`Store`], so a second backend (etcd,
+//! for a highly available control plane) can be added without touching a handler. The
+//! default backend is [`FjallStore`], embedded, one data dir, no server to start.
+//!
+//! # Model
+//!
+//! - A **key** is `GROUP/RESOURCE/NAMESPACE/NAME` (`core` for the legacy group, an empty
+//!   namespace for cluster-scoped kinds), e.g. `apps/deployments/default/web` or
+//!   `core/nodes//node-1`. Names and namespaces never contain `/`, so a prefix such as
+//!   `core/pods/` (every pod) or `core/pods/default/` (one namespace) selects exactly a
+//!   collection.
+//! - A **value** is the object's JSON as the API server wants it stored, *without*
+//!   `metadata.resourceVersion`: the resourceVersion is the revision of the write that
+//!   produced the value ([`StoredObject::mod_revision`]), stamped in by the API server when
+//!   it decodes, as kube-apiserver does over etcd.
+//! - Every successful create, update or delete takes the next **revision**, a global
+//!   counter; revisions are never reused, also across restarts.
+//! - The **revision log** holds one [`Event`] per revision for a bounded window. A watch
+//!   started after revision `N` replays the log from `N + 1`, then follows live writes, in
+//!   revision order, with no gaps and no duplicates. If `N` is older than the window,
+//!   [`Store::watch`] answers [`StoreError::Expired`] (the API server's 410 Gone).
+
+mod fjall_store;
+
+pub use fjall_store::{FjallStore, StoreConfig};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use std::sync::Arc;
+
+/// The global write counter; an object's resourceVersion.
+pub type Revision = u64;
+
+/// One object as stored, with the revisions of its creation and of its last write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    /// JSON without `metadata.resourceVersion`.
+    pub value: Bytes,
+    /// Revision of the write that produced `value`: the object's resourceVersion.
+    pub mod_revision: Revision,
+    /// Revision of the create.
+    pub create_revision: Revision,
+}
+
+/// What a write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A create (when `prev` is `None`) or an update.
+    Put,
+    /// A delete; `Event::object` is the last value, at the revision of the delete.
+    Delete,
+}
+
+/// One entry of the revision log, as watchers see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub revision: Revision,
+    pub kind: EventKind,
+    /// For `Put` the new object (its `mod_revision` is `revision`); for `Delete` the
+    /// object as it was just before the delete (its `mod_revision` is the older one).
+    pub object: StoredObject,
+    /// The object before this write, if it existed. Lets a filtered watch tell an object
+    /// that stopped matching (sent as DELETED) from one that never matched.
+    pub prev: Option<StoredObject>,
+}
+
+/// A consistent list: every object under a prefix as of `revision`.
+#[derive(Clone, Debug)]
+pub struct ListResult {
+    pub items: Vec<StoredObject>,
+    pub revision: Revision,
+}
+
+/// A live watch: events in revision order. It ends only when the store closes, or with an
+/// error (`Expired` if it fell behind the compaction window).
+pub type WatchStream = BoxStream<'static, Result<Arc<Event>, StoreError>>;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("{key} not found")]
+    NotFound { key: String },
+    #[error("{key} already exists")]
+    AlreadyExists { key: String },
+    #[error("{key} was modified: expected revision {expected}, found {actual}")]
+    Conflict {
+        key: String,
+        expected: Revision,
+        actual: Revision,
+    },
+    #[error("revision {requested} is compacted; the oldest revision still watchable is {oldest}")]
+    Expired {
+        requested: Revision,
+        oldest: Revision,
+    },
+    #[error("store is closed")]
+    Closed,
+    #[error("store I/O failed: {0}")]
+    Io(String),
+}
+
+/// The operations the API server needs of a store. Every write is atomic with its log
+/// entry and durable when the future resolves `Ok`.
+pub trait Store: Send + Sync + 'static {
+    /// The object at `key`, if any.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<StoredObject>, StoreError>>;
+
+    /// Every object whose key starts with `prefix`, ordered by key, and the revision this
+    /// list is consistent with (a watch from that revision misses nothing).
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<ListResult, StoreError>>;
+
+    /// Creates `key`; `AlreadyExists` if it is present.
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<StoredObject, StoreError>>;
+
+    /// Replaces `key`, which must exist. With `expected = Some(rev)` the write happens only
+    /// if the object's `mod_revision` is still `rev` (compare-and-swap), else `Conflict`.
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expected: Option<Revision>,
+    ) -> BoxFuture<'a, Result<StoredObject, StoreError>>;
+
+    /// Deletes `key` (with the same compare-and-swap as `update`) and returns the delete
+    /// event.
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<Revision>,
+    ) -> BoxFuture<'a, Result<Event, StoreError>>;
+
+    /// Events under `prefix` with a revision greater than `after`. `Expired` if the log no
+    /// longer holds every revision after `after`.
+    fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
+
+    /// The revision of the last acknowledged write.
+    fn revision(&self) -> Revision;
+
+    /// The oldest revision `r` such that `watch(_, r)` still succeeds.
+    fn oldest_watchable(&self) -> Revision;
+}
+
+/// The key of an object; `namespace` is empty for cluster-scoped kinds.
+pub fn object_key(group: &str, resource: &str, namespace: &str, name: &str) -> String {
+    format!("{}/{resource}/{namespace}/{name}", group_segment(group))
+}
+
+/// The prefix of a collection: all namespaces when `namespace` is `None`.
+pub fn collection_prefix(group: &str, resource: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) => format!("{}/{resource}/{ns}/", group_segment(group)),
+        None => format!("{}/{resource}/", group_segment(group)),
+    }
+}
+
+fn group_segment(group: &str) -> &str {
+    if group.is_empty() { "core" } else { group }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_prefixes_nest() {
+        let k = object_key("apps", "deployments", "default", "web");
+        assert_eq!(k, "apps/deployments/default/web");
+        assert!(k.starts_with(&collection_prefix("apps", "deployments", Some("default"))));
+        assert!(k.starts_with(&collection_prefix("apps", "deployments", None)));
+        assert!(!k.starts_with(&collection_prefix("apps", "deployments", Some("def"))));
+        assert_eq!(object_key("", "nodes", "", "n1"), "core/nodes//n1");
+    }
+}
