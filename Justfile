@@ -1,0 +1,29 @@
+# wharf's everyday recipes. `just --list` shows them.
+
+# Build the wharf binary (debug).
+build:
+    cargo build
+
+# The README's test command: unit, handler and end-to-end tests from one build.
+test *ARGS:
+    ./scripts/test {{ARGS}}
+
+# Formatting and lints, as CI runs them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+    cargo fmt --all
+
+# Everything CI does.
+ci:
+    ./.ci/run
+
+# Store write throughput and latency with durability on (see BENCHMARKS.md).
+bench:
+    cargo bench -p wharf-control --bench store
+
+# A control plane with the demo applied (Ctrl-C stops it).
+up:
+    ./scripts/up
