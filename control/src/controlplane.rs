@@ -39,12 +39,18 @@ impl ControlConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
-    #[error("cannot open the store in {dir}: {source}")]
-    Store { dir: PathBuf, source: StoreError },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("cannot open the store in {dir}: {error}")]
+    Store { dir: PathBuf, error: StoreError },
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("bootstrapping the cluster: {0}")]
     Bootstrap(String),
     #[error("the server failed: {0}")]
@@ -82,29 +88,45 @@ impl ControlPlane {
 }
 
 /// Opens the store, bootstraps credentials and system namespaces, binds and serves.
-pub async fn start(config: ControlConfig, shutdown: CancellationToken) -> Result<ControlPlane, ControlError> {
+pub async fn start(
+    config: ControlConfig,
+    shutdown: CancellationToken,
+) -> Result<ControlPlane, ControlError> {
     let dir = config.data_dir.clone();
     create_private_dir(&dir)?;
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| ControlError::Listen {
-        addr: config.listen,
-        source,
-    })?;
-    let local_addr = listener.local_addr().map_err(|source| ControlError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| ControlError::Listen {
+                addr: config.listen,
+                error,
+            })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|error| ControlError::Listen {
+            addr: config.listen,
+            error,
+        })?;
     let store_dir = dir.join("store");
-    let store = tokio::task::spawn_blocking(move || FjallStore::open(StoreConfig::new(store_dir.clone())))
-        .await
-        .map_err(|e| ControlError::Bootstrap(format!("opening the store: {e}")))?
-        .map_err(|source| ControlError::Store { dir: dir.join("store"), source })?;
+    let store =
+        tokio::task::spawn_blocking(move || FjallStore::open(StoreConfig::new(store_dir.clone())))
+            .await
+            .map_err(|e| ControlError::Bootstrap(format!("opening the store: {e}")))?
+            .map_err(|error| ControlError::Store {
+                dir: dir.join("store"),
+                error,
+            })?;
     let store: Arc<dyn Store> = Arc::new(store);
 
     let admin_token = load_or_create_token(&dir.join("admin.token")).await?;
     let auth = Arc::new(Authenticator::new());
     auth.add_token(admin_token.clone(), Identity::admin());
     let kubeconfig = dir.join("kubeconfig");
-    write_private(&kubeconfig, kubeconfig_yaml(local_addr, &admin_token).as_bytes()).await?;
+    write_private(
+        &kubeconfig,
+        kubeconfig_yaml(local_addr, &admin_token).as_bytes(),
+    )
+    .await?;
 
     let state = AppState {
         store: store.clone(),
@@ -149,7 +171,11 @@ async fn bootstrap_namespaces(router: &axum::Router) -> Result<(), ControlError>
         match api.create(&PostParams::default(), &ns).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(ControlError::Bootstrap(format!("creating namespace {name}: {e}"))),
+            Err(e) => {
+                return Err(ControlError::Bootstrap(format!(
+                    "creating namespace {name}: {e}"
+                )));
+            }
         }
     }
     Ok(())
@@ -171,12 +197,19 @@ fn kubeconfig_yaml(addr: SocketAddr, token: &str) -> String {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), ControlError> {
-    std::fs::create_dir_all(dir).map_err(|source| ControlError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|error| ControlError::Io {
+        path: dir.to_path_buf(),
+        error,
+    })?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|source| ControlError::Io { path: dir.to_path_buf(), source })?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|error| {
+            ControlError::Io {
+                path: dir.to_path_buf(),
+                error,
+            }
+        })?;
     }
     Ok(())
 }
@@ -186,7 +219,10 @@ async fn load_or_create_token(path: &Path) -> Result<String, ControlError> {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
         Ok(_) => create_token(path).await,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_token(path).await,
-        Err(source) => Err(ControlError::Io { path: path.to_path_buf(), source }),
+        Err(error) => Err(ControlError::Io {
+            path: path.to_path_buf(),
+            error,
+        }),
     }
 }
 
@@ -204,7 +240,10 @@ async fn write_private(path: &Path, contents: &[u8]) -> Result<(), ControlError>
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let tmp = path.with_extension("tmp");
-        let io = |source| ControlError::Io { path: path.clone(), source };
+        let io = |error| ControlError::Io {
+            path: path.clone(),
+            error,
+        };
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]

@@ -70,6 +70,7 @@ impl ResourceKind {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // a table row: one argument per column
 const fn kind(
     group: &'static str,
     kind: &'static str,
@@ -97,20 +98,140 @@ const fn kind(
 
 /// Every kind wharf serves, grouped by API group in the order discovery lists them.
 pub static KINDS: &[ResourceKind] = &[
-    kind("", "Namespace", "namespaces", "namespace", false, &["ns"], true, true, false),
+    kind(
+        "",
+        "Namespace",
+        "namespaces",
+        "namespace",
+        false,
+        &["ns"],
+        true,
+        true,
+        false,
+    ),
     kind("", "Pod", "pods", "pod", true, &["po"], true, true, true),
-    kind("", "Service", "services", "service", true, &["svc"], true, true, true),
-    kind("", "Endpoints", "endpoints", "endpoints", true, &["ep"], false, false, false),
-    kind("", "Node", "nodes", "node", false, &["no"], true, true, false),
-    kind("", "ConfigMap", "configmaps", "configmap", true, &["cm"], false, false, false),
-    kind("", "Secret", "secrets", "secret", true, &[], false, false, false),
-    kind("", "Event", "events", "event", true, &["ev"], false, false, false),
-    kind("apps", "Deployment", "deployments", "deployment", true, &["deploy"], true, true, true),
-    kind("apps", "ReplicaSet", "replicasets", "replicaset", true, &["rs"], true, true, true),
-    kind("apps", "DaemonSet", "daemonsets", "daemonset", true, &["ds"], true, true, true),
+    kind(
+        "",
+        "Service",
+        "services",
+        "service",
+        true,
+        &["svc"],
+        true,
+        true,
+        true,
+    ),
+    kind(
+        "",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+        false,
+        false,
+        false,
+    ),
+    kind(
+        "",
+        "Node",
+        "nodes",
+        "node",
+        false,
+        &["no"],
+        true,
+        true,
+        false,
+    ),
+    kind(
+        "",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        true,
+        &["cm"],
+        false,
+        false,
+        false,
+    ),
+    kind(
+        "",
+        "Secret",
+        "secrets",
+        "secret",
+        true,
+        &[],
+        false,
+        false,
+        false,
+    ),
+    kind(
+        "",
+        "Event",
+        "events",
+        "event",
+        true,
+        &["ev"],
+        false,
+        false,
+        false,
+    ),
+    kind(
+        "apps",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        &["deploy"],
+        true,
+        true,
+        true,
+    ),
+    kind(
+        "apps",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        true,
+        &["rs"],
+        true,
+        true,
+        true,
+    ),
+    kind(
+        "apps",
+        "DaemonSet",
+        "daemonsets",
+        "daemonset",
+        true,
+        &["ds"],
+        true,
+        true,
+        true,
+    ),
     kind("batch", "Job", "jobs", "job", true, &[], true, true, true),
-    kind("coordination.k8s.io", "Lease", "leases", "lease", true, &[], false, true, false),
-    kind("discovery.k8s.io", "EndpointSlice", "endpointslices", "endpointslice", true, &[], false, false, false),
+    kind(
+        "coordination.k8s.io",
+        "Lease",
+        "leases",
+        "lease",
+        true,
+        &[],
+        false,
+        true,
+        false,
+    ),
+    kind(
+        "discovery.k8s.io",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+        true,
+        &[],
+        false,
+        false,
+        false,
+    ),
 ];
 
 /// The kind served at `group`/`version` under URL name `plural`.
@@ -171,7 +292,10 @@ mod tests {
     fn resolves_short_and_long_names() {
         assert_eq!(resolve("po").map(|k| k.kind), Some("Pod"));
         assert_eq!(resolve("deploy").map(|k| k.kind), Some("Deployment"));
-        assert_eq!(resolve("deployments.apps").map(|k| k.kind), Some("Deployment"));
+        assert_eq!(
+            resolve("deployments.apps").map(|k| k.kind),
+            Some("Deployment")
+        );
         assert_eq!(resolve("Deployment").map(|k| k.kind), Some("Deployment"));
         assert_eq!(resolve("ep").map(|k| k.kind), Some("Endpoints"));
         assert_eq!(resolve("deployments.batch"), None);
@@ -181,7 +305,10 @@ mod tests {
     #[test]
     fn paths_follow_kubernetes() {
         let pod = resolve("pod").expect("pod");
-        assert_eq!(pod.collection_path(Some("ns1")), "/api/v1/namespaces/ns1/pods");
+        assert_eq!(
+            pod.collection_path(Some("ns1")),
+            "/api/v1/namespaces/ns1/pods"
+        );
         assert_eq!(pod.collection_path(None), "/api/v1/pods");
         let node = resolve("node").expect("node");
         assert_eq!(node.object_path(Some("x"), "n1"), "/api/v1/nodes/n1");
@@ -190,7 +317,10 @@ mod tests {
             deploy.object_path(Some("default"), "web"),
             "/apis/apps/v1/namespaces/default/deployments/web"
         );
-        assert_eq!(find_kind("apps/v1", "Deployment").map(|k| k.plural), Some("deployments"));
+        assert_eq!(
+            find_kind("apps/v1", "Deployment").map(|k| k.plural),
+            Some("deployments")
+        );
         assert!(find_kind("apps/v2", "Deployment").is_none());
     }
 }

@@ -32,7 +32,16 @@ pub fn columns(kind: &ResourceKind, wide: bool) -> Vec<&'static str> {
             &["CONTAINERS", "IMAGES", "SELECTOR"],
         ),
         "DaemonSet" => (
-            &["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE SELECTOR", "AGE"],
+            &[
+                "NAME",
+                "DESIRED",
+                "CURRENT",
+                "READY",
+                "UP-TO-DATE",
+                "AVAILABLE",
+                "NODE SELECTOR",
+                "AGE",
+            ],
             &["CONTAINERS", "IMAGES", "SELECTOR"],
         ),
         "Job" => (
@@ -40,14 +49,27 @@ pub fn columns(kind: &ResourceKind, wide: bool) -> Vec<&'static str> {
             &["CONTAINERS", "IMAGES", "SELECTOR"],
         ),
         "Service" => (
-            &["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+            &[
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE",
+            ],
             &["SELECTOR"],
         ),
         "Endpoints" => (&["NAME", "ENDPOINTS", "AGE"], &[]),
         "EndpointSlice" => (&["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"], &[]),
         "Node" => (
             &["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
-            &["INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"],
+            &[
+                "INTERNAL-IP",
+                "EXTERNAL-IP",
+                "OS-IMAGE",
+                "KERNEL-VERSION",
+                "CONTAINER-RUNTIME",
+            ],
         ),
         "Namespace" => (&["NAME", "STATUS", "AGE"], &[]),
         "ConfigMap" => (&["NAME", "DATA", "AGE"], &[]),
@@ -56,8 +78,16 @@ pub fn columns(kind: &ResourceKind, wide: bool) -> Vec<&'static str> {
         // kubectl's wide event columns interleave with the narrow ones.
         "Event" if wide => (
             &[
-                "LAST SEEN", "TYPE", "REASON", "OBJECT", "SUBOBJECT", "SOURCE", "MESSAGE",
-                "FIRST SEEN", "COUNT", "NAME",
+                "LAST SEEN",
+                "TYPE",
+                "REASON",
+                "OBJECT",
+                "SUBOBJECT",
+                "SOURCE",
+                "MESSAGE",
+                "FIRST SEEN",
+                "COUNT",
+                "NAME",
             ],
             &[],
         ),
@@ -80,7 +110,11 @@ pub fn row(kind: &ResourceKind, object: &Value, wide: bool, now: Timestamp) -> V
         "Pod" => return pod_row(o, name, age, wide, now),
         "Deployment" => vec![
             name,
-            format!("{}/{}", o.int("/status/readyReplicas"), o.int_or("/spec/replicas", 1)),
+            format!(
+                "{}/{}",
+                o.int("/status/readyReplicas"),
+                o.int_or("/spec/replicas", 1)
+            ),
             o.int("/status/updatedReplicas").to_string(),
             o.int("/status/availableReplicas").to_string(),
             age,
@@ -102,7 +136,13 @@ pub fn row(kind: &ResourceKind, object: &Value, wide: bool, now: Timestamp) -> V
             format_labels(o.get("/spec/template/spec/nodeSelector")),
             age,
         ],
-        "Job" => vec![name, job_status(o), job_completions(o), job_duration(o, now), age],
+        "Job" => vec![
+            name,
+            job_status(o),
+            job_completions(o),
+            job_duration(o, now),
+            age,
+        ],
         "Service" => vec![
             name,
             o.str_or("/spec/type", "ClusterIP").to_string(),
@@ -153,16 +193,28 @@ pub fn row(kind: &ResourceKind, object: &Value, wide: bool, now: Timestamp) -> V
                 cells.extend([
                     address("InternalIP"),
                     address("ExternalIP"),
-                    o.str_or("/status/nodeInfo/osImage", "<unknown>").to_string(),
-                    o.str_or("/status/nodeInfo/kernelVersion", "<unknown>").to_string(),
-                    o.str_or("/status/nodeInfo/containerRuntimeVersion", "<unknown>").to_string(),
+                    o.str_or("/status/nodeInfo/osImage", "<unknown>")
+                        .to_string(),
+                    o.str_or("/status/nodeInfo/kernelVersion", "<unknown>")
+                        .to_string(),
+                    o.str_or("/status/nodeInfo/containerRuntimeVersion", "<unknown>")
+                        .to_string(),
                 ]);
             }
             return cells;
         }
         "Namespace" => vec![name, o.str("/status/phase").to_string(), age],
-        "ConfigMap" => vec![name, (o.len("/data") + o.len("/binaryData")).to_string(), age],
-        "Secret" => vec![name, o.str("/type").to_string(), o.len("/data").to_string(), age],
+        "ConfigMap" => vec![
+            name,
+            (o.len("/data") + o.len("/binaryData")).to_string(),
+            age,
+        ],
+        "Secret" => vec![
+            name,
+            o.str("/type").to_string(),
+            o.len("/data").to_string(),
+            age,
+        ],
         "Lease" => vec![name, o.str("/spec/holderIdentity").to_string(), age],
         "Event" => return event_row(o, name, wide, now),
         _ => vec![name, age],
@@ -177,8 +229,8 @@ pub fn row(kind: &ResourceKind, object: &Value, wide: bool, now: Timestamp) -> V
     cells
 }
 
-/// How long ago `created` was, as kubectl prints ages: `45s`, `3m2s`, `14m`, `2h5m`,
-/// `3d4h`, `40d`, `2y3d` (apimachinery's `duration.HumanDuration`).
+/// How long ago `created` was, as kubectl prints ages: `45s`, `3m2s`, `14m`, `125m`,
+/// `3h5m`, `20h`, `3d4h`, `40d`, `2y3d` (apimachinery's `duration.HumanDuration`).
 pub fn age(created: Timestamp, now: Timestamp) -> String {
     human_duration(now.as_second() - created.as_second())
 }
@@ -258,7 +310,9 @@ impl<'a> Obj<'a> {
         self.get(ptr).and_then(Value::as_bool).unwrap_or(false)
     }
     fn arr(self, ptr: &str) -> &'a [Value] {
-        self.get(ptr).and_then(Value::as_array).map_or(&[], Vec::as_slice)
+        self.get(ptr)
+            .and_then(Value::as_array)
+            .map_or(&[], Vec::as_slice)
     }
     fn map(self, ptr: &str) -> Option<&'a Map<String, Value>> {
         self.get(ptr).and_then(Value::as_object)
@@ -275,7 +329,8 @@ impl<'a> Obj<'a> {
         self.get(ptr)?.as_str()?.parse().ok()
     }
     fn age(self, ptr: &str, now: Timestamp) -> String {
-        self.time(ptr).map_or_else(|| "<unknown>".to_string(), |t| age(t, now))
+        self.time(ptr)
+            .map_or_else(|| "<unknown>".to_string(), |t| age(t, now))
     }
     /// The `status` of the condition of type `ty` under `ptr`, if there is one.
     fn condition(self, ptr: &str, ty: &str) -> Option<&'a str> {
@@ -304,7 +359,10 @@ fn pod_row(o: Obj<'_>, name: String, age: String, wide: bool, now: Timestamp) ->
         })
     };
     let total = o.arr("/spec/containers").len()
-        + init_specs.iter().filter(|c| Obj(c).str("/restartPolicy") == "Always").count();
+        + init_specs
+            .iter()
+            .filter(|c| Obj(c).str("/restartPolicy") == "Always")
+            .count();
     let mut ready = 0;
     let mut restarts = 0;
     let mut last_restart: Option<Timestamp> = None;
@@ -427,7 +485,9 @@ fn event_row(o: Obj<'_>, name: String, wide: bool, now: Timestamp) -> Vec<String
         .time("/firstTimestamp")
         .or_else(|| o.time("/eventTime"))
         .map_or_else(|| "<unknown>".to_string(), |t| age(t, now));
-    let mut last = o.time("/lastTimestamp").map_or_else(|| first.clone(), |t| age(t, now));
+    let mut last = o
+        .time("/lastTimestamp")
+        .map_or_else(|| first.clone(), |t| age(t, now));
     let mut count = o.int("/count");
     if o.get("/series").is_some() {
         last = o.age("/series/lastObservedTime", now);
@@ -435,7 +495,10 @@ fn event_row(o: Obj<'_>, name: String, wide: bool, now: Timestamp) -> Vec<String
     } else if count == 0 {
         count = 1;
     }
-    let target = match (o.str("/involvedObject/kind").to_lowercase(), o.str("/involvedObject/name")) {
+    let target = match (
+        o.str("/involvedObject/kind").to_lowercase(),
+        o.str("/involvedObject/name"),
+    ) {
         (kind, "") => kind,
         (kind, name) => format!("{kind}/{name}"),
     };
@@ -488,7 +551,10 @@ fn job_status(o: Obj<'_>) -> String {
 
 fn job_completions(o: Obj<'_>) -> String {
     let succeeded = o.int("/status/succeeded");
-    match (o.get("/spec/completions").and_then(Value::as_i64), o.int("/spec/parallelism")) {
+    match (
+        o.get("/spec/completions").and_then(Value::as_i64),
+        o.int("/spec/parallelism"),
+    ) {
         (Some(completions), _) => format!("{succeeded}/{completions}"),
         (None, parallelism) if parallelism > 1 => format!("{succeeded}/1 of {parallelism}"),
         (None, _) => format!("{succeeded}/1"),
@@ -496,7 +562,10 @@ fn job_completions(o: Obj<'_>) -> String {
 }
 
 fn job_duration(o: Obj<'_>, now: Timestamp) -> String {
-    match (o.time("/status/startTime"), o.time("/status/completionTime")) {
+    match (
+        o.time("/status/startTime"),
+        o.time("/status/completionTime"),
+    ) {
         (None, _) => String::new(),
         (Some(start), None) => age(start, now),
         (Some(start), Some(end)) => age(start, end),
@@ -504,7 +573,11 @@ fn job_duration(o: Obj<'_>, now: Timestamp) -> String {
 }
 
 fn service_external_ip(o: Obj<'_>, wide: bool) -> String {
-    let external: Vec<&str> = o.arr("/spec/externalIPs").iter().filter_map(Value::as_str).collect();
+    let external: Vec<&str> = o
+        .arr("/spec/externalIPs")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     match o.str_or("/spec/type", "ClusterIP") {
         "ClusterIP" | "NodePort" => or_none(&external.join(",")),
         "LoadBalancer" => {
@@ -515,11 +588,13 @@ fn service_external_ip(o: Obj<'_>, wide: bool) -> String {
                 .filter(|s| !s.is_empty())
                 .collect::<Vec<_>>()
                 .join(",");
-            if !wide && ingress.len() > 16 {
-                ingress = format!("{}...", &ingress[..13]);
+            if !wide && ingress.chars().count() > 16 {
+                ingress = format!("{}...", ingress.chars().take(13).collect::<String>());
             }
-            let all: Vec<&str> =
-                std::iter::once(ingress.as_str()).filter(|s| !s.is_empty()).chain(external).collect();
+            let all: Vec<&str> = std::iter::once(ingress.as_str())
+                .filter(|s| !s.is_empty())
+                .chain(external)
+                .collect();
             if all.is_empty() {
                 "<pending>".to_string()
             } else {
@@ -550,8 +625,16 @@ fn service_ports(o: Obj<'_>) -> String {
 /// `ip:port` for every address and port of every subset, the first three shown.
 fn endpoints(o: Obj<'_>) -> String {
     let addresses = o.arr("/subsets").iter().map(Obj).flat_map(|subset| {
-        let ips: Vec<&str> = subset.arr("/addresses").iter().map(|a| Obj(a).str("/ip")).collect();
-        let ports: Vec<i64> = subset.arr("/ports").iter().map(|p| Obj(p).int("/port")).collect();
+        let ips: Vec<&str> = subset
+            .arr("/addresses")
+            .iter()
+            .map(|a| Obj(a).str("/ip"))
+            .collect();
+        let ports: Vec<i64> = subset
+            .arr("/ports")
+            .iter()
+            .map(|p| Obj(p).int("/port"))
+            .collect();
         if ports.is_empty() {
             ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>()
         } else {
@@ -655,7 +738,11 @@ fn format_selector(selector: Option<&Value>) -> String {
         .collect();
     for expr in selector.arr("/matchExpressions").iter().map(Obj) {
         let key = expr.str("/key");
-        let mut values: Vec<&str> = expr.arr("/values").iter().filter_map(Value::as_str).collect();
+        let mut values: Vec<&str> = expr
+            .arr("/values")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         values.sort_unstable();
         let text = match expr.str("/operator") {
             "In" => format!("{key} in ({})", values.join(",")),
@@ -667,7 +754,13 @@ fn format_selector(selector: Option<&Value>) -> String {
         reqs.push((key.to_string(), text));
     }
     reqs.sort();
-    or_none(&reqs.into_iter().map(|(_, t)| t).collect::<Vec<_>>().join(","))
+    or_none(
+        &reqs
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect::<Vec<_>>()
+            .join(","),
+    )
 }
 
 fn or_none(s: &str) -> String {
@@ -699,7 +792,8 @@ mod tests {
             (300, "5m"),
             (14 * 60 + 30, "14m"),
             (179 * 60, "179m"),
-            (2 * 3600 + 5 * 60, "2h5m"),
+            (2 * 3600 + 5 * 60, "125m"),
+            (3 * 3600 + 5 * 60, "3h5m"),
             (5 * 3600, "5h"),
             (20 * 3600, "20h"),
             (3 * 86400 + 4 * 3600, "3d4h"),
@@ -735,8 +829,14 @@ mod tests {
             row(kind, &pod, false, at(NOW)),
             ["web-1", "1/2", "CrashLoopBackOff", "2 (30s ago)", "3m"]
         );
-        assert_eq!(columns(kind, true).len(), row(kind, &pod, true, at(NOW)).len());
-        assert_eq!(row(kind, &pod, true, at(NOW))[5..], ["127.1.0.5", "node-1", "<none>", "<none>"]);
+        assert_eq!(
+            columns(kind, true).len(),
+            row(kind, &pod, true, at(NOW)).len()
+        );
+        assert_eq!(
+            row(kind, &pod, true, at(NOW))[5..],
+            ["127.1.0.5", "node-1", "<none>", "<none>"]
+        );
     }
 
     #[test]
@@ -755,8 +855,10 @@ mod tests {
             "ExitCode:3"
         );
         assert_eq!(
-            status(json!({"spec": {"initContainers": [{"name": "i"}]}, "status": {"phase": "Pending",
-                "initContainerStatuses": [{"name": "i", "state": {"running": {}}}]}})),
+            status(
+                json!({"spec": {"initContainers": [{"name": "i"}]}, "status": {"phase": "Pending",
+                "initContainerStatuses": [{"name": "i", "state": {"running": {}}}]}})
+            ),
             "Init:0/1"
         );
         assert_eq!(status(json!({"status": {"phase": "Pending"}})), "Pending");
@@ -774,7 +876,16 @@ mod tests {
         });
         assert_eq!(
             row(resolve("deploy").unwrap(), &deploy, true, now),
-            ["web", "2/3", "3", "2", "2h", "w", "web.wasm", "app=web,tier in (a,b)"]
+            [
+                "web",
+                "2/3",
+                "3",
+                "2",
+                "120m",
+                "w",
+                "web.wasm",
+                "app=web,tier in (a,b)"
+            ]
         );
         let svc = json!({
             "metadata": {"name": "web"},
@@ -783,7 +894,15 @@ mod tests {
         });
         assert_eq!(
             row(resolve("svc").unwrap(), &svc, true, now),
-            ["web", "ClusterIP", "127.64.0.10", "<none>", "80/TCP,53:30053/UDP", "<unknown>", "app=web"]
+            [
+                "web",
+                "ClusterIP",
+                "127.64.0.10",
+                "<none>",
+                "80/TCP,53:30053/UDP",
+                "<unknown>",
+                "app=web"
+            ]
         );
         let ep = json!({"metadata": {"name": "web"}, "subsets": [{
             "addresses": [{"ip": "127.1.0.1"}, {"ip": "127.1.0.2"}],

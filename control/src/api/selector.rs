@@ -85,7 +85,9 @@ fn split_top_level(input: &str) -> Result<Vec<&str>, SelectorError> {
             ')' => {
                 depth -= 1;
                 if depth < 0 {
-                    return Err(SelectorError(format!("unbalanced ')' in selector {input:?}")));
+                    return Err(SelectorError(format!(
+                        "unbalanced ')' in selector {input:?}"
+                    )));
                 }
             }
             ',' if depth == 0 => {
@@ -96,7 +98,9 @@ fn split_top_level(input: &str) -> Result<Vec<&str>, SelectorError> {
         }
     }
     if depth != 0 {
-        return Err(SelectorError(format!("unbalanced '(' in selector {input:?}")));
+        return Err(SelectorError(format!(
+            "unbalanced '(' in selector {input:?}"
+        )));
     }
     parts.push(&input[start..]);
     Ok(parts)
@@ -137,7 +141,11 @@ fn parse_requirement(part: &str) -> Result<LabelRequirement, SelectorError> {
         let inner = set
             .strip_prefix('(')
             .and_then(|s| s.strip_suffix(')'))
-            .ok_or_else(|| SelectorError(format!("expected a set in parentheses after {op} in {part:?}")))?;
+            .ok_or_else(|| {
+                SelectorError(format!(
+                    "expected a set in parentheses after {op} in {part:?}"
+                ))
+            })?;
         validate_key(key)?;
         let values: Vec<String> = inner
             .split(',')
@@ -148,7 +156,9 @@ fn parse_requirement(part: &str) -> Result<LabelRequirement, SelectorError> {
             validate_value(v)?;
         }
         if values.is_empty() && op == "in" {
-            return Err(SelectorError(format!("'in' needs at least one value in {part:?}")));
+            return Err(SelectorError(format!(
+                "'in' needs at least one value in {part:?}"
+            )));
         }
         return Ok(if op == "in" {
             LabelRequirement::In(key.into(), values)
@@ -174,7 +184,11 @@ fn validate_key(key: &str) -> Result<(), SelectorError> {
 }
 
 fn validate_value(v: &str) -> Result<(), SelectorError> {
-    if v.len() > 63 || !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+    if v.len() > 63
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
         return Err(SelectorError(format!("invalid label value {v:?}")));
     }
     Ok(())
@@ -291,27 +305,57 @@ fn field_value(object: &Value, field: &str) -> String {
     }
 }
 
+/// A JSON `{"k": "v"}` map as labels.
+pub fn object_labels_of_map(map: &Value) -> BTreeMap<String, String> {
+    map.as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn parses_every_operator() {
-        let s = LabelSelector::parse("app=web,tier!=db,env in (prod, staging),zone notin (a),ready,!legacy")
-            .expect("parse");
+        let s = LabelSelector::parse(
+            "app=web,tier!=db,env in (prod, staging),zone notin (a),ready,!legacy",
+        )
+        .expect("parse");
         assert_eq!(s.0.len(), 6);
-        let l = labels(&[("app", "web"), ("env", "prod"), ("ready", ""), ("zone", "b")]);
+        let l = labels(&[
+            ("app", "web"),
+            ("env", "prod"),
+            ("ready", ""),
+            ("zone", "b"),
+        ]);
         assert!(s.matches(&l));
         let l2 = labels(&[("app", "web"), ("env", "dev"), ("ready", "")]);
         assert!(!s.matches(&l2));
-        let l3 = labels(&[("app", "web"), ("env", "prod"), ("ready", ""), ("legacy", "1")]);
+        let l3 = labels(&[
+            ("app", "web"),
+            ("env", "prod"),
+            ("ready", ""),
+            ("legacy", "1"),
+        ]);
         assert!(!s.matches(&l3));
-        assert!(LabelSelector::parse("app==web").expect("==").matches(&labels(&[("app", "web")])));
+        assert!(
+            LabelSelector::parse("app==web")
+                .expect("==")
+                .matches(&labels(&[("app", "web")]))
+        );
     }
 
     #[test]
@@ -333,23 +377,24 @@ mod tests {
     fn field_selectors_check_supported_fields() {
         let pod = json!({"metadata": {"name": "p1", "namespace": "default"},
                          "spec": {"nodeName": "node-1"}, "status": {"phase": "Running"}});
-        let s = FieldSelector::parse("spec.nodeName=node-1,status.phase!=Failed", "Pod").expect("parse");
+        let s = FieldSelector::parse("spec.nodeName=node-1,status.phase!=Failed", "Pod")
+            .expect("parse");
         assert!(s.matches(&pod));
-        assert!(!FieldSelector::parse("metadata.name=p2", "Pod").expect("parse").matches(&pod));
-        assert!(FieldSelector::parse("spec.nodeName=", "Pod").expect("parse").matches(&json!({})));
+        assert!(
+            !FieldSelector::parse("metadata.name=p2", "Pod")
+                .expect("parse")
+                .matches(&pod)
+        );
+        assert!(
+            FieldSelector::parse("spec.nodeName=", "Pod")
+                .expect("parse")
+                .matches(&json!({}))
+        );
         let err = FieldSelector::parse("spec.nodeName=x", "ConfigMap").expect_err("unsupported");
-        assert!(err.0.contains("field label not supported: spec.nodeName"), "{err}");
+        assert!(
+            err.0.contains("field label not supported: spec.nodeName"),
+            "{err}"
+        );
         assert_eq!(s.required("spec.nodeName"), Some("node-1"));
     }
-}
-
-/// A JSON `{"k": "v"}` map as labels.
-pub fn object_labels_of_map(map: &Value) -> BTreeMap<String, String> {
-    map.as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -60,7 +60,12 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    pub fn new(field: impl Into<String>, reason: Reason, value: Option<String>, detail: impl Into<String>) -> Self {
+    pub fn new(
+        field: impl Into<String>,
+        reason: Reason,
+        value: Option<String>,
+        detail: impl Into<String>,
+    ) -> Self {
         FieldError {
             field: field.into(),
             reason,
@@ -73,8 +78,17 @@ impl FieldError {
         Self::new(field, Reason::Required, None, detail)
     }
 
-    pub fn invalid(field: impl Into<String>, value: impl fmt::Display, detail: impl Into<String>) -> Self {
-        Self::new(field, Reason::Invalid, Some(format!("{:?}", value.to_string())), detail)
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl fmt::Display,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self::new(
+            field,
+            Reason::Invalid,
+            Some(format!("{:?}", value.to_string())),
+            detail,
+        )
     }
 
     /// The message without the field, as `details.causes[].message` carries it.
@@ -106,7 +120,8 @@ const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alp
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -128,7 +143,9 @@ fn is_qualified_name(s: &str) -> bool {
     };
     let name_ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     name_ok && prefix.is_none_or(is_dns1123_subdomain)
@@ -137,21 +154,34 @@ fn is_qualified_name(s: &str) -> bool {
 fn is_label_value(s: &str) -> bool {
     s.is_empty()
         || (s.len() <= 63
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             && s.starts_with(|c: char| c.is_ascii_alphanumeric())
             && s.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
 
 /// Decodes `value` as the kind's typed struct; the error names the field that failed.
 fn decode_typed(kind: &ResourceKind, value: &Value) -> Result<(), FieldError> {
-    use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc};
+    use k8s_openapi::api::{
+        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
+        discovery::v1 as disc,
+    };
     fn check<T: serde::de::DeserializeOwned>(value: &Value) -> Result<(), FieldError> {
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(_) => Ok(()),
             Err(e) => {
                 let path = e.path().to_string();
-                let field = if path == "." { "<body>".to_string() } else { path };
-                Err(FieldError::new(field, Reason::TypeInvalid, None, e.into_inner().to_string()))
+                let field = if path == "." {
+                    "<body>".to_string()
+                } else {
+                    path
+                };
+                Err(FieldError::new(
+                    field,
+                    Reason::TypeInvalid,
+                    None,
+                    e.into_inner().to_string(),
+                ))
             }
         }
     }
@@ -198,7 +228,9 @@ pub fn validate(kind: &ResourceKind, obj: &Value) -> Vec<FieldError> {
                     for key in map.keys() {
                         if key.is_empty()
                             || key.len() > 253
-                            || !key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                            || !key.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+                            })
                         {
                             errs.push(FieldError::invalid(
                                 format!("{section}[{key}]"),
@@ -210,10 +242,10 @@ pub fn validate(kind: &ResourceKind, obj: &Value) -> Vec<FieldError> {
                 }
             }
         }
-        ("discovery.k8s.io", "EndpointSlice") => {
-            if obj.get("addressType").and_then(Value::as_str).is_none() {
-                errs.push(FieldError::required("addressType", ""));
-            }
+        ("discovery.k8s.io", "EndpointSlice")
+            if obj.get("addressType").and_then(Value::as_str).is_none() =>
+        {
+            errs.push(FieldError::required("addressType", ""));
         }
         _ => {}
     }
@@ -221,9 +253,15 @@ pub fn validate(kind: &ResourceKind, obj: &Value) -> Vec<FieldError> {
 }
 
 fn validate_metadata(kind: &ResourceKind, obj: &Value, errs: &mut Vec<FieldError>) {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if name.is_empty() {
-        errs.push(FieldError::required("metadata.name", "name or generateName is required"));
+        errs.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else {
         let (ok, msg) = match kind.kind {
             "Namespace" => (is_dns1123_label(name), DNS1123_LABEL_MSG),
@@ -236,9 +274,16 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value, errs: &mut Vec<FieldError
         }
     }
     if kind.namespaced {
-        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if !is_dns1123_label(ns) {
-            errs.push(FieldError::invalid("metadata.namespace", ns, DNS1123_LABEL_MSG));
+            errs.push(FieldError::invalid(
+                "metadata.namespace",
+                ns,
+                DNS1123_LABEL_MSG,
+            ));
         }
     }
     if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
@@ -259,10 +304,17 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value, errs: &mut Vec<FieldError
             }
         }
     }
-    if let Some(annotations) = obj.pointer("/metadata/annotations").and_then(Value::as_object) {
+    if let Some(annotations) = obj
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
         for k in annotations.keys() {
             if !is_qualified_name(k) {
-                errs.push(FieldError::invalid("metadata.annotations", k, "invalid annotation key"));
+                errs.push(FieldError::invalid(
+                    "metadata.annotations",
+                    k,
+                    "invalid annotation key",
+                ));
             }
         }
     }
@@ -271,16 +323,24 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value, errs: &mut Vec<FieldError
 fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
     let containers = spec.get("containers").and_then(Value::as_array);
     match containers {
-        None => errs.push(FieldError::required(format!("{path}.containers"), "a pod needs at least one container")),
-        Some(c) if c.is_empty() => {
-            errs.push(FieldError::required(format!("{path}.containers"), "a pod needs at least one container"))
-        }
+        None => errs.push(FieldError::required(
+            format!("{path}.containers"),
+            "a pod needs at least one container",
+        )),
+        Some(c) if c.is_empty() => errs.push(FieldError::required(
+            format!("{path}.containers"),
+            "a pod needs at least one container",
+        )),
         Some(_) => {}
     }
     let volume_names: HashSet<&str> = spec
         .get("volumes")
         .and_then(Value::as_array)
-        .map(|v| v.iter().filter_map(|v| v.get("name").and_then(Value::as_str)).collect())
+        .map(|v| {
+            v.iter()
+                .filter_map(|v| v.get("name").and_then(Value::as_str))
+                .collect()
+        })
         .unwrap_or_default();
     let mut seen = HashSet::new();
     for section in ["initContainers", "containers"] {
@@ -293,12 +353,27 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
             if name.is_empty() {
                 errs.push(FieldError::required(format!("{at}.name"), ""));
             } else if !is_dns1123_label(name) {
-                errs.push(FieldError::invalid(format!("{at}.name"), name, DNS1123_LABEL_MSG));
+                errs.push(FieldError::invalid(
+                    format!("{at}.name"),
+                    name,
+                    DNS1123_LABEL_MSG,
+                ));
             } else if !seen.insert(name.to_string()) {
-                errs.push(FieldError::new(format!("{at}.name"), Reason::Duplicate, Some(format!("{name:?}")), ""));
+                errs.push(FieldError::new(
+                    format!("{at}.name"),
+                    Reason::Duplicate,
+                    Some(format!("{name:?}")),
+                    "",
+                ));
             }
-            if c.get("image").and_then(Value::as_str).is_none_or(|s| s.trim().is_empty()) {
-                errs.push(FieldError::required(format!("{at}.image"), "the .wasm the container runs"));
+            if c.get("image")
+                .and_then(Value::as_str)
+                .is_none_or(|s| s.trim().is_empty())
+            {
+                errs.push(FieldError::required(
+                    format!("{at}.image"),
+                    "the .wasm the container runs",
+                ));
             }
             if let Some(ports) = c.get("ports").and_then(Value::as_array) {
                 for (j, p) in ports.iter().enumerate() {
@@ -324,14 +399,23 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
                             "no volume of that name in the pod",
                         ));
                     }
-                    if m.get("mountPath").and_then(Value::as_str).is_none_or(str::is_empty) {
-                        errs.push(FieldError::required(format!("{at}.volumeMounts[{j}].mountPath"), ""));
+                    if m.get("mountPath")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                    {
+                        errs.push(FieldError::required(
+                            format!("{at}.volumeMounts[{j}].mountPath"),
+                            "",
+                        ));
                     }
                 }
             }
             if let Some(env) = c.get("env").and_then(Value::as_array) {
                 for (j, e) in env.iter().enumerate() {
-                    if e.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    if e.get("name")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                    {
                         errs.push(FieldError::required(format!("{at}.env[{j}].name"), ""));
                     }
                 }
@@ -353,7 +437,11 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
         for (i, v) in list.iter().enumerate() {
             let name = v.get("name").and_then(Value::as_str).unwrap_or("");
             if !is_dns1123_label(name) {
-                errs.push(FieldError::invalid(format!("{path}.volumes[{i}].name"), name, DNS1123_LABEL_MSG));
+                errs.push(FieldError::invalid(
+                    format!("{path}.volumes[{i}].name"),
+                    name,
+                    DNS1123_LABEL_MSG,
+                ));
             } else if !vols.insert(name) {
                 errs.push(FieldError::new(
                     format!("{path}.volumes[{i}].name"),
@@ -387,10 +475,16 @@ fn validate_workload(kind: &str, spec: Option<&Value>, errs: &mut Vec<FieldError
     if let Some(r) = spec.get("replicas").and_then(Value::as_i64)
         && r < 0
     {
-        errs.push(FieldError::invalid("spec.replicas", r, "must be greater than or equal to 0"));
+        errs.push(FieldError::invalid(
+            "spec.replicas",
+            r,
+            "must be greater than or equal to 0",
+        ));
     }
     validate_selector_and_template(spec, errs);
-    if let Some(p) = spec.pointer("/template/spec/restartPolicy").and_then(Value::as_str)
+    if let Some(p) = spec
+        .pointer("/template/spec/restartPolicy")
+        .and_then(Value::as_str)
         && p != "Always"
     {
         errs.push(FieldError::new(
@@ -415,10 +509,17 @@ fn validate_workload(kind: &str, spec: Option<&Value>, errs: &mut Vec<FieldError
 
 fn validate_selector_and_template(spec: &Value, errs: &mut Vec<FieldError>) {
     let selector = spec.get("selector");
-    let match_labels = selector.and_then(|s| s.get("matchLabels")).and_then(Value::as_object);
-    let match_exprs = selector.and_then(|s| s.get("matchExpressions")).and_then(Value::as_array);
+    let match_labels = selector
+        .and_then(|s| s.get("matchLabels"))
+        .and_then(Value::as_object);
+    let match_exprs = selector
+        .and_then(|s| s.get("matchExpressions"))
+        .and_then(Value::as_array);
     if match_labels.is_none_or(|m| m.is_empty()) && match_exprs.is_none_or(|m| m.is_empty()) {
-        errs.push(FieldError::required("spec.selector", "a selector is required and must not be empty"));
+        errs.push(FieldError::required(
+            "spec.selector",
+            "a selector is required and must not be empty",
+        ));
     }
     let template_labels = spec
         .pointer("/template/metadata/labels")
@@ -440,15 +541,25 @@ fn validate_selector_and_template(spec: &Value, errs: &mut Vec<FieldError>) {
 }
 
 fn format_labels(labels: &std::collections::BTreeMap<String, String>) -> String {
-    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Does a metav1 `LabelSelector` (matchLabels + matchExpressions) match `labels`?
-pub fn label_selector_matches(selector: &Value, labels: &std::collections::BTreeMap<String, String>) -> bool {
+pub fn label_selector_matches(
+    selector: &Value,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
     let labels_ok = selector
         .get("matchLabels")
         .and_then(Value::as_object)
-        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str()));
+        .is_none_or(|m| {
+            m.iter()
+                .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
+        });
     let exprs_ok = selector
         .get("matchExpressions")
         .and_then(Value::as_array)
@@ -478,19 +589,35 @@ fn validate_job(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
         errs.push(FieldError::required("spec", ""));
         return;
     };
-    for field in ["parallelism", "completions", "backoffLimit", "activeDeadlineSeconds"] {
+    for field in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "activeDeadlineSeconds",
+    ] {
         if let Some(n) = spec.get(field).and_then(Value::as_i64)
             && (n < 0 || (field == "activeDeadlineSeconds" && n == 0))
         {
-            errs.push(FieldError::invalid(format!("spec.{field}"), n, "must be greater than or equal to 0"));
+            errs.push(FieldError::invalid(
+                format!("spec.{field}"),
+                n,
+                "must be greater than or equal to 0",
+            ));
         }
     }
     validate_selector_and_template(spec, errs);
-    match spec.pointer("/template/spec/restartPolicy").and_then(Value::as_str) {
+    match spec
+        .pointer("/template/spec/restartPolicy")
+        .and_then(Value::as_str)
+    {
         Some("OnFailure") | Some("Never") => {}
         other => errs.push(FieldError::new(
             "spec.template.spec.restartPolicy",
-            if other.is_none() { Reason::Required } else { Reason::NotSupported },
+            if other.is_none() {
+                Reason::Required
+            } else {
+                Reason::NotSupported
+            },
             other.map(|p| format!("{p:?}")),
             "supported values: \"OnFailure\", \"Never\"",
         )),
@@ -502,8 +629,14 @@ fn validate_service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
         errs.push(FieldError::required("spec", ""));
         return;
     };
-    let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
-    if !matches!(ty, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    if !matches!(
+        ty,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
         errs.push(FieldError::new(
             "spec.type",
             Reason::NotSupported,
@@ -512,7 +645,11 @@ fn validate_service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
         ));
     }
     let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
-    let ports = spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if ports.is_empty() && ty != "ExternalName" && !headless {
         errs.push(FieldError::required("spec.ports", ""));
     }
@@ -522,17 +659,27 @@ fn validate_service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
         let at = format!("spec.ports[{i}]");
         let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
         if !(1..=65535).contains(&port) {
-            errs.push(FieldError::invalid(format!("{at}.port"), port, "must be between 1 and 65535, inclusive"));
+            errs.push(FieldError::invalid(
+                format!("{at}.port"),
+                port,
+                "must be between 1 and 65535, inclusive",
+            ));
         }
         match p.get("targetPort") {
-            Some(Value::Number(n)) if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) => errs.push(
-                FieldError::invalid(format!("{at}.targetPort"), n, "must be between 1 and 65535, inclusive"),
-            ),
-            Some(Value::String(s)) if !is_dns1123_label(s) || s.len() > 15 => errs.push(FieldError::invalid(
-                format!("{at}.targetPort"),
-                s,
-                "must be a port number or an IANA_SVC_NAME (at most 15 lowercase characters)",
-            )),
+            Some(Value::Number(n)) if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) => {
+                errs.push(FieldError::invalid(
+                    format!("{at}.targetPort"),
+                    n,
+                    "must be between 1 and 65535, inclusive",
+                ))
+            }
+            Some(Value::String(s)) if !is_dns1123_label(s) || s.len() > 15 => {
+                errs.push(FieldError::invalid(
+                    format!("{at}.targetPort"),
+                    s,
+                    "must be a port number or an IANA_SVC_NAME (at most 15 lowercase characters)",
+                ))
+            }
             _ => {}
         }
         if let Some(np) = p.get("nodePort").and_then(Value::as_i64)
@@ -550,16 +697,28 @@ fn validate_service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
         check_protocol(p, &format!("{at}.protocol"), errs);
         let name = p.get("name").and_then(Value::as_str).unwrap_or("");
         if ports.len() > 1 && name.is_empty() {
-            errs.push(FieldError::required(format!("{at}.name"), "names are required when a service has several ports"));
+            errs.push(FieldError::required(
+                format!("{at}.name"),
+                "names are required when a service has several ports",
+            ));
         } else if !name.is_empty() && !is_dns1123_label(name) {
-            errs.push(FieldError::invalid(format!("{at}.name"), name, DNS1123_LABEL_MSG));
+            errs.push(FieldError::invalid(
+                format!("{at}.name"),
+                name,
+                DNS1123_LABEL_MSG,
+            ));
         } else if !name.is_empty() && !names.insert(name.to_string()) {
-            errs.push(FieldError::new(format!("{at}.name"), Reason::Duplicate, Some(format!("{name:?}")), ""));
+            errs.push(FieldError::new(
+                format!("{at}.name"),
+                Reason::Duplicate,
+                Some(format!("{name:?}")),
+                "",
+            ));
         }
         let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
         if !seen.insert((port, proto.to_string())) {
             errs.push(FieldError::new(
-                format!("{at}"),
+                at.clone(),
                 Reason::Duplicate,
                 Some(format!("{{port: {port}, protocol: {proto}}}")),
                 "",
@@ -630,7 +789,11 @@ pub fn apply_defaults(kind: &ResourceKind, obj: &mut Value) {
             set_default(obj, "/spec/replicas", json!(1));
             if obj.pointer("/spec/strategy/type").and_then(Value::as_str) != Some("Recreate") {
                 set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
-                set_default(obj, "/spec/strategy/rollingUpdate/maxUnavailable", json!("25%"));
+                set_default(
+                    obj,
+                    "/spec/strategy/rollingUpdate/maxUnavailable",
+                    json!("25%"),
+                );
                 set_default(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
             }
             set_default(obj, "/spec/revisionHistoryLimit", json!(10));
@@ -639,8 +802,16 @@ pub fn apply_defaults(kind: &ResourceKind, obj: &mut Value) {
         ("apps", "ReplicaSet") => set_default(obj, "/spec/replicas", json!(1)),
         ("apps", "DaemonSet") => {
             set_default(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
-            if obj.pointer("/spec/updateStrategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
-                set_default(obj, "/spec/updateStrategy/rollingUpdate/maxUnavailable", json!(1));
+            if obj
+                .pointer("/spec/updateStrategy/type")
+                .and_then(Value::as_str)
+                == Some("RollingUpdate")
+            {
+                set_default(
+                    obj,
+                    "/spec/updateStrategy/rollingUpdate/maxUnavailable",
+                    json!(1),
+                );
                 set_default(obj, "/spec/updateStrategy/rollingUpdate/maxSurge", json!(0));
             }
             set_default(obj, "/spec/revisionHistoryLimit", json!(10));
@@ -706,9 +877,18 @@ mod tests {
         let errs = validate(kind("pod"), &pod(json!([{"name": "app"}])));
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].field, "spec.containers[0].image");
-        let errs = validate(kind("pod"), &pod(json!([{"name": "a", "image": "x.wasm"}, {"name": "a", "image": "y.wasm"}])));
+        let errs = validate(
+            kind("pod"),
+            &pod(json!([{"name": "a", "image": "x.wasm"}, {"name": "a", "image": "y.wasm"}])),
+        );
         assert_eq!(errs[0].reason, Reason::Duplicate);
-        assert!(validate(kind("pod"), &pod(json!([{"name": "app", "image": "app.wasm"}]))).is_empty());
+        assert!(
+            validate(
+                kind("pod"),
+                &pod(json!([{"name": "app", "image": "app.wasm"}]))
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -731,7 +911,11 @@ mod tests {
         let errs = validate(kind("deploy"), &d);
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].field, "spec.template.metadata.labels");
-        assert!(errs[0].to_string().contains("`selector` does not match template `labels`"));
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("`selector` does not match template `labels`")
+        );
     }
 
     #[test]
@@ -751,9 +935,18 @@ mod tests {
                                     "ports": [{"containerPort": 8080}]}]}}}});
         apply_defaults(kind("deploy"), &mut d);
         assert_eq!(d.pointer("/spec/replicas"), Some(&json!(1)));
-        assert_eq!(d.pointer("/spec/strategy/rollingUpdate/maxSurge"), Some(&json!("25%")));
-        assert_eq!(d.pointer("/spec/template/spec/restartPolicy"), Some(&json!("Always")));
-        assert_eq!(d.pointer("/spec/template/spec/containers/0/ports/0/protocol"), Some(&json!("TCP")));
+        assert_eq!(
+            d.pointer("/spec/strategy/rollingUpdate/maxSurge"),
+            Some(&json!("25%"))
+        );
+        assert_eq!(
+            d.pointer("/spec/template/spec/restartPolicy"),
+            Some(&json!("Always"))
+        );
+        assert_eq!(
+            d.pointer("/spec/template/spec/containers/0/ports/0/protocol"),
+            Some(&json!("TCP"))
+        );
         let mut s = json!({"spec": {"ports": [{"port": 80}]}});
         apply_defaults(kind("svc"), &mut s);
         assert_eq!(s.pointer("/spec/ports/0/targetPort"), Some(&json!(80)));

@@ -86,15 +86,23 @@ pub fn generate_token() -> String {
 }
 
 /// Middleware: resolves the caller's identity or answers 401.
-pub async fn require_identity(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn require_identity(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if req.extensions().get::<Identity>().is_some() {
         return next.run(req).await;
     }
-    let header = req.headers().get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let header = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
     let token = match header.and_then(|h| h.strip_prefix("Bearer ")) {
         Some(t) => t.trim(),
         None => {
-            return ApiError::Unauthorized("Unauthorized: a bearer token is required".into()).into_response();
+            return ApiError::Unauthorized("Unauthorized: a bearer token is required".into())
+                .into_response();
         }
     };
     match state.auth.authenticate(token) {
@@ -102,7 +110,9 @@ pub async fn require_identity(State(state): State<AppState>, mut req: Request, n
             req.extensions_mut().insert(identity);
             next.run(req).await
         }
-        None => ApiError::Unauthorized("Unauthorized: the token is not valid".into()).into_response(),
+        None => {
+            ApiError::Unauthorized("Unauthorized: the token is not valid".into()).into_response()
+        }
     }
 }
 

@@ -9,7 +9,16 @@ use axum::Json;
 use axum::extract::Path;
 use serde_json::{Value, json};
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 /// The Kubernetes version wharf's API corresponds to.
 pub const KUBERNETES_VERSION: (&str, &str) = ("1", "33");
@@ -74,7 +83,9 @@ pub async fn core_resources(Path(version): Path<String>) -> Result<Json<Value>, 
     resource_list("", &version)
 }
 
-pub async fn group_resources(Path((group, version)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn group_resources(
+    Path((group, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     resource_list(&group, &version)
 }
 
@@ -114,8 +125,15 @@ pub fn resource_entries(k: &ResourceKind) -> Vec<Value> {
 }
 
 fn resource_list(group: &str, version: &str) -> Result<Json<Value>, ApiError> {
-    let kinds: Vec<&ResourceKind> = KINDS.iter().filter(|k| k.group == group && k.version == version).collect();
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let kinds: Vec<&ResourceKind> = KINDS
+        .iter()
+        .filter(|k| k.group == group && k.version == version)
+        .collect();
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     if kinds.is_empty() {
         return Err(not_found(&gv));
     }

@@ -30,7 +30,7 @@ pub enum ApiError {
     Conflict { subject: Subject, message: String },
     #[error("{message}")]
     Invalid {
-        subject: Subject,
+        subject: Box<Subject>,
         kind: String,
         message: String,
         causes: Vec<FieldError>,
@@ -64,7 +64,11 @@ impl ApiError {
     }
 
     pub fn already_exists(subject: Subject) -> Self {
-        let message = format!("{} \"{}\" already exists", qualified(&subject), subject.name);
+        let message = format!(
+            "{} \"{}\" already exists",
+            qualified(&subject),
+            subject.name
+        );
         ApiError::AlreadyExists { subject, message }
     }
 
@@ -89,7 +93,7 @@ impl ApiError {
             format!("{kind} \"{}\" is invalid: {list}", subject.name)
         };
         ApiError::Invalid {
-            subject,
+            subject: Box::new(subject),
             kind: kind.to_string(),
             message,
             causes,
@@ -151,7 +155,9 @@ impl ApiError {
     /// The `meta/v1 Status` object for this error.
     pub fn status(&self) -> Value {
         let message = match self {
-            ApiError::Internal(_) => "an internal error occurred; see the control plane's log".to_string(),
+            ApiError::Internal(_) => {
+                "an internal error occurred; see the control plane's log".to_string()
+            }
             other => other.to_string(),
         };
         let mut status = json!({
@@ -166,8 +172,8 @@ impl ApiError {
         let subject = match self {
             ApiError::NotFound { subject, .. }
             | ApiError::AlreadyExists { subject, .. }
-            | ApiError::Conflict { subject, .. }
-            | ApiError::Invalid { subject, .. } => Some(subject),
+            | ApiError::Conflict { subject, .. } => Some(subject),
+            ApiError::Invalid { subject, .. } => Some(&**subject),
             _ => None,
         };
         if let Some(s) = subject {

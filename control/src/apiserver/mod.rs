@@ -69,7 +69,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/{version}/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_identity));
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_identity,
+        ));
     Router::new()
         .route("/healthz", get(health))
         .route("/livez", get(health))

@@ -17,8 +17,9 @@ pub fn decode(stored: &StoredObject) -> Result<Value, ApiError> {
 /// The API form with `resourceVersion` set to `revision` (a delete event carries the
 /// revision of the delete).
 pub fn decode_at(stored: &StoredObject, revision: u64) -> Result<Value, ApiError> {
-    let mut v: Value = serde_json::from_slice(&stored.value)
-        .map_err(|e| ApiError::Internal(format!("stored object {} is not JSON: {e}", stored.key)))?;
+    let mut v: Value = serde_json::from_slice(&stored.value).map_err(|e| {
+        ApiError::Internal(format!("stored object {} is not JSON: {e}", stored.key))
+    })?;
     set_resource_version(&mut v, revision);
     Ok(v)
 }
@@ -42,21 +43,26 @@ pub fn encode(v: &Value) -> Result<Bytes, ApiError> {
 
 /// `metadata.FIELD` as a string.
 pub fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
-    v.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str)
+    v.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
 }
 
 /// The resourceVersion a client sent, if any; a malformed one is a 400.
 pub fn sent_resource_version(v: &Value) -> Result<Option<u64>, ApiError> {
     match meta_str(v, "resourceVersion") {
         None | Some("") => Ok(None),
-        Some(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| ApiError::BadRequest(format!("metadata.resourceVersion: invalid value {s:?}: must be a number"))),
+        Some(s) => s.parse().map(Some).map_err(|_| {
+            ApiError::BadRequest(format!(
+                "metadata.resourceVersion: invalid value {s:?}: must be a number"
+            ))
+        }),
     }
 }
 
 /// Now, as Kubernetes formats timestamps (RFC 3339, seconds, `Z`).
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }

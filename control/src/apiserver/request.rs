@@ -35,7 +35,8 @@ pub fn parse(group: &str, version: &str, rest: &str) -> Result<Target, ApiError>
     let Some(plural) = parts.first() else {
         return Err(not_served(group, version, ""));
     };
-    let kind = kinds::find_by_plural(group, version, plural).ok_or_else(|| not_served(group, version, plural))?;
+    let kind = kinds::find_by_plural(group, version, plural)
+        .ok_or_else(|| not_served(group, version, plural))?;
     if namespace.is_some() && !kind.namespaced {
         return Err(ApiError::BadRequest(format!(
             "{} is not namespaced; its path has no namespaces/NS segment",
@@ -55,7 +56,11 @@ pub fn parse(group: &str, version: &str, rest: &str) -> Result<Target, ApiError>
 }
 
 fn not_served(group: &str, version: &str, plural: &str) -> ApiError {
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     ApiError::NotFound {
         subject: super::error::Subject {
             group: group.to_string(),
@@ -87,10 +92,16 @@ mod tests {
         assert_eq!(t.subresource.as_deref(), Some("status"));
 
         let t = parse("", "v1", "namespaces/prod").expect("namespace");
-        assert_eq!((t.kind.kind, t.name.as_deref(), t.namespace), ("Namespace", Some("prod"), None));
+        assert_eq!(
+            (t.kind.kind, t.name.as_deref(), t.namespace),
+            ("Namespace", Some("prod"), None)
+        );
 
         let t = parse("", "v1", "pods").expect("all pods");
-        assert_eq!((t.kind.kind, t.namespace.clone(), t.name.clone()), ("Pod", None, None));
+        assert_eq!(
+            (t.kind.kind, t.namespace.clone(), t.name.clone()),
+            ("Pod", None, None)
+        );
 
         let t = parse("apps", "v1", "namespaces/a/deployments").expect("deployments");
         assert_eq!(t.kind.kind, "Deployment");

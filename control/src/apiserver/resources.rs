@@ -27,7 +27,8 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 
 /// Namespaces that always exist and cannot be deleted.
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// How often a write is retried on a conflict the client did not cause.
 const MAX_RETRIES: usize = 16;
@@ -63,14 +64,26 @@ impl Query {
     }
 }
 
-pub async fn dispatch(state: AppState, group: &str, version: &str, rest: &str, req: Request) -> Response {
+pub async fn dispatch(
+    state: AppState,
+    group: &str,
+    version: &str,
+    rest: &str,
+    req: Request,
+) -> Response {
     match handle(state, group, version, rest, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn handle(state: AppState, group: &str, version: &str, rest: &str, req: Request) -> Result<Response, ApiError> {
+async fn handle(
+    state: AppState,
+    group: &str,
+    version: &str,
+    rest: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
     let target = request::parse(group, version, rest)?;
     let (parts, body) = req.into_parts();
     let query = Query::parse(parts.uri.query());
@@ -102,7 +115,15 @@ async fn handle(state: AppState, group: &str, version: &str, rest: &str, req: Re
         (&Method::PUT, Some(name)) => {
             let body = read_json(body, &parts.headers, &state, &["application/json"]).await?;
             let dry = query.dry_run()?;
-            let obj = update_with(&state, &target, &name, status_sub, dry, |_| Ok(body.clone())).await?;
+            let obj = update_with(
+                &state,
+                &target,
+                &name,
+                status_sub,
+                dry,
+                |_| Ok(body.clone()),
+            )
+            .await?;
             Ok(json_response(StatusCode::OK, &obj))
         }
         (&Method::PATCH, Some(name)) => {
@@ -143,7 +164,13 @@ fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -161,7 +188,12 @@ fn subject(target: &Target, name: &str) -> Subject {
 
 /// Reads a JSON body of at most the configured size. A request without a Content-Type is
 /// JSON, as Kubernetes clients assume.
-async fn read_json(body: Body, headers: &HeaderMap, state: &AppState, accepted: &[&str]) -> Result<Value, ApiError> {
+async fn read_json(
+    body: Body,
+    headers: &HeaderMap,
+    state: &AppState,
+    accepted: &[&str],
+) -> Result<Value, ApiError> {
     let ct = content_type(headers);
     if !ct.is_empty() && !accepted.contains(&ct.as_str()) {
         return Err(ApiError::UnsupportedMediaType(format!(
@@ -173,10 +205,15 @@ async fn read_json(body: Body, headers: &HeaderMap, state: &AppState, accepted: 
     if bytes.is_empty() {
         return Err(ApiError::BadRequest("the request has no body".into()));
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
 }
 
-async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, ApiError> {
+async fn read_limited(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -186,8 +223,15 @@ async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<b
     }
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::TooLarge { limit }),
-        Err(e) => Err(ApiError::BadRequest(format!("reading the request body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::TooLarge { limit })
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "reading the request body: {e}"
+        ))),
     }
 }
 
@@ -196,7 +240,7 @@ fn key_of(kind: &ResourceKind, namespace: Option<&str>, name: &str) -> String {
 }
 
 /// The namespace a named request operates in: required for namespaced kinds.
-fn object_namespace<'a>(target: &'a Target) -> Result<Option<&'a str>, ApiError> {
+fn object_namespace(target: &Target) -> Result<Option<&str>, ApiError> {
     match (target.kind.namespaced, target.namespace.as_deref()) {
         (true, None) => Err(ApiError::BadRequest(format!(
             "{} are namespaced: use /namespaces/NAMESPACE/{} in the path",
@@ -208,7 +252,11 @@ fn object_namespace<'a>(target: &'a Target) -> Result<Option<&'a str>, ApiError>
     }
 }
 
-async fn fetch(state: &AppState, target: &Target, name: &str) -> Result<(StoredObject, String), ApiError> {
+async fn fetch(
+    state: &AppState,
+    target: &Target,
+    name: &str,
+) -> Result<(StoredObject, String), ApiError> {
     let ns = object_namespace(target)?;
     let key = key_of(target.kind, ns, name);
     match state.store.get(&key).await {
@@ -239,7 +287,11 @@ impl Filter {
 }
 
 pub fn list_prefix(target: &Target) -> String {
-    collection_prefix(target.kind.group, target.kind.plural, target.namespace.as_deref())
+    collection_prefix(
+        target.kind.group,
+        target.kind.plural,
+        target.namespace.as_deref(),
+    )
 }
 
 async fn list(state: &AppState, target: &Target, query: &Query) -> Result<Response, ApiError> {
@@ -256,7 +308,10 @@ async fn list(state: &AppState, target: &Target, query: &Query) -> Result<Respon
             items.push(obj);
         }
     }
-    Ok(json_response(StatusCode::OK, &list_object(target.kind, items, listed.revision)))
+    Ok(json_response(
+        StatusCode::OK,
+        &list_object(target.kind, items, listed.revision),
+    ))
 }
 
 pub fn list_object(kind: &ResourceKind, items: Vec<Value>, revision: u64) -> Value {
@@ -317,11 +372,17 @@ fn random_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 fn invalid(kind: &ResourceKind, obj: &Value, target: &Target, errs: Vec<FieldError>) -> ApiError {
-    ApiError::invalid(subject(target, meta_str(obj, "name").unwrap_or("")), kind.kind, errs)
+    ApiError::invalid(
+        subject(target, meta_str(obj, "name").unwrap_or("")),
+        kind.kind,
+        errs,
+    )
 }
 
 /// Server-side preparation of a new object: identity, timestamps, status reset, kind
@@ -347,7 +408,10 @@ pub fn prepare_create(kind: &ResourceKind, obj: &mut Value) -> Result<(), ApiErr
     if kind.has_status {
         map.remove("status");
         if kind.kind == "Pod" {
-            map.insert("status".into(), json!({"phase": "Pending", "qosClass": "BestEffort"}));
+            map.insert(
+                "status".into(),
+                json!({"phase": "Pending", "qosClass": "BestEffort"}),
+            );
         }
     }
     if kind.kind == "Secret" {
@@ -369,7 +433,10 @@ fn merge_string_data(map: &mut Map<String, Value>) {
     if let Some(data) = data.as_object_mut() {
         for (k, v) in string_data {
             let plain = v.as_str().unwrap_or_default();
-            data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(plain)));
+            data.insert(
+                k,
+                json!(base64::engine::general_purpose::STANDARD.encode(plain)),
+            );
         }
     }
 }
@@ -387,7 +454,10 @@ fn generate_job_selector(obj: &mut Value, uid: &str) {
         "job-name": name,
     });
     if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
-        spec.insert("selector".into(), json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+        spec.insert(
+            "selector".into(),
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+        );
         let template = spec.entry("template").or_insert_with(|| json!({}));
         if let Some(t) = template.as_object_mut() {
             let meta = t.entry("metadata").or_insert_with(|| json!({}));
@@ -403,7 +473,12 @@ fn generate_job_selector(obj: &mut Value, uid: &str) {
     }
 }
 
-async fn create(state: &AppState, target: &Target, query: &Query, mut obj: Value) -> Result<Response, ApiError> {
+async fn create(
+    state: &AppState,
+    target: &Target,
+    query: &Query,
+    mut obj: Value,
+) -> Result<Response, ApiError> {
     let kind = target.kind;
     let dry = query.dry_run()?;
     check_type(kind, &mut obj)?;
@@ -432,9 +507,16 @@ async fn create(state: &AppState, target: &Target, query: &Query, mut obj: Value
         } else {
             meta.remove("namespace");
         }
-        let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        let name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if name.is_empty()
-            && let Some(prefix) = meta.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty())
+            && let Some(prefix) = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
         {
             let generated = format!("{prefix}{}", random_suffix());
             meta.insert("name".into(), json!(generated));
@@ -552,7 +634,11 @@ pub fn prepare_update(
         return Err(errs);
     }
     if kind.has_spec && current.get("spec") != result.get("spec") {
-        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            + 1;
         if let Some(meta) = result.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("generation".into(), json!(generation));
         }
@@ -610,7 +696,8 @@ async fn update_with(
                 "the object has been modified; please apply your changes to the latest version and try again",
             ));
         }
-        let result = prepare_update(kind, &current, new, status_only).map_err(|errs| invalid(kind, &current, target, errs))?;
+        let result = prepare_update(kind, &current, new, status_only)
+            .map_err(|errs| invalid(kind, &current, target, errs))?;
         if semantically_equal(&result, &current) || dry_run {
             return Ok(result);
         }
@@ -626,7 +713,11 @@ async fn update_with(
                 .await
                 .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or(result.clone()))
         } else {
-            match state.store.update(&key, encode(&result)?, Some(stored.mod_revision)).await {
+            match state
+                .store
+                .update(&key, encode(&result)?, Some(stored.mod_revision))
+                .await
+            {
                 Ok(s) => decode(&s).map_err(|_| StoreError::Io("decode".into())),
                 Err(e) => Err(e),
             }
@@ -660,7 +751,9 @@ pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result
     match content_type {
         "application/merge-patch+json" | "" => {
             if !patch.is_object() {
-                return Err(ApiError::BadRequest("a merge patch must be a JSON object".into()));
+                return Err(ApiError::BadRequest(
+                    "a merge patch must be a JSON object".into(),
+                ));
             }
             json_patch::merge(&mut doc, patch);
             Ok(doc)
@@ -668,13 +761,11 @@ pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result
         "application/json-patch+json" => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::BadRequest(format!("the JSON patch is malformed: {e}")))?;
-            json_patch::patch(&mut doc, &ops).map_err(|e| {
-                ApiError::Invalid {
-                    subject: Subject::default(),
-                    kind: String::new(),
-                    message: format!("the JSON patch could not be applied: {e}"),
-                    causes: vec![],
-                }
+            json_patch::patch(&mut doc, &ops).map_err(|e| ApiError::Invalid {
+                subject: Box::default(),
+                kind: String::new(),
+                message: format!("the JSON patch could not be applied: {e}"),
+                causes: vec![],
             })?;
             Ok(doc)
         }
@@ -694,19 +785,38 @@ pub struct DeleteOptions {
     pub dry_run: bool,
 }
 
-async fn delete_options(body: Body, headers: &HeaderMap, state: &AppState, query: &Query) -> Result<DeleteOptions, ApiError> {
+async fn delete_options(
+    body: Body,
+    headers: &HeaderMap,
+    state: &AppState,
+    query: &Query,
+) -> Result<DeleteOptions, ApiError> {
     let bytes = read_limited(body, headers, state.config.max_body_bytes).await?;
     let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("DeleteOptions is not valid JSON: {e}")))?
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("DeleteOptions is not valid JSON: {e}")))?
     };
     let mut opts = DeleteOptions {
         grace_period_seconds: body.get("gracePeriodSeconds").and_then(Value::as_i64),
-        propagation_policy: body.get("propagationPolicy").and_then(Value::as_str).map(str::to_string),
-        uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
-        resource_version: match body.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
-            Some(s) => Some(s.parse().map_err(|_| ApiError::BadRequest(format!("preconditions.resourceVersion {s:?} is not a number")))?),
+        propagation_policy: body
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        uid: body
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        resource_version: match body
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+        {
+            Some(s) => Some(s.parse().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "preconditions.resourceVersion {s:?} is not a number"
+                ))
+            })?),
             None => None,
         },
         dry_run: body
@@ -715,8 +825,9 @@ async fn delete_options(body: Body, headers: &HeaderMap, state: &AppState, query
             .is_some_and(|d| d.iter().any(|v| v == "All")),
     };
     if let Some(g) = query.get("gracePeriodSeconds") {
-        opts.grace_period_seconds =
-            Some(g.parse().map_err(|_| ApiError::BadRequest(format!("gracePeriodSeconds {g:?} is not a number")))?);
+        opts.grace_period_seconds = Some(g.parse().map_err(|_| {
+            ApiError::BadRequest(format!("gracePeriodSeconds {g:?} is not a number"))
+        })?);
     }
     if let Some(p) = query.get("propagationPolicy") {
         opts.propagation_policy = Some(p.to_string());
@@ -752,22 +863,35 @@ pub fn plan_delete(kind: &ResourceKind, obj: &Value, opts: &DeleteOptions) -> De
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty());
-    let current_grace = obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
+    let current_grace = obj
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64);
     if kind.kind == "Pod" && kind.group.is_empty() {
-        let on_node = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+        let on_node = obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
         let grace = opts
             .grace_period_seconds
-            .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .or_else(|| {
+                obj.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
             .unwrap_or(30)
             .max(0);
         // A pod that never reached a node, or that ended, has nothing to stop.
-        let phase = obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+        let phase = obj
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let stopped = matches!(phase, "Succeeded" | "Failed");
         if on_node && grace > 0 && !stopped {
             if already && current_grace.is_some_and(|g| g <= grace) {
                 return DeletePlan::Nothing;
             }
-            return DeletePlan::Mark { grace_seconds: grace };
+            return DeletePlan::Mark {
+                grace_seconds: grace,
+            };
         }
     }
     if finalizers {
@@ -779,10 +903,17 @@ pub fn plan_delete(kind: &ResourceKind, obj: &Value, opts: &DeleteOptions) -> De
     DeletePlan::Remove
 }
 
-async fn delete(state: &AppState, target: &Target, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
+async fn delete(
+    state: &AppState,
+    target: &Target,
+    name: &str,
+    opts: &DeleteOptions,
+) -> Result<Value, ApiError> {
     let kind = target.kind;
     if kind.kind == "Namespace" && SYSTEM_NAMESPACES.contains(&name) {
-        return Err(ApiError::Forbidden(format!("namespace {name} is a system namespace and may not be deleted")));
+        return Err(ApiError::Forbidden(format!(
+            "namespace {name} is a system namespace and may not be deleted"
+        )));
     }
     for _ in 0..MAX_RETRIES {
         let (stored, key) = fetch(state, target, name).await?;
@@ -819,7 +950,10 @@ async fn delete(state: &AppState, target: &Target, name: &str, opts: &DeleteOpti
                 let mut marked = current.clone();
                 let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace_seconds);
                 if let Some(meta) = marked.get_mut("metadata").and_then(Value::as_object_mut) {
-                    meta.insert("deletionTimestamp".into(), json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+                    meta.insert(
+                        "deletionTimestamp".into(),
+                        json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                    );
                     meta.insert("deletionGracePeriodSeconds".into(), json!(grace_seconds));
                 }
                 if kind.kind == "Namespace"
@@ -850,7 +984,10 @@ async fn delete(state: &AppState, target: &Target, name: &str, opts: &DeleteOpti
             Err(e) => return Err(ApiError::from_store(e, subject(target, name))),
         }
     }
-    Err(ApiError::conflict(subject(target, name), "too many concurrent writers; please try again"))
+    Err(ApiError::conflict(
+        subject(target, name),
+        "too many concurrent writers; please try again",
+    ))
 }
 
 /// Deletes everything inside a namespace that is being deleted. The namespace lifecycle
@@ -872,7 +1009,12 @@ async fn empty_namespace(state: &AppState, ns: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn delete_all(state: &AppState, target: &Target, query: &Query, opts: &DeleteOptions) -> Result<Vec<Value>, ApiError> {
+async fn delete_all(
+    state: &AppState,
+    target: &Target,
+    query: &Query,
+    opts: &DeleteOptions,
+) -> Result<Vec<Value>, ApiError> {
     let filter = Filter::from_query(target.kind, query)?;
     let listed = state
         .store
@@ -901,10 +1043,18 @@ async fn delete_all(state: &AppState, target: &Target, query: &Query, opts: &Del
     Ok(deleted)
 }
 
-async fn delete_collection(state: &AppState, target: &Target, query: &Query, opts: &DeleteOptions) -> Result<Response, ApiError> {
+async fn delete_collection(
+    state: &AppState,
+    target: &Target,
+    query: &Query,
+    opts: &DeleteOptions,
+) -> Result<Response, ApiError> {
     let deleted = delete_all(state, target, query, opts).await?;
     let revision = state.store.revision();
-    Ok(json_response(StatusCode::OK, &list_object(target.kind, deleted, revision)))
+    Ok(json_response(
+        StatusCode::OK,
+        &list_object(target.kind, deleted, revision),
+    ))
 }
 
 #[cfg(test)]
@@ -928,7 +1078,10 @@ mod tests {
         let same = prepare_update(kind, &current, new.clone(), false).expect("valid");
         assert_eq!(same.pointer("/metadata/generation"), Some(&json!(1)));
         assert_eq!(same.get("status"), current.get("status"));
-        assert_eq!(same.pointer("/metadata/uid"), current.pointer("/metadata/uid"));
+        assert_eq!(
+            same.pointer("/metadata/uid"),
+            current.pointer("/metadata/uid")
+        );
 
         new["spec"]["replicas"] = json!(5);
         let changed = prepare_update(kind, &current, new.clone(), false).expect("valid");
@@ -947,20 +1100,36 @@ mod tests {
         let unscheduled = json!({"metadata": {"name": "p"}, "spec": {}});
         assert_eq!(plan_delete(kind, &unscheduled, &opts), DeletePlan::Remove);
         let running = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 5}});
-        assert_eq!(plan_delete(kind, &running, &opts), DeletePlan::Mark { grace_seconds: 5 });
-        let now = DeleteOptions { grace_period_seconds: Some(0), ..Default::default() };
+        assert_eq!(
+            plan_delete(kind, &running, &opts),
+            DeletePlan::Mark { grace_seconds: 5 }
+        );
+        let now = DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
         assert_eq!(plan_delete(kind, &running, &now), DeletePlan::Remove);
         let cm = resolve("cm").expect("cm");
         let with_finalizer = json!({"metadata": {"name": "c", "finalizers": ["x"]}});
-        assert_eq!(plan_delete(cm, &with_finalizer, &opts), DeletePlan::Mark { grace_seconds: 0 });
+        assert_eq!(
+            plan_delete(cm, &with_finalizer, &opts),
+            DeletePlan::Mark { grace_seconds: 0 }
+        );
     }
 
     #[test]
     fn patches_apply_by_media_type() {
         let current = json!({"metadata": {"name": "a", "labels": {"x": "1", "y": "2"}}});
-        let merged = apply_patch("application/merge-patch+json", &current, &json!({"metadata": {"labels": {"x": null, "z": "3"}}}))
-            .expect("merge");
-        assert_eq!(merged.pointer("/metadata/labels"), Some(&json!({"y": "2", "z": "3"})));
+        let merged = apply_patch(
+            "application/merge-patch+json",
+            &current,
+            &json!({"metadata": {"labels": {"x": null, "z": "3"}}}),
+        )
+        .expect("merge");
+        assert_eq!(
+            merged.pointer("/metadata/labels"),
+            Some(&json!({"y": "2", "z": "3"}))
+        );
         let patched = apply_patch(
             "application/json-patch+json",
             &current,
@@ -968,6 +1137,13 @@ mod tests {
         )
         .expect("json patch");
         assert_eq!(patched.pointer("/metadata/labels/y"), Some(&json!("9")));
-        assert!(apply_patch("application/json-patch+json", &current, &json!([{"op": "remove", "path": "/nope"}])).is_err());
+        assert!(
+            apply_patch(
+                "application/json-patch+json",
+                &current,
+                &json!([{"op": "remove", "path": "/nope"}])
+            )
+            .is_err()
+        );
     }
 }

@@ -40,7 +40,13 @@ async fn api_with(config: ApiConfig, store_config: impl FnOnce(&mut StoreConfig)
         store,
         _dir: dir,
     };
-    let (code, _) = api.send("POST", "/api/v1/namespaces", Some(json!({"metadata": {"name": "default"}}))).await;
+    let (code, _) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces",
+            Some(json!({"metadata": {"name": "default"}})),
+        )
+        .await;
     assert_eq!(code, StatusCode::CREATED);
     api
 }
@@ -57,11 +63,18 @@ impl Api {
             .unwrap();
         let code = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
         (code, value)
     }
 
-    async fn send_as(&self, method: &str, uri: &str, content_type: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn send_as(
+        &self,
+        method: &str,
+        uri: &str,
+        content_type: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
@@ -69,7 +82,9 @@ impl Api {
         if !content_type.is_empty() {
             req = req.header("content-type", content_type);
         }
-        let body = body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty);
+        let body = body
+            .map(|b| Body::from(b.to_string()))
+            .unwrap_or_else(Body::empty);
         self.request(req.body(body).unwrap()).await
     }
 
@@ -96,10 +111,14 @@ fn deployment(name: &str, replicas: i64) -> Value {
 async fn health_and_version_need_no_token() {
     let api = api().await;
     for path in ["/healthz", "/livez", "/readyz", "/version"] {
-        let (code, _) = api.request(Request::get(path).body(Body::empty()).unwrap()).await;
+        let (code, _) = api
+            .request(Request::get(path).body(Body::empty()).unwrap())
+            .await;
         assert_eq!(code, StatusCode::OK, "{path}");
     }
-    let (_, v) = api.request(Request::get("/version").body(Body::empty()).unwrap()).await;
+    let (_, v) = api
+        .request(Request::get("/version").body(Body::empty()).unwrap())
+        .await;
     assert_eq!(v["major"], "1");
 }
 
@@ -108,18 +127,26 @@ async fn missing_or_wrong_token_is_401_and_changes_nothing() {
     let api = api().await;
     let before = api.store.revision();
     for auth in [None, Some("Bearer nope"), Some("Basic dGVzdA==")] {
-        let mut req = Request::post("/api/v1/namespaces/default/pods").header("content-type", "application/json");
+        let mut req = Request::post("/api/v1/namespaces/default/pods")
+            .header("content-type", "application/json");
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
-        let (code, status) = api.request(req.body(Body::from(pod("p", json!({})).to_string())).unwrap()).await;
+        let (code, status) = api
+            .request(
+                req.body(Body::from(pod("p", json!({})).to_string()))
+                    .unwrap(),
+            )
+            .await;
         assert_eq!(code, StatusCode::UNAUTHORIZED);
         assert_eq!(status["kind"], "Status");
         assert_eq!(status["reason"], "Unauthorized");
         assert_eq!(status["code"], 401);
     }
     assert_eq!(api.store.revision(), before);
-    let (code, list) = api.send("GET", "/api/v1/namespaces/default/pods", None).await;
+    let (code, list) = api
+        .send("GET", "/api/v1/namespaces/default/pods", None)
+        .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(list["items"].as_array().unwrap().len(), 0);
 }
@@ -127,22 +154,43 @@ async fn missing_or_wrong_token_is_401_and_changes_nothing() {
 #[tokio::test]
 async fn create_fills_server_fields_and_refuses_duplicates() {
     let api = api().await;
-    let (code, created) = api.send("POST", "/api/v1/namespaces/default/pods", Some(pod("web", json!({"app": "web"})))).await;
+    let (code, created) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(pod("web", json!({"app": "web"}))),
+        )
+        .await;
     assert_eq!(code, StatusCode::CREATED, "{created}");
     let meta = &created["metadata"];
     assert_eq!(meta["namespace"], "default");
     assert!(meta["uid"].as_str().unwrap().len() >= 32);
     assert!(meta["creationTimestamp"].as_str().unwrap().ends_with('Z'));
-    assert!(meta["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap() > 0);
+    assert!(
+        meta["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
     assert_eq!(meta["generation"], 1);
     assert_eq!(created["spec"]["restartPolicy"], "Always");
     assert_eq!(created["status"]["phase"], "Pending");
 
-    let (code, got) = api.send("GET", "/api/v1/namespaces/default/pods/web", None).await;
+    let (code, got) = api
+        .send("GET", "/api/v1/namespaces/default/pods/web", None)
+        .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(got, created);
 
-    let (code, status) = api.send("POST", "/api/v1/namespaces/default/pods", Some(pod("web", json!({})))).await;
+    let (code, status) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(pod("web", json!({}))),
+        )
+        .await;
     assert_eq!(code, StatusCode::CONFLICT);
     assert_eq!(status["reason"], "AlreadyExists");
     assert_eq!(status["message"], "pods \"web\" already exists");
@@ -150,7 +198,9 @@ async fn create_fills_server_fields_and_refuses_duplicates() {
 
     let mut generated = pod("", json!({}));
     generated["metadata"]["generateName"] = json!("web-");
-    let (code, g) = api.send("POST", "/api/v1/namespaces/default/pods", Some(generated)).await;
+    let (code, g) = api
+        .send("POST", "/api/v1/namespaces/default/pods", Some(generated))
+        .await;
     assert_eq!(code, StatusCode::CREATED);
     assert!(g["metadata"]["name"].as_str().unwrap().starts_with("web-"));
 }
@@ -158,45 +208,98 @@ async fn create_fills_server_fields_and_refuses_duplicates() {
 #[tokio::test]
 async fn errors_are_kubernetes_statuses() {
     let api = api().await;
-    let (code, s) = api.send("GET", "/apis/apps/v1/namespaces/default/deployments/nope", None).await;
+    let (code, s) = api
+        .send(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/nope",
+            None,
+        )
+        .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert_eq!(s["reason"], "NotFound");
     assert_eq!(s["message"], "deployments.apps \"nope\" not found");
 
     let mut bad = pod("bad", json!({}));
     bad["spec"]["containers"] = json!([{"name": "app"}]);
-    let (code, s) = api.send("POST", "/api/v1/namespaces/default/pods", Some(bad)).await;
+    let (code, s) = api
+        .send("POST", "/api/v1/namespaces/default/pods", Some(bad))
+        .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(s["reason"], "Invalid");
-    assert_eq!(s["details"]["causes"][0]["field"], "spec.containers[0].image");
+    assert_eq!(
+        s["details"]["causes"][0]["field"],
+        "spec.containers[0].image"
+    );
     assert_eq!(s["details"]["causes"][0]["reason"], "FieldValueRequired");
 
-    let (code, s) = api.send("POST", "/api/v1/namespaces/default/pods", Some(pod("Bad_Name", json!({})))).await;
+    let (code, s) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(pod("Bad_Name", json!({}))),
+        )
+        .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(s["details"]["causes"][0]["field"], "metadata.name");
 
-    let (code, s) = api.send("GET", "/apis/apps/v2/namespaces/default/deployments", None).await;
+    let (code, s) = api
+        .send("GET", "/apis/apps/v2/namespaces/default/deployments", None)
+        .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
-    assert!(s["message"].as_str().unwrap().contains("apps/v1/Deployment"), "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("apps/v1/Deployment"),
+        "{s}"
+    );
 
-    let (code, s) = api.send("POST", "/api/v1/namespaces/nowhere/pods", Some(pod("p", json!({})))).await;
+    let (code, s) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/nowhere/pods",
+            Some(pod("p", json!({}))),
+        )
+        .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert_eq!(s["message"], "namespaces \"nowhere\" not found");
 
-    let (code, s) = api.send_as("POST", "/api/v1/namespaces/default/pods", "application/json", None).await;
+    let (code, s) = api
+        .send_as(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            "application/json",
+            None,
+        )
+        .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{s}");
 
-    let (code, s) = api.send("GET", "/api/v1/namespaces/default/pods?labelSelector=a+in+b", None).await;
+    let (code, s) = api
+        .send(
+            "GET",
+            "/api/v1/namespaces/default/pods?labelSelector=a+in+b",
+            None,
+        )
+        .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert_eq!(s["reason"], "BadRequest");
 }
 
 #[tokio::test]
 async fn large_bodies_are_refused() {
-    let api = api_with(ApiConfig { max_body_bytes: 1024, ..Default::default() }, |_| {}).await;
+    let api = api_with(
+        ApiConfig {
+            max_body_bytes: 1024,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
     let mut big = pod("big", json!({}));
     big["metadata"]["annotations"] = json!({"x": "y".repeat(4096)});
-    let (code, s) = api.send("POST", "/api/v1/namespaces/default/pods", Some(big)).await;
+    let (code, s) = api
+        .send("POST", "/api/v1/namespaces/default/pods", Some(big))
+        .await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(s["reason"], "RequestEntityTooLarge");
 }
@@ -204,7 +307,14 @@ async fn large_bodies_are_refused() {
 #[tokio::test]
 async fn requests_without_content_type_are_json() {
     let api = api().await;
-    let (code, _) = api.send_as("POST", "/api/v1/namespaces/default/pods", "", Some(pod("p", json!({})))).await;
+    let (code, _) = api
+        .send_as(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            "",
+            Some(pod("p", json!({}))),
+        )
+        .await;
     assert_eq!(code, StatusCode::CREATED);
 }
 
@@ -218,10 +328,18 @@ async fn updates_compare_and_swap_and_bump_generation_on_spec_only() {
     let mut labeled = created.clone();
     labeled["metadata"]["labels"] = json!({"tier": "front"});
     labeled["status"] = json!({"replicas": 42});
-    let (code, updated) = api.send("PUT", &format!("{uri}/web"), Some(labeled.clone())).await;
+    let (code, updated) = api
+        .send("PUT", &format!("{uri}/web"), Some(labeled.clone()))
+        .await;
     assert_eq!(code, StatusCode::OK, "{updated}");
-    assert_eq!(updated["metadata"]["generation"], 1, "metadata change does not bump generation");
-    assert!(updated.get("status").is_none(), "status is ignored on the main resource");
+    assert_eq!(
+        updated["metadata"]["generation"], 1,
+        "metadata change does not bump generation"
+    );
+    assert!(
+        updated.get("status").is_none(),
+        "status is ignored on the main resource"
+    );
     assert_ne!(updated["metadata"]["resourceVersion"], rv);
 
     // Stale resourceVersion: 409 Conflict, nothing written.
@@ -240,14 +358,22 @@ async fn updates_compare_and_swap_and_bump_generation_on_spec_only() {
         .await;
     assert_eq!(code, StatusCode::OK, "{st}");
     assert_eq!(st["status"]["replicas"], 3);
-    assert_eq!(st["spec"]["replicas"], 3, "spec is ignored on the status subresource");
+    assert_eq!(
+        st["spec"]["replicas"], 3,
+        "spec is ignored on the status subresource"
+    );
     assert_eq!(st["metadata"]["generation"], 2);
 
     // A no-op update writes nothing.
     let before = api.store.revision();
-    let (code, same) = api.send("PUT", &format!("{uri}/web"), Some(st.clone())).await;
+    let (code, same) = api
+        .send("PUT", &format!("{uri}/web"), Some(st.clone()))
+        .await;
     assert_eq!(code, StatusCode::OK);
-    assert_eq!(same["metadata"]["resourceVersion"], st["metadata"]["resourceVersion"]);
+    assert_eq!(
+        same["metadata"]["resourceVersion"],
+        st["metadata"]["resourceVersion"]
+    );
     assert_eq!(api.store.revision(), before);
 }
 
@@ -257,7 +383,12 @@ async fn merge_and_json_patches() {
     let uri = "/apis/apps/v1/namespaces/default/deployments";
     api.send("POST", uri, Some(deployment("web", 1))).await;
     let (code, p) = api
-        .send_as("PATCH", &format!("{uri}/web"), "application/merge-patch+json", Some(json!({"spec": {"replicas": 4}})))
+        .send_as(
+            "PATCH",
+            &format!("{uri}/web"),
+            "application/merge-patch+json",
+            Some(json!({"spec": {"replicas": 4}})),
+        )
         .await;
     assert_eq!(code, StatusCode::OK, "{p}");
     assert_eq!(p["spec"]["replicas"], 4);
@@ -273,17 +404,32 @@ async fn merge_and_json_patches() {
     assert_eq!(code, StatusCode::OK, "{p}");
     assert_eq!(p["metadata"]["labels"]["a"], "b");
     let (code, p) = api
-        .send_as("PATCH", &format!("{uri}/web/status"), "application/merge-patch+json", Some(json!({"status": {"readyReplicas": 2}})))
+        .send_as(
+            "PATCH",
+            &format!("{uri}/web/status"),
+            "application/merge-patch+json",
+            Some(json!({"status": {"readyReplicas": 2}})),
+        )
         .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(p["status"]["readyReplicas"], 2);
     let (code, s) = api
-        .send_as("PATCH", &format!("{uri}/web"), "application/merge-patch+json", Some(json!({"spec": {"replicas": "x"}})))
+        .send_as(
+            "PATCH",
+            &format!("{uri}/web"),
+            "application/merge-patch+json",
+            Some(json!({"spec": {"replicas": "x"}})),
+        )
         .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(s["details"]["causes"][0]["field"], "spec.replicas");
     let (code, _) = api
-        .send_as("PATCH", &format!("{uri}/web"), "text/plain", Some(json!({})))
+        .send_as(
+            "PATCH",
+            &format!("{uri}/web"),
+            "text/plain",
+            Some(json!({})),
+        )
         .await;
     assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
@@ -291,73 +437,153 @@ async fn merge_and_json_patches() {
 #[tokio::test]
 async fn lists_filter_by_labels_and_fields_across_namespaces() {
     let api = api().await;
-    api.send("POST", "/api/v1/namespaces", Some(json!({"metadata": {"name": "other"}}))).await;
-    api.send("POST", "/api/v1/namespaces/default/pods", Some(pod("a", json!({"app": "web", "env": "prod"})))).await;
-    api.send("POST", "/api/v1/namespaces/default/pods", Some(pod("b", json!({"app": "web", "env": "dev"})))).await;
+    api.send(
+        "POST",
+        "/api/v1/namespaces",
+        Some(json!({"metadata": {"name": "other"}})),
+    )
+    .await;
+    api.send(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Some(pod("a", json!({"app": "web", "env": "prod"}))),
+    )
+    .await;
+    api.send(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Some(pod("b", json!({"app": "web", "env": "dev"}))),
+    )
+    .await;
     let mut c = pod("c", json!({"app": "db"}));
     c["spec"]["nodeName"] = json!("node-1");
-    api.send("POST", "/api/v1/namespaces/other/pods", Some(c)).await;
+    api.send("POST", "/api/v1/namespaces/other/pods", Some(c))
+        .await;
 
     let names = |v: &Value| -> Vec<String> {
-        v["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
     };
     let (_, all) = api.send("GET", "/api/v1/pods", None).await;
     assert_eq!(all["kind"], "PodList");
     assert_eq!(names(&all), ["a", "b", "c"]);
     assert!(all["metadata"]["resourceVersion"].as_str().is_some());
-    let (_, l) = api.send("GET", "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb,env+notin+(dev)", None).await;
+    let (_, l) = api
+        .send(
+            "GET",
+            "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb,env+notin+(dev)",
+            None,
+        )
+        .await;
     assert_eq!(names(&l), ["a"]);
-    let (_, l) = api.send("GET", "/api/v1/pods?labelSelector=env", None).await;
+    let (_, l) = api
+        .send("GET", "/api/v1/pods?labelSelector=env", None)
+        .await;
     assert_eq!(names(&l), ["a", "b"]);
-    let (_, l) = api.send("GET", "/api/v1/pods?labelSelector=!env", None).await;
+    let (_, l) = api
+        .send("GET", "/api/v1/pods?labelSelector=!env", None)
+        .await;
     assert_eq!(names(&l), ["c"]);
-    let (_, l) = api.send("GET", "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1", None).await;
+    let (_, l) = api
+        .send(
+            "GET",
+            "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1",
+            None,
+        )
+        .await;
     assert_eq!(names(&l), ["c"]);
-    let (_, l) = api.send("GET", "/api/v1/pods?fieldSelector=metadata.namespace!%3Dother,status.phase%3DPending", None).await;
+    let (_, l) = api
+        .send(
+            "GET",
+            "/api/v1/pods?fieldSelector=metadata.namespace!%3Dother,status.phase%3DPending",
+            None,
+        )
+        .await;
     assert_eq!(names(&l), ["a", "b"]);
 }
 
 #[tokio::test]
 async fn deletes_honour_preconditions_and_grace() {
     let api = api().await;
-    api.send("POST", "/api/v1/namespaces/default/pods", Some(pod("free", json!({})))).await;
+    api.send(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Some(pod("free", json!({}))),
+    )
+    .await;
     let (code, s) = api
-        .send("DELETE", "/api/v1/namespaces/default/pods/free", Some(json!({"preconditions": {"uid": "nope"}})))
+        .send(
+            "DELETE",
+            "/api/v1/namespaces/default/pods/free",
+            Some(json!({"preconditions": {"uid": "nope"}})),
+        )
         .await;
     assert_eq!(code, StatusCode::CONFLICT, "{s}");
-    let (code, _) = api.send("DELETE", "/api/v1/namespaces/default/pods/free", None).await;
+    let (code, _) = api
+        .send("DELETE", "/api/v1/namespaces/default/pods/free", None)
+        .await;
     assert_eq!(code, StatusCode::OK);
-    let (code, _) = api.send("GET", "/api/v1/namespaces/default/pods/free", None).await;
+    let (code, _) = api
+        .send("GET", "/api/v1/namespaces/default/pods/free", None)
+        .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 
     // A pod on a node is marked and kept until the node confirms with grace 0.
     let mut bound = pod("bound", json!({}));
     bound["spec"]["nodeName"] = json!("node-1");
-    api.send("POST", "/api/v1/namespaces/default/pods", Some(bound)).await;
-    let (code, marked) = api.send("DELETE", "/api/v1/namespaces/default/pods/bound", None).await;
+    api.send("POST", "/api/v1/namespaces/default/pods", Some(bound))
+        .await;
+    let (code, marked) = api
+        .send("DELETE", "/api/v1/namespaces/default/pods/bound", None)
+        .await;
     assert_eq!(code, StatusCode::OK);
     assert!(marked["metadata"]["deletionTimestamp"].is_string());
     assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30);
-    let (code, _) = api.send("DELETE", "/api/v1/namespaces/default/pods/bound?gracePeriodSeconds=0", None).await;
+    let (code, _) = api
+        .send(
+            "DELETE",
+            "/api/v1/namespaces/default/pods/bound?gracePeriodSeconds=0",
+            None,
+        )
+        .await;
     assert_eq!(code, StatusCode::OK);
-    let (code, _) = api.send("GET", "/api/v1/namespaces/default/pods/bound", None).await;
+    let (code, _) = api
+        .send("GET", "/api/v1/namespaces/default/pods/bound", None)
+        .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 
     // Finalizers hold an object until they are removed.
     let cm = json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}, "data": {"k": "v"}});
-    api.send("POST", "/api/v1/namespaces/default/configmaps", Some(cm)).await;
-    let (_, marked) = api.send("DELETE", "/api/v1/namespaces/default/configmaps/held", None).await;
+    api.send("POST", "/api/v1/namespaces/default/configmaps", Some(cm))
+        .await;
+    let (_, marked) = api
+        .send("DELETE", "/api/v1/namespaces/default/configmaps/held", None)
+        .await;
     assert!(marked["metadata"]["deletionTimestamp"].is_string());
     let (code, _) = api
-        .send_as("PATCH", "/api/v1/namespaces/default/configmaps/held", "application/merge-patch+json", Some(json!({"metadata": {"finalizers": null}})))
+        .send_as(
+            "PATCH",
+            "/api/v1/namespaces/default/configmaps/held",
+            "application/merge-patch+json",
+            Some(json!({"metadata": {"finalizers": null}})),
+        )
         .await;
     assert_eq!(code, StatusCode::OK);
-    let (code, _) = api.send("GET", "/api/v1/namespaces/default/configmaps/held", None).await;
+    let (code, _) = api
+        .send("GET", "/api/v1/namespaces/default/configmaps/held", None)
+        .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 }
 
 async fn watch_lines(api: &Api, uri: &str, want: usize) -> Vec<Value> {
-    let req = Request::get(uri).header("authorization", format!("Bearer {TOKEN}")).body(Body::empty()).unwrap();
+    let req = Request::get(uri)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
     let resp = api.router.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
@@ -382,25 +608,71 @@ async fn watch_lines(api: &Api, uri: &str, want: usize) -> Vec<Value> {
 #[tokio::test]
 async fn watch_replays_then_follows_with_selector_transitions() {
     let api = api().await;
-    let (_, a) = api.send("POST", "/api/v1/namespaces/default/pods", Some(pod("a", json!({"app": "web"})))).await;
-    let start = a["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    api.send("POST", "/api/v1/namespaces/default/pods", Some(pod("b", json!({"app": "db"})))).await;
+    let (_, a) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(pod("a", json!({"app": "web"}))),
+        )
+        .await;
+    let start = a["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.send(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Some(pod("b", json!({"app": "db"}))),
+    )
+    .await;
     // b starts matching, then a stops matching, then b is deleted.
-    api.send_as("PATCH", "/api/v1/namespaces/default/pods/b", "application/merge-patch+json", Some(json!({"metadata": {"labels": {"app": "web"}}})))
+    api.send_as(
+        "PATCH",
+        "/api/v1/namespaces/default/pods/b",
+        "application/merge-patch+json",
+        Some(json!({"metadata": {"labels": {"app": "web"}}})),
+    )
+    .await;
+    api.send_as(
+        "PATCH",
+        "/api/v1/namespaces/default/pods/a",
+        "application/merge-patch+json",
+        Some(json!({"metadata": {"labels": {"app": "x"}}})),
+    )
+    .await;
+    api.send("DELETE", "/api/v1/namespaces/default/pods/b", None)
         .await;
-    api.send_as("PATCH", "/api/v1/namespaces/default/pods/a", "application/merge-patch+json", Some(json!({"metadata": {"labels": {"app": "x"}}})))
-        .await;
-    api.send("DELETE", "/api/v1/namespaces/default/pods/b", None).await;
     let events = watch_lines(&api, &format!("/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dweb&resourceVersion={start}"), 3).await;
     let summary: Vec<(String, String)> = events
         .iter()
-        .map(|e| (e["type"].as_str().unwrap().to_string(), e["object"]["metadata"]["name"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
-        [("ADDED".into(), "b".into()), ("DELETED".into(), "a".into()), ("DELETED".into(), "b".into())]
+        [
+            ("ADDED".into(), "b".into()),
+            ("DELETED".into(), "a".into()),
+            ("DELETED".into(), "b".into())
+        ]
     );
-    let revs: Vec<u64> = events.iter().map(|e| e["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()).collect();
+    let revs: Vec<u64> = events
+        .iter()
+        .map(|e| {
+            e["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
     assert!(revs.windows(2).all(|w| w[0] < w[1]), "{revs:?}");
 
     // Without a resourceVersion: ADDED for what exists, then live events. The create
@@ -408,14 +680,31 @@ async fn watch_replays_then_follows_with_selector_transitions() {
     let router = api.router.clone();
     let store = api.store.clone();
     let live = tokio::spawn(async move {
-        let api = Api { router, store, _dir: tempfile::tempdir().unwrap() };
+        let api = Api {
+            router,
+            store,
+            _dir: tempfile::tempdir().unwrap(),
+        };
         watch_lines(&api, "/api/v1/namespaces/default/pods?watch=1", 2).await
     });
-    api.send("POST", "/api/v1/namespaces/default/pods", Some(pod("c", json!({})))).await;
-    let lines = tokio::time::timeout(Duration::from_secs(10), live).await.unwrap().unwrap();
+    api.send(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Some(pod("c", json!({}))),
+    )
+    .await;
+    let lines = tokio::time::timeout(Duration::from_secs(10), live)
+        .await
+        .unwrap()
+        .unwrap();
     let summary: Vec<(&str, &str)> = lines
         .iter()
-        .map(|e| (e["type"].as_str().unwrap(), e["object"]["metadata"]["name"].as_str().unwrap()))
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["object"]["metadata"]["name"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(summary, [("ADDED", "a"), ("ADDED", "c")]);
 }
@@ -428,14 +717,32 @@ async fn watch_from_a_compacted_revision_is_an_error_event_with_410() {
     })
     .await;
     for i in 0..10 {
-        api.send("POST", "/api/v1/namespaces/default/configmaps", Some(json!({"metadata": {"name": format!("c{i}")}}))).await;
+        api.send(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(json!({"metadata": {"name": format!("c{i}")}})),
+        )
+        .await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while api.store.oldest_watchable() <= 1 {
-        assert!(tokio::time::Instant::now() < deadline, "compaction did not run");
-        api.send("POST", "/api/v1/namespaces/default/configmaps", Some(json!({"metadata": {"generateName": "x-"}}))).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "compaction did not run"
+        );
+        api.send(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(json!({"metadata": {"generateName": "x-"}})),
+        )
+        .await;
     }
-    let events = watch_lines(&api, "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1", 1).await;
+    let events = watch_lines(
+        &api,
+        "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1",
+        1,
+    )
+    .await;
     assert_eq!(events[0]["type"], "ERROR");
     assert_eq!(events[0]["object"]["code"], 410);
     assert_eq!(events[0]["object"]["reason"], "Expired");
@@ -446,11 +753,26 @@ async fn discovery_lists_every_kind() {
     let api = api().await;
     let (code, v) = api.send("GET", "/api/v1", None).await;
     assert_eq!(code, StatusCode::OK);
-    let names: Vec<&str> = v["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"pods") && names.contains(&"pods/status") && names.contains(&"configmaps"));
+    let names: Vec<&str> = v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"pods") && names.contains(&"pods/status") && names.contains(&"configmaps")
+    );
     let (_, g) = api.send("GET", "/apis", None).await;
-    let groups: Vec<&str> = g["groups"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(groups, ["apps", "batch", "coordination.k8s.io", "discovery.k8s.io"]);
+    let groups: Vec<&str> = g["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        groups,
+        ["apps", "batch", "coordination.k8s.io", "discovery.k8s.io"]
+    );
     let (code, _) = api.send("GET", "/apis/apps/v1", None).await;
     assert_eq!(code, StatusCode::OK);
 }
@@ -463,15 +785,36 @@ async fn the_in_process_client_speaks_the_same_api() {
     let client = super::in_process_client(api.router.clone());
     let cms: KubeApi<ConfigMap> = KubeApi::namespaced(client, "default");
     let cm = ConfigMap {
-        metadata: kube::api::ObjectMeta { name: Some("via-kube".into()), ..Default::default() },
+        metadata: kube::api::ObjectMeta {
+            name: Some("via-kube".into()),
+            ..Default::default()
+        },
         data: Some([("k".to_string(), "v".to_string())].into()),
         ..Default::default()
     };
-    let created = tokio::time::timeout(Duration::from_secs(10), cms.create(&PostParams::default(), &cm)).await.unwrap().unwrap();
+    let created = tokio::time::timeout(
+        Duration::from_secs(10),
+        cms.create(&PostParams::default(), &cm),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert!(created.metadata.uid.is_some());
-    let (code, got) = api.send("GET", "/api/v1/namespaces/default/configmaps/via-kube", None).await;
+    let (code, got) = api
+        .send(
+            "GET",
+            "/api/v1/namespaces/default/configmaps/via-kube",
+            None,
+        )
+        .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(got["data"]["k"], "v");
-    let err = tokio::time::timeout(Duration::from_secs(10), cms.create(&PostParams::default(), &cm)).await.unwrap().unwrap_err();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        cms.create(&PostParams::default(), &cm),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
     assert!(matches!(err, kube::Error::Api(s) if s.code == 409));
 }

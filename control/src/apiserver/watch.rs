@@ -41,7 +41,10 @@ fn bookmark(kind: &ResourceKind, revision: u64, initial_end: bool) -> Bytes {
     if initial_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    line("BOOKMARK", &json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": meta}))
+    line(
+        "BOOKMARK",
+        &json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": meta}),
+    )
 }
 
 fn error_line(err: &ApiError) -> Bytes {
@@ -80,19 +83,18 @@ pub async fn serve(state: AppState, target: &Target, query: &Query) -> Result<Re
     let send_initial = query.flag("sendInitialEvents");
     let bookmarks = query.flag("allowWatchBookmarks");
     let timeout = match query.get("timeoutSeconds") {
-        Some(t) => Some(Duration::from_secs(
-            t.parse()
-                .map_err(|_| ApiError::BadRequest(format!("timeoutSeconds {t:?} is not a number")))?,
-        )),
+        Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
+            ApiError::BadRequest(format!("timeoutSeconds {t:?} is not a number"))
+        })?)),
         None => None,
     };
-    let requested = match query.get("resourceVersion") {
-        None | Some("") | Some("0") => None,
-        Some(s) => Some(
-            s.parse::<u64>()
-                .map_err(|_| ApiError::BadRequest(format!("resourceVersion {s:?} is not a number")))?,
-        ),
-    };
+    let requested =
+        match query.get("resourceVersion") {
+            None | Some("") | Some("0") => None,
+            Some(s) => Some(s.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!("resourceVersion {s:?} is not a number"))
+            })?),
+        };
 
     // Where the live part starts, and what comes before it.
     let mut initial: Vec<Bytes> = Vec::new();
@@ -121,7 +123,10 @@ pub async fn serve(state: AppState, target: &Target, query: &Query) -> Result<Re
         Ok(s) => s,
         Err(StoreError::Expired { requested, oldest }) => {
             let err = ApiError::Expired { requested, oldest };
-            return Ok(stream_response(stream::iter([Line(error_line(&err), true)])));
+            return Ok(stream_response(stream::iter([Line(
+                error_line(&err),
+                true,
+            )])));
         }
         Err(e) => return Err(ApiError::from_store(e, Default::default())),
     };
@@ -140,7 +145,10 @@ pub async fn serve(state: AppState, target: &Target, query: &Query) -> Result<Re
                         Err(e) => Some(Line(error_line(&e), true)),
                     }
                 }
-                Err(e) => Some(Line(error_line(&ApiError::from_store(e, Default::default())), true)),
+                Err(e) => Some(Line(
+                    error_line(&ApiError::from_store(e, Default::default())),
+                    true,
+                )),
             };
             futures::future::ready(out)
         })
@@ -158,7 +166,8 @@ pub async fn serve(state: AppState, target: &Target, query: &Query) -> Result<Re
     } else {
         Box::pin(stream::pending())
     };
-    let body = stream::iter(initial.into_iter().map(|b| Line(b, false))).chain(stream::select(events, ticks));
+    let body = stream::iter(initial.into_iter().map(|b| Line(b, false)))
+        .chain(stream::select(events, ticks));
     let deadline = async move {
         match timeout {
             Some(t) => tokio::time::sleep(t).await,

@@ -1,0 +1,75 @@
+//! `wharf control`: one control plane in the foreground until Ctrl-C or SIGTERM.
+//!
+//! The started line on stderr is a contract: `wharf control: serving on http://ADDR,
+//! kubeconfig PATH`; tests start `--listen 127.0.0.1:0` and read the port from it.
+
+use anyhow::Context;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+use wharf_control::{ControlConfig, ControlError};
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// Where the store, the admin token and the kubeconfig live
+    /// [default: $XDG_DATA_HOME/wharf, else ~/.local/share/wharf]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Address the API server listens on (port 0 picks a free port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+}
+
+pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => super::default_data_dir()?,
+    };
+    let mut config = ControlConfig::new(data_dir);
+    config.listen = args.listen;
+    let shutdown = CancellationToken::new();
+    let plane = wharf_control::start(config, shutdown.clone())
+        .await
+        .map_err(one_line)?;
+    eprintln!(
+        "wharf control: serving on http://{}, kubeconfig {}",
+        plane.local_addr,
+        plane.kubeconfig.display()
+    );
+
+    let stopped = plane.wait();
+    tokio::pin!(stopped);
+    tokio::select! {
+        // The server ended on its own: that is an error, or nothing to wait for.
+        result = &mut stopped => return result.map_err(one_line),
+        signal = shutdown_signal() => signal.context("listening for signals")?,
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    stopped.await.map_err(one_line)
+}
+
+/// A [`ControlError`]'s message already names its cause; printing the source chain too
+/// would repeat it.
+fn one_line(err: ControlError) -> anyhow::Error {
+    anyhow::anyhow!("{err}")
+}
+
+/// Resolves on Ctrl-C, or SIGTERM on unix (what service managers and `kill` send).
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result,
+            _ = terminate.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}

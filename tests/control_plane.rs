@@ -1,0 +1,280 @@
+//! End-to-end: the real `wharf` binary as a control plane on port 0 with a temp data dir,
+//! driven by the real CLI and a kube client, killed with SIGKILL and restarted.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{ControlProcess, wharf};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: e2e
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: e2e
+data:
+  mode: "fast"
+  legacy: "no"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: e2e
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+        - name: web
+          image: hello.wasm
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: e2e
+spec:
+  selector: {app: web}
+  ports:
+    - port: 80
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: token
+  namespace: e2e
+stringData:
+  value: s3cret
+"#;
+
+/// `(kind/name) -> resourceVersion` of everything the manifest created.
+async fn versions(client: &kube::Client) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let ns: Api<Namespace> = Api::all(client.clone());
+    out.insert(
+        "namespace/e2e".into(),
+        ns.get("e2e")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap(),
+    );
+    let cm: Api<ConfigMap> = Api::namespaced(client.clone(), "e2e");
+    for o in cm.list(&ListParams::default()).await.unwrap() {
+        out.insert(
+            format!("configmap/{}", o.metadata.name.unwrap()),
+            o.metadata.resource_version.unwrap(),
+        );
+    }
+    let d: Api<Deployment> = Api::namespaced(client.clone(), "e2e");
+    for o in d.list(&ListParams::default()).await.unwrap() {
+        out.insert(
+            format!("deployment/{}", o.metadata.name.unwrap()),
+            o.metadata.resource_version.unwrap(),
+        );
+    }
+    let s: Api<Service> = Api::namespaced(client.clone(), "e2e");
+    for o in s.list(&ListParams::default()).await.unwrap() {
+        out.insert(
+            format!("service/{}", o.metadata.name.unwrap()),
+            o.metadata.resource_version.unwrap(),
+        );
+    }
+    let sec: Api<Secret> = Api::namespaced(client.clone(), "e2e");
+    for o in sec.list(&ListParams::default()).await.unwrap() {
+        out.insert(
+            format!("secret/{}", o.metadata.name.unwrap()),
+            o.metadata.resource_version.unwrap(),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn apply_list_watch_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("app.yaml");
+    std::fs::write(&manifest, MANIFEST).unwrap();
+
+    let mut cp = ControlProcess::start(dir.path()).await;
+    let client = cp.client().await;
+
+    // A watch on configmaps in e2e, started before the apply, sees the create.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "e2e");
+    let mut watch = cms
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+
+    let out = wharf(
+        &cp.kubeconfig(),
+        &["apply", "-f", manifest.to_str().unwrap()],
+    )
+    .await;
+    assert!(out.status.success(), "apply failed: {}", out.stderr_text());
+    assert_eq!(
+        out.stdout_text().lines().collect::<Vec<_>>(),
+        [
+            "namespace/e2e created",
+            "configmap/settings created",
+            "deployment.apps/web created",
+            "service/web created",
+            "secret/token created",
+        ]
+    );
+
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match event {
+        WatchEvent::Added(cm) => {
+            assert_eq!(cm.metadata.name.as_deref(), Some("settings"));
+            assert_eq!(
+                cm.data.unwrap()["legacy"],
+                "no",
+                "YAML 1.1 booleans stay strings"
+            );
+        }
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+
+    // The CLI lists what was applied.
+    let out = wharf(&cp.kubeconfig(), &["get", "deploy", "-n", "e2e"]).await;
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let table = out.stdout_text();
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("web"), "{table}");
+
+    // Applying again changes nothing.
+    let out = wharf(
+        &cp.kubeconfig(),
+        &["apply", "-f", manifest.to_str().unwrap()],
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.stderr_text());
+    assert!(
+        out.stdout_text().lines().all(|l| l.ends_with(" unchanged")),
+        "{}",
+        out.stdout_text()
+    );
+
+    let before = versions(&client).await;
+    assert_eq!(before.len(), 5, "{before:?}");
+
+    // SIGKILL: no chance to flush anything that was not already durable.
+    cp.kill().await;
+    let cp = ControlProcess::start(dir.path()).await;
+    let client = cp.client().await;
+    let after = versions(&client).await;
+    assert_eq!(
+        before, after,
+        "every acknowledged object is back with the same resourceVersion"
+    );
+
+    // A watch from before the crash still replays from the log on disk.
+    let first_rv = before
+        .values()
+        .map(|v| v.parse::<u64>().unwrap())
+        .min()
+        .unwrap()
+        - 1;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "e2e");
+    let mut replay = cms
+        .watch(&WatchParams::default(), &first_rv.to_string())
+        .await
+        .unwrap()
+        .boxed();
+    let event = tokio::time::timeout(Duration::from_secs(10), replay.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(event, WatchEvent::Added(cm) if cm.metadata.name.as_deref() == Some("settings"))
+    );
+
+    cp.terminate().await;
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlProcess::start(dir.path()).await;
+    let other = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["control", "--data-dir"])
+            .arg(other.path())
+            .args(["--listen", &cp.addr.to_string()])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains(&cp.addr.to_string()) && !err.contains("panicked"),
+        "{err}"
+    );
+    cp.terminate().await;
+}
+
+#[tokio::test]
+async fn bad_documents_are_reported_and_the_rest_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlProcess::start(dir.path()).await;
+    let manifest = dir.path().join("mixed.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: good-one\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [unclosed\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: good-two\n",
+    )
+    .unwrap();
+    let out = wharf(
+        &cp.kubeconfig(),
+        &["apply", "-f", manifest.to_str().unwrap()],
+    )
+    .await;
+    assert!(!out.status.success());
+    let err = out.stderr_text();
+    assert!(
+        err.contains("mixed.yaml") && err.contains("document 2") && err.contains("line"),
+        "{err}"
+    );
+    let client = cp.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    assert!(cms.get("good-one").await.is_ok());
+    assert!(cms.get("good-two").await.is_ok());
+
+    let out = wharf(&cp.kubeconfig(), &["get", "cm", "missing"]).await;
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_text().contains("NotFound"),
+        "{}",
+        out.stderr_text()
+    );
+    cp.terminate().await;
+}
