@@ -341,31 +341,37 @@ fn check_type(kind: &ResourceKind, obj: &mut Value) -> Result<(), ApiError> {
         .as_object_mut()
         .ok_or_else(|| ApiError::BadRequest("the request body must be a JSON object".into()))?;
     let api_version = kind.api_version();
-    match map.get("apiVersion").and_then(Value::as_str) {
-        None | Some("") => {
-            map.insert("apiVersion".into(), json!(api_version));
-        }
-        Some(v) if v == api_version => {}
-        Some(v) => {
-            return Err(ApiError::BadRequest(format!(
-                "the API version in the data ({v}) does not match the expected API version ({api_version})"
-            )));
-        }
-    }
-    match map.get("kind").and_then(Value::as_str) {
-        None | Some("") => {
-            map.insert("kind".into(), json!(kind.kind));
-        }
-        Some(k) if k == kind.kind => {}
-        Some(k) => {
-            return Err(ApiError::BadRequest(format!(
-                "the kind in the data ({k}) does not match the kind of the URL ({}); served kinds are {}",
-                kind.kind,
-                crate::api::kinds::served_list()
-            )));
-        }
-    }
+    fill_or_match(map, "apiVersion", &api_version, |v| {
+        format!(
+            "the API version in the data ({v}) does not match the expected API version ({api_version})"
+        )
+    })?;
+    fill_or_match(map, "kind", kind.kind, |k| {
+        format!(
+            "the kind in the data ({k}) does not match the kind of the URL ({}); served kinds are {}",
+            kind.kind,
+            crate::api::kinds::served_list()
+        )
+    })?;
     Ok(())
+}
+
+/// Sets `field` to `expected` when absent or empty; a different value is a 400 with the
+/// message `mismatch` builds from it.
+fn fill_or_match(
+    map: &mut Map<String, Value>,
+    field: &str,
+    expected: &str,
+    mismatch: impl FnOnce(&str) -> String,
+) -> Result<(), ApiError> {
+    match map.get(field).and_then(Value::as_str) {
+        None | Some("") => {
+            map.insert(field.into(), json!(expected));
+            Ok(())
+        }
+        Some(v) if v == expected => Ok(()),
+        Some(v) => Err(ApiError::BadRequest(mismatch(v))),
+    }
 }
 
 fn random_suffix() -> String {
@@ -493,17 +499,11 @@ async fn create(
                     kind.plural
                 ))
             })?;
-            match meta.get("namespace").and_then(Value::as_str) {
-                None | Some("") => {
-                    meta.insert("namespace".into(), json!(ns));
-                }
-                Some(n) if n == ns => {}
-                Some(n) => {
-                    return Err(ApiError::BadRequest(format!(
-                        "the namespace of the provided object ({n}) does not match the namespace sent on the request ({ns})"
-                    )));
-                }
-            }
+            fill_or_match(meta, "namespace", &ns, |n| {
+                format!(
+                    "the namespace of the provided object ({n}) does not match the namespace sent on the request ({ns})"
+                )
+            })?;
         } else {
             meta.remove("namespace");
         }

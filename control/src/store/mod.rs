@@ -25,7 +25,7 @@
 
 mod fjall_store;
 
-pub use fjall_store::{FjallStore, StoreConfig};
+pub use fjall_store::{FjallStore, StoreConfig, StoreStats};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
