@@ -4,19 +4,40 @@
 //! address (so tests and `wharf up` can use port 0), and serves until the shutdown token
 //! is cancelled; [`ControlPlane::wait`] then resolves after open connections drained.
 //!
-//! First start of a data dir generates the admin token (`DATA_DIR/admin.token`, mode 0600)
-//! and a kubeconfig (`DATA_DIR/kubeconfig`, mode 0600) that points at the server with it;
-//! later starts reuse the token and rewrite the kubeconfig with the address now bound.
+//! The API is served over HTTPS only (HTTP/1.1 and HTTP/2 by ALPN), with the cluster's own
+//! CA from [`crate::pki`]: client-go sends a bearer token only over https, and tokens must
+//! not cross the network in clear.
+//!
+//! First start of a data dir generates the admin token (`DATA_DIR/admin.token`, mode 0600),
+//! the CA and serving certificate (`DATA_DIR/pki/`), and a kubeconfig (`DATA_DIR/kubeconfig`,
+//! mode 0600) that points at `https://ADDR` with the token and the CA certificate; later
+//! starts reuse the token and the CA, renew the serving certificate when [`crate::pki`]
+//! says so, and rewrite the kubeconfig with the address now bound.
 
 use crate::apiserver::auth::{Authenticator, Identity, generate_token};
 use crate::apiserver::{self, ApiConfig, AppState};
+use crate::pki::{self, Pki, PkiError};
 use crate::store::{FjallStore, Store, StoreConfig, StoreError};
-use std::net::SocketAddr;
+use base64::Engine;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+
+/// How long a client has, once connected, to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for open connections to finish before closing them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to run a control plane.
 #[derive(Debug, Clone)]
@@ -53,6 +74,8 @@ pub enum ControlError {
     },
     #[error("bootstrapping the cluster: {0}")]
     Bootstrap(String),
+    #[error("the cluster certificates: {0}")]
+    Pki(#[from] PkiError),
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -61,6 +84,8 @@ pub enum ControlError {
 pub struct ControlPlane {
     pub local_addr: SocketAddr,
     pub kubeconfig: PathBuf,
+    /// The cluster CA's certificate (`DATA_DIR/pki/ca.crt`), what clients verify with.
+    pub ca_cert: PathBuf,
     pub admin_token: String,
     pub state: AppState,
     router: axum::Router,
@@ -121,10 +146,20 @@ pub async fn start(
     let admin_token = load_or_create_token(&dir.join("admin.token")).await?;
     let auth = Arc::new(Authenticator::new());
     auth.add_token(admin_token.clone(), Identity::admin());
+
+    pki::install_crypto_provider();
+    let pki_dir = dir.join("pki");
+    let pki = tokio::task::spawn_blocking(move || Pki::load_or_generate(&pki_dir, local_addr))
+        .await
+        .map_err(|e| ControlError::Bootstrap(format!("preparing certificates: {e}")))??;
+    if let Some(reason) = &pki.generated.server {
+        tracing::info!(%reason, "generated a serving certificate");
+    }
+    let tls = TlsAcceptor::from(pki.server_config()?);
     let kubeconfig = dir.join("kubeconfig");
     write_private(
         &kubeconfig,
-        kubeconfig_yaml(local_addr, &admin_token).as_bytes(),
+        kubeconfig_yaml(local_addr, &admin_token, pki.ca_cert_pem()).as_bytes(),
     )
     .await?;
 
@@ -137,16 +172,12 @@ pub async fn start(
     let router = apiserver::router(state.clone());
     bootstrap_namespaces(&router).await?;
 
-    let app = router.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-    });
+    let server = tokio::spawn(serve_tls(listener, tls, router.clone(), shutdown));
     tracing::info!(%local_addr, kubeconfig = %kubeconfig.display(), "control plane serving");
     Ok(ControlPlane {
         local_addr,
         kubeconfig,
+        ca_cert: pki.ca_cert_path(),
         admin_token,
         state,
         router,
@@ -181,12 +212,174 @@ async fn bootstrap_namespaces(router: &axum::Router) -> Result<(), ControlError>
     Ok(())
 }
 
-fn kubeconfig_yaml(addr: SocketAddr, token: &str) -> String {
+/// Serves `app` over TLS until `shutdown`, then drains: stops accepting, asks every
+/// connection to finish (HTTP/2 GOAWAY, HTTP/1 close after the response in flight), waits
+/// up to [`DRAIN_TIMEOUT`] and closes what is left. Watches end on the same token.
+async fn serve_tls(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> Result<(), std::io::Error> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The timer arms hyper's HTTP/1 header read timeout (a client that never finishes its
+    // headers) and HTTP/2 keep-alive; CONNECT is for websockets over HTTP/2.
+    builder.http1().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol();
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "a connection task failed");
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    connections.spawn(serve_connection(
+                        tcp,
+                        peer,
+                        tls.clone(),
+                        builder.clone(),
+                        app.clone(),
+                        graceful.watcher(),
+                        shutdown.clone(),
+                    ));
+                }
+                Err(e) => accept_error(e).await,
+            },
+        }
+    }
+    drop(listener);
+    let open = connections.len();
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        graceful.shutdown().await;
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open,
+            left = connections.len(),
+            "connections still open after {DRAIN_TIMEOUT:?}; closing them"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+/// One connection: the TLS handshake (bounded by [`HANDSHAKE_TIMEOUT`], so a slow client
+/// holds nothing but its own task), then HTTP/1.1 or HTTP/2 until it ends or the
+/// graceful shutdown has it finish.
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: TlsAcceptor,
+    builder: auto::Builder<TokioExecutor>,
+    app: axum::Router,
+    watcher: Watcher,
+    shutdown: CancellationToken,
+) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
+    }
+    let stream = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls_handshake(tcp, &tls)) => {
+            match handshake {
+                Ok(Ok(Some(stream))) => stream,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app));
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// What Go's HTTPS servers (kube-apiserver among them) answer to plain HTTP.
+const PLAIN_HTTP_REPLY: &[u8] =
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// The TLS handshake; `None` when the client spoke something else and was answered.
+async fn tls_handshake(
+    mut tcp: TcpStream,
+    tls: &TlsAcceptor,
+) -> std::io::Result<Option<TlsStream<TcpStream>>> {
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await? == 0 {
+        return Ok(None);
+    }
+    // Every TLS connection starts with a handshake record (content type 22).
+    if first[0] == 0x16 {
+        return tls.accept(tcp).await.map(Some);
+    }
+    // Plain HTTP (a request line starts with a method in capitals): say why it fails, as
+    // kube-apiserver does, instead of a TLS alert the client cannot read.
+    if first[0].is_ascii_uppercase() {
+        tcp.write_all(PLAIN_HTTP_REPLY).await?;
+        tcp.shutdown().await?;
+        // Read what the client sent until it closes, so closing does not reset the
+        // connection before the client has read the answer. Bounded by the handshake
+        // timeout around this function.
+        let mut sink = [0u8; 4096];
+        while tcp.read(&mut sink).await? > 0 {}
+    }
+    Ok(None)
+}
+
+/// Accept errors are mostly per connection (nothing to do); others, like running out of
+/// file descriptors, call for a pause before trying again (as axum and hyper do).
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept error");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// The address a client on this machine uses: a wildcard listen address is reached on
+/// loopback.
+fn client_addr(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+fn kubeconfig_yaml(addr: SocketAddr, token: &str, ca_cert_pem: &str) -> String {
+    let addr = client_addr(addr);
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_cert_pem);
     format!(
         "apiVersion: v1\n\
          kind: Config\n\
          clusters:\n\
-         - name: wharf\n  cluster:\n    server: http://{addr}\n\
+         - name: wharf\n  cluster:\n    server: https://{addr}\n    certificate-authority-data: {ca}\n\
          users:\n\
          - name: wharf-admin\n  user:\n    token: {token}\n\
          contexts:\n\
@@ -238,25 +431,151 @@ async fn write_private(path: &Path, contents: &[u8]) -> Result<(), ControlError>
     let path = path.to_path_buf();
     let contents = contents.to_vec();
     tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let tmp = path.with_extension("tmp");
-        let io = |error| ControlError::Io {
-            path: path.clone(),
-            error,
-        };
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp).map_err(io)?;
-        f.write_all(&contents).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        Ok(())
+        write_private_blocking(&path, &contents).map_err(|error| ControlError::Io { path, error })
     })
     .await
     .map_err(|e| ControlError::Bootstrap(format!("writing a credential: {e}")))?
+}
+
+/// [`write_private`] for blocking code: `PATH.tmp` (mode 0600), fsync, rename over `PATH`,
+/// fsync the directory so the rename itself survives a crash.
+pub(crate) fn write_private_blocking(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    #[cfg(unix)]
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, ListParams, WatchParams};
+
+    async fn client(kubeconfig: &Path) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    #[test]
+    fn kubeconfig_points_at_https_with_the_ca_and_loopback_for_wildcards() {
+        let yaml = kubeconfig_yaml("0.0.0.0:6443".parse().unwrap(), "tok", "PEM");
+        assert!(yaml.contains("server: https://127.0.0.1:6443\n"), "{yaml}");
+        assert!(
+            yaml.contains("certificate-authority-data: UEVN\n"),
+            "{yaml}"
+        );
+        let yaml = kubeconfig_yaml("[::]:6443".parse().unwrap(), "tok", "PEM");
+        assert!(yaml.contains("server: https://[::1]:6443\n"), "{yaml}");
+        let yaml = kubeconfig_yaml("10.0.0.1:7000".parse().unwrap(), "tok", "PEM");
+        assert!(yaml.contains("server: https://10.0.0.1:7000\n"), "{yaml}");
+    }
+
+    #[tokio::test]
+    async fn serves_tls_answers_plain_http_with_400_and_drains_on_shutdown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = ControlConfig::new(tmp.path());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let shutdown = CancellationToken::new();
+        let plane = start(config, shutdown.clone()).await.unwrap();
+        assert_eq!(plane.ca_cert, tmp.path().join("pki").join("ca.crt"));
+
+        // Plain HTTP to the TLS port: a readable 400, then the connection closes.
+        let mut plain = TcpStream::connect(plane.local_addr).await.unwrap();
+        plain
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.0 400 Bad Request"), "{answer}");
+        assert!(answer.contains("HTTPS server"), "{answer}");
+
+        // Garbage, and a client that connects and says nothing, hold nothing up.
+        let mut garbage = TcpStream::connect(plane.local_addr).await.unwrap();
+        garbage.write_all(&[0u8; 64]).await.unwrap();
+        let _silent = TcpStream::connect(plane.local_addr).await.unwrap();
+
+        // The kubeconfig works over TLS, verifying the server with its CA.
+        let client = client(&plane.kubeconfig).await;
+        let api: Api<Namespace> = Api::all(client.clone());
+        let names: Vec<String> = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|ns| ns.metadata.name)
+            .collect();
+        assert!(names.iter().any(|n| n == "default"), "{names:?}");
+
+        // A watch open at shutdown ends, and the server drains well before the handshake
+        // timeout of the silent client.
+        let mut watch = api
+            .watch(&WatchParams::default(), "0")
+            .await
+            .unwrap()
+            .boxed();
+        assert!(watch.next().await.is_some());
+        shutdown.cancel();
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(20), plane.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            started.elapsed() < HANDSHAKE_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+        let rest = tokio::time::timeout(Duration::from_secs(10), async {
+            while watch.next().await.is_some() {}
+        })
+        .await;
+        assert!(rest.is_ok(), "the watch did not end");
+    }
+
+    #[tokio::test]
+    async fn a_restart_keeps_the_ca_and_the_old_kubeconfig_ca_still_verifies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = ControlConfig::new(tmp.path());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let shutdown = CancellationToken::new();
+        let plane = start(config.clone(), shutdown.clone()).await.unwrap();
+        let ca = std::fs::read(&plane.ca_cert).unwrap();
+        shutdown.cancel();
+        plane.wait().await.unwrap();
+
+        let shutdown = CancellationToken::new();
+        let plane = start(config, shutdown.clone()).await.unwrap();
+        assert_eq!(std::fs::read(&plane.ca_cert).unwrap(), ca);
+        let api: Api<Namespace> = Api::all(client(&plane.kubeconfig).await);
+        api.get("default").await.unwrap();
+        shutdown.cancel();
+        plane.wait().await.unwrap();
+    }
 }

@@ -3,6 +3,7 @@
 //! - [`api`]: the kinds wharf serves, selectors, validation and defaults;
 //! - [`store`]: the durable store (fjall) with its revision log and watch;
 //! - [`apiserver`]: the Kubernetes-shaped HTTP API over the store;
+//! - [`pki`]: the cluster's own CA and the API server's serving certificate;
 //! - [`controlplane`]: [`start`] puts them together as one serving control plane.
 //!
 //! Everything talks to the API server; nothing but the API server talks to the store.
@@ -10,6 +11,7 @@
 pub mod api;
 pub mod apiserver;
 pub mod controlplane;
+pub mod pki;
 pub mod store;
 
 pub use controlplane::{ControlConfig, ControlError, ControlPlane, start};

@@ -1,6 +1,6 @@
 //! `wharf control`: one control plane in the foreground until Ctrl-C or SIGTERM.
 //!
-//! The started line on stderr is a contract: `wharf control: serving on http://ADDR,
+//! The started line on stderr is a contract: `wharf control: serving on https://ADDR,
 //! kubeconfig PATH`; tests start `--listen 127.0.0.1:0` and read the port from it.
 
 use anyhow::Context;
@@ -34,7 +34,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         .await
         .map_err(one_line)?;
     eprintln!(
-        "wharf control: serving on http://{}, kubeconfig {}",
+        "wharf control: serving on https://{}, kubeconfig {}",
         plane.local_addr,
         plane.kubeconfig.display()
     );

@@ -34,7 +34,7 @@ impl ControlProcess {
         let mut lines = BufReader::new(stderr).lines();
         let addr = tokio::time::timeout(TIMEOUT, async {
             while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(rest) = line.split("serving on http://").nth(1) {
+                if let Some(rest) = line.split("serving on https://").nth(1) {
                     let addr = rest.split([',', ' ']).next().unwrap();
                     return addr.parse::<SocketAddr>().unwrap();
                 }
