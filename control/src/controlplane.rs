@@ -171,6 +171,9 @@ pub async fn start(
     };
     let router = apiserver::router(state.clone());
     bootstrap_namespaces(&router).await?;
+    apiserver::proxy::ensure_node_proxy_secret(&apiserver::in_process_client(router.clone()))
+        .await
+        .map_err(|e| ControlError::Bootstrap(e.to_string()))?;
 
     let server = tokio::spawn(serve_tls(listener, tls, router.clone(), shutdown));
     tracing::info!(%local_addr, kubeconfig = %kubeconfig.display(), "control plane serving");

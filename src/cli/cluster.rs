@@ -133,6 +133,16 @@ impl Cluster {
         self.client.request_events(request).await
     }
 
+    /// Sends a request whose answer is a byte stream (`pods/NAME/log`): its body as it
+    /// comes, or the server's `Status`.
+    pub async fn stream(
+        &self,
+        request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+    ) -> Result<impl futures::AsyncBufRead + use<>, kube::Error> {
+        let request = request.map_err(kube::Error::BuildRequest)?;
+        self.client.request_stream(request).await
+    }
+
     /// A client error as users should read it: the server's `Status`, or that the server
     /// cannot be reached, or the error itself with the server's URL.
     pub fn explain(&self, err: kube::Error) -> anyhow::Error {

@@ -1,5 +1,5 @@
 //! The `wharf` command line: `control` runs a control plane, the client commands (`apply`,
-//! `get`, `delete`) talk to one through its kubeconfig, as kubectl would.
+//! `get`, `delete`, `logs`, `token`) talk to one through its kubeconfig, as kubectl would.
 //!
 //! Client commands are generic over kinds: a kind on the command line or in a manifest is
 //! resolved through the served-kinds table ([`wharf_control::api::kinds`]) and objects are
@@ -13,9 +13,11 @@ mod cluster;
 mod control;
 mod delete;
 mod get;
+mod logs;
 mod manifest;
 mod merge;
 mod target;
+mod token;
 
 use clap::{Parser, Subcommand};
 use std::fmt;
@@ -50,6 +52,10 @@ pub enum Command {
     Get(get::GetArgs),
     /// Delete objects by name or from manifests
     Delete(delete::DeleteArgs),
+    /// Print the log of a pod's container
+    Logs(logs::LogsArgs),
+    /// Create, list and delete the tokens nodes join the cluster with
+    Token(token::TokenArgs),
 }
 
 impl Command {
@@ -72,6 +78,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apply(args) => apply::run(&cluster::connect(kubeconfig).await?, args).await,
         Command::Get(args) => get::run(&cluster::connect(kubeconfig).await?, args).await,
         Command::Delete(args) => delete::run(&cluster::connect(kubeconfig).await?, args).await,
+        Command::Logs(args) => logs::run(&cluster::connect(kubeconfig).await?, args).await,
+        Command::Token(args) => token::run(&cluster::connect(kubeconfig).await?, args).await,
     }
 }
 

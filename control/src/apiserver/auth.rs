@@ -1,17 +1,35 @@
 //! Bearer-token authentication.
 //!
 //! Every request but the health and version endpoints carries `Authorization: Bearer
-//! TOKEN`; the token maps to an [`Identity`] that later steps may use for authorization.
+//! TOKEN`; the token maps to an [`Identity`] that [`super::authz`] then checks against
+//! what the request wants to do. Two kinds of tokens exist:
+//!
+//! - **Static tokens** (the admin token of the generated kubeconfig), held in memory by
+//!   the [`Authenticator`].
+//! - **Node tokens**, `wharf-node.<id>.<secret>`, which machines use to join the cluster
+//!   (as kubeadm's bootstrap tokens). Each is a Secret `kube-system/wharf-node-token-<id>`
+//!   of type `wharf.dev/node-token` that holds the SHA-256 of the secret, never the secret
+//!   itself: the token is printed once by `wharf token create`, and whoever can read
+//!   Secrets still cannot join with what they read. The id inside the token names the
+//!   Secret, so a request looks its token up with one `store.get`: no cache, nothing to
+//!   keep in sync, and deleting the Secret revokes the token for the very next request.
+//!
 //! The control plane's own components do not hold a token: the in-process client inserts
 //! the system identity as a request extension, which a TCP client cannot forge (extensions
 //! never come from the wire).
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, Subject};
+use super::objects::decode;
+use crate::store::{Store, StoreError, object_key};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use jiff::Timestamp;
+use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::RwLock;
 
 /// Who is asking.
@@ -26,7 +44,7 @@ impl Identity {
     pub fn system() -> Self {
         Identity {
             user: "system:wharf-control-plane".into(),
-            groups: vec!["system:masters".into()],
+            groups: vec![GROUP_MASTERS.into()],
         }
     }
 
@@ -34,7 +52,55 @@ impl Identity {
     pub fn admin() -> Self {
         Identity {
             user: "admin".into(),
-            groups: vec!["system:masters".into()],
+            groups: vec![GROUP_MASTERS.into()],
+        }
+    }
+
+    /// A machine that joined with the node token `id`.
+    pub fn node_bootstrap(id: &str) -> Self {
+        Identity {
+            user: format!("system:node-bootstrap:{id}"),
+            groups: vec![GROUP_NODES.into(), GROUP_AUTHENTICATED.into()],
+        }
+    }
+
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+}
+
+/// Administrators and the control plane itself: allowed everything.
+pub const GROUP_MASTERS: &str = "system:masters";
+/// Node agents: what [`super::authz`] allows a node.
+pub const GROUP_NODES: &str = "system:nodes";
+/// Every identity that presented a valid credential.
+pub const GROUP_AUTHENTICATED: &str = "system:authenticated";
+
+/// Why a request has no identity. Every variant but `Store` is a 401.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("a bearer token is required")]
+    Missing,
+    #[error("the token is not valid")]
+    Invalid,
+    #[error("the node token {id} expired at {}", .at.strftime("%Y-%m-%dT%H:%M:%SZ"))]
+    Expired { id: String, at: Timestamp },
+    /// A node-token Secret that does not say what a node token needs; logged, and
+    /// answered as an invalid token (the client cannot fix it).
+    #[error("secret {NODE_TOKEN_NAMESPACE}/{name} is not a valid node token: {why}")]
+    MalformedSecret { name: String, why: String },
+    #[error("looking up the token: {0}")]
+    Store(StoreError),
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Store(e) => ApiError::from_store(e, Subject::default()),
+            AuthError::MalformedSecret { .. } => {
+                ApiError::Unauthorized(format!("Unauthorized: {}", AuthError::Invalid))
+            }
+            other => ApiError::Unauthorized(format!("Unauthorized: {other}")),
         }
     }
 }
@@ -85,6 +151,15 @@ pub fn generate_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The identity of a bearer token: a node token is looked up in the store, any other
+/// token among the [`Authenticator`]'s static ones.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Identity, AuthError> {
+    if let Some(node) = NodeToken::parse(token) {
+        return authenticate_node_token(state.store.as_ref(), &node, Timestamp::now()).await;
+    }
+    state.auth.authenticate(token).ok_or(AuthError::Invalid)
+}
+
 /// Middleware: resolves the caller's identity or answers 401.
 pub async fn require_identity(
     State(state): State<AppState>,
@@ -98,22 +173,267 @@ pub async fn require_identity(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    let token = match header.and_then(|h| h.strip_prefix("Bearer ")) {
-        Some(t) => t.trim(),
-        None => {
-            return ApiError::Unauthorized("Unauthorized: a bearer token is required".into())
-                .into_response();
-        }
+    let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return ApiError::from(AuthError::Missing).into_response();
     };
-    match state.auth.authenticate(token) {
-        Some(identity) => {
+    match authenticate(&state, token.trim()).await {
+        Ok(identity) => {
             req.extensions_mut().insert(identity);
             next.run(req).await
         }
-        None => {
-            ApiError::Unauthorized("Unauthorized: the token is not valid".into()).into_response()
+        Err(e) => {
+            if let AuthError::MalformedSecret { .. } = &e {
+                tracing::warn!(error = %e, "refused a node token");
+            }
+            ApiError::from(e).into_response()
         }
     }
+}
+
+// ---- Node tokens -----------------------------------------------------------------------
+
+/// How every node token starts: `wharf-node.<id>.<secret>`.
+pub const NODE_TOKEN_PREFIX: &str = "wharf-node.";
+/// Where node-token Secrets live.
+pub const NODE_TOKEN_NAMESPACE: &str = "kube-system";
+/// The `type` of a node-token Secret.
+pub const NODE_TOKEN_SECRET_TYPE: &str = "wharf.dev/node-token";
+/// A node-token Secret is named this followed by the token id.
+pub const NODE_TOKEN_SECRET_PREFIX: &str = "wharf-node-token-";
+/// Data keys of a node-token Secret. The secret itself is never stored, only its SHA-256
+/// (lowercase hex) under [`NODE_TOKEN_KEY_SECRET_SHA256`].
+pub const NODE_TOKEN_KEY_ID: &str = "token-id";
+pub const NODE_TOKEN_KEY_SECRET_SHA256: &str = "token-secret-sha256";
+/// RFC 3339; absent for a token that never expires.
+pub const NODE_TOKEN_KEY_EXPIRATION: &str = "expiration";
+pub const NODE_TOKEN_KEY_DESCRIPTION: &str = "description";
+
+const NODE_TOKEN_ID_LEN: usize = 6;
+const NODE_TOKEN_SECRET_LEN: usize = 32;
+/// Lowercase letters and digits: a token id is part of a Secret's name (a DNS subdomain).
+const NODE_TOKEN_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// A node token: `wharf-node.<id>.<secret>`, the id 6 and the secret 32 characters of
+/// `[a-z0-9]` (165 bits). `Debug` hides the secret; `Display` is the whole token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeToken {
+    id: String,
+    secret: String,
+}
+
+impl NodeToken {
+    /// A new random token.
+    pub fn generate() -> Self {
+        NodeToken {
+            id: random_string(NODE_TOKEN_ID_LEN),
+            secret: random_string(NODE_TOKEN_SECRET_LEN),
+        }
+    }
+
+    /// The token in `token`, if it has a node token's shape.
+    pub fn parse(token: &str) -> Option<Self> {
+        let rest = token.strip_prefix(NODE_TOKEN_PREFIX)?;
+        let (id, secret) = rest.split_once('.')?;
+        (is_node_token_id(id)
+            && secret.len() == NODE_TOKEN_SECRET_LEN
+            && secret.bytes().all(|b| NODE_TOKEN_ALPHABET.contains(&b)))
+        .then(|| NodeToken {
+            id: id.to_string(),
+            secret: secret.to_string(),
+        })
+    }
+
+    /// The public half: names the token in `wharf token list` and its Secret.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The name of this token's Secret in [`NODE_TOKEN_NAMESPACE`].
+    pub fn secret_name(&self) -> String {
+        node_token_secret_name(&self.id)
+    }
+
+    /// The SHA-256 of the secret half, lowercase hex: what the Secret stores.
+    pub fn secret_sha256(&self) -> String {
+        sha256_hex(self.secret.as_bytes())
+    }
+
+    /// The Secret that makes this token valid (until `expiration`, if any): what `wharf
+    /// token create` sends to the API.
+    pub fn to_secret(&self, expiration: Option<Timestamp>, description: &str) -> Value {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut data = serde_json::Map::new();
+        data.insert(NODE_TOKEN_KEY_ID.into(), json!(b64(&self.id)));
+        data.insert(
+            NODE_TOKEN_KEY_SECRET_SHA256.into(),
+            json!(b64(&self.secret_sha256())),
+        );
+        if let Some(at) = expiration {
+            data.insert(
+                NODE_TOKEN_KEY_EXPIRATION.into(),
+                json!(b64(&at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())),
+            );
+        }
+        if !description.is_empty() {
+            data.insert(NODE_TOKEN_KEY_DESCRIPTION.into(), json!(b64(description)));
+        }
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": self.secret_name(), "namespace": NODE_TOKEN_NAMESPACE},
+            "type": NODE_TOKEN_SECRET_TYPE,
+            "data": data,
+        })
+    }
+}
+
+impl fmt::Display for NodeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{NODE_TOKEN_PREFIX}{}.{}", self.id, self.secret)
+    }
+}
+
+impl fmt::Debug for NodeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeToken")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Whether `id` has the shape of a node token id.
+pub fn is_node_token_id(id: &str) -> bool {
+    id.len() == NODE_TOKEN_ID_LEN && id.bytes().all(|b| NODE_TOKEN_ALPHABET.contains(&b))
+}
+
+/// The Secret name of token `id`.
+pub fn node_token_secret_name(id: &str) -> String {
+    format!("{NODE_TOKEN_SECRET_PREFIX}{id}")
+}
+
+/// What a node-token Secret says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTokenInfo {
+    pub id: String,
+    pub secret_sha256: String,
+    pub expiration: Option<Timestamp>,
+    pub description: String,
+}
+
+impl NodeTokenInfo {
+    /// Reads a node-token Secret in its API form (`data` base64).
+    pub fn from_secret(secret: &Value) -> Result<Self, AuthError> {
+        let name = secret
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let malformed = |why: String| AuthError::MalformedSecret {
+            name: name.to_string(),
+            why,
+        };
+        let kind = secret.get("type").and_then(Value::as_str).unwrap_or("");
+        if kind != NODE_TOKEN_SECRET_TYPE {
+            return Err(malformed(format!(
+                "its type is {kind:?}, not {NODE_TOKEN_SECRET_TYPE:?}"
+            )));
+        }
+        let field = |key: &str| -> Result<Option<String>, AuthError> {
+            let Some(encoded) = secret.pointer(&format!("/data/{key}")) else {
+                return Ok(None);
+            };
+            let decoded = encoded
+                .as_str()
+                .and_then(|e| base64::engine::general_purpose::STANDARD.decode(e).ok())
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| malformed(format!("data.{key} is not base64 of UTF-8 text")))?;
+            Ok(Some(decoded))
+        };
+        let required =
+            |key: &str| field(key)?.ok_or_else(|| malformed(format!("data.{key} is missing")));
+        let id = required(NODE_TOKEN_KEY_ID)?;
+        if name != node_token_secret_name(&id) {
+            return Err(malformed(format!(
+                "data.{NODE_TOKEN_KEY_ID} {id:?} does not match the name"
+            )));
+        }
+        let expiration = match field(NODE_TOKEN_KEY_EXPIRATION)? {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(s.parse::<Timestamp>().map_err(|e| {
+                malformed(format!(
+                    "data.{NODE_TOKEN_KEY_EXPIRATION} {s:?} is not an RFC 3339 time: {e}"
+                ))
+            })?),
+        };
+        Ok(NodeTokenInfo {
+            id,
+            secret_sha256: required(NODE_TOKEN_KEY_SECRET_SHA256)?,
+            expiration,
+            description: field(NODE_TOKEN_KEY_DESCRIPTION)?.unwrap_or_default(),
+        })
+    }
+}
+
+/// Decides whether `token` matches its Secret's `info` at `now`. The secret is checked
+/// (in constant time) before the expiry, so that only the token's holder learns that it
+/// expired.
+pub fn check_node_token(
+    token: &NodeToken,
+    info: &NodeTokenInfo,
+    now: Timestamp,
+) -> Result<Identity, AuthError> {
+    let hash_ok = constant_time_eq(
+        info.secret_sha256.as_bytes(),
+        token.secret_sha256().as_bytes(),
+    );
+    if !hash_ok || info.id != token.id {
+        return Err(AuthError::Invalid);
+    }
+    if let Some(at) = info.expiration
+        && now >= at
+    {
+        return Err(AuthError::Expired {
+            id: token.id.clone(),
+            at,
+        });
+    }
+    Ok(Identity::node_bootstrap(&token.id))
+}
+
+/// Looks `token`'s Secret up (one `get`, always current) and checks it.
+pub async fn authenticate_node_token(
+    store: &dyn Store,
+    token: &NodeToken,
+    now: Timestamp,
+) -> Result<Identity, AuthError> {
+    let key = object_key("", "secrets", NODE_TOKEN_NAMESPACE, &token.secret_name());
+    let stored = store
+        .get(&key)
+        .await
+        .map_err(AuthError::Store)?
+        .ok_or(AuthError::Invalid)?;
+    let secret = decode(&stored).map_err(|e| AuthError::MalformedSecret {
+        name: token.secret_name(),
+        why: e.to_string(),
+    })?;
+    check_node_token(token, &NodeTokenInfo::from_secret(&secret)?, now)
+}
+
+fn random_string(len: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| NODE_TOKEN_ALPHABET[rng.random_range(0..NODE_TOKEN_ALPHABET.len())] as char)
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -130,5 +450,94 @@ mod tests {
         assert_eq!(auth.authenticate(&t[..63]), None);
         assert_eq!(auth.authenticate(""), None);
         assert_ne!(generate_token(), t);
+    }
+
+    fn info_of(token: &NodeToken, expiration: Option<Timestamp>) -> NodeTokenInfo {
+        NodeTokenInfo::from_secret(&token.to_secret(expiration, "a laptop")).expect("valid")
+    }
+
+    #[test]
+    fn node_tokens_round_trip_and_hide_their_secret() {
+        let token = NodeToken::generate();
+        let text = token.to_string();
+        assert!(text.starts_with("wharf-node."), "{text}");
+        assert_eq!(text.len(), "wharf-node.".len() + 6 + 1 + 32);
+        assert_eq!(NodeToken::parse(&text), Some(token.clone()));
+        assert!(!format!("{token:?}").contains(&token.secret));
+        for bad in [
+            "",
+            "wharf-node.",
+            "wharf-node.abc123",
+            "wharf-node.ABC123.0123456789abcdefghijklmnopqrstuv",
+            "wharf-node.abc12.0123456789abcdefghijklmnopqrstuv",
+            "wharf-node.abc123.0123456789abcdefghijklmnopqrstu",
+            "wharf-node.abc123.0123456789abcdefghijklmnopqrstuv.x",
+            "other.abc123.0123456789abcdefghijklmnopqrstuv",
+        ] {
+            assert_eq!(NodeToken::parse(bad), None, "{bad}");
+        }
+
+        let secret = token.to_secret(None, "a laptop");
+        assert_eq!(secret["type"], NODE_TOKEN_SECRET_TYPE);
+        assert_eq!(
+            secret["metadata"]["name"],
+            format!("wharf-node-token-{}", token.id())
+        );
+        // Only the hash is stored.
+        assert!(!secret.to_string().contains(&token.secret));
+        let info = info_of(&token, None);
+        assert_eq!(info.id, token.id());
+        assert_eq!(info.description, "a laptop");
+        assert_eq!(info.secret_sha256, token.secret_sha256());
+        assert_eq!(info.secret_sha256.len(), 64);
+    }
+
+    #[test]
+    fn node_tokens_are_checked_against_hash_and_expiry() {
+        let now: Timestamp = "2030-01-01T00:00:00Z".parse().expect("time");
+        let token = NodeToken::generate();
+        let identity = check_node_token(&token, &info_of(&token, None), now).expect("valid");
+        assert_eq!(
+            identity.user,
+            format!("system:node-bootstrap:{}", token.id())
+        );
+        assert_eq!(identity.groups, ["system:nodes", "system:authenticated"]);
+
+        let later = now + jiff::SignedDuration::from_hours(1);
+        assert!(check_node_token(&token, &info_of(&token, Some(later)), now).is_ok());
+        let err = check_node_token(&token, &info_of(&token, Some(now)), now).expect_err("expired");
+        assert!(matches!(err, AuthError::Expired { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the node token {} expired at 2030-01-01T00:00:00Z",
+                token.id()
+            )
+        );
+
+        // Another secret with the same id: invalid, and expiry is not revealed.
+        let forged = NodeToken {
+            id: token.id.clone(),
+            secret: NodeToken::generate().secret,
+        };
+        let err = check_node_token(&forged, &info_of(&token, Some(now)), now).expect_err("forged");
+        assert!(matches!(err, AuthError::Invalid), "{err}");
+    }
+
+    #[test]
+    fn malformed_node_token_secrets_are_refused() {
+        let token = NodeToken::generate();
+        let mut secret = token.to_secret(None, "");
+        secret["type"] = json!("Opaque");
+        assert!(matches!(
+            NodeTokenInfo::from_secret(&secret),
+            Err(AuthError::MalformedSecret { .. })
+        ));
+        let mut secret = token.to_secret(None, "");
+        secret["data"]["expiration"] = json!("bm90IGEgdGltZQ=="); // "not a time"
+        assert!(NodeTokenInfo::from_secret(&secret).is_err());
+        let mut secret = token.to_secret(None, "");
+        secret["metadata"]["name"] = json!("wharf-node-token-zzzzzz");
+        assert!(NodeTokenInfo::from_secret(&secret).is_err());
     }
 }

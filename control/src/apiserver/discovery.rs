@@ -121,6 +121,15 @@ pub fn resource_entries(k: &ResourceKind) -> Vec<Value> {
             "verbs": ["get", "patch", "update"],
         }));
     }
+    if super::proxy::serves_logs(k) {
+        entries.push(json!({
+            "name": format!("{}/log", k.plural),
+            "singularName": "",
+            "namespaced": k.namespaced,
+            "kind": k.kind,
+            "verbs": ["get"],
+        }));
+    }
     entries
 }
 

@@ -10,9 +10,12 @@
 //! service, so a controller sees exactly what a user sees, without a socket.
 
 pub mod auth;
+pub mod authz;
 pub mod discovery;
 pub mod error;
+pub mod ipam;
 pub mod objects;
+pub mod proxy;
 pub mod request;
 pub mod resources;
 pub mod watch;

@@ -1,5 +1,6 @@
 //! The generic verbs: get, list, create, update, patch, delete, deletecollection, and the
-//! `status` subresource, for every kind in the kinds table.
+//! `status` subresource, for every kind in the kinds table; `pods/log` is handed to
+//! [`super::proxy`]. Every request is authorized ([`super::authz`]) first.
 //!
 //! Each write is read-modify-write against the store with compare-and-swap on the
 //! revision: the handler reads the object, computes the new one (a pure step: apply the
@@ -9,8 +10,11 @@
 //! `GuaranteedUpdate` does.
 
 use super::AppState;
+use super::auth::Identity;
+use super::authz::{self, Verb};
 use super::error::{ApiError, Subject};
 use super::objects::{decode, decode_at, encode, meta_str, now_rfc3339, sent_resource_version};
+use super::proxy;
 use super::request::{self, Target};
 use super::watch;
 use crate::api::kinds::ResourceKind;
@@ -87,9 +91,22 @@ async fn handle(
     let target = request::parse(group, version, rest)?;
     let (parts, body) = req.into_parts();
     let query = Query::parse(parts.uri.query());
+    // Authorization before any work: no body is read and the store is not touched for a
+    // request the caller may not make.
+    if let Some(verb) = Verb::of(&parts.method, target.name.is_some(), query.flag("watch")) {
+        authz::enforce(parts.extensions.get::<Identity>(), verb, &target)?;
+    }
     let status_sub = match target.subresource.as_deref() {
         None => false,
         Some("status") if target.kind.has_status => true,
+        Some(proxy::LOG_SUBRESOURCE) if proxy::serves_logs(target.kind) => {
+            return match (&parts.method, target.name.as_deref()) {
+                (&Method::GET, Some(name)) => proxy::pod_logs(&state, &target, name, &query).await,
+                (m, _) => Err(ApiError::MethodNotAllowed(format!(
+                    "{m} is not supported on pods/log; use GET"
+                ))),
+            };
+        }
         Some(other) => {
             return Err(ApiError::NotFound {
                 subject: subject(&target, target.name.as_deref().unwrap_or("")),
@@ -532,6 +549,37 @@ async fn create(
     if let Some(ns) = &ns {
         ensure_namespace_open(state, ns).await?;
     }
+    // Node IPAM: a registering node gets a pod range no other node holds. The lock is
+    // held until the create is stored, so concurrent registrations see each other.
+    let _ipam = if kind.group.is_empty() && kind.kind == "Node" {
+        let guard = super::ipam::LOCK.lock().await;
+        let nodes = state
+            .store
+            .list(&collection_prefix("", "nodes", None))
+            .await
+            .map_err(|e| ApiError::from_store(e, subject(target, &name)))?;
+        let existing = nodes
+            .items
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>, _>>()?;
+        super::ipam::assign(&mut obj, &existing).map_err(|e| {
+            invalid(
+                kind,
+                &obj,
+                target,
+                vec![FieldError::new(
+                    "spec.podCIDR",
+                    validation::Reason::Invalid,
+                    None,
+                    e,
+                )],
+            )
+        })?;
+        Some(guard)
+    } else {
+        None
+    };
     if dry {
         return Ok(json_response(StatusCode::CREATED, &obj));
     }

@@ -75,10 +75,22 @@ impl Api {
         content_type: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        self.send_with(TOKEN, method, uri, content_type, body).await
+    }
+
+    /// A request with bearer `token`.
+    async fn send_with(
+        &self,
+        token: &str,
+        method: &str,
+        uri: &str,
+        content_type: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
-            .header("authorization", format!("Bearer {TOKEN}"));
+            .header("authorization", format!("Bearer {token}"));
         if !content_type.is_empty() {
             req = req.header("content-type", content_type);
         }
@@ -817,4 +829,534 @@ async fn the_in_process_client_speaks_the_same_api() {
     .unwrap()
     .unwrap_err();
     assert!(matches!(err, kube::Error::Api(s) if s.code == 409));
+}
+
+// ---- Node tokens, authorization, pods/log ----------------------------------------------
+
+impl Api {
+    async fn create_namespace(&self, name: &str) {
+        let (code, s) = self
+            .send(
+                "POST",
+                "/api/v1/namespaces",
+                Some(json!({"metadata": {"name": name}})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{s}");
+    }
+
+    /// A node token made valid (until `expiration`) by its Secret, as `wharf token create`
+    /// does.
+    async fn node_token(&self, expiration: Option<jiff::Timestamp>) -> NodeToken {
+        let token = NodeToken::generate();
+        let (code, s) = self
+            .send(
+                "POST",
+                "/api/v1/namespaces/kube-system/secrets",
+                Some(token.to_secret(expiration, "test")),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{s}");
+        token
+    }
+}
+
+use super::auth::NodeToken;
+
+#[tokio::test]
+async fn node_tokens_authenticate_until_expired_or_revoked() {
+    let api = api().await;
+    api.create_namespace("kube-system").await;
+    let token = api.node_token(None).await;
+    let (code, list) = api
+        .send_with(
+            &token.to_string(),
+            "GET",
+            "/api/v1/namespaces/default/pods",
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{list}");
+
+    // The same id with another secret is not the token.
+    let forged = format!("wharf-node.{}.{}", token.id(), "0".repeat(32));
+    let (code, s) = api
+        .send_with(&forged, "GET", "/api/v1/namespaces/default/pods", "", None)
+        .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert_eq!(s["message"], "Unauthorized: the token is not valid");
+
+    let past = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
+    let expired = api.node_token(Some(past)).await;
+    let (code, s) = api
+        .send_with(
+            &expired.to_string(),
+            "GET",
+            "/api/v1/namespaces/default/pods",
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert_eq!(s["reason"], "Unauthorized");
+    let message = s["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("the node token {} expired at", expired.id())),
+        "{message}"
+    );
+
+    // Deleting the Secret revokes the token for the next request.
+    let (code, _) = api
+        .send(
+            "DELETE",
+            &format!(
+                "/api/v1/namespaces/kube-system/secrets/{}",
+                token.secret_name()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = api
+        .send_with(
+            &token.to_string(),
+            "GET",
+            "/api/v1/namespaces/default/pods",
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn nodes_may_report_but_not_manage_workloads() {
+    let api = api().await;
+    api.create_namespace("kube-system").await;
+    api.create_namespace("kube-node-lease").await;
+    let token = api.node_token(None).await.to_string();
+    let user = format!("system:node-bootstrap:{}", &token[11..17]);
+
+    let before = api.store.revision();
+    let (code, s) = api
+        .send_with(
+            &token,
+            "POST",
+            "/apis/apps/v1/namespaces/default/deployments",
+            "application/json",
+            Some(deployment("web", 1)),
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
+    assert_eq!(s["reason"], "Forbidden");
+    assert_eq!(s["code"], 403);
+    assert_eq!(
+        s["message"],
+        format!(
+            "deployments.apps is forbidden: User \"{user}\" cannot create resource \
+             \"deployments\" in API group \"apps\" in the namespace \"default\""
+        )
+    );
+    assert_eq!(
+        api.store.revision(),
+        before,
+        "a denied request writes nothing"
+    );
+
+    for uri in [
+        "/api/v1/secrets",
+        "/api/v1/namespaces/kube-system/secrets",
+        "/api/v1/namespaces/kube-system/secrets?watch=true",
+    ] {
+        let (code, s) = api.send_with(&token, "GET", uri, "", None).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{uri}: {s}");
+    }
+    let (code, s) = api
+        .send_with(&token, "GET", "/api/v1/secrets", "", None)
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_eq!(
+        s["message"],
+        format!(
+            "secrets is forbidden: User \"{user}\" cannot list resource \"secrets\" in API \
+             group \"\" at the cluster scope"
+        )
+    );
+    // A single Secret, by name, as pods reference them.
+    let (code, _) = api
+        .send_with(
+            &token,
+            "GET",
+            &format!(
+                "/api/v1/namespaces/kube-system/secrets/wharf-node-token-{}",
+                &token[11..17]
+            ),
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+
+    let (code, _) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(pod("web", json!({}))),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, patched) = api
+        .send_with(
+            &token,
+            "PATCH",
+            "/api/v1/namespaces/default/pods/web/status",
+            "application/merge-patch+json",
+            Some(json!({"status": {"phase": "Running", "podIP": "127.1.0.2"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{patched}");
+    assert_eq!(patched["status"]["phase"], "Running");
+
+    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "n1"}, "spec": {"holderIdentity": "n1"}});
+    let (code, s) = api
+        .send_with(
+            &token,
+            "POST",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+            "application/json",
+            Some(lease),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{s}");
+
+    let (code, s) = api
+        .send_with(&token, "DELETE", "/api/v1/namespaces/default", "", None)
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
+    let (code, s) = api
+        .send_with(
+            &token,
+            "DELETE",
+            "/api/v1/namespaces/default/pods",
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "deletecollection: {s}");
+}
+
+/// One request a fake node's log server received, and the sending half of the log
+/// stream it answers with: send lines to stream them, drop it to end the stream.
+struct NodeLogRequest {
+    path: String,
+    query: std::collections::HashMap<String, String>,
+    lines: tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
+}
+
+/// A node's log server on 127.0.0.1:0 that accepts only `token`.
+async fn fake_node(
+    token: String,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<NodeLogRequest>,
+) {
+    use axum::extract::State;
+    use axum::response::IntoResponse;
+    type Seen = tokio::sync::mpsc::UnboundedSender<NodeLogRequest>;
+    async fn serve(
+        State((token, seen)): State<(String, Seen)>,
+        req: axum::extract::Request,
+    ) -> axum::response::Response {
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|h| h.to_str().ok());
+        if auth != Some(format!("Bearer {token}").as_str()) {
+            return (StatusCode::UNAUTHORIZED, "who are you?").into_response();
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
+        let query = super::resources::Query::parse(req.uri().query()).0;
+        let _ = seen.send(NodeLogRequest {
+            path: req.uri().path().to_string(),
+            query,
+            lines: tx,
+        });
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(Ok::<_, std::convert::Infallible>);
+        axum::response::Response::new(Body::from_stream(stream))
+    }
+    use futures::StreamExt;
+    let (seen_tx, seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new().fallback(serve).with_state((token, seen_tx));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen_rx)
+}
+
+impl Api {
+    /// A Node whose log server is at `port` on 127.0.0.1.
+    async fn node_at(&self, name: &str, port: u16) {
+        let (code, s) = self
+            .send(
+                "POST",
+                "/api/v1/nodes",
+                Some(json!({"metadata": {"name": name}})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{s}");
+        let (code, s) = self
+            .send_as(
+                "PATCH",
+                &format!("/api/v1/nodes/{name}/status"),
+                "application/merge-patch+json",
+                Some(json!({"status": {
+                    "addresses": [{"type": "Hostname", "address": "localhost"},
+                                  {"type": "InternalIP", "address": "127.0.0.1"}],
+                    "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "{s}");
+    }
+
+    async fn pod_on(&self, name: &str, node: Option<&str>, containers: &[&str]) {
+        let mut p = pod(name, json!({}));
+        p["spec"]["containers"] = containers
+            .iter()
+            .map(|c| json!({"name": c, "image": "hello.wasm"}))
+            .collect();
+        if let Some(node) = node {
+            p["spec"]["nodeName"] = json!(node);
+        }
+        let (code, s) = self
+            .send("POST", "/api/v1/namespaces/default/pods", Some(p))
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{s}");
+    }
+
+    /// Sends a GET and answers the response with its body unread.
+    async fn open(&self, uri: &str) -> axum::response::Response {
+        let req = Request::get(uri)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.router.clone().oneshot(req))
+            .await
+            .expect("request timed out")
+            .unwrap()
+    }
+}
+
+/// Reads frames of `body` into `buf` until it ends with `want`.
+async fn read_until(body: &mut Body, buf: &mut Vec<u8>, want: &str) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !buf.ends_with(want.as_bytes()) {
+            let frame = body.frame().await.expect("the stream ended").unwrap();
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no {want:?} in time; got {:?}",
+            String::from_utf8_lossy(buf)
+        )
+    });
+}
+
+async fn recv<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("nothing received in time")
+        .expect("channel closed")
+}
+
+#[tokio::test]
+async fn pod_logs_stream_from_the_node_as_they_come() {
+    let api = api().await;
+    api.create_namespace("kube-system").await;
+    api.pod_on("web", Some("n1"), &["app"]).await;
+
+    let client = super::in_process_client(api.router.clone());
+    let token = tokio::time::timeout(
+        Duration::from_secs(10),
+        super::proxy::ensure_node_proxy_secret(&client),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let again = tokio::time::timeout(
+        Duration::from_secs(10),
+        super::proxy::ensure_node_proxy_secret(&client),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(token, again, "the credential is created once");
+
+    let (addr, mut requests) = fake_node(token).await;
+    api.node_at("n1", addr.port()).await;
+
+    let resp = api
+        .open("/api/v1/namespaces/default/pods/web/log?follow=true&tailLines=10&timestamps=true")
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/plain");
+    let seen = recv(&mut requests).await;
+    assert_eq!(seen.path, "/containerLogs/default/web/app");
+    assert_eq!(seen.query["follow"], "true");
+    assert_eq!(seen.query["tailLines"], "10");
+    assert_eq!(seen.query["timestamps"], "true");
+    assert_eq!(seen.query["previous"], "false");
+
+    // Each line reaches the client before the node has written the next one.
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    seen.lines.send("line 1\n".into()).unwrap();
+    read_until(&mut body, &mut got, "line 1\n").await;
+    seen.lines.send("line 2\n".into()).unwrap();
+    read_until(&mut body, &mut got, "line 2\n").await;
+    // The node ends the stream: so does the response.
+    drop(seen.lines);
+    let end = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the stream did not end");
+    assert!(end.is_none(), "{end:?}");
+    assert_eq!(got, b"line 1\nline 2\n");
+
+    // limitBytes ends the response even while the node goes on.
+    let resp = api
+        .open("/api/v1/namespaces/default/pods/web/log?container=app&limitBytes=4")
+        .await;
+    let seen = recv(&mut requests).await;
+    assert_eq!(seen.query["limitBytes"], "4");
+    seen.lines.send("line 1\n".into()).unwrap();
+    let bytes = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the stream did not end")
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&bytes[..], b"line");
+}
+
+#[tokio::test]
+async fn pod_logs_explain_what_is_missing() {
+    let api = api().await;
+    api.create_namespace("kube-system").await;
+    // A node whose log server is gone: a port that was just free.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    api.node_at("gone", port).await;
+    api.pod_on("orphan", Some("gone"), &["app"]).await;
+
+    // No credential for nodes yet: the proxy cannot work.
+    let (code, s) = api
+        .send("GET", "/api/v1/namespaces/default/pods/orphan/log", None)
+        .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("kube-system/wharf-node-proxy"),
+        "{s}"
+    );
+    let client = super::in_process_client(api.router.clone());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        super::proxy::ensure_node_proxy_secret(&client),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    let (code, s) = api
+        .send("GET", "/api/v1/namespaces/default/pods/nope/log", None)
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(s["message"], "pods \"nope\" not found");
+
+    api.pod_on("two", Some("n1"), &["a", "b"]).await;
+    let (code, s) = api
+        .send("GET", "/api/v1/namespaces/default/pods/two/log", None)
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        s["message"],
+        "a container name must be specified for pod two, choose one of: [a b]"
+    );
+
+    api.pod_on("lonely", None, &["app"]).await;
+    let (code, s) = api
+        .send("GET", "/api/v1/namespaces/default/pods/lonely/log", None)
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(s["message"], "pod lonely does not have a host assigned");
+
+    let (code, s) = api
+        .send("GET", "/api/v1/namespaces/default/pods/orphan/log", None)
+        .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{s}");
+    assert_eq!(s["reason"], "ServiceUnavailable");
+    let message = s["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("node gone is unreachable at 127.0.0.1:{port}")),
+        "{message}"
+    );
+
+    let (code, _) = api
+        .send("POST", "/api/v1/namespaces/default/pods/orphan/log", None)
+        .await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn discovery_lists_the_log_subresource() {
+    let api = api().await;
+    let (_, v) = api.send("GET", "/api/v1", None).await;
+    let log = v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "pods/log")
+        .cloned();
+    assert_eq!(
+        log,
+        Some(
+            json!({"name": "pods/log", "singularName": "", "namespaced": true,
+                    "kind": "Pod", "verbs": ["get"]})
+        )
+    );
+}
+
+#[tokio::test]
+async fn registering_nodes_get_distinct_pod_ranges() {
+    let api = api().await;
+    let mut cidrs = Vec::new();
+    for name in ["node-a", "node-b"] {
+        let (code, node) = api
+            .send(
+                "POST",
+                "/api/v1/nodes",
+                Some(json!({"metadata": {"name": name}})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{node}");
+        cidrs.push(node["spec"]["podCIDR"].as_str().unwrap().to_string());
+    }
+    assert_eq!(cidrs, ["127.64.0.0/16", "127.65.0.0/16"]);
+    let (_, own) = api
+        .send(
+            "POST",
+            "/api/v1/nodes",
+            Some(json!({"metadata": {"name": "node-c"}, "spec": {"podCIDR": "127.99.0.0/16"}})),
+        )
+        .await;
+    assert_eq!(own["spec"]["podCIDR"], "127.99.0.0/16");
 }
