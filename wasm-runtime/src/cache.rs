@@ -63,7 +63,9 @@ pub(crate) struct ArtifactCache {
 
 impl ArtifactCache {
     pub(crate) fn new(data_dir: &Path, fingerprint: &str) -> Self {
-        Self { dir: data_dir.join("compiled").join(fingerprint) }
+        Self {
+            dir: data_dir.join("compiled").join(fingerprint),
+        }
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -73,7 +75,10 @@ impl ArtifactCache {
     /// The artifact and checksum paths for an image.
     pub(crate) fn paths(&self, digest: &Digest) -> (PathBuf, PathBuf) {
         let base = digest.hex();
-        (self.dir.join(format!("{base}.cwasm")), self.dir.join(format!("{base}.cwasm.sha256")))
+        (
+            self.dir.join(format!("{base}.cwasm")),
+            self.dir.join(format!("{base}.cwasm.sha256")),
+        )
     }
 
     /// Loads a verified artifact. Blocking (file I/O and deserialization).
@@ -90,7 +95,10 @@ impl ArtifactCache {
         };
         let actual = hex(&Sha256::digest(&bytes));
         if recorded != actual {
-            return self.discard(digest, format!("checksum mismatch (recorded {recorded}, file has {actual})"));
+            return self.discard(
+                digest,
+                format!("checksum mismatch (recorded {recorded}, file has {actual})"),
+            );
         }
         match deserialize_verified(engine, &bytes) {
             Ok(compiled) => Lookup::Hit(compiled),
@@ -146,7 +154,9 @@ fn deserialize_verified(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Compi
         // and engine compatibility and returns an error (never UB) on a mismatch. What
         // remains is an attacker able to write both files in the node's data dir, who can
         // already replace the node binary itself.
-        Some(Precompiled::Module) => unsafe { Module::deserialize(engine, bytes) }.map(Compiled::Module),
+        Some(Precompiled::Module) => {
+            unsafe { Module::deserialize(engine, bytes) }.map(Compiled::Module)
+        }
         // SAFETY: as above.
         Some(Precompiled::Component) => {
             unsafe { Component::deserialize(engine, bytes) }.map(Compiled::Component)

@@ -92,11 +92,19 @@ const MAX_MESSAGE: usize = 4096;
 
 impl ExitStatus {
     pub(crate) fn completed(message: impl Into<String>) -> Self {
-        Self { code: 0, reason: ExitReason::Completed, message: message.into() }
+        Self {
+            code: 0,
+            reason: ExitReason::Completed,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn error(code: i32, message: impl Into<String>) -> Self {
-        Self { code, reason: ExitReason::Error, message: truncate(message.into()) }
+        Self {
+            code,
+            reason: ExitReason::Error,
+            message: truncate(message.into()),
+        }
     }
 
     pub(crate) fn killed(message: impl Into<String>) -> Self {
@@ -108,11 +116,19 @@ impl ExitStatus {
             Some(l) => format!("memory limit of {l} bytes reached"),
             None => "out of memory".to_string(),
         };
-        Self { code: 137, reason: ExitReason::OOMKilled, message }
+        Self {
+            code: 137,
+            reason: ExitReason::OOMKilled,
+            message,
+        }
     }
 
     pub(crate) fn start_error(message: impl Into<String>) -> Self {
-        Self { code: 128, reason: ExitReason::StartError, message: truncate(message.into()) }
+        Self {
+            code: 128,
+            reason: ExitReason::StartError,
+            message: truncate(message.into()),
+        }
     }
 }
 
@@ -140,7 +156,9 @@ pub enum StartError {
     #[error("{0}")]
     Mount(String),
     /// An HTTP component was started without an address to serve on.
-    #[error("image {image} is a wasi:http component: the spec needs http_listen (pod IP and containerPort)")]
+    #[error(
+        "image {image} is a wasi:http component: the spec needs http_listen (pod IP and containerPort)"
+    )]
     NoListenAddress {
         /// The image reference.
         image: String,
@@ -185,7 +203,11 @@ pub(crate) struct ContainerShared {
 
 impl ContainerShared {
     pub(crate) fn new(budget: Arc<MemoryBudget>, cpu: Arc<CpuThrottle>) -> Arc<Self> {
-        Arc::new(Self { budget, cpu, requests: AtomicU64::new(0) })
+        Arc::new(Self {
+            budget,
+            cpu,
+            requests: AtomicU64::new(0),
+        })
     }
 }
 
@@ -289,7 +311,10 @@ impl Drop for Container {
 }
 
 fn lost() -> ExitStatus {
-    ExitStatus::error(1, "the runtime lost track of this container (internal error)")
+    ExitStatus::error(
+        1,
+        "the runtime lost track of this container (internal error)",
+    )
 }
 
 /// How a guest run ended, before it becomes an [`ExitStatus`].
@@ -320,15 +345,23 @@ pub(crate) fn exit_status(
     };
     // A plain exit(n) is the guest's own doing and needs no commentary; anything else is
     // what a native process would have printed (or the kernel would have logged).
-    let quiet = status.reason == ExitReason::Completed || status.message.starts_with("exited with status");
+    let quiet =
+        status.reason == ExitReason::Completed || status.message.starts_with("exited with status");
     if !quiet {
-        logs.write_line(LogStream::Stderr, &format!("wharf: {}: {}", status.reason, status.message));
+        logs.write_line(
+            LogStream::Stderr,
+            &format!("wharf: {}: {}", status.reason, status.message),
+        );
     }
     status
 }
 
 /// Classifies an error from a guest call: exit, OOM, trap, or host error.
-pub(crate) fn classify_error(e: &wasmtime::Error, limit_hit: bool, budget: &MemoryBudget) -> ExitStatus {
+pub(crate) fn classify_error(
+    e: &wasmtime::Error,
+    limit_hit: bool,
+    budget: &MemoryBudget,
+) -> ExitStatus {
     if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return match exit.0 {
             0 => ExitStatus::completed(""),
@@ -355,7 +388,7 @@ fn trap_exit_code(trap: wasmtime::Trap) -> i32 {
         | Trap::TableOutOfBounds
         | Trap::IndirectCallToNull
         | Trap::BadSignature => 128 + 11, // SIGSEGV
-        Trap::HeapMisaligned => 128 + 7,  // SIGBUS
+        Trap::HeapMisaligned => 128 + 7,         // SIGBUS
         Trap::IntegerOverflow | Trap::IntegerDivisionByZero | Trap::BadConversionToInteger => {
             128 + 8 // SIGFPE
         }
@@ -364,6 +397,7 @@ fn trap_exit_code(trap: wasmtime::Trap) -> i32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -379,9 +413,15 @@ mod tests {
     fn classify() {
         let budget = MemoryBudget::new(Some(1 << 20));
         let exit = wasmtime::Error::new(wasmtime_wasi::I32Exit(3));
-        assert_eq!(classify_error(&exit, false, &budget), ExitStatus::error(3, "exited with status 3"));
+        assert_eq!(
+            classify_error(&exit, false, &budget),
+            ExitStatus::error(3, "exited with status 3")
+        );
         let zero = wasmtime::Error::new(wasmtime_wasi::I32Exit(0));
-        assert_eq!(classify_error(&zero, true, &budget).reason, ExitReason::Completed);
+        assert_eq!(
+            classify_error(&zero, true, &budget).reason,
+            ExitReason::Completed
+        );
         let trap = wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached);
         let st = classify_error(&trap, false, &budget);
         assert_eq!((st.reason, st.code), (ExitReason::Error, 134));

@@ -76,7 +76,10 @@ pub struct PoolingConfig {
 
 impl Default for PoolingConfig {
     fn default() -> Self {
-        Self { total_instances: 1000, max_memory_bytes: 4 << 30 }
+        Self {
+            total_instances: 1000,
+            max_memory_bytes: 4 << 30,
+        }
     }
 }
 
@@ -136,7 +139,9 @@ pub(crate) fn build_engine(
 ) -> Result<(Engine, AllocatorKind), RuntimeError> {
     if let Some(p) = pooling {
         if p.total_instances == 0 {
-            return Err(RuntimeError::Config("pooling.total_instances must be > 0".into()));
+            return Err(RuntimeError::Config(
+                "pooling.total_instances must be > 0".into(),
+            ));
         }
         let mut pool = PoolingAllocationConfig::new();
         let n = p.total_instances;
@@ -150,20 +155,28 @@ pub(crate) fn build_engine(
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         match Engine::new(&config) {
             Ok(engine) => {
-                tracing::info!(total_instances = n, "wasmtime engine uses the pooling allocator");
+                tracing::info!(
+                    total_instances = n,
+                    "wasmtime engine uses the pooling allocator"
+                );
                 return Ok((engine, AllocatorKind::Pooling { total_instances: n }));
             }
             Err(e) => {
                 let reason = format!("pooling allocator unavailable: {e:#}");
                 tracing::warn!("{reason}; falling back to on-demand allocation");
-                let engine =
-                    Engine::new(&base_config()).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+                let engine = Engine::new(&base_config())
+                    .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
                 return Ok((engine, AllocatorKind::OnDemand { reason }));
             }
         }
     }
     let engine = Engine::new(&base_config()).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-    Ok((engine, AllocatorKind::OnDemand { reason: "pooling not requested".into() }))
+    Ok((
+        engine,
+        AllocatorKind::OnDemand {
+            reason: "pooling not requested".into(),
+        },
+    ))
 }
 
 /// A short hex name for "artifacts compiled by this engine": wasmtime's own compatibility
@@ -204,7 +217,10 @@ impl EpochTicker {
                 }
             })
             .map_err(RuntimeError::Ticker)?;
-        Ok(Self { stop: Some(stop), thread: Some(thread) })
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 }
 

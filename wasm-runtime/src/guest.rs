@@ -50,13 +50,20 @@ pub(crate) struct P2State {
 
 impl WasiView for P2State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for P2State {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -130,12 +137,17 @@ impl StoreFactory {
         b.stdout(self.logs.stdio(LogStream::Stdout));
         b.stderr(self.logs.stdio(LogStream::Stderr));
         for m in &spec.mounts {
-            let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-            b.preopened_dir(&m.host_path, &m.guest_path, perms).map_err(|e| StoreError {
-                host_path: m.host_path.display().to_string(),
-                guest_path: m.guest_path.clone(),
-                message: format!("{e:#}"),
-            })?;
+            let perms = if m.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            b.preopened_dir(&m.host_path, &m.guest_path, perms)
+                .map_err(|e| StoreError {
+                    host_path: m.host_path.display().to_string(),
+                    guest_path: m.guest_path.clone(),
+                    message: format!("{e:#}"),
+                })?;
         }
         if spec.network.any() {
             let policy = spec.network.clone();
@@ -158,7 +170,10 @@ impl StoreFactory {
     }
 
     pub(crate) fn p1_store(&self) -> Result<Store<P1State>, StoreError> {
-        let state = P1State { wasi: self.wasi_builder()?.build_p1(), common: self.common() };
+        let state = P1State {
+            wasi: self.wasi_builder()?.build_p1(),
+            common: self.common(),
+        };
         Ok(self.finish(Store::new(&self.engine, state)))
     }
 
@@ -167,7 +182,9 @@ impl StoreFactory {
             ctx: self.wasi_builder()?.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            hooks: EgressHooks { policy: self.spec.network.clone() },
+            hooks: EgressHooks {
+                policy: self.spec.network.clone(),
+            },
             common: self.common(),
         };
         Ok(self.finish(Store::new(&self.engine, state)))
@@ -190,11 +207,16 @@ fn on_epoch_deadline<T: HasCommon>(
     let now = Instant::now();
     // Charge at most one interval: beyond that the guest was blocked in a host call or not
     // scheduled, not computing.
-    let used = now.saturating_duration_since(g.slice_start).min(g.epoch_interval);
+    let used = now
+        .saturating_duration_since(g.slice_start)
+        .min(g.epoch_interval);
     match g.cpu.charge(used) {
         Some(sleep) if !sleep.is_zero() => {
             g.slice_start = now + sleep;
-            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(sleep))))
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::time::sleep(sleep)),
+            ))
         }
         _ => {
             g.slice_start = now;
@@ -232,11 +254,19 @@ impl WasiHttpHooks for EgressHooks {
         if https || !self.policy.allows_http(&host, port) {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        let connect_timeout =
-            options.and_then(|o| o.connect_timeout).unwrap_or(Duration::from_secs(30));
-        let first_byte_timeout =
-            options.and_then(|o| o.first_byte_timeout).unwrap_or(Duration::from_secs(600));
-        Box::new(send_plain_http(request, host, port, connect_timeout, first_byte_timeout))
+        let connect_timeout = options
+            .and_then(|o| o.connect_timeout)
+            .unwrap_or(Duration::from_secs(30));
+        let first_byte_timeout = options
+            .and_then(|o| o.first_byte_timeout)
+            .unwrap_or(Duration::from_secs(600));
+        Box::new(send_plain_http(
+            request,
+            host,
+            port,
+            connect_timeout,
+            first_byte_timeout,
+        ))
     }
 
     fn default_scheme(&mut self) -> Option<http::uri::Scheme> {
@@ -252,14 +282,21 @@ async fn send_plain_http(
     first_byte_timeout: Duration,
 ) -> SendResult {
     use wasmtime_wasi_http::Error;
-    let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
-        .await
-        .map_err(|_| Error::ConnectionTimeout)?
-        .map_err(Error::Connect)?;
+    let stream = tokio::time::timeout(
+        connect_timeout,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| Error::ConnectionTimeout)?
+    .map_err(Error::Connect)?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     // The request line carries only the path: we are not talking to a proxy.
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     *request.uri_mut() = http::Uri::builder()
         .path_and_query(path)
         .build()

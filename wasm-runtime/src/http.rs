@@ -81,7 +81,10 @@ pub(crate) async fn serve(listener: TcpListener, server: Arc<HttpServer>) -> Exi
     if drained {
         return ExitStatus::completed("stopped: drained in-flight requests");
     }
-    if tokio::time::timeout(UNWIND, server.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(UNWIND, server.tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::error!("HTTP container tasks did not unwind within {UNWIND:?} of being killed");
     }
     ExitStatus::killed("killed: in-flight requests did not finish within the grace period")
@@ -121,12 +124,21 @@ async fn handle(
     let mut store = match server.factory.p2_store() {
         Ok(store) => store,
         Err(e) => {
-            server.factory.logs.write_line(LogStream::Stderr, &format!("wharf: request failed: {e}"));
-            return Ok(error_response(http::StatusCode::INTERNAL_SERVER_ERROR, "cannot create instance"));
+            server
+                .factory
+                .logs
+                .write_line(LogStream::Stderr, &format!("wharf: request failed: {e}"));
+            return Ok(error_response(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot create instance",
+            ));
         }
     };
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, request);
+    let incoming = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request);
     let outparam = store.data_mut().http().new_response_outparam(sender);
     let (incoming, outparam) = match (incoming, outparam) {
         (Ok(i), Ok(o)) => (i, o),
@@ -144,7 +156,10 @@ async fn handle(
     let guest = server.tracker.spawn(async move {
         let run = async {
             let proxy = pre.instantiate_async(&mut store).await?;
-            proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, outparam)
+                .await
         };
         let result = tokio::select! {
             result = run => Some(result),
@@ -157,7 +172,10 @@ async fn handle(
                 let status = classify_error(&e, limit_hit, &shared.budget);
                 logs.write_line(
                     LogStream::Stderr,
-                    &format!("wharf: request failed: {}: {}", status.reason, status.message),
+                    &format!(
+                        "wharf: request failed: {}: {}",
+                        status.reason, status.message
+                    ),
                 );
                 false
             }
@@ -175,8 +193,15 @@ async fn handle(
         // without answering.
         Err(_) => {
             let answered_nothing = guest.await.unwrap_or(false);
-            let message = if answered_nothing { "the handler returned no response" } else { "the handler failed" };
-            Ok(error_response(http::StatusCode::INTERNAL_SERVER_ERROR, message))
+            let message = if answered_nothing {
+                "the handler returned no response"
+            } else {
+                "the handler failed"
+            };
+            Ok(error_response(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                message,
+            ))
         }
     }
 }

@@ -272,7 +272,9 @@ pub(crate) fn parse_reference(reference: &str) -> Result<Reference, ImagePullErr
     }
     let source = if let Some(path) = location.strip_prefix("file://") {
         if !path.starts_with('/') {
-            return Err(invalid("a file:// URL needs an absolute path (file:///path/app.wasm)"));
+            return Err(invalid(
+                "a file:// URL needs an absolute path (file:///path/app.wasm)",
+            ));
         }
         Source::File(PathBuf::from(path))
     } else if location.starts_with("https://") {
@@ -283,7 +285,9 @@ pub(crate) fn parse_reference(reference: &str) -> Result<Reference, ImagePullErr
                 .to_string(),
         });
     } else if location.starts_with("http://") {
-        let uri: http::Uri = location.parse().map_err(|e| invalid(&format!("bad URL: {e}")))?;
+        let uri: http::Uri = location
+            .parse()
+            .map_err(|e| invalid(&format!("bad URL: {e}")))?;
         if uri.host().is_none() {
             return Err(invalid("the URL has no host"));
         }
@@ -296,7 +300,11 @@ pub(crate) fn parse_reference(reference: &str) -> Result<Reference, ImagePullErr
     } else {
         Source::File(PathBuf::from(location))
     };
-    Ok(Reference { original: reference.to_string(), source, pin })
+    Ok(Reference {
+        original: reference.to_string(),
+        source,
+        pin,
+    })
 }
 
 /// The content-addressed store of fetched images, plus the reference index.
@@ -308,7 +316,10 @@ pub(crate) struct BlobStore {
 
 impl BlobStore {
     pub(crate) fn new(data_dir: &Path) -> Self {
-        Self { blobs: data_dir.join("blobs").join("sha256"), refs: data_dir.join("refs") }
+        Self {
+            blobs: data_dir.join("blobs").join("sha256"),
+            refs: data_dir.join("refs"),
+        }
     }
 
     pub(crate) fn dirs(&self) -> [&Path; 2] {
@@ -402,7 +413,10 @@ pub(crate) async fn fetch_http(
             .header(http::header::USER_AGENT, "wharf-runtime")
             .body(Empty::new())
             .map_err(|e| fetch_err(&uri, e.to_string()))?;
-        let response = client.request(request).await.map_err(|e| fetch_err(&uri, format!("{e:#}")))?;
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| fetch_err(&uri, format!("{e:#}")))?;
         let status = response.status();
         if status.is_redirection() {
             let location = response
@@ -418,7 +432,10 @@ pub(crate) async fn fetch_http(
         if !status.is_success() {
             return Err(fetch_err(&uri, format!("HTTP {status}")));
         }
-        let too_large = || ImagePullError::TooLarge { reference: reference.to_string(), limit };
+        let too_large = || ImagePullError::TooLarge {
+            reference: reference.to_string(),
+            limit,
+        };
         if response
             .headers()
             .get(http::header::CONTENT_LENGTH)
@@ -428,7 +445,10 @@ pub(crate) async fn fetch_http(
         {
             return Err(too_large());
         }
-        let body = Limited::new(response.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
+        let body = Limited::new(
+            response.into_body(),
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        );
         return match body.collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
@@ -455,6 +475,7 @@ fn resolve_location(base: &http::Uri, location: &str) -> Option<http::Uri> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -473,7 +494,12 @@ mod tests {
         let r = parse_reference("http://127.0.0.1:8080/app.wasm").unwrap();
         assert!(matches!(r.source, Source::Http(ref u) if u.port_u16() == Some(8080)));
 
-        for bad in ["", "x.wasm@sha256:abc", "@sha256:".to_string().as_str(), "file://rel.wasm"] {
+        for bad in [
+            "",
+            "x.wasm@sha256:abc",
+            "@sha256:".to_string().as_str(),
+            "file://rel.wasm",
+        ] {
             let e = parse_reference(bad).unwrap_err();
             assert_eq!(e.reason(), "InvalidImageName", "{bad}: {e}");
         }
@@ -490,7 +516,10 @@ mod tests {
     #[test]
     fn digests() {
         let d = Digest::of(b"");
-        assert_eq!(d.hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(Digest::parse(&d.to_string()), Some(d));
         assert_eq!(Digest::parse("sha256:zz"), None);
     }
@@ -498,8 +527,14 @@ mod tests {
     #[test]
     fn redirects() {
         let base: http::Uri = "http://h:1/a/b".parse().unwrap();
-        assert_eq!(resolve_location(&base, "/c").unwrap().to_string(), "http://h:1/c");
-        assert_eq!(resolve_location(&base, "http://x/y").unwrap().to_string(), "http://x/y");
+        assert_eq!(
+            resolve_location(&base, "/c").unwrap().to_string(),
+            "http://h:1/c"
+        );
+        assert_eq!(
+            resolve_location(&base, "http://x/y").unwrap().to_string(),
+            "http://x/y"
+        );
         assert!(resolve_location(&base, "https://x/y").is_none());
         assert!(resolve_location(&base, "rel").is_none());
     }

@@ -35,7 +35,11 @@ pub(crate) struct MemoryBudget {
 
 impl MemoryBudget {
     pub(crate) fn new(limit: Option<u64>) -> Arc<Self> {
-        Arc::new(Self { limit, used: AtomicU64::new(0), oom_events: AtomicU64::new(0) })
+        Arc::new(Self {
+            limit,
+            used: AtomicU64::new(0),
+            oom_events: AtomicU64::new(0),
+        })
     }
 
     pub(crate) fn limit(&self) -> Option<u64> {
@@ -94,7 +98,12 @@ pub(crate) struct StoreLimiter {
 
 impl StoreLimiter {
     pub(crate) fn new(budget: Arc<MemoryBudget>) -> Self {
-        Self { budget, held: 0, last_grant: 0, limit_hit: false }
+        Self {
+            budget,
+            held: 0,
+            last_grant: 0,
+            limit_hit: false,
+        }
     }
 
     pub(crate) fn limit_hit(&self) -> bool {
@@ -176,7 +185,10 @@ impl CpuThrottle {
         let full = rate.map_or(0.0, |r| r * CPU_PERIOD.as_secs_f64());
         Arc::new(Self {
             rate,
-            bucket: Mutex::new(Bucket { balance: full, refilled_at: Instant::now() }),
+            bucket: Mutex::new(Bucket {
+                balance: full,
+                refilled_at: Instant::now(),
+            }),
             used_nanos: AtomicU64::new(0),
             throttled_nanos: AtomicU64::new(0),
         })
@@ -194,11 +206,20 @@ impl CpuThrottle {
 
     /// Charges `used` CPU time; returns how long the guest must sleep before running again.
     pub(crate) fn charge(&self, used: Duration) -> Option<Duration> {
-        self.used_nanos.fetch_add(u64::try_from(used.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.used_nanos.fetch_add(
+            u64::try_from(used.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let rate = self.rate?;
-        let mut bucket = self.bucket.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut bucket = self
+            .bucket
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let now = Instant::now();
-        let refill = now.saturating_duration_since(bucket.refilled_at).as_secs_f64() * rate;
+        let refill = now
+            .saturating_duration_since(bucket.refilled_at)
+            .as_secs_f64()
+            * rate;
         let cap = rate * CPU_PERIOD.as_secs_f64();
         bucket.balance = (bucket.balance + refill).min(cap) - used.as_secs_f64();
         bucket.refilled_at = now;
@@ -208,13 +229,16 @@ impl CpuThrottle {
         // Sleep until the debt is repaid. The refill during the sleep is counted at the next
         // charge (refilled_at stays `now`).
         let sleep = Duration::from_secs_f64(-bucket.balance / rate);
-        self.throttled_nanos
-            .fetch_add(u64::try_from(sleep.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.throttled_nanos.fetch_add(
+            u64::try_from(sleep.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         Some(sleep)
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use wasmtime::ResourceLimiter;
@@ -233,7 +257,8 @@ mod tests {
         drop(a);
         assert_eq!(budget.used(), 40);
         assert!(b.memory_growing(40, 90, None).unwrap());
-        b.memory_grow_failed(wasmtime::format_err!("past maximum")).unwrap();
+        b.memory_grow_failed(wasmtime::format_err!("past maximum"))
+            .unwrap();
         assert_eq!(budget.used(), 40);
         drop(b);
         assert_eq!(budget.used(), 0);
@@ -252,6 +277,9 @@ mod tests {
         assert_eq!(cpu.charge(Duration::from_millis(5)), None);
         let sleep = cpu.charge(Duration::from_millis(15)).expect("in debt");
         // 10 ms of debt at 0.1 CPU-s/s takes ~100 ms to repay.
-        assert!(sleep > Duration::from_millis(80) && sleep <= Duration::from_millis(101), "{sleep:?}");
+        assert!(
+            sleep > Duration::from_millis(80) && sleep <= Duration::from_millis(101),
+            "{sleep:?}"
+        );
     }
 }

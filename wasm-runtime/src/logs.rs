@@ -100,7 +100,12 @@ impl LogLine {
             _ => return None,
         };
         let text = parts.next().unwrap_or("").to_string();
-        Some(LogLine { timestamp, stream, partial, text })
+        Some(LogLine {
+            timestamp,
+            stream,
+            partial,
+            text,
+        })
     }
 }
 
@@ -108,7 +113,14 @@ impl fmt::Display for LogLine {
     /// The record in CRI format.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tag = if self.partial { "P" } else { "F" };
-        write!(f, "{} {} {} {}", self.timestamp, self.stream.as_str(), tag, self.text)
+        write!(
+            f,
+            "{} {} {} {}",
+            self.timestamp,
+            self.stream.as_str(),
+            tag,
+            self.text
+        )
     }
 }
 
@@ -150,7 +162,10 @@ pub enum LogError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
-    move |source| LogError::Io { path: path.to_path_buf(), source }
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Log rotation settings.
@@ -188,7 +203,10 @@ fn attempts_in(dir: &Path) -> io::Result<Vec<u32>> {
     for entry in entries {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(n) = name.strip_suffix(".log").and_then(|n| n.parse::<u32>().ok()) {
+        if let Some(n) = name
+            .strip_suffix(".log")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
             attempts.push(n);
         }
     }
@@ -224,7 +242,10 @@ pub(crate) struct LogSink {
 impl LogSink {
     /// A `StdoutStream` for a `WasiCtxBuilder`.
     pub(crate) fn stdio(&self, stream: LogStream) -> LogStdio {
-        LogStdio { shared: self.shared.clone(), stream }
+        LogStdio {
+            shared: self.shared.clone(),
+            stream,
+        }
     }
 
     /// Writes a line on behalf of the runtime (for example why a request failed), as if the
@@ -247,7 +268,9 @@ impl SinkShared {
     }
 
     fn room(&self) -> usize {
-        MAX_IN_FLIGHT.saturating_sub(self.acct.in_flight.load(Ordering::Acquire)).min(MAX_WRITE)
+        MAX_IN_FLIGHT
+            .saturating_sub(self.acct.in_flight.load(Ordering::Acquire))
+            .min(MAX_WRITE)
     }
 }
 
@@ -265,13 +288,19 @@ impl IsTerminal for LogStdio {
 
 impl StdoutStream for LogStdio {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LogOutput { shared: self.shared.clone(), stream: self.stream })
+        Box::new(LogOutput {
+            shared: self.shared.clone(),
+            stream: self.stream,
+        })
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
         // Only WASIp3 uses this path, which this runtime does not enable; it still works,
         // without backpressure.
-        Box::new(LogAsyncWrite { shared: self.shared.clone(), stream: self.stream })
+        Box::new(LogAsyncWrite {
+            shared: self.shared.clone(),
+            stream: self.stream,
+        })
     }
 }
 
@@ -372,7 +401,14 @@ impl LogFile {
             .truncate(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        Ok(Self { path, file, size: 0, config, pending: [Vec::new(), Vec::new()], progress: LogProgress::default() })
+        Ok(Self {
+            path,
+            file,
+            size: 0,
+            config,
+            pending: [Vec::new(), Vec::new()],
+            progress: LogProgress::default(),
+        })
     }
 
     fn write_chunks(&mut self, chunks: &[(LogStream, Bytes)]) -> io::Result<()> {
@@ -384,7 +420,13 @@ impl LogFile {
             let mut pending = std::mem::take(&mut self.pending[idx]);
             let mut start = 0;
             while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
-                self.emit(&mut out, &timestamp, *stream, false, &pending[start..start + pos])?;
+                self.emit(
+                    &mut out,
+                    &timestamp,
+                    *stream,
+                    false,
+                    &pending[start..start + pos],
+                )?;
                 start += pos + 1;
             }
             pending.drain(..start);
@@ -447,7 +489,11 @@ impl LogFile {
             }
         }
         std::fs::rename(&self.path, rotated_path(&self.path, 1))?;
-        self.file = OpenOptions::new().create(true).write(true).truncate(true).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&self.path)?;
         self.size = 0;
         self.progress.rotations += 1;
         Ok(())
@@ -457,7 +503,10 @@ impl LogFile {
     fn finish(&mut self) -> io::Result<()> {
         let timestamp = rfc3339_nanos(SystemTime::now());
         let mut out = Vec::new();
-        for (idx, stream) in [LogStream::Stdout, LogStream::Stderr].into_iter().enumerate() {
+        for (idx, stream) in [LogStream::Stdout, LogStream::Stderr]
+            .into_iter()
+            .enumerate()
+        {
             let pending = std::mem::take(&mut self.pending[idx]);
             if !pending.is_empty() {
                 self.emit(&mut out, &timestamp, stream, false, &pending)?;
@@ -473,7 +522,11 @@ fn remove_attempt(dir: &Path, attempt: u32, max_files: usize) -> Result<(), LogE
     // Rotated files beyond the current max_files could exist from an older config: sweep a
     // generous range.
     for i in 0..=max_files.max(1) + 8 {
-        let p = if i == 0 { path.clone() } else { rotated_path(&path, i) };
+        let p = if i == 0 {
+            path.clone()
+        } else {
+            rotated_path(&path, i)
+        };
         match std::fs::remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -501,11 +554,23 @@ pub(crate) async fn open(
         .await
         .map_err(|e| LogError::Task(e.to_string()))??;
     let (tx, rx) = mpsc::unbounded_channel();
-    let acct = Arc::new(Accounting { in_flight: AtomicUsize::new(0), space: Notify::new() });
-    let shared = Arc::new(SinkShared { tx, acct: acct.clone() });
+    let acct = Arc::new(Accounting {
+        in_flight: AtomicUsize::new(0),
+        space: Notify::new(),
+    });
+    let shared = Arc::new(SinkShared {
+        tx,
+        acct: acct.clone(),
+    });
     let (progress_tx, progress_rx) = watch::channel(LogProgress::default());
     let task = tokio::spawn(run_writer(file, rx, acct, progress_tx));
-    Ok((LogSink { shared }, LogWriter { task, progress: progress_rx }))
+    Ok((
+        LogSink { shared },
+        LogWriter {
+            task,
+            progress: progress_rx,
+        },
+    ))
 }
 
 async fn run_writer(
@@ -523,7 +588,11 @@ async fn run_writer(
         let bytes: usize = batch.iter().map(|(_, b)| b.len()).sum();
         let chunks = std::mem::take(&mut batch);
         let result = tokio::task::spawn_blocking(move || {
-            let r = if failed { Ok(()) } else { file.write_chunks(&chunks) };
+            let r = if failed {
+                Ok(())
+            } else {
+                file.write_chunks(&chunks)
+            };
             (file, r)
         })
         .await;
@@ -603,7 +672,11 @@ pub struct ContainerLogs {
 }
 
 impl ContainerLogs {
-    pub(crate) fn new(id: String, dir: PathBuf, live: Option<(u32, watch::Receiver<LogProgress>)>) -> Self {
+    pub(crate) fn new(
+        id: String,
+        dir: PathBuf,
+        live: Option<(u32, watch::Receiver<LogProgress>)>,
+    ) -> Self {
         Self { id, dir, live }
     }
 
@@ -624,7 +697,10 @@ impl ContainerLogs {
     /// Follows the current attempt's log: the last `tail` lines (all with `None`), then every
     /// new line as it is written, ending when the container exits. For a container that is
     /// not running, yields what is there and ends.
-    pub fn follow(&self, tail: Option<usize>) -> impl Stream<Item = Result<LogLine, LogError>> + Send + 'static {
+    pub fn follow(
+        &self,
+        tail: Option<usize>,
+    ) -> impl Stream<Item = Result<LogLine, LogError>> + Send + 'static {
         let state = Follow {
             id: self.id.clone(),
             dir: self.dir.clone(),
@@ -655,12 +731,20 @@ impl ContainerLogs {
 /// The attempt to read: the latest, or the one before it.
 fn pick_attempt(dir: &Path, id: &str, previous: bool) -> Result<u32, LogError> {
     let attempts = attempts_in(dir).map_err(io_err(dir))?;
-    let not_found = || LogError::NotFound { id: id.to_string(), previous };
+    let not_found = || LogError::NotFound {
+        id: id.to_string(),
+        previous,
+    };
     let latest = *attempts.last().ok_or_else(not_found)?;
     if !previous {
         return Ok(latest);
     }
-    attempts.iter().rev().copied().find(|&a| a < latest).ok_or_else(not_found)
+    attempts
+        .iter()
+        .rev()
+        .copied()
+        .find(|&a| a < latest)
+        .ok_or_else(not_found)
 }
 
 /// Reads the last `tail` lines of a log (all if `None`), looking into rotated files when the
@@ -718,9 +802,13 @@ fn split_lines(bytes: &[u8]) -> (Vec<LogLine>, &[u8]) {
 
 enum Phase {
     Start,
-    Reading { file: File },
+    Reading {
+        file: File,
+    },
     /// The writer has finished: read what is left, then stop.
-    Draining { file: File },
+    Draining {
+        file: File,
+    },
     Done,
 }
 
@@ -759,7 +847,11 @@ impl Follow {
                 .await?;
                 self.queue.extend(lines);
                 self.partial = partial;
-                self.phase = if self.live.is_some() { Phase::Reading { file } } else { Phase::Draining { file } };
+                self.phase = if self.live.is_some() {
+                    Phase::Reading { file }
+                } else {
+                    Phase::Draining { file }
+                };
                 Ok(())
             }
             Phase::Reading { file } => {
@@ -775,14 +867,20 @@ impl Follow {
                 if rotations > self.seen_rotations {
                     // The old file is read to its end: switch to the new one.
                     self.seen_rotations = rotations;
-                    self.phase = Phase::Reading { file: self.reopen().await? };
+                    self.phase = Phase::Reading {
+                        file: self.reopen().await?,
+                    };
                     return Ok(());
                 }
                 let changed = match &mut self.live {
                     Some((_, rx)) => rx.changed().await.is_ok(),
                     None => false,
                 };
-                self.phase = if changed { Phase::Reading { file } } else { Phase::Draining { file } };
+                self.phase = if changed {
+                    Phase::Reading { file }
+                } else {
+                    Phase::Draining { file }
+                };
                 Ok(())
             }
             Phase::Draining { file } => {
@@ -793,7 +891,9 @@ impl Follow {
                 let file = self.read_more(file).await?;
                 if rotations > self.seen_rotations {
                     self.seen_rotations = rotations;
-                    self.phase = Phase::Draining { file: self.reopen().await? };
+                    self.phase = Phase::Draining {
+                        file: self.reopen().await?,
+                    };
                     return Ok(());
                 }
                 drop(file);
@@ -848,7 +948,9 @@ impl Follow {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
 ) -> Result<T, LogError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| LogError::Task(e.to_string()))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LogError::Task(e.to_string()))?
 }
 
 /// Deletes every log file of a container (when its pod is deleted).
@@ -856,12 +958,16 @@ pub(crate) async fn remove_all(dir: PathBuf) -> Result<(), LogError> {
     blocking(move || match std::fs::remove_dir_all(&dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(LogError::Io { path: dir, source: e }),
+        Err(e) => Err(LogError::Io {
+            path: dir,
+            source: e,
+        }),
     })
     .await
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use futures::StreamExt;
@@ -889,7 +995,10 @@ mod tests {
     }
 
     fn config(max_bytes: u64) -> LogConfig {
-        LogConfig { max_bytes, max_files: 2 }
+        LogConfig {
+            max_bytes,
+            max_files: 2,
+        }
     }
 
     #[test]
@@ -902,11 +1011,15 @@ mod tests {
             (LogStream::Stdout, Bytes::from_static(b"o\nthree")),
         ])
         .unwrap();
-        f.write_chunks(&[(LogStream::Stdout, Bytes::from(vec![b'x'; MAX_LINE + 5]))]).unwrap();
+        f.write_chunks(&[(LogStream::Stdout, Bytes::from(vec![b'x'; MAX_LINE + 5]))])
+            .unwrap();
         f.finish().unwrap();
         let (lines, rest) = read_tail(&attempt_path(dir.path(), 0), None, None).unwrap();
         assert!(rest.is_empty());
-        let texts: Vec<_> = lines.iter().map(|l| (l.stream, l.partial, l.text.len())).collect();
+        let texts: Vec<_> = lines
+            .iter()
+            .map(|l| (l.stream, l.partial, l.text.len()))
+            .collect();
         assert_eq!(
             texts,
             vec![
@@ -925,7 +1038,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut f = LogFile::create(dir.path(), 3, config(200)).unwrap();
         for i in 0..40 {
-            f.write_chunks(&[(LogStream::Stdout, Bytes::from(format!("line {i}\n")))]).unwrap();
+            f.write_chunks(&[(LogStream::Stdout, Bytes::from(format!("line {i}\n")))])
+                .unwrap();
         }
         f.finish().unwrap();
         let current = attempt_path(dir.path(), 3);
@@ -937,7 +1051,10 @@ mod tests {
         }
         let (last, _) = read_tail(&current, Some(6), None).unwrap();
         let texts: Vec<_> = last.iter().map(|l| l.text.clone()).collect();
-        assert_eq!(texts, (34..40).map(|i| format!("line {i}")).collect::<Vec<_>>());
+        assert_eq!(
+            texts,
+            (34..40).map(|i| format!("line {i}")).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -945,7 +1062,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for attempt in 0..3 {
             let mut f = LogFile::create(dir.path(), attempt, config(1 << 20)).unwrap();
-            f.write_chunks(&[(LogStream::Stdout, Bytes::from(format!("attempt {attempt}\n")))]).unwrap();
+            f.write_chunks(&[(
+                LogStream::Stdout,
+                Bytes::from(format!("attempt {attempt}\n")),
+            )])
+            .unwrap();
             f.finish().unwrap();
         }
         assert_eq!(attempts_in(dir.path()).unwrap(), vec![1, 2]);
@@ -954,7 +1075,9 @@ mod tests {
     }
 
     async fn next<S: Stream<Item = Result<LogLine, LogError>> + Unpin>(stream: &mut S) -> String {
-        let item = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap();
+        let item = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap();
         item.unwrap().unwrap().text
     }
 
@@ -962,7 +1085,9 @@ mod tests {
     async fn follow_sees_new_lines_across_rotation_and_ends_with_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         // Tiny files: about two lines each, so following crosses many rotations.
-        let (sink, writer) = open(dir.path().to_path_buf(), 0, config(120)).await.unwrap();
+        let (sink, writer) = open(dir.path().to_path_buf(), 0, config(120))
+            .await
+            .unwrap();
         sink.write_line(LogStream::Stdout, "before");
         // Wait until "before" is on disk, through the progress channel.
         let mut progress = writer.progress.clone();
@@ -970,19 +1095,34 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let logs = ContainerLogs::new("c".into(), dir.path().to_path_buf(), Some((0, writer.progress.clone())));
+        let logs = ContainerLogs::new(
+            "c".into(),
+            dir.path().to_path_buf(),
+            Some((0, writer.progress.clone())),
+        );
         let mut stream = Box::pin(logs.follow(Some(10)));
         assert_eq!(next(&mut stream).await, "before");
         for i in 0..20 {
-            sink.write_line(if i % 2 == 0 { LogStream::Stderr } else { LogStream::Stdout }, &format!("after {i}"));
+            sink.write_line(
+                if i % 2 == 0 {
+                    LogStream::Stderr
+                } else {
+                    LogStream::Stdout
+                },
+                &format!("after {i}"),
+            );
             assert_eq!(next(&mut stream).await, format!("after {i}"));
         }
         assert!(progress.borrow().rotations >= 5, "{:?}", *progress.borrow());
         // The last line is unterminated: it is written when the writer finishes, and the
         // stream ends after it.
-        sink.shared.push(LogStream::Stdout, Bytes::from_static(b"no newline"));
+        sink.shared
+            .push(LogStream::Stdout, Bytes::from_static(b"no newline"));
         drop(sink);
-        tokio::time::timeout(Duration::from_secs(5), writer.task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), writer.task)
+            .await
+            .unwrap()
+            .unwrap();
         let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(5), stream.collect::<Vec<_>>())
             .await
             .unwrap();

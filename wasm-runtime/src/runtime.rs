@@ -22,7 +22,9 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::cache::{ArtifactCache, Compiled, Lookup};
 use crate::container::{Container, ContainerShared, ExitStatus, Outcome, StartError, exit_status};
-use crate::engine::{AllocatorKind, EpochTicker, RuntimeConfig, RuntimeError, build_engine, engine_fingerprint};
+use crate::engine::{
+    AllocatorKind, EpochTicker, RuntimeConfig, RuntimeError, build_engine, engine_fingerprint,
+};
 use crate::guest::{Linkers, P1State, P2State, StoreFactory};
 use crate::http::HttpServer;
 use crate::image::{
@@ -176,9 +178,15 @@ impl Runtime {
         let blobs = BlobStore::new(&config.data_dir);
         let cache = ArtifactCache::new(&config.data_dir, &fingerprint);
         let logs_dir = config.data_dir.join("logs");
-        for dir in blobs.dirs().into_iter().chain([cache.dir(), logs_dir.as_path()]) {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| RuntimeError::DataDir { path: dir.to_path_buf(), source })?;
+        for dir in blobs
+            .dirs()
+            .into_iter()
+            .chain([cache.dir(), logs_dir.as_path()])
+        {
+            std::fs::create_dir_all(dir).map_err(|source| RuntimeError::DataDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
         let ticker = EpochTicker::start(engine.clone(), config.epoch_interval)?;
         Ok(Self {
@@ -225,7 +233,10 @@ impl Runtime {
             cache_hits: c.cache_hits.load(Ordering::Relaxed),
             cache_discarded: c.cache_discarded.load(Ordering::Relaxed),
             fetches: c.fetches.load(Ordering::Relaxed),
-            images: lock(&self.inner.images).values().filter(|c| c.initialized()).count(),
+            images: lock(&self.inner.images)
+                .values()
+                .filter(|c| c.initialized())
+                .count(),
         }
     }
 
@@ -244,7 +255,10 @@ impl Runtime {
         let timeout = self.inner.config.pull_timeout;
         match tokio::time::timeout(timeout, self.pull_inner(reference, policy)).await {
             Ok(result) => result,
-            Err(_) => Err(ImagePullError::Timeout { reference: reference.to_string(), timeout }),
+            Err(_) => Err(ImagePullError::Timeout {
+                reference: reference.to_string(),
+                timeout,
+            }),
         }
     }
 
@@ -255,10 +269,10 @@ impl Runtime {
     ) -> Result<Arc<Image>, ImagePullError> {
         let parsed = parse_reference(reference)?;
         // A pinned image already in memory needs nothing at all.
-        if let Some(pin) = parsed.pin {
-            if let Some(image) = self.cached_image(&pin) {
-                return Ok(image);
-            }
+        if let Some(pin) = parsed.pin
+            && let Some(image) = self.cached_image(&pin)
+        {
+            return Ok(image);
         }
         let (digest, bytes) = self.fetch(&parsed, policy).await?;
         let cell = lock(&self.inner.images).entry(digest).or_default().clone();
@@ -269,7 +283,9 @@ impl Runtime {
     }
 
     fn cached_image(&self, digest: &Digest) -> Option<Arc<Image>> {
-        lock(&self.inner.images).get(digest).and_then(|cell| cell.get().cloned())
+        lock(&self.inner.images)
+            .get(digest)
+            .and_then(|cell| cell.get().cloned())
     }
 
     /// Gets the image's bytes and digest (checking the pin), storing them as a blob.
@@ -287,9 +303,10 @@ impl Runtime {
         let (bytes, remote) = match &r.source {
             Source::File(path) => {
                 let (path, reference) = (path.clone(), r.original.clone());
-                let bytes = tokio::task::spawn_blocking(move || read_local(&path, &reference, limit))
-                    .await
-                    .map_err(task_err)??;
+                let bytes =
+                    tokio::task::spawn_blocking(move || read_local(&path, &reference, limit))
+                        .await
+                        .map_err(task_err)??;
                 (bytes, false)
             }
             Source::Http(uri) => {
@@ -305,33 +322,45 @@ impl Runtime {
                 };
                 if let Some(digest) = known {
                     let inner = inner.clone();
-                    let stored = tokio::task::spawn_blocking(move || inner.blobs.read_verified(&digest))
-                        .await
-                        .map_err(task_err)?;
+                    let stored =
+                        tokio::task::spawn_blocking(move || inner.blobs.read_verified(&digest))
+                            .await
+                            .map_err(task_err)?;
                     if let Some(bytes) = stored {
                         return Ok((digest, bytes));
                     }
                 }
                 inner.counters.fetches.fetch_add(1, Ordering::Relaxed);
-                (fetch_http(&inner.http, &r.original, uri, limit).await?, true)
+                (
+                    fetch_http(&inner.http, &r.original, uri, limit).await?,
+                    true,
+                )
             }
         };
         let (pin, original) = (r.pin, r.original.clone());
         tokio::task::spawn_blocking(move || {
             let digest = Digest::of(&bytes);
-            if let Some(expected) = pin {
-                if expected != digest {
-                    return Err(ImagePullError::DigestMismatch { reference: original, expected, actual: digest });
-                }
+            if let Some(expected) = pin
+                && expected != digest
+            {
+                return Err(ImagePullError::DigestMismatch {
+                    reference: original,
+                    expected,
+                    actual: digest,
+                });
             }
-            inner.blobs.write(&digest, &bytes).map_err(|source| ImagePullError::Store {
-                path: inner.config.data_dir.join("blobs"),
-                source,
-            })?;
-            if remote && pin.is_none() {
-                if let Err(e) = inner.blobs.record_ref(&original, &digest) {
-                    tracing::warn!("remembering {original} -> {digest} failed: {e}");
-                }
+            inner
+                .blobs
+                .write(&digest, &bytes)
+                .map_err(|source| ImagePullError::Store {
+                    path: inner.config.data_dir.join("blobs"),
+                    source,
+                })?;
+            if remote
+                && pin.is_none()
+                && let Err(e) = inner.blobs.record_ref(&original, &digest)
+            {
+                tracing::warn!("remembering {original} -> {digest} failed: {e}");
             }
             Ok((digest, bytes))
         })
@@ -361,7 +390,11 @@ impl Runtime {
                     }
                     c.compiles.fetch_add(1, Ordering::Relaxed);
                     let compiled = compile_bytes(&inner.engine, &bytes).map_err(|message| {
-                        ImagePullError::Invalid { reference: reference.clone(), digest, message }
+                        ImagePullError::Invalid {
+                            reference: reference.clone(),
+                            digest,
+                            message,
+                        }
                     })?;
                     if let Err(e) = inner.cache.store(&compiled, &digest) {
                         tracing::warn!("caching the compiled {reference}: {e}");
@@ -369,12 +402,27 @@ impl Runtime {
                     compiled
                 }
             };
-            let (kind, prepared) = prepare(&inner.engine, &inner.linkers, compiled)
-                .map_err(|message| ImagePullError::NotRunnable { reference: reference.clone(), digest, message })?;
-            Ok(Arc::new(Image { reference, digest, kind, size: bytes.len() as u64, prepared }))
+            let (kind, prepared) =
+                prepare(&inner.engine, &inner.linkers, compiled).map_err(|message| {
+                    ImagePullError::NotRunnable {
+                        reference: reference.clone(),
+                        digest,
+                        message,
+                    }
+                })?;
+            Ok(Arc::new(Image {
+                reference,
+                digest,
+                kind,
+                size: bytes.len() as u64,
+                prepared,
+            }))
         })
         .await
-        .map_err(|e| ImagePullError::Task { reference: task_reference, message: e.to_string() })?
+        .map_err(|e| ImagePullError::Task {
+            reference: task_reference,
+            message: e.to_string(),
+        })?
     }
 
     /// Starts a container from a pulled image. For an HTTP component the listening socket is
@@ -391,8 +439,14 @@ impl Runtime {
             Prepared::Http(_) => {
                 let addr = spec
                     .http_listen
-                    .ok_or_else(|| StartError::NoListenAddress { image: image.reference.clone() })?;
-                Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?)
+                    .ok_or_else(|| StartError::NoListenAddress {
+                        image: image.reference.clone(),
+                    })?;
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind { addr, source })?,
+                )
             }
             _ => None,
         };
@@ -405,9 +459,16 @@ impl Runtime {
         };
         let id = spec.id.clone();
         let attempt = spec.restart_count;
-        let log_config = LogConfig { max_bytes: inner.config.log_max_bytes, max_files: inner.config.log_max_files };
+        let log_config = LogConfig {
+            max_bytes: inner.config.log_max_bytes,
+            max_files: inner.config.log_max_files,
+        };
         let (sink, writer) = logs::open(inner.logs_dir.join(&id), attempt, log_config).await?;
-        let argv = if spec.argv.is_empty() { vec![image.reference.clone()] } else { spec.argv.clone() };
+        let argv = if spec.argv.is_empty() {
+            vec![image.reference.clone()]
+        } else {
+            spec.argv.clone()
+        };
         let budget = MemoryBudget::new(spec.resources.memory_bytes);
         let cpu = CpuThrottle::new(spec.resources.cpu_millicores);
         let factory = StoreFactory {
@@ -423,34 +484,37 @@ impl Runtime {
         let stop = kill.child_token();
         let shared = ContainerShared::new(budget.clone(), cpu);
         let mount_err = |e: crate::guest::StoreError| StartError::Mount(e.to_string());
-        let run: Pin<Box<dyn Future<Output = ExitStatus> + Send>> = match (&image.prepared, listener) {
-            (Prepared::P1(pre), _) => {
-                let store = factory.p1_store().map_err(mount_err)?;
-                Box::pin(run_p1(pre.clone(), store, stop.clone(), budget, sink))
-            }
-            (Prepared::Cli(pre), _) => {
-                let store = factory.p2_store().map_err(mount_err)?;
-                Box::pin(run_cli(pre.clone(), store, stop.clone(), budget, sink))
-            }
-            (Prepared::Http(pre), Some(listener)) => {
-                // Check the mounts once now, so that a bad one fails the start rather than
-                // every request.
-                drop(factory.p2_store().map_err(mount_err)?);
-                drop(sink);
-                let server = Arc::new(HttpServer {
-                    pre: pre.clone(),
-                    factory,
-                    shared: shared.clone(),
-                    stop: stop.clone(),
-                    kill: kill.clone(),
-                    tracker: TaskTracker::new(),
-                });
-                Box::pin(crate::http::serve(listener, server))
-            }
-            (Prepared::Http(_), None) => {
-                return Err(StartError::NoListenAddress { image: image.reference.clone() });
-            }
-        };
+        let run: Pin<Box<dyn Future<Output = ExitStatus> + Send>> =
+            match (&image.prepared, listener) {
+                (Prepared::P1(pre), _) => {
+                    let store = factory.p1_store().map_err(mount_err)?;
+                    Box::pin(run_p1(pre.clone(), store, stop.clone(), budget, sink))
+                }
+                (Prepared::Cli(pre), _) => {
+                    let store = factory.p2_store().map_err(mount_err)?;
+                    Box::pin(run_cli(pre.clone(), store, stop.clone(), budget, sink))
+                }
+                (Prepared::Http(pre), Some(listener)) => {
+                    // Check the mounts once now, so that a bad one fails the start rather than
+                    // every request.
+                    drop(factory.p2_store().map_err(mount_err)?);
+                    drop(sink);
+                    let server = Arc::new(HttpServer {
+                        pre: pre.clone(),
+                        factory,
+                        shared: shared.clone(),
+                        stop: stop.clone(),
+                        kill: kill.clone(),
+                        tracker: TaskTracker::new(),
+                    });
+                    Box::pin(crate::http::serve(listener, server))
+                }
+                (Prepared::Http(_), None) => {
+                    return Err(StartError::NoListenAddress {
+                        image: image.reference.clone(),
+                    });
+                }
+            };
         lock(&inner.live_logs).insert(id.clone(), (attempt, writer.progress.clone()));
         let (status_tx, status_rx) = watch::channel(None);
         let supervisor_inner = inner.clone();
@@ -472,7 +536,15 @@ impl Runtime {
             tracing::debug!(container = %supervisor_id, reason = %status.reason, code = status.code, "container ended");
             let _ = status_tx.send(Some(status));
         });
-        Ok(Container { id, kind: image.kind, http_addr, status: status_rx, stop, kill, shared })
+        Ok(Container {
+            id,
+            kind: image.kind,
+            http_addr,
+            status: status_rx,
+            stop,
+            kill,
+            shared,
+        })
     }
 
     /// The logs of a container (running or not).
@@ -481,7 +553,11 @@ impl Runtime {
             return Err(LogError::InvalidId(id.to_string()));
         }
         let live = lock(&self.inner.live_logs).get(id).cloned();
-        Ok(ContainerLogs::new(id.to_string(), self.inner.logs_dir.join(id), live))
+        Ok(ContainerLogs::new(
+            id.to_string(),
+            self.inner.logs_dir.join(id),
+            live,
+        ))
     }
 
     /// Deletes every log file of a container (when its pod is gone).
@@ -498,22 +574,37 @@ impl Runtime {
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         self.inner.root.cancel();
         self.inner.tracker.close();
-        let done = tokio::time::timeout(timeout, self.inner.tracker.wait()).await.is_ok();
+        let done = tokio::time::timeout(timeout, self.inner.tracker.wait())
+            .await
+            .is_ok();
         if done {
             // Safe to stop ticking: no guest is left to interrupt.
             drop(lock(&self.inner.ticker).take());
         } else {
-            tracing::warn!("containers still running after {timeout:?}; the epoch ticker keeps running");
+            tracing::warn!(
+                "containers still running after {timeout:?}; the epoch ticker keeps running"
+            );
         }
         done
     }
 }
 
-fn read_local(path: &std::path::Path, reference: &str, limit: u64) -> Result<Bytes, ImagePullError> {
-    let read_err = |source| ImagePullError::Read { reference: reference.to_string(), path: path.to_path_buf(), source };
+fn read_local(
+    path: &std::path::Path,
+    reference: &str,
+    limit: u64,
+) -> Result<Bytes, ImagePullError> {
+    let read_err = |source| ImagePullError::Read {
+        reference: reference.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
     let len = std::fs::metadata(path).map_err(read_err)?.len();
     if len > limit {
-        return Err(ImagePullError::TooLarge { reference: reference.to_string(), limit });
+        return Err(ImagePullError::TooLarge {
+            reference: reference.to_string(),
+            limit,
+        });
     }
     Ok(Bytes::from(std::fs::read(path).map_err(read_err)?))
 }
@@ -532,23 +623,35 @@ fn compile_bytes(engine: &Engine, bytes: &[u8]) -> Result<Compiled, String> {
 }
 
 /// Detects the workload kind and pre-instantiates against the linkers.
-fn prepare(engine: &Engine, linkers: &Linkers, compiled: Compiled) -> Result<(WorkloadKind, Prepared), String> {
+fn prepare(
+    engine: &Engine,
+    linkers: &Linkers,
+    compiled: Compiled,
+) -> Result<(WorkloadKind, Prepared), String> {
     match compiled {
         Compiled::Module(module) => {
             let has_start = module
                 .exports()
                 .any(|e| e.name() == "_start" && matches!(e.ty(), ExternType::Func(_)));
             if !has_start {
-                return Err("a core module without a `_start` export (only WASI preview1 commands run as \
+                return Err(
+                    "a core module without a `_start` export (only WASI preview1 commands run as \
                             modules; reactors are not supported)"
-                    .to_string());
+                        .to_string(),
+                );
             }
-            let pre = linkers.p1.instantiate_pre(&module).map_err(|e| format!("{e:#}"))?;
+            let pre = linkers
+                .p1
+                .instantiate_pre(&module)
+                .map_err(|e| format!("{e:#}"))?;
             Ok((WorkloadKind::WasiP1Command, Prepared::P1(pre)))
         }
         Compiled::Component(component) => {
-            let exports: Vec<String> =
-                component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
+            let exports: Vec<String> = component
+                .component_type()
+                .exports(engine)
+                .map(|(name, _)| name.to_string())
+                .collect();
             let exports_interface = |prefix: &str| exports.iter().any(|n| n.starts_with(prefix));
             let http = exports_interface("wasi:http/incoming-handler@0.2");
             let cli = exports_interface("wasi:cli/run@0.2");
@@ -559,11 +662,20 @@ fn prepare(engine: &Engine, linkers: &Linkers, compiled: Compiled) -> Result<(Wo
                     exports.join(", ")
                 ));
             }
-            let pre = linkers.p2.instantiate_pre(&component).map_err(|e| format!("{e:#}"))?;
+            let pre = linkers
+                .p2
+                .instantiate_pre(&component)
+                .map_err(|e| format!("{e:#}"))?;
             if http {
-                Ok((WorkloadKind::WasiHttp, Prepared::Http(ProxyPre::new(pre).map_err(|e| format!("{e:#}"))?)))
+                Ok((
+                    WorkloadKind::WasiHttp,
+                    Prepared::Http(ProxyPre::new(pre).map_err(|e| format!("{e:#}"))?),
+                ))
             } else {
-                Ok((WorkloadKind::WasiCliCommand, Prepared::Cli(CommandPre::new(pre).map_err(|e| format!("{e:#}"))?)))
+                Ok((
+                    WorkloadKind::WasiCliCommand,
+                    Prepared::Cli(CommandPre::new(pre).map_err(|e| format!("{e:#}"))?),
+                ))
             }
         }
     }

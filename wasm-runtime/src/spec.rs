@@ -118,7 +118,8 @@ impl NetworkAccess {
             NetworkAccess::All => true,
             NetworkAccess::Hosts(hosts) => hosts.iter().any(|h| {
                 let (allowed_host, allowed_port) = split_host_port(h);
-                allowed_host.eq_ignore_ascii_case(host.trim_start_matches('[').trim_end_matches(']'))
+                allowed_host
+                    .eq_ignore_ascii_case(host.trim_start_matches('[').trim_end_matches(']'))
                     && allowed_port.is_none_or(|p| p == port)
             }),
         }
@@ -127,10 +128,10 @@ impl NetworkAccess {
 
 /// Splits `host:port`, `[v6]:port`, `v6` or `host` into host and optional port.
 fn split_host_port(s: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = s.strip_prefix('[') {
-        if let Some((host, tail)) = rest.split_once(']') {
-            return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
-        }
+    if let Some(rest) = s.strip_prefix('[')
+        && let Some((host, tail)) = rest.split_once(']')
+    {
+        return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
     }
     match s.rsplit_once(':') {
         // More than one colon and no brackets: a bare IPv6 address.
@@ -149,10 +150,13 @@ pub(crate) fn valid_id(id: &str) -> bool {
         && id.len() <= 253
         && id != "."
         && id != ".."
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -26,7 +26,10 @@ const COUNTER: &str = "/data/counter";
 impl wasip2::exports::http::incoming_handler::Guest for Hello {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
-        if let Some(ms) = path.strip_prefix("/sleep/").and_then(|ms| ms.parse::<u64>().ok()) {
+        if let Some(ms) = path
+            .strip_prefix("/sleep/")
+            .and_then(|ms| ms.parse::<u64>().ok())
+        {
             std::thread::sleep(Duration::from_millis(ms));
         }
         let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "unknown".to_string());

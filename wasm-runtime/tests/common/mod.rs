@@ -50,7 +50,11 @@ pub async fn build_samples() {
 
 /// Path of a built sample, e.g. `sample("hello-http", "hello_http")`.
 pub fn sample(dir: &str, file: &str) -> String {
-    samples_dir().join(dir).join(format!("{file}.wasm")).display().to_string()
+    samples_dir()
+        .join(dir)
+        .join(format!("{file}.wasm"))
+        .display()
+        .to_string()
 }
 
 pub fn hello_http() -> String {
@@ -75,7 +79,10 @@ pub fn hog() -> String {
 /// A runtime config with a small instance pool (tests run several runtimes at once).
 pub fn config(data_dir: &Path) -> RuntimeConfig {
     let mut config = RuntimeConfig::new(data_dir);
-    config.pooling = Some(PoolingConfig { total_instances: 64, max_memory_bytes: 1 << 30 });
+    config.pooling = Some(PoolingConfig {
+        total_instances: 64,
+        max_memory_bytes: 1 << 30,
+    });
     config
 }
 
@@ -104,7 +111,11 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T
 pub fn unique_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
@@ -118,6 +129,11 @@ pub async fn get(client: &HttpClient, url: &str) -> (u16, String) {
     let uri: http::Uri = url.parse().expect("url");
     let response = client.get(uri).await.expect("request");
     let status = response.status().as_u16();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
