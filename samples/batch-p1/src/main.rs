@@ -1,0 +1,45 @@
+//! batch-p1: a WASI preview1 command module (wasm32-wasip1) doing real work and exiting 0.
+//!
+//! `batch_p1 [N]` counts the primes up to N (default 1,000,000) with a sieve of
+//! Eratosthenes and prints the count and the largest one. It also echoes its arguments and
+//! the `GREETING` environment variable, so tests can check that both reach the guest.
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    println!("args: {}", args.join(" "));
+    if let Ok(greeting) = std::env::var("GREETING") {
+        println!("GREETING={greeting}");
+    }
+    let n: usize = match args.get(1).map(|s| s.parse()) {
+        None => 1_000_000,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            eprintln!("usage: batch_p1 [N]   (N must be a non-negative integer)");
+            std::process::exit(2);
+        }
+    };
+    let (count, largest) = primes_up_to(n);
+    println!("primes up to {n}: {count}, largest {largest}");
+}
+
+fn primes_up_to(n: usize) -> (usize, usize) {
+    if n < 2 {
+        return (0, 0);
+    }
+    let mut composite = vec![false; n + 1];
+    let mut count = 0;
+    let mut largest = 0;
+    for i in 2..=n {
+        if composite[i] {
+            continue;
+        }
+        count += 1;
+        largest = i;
+        let mut j = i * i;
+        while j <= n {
+            composite[j] = true;
+            j += i;
+        }
+    }
+    (count, largest)
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds every sample guest in release and copies each .wasm next to its YAML:
+#   samples/hello-http/hello_http.wasm, samples/ticker/ticker.wasm, ...
+# The samples are their own cargo workspace (samples/Cargo.toml) with their own target dir
+# (samples/target), so building them never waits on, or invalidates, wharf's own build.
+# Prints the directory holding the built guests. Safe to run repeatedly (cargo is a no-op
+# when nothing changed).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+export CARGO_TARGET_DIR="$here/target"
+
+# Add the wasm targets only when missing (never updates the toolchain itself).
+installed="$(rustup target list --installed 2>/dev/null || true)"
+for t in wasm32-wasip1 wasm32-wasip2; do
+    if ! grep -qx "$t" <<<"$installed"; then
+        rustup target add "$t" >&2
+    fi
+done
+
+# Components (wasi:cli commands and the wasi:http handler).
+cargo build --quiet --release --target wasm32-wasip2 \
+    -p hello-http -p ticker -p crasher -p spinner -p hog >&2
+# A preview1 core module.
+cargo build --quiet --release --target wasm32-wasip1 -p batch-p1 >&2
+
+p2="$CARGO_TARGET_DIR/wasm32-wasip2/release"
+p1="$CARGO_TARGET_DIR/wasm32-wasip1/release"
+install -m 0644 "$p2/hello_http.wasm" hello-http/hello_http.wasm
+install -m 0644 "$p2/ticker.wasm"     ticker/ticker.wasm
+install -m 0644 "$p2/crasher.wasm"    crasher/crasher.wasm
+install -m 0644 "$p2/spinner.wasm"    spinner/spinner.wasm
+install -m 0644 "$p2/hog.wasm"        hog/hog.wasm
+install -m 0644 "$p1/batch_p1.wasm"   batch-p1/batch_p1.wasm
+echo "$here"

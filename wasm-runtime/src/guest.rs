@@ -1,0 +1,335 @@
+//! Per-store guest state: the WASI context built from the spec, limits, the epoch policy,
+//! and the linkers every image is instantiated against.
+//!
+//! What a guest gets is exactly what the spec grants: argv, the resolved environment, the
+//! working directory, the preopened mounts (read-only or read-write), stdin at EOF, stdout and
+//! stderr into the container log, and the network only when `ContainerSpec::network` allows
+//! it (wasi:sockets TCP/UDP/name lookup are off otherwise, and every address is checked
+//! against the allow list; outgoing wasi:http requests go through [`EgressHooks`]). Clocks and
+//! random are the host's. Nothing else of the host is reachable.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use wasmtime::component::{Linker as ComponentLinker, ResourceTable};
+use wasmtime::{Engine, Linker, Store, UpdateDeadline};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::limits::{CpuThrottle, MemoryBudget, StoreLimiter};
+use crate::logs::{LogSink, LogStream};
+use crate::spec::{ContainerSpec, NetworkAccess};
+
+/// State every store carries, whatever the kind of guest.
+pub(crate) struct GuestCommon {
+    pub(crate) limiter: StoreLimiter,
+    cpu: Arc<CpuThrottle>,
+    epoch_interval: Duration,
+    slice_start: Instant,
+}
+
+/// Store data for a preview1 module.
+pub(crate) struct P1State {
+    pub(crate) wasi: WasiP1Ctx,
+    pub(crate) common: GuestCommon,
+}
+
+/// Store data for a component (command or HTTP handler).
+pub(crate) struct P2State {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: EgressHooks,
+    pub(crate) common: GuestCommon,
+}
+
+impl WasiView for P2State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for P2State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Access to the common part of either state, for the epoch callback.
+pub(crate) trait HasCommon: Send + 'static {
+    fn common(&mut self) -> &mut GuestCommon;
+}
+
+impl HasCommon for P1State {
+    fn common(&mut self) -> &mut GuestCommon {
+        &mut self.common
+    }
+}
+
+impl HasCommon for P2State {
+    fn common(&mut self) -> &mut GuestCommon {
+        &mut self.common
+    }
+}
+
+/// The linkers, built once per runtime: WASI preview1 for modules; WASI preview2 plus
+/// wasi:http for components (a command may make outgoing requests, a handler may read its
+/// environment and mounts).
+pub(crate) struct Linkers {
+    pub(crate) p1: Linker<P1State>,
+    pub(crate) p2: ComponentLinker<P2State>,
+}
+
+impl Linkers {
+    pub(crate) fn new(engine: &Engine) -> wasmtime::Result<Self> {
+        let mut p1 = Linker::new(engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut p1, |s: &mut P1State| &mut s.wasi)?;
+        let mut p2 = ComponentLinker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut p2)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2)?;
+        Ok(Self { p1, p2 })
+    }
+}
+
+/// What a container's stores are made from: its spec, and the budget, throttle and log it
+/// shares across all its stores (one for a command, one per request for HTTP).
+#[derive(Clone)]
+pub(crate) struct StoreFactory {
+    pub(crate) engine: Engine,
+    pub(crate) spec: Arc<ContainerSpec>,
+    pub(crate) argv: Arc<Vec<String>>,
+    pub(crate) budget: Arc<MemoryBudget>,
+    pub(crate) cpu: Arc<CpuThrottle>,
+    pub(crate) logs: LogSink,
+    pub(crate) epoch_interval: Duration,
+}
+
+/// Why a store could not be made (a mount that cannot be opened).
+#[derive(Debug, thiserror::Error)]
+#[error("mount {guest_path} (host path {host_path}): {message}")]
+pub(crate) struct StoreError {
+    pub(crate) host_path: String,
+    pub(crate) guest_path: String,
+    pub(crate) message: String,
+}
+
+impl StoreFactory {
+    fn wasi_builder(&self) -> Result<WasiCtxBuilder, StoreError> {
+        let spec = &self.spec;
+        let mut b = WasiCtxBuilder::new();
+        b.args(&self.argv);
+        b.envs(&spec.env);
+        if let Some(dir) = &spec.working_dir {
+            b.initial_cwd(dir);
+        }
+        b.stdout(self.logs.stdio(LogStream::Stdout));
+        b.stderr(self.logs.stdio(LogStream::Stderr));
+        for m in &spec.mounts {
+            let perms = if m.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            b.preopened_dir(&m.host_path, &m.guest_path, perms)
+                .map_err(|e| StoreError {
+                    host_path: m.host_path.display().to_string(),
+                    guest_path: m.guest_path.clone(),
+                    message: format!("{e:#}"),
+                })?;
+        }
+        if spec.network.any() {
+            let policy = spec.network.clone();
+            b.allow_tcp(true).allow_udp(true).allow_ip_name_lookup(true);
+            b.socket_addr_check(move |addr: SocketAddr, _use: SocketAddrUse| {
+                let allowed = policy.allows_addr(addr);
+                Box::pin(async move { allowed })
+            });
+        }
+        Ok(b)
+    }
+
+    fn common(&self) -> GuestCommon {
+        GuestCommon {
+            limiter: StoreLimiter::new(self.budget.clone()),
+            cpu: self.cpu.clone(),
+            epoch_interval: self.epoch_interval,
+            slice_start: Instant::now(),
+        }
+    }
+
+    pub(crate) fn p1_store(&self) -> Result<Store<P1State>, StoreError> {
+        let state = P1State {
+            wasi: self.wasi_builder()?.build_p1(),
+            common: self.common(),
+        };
+        Ok(self.finish(Store::new(&self.engine, state)))
+    }
+
+    pub(crate) fn p2_store(&self) -> Result<Store<P2State>, StoreError> {
+        let state = P2State {
+            ctx: self.wasi_builder()?.build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks: EgressHooks {
+                policy: self.spec.network.clone(),
+            },
+            common: self.common(),
+        };
+        Ok(self.finish(Store::new(&self.engine, state)))
+    }
+
+    fn finish<T: HasCommon>(&self, mut store: Store<T>) -> Store<T> {
+        store.limiter(|s| &mut s.common().limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(on_epoch_deadline::<T>);
+        store
+    }
+}
+
+/// Called when a guest has run past its deadline (one epoch tick): yield to the executor,
+/// after sleeping off any CPU debt (see `limits`).
+fn on_epoch_deadline<T: HasCommon>(
+    mut ctx: wasmtime::StoreContextMut<'_, T>,
+) -> wasmtime::Result<UpdateDeadline> {
+    let g = ctx.data_mut().common();
+    let now = Instant::now();
+    // Charge at most one interval: beyond that the guest was blocked in a host call or not
+    // scheduled, not computing.
+    let used = now
+        .saturating_duration_since(g.slice_start)
+        .min(g.epoch_interval);
+    match g.cpu.charge(used) {
+        Some(sleep) if !sleep.is_zero() => {
+            g.slice_start = now + sleep;
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::time::sleep(sleep)),
+            ))
+        }
+        _ => {
+            g.slice_start = now;
+            Ok(UpdateDeadline::Yield(1))
+        }
+    }
+}
+
+/// The egress policy for outgoing wasi:http requests: denied unless the spec's network
+/// access allows the authority; allowed requests are sent over plain HTTP/1.1 (this build
+/// has no TLS client, so `https` is refused).
+pub(crate) struct EgressHooks {
+    policy: NetworkAccess,
+}
+
+type SendResult = Result<
+    (
+        http::Response<wasmtime_wasi_http::WasiBody>,
+        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ),
+    wasmtime_wasi_http::Error,
+>;
+
+impl WasiHttpHooks for EgressHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let uri = request.uri();
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        if https || !self.policy.allows_http(&host, port) {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let connect_timeout = options
+            .and_then(|o| o.connect_timeout)
+            .unwrap_or(Duration::from_secs(30));
+        let first_byte_timeout = options
+            .and_then(|o| o.first_byte_timeout)
+            .unwrap_or(Duration::from_secs(600));
+        Box::new(send_plain_http(
+            request,
+            host,
+            port,
+            connect_timeout,
+            first_byte_timeout,
+        ))
+    }
+
+    fn default_scheme(&mut self) -> Option<http::uri::Scheme> {
+        Some(http::uri::Scheme::HTTP)
+    }
+}
+
+async fn send_plain_http(
+    mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+    host: String,
+    port: u16,
+    connect_timeout: Duration,
+    first_byte_timeout: Duration,
+) -> SendResult {
+    use wasmtime_wasi_http::Error;
+    let stream = tokio::time::timeout(
+        connect_timeout,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| Error::ConnectionTimeout)?
+    .map_err(Error::Connect)?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    // The request line carries only the path: we are not talking to a proxy.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(path)
+        .build()
+        .map_err(|e| Error::InternalError(Some(e.to_string())))?;
+    let mut conn = Box::pin(conn);
+    let send = tokio::time::timeout(first_byte_timeout, sender.send_request(request));
+    tokio::pin!(send);
+    let response = tokio::select! {
+        response = &mut send => response.map_err(|_| Error::ConnectionReadTimeout)??,
+        done = &mut conn => {
+            done?;
+            return Err(Error::HttpResponseIncomplete);
+        }
+    };
+    let response = response.map(|body| body.map_err(Error::from).boxed_unsync());
+    let io: Box<dyn Future<Output = Result<(), Error>> + Send> =
+        Box::new(async move { conn.await.map_err(Error::from) });
+    Ok((response, io))
+}
+
+/// An empty-bodied error response for requests the guest could not answer.
+pub(crate) fn error_response(
+    status: http::StatusCode,
+    message: &str,
+) -> http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody> {
+    let body = http_body_util::Full::new(Bytes::from(format!("{message}\n")))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = http::Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

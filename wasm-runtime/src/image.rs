@@ -1,0 +1,558 @@
+//! Images: references, digests, fetching and the content-addressed blob store.
+//!
+//! An image is a `.wasm` file named by a reference: a path (relative to the node's working
+//! directory), a `file://` URL, or an `http://` URL, optionally pinned with
+//! `@sha256:<64 hex digits>`. Its identity is the SHA-256 of its bytes (the digest), as for
+//! OCI images: two references with the same bytes are one image, compiled once.
+//!
+//! Fetched bytes are kept in `DATA_DIR/blobs/sha256/<hex>` (written to a temporary file and
+//! renamed, so a crash never leaves a partial blob under a digest name). A pinned remote
+//! image whose blob is present is not fetched again; an unpinned remote reference is
+//! remembered (`DATA_DIR/refs/`) and, with [`PullPolicy::IfNotPresent`], not fetched again
+//! either. Local files are read on every pull: they are cheap to read and are what a
+//! developer rebuilds.
+//!
+//! `https://` references are refused with a clear error: this build carries no TLS client,
+//! to keep the node small and its build fast (see the crate docs). Serve images over plain
+//! HTTP inside a trusted network, or pin them with `@sha256:` so that the transport does not
+//! matter for integrity.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use sha2::{Digest as _, Sha256};
+
+/// How a workload runs, detected from the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkloadKind {
+    /// A WASI preview1 core module with a `_start` export.
+    WasiP1Command,
+    /// A component exporting `wasi:cli/run`.
+    WasiCliCommand,
+    /// A component exporting `wasi:http/incoming-handler`: served over HTTP, one instance
+    /// per request.
+    WasiHttp,
+}
+
+impl WorkloadKind {
+    /// A short name: `wasi-p1-command`, `wasi-cli-command`, `wasi-http`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::WasiP1Command => "wasi-p1-command",
+            WorkloadKind::WasiCliCommand => "wasi-cli-command",
+            WorkloadKind::WasiHttp => "wasi-http",
+        }
+    }
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A SHA-256 content digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// Parses `sha256:<64 hex>` (or the bare hex).
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix("sha256:").unwrap_or(s);
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self(out))
+    }
+
+    /// The 64 lowercase hex digits.
+    pub fn hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// When to fetch a remote image again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Use the stored copy if there is one (pinned: by digest; unpinned: the last fetch).
+    #[default]
+    IfNotPresent,
+    /// Always fetch an unpinned remote reference (a pinned one is still served from the
+    /// blob store: its content cannot have changed).
+    Always,
+}
+
+/// Why a pull failed. The node reports every variant as the container's `ErrImagePull`
+/// (see [`ImagePullError::reason`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ImagePullError {
+    /// The reference cannot be parsed.
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference {
+        /// The reference as given.
+        reference: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The scheme is not supported by this build.
+    #[error("image {reference}: {reason}")]
+    UnsupportedScheme {
+        /// The reference as given.
+        reference: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+    /// The bytes do not match the `@sha256:` pin.
+    #[error("image {reference}: digest mismatch: pinned {expected}, fetched content is {actual}")]
+    DigestMismatch {
+        /// The reference as given.
+        reference: String,
+        /// The pinned digest.
+        expected: Digest,
+        /// The digest of what was fetched.
+        actual: Digest,
+    },
+    /// A local image could not be read.
+    #[error("image {reference}: reading {path}: {source}")]
+    Read {
+        /// The reference as given.
+        reference: String,
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A remote image could not be fetched.
+    #[error("image {reference}: fetching {url}: {message}")]
+    Fetch {
+        /// The reference as given.
+        reference: String,
+        /// The URL that failed (after redirects).
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The image is larger than `RuntimeConfig::max_image_bytes`.
+    #[error("image {reference} is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The reference as given.
+        reference: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The bytes are not a valid wasm module or component.
+    #[error("image {reference} ({digest}) is not a valid wasm module or component: {message}")]
+    Invalid {
+        /// The reference as given.
+        reference: String,
+        /// Its digest.
+        digest: Digest,
+        /// wasmtime's explanation.
+        message: String,
+    },
+    /// Valid wasm, but not something this runtime can run (no `_start`, no `wasi:cli/run`
+    /// or `wasi:http/incoming-handler` export, or imports outside WASI and wasi:http).
+    #[error("image {reference} ({digest}) cannot run here: {message}")]
+    NotRunnable {
+        /// The reference as given.
+        reference: String,
+        /// Its digest.
+        digest: Digest,
+        /// What is missing.
+        message: String,
+    },
+    /// The local blob store failed.
+    #[error("image store {path}: {source}")]
+    Store {
+        /// The file or directory.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pull took longer than `RuntimeConfig::pull_timeout`.
+    #[error("pulling image {reference} timed out after {timeout:?}")]
+    Timeout {
+        /// The reference as given.
+        reference: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// A blocking compile or I/O task died.
+    #[error("pulling image {reference}: internal task failed: {message}")]
+    Task {
+        /// The reference as given.
+        reference: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl ImagePullError {
+    /// The Kubernetes waiting reason to report: `InvalidImageName` for a reference that
+    /// cannot be parsed, `ErrImagePull` for everything else.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ImagePullError::InvalidReference { .. } => "InvalidImageName",
+            _ => "ErrImagePull",
+        }
+    }
+}
+
+/// Where an image's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    File(PathBuf),
+    Http(http::Uri),
+}
+
+/// A parsed reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reference {
+    pub(crate) original: String,
+    pub(crate) source: Source,
+    pub(crate) pin: Option<Digest>,
+}
+
+pub(crate) fn parse_reference(reference: &str) -> Result<Reference, ImagePullError> {
+    let invalid = |reason: &str| ImagePullError::InvalidReference {
+        reference: reference.to_string(),
+        reason: reason.to_string(),
+    };
+    let trimmed = reference.trim();
+    if trimmed.is_empty() {
+        return Err(invalid("empty"));
+    }
+    let (location, pin) = match trimmed.rsplit_once("@sha256:") {
+        Some((location, hex)) => {
+            let digest = Digest::parse(hex)
+                .ok_or_else(|| invalid("the @sha256: pin must be 64 hex digits"))?;
+            (location, Some(digest))
+        }
+        None => (trimmed, None),
+    };
+    if location.is_empty() {
+        return Err(invalid("no location before the @sha256: pin"));
+    }
+    let source = if let Some(path) = location.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(invalid(
+                "a file:// URL needs an absolute path (file:///path/app.wasm)",
+            ));
+        }
+        Source::File(PathBuf::from(path))
+    } else if location.starts_with("https://") {
+        return Err(ImagePullError::UnsupportedScheme {
+            reference: reference.to_string(),
+            reason: "https:// is not supported by this build (it has no TLS client); use \
+                     http:// (pin it with @sha256: for integrity) or a local path"
+                .to_string(),
+        });
+    } else if location.starts_with("http://") {
+        let uri: http::Uri = location
+            .parse()
+            .map_err(|e| invalid(&format!("bad URL: {e}")))?;
+        if uri.host().is_none() {
+            return Err(invalid("the URL has no host"));
+        }
+        Source::Http(uri)
+    } else if location.contains("://") {
+        return Err(ImagePullError::UnsupportedScheme {
+            reference: reference.to_string(),
+            reason: "supported references are paths, file://, and http:// URLs".to_string(),
+        });
+    } else {
+        Source::File(PathBuf::from(location))
+    };
+    Ok(Reference {
+        original: reference.to_string(),
+        source,
+        pin,
+    })
+}
+
+/// The content-addressed store of fetched images, plus the reference index.
+#[derive(Debug, Clone)]
+pub(crate) struct BlobStore {
+    blobs: PathBuf,
+    refs: PathBuf,
+}
+
+impl BlobStore {
+    pub(crate) fn new(data_dir: &Path) -> Self {
+        Self {
+            blobs: data_dir.join("blobs").join("sha256"),
+            refs: data_dir.join("refs"),
+        }
+    }
+
+    pub(crate) fn dirs(&self) -> [&Path; 2] {
+        [&self.blobs, &self.refs]
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs.join(digest.hex())
+    }
+
+    fn ref_path(&self, reference: &str) -> PathBuf {
+        self.refs.join(Digest::of(reference.as_bytes()).hex())
+    }
+
+    /// Reads a blob and checks it still has its digest (a damaged blob is deleted). Blocking.
+    pub(crate) fn read_verified(&self, digest: &Digest) -> Option<Bytes> {
+        let path = self.blob_path(digest);
+        let bytes = std::fs::read(&path).ok()?;
+        if Digest::of(&bytes) == *digest {
+            return Some(Bytes::from(bytes));
+        }
+        tracing::warn!(path = %path.display(), "stored image does not match its digest; discarding it");
+        let _ = std::fs::remove_file(&path);
+        None
+    }
+
+    /// Stores a blob under its digest if it is not there yet. Blocking.
+    pub(crate) fn write(&self, digest: &Digest, bytes: &[u8]) -> std::io::Result<()> {
+        let path = self.blob_path(digest);
+        if path.exists() {
+            return Ok(());
+        }
+        write_atomic(&path, bytes)
+    }
+
+    /// The digest an unpinned remote reference had when last fetched. Blocking.
+    pub(crate) fn lookup_ref(&self, reference: &str) -> Option<Digest> {
+        let s = std::fs::read_to_string(self.ref_path(reference)).ok()?;
+        Digest::parse(s.trim())
+    }
+
+    /// Remembers what an unpinned remote reference resolved to. Blocking.
+    pub(crate) fn record_ref(&self, reference: &str, digest: &Digest) -> std::io::Result<()> {
+        write_atomic(&self.ref_path(reference), digest.to_string().as_bytes())
+    }
+}
+
+/// Writes `bytes` to a temporary file next to `path`, syncs it and renames it into place.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("blob");
+    // Unique per process and per call: concurrent writers (threads, or several runtimes
+    // sharing a data dir) never share a temporary file; the last rename wins, whole.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub(crate) type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+pub(crate) fn http_client() -> HttpClient {
+    Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// GETs `uri`, following up to five redirects, reading at most `limit` bytes.
+pub(crate) async fn fetch_http(
+    client: &HttpClient,
+    reference: &str,
+    uri: &http::Uri,
+    limit: u64,
+) -> Result<Bytes, ImagePullError> {
+    let mut uri = uri.clone();
+    for _ in 0..=5 {
+        let fetch_err = |uri: &http::Uri, message: String| ImagePullError::Fetch {
+            reference: reference.to_string(),
+            url: uri.to_string(),
+            message,
+        };
+        let request = http::Request::get(uri.clone())
+            .header(http::header::USER_AGENT, "wharf-runtime")
+            .body(Empty::new())
+            .map_err(|e| fetch_err(&uri, e.to_string()))?;
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| fetch_err(&uri, format!("{e:#}")))?;
+        let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| fetch_err(&uri, format!("HTTP {status} without a Location")))?;
+            let next = resolve_location(&uri, location)
+                .ok_or_else(|| fetch_err(&uri, format!("unsupported redirect to {location:?}")))?;
+            uri = next;
+            continue;
+        }
+        if !status.is_success() {
+            return Err(fetch_err(&uri, format!("HTTP {status}")));
+        }
+        let too_large = || ImagePullError::TooLarge {
+            reference: reference.to_string(),
+            limit,
+        };
+        if response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|len| len > limit)
+        {
+            return Err(too_large());
+        }
+        let body = Limited::new(
+            response.into_body(),
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        );
+        return match body.collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Err(e) => Err(fetch_err(&uri, e.to_string())),
+        };
+    }
+    Err(ImagePullError::Fetch {
+        reference: reference.to_string(),
+        url: uri.to_string(),
+        message: "too many redirects".to_string(),
+    })
+}
+
+/// Resolves a redirect target: an absolute `http://` URL or an absolute path.
+fn resolve_location(base: &http::Uri, location: &str) -> Option<http::Uri> {
+    if location.starts_with("http://") {
+        return location.parse().ok();
+    }
+    if location.starts_with('/') && !location.starts_with("//") {
+        let authority = base.authority()?;
+        return format!("http://{authority}{location}").parse().ok();
+    }
+    None
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn references() {
+        let r = parse_reference("samples/x.wasm").unwrap();
+        assert_eq!(r.source, Source::File("samples/x.wasm".into()));
+        assert_eq!(r.pin, None);
+
+        let r = parse_reference(&format!("file:///a/b@c.wasm@sha256:{HEX}")).unwrap();
+        assert_eq!(r.source, Source::File("/a/b@c.wasm".into()));
+        assert_eq!(r.pin.unwrap().hex(), HEX);
+
+        let r = parse_reference("http://127.0.0.1:8080/app.wasm").unwrap();
+        assert!(matches!(r.source, Source::Http(ref u) if u.port_u16() == Some(8080)));
+
+        for bad in [
+            "",
+            "x.wasm@sha256:abc",
+            "@sha256:".to_string().as_str(),
+            "file://rel.wasm",
+        ] {
+            let e = parse_reference(bad).unwrap_err();
+            assert_eq!(e.reason(), "InvalidImageName", "{bad}: {e}");
+        }
+        assert!(matches!(
+            parse_reference("https://example.com/a.wasm"),
+            Err(ImagePullError::UnsupportedScheme { .. })
+        ));
+        assert!(matches!(
+            parse_reference("oci://registry/a"),
+            Err(ImagePullError::UnsupportedScheme { .. })
+        ));
+    }
+
+    #[test]
+    fn digests() {
+        let d = Digest::of(b"");
+        assert_eq!(
+            d.hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(Digest::parse(&d.to_string()), Some(d));
+        assert_eq!(Digest::parse("sha256:zz"), None);
+    }
+
+    #[test]
+    fn redirects() {
+        let base: http::Uri = "http://h:1/a/b".parse().unwrap();
+        assert_eq!(
+            resolve_location(&base, "/c").unwrap().to_string(),
+            "http://h:1/c"
+        );
+        assert_eq!(
+            resolve_location(&base, "http://x/y").unwrap().to_string(),
+            "http://x/y"
+        );
+        assert!(resolve_location(&base, "https://x/y").is_none());
+        assert!(resolve_location(&base, "rel").is_none());
+    }
+
+    #[test]
+    fn blob_store_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(dir.path());
+        for d in store.dirs() {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let digest = Digest::of(b"wasm");
+        store.write(&digest, b"wasm").unwrap();
+        assert_eq!(store.read_verified(&digest).unwrap().as_ref(), b"wasm");
+        std::fs::write(store.blob_path(&digest), b"tampered").unwrap();
+        assert!(store.read_verified(&digest).is_none());
+        assert!(!store.blob_path(&digest).exists());
+        store.record_ref("http://x/a.wasm", &digest).unwrap();
+        assert_eq!(store.lookup_ref("http://x/a.wasm"), Some(digest));
+    }
+}

@@ -1,0 +1,742 @@
+//! The [`Runtime`]: one per node. It owns the engine and ticker, pulls and compiles images,
+//! starts containers, and gives access to their logs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::{OnceCell, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wasmtime::component::Component;
+use wasmtime::{Engine, ExternType, InstancePre, Module, Store};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::cache::{ArtifactCache, Compiled, Lookup};
+use crate::container::{Container, ContainerShared, ExitStatus, Outcome, StartError, exit_status};
+use crate::engine::{
+    AllocatorKind, EpochTicker, RuntimeConfig, RuntimeError, build_engine, engine_fingerprint,
+};
+use crate::guest::{Linkers, P1State, P2State, StoreFactory};
+use crate::http::HttpServer;
+use crate::image::{
+    BlobStore, Digest, HttpClient, ImagePullError, PullPolicy, Reference, Source, WorkloadKind,
+    fetch_http, http_client, parse_reference,
+};
+use crate::limits::{CpuThrottle, MemoryBudget};
+use crate::logs::{self, ContainerLogs, LogConfig, LogError, LogProgress, LogSink};
+use crate::spec::{ContainerSpec, valid_id};
+
+/// A pulled, compiled and pre-linked image, shared by every container that runs it.
+pub struct Image {
+    reference: String,
+    digest: Digest,
+    kind: WorkloadKind,
+    size: u64,
+    pub(crate) prepared: Prepared,
+}
+
+/// The pre-instantiated form of each kind (imports resolved and type-checked once).
+pub(crate) enum Prepared {
+    P1(InstancePre<P1State>),
+    Cli(CommandPre<P2State>),
+    Http(ProxyPre<P2State>),
+}
+
+impl Image {
+    /// The reference it was first pulled by.
+    pub fn reference(&self) -> &str {
+        &self.reference
+    }
+
+    /// The SHA-256 of its bytes.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// What kind of workload it is.
+    pub fn kind(&self) -> WorkloadKind {
+        self.kind
+    }
+
+    /// Its size in bytes (the `.wasm`, not the compiled code).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl fmt::Debug for Image {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Image")
+            .field("reference", &self.reference)
+            .field("digest", &self.digest)
+            .field("kind", &self.kind)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// Counters of the image pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Images compiled with Cranelift (a cache miss).
+    pub compiles: u64,
+    /// Compiled artifacts loaded from the disk cache.
+    pub cache_hits: u64,
+    /// Cache entries discarded as corrupt (then recompiled).
+    pub cache_discarded: u64,
+    /// Remote fetches over the network.
+    pub fetches: u64,
+    /// Distinct images held in memory.
+    pub images: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    compiles: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_discarded: AtomicU64,
+    fetches: AtomicU64,
+}
+
+/// The node's wasm container runtime. Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RuntimeConfig,
+    engine: Engine,
+    allocator: AllocatorKind,
+    fingerprint: String,
+    linkers: Linkers,
+    blobs: BlobStore,
+    cache: ArtifactCache,
+    logs_dir: PathBuf,
+    http: HttpClient,
+    /// One cell per digest: concurrent pulls of one image share one compile.
+    images: Mutex<HashMap<Digest, Arc<OnceCell<Arc<Image>>>>>,
+    /// Log progress of running containers, by id, for followers.
+    live_logs: Mutex<HashMap<String, (u32, watch::Receiver<LogProgress>)>>,
+    counters: Counters,
+    /// Parent of every container's kill token.
+    root: CancellationToken,
+    /// Every container's supervisor task.
+    tracker: TaskTracker,
+    ticker: Mutex<Option<EpochTicker>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.root.cancel();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("data_dir", &self.inner.config.data_dir)
+            .field("allocator", &self.inner.allocator)
+            .field("fingerprint", &self.inner.fingerprint)
+            .finish()
+    }
+}
+
+/// How long a finished container's log writer may take to flush before we give up on it.
+const LOG_FLUSH: Duration = Duration::from_secs(10);
+
+impl Runtime {
+    /// Creates the engine (pooling if possible), the data dir layout and the epoch ticker.
+    ///
+    /// This does a little blocking work (creating directories, reserving the instance pool):
+    /// call it at startup, not from a latency-sensitive task.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        if config.epoch_interval.is_zero() {
+            return Err(RuntimeError::Config("epoch_interval must be > 0".into()));
+        }
+        if config.log_max_files == 0 || config.log_max_bytes < 1024 {
+            return Err(RuntimeError::Config(
+                "log_max_files must be >= 1 and log_max_bytes >= 1024".into(),
+            ));
+        }
+        let (engine, allocator) = build_engine(config.pooling)?;
+        let fingerprint = engine_fingerprint(&engine);
+        let linkers = Linkers::new(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        let blobs = BlobStore::new(&config.data_dir);
+        let cache = ArtifactCache::new(&config.data_dir, &fingerprint);
+        let logs_dir = config.data_dir.join("logs");
+        for dir in blobs
+            .dirs()
+            .into_iter()
+            .chain([cache.dir(), logs_dir.as_path()])
+        {
+            std::fs::create_dir_all(dir).map_err(|source| RuntimeError::DataDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_interval)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                engine,
+                allocator,
+                fingerprint,
+                linkers,
+                blobs,
+                cache,
+                logs_dir,
+                http: http_client(),
+                images: Mutex::new(HashMap::new()),
+                live_logs: Mutex::new(HashMap::new()),
+                counters: Counters::default(),
+                root: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                ticker: Mutex::new(Some(ticker)),
+            }),
+        })
+    }
+
+    /// Which instance allocator is in use (pooling, or on-demand and why).
+    pub fn allocator(&self) -> &AllocatorKind {
+        &self.inner.allocator
+    }
+
+    /// The engine fingerprint naming this engine's compiled artifacts.
+    pub fn engine_fingerprint(&self) -> &str {
+        &self.inner.fingerprint
+    }
+
+    /// The configuration the runtime was created with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Image pipeline counters.
+    pub fn stats(&self) -> RuntimeStats {
+        let c = &self.inner.counters;
+        RuntimeStats {
+            compiles: c.compiles.load(Ordering::Relaxed),
+            cache_hits: c.cache_hits.load(Ordering::Relaxed),
+            cache_discarded: c.cache_discarded.load(Ordering::Relaxed),
+            fetches: c.fetches.load(Ordering::Relaxed),
+            images: lock(&self.inner.images)
+                .values()
+                .filter(|c| c.initialized())
+                .count(),
+        }
+    }
+
+    /// Pulls an image with [`PullPolicy::IfNotPresent`].
+    pub async fn pull(&self, reference: &str) -> Result<Arc<Image>, ImagePullError> {
+        self.pull_with(reference, PullPolicy::IfNotPresent).await
+    }
+
+    /// Pulls an image: fetch (or find) its bytes, check the pin, compile it (or load the
+    /// compiled artifact), detect its kind and pre-link it. Bounded by `pull_timeout`.
+    pub async fn pull_with(
+        &self,
+        reference: &str,
+        policy: PullPolicy,
+    ) -> Result<Arc<Image>, ImagePullError> {
+        let timeout = self.inner.config.pull_timeout;
+        match tokio::time::timeout(timeout, self.pull_inner(reference, policy)).await {
+            Ok(result) => result,
+            Err(_) => Err(ImagePullError::Timeout {
+                reference: reference.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    async fn pull_inner(
+        &self,
+        reference: &str,
+        policy: PullPolicy,
+    ) -> Result<Arc<Image>, ImagePullError> {
+        let parsed = parse_reference(reference)?;
+        // A pinned image already in memory needs nothing at all.
+        if let Some(pin) = parsed.pin
+            && let Some(image) = self.cached_image(&pin)
+        {
+            return Ok(image);
+        }
+        let (digest, bytes) = self.fetch(&parsed, policy).await?;
+        let cell = lock(&self.inner.images).entry(digest).or_default().clone();
+        let image = cell
+            .get_or_try_init(|| self.compile(parsed.original.clone(), digest, bytes))
+            .await?;
+        Ok(image.clone())
+    }
+
+    fn cached_image(&self, digest: &Digest) -> Option<Arc<Image>> {
+        lock(&self.inner.images)
+            .get(digest)
+            .and_then(|cell| cell.get().cloned())
+    }
+
+    /// Gets the image's bytes and digest (checking the pin), storing them as a blob.
+    async fn fetch(
+        &self,
+        r: &Reference,
+        policy: PullPolicy,
+    ) -> Result<(Digest, Bytes), ImagePullError> {
+        let inner = self.inner.clone();
+        let task_err = |e: tokio::task::JoinError| ImagePullError::Task {
+            reference: r.original.clone(),
+            message: e.to_string(),
+        };
+        let limit = inner.config.max_image_bytes;
+        let (bytes, remote) = match &r.source {
+            Source::File(path) => {
+                let (path, reference) = (path.clone(), r.original.clone());
+                let bytes =
+                    tokio::task::spawn_blocking(move || read_local(&path, &reference, limit))
+                        .await
+                        .map_err(task_err)??;
+                (bytes, false)
+            }
+            Source::Http(uri) => {
+                let known = match (r.pin, policy) {
+                    (Some(pin), _) => Some(pin),
+                    (None, PullPolicy::IfNotPresent) => {
+                        let (inner, original) = (inner.clone(), r.original.clone());
+                        tokio::task::spawn_blocking(move || inner.blobs.lookup_ref(&original))
+                            .await
+                            .map_err(task_err)?
+                    }
+                    (None, PullPolicy::Always) => None,
+                };
+                if let Some(digest) = known {
+                    let inner = inner.clone();
+                    let stored =
+                        tokio::task::spawn_blocking(move || inner.blobs.read_verified(&digest))
+                            .await
+                            .map_err(task_err)?;
+                    if let Some(bytes) = stored {
+                        return Ok((digest, bytes));
+                    }
+                }
+                inner.counters.fetches.fetch_add(1, Ordering::Relaxed);
+                (
+                    fetch_http(&inner.http, &r.original, uri, limit).await?,
+                    true,
+                )
+            }
+        };
+        let (pin, original) = (r.pin, r.original.clone());
+        tokio::task::spawn_blocking(move || {
+            let digest = Digest::of(&bytes);
+            if let Some(expected) = pin
+                && expected != digest
+            {
+                return Err(ImagePullError::DigestMismatch {
+                    reference: original,
+                    expected,
+                    actual: digest,
+                });
+            }
+            inner
+                .blobs
+                .write(&digest, &bytes)
+                .map_err(|source| ImagePullError::Store {
+                    path: inner.config.data_dir.join("blobs"),
+                    source,
+                })?;
+            if remote
+                && pin.is_none()
+                && let Err(e) = inner.blobs.record_ref(&original, &digest)
+            {
+                tracing::warn!("remembering {original} -> {digest} failed: {e}");
+            }
+            Ok((digest, bytes))
+        })
+        .await
+        .map_err(task_err)?
+    }
+
+    /// Loads the compiled artifact or compiles (off the async workers), then prepares.
+    async fn compile(
+        &self,
+        reference: String,
+        digest: Digest,
+        bytes: Bytes,
+    ) -> Result<Arc<Image>, ImagePullError> {
+        let inner = self.inner.clone();
+        let task_reference = reference.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = &inner.counters;
+            let compiled = match inner.cache.load(&inner.engine, &digest) {
+                Lookup::Hit(compiled) => {
+                    c.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    compiled
+                }
+                lookup => {
+                    if let Lookup::Discarded = lookup {
+                        c.cache_discarded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    c.compiles.fetch_add(1, Ordering::Relaxed);
+                    let compiled = compile_bytes(&inner.engine, &bytes).map_err(|message| {
+                        ImagePullError::Invalid {
+                            reference: reference.clone(),
+                            digest,
+                            message,
+                        }
+                    })?;
+                    if let Err(e) = inner.cache.store(&compiled, &digest) {
+                        tracing::warn!("caching the compiled {reference}: {e}");
+                    }
+                    compiled
+                }
+            };
+            let (kind, prepared) =
+                prepare(&inner.engine, &inner.linkers, compiled).map_err(|message| {
+                    ImagePullError::NotRunnable {
+                        reference: reference.clone(),
+                        digest,
+                        message,
+                    }
+                })?;
+            Ok(Arc::new(Image {
+                reference,
+                digest,
+                kind,
+                size: bytes.len() as u64,
+                prepared,
+            }))
+        })
+        .await
+        .map_err(|e| ImagePullError::Task {
+            reference: task_reference,
+            message: e.to_string(),
+        })?
+    }
+
+    /// Starts a container from a pulled image. For an HTTP component the listening socket is
+    /// bound before this returns ([`Container::http_addr`]).
+    pub async fn start(&self, spec: ContainerSpec, image: &Image) -> Result<Container, StartError> {
+        let inner = &self.inner;
+        if inner.root.is_cancelled() {
+            return Err(StartError::ShuttingDown);
+        }
+        if !valid_id(&spec.id) {
+            return Err(StartError::InvalidId(spec.id));
+        }
+        let listener = match &image.prepared {
+            Prepared::Http(_) => {
+                let addr = spec
+                    .http_listen
+                    .ok_or_else(|| StartError::NoListenAddress {
+                        image: image.reference.clone(),
+                    })?;
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind { addr, source })?,
+                )
+            }
+            _ => None,
+        };
+        let http_addr = match &listener {
+            Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind {
+                addr: spec.http_listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+                source,
+            })?),
+            None => None,
+        };
+        let id = spec.id.clone();
+        let attempt = spec.restart_count;
+        let log_config = LogConfig {
+            max_bytes: inner.config.log_max_bytes,
+            max_files: inner.config.log_max_files,
+        };
+        let (sink, writer) = logs::open(inner.logs_dir.join(&id), attempt, log_config).await?;
+        let argv = if spec.argv.is_empty() {
+            vec![image.reference.clone()]
+        } else {
+            spec.argv.clone()
+        };
+        let budget = MemoryBudget::new(spec.resources.memory_bytes);
+        let cpu = CpuThrottle::new(spec.resources.cpu_millicores);
+        let factory = StoreFactory {
+            engine: inner.engine.clone(),
+            cpu: cpu.clone(),
+            spec: Arc::new(spec),
+            argv: Arc::new(argv),
+            budget: budget.clone(),
+            logs: sink.clone(),
+            epoch_interval: inner.config.epoch_interval,
+        };
+        let kill = inner.root.child_token();
+        let stop = kill.child_token();
+        let shared = ContainerShared::new(budget.clone(), cpu);
+        let mount_err = |e: crate::guest::StoreError| StartError::Mount(e.to_string());
+        let run: Pin<Box<dyn Future<Output = ExitStatus> + Send>> =
+            match (&image.prepared, listener) {
+                (Prepared::P1(pre), _) => {
+                    let store = factory.p1_store().map_err(mount_err)?;
+                    Box::pin(run_p1(pre.clone(), store, stop.clone(), budget, sink))
+                }
+                (Prepared::Cli(pre), _) => {
+                    let store = factory.p2_store().map_err(mount_err)?;
+                    Box::pin(run_cli(pre.clone(), store, stop.clone(), budget, sink))
+                }
+                (Prepared::Http(pre), Some(listener)) => {
+                    // Check the mounts once now, so that a bad one fails the start rather than
+                    // every request.
+                    drop(factory.p2_store().map_err(mount_err)?);
+                    drop(sink);
+                    let server = Arc::new(HttpServer {
+                        pre: pre.clone(),
+                        factory,
+                        shared: shared.clone(),
+                        stop: stop.clone(),
+                        kill: kill.clone(),
+                        tracker: TaskTracker::new(),
+                    });
+                    Box::pin(crate::http::serve(listener, server))
+                }
+                (Prepared::Http(_), None) => {
+                    return Err(StartError::NoListenAddress {
+                        image: image.reference.clone(),
+                    });
+                }
+            };
+        lock(&inner.live_logs).insert(id.clone(), (attempt, writer.progress.clone()));
+        let (status_tx, status_rx) = watch::channel(None);
+        let supervisor_inner = inner.clone();
+        let supervisor_id = id.clone();
+        inner.tracker.spawn(async move {
+            let status = run.await;
+            // Every store and log sink is gone with `run`: the writer flushes and ends.
+            match tokio::time::timeout(LOG_FLUSH, writer.task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(container = %supervisor_id, "log writer failed: {e}"),
+                Err(_) => tracing::error!(container = %supervisor_id, "log writer did not finish in {LOG_FLUSH:?}"),
+            }
+            {
+                let mut live = lock(&supervisor_inner.live_logs);
+                if live.get(&supervisor_id).is_some_and(|(a, _)| *a == attempt) {
+                    live.remove(&supervisor_id);
+                }
+            }
+            tracing::debug!(container = %supervisor_id, reason = %status.reason, code = status.code, "container ended");
+            let _ = status_tx.send(Some(status));
+        });
+        Ok(Container {
+            id,
+            kind: image.kind,
+            http_addr,
+            status: status_rx,
+            stop,
+            kill,
+            shared,
+        })
+    }
+
+    /// The logs of a container (running or not).
+    pub fn logs(&self, id: &str) -> Result<ContainerLogs, LogError> {
+        if !valid_id(id) {
+            return Err(LogError::InvalidId(id.to_string()));
+        }
+        let live = lock(&self.inner.live_logs).get(id).cloned();
+        Ok(ContainerLogs::new(
+            id.to_string(),
+            self.inner.logs_dir.join(id),
+            live,
+        ))
+    }
+
+    /// Deletes every log file of a container (when its pod is gone).
+    pub async fn remove_logs(&self, id: &str) -> Result<(), LogError> {
+        if !valid_id(id) {
+            return Err(LogError::InvalidId(id.to_string()));
+        }
+        logs::remove_all(self.inner.logs_dir.join(id)).await
+    }
+
+    /// Kills every container, waits up to `timeout` for them to end, and stops the epoch
+    /// ticker. Stop containers gracefully first ([`Container::stop`]) if they deserve it.
+    /// Returns whether everything ended in time.
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.inner.root.cancel();
+        self.inner.tracker.close();
+        let done = tokio::time::timeout(timeout, self.inner.tracker.wait())
+            .await
+            .is_ok();
+        if done {
+            // Safe to stop ticking: no guest is left to interrupt.
+            drop(lock(&self.inner.ticker).take());
+        } else {
+            tracing::warn!(
+                "containers still running after {timeout:?}; the epoch ticker keeps running"
+            );
+        }
+        done
+    }
+}
+
+fn read_local(
+    path: &std::path::Path,
+    reference: &str,
+    limit: u64,
+) -> Result<Bytes, ImagePullError> {
+    let read_err = |source| ImagePullError::Read {
+        reference: reference.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > limit {
+        return Err(ImagePullError::TooLarge {
+            reference: reference.to_string(),
+            limit,
+        });
+    }
+    Ok(Bytes::from(std::fs::read(path).map_err(read_err)?))
+}
+
+/// Compiles a core module or a component, by its header. Blocking (Cranelift).
+fn compile_bytes(engine: &Engine, bytes: &[u8]) -> Result<Compiled, String> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err("not a wasm binary (no \\0asm header)".to_string());
+    }
+    match bytes[4..8] {
+        [1, 0, 0, 0] => Module::from_binary(engine, bytes).map(Compiled::Module),
+        [0x0d, 0, 1, 0] => Component::from_binary(engine, bytes).map(Compiled::Component),
+        _ => return Err(format!("unknown wasm version/layer {:?}", &bytes[4..8])),
+    }
+    .map_err(|e| format!("{e:#}"))
+}
+
+/// Detects the workload kind and pre-instantiates against the linkers.
+fn prepare(
+    engine: &Engine,
+    linkers: &Linkers,
+    compiled: Compiled,
+) -> Result<(WorkloadKind, Prepared), String> {
+    match compiled {
+        Compiled::Module(module) => {
+            let has_start = module
+                .exports()
+                .any(|e| e.name() == "_start" && matches!(e.ty(), ExternType::Func(_)));
+            if !has_start {
+                return Err(
+                    "a core module without a `_start` export (only WASI preview1 commands run as \
+                            modules; reactors are not supported)"
+                        .to_string(),
+                );
+            }
+            let pre = linkers
+                .p1
+                .instantiate_pre(&module)
+                .map_err(|e| format!("{e:#}"))?;
+            Ok((WorkloadKind::WasiP1Command, Prepared::P1(pre)))
+        }
+        Compiled::Component(component) => {
+            let exports: Vec<String> = component
+                .component_type()
+                .exports(engine)
+                .map(|(name, _)| name.to_string())
+                .collect();
+            let exports_interface = |prefix: &str| exports.iter().any(|n| n.starts_with(prefix));
+            let http = exports_interface("wasi:http/incoming-handler@0.2");
+            let cli = exports_interface("wasi:cli/run@0.2");
+            if !http && !cli {
+                return Err(format!(
+                    "a component exporting neither wasi:http/incoming-handler@0.2 nor wasi:cli/run@0.2 \
+                     (it exports: {})",
+                    exports.join(", ")
+                ));
+            }
+            let pre = linkers
+                .p2
+                .instantiate_pre(&component)
+                .map_err(|e| format!("{e:#}"))?;
+            if http {
+                Ok((
+                    WorkloadKind::WasiHttp,
+                    Prepared::Http(ProxyPre::new(pre).map_err(|e| format!("{e:#}"))?),
+                ))
+            } else {
+                Ok((
+                    WorkloadKind::WasiCliCommand,
+                    Prepared::Cli(CommandPre::new(pre).map_err(|e| format!("{e:#}"))?),
+                ))
+            }
+        }
+    }
+}
+
+async fn run_p1(
+    pre: InstancePre<P1State>,
+    mut store: Store<P1State>,
+    stop: CancellationToken,
+    budget: Arc<MemoryBudget>,
+    logs: LogSink,
+) -> ExitStatus {
+    let outcome = {
+        let run = async {
+            let instance = match pre.instantiate_async(&mut store).await {
+                Ok(instance) => instance,
+                Err(e) => return Outcome::StartFailed(e),
+            };
+            let start = match instance.get_typed_func::<(), ()>(&mut store, "_start") {
+                Ok(start) => start,
+                Err(e) => return Outcome::StartFailed(e),
+            };
+            Outcome::Ran(start.call_async(&mut store, ()).await)
+        };
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => Outcome::Killed,
+            outcome = run => outcome,
+        }
+    };
+    let limit_hit = store.data().common.limiter.limit_hit();
+    drop(store);
+    exit_status(outcome, limit_hit, &budget, &logs)
+}
+
+async fn run_cli(
+    pre: CommandPre<P2State>,
+    mut store: Store<P2State>,
+    stop: CancellationToken,
+    budget: Arc<MemoryBudget>,
+    logs: LogSink,
+) -> ExitStatus {
+    let outcome = {
+        let run = async {
+            let command = match pre.instantiate_async(&mut store).await {
+                Ok(command) => command,
+                Err(e) => return Outcome::StartFailed(e),
+            };
+            match command.wasi_cli_run().call_run(&mut store).await {
+                Ok(Ok(())) => Outcome::Ran(Ok(())),
+                Ok(Err(())) => Outcome::CliFailed,
+                Err(e) => Outcome::Ran(Err(e)),
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => Outcome::Killed,
+            outcome = run => outcome,
+        }
+    };
+    let limit_hit = store.data().common.limiter.limit_hit();
+    drop(store);
+    exit_status(outcome, limit_hit, &budget, &logs)
+}

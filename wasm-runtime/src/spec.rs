@@ -1,0 +1,191 @@
+//! The container spec: everything the runtime needs to run one container, and nothing else.
+//!
+//! The node agent translates a pod's container (command, args, resolved env, volume mounts,
+//! `resources.limits`, the pod IP and `containerPort`) into this struct. Keeping it free of
+//! Kubernetes API types means the runtime can be tested and benchmarked on its own, and the
+//! API types can change without recompiling wasmtime-using code.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// One container to run.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// Unique, stable name of the container (for example `ns_pod_uid_container`). Its logs
+    /// live under `DATA_DIR/logs/<id>/`, so it must be a single path segment of ASCII
+    /// letters, digits, `.`, `_` and `-` (and not `.` or `..`).
+    pub id: String,
+    /// How many times this container has been restarted (Kubernetes' `restartCount`). Each
+    /// attempt logs to its own file; the previous attempt's log is kept for `--previous`.
+    pub restart_count: u32,
+    /// The full argv, including argv[0] (the program name). The node builds it from the
+    /// container's `command` and `args`; when empty, argv is just the image reference.
+    pub argv: Vec<String>,
+    /// Environment, already resolved (ConfigMap/Secret/downward API values filled in).
+    pub env: Vec<(String, String)>,
+    /// The guest's initial working directory (`workingDir`), a guest path.
+    pub working_dir: Option<String>,
+    /// Host directories made visible to the guest. Nothing else of the host filesystem is.
+    pub mounts: Vec<Mount>,
+    /// Memory and CPU limits, enforced inside wasmtime.
+    pub resources: Resources,
+    /// What the guest may reach on the network. Default: nothing.
+    pub network: NetworkAccess,
+    /// Where a `wasi:http` component is served (the pod IP and its `containerPort`).
+    /// Required for HTTP components, ignored for commands. Port 0 picks a free port; the
+    /// bound address is [`crate::Container::http_addr`].
+    pub http_listen: Option<SocketAddr>,
+}
+
+impl ContainerSpec {
+    /// A spec with the given id and every other field at its default (no args, no env, no
+    /// mounts, no limits, no network).
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            restart_count: 0,
+            argv: Vec::new(),
+            env: Vec::new(),
+            working_dir: None,
+            mounts: Vec::new(),
+            resources: Resources::default(),
+            network: NetworkAccess::None,
+            http_listen: None,
+        }
+    }
+}
+
+/// A host directory preopened in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The directory on the host (an emptyDir, a hostPath, a projected ConfigMap, ...).
+    pub host_path: PathBuf,
+    /// Where the guest sees it (`mountPath`).
+    pub guest_path: String,
+    /// `readOnly`: the guest may read but not create, write or delete.
+    pub read_only: bool,
+}
+
+/// Limits from `resources.limits`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Upper bound on the total linear memory of the container's instances, in bytes. For an
+    /// HTTP container the bound is shared by all in-flight request instances.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in millicores (1000 = one core). `None` means no throttling; the guest still
+    /// yields every epoch so that it cannot starve other pods.
+    pub cpu_millicores: Option<u32>,
+}
+
+/// Network access granted to the guest. wasi:sockets (TCP, UDP, name lookup) and outgoing
+/// wasi:http requests are both governed by it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NetworkAccess {
+    /// No network at all (the default).
+    #[default]
+    None,
+    /// Any address (sockets and outgoing HTTP).
+    All,
+    /// Only these peers. Each entry is `host` or `host:port`, where `host` is an IP address
+    /// or a name. Socket connections are checked by IP (names cannot be checked there, so a
+    /// name entry only admits outgoing HTTP requests to that authority).
+    Hosts(Vec<String>),
+}
+
+impl NetworkAccess {
+    /// Whether the guest may use sockets at all.
+    pub(crate) fn any(&self) -> bool {
+        !matches!(self, NetworkAccess::None)
+    }
+
+    /// Whether a socket address may be bound or connected to.
+    pub(crate) fn allows_addr(&self, addr: SocketAddr) -> bool {
+        match self {
+            NetworkAccess::None => false,
+            NetworkAccess::All => true,
+            NetworkAccess::Hosts(hosts) => hosts.iter().any(|h| {
+                let (host, port) = split_host_port(h);
+                host.parse::<IpAddr>().is_ok_and(|ip| ip == addr.ip())
+                    && port.is_none_or(|p| p == addr.port())
+            }),
+        }
+    }
+
+    /// Whether an outgoing HTTP request to `host` and `port` is allowed.
+    pub(crate) fn allows_http(&self, host: &str, port: u16) -> bool {
+        match self {
+            NetworkAccess::None => false,
+            NetworkAccess::All => true,
+            NetworkAccess::Hosts(hosts) => hosts.iter().any(|h| {
+                let (allowed_host, allowed_port) = split_host_port(h);
+                allowed_host
+                    .eq_ignore_ascii_case(host.trim_start_matches('[').trim_end_matches(']'))
+                    && allowed_port.is_none_or(|p| p == port)
+            }),
+        }
+    }
+}
+
+/// Splits `host:port`, `[v6]:port`, `v6` or `host` into host and optional port.
+fn split_host_port(s: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = s.strip_prefix('[')
+        && let Some((host, tail)) = rest.split_once(']')
+    {
+        return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+    }
+    match s.rsplit_once(':') {
+        // More than one colon and no brackets: a bare IPv6 address.
+        Some((host, _)) if host.contains(':') => (s, None),
+        Some((host, port)) => match port.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (s, None),
+        },
+        None => (s, None),
+    }
+}
+
+/// Whether `id` is usable as a container id (a single safe path segment).
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 253
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("default_web-1_0b1c_app"));
+        assert!(!valid_id(""));
+        assert!(!valid_id(".."));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id("a b"));
+    }
+
+    #[test]
+    fn network_policy() {
+        let none = NetworkAccess::None;
+        assert!(!none.any());
+        assert!(!none.allows_http("example.com", 80));
+        let hosts = NetworkAccess::Hosts(vec![
+            "10.0.0.1:8080".into(),
+            "example.com".into(),
+            "[::1]:80".into(),
+        ]);
+        assert!(hosts.allows_addr("10.0.0.1:8080".parse().unwrap()));
+        assert!(!hosts.allows_addr("10.0.0.1:8081".parse().unwrap()));
+        assert!(!hosts.allows_addr("10.0.0.2:8080".parse().unwrap()));
+        assert!(hosts.allows_addr("[::1]:80".parse().unwrap()));
+        assert!(hosts.allows_http("EXAMPLE.com", 443));
+        assert!(hosts.allows_http("10.0.0.1", 8080));
+        assert!(!hosts.allows_http("10.0.0.1", 80));
+        assert!(NetworkAccess::All.allows_http("anything", 1));
+    }
+}

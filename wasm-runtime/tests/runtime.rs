@@ -1,0 +1,710 @@
+//! End-to-end tests of the runtime with the real sample guests (built by samples/build.sh).
+//! Every await is bounded; nothing sleeps to wait for a state.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use wharf_runtime::{
+    AllocatorKind, ContainerSpec, ExitReason, ImagePullError, LogOptions, LogStream, Mount,
+    Resources, Runtime, StartError, WorkloadKind,
+};
+
+const MIB: u64 = 1024 * 1024;
+
+async fn pull(rt: &Runtime, reference: &str) -> Arc<wharf_runtime::Image> {
+    within(300, &format!("pull {reference}"), rt.pull(reference))
+        .await
+        .unwrap_or_else(|e| panic!("pull {reference}: {e}"))
+}
+
+async fn log_texts(rt: &Runtime, id: &str, options: LogOptions) -> Vec<String> {
+    within(10, "read logs", rt.logs(id).expect("logs").read(options))
+        .await
+        .expect("read logs")
+        .into_iter()
+        .map(|l| l.text)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p1_command_runs_with_args_and_env_and_logs_in_cri_format() {
+    build_samples().await;
+    let rt = shared_runtime();
+    let image = pull(&rt, &batch_p1()).await;
+    assert_eq!(image.kind(), WorkloadKind::WasiP1Command);
+
+    let mut spec = ContainerSpec::new(unique_id("p1"));
+    spec.argv = vec!["batch_p1".into(), "1000".into()];
+    spec.env = vec![("GREETING".into(), "hi there".into())];
+    let container = within(30, "start", rt.start(spec, &image))
+        .await
+        .expect("start");
+    let status = within(60, "wait", container.wait()).await;
+    assert_eq!(
+        (status.reason, status.code),
+        (ExitReason::Completed, 0),
+        "{status:?}"
+    );
+
+    let texts = log_texts(&rt, container.id(), LogOptions::default()).await;
+    assert_eq!(
+        texts,
+        vec![
+            "args: batch_p1 1000",
+            "GREETING=hi there",
+            "primes up to 1000: 168, largest 997"
+        ]
+    );
+    // The file itself is in the CRI format: `<RFC 3339 nanos> stdout F <text>`.
+    let raw = std::fs::read_to_string(
+        shared_data_dir()
+            .join("logs")
+            .join(container.id())
+            .join("0.log"),
+    )
+    .expect("log file");
+    let first = raw.lines().next().expect("a line");
+    let (timestamp, rest) = first.split_once(' ').expect("timestamp");
+    assert_eq!(rest, "stdout F args: batch_p1 1000");
+    assert_eq!(
+        timestamp.len(),
+        "2026-11-21T10:00:00.000000000Z".len(),
+        "{timestamp}"
+    );
+    assert!(
+        timestamp.ends_with('Z')
+            && timestamp.as_bytes()[10] == b'T'
+            && timestamp.as_bytes()[19] == b'.'
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2_command_runs_and_can_be_followed() {
+    build_samples().await;
+    let rt = shared_runtime();
+    let image = pull(&rt, &ticker()).await;
+    assert_eq!(image.kind(), WorkloadKind::WasiCliCommand);
+
+    let mut spec = ContainerSpec::new(unique_id("ticker"));
+    spec.env = vec![
+        ("TICKS".into(), "5".into()),
+        ("INTERVAL_MS".into(), "30".into()),
+    ];
+    let container = within(30, "start", rt.start(spec, &image))
+        .await
+        .expect("start");
+    // Follow from the start: the stream yields every line and ends when the container does.
+    let follow = rt.logs(container.id()).expect("logs").follow(None);
+    let lines: Vec<_> = within(30, "follow", follow.collect::<Vec<_>>()).await;
+    let texts: Vec<_> = lines.into_iter().map(|l| l.expect("line").text).collect();
+    assert_eq!(
+        texts,
+        (1..=5).map(|i| format!("tick {i}")).collect::<Vec<_>>()
+    );
+    let status = within(10, "wait", container.wait()).await;
+    assert_eq!(
+        (status.reason, status.code),
+        (ExitReason::Completed, 0),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_component_serves_concurrent_requests_and_drains_on_stop() {
+    build_samples().await;
+    let rt = shared_runtime();
+    let image = pull(&rt, &hello_http()).await;
+    assert_eq!(image.kind(), WorkloadKind::WasiHttp);
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut spec = ContainerSpec::new(unique_id("hello"));
+    spec.env = vec![
+        ("POD_NAME".into(), "web-0".into()),
+        ("NODE_NAME".into(), "node-a".into()),
+    ];
+    spec.mounts = vec![Mount {
+        host_path: data.path().into(),
+        guest_path: "/data".into(),
+        read_only: false,
+    }];
+    spec.resources = Resources {
+        memory_bytes: Some(64 * MIB),
+        cpu_millicores: Some(1000),
+    };
+    spec.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let container = within(30, "start", rt.start(spec, &image))
+        .await
+        .expect("start");
+    let addr = container.http_addr().expect("listening");
+    assert_ne!(addr.port(), 0);
+
+    let client = client();
+    let url = format!("http://{addr}/");
+    for n in 1..=3 {
+        let (status, body) = within(30, "GET", get(&client, &url)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("hello from pod web-0 on node node-a"),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!("request #{n} (counted in /data/counter)")),
+            "{body}"
+        );
+    }
+
+    // 32 concurrent requests, each in its own instance.
+    let requests = (0..32).map(|i| {
+        let client = client.clone();
+        let url = format!("http://{addr}/concurrent/{i}");
+        async move { get(&client, &url).await }
+    });
+    let answers = within(60, "concurrent GETs", futures::future::join_all(requests)).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert_eq!(container.stats().requests, 35);
+
+    // A request in flight when stop() is called is still answered (drain), and the port is
+    // closed afterwards.
+    let slow = tokio::spawn({
+        let client = client.clone();
+        let url = format!("http://{addr}/sleep/300");
+        async move { get(&client, &url).await }
+    });
+    // Wait (bounded) until the slow request has reached the container.
+    within(10, "slow request arrives", async {
+        while container.stats().requests < 36 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let status = within(10, "stop", container.stop(Duration::from_secs(5))).await;
+    assert_eq!(
+        (status.reason, status.code),
+        (ExitReason::Completed, 0),
+        "{status:?}"
+    );
+    let (slow_status, slow_body) = within(10, "slow answer", slow).await.expect("slow task");
+    assert_eq!(slow_status, 200, "{slow_body}");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still listening after stop"
+    );
+
+    let texts = log_texts(&rt, container.id(), LogOptions::default()).await;
+    assert!(texts.iter().any(|t| t == "/ -> 200"), "{texts:?}");
+    assert_eq!(texts.len(), 36, "one log line per request: {texts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_1_is_error_1_and_previous_attempt_log_is_kept() {
+    build_samples().await;
+    let rt = shared_runtime();
+    let image = pull(&rt, &crasher()).await;
+    let id = unique_id("crasher");
+    for (attempt, ms) in [(0, "10"), (1, "20")] {
+        let mut spec = ContainerSpec::new(&id);
+        spec.restart_count = attempt;
+        spec.argv = vec!["crasher".into(), ms.into()];
+        let container = within(30, "start", rt.start(spec, &image))
+            .await
+            .expect("start");
+        let status = within(30, "wait", container.wait()).await;
+        assert_eq!(
+            (status.reason, status.code),
+            (ExitReason::Error, 1),
+            "{status:?}"
+        );
+    }
+    let current = log_texts(&rt, &id, LogOptions::default()).await;
+    assert_eq!(
+        current,
+        vec![
+            "crasher: exiting with status 1 in 20 ms",
+            "crasher: goodbye"
+        ]
+    );
+    let lines = within(
+        10,
+        "read",
+        rt.logs(&id).expect("logs").read(LogOptions {
+            tail: Some(1),
+            previous: true,
+        }),
+    )
+    .await
+    .expect("previous");
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].stream, LogStream::Stderr);
+    let previous = log_texts(
+        &rt,
+        &id,
+        LogOptions {
+            tail: None,
+            previous: true,
+        },
+    )
+    .await;
+    assert_eq!(previous[0], "crasher: exiting with status 1 in 10 ms");
+}
+
+/// Latency of `n` sequential GETs.
+async fn latencies(client: &HttpClient, url: &str, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let (status, body) = within(30, "GET", get(client, url)).await;
+        assert_eq!(status, 200, "{body}");
+        out.push(t.elapsed());
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinners_do_not_starve_http_and_stop_within_grace() {
+    build_samples().await;
+    let rt = shared_runtime();
+    let hello = pull(&rt, &hello_http()).await;
+    let spin = pull(&rt, &spinner()).await;
+
+    let mut spec = ContainerSpec::new(unique_id("hello"));
+    spec.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let web = within(30, "start", rt.start(spec, &hello))
+        .await
+        .expect("start");
+    let url = format!("http://{}/", web.http_addr().expect("addr"));
+    let client = client();
+    let baseline = latencies(&client, &url, 20).await;
+
+    // One spinner per worker thread: one limited to 100m, one unlimited (it still yields
+    // every epoch).
+    let mut spinners = Vec::new();
+    for cpu in [Some(100), None] {
+        let mut spec = ContainerSpec::new(unique_id("spinner"));
+        spec.resources.cpu_millicores = cpu;
+        spinners.push(
+            within(30, "start spinner", rt.start(spec, &spin))
+                .await
+                .expect("start"),
+        );
+    }
+    let loaded = latencies(&client, &url, 20).await;
+    let median = |v: &[Duration]| v[v.len() / 2];
+    eprintln!(
+        "hello-http latency: idle p50 {:?} max {:?}; with spinners p50 {:?} max {:?}",
+        median(&baseline),
+        baseline[baseline.len() - 1],
+        median(&loaded),
+        loaded[loaded.len() - 1]
+    );
+    let bound = Duration::from_millis(500);
+    assert!(
+        loaded[loaded.len() - 1] < bound,
+        "a request took {:?} with spinners running",
+        loaded[loaded.len() - 1]
+    );
+
+    // The limited spinner was throttled to about a tenth of a core.
+    let limited = spinners[0].stats();
+    assert!(limited.cpu_throttled > Duration::ZERO, "{limited:?}");
+    assert!(limited.cpu_time < limited.cpu_throttled, "{limited:?}");
+
+    // Stopping a `loop {}` completes well within the grace period.
+    for spinner in &spinners {
+        let grace = Duration::from_secs(2);
+        let t = Instant::now();
+        let status = within(10, "stop spinner", spinner.stop(grace)).await;
+        assert!(t.elapsed() < grace, "stop took {:?}", t.elapsed());
+        assert_eq!(
+            (status.reason, status.code),
+            (ExitReason::Error, 137),
+            "{status:?}"
+        );
+    }
+    within(10, "stop web", web.stop(Duration::from_secs(5))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_hog_is_oom_killed() {
+    build_samples().await;
+    let rt = shared_runtime();
+    let image = pull(&rt, &hog()).await;
+    let mut spec = ContainerSpec::new(unique_id("hog"));
+    spec.resources.memory_bytes = Some(32 * MIB);
+    let container = within(30, "start", rt.start(spec, &image))
+        .await
+        .expect("start");
+    let status = within(60, "wait", container.wait()).await;
+    assert_eq!(
+        (status.reason, status.code),
+        (ExitReason::OOMKilled, 137),
+        "{status:?}"
+    );
+    assert_eq!(container.stats().oom_events, 1);
+    assert_eq!(
+        container.stats().memory_bytes,
+        0,
+        "memory returned when the instance is gone"
+    );
+    let texts = log_texts(&rt, container.id(), LogOptions::default()).await;
+    assert!(texts.iter().any(|t| t == "allocated 16 MiB"), "{texts:?}");
+    assert!(
+        texts
+            .last()
+            .is_some_and(|t| t.starts_with("wharf: OOMKilled")),
+        "{texts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_kills_a_sleeping_command_at_once() {
+    build_samples().await;
+    let rt = shared_runtime();
+    let image = pull(&rt, &ticker()).await;
+    let spec = ContainerSpec::new(unique_id("ticker"));
+    let container = within(30, "start", rt.start(spec, &image))
+        .await
+        .expect("start");
+    // Wait for the first tick through the log, then stop while it sleeps in the host.
+    let mut follow = Box::pin(rt.logs(container.id()).expect("logs").follow(None));
+    let first = within(30, "first tick", follow.next())
+        .await
+        .expect("a line")
+        .expect("line");
+    assert_eq!(first.text, "tick 1");
+    let t = Instant::now();
+    let status = within(10, "stop", container.stop(Duration::from_secs(30))).await;
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(
+        (status.reason, status.code),
+        (ExitReason::Error, 137),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_pin_is_an_image_pull_error() {
+    build_samples().await;
+    let rt = shared_runtime();
+    let image = pull(&rt, &batch_p1()).await;
+    let right = format!("{}@{}", batch_p1(), image.digest());
+    assert_eq!(pull(&rt, &right).await.digest(), image.digest());
+
+    let wrong = format!("{}@sha256:{}", batch_p1(), "0".repeat(64));
+    let err = within(30, "pull", rt.pull(&wrong))
+        .await
+        .expect_err("mismatch");
+    assert!(
+        matches!(err, ImagePullError::DigestMismatch { .. }),
+        "{err}"
+    );
+    assert_eq!(err.reason(), "ErrImagePull");
+    assert!(err.to_string().contains("digest mismatch"), "{err}");
+
+    let missing = within(30, "pull", rt.pull("/nonexistent/app.wasm"))
+        .await
+        .expect_err("missing");
+    assert!(matches!(missing, ImagePullError::Read { .. }), "{missing}");
+    let invalid = within(30, "pull", rt.pull("app.wasm@sha256:xyz"))
+        .await
+        .expect_err("invalid");
+    assert_eq!(invalid.reason(), "InvalidImageName");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_runnable_binaries_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Runtime::new(config(dir.path())).expect("runtime");
+    let text = dir.path().join("text.wasm");
+    std::fs::write(&text, b"not wasm at all").expect("write");
+    let err = within(30, "pull", rt.pull(&text.display().to_string()))
+        .await
+        .expect_err("invalid");
+    assert!(matches!(err, ImagePullError::Invalid { .. }), "{err}");
+    // An empty core module: valid wasm, but no _start.
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x01\0\0\0").expect("write");
+    let err = within(30, "pull", rt.pull(&empty.display().to_string()))
+        .await
+        .expect_err("not runnable");
+    assert!(matches!(err, ImagePullError::NotRunnable { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_once_cached_on_disk_and_corrupt_entries_rebuilt() {
+    build_samples().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reference = batch_p1();
+
+    // Concurrent pulls of one image compile it once; a second pull does not compile.
+    let rt = Runtime::new(config(dir.path())).expect("runtime");
+    let (a, b) = within(300, "pulls", async {
+        tokio::join!(rt.pull(&reference), rt.pull(&reference))
+    })
+    .await;
+    let (a, b) = (a.expect("pull a"), b.expect("pull b"));
+    assert!(Arc::ptr_eq(&a, &b));
+    pull(&rt, &reference).await;
+    let stats = rt.stats();
+    assert_eq!(
+        (stats.compiles, stats.cache_hits, stats.images),
+        (1, 0, 1),
+        "{stats:?}"
+    );
+    let digest = a.digest();
+    drop((a, b, rt));
+
+    // A new runtime on the same data dir (a node restart) loads the artifact.
+    let rt = Runtime::new(config(dir.path())).expect("runtime");
+    pull(&rt, &reference).await;
+    assert_eq!(
+        (rt.stats().compiles, rt.stats().cache_hits),
+        (0, 1),
+        "{:?}",
+        rt.stats()
+    );
+    let artifact = dir
+        .path()
+        .join("compiled")
+        .join(rt.engine_fingerprint())
+        .join(format!("{}.cwasm", digest.hex()));
+    drop(rt);
+
+    // Flip bytes in the artifact: the checksum catches it, it is rebuilt, and it runs.
+    let mut bytes = std::fs::read(&artifact).expect("artifact");
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&artifact, &bytes).expect("corrupt");
+    let rt = Runtime::new(config(dir.path())).expect("runtime");
+    let image = pull(&rt, &reference).await;
+    let stats = rt.stats();
+    assert_eq!(
+        (stats.cache_discarded, stats.compiles, stats.cache_hits),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    let mut spec = ContainerSpec::new(unique_id("rebuilt"));
+    spec.argv = vec!["batch_p1".into(), "100".into()];
+    let container = within(30, "start", rt.start(spec, &image))
+        .await
+        .expect("start");
+    assert_eq!(
+        within(30, "wait", container.wait()).await.reason,
+        ExitReason::Completed
+    );
+    drop((container, image, rt));
+
+    // Garbage with a matching checksum: wasmtime refuses it, it is rebuilt.
+    std::fs::write(&artifact, b"garbage").expect("garbage");
+    let sum = dir
+        .path()
+        .join("compiled")
+        .join(artifact.parent().and_then(|p| p.file_name()).expect("fp"));
+    let checksum = sum.join(format!("{}.cwasm.sha256", digest.hex()));
+    {
+        use sha2::Digest as _;
+        let hex: String = sha2::Sha256::digest(b"garbage")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(&checksum, hex).expect("checksum");
+    }
+    let rt = Runtime::new(config(dir.path())).expect("runtime");
+    pull(&rt, &reference).await;
+    assert_eq!(
+        (rt.stats().cache_discarded, rt.stats().compiles),
+        (1, 1),
+        "{:?}",
+        rt.stats()
+    );
+    drop(rt);
+    let rt = Runtime::new(config(dir.path())).expect("runtime");
+    pull(&rt, &reference).await;
+    assert_eq!(
+        (rt.stats().cache_hits, rt.stats().compiles),
+        (1, 0),
+        "{:?}",
+        rt.stats()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_over_http_with_pin_redirect_and_blob_reuse() {
+    build_samples().await;
+    let wasm = bytes::Bytes::from(std::fs::read(hello_http()).expect("sample"));
+    let digest = wharf_runtime::Digest::of(&wasm);
+    let (addr, hits, server) = serve_image(wasm).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let rt = Runtime::new(config(dir.path())).expect("runtime");
+    let pinned = format!("http://{addr}/old/hello.wasm@{digest}");
+    let image = pull(&rt, &pinned).await;
+    assert_eq!(
+        (image.kind(), image.digest()),
+        (WorkloadKind::WasiHttp, digest)
+    );
+    assert_eq!(rt.stats().fetches, 1);
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "redirect + image"
+    );
+    drop((image, rt));
+
+    // Restarted node: the pinned blob is on disk, nothing is fetched.
+    let rt = Runtime::new(config(dir.path())).expect("runtime");
+    pull(&rt, &pinned).await;
+    assert_eq!(rt.stats().fetches, 0);
+    // Unpinned: fetched once, then remembered (IfNotPresent).
+    let unpinned = format!("http://{addr}/hello.wasm");
+    pull(&rt, &unpinned).await;
+    assert_eq!(rt.stats().fetches, 1);
+    drop(rt);
+    let rt = Runtime::new(config(dir.path())).expect("runtime");
+    pull(&rt, &unpinned).await;
+    assert_eq!(rt.stats().fetches, 0);
+
+    let wrong = format!("http://{addr}/hello.wasm@sha256:{}", "1".repeat(64));
+    let err = within(30, "pull", rt.pull(&wrong))
+        .await
+        .expect_err("mismatch");
+    assert!(
+        matches!(err, ImagePullError::DigestMismatch { .. }),
+        "{err}"
+    );
+    let missing = within(30, "pull", rt.pull(&format!("http://{addr}/missing.wasm")))
+        .await
+        .expect_err("404");
+    assert!(
+        err.reason() == "ErrImagePull" && missing.to_string().contains("404"),
+        "{missing}"
+    );
+    let https = within(30, "pull", rt.pull("https://example.com/a.wasm"))
+        .await
+        .expect_err("https");
+    assert!(
+        matches!(https, ImagePullError::UnsupportedScheme { .. }),
+        "{https}"
+    );
+    server.abort();
+}
+
+/// A tiny image server: `/hello.wasm` serves the bytes, `/old/hello.wasm` redirects to it.
+async fn serve_image(
+    wasm: bytes::Bytes,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (wasm, counter) = (wasm.clone(), counter.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let wasm = wasm.clone();
+                        async move {
+                            let response = match req.uri().path() {
+                                "/hello.wasm" => hyper::Response::new(Full::new(wasm)),
+                                "/old/hello.wasm" => hyper::Response::builder()
+                                    .status(301)
+                                    .header("location", "/hello.wasm")
+                                    .body(Full::new(bytes::Bytes::new()))
+                                    .expect("response"),
+                                _ => hyper::Response::builder()
+                                    .status(404)
+                                    .body(Full::new(bytes::Bytes::new()))
+                                    .expect("response"),
+                            };
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, hits, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_errors_and_shutdown() {
+    build_samples().await;
+    let rt = shared_runtime();
+    assert!(
+        matches!(
+            rt.allocator(),
+            AllocatorKind::Pooling {
+                total_instances: 64
+            }
+        ),
+        "{:?}",
+        rt.allocator()
+    );
+    let hello = pull(&rt, &hello_http()).await;
+    let err = within(
+        10,
+        "start",
+        rt.start(ContainerSpec::new(unique_id("x")), &hello),
+    )
+    .await
+    .expect_err("no addr");
+    assert!(matches!(err, StartError::NoListenAddress { .. }), "{err}");
+    let err = within(10, "start", rt.start(ContainerSpec::new("../etc"), &hello))
+        .await
+        .expect_err("bad id");
+    assert!(matches!(err, StartError::InvalidId(_)), "{err}");
+    let mut spec = ContainerSpec::new(unique_id("x"));
+    spec.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    spec.mounts = vec![Mount {
+        host_path: "/nonexistent/dir".into(),
+        guest_path: "/data".into(),
+        read_only: true,
+    }];
+    let err = within(10, "start", rt.start(spec, &hello))
+        .await
+        .expect_err("bad mount");
+    assert!(matches!(err, StartError::Mount(_)), "{err}");
+
+    // shutdown() kills what is left, even a spinner.
+    let spin = pull(&rt, &spinner()).await;
+    let container = within(
+        10,
+        "start",
+        rt.start(ContainerSpec::new(unique_id("spin")), &spin),
+    )
+    .await
+    .expect("start");
+    assert!(within(10, "shutdown", rt.shutdown(Duration::from_secs(5))).await);
+    assert_eq!(container.status().map(|s| s.code), Some(137));
+    let err = within(
+        10,
+        "start",
+        rt.start(ContainerSpec::new(unique_id("late")), &spin),
+    )
+    .await
+    .expect_err("shut down");
+    assert!(matches!(err, StartError::ShuttingDown), "{err}");
+}
