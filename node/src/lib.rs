@@ -1,6 +1,10 @@
 //! wharf-node: everything that runs on a node.
 //!
-//! The node agent (wharf's kubelet) watches the pods bound to its node and runs them
-//! through `wharf-runtime`; the proxy and cluster DNS give Services their addresses and
-//! names. The agent arrives with the node issue; until then this crate only fixes the
-//! place of those parts in the workspace.
+//! - [`agent`]: wharf's kubelet. It registers the Node, renews its Lease, and runs the
+//!   pods bound to it on the wasm runtime (`wharf-runtime`), writing their status.
+//! - [`daemon`]: the node's own HTTP server (container logs for `pods/log`).
+//!
+//! The proxy and cluster DNS that give Services their addresses and names come next.
+
+pub mod agent;
+pub mod daemon;

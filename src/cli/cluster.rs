@@ -106,6 +106,11 @@ pub async fn connect(flag: Option<PathBuf>) -> anyhow::Result<Cluster> {
 }
 
 impl Cluster {
+    /// The kube client, for long-running components (a node agent) started from the CLI.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     /// The request builder for `kind` in `namespace` (all namespaces when `None`).
     pub fn at(&self, kind: &ResourceKind, namespace: Option<&str>) -> Request {
         Request::new(kind.collection_path(namespace))

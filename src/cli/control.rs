@@ -58,7 +58,7 @@ fn one_line(err: ControlError) -> anyhow::Error {
 }
 
 /// Resolves on Ctrl-C, or SIGTERM on unix (what service managers and `kill` send).
-async fn shutdown_signal() -> std::io::Result<()> {
+pub(crate) async fn shutdown_signal() -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -138,10 +138,59 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<Result<Document, ManifestEr
     let mut documents = Vec::new();
     for path in paths {
         for (source, text, json) in read_sources(path)? {
-            documents.extend(parse(&source, &text, json));
+            let base = (source != "STDIN")
+                .then(|| Path::new(&source).parent().map(Path::to_path_buf))
+                .flatten();
+            documents.extend(parse(&source, &text, json).into_iter().map(|doc| {
+                doc.map(|mut d| {
+                    if let Some(base) = &base {
+                        resolve_images(&mut d.object, base);
+                    }
+                    d
+                })
+            }));
         }
     }
     Ok(documents)
+}
+
+/// Makes a relative `image` path absolute against the manifest's directory, so that a
+/// manifest next to its `.wasm` applies from any working directory. URLs (`file://`,
+/// `http://`, ...) and absolute paths are left alone; an `@sha256:` pin is kept.
+pub fn resolve_images(object: &mut Value, manifest_dir: &Path) {
+    let pointer = if object.get("kind").and_then(Value::as_str) == Some("Pod") {
+        "/spec"
+    } else {
+        "/spec/template/spec"
+    };
+    let Some(spec) = object.pointer_mut(pointer) else {
+        return;
+    };
+    for section in ["initContainers", "containers"] {
+        let Some(list) = spec.get_mut(section).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for c in list {
+            let Some(image) = c.get("image").and_then(Value::as_str) else {
+                continue;
+            };
+            let (path, pin) = match image.split_once('@') {
+                Some((p, pin)) => (p, Some(pin)),
+                None => (image, None),
+            };
+            if path.is_empty() || path.contains("://") || Path::new(path).is_absolute() {
+                continue;
+            }
+            let joined = manifest_dir.join(path);
+            let absolute = std::path::absolute(&joined).unwrap_or(joined);
+            let mut resolved = absolute.display().to_string();
+            if let Some(pin) = pin {
+                resolved.push('@');
+                resolved.push_str(pin);
+            }
+            c["image"] = Value::String(resolved);
+        }
+    }
 }
 
 /// `(label, text, is_json)` of every manifest file `path` names.
@@ -406,6 +455,31 @@ metadata: {name: third}
                 .unwrap_err()
                 .to_string()
                 .starts_with("x.yaml: document 3: not an object")
+        );
+    }
+
+    #[test]
+    fn relative_images_resolve_against_the_manifest() {
+        let mut pod = serde_json::json!({"kind": "Pod", "spec": {"containers": [
+            {"image": "app.wasm@sha256:ab"}, {"image": "/abs/x.wasm"}, {"image": "https://h/x.wasm"}]}});
+        resolve_images(&mut pod, Path::new("/srv/apps"));
+        assert_eq!(
+            pod.pointer("/spec/containers/0/image"),
+            Some(&serde_json::json!("/srv/apps/app.wasm@sha256:ab"))
+        );
+        assert_eq!(
+            pod.pointer("/spec/containers/1/image"),
+            Some(&serde_json::json!("/abs/x.wasm"))
+        );
+        assert_eq!(
+            pod.pointer("/spec/containers/2/image"),
+            Some(&serde_json::json!("https://h/x.wasm"))
+        );
+        let mut deploy = serde_json::json!({"kind": "Deployment", "spec": {"template": {"spec": {"containers": [{"image": "a.wasm"}]}}}});
+        resolve_images(&mut deploy, Path::new("/m"));
+        assert_eq!(
+            deploy.pointer("/spec/template/spec/containers/0/image"),
+            Some(&serde_json::json!("/m/a.wasm"))
         );
     }
 

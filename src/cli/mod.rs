@@ -16,8 +16,10 @@ mod get;
 mod logs;
 mod manifest;
 mod merge;
+mod node;
 mod target;
 mod token;
+mod up;
 
 use clap::{Parser, Subcommand};
 use std::fmt;
@@ -44,8 +46,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a whole laptop cluster: the control plane and N nodes, until Ctrl-C
+    Up(up::UpArgs),
     /// Run the control plane (API server, store) until Ctrl-C or SIGTERM
     Control(control::ControlArgs),
+    /// Run a node agent that joins a cluster and runs its pods
+    Node(node::NodeArgs),
     /// Create or update objects from manifests (YAML or JSON)
     Apply(apply::ApplyArgs),
     /// List objects, or show some by name
@@ -64,7 +70,9 @@ impl Command {
     /// would log each failed request a second time).
     pub fn default_log_filter(&self) -> &'static str {
         match self {
-            Command::Control(_) => "info,fjall=warn,lsm_tree=warn",
+            Command::Control(_) | Command::Up(_) | Command::Node(_) => {
+                "info,fjall=warn,lsm_tree=warn,cranelift_codegen=warn,wasmtime=warn"
+            }
             _ => "warn,kube_client=off",
         }
     }
@@ -75,6 +83,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let kubeconfig = cli.kubeconfig;
     match cli.command {
         Command::Control(args) => control::run(args).await,
+        Command::Up(args) => up::run(args).await,
+        Command::Node(args) => node::run(kubeconfig, args).await,
         Command::Apply(args) => apply::run(&cluster::connect(kubeconfig).await?, args).await,
         Command::Get(args) => get::run(&cluster::connect(kubeconfig).await?, args).await,
         Command::Delete(args) => delete::run(&cluster::connect(kubeconfig).await?, args).await,

@@ -1,0 +1,386 @@
+//! The node agent: wharf's kubelet.
+//!
+//! It registers its Node, keeps a Lease renewed and the Node's conditions fresh, watches
+//! the pods bound to it (`spec.nodeName`), and runs each pod through its own worker task
+//! ([`worker`]), which pulls, starts, restarts and stops the pod's containers on the wasm
+//! runtime and writes the pod's status. Everything goes through the API server; the agent
+//! holds no state the API does not also have, so a restarted agent adopts the pods bound
+//! to it and brings them back to their desired state.
+//!
+//! The agent is level-triggered: a worker is handed the latest version of its pod (a
+//! `watch` channel keeps only the newest) and converges on it, whatever happened between.
+
+pub mod addresses;
+pub mod env;
+pub mod node_object;
+pub mod quantity;
+pub mod restart;
+pub mod status;
+pub mod volumes;
+pub mod worker;
+
+use crate::daemon;
+use addresses::PodAddresses;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use node_object::NodeFacts;
+use restart::Backoff;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use wharf_runtime::Runtime;
+
+/// How to run a node agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    /// Pod volumes and other per-node state.
+    pub data_dir: PathBuf,
+    /// The node's address: where the control plane and other nodes reach it.
+    pub address: IpAddr,
+    /// Where the node's own HTTP server (container logs) listens; port 0 picks one.
+    pub daemon_listen: SocketAddr,
+    /// Used when the control plane did not assign `spec.podCIDR`.
+    pub fallback_pod_cidr: Option<String>,
+    pub lease_duration: Duration,
+    pub renew_interval: Duration,
+    pub status_interval: Duration,
+    pub backoff: Backoff,
+    /// Whether pods may mount `hostPath` volumes.
+    pub allow_host_path: bool,
+    pub max_pods: u32,
+}
+
+impl AgentConfig {
+    pub fn new(node_name: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        AgentConfig {
+            node_name: node_name.into(),
+            data_dir: data_dir.into(),
+            address: IpAddr::from([127, 0, 0, 1]),
+            daemon_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            fallback_pod_cidr: None,
+            lease_duration: Duration::from_secs(40),
+            renew_interval: Duration::from_secs(5),
+            status_interval: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            allow_host_path: false,
+            max_pods: 1000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("registering node {node}: {error}")]
+    Register { node: String, error: kube::Error },
+    #[error("node {0} has no spec.podCIDR and no fallback pod CIDR was given")]
+    NoPodCidr(String),
+    #[error("pod addresses: {0}")]
+    Addresses(#[from] addresses::AddressError),
+    #[error("node server: {0}")]
+    Daemon(#[from] daemon::DaemonError),
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// What every pod worker shares.
+pub struct NodeContext {
+    pub config: AgentConfig,
+    pub client: kube::Client,
+    pub runtime: Arc<Runtime>,
+    pub addresses: Mutex<PodAddresses>,
+    /// Pods this node runs, by `namespace/name`, for the log server.
+    pub pods: Mutex<HashMap<String, Arc<Pod>>>,
+    pub shutdown: CancellationToken,
+}
+
+/// A running agent.
+pub struct Agent {
+    pub node_name: String,
+    pub daemon_addr: SocketAddr,
+    pub pod_cidr: String,
+    tasks: JoinSet<()>,
+}
+
+impl Agent {
+    /// Resolves once every task of the agent ended after shutdown.
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Registers the node and starts its lease, heartbeat, log server and pod workers.
+pub async fn start(
+    config: AgentConfig,
+    client: kube::Client,
+    runtime: Arc<Runtime>,
+    shutdown: CancellationToken,
+) -> Result<Agent, AgentError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| AgentError::Io {
+        path: config.data_dir.clone(),
+        error,
+    })?;
+    let mut tasks = JoinSet::new();
+    // The node's server is bound first: its port goes into the Node's status.
+    let listener = tokio::net::TcpListener::bind(config.daemon_listen)
+        .await
+        .map_err(|error| daemon::DaemonError::Bind {
+            addr: config.daemon_listen,
+            error,
+        })?;
+    let daemon_addr = listener
+        .local_addr()
+        .map_err(|error| daemon::DaemonError::Bind {
+            addr: config.daemon_listen,
+            error,
+        })?;
+    let proxy_token = daemon::proxy_token(&client).await;
+
+    let facts = NodeFacts::of_host(
+        &config.node_name,
+        &config.address.to_string(),
+        daemon_addr.port(),
+        config.max_pods,
+    );
+    let node = register(&client, &facts).await?;
+    let pod_cidr = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.clone())
+        .or_else(|| config.fallback_pod_cidr.clone())
+        .ok_or_else(|| AgentError::NoPodCidr(config.node_name.clone()))?;
+    let addresses = PodAddresses::new(&pod_cidr)?;
+
+    let ctx = Arc::new(NodeContext {
+        config: config.clone(),
+        client: client.clone(),
+        runtime,
+        addresses: Mutex::new(addresses),
+        pods: Mutex::new(HashMap::new()),
+        shutdown: shutdown.clone(),
+    });
+    tasks.spawn(daemon::serve(listener, ctx.clone(), proxy_token));
+    tasks.spawn(heartbeat(ctx.clone(), facts));
+    tasks.spawn(renew_lease(ctx.clone()));
+    tasks.spawn(watch_pods(ctx.clone()));
+    tracing::info!(node = %config.node_name, %daemon_addr, %pod_cidr, "node agent running");
+    Ok(Agent {
+        node_name: config.node_name,
+        daemon_addr,
+        pod_cidr,
+        tasks,
+    })
+}
+
+/// Creates the Node, or adopts it if it exists (a restarted agent), and reports Ready.
+async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<Node, AgentError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let err = |error| AgentError::Register {
+        node: facts.name.clone(),
+        error,
+    };
+    let desired = node_object::node_object(facts);
+    let node = match nodes.create(&PostParams::default(), &desired).await {
+        Ok(n) => n,
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let labels = serde_json::json!({"metadata": {"labels": desired.metadata.labels}});
+            nodes
+                .patch(&facts.name, &PatchParams::default(), &Patch::Merge(&labels))
+                .await
+                .map_err(err)?
+        }
+        Err(e) => return Err(err(e)),
+    };
+    let status =
+        node_object::node_status(facts, true, node.status.as_ref(), jiff::Timestamp::now());
+    nodes
+        .patch_status(
+            &facts.name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": status})),
+        )
+        .await
+        .map_err(err)
+}
+
+/// Keeps the Node's conditions fresh.
+async fn heartbeat(ctx: Arc<NodeContext>, facts: NodeFacts) {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let mut tick = tokio::time::interval(ctx.config.status_interval);
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let previous = nodes
+            .get_status(&facts.name)
+            .await
+            .ok()
+            .and_then(|n| n.status);
+        let status =
+            node_object::node_status(&facts, true, previous.as_ref(), jiff::Timestamp::now());
+        let patch = Patch::Merge(serde_json::json!({"status": status}));
+        if let Err(e) = nodes
+            .patch_status(&facts.name, &PatchParams::default(), &patch)
+            .await
+        {
+            tracing::warn!(node = %facts.name, error = %e, "node status heartbeat failed");
+        }
+    }
+}
+
+/// Renews the node's Lease in `kube-node-lease`: the signal the node lifecycle controller
+/// watches.
+async fn renew_lease(ctx: Arc<NodeContext>) {
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), "kube-node-lease");
+    let name = ctx.config.node_name.clone();
+    let mut tick = tokio::time::interval(ctx.config.renew_interval);
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = MicroTime(jiff::Timestamp::now());
+        let spec = LeaseSpec {
+            holder_identity: Some(name.clone()),
+            lease_duration_seconds: Some(ctx.config.lease_duration.as_secs() as i32),
+            renew_time: Some(now.clone()),
+            ..Default::default()
+        };
+        let result = match leases
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": spec})),
+            )
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some("kube-node-lease".into()),
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        acquire_time: Some(now),
+                        ..spec
+                    }),
+                };
+                leases
+                    .create(&PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
+            }
+            other => other.map(|_| ()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(node = %name, error = %e, "lease renewal failed");
+        }
+    }
+}
+
+fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// Watches the pods bound to this node and hands each to its worker.
+async fn watch_pods(ctx: Arc<NodeContext>) {
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let selector = format!("spec.nodeName={}", ctx.config.node_name);
+    let stream = watcher::watcher(pods, watcher::Config::default().fields(&selector));
+    let mut stream = std::pin::pin!(stream);
+    let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
+    let mut worker_tasks: JoinSet<String> = JoinSet::new();
+    let mut seen_in_init: Vec<String> = Vec::new();
+    loop {
+        let event = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            Some(done) = worker_tasks.join_next(), if !worker_tasks.is_empty() => {
+                if let Ok(uid) = done {
+                    workers.remove(&uid);
+                }
+                continue;
+            }
+            e = stream.next() => e,
+        };
+        let Some(event) = event else { break };
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "pod watch failed; retrying");
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+        };
+        match event {
+            watcher::Event::Init => seen_in_init.clear(),
+            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                let Some(uid) = pod.metadata.uid.clone() else {
+                    continue;
+                };
+                seen_in_init.push(uid.clone());
+                let pod = Arc::new(pod);
+                if let Ok(mut map) = ctx.pods.lock() {
+                    map.insert(pod_key(&pod), pod.clone());
+                }
+                match workers.get(&uid) {
+                    Some(tx) => {
+                        tx.send_replace(Some(pod));
+                    }
+                    None => {
+                        let (tx, rx) = watch::channel(Some(pod));
+                        workers.insert(uid.clone(), tx);
+                        let ctx = ctx.clone();
+                        worker_tasks.spawn(async move {
+                            worker::run(ctx, rx).await;
+                            uid
+                        });
+                    }
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                if let Some(uid) = &pod.metadata.uid
+                    && let Some(tx) = workers.get(uid)
+                {
+                    tx.send_replace(None);
+                }
+                if let Ok(mut map) = ctx.pods.lock()
+                    && map.get(&pod_key(&pod)).and_then(|p| p.metadata.uid.clone())
+                        == pod.metadata.uid
+                {
+                    map.remove(&pod_key(&pod));
+                }
+            }
+            watcher::Event::InitDone => {
+                // Pods that vanished while the watch was down.
+                for (uid, tx) in &workers {
+                    if !seen_in_init.contains(uid) {
+                        tx.send_replace(None);
+                    }
+                }
+            }
+        }
+    }
+    // Shutdown: workers see the token too; wait for them to let go of their containers.
+    while worker_tasks.join_next().await.is_some() {}
+}

@@ -1,0 +1,269 @@
+//! The Node object an agent registers and keeps current.
+//!
+//! Pure builders: what the node is (labels, addresses, capacity) and how it is doing
+//! (conditions with heartbeat times), so that registration and heartbeats are one patch
+//! each and testable without a server.
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use std::collections::BTreeMap;
+
+/// What a node offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub name: String,
+    /// The address other nodes and the control plane reach this node at.
+    pub address: String,
+    pub hostname: String,
+    /// Port of the node's own HTTP server (logs).
+    pub daemon_port: u16,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub max_pods: u32,
+    /// What the node keeps for itself: subtracted from capacity to give allocatable.
+    pub reserved_cpu_millis: u64,
+    pub reserved_memory_bytes: u64,
+}
+
+impl NodeFacts {
+    /// Capacity of this machine: its cores and memory (from /proc/meminfo where present).
+    pub fn of_host(name: &str, address: &str, daemon_port: u16, max_pods: u32) -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get() as u64)
+            .unwrap_or(1);
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map(|kb| kb * 1024)
+            .unwrap_or(4 << 30);
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| name.to_string());
+        NodeFacts {
+            name: name.to_string(),
+            address: address.to_string(),
+            hostname,
+            daemon_port,
+            cpu_millis: cores * 1000,
+            memory_bytes: memory,
+            max_pods,
+            reserved_cpu_millis: 100,
+            reserved_memory_bytes: 256 << 20,
+        }
+    }
+}
+
+pub const ARCH: &str = "wasm32";
+
+/// The Node as first created: metadata and spec. The control plane assigns `podCIDR`.
+pub fn node_object(facts: &NodeFacts) -> Node {
+    let labels: BTreeMap<String, String> = [
+        ("kubernetes.io/hostname", facts.name.as_str()),
+        ("kubernetes.io/os", std::env::consts::OS),
+        ("kubernetes.io/arch", ARCH),
+        ("beta.kubernetes.io/os", std::env::consts::OS),
+        ("beta.kubernetes.io/arch", ARCH),
+        ("node.wharf.dev/runtime", "wasmtime"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Node {
+        metadata: ObjectMeta {
+            name: Some(facts.name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec::default()),
+        status: None,
+    }
+}
+
+fn quantities(cpu_millis: u64, memory: u64, pods: u32) -> BTreeMap<String, Quantity> {
+    let cpu = if cpu_millis.is_multiple_of(1000) {
+        (cpu_millis / 1000).to_string()
+    } else {
+        format!("{cpu_millis}m")
+    };
+    [
+        ("cpu".to_string(), Quantity(cpu)),
+        (
+            "memory".to_string(),
+            Quantity(format!("{}Ki", memory / 1024)),
+        ),
+        ("pods".to_string(), Quantity(pods.to_string())),
+    ]
+    .into()
+}
+
+/// The node's status with a fresh heartbeat. Transition times carry over from `previous`
+/// while a condition's status does not change.
+pub fn node_status(
+    facts: &NodeFacts,
+    ready: bool,
+    previous: Option<&NodeStatus>,
+    now: Timestamp,
+) -> NodeStatus {
+    let t = Time(now);
+    let cond = |type_: &str, status: bool, reason: &str, message: &str| NodeCondition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: Some(reason.to_string()),
+        message: Some(message.to_string()),
+        last_heartbeat_time: Some(t.clone()),
+        last_transition_time: Some(t.clone()),
+    };
+    let mut conditions = vec![
+        cond(
+            "MemoryPressure",
+            false,
+            "KubeletHasSufficientMemory",
+            "wharf node has sufficient memory available",
+        ),
+        cond(
+            "DiskPressure",
+            false,
+            "KubeletHasNoDiskPressure",
+            "wharf node has no disk pressure",
+        ),
+        cond(
+            "PIDPressure",
+            false,
+            "KubeletHasSufficientPID",
+            "wharf node has sufficient PID available",
+        ),
+        if ready {
+            cond(
+                "Ready",
+                true,
+                "KubeletReady",
+                "wharf node is posting ready status",
+            )
+        } else {
+            cond("Ready", false, "KubeletNotReady", "wharf node is not ready")
+        },
+    ];
+    if let Some(prev) = previous.and_then(|p| p.conditions.as_ref()) {
+        for c in &mut conditions {
+            if let Some(old) = prev
+                .iter()
+                .find(|o| o.type_ == c.type_ && o.status == c.status)
+            {
+                c.last_transition_time = old.last_transition_time.clone();
+            }
+        }
+    }
+    NodeStatus {
+        capacity: Some(quantities(
+            facts.cpu_millis,
+            facts.memory_bytes,
+            facts.max_pods,
+        )),
+        allocatable: Some(quantities(
+            facts.cpu_millis.saturating_sub(facts.reserved_cpu_millis),
+            facts
+                .memory_bytes
+                .saturating_sub(facts.reserved_memory_bytes),
+            facts.max_pods,
+        )),
+        conditions: Some(conditions),
+        addresses: Some(vec![
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: facts.address.clone(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: facts.hostname.clone(),
+            },
+        ]),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(facts.daemon_port),
+            }),
+        }),
+        node_info: Some(NodeSystemInfo {
+            architecture: ARCH.into(),
+            operating_system: std::env::consts::OS.into(),
+            os_image: format!("wharf {}", env!("CARGO_PKG_VERSION")),
+            kernel_version: String::new(),
+            container_runtime_version: "wasmtime://48".into(),
+            kubelet_version: format!("v1.33.0-wharf.{}", env!("CARGO_PKG_VERSION")),
+            kube_proxy_version: String::new(),
+            boot_id: String::new(),
+            machine_id: String::new(),
+            system_uuid: String::new(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> NodeFacts {
+        NodeFacts {
+            name: "node-1".into(),
+            address: "127.0.0.1".into(),
+            hostname: "laptop".into(),
+            daemon_port: 10250,
+            cpu_millis: 2000,
+            memory_bytes: 8 << 30,
+            max_pods: 1000,
+            reserved_cpu_millis: 100,
+            reserved_memory_bytes: 256 << 20,
+        }
+    }
+
+    #[test]
+    fn node_carries_kubernetes_labels_and_capacity() {
+        let n = node_object(&facts());
+        let labels = n.metadata.labels.unwrap_or_default();
+        assert_eq!(
+            labels.get("kubernetes.io/arch").map(String::as_str),
+            Some("wasm32")
+        );
+        assert_eq!(
+            labels.get("kubernetes.io/hostname").map(String::as_str),
+            Some("node-1")
+        );
+        let now = Timestamp::UNIX_EPOCH;
+        let s = node_status(&facts(), true, None, now);
+        let cap = s.capacity.clone().unwrap_or_default();
+        assert_eq!(cap["cpu"].0, "2");
+        assert_eq!(cap["pods"].0, "1000");
+        assert_eq!(s.allocatable.clone().unwrap_or_default()["cpu"].0, "1900m");
+        let ready = s
+            .conditions
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Ready");
+        assert_eq!(ready.map(|c| c.status), Some("True".into()));
+        // A later heartbeat keeps the transition time of an unchanged condition.
+        let later = Timestamp::from_second(100).unwrap_or(now);
+        let s2 = node_status(&facts(), true, Some(&s), later);
+        let r2 = s2
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Ready");
+        assert_eq!(
+            r2.as_ref().and_then(|c| c.last_transition_time.clone()),
+            Some(Time(now))
+        );
+        assert_eq!(r2.and_then(|c| c.last_heartbeat_time), Some(Time(later)));
+    }
+}

@@ -1,0 +1,694 @@
+//! One pod's worker: converges the containers of one pod on what its spec asks, and writes
+//! what they are doing into the pod's status.
+//!
+//! The worker is level-triggered: it holds the newest version of its pod (a `watch`
+//! channel), and after every change, container exit, back-off expiry or shutdown it asks
+//! the same question: given the spec and what runs, what must start, what must stop, and
+//! what does the status say? The decisions are the pure functions of `restart` and
+//! `status`; this module only executes them against the runtime and the API.
+//!
+//! Life of a pod here: an address from the node's pod range (kept across agent restarts
+//! through `status.podIP`), volumes, then every container is pulled, configured and
+//! started; an exit is restarted or not by `restartPolicy`, with back-off; when the pod
+//! gets a `deletionTimestamp` its containers are stopped within the grace period and the
+//! pod is removed from the API; its address and volumes are released.
+
+use super::NodeContext;
+use super::env::{self, Downward, Sources};
+use super::quantity;
+use super::restart::should_restart;
+use super::status::{ContainerRecord, PodFacts, State, Terminated, pod_status};
+use super::volumes;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Container as ContainerSpecK8s, Pod, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use wharf_runtime::{Container, ContainerSpec, ExitStatus, NetworkAccess, Resources};
+
+/// Annotation listing the hosts a pod's guests may reach (`host`, `host:port`, comma
+/// separated), or `*` for any. Without it a pod has no network access.
+pub const ALLOW_HOSTS_ANNOTATION: &str = "wharf.dev/allow-hosts";
+
+/// The runtime's id for a container of a pod: stable across restarts of the container
+/// (its log attempts are numbered by restart count) and unique per pod instance.
+pub fn container_id(pod_uid: &str, container: &str) -> String {
+    format!("{pod_uid}_{container}")
+}
+
+struct Running {
+    container: Arc<Container>,
+    started: Instant,
+}
+
+type Exit = (String, ExitStatus);
+
+/// Everything the worker tracks for one pod.
+struct PodState {
+    records: Vec<ContainerRecord>,
+    running: HashMap<String, Running>,
+    exits: FuturesUnordered<BoxFuture<'static, Exit>>,
+    /// Container name → when it may start again, and how many back-offs in a row.
+    backoff: HashMap<String, (Instant, u32)>,
+    facts: PodFacts,
+    ip: Option<Ipv4Addr>,
+    volumes: Option<BTreeMap<String, (PathBuf, bool)>>,
+    last_written: Option<serde_json::Value>,
+}
+
+pub async fn run(ctx: Arc<NodeContext>, mut rx: watch::Receiver<Option<Arc<Pod>>>) {
+    let mut st = PodState {
+        records: Vec::new(),
+        running: HashMap::new(),
+        exits: FuturesUnordered::new(),
+        backoff: HashMap::new(),
+        facts: PodFacts {
+            host_ip: Some(ctx.config.address.to_string()),
+            ..Default::default()
+        },
+        ip: None,
+        volumes: None,
+        last_written: None,
+    };
+    let mut last_pod: Option<Arc<Pod>> = None;
+    loop {
+        let current = rx.borrow_and_update().clone();
+        let Some(pod) = current else {
+            // Gone from the API (deleted, or no longer bound here).
+            stop_all(&mut st, Duration::ZERO).await;
+            if let Some(pod) = &last_pod {
+                cleanup(&ctx, &mut st, pod).await;
+            }
+            return;
+        };
+        last_pod = Some(pod.clone());
+        if pod.metadata.deletion_timestamp.is_some() {
+            terminate(&ctx, &mut st, &pod).await;
+            return;
+        }
+        converge(&ctx, &mut st, &pod).await;
+        write_status(&ctx, &mut st, &pod).await;
+
+        let next_backoff = st.backoff.values().map(|(t, _)| *t).min();
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => {
+                // The node is stopping: containers end with the process; the pod stays
+                // desired and is adopted again when the agent comes back.
+                stop_all(&mut st, Duration::ZERO).await;
+                return;
+            }
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    stop_all(&mut st, Duration::ZERO).await;
+                    return;
+                }
+            }
+            Some((name, status)) = st.exits.next(), if !st.exits.is_empty() => {
+                record_exit(&ctx, &mut st, &pod, &name, status);
+            }
+            _ = sleep_until(next_backoff), if next_backoff.is_some() => {}
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+fn restart_policy(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".into())
+}
+
+fn pod_name(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// Brings records in line with the spec (adopting what the status says after an agent
+/// restart), gives the pod its address and volumes, and starts what should run.
+async fn converge(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
+    let Some(spec) = pod.spec.as_ref() else {
+        return;
+    };
+    if st.records.is_empty() {
+        adopt(st, pod);
+    }
+    if st.ip.is_none() {
+        match assign_ip(ctx, pod) {
+            Ok(ip) => {
+                st.ip = Some(ip);
+                st.facts.pod_ip = Some(ip.to_string());
+            }
+            Err(e) => {
+                st.facts.message = Some(e);
+                st.facts.reason = Some("PodAddressUnavailable".into());
+                return;
+            }
+        }
+    }
+    if st.facts.start_time.is_none() {
+        st.facts.start_time = Some(
+            pod.status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0)
+                .unwrap_or_else(Timestamp::now),
+        );
+    }
+    if st.volumes.is_none() {
+        match prepare_volumes(ctx, pod).await {
+            Ok(v) => {
+                st.volumes = Some(v);
+                st.facts.message = None;
+                st.facts.reason = None;
+            }
+            Err(message) => {
+                for r in &mut st.records {
+                    r.state = State::Waiting {
+                        reason: "ContainerCreating".into(),
+                        message: Some(message.clone()),
+                    };
+                }
+                st.facts.message = Some(message);
+                st.facts.reason = Some("FailedMount".into());
+                // Retry soon: a missing ConfigMap may appear.
+                for r in &st.records {
+                    st.backoff.insert(
+                        r.name.clone(),
+                        (Instant::now() + ctx.config.backoff.base, 0),
+                    );
+                }
+                return;
+            }
+        }
+    }
+    let now = Instant::now();
+    for c in &spec.containers {
+        if st.running.contains_key(&c.name) {
+            continue;
+        }
+        let Some(idx) = st.records.iter().position(|r| r.name == c.name) else {
+            continue;
+        };
+        let record = &st.records[idx];
+        if matches!(record.state, State::Terminated(_)) {
+            continue; // ended for good under its restart policy
+        }
+        if let Some((at, _)) = st.backoff.get(&c.name)
+            && *at > now
+        {
+            continue;
+        }
+        start_container(ctx, st, pod, c, idx).await;
+    }
+}
+
+/// Rebuilds container records from the pod's status (an agent restart) or the spec.
+fn adopt(st: &mut PodState, pod: &Pod) {
+    let Some(spec) = pod.spec.as_ref() else {
+        return;
+    };
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    let policy = restart_policy(pod);
+    for c in &spec.containers {
+        let image = c.image.clone().unwrap_or_default();
+        let mut record = ContainerRecord::new(&c.name, &image);
+        if let Some(s) = statuses.iter().find(|s| s.name == c.name) {
+            record.restart_count = s.restart_count;
+            record.image_id = Some(s.image_id.clone()).filter(|i| !i.is_empty());
+            let terminated = s.state.as_ref().and_then(|st| st.terminated.as_ref());
+            let was_running = s.state.as_ref().is_some_and(|st| st.running.is_some());
+            if let Some(t) = terminated {
+                let ended = Terminated {
+                    exit_code: t.exit_code,
+                    reason: t.reason.clone().unwrap_or_default(),
+                    message: t.message.clone(),
+                    started_at: t.started_at.as_ref().map(|x| x.0),
+                    finished_at: t
+                        .finished_at
+                        .as_ref()
+                        .map(|x| x.0)
+                        .unwrap_or_else(Timestamp::now),
+                };
+                if !should_restart(&policy, t.exit_code) {
+                    record.state = State::Terminated(ended);
+                } else {
+                    record.last_terminated = Some(ended);
+                }
+            } else if was_running {
+                // The instance ended with the previous agent process.
+                let ended = Terminated {
+                    exit_code: 255,
+                    reason: "Unknown".into(),
+                    message: Some("the node agent restarted".into()),
+                    started_at: s
+                        .state
+                        .as_ref()
+                        .and_then(|x| x.running.as_ref())
+                        .and_then(|r| r.started_at.as_ref())
+                        .map(|t| t.0),
+                    finished_at: Timestamp::now(),
+                };
+                if should_restart(&policy, 255) {
+                    record.restart_count += 1;
+                    record.last_terminated = Some(ended);
+                } else {
+                    record.state = State::Terminated(ended);
+                }
+            }
+        }
+        st.records.push(record);
+    }
+}
+
+fn assign_ip(ctx: &NodeContext, pod: &Pod) -> Result<Ipv4Addr, String> {
+    let mut addrs = ctx
+        .addresses
+        .lock()
+        .map_err(|_| "pod address allocator poisoned".to_string())?;
+    if let Some(ip) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        && addrs.reserve(ip)
+    {
+        return Ok(ip);
+    }
+    addrs.allocate().map_err(|e| e.to_string())
+}
+
+async fn prepare_volumes(
+    ctx: &Arc<NodeContext>,
+    pod: &Pod,
+) -> Result<BTreeMap<String, (PathBuf, bool)>, String> {
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let (cm_names, secret_names) = volumes::projected_sources(pod);
+    let cms_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut cms = BTreeMap::new();
+    for name in cm_names {
+        if let Ok(Some(cm)) = cms_api.get_opt(&name).await {
+            cms.insert(name, volumes::config_map_projection(cm.data.as_ref(), None));
+        }
+    }
+    let mut secrets = BTreeMap::new();
+    for name in secret_names {
+        if let Ok(Some(s)) = secrets_api.get_opt(&name).await {
+            let data = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            secrets.insert(name, data);
+        }
+    }
+    let pod = pod.clone();
+    let dir = volumes::pod_dir(
+        &ctx.config.data_dir,
+        pod.metadata.uid.as_deref().unwrap_or("unknown"),
+    );
+    let allow = ctx.config.allow_host_path;
+    tokio::task::spawn_blocking(move || volumes::prepare(&pod, &dir, &cms, &secrets, allow))
+        .await
+        .map_err(|e| format!("preparing volumes: {e}"))?
+}
+
+async fn env_sources(ctx: &NodeContext, ns: &str, c: &ContainerSpecK8s) -> Sources {
+    let refs = env::references(c);
+    let mut sources = Sources::default();
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    for name in refs.config_maps {
+        if let Ok(Some(cm)) = cms.get_opt(&name).await {
+            sources
+                .config_maps
+                .insert(name, cm.data.unwrap_or_default());
+        }
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    for name in refs.secrets {
+        if let Ok(Some(s)) = secrets.get_opt(&name).await {
+            let data = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                .collect();
+            sources.secrets.insert(name, data);
+        }
+    }
+    sources
+}
+
+fn network_access(pod: &Pod) -> NetworkAccess {
+    match pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ALLOW_HOSTS_ANNOTATION))
+        .map(|s| s.trim())
+    {
+        None | Some("") => NetworkAccess::None,
+        Some("*") => NetworkAccess::All,
+        Some(list) => NetworkAccess::Hosts(
+            list.split(',')
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        ),
+    }
+}
+
+fn resources(c: &ContainerSpecK8s) -> Resources {
+    let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
+    Resources {
+        memory_bytes: limits
+            .and_then(|l| l.get("memory"))
+            .and_then(|q| quantity::bytes(&q.0)),
+        cpu_millicores: limits
+            .and_then(|l| l.get("cpu"))
+            .and_then(|q| quantity::millicores(&q.0)),
+    }
+}
+
+fn waiting(st: &mut PodState, idx: usize, reason: &str, message: String) {
+    st.records[idx].state = State::Waiting {
+        reason: reason.into(),
+        message: Some(message),
+    };
+    st.records[idx].ready = false;
+}
+
+async fn start_container(
+    ctx: &Arc<NodeContext>,
+    st: &mut PodState,
+    pod: &Arc<Pod>,
+    c: &ContainerSpecK8s,
+    idx: usize,
+) {
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let image_ref = c.image.clone().unwrap_or_default();
+    let retry_at = Instant::now() + ctx.config.backoff.base;
+
+    let image = match ctx.runtime.pull(&image_ref).await {
+        Ok(i) => i,
+        Err(e) => {
+            // ErrImagePull, then ImagePullBackOff on the retries, as Kubernetes shows it.
+            let reason = if st.backoff.contains_key(&c.name) {
+                "ImagePullBackOff"
+            } else {
+                "ErrImagePull"
+            };
+            waiting(st, idx, reason, e.to_string());
+            let n = st.backoff.get(&c.name).map_or(0, |(_, n)| n + 1);
+            st.backoff.insert(
+                c.name.clone(),
+                (Instant::now() + ctx.config.backoff.delay(n), n),
+            );
+            return;
+        }
+    };
+    st.records[idx].image_id = Some(format!("sha256:{}", image.digest().hex()));
+
+    let downward = Downward {
+        pod_ip: st.facts.pod_ip.clone().unwrap_or_default(),
+        host_ip: st.facts.host_ip.clone().unwrap_or_default(),
+        node_name: ctx.config.node_name.clone(),
+    };
+    let sources = env_sources(ctx, &ns, c).await;
+    let env = match env::resolve(pod, c, &sources, &downward) {
+        Ok(e) => e,
+        Err(message) => {
+            waiting(st, idx, "CreateContainerConfigError", message);
+            st.backoff.insert(c.name.clone(), (retry_at, 0));
+            return;
+        }
+    };
+    let mounts = match volumes::mounts(c, st.volumes.as_ref().unwrap_or(&BTreeMap::new())) {
+        Ok(m) => m,
+        Err(message) => {
+            waiting(st, idx, "CreateContainerConfigError", message);
+            st.backoff.insert(c.name.clone(), (retry_at, 0));
+            return;
+        }
+    };
+    let mut argv: Vec<String> = Vec::new();
+    argv.extend(c.command.clone().unwrap_or_default());
+    argv.extend(c.args.clone().unwrap_or_default());
+    if c.command.is_none() {
+        argv.insert(0, c.name.clone());
+    }
+    let http_listen = st.ip.map(|ip| {
+        let port = c
+            .ports
+            .as_ref()
+            .and_then(|p| p.first())
+            .map(|p| p.container_port)
+            .unwrap_or(8080);
+        SocketAddr::new(IpAddr::V4(ip), u16::try_from(port).unwrap_or(8080))
+    });
+    let mut spec = ContainerSpec::new(container_id(&uid, &c.name));
+    spec.restart_count = u32::try_from(st.records[idx].restart_count).unwrap_or(0);
+    spec.argv = argv;
+    spec.env = env;
+    spec.working_dir = c.working_dir.clone();
+    spec.mounts = mounts;
+    spec.resources = resources(c);
+    spec.network = network_access(pod);
+    spec.http_listen = http_listen;
+
+    match ctx.runtime.start(spec, &image).await {
+        Ok(container) => {
+            let container = Arc::new(container);
+            let name = c.name.clone();
+            let waiter = container.clone();
+            st.exits.push(Box::pin(async move {
+                let status = waiter.wait().await;
+                (name, status)
+            }));
+            st.running.insert(
+                c.name.clone(),
+                Running {
+                    container,
+                    started: Instant::now(),
+                },
+            );
+            st.records[idx].state = State::Running {
+                started_at: Timestamp::now(),
+            };
+            st.records[idx].ready = true;
+            tracing::info!(pod = %pod_name(pod), container = %c.name, "container started");
+        }
+        Err(e) => {
+            waiting(st, idx, "CreateContainerError", e.to_string());
+            let n = st.backoff.get(&c.name).map_or(0, |(_, n)| n + 1);
+            st.backoff.insert(
+                c.name.clone(),
+                (Instant::now() + ctx.config.backoff.delay(n), n),
+            );
+        }
+    }
+}
+
+/// A container ended: record it, and schedule its restart if the policy says so.
+fn record_exit(ctx: &NodeContext, st: &mut PodState, pod: &Pod, name: &str, status: ExitStatus) {
+    let Some(running) = st.running.remove(name) else {
+        return;
+    };
+    let Some(idx) = st.records.iter().position(|r| r.name == name) else {
+        return;
+    };
+    let started_at = match &st.records[idx].state {
+        State::Running { started_at } => Some(*started_at),
+        _ => None,
+    };
+    let ended = Terminated {
+        exit_code: status.code,
+        reason: status.reason.as_str().to_string(),
+        message: Some(status.message.clone()).filter(|m| !m.is_empty()),
+        started_at,
+        finished_at: Timestamp::now(),
+    };
+    tracing::info!(pod = %pod_name(pod), container = %name, code = status.code, reason = %status.reason, "container ended");
+    st.records[idx].ready = false;
+    if should_restart(&restart_policy(pod), status.code) {
+        let ran_for = running.started.elapsed();
+        let consecutive = match st.backoff.get(name) {
+            Some((_, n)) if !ctx.config.backoff.resets_after(ran_for) => n + 1,
+            _ => 0,
+        };
+        let delay = ctx.config.backoff.delay(consecutive);
+        st.backoff
+            .insert(name.to_string(), (Instant::now() + delay, consecutive));
+        st.records[idx].last_terminated = Some(ended);
+        st.records[idx].restart_count += 1;
+        st.records[idx].state = State::Waiting {
+            reason: "CrashLoopBackOff".into(),
+            message: Some(format!(
+                "back-off {} restarting failed container={name} pod={}_{}({})",
+                human(delay),
+                pod.metadata.name.as_deref().unwrap_or(""),
+                pod.metadata.namespace.as_deref().unwrap_or(""),
+                pod.metadata.uid.as_deref().unwrap_or("")
+            )),
+        };
+    } else {
+        st.backoff.remove(name);
+        st.records[idx].state = State::Terminated(ended);
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else if s > 0 {
+        format!("{s}s")
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+async fn write_status(ctx: &NodeContext, st: &mut PodState, pod: &Pod) {
+    let status = pod_status(
+        &st.records,
+        &restart_policy(pod),
+        &st.facts,
+        pod.status.as_ref(),
+        pod.status.as_ref().and_then(|s| s.qos_class.clone()),
+        Timestamp::now(),
+    );
+    let Ok(value) = serde_json::to_value(&status) else {
+        return;
+    };
+    // Compare without timestamps that move on their own.
+    if st.last_written.as_ref() == Some(&value) {
+        return;
+    }
+    let api: Api<Pod> = Api::namespaced(
+        ctx.client.clone(),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    match api
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": value})),
+        )
+        .await
+    {
+        Ok(_) => st.last_written = Some(value),
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => tracing::warn!(pod = %pod_name(pod), error = %e, "writing pod status failed"),
+    }
+}
+
+async fn stop_all(st: &mut PodState, grace: Duration) {
+    let stops = st
+        .running
+        .drain()
+        .map(|(name, r)| async move { (name, r.container.stop(grace).await) });
+    let results: Vec<(String, ExitStatus)> = futures::future::join_all(stops).await;
+    for (name, status) in results {
+        if let Some(idx) = st.records.iter().position(|r| r.name == name) {
+            let started_at = match &st.records[idx].state {
+                State::Running { started_at } => Some(*started_at),
+                _ => None,
+            };
+            st.records[idx].ready = false;
+            st.records[idx].state = State::Terminated(Terminated {
+                exit_code: status.code,
+                reason: status.reason.as_str().to_string(),
+                message: Some(status.message).filter(|m| !m.is_empty()),
+                started_at,
+                finished_at: Timestamp::now(),
+            });
+        }
+    }
+    st.exits = FuturesUnordered::new();
+}
+
+/// Graceful deletion: stop within the grace period, report, then remove the pod.
+async fn terminate(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
+    let grace = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
+        .unwrap_or(30)
+        .max(0);
+    tracing::info!(pod = %pod_name(pod), grace, "stopping pod");
+    stop_all(st, Duration::from_secs(grace as u64)).await;
+    if st.records.is_empty() {
+        adopt(st, pod);
+    }
+    write_status(ctx, st, pod).await;
+    let api: Api<Pod> = Api::namespaced(
+        ctx.client.clone(),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api
+        .delete(pod.metadata.name.as_deref().unwrap_or(""), &params)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+        Err(e) => tracing::warn!(pod = %pod_name(pod), error = %e, "removing the pod failed"),
+    }
+    cleanup(ctx, st, pod).await;
+}
+
+/// Releases the pod's address, volumes and logs.
+async fn cleanup(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Pod) {
+    if let (Some(ip), Ok(mut addrs)) = (st.ip.take(), ctx.addresses.lock()) {
+        addrs.release(ip);
+    }
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    if !uid.is_empty() {
+        let dir = volumes::pod_dir(&ctx.config.data_dir, &uid);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+            let _ = ctx.runtime.remove_logs(&container_id(&uid, &c.name)).await;
+        }
+    }
+}

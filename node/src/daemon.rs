@@ -1,0 +1,212 @@
+//! The node's own HTTP server: container logs for the API server's `pods/log`.
+//!
+//! `GET /containerLogs/{namespace}/{pod}/{container}` with `follow`, `tailLines`,
+//! `timestamps` and `previous`, answering plain text, streamed as it is written when
+//! following. Only the API server calls it: requests must carry the bearer token the
+//! control plane keeps in the `kube-system/wharf-node-proxy` Secret, which the agent reads
+//! when it starts, so a pod or another user on the network cannot read logs directly.
+
+use crate::agent::NodeContext;
+use crate::agent::worker::container_id;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use wharf_runtime::{LogLine, LogOptions};
+
+/// The Secret holding the token the API server presents to nodes.
+pub const PROXY_SECRET_NAMESPACE: &str = "kube-system";
+pub const PROXY_SECRET_NAME: &str = "wharf-node-proxy";
+pub const PROXY_SECRET_KEY: &str = "token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+/// The API server's token for this node, if the control plane published one.
+pub async fn proxy_token(client: &kube::Client) -> Option<String> {
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), PROXY_SECRET_NAMESPACE);
+    match secrets.get_opt(PROXY_SECRET_NAME).await {
+        Ok(Some(s)) => s
+            .data
+            .and_then(|d| {
+                d.get(PROXY_SECRET_KEY)
+                    .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+            })
+            .filter(|t| !t.is_empty()),
+        Ok(None) => {
+            tracing::warn!(
+                "no {PROXY_SECRET_NAMESPACE}/{PROXY_SECRET_NAME} secret: container logs will not be served"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the node proxy token failed: container logs will not be served");
+            None
+        }
+    }
+}
+
+#[derive(Clone)]
+struct DaemonState {
+    ctx: Arc<NodeContext>,
+    token: Option<Arc<str>>,
+}
+
+pub fn router(ctx: Arc<NodeContext>, token: Option<String>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs),
+        )
+        .with_state(DaemonState {
+            ctx,
+            token: token.map(Arc::from),
+        })
+}
+
+/// Serves until the node shuts down.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<NodeContext>,
+    token: Option<String>,
+) {
+    let shutdown = ctx.shutdown.clone();
+    let app = router(ctx, token);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "node server failed");
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct LogQuery {
+    #[serde(default)]
+    follow: Option<String>,
+    #[serde(default)]
+    tail_lines: Option<usize>,
+    #[serde(default)]
+    timestamps: Option<String>,
+    #[serde(default)]
+    previous: Option<String>,
+}
+
+fn flag(v: &Option<String>) -> bool {
+    matches!(v.as_deref(), Some("true") | Some("1"))
+}
+
+fn text(status: StatusCode, message: String) -> Response {
+    (status, message).into_response()
+}
+
+fn render(line: &LogLine, timestamps: bool) -> String {
+    let mut s = String::new();
+    if timestamps {
+        s.push_str(&line.timestamp);
+        s.push(' ');
+    }
+    s.push_str(&line.text);
+    if !line.partial {
+        s.push('\n');
+    }
+    s
+}
+
+async fn container_logs(
+    State(state): State<DaemonState>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<LogQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (&state.token, presented) {
+        (Some(expected), Some(got)) if constant_time_eq(expected.as_bytes(), got.as_bytes()) => {}
+        (None, _) => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this node has no proxy token; logs are not served".into(),
+            );
+        }
+        _ => return text(StatusCode::UNAUTHORIZED, "Unauthorized".into()),
+    }
+    let found = state
+        .ctx
+        .pods
+        .lock()
+        .ok()
+        .and_then(|pods| pods.get(&format!("{namespace}/{pod}")).cloned());
+    let Some(found) = found else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} is not on this node"),
+        );
+    };
+    let uid = found.metadata.uid.clone().unwrap_or_default();
+    let known = found
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .any(|c| c.name == container);
+    if !known {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not valid for pod {pod}"),
+        );
+    }
+    let logs = match state.ctx.runtime.logs(&container_id(&uid, &container)) {
+        Ok(l) => l,
+        Err(e) => return text(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    let timestamps = flag(&q.timestamps);
+    if flag(&q.follow) && !flag(&q.previous) {
+        let shutdown = state.ctx.shutdown.clone();
+        let stream = logs
+            .follow(q.tail_lines)
+            .take_until(shutdown.cancelled_owned())
+            .map(move |line| line.map(|l| bytes::Bytes::from(render(&l, timestamps))));
+        return Response::builder()
+            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Body::from_stream(stream))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    match logs
+        .read(LogOptions {
+            tail: q.tail_lines,
+            previous: flag(&q.previous),
+        })
+        .await
+    {
+        Ok(lines) => {
+            let body: String = lines.iter().map(|l| render(l, timestamps)).collect();
+            (
+                [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => text(StatusCode::NOT_FOUND, e.to_string()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

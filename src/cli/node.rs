@@ -1,0 +1,99 @@
+//! `wharf node`: one node agent joining a cluster, and what `wharf up` shares with it.
+//!
+//! A node needs a kubeconfig (a node token from `wharf token create` is enough; the admin
+//! credential works too), a name, a data dir for its images, compiled modules, logs and
+//! pod volumes, and the address the control plane and other nodes reach it at.
+
+use super::cluster;
+use super::control::shutdown_signal;
+use anyhow::Context;
+use clap::Args;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use wharf_node::agent::{self, Agent, AgentConfig};
+use wharf_runtime::{Runtime, RuntimeConfig};
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The node's name, unique in the cluster
+    #[arg(long)]
+    name: String,
+    /// Where images, compiled modules, logs and pod volumes live
+    /// [default: DATA_DIR/nodes/NAME]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The address the control plane and other nodes reach this node at
+    #[arg(long, default_value = "127.0.0.1")]
+    address: IpAddr,
+    /// Port of the node's server (container logs); 0 picks a free one
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// Allow pods to mount hostPath volumes
+    #[arg(long)]
+    allow_host_path: bool,
+    /// Base of the restart back-off (doubles per restart up to 5 minutes)
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    backoff: Duration,
+}
+
+/// `10s`, `500ms`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 10s, 500ms, 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration {s:?}: use e.g. 10s, 500ms, 2m")),
+    }
+}
+
+/// Creates a node's runtime and starts its agent.
+pub async fn start_node(
+    config: AgentConfig,
+    client: kube::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Agent, Arc<Runtime>)> {
+    let runtime_dir = config.data_dir.join("runtime");
+    let runtime =
+        tokio::task::spawn_blocking(move || Runtime::new(RuntimeConfig::new(runtime_dir)))
+            .await
+            .context("starting the wasm runtime")?
+            .context("starting the wasm runtime")?;
+    let runtime = Arc::new(runtime);
+    let name = config.node_name.clone();
+    let agent = agent::start(config, client, runtime.clone(), shutdown)
+        .await
+        .with_context(|| format!("starting node {name}"))?;
+    Ok((agent, runtime))
+}
+
+pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<()> {
+    let cluster = cluster::connect(kubeconfig).await?;
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => super::default_data_dir()?.join("nodes").join(&args.name),
+    };
+    let mut config = AgentConfig::new(&args.name, data_dir);
+    config.address = args.address;
+    config.daemon_listen = SocketAddr::new(args.address, args.port);
+    config.allow_host_path = args.allow_host_path;
+    config.backoff.base = args.backoff;
+    let shutdown = CancellationToken::new();
+    let (agent, runtime) = start_node(config, cluster.client(), shutdown.clone()).await?;
+    eprintln!(
+        "wharf node: {} running, pods in {}, node server on {}",
+        agent.node_name, agent.pod_cidr, agent.daemon_addr
+    );
+    shutdown_signal().await.context("listening for signals")?;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    agent.wait().await;
+    runtime.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}

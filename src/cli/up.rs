@@ -1,0 +1,83 @@
+//! `wharf up`: a whole laptop cluster in one rootless process.
+//!
+//! The control plane and N node agents (`node-1` … `node-N`) run side by side; the nodes
+//! talk to the API server through the in-process client, so nothing but the API server
+//! listens on a well-known port. The data dir holds the control plane's store and
+//! credentials and one directory per node, so a second `wharf up` on the same data dir
+//! brings the same cluster back, pods included.
+
+use super::control::shutdown_signal;
+use super::node::{parse_duration, start_node};
+use anyhow::Context;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use wharf_control::ControlConfig;
+use wharf_node::agent::AgentConfig;
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the cluster's state lives [default: $XDG_DATA_HOME/wharf, else ~/.local/share/wharf]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// How many nodes to run
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    /// Address the API server listens on (port 0 picks a free port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Base of the restart back-off (doubles per restart up to 5 minutes)
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    backoff: Duration,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => super::default_data_dir()?,
+    };
+    let shutdown = CancellationToken::new();
+    let mut config = ControlConfig::new(&data_dir);
+    config.listen = args.listen;
+    let plane = wharf_control::start(config, shutdown.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "wharf up: control plane serving on https://{}",
+        plane.local_addr
+    );
+
+    let mut nodes = Vec::new();
+    for i in 1..=args.nodes.max(1) {
+        let name = format!("node-{i}");
+        let mut config = AgentConfig::new(&name, data_dir.join("nodes").join(&name));
+        config.backoff.base = args.backoff;
+        let started = start_node(config, plane.client(), shutdown.clone()).await;
+        let (agent, runtime) = match started {
+            Ok(n) => n,
+            Err(e) => {
+                shutdown.cancel();
+                return Err(e);
+            }
+        };
+        eprintln!(
+            "wharf up: {} ready, pods in {}, node server on {}",
+            agent.node_name, agent.pod_cidr, agent.daemon_addr
+        );
+        nodes.push((agent, runtime));
+    }
+    // The line tests and scripts wait for comes last.
+    println!("export KUBECONFIG={}", plane.kubeconfig.display());
+    eprintln!("wharf up: ready; Ctrl-C stops the cluster");
+
+    shutdown_signal().await.context("listening for signals")?;
+    eprintln!("wharf up: stopping");
+    shutdown.cancel();
+    for (agent, runtime) in nodes {
+        agent.wait().await;
+        runtime.shutdown(Duration::from_secs(5)).await;
+    }
+    plane.wait().await.map_err(|e| anyhow::anyhow!("{e}"))
+}
