@@ -45,6 +45,11 @@ pub struct ControlConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub api: ApiConfig,
+    /// Run the scheduler and the controllers in this process (the default). Tests of the
+    /// API alone turn them off.
+    pub run_components: bool,
+    pub scheduler: crate::scheduler::SchedulerConfig,
+    pub controllers: crate::controllers::ControllerConfig,
 }
 
 impl ControlConfig {
@@ -54,6 +59,9 @@ impl ControlConfig {
             data_dir: data_dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
             api: ApiConfig::default(),
+            run_components: true,
+            scheduler: Default::default(),
+            controllers: Default::default(),
         }
     }
 }
@@ -90,6 +98,8 @@ pub struct ControlPlane {
     pub state: AppState,
     router: axum::Router,
     server: JoinHandle<Result<(), std::io::Error>>,
+    /// The scheduler and controllers.
+    components: JoinSet<()>,
 }
 
 impl ControlPlane {
@@ -104,7 +114,8 @@ impl ControlPlane {
     }
 
     /// Resolves when the server has stopped after the shutdown token was cancelled.
-    pub async fn wait(self) -> Result<(), ControlError> {
+    pub async fn wait(mut self) -> Result<(), ControlError> {
+        while self.components.join_next().await.is_some() {}
         match self.server.await {
             Ok(r) => r.map_err(ControlError::Serve),
             Err(e) => Err(ControlError::Serve(std::io::Error::other(e))),
@@ -175,6 +186,22 @@ pub async fn start(
         .await
         .map_err(|e| ControlError::Bootstrap(e.to_string()))?;
 
+    let mut components = JoinSet::new();
+    if config.run_components {
+        let client = apiserver::in_process_client(router.clone());
+        crate::scheduler::start(
+            client.clone(),
+            &config.scheduler,
+            shutdown.clone(),
+            &mut components,
+        );
+        crate::controllers::start_all(
+            client,
+            &config.controllers,
+            shutdown.clone(),
+            &mut components,
+        );
+    }
     let server = tokio::spawn(serve_tls(listener, tls, router.clone(), shutdown));
     tracing::info!(%local_addr, kubeconfig = %kubeconfig.display(), "control plane serving");
     Ok(ControlPlane {
@@ -185,6 +212,7 @@ pub async fn start(
         state,
         router,
         server,
+        components,
     })
 }
 

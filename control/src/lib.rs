@@ -10,8 +10,11 @@
 
 pub mod api;
 pub mod apiserver;
+pub mod controllers;
 pub mod controlplane;
+pub mod events;
 pub mod pki;
+pub mod scheduler;
 pub mod store;
 
 pub use controlplane::{ControlConfig, ControlError, ControlPlane, start};
