@@ -29,14 +29,18 @@ impl EventType {
     }
 }
 
+/// What makes two events the same: (object uid, reason, message).
+type Repeat = (String, String, String);
+/// Where a recorded event is: (namespace, name, count).
+type Recorded = (String, String, i32);
+
 /// Records Events for one component (`default-scheduler`, `replicaset-controller`, ...).
 #[derive(Clone)]
 pub struct Recorder {
     client: kube::Client,
     component: String,
     host: Option<String>,
-    /// (object uid, reason, message) → (event namespace, event name, count).
-    seen: Arc<Mutex<HashMap<(String, String, String), (String, String, i32)>>>,
+    seen: Arc<Mutex<HashMap<Repeat, Recorded>>>,
 }
 
 /// The reference to an object that an Event is about.
