@@ -10,7 +10,10 @@ fn main() {
         .or_else(|| std::env::var("CRASH_AFTER_MS").ok())
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    println!("crasher: exiting with status 1 in {ms} ms");
+    // The working directory the runtime passes (wasi:cli/environment.initial-cwd). Rust's
+    // std::env::current_dir() does not consult it yet (wasi-libc starts at "/").
+    let cwd = wasip2::cli::environment::initial_cwd().unwrap_or_default();
+    println!("crasher: exiting with status 1 in {ms} ms (initial-cwd {cwd:?})");
     std::thread::sleep(Duration::from_millis(ms));
     eprintln!("crasher: goodbye");
     std::process::exit(1);
