@@ -471,6 +471,15 @@ async fn compiled_once_cached_on_disk_and_corrupt_entries_rebuilt() {
         (1, 0, 1),
         "{stats:?}"
     );
+    // Forgotten in memory: the next pull loads the artifact from disk, no compile.
+    assert!(rt.forget_image(&a.digest()));
+    pull(&rt, &reference).await;
+    assert_eq!(
+        (rt.stats().compiles, rt.stats().cache_hits),
+        (1, 1),
+        "{:?}",
+        rt.stats()
+    );
     let digest = a.digest();
     drop((a, b, rt));
 
@@ -795,4 +804,32 @@ async fn falls_back_to_on_demand_when_the_pool_cannot_be_set_up() {
         within(30, "wait", container.wait()).await.reason,
         ExitReason::Completed
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traps_end_the_container_with_signal_like_exit_codes() {
+    build_samples().await;
+    let rt = shared_runtime();
+    let image = pull(&rt, &crasher()).await;
+    for (mode, code) in [("panic", 134), ("overflow", 139)] {
+        let mut spec = ContainerSpec::new(unique_id(mode));
+        spec.argv = vec!["crasher".into(), mode.into()];
+        let container = within(30, "start", rt.start(spec, &image))
+            .await
+            .expect("start");
+        let status = within(60, "wait", container.wait()).await;
+        assert_eq!(
+            (status.reason, status.code),
+            (ExitReason::Error, code),
+            "{mode}: {status:?}"
+        );
+        assert!(status.message.starts_with("wasm trap"), "{status:?}");
+        let texts = log_texts(&rt, container.id(), LogOptions::default()).await;
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.starts_with("wharf: Error: wasm trap")),
+            "{texts:?}"
+        );
+    }
 }
