@@ -19,10 +19,10 @@ for t in wasm32-wasip1 wasm32-wasip2; do
 done
 
 # Components (wasi:cli commands and the wasi:http handler).
-cargo build --quiet --release --target wasm32-wasip2 \
+cargo build --quiet --locked --release --target wasm32-wasip2 \
     -p hello-http -p ticker -p crasher -p spinner -p hog >&2
 # A preview1 core module.
-cargo build --quiet --release --target wasm32-wasip1 -p batch-p1 >&2
+cargo build --quiet --locked --release --target wasm32-wasip1 -p batch-p1 >&2
 
 p2="$CARGO_TARGET_DIR/wasm32-wasip2/release"
 p1="$CARGO_TARGET_DIR/wasm32-wasip1/release"

@@ -61,3 +61,20 @@ pub use image::{Digest, ImagePullError, PullPolicy, WorkloadKind};
 pub use logs::{ContainerLogs, LogError, LogLine, LogOptions, LogStream};
 pub use runtime::{Image, Runtime, RuntimeStats};
 pub use spec::{ContainerSpec, Mount, NetworkAccess, Resources};
+
+#[cfg(test)]
+mod tests {
+    /// The node agent keeps these in maps shared across tasks.
+    #[test]
+    fn public_handles_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::Runtime>();
+        check::<super::Image>();
+        check::<super::Container>();
+        check::<super::ContainerLogs>();
+        check::<super::ExitStatus>();
+        check::<super::ImagePullError>();
+        check::<super::StartError>();
+        check::<super::LogError>();
+    }
+}

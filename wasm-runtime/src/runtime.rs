@@ -108,6 +108,10 @@ struct Counters {
 }
 
 /// The node's wasm container runtime. Cheap to clone (a handle).
+///
+/// Containers outlive the handles: each one runs until it ends, is stopped, or its
+/// [`Container`] is dropped, and the engine and epoch ticker live as long as any container
+/// does. [`Runtime::shutdown`] kills whatever is left.
 #[derive(Clone)]
 pub struct Runtime {
     inner: Arc<Inner>,
@@ -423,6 +427,12 @@ impl Runtime {
             reference: task_reference,
             message: e.to_string(),
         })?
+    }
+
+    /// Drops the in-memory compiled image for `digest` (running containers keep theirs); a
+    /// later pull loads the artifact from the disk cache again. Returns whether it was held.
+    pub fn forget_image(&self, digest: &Digest) -> bool {
+        lock(&self.inner.images).remove(digest).is_some()
     }
 
     /// Starts a container from a pulled image. For an HTTP component the listening socket is

@@ -23,7 +23,10 @@ pub struct ContainerSpec {
     pub argv: Vec<String>,
     /// Environment, already resolved (ConfigMap/Secret/downward API values filled in).
     pub env: Vec<(String, String)>,
-    /// The guest's initial working directory (`workingDir`), a guest path.
+    /// The guest's initial working directory (`workingDir`), a guest path. Components get it
+    /// as `wasi:cli/environment.initial-cwd`. WASI preview1 has no working directory at all,
+    /// and wasi-libc (so Rust's `std::env::current_dir`) currently starts every guest at `/`
+    /// whatever initial-cwd says; guests that care read initial-cwd themselves.
     pub working_dir: Option<String>,
     /// Host directories made visible to the guest. Nothing else of the host filesystem is.
     pub mounts: Vec<Mount>,

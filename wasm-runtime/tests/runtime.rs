@@ -40,6 +40,13 @@ async fn p1_command_runs_with_args_and_env_and_logs_in_cri_format() {
     let mut spec = ContainerSpec::new(unique_id("p1"));
     spec.argv = vec!["batch_p1".into(), "1000".into()];
     spec.env = vec![("GREETING".into(), "hi there".into())];
+    let data = tempfile::tempdir().expect("tempdir");
+    spec.mounts = vec![Mount {
+        host_path: data.path().into(),
+        guest_path: "/data".into(),
+        read_only: true,
+    }];
+    spec.working_dir = Some("/data".into());
     let container = within(30, "start", rt.start(spec, &image))
         .await
         .expect("start");
@@ -55,6 +62,9 @@ async fn p1_command_runs_with_args_and_env_and_logs_in_cri_format() {
         texts,
         vec![
             "args: batch_p1 1000",
+            // WASI preview1 has no working directory: wasi-libc starts p1 guests at "/".
+            // (Components get `working_dir` through wasi:cli/environment; see the crasher.)
+            "cwd: /",
             "GREETING=hi there",
             "primes up to 1000: 168, largest 997"
         ]
@@ -211,6 +221,7 @@ async fn exit_1_is_error_1_and_previous_attempt_log_is_kept() {
         let mut spec = ContainerSpec::new(&id);
         spec.restart_count = attempt;
         spec.argv = vec!["crasher".into(), ms.into()];
+        spec.working_dir = Some("/srv/app".into());
         let container = within(30, "start", rt.start(spec, &image))
             .await
             .expect("start");
@@ -225,7 +236,7 @@ async fn exit_1_is_error_1_and_previous_attempt_log_is_kept() {
     assert_eq!(
         current,
         vec![
-            "crasher: exiting with status 1 in 20 ms",
+            "crasher: exiting with status 1 in 20 ms (initial-cwd \"/srv/app\")",
             "crasher: goodbye"
         ]
     );
@@ -250,7 +261,10 @@ async fn exit_1_is_error_1_and_previous_attempt_log_is_kept() {
         },
     )
     .await;
-    assert_eq!(previous[0], "crasher: exiting with status 1 in 10 ms");
+    assert_eq!(
+        previous[0],
+        "crasher: exiting with status 1 in 10 ms (initial-cwd \"/srv/app\")"
+    );
 }
 
 /// Latency of `n` sequential GETs.
@@ -456,6 +470,15 @@ async fn compiled_once_cached_on_disk_and_corrupt_entries_rebuilt() {
         (stats.compiles, stats.cache_hits, stats.images),
         (1, 0, 1),
         "{stats:?}"
+    );
+    // Forgotten in memory: the next pull loads the artifact from disk, no compile.
+    assert!(rt.forget_image(&a.digest()));
+    pull(&rt, &reference).await;
+    assert_eq!(
+        (rt.stats().compiles, rt.stats().cache_hits),
+        (1, 1),
+        "{:?}",
+        rt.stats()
     );
     let digest = a.digest();
     drop((a, b, rt));
@@ -707,4 +730,106 @@ async fn start_errors_and_shutdown() {
     .await
     .expect_err("shut down");
     assert!(matches!(err, StartError::ShuttingDown), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_http_is_denied_unless_the_network_allows_it() {
+    build_samples().await;
+    let (upstream, _, server) = serve_image(bytes::Bytes::from_static(b"upstream says hi")).await;
+    let rt = shared_runtime();
+    let image = pull(&rt, &hello_http()).await;
+    let client = client();
+    let url_for = |c: &wharf_runtime::Container| {
+        format!(
+            "http://{}/fetch/{upstream}/hello.wasm",
+            c.http_addr().expect("addr")
+        )
+    };
+    for (network, allowed) in [
+        (wharf_runtime::NetworkAccess::None, false),
+        (
+            wharf_runtime::NetworkAccess::Hosts(vec!["127.0.0.1:1".into()]),
+            false,
+        ),
+        (
+            wharf_runtime::NetworkAccess::Hosts(vec![upstream.to_string()]),
+            true,
+        ),
+        (wharf_runtime::NetworkAccess::All, true),
+    ] {
+        let mut spec = ContainerSpec::new(unique_id("egress"));
+        spec.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        spec.network = network.clone();
+        let container = within(30, "start", rt.start(spec, &image))
+            .await
+            .expect("start");
+        let (status, body) = within(30, "GET", get(&client, &url_for(&container))).await;
+        assert_eq!(status, 200, "{body}");
+        if allowed {
+            assert_eq!(body, "upstream status 200\nupstream says hi", "{network:?}");
+        } else {
+            assert!(
+                body.contains("fetch failed") && body.contains("HttpRequestDenied"),
+                "{network:?}: {body}"
+            );
+        }
+        within(10, "stop", container.stop(Duration::from_secs(5))).await;
+    }
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_on_demand_when_the_pool_cannot_be_set_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    // Larger than the 4 GiB reservation per memory: wasmtime refuses this pool.
+    config.pooling = Some(wharf_runtime::PoolingConfig {
+        total_instances: 8,
+        max_memory_bytes: 1 << 40,
+    });
+    let rt = Runtime::new(config).expect("runtime");
+    match rt.allocator() {
+        AllocatorKind::OnDemand { reason } => assert!(reason.contains("pooling"), "{reason}"),
+        other => panic!("expected the on-demand fallback, got {other:?}"),
+    }
+    // And it runs things.
+    build_samples().await;
+    let image = pull(&rt, &batch_p1()).await;
+    let mut spec = ContainerSpec::new(unique_id("ondemand"));
+    spec.argv = vec!["batch_p1".into(), "10".into()];
+    let container = within(30, "start", rt.start(spec, &image))
+        .await
+        .expect("start");
+    assert_eq!(
+        within(30, "wait", container.wait()).await.reason,
+        ExitReason::Completed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traps_end_the_container_with_signal_like_exit_codes() {
+    build_samples().await;
+    let rt = shared_runtime();
+    let image = pull(&rt, &crasher()).await;
+    for (mode, code) in [("panic", 134), ("overflow", 139)] {
+        let mut spec = ContainerSpec::new(unique_id(mode));
+        spec.argv = vec!["crasher".into(), mode.into()];
+        let container = within(30, "start", rt.start(spec, &image))
+            .await
+            .expect("start");
+        let status = within(60, "wait", container.wait()).await;
+        assert_eq!(
+            (status.reason, status.code),
+            (ExitReason::Error, code),
+            "{mode}: {status:?}"
+        );
+        assert!(status.message.starts_with("wasm trap"), "{status:?}");
+        let texts = log_texts(&rt, container.id(), LogOptions::default()).await;
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.starts_with("wharf: Error: wasm trap")),
+            "{texts:?}"
+        );
+    }
 }

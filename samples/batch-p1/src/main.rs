@@ -2,11 +2,15 @@
 //!
 //! `batch_p1 [N]` counts the primes up to N (default 1,000,000) with a sieve of
 //! Eratosthenes and prints the count and the largest one. It also echoes its arguments and
-//! the `GREETING` environment variable, so tests can check that both reach the guest.
+//! the `GREETING` environment variable and prints its working directory, so tests can check
+//! that they reach the guest.
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     println!("args: {}", args.join(" "));
+    if let Ok(cwd) = std::env::current_dir() {
+        println!("cwd: {}", cwd.display());
+    }
     if let Ok(greeting) = std::env::var("GREETING") {
         println!("GREETING={greeting}");
     }

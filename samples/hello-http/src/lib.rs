@@ -8,12 +8,16 @@
 //! without one it can only count the current request, and the answer says so.
 //!
 //! `GET /sleep/<ms>` answers after `<ms>` milliseconds (used to test draining on stop).
+//! `GET /fetch/<host:port>/<path>` makes an outgoing `GET http://<host:port>/<path>` and
+//! answers with what came back, or with why it failed (used to test the egress policy: the
+//! runtime denies outgoing requests unless the pod's network access allows them).
 
 use std::io::Write as _;
 use std::time::Duration;
 
 use wasip2::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Scheme,
 };
 
 wasip2::http::proxy::export!(Hello);
@@ -32,6 +36,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         {
             std::thread::sleep(Duration::from_millis(ms));
         }
+        if let Some(target) = path.strip_prefix("/fetch/") {
+            let text = match fetch(target) {
+                Ok(body) => body,
+                Err(e) => format!("fetch failed: {e}\n"),
+            };
+            println!("{path} -> 200");
+            respond(response_out, &text);
+            return;
+        }
         let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "unknown".to_string());
         let node = std::env::var("NODE_NAME").unwrap_or_else(|_| "unknown".to_string());
         let count = match bump_counter() {
@@ -42,19 +55,55 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         };
         let text = format!("hello from pod {pod} on node {node}\n{count}\npath: {path}\n");
         println!("{path} -> 200");
-
-        let headers = Fields::new();
-        // Setting a header can only fail for a forbidden or malformed name; neither applies.
-        let _ = headers.set("content-type", &[b"text/plain; charset=utf-8".to_vec()]);
-        let response = OutgoingResponse::new(headers);
-        let Ok(body) = response.body() else { return };
-        ResponseOutparam::set(response_out, Ok(response));
-        if let Ok(mut out) = body.write() {
-            let _ = out.write_all(text.as_bytes());
-            let _ = out.flush();
-        }
-        let _ = OutgoingBody::finish(body, None);
+        respond(response_out, &text);
     }
+}
+
+/// Answers 200 with a text body.
+fn respond(response_out: ResponseOutparam, text: &str) {
+    let headers = Fields::new();
+    // Setting a header can only fail for a forbidden or malformed name; neither applies.
+    let _ = headers.set("content-type", &[b"text/plain; charset=utf-8".to_vec()]);
+    let response = OutgoingResponse::new(headers);
+    let Ok(body) = response.body() else { return };
+    ResponseOutparam::set(response_out, Ok(response));
+    if let Ok(mut out) = body.write() {
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    }
+    let _ = OutgoingBody::finish(body, None);
+}
+
+/// `GET http://<authority>/<path>` through wasi:http's outgoing handler.
+fn fetch(target: &str) -> Result<String, String> {
+    let (authority, path) = target.split_once('/').unwrap_or((target, ""));
+    let request = OutgoingRequest::new(Fields::new());
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .map_err(|()| "bad scheme")?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| "bad authority")?;
+    request
+        .set_path_with_query(Some(&format!("/{path}")))
+        .map_err(|()| "bad path")?;
+    let future =
+        wasip2::http::outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    future.subscribe().block();
+    let response = match future.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(e))) => return Err(format!("{e:?}")),
+        Some(Err(())) | None => return Err("no response".to_string()),
+    };
+    let status = response.status();
+    let body = response.consume().map_err(|()| "no body")?;
+    let mut stream = body.stream().map_err(|()| "no body stream")?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut bytes).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "upstream status {status}\n{}",
+        String::from_utf8_lossy(&bytes)
+    ))
 }
 
 /// Increments the counter file if `/data` exists; `None` when there is no volume.

@@ -90,7 +90,12 @@ pub fn config(data_dir: &Path) -> RuntimeConfig {
 /// (debug-build Cranelift is slow) rather than once per test. Tests about the cache use
 /// their own temporary dirs.
 pub fn shared_data_dir() -> PathBuf {
+    static CLEANED: OnceLock<()> = OnceLock::new();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wharf-runtime-tests");
+    // Keep the compiled artifacts between runs, not the logs of earlier runs' containers.
+    CLEANED.get_or_init(|| {
+        let _ = std::fs::remove_dir_all(dir.join("logs"));
+    });
     std::fs::create_dir_all(&dir).expect("shared data dir");
     dir
 }
