@@ -27,3 +27,11 @@ bench:
 # A control plane with the demo applied (Ctrl-C stops it).
 up:
     ./scripts/up
+
+# Runtime: pod start, HTTP requests/s, memory per idle HTTP container (see BENCHMARKS.md).
+bench-runtime:
+    cargo bench -p wharf-runtime --bench runtime
+
+# Build the sample guests next to their YAML.
+samples:
+    samples/build.sh
