@@ -1,4 +1,5 @@
-//! The node's own HTTP server: container logs for the API server's `pods/log`.
+//! The node's own HTTP server: container logs for the API server's `pods/log`, and the
+//! proxy's counters at `/metrics`.
 //!
 //! `GET /containerLogs/{namespace}/{pod}/{container}` with `follow`, `tailLines`,
 //! `timestamps` and `previous`, answering plain text, streamed as it is written when
@@ -68,6 +69,7 @@ struct DaemonState {
 pub fn router(ctx: Arc<NodeContext>, token: Option<String>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
@@ -92,6 +94,16 @@ pub async fn serve(
     {
         tracing::error!(error = %e, "node server failed");
     }
+}
+
+/// The proxy's and DNS's counters, in Prometheus text format. Not behind the token (like
+/// kube-proxy's metrics port): it holds counts per Service, nothing a pod could not see.
+async fn metrics(State(state): State<DaemonState>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.ctx.services.metrics.render(),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -177,7 +189,10 @@ async fn container_logs(
         Err(e) => return text(StatusCode::NOT_FOUND, e.to_string()),
     };
     let timestamps = flag(&q.timestamps);
-    if flag(&q.follow) && !flag(&q.previous) {
+    // `--previous` is the instance that ended last (Kubernetes' `lastState.terminated`):
+    // the attempt before the running one or, between restarts (back-off), the latest one.
+    let previous = flag(&q.previous) && logs.live_attempt().is_some();
+    if flag(&q.follow) && !previous {
         let shutdown = state.ctx.shutdown.clone();
         let stream = logs
             .follow(q.tail_lines)
@@ -191,7 +206,7 @@ async fn container_logs(
     match logs
         .read(LogOptions {
             tail: q.tail_lines,
-            previous: flag(&q.previous),
+            previous,
         })
         .await
     {

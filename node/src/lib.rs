@@ -2,9 +2,12 @@
 //!
 //! - [`agent`]: wharf's kubelet. It registers the Node, renews its Lease, and runs the
 //!   pods bound to it on the wasm runtime (`wharf-runtime`), writing their status.
-//! - [`daemon`]: the node's own HTTP server (container logs for `pods/log`).
-//!
-//! The proxy and cluster DNS that give Services their addresses and names come next.
+//! - [`daemon`]: the node's own HTTP server (container logs for `pods/log`, `/metrics`).
+//! - [`proxy`]: wharf's kube-proxy, a user-space tower load balancer listening on every
+//!   Service's cluster IP, and the name table pods resolve Services from.
+//! - [`dns`]: the cluster DNS (hickory), answering for `cluster.local` from the same view.
 
 pub mod agent;
 pub mod daemon;
+pub mod dns;
+pub mod proxy;

@@ -133,6 +133,11 @@ pub async fn run(cluster: &Cluster, args: GetArgs) -> anyhow::Result<()> {
             _ => groups.push((kind, objects)),
         }
     }
+    for (kind, objects) in &mut groups {
+        if kind.kind == "Event" && kind.group.is_empty() {
+            sort_events(objects);
+        }
+    }
 
     let single = matches!(targets.as_slice(), [Target { name: Some(_), .. }]);
     match printer.output {
@@ -257,6 +262,24 @@ async fn watch(
             }
         }
     }
+}
+
+/// Events oldest first by when they were last seen, as kubectl lists them, so the
+/// newest is at the bottom of the terminal.
+fn sort_events(events: &mut [Value]) {
+    let last_seen = |e: &Value| {
+        [
+            "/lastTimestamp",
+            "/series/lastObservedTime",
+            "/eventTime",
+            "/firstTimestamp",
+            "/metadata/creationTimestamp",
+        ]
+        .iter()
+        .filter_map(|p| e.pointer(p).and_then(Value::as_str))
+        .find_map(|t| t.parse::<jiff::Timestamp>().ok())
+    };
+    events.sort_by_key(|e| last_seen(e));
 }
 
 fn resource_version(object: &Value) -> String {
@@ -438,6 +461,22 @@ mod tests {
         }
         .table(kind, &[object]);
         assert!(table.rows[0][0] == "deployment.apps/web");
+    }
+
+    #[test]
+    fn events_list_by_last_seen() {
+        let mut events = vec![
+            json!({"metadata": {"name": "b"}, "lastTimestamp": "2024-01-01T00:00:05Z"}),
+            json!({"metadata": {"name": "c"}, "eventTime": "2024-01-01T00:00:09.000000Z"}),
+            json!({"metadata": {"name": "a"}, "lastTimestamp": "2024-01-01T00:00:01Z",
+                   "firstTimestamp": "2024-01-01T00:00:00Z"}),
+        ];
+        sort_events(&mut events);
+        let names: Vec<&str> = events
+            .iter()
+            .map(|e| e["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
     }
 
     #[test]

@@ -12,11 +12,16 @@ mod apply;
 mod cluster;
 mod control;
 mod delete;
+mod describe;
 mod get;
 mod logs;
 mod manifest;
 mod merge;
 mod node;
+mod node_cmds;
+mod port_forward;
+mod rollout;
+mod scale;
 mod target;
 mod token;
 mod up;
@@ -58,10 +63,24 @@ pub enum Command {
     Get(get::GetArgs),
     /// Delete objects by name or from manifests
     Delete(delete::DeleteArgs),
+    /// Show an object in detail, with its events
+    Describe(describe::DescribeArgs),
+    /// Set the replicas of deployments and replica sets
+    Scale(scale::ScaleArgs),
+    /// Follow, list and undo deployment rollouts
+    Rollout(rollout::RolloutArgs),
     /// Print the log of a pod's container
     Logs(logs::LogsArgs),
+    /// Forward local ports to a pod or a service, until Ctrl-C
+    PortForward(port_forward::PortForwardArgs),
     /// Create, list and delete the tokens nodes join the cluster with
     Token(token::TokenArgs),
+    /// Mark a node unschedulable
+    Cordon(node_cmds::CordonArgs),
+    /// Mark a node schedulable again
+    Uncordon(node_cmds::UncordonArgs),
+    /// Cordon a node and evict its pods
+    Drain(node_cmds::DrainArgs),
 }
 
 impl Command {
@@ -71,7 +90,7 @@ impl Command {
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Control(_) | Command::Up(_) | Command::Node(_) => {
-                "info,fjall=warn,lsm_tree=warn,cranelift_codegen=warn,wasmtime=warn"
+                "info,fjall=warn,lsm_tree=warn,cranelift_codegen=warn,wasmtime=warn,hickory_server=warn"
             }
             _ => "warn,kube_client=off",
         }
@@ -88,8 +107,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apply(args) => apply::run(&cluster::connect(kubeconfig).await?, args).await,
         Command::Get(args) => get::run(&cluster::connect(kubeconfig).await?, args).await,
         Command::Delete(args) => delete::run(&cluster::connect(kubeconfig).await?, args).await,
+        Command::Describe(args) => describe::run(&cluster::connect(kubeconfig).await?, args).await,
+        Command::Scale(args) => scale::run(&cluster::connect(kubeconfig).await?, args).await,
+        Command::Rollout(args) => rollout::run(&cluster::connect(kubeconfig).await?, args).await,
         Command::Logs(args) => logs::run(&cluster::connect(kubeconfig).await?, args).await,
+        Command::PortForward(args) => {
+            port_forward::run(cluster::connect(kubeconfig).await?, args).await
+        }
         Command::Token(args) => token::run(&cluster::connect(kubeconfig).await?, args).await,
+        Command::Cordon(args) => {
+            node_cmds::cordon(&cluster::connect(kubeconfig).await?, args).await
+        }
+        Command::Uncordon(args) => {
+            node_cmds::uncordon(&cluster::connect(kubeconfig).await?, args).await
+        }
+        Command::Drain(args) => node_cmds::drain(&cluster::connect(kubeconfig).await?, args).await,
     }
 }
 

@@ -37,6 +37,60 @@ pub struct NodeArgs {
     /// Base of the restart back-off (doubles per restart up to 5 minutes)
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     backoff: Duration,
+    #[command(flatten)]
+    services: ServiceArgs,
+}
+
+/// The node's Service proxy and cluster DNS (shared by `wharf node` and `wharf up`).
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArgs {
+    /// Where the cluster DNS answers, UDP and TCP (nodes on one machine share it), or `off`
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:5353", value_parser = parse_dns_listen)]
+    dns_listen: DnsListen,
+    /// The cluster domain: Services are SVC.NS.svc.DOMAIN
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// What the DNS does with names outside the cluster domain
+    #[arg(long, value_enum, default_value_t = DnsExternal::Forward)]
+    dns_external: DnsExternal,
+}
+
+/// `--dns-listen`: an address, or none.
+#[derive(Debug, Clone, Copy)]
+pub struct DnsListen(Option<SocketAddr>);
+
+fn parse_dns_listen(s: &str) -> Result<DnsListen, String> {
+    match s {
+        "off" | "none" | "" => Ok(DnsListen(None)),
+        _ => s
+            .parse()
+            .map(|a| DnsListen(Some(a)))
+            .map_err(|_| format!("invalid DNS address {s:?}: use IP:PORT or off")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DnsExternal {
+    /// Ask the host's resolvers (/etc/resolv.conf)
+    Forward,
+    /// Answer REFUSED
+    Refuse,
+}
+
+impl ServiceArgs {
+    pub fn apply(&self, config: &mut AgentConfig) {
+        config.dns_listen = self.dns_listen.0;
+        config.cluster_domain = self.cluster_domain.trim_matches('.').to_string();
+        config.dns_forward = self.dns_external == DnsExternal::Forward;
+    }
+}
+
+/// How a started node describes its DNS in the start-up line.
+pub fn dns_note(agent: &Agent) -> String {
+    match agent.dns_addr {
+        Some(addr) => format!("DNS on {addr}"),
+        None => "no DNS".to_string(),
+    }
 }
 
 /// `10s`, `500ms`, `2m`.
@@ -84,11 +138,15 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     config.daemon_listen = SocketAddr::new(args.address, args.port);
     config.allow_host_path = args.allow_host_path;
     config.backoff.base = args.backoff;
+    args.services.apply(&mut config);
     let shutdown = CancellationToken::new();
     let (agent, runtime) = start_node(config, cluster.client(), shutdown.clone()).await?;
     eprintln!(
-        "wharf node: {} running, pods in {}, node server on {}",
-        agent.node_name, agent.pod_cidr, agent.daemon_addr
+        "wharf node: {} running, pods in {}, node server on {}, {}",
+        agent.node_name,
+        agent.pod_cidr,
+        agent.daemon_addr,
+        dns_note(&agent)
     );
     shutdown_signal().await.context("listening for signals")?;
     tracing::info!("shutting down");

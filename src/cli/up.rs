@@ -7,7 +7,7 @@
 //! brings the same cluster back, pods included.
 
 use super::control::shutdown_signal;
-use super::node::{parse_duration, start_node};
+use super::node::{ServiceArgs, dns_note, parse_duration, start_node};
 use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
@@ -31,6 +31,8 @@ pub struct UpArgs {
     /// Base of the restart back-off (doubles per restart up to 5 minutes)
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     backoff: Duration,
+    #[command(flatten)]
+    services: ServiceArgs,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -54,6 +56,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let name = format!("node-{i}");
         let mut config = AgentConfig::new(&name, data_dir.join("nodes").join(&name));
         config.backoff.base = args.backoff;
+        args.services.apply(&mut config);
         let started = start_node(config, plane.client(), shutdown.clone()).await;
         let (agent, runtime) = match started {
             Ok(n) => n,
@@ -63,8 +66,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
         };
         eprintln!(
-            "wharf up: {} ready, pods in {}, node server on {}",
-            agent.node_name, agent.pod_cidr, agent.daemon_addr
+            "wharf up: {} ready, pods in {}, node server on {}, {}",
+            agent.node_name,
+            agent.pod_cidr,
+            agent.daemon_addr,
+            dns_note(&agent)
         );
         nodes.push((agent, runtime));
     }

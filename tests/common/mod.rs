@@ -1,11 +1,17 @@
-//! Helpers for end-to-end tests: the real `wharf` binary started on port 0 in a temp dir.
+//! Helpers for end-to-end tests: the real `wharf` binary started on port 0 in a temp dir,
+//! as a control plane alone ([`ControlProcess`]) or as a whole cluster with nodes running
+//! the sample guests ([`Cluster`]), and small helpers to wait on pods and talk HTTP to them.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::runtime::WatchStreamExt as _;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -127,4 +133,411 @@ pub async fn wharf(kubeconfig: &Path, args: &[&str]) -> Output {
         stdout: out.stdout,
         stderr: out.stderr,
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Whole clusters: `wharf up` with node agents running the sample guests as pods.
+
+/// How long a pod may take to reach a state that needs a compile (Cranelift in a debug
+/// build, with other tests compiling on the other core).
+pub const POD_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The samples directory (`samples/` at the workspace root).
+pub fn samples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
+}
+
+/// The built guest of a sample, e.g. `sample("hello-http", "hello_http")`: an absolute path
+/// for the `image` of a manifest written anywhere.
+pub fn sample(dir: &str, file: &str) -> String {
+    samples_dir()
+        .join(dir)
+        .join(format!("{file}.wasm"))
+        .display()
+        .to_string()
+}
+
+static SAMPLES: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Builds every sample guest through `samples/build.sh`, once per test process (the tests
+/// of a binary share the result; a failed build fails every test that needs the guests).
+pub async fn build_samples() {
+    let built = tokio::task::spawn_blocking(|| {
+        SAMPLES
+            .get_or_init(|| {
+                let out = std::process::Command::new(samples_dir().join("build.sh"))
+                    .output()
+                    .map_err(|e| format!("running samples/build.sh: {e}"))?;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "samples/build.sh failed ({}):\n{}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr)
+                    ))
+                }
+            })
+            .clone()
+    });
+    // The first build of the guests compiles their dependencies: minutes, not seconds.
+    let built = tokio::time::timeout(Duration::from_secs(600), built)
+        .await
+        .expect("samples/build.sh timed out")
+        .unwrap();
+    if let Err(e) = built {
+        panic!("{e}");
+    }
+}
+
+/// A TCP port that nothing on this machine listens on now, on any address. Every cluster
+/// hands out the same first pod addresses (127.64.0.2, ...), so tests that run clusters at
+/// the same time give their HTTP pods distinct `containerPort`s.
+pub fn free_port() -> u16 {
+    TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `wharf up` process (control plane and node agents) on 127.0.0.1:0, with its data in
+/// `DIR/data` and its stderr in `DIR/wharf-up.log`; killed when dropped.
+pub struct Cluster {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    /// An admin client, made once so that measured waits do not include its setup.
+    pub client: kube::Client,
+    pub nodes: u32,
+}
+
+impl Cluster {
+    /// Starts `wharf up --nodes N --backoff 200ms` in `dir` and waits for its
+    /// `export KUBECONFIG=` line. Starting again on the same `dir` brings the cluster back.
+    pub async fn up(dir: &Path, nodes: u32) -> Cluster {
+        let data_dir = dir.join("data");
+        let log_path = dir.join("wharf-up.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .arg("up")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen", "127.0.0.1:0", "--backoff", "200ms", "--nodes"])
+            .arg(nodes.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            // A file never fills up: the cluster can log all it wants, and a failing test
+            // shows its tail.
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(TIMEOUT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(path) = line.strip_prefix("export KUBECONFIG=") {
+                    return Some(PathBuf::from(path.trim()));
+                }
+            }
+            None
+        })
+        .await;
+        let kubeconfig = match ready {
+            Ok(Some(path)) => path,
+            Ok(None) => panic!(
+                "wharf up exited before it was ready:\n{}",
+                tail(&log_path, 40)
+            ),
+            Err(_) => panic!(
+                "wharf up was not ready in {TIMEOUT:?}:\n{}",
+                tail(&log_path, 40)
+            ),
+        };
+        // Keep draining stdout so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let client = client_from(&kubeconfig).await;
+        Cluster {
+            child,
+            dir: dir.to_path_buf(),
+            data_dir,
+            kubeconfig,
+            client,
+            nodes,
+        }
+    }
+
+    /// The last `n` lines of the cluster's log, for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.dir.join("wharf-up.log"), n)
+    }
+
+    /// Pods of the default namespace.
+    pub fn pods(&self) -> kube::Api<Pod> {
+        kube::Api::default_namespaced(self.client.clone())
+    }
+
+    /// Runs a `wharf` client command against this cluster.
+    pub async fn wharf(&self, args: &[&str]) -> Output {
+        wharf(&self.kubeconfig, args).await
+    }
+
+    /// Writes `yaml` to `DIR/NAME` and `wharf apply`s it; panics if the apply fails.
+    pub async fn apply(&self, name: &str, yaml: &str) -> Output {
+        let path = self.dir.join(name);
+        std::fs::write(&path, yaml).unwrap();
+        self.apply_file(&path).await
+    }
+
+    /// `wharf apply -f PATH`; panics if the apply fails.
+    pub async fn apply_file(&self, path: &Path) -> Output {
+        let out = self.wharf(&["apply", "-f", path.to_str().unwrap()]).await;
+        assert!(
+            out.status.success(),
+            "wharf apply -f {} failed: {}",
+            path.display(),
+            out.stderr_text()
+        );
+        out
+    }
+
+    /// Waits (watching the pod) until `cond` holds for pod `name` of the default namespace,
+    /// and returns it. On timeout, panics with the pod as last seen and the cluster's log.
+    pub async fn wait_pod(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&Pod) -> bool,
+    ) -> Pod {
+        let api = self.pods();
+        let mut last: Option<Pod> = None;
+        let found = tokio::time::timeout(timeout, async {
+            let stream = kube::runtime::watcher::watch_object(api, name).default_backoff();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Ok(Some(pod)) = event {
+                    if cond(&pod) {
+                        return Some(pod);
+                    }
+                    last = Some(pod);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(pod)) => pod,
+            _ => panic!(
+                "pod {name}: not {what} within {timeout:?}; last seen status:\n{}\n--- wharf up log:\n{}",
+                last.and_then(|p| p.status)
+                    .map(|s| serde_json::to_string_pretty(&s).unwrap())
+                    .unwrap_or_else(|| "(never seen)".into()),
+                self.log_tail(30)
+            ),
+        }
+    }
+
+    /// Waits until pod `name` is gone from the API; returns how long that took.
+    pub async fn wait_pod_gone(&self, name: &str, timeout: Duration) -> Duration {
+        let api = self.pods();
+        let start = Instant::now();
+        let gone = tokio::time::timeout(timeout, async {
+            let stream = kube::runtime::watcher::watch_object(api, name).default_backoff();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Ok(None) = event {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            gone.is_ok(),
+            "pod {name} still exists after {timeout:?}\n--- wharf up log:\n{}",
+            self.log_tail(30)
+        );
+        start.elapsed()
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+        tokio::time::timeout(TIMEOUT, self.child.wait())
+            .await
+            .expect("wharf up did not die")
+            .unwrap();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM: the cluster stops its pods and exits 0.
+    pub async fn terminate(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = within(
+            "kill -TERM",
+            Command::new("kill").args(["-TERM", &pid]).status(),
+        )
+        .await
+        .unwrap();
+        assert!(status.success());
+        let exit = within("wharf up stopping after SIGTERM", self.child.wait())
+            .await
+            .unwrap();
+        assert!(
+            exit.success(),
+            "wharf up exited with {exit} after SIGTERM\n--- wharf up log:\n{}",
+            self.log_tail(30)
+        );
+    }
+}
+
+/// Awaits `fut` for at most [`TIMEOUT`]; `what` names it in the failure.
+pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {TIMEOUT:?}: {what}"))
+}
+
+/// A kube client from a kubeconfig.
+async fn client_from(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// The last `n` lines of a file.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The status of a pod's first container.
+pub fn container(pod: &Pod) -> Option<&ContainerStatus> {
+    pod.status.as_ref()?.container_statuses.as_ref()?.first()
+}
+
+pub fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+/// Whether the pod's first container is running.
+pub fn running(pod: &Pod) -> bool {
+    container(pod)
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.running.is_some())
+}
+
+/// The reason of the first container's waiting state, if it is waiting.
+pub fn waiting_reason(pod: &Pod) -> Option<&str> {
+    container(pod)?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .as_deref()
+}
+
+pub fn restart_count(pod: &Pod) -> i32 {
+    container(pod).map_or(0, |c| c.restart_count)
+}
+
+/// `status.podIP`, parsed.
+pub fn pod_ip(pod: &Pod) -> IpAddr {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .expect("pod has no IP")
+        .parse()
+        .unwrap()
+}
+
+/// One HTTP/1.0 GET on a fresh connection (the answer ends with the connection, so no
+/// chunked decoding is needed): status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let request = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+        Ok((status, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(30), request)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other(format!("GET {addr}{path} timed out"))))
+}
+
+/// GETs until the answer is 200 (the listener may not be up yet); returns the body.
+pub async fn http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> String {
+    let mut last = None;
+    let done = tokio::time::timeout(timeout, async {
+        loop {
+            match http_get(addr, path).await {
+                Ok((200, body)) => return body,
+                other => last = Some(other),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    match done {
+        Ok(body) => body,
+        Err(_) => panic!("GET http://{addr}{path}: no 200 within {timeout:?}; last: {last:?}"),
+    }
+}
+
+/// A hello-http pod (the sample's container, with an absolute image path) bound to `node`,
+/// serving on `port`, with `annotations` given as YAML flow-map entries (`k: v, ...`).
+pub fn hello_pod(name: &str, node: &str, port: u16, annotations: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  annotations: {{{annotations}}}
+spec:
+  nodeName: {node}
+  containers:
+    - name: hello
+      image: {image}
+      ports:
+        - containerPort: {port}
+      env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        - name: NODE_NAME
+          valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}
+      volumeMounts:
+        - {{name: data, mountPath: /data}}
+  volumes:
+    - {{name: data, emptyDir: {{}}}}
+"#,
+        image = sample("hello-http", "hello_http"),
+    )
 }

@@ -184,6 +184,7 @@ impl StoreFactory {
             http: WasiHttpCtx::new(),
             hooks: EgressHooks {
                 policy: self.spec.network.clone(),
+                services: self.spec.services.clone(),
             },
             common: self.common(),
         };
@@ -225,11 +226,14 @@ fn on_epoch_deadline<T: HasCommon>(
     }
 }
 
-/// The egress policy for outgoing wasi:http requests: denied unless the spec's network
-/// access allows the authority; allowed requests are sent over plain HTTP/1.1 (this build
-/// has no TLS client, so `https` is refused).
+/// The egress policy for outgoing wasi:http requests: a host the spec's service resolver
+/// knows goes to the address it names (cluster services need no allow list); anything else
+/// is denied unless the spec's network access allows the authority. Requests are sent over
+/// plain HTTP/1.1 with the guest's Host header (this build has no TLS client, so `https`
+/// is refused).
 pub(crate) struct EgressHooks {
     policy: NetworkAccess,
+    services: Option<Arc<dyn crate::spec::ServiceResolver>>,
 }
 
 type SendResult = Result<
@@ -251,9 +255,22 @@ impl WasiHttpHooks for EgressHooks {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let host = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        if https || !self.policy.allows_http(&host, port) {
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
+        let service = match &self.services {
+            Some(services) if !https => services.resolve(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .trim_end_matches('.'),
+                port,
+            ),
+            _ => None,
+        };
+        let (host, port) = match service {
+            Some(addr) => (addr.ip().to_string(), addr.port()),
+            None if https || !self.policy.allows_http(&host, port) => {
+                return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+            }
+            None => (host, port),
+        };
         let connect_timeout = options
             .and_then(|o| o.connect_timeout)
             .unwrap_or(Duration::from_secs(30));

@@ -60,7 +60,7 @@ pub use engine::{AllocatorKind, PoolingConfig, RuntimeConfig, RuntimeError};
 pub use image::{Digest, ImagePullError, PullPolicy, WorkloadKind};
 pub use logs::{ContainerLogs, LogError, LogLine, LogOptions, LogStream};
 pub use runtime::{Image, Runtime, RuntimeStats};
-pub use spec::{ContainerSpec, Mount, NetworkAccess, Resources};
+pub use spec::{ContainerSpec, Mount, NetworkAccess, Resources, ServiceResolver};
 
 #[cfg(test)]
 mod tests {

@@ -680,6 +680,11 @@ impl ContainerLogs {
         Self { id, dir, live }
     }
 
+    /// The attempt being written now, when the container is running.
+    pub fn live_attempt(&self) -> Option<u32> {
+        self.live.as_ref().map(|(attempt, _)| *attempt)
+    }
+
     /// Reads the current (or previous) attempt's log, or its last `tail` lines, including
     /// rotated files as needed.
     pub async fn read(&self, options: LogOptions) -> Result<Vec<LogLine>, LogError> {

@@ -435,6 +435,15 @@ impl Runtime {
         lock(&self.inner.images).remove(digest).is_some()
     }
 
+    /// The images pulled and compiled, held in memory (what a node reports in
+    /// `status.images`, for the scheduler's image locality).
+    pub fn images(&self) -> Vec<Arc<Image>> {
+        lock(&self.inner.images)
+            .values()
+            .filter_map(|cell| cell.get().cloned())
+            .collect()
+    }
+
     /// Starts a container from a pulled image. For an HTTP component the listening socket is
     /// bound before this returns ([`Container::http_addr`]).
     pub async fn start(&self, spec: ContainerSpec, image: &Image) -> Result<Container, StartError> {

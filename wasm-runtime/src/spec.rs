@@ -7,6 +7,18 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Maps the host of a guest's outgoing HTTP request to a cluster service's address.
+///
+/// The node implements it over its view of the cluster's Services (with the pod's
+/// namespace as the search path, as a pod's resolv.conf would); the runtime only asks it.
+/// It must answer without blocking: it is called on the request path.
+pub trait ServiceResolver: Send + Sync + std::fmt::Debug {
+    /// Where to connect for `host:port` (`host` as written in the request, without
+    /// brackets or a trailing dot), or `None` when it names no service.
+    fn resolve(&self, host: &str, port: u16) -> Option<SocketAddr>;
+}
 
 /// One container to run.
 #[derive(Debug, Clone)]
@@ -34,6 +46,11 @@ pub struct ContainerSpec {
     pub resources: Resources,
     /// What the guest may reach on the network. Default: nothing.
     pub network: NetworkAccess,
+    /// The cluster's services, as this container sees them: outgoing wasi:http requests to
+    /// a host the resolver knows (`http://backend`, `http://backend.ns`, a cluster IP) go
+    /// to the address it returns, whatever `network` says (services are cluster-internal);
+    /// every other host stays subject to `network`. `None`: no service names.
+    pub services: Option<Arc<dyn ServiceResolver>>,
     /// Where a `wasi:http` component is served (the pod IP and its `containerPort`).
     /// Required for HTTP components, ignored for commands. Port 0 picks a free port; the
     /// bound address is [`crate::Container::http_addr`].
@@ -53,6 +70,7 @@ impl ContainerSpec {
             mounts: Vec::new(),
             resources: Resources::default(),
             network: NetworkAccess::None,
+            services: None,
             http_listen: None,
         }
     }

@@ -778,6 +778,62 @@ async fn outgoing_http_is_denied_unless_the_network_allows_it() {
     server.abort();
 }
 
+/// A resolver that knows one service name.
+#[derive(Debug)]
+struct OneService {
+    host: &'static str,
+    port: u16,
+    addr: std::net::SocketAddr,
+}
+
+impl wharf_runtime::ServiceResolver for OneService {
+    fn resolve(&self, host: &str, port: u16) -> Option<std::net::SocketAddr> {
+        (host == self.host && port == self.port).then_some(self.addr)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_http_to_a_service_name_goes_where_the_resolver_says() {
+    build_samples().await;
+    let (upstream, _, server) = serve_image(bytes::Bytes::from_static(b"upstream says hi")).await;
+    let rt = shared_runtime();
+    let image = pull(&rt, &hello_http()).await;
+    let client = client();
+    let mut spec = ContainerSpec::new(unique_id("services"));
+    spec.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    // No network at all, but the service name is cluster-internal.
+    spec.network = wharf_runtime::NetworkAccess::None;
+    spec.services = Some(Arc::new(OneService {
+        host: "backend",
+        port: 80,
+        addr: upstream,
+    }));
+    let container = within(30, "start", rt.start(spec, &image))
+        .await
+        .expect("start");
+    let base = format!("http://{}", container.http_addr().expect("addr"));
+    let (status, body) = within(
+        30,
+        "GET",
+        get(&client, &format!("{base}/fetch/backend/hello.wasm")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "upstream status 200\nupstream says hi");
+    // Another port of the name, or the upstream's own address, is not a service: denied.
+    for target in ["backend:81".to_string(), upstream.to_string()] {
+        let (_, body) = within(
+            30,
+            "GET",
+            get(&client, &format!("{base}/fetch/{target}/hello.wasm")),
+        )
+        .await;
+        assert!(body.contains("HttpRequestDenied"), "{target}: {body}");
+    }
+    within(10, "stop", container.stop(Duration::from_secs(5))).await;
+    server.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn falls_back_to_on_demand_when_the_pool_cannot_be_set_up() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -691,7 +691,16 @@ fn validate_service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
                 format!("{at}.nodePort"),
                 Reason::Forbidden,
                 None,
-                "may not be used when `type` is 'ClusterIP'",
+                format!("may not be used when `type` is '{ty}'"),
+            ));
+        } else if let Some(np) = p.get("nodePort").and_then(Value::as_i64)
+            && !(0..=65535).contains(&np)
+        {
+            errs.push(FieldError::new(
+                format!("{at}.nodePort"),
+                Reason::Invalid,
+                Some(np.to_string()),
+                "must be between 1 and 65535, inclusive",
             ));
         }
         check_protocol(p, &format!("{at}.protocol"), errs);
@@ -723,6 +732,134 @@ fn validate_service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
                 Some(format!("{{port: {port}, protocol: {proto}}}")),
                 "",
             ));
+        }
+    }
+    validate_service_addresses(spec, ty, headless, errs);
+}
+
+/// The address fields of a Service. Which addresses are free and inside the configured
+/// ranges is the allocator's to check (`apiserver::services`); here is what holds in
+/// every cluster: well-formed values, and only those the type and this single-stack IPv4
+/// cluster can have.
+fn validate_service_addresses(spec: &Value, ty: &str, headless: bool, errs: &mut Vec<FieldError>) {
+    let cluster_ip = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("");
+    let cluster_ips: Vec<&str> = spec
+        .get("clusterIPs")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|v| v.as_str().unwrap_or("")).collect())
+        .unwrap_or_default();
+    if ty == "ExternalName" {
+        let name = spec
+            .get("externalName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if name.is_empty() {
+            errs.push(FieldError::required("spec.externalName", ""));
+        } else if !is_dns1123_subdomain(name.trim_end_matches('.')) {
+            errs.push(FieldError::invalid(
+                "spec.externalName",
+                name,
+                DNS1123_SUBDOMAIN_MSG,
+            ));
+        }
+        if !cluster_ip.is_empty() {
+            errs.push(FieldError::invalid(
+                "spec.clusterIP",
+                cluster_ip,
+                "may not be set for ExternalName services",
+            ));
+        }
+        return;
+    }
+    if !cluster_ip.is_empty()
+        && cluster_ip != "None"
+        && cluster_ip.parse::<std::net::IpAddr>().is_err()
+    {
+        errs.push(FieldError::invalid(
+            "spec.clusterIP",
+            cluster_ip,
+            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        ));
+    }
+    if headless && matches!(ty, "NodePort" | "LoadBalancer") {
+        errs.push(FieldError::invalid(
+            "spec.clusterIP",
+            cluster_ip,
+            format!("may not be set to 'None' for {ty} services"),
+        ));
+    }
+    if let Some(first) = cluster_ips.first()
+        && !cluster_ip.is_empty()
+        && *first != cluster_ip
+    {
+        errs.push(FieldError::invalid(
+            "spec.clusterIPs[0]",
+            first,
+            "must match `clusterIP` when both are specified",
+        ));
+    }
+    if cluster_ips.len() > 1 {
+        errs.push(FieldError::invalid(
+            "spec.clusterIPs",
+            cluster_ips.join(","),
+            "this cluster is single-stack IPv4: at most one address",
+        ));
+    }
+    if let Some(families) = spec.get("ipFamilies").and_then(Value::as_array) {
+        for (i, f) in families.iter().enumerate() {
+            let f = f.as_str().unwrap_or("");
+            if f != "IPv4" {
+                errs.push(FieldError::new(
+                    format!("spec.ipFamilies[{i}]"),
+                    Reason::NotSupported,
+                    Some(format!("{f:?}")),
+                    "this cluster is single-stack IPv4: supported values: \"IPv4\"",
+                ));
+            }
+        }
+    }
+    let one_of = |field: &str, allowed: &[&str], errs: &mut Vec<FieldError>| {
+        if let Some(v) = spec.get(field).and_then(Value::as_str)
+            && !allowed.contains(&v)
+        {
+            let list = allowed
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            errs.push(FieldError::new(
+                format!("spec.{field}"),
+                Reason::NotSupported,
+                Some(format!("{v:?}")),
+                format!("supported values: {list}"),
+            ));
+        }
+    };
+    one_of("ipFamilyPolicy", &["PreferDualStack", "SingleStack"], errs);
+    one_of("sessionAffinity", &["ClientIP", "None"], errs);
+    one_of("internalTrafficPolicy", &["Cluster", "Local"], errs);
+    one_of("externalTrafficPolicy", &["Cluster", "Local"], errs);
+    if spec
+        .get("externalTrafficPolicy")
+        .is_some_and(|v| !v.is_null())
+        && !matches!(ty, "NodePort" | "LoadBalancer")
+    {
+        errs.push(FieldError::new(
+            "spec.externalTrafficPolicy",
+            Reason::Invalid,
+            None,
+            "may only be set for externally-accessible services",
+        ));
+    }
+    if let Some(selector) = spec.get("selector").and_then(Value::as_object) {
+        for (k, v) in selector {
+            if !is_qualified_name(k) || !v.as_str().is_some_and(is_label_value) {
+                errs.push(FieldError::invalid(
+                    format!("spec.selector[{k}]"),
+                    v.as_str().unwrap_or_default(),
+                    "a valid label selector needs qualified keys and label values",
+                ));
+            }
         }
     }
 }
@@ -829,10 +966,34 @@ pub fn apply_defaults(kind: &ResourceKind, obj: &mut Value) {
             if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
                 for p in ports {
                     set_default(p, "/protocol", json!("TCP"));
+                    // Kubernetes reads a targetPort of 0 or "" as unset too.
+                    if matches!(p.get("targetPort"), Some(t) if *t == json!(0) || *t == json!(""))
+                        && let Some(map) = p.as_object_mut()
+                    {
+                        map.remove("targetPort");
+                    }
                     if let Some(port) = p.get("port").cloned() {
                         set_default(p, "/targetPort", port);
                     }
                 }
+            }
+            // What Kubernetes fills on a single-stack IPv4 cluster. The addresses
+            // themselves are allocated by the API server (`apiserver::services`).
+            let ty = obj
+                .pointer("/spec/type")
+                .and_then(Value::as_str)
+                .unwrap_or("ClusterIP")
+                .to_string();
+            if ty != "ExternalName" {
+                set_default(obj, "/spec/ipFamilies", json!(["IPv4"]));
+                set_default(obj, "/spec/ipFamilyPolicy", json!("SingleStack"));
+                set_default(obj, "/spec/internalTrafficPolicy", json!("Cluster"));
+            }
+            if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+                set_default(obj, "/spec/externalTrafficPolicy", json!("Cluster"));
+            }
+            if ty == "LoadBalancer" {
+                set_default(obj, "/spec/allocateLoadBalancerNodePorts", json!(true));
             }
         }
         ("", "Secret") => set_default(obj, "/type", json!("Opaque")),
@@ -928,6 +1089,59 @@ mod tests {
     }
 
     #[test]
+    fn service_addresses_are_checked() {
+        let svc = |spec: Value| {
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "web", "namespace": "default"}, "spec": spec})
+        };
+        let fields = |spec: Value| -> Vec<String> {
+            validate(kind("svc"), &svc(spec))
+                .into_iter()
+                .map(|e| e.field)
+                .collect()
+        };
+        assert_eq!(
+            fields(json!({"clusterIP": "nope", "ports": [{"port": 80}]})),
+            ["spec.clusterIP"]
+        );
+        assert_eq!(
+            fields(json!({"type": "NodePort", "clusterIP": "None", "ports": [{"port": 80}]})),
+            ["spec.clusterIP"]
+        );
+        assert_eq!(
+            fields(
+                json!({"clusterIP": "127.250.0.1", "clusterIPs": ["127.250.0.2"],
+                          "ports": [{"port": 80}]})
+            ),
+            ["spec.clusterIPs[0]"]
+        );
+        assert_eq!(
+            fields(json!({"ipFamilies": ["IPv6"], "ports": [{"port": 80}]})),
+            ["spec.ipFamilies[0]"]
+        );
+        assert_eq!(
+            fields(json!({"externalTrafficPolicy": "Local", "ports": [{"port": 80}]})),
+            ["spec.externalTrafficPolicy"]
+        );
+        assert_eq!(
+            fields(json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 70000}]})),
+            ["spec.ports[0].nodePort"]
+        );
+        assert_eq!(
+            fields(json!({"ports": [{"port": 80, "nodePort": 30080}]})),
+            ["spec.ports[0].nodePort"]
+        );
+        assert_eq!(
+            fields(json!({"type": "ExternalName"})),
+            ["spec.externalName"]
+        );
+        assert!(
+            fields(json!({"type": "ExternalName", "externalName": "db.example.com"})).is_empty()
+        );
+        assert!(fields(json!({"clusterIP": "None", "selector": {"app": "web"}})).is_empty());
+    }
+
+    #[test]
     fn defaults_fill_what_kubernetes_fills() {
         let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
                            "metadata": {"name": "web"},
@@ -951,5 +1165,24 @@ mod tests {
         apply_defaults(kind("svc"), &mut s);
         assert_eq!(s.pointer("/spec/ports/0/targetPort"), Some(&json!(80)));
         assert_eq!(s.pointer("/spec/type"), Some(&json!("ClusterIP")));
+        assert_eq!(
+            s.pointer("/spec/ipFamilyPolicy"),
+            Some(&json!("SingleStack"))
+        );
+        assert_eq!(
+            s.pointer("/spec/internalTrafficPolicy"),
+            Some(&json!("Cluster"))
+        );
+        let mut np =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": 0}]}});
+        apply_defaults(kind("svc"), &mut np);
+        assert_eq!(np.pointer("/spec/ports/0/targetPort"), Some(&json!(80)));
+        assert_eq!(
+            np.pointer("/spec/externalTrafficPolicy"),
+            Some(&json!("Cluster"))
+        );
+        let mut alias = json!({"spec": {"type": "ExternalName", "externalName": "x.example"}});
+        apply_defaults(kind("svc"), &mut alias);
+        assert!(alias.pointer("/spec/ipFamilies").is_none());
     }
 }

@@ -130,6 +130,15 @@ pub fn resource_entries(k: &ResourceKind) -> Vec<Value> {
             "verbs": ["get"],
         }));
     }
+    if super::binding::serves(k) {
+        entries.push(json!({
+            "name": format!("{}/binding", k.plural),
+            "singularName": "",
+            "namespaced": k.namespaced,
+            "kind": "Binding",
+            "verbs": ["create"],
+        }));
+    }
     entries
 }
 

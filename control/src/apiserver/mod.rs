@@ -11,13 +11,16 @@
 
 pub mod auth;
 pub mod authz;
+pub mod binding;
 pub mod discovery;
 pub mod error;
+pub mod eviction;
 pub mod ipam;
 pub mod objects;
 pub mod proxy;
 pub mod request;
 pub mod resources;
+pub mod services;
 pub mod watch;
 
 use crate::store::Store;
@@ -38,6 +41,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// How often an idle watch that asked for bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// Where Service cluster IPs and node ports come from.
+    pub services: services::ServiceRanges,
 }
 
 impl Default for ApiConfig {
@@ -45,6 +50,7 @@ impl Default for ApiConfig {
         ApiConfig {
             max_body_bytes: 3 * 1024 * 1024,
             bookmark_interval: Duration::from_secs(30),
+            services: services::ServiceRanges::default(),
         }
     }
 }

@@ -99,6 +99,23 @@ async fn handle(
     let status_sub = match target.subresource.as_deref() {
         None => false,
         Some("status") if target.kind.has_status => true,
+        Some(super::eviction::SUBRESOURCE) if super::eviction::serves(target.kind) => {
+            let identity = parts.extensions.get::<Identity>().cloned();
+            return super::eviction::serve(&state, &target, identity.as_ref(), &parts, body).await;
+        }
+        Some(FINALIZE_SUBRESOURCE) if is_namespace(target.kind) => {
+            return match (&parts.method, target.name.as_deref()) {
+                (&Method::PUT, Some(name)) => {
+                    let body =
+                        read_json(body, &parts.headers, &state, &["application/json"]).await?;
+                    let obj = finalize_namespace(&state, &target, name, &body).await?;
+                    Ok(json_response(StatusCode::OK, &obj))
+                }
+                (m, _) => Err(ApiError::MethodNotAllowed(format!(
+                    "{m} is not supported on namespaces/finalize; use PUT"
+                ))),
+            };
+        }
         Some(proxy::LOG_SUBRESOURCE) if proxy::serves_logs(target.kind) => {
             return match (&parts.method, target.name.as_deref()) {
                 (&Method::GET, Some(name)) => proxy::pod_logs(&state, &target, name, &query).await,
@@ -106,6 +123,9 @@ async fn handle(
                     "{m} is not supported on pods/log; use GET"
                 ))),
             };
+        }
+        Some(super::binding::SUBRESOURCE) if super::binding::serves(target.kind) => {
+            return super::binding::handle(&state, &target, &parts, body).await;
         }
         Some(other) => {
             return Err(ApiError::NotFound {
@@ -205,7 +225,7 @@ fn subject(target: &Target, name: &str) -> Subject {
 
 /// Reads a JSON body of at most the configured size. A request without a Content-Type is
 /// JSON, as Kubernetes clients assume.
-async fn read_json(
+pub(super) async fn read_json(
     body: Body,
     headers: &HeaderMap,
     state: &AppState,
@@ -443,6 +463,12 @@ pub fn prepare_create(kind: &ResourceKind, obj: &mut Value) -> Result<(), ApiErr
     if kind.group == "batch" && kind.kind == "Job" {
         generate_job_selector(obj, &uid);
     }
+    if is_namespace(kind) {
+        // The namespace controller's finalizer, as kube-apiserver sets it at creation (not
+        // a default: defaults also run on updates, and would undo the controller's
+        // `finalize`).
+        ensure_namespace_finalizer(obj);
+    }
     validation::apply_defaults(kind, obj);
     Ok(())
 }
@@ -580,6 +606,8 @@ async fn create(
     } else {
         None
     };
+    // Service addresses: a cluster IP and node ports no other Service holds (held until stored).
+    let _svc_alloc = super::services::admit_create(state, target, &mut obj).await?;
     if dry {
         return Ok(json_response(StatusCode::CREATED, &obj));
     }
@@ -645,6 +673,11 @@ pub fn prepare_update(
         }
         new
     };
+    if is_namespace(kind) {
+        // A Namespace's finalizers change only through `namespaces/NAME/finalize`, as in
+        // Kubernetes: an update cannot let go of a namespace that is still being emptied.
+        set_spec_finalizers(&mut result, current.pointer("/spec/finalizers").cloned());
+    }
     if let (Some(meta), Some(cur_meta)) = (
         result.get_mut("metadata").and_then(Value::as_object_mut),
         current.get("metadata").and_then(Value::as_object),
@@ -744,17 +777,15 @@ async fn update_with(
                 "the object has been modified; please apply your changes to the latest version and try again",
             ));
         }
+        // Services keep their allocated addresses; new node ports are allocated (held until stored).
+        let _svc_alloc =
+            super::services::admit_update(state, target, &current, &mut new, status_only).await?;
         let result = prepare_update(kind, &current, new, status_only)
             .map_err(|errs| invalid(kind, &current, target, errs))?;
         if semantically_equal(&result, &current) || dry_run {
             return Ok(result);
         }
-        let finalized = meta_str(&result, "deletionTimestamp").is_some()
-            && result
-                .pointer("/metadata/finalizers")
-                .and_then(Value::as_array)
-                .is_none_or(|f| f.is_empty());
-        let outcome = if finalized {
+        let outcome = if finalized(kind, &result) {
             state
                 .store
                 .delete(&key, Some(stored.mod_revision))
@@ -833,6 +864,21 @@ pub struct DeleteOptions {
     pub dry_run: bool,
 }
 
+/// The garbage collector's finalizer that orphans an owner's dependents (removes their
+/// ownerReferences to it) before the owner goes.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+/// The garbage collector's finalizer that keeps an owner until its blocking dependents
+/// are gone (foreground cascading deletion).
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// The namespace controller's finalizer, in a Namespace's `spec.finalizers`.
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+/// `PUT /api/v1/namespaces/NAME/finalize`: replaces `spec.finalizers`, nothing else.
+pub const FINALIZE_SUBRESOURCE: &str = "finalize";
+
+fn is_namespace(kind: &ResourceKind) -> bool {
+    kind.group.is_empty() && kind.kind == "Namespace"
+}
+
 async fn delete_options(
     body: Body,
     headers: &HeaderMap,
@@ -846,12 +892,54 @@ async fn delete_options(
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("DeleteOptions is not valid JSON: {e}")))?
     };
-    let mut opts = DeleteOptions {
+    let mut opts = delete_options_from(&body)?;
+    if let Some(g) = query.get("gracePeriodSeconds") {
+        opts.grace_period_seconds = Some(g.parse().map_err(|_| {
+            ApiError::BadRequest(format!("gracePeriodSeconds {g:?} is not a number"))
+        })?);
+    }
+    if let Some(p) = query.get("propagationPolicy") {
+        opts.propagation_policy = Some(p.to_string());
+    }
+    if query.get("orphanDependents").is_some() && opts.propagation_policy.is_none() {
+        opts.propagation_policy = Some(orphan_policy(query.flag("orphanDependents")).into());
+    }
+    if query.dry_run()? {
+        opts.dry_run = true;
+    }
+    check_policy(&opts)?;
+    Ok(opts)
+}
+
+/// The deprecated `orphanDependents` flag as a propagation policy.
+fn orphan_policy(orphan: bool) -> &'static str {
+    if orphan { "Orphan" } else { "Background" }
+}
+
+fn check_policy(opts: &DeleteOptions) -> Result<(), ApiError> {
+    if let Some(p) = &opts.propagation_policy
+        && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
+    {
+        return Err(ApiError::BadRequest(format!(
+            "propagationPolicy: unsupported value {p:?}: supported values: \"Orphan\", \"Background\", \"Foreground\""
+        )));
+    }
+    Ok(())
+}
+
+/// A `DeleteOptions` JSON object (a DELETE body, or an Eviction's `deleteOptions`).
+pub(super) fn delete_options_from(body: &Value) -> Result<DeleteOptions, ApiError> {
+    let opts = DeleteOptions {
         grace_period_seconds: body.get("gracePeriodSeconds").and_then(Value::as_i64),
         propagation_policy: body
             .get("propagationPolicy")
             .and_then(Value::as_str)
-            .map(str::to_string),
+            .map(str::to_string)
+            .or_else(|| {
+                body.get("orphanDependents")
+                    .and_then(Value::as_bool)
+                    .map(|o| orphan_policy(o).to_string())
+            }),
         uid: body
             .pointer("/preconditions/uid")
             .and_then(Value::as_str)
@@ -872,24 +960,7 @@ async fn delete_options(
             .and_then(Value::as_array)
             .is_some_and(|d| d.iter().any(|v| v == "All")),
     };
-    if let Some(g) = query.get("gracePeriodSeconds") {
-        opts.grace_period_seconds = Some(g.parse().map_err(|_| {
-            ApiError::BadRequest(format!("gracePeriodSeconds {g:?} is not a number"))
-        })?);
-    }
-    if let Some(p) = query.get("propagationPolicy") {
-        opts.propagation_policy = Some(p.to_string());
-    }
-    if query.dry_run()? {
-        opts.dry_run = true;
-    }
-    if let Some(p) = &opts.propagation_policy
-        && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
-    {
-        return Err(ApiError::BadRequest(format!(
-            "propagationPolicy: unsupported value {p:?}: supported values: \"Orphan\", \"Background\", \"Foreground\""
-        )));
-    }
+    check_policy(&opts)?;
     Ok(opts)
 }
 
@@ -899,66 +970,218 @@ pub enum DeletePlan {
     /// Remove it now.
     Remove,
     /// Mark it (deletionTimestamp, grace) and keep it: finalizers must run, or the node
-    /// must stop the pod first.
-    Mark { grace_seconds: i64 },
-    /// Already marked with a grace no longer than the requested one: nothing to do.
+    /// must stop the pod first. An object already marked keeps its deletionTimestamp
+    /// unless its grace period is shortened.
+    Mark {
+        grace_seconds: i64,
+        /// `metadata.finalizers` from now on (the garbage collector's follow the
+        /// propagation policy).
+        finalizers: Vec<String>,
+        /// A Namespace's `spec.finalizers` from now on; `None` for other kinds.
+        spec_finalizers: Option<Vec<String>>,
+    },
+    /// Already marked with a grace no longer than the requested one and the same
+    /// finalizers: nothing to do.
     Nothing,
 }
 
+fn strings_at(obj: &Value, pointer: &str) -> Vec<String> {
+    obj.pointer(pointer)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ensure(list: &mut Vec<String>, item: &str) {
+    if !list.iter().any(|f| f == item) {
+        list.push(item.to_string());
+    }
+}
+
+/// Decides a delete, as kube-apiserver's generic registry does:
+///
+/// - **Propagation.** `Orphan` adds the garbage collector's `orphan` finalizer (and drops
+///   `foregroundDeletion`), `Foreground` adds `foregroundDeletion` (and drops `orphan`),
+///   `Background` drops `orphan`; without a policy the finalizers already there decide,
+///   and the default is background: the owner goes now and the collector removes the
+///   dependents whose owner is gone.
+/// - **Namespaces** always get the namespace controller's `kubernetes` finalizer in
+///   `spec.finalizers` (set at creation; added here for namespaces created without it)
+///   and are marked `Terminating`: the controller empties them, then finalizes.
+/// - **Pods** bound to a node that has not stopped them are marked with their grace
+///   period (the node confirms with grace 0); a shorter grace shortens an earlier mark.
+/// - Anything with finalizers left is marked with grace 0; the rest is removed.
 pub fn plan_delete(kind: &ResourceKind, obj: &Value, opts: &DeleteOptions) -> DeletePlan {
     let already = meta_str(obj, "deletionTimestamp").is_some();
-    let finalizers = obj
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
     let current_grace = obj
         .pointer("/metadata/deletionGracePeriodSeconds")
         .and_then(Value::as_i64);
+    let current_finalizers = strings_at(obj, "/metadata/finalizers");
+    let mut finalizers = current_finalizers.clone();
+    match opts.propagation_policy.as_deref() {
+        Some("Orphan") => {
+            ensure(&mut finalizers, ORPHAN_FINALIZER);
+            finalizers.retain(|f| f != FOREGROUND_FINALIZER);
+        }
+        Some("Foreground") => {
+            ensure(&mut finalizers, FOREGROUND_FINALIZER);
+            finalizers.retain(|f| f != ORPHAN_FINALIZER);
+        }
+        Some("Background") => finalizers.retain(|f| f != ORPHAN_FINALIZER),
+        _ => {}
+    }
+    let spec_finalizers = is_namespace(kind).then(|| {
+        let mut f = strings_at(obj, "/spec/finalizers");
+        if !already {
+            ensure(&mut f, NAMESPACE_FINALIZER);
+        }
+        f
+    });
+    let held = !finalizers.is_empty() || spec_finalizers.as_ref().is_some_and(|f| !f.is_empty());
+
+    let mut grace = 0;
     if kind.kind == "Pod" && kind.group.is_empty() {
         let on_node = obj
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
             .is_some_and(|n| !n.is_empty());
-        let grace = opts
-            .grace_period_seconds
-            .or_else(|| {
-                obj.pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-            })
-            .unwrap_or(30)
-            .max(0);
         // A pod that never reached a node, or that ended, has nothing to stop.
         let phase = obj
             .pointer("/status/phase")
             .and_then(Value::as_str)
             .unwrap_or("");
         let stopped = matches!(phase, "Succeeded" | "Failed");
-        if on_node && grace > 0 && !stopped {
-            if already && current_grace.is_some_and(|g| g <= grace) {
-                return DeletePlan::Nothing;
-            }
-            return DeletePlan::Mark {
-                grace_seconds: grace,
-            };
+        if on_node && !stopped {
+            grace = opts
+                .grace_period_seconds
+                .or_else(|| {
+                    obj.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                })
+                .unwrap_or(30)
+                .max(0);
         }
     }
-    if finalizers {
-        if already {
-            return DeletePlan::Nothing;
-        }
-        return DeletePlan::Mark { grace_seconds: 0 };
+    // A grace period is only ever shortened.
+    if let Some(current) = current_grace.filter(|_| already) {
+        grace = grace.min(current);
     }
-    DeletePlan::Remove
+    if grace == 0 && !held {
+        return DeletePlan::Remove;
+    }
+    if already
+        && current_grace == Some(grace)
+        && finalizers == current_finalizers
+        && spec_finalizers
+            .as_ref()
+            .is_none_or(|f| *f == strings_at(obj, "/spec/finalizers"))
+    {
+        return DeletePlan::Nothing;
+    }
+    DeletePlan::Mark {
+        grace_seconds: grace,
+        finalizers,
+        spec_finalizers,
+    }
 }
 
-async fn delete(
+/// Whether an update leaves an object that is to be removed now: marked for deletion,
+/// no finalizers left (for a Namespace, in `spec.finalizers` too), and no grace period
+/// running (a pod still stopping on its node stays until the node confirms).
+pub fn finalized(kind: &ResourceKind, obj: &Value) -> bool {
+    meta_str(obj, "deletionTimestamp").is_some()
+        && strings_at(obj, "/metadata/finalizers").is_empty()
+        && (!is_namespace(kind) || strings_at(obj, "/spec/finalizers").is_empty())
+        && obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            <= 0
+}
+
+/// The object a [`DeletePlan::Mark`] stores.
+fn marked(
+    kind: &ResourceKind,
+    current: &Value,
+    grace_seconds: i64,
+    finalizers: Vec<String>,
+    spec_finalizers: Option<Vec<String>>,
+    now: jiff::Timestamp,
+) -> Value {
+    let mut marked = current.clone();
+    let keep_timestamp = meta_str(current, "deletionTimestamp").is_some()
+        && current
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            == Some(grace_seconds);
+    if let Some(meta) = marked.get_mut("metadata").and_then(Value::as_object_mut) {
+        if !keep_timestamp {
+            let at = now + jiff::SignedDuration::from_secs(grace_seconds);
+            meta.insert(
+                "deletionTimestamp".into(),
+                json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            );
+        }
+        meta.insert("deletionGracePeriodSeconds".into(), json!(grace_seconds));
+        if finalizers.is_empty() {
+            meta.remove("finalizers");
+        } else {
+            meta.insert("finalizers".into(), json!(finalizers));
+        }
+    }
+    if is_namespace(kind) {
+        if let (Some(f), Some(map)) = (spec_finalizers, marked.as_object_mut()) {
+            let spec = map.entry("spec").or_insert_with(|| json!({}));
+            if let Some(spec) = spec.as_object_mut() {
+                spec.insert("finalizers".into(), json!(f));
+            }
+        }
+        if let Some(map) = marked.as_object_mut() {
+            let status = map.entry("status").or_insert_with(|| json!({}));
+            if let Some(status) = status.as_object_mut() {
+                status.insert("phase".into(), json!("Terminating"));
+            }
+        }
+    }
+    marked
+}
+
+/// Sets the `kubernetes` finalizer in a new Namespace's `spec.finalizers`.
+fn ensure_namespace_finalizer(obj: &mut Value) {
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    let spec = map.entry("spec").or_insert_with(|| json!({}));
+    if spec.is_null() {
+        *spec = json!({});
+    }
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
+    let list = spec.entry("finalizers").or_insert_with(|| json!([]));
+    if list.is_null() {
+        *list = json!([]);
+    }
+    if let Some(list) = list.as_array_mut()
+        && !list.iter().any(|f| f == NAMESPACE_FINALIZER)
+    {
+        list.push(json!(NAMESPACE_FINALIZER));
+    }
+}
+
+pub(super) async fn delete(
     state: &AppState,
     target: &Target,
     name: &str,
     opts: &DeleteOptions,
 ) -> Result<Value, ApiError> {
     let kind = target.kind;
-    if kind.kind == "Namespace" && SYSTEM_NAMESPACES.contains(&name) {
+    if is_namespace(kind) && SYSTEM_NAMESPACES.contains(&name) {
         return Err(ApiError::Forbidden(format!(
             "namespace {name} is a system namespace and may not be deleted"
         )));
@@ -994,37 +1217,30 @@ async fn delete(
         }
         let outcome = match plan {
             DeletePlan::Nothing => return Ok(current),
-            DeletePlan::Mark { grace_seconds } => {
-                let mut marked = current.clone();
-                let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace_seconds);
-                if let Some(meta) = marked.get_mut("metadata").and_then(Value::as_object_mut) {
-                    meta.insert(
-                        "deletionTimestamp".into(),
-                        json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
-                    );
-                    meta.insert("deletionGracePeriodSeconds".into(), json!(grace_seconds));
-                }
-                if kind.kind == "Namespace"
-                    && let Some(status) = marked.get_mut("status").and_then(Value::as_object_mut)
-                {
-                    status.insert("phase".into(), json!("Terminating"));
-                }
+            DeletePlan::Mark {
+                grace_seconds,
+                finalizers,
+                spec_finalizers,
+            } => {
+                let marked = marked(
+                    kind,
+                    &current,
+                    grace_seconds,
+                    finalizers,
+                    spec_finalizers,
+                    jiff::Timestamp::now(),
+                );
                 state
                     .store
                     .update(&key, encode(&marked)?, Some(stored.mod_revision))
                     .await
                     .and_then(|s| decode(&s).map_err(|_| StoreError::Io("decode".into())))
             }
-            DeletePlan::Remove => {
-                if kind.kind == "Namespace" {
-                    Box::pin(empty_namespace(state, name)).await?;
-                }
-                state
-                    .store
-                    .delete(&key, Some(stored.mod_revision))
-                    .await
-                    .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or(current.clone()))
-            }
+            DeletePlan::Remove => state
+                .store
+                .delete(&key, Some(stored.mod_revision))
+                .await
+                .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or(current.clone())),
         };
         match outcome {
             Ok(obj) => return Ok(obj),
@@ -1038,23 +1254,87 @@ async fn delete(
     ))
 }
 
-/// Deletes everything inside a namespace that is being deleted. The namespace lifecycle
-/// controller replaces this with a finalizer that waits for graceful pod termination.
-async fn empty_namespace(state: &AppState, ns: &str) -> Result<(), ApiError> {
-    for kind in crate::api::KINDS.iter().filter(|k| k.namespaced) {
-        let target = Target {
-            kind,
-            namespace: Some(ns.to_string()),
-            name: None,
-            subresource: None,
+/// `PUT namespaces/NAME/finalize`: the namespace controller hands back its finalizer once
+/// the namespace is empty. Only `spec.finalizers` changes; when it ends up empty on a
+/// namespace being deleted (and no metadata finalizers hold it), the namespace is gone.
+async fn finalize_namespace(
+    state: &AppState,
+    target: &Target,
+    name: &str,
+    body: &Value,
+) -> Result<Value, ApiError> {
+    let wanted = match body.pointer("/spec/finalizers") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(list)) if list.iter().all(Value::is_string) => {
+            Some(Value::Array(list.clone()))
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "spec.finalizers must be a list of strings".into(),
+            ));
+        }
+    };
+    let main = Target {
+        subresource: None,
+        ..target.clone()
+    };
+    for _ in 0..MAX_RETRIES {
+        let (stored, key) = fetch(state, &main, name).await?;
+        let current = decode(&stored)?;
+        let mut next = current.clone();
+        set_spec_finalizers(&mut next, wanted.clone());
+        if semantically_equal(&next, &current) {
+            return Ok(current);
+        }
+        let outcome = if finalized(target.kind, &next) {
+            state
+                .store
+                .delete(&key, Some(stored.mod_revision))
+                .await
+                .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or(next.clone()))
+        } else {
+            match state
+                .store
+                .update(&key, encode(&next)?, Some(stored.mod_revision))
+                .await
+            {
+                Ok(s) => decode(&s).map_err(|_| StoreError::Io("decode".into())),
+                Err(e) => Err(e),
+            }
         };
-        let opts = DeleteOptions {
-            grace_period_seconds: Some(0),
-            ..Default::default()
-        };
-        delete_all(state, &target, &Query::default(), &opts).await?;
+        match outcome {
+            Ok(obj) => return Ok(obj),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(ApiError::from_store(e, subject(target, name))),
+        }
     }
-    Ok(())
+    Err(ApiError::conflict(
+        subject(target, name),
+        "too many concurrent writers; please try again",
+    ))
+}
+
+/// Sets (or, with `None`, removes) a Namespace's `spec.finalizers`.
+fn set_spec_finalizers(obj: &mut Value, finalizers: Option<Value>) {
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    match finalizers {
+        Some(f) => {
+            let spec = map.entry("spec").or_insert_with(|| json!({}));
+            if spec.is_null() {
+                *spec = json!({});
+            }
+            if let Some(spec) = spec.as_object_mut() {
+                spec.insert("finalizers".into(), f);
+            }
+        }
+        None => {
+            if let Some(spec) = map.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("finalizers");
+            }
+        }
+    }
 }
 
 async fn delete_all(
@@ -1141,6 +1421,21 @@ mod tests {
         assert_eq!(status.pointer("/metadata/generation"), Some(&json!(1)));
     }
 
+    fn mark(grace_seconds: i64, finalizers: &[&str]) -> DeletePlan {
+        DeletePlan::Mark {
+            grace_seconds,
+            finalizers: finalizers.iter().map(|f| f.to_string()).collect(),
+            spec_finalizers: None,
+        }
+    }
+
+    fn policy(p: &str) -> DeleteOptions {
+        DeleteOptions {
+            propagation_policy: Some(p.into()),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn pods_on_nodes_are_deleted_gracefully() {
         let kind = resolve("pod").expect("pod");
@@ -1148,21 +1443,220 @@ mod tests {
         let unscheduled = json!({"metadata": {"name": "p"}, "spec": {}});
         assert_eq!(plan_delete(kind, &unscheduled, &opts), DeletePlan::Remove);
         let running = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 5}});
-        assert_eq!(
-            plan_delete(kind, &running, &opts),
-            DeletePlan::Mark { grace_seconds: 5 }
-        );
+        assert_eq!(plan_delete(kind, &running, &opts), mark(5, &[]));
         let now = DeleteOptions {
             grace_period_seconds: Some(0),
             ..Default::default()
         };
         assert_eq!(plan_delete(kind, &running, &now), DeletePlan::Remove);
+        let ended = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Succeeded"}});
+        assert_eq!(plan_delete(kind, &ended, &opts), DeletePlan::Remove);
+
+        // Marked already: the same or a longer grace changes nothing, a shorter one
+        // shortens the mark, and 0 (the node's confirmation) removes the pod.
+        let terminating = json!({"metadata": {"name": "p", "deletionTimestamp": "2030-01-01T00:00:00Z",
+            "deletionGracePeriodSeconds": 5}, "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 5}});
+        assert_eq!(plan_delete(kind, &terminating, &opts), DeletePlan::Nothing);
+        let longer = DeleteOptions {
+            grace_period_seconds: Some(60),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan_delete(kind, &terminating, &longer),
+            DeletePlan::Nothing
+        );
+        let shorter = DeleteOptions {
+            grace_period_seconds: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(plan_delete(kind, &terminating, &shorter), mark(2, &[]));
+        assert_eq!(plan_delete(kind, &terminating, &now), DeletePlan::Remove);
+
         let cm = resolve("cm").expect("cm");
         let with_finalizer = json!({"metadata": {"name": "c", "finalizers": ["x"]}});
+        assert_eq!(plan_delete(cm, &with_finalizer, &opts), mark(0, &["x"]));
+    }
+
+    #[test]
+    fn propagation_policies_set_the_collectors_finalizers() {
+        let rs = resolve("rs").expect("rs");
+        let plain = json!({"metadata": {"name": "web"}});
         assert_eq!(
-            plan_delete(cm, &with_finalizer, &opts),
-            DeletePlan::Mark { grace_seconds: 0 }
+            plan_delete(rs, &plain, &DeleteOptions::default()),
+            DeletePlan::Remove
         );
+        assert_eq!(
+            plan_delete(rs, &plain, &policy("Background")),
+            DeletePlan::Remove
+        );
+        assert_eq!(
+            plan_delete(rs, &plain, &policy("Foreground")),
+            mark(0, &[FOREGROUND_FINALIZER])
+        );
+        assert_eq!(
+            plan_delete(rs, &plain, &policy("Orphan")),
+            mark(0, &[ORPHAN_FINALIZER])
+        );
+        // Other finalizers stay; the two policies' finalizers exclude each other.
+        let held = json!({"metadata": {"name": "web", "finalizers": ["x", "orphan"]}});
+        assert_eq!(
+            plan_delete(rs, &held, &policy("Foreground")),
+            mark(0, &["x", FOREGROUND_FINALIZER])
+        );
+        // Without a policy, the finalizers already there decide.
+        assert_eq!(
+            plan_delete(rs, &held, &DeleteOptions::default()),
+            mark(0, &["x", ORPHAN_FINALIZER])
+        );
+        // A background delete of an object held only by `orphan` removes it.
+        let orphaning = json!({"metadata": {"name": "web", "finalizers": ["orphan"]}});
+        assert_eq!(
+            plan_delete(rs, &orphaning, &policy("Background")),
+            DeletePlan::Remove
+        );
+        // A second delete with another policy changes the finalizers of the mark.
+        let marked = json!({"metadata": {"name": "web", "finalizers": ["foregroundDeletion"],
+            "deletionTimestamp": "2030-01-01T00:00:00Z", "deletionGracePeriodSeconds": 0}});
+        assert_eq!(
+            plan_delete(rs, &marked, &DeleteOptions::default()),
+            DeletePlan::Nothing
+        );
+        assert_eq!(
+            plan_delete(rs, &marked, &policy("Orphan")),
+            mark(0, &[ORPHAN_FINALIZER])
+        );
+        // A pod on a node deleted in the foreground: graceful and held.
+        let pod = resolve("pod").expect("pod");
+        let running = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}});
+        assert_eq!(
+            plan_delete(pod, &running, &policy("Foreground")),
+            mark(30, &[FOREGROUND_FINALIZER])
+        );
+    }
+
+    #[test]
+    fn namespaces_are_marked_terminating_with_the_controllers_finalizer() {
+        let ns = resolve("ns").expect("ns");
+        let mut created =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}});
+        prepare_create(ns, &mut created).expect("create");
+        assert_eq!(
+            created.pointer("/spec/finalizers"),
+            Some(&json!([NAMESPACE_FINALIZER]))
+        );
+        let plan = plan_delete(ns, &created, &DeleteOptions::default());
+        assert_eq!(
+            plan,
+            DeletePlan::Mark {
+                grace_seconds: 0,
+                finalizers: vec![],
+                spec_finalizers: Some(vec![NAMESPACE_FINALIZER.into()]),
+            }
+        );
+        // A namespace created without the finalizer still gets it.
+        let bare = json!({"metadata": {"name": "old"}, "spec": {}});
+        assert_eq!(plan, plan_delete(ns, &bare, &DeleteOptions::default()));
+        let DeletePlan::Mark {
+            grace_seconds,
+            finalizers,
+            spec_finalizers,
+        } = plan
+        else {
+            unreachable!()
+        };
+        let now = jiff::Timestamp::now();
+        let m = marked(
+            ns,
+            &created,
+            grace_seconds,
+            finalizers,
+            spec_finalizers,
+            now,
+        );
+        assert_eq!(m.pointer("/status/phase"), Some(&json!("Terminating")));
+        assert!(m.pointer("/metadata/deletionTimestamp").is_some());
+        assert!(!finalized(ns, &m), "held by spec.finalizers");
+        assert_eq!(
+            plan_delete(ns, &m, &DeleteOptions::default()),
+            DeletePlan::Nothing
+        );
+        let mut done = m.clone();
+        done["spec"]["finalizers"] = json!([]);
+        assert!(finalized(ns, &done));
+        done["metadata"]["finalizers"] = json!(["x"]);
+        assert!(!finalized(ns, &done));
+    }
+
+    #[test]
+    fn updates_keep_a_namespaces_finalizers() {
+        let ns = resolve("ns").expect("ns");
+        let mut current =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}});
+        prepare_create(ns, &mut current).expect("create");
+        let mut sent = current.clone();
+        sent["spec"] = json!({});
+        sent["metadata"]["labels"] = json!({"a": "b"});
+        let updated = prepare_update(ns, &current, sent, false).expect("valid");
+        assert_eq!(
+            updated.pointer("/spec/finalizers"),
+            Some(&json!([NAMESPACE_FINALIZER]))
+        );
+        assert_eq!(updated.pointer("/metadata/labels/a"), Some(&json!("b")));
+    }
+
+    #[tokio::test]
+    async fn a_deleted_namespace_stays_until_finalized() {
+        use k8s_openapi::api::core::v1::Namespace;
+        use kube::api::{Api, DeleteParams, PostParams};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(
+            crate::store::FjallStore::open(crate::store::StoreConfig::new(dir.path().join("s")))
+                .expect("store"),
+        );
+        let state = AppState {
+            store,
+            auth: std::sync::Arc::new(super::super::auth::Authenticator::new()),
+            config: std::sync::Arc::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        };
+        let client = super::super::in_process_client(super::super::router(state));
+        let api: Api<Namespace> = Api::all(client);
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": "team"}})).expect("ns");
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create");
+        api.delete("team", &DeleteParams::default())
+            .await
+            .expect("delete");
+        let marked = api.get("team").await.expect("still there");
+        assert!(marked.metadata.deletion_timestamp.is_some());
+        // A plain update cannot drop the finalizer.
+        let mut replaced = marked.clone();
+        replaced.spec = None;
+        api.replace("team", &Default::default(), &replaced)
+            .await
+            .expect("replace");
+        assert!(api.get_opt("team").await.expect("get").is_some());
+        // `finalize` can; with no finalizer left the namespace is gone.
+        let body = json!({"metadata": {"name": "team"}, "spec": {"finalizers": []}});
+        api.replace_subresource("finalize", "team", &Default::default(), &body)
+            .await
+            .expect("finalize");
+        assert!(api.get_opt("team").await.expect("get").is_none());
+    }
+
+    #[test]
+    fn a_pod_in_its_grace_period_is_not_finalized_by_an_update() {
+        let pod = resolve("pod").expect("pod");
+        let stopping = json!({"metadata": {"name": "p", "deletionTimestamp": "2030-01-01T00:00:00Z",
+            "deletionGracePeriodSeconds": 30}});
+        assert!(!finalized(pod, &stopping));
+        let held = json!({"metadata": {"name": "p", "deletionTimestamp": "2030-01-01T00:00:00Z",
+            "deletionGracePeriodSeconds": 0}});
+        assert!(finalized(pod, &held));
+        let live = json!({"metadata": {"name": "p"}});
+        assert!(!finalized(pod, &live));
     }
 
     #[test]

@@ -7,6 +7,16 @@
 //! the API, and returns requeue-or-await-change; a separate error policy backs off. They
 //! all talk to the API server through the in-process client, like any user could.
 
+pub mod common;
+pub mod daemonset;
+pub mod deployment;
+pub mod endpoints;
+pub mod gc;
+pub mod job;
+pub mod namespace;
+pub mod nodelifecycle;
+pub mod replicaset;
+
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +29,14 @@ pub struct ControllerConfig {
     /// Default `tolerationSeconds` for the unreachable/not-ready taints: how long pods stay
     /// on an unreachable node before they are evicted.
     pub pod_eviction_timeout: Duration,
+    /// A pod bound to a Node that does not exist is force-deleted once it is this old
+    /// (Kubernetes' PodGC quarantine: the node may not have registered yet).
+    pub orphaned_pod_grace: Duration,
+    /// A Job waits this long before replacing its first failed pod, doubling per failure
+    /// up to 6 minutes (Kubernetes' pod failure back-off).
+    pub job_backoff: Duration,
+    /// The garbage collector gathers changes for this long before it looks again.
+    pub gc_debounce: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -26,6 +44,9 @@ impl Default for ControllerConfig {
         ControllerConfig {
             node_monitor_grace: Duration::from_secs(6),
             pod_eviction_timeout: Duration::from_secs(4),
+            orphaned_pod_grace: Duration::from_secs(20),
+            job_backoff: Duration::from_secs(10),
+            gc_debounce: Duration::from_millis(100),
         }
     }
 }
@@ -38,5 +59,13 @@ pub fn start_all(
     tasks: &mut JoinSet<()>,
 ) {
     // Each controller adds its start line here.
+    replicaset::start(client.clone(), shutdown.clone(), tasks);
+    deployment::start(client.clone(), shutdown.clone(), tasks);
+    endpoints::start(client.clone(), shutdown.clone(), tasks);
+    daemonset::start(client.clone(), config, shutdown.clone(), tasks);
+    job::start(client.clone(), config, shutdown.clone(), tasks);
+    nodelifecycle::start(client.clone(), config, shutdown.clone(), tasks);
+    gc::start(client.clone(), config, shutdown.clone(), tasks);
+    namespace::start(client.clone(), config, shutdown.clone(), tasks);
     let _ = (client, config, shutdown, tasks);
 }

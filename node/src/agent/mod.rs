@@ -19,7 +19,8 @@ pub mod status;
 pub mod volumes;
 pub mod worker;
 
-use crate::daemon;
+use crate::proxy::ProxyConfig;
+use crate::{daemon, dns, proxy};
 use addresses::PodAddresses;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -58,6 +59,16 @@ pub struct AgentConfig {
     /// Whether pods may mount `hostPath` volumes.
     pub allow_host_path: bool,
     pub max_pods: u32,
+    /// The Service proxy (see [`crate::proxy`]).
+    pub proxy: ProxyConfig,
+    /// Where the cluster DNS answers (UDP and TCP, shared with the machine's other nodes);
+    /// `None` runs no DNS.
+    pub dns_listen: Option<SocketAddr>,
+    /// The cluster domain (DNS names `SVC.NS.svc.DOMAIN`, pods' search path).
+    pub cluster_domain: String,
+    /// Whether the DNS forwards names outside the cluster domain to the host's resolvers
+    /// (else it refuses them).
+    pub dns_forward: bool,
 }
 
 impl AgentConfig {
@@ -69,11 +80,15 @@ impl AgentConfig {
             daemon_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             fallback_pod_cidr: None,
             lease_duration: Duration::from_secs(40),
-            renew_interval: Duration::from_secs(5),
+            renew_interval: Duration::from_secs(2),
             status_interval: Duration::from_secs(10),
             backoff: Backoff::default(),
             allow_host_path: false,
             max_pods: 1000,
+            proxy: ProxyConfig::default(),
+            dns_listen: Some(SocketAddr::from(([127, 0, 0, 1], 5353))),
+            cluster_domain: "cluster.local".into(),
+            dns_forward: true,
         }
     }
 }
@@ -103,6 +118,8 @@ pub struct NodeContext {
     pub addresses: Mutex<PodAddresses>,
     /// Pods this node runs, by `namespace/name`, for the log server.
     pub pods: Mutex<HashMap<String, Arc<Pod>>>,
+    /// The proxy's counters and the Service names pods resolve.
+    pub services: Arc<proxy::Shared>,
     pub shutdown: CancellationToken,
 }
 
@@ -111,6 +128,8 @@ pub struct Agent {
     pub node_name: String,
     pub daemon_addr: SocketAddr,
     pub pod_cidr: String,
+    /// Where the cluster DNS answers, if it runs.
+    pub dns_addr: Option<SocketAddr>,
     tasks: JoinSet<()>,
 }
 
@@ -146,6 +165,18 @@ pub async fn start(
             addr: config.daemon_listen,
             error,
         })?;
+    // The DNS sockets too, so that the bound address (port 0) is known. A node whose DNS
+    // address is taken by something else still runs: pods resolve Services through the
+    // proxy's table, not through DNS.
+    let dns_sockets = match config.dns_listen.map(dns::bind) {
+        Some(Ok(sockets)) => Some(sockets),
+        Some(Err(e)) => {
+            tracing::warn!(node = %config.node_name, error = %e, "cluster DNS not serving on this node");
+            None
+        }
+        None => None,
+    };
+    let dns_addr = dns_sockets.as_ref().map(|s| s.addr);
     let proxy_token = daemon::proxy_token(&client).await;
 
     let facts = NodeFacts::of_host(
@@ -169,17 +200,51 @@ pub async fn start(
         runtime,
         addresses: Mutex::new(addresses),
         pods: Mutex::new(HashMap::new()),
+        services: Arc::new(proxy::Shared::new(&config.cluster_domain)),
         shutdown: shutdown.clone(),
     });
     tasks.spawn(daemon::serve(listener, ctx.clone(), proxy_token));
     tasks.spawn(heartbeat(ctx.clone(), facts));
     tasks.spawn(renew_lease(ctx.clone()));
     tasks.spawn(watch_pods(ctx.clone()));
-    tracing::info!(node = %config.node_name, %daemon_addr, %pod_cidr, "node agent running");
+    // Services: one watch of Services and EndpointSlices feeds the proxy and the DNS.
+    if config.proxy.enabled || dns_sockets.is_some() {
+        let (snapshots_tx, snapshots) = proxy::watch::channel();
+        tasks.spawn(proxy::watch::run(
+            client.clone(),
+            snapshots_tx,
+            shutdown.clone(),
+        ));
+        if config.proxy.enabled {
+            tasks.spawn(proxy::run(
+                ctx.services.clone(),
+                config.proxy.clone(),
+                config.address,
+                snapshots.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(sockets) = dns_sockets {
+            let dns_config = dns::DnsConfig {
+                listen: sockets.addr,
+                cluster_domain: config.cluster_domain.clone(),
+                forward: config.dns_forward,
+            };
+            tasks.spawn(dns::run(
+                sockets,
+                dns_config,
+                ctx.services.clone(),
+                snapshots,
+                shutdown.clone(),
+            ));
+        }
+    }
+    tracing::info!(node = %config.node_name, %daemon_addr, %pod_cidr, ?dns_addr, "node agent running");
     Ok(Agent {
         node_name: config.node_name,
         daemon_addr,
         pod_cidr,
+        dns_addr,
         tasks,
     })
 }
@@ -229,8 +294,13 @@ async fn heartbeat(ctx: Arc<NodeContext>, facts: NodeFacts) {
             .await
             .ok()
             .and_then(|n| n.status);
-        let status =
+        let mut status =
             node_object::node_status(&facts, true, previous.as_ref(), jiff::Timestamp::now());
+        // The compiled modules this node holds, for the scheduler's image locality.
+        status.images =
+            Some(node_object::node_images(ctx.runtime.images().iter().map(
+                |i| (i.reference().to_string(), i.digest().to_string(), i.size()),
+            )));
         let patch = Patch::Merge(serde_json::json!({"status": status}));
         if let Err(e) = nodes
             .patch_status(&facts.name, &PatchParams::default(), &patch)

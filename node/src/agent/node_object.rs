@@ -6,8 +6,8 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
-    NodeSystemInfo,
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
+    NodeSpec, NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -209,6 +209,28 @@ pub fn node_status(
     }
 }
 
+/// How many images a node reports, the largest first (the kubelet's default is 50).
+pub const MAX_IMAGES: usize = 50;
+
+/// `status.images` from what the runtime holds: `(reference, digest, size)` with the
+/// digest as `sha256:HEX`. Each image is named by its reference and its digest, so the
+/// scheduler finds it by either (a pod pinned with `@sha256:` by the digest).
+pub fn node_images(held: impl IntoIterator<Item = (String, String, u64)>) -> Vec<ContainerImage> {
+    let mut held: Vec<_> = held.into_iter().collect();
+    held.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    held.truncate(MAX_IMAGES);
+    held.into_iter()
+        .map(|(reference, digest, size)| ContainerImage {
+            names: Some(if reference == digest {
+                vec![digest]
+            } else {
+                vec![reference, digest]
+            }),
+            size_bytes: Some(i64::try_from(size).unwrap_or(i64::MAX)),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +287,22 @@ mod tests {
             Some(Time(now))
         );
         assert_eq!(r2.and_then(|c| c.last_heartbeat_time), Some(Time(later)));
+    }
+
+    #[test]
+    fn images_are_reported_by_reference_and_digest_largest_first() {
+        let images = node_images([
+            ("/srv/small.wasm".to_string(), "sha256:aa".to_string(), 10),
+            ("/srv/big.wasm".to_string(), "sha256:bb".to_string(), 2000),
+        ]);
+        assert_eq!(images.len(), 2);
+        assert_eq!(
+            images[0].names,
+            Some(vec!["/srv/big.wasm".to_string(), "sha256:bb".to_string()])
+        );
+        assert_eq!(images[0].size_bytes, Some(2000));
+        let many = node_images((0..60).map(|i| (format!("{i}.wasm"), format!("sha256:{i}"), i)));
+        assert_eq!(many.len(), MAX_IMAGES);
+        assert_eq!(many[0].size_bytes, Some(59));
     }
 }

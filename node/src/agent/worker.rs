@@ -483,6 +483,11 @@ async fn start_container(
     spec.mounts = mounts;
     spec.resources = resources(c);
     spec.network = network_access(pod);
+    // Service names are cluster-internal: reachable whatever the allow list says.
+    spec.services = Some(
+        ctx.services
+            .resolver(pod.metadata.namespace.as_deref().unwrap_or("default")),
+    );
     spec.http_listen = http_listen;
 
     match ctx.runtime.start(spec, &image).await {
@@ -570,8 +575,10 @@ fn human(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 60 {
         format!("{}m{}s", s / 60, s % 60)
-    } else if s > 0 {
+    } else if s >= 10 {
         format!("{s}s")
+    } else if s > 0 {
+        format!("{:.1}s", d.as_secs_f64())
     } else {
         format!("{}ms", d.as_millis())
     }

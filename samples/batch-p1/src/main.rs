@@ -3,7 +3,8 @@
 //! `batch_p1 [N]` counts the primes up to N (default 1,000,000) with a sieve of
 //! Eratosthenes and prints the count and the largest one. It also echoes its arguments and
 //! the `GREETING` environment variable and prints its working directory, so tests can check
-//! that they reach the guest.
+//! that they reach the guest. `ECHO_ENV=A,B` also prints `A=...` and `B=...`, and
+//! `ECHO_FILES=/etc/app/x,...` prints each file as `file /etc/app/x: CONTENT` (volumes).
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -13,6 +14,15 @@ fn main() {
     }
     if let Ok(greeting) = std::env::var("GREETING") {
         println!("GREETING={greeting}");
+    }
+    for name in list("ECHO_ENV") {
+        println!("{name}={}", std::env::var(&name).unwrap_or_default());
+    }
+    for path in list("ECHO_FILES") {
+        match std::fs::read_to_string(&path) {
+            Ok(content) => println!("file {path}: {content}"),
+            Err(e) => println!("file {path}: error: {e}"),
+        }
     }
     let n: usize = match args.get(1).map(|s| s.parse()) {
         None => 1_000_000,
@@ -24,6 +34,16 @@ fn main() {
     };
     let (count, largest) = primes_up_to(n);
     println!("primes up to {n}: {count}, largest {largest}");
+}
+
+/// The comma-separated items of an environment variable.
+fn list(var: &str) -> Vec<String> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn primes_up_to(n: usize) -> (usize, usize) {

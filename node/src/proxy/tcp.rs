@@ -1,0 +1,339 @@
+//! The L4 (TCP) stack: every accepted connection is forwarded, byte for byte, to one
+//! endpoint chosen per connection.
+//!
+//! ```text
+//! accepted TcpStream
+//!   │  metrics        requests (= connections), failures, active per Service port
+//!   │  load shed      over the limit: refused at once (the connection is closed)
+//!   │  concurrency    at most `max_in_flight` connections proxied per Service port
+//!   ▼  forward        connect (below), then copy both ways until either side closes
+//!        │  retry     a failed connect is tried again on another endpoint
+//!        │  balance   p2c least-loaded or round robin over the EndpointSet
+//!        │  timeout   per endpoint: the connect must finish in `connect_timeout`
+//!        ▼  connect   TcpStream::connect(endpoint)
+//! ```
+//!
+//! The connection's slot in the concurrency limit and its endpoint's load are held for
+//! the whole life of the connection (the forward future ends when the copy ends), so the
+//! limit counts connections and p2c compares open connections.
+
+use super::balance::{Balance, Balanced};
+use super::discover::EndpointSet;
+use super::metrics::{MetricsLayer, PortStats};
+use super::retry::{ConnectRequest, ConnectRetry};
+use super::{ProxyConfig, balance::PolicyCell};
+use futures::future::BoxFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tower::limit::ConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::retry::RetryLayer;
+use tower::util::BoxCloneService;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+
+/// The per-connection service of one Service port.
+pub type TcpStack = BoxCloneService<TcpStream, (), BoxError>;
+
+/// Connects to one endpoint: the innermost service.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpConnect {
+    addr: SocketAddr,
+}
+
+impl TcpConnect {
+    pub fn new(addr: SocketAddr) -> Self {
+        TcpConnect { addr }
+    }
+}
+
+impl Service<ConnectRequest> for TcpConnect {
+    type Response = TcpStream;
+    type Error = std::io::Error;
+    type Future = BoxFuture<'static, std::io::Result<TcpStream>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: ConnectRequest) -> Self::Future {
+        let addr = self.addr;
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    }
+}
+
+/// The connect half: retry → balance → timeout → connect.
+pub fn connect_stack(
+    endpoints: Arc<EndpointSet>,
+    policy: Arc<PolicyCell>,
+    config: &ProxyConfig,
+) -> BoxCloneService<ConnectRequest, Balanced<TcpStream>, BoxError> {
+    let connect_timeout = config.connect_timeout;
+    let stack = ServiceBuilder::new()
+        // Retry: a connect that failed or timed out is tried on another endpoint (the
+        // request remembers what it tried; the balancer skips those).
+        .layer(RetryLayer::new(ConnectRetry::new(config.connect_attempts)))
+        // Balance: one endpoint per connection, by the Service's policy, from the
+        // EndpointSet the discovery keeps current.
+        .service(Balance::new(endpoints, policy, move |addr: SocketAddr| {
+            ServiceBuilder::new()
+                // Connect timeout: an endpoint that does not accept in time has failed.
+                .timeout(connect_timeout)
+                // Connect: a TCP connection to the endpoint.
+                .service(TcpConnect::new(addr))
+        }));
+    BoxCloneService::new(stack)
+}
+
+/// Forwards one accepted connection through a connection from the connect stack.
+#[derive(Clone)]
+pub struct Forward<C> {
+    connect: C,
+    shutdown: CancellationToken,
+}
+
+impl<C> Service<TcpStream> for Forward<C>
+where
+    C: Service<ConnectRequest, Response = Balanced<TcpStream>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    C::Future: Send,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<(), BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut inbound: TcpStream) -> Self::Future {
+        let connect = self.connect.clone();
+        let shutdown = self.shutdown.clone();
+        Box::pin(async move {
+            let Balanced {
+                response: mut upstream,
+                endpoint,
+                load,
+            } = connect.oneshot(ConnectRequest::default()).await?;
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut inbound, &mut upstream) => {
+                    if let Err(e) = copied {
+                        tracing::debug!(%endpoint, error = %e, "proxied connection ended with an error");
+                    }
+                }
+                // The node is stopping: connections end with it.
+                _ = shutdown.cancelled() => {}
+            }
+            drop(load);
+            Ok(())
+        })
+    }
+}
+
+/// The whole L4 stack of one Service port.
+pub fn stack(
+    endpoints: Arc<EndpointSet>,
+    policy: Arc<PolicyCell>,
+    stats: Arc<PortStats>,
+    config: &ProxyConfig,
+    shutdown: CancellationToken,
+) -> TcpStack {
+    let stack = ServiceBuilder::new()
+        // Metrics: connections taken, failed and open, per Service port.
+        .layer(MetricsLayer::new(stats))
+        // Load shed: when the limit below has no slot, fail now instead of queueing.
+        .layer(LoadShedLayer::new())
+        // Concurrency limit: connections proxied at once, per Service port.
+        .layer(ConcurrencyLimitLayer::new(config.max_in_flight))
+        // Forward: connect through the connect stack, then copy bytes both ways.
+        .service(Forward {
+            connect: connect_stack(endpoints, policy, config),
+            shutdown,
+        });
+    BoxCloneService::new(stack)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::proxy::model::LbPolicy;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// An echo server that prefixes every answer with its name; returns its address.
+    async fn echo(name: &'static str, tasks: &mut tokio::task::JoinSet<()>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tasks.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut out = name.as_bytes().to_vec();
+                        out.extend_from_slice(&buf[..n]);
+                        if s.write_all(&out).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// A proxy in front of `set` on a local port; returns its address.
+    async fn front(
+        set: Arc<EndpointSet>,
+        config: &ProxyConfig,
+        stats: Arc<PortStats>,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> SocketAddr {
+        let stack = stack(
+            set,
+            Arc::new(PolicyCell::new(LbPolicy::RoundRobin)),
+            stats,
+            config,
+            CancellationToken::new(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tasks.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((s, _)) = listener.accept().await {
+                let svc = stack.clone();
+                conns.spawn(async move {
+                    let _ = svc.oneshot(s).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn roundtrip(conn: &mut TcpStream, msg: &str) -> String {
+        conn.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn endpoint_reset_keeps_existing_connections_and_retries_dead_endpoints() {
+        let mut tasks = tokio::task::JoinSet::new();
+        let a = echo("a:", &mut tasks).await;
+        let b = echo("b:", &mut tasks).await;
+        // An address nobody listens on: connects are refused.
+        let dead = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        let set = Arc::new(EndpointSet::new());
+        set.reset([a]);
+        let config = ProxyConfig::default();
+        let stats = Arc::new(PortStats::default());
+        let proxy = front(set.clone(), &config, stats.clone(), &mut tasks).await;
+
+        let mut first = TcpStream::connect(proxy).await.unwrap();
+        assert_eq!(roundtrip(&mut first, "1").await, "a:1");
+        assert_eq!(set.snapshot()[0].load(), 1);
+
+        // a leaves, b and a dead endpoint arrive: the open connection to a keeps working,
+        // new connections go to b (the dead one is retried away).
+        set.reset([dead, b]);
+        assert_eq!(roundtrip(&mut first, "2").await, "a:2");
+        for i in 0..6 {
+            let mut c = TcpStream::connect(proxy).await.unwrap();
+            assert_eq!(roundtrip(&mut c, &i.to_string()).await, format!("b:{i}"));
+        }
+        // a comes back: the same open connection still works, and its load is counted.
+        set.reset([a, b]);
+        assert_eq!(roundtrip(&mut first, "3").await, "a:3");
+        drop(first);
+        assert_eq!(stats.failures(), 0);
+
+        // Nothing routable: the connection is closed (a failure).
+        set.reset([]);
+        let mut c = TcpStream::connect(proxy).await.unwrap();
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while stats.failures() != 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        tasks.abort_all();
+    }
+
+    #[tokio::test]
+    async fn load_shedding_refuses_connections_over_the_limit() {
+        let mut tasks = tokio::task::JoinSet::new();
+        let a = echo("a:", &mut tasks).await;
+        let set = Arc::new(EndpointSet::new());
+        set.reset([a]);
+        let config = ProxyConfig {
+            max_in_flight: 1,
+            ..ProxyConfig::default()
+        };
+        let stats = Arc::new(PortStats::default());
+        let proxy = front(set, &config, stats.clone(), &mut tasks).await;
+        let mut held = TcpStream::connect(proxy).await.unwrap();
+        assert_eq!(roundtrip(&mut held, "x").await, "a:x");
+        // The only slot is taken: the next connection is shed (closed without an answer).
+        let mut shed = TcpStream::connect(proxy).await.unwrap();
+        let _ = shed.write_all(b"y").await;
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), shed.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while stats.failures() != 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        // The slot frees when the first connection closes.
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut c = TcpStream::connect(proxy).await.unwrap();
+                c.write_all(b"z").await.unwrap();
+                let mut buf = [0u8; 8];
+                if let Ok(n) = c.read(&mut buf).await
+                    && n > 0
+                {
+                    assert_eq!(&buf[..n], b"a:z");
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        tasks.abort_all();
+    }
+}
