@@ -883,3 +883,42 @@ async fn a_deployment_rolls_real_pods_on_a_cluster() {
     wait_for(&pods, "app=hello", "no pods", |p| p.is_empty()).await;
     cluster.terminate().await;
 }
+
+#[tokio::test]
+async fn six_replicas_spread_two_per_node_and_scaling_converges() {
+    common::build_samples().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = common::Cluster::up(tmp.path(), 3).await;
+    let port = common::free_port();
+    let pods = cluster.pods();
+    cluster
+        .apply("hello.yaml", &hello_deployment(6, port, "1"))
+        .await;
+    let running = wait_for(&pods, "app=hello", "6 ready pods", |p| {
+        let a = active_pods(p);
+        a.len() == 6 && a.iter().all(|p| is_ready(p))
+    })
+    .await;
+    let mut per_node: std::collections::BTreeMap<String, usize> = Default::default();
+    for pod in active_pods(&running) {
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap();
+        *per_node.entry(node).or_default() += 1;
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{per_node:?}"
+    );
+
+    for (replicas, what) in [(9usize, "9 ready pods"), (3, "3 ready pods")] {
+        let out = cluster
+            .wharf(&["scale", "deploy/hello", "--replicas", &replicas.to_string()])
+            .await;
+        assert!(out.status.success(), "{}", out.stderr_text());
+        wait_for(&pods, "app=hello", what, |p| {
+            let a = active_pods(p);
+            a.len() == replicas && a.iter().all(|p| is_ready(p))
+        })
+        .await;
+    }
+}
