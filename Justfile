@@ -35,3 +35,11 @@ bench-runtime:
 # Build the sample guests next to their YAML.
 samples:
     samples/build.sh
+
+# Scheduler throughput with simulated nodes (see BENCHMARKS.md).
+bench-scheduler:
+    cargo bench -p wharf-control --bench scheduler
+
+# Pods on a node: start latency, requests/s, density (see BENCHMARKS.md).
+bench-pods:
+    cargo bench --bench pods
