@@ -785,22 +785,7 @@ async fn update_with(
         if semantically_equal(&result, &current) || dry_run {
             return Ok(result);
         }
-        let outcome = if finalized(kind, &result) {
-            state
-                .store
-                .delete(&key, Some(stored.mod_revision))
-                .await
-                .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or(result.clone()))
-        } else {
-            match state
-                .store
-                .update(&key, encode(&result)?, Some(stored.mod_revision))
-                .await
-            {
-                Ok(s) => decode(&s).map_err(|_| StoreError::Io("decode".into())),
-                Err(e) => Err(e),
-            }
-        };
+        let outcome = store_write(state, kind, &key, stored.mod_revision, &result).await?;
         match outcome {
             Ok(obj) => return Ok(obj),
             Err(StoreError::Conflict { .. }) => continue,
@@ -811,6 +796,29 @@ async fn update_with(
         subject(target, name),
         "too many concurrent writers; please try again",
     ))
+}
+
+/// Writes the outcome of a read-modify-write at `revision` (compare-and-swap): an object
+/// whose deletion is complete (no finalizers left) is removed, any other is updated.
+async fn store_write(
+    state: &AppState,
+    kind: &ResourceKind,
+    key: &str,
+    revision: u64,
+    obj: &Value,
+) -> Result<Result<Value, StoreError>, ApiError> {
+    Ok(if finalized(kind, obj) {
+        state
+            .store
+            .delete(key, Some(revision))
+            .await
+            .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or_else(|_| obj.clone()))
+    } else {
+        match state.store.update(key, encode(obj)?, Some(revision)).await {
+            Ok(s) => decode(&s).map_err(|_| StoreError::Io("decode".into())),
+            Err(e) => Err(e),
+        }
+    })
 }
 
 fn semantically_equal(a: &Value, b: &Value) -> bool {
@@ -1286,22 +1294,7 @@ async fn finalize_namespace(
         if semantically_equal(&next, &current) {
             return Ok(current);
         }
-        let outcome = if finalized(target.kind, &next) {
-            state
-                .store
-                .delete(&key, Some(stored.mod_revision))
-                .await
-                .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or(next.clone()))
-        } else {
-            match state
-                .store
-                .update(&key, encode(&next)?, Some(stored.mod_revision))
-                .await
-            {
-                Ok(s) => decode(&s).map_err(|_| StoreError::Io("decode".into())),
-                Err(e) => Err(e),
-            }
-        };
+        let outcome = store_write(state, target.kind, &key, stored.mod_revision, &next).await?;
         match outcome {
             Ok(obj) => return Ok(obj),
             Err(StoreError::Conflict { .. }) => continue,
