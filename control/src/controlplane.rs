@@ -50,6 +50,9 @@ pub struct ControlConfig {
     pub run_components: bool,
     pub scheduler: crate::scheduler::SchedulerConfig,
     pub controllers: crate::controllers::ControllerConfig,
+    /// Most changes the store's revision log keeps for watches to resume from; a watch
+    /// from an older resourceVersion gets 410 Gone (kube-apiserver's watch cache size).
+    pub watch_history: usize,
 }
 
 impl ControlConfig {
@@ -62,6 +65,7 @@ impl ControlConfig {
             run_components: true,
             scheduler: Default::default(),
             controllers: Default::default(),
+            watch_history: StoreConfig::new("").log_max_events,
         }
     }
 }
@@ -144,14 +148,15 @@ pub async fn start(
             error,
         })?;
     let store_dir = dir.join("store");
-    let store =
-        tokio::task::spawn_blocking(move || FjallStore::open(StoreConfig::new(store_dir.clone())))
-            .await
-            .map_err(|e| ControlError::Bootstrap(format!("opening the store: {e}")))?
-            .map_err(|error| ControlError::Store {
-                dir: dir.join("store"),
-                error,
-            })?;
+    let mut store_config = StoreConfig::new(store_dir);
+    store_config.log_max_events = config.watch_history.max(1);
+    let store = tokio::task::spawn_blocking(move || FjallStore::open(store_config))
+        .await
+        .map_err(|e| ControlError::Bootstrap(format!("opening the store: {e}")))?
+        .map_err(|error| ControlError::Store {
+            dir: dir.join("store"),
+            error,
+        })?;
     let store: Arc<dyn Store> = Arc::new(store);
 
     let admin_token = load_or_create_token(&dir.join("admin.token")).await?;

@@ -20,6 +20,23 @@ pub struct ControlArgs {
     /// Address the API server listens on (port 0 picks a free port)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
+
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Store settings shared by `wharf control` and `wharf up`.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// How many changes watches can resume from; older resourceVersions get 410 Gone
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    watch_history: usize,
+}
+
+impl StoreArgs {
+    pub fn apply(&self, config: &mut ControlConfig) {
+        config.watch_history = self.watch_history;
+    }
 }
 
 pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
@@ -29,6 +46,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     };
     let mut config = ControlConfig::new(data_dir);
     config.listen = args.listen;
+    args.store.apply(&mut config);
     let shutdown = CancellationToken::new();
     let plane = wharf_control::start(config, shutdown.clone())
         .await

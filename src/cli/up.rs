@@ -6,7 +6,7 @@
 //! credentials and one directory per node, so a second `wharf up` on the same data dir
 //! brings the same cluster back, pods included.
 
-use super::control::shutdown_signal;
+use super::control::{StoreArgs, shutdown_signal};
 use super::node::{ServiceArgs, dns_note, parse_duration, start_node};
 use anyhow::Context;
 use clap::Args;
@@ -33,6 +33,8 @@ pub struct UpArgs {
     backoff: Duration,
     #[command(flatten)]
     services: ServiceArgs,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -43,6 +45,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut config = ControlConfig::new(&data_dir);
     config.listen = args.listen;
+    args.store.apply(&mut config);
     let plane = wharf_control::start(config, shutdown.clone())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -76,7 +79,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     // The line tests and scripts wait for comes last.
     println!("export KUBECONFIG={}", plane.kubeconfig.display());
-    eprintln!("wharf up: ready; Ctrl-C stops the cluster");
+    eprintln!(
+        "wharf up: ready; Ctrl-C stops the cluster\n\
+         wharf up: kubectl and other Kubernetes clients use the kubeconfig above, e.g.\n\
+         \x20 export KUBECONFIG={}\n\
+         \x20 kubectl get nodes\n\
+         \x20 kubectl get pods -A -o wide",
+        plane.kubeconfig.display()
+    );
 
     shutdown_signal().await.context("listening for signals")?;
     eprintln!("wharf up: stopping");

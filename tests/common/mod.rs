@@ -217,6 +217,11 @@ impl Cluster {
     /// Starts `wharf up --nodes N --backoff 200ms` in `dir` and waits for its
     /// `export KUBECONFIG=` line. Starting again on the same `dir` brings the cluster back.
     pub async fn up(dir: &Path, nodes: u32) -> Cluster {
+        Self::up_with(dir, nodes, &[]).await
+    }
+
+    /// [`Cluster::up`] with more `wharf up` flags.
+    pub async fn up_with(dir: &Path, nodes: u32, extra: &[&str]) -> Cluster {
         let data_dir = dir.join("data");
         let log_path = dir.join("wharf-up.log");
         let log = std::fs::OpenOptions::new()
@@ -230,6 +235,7 @@ impl Cluster {
             .arg(&data_dir)
             .args(["--listen", "127.0.0.1:0", "--backoff", "200ms", "--nodes"])
             .arg(nodes.to_string())
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

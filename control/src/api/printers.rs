@@ -726,7 +726,7 @@ fn format_labels(labels: Option<&Value>) -> String {
 }
 
 /// A `LabelSelector` (matchLabels and matchExpressions) in selector syntax, sorted by key.
-fn format_selector(selector: Option<&Value>) -> String {
+pub fn format_selector(selector: Option<&Value>) -> String {
     let Some(selector) = selector.map(Obj) else {
         return NONE.to_string();
     };

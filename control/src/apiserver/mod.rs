@@ -20,7 +20,9 @@ pub mod objects;
 pub mod proxy;
 pub mod request;
 pub mod resources;
+pub mod scale;
 pub mod services;
+pub mod table;
 pub mod watch;
 
 use crate::store::Store;

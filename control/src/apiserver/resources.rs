@@ -16,6 +16,7 @@ use super::error::{ApiError, Subject};
 use super::objects::{decode, decode_at, encode, meta_str, now_rfc3339, sent_resource_version};
 use super::proxy;
 use super::request::{self, Target};
+use super::table::{self, Output};
 use super::watch;
 use crate::api::kinds::ResourceKind;
 use crate::api::selector::{FieldSelector, LabelSelector};
@@ -57,7 +58,7 @@ impl Query {
         matches!(self.get(key), Some("true") | Some("1"))
     }
 
-    fn dry_run(&self) -> Result<bool, ApiError> {
+    pub(super) fn dry_run(&self) -> Result<bool, ApiError> {
         match self.get("dryRun") {
             None | Some("") => Ok(false),
             Some("All") => Ok(true),
@@ -127,6 +128,9 @@ async fn handle(
         Some(super::binding::SUBRESOURCE) if super::binding::serves(target.kind) => {
             return super::binding::handle(&state, &target, &parts, body).await;
         }
+        Some(super::scale::SUBRESOURCE) if super::scale::serves(target.kind) => {
+            return super::scale::serve(&state, &target, &query, &parts, body).await;
+        }
         Some(other) => {
             return Err(ApiError::NotFound {
                 subject: subject(&target, target.name.as_deref().unwrap_or("")),
@@ -138,12 +142,18 @@ async fn handle(
         }
     };
     let name = target.name.clone();
+    let output = Output::negotiate(&parts.headers, &query)?;
     match (&parts.method, name) {
-        (&Method::GET, None) if query.flag("watch") => watch::serve(state, &target, &query).await,
-        (&Method::GET, None) => list(&state, &target, &query).await,
+        (&Method::GET, None) if query.flag("watch") => {
+            watch::serve(state, &target, &query, output).await
+        }
+        (&Method::GET, None) => list(&state, &target, &query, output).await,
         (&Method::GET, Some(name)) => {
-            let (stored, _) = fetch(&state, &target, &name).await?;
-            Ok(json_response(StatusCode::OK, &decode(&stored)?))
+            let obj = get_object(&state, &target, &name).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &table::shape_object(target.kind, output, obj),
+            ))
         }
         (&Method::POST, None) if !status_sub => {
             let body = read_json(body, &parts.headers, &state, &["application/json"]).await?;
@@ -190,14 +200,14 @@ async fn handle(
     }
 }
 
-const PATCH_TYPES: &[&str] = &[
+pub(super) const PATCH_TYPES: &[&str] = &[
     "application/merge-patch+json",
     "application/json-patch+json",
     "application/strategic-merge-patch+json",
     "application/apply-patch+yaml",
 ];
 
-fn content_type(headers: &HeaderMap) -> String {
+pub(super) fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -289,6 +299,16 @@ fn object_namespace(target: &Target) -> Result<Option<&str>, ApiError> {
     }
 }
 
+/// The API form of the object `target` names.
+pub(super) async fn get_object(
+    state: &AppState,
+    target: &Target,
+    name: &str,
+) -> Result<Value, ApiError> {
+    let (stored, _) = fetch(state, target, name).await?;
+    decode(&stored)
+}
+
 async fn fetch(
     state: &AppState,
     target: &Target,
@@ -331,7 +351,12 @@ pub fn list_prefix(target: &Target) -> String {
     )
 }
 
-async fn list(state: &AppState, target: &Target, query: &Query) -> Result<Response, ApiError> {
+async fn list(
+    state: &AppState,
+    target: &Target,
+    query: &Query,
+    output: Output,
+) -> Result<Response, ApiError> {
     let filter = Filter::from_query(target.kind, query)?;
     let listed = state
         .store
@@ -345,10 +370,18 @@ async fn list(state: &AppState, target: &Target, query: &Query) -> Result<Respon
             items.push(obj);
         }
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &list_object(target.kind, items, listed.revision),
-    ))
+    let body = match output {
+        Output::Objects => list_object(target.kind, items, listed.revision),
+        Output::Table { version, include } => table::table(
+            target.kind,
+            version,
+            include,
+            &items,
+            Some(listed.revision.to_string()),
+            jiff::Timestamp::now(),
+        ),
+    };
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 pub fn list_object(kind: &ResourceKind, items: Vec<Value>, revision: u64) -> Value {
@@ -729,7 +762,7 @@ pub fn prepare_update(
 
 /// Read-modify-write with compare-and-swap. `mutate` computes the client's intended
 /// object from the current one (a PUT ignores it; a PATCH applies itself to it).
-async fn update_with(
+pub(super) async fn update_with(
     state: &AppState,
     target: &Target,
     name: &str,

@@ -15,6 +15,7 @@ use super::error::ApiError;
 use super::objects::{decode, decode_at};
 use super::request::Target;
 use super::resources::{Filter, Query, list_prefix};
+use super::table::{Output, shape_object};
 use crate::api::kinds::ResourceKind;
 use crate::store::{Event, EventKind, StoreError};
 use axum::body::Body;
@@ -76,7 +77,12 @@ pub fn classify(event: &Event, filter: &Filter) -> Result<Option<(&'static str, 
     }
 }
 
-pub async fn serve(state: AppState, target: &Target, query: &Query) -> Result<Response, ApiError> {
+pub async fn serve(
+    state: AppState,
+    target: &Target,
+    query: &Query,
+    output: Output,
+) -> Result<Response, ApiError> {
     let kind = target.kind;
     let filter = Arc::new(Filter::from_query(kind, query)?);
     let prefix = list_prefix(target);
@@ -109,7 +115,7 @@ pub async fn serve(state: AppState, target: &Target, query: &Query) -> Result<Re
             for stored in &listed.items {
                 let obj = decode(stored)?;
                 if filter.matches(&obj) {
-                    initial.push(line("ADDED", &obj));
+                    initial.push(line("ADDED", &shape_object(kind, output, obj)));
                 }
             }
             if send_initial && bookmarks {
@@ -140,7 +146,9 @@ pub async fn serve(state: AppState, target: &Target, query: &Query) -> Result<Re
                 Ok(event) => {
                     seen.store(event.revision, Ordering::Relaxed);
                     match classify(&event, &filter) {
-                        Ok(Some((ty, obj))) => Some(Line(line(ty, &obj), false)),
+                        Ok(Some((ty, obj))) => {
+                            Some(Line(line(ty, &shape_object(kind, output, obj)), false))
+                        }
                         Ok(None) => None,
                         Err(e) => Some(Line(error_line(&e), true)),
                     }
