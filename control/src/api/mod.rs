@@ -8,6 +8,7 @@
 
 pub mod kinds;
 pub mod printers;
+pub mod qos;
 pub mod selector;
 pub mod validation;
 

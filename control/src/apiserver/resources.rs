@@ -478,6 +478,7 @@ pub fn prepare_create(kind: &ResourceKind, obj: &mut Value) -> Result<(), ApiErr
             meta.remove("generation");
         }
     }
+    let qos = crate::api::qos::qos_class(obj);
     let map = obj
         .as_object_mut()
         .ok_or_else(|| ApiError::BadRequest("the request body must be a JSON object".into()))?;
@@ -486,7 +487,7 @@ pub fn prepare_create(kind: &ResourceKind, obj: &mut Value) -> Result<(), ApiErr
         if kind.kind == "Pod" {
             map.insert(
                 "status".into(),
-                json!({"phase": "Pending", "qosClass": "BestEffort"}),
+                json!({"phase": "Pending", "qosClass": qos}),
             );
         }
     }
