@@ -74,7 +74,7 @@ mod tests {
     #[test]
     fn limits_on_both_with_equal_or_unset_requests_is_guaranteed() {
         let limits = json!({"limits": {"cpu": "500m", "memory": "64Mi"}});
-        assert_eq!(qos_class(&pod(&[limits.clone()])), "Guaranteed");
+        assert_eq!(qos_class(&pod(std::slice::from_ref(&limits))), "Guaranteed");
         let equal = json!({"limits": {"cpu": "0.5", "memory": "64Mi"},
                            "requests": {"cpu": "500m", "memory": "64Mi"}});
         assert_eq!(qos_class(&pod(&[limits, equal])), "Guaranteed");
