@@ -48,8 +48,10 @@ pub struct ContainerRecord {
     pub state: State,
     pub last_terminated: Option<Terminated>,
     pub restart_count: i32,
-    /// Running and (until probes exist) therefore ready.
+    /// Running, started, and passing its readiness probe (or without one).
     pub ready: bool,
+    /// Running and past its startup probe (or without one).
+    pub started: bool,
 }
 
 impl ContainerRecord {
@@ -65,6 +67,7 @@ impl ContainerRecord {
             last_terminated: None,
             restart_count: 0,
             ready: false,
+            started: false,
         }
     }
 }
@@ -111,7 +114,7 @@ pub fn container_status(r: &ContainerRecord) -> ContainerStatus {
         image_id: r.image_id.clone().unwrap_or_default(),
         container_id: r.image_id.as_ref().map(|_| format!("wasm://{}", r.name)),
         ready: r.ready && matches!(r.state, State::Running { .. }),
-        started: Some(matches!(r.state, State::Running { .. })),
+        started: Some(r.started && matches!(r.state, State::Running { .. })),
         restart_count: r.restart_count,
         state: Some(state),
         last_state: Some(
@@ -255,6 +258,7 @@ mod tests {
         ContainerRecord {
             state: State::Running { started_at: now() },
             ready: true,
+            started: true,
             ..ContainerRecord::new(name, "a.wasm")
         }
     }
