@@ -507,6 +507,42 @@ impl ContainerProbes {
     }
 }
 
+/// How many `Unhealthy` Events one pod may record: a burst, then one per interval, as the
+/// kubelet's spam filter allows (25, then one every 5 minutes per object). A probe failing
+/// every second on every pod of a node would otherwise be an API write per second per pod;
+/// the container's status and the `Killing` Events (never limited) still tell the story.
+#[derive(Debug, Clone)]
+pub struct EventBudget {
+    tokens: f64,
+    last: Instant,
+}
+
+impl EventBudget {
+    pub const BURST: f64 = 25.0;
+    pub const REFILL: Duration = Duration::from_secs(300);
+
+    pub fn new(now: Instant) -> Self {
+        EventBudget {
+            tokens: Self::BURST,
+            last: now,
+        }
+    }
+
+    /// Whether an Event may be recorded at `now` (and takes its token if so).
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let earned =
+            now.saturating_duration_since(self.last).as_secs_f64() / Self::REFILL.as_secs_f64();
+        self.tokens = (self.tokens + earned).min(Self::BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The `User-Agent` of HTTP probes.
 const USER_AGENT: &str = concat!("wharf-probe/", env!("CARGO_PKG_VERSION"));
 
@@ -871,6 +907,17 @@ mod tests {
         assert_eq!(p.take_due(t5).len(), 1);
         p.observe(ProbeKind::Readiness, true);
         assert_eq!(p.next_due(), Some(t5 + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn unhealthy_events_are_limited_to_a_burst_then_a_trickle() {
+        let t0 = Instant::now();
+        let mut budget = EventBudget::new(t0);
+        let allowed = (0..100).filter(|_| budget.allow(t0)).count();
+        assert_eq!(allowed, 25);
+        assert!(!budget.allow(t0 + Duration::from_secs(299)));
+        assert!(budget.allow(t0 + Duration::from_secs(300)));
+        assert!(!budget.allow(t0 + Duration::from_secs(301)));
     }
 
     /// A server answering every connection with `status`, once per connection.

@@ -303,6 +303,45 @@ mod tests {
     }
 
     #[test]
+    fn a_running_container_failing_its_probes_is_not_ready() {
+        let facts = PodFacts {
+            pod_ip: Some("127.64.0.2".into()),
+            ..Default::default()
+        };
+        let probing = ContainerRecord {
+            ready: false,
+            started: false,
+            ..running("a")
+        };
+        let s = pod_status(
+            &[running("b"), probing],
+            "Always",
+            &facts,
+            None,
+            None,
+            now(),
+        );
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        let status = |kind: &str| {
+            s.conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == kind)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        let not_ready = Some(("False".to_string(), Some("ContainersNotReady".to_string())));
+        assert_eq!(status("Ready"), not_ready);
+        assert_eq!(status("ContainersReady"), not_ready);
+        let flags: Vec<(bool, Option<bool>)> = s
+            .container_statuses
+            .iter()
+            .flatten()
+            .map(|c| (c.ready, c.started))
+            .collect();
+        assert_eq!(flags, [(true, Some(true)), (false, Some(false))]);
+    }
+
+    #[test]
     fn status_reports_readiness_and_states() {
         let facts = PodFacts {
             pod_ip: Some("127.64.0.2".into()),

@@ -22,7 +22,7 @@
 
 use super::NodeContext;
 use super::env::{self, Downward, Sources};
-use super::probes::{self, ContainerProbes, ProbeKind, ProbeSpecs, Verdict};
+use super::probes::{self, ContainerProbes, EventBudget, ProbeKind, ProbeSpecs, Verdict};
 use super::quantity;
 use super::restart::should_restart;
 use super::status::{ContainerRecord, PodFacts, State, Terminated, pod_status};
@@ -93,6 +93,8 @@ struct PodState {
     /// Events being recorded and probe kills under way; reaped as they finish.
     chores: JoinSet<()>,
     next_instance: u64,
+    /// Limits the pod's `Unhealthy` Events.
+    unhealthy_events: EventBudget,
 }
 
 pub async fn run(ctx: Arc<NodeContext>, mut rx: watch::Receiver<Option<Arc<Pod>>>) {
@@ -111,6 +113,7 @@ pub async fn run(ctx: Arc<NodeContext>, mut rx: watch::Receiver<Option<Arc<Pod>>
         probe_jobs: JoinSet::new(),
         chores: JoinSet::new(),
         next_instance: 0,
+        unhealthy_events: EventBudget::new(Instant::now()),
     };
     let mut last_pod: Option<Arc<Pod>> = None;
     loop {
@@ -210,15 +213,17 @@ fn probe_done(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>, done: P
     }
     if let Err(message) = &done.result {
         tracing::debug!(pod = %pod_name(pod), container = %done.container, probe = done.kind.name(), %message, "probe failed");
-        record_event(
-            ctx,
-            st,
-            pod,
-            &done.container,
-            EventType::Warning,
-            "Unhealthy",
-            format!("{} probe failed: {message}", done.kind.title()),
-        );
+        if st.unhealthy_events.allow(Instant::now()) {
+            record_event(
+                ctx,
+                st,
+                pod,
+                &done.container,
+                EventType::Warning,
+                "Unhealthy",
+                format!("{} probe failed: {message}", done.kind.title()),
+            );
+        }
     }
     if let Verdict::Kill(kind) = verdict {
         kill_for_probe(ctx, st, pod, &done.container, kind);
