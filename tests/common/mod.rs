@@ -547,3 +547,44 @@ spec:
         image = sample("hello-http", "hello_http"),
     )
 }
+
+/// One HTTP/1.0 POST without a body on a fresh connection: status and body.
+pub async fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let request = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(
+                format!("POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+        Ok((status, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(30), request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::other(format!(
+                "POST {addr}{path} timed out"
+            )))
+        })
+}
+
+/// The status (`True`, `False`) of the pod condition `kind`, if the pod has it.
+pub fn condition<'a>(pod: &'a Pod, kind: &str) -> Option<&'a str> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.as_str())
+}

@@ -3,7 +3,7 @@
 //! It registers its Node, keeps a Lease renewed and the Node's conditions fresh, watches
 //! the pods bound to it (`spec.nodeName`), and runs each pod through its own worker task
 //! ([`worker`]), which pulls, starts, restarts and stops the pod's containers on the wasm
-//! runtime and writes the pod's status. Everything goes through the API server; the agent
+//! runtime, probes them ([`probes`]) and writes the pod's status. Everything goes through the API server; the agent
 //! holds no state the API does not also have, so a restarted agent adopts the pods bound
 //! to it and brings them back to their desired state.
 //!
@@ -13,6 +13,7 @@
 pub mod addresses;
 pub mod env;
 pub mod node_object;
+pub mod probes;
 pub mod quantity;
 pub mod restart;
 pub mod status;
@@ -38,7 +39,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use wharf_control::events::Recorder;
 use wharf_runtime::Runtime;
+
+/// The `source.component` of the Events a node records (the kubelet's is `kubelet`).
+pub const EVENT_SOURCE: &str = "wharf-node";
 
 /// How to run a node agent.
 #[derive(Debug, Clone)]
@@ -120,6 +125,8 @@ pub struct NodeContext {
     pub pods: Mutex<HashMap<String, Arc<Pod>>>,
     /// The proxy's counters and the Service names pods resolve.
     pub services: Arc<proxy::Shared>,
+    /// Records the node's Events about pods (probe failures, kills), as `wharf-node`.
+    pub events: Recorder,
     pub shutdown: CancellationToken,
 }
 
@@ -201,6 +208,7 @@ pub async fn start(
         addresses: Mutex::new(addresses),
         pods: Mutex::new(HashMap::new()),
         services: Arc::new(proxy::Shared::new(&config.cluster_domain)),
+        events: Recorder::new(client.clone(), EVENT_SOURCE).with_host(&config.node_name),
         shutdown: shutdown.clone(),
     });
     tasks.spawn(daemon::serve(listener, ctx.clone(), proxy_token));

@@ -48,8 +48,10 @@ pub struct ContainerRecord {
     pub state: State,
     pub last_terminated: Option<Terminated>,
     pub restart_count: i32,
-    /// Running and (until probes exist) therefore ready.
+    /// Running, started, and passing its readiness probe (or without one).
     pub ready: bool,
+    /// Running and past its startup probe (or without one).
+    pub started: bool,
 }
 
 impl ContainerRecord {
@@ -65,6 +67,7 @@ impl ContainerRecord {
             last_terminated: None,
             restart_count: 0,
             ready: false,
+            started: false,
         }
     }
 }
@@ -111,7 +114,7 @@ pub fn container_status(r: &ContainerRecord) -> ContainerStatus {
         image_id: r.image_id.clone().unwrap_or_default(),
         container_id: r.image_id.as_ref().map(|_| format!("wasm://{}", r.name)),
         ready: r.ready && matches!(r.state, State::Running { .. }),
-        started: Some(matches!(r.state, State::Running { .. })),
+        started: Some(r.started && matches!(r.state, State::Running { .. })),
         restart_count: r.restart_count,
         state: Some(state),
         last_state: Some(
@@ -255,6 +258,7 @@ mod tests {
         ContainerRecord {
             state: State::Running { started_at: now() },
             ready: true,
+            started: true,
             ..ContainerRecord::new(name, "a.wasm")
         }
     }
@@ -296,6 +300,45 @@ mod tests {
             finished_at: now(),
         });
         assert_eq!(phase(&[backing_off], "Always"), "Running");
+    }
+
+    #[test]
+    fn a_running_container_failing_its_probes_is_not_ready() {
+        let facts = PodFacts {
+            pod_ip: Some("127.64.0.2".into()),
+            ..Default::default()
+        };
+        let probing = ContainerRecord {
+            ready: false,
+            started: false,
+            ..running("a")
+        };
+        let s = pod_status(
+            &[running("b"), probing],
+            "Always",
+            &facts,
+            None,
+            None,
+            now(),
+        );
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        let status = |kind: &str| {
+            s.conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == kind)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        let not_ready = Some(("False".to_string(), Some("ContainersNotReady".to_string())));
+        assert_eq!(status("Ready"), not_ready);
+        assert_eq!(status("ContainersReady"), not_ready);
+        let flags: Vec<(bool, Option<bool>)> = s
+            .container_statuses
+            .iter()
+            .flatten()
+            .map(|c| (c.ready, c.started))
+            .collect();
+        assert_eq!(flags, [(true, Some(true)), (false, Some(false))]);
     }
 
     #[test]

@@ -12,9 +12,17 @@
 //! started; an exit is restarted or not by `restartPolicy`, with back-off; when the pod
 //! gets a `deletionTimestamp` its containers are stopped within the grace period and the
 //! pod is removed from the API; its address and volumes are released.
+//!
+//! Probes (see `probes`) run as tasks of the worker, one attempt at a time per probe; their
+//! results come back into this loop, which feeds them to each container instance's probe
+//! state machine, updates the container's `ready`/`started` flags, kills a container whose
+//! liveness or startup probe failed past its threshold, and writes the status like any
+//! other change. The node's Events about this (`Unhealthy`, `Killing`) are recorded by
+//! tasks of the worker too, so a slow API never holds up the loop.
 
 use super::NodeContext;
 use super::env::{self, Downward, Sources};
+use super::probes::{self, ContainerProbes, EventBudget, ProbeKind, ProbeSpecs, Verdict};
 use super::quantity;
 use super::restart::should_restart;
 use super::status::{ContainerRecord, PodFacts, State, Terminated, pod_status};
@@ -30,6 +38,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use wharf_control::events::{self, EventType};
 use wharf_runtime::{Container, ContainerSpec, ExitStatus, NetworkAccess, Resources};
 
 /// Annotation listing the hosts a pod's guests may reach (`host`, `host:port`, comma
@@ -45,9 +55,27 @@ pub fn container_id(pod_uid: &str, container: &str) -> String {
 struct Running {
     container: Arc<Container>,
     started: Instant,
+    /// Tells this instance from earlier ones of the same container (probe results of an
+    /// instance that ended are dropped).
+    instance: u64,
+    probes: ContainerProbes,
+    /// Set once a probe had the container killed: why, for its terminated state.
+    killed_by: Option<ProbeKind>,
 }
 
 type Exit = (String, ExitStatus);
+
+/// The result of one probe attempt.
+struct ProbeDone {
+    container: String,
+    instance: u64,
+    kind: ProbeKind,
+    result: Result<(), String>,
+}
+
+/// The exit code a container killed by a failed probe reports (SIGKILL's, as Kubernetes
+/// shows a liveness kill), with reason `Error`.
+const PROBE_KILL_EXIT_CODE: i32 = 137;
 
 /// Everything the worker tracks for one pod.
 struct PodState {
@@ -60,6 +88,13 @@ struct PodState {
     ip: Option<Ipv4Addr>,
     volumes: Option<BTreeMap<String, (PathBuf, bool)>>,
     last_written: Option<serde_json::Value>,
+    /// Probe attempts in flight.
+    probe_jobs: JoinSet<ProbeDone>,
+    /// Events being recorded and probe kills under way; reaped as they finish.
+    chores: JoinSet<()>,
+    next_instance: u64,
+    /// Limits the pod's `Unhealthy` Events.
+    unhealthy_events: EventBudget,
 }
 
 pub async fn run(ctx: Arc<NodeContext>, mut rx: watch::Receiver<Option<Arc<Pod>>>) {
@@ -75,6 +110,10 @@ pub async fn run(ctx: Arc<NodeContext>, mut rx: watch::Receiver<Option<Arc<Pod>>
         ip: None,
         volumes: None,
         last_written: None,
+        probe_jobs: JoinSet::new(),
+        chores: JoinSet::new(),
+        next_instance: 0,
+        unhealthy_events: EventBudget::new(Instant::now()),
     };
     let mut last_pod: Option<Arc<Pod>> = None;
     loop {
@@ -93,9 +132,17 @@ pub async fn run(ctx: Arc<NodeContext>, mut rx: watch::Receiver<Option<Arc<Pod>>
             return;
         }
         converge(&ctx, &mut st, &pod).await;
+        launch_probes(&mut st);
         write_status(&ctx, &mut st, &pod).await;
+        while st.chores.try_join_next().is_some() {}
 
         let next_backoff = st.backoff.values().map(|(t, _)| *t).min();
+        let next_probe = st
+            .running
+            .values()
+            .filter(|r| r.killed_by.is_none())
+            .filter_map(|r| r.probes.next_due())
+            .min();
         tokio::select! {
             _ = ctx.shutdown.cancelled() => {
                 // The node is stopping: containers end with the process; the pod stays
@@ -113,8 +160,130 @@ pub async fn run(ctx: Arc<NodeContext>, mut rx: watch::Receiver<Option<Arc<Pod>>
                 record_exit(&ctx, &mut st, &pod, &name, status);
             }
             _ = sleep_until(next_backoff), if next_backoff.is_some() => {}
+            Some(done) = st.probe_jobs.join_next(), if !st.probe_jobs.is_empty() => {
+                if let Ok(done) = done {
+                    probe_done(&ctx, &mut st, &pod, done);
+                }
+            }
+            _ = sleep_until(next_probe), if next_probe.is_some() => {}
         }
     }
+}
+
+/// Starts the probe attempts that are due, as tasks of the worker.
+fn launch_probes(st: &mut PodState) {
+    let Some(ip) = st.ip else {
+        return;
+    };
+    let now = Instant::now();
+    for (name, run) in &mut st.running {
+        if run.killed_by.is_some() {
+            continue;
+        }
+        for attempt in run.probes.take_due(now) {
+            let container = name.clone();
+            let instance = run.instance;
+            st.probe_jobs.spawn(async move {
+                let result =
+                    probes::execute(&attempt.action, IpAddr::V4(ip), attempt.timeout).await;
+                ProbeDone {
+                    container,
+                    instance,
+                    kind: attempt.kind,
+                    result,
+                }
+            });
+        }
+    }
+}
+
+/// A probe attempt ended: feed the container's probes, follow their verdict.
+fn probe_done(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>, done: ProbeDone) {
+    let Some(run) = st.running.get_mut(&done.container) else {
+        return;
+    };
+    if run.instance != done.instance || run.killed_by.is_some() {
+        return; // an earlier instance, or one being killed
+    }
+    let verdict = run.probes.observe(done.kind, done.result.is_ok());
+    let (ready, started) = (run.probes.ready(), run.probes.started());
+    if let Some(idx) = st.records.iter().position(|r| r.name == done.container) {
+        st.records[idx].ready = ready;
+        st.records[idx].started = started;
+    }
+    if let Err(message) = &done.result {
+        tracing::debug!(pod = %pod_name(pod), container = %done.container, probe = done.kind.name(), %message, "probe failed");
+        if st.unhealthy_events.allow(Instant::now()) {
+            record_event(
+                ctx,
+                st,
+                pod,
+                &done.container,
+                EventType::Warning,
+                "Unhealthy",
+                format!("{} probe failed: {message}", done.kind.title()),
+            );
+        }
+    }
+    if let Verdict::Kill(kind) = verdict {
+        kill_for_probe(ctx, st, pod, &done.container, kind);
+    }
+}
+
+/// A liveness or startup probe failed past its threshold: stop the container within its
+/// grace period; its exit (through the worker's exits) restarts it per `restartPolicy`.
+fn kill_for_probe(
+    ctx: &Arc<NodeContext>,
+    st: &mut PodState,
+    pod: &Arc<Pod>,
+    name: &str,
+    kind: ProbeKind,
+) {
+    let Some(run) = st.running.get_mut(name) else {
+        return;
+    };
+    run.killed_by = Some(kind);
+    let grace = run.probes.termination_grace(kind).unwrap_or_else(|| {
+        Duration::from_secs(
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0)
+                .unsigned_abs(),
+        )
+    });
+    let container = run.container.clone();
+    st.chores.spawn(async move {
+        container.stop(grace).await;
+    });
+    if let Some(idx) = st.records.iter().position(|r| r.name == name) {
+        st.records[idx].ready = false;
+    }
+    let mut message = format!("Container {name} failed {} probe", kind.name());
+    if should_restart(&restart_policy(pod), PROBE_KILL_EXIT_CODE) {
+        message.push_str(", will be restarted");
+    }
+    tracing::info!(pod = %pod_name(pod), container = %name, %message, "killing container");
+    record_event(ctx, st, pod, name, EventType::Normal, "Killing", message);
+}
+
+/// Records an Event about container `container` of the pod, as a task of the worker.
+fn record_event(
+    ctx: &Arc<NodeContext>,
+    st: &mut PodState,
+    pod: &Pod,
+    container: &str,
+    kind: EventType,
+    reason: &'static str,
+    message: String,
+) {
+    let mut about = events::reference("Pod", "v1", &pod.metadata);
+    about.field_path = Some(format!("spec.containers{{{container}}}"));
+    let recorder = ctx.events.clone();
+    st.chores.spawn(async move {
+        recorder.record(&about, kind, reason, &message).await;
+    });
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -400,6 +569,7 @@ fn waiting(st: &mut PodState, idx: usize, reason: &str, message: String) {
         message: Some(message),
     };
     st.records[idx].ready = false;
+    st.records[idx].started = false;
 }
 
 async fn start_container(
@@ -418,6 +588,38 @@ async fn start_container(
     let image_ref = c.image.clone().unwrap_or_default();
     let retry_at = Instant::now() + ctx.config.backoff.base;
 
+    let at = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().position(|x| x.name == c.name))
+        .map_or_else(
+            || format!("spec.containers{{{}}}", c.name),
+            |i| format!("spec.containers[{i}]"),
+        );
+    let probe_specs = match ProbeSpecs::parse(c, &at) {
+        Ok(p) => p,
+        Err(message) => {
+            // Refused, not run with a probe that cannot work: said once as an Event, and
+            // in the container's waiting state for as long as the pod exists.
+            let repeated = matches!(&st.records[idx].state,
+                State::Waiting { reason, message: Some(m) }
+                    if reason == "CreateContainerConfigError" && *m == message);
+            if !repeated {
+                record_event(
+                    ctx,
+                    st,
+                    pod,
+                    &c.name,
+                    EventType::Warning,
+                    "Failed",
+                    format!("Error: {message}"),
+                );
+            }
+            waiting(st, idx, "CreateContainerConfigError", message);
+            st.backoff.insert(c.name.clone(), (retry_at, 0));
+            return;
+        }
+    };
     let image = match ctx.runtime.pull(&image_ref).await {
         Ok(i) => i,
         Err(e) => {
@@ -499,17 +701,24 @@ async fn start_container(
                 let status = waiter.wait().await;
                 (name, status)
             }));
+            let started = Instant::now();
+            let probes = ContainerProbes::new(&probe_specs, started);
+            st.records[idx].ready = probes.ready();
+            st.records[idx].started = probes.started();
+            st.next_instance += 1;
             st.running.insert(
                 c.name.clone(),
                 Running {
                     container,
-                    started: Instant::now(),
+                    started,
+                    instance: st.next_instance,
+                    probes,
+                    killed_by: None,
                 },
             );
             st.records[idx].state = State::Running {
                 started_at: Timestamp::now(),
             };
-            st.records[idx].ready = true;
             tracing::info!(pod = %pod_name(pod), container = %c.name, "container started");
         }
         Err(e) => {
@@ -535,16 +744,24 @@ fn record_exit(ctx: &NodeContext, st: &mut PodState, pod: &Pod, name: &str, stat
         State::Running { started_at } => Some(*started_at),
         _ => None,
     };
-    let ended = Terminated {
+    let mut ended = Terminated {
         exit_code: status.code,
         reason: status.reason.as_str().to_string(),
         message: Some(status.message.clone()).filter(|m| !m.is_empty()),
         started_at,
         finished_at: Timestamp::now(),
     };
-    tracing::info!(pod = %pod_name(pod), container = %name, code = status.code, reason = %status.reason, "container ended");
+    if let Some(kind) = running.killed_by {
+        // However the guest took it (a drained HTTP server ends "Completed"), it was
+        // killed for failing a probe: exit code 137, reason Error, as Kubernetes shows it.
+        ended.exit_code = PROBE_KILL_EXIT_CODE;
+        ended.reason = "Error".into();
+        ended.message = Some(format!("killed: failed {} probe", kind.name()));
+    }
+    tracing::info!(pod = %pod_name(pod), container = %name, code = ended.exit_code, reason = %ended.reason, "container ended");
     st.records[idx].ready = false;
-    if should_restart(&restart_policy(pod), status.code) {
+    st.records[idx].started = false;
+    if should_restart(&restart_policy(pod), ended.exit_code) {
         let ran_for = running.started.elapsed();
         let consecutive = match st.backoff.get(name) {
             Some((_, n)) if !ctx.config.backoff.resets_after(ran_for) => n + 1,
@@ -620,6 +837,7 @@ async fn write_status(ctx: &NodeContext, st: &mut PodState, pod: &Pod) {
 }
 
 async fn stop_all(st: &mut PodState, grace: Duration) {
+    st.probe_jobs.abort_all();
     let stops = st
         .running
         .drain()
@@ -632,6 +850,7 @@ async fn stop_all(st: &mut PodState, grace: Duration) {
                 _ => None,
             };
             st.records[idx].ready = false;
+            st.records[idx].started = false;
             st.records[idx].state = State::Terminated(Terminated {
                 exit_code: status.code,
                 reason: status.reason.as_str().to_string(),

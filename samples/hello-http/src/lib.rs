@@ -11,13 +11,18 @@
 //! `GET /fetch/<host:port>/<path>` makes an outgoing `GET http://<host:port>/<path>` and
 //! answers with what came back, or with why it failed (used to test the egress policy: the
 //! runtime denies outgoing requests unless the pod's network access allows them).
+//!
+//! `GET /healthz` answers 200 `ok`, or 503 `unhealthy` while the file `/data/unhealthy`
+//! exists; `POST /sick` creates that file and `POST /well` removes it, so a test (or you,
+//! with curl) can make the pod's probes fail and pass again. The flag lives in the volume
+//! because each request runs in a fresh instance.
 
 use std::io::Write as _;
 use std::time::Duration;
 
 use wasip2::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
-    Scheme,
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
 };
 
 wasip2::http::proxy::export!(Hello);
@@ -26,10 +31,20 @@ struct Hello;
 
 /// Where the shared counter lives when the pod mounts a volume at `/data`.
 const COUNTER: &str = "/data/counter";
+/// While this file exists, `/healthz` fails.
+const UNHEALTHY: &str = "/data/unhealthy";
 
 impl wasip2::exports::http::incoming_handler::Guest for Hello {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_else(|| "/".to_string());
+        if let Some((status, text)) = health(&request.method(), &path) {
+            // Probes ask every few seconds: only changes are worth a log line.
+            if path != "/healthz" {
+                println!("{path} -> {status}");
+            }
+            respond_with(response_out, status, &text);
+            return;
+        }
         if let Some(ms) = path
             .strip_prefix("/sleep/")
             .and_then(|ms| ms.parse::<u64>().ok())
@@ -59,12 +74,40 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
     }
 }
 
+/// `/healthz`, `/sick` and `/well`: the status and body, or `None` for other paths.
+fn health(method: &Method, path: &str) -> Option<(u16, String)> {
+    let post = matches!(method, Method::Post);
+    let answer = match path {
+        "/healthz" if std::path::Path::new(UNHEALTHY).exists() => (503, "unhealthy\n".into()),
+        "/healthz" => (200, "ok\n".into()),
+        "/sick" | "/well" if !post => (405, format!("use POST {path}\n")),
+        "/sick" => match std::fs::write(UNHEALTHY, b"sick\n") {
+            Ok(()) => (200, "sick: /healthz now fails\n".into()),
+            Err(e) => (500, format!("cannot write {UNHEALTHY}: {e}\n")),
+        },
+        "/well" => match std::fs::remove_file(UNHEALTHY) {
+            Ok(()) => (200, "well: /healthz passes again\n".into()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (200, "well already\n".into()),
+            Err(e) => (500, format!("cannot remove {UNHEALTHY}: {e}\n")),
+        },
+        _ => return None,
+    };
+    Some(answer)
+}
+
 /// Answers 200 with a text body.
 fn respond(response_out: ResponseOutparam, text: &str) {
+    respond_with(response_out, 200, text);
+}
+
+/// Answers `status` with a text body.
+fn respond_with(response_out: ResponseOutparam, status: u16, text: &str) {
     let headers = Fields::new();
     // Setting a header can only fail for a forbidden or malformed name; neither applies.
     let _ = headers.set("content-type", &[b"text/plain; charset=utf-8".to_vec()]);
     let response = OutgoingResponse::new(headers);
+    // Only codes outside 100..=999 are refused; ours are fixed and valid.
+    let _ = response.set_status_code(status);
     let Ok(body) = response.body() else { return };
     ResponseOutparam::set(response_out, Ok(response));
     if let Ok(mut out) = body.write() {
