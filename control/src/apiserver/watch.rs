@@ -25,6 +25,7 @@ use futures::{Stream, StreamExt, stream};
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -52,28 +53,91 @@ fn error_line(err: &ApiError) -> Bytes {
     line("ERROR", &err.status())
 }
 
-/// What a store event means to a watcher with `filter`: the event type and the object to
-/// send, or nothing.
-pub fn classify(event: &Event, filter: &Filter) -> Result<Option<(&'static str, Value)>, ApiError> {
-    match event.kind {
+/// An event's JSON, parsed once for every watcher (kept in the event's [`Memo`]), and its
+/// watch lines, encoded once per event type for every watcher that wants plain objects.
+///
+/// [`Memo`]: crate::store::Memo
+pub struct Decoded {
+    /// The object the event carries, with its resourceVersion stamped in.
+    object: Value,
+    /// The object before the write, for selector transitions.
+    prev: Option<Value>,
+    /// `ADDED`, `MODIFIED`, `DELETED` lines of `object`, made on first use.
+    lines: [OnceLock<Bytes>; 3],
+}
+
+const EVENT_TYPES: [&str; 3] = ["ADDED", "MODIFIED", "DELETED"];
+
+impl Decoded {
+    fn of(event: &Event) -> Result<Decoded, String> {
+        let (object, prev) = match event.kind {
+            EventKind::Put => (
+                decode(&event.object),
+                event.prev.as_ref().map(decode).transpose(),
+            ),
+            EventKind::Delete => (decode_at(&event.object, event.revision), Ok(None)),
+        };
+        Ok(Decoded {
+            object: object.map_err(|e| e.to_string())?,
+            prev: prev.map_err(|e| e.to_string())?,
+            lines: Default::default(),
+        })
+    }
+
+    /// The line of `object` as event type `ty` (an index into [`EVENT_TYPES`]).
+    fn line(&self, ty: usize) -> Bytes {
+        self.lines[ty]
+            .get_or_init(|| line(EVENT_TYPES[ty], &self.object))
+            .clone()
+    }
+}
+
+/// An event parsed once: shared by every watcher of the event.
+pub type Parsed = Arc<Result<Decoded, String>>;
+
+/// An event's parsed JSON, from its memo or parsed now (and memoized for the others).
+fn parsed(event: &Event) -> Parsed {
+    event
+        .memo
+        .get_or_init(|| Decoded::of(event))
+        // Another consumer memoized something else: parse for this watcher alone.
+        .unwrap_or_else(|| Arc::new(Decoded::of(event)))
+}
+
+/// What a store event means to a watcher with `filter`: the event type (an index into
+/// [`EVENT_TYPES`]) and the parsed event, or nothing. Selectors see both the new and the
+/// previous state (see the module docs).
+pub fn classify(event: &Event, filter: &Filter) -> Result<Option<(usize, Parsed)>, ApiError> {
+    let parsed = parsed(event);
+    let d = match &*parsed {
+        Ok(d) => d,
+        Err(e) => return Err(ApiError::Internal(e.clone())),
+    };
+    let ty = match event.kind {
         EventKind::Put => {
-            let new = decode(&event.object)?;
-            let new_matches = filter.matches(&new);
-            let prev_matches = match &event.prev {
-                Some(p) => filter.matches(&decode(p)?),
-                None => false,
-            };
-            Ok(match (prev_matches, new_matches) {
-                (true, true) => Some(("MODIFIED", new)),
-                (false, true) => Some(("ADDED", new)),
-                (true, false) => Some(("DELETED", new)),
+            let new_matches = filter.matches(&d.object);
+            let prev_matches = d.prev.as_ref().is_some_and(|p| filter.matches(p));
+            match (prev_matches, new_matches) {
+                (true, true) => Some(1),
+                (false, true) => Some(0),
+                (true, false) => Some(2),
                 (false, false) => None,
-            })
+            }
         }
-        EventKind::Delete => {
-            let obj = decode_at(&event.object, event.revision)?;
-            Ok(filter.matches(&obj).then_some(("DELETED", obj)))
-        }
+        EventKind::Delete => filter.matches(&d.object).then_some(2),
+    };
+    Ok(ty.map(|ty| (ty, parsed.clone())))
+}
+
+/// The watch line of a classified event, shaped for `output`.
+fn event_line(kind: &ResourceKind, output: Output, ty: usize, parsed: &Parsed) -> Bytes {
+    match (&**parsed, output) {
+        (Ok(d), Output::Objects) => d.line(ty),
+        (Ok(d), output) => line(
+            EVENT_TYPES[ty],
+            &shape_object(kind, output, d.object.clone()),
+        ),
+        (Err(e), _) => error_line(&ApiError::Internal(e.clone())),
     }
 }
 
@@ -146,8 +210,8 @@ pub async fn serve(
                 Ok(event) => {
                     seen.store(event.revision, Ordering::Relaxed);
                     match classify(&event, &filter) {
-                        Ok(Some((ty, obj))) => {
-                            Some(Line(line(ty, &shape_object(kind, output, obj)), false))
+                        Ok(Some((ty, parsed))) => {
+                            Some(Line(event_line(kind, output, ty, &parsed), false))
                         }
                         Ok(None) => None,
                         Err(e) => Some(Line(error_line(&e), true)),

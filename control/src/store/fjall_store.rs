@@ -322,6 +322,7 @@ impl Op {
                     create_revision: revision,
                 },
                 prev: None,
+                memo: Default::default(),
             }),
             (Op::Update { key, .. } | Op::Delete { key, .. }, None) => {
                 Err(StoreError::NotFound { key: key.clone() })
@@ -345,6 +346,7 @@ impl Op {
                         create_revision: cur.create_revision,
                     },
                     prev: Some(cur.clone()),
+                    memo: Default::default(),
                 })
             }
             (Op::Delete { key, expected }, Some(cur)) => {
@@ -354,6 +356,7 @@ impl Op {
                     kind: EventKind::Delete,
                     object: cur.clone(),
                     prev: Some(cur.clone()),
+                    memo: Default::default(),
                 })
             }
         }
@@ -1247,6 +1250,7 @@ fn decode_log_entry(revision: Revision, bytes: &[u8]) -> Result<(Event, u64), St
             kind,
             object,
             prev,
+            memo: Default::default(),
         },
         time,
     ))
@@ -1827,18 +1831,21 @@ mod tests {
                 kind: EventKind::Put,
                 object: obj(1, "{}"),
                 prev: None,
+                memo: Default::default(),
             },
             Event {
                 revision: 7,
                 kind: EventKind::Put,
                 object: obj(7, "{\"b\":2}"),
                 prev: Some(obj(3, "{\"a\":1}")),
+                memo: Default::default(),
             },
             Event {
                 revision: 9,
                 kind: EventKind::Delete,
                 object: obj(7, "{\"b\":2}"),
                 prev: Some(obj(7, "{\"b\":2}")),
+                memo: Default::default(),
             },
         ];
         for ev in cases {

@@ -67,6 +67,54 @@ pub struct Event {
     /// The object before this write, if it existed. Lets a filtered watch tell an object
     /// that stopped matching (sent as DELETED) from one that never matched.
     pub prev: Option<StoredObject>,
+    /// What a consumer derives from this event once for all its readers (the API server's
+    /// watch keeps the parsed JSON here, so nine watchers parse an event once, not nine
+    /// times). Not part of the event's identity.
+    pub memo: Memo,
+}
+
+/// A write-once slot of any type, shared by every holder of an `Arc<Event>`. Equality
+/// ignores it and a clone starts empty: it is a cache, never state.
+#[derive(Default)]
+pub struct Memo(std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl Memo {
+    /// The value of type `T` in the slot, computing it with `init` if the slot is empty.
+    /// `None` if the slot already holds a value of another type.
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(
+        &self,
+        init: impl FnOnce() -> T,
+    ) -> Option<Arc<T>> {
+        self.0
+            .get_or_init(|| Arc::new(init()))
+            .clone()
+            .downcast::<T>()
+            .ok()
+    }
+}
+
+impl Clone for Memo {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
+}
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Memo {}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Memo(set)"
+        } else {
+            "Memo(empty)"
+        })
+    }
 }
 
 /// A consistent list: every object under a prefix as of `revision`.
@@ -177,5 +225,26 @@ mod tests {
         assert!(k.starts_with(&collection_prefix("apps", "deployments", None)));
         assert!(!k.starts_with(&collection_prefix("apps", "deployments", Some("def"))));
         assert_eq!(object_key("", "nodes", "", "n1"), "core/nodes//n1");
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_memo_computes_once_is_typed_and_is_not_state() {
+        let memo = Memo::default();
+        let mut calls = 0;
+        let a = memo.get_or_init(|| {
+            calls += 1;
+            7u32
+        });
+        let b = memo.get_or_init(|| {
+            calls += 1;
+            8u32
+        });
+        assert_eq!(calls, 1);
+        assert!(Arc::ptr_eq(a.as_ref().unwrap(), b.as_ref().unwrap()));
+        assert!(memo.get_or_init(|| "other type").is_none());
+        let clone = memo.clone();
+        assert_eq!(*clone.get_or_init(|| 9u32).unwrap(), 9);
+        assert_eq!(memo, Memo::default());
     }
 }
