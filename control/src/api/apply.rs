@@ -25,7 +25,8 @@
 //! - Identity and server-owned metadata (`name`, `namespace`, `uid`, `resourceVersion`,
 //!   `generation`, timestamps) are never owned; `resourceVersion` and `uid` in the
 //!   configuration are preconditions. On the main resource `status` is not applied;
-//!   applying to the `status` subresource owns only `status`.
+//!   applying to the `status` subresource owns only `status` (the API server's status
+//!   writes keep the stored metadata, so that ownership is computed but not stored yet).
 //!
 //! Everything here is pure: the live object, the configuration and the applier in, the
 //! object to store out. The API server reads, calls [`apply`] (or [`create`] when the
@@ -94,13 +95,20 @@ pub fn parse_body(bytes: &[u8]) -> Result<Value, String> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| format!("the apply configuration is not UTF-8: {e}"))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let value = if text.trim_start().starts_with('{') {
-        serde_json::from_str::<Value>(text)
-            .map_err(|e| format!("the apply configuration is not valid JSON: {e}"))?
-    } else {
-        let options = serde_saphyr::options! { strict_booleans: true, with_snippet: false };
-        serde_saphyr::from_str_with_options::<Value>(text, options)
-            .map_err(|e| format!("the apply configuration is not valid YAML: {e}"))?
+    // JSON first: it is what clients send, and JSON numbers and strings then keep
+    // exactly their JSON meaning. Anything else (a YAML flow mapping too) is YAML.
+    let json = text
+        .trim_start()
+        .starts_with('{')
+        .then(|| serde_json::from_str::<Value>(text).ok())
+        .flatten();
+    let value = match json {
+        Some(v) => v,
+        None => {
+            let options = serde_saphyr::options! { strict_booleans: true, with_snippet: false };
+            serde_saphyr::from_str_with_options::<Value>(text, options)
+                .map_err(|e| format!("the apply configuration is not valid YAML: {e}"))?
+        }
     };
     match value {
         Value::Object(_) => Ok(value),
@@ -893,6 +901,10 @@ mod tests {
         assert!(parse_body(b"- a\n- b\n").is_err());
         assert!(parse_body(b"a: [").is_err());
         assert!(parse_body(b"{\"a\": ").is_err());
+        assert_eq!(
+            parse_body(b"{kind: ConfigMap, data: {a: on}}").expect("flow YAML"),
+            json!({"kind": "ConfigMap", "data": {"a": "on"}})
+        );
         assert!(parse_body(&[0xff, 0xfe]).is_err());
     }
 
