@@ -6,10 +6,12 @@
 //! into the kind's type (so a wrong type is reported with its field path), and the
 //! in-process controllers work with typed objects through `kube`.
 
+pub mod apply;
 pub mod kinds;
 pub mod printers;
 pub mod qos;
 pub mod selector;
+pub mod strategic;
 pub mod validation;
 
 pub use kinds::{KINDS, ResourceKind, find_by_plural, find_kind, resolve};

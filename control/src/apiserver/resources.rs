@@ -21,6 +21,7 @@ use super::watch;
 use crate::api::kinds::ResourceKind;
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::validation::{self, FieldError};
+use crate::api::{apply, strategic};
 use crate::store::{StoreError, StoredObject, collection_prefix, object_key};
 use axum::body::Body;
 use axum::extract::Request;
@@ -176,9 +177,17 @@ async fn handle(
         (&Method::PATCH, Some(name)) => {
             let content_type = content_type(&parts.headers);
             let patch = read_json(body, &parts.headers, &state, PATCH_TYPES).await?;
+            if content_type == apply::CONTENT_TYPE {
+                return server_side_apply(&state, &target, &name, status_sub, &query, &patch).await;
+            }
+            if query.get("force").is_some() {
+                return Err(ApiError::BadRequest(
+                    "force: Invalid value: may only be set for apply patches (application/apply-patch+yaml)".into(),
+                ));
+            }
             let dry = query.dry_run()?;
             let obj = update_with(&state, &target, &name, status_sub, dry, |current| {
-                apply_patch(&content_type, current, &patch)
+                apply_patch(target.kind, &content_type, current, &patch)
             })
             .await?;
             Ok(json_response(StatusCode::OK, &obj))
@@ -251,6 +260,9 @@ pub(super) async fn read_json(
     let bytes = read_limited(body, headers, state.config.max_body_bytes).await?;
     if bytes.is_empty() {
         return Err(ApiError::BadRequest("the request has no body".into()));
+    }
+    if ct == apply::CONTENT_TYPE {
+        return apply::parse_body(&bytes).map_err(ApiError::BadRequest);
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
@@ -866,10 +878,20 @@ fn semantically_equal(a: &Value, b: &Value) -> bool {
     strip(a) == strip(b)
 }
 
-/// Applies a patch body to the current object according to its media type.
-pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result<Value, ApiError> {
+/// Applies a patch body to the current object (of `kind`) according to its media type.
+pub fn apply_patch(
+    kind: &ResourceKind,
+    content_type: &str,
+    current: &Value,
+    patch: &Value,
+) -> Result<Value, ApiError> {
     let mut doc = current.clone();
     match content_type {
+        "application/strategic-merge-patch+json" => {
+            strategic::strategic_merge(kind, current, patch).map_err(|e| {
+                ApiError::BadRequest(format!("the strategic merge patch is malformed: {e}"))
+            })
+        }
         "application/merge-patch+json" | "" => {
             if !patch.is_object() {
                 return Err(ApiError::BadRequest(
@@ -891,9 +913,59 @@ pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result
             Ok(doc)
         }
         other => Err(ApiError::UnsupportedMediaType(format!(
-            "patch type {other} is not supported yet; use application/merge-patch+json or application/json-patch+json"
+            "patch type {other} is not supported; use one of {}",
+            PATCH_TYPES.join(", ")
         ))),
     }
+}
+
+/// Server-side apply ([`apply`]): merges the configuration into the live object, or
+/// creates the object when there is none (main resource only; `dryRun` honoured by both).
+async fn server_side_apply(
+    state: &AppState,
+    target: &Target,
+    name: &str,
+    status_sub: bool,
+    query: &Query,
+    config: &Value,
+) -> Result<Response, ApiError> {
+    let now = now_rfc3339();
+    let applier = apply::Applier {
+        manager: apply::check_manager(query.get("fieldManager"))
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        force: query.flag("force"),
+        subresource: status_sub.then_some("status"),
+        now: &now,
+    };
+    let dry = query.dry_run()?;
+    let to_api = |e: apply::ApplyError| match e {
+        apply::ApplyError::Malformed(m) => ApiError::BadRequest(m),
+        apply::ApplyError::Conflict(message) => ApiError::Conflict {
+            subject: subject(target, name),
+            message,
+        },
+    };
+    // A create that loses the race to another creator applies to what it created.
+    for _ in 0..MAX_RETRIES {
+        let updated = update_with(state, target, name, status_sub, dry, |live| {
+            apply::apply(target.kind, live, config, &applier).map_err(to_api)
+        })
+        .await;
+        match updated {
+            Err(ApiError::NotFound { .. }) if !status_sub => {
+                let obj = apply::create(target.kind, name, config, &applier).map_err(to_api)?;
+                match create(state, target, query, obj).await {
+                    Err(ApiError::AlreadyExists { .. }) => continue,
+                    other => return other,
+                }
+            }
+            other => return other.map(|obj| json_response(StatusCode::OK, &obj)),
+        }
+    }
+    Err(ApiError::conflict(
+        subject(target, name),
+        "too many concurrent writers; please try again",
+    ))
 }
 
 /// `DeleteOptions`, from the body or the query.
@@ -1689,7 +1761,9 @@ mod tests {
     #[test]
     fn patches_apply_by_media_type() {
         let current = json!({"metadata": {"name": "a", "labels": {"x": "1", "y": "2"}}});
+        let kind = resolve("cm").expect("cm");
         let merged = apply_patch(
+            kind,
             "application/merge-patch+json",
             &current,
             &json!({"metadata": {"labels": {"x": null, "z": "3"}}}),
@@ -1700,6 +1774,7 @@ mod tests {
             Some(&json!({"y": "2", "z": "3"}))
         );
         let patched = apply_patch(
+            kind,
             "application/json-patch+json",
             &current,
             &json!([{"op": "replace", "path": "/metadata/labels/y", "value": "9"}]),
@@ -1708,11 +1783,38 @@ mod tests {
         assert_eq!(patched.pointer("/metadata/labels/y"), Some(&json!("9")));
         assert!(
             apply_patch(
+                kind,
                 "application/json-patch+json",
                 &current,
                 &json!([{"op": "remove", "path": "/nope"}])
             )
             .is_err()
+        );
+        let strategic = apply_patch(
+            kind,
+            "application/strategic-merge-patch+json",
+            &current,
+            &json!({"metadata": {"finalizers": ["a"], "labels": {"x": null}}}),
+        )
+        .expect("strategic");
+        assert_eq!(
+            strategic.pointer("/metadata/finalizers"),
+            Some(&json!(["a"]))
+        );
+        assert_eq!(
+            strategic.pointer("/metadata/labels"),
+            Some(&json!({"y": "2"}))
+        );
+        let err = apply_patch(
+            kind,
+            "application/strategic-merge-patch+json",
+            &current,
+            &json!({"metadata": {"ownerReferences": [{"name": "x"}]}}),
+        )
+        .expect_err("no uid");
+        assert!(
+            err.to_string().contains("metadata.ownerReferences[0]"),
+            "{err}"
         );
     }
 }

@@ -1360,3 +1360,362 @@ async fn registering_nodes_get_distinct_pod_ranges() {
         .await;
     assert_eq!(own["spec"]["podCIDR"], "127.99.0.0/16");
 }
+
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
+const STRATEGIC: &str = "application/strategic-merge-patch+json";
+
+impl Api {
+    /// A server-side apply with a raw (YAML or JSON) body.
+    async fn apply(&self, uri: &str, body: &str) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method("PATCH")
+            .uri(uri)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/apply-patch+yaml")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        self.request(req).await
+    }
+}
+
+fn container_images(deploy: &Value) -> Vec<(String, String)> {
+    deploy["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["image"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn strategic_patch_changes_one_containers_image() {
+    let api = api().await;
+    let mut d = deployment("web", 2);
+    d["spec"]["template"]["spec"]["containers"] = json!([
+        {"name": "app", "image": "app.wasm", "env": [{"name": "A", "value": "1"}]},
+        {"name": "side", "image": "side.wasm"}]);
+    let (code, _) = api.send("POST", DEPLOYMENTS, Some(d)).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, p) = api
+        .send_as(
+            "PATCH",
+            &format!("{DEPLOYMENTS}/web"),
+            STRATEGIC,
+            Some(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "side", "image": "side-2.wasm"}]}}}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{p}");
+    assert_eq!(
+        container_images(&p),
+        [
+            ("app".to_string(), "app.wasm".to_string()),
+            ("side".to_string(), "side-2.wasm".to_string())
+        ]
+    );
+    assert_eq!(
+        p["spec"]["template"]["spec"]["containers"][0]["env"],
+        json!([{"name": "A", "value": "1"}])
+    );
+    assert_eq!(p["metadata"]["generation"], 2);
+    assert_eq!(p["spec"]["replicas"], 2);
+}
+
+#[tokio::test]
+async fn kubectl_style_strategic_patch_with_set_element_order() {
+    let api = api().await;
+    let mut d = deployment("web", 1);
+    d["spec"]["template"]["spec"]["containers"] = json!([
+        {"name": "app", "image": "app.wasm",
+         "env": [{"name": "KEEP", "value": "1"}, {"name": "OLD", "value": "x"}]},
+        {"name": "side", "image": "side.wasm"}]);
+    api.send("POST", DEPLOYMENTS, Some(d)).await;
+    let uri = format!("{DEPLOYMENTS}/web");
+    // What `kubectl apply` (client-side) sends after the manifest changed app's image,
+    // dropped env OLD and added NEW.
+    let patch = json!({
+        "metadata": {"annotations": {
+            "kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"Deployment\"}\n"}},
+        "spec": {"template": {"spec": {
+            "$setElementOrder/containers": [{"name": "app"}, {"name": "side"}],
+            "containers": [{
+                "$setElementOrder/env": [{"name": "NEW"}, {"name": "KEEP"}],
+                "env": [{"name": "NEW", "value": "2"}, {"$patch": "delete", "name": "OLD"}],
+                "image": "app-2.wasm", "name": "app"}]}}}});
+    let (code, p) = api.send_as("PATCH", &uri, STRATEGIC, Some(patch)).await;
+    assert_eq!(code, StatusCode::OK, "{p}");
+    assert_eq!(
+        container_images(&p),
+        [
+            ("app".to_string(), "app-2.wasm".to_string()),
+            ("side".to_string(), "side.wasm".to_string())
+        ]
+    );
+    assert_eq!(
+        p["spec"]["template"]["spec"]["containers"][0]["env"],
+        json!([{"name": "NEW", "value": "2"}, {"name": "KEEP", "value": "1"}])
+    );
+    assert!(
+        p["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string()
+    );
+    // A malformed patch is a 400 naming the place, and changes nothing.
+    let before = api.store.revision();
+    let (code, s) = api
+        .send_as(
+            "PATCH",
+            &uri,
+            STRATEGIC,
+            Some(json!({"spec": {"template": {"spec": {"containers": [{"image": "x"}]}}}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.template.spec.containers[0]: the element has no merge key \"name\""),
+        "{s}"
+    );
+    assert_eq!(api.store.revision(), before);
+}
+
+const WEB_YAML: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    app: web
+    tier: front
+    canary: yes
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: app
+        image: app.wasm
+        env:
+        - name: A
+          value: '1'
+";
+
+fn revision_of(obj: &Value) -> String {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_keeps_updates_and_prunes() {
+    let api = api().await;
+    let uri = format!("{DEPLOYMENTS}/web");
+    let (code, s) = api.apply(&uri, WEB_YAML).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "no fieldManager: {s}");
+    assert!(s["message"].as_str().unwrap().contains("fieldManager"));
+    let (code, s) = api
+        .send_as(
+            "PATCH",
+            &format!("{uri}?force=true"),
+            "application/merge-patch+json",
+            Some(json!({"spec": {"replicas": 1}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{s}");
+    let (code, s) = api
+        .send_as(
+            "PATCH",
+            &uri,
+            "application/merge-patch+json",
+            Some(json!({"spec": {"replicas": 1}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "only apply creates: {s}");
+
+    let managed = format!("{uri}?fieldManager=alice");
+    let (code, created) = api.apply(&managed, WEB_YAML).await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    assert_eq!(created["metadata"]["labels"]["canary"], "yes");
+    assert_eq!(created["spec"]["replicas"], 2);
+    let entry = &created["metadata"]["managedFields"][0];
+    assert_eq!(entry["manager"], "alice");
+    assert_eq!(entry["operation"], "Apply");
+    assert_eq!(
+        entry["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"app\"}"]
+            ["f:env"]["k:{\"name\":\"A\"}"],
+        json!({".": {}, "f:name": {}, "f:value": {}})
+    );
+    let (_, got) = api.send("GET", &uri, None).await;
+    assert_eq!(got, created);
+
+    // The same configuration again: nothing is written.
+    let before = api.store.revision();
+    let (code, again) = api.apply(&managed, WEB_YAML).await;
+    assert_eq!(code, StatusCode::OK, "{again}");
+    assert_eq!(revision_of(&again), revision_of(&created));
+    assert_eq!(api.store.revision(), before);
+
+    // A changed field is applied.
+    let changed = WEB_YAML.replace("replicas: 2", "replicas: 3");
+    let (code, updated) = api.apply(&managed, &changed).await;
+    assert_eq!(code, StatusCode::OK, "{updated}");
+    assert_eq!(updated["spec"]["replicas"], 3);
+    assert_ne!(revision_of(&updated), revision_of(&created));
+    assert_eq!(updated["metadata"]["generation"], 2);
+
+    // Fields dropped from the configuration are removed; a label another writer set
+    // (by a merge patch, not an apply) stays.
+    let (code, _) = api
+        .send_as(
+            "PATCH",
+            &uri,
+            "application/merge-patch+json",
+            Some(json!({"metadata": {"labels": {"team": "blue"}}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let dropped = changed.replace("    tier: front\n", "").replace(
+        "        env:\n        - name: A\n          value: '1'\n",
+        "",
+    );
+    let (code, pruned) = api.apply(&managed, &dropped).await;
+    assert_eq!(code, StatusCode::OK, "{pruned}");
+    assert_eq!(
+        pruned["metadata"]["labels"],
+        json!({"app": "web", "canary": "yes", "team": "blue"})
+    );
+    assert!(
+        pruned["spec"]["template"]["spec"]["containers"][0]
+            .get("env")
+            .is_none(),
+        "{pruned}"
+    );
+    assert_eq!(pruned["spec"]["replicas"], 3);
+
+    // JSON bodies (what kubectl and the client libraries send) work the same.
+    let as_json = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"}, "spec": {"replicas": 4}});
+    let (code, j) = api
+        .apply(&format!("{uri}?fieldManager=bob"), &as_json.to_string())
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{j}");
+    // A body of the wrong kind is refused.
+    let (code, _) = api
+        .apply(
+            &managed,
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n",
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn server_side_apply_conflicts_between_managers_and_force() {
+    let api = api().await;
+    let uri = format!("{DEPLOYMENTS}/web");
+    let (code, _) = api
+        .apply(&format!("{uri}?fieldManager=alice"), WEB_YAML)
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let bob =
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 5\n";
+    let before = api.store.revision();
+    let (code, s) = api.apply(&format!("{uri}?fieldManager=bob"), bob).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{s}");
+    assert_eq!(s["reason"], "Conflict");
+    let message = s["message"].as_str().unwrap();
+    assert!(
+        message.contains("conflict with \"alice\" using apps/v1: .spec.replicas"),
+        "{message}"
+    );
+    assert_eq!(api.store.revision(), before);
+
+    // The same value is no conflict: both managers own it.
+    let (code, shared) = api
+        .apply(
+            &format!("{uri}?fieldManager=bob"),
+            &bob.replace("replicas: 5", "replicas: 2"),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{shared}");
+    assert_eq!(shared["metadata"]["managedFields"][1]["manager"], "bob");
+
+    let (code, forced) = api
+        .apply(&format!("{uri}?fieldManager=bob&force=true"), bob)
+        .await;
+    assert_eq!(code, StatusCode::OK, "{forced}");
+    assert_eq!(forced["spec"]["replicas"], 5);
+    let alice = &forced["metadata"]["managedFields"][0];
+    assert_eq!(alice["manager"], "alice");
+    assert!(alice["fieldsV1"]["f:spec"].get("f:replicas").is_none());
+    // Now alice is the one in conflict.
+    let (code, s) = api
+        .apply(&format!("{uri}?fieldManager=alice"), WEB_YAML)
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{s}");
+    assert!(s["message"].as_str().unwrap().contains("\"bob\""));
+}
+
+#[tokio::test]
+async fn server_side_apply_dry_run_stores_nothing() {
+    let api = api().await;
+    let uri = format!("{DEPLOYMENTS}/web");
+    let before = api.store.revision();
+    let (code, created) = api
+        .apply(&format!("{uri}?fieldManager=alice&dryRun=All"), WEB_YAML)
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    assert_eq!(created["metadata"]["managedFields"][0]["manager"], "alice");
+    assert_eq!(api.store.revision(), before);
+    let (code, _) = api.send("GET", &uri, None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    let (code, _) = api
+        .apply(&format!("{uri}?fieldManager=alice"), WEB_YAML)
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let before = api.store.revision();
+    let (code, dry) = api
+        .apply(
+            &format!("{uri}?fieldManager=alice&dryRun=All"),
+            &WEB_YAML.replace("replicas: 2", "replicas: 7"),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{dry}");
+    assert_eq!(dry["spec"]["replicas"], 7);
+    assert_eq!(api.store.revision(), before);
+    let (_, got) = api.send("GET", &uri, None).await;
+    assert_eq!(got["spec"]["replicas"], 2);
+
+    // Applying to the status subresource changes the status only.
+    let (code, status) = api
+        .apply(
+            &format!("{uri}/status?fieldManager=alice"),
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 9\nstatus:\n  replicas: 1\n",
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{status}");
+    assert_eq!(status["status"]["replicas"], 1);
+    assert_eq!(status["spec"]["replicas"], 2);
+    // Applying to the status of an object that does not exist does not create it.
+    let (code, _) = api
+        .apply(
+            &format!("{DEPLOYMENTS}/nothing/status?fieldManager=alice"),
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: nothing\nstatus:\n  replicas: 1\n",
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}

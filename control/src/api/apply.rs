@@ -1,0 +1,1194 @@
+//! Server-side apply (`PATCH` with `application/apply-patch+yaml`, `kubectl apply
+//! --server-side`): the client sends the configuration it wants (a YAML or JSON object)
+//! and a `fieldManager` name, and the server merges it into the live object, remembering
+//! which manager set which field in `metadata.managedFields`.
+//!
+//! Remembering is what makes apply declarative. A field a manager applied before and no
+//! longer applies is removed, unless another manager also set it; a field another
+//! applier owns cannot be changed to a different value without `force=true` (409
+//! Conflict listing the fields and their managers), and forcing moves the ownership.
+//! Two appliers that set a field to the same value share it.
+//!
+//! What wharf tracks, and what it does not (the README says the same):
+//!
+//! - Ownership is recorded for `Apply` operations only. Create, update and the other
+//!   patch types change the object without recording a manager, so their fields are
+//!   never removed by an apply and never conflict with one.
+//! - A field set is the set of paths the applied configuration sets, in the `FieldsV1`
+//!   format (`f:` fields, `k:{...}` list elements by their merge key, `v:` values of
+//!   sets): leaves (scalars, lists without a merge key, empty maps) and each element of
+//!   a list with a merge key. Which list is keyed by what comes from the strategic merge
+//!   table ([`super::strategic`]); a missing `protocol` in a port's key is `TCP`.
+//! - The applied configuration is merged into the live object with the strategic merge
+//!   rules, in the order of its lists; `null`s in it mean "not set". Directives (`$patch`
+//!   ...) are refused: an apply configuration is an object, not a patch.
+//! - Identity and server-owned metadata (`name`, `namespace`, `uid`, `resourceVersion`,
+//!   `generation`, timestamps) are never owned; `resourceVersion` and `uid` in the
+//!   configuration are preconditions. On the main resource `status` is not applied;
+//!   applying to the `status` subresource owns only `status` (the API server's status
+//!   writes keep the stored metadata, so that ownership is computed but not stored yet).
+//!
+//! Everything here is pure: the live object, the configuration and the applier in, the
+//! object to store out. The API server reads, calls [`apply`] (or [`create`] when the
+//! object is absent) and writes with compare-and-swap.
+
+use super::kinds::ResourceKind;
+use super::strategic::{self, Key, ListStrategy, Path, element_key, list_strategy};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The media type of a server-side apply request.
+pub const CONTENT_TYPE: &str = "application/apply-patch+yaml";
+/// `managedFields[].operation` of an apply.
+pub const OPERATION: &str = "Apply";
+/// Longest `fieldManager`, as Kubernetes allows.
+const MAX_MANAGER_LEN: usize = 128;
+
+/// Why an apply is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The request or the configuration is malformed (400).
+    #[error("{0}")]
+    Malformed(String),
+    /// Fields another manager owns would change (409); the message lists them.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl From<strategic::PatchError> for ApplyError {
+    fn from(e: strategic::PatchError) -> Self {
+        ApplyError::Malformed(e.to_string())
+    }
+}
+
+/// Who applies, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Applier<'a> {
+    pub manager: &'a str,
+    /// Take the fields other managers own instead of failing with a conflict.
+    pub force: bool,
+    /// `Some("status")` for an apply to the status subresource.
+    pub subresource: Option<&'a str>,
+    /// Now, RFC 3339, for `managedFields[].time`.
+    pub now: &'a str,
+}
+
+/// Checks the `fieldManager` query parameter an apply must have.
+pub fn check_manager(manager: Option<&str>) -> Result<&str, ApplyError> {
+    match manager {
+        None | Some("") => Err(ApplyError::Malformed(
+            "fieldManager: Required value: is required for apply requests".into(),
+        )),
+        Some(m) if m.len() > MAX_MANAGER_LEN => Err(ApplyError::Malformed(format!(
+            "fieldManager: Too long: may not be more than {MAX_MANAGER_LEN} bytes"
+        ))),
+        Some(m) if m.chars().any(char::is_control) => Err(ApplyError::Malformed(
+            "fieldManager: Invalid value: may not contain control characters".into(),
+        )),
+        Some(m) => Ok(m),
+    }
+}
+
+/// Parses an apply body: JSON (what kubectl and the client libraries send) or a single
+/// YAML document. YAML 1.1 booleans (`yes`, `on`) stay strings, as Kubernetes reads them.
+pub fn parse_body(bytes: &[u8]) -> Result<Value, String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| format!("the apply configuration is not UTF-8: {e}"))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // JSON first: it is what clients send, and JSON numbers and strings then keep
+    // exactly their JSON meaning. Anything else (a YAML flow mapping too) is YAML.
+    let json = text
+        .trim_start()
+        .starts_with('{')
+        .then(|| serde_json::from_str::<Value>(text).ok())
+        .flatten();
+    let value = match json {
+        Some(v) => v,
+        None => {
+            let options = serde_saphyr::options! { strict_booleans: true, with_snippet: false };
+            serde_saphyr::from_str_with_options::<Value>(text, options)
+                .map_err(|e| format!("the apply configuration is not valid YAML: {e}"))?
+        }
+    };
+    match value {
+        Value::Object(_) => Ok(value),
+        Value::Null => Err("the apply configuration is empty".into()),
+        _ => Err("the apply configuration must be an object".into()),
+    }
+}
+
+/// The live object with `config` applied by `applier`.
+pub fn apply(
+    kind: &ResourceKind,
+    live: &Value,
+    config: &Value,
+    applier: &Applier,
+) -> Result<Value, ApplyError> {
+    let applied = Applied::new(kind, config, applier.subresource)?;
+    let subresource = applier.subresource.unwrap_or("");
+    let mut entries = managed_entries(live);
+    let mine = entries
+        .iter()
+        .position(|e| e.is(applier.manager, OPERATION, subresource));
+    let previous = mine
+        .and_then(|i| entries[i].fields.clone())
+        .unwrap_or_default();
+
+    // A field another applier owns, set here to something else, is a conflict.
+    let mut conflicts: Vec<(usize, Vec<String>)> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if Some(i) == mine || entry.operation != OPERATION || entry.subresource != subresource {
+            continue;
+        }
+        let Some(owned) = &entry.fields else { continue };
+        for path in applied.fields.leaves() {
+            let is_set_value = path.last().is_some_and(|s| s.starts_with("v:"));
+            if owned.0.contains(path)
+                && !is_set_value
+                && value_at(live, path) != value_at(&applied.managed, path)
+            {
+                conflicts.push((i, path.clone()));
+            }
+        }
+    }
+    if !conflicts.is_empty() {
+        if !applier.force {
+            return Err(ApplyError::Conflict(conflict_message(&entries, &conflicts)));
+        }
+        for (i, path) in &conflicts {
+            if let Some(owned) = &mut entries[*i].fields {
+                owned.0.remove(path);
+                entries[*i].changed = true;
+            }
+        }
+    }
+
+    let mut merged = strategic::strategic_merge(kind, live, &applied.patch)?;
+    // What this manager applied before and no longer does, that nobody else holds.
+    let mut held = FieldSet::default();
+    for (i, entry) in entries.iter().enumerate() {
+        if Some(i) != mine
+            && entry.subresource == subresource
+            && let Some(owned) = &entry.fields
+        {
+            held.0.extend(owned.0.iter().cloned());
+        }
+    }
+    for path in previous.0.difference(&applied.fields.0) {
+        if !held.0.contains(path) {
+            remove_path(&mut merged, path);
+        }
+    }
+
+    let unchanged = without_managed_fields(&merged) == without_managed_fields(live);
+    let mut out = Vec::with_capacity(entries.len() + 1);
+    let mut mine_written = false;
+    for (i, entry) in entries.into_iter().enumerate() {
+        if Some(i) == mine {
+            mine_written = true;
+            if applied.fields.0.is_empty() {
+                continue;
+            }
+            let same = previous == applied.fields
+                && unchanged
+                && entry.raw.get("apiVersion") == Some(&json!(kind.api_version()));
+            out.push(if same {
+                entry.raw
+            } else {
+                new_entry(kind, applier, &applied.fields)
+            });
+        } else if entry.changed {
+            let Some(owned) = entry.fields.filter(|f| !f.0.is_empty()) else {
+                continue;
+            };
+            let mut raw = entry.raw;
+            if let Some(map) = raw.as_object_mut() {
+                map.insert("fieldsV1".into(), owned.to_fields_v1());
+            }
+            out.push(raw);
+        } else {
+            out.push(entry.raw);
+        }
+    }
+    if !mine_written && !applied.fields.0.is_empty() {
+        out.push(new_entry(kind, applier, &applied.fields));
+    }
+    set_managed_fields(&mut merged, out);
+    Ok(merged)
+}
+
+/// The object an apply creates when none is stored under `name`.
+pub fn create(
+    kind: &ResourceKind,
+    name: &str,
+    config: &Value,
+    applier: &Applier,
+) -> Result<Value, ApplyError> {
+    let applied = Applied::new(kind, config, applier.subresource)?;
+    let mut obj = strategic::strategic_merge(kind, &json!({}), &applied.patch)?;
+    if let Some(map) = obj.as_object_mut() {
+        let meta = map.entry("metadata").or_insert_with(|| json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            match meta.get("name").and_then(Value::as_str) {
+                None | Some("") => {
+                    meta.insert("name".into(), json!(name));
+                }
+                Some(sent) if sent != name => {
+                    return Err(ApplyError::Malformed(format!(
+                        "the name of the object ({sent}) does not match the name on the URL ({name})"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let entries = if applied.fields.0.is_empty() {
+        Vec::new()
+    } else {
+        vec![new_entry(kind, applier, &applied.fields)]
+    };
+    set_managed_fields(&mut obj, entries);
+    Ok(obj)
+}
+
+/// `metadata` fields that identify the object or belong to the server: never owned.
+const SERVER_METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+    "managedFields",
+];
+/// `metadata` fields of the configuration that are passed on (as identity and
+/// preconditions) without being owned.
+const IDENTITY_METADATA: &[&str] = &["name", "namespace", "uid", "resourceVersion"];
+
+/// An applied configuration, taken apart.
+struct Applied {
+    /// The fields it sets, and their values: the configuration without identity, without
+    /// nulls, and restricted to what the operation may change.
+    managed: Value,
+    /// Their paths.
+    fields: FieldSet,
+    /// What is merged into the live object: `managed` with the configuration's identity
+    /// and `$setElementOrder` for each merged list, so the result has its order.
+    patch: Value,
+}
+
+impl Applied {
+    fn new(
+        kind: &ResourceKind,
+        config: &Value,
+        subresource: Option<&str>,
+    ) -> Result<Applied, ApplyError> {
+        let Value::Object(config) = config else {
+            return Err(ApplyError::Malformed(
+                "the apply configuration must be an object".into(),
+            ));
+        };
+        for field in ["apiVersion", "kind"] {
+            if config
+                .get(field)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                return Err(ApplyError::Malformed(format!(
+                    "{field}: Required value: an apply configuration must set apiVersion and kind"
+                )));
+            }
+        }
+        refuse_directives(&Value::Object(config.clone()), &Path::default())?;
+        let Value::Object(mut managed) = without_nulls(&Value::Object(config.clone())) else {
+            return Err(ApplyError::Malformed(
+                "the apply configuration must be an object".into(),
+            ));
+        };
+        if config.get("metadata").is_some_and(|m| !m.is_object()) {
+            return Err(ApplyError::Malformed("metadata must be an object".into()));
+        }
+        if config
+            .get("metadata")
+            .and_then(|m| m.get("managedFields"))
+            .is_some_and(|m| !m.is_null())
+        {
+            return Err(ApplyError::Malformed(
+                "metadata.managedFields must be nil".into(),
+            ));
+        }
+        let mut patch = Map::new();
+        for field in ["apiVersion", "kind"] {
+            if let Some(v) = managed.shift_remove(field) {
+                patch.insert(field.into(), v);
+            }
+        }
+        let mut identity = Map::new();
+        if let Some(Value::Object(meta)) = managed.get_mut("metadata") {
+            for field in SERVER_METADATA {
+                if let Some(v) = meta.shift_remove(*field)
+                    && IDENTITY_METADATA.contains(field)
+                {
+                    identity.insert((*field).into(), v);
+                }
+            }
+            if meta.is_empty() {
+                managed.shift_remove("metadata");
+            }
+        }
+        match subresource {
+            Some("status") => managed.retain(|k, _| k == "status"),
+            _ if kind.has_status => {
+                managed.shift_remove("status");
+            }
+            _ => {}
+        }
+        let managed = Value::Object(managed);
+        let fields = FieldSet::of(kind, &managed)?;
+        let Value::Object(ordered) = in_order(kind, &managed, &Path::default()) else {
+            return Err(ApplyError::Malformed(
+                "the apply configuration must be an object".into(),
+            ));
+        };
+        patch.extend(ordered);
+        if !identity.is_empty() {
+            let meta = patch.entry("metadata").or_insert_with(|| json!({}));
+            if let Some(meta) = meta.as_object_mut() {
+                meta.extend(identity);
+            }
+        }
+        Ok(Applied {
+            managed,
+            fields,
+            patch: Value::Object(patch),
+        })
+    }
+}
+
+fn refuse_directives(value: &Value, at: &Path) -> Result<(), ApplyError> {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k.starts_with('$') {
+                    return Err(ApplyError::Malformed(format!(
+                        "{}: an apply configuration is an object, not a patch: it may not contain directives",
+                        at.field(k).shown
+                    )));
+                }
+                refuse_directives(v, &at.field(k))?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| refuse_directives(v, &at.index(i))),
+        _ => Ok(()),
+    }
+}
+
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .filter(|v| !v.is_null())
+                .map(without_nulls)
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// `value` with a `$setElementOrder` beside every list merged by key or as a set.
+fn in_order(kind: &ResourceKind, value: &Value, at: &Path) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for (k, v) in map {
+                let child = at.field(k);
+                if let Value::Array(items) = v {
+                    let order = match list_strategy(kind, &child.schema) {
+                        ListStrategy::Keyed(fields) => Some(
+                            items
+                                .iter()
+                                .filter_map(|e| Key::of(e, fields))
+                                .map(|key| {
+                                    Value::Object(
+                                        key.values
+                                            .into_iter()
+                                            .map(|(f, v)| (f.into(), v))
+                                            .collect(),
+                                    )
+                                })
+                                .collect(),
+                        ),
+                        ListStrategy::Set => Some(items.clone()),
+                        ListStrategy::Replace => None,
+                    };
+                    if let Some(order) = order {
+                        out.insert(format!("$setElementOrder/{k}"), Value::Array(order));
+                    }
+                }
+                out.insert(k.clone(), in_order(kind, v, &child));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| in_order(kind, v, &at.index(i)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A set of field paths, each a list of `FieldsV1` segments: `f:name` (a field),
+/// `k:{"name":"app"}` (a list element by its key), `v:"x"` (a value of a set).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldSet(pub BTreeSet<Vec<String>>);
+
+/// Key fields that have a default where Kubernetes defaults them, so that a port applied
+/// without `protocol` has the same key as the live port with `protocol: TCP`.
+const KEY_DEFAULTS: &[(&str, &str)] = &[("protocol", "TCP")];
+
+impl FieldSet {
+    /// The fields `value` (an object of `kind`, from its root) sets.
+    pub fn of(kind: &ResourceKind, value: &Value) -> Result<FieldSet, ApplyError> {
+        let mut set = FieldSet::default();
+        collect(kind, value, &Path::default(), &mut Vec::new(), &mut set.0)?;
+        Ok(set)
+    }
+
+    /// The paths no other path in the set lies under: the values themselves.
+    pub fn leaves(&self) -> impl Iterator<Item = &Vec<String>> {
+        let paths: Vec<_> = self.0.iter().collect();
+        (0..paths.len()).filter_map(move |i| {
+            let p = paths[i];
+            let parent = paths.get(i + 1).is_some_and(|next| next.starts_with(p));
+            (!parent).then_some(p)
+        })
+    }
+
+    /// The `FieldsV1` JSON of the set: a tree of segments, `{}` at a member without
+    /// members under it, `".": {}` at a member with some.
+    pub fn to_fields_v1(&self) -> Value {
+        #[derive(Default)]
+        struct Tree {
+            member: bool,
+            children: BTreeMap<String, Tree>,
+        }
+        fn to_json(tree: &Tree) -> Value {
+            let mut map = Map::new();
+            if tree.member && !tree.children.is_empty() {
+                map.insert(".".into(), json!({}));
+            }
+            for (k, child) in &tree.children {
+                map.insert(k.clone(), to_json(child));
+            }
+            Value::Object(map)
+        }
+        let mut root = Tree::default();
+        for path in &self.0 {
+            let mut node = &mut root;
+            for seg in path {
+                node = node.children.entry(seg.clone()).or_default();
+            }
+            node.member = true;
+        }
+        to_json(&root)
+    }
+
+    /// Reads `FieldsV1` JSON; `None` if it is not that format.
+    pub fn from_fields_v1(value: &Value) -> Option<FieldSet> {
+        fn walk(value: &Value, prefix: &mut Vec<String>, out: &mut BTreeSet<Vec<String>>) -> bool {
+            let Value::Object(map) = value else {
+                return false;
+            };
+            if map.is_empty() && !prefix.is_empty() {
+                out.insert(prefix.clone());
+            }
+            for (k, v) in map {
+                if k == "." {
+                    out.insert(prefix.clone());
+                    continue;
+                }
+                if !["f:", "k:", "v:", "i:"].iter().any(|p| k.starts_with(p)) {
+                    return false;
+                }
+                prefix.push(k.clone());
+                let ok = walk(v, prefix, out);
+                prefix.pop();
+                if !ok {
+                    return false;
+                }
+            }
+            true
+        }
+        let mut set = FieldSet::default();
+        walk(value, &mut Vec::new(), &mut set.0).then_some(set)
+    }
+}
+
+fn collect(
+    kind: &ResourceKind,
+    value: &Value,
+    at: &Path,
+    prefix: &mut Vec<String>,
+    out: &mut BTreeSet<Vec<String>>,
+) -> Result<(), ApplyError> {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                prefix.push(format!("f:{k}"));
+                collect(kind, v, &at.field(k), prefix, out)?;
+                prefix.pop();
+            }
+        }
+        Value::Array(items) if !items.is_empty() => match list_strategy(kind, &at.schema) {
+            ListStrategy::Keyed(fields) => {
+                for (i, element) in items.iter().enumerate() {
+                    let key = element_key(element, fields, &at.index(i))?;
+                    prefix.push(key_segment(&key));
+                    if !out.insert(prefix.clone()) {
+                        return Err(ApplyError::Malformed(format!(
+                            "{}: duplicate element: another element of the list has the key {}",
+                            at.index(i).shown,
+                            key_display(prefix.last().map(String::as_str).unwrap_or_default())
+                        )));
+                    }
+                    collect(kind, element, &at.index(i), prefix, out)?;
+                    prefix.pop();
+                }
+            }
+            ListStrategy::Set => {
+                for (i, element) in items.iter().enumerate() {
+                    if element.is_object() || element.is_array() {
+                        return Err(ApplyError::Malformed(format!(
+                            "{}: must be a single value: the list is a set of values",
+                            at.index(i).shown
+                        )));
+                    }
+                    prefix.push(format!("v:{element}"));
+                    out.insert(prefix.clone());
+                    prefix.pop();
+                }
+            }
+            ListStrategy::Replace => {
+                out.insert(prefix.clone());
+            }
+        },
+        _ => {
+            if !prefix.is_empty() {
+                out.insert(prefix.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `k:{...}`: the element's key fields, sorted by name, defaults filled in.
+fn key_segment(key: &Key) -> String {
+    let mut fields: BTreeMap<&str, Value> =
+        key.values.iter().map(|(f, v)| (*f, v.clone())).collect();
+    for (field, default) in KEY_DEFAULTS {
+        if key.fields.contains(field) && !fields.contains_key(field) {
+            fields.insert(field, json!(default));
+        }
+    }
+    format!("k:{}", serde_json::to_string(&fields).unwrap_or_default())
+}
+
+/// The value at `path` in `value`.
+fn value_at<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, seg| step(v, seg))
+}
+
+fn step<'a>(value: &'a Value, seg: &str) -> Option<&'a Value> {
+    if let Some(field) = seg.strip_prefix("f:") {
+        return value.as_object()?.get(field);
+    }
+    let items = value.as_array()?;
+    items.iter().find(|e| element_is(e, seg))
+}
+
+/// Whether list element `e` is the one segment `seg` (`k:` or `v:`) names. A key field
+/// the element lacks matches (a default the live object left out), as long as one
+/// field matches.
+fn element_is(e: &Value, seg: &str) -> bool {
+    if let Some(key) = seg.strip_prefix("k:") {
+        let Ok(Value::Object(key)) = serde_json::from_str::<Value>(key) else {
+            return false;
+        };
+        let Some(obj) = e.as_object() else {
+            return false;
+        };
+        let mut matched = false;
+        for (f, want) in &key {
+            match obj.get(f) {
+                Some(have) if have == want => matched = true,
+                Some(_) => return false,
+                None => {}
+            }
+        }
+        return matched;
+    }
+    if let Some(v) = seg.strip_prefix("v:") {
+        return serde_json::from_str::<Value>(v).is_ok_and(|v| v == *e);
+    }
+    false
+}
+
+/// Removes the field `path` names; containers left empty by the removal go too.
+fn remove_path(value: &mut Value, path: &[String]) -> bool {
+    let Some((seg, rest)) = path.split_first() else {
+        return false;
+    };
+    if rest.is_empty() {
+        return remove_child(value, seg);
+    }
+    let child = if let Some(field) = seg.strip_prefix("f:") {
+        value.as_object_mut().and_then(|m| m.get_mut(field))
+    } else {
+        value
+            .as_array_mut()
+            .and_then(|items| items.iter_mut().find(|e| element_is(e, seg)))
+    };
+    let Some(child) = child else {
+        return false;
+    };
+    if !remove_path(child, rest) {
+        return false;
+    }
+    let emptied = match child {
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    };
+    if emptied {
+        remove_child(value, seg);
+    }
+    true
+}
+
+fn remove_child(value: &mut Value, seg: &str) -> bool {
+    if let Some(field) = seg.strip_prefix("f:") {
+        return value
+            .as_object_mut()
+            .is_some_and(|m| m.shift_remove(field).is_some());
+    }
+    let Some(items) = value.as_array_mut() else {
+        return false;
+    };
+    let before = items.len();
+    items.retain(|e| !element_is(e, seg));
+    items.len() != before
+}
+
+/// One entry of `metadata.managedFields`.
+struct Entry {
+    raw: Value,
+    manager: String,
+    operation: String,
+    subresource: String,
+    /// `None` when its `fieldsV1` is not readable: kept, but owns nothing.
+    fields: Option<FieldSet>,
+    /// Fields were taken from it (a forced apply).
+    changed: bool,
+}
+
+impl Entry {
+    fn is(&self, manager: &str, operation: &str, subresource: &str) -> bool {
+        self.manager == manager && self.operation == operation && self.subresource == subresource
+    }
+}
+
+fn managed_entries(obj: &Value) -> Vec<Entry> {
+    let Some(Value::Array(list)) = obj.pointer("/metadata/managedFields") else {
+        return Vec::new();
+    };
+    let text = |e: &Value, f: &str| e.get(f).and_then(Value::as_str).unwrap_or("").to_string();
+    list.iter()
+        .filter(|e| e.is_object())
+        .map(|e| Entry {
+            raw: e.clone(),
+            manager: text(e, "manager"),
+            operation: text(e, "operation"),
+            subresource: text(e, "subresource"),
+            fields: e
+                .get("fieldsV1")
+                .filter(|_| text(e, "fieldsType") == "FieldsV1")
+                .and_then(FieldSet::from_fields_v1),
+            changed: false,
+        })
+        .collect()
+}
+
+fn new_entry(kind: &ResourceKind, applier: &Applier, fields: &FieldSet) -> Value {
+    let mut entry = json!({
+        "manager": applier.manager,
+        "operation": OPERATION,
+        "apiVersion": kind.api_version(),
+        "time": applier.now,
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields.to_fields_v1(),
+    });
+    if let Some(sub) = applier.subresource {
+        entry["subresource"] = json!(sub);
+    }
+    entry
+}
+
+fn set_managed_fields(obj: &mut Value, entries: Vec<Value>) {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if entries.is_empty() {
+        meta.shift_remove("managedFields");
+    } else {
+        meta.insert("managedFields".into(), Value::Array(entries));
+    }
+}
+
+fn without_managed_fields(obj: &Value) -> Value {
+    let mut obj = obj.clone();
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.shift_remove("managedFields");
+    }
+    obj
+}
+
+/// `Apply failed with 2 conflicts: conflicts with "a" using apps/v1: .spec.replicas, ...`
+fn conflict_message(entries: &[Entry], conflicts: &[(usize, Vec<String>)]) -> String {
+    let mut by_manager: Vec<(usize, Vec<String>)> = Vec::new();
+    for (i, path) in conflicts {
+        let shown = show_path(path);
+        match by_manager.iter_mut().find(|(j, _)| j == i) {
+            Some((_, paths)) => paths.push(shown),
+            None => by_manager.push((*i, vec![shown])),
+        }
+    }
+    let parts: Vec<String> = by_manager
+        .iter()
+        .map(|(i, paths)| {
+            let entry = &entries[*i];
+            let api_version = entry
+                .raw
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            format!(
+                "conflict{} with {:?} using {api_version}: {}",
+                if paths.len() > 1 { "s" } else { "" },
+                entry.manager,
+                paths.join(", ")
+            )
+        })
+        .collect();
+    format!(
+        "Apply failed with {} conflict{}: {}; apply with force=true to take ownership of the field{}",
+        conflicts.len(),
+        if conflicts.len() > 1 { "s" } else { "" },
+        parts.join("; "),
+        if conflicts.len() > 1 { "s" } else { "" },
+    )
+}
+
+/// `.spec.template.spec.containers[name="app"].image`
+fn show_path(path: &[String]) -> String {
+    path.iter()
+        .map(|seg| {
+            if let Some(f) = seg.strip_prefix("f:") {
+                format!(".{f}")
+            } else if seg.starts_with("k:") {
+                key_display(seg)
+            } else if let Some(v) = seg.strip_prefix("v:") {
+                format!("[={v}]")
+            } else {
+                format!(".{seg}")
+            }
+        })
+        .collect()
+}
+
+fn key_display(seg: &str) -> String {
+    let fields = seg
+        .strip_prefix("k:")
+        .and_then(|k| serde_json::from_str::<Map<String, Value>>(k).ok())
+        .map(|m| {
+            m.iter()
+                .map(|(f, v)| format!("{f}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    format!("[{fields}]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::kinds::resolve;
+
+    fn deploy() -> &'static ResourceKind {
+        resolve("deploy").expect("deploy")
+    }
+
+    fn applier(manager: &str) -> Applier<'_> {
+        Applier {
+            manager,
+            force: false,
+            subresource: None,
+            now: "2030-01-01T00:00:00Z",
+        }
+    }
+
+    fn config(replicas: Option<i64>, containers: Value) -> Value {
+        let mut c = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": containers}}}});
+        if let Some(r) = replicas {
+            c["spec"]["replicas"] = json!(r);
+        }
+        c
+    }
+
+    /// The stored object after a create: what the server adds (identity, a default).
+    fn stored(obj: Value) -> Value {
+        let mut obj = obj;
+        obj["metadata"]["uid"] = json!("u1");
+        obj["metadata"]["resourceVersion"] = json!("7");
+        obj["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!("IfNotPresent");
+        obj
+    }
+
+    fn managers(obj: &Value) -> Vec<String> {
+        obj.pointer("/metadata/managedFields")
+            .and_then(Value::as_array)
+            .map(|l| {
+                l.iter()
+                    .map(|e| e["manager"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn bodies_are_json_or_one_yaml_document() {
+        let json_body = br#"{"apiVersion": "v1", "kind": "ConfigMap", "data": {"a": "yes"}}"#;
+        assert_eq!(
+            parse_body(json_body).expect("json")["data"]["a"],
+            json!("yes")
+        );
+        let yaml = b"apiVersion: v1\nkind: ConfigMap\ndata:\n  a: yes\n  b: on\n  n: '1'\nx: 3\n";
+        let v = parse_body(yaml).expect("yaml");
+        assert_eq!(v["data"], json!({"a": "yes", "b": "on", "n": "1"}));
+        assert_eq!(v["x"], json!(3));
+        assert!(parse_body(b"").is_err());
+        assert!(parse_body(b"- a\n- b\n").is_err());
+        assert!(parse_body(b"a: [").is_err());
+        assert!(parse_body(b"{\"a\": ").is_err());
+        assert_eq!(
+            parse_body(b"{kind: ConfigMap, data: {a: on}}").expect("flow YAML"),
+            json!({"kind": "ConfigMap", "data": {"a": "on"}})
+        );
+        assert!(parse_body(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn managers_are_required_and_bounded() {
+        assert!(check_manager(None).is_err());
+        assert!(check_manager(Some("")).is_err());
+        assert!(check_manager(Some(&"m".repeat(129))).is_err());
+        assert!(check_manager(Some("a\nb")).is_err());
+        assert_eq!(check_manager(Some("kubectl")), Ok("kubectl"));
+    }
+
+    #[test]
+    fn field_sets_use_the_kubernetes_format() {
+        let c = config(
+            Some(2),
+            json!([{"name": "app", "image": "a.wasm", "ports": [{"containerPort": 80}],
+                    "args": ["x"]}]),
+        );
+        let created = create(deploy(), "web", &c, &applier("m")).expect("create");
+        let entry = &created["metadata"]["managedFields"][0];
+        assert_eq!(entry["manager"], "m");
+        assert_eq!(entry["operation"], "Apply");
+        assert_eq!(entry["apiVersion"], "apps/v1");
+        assert_eq!(entry["fieldsType"], "FieldsV1");
+        assert_eq!(entry["time"], "2030-01-01T00:00:00Z");
+        assert_eq!(
+            entry["fieldsV1"],
+            json!({
+                "f:metadata": {"f:labels": {"f:app": {}}},
+                "f:spec": {
+                    "f:replicas": {},
+                    "f:selector": {"f:matchLabels": {"f:app": {}}},
+                    "f:template": {
+                        "f:metadata": {"f:labels": {"f:app": {}}},
+                        "f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {
+                            ".": {},
+                            "f:args": {},
+                            "f:image": {},
+                            "f:name": {},
+                            "f:ports": {"k:{\"containerPort\":80,\"protocol\":\"TCP\"}": {
+                                ".": {}, "f:containerPort": {}}}}}}}}})
+        );
+        let set = FieldSet::from_fields_v1(&entry["fieldsV1"]).expect("readable");
+        assert_eq!(set.to_fields_v1(), entry["fieldsV1"]);
+        assert_eq!(
+            set,
+            FieldSet::of(deploy(), &{
+                let mut m = c.clone();
+                m.as_object_mut().map(|o| {
+                    o.shift_remove("apiVersion");
+                    o.shift_remove("kind")
+                });
+                m["metadata"]
+                    .as_object_mut()
+                    .map(|o| o.shift_remove("name"));
+                m
+            })
+            .expect("set")
+        );
+        assert!(FieldSet::from_fields_v1(&json!({"spec": {}})).is_none());
+        // Name, kind and apiVersion are the object's, not a manager's.
+        assert_eq!(created["metadata"]["name"], "web");
+        assert_eq!(created["kind"], "Deployment");
+    }
+
+    #[test]
+    fn applying_again_changes_nothing_and_dropping_a_field_removes_it() {
+        let c = config(
+            Some(2),
+            json!([{"name": "app", "image": "a.wasm",
+                    "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]}]),
+        );
+        let live = stored(create(deploy(), "web", &c, &applier("m")).expect("create"));
+        let later = Applier {
+            now: "2031-01-01T00:00:00Z",
+            ..applier("m")
+        };
+        let again = apply(deploy(), &live, &c, &later).expect("apply");
+        assert_eq!(again, live, "nothing changes, not even the entry's time");
+
+        let mut changed = c.clone();
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("b.wasm");
+        let out = apply(deploy(), &live, &changed, &later).expect("apply");
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][0]["image"],
+            "b.wasm"
+        );
+        assert_eq!(
+            out["metadata"]["managedFields"][0]["time"],
+            "2031-01-01T00:00:00Z"
+        );
+        // The server's default stays: nobody applied it.
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
+
+        // Drop replicas, env B and the label: they go; add env C.
+        let dropped = {
+            let mut d = config(
+                None,
+                json!([{"name": "app", "image": "b.wasm",
+                        "env": [{"name": "C", "value": "3"}, {"name": "A", "value": "1"}]}]),
+            );
+            d["metadata"]
+                .as_object_mut()
+                .map(|m| m.shift_remove("labels"));
+            d
+        };
+        let out = apply(deploy(), &out, &dropped, &later).expect("apply");
+        assert!(out["spec"].get("replicas").is_none(), "{out}");
+        assert!(
+            out["metadata"].get("labels").is_none(),
+            "emptied maps go: {out}"
+        );
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][0]["env"],
+            json!([{"name": "C", "value": "3"}, {"name": "A", "value": "1"}])
+        );
+        assert_eq!(out["metadata"]["uid"], "u1");
+    }
+
+    #[test]
+    fn dropping_a_container_removes_it_whole() {
+        let two = config(
+            None,
+            json!([{"name": "app", "image": "a"}, {"name": "side", "image": "s"}]),
+        );
+        let live = stored(create(deploy(), "web", &two, &applier("m")).expect("create"));
+        let one = config(None, json!([{"name": "app", "image": "a"}]));
+        let out = apply(deploy(), &live, &one, &applier("m")).expect("apply");
+        let containers = &out["spec"]["template"]["spec"]["containers"];
+        assert_eq!(containers.as_array().map(Vec::len), Some(1));
+        assert_eq!(containers[0]["name"], "app");
+    }
+
+    #[test]
+    fn other_appliers_conflict_share_and_are_overruled_by_force() {
+        let c = config(Some(2), json!([{"name": "app", "image": "a"}]));
+        let live = stored(create(deploy(), "web", &c, &applier("alice")).expect("create"));
+
+        // Bob sets replicas to another value: a conflict naming the field and alice.
+        let bob_config = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web"}, "spec": {"replicas": 5}});
+        let err = apply(deploy(), &live, &bob_config, &applier("bob")).expect_err("conflict");
+        let ApplyError::Conflict(message) = err else {
+            panic!("not a conflict: {err:?}")
+        };
+        assert_eq!(
+            message,
+            "Apply failed with 1 conflict: conflict with \"alice\" using apps/v1: .spec.replicas; \
+             apply with force=true to take ownership of the field"
+        );
+        // A conflict on a field inside a container names it by key.
+        let bob_image = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web"}, "spec": {"replicas": 5, "template": {"spec": {
+                "containers": [{"name": "app", "image": "b"}]}}}});
+        let ApplyError::Conflict(message) =
+            apply(deploy(), &live, &bob_image, &applier("bob")).expect_err("conflict")
+        else {
+            panic!("not a conflict")
+        };
+        assert!(
+            message.contains(
+                "conflicts with \"alice\" using apps/v1: .spec.replicas, .spec.template.spec.containers[name=\"app\"].image"
+            ),
+            "{message}"
+        );
+
+        // The same value is shared: no conflict, both own it.
+        let same = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web"}, "spec": {"replicas": 2}});
+        let shared = apply(deploy(), &live, &same, &applier("bob")).expect("shared");
+        assert_eq!(managers(&shared), ["alice", "bob"]);
+        // Alice drops replicas; bob still holds it, so it stays.
+        let without = config(None, json!([{"name": "app", "image": "a"}]));
+        let kept = apply(deploy(), &shared, &without, &applier("alice")).expect("apply");
+        assert_eq!(kept["spec"]["replicas"], 2);
+
+        // Forced, bob takes replicas from alice.
+        let forced = Applier {
+            force: true,
+            ..applier("bob")
+        };
+        let out = apply(deploy(), &live, &bob_config, &forced).expect("forced");
+        assert_eq!(out["spec"]["replicas"], 5);
+        let alice = FieldSet::from_fields_v1(&out["metadata"]["managedFields"][0]["fieldsV1"])
+            .expect("alice's set");
+        assert!(
+            !alice
+                .0
+                .contains(&vec!["f:spec".to_string(), "f:replicas".to_string()])
+        );
+        assert!(alice.0.contains(&vec![
+            "f:metadata".into(),
+            "f:labels".into(),
+            "f:app".into()
+        ]));
+        // Alice applying her old config now conflicts with bob.
+        let ApplyError::Conflict(message) =
+            apply(deploy(), &out, &c, &applier("alice")).expect_err("conflict")
+        else {
+            panic!("not a conflict")
+        };
+        assert!(message.contains("\"bob\""), "{message}");
+        // A manager left with nothing is dropped.
+        let only = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web"}, "spec": {"replicas": 1}});
+        let live_only = stored(create(deploy(), "web", &c, &applier("alice")).expect("create"));
+        let small = apply(deploy(), &live_only, &only, &applier("alice")).expect("apply");
+        let taken = apply(deploy(), &small, &bob_config, &forced).expect("forced");
+        assert_eq!(managers(&taken), ["bob"]);
+    }
+
+    #[test]
+    fn ports_match_with_and_without_the_default_protocol() {
+        let svc = resolve("svc").expect("svc");
+        let c = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+            "spec": {"ports": [{"port": 80, "targetPort": 8080}]}});
+        let mut live = create(svc, "s", &c, &applier("m")).expect("create");
+        live["spec"]["ports"][0]["protocol"] = json!("TCP");
+        let again = apply(svc, &live, &c, &applier("m")).expect("apply");
+        assert_eq!(again, live);
+        let other = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+            "spec": {"ports": [{"port": 80, "protocol": "TCP", "targetPort": 9090}]}});
+        assert!(matches!(
+            apply(svc, &live, &other, &applier("n")),
+            Err(ApplyError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn status_is_applied_only_through_the_status_subresource() {
+        let c = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": 1}, "status": {"replicas": 3}});
+        let main = create(deploy(), "web", &c, &applier("m")).expect("create");
+        assert!(main.get("status").is_none());
+        let status = Applier {
+            subresource: Some("status"),
+            ..applier("m")
+        };
+        let out = apply(deploy(), &main, &c, &status).expect("status apply");
+        assert_eq!(out["status"]["replicas"], 3);
+        let entries = out["metadata"]["managedFields"]
+            .as_array()
+            .expect("entries");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1]["subresource"], "status");
+        assert_eq!(
+            entries[1]["fieldsV1"],
+            json!({"f:status": {"f:replicas": {}}})
+        );
+    }
+
+    #[test]
+    fn malformed_configurations_are_refused_with_the_place() {
+        let bad = |c: Value| match create(deploy(), "web", &c, &applier("m")) {
+            Err(ApplyError::Malformed(m)) => m,
+            other => panic!("accepted: {other:?}"),
+        };
+        let m = bad(json!({"kind": "Deployment", "metadata": {"name": "web"}}));
+        assert!(m.starts_with("apiVersion: Required value"), "{m}");
+        let m = bad(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "spec": {"template": {"spec": {"containers": [{"image": "a"}]}}}}));
+        assert!(m.starts_with("spec.template.spec.containers[0]: "), "{m}");
+        assert!(m.contains("merge key \"name\""), "{m}");
+        let m = bad(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "spec": {"template": {"spec": {"containers": [{"name": "a"}, {"name": "a"}]}}}}));
+        assert!(
+            m.starts_with("spec.template.spec.containers[1]: duplicate"),
+            "{m}"
+        );
+        let m = bad(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "spec": {"template": {"spec": {"$setElementOrder/containers": []}}}}));
+        assert!(
+            m.starts_with("spec.template.spec.$setElementOrder/containers: "),
+            "{m}"
+        );
+        let m = bad(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "managedFields": [{}]}}));
+        assert_eq!(m, "metadata.managedFields must be nil");
+        let m = bad(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "other"}}));
+        assert!(m.contains("does not match the name on the URL"), "{m}");
+    }
+}
