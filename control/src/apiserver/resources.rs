@@ -743,6 +743,13 @@ pub fn prepare_update(
                 None => meta.remove(field),
             };
         }
+        // An update that does not mention managedFields keeps them (as Kubernetes does); an
+        // explicit list, even empty, replaces them.
+        if !meta.contains_key("managedFields")
+            && let Some(mf) = cur_meta.get("managedFields")
+        {
+            meta.insert("managedFields".into(), mf.clone());
+        }
         if status_only {
             // The status subresource may still carry label and annotation changes? No:
             // Kubernetes ignores every metadata change made through status.

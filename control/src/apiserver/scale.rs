@@ -168,7 +168,7 @@ pub async fn serve(
                 _ => ct,
             };
             resources::update_with(state, target, name, false, dry, |current| {
-                let wanted = apply_patch(&ct, &scale_of(current), &patch)?;
+                let wanted = apply_patch(target.kind, &ct, &scale_of(current), &patch)?;
                 apply_scale(target, current, &wanted)
             })
             .await?
