@@ -478,10 +478,22 @@ pub fn pod_ip(pod: &Pod) -> IpAddr {
 /// One HTTP/1.0 GET on a fresh connection (the answer ends with the connection, so no
 /// chunked decoding is needed): status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request("GET", addr, path).await
+}
+
+/// One HTTP/1.0 request without a body on a fresh connection: status and body.
+pub async fn http_request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
     let request = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .write_all(
+                format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n")
+                    .as_bytes(),
+            )
             .await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
@@ -496,7 +508,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     };
     tokio::time::timeout(Duration::from_secs(30), request)
         .await
-        .unwrap_or_else(|_| Err(std::io::Error::other(format!("GET {addr}{path} timed out"))))
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::other(format!(
+                "{method} {addr}{path} timed out"
+            )))
+        })
 }
 
 /// GETs until the answer is 200 (the listener may not be up yet); returns the body.
@@ -550,32 +566,7 @@ spec:
 
 /// One HTTP/1.0 POST without a body on a fresh connection: status and body.
 pub async fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let request = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream
-            .write_all(
-                format!("POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-        Ok((status, body.to_string()))
-    };
-    tokio::time::timeout(Duration::from_secs(30), request)
-        .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::other(format!(
-                "POST {addr}{path} timed out"
-            )))
-        })
+    http_request("POST", addr, path).await
 }
 
 /// The status (`True`, `False`) of the pod condition `kind`, if the pod has it.
