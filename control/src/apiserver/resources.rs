@@ -13,6 +13,7 @@ use super::AppState;
 use super::auth::Identity;
 use super::authz::{self, Verb};
 use super::error::{ApiError, Subject};
+use super::fieldcheck::FieldCheck;
 use super::objects::{decode, decode_at, encode, meta_str, now_rfc3339, sent_resource_version};
 use super::proxy;
 use super::request::{self, Target};
@@ -146,32 +147,44 @@ async fn handle(
             Ok(json_response(StatusCode::OK, &decode(&stored)?))
         }
         (&Method::POST, None) if !status_sub => {
-            let body = read_json(body, &parts.headers, &state, &["application/json"]).await?;
-            create(&state, &target, &query, body).await
+            let (body, dups) = read_json_checked(body, &parts.headers, &state, JSON).await?;
+            create(
+                &state,
+                &target,
+                &query,
+                body,
+                &FieldCheck::new(&query, dups)?,
+            )
+            .await
         }
         (&Method::PUT, Some(name)) => {
-            let body = read_json(body, &parts.headers, &state, &["application/json"]).await?;
-            let dry = query.dry_run()?;
+            let (body, dups) = read_json_checked(body, &parts.headers, &state, JSON).await?;
+            let (dry, fields) = (query.dry_run()?, FieldCheck::new(&query, dups)?);
+            let obj = update_with(&state, &target, &name, status_sub, dry, &fields, |_| {
+                Ok(body.clone())
+            })
+            .await?;
+            Ok(fields.respond(json_response(StatusCode::OK, &obj)))
+        }
+        (&Method::PATCH, Some(name)) => {
+            let content_type = content_type(&parts.headers);
+            let (patch, mut dups) =
+                read_json_checked(body, &parts.headers, &state, PATCH_TYPES).await?;
+            if content_type == "application/json-patch+json" {
+                dups.clear(); // keys of the operations, not of the object
+            }
+            let (dry, fields) = (query.dry_run()?, FieldCheck::new(&query, dups)?);
             let obj = update_with(
                 &state,
                 &target,
                 &name,
                 status_sub,
                 dry,
-                |_| Ok(body.clone()),
+                &fields,
+                |current| apply_patch(&content_type, current, &patch),
             )
             .await?;
-            Ok(json_response(StatusCode::OK, &obj))
-        }
-        (&Method::PATCH, Some(name)) => {
-            let content_type = content_type(&parts.headers);
-            let patch = read_json(body, &parts.headers, &state, PATCH_TYPES).await?;
-            let dry = query.dry_run()?;
-            let obj = update_with(&state, &target, &name, status_sub, dry, |current| {
-                apply_patch(&content_type, current, &patch)
-            })
-            .await?;
-            Ok(json_response(StatusCode::OK, &obj))
+            Ok(fields.respond(json_response(StatusCode::OK, &obj)))
         }
         (&Method::DELETE, Some(name)) if !status_sub => {
             let opts = delete_options(body, &parts.headers, &state, &query).await?;
@@ -189,6 +202,8 @@ async fn handle(
         ))),
     }
 }
+
+const JSON: &[&str] = &["application/json"];
 
 const PATCH_TYPES: &[&str] = &[
     "application/merge-patch+json",
@@ -231,6 +246,17 @@ pub(super) async fn read_json(
     state: &AppState,
     accepted: &[&str],
 ) -> Result<Value, ApiError> {
+    Ok(read_json_checked(body, headers, state, accepted).await?.0)
+}
+
+/// [`read_json`], with the paths of the keys the body gives twice (they are lost once
+/// the body is parsed).
+async fn read_json_checked(
+    body: Body,
+    headers: &HeaderMap,
+    state: &AppState,
+    accepted: &[&str],
+) -> Result<(Value, Vec<String>), ApiError> {
     let ct = content_type(headers);
     if !ct.is_empty() && !accepted.contains(&ct.as_str()) {
         return Err(ApiError::UnsupportedMediaType(format!(
@@ -242,8 +268,9 @@ pub(super) async fn read_json(
     if bytes.is_empty() {
         return Err(ApiError::BadRequest("the request has no body".into()));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
+    Ok((value, crate::api::fields::duplicate_fields(&bytes)))
 }
 
 async fn read_limited(
@@ -527,10 +554,12 @@ async fn create(
     target: &Target,
     query: &Query,
     mut obj: Value,
+    fields: &FieldCheck,
 ) -> Result<Response, ApiError> {
     let kind = target.kind;
     let dry = query.dry_run()?;
     check_type(kind, &mut obj)?;
+    fields.apply(kind, &mut obj)?;
     let url_ns = target.namespace.clone();
     {
         let meta = metadata_mut(&mut obj)?;
@@ -609,7 +638,7 @@ async fn create(
     // Service addresses: a cluster IP and node ports no other Service holds (held until stored).
     let _svc_alloc = super::services::admit_create(state, target, &mut obj).await?;
     if dry {
-        return Ok(json_response(StatusCode::CREATED, &obj));
+        return Ok(fields.respond(json_response(StatusCode::CREATED, &obj)));
     }
     let key = key_of(kind, ns.as_deref(), &name);
     let stored = state
@@ -617,7 +646,7 @@ async fn create(
         .create(&key, encode(&obj)?)
         .await
         .map_err(|e| ApiError::from_store(e, subject(target, &name)))?;
-    Ok(json_response(StatusCode::CREATED, &decode(&stored)?))
+    Ok(fields.respond(json_response(StatusCode::CREATED, &decode(&stored)?)))
 }
 
 /// Objects may be created only in a namespace that exists and is not being deleted.
@@ -728,13 +757,15 @@ pub fn prepare_update(
 }
 
 /// Read-modify-write with compare-and-swap. `mutate` computes the client's intended
-/// object from the current one (a PUT ignores it; a PATCH applies itself to it).
+/// object from the current one (a PUT ignores it; a PATCH applies itself to it); `fields`
+/// then checks and prunes the fields it does not declare.
 async fn update_with(
     state: &AppState,
     target: &Target,
     name: &str,
     status_only: bool,
     dry_run: bool,
+    fields: &FieldCheck,
     mutate: impl Fn(&Value) -> Result<Value, ApiError>,
 ) -> Result<Value, ApiError> {
     let kind = target.kind;
@@ -743,6 +774,7 @@ async fn update_with(
         let current = decode(&stored)?;
         let mut new = mutate(&current)?;
         check_type(kind, &mut new)?;
+        fields.apply(kind, &mut new)?;
         if let Some(sent_name) = meta_str(&new, "name")
             && sent_name != name
         {
