@@ -4,14 +4,18 @@
 //! over [`ResourceKind`], one entry per kind in [`KINDS`], instead of a copy per type. The
 //! typed `k8s-openapi` structs are used where shape matters: validation decodes the body
 //! into the kind's type (so a wrong type is reported with its field path), and the
-//! in-process controllers work with typed objects through `kube`.
+//! in-process controllers work with typed objects through `kube`. [`typed`] pairs each
+//! row of the table with its type; [`fields`] uses it to find fields a kind does not
+//! declare.
 
 pub mod apply;
+pub mod fields;
 pub mod kinds;
 pub mod printers;
 pub mod qos;
 pub mod selector;
 pub mod strategic;
+pub mod typed;
 pub mod validation;
 
 pub use kinds::{KINDS, ResourceKind, find_by_plural, find_kind, resolve};

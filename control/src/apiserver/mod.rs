@@ -15,8 +15,10 @@ pub mod binding;
 pub mod discovery;
 pub mod error;
 pub mod eviction;
+pub mod fieldcheck;
 pub mod ipam;
 pub mod objects;
+pub mod openapi;
 pub mod proxy;
 pub mod request;
 pub mod resources;
@@ -77,6 +79,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/{version}", get(discovery::core_resources))
         .route("/apis/{group}", get(discovery::api_group))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/openapi/v3", get(openapi::index))
+        .route("/openapi/v3/{*path}", get(openapi::group_version))
         .route("/api/{version}/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .fallback(not_found)

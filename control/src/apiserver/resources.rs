@@ -13,6 +13,7 @@ use super::AppState;
 use super::auth::Identity;
 use super::authz::{self, Verb};
 use super::error::{ApiError, Subject};
+use super::fieldcheck::FieldCheck;
 use super::objects::{decode, decode_at, encode, meta_str, now_rfc3339, sent_resource_version};
 use super::proxy;
 use super::request::{self, Target};
@@ -157,26 +158,29 @@ async fn handle(
             ))
         }
         (&Method::POST, None) if !status_sub => {
-            let body = read_json(body, &parts.headers, &state, &["application/json"]).await?;
-            create(&state, &target, &query, body).await
-        }
-        (&Method::PUT, Some(name)) => {
-            let body = read_json(body, &parts.headers, &state, &["application/json"]).await?;
-            let dry = query.dry_run()?;
-            let obj = update_with(
+            let (body, dups) = read_json_checked(body, &parts.headers, &state, JSON).await?;
+            create(
                 &state,
                 &target,
-                &name,
-                status_sub,
-                dry,
-                |_| Ok(body.clone()),
+                &query,
+                body,
+                &FieldCheck::new(&query, dups)?,
             )
+            .await
+        }
+        (&Method::PUT, Some(name)) => {
+            let (body, dups) = read_json_checked(body, &parts.headers, &state, JSON).await?;
+            let (dry, fields) = (query.dry_run()?, FieldCheck::new(&query, dups)?);
+            let obj = update_with(&state, &target, &name, status_sub, dry, &fields, |_| {
+                Ok(body.clone())
+            })
             .await?;
-            Ok(json_response(StatusCode::OK, &obj))
+            Ok(fields.respond(json_response(StatusCode::OK, &obj)))
         }
         (&Method::PATCH, Some(name)) => {
             let content_type = content_type(&parts.headers);
-            let patch = read_json(body, &parts.headers, &state, PATCH_TYPES).await?;
+            let (patch, mut dups) =
+                read_json_checked(body, &parts.headers, &state, PATCH_TYPES).await?;
             if content_type == apply::CONTENT_TYPE {
                 return server_side_apply(&state, &target, &name, status_sub, &query, &patch).await;
             }
@@ -185,12 +189,21 @@ async fn handle(
                     "force: Invalid value: may only be set for apply patches (application/apply-patch+yaml)".into(),
                 ));
             }
-            let dry = query.dry_run()?;
-            let obj = update_with(&state, &target, &name, status_sub, dry, |current| {
-                apply_patch(target.kind, &content_type, current, &patch)
-            })
+            if content_type == "application/json-patch+json" {
+                dups.clear(); // keys of the operations, not of the object
+            }
+            let (dry, fields) = (query.dry_run()?, FieldCheck::new(&query, dups)?);
+            let obj = update_with(
+                &state,
+                &target,
+                &name,
+                status_sub,
+                dry,
+                &fields,
+                |current| apply_patch(target.kind, &content_type, current, &patch),
+            )
             .await?;
-            Ok(json_response(StatusCode::OK, &obj))
+            Ok(fields.respond(json_response(StatusCode::OK, &obj)))
         }
         (&Method::DELETE, Some(name)) if !status_sub => {
             let opts = delete_options(body, &parts.headers, &state, &query).await?;
@@ -208,6 +221,8 @@ async fn handle(
         ))),
     }
 }
+
+const JSON: &[&str] = &["application/json"];
 
 pub(super) const PATCH_TYPES: &[&str] = &[
     "application/merge-patch+json",
@@ -250,6 +265,17 @@ pub(super) async fn read_json(
     state: &AppState,
     accepted: &[&str],
 ) -> Result<Value, ApiError> {
+    Ok(read_json_checked(body, headers, state, accepted).await?.0)
+}
+
+/// [`read_json`], with the paths of the keys the body gives twice (they are lost once
+/// the body is parsed).
+async fn read_json_checked(
+    body: Body,
+    headers: &HeaderMap,
+    state: &AppState,
+    accepted: &[&str],
+) -> Result<(Value, Vec<String>), ApiError> {
     let ct = content_type(headers);
     if !ct.is_empty() && !accepted.contains(&ct.as_str()) {
         return Err(ApiError::UnsupportedMediaType(format!(
@@ -262,10 +288,12 @@ pub(super) async fn read_json(
         return Err(ApiError::BadRequest("the request has no body".into()));
     }
     if ct == apply::CONTENT_TYPE {
-        return apply::parse_body(&bytes).map_err(ApiError::BadRequest);
+        let value = apply::parse_body(&bytes).map_err(ApiError::BadRequest)?;
+        return Ok((value, Vec::new()));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
+    Ok((value, crate::api::fields::duplicate_fields(&bytes)))
 }
 
 async fn read_limited(
@@ -573,10 +601,12 @@ async fn create(
     target: &Target,
     query: &Query,
     mut obj: Value,
+    fields: &FieldCheck,
 ) -> Result<Response, ApiError> {
     let kind = target.kind;
     let dry = query.dry_run()?;
     check_type(kind, &mut obj)?;
+    fields.apply(kind, &mut obj)?;
     let url_ns = target.namespace.clone();
     {
         let meta = metadata_mut(&mut obj)?;
@@ -655,7 +685,7 @@ async fn create(
     // Service addresses: a cluster IP and node ports no other Service holds (held until stored).
     let _svc_alloc = super::services::admit_create(state, target, &mut obj).await?;
     if dry {
-        return Ok(json_response(StatusCode::CREATED, &obj));
+        return Ok(fields.respond(json_response(StatusCode::CREATED, &obj)));
     }
     let key = key_of(kind, ns.as_deref(), &name);
     let stored = state
@@ -663,7 +693,7 @@ async fn create(
         .create(&key, encode(&obj)?)
         .await
         .map_err(|e| ApiError::from_store(e, subject(target, &name)))?;
-    Ok(json_response(StatusCode::CREATED, &decode(&stored)?))
+    Ok(fields.respond(json_response(StatusCode::CREATED, &decode(&stored)?)))
 }
 
 /// Objects may be created only in a namespace that exists and is not being deleted.
@@ -781,13 +811,15 @@ pub fn prepare_update(
 }
 
 /// Read-modify-write with compare-and-swap. `mutate` computes the client's intended
-/// object from the current one (a PUT ignores it; a PATCH applies itself to it).
+/// object from the current one (a PUT ignores it; a PATCH applies itself to it); `fields`
+/// then checks and prunes the fields it does not declare.
 pub(super) async fn update_with(
     state: &AppState,
     target: &Target,
     name: &str,
     status_only: bool,
     dry_run: bool,
+    fields: &FieldCheck,
     mutate: impl Fn(&Value) -> Result<Value, ApiError>,
 ) -> Result<Value, ApiError> {
     let kind = target.kind;
@@ -796,6 +828,7 @@ pub(super) async fn update_with(
         let current = decode(&stored)?;
         let mut new = mutate(&current)?;
         check_type(kind, &mut new)?;
+        fields.apply(kind, &mut new)?;
         if let Some(sent_name) = meta_str(&new, "name")
             && sent_name != name
         {
@@ -945,6 +978,7 @@ async fn server_side_apply(
         now: &now,
     };
     let dry = query.dry_run()?;
+    let fields = FieldCheck::new(query, Vec::new())?;
     let to_api = |e: apply::ApplyError| match e {
         apply::ApplyError::Malformed(m) => ApiError::BadRequest(m),
         apply::ApplyError::Conflict(message) => ApiError::Conflict {
@@ -954,19 +988,19 @@ async fn server_side_apply(
     };
     // A create that loses the race to another creator applies to what it created.
     for _ in 0..MAX_RETRIES {
-        let updated = update_with(state, target, name, status_sub, dry, |live| {
+        let updated = update_with(state, target, name, status_sub, dry, &fields, |live| {
             apply::apply(target.kind, live, config, &applier).map_err(to_api)
         })
         .await;
         match updated {
             Err(ApiError::NotFound { .. }) if !status_sub => {
                 let obj = apply::create(target.kind, name, config, &applier).map_err(to_api)?;
-                match create(state, target, query, obj).await {
+                match create(state, target, query, obj, &fields).await {
                     Err(ApiError::AlreadyExists { .. }) => continue,
                     other => return other,
                 }
             }
-            other => return other.map(|obj| json_response(StatusCode::OK, &obj)),
+            other => return other.map(|obj| fields.respond(json_response(StatusCode::OK, &obj))),
         }
     }
     Err(ApiError::conflict(

@@ -9,6 +9,7 @@
 
 use super::AppState;
 use super::error::{ApiError, Subject};
+use super::fieldcheck::FieldCheck;
 use super::request::Target;
 use super::resources::{
     self, PATCH_TYPES, Query, apply_patch, content_type, json_response, read_json,
@@ -147,11 +148,13 @@ pub async fn serve(
         )));
     };
     let dry = query.dry_run()?;
+    // Only `spec.replicas` of the stored parent changes: nothing undeclared can come in.
+    let fields = FieldCheck::new(query, Vec::new())?;
     let parent = match parts.method {
         Method::GET => resources::get_object(state, target, name).await?,
         Method::PUT => {
             let wanted = read_json(body, &parts.headers, state, &["application/json"]).await?;
-            resources::update_with(state, target, name, false, dry, |current| {
+            resources::update_with(state, target, name, false, dry, &fields, |current| {
                 apply_scale(target, current, &wanted)
             })
             .await?
@@ -167,7 +170,7 @@ pub async fn serve(
                 }
                 _ => ct,
             };
-            resources::update_with(state, target, name, false, dry, |current| {
+            resources::update_with(state, target, name, false, dry, &fields, |current| {
                 let wanted = apply_patch(target.kind, &ct, &scale_of(current), &patch)?;
                 apply_scale(target, current, &wanted)
             })

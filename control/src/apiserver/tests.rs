@@ -1719,3 +1719,453 @@ async fn server_side_apply_dry_run_stores_nothing() {
         .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 }
+
+// ---- Discovery, OpenAPI and field validation ---------------------------------------------
+
+impl Api {
+    /// A request with the test token, extra headers and a raw body; answers the headers
+    /// too.
+    async fn exchange(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> (StatusCode, http::HeaderMap, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {TOKEN}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.router.clone().oneshot(req))
+            .await
+            .expect("request timed out")
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+        (parts.status, parts.headers, value)
+    }
+}
+
+const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+const AGGREGATED_V2BETA1: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
+
+fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn aggregated_discovery_is_served_to_who_asks_for_it() {
+    let api = api().await;
+    // client-go's Accept header: v2, then v2beta1, then the legacy documents.
+    let client_go = format!("{AGGREGATED_V2},{AGGREGATED_V2BETA1},application/json");
+    let (code, headers, v) = api
+        .exchange("GET", "/apis", &[("accept", &client_go)], None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(header(&headers, "content-type"), AGGREGATED_V2);
+    assert_eq!(header(&headers, "vary"), "Accept");
+    assert_eq!(v["kind"], "APIGroupDiscoveryList");
+    assert_eq!(v["apiVersion"], "apidiscovery.k8s.io/v2");
+    let apps = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["metadata"]["name"] == "apps")
+        .unwrap();
+    let deployments = apps["versions"][0]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "deployments")
+        .unwrap();
+    assert_eq!(deployments["scope"], "Namespaced");
+    assert_eq!(deployments["categories"], json!(["all"]));
+    assert_eq!(deployments["shortNames"], json!(["deploy"]));
+    let scale = deployments["subresources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subresource"] == "scale")
+        .unwrap();
+    assert_eq!(scale["responseKind"]["group"], "autoscaling");
+    assert_eq!(scale["verbs"], json!(["get", "patch", "update"]));
+
+    // v2beta1 when that is all the client takes; the core group at /api.
+    let (_, headers, v) = api
+        .exchange(
+            "GET",
+            "/api",
+            &[("accept", &format!("{AGGREGATED_V2BETA1}, application/json"))],
+            None,
+        )
+        .await;
+    assert_eq!(header(&headers, "content-type"), AGGREGATED_V2BETA1);
+    assert_eq!(v["apiVersion"], "apidiscovery.k8s.io/v2beta1");
+    let core = &v["items"][0]["versions"][0];
+    assert_eq!(core["version"], "v1");
+    assert!(
+        core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resource"] == "pods" && r["singularResource"] == "pod")
+    );
+
+    // Everyone else gets the legacy documents.
+    for accept in [None, Some("application/json"), Some("*/*")] {
+        let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+        let (_, h, v) = api.exchange("GET", "/api", &headers, None).await;
+        assert_eq!(v["kind"], "APIVersions", "{accept:?}");
+        assert!(header(&h, "content-type").starts_with("application/json"));
+        assert!(!header(&h, "content-type").contains("apidiscovery"));
+        let (_, _, v) = api.exchange("GET", "/apis", &headers, None).await;
+        assert_eq!(v["kind"], "APIGroupList", "{accept:?}");
+    }
+}
+
+#[tokio::test]
+async fn legacy_discovery_lists_verbs_and_subresources() {
+    let api = api().await;
+    let (_, v) = api.send("GET", "/apis/apps/v1", None).await;
+    let by_name = |name: &str| -> Value {
+        v["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(
+        by_name("deployments/scale"),
+        json!({"name": "deployments/scale", "singularName": "", "namespaced": true,
+               "group": "autoscaling", "version": "v1", "kind": "Scale",
+               "verbs": ["get", "patch", "update"]})
+    );
+    assert_eq!(by_name("replicasets/scale")["kind"], "Scale");
+    assert!(by_name("daemonsets/scale").is_null());
+    let deploy = by_name("deployments");
+    assert_eq!(deploy["singularName"], "deployment");
+    assert_eq!(
+        deploy["verbs"],
+        json!([
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch"
+        ])
+    );
+    assert!(
+        deploy["storageVersionHash"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty())
+    );
+
+    let (_, core) = api.send("GET", "/api/v1", None).await;
+    let core_by_name = |name: &str| -> Value {
+        core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(core_by_name("pods/eviction")["group"], "policy");
+    assert_eq!(core_by_name("pods/binding")["verbs"], json!(["create"]));
+    assert_eq!(
+        core_by_name("namespaces/finalize")["verbs"],
+        json!(["update"])
+    );
+    assert_eq!(core_by_name("events")["verbs"].as_array().unwrap().len(), 8);
+    assert!(core_by_name("configmaps")["categories"].is_null());
+}
+
+#[tokio::test]
+async fn version_is_a_kubernetes_release_kubectl_can_compare() {
+    let api = api().await;
+    let (_, v) = api
+        .request(Request::get("/version").body(Body::empty()).unwrap())
+        .await;
+    let git = v["gitVersion"].as_str().unwrap();
+    assert!(git.starts_with("v1.33.0+wharf."), "{git}");
+    assert_eq!(
+        (v["major"].as_str(), v["minor"].as_str()),
+        (Some("1"), Some("33"))
+    );
+}
+
+#[tokio::test]
+async fn openapi_v3_tells_kubectl_that_patch_validates_fields() {
+    let api = api().await;
+    let (code, _, index) = api.exchange("GET", "/openapi/v3", &[], None).await;
+    assert_eq!(code, StatusCode::OK);
+    let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(url.starts_with("/openapi/v3/apis/apps/v1?hash="), "{url}");
+    assert!(index["paths"]["api/v1"]["serverRelativeURL"].is_string());
+
+    let (code, headers, doc) = api
+        .exchange("GET", &url, &[("accept", "application/json")], None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(header(&headers, "cache-control").contains("immutable"));
+    // kubectl's check: the PATCH operation of the kind lists the fieldValidation
+    // parameter.
+    let patch = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|item| item.get("patch"))
+        .find(|op| {
+            op["x-kubernetes-group-version-kind"]
+                == json!({"group": "apps", "version": "v1", "kind": "Deployment"})
+        })
+        .expect("a PATCH operation for Deployment");
+    assert_eq!(patch["x-kubernetes-action"], "patch");
+    assert!(
+        patch["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "fieldValidation" && p["in"] == "query")
+    );
+    assert!(
+        doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"]["properties"]["spec"]
+            .is_object()
+    );
+
+    // Revalidation by ETag, and unknown documents.
+    let etag = header(&headers, "etag").to_string();
+    let (code, _, _) = api
+        .exchange("GET", &url, &[("if-none-match", &etag)], None)
+        .await;
+    assert_eq!(code, StatusCode::NOT_MODIFIED);
+    let (code, _, _) = api
+        .exchange("GET", "/openapi/v3/apis/widgets/v1", &[], None)
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, _) = api.send_with("wrong", "GET", "/openapi/v3", "", None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+}
+
+fn deployment_with_typos() -> Value {
+    let mut d = deployment("typo", 1);
+    d["spec"]["foo"] = json!("bar");
+    d["spec"]["template"]["spec"]["containers"][0]["imagee"] = json!("x.wasm");
+    d
+}
+
+#[tokio::test]
+async fn strict_field_validation_refuses_unknown_fields_and_stores_nothing() {
+    let api = api().await;
+    let uri = "/apis/apps/v1/namespaces/default/deployments";
+    let (code, _, status) = api
+        .exchange(
+            "POST",
+            &format!("{uri}?fieldValidation=Strict"),
+            &[("content-type", "application/json")],
+            Some(deployment_with_typos().to_string()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(status["reason"], "BadRequest");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error:"
+        ),
+        "{message}"
+    );
+    assert!(message.contains("unknown field \"spec.foo\""), "{message}");
+    assert!(
+        message.contains("unknown field \"spec.template.spec.containers[0].imagee\""),
+        "{message}"
+    );
+    let (code, _) = api.send("GET", &format!("{uri}/typo"), None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    // Duplicate keys are problems too; they can only be seen in the raw body.
+    let raw = r#"{"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "twice"}, "data": {"a": "1", "a": "2"}}"#;
+    let (code, _, status) = api
+        .exchange(
+            "POST",
+            "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+            &[],
+            Some(raw.into()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate field \"data.a\"")
+    );
+
+    // Updates and patches are checked the same way, and leave the object as it was.
+    let (code, created) = api.send("POST", uri, Some(deployment("typo", 1))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, _, status) = api
+        .exchange(
+            "PATCH",
+            &format!("{uri}/typo?fieldValidation=Strict"),
+            &[("content-type", "application/merge-patch+json")],
+            Some(json!({"spec": {"replicas": 3, "replicaz": 4}}).to_string()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"spec.replicaz\"")
+    );
+    let mut replaced = created.clone();
+    replaced["metadata"]["colour"] = json!("blue");
+    let (code, _, _) = api
+        .exchange(
+            "PUT",
+            &format!("{uri}/typo?fieldValidation=Strict"),
+            &[],
+            Some(replaced.to_string()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let (_, now) = api.send("GET", &format!("{uri}/typo"), None).await;
+    assert_eq!(now["spec"]["replicas"], 1);
+    assert_eq!(
+        now["metadata"]["resourceVersion"],
+        created["metadata"]["resourceVersion"]
+    );
+
+    let (code, _, status) = api
+        .exchange(
+            "POST",
+            &format!("{uri}?fieldValidation=strict"),
+            &[],
+            Some(deployment("other", 1).to_string()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("fieldValidation")
+    );
+}
+
+#[tokio::test]
+async fn warn_stores_without_unknown_fields_and_says_so() {
+    let api = api().await;
+    let uri = "/apis/apps/v1/namespaces/default/deployments";
+    // No fieldValidation: Warn, as in Kubernetes.
+    let (code, headers, created) = api
+        .exchange("POST", uri, &[], Some(deployment_with_typos().to_string()))
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let mut warnings: Vec<&str> = headers
+        .get_all("warning")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    warnings.sort();
+    assert_eq!(
+        warnings,
+        [
+            r#"299 - "unknown field \"spec.foo\"""#,
+            r#"299 - "unknown field \"spec.template.spec.containers[0].imagee\"""#,
+        ]
+    );
+    assert!(created["spec"].get("foo").is_none());
+    let (_, stored) = api.send("GET", &format!("{uri}/typo"), None).await;
+    assert!(stored["spec"].get("foo").is_none());
+    assert!(
+        stored["spec"]["template"]["spec"]["containers"][0]
+            .get("imagee")
+            .is_none()
+    );
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["containers"][0]["image"],
+        "hello.wasm"
+    );
+
+    // A patch that adds an unknown field next to a known one: the known one is applied.
+    let (code, headers, patched) = api
+        .exchange(
+            "PATCH",
+            &format!("{uri}/typo?fieldValidation=Warn"),
+            &[("content-type", "application/merge-patch+json")],
+            Some(json!({"spec": {"replicas": 3, "replicaz": 4}}).to_string()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        header(&headers, "warning"),
+        r#"299 - "unknown field \"spec.replicaz\"""#
+    );
+    assert_eq!(patched["spec"]["replicas"], 3);
+    let (_, stored) = api.send("GET", &format!("{uri}/typo"), None).await;
+    assert!(stored["spec"].get("replicaz").is_none());
+    assert_eq!(stored["spec"]["replicas"], 3);
+
+    // The raw store holds no trace of them either.
+    let raw = api
+        .store
+        .get(&crate::store::object_key(
+            "apps",
+            "deployments",
+            "default",
+            "typo",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let raw = String::from_utf8(raw.value.to_vec()).unwrap();
+    assert!(!raw.contains("replicaz") && !raw.contains("imagee") && !raw.contains("foo"));
+}
+
+#[tokio::test]
+async fn ignore_drops_unknown_fields_silently() {
+    let api = api().await;
+    let uri = "/apis/apps/v1/namespaces/default/deployments";
+    let (code, headers, _) = api
+        .exchange(
+            "POST",
+            &format!("{uri}?fieldValidation=Ignore"),
+            &[],
+            Some(deployment_with_typos().to_string()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    assert!(headers.get("warning").is_none());
+    let (_, stored) = api.send("GET", &format!("{uri}/typo"), None).await;
+    assert!(stored["spec"].get("foo").is_none());
+
+    // A clean object under Warn gets no warning.
+    let (code, headers, _) = api
+        .exchange("POST", uri, &[], Some(deployment("clean", 1).to_string()))
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    assert!(headers.get("warning").is_none());
+}
