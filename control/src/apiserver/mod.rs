@@ -71,14 +71,22 @@ pub struct AppState {
 }
 
 /// The whole API: health and version endpoints without authentication, everything else
-/// behind the bearer-token check.
+/// behind the bearer-token check. Discovery and `/version` answer with and without a
+/// trailing slash, as kube-apiserver does: the Kubernetes OpenAPI spec (and so every
+/// client generated from it, such as the Python client) names them `/version/`, `/api/`,
+/// `/apis/apps/v1/`.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api", get(discovery::api_versions))
+        .route("/api/", get(discovery::api_versions))
         .route("/apis", get(discovery::api_groups))
+        .route("/apis/", get(discovery::api_groups))
         .route("/api/{version}", get(discovery::core_resources))
+        .route("/api/{version}/", get(discovery::core_resources))
         .route("/apis/{group}", get(discovery::api_group))
+        .route("/apis/{group}/", get(discovery::api_group))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/apis/{group}/{version}/", get(discovery::group_resources))
         .route("/openapi/v3", get(openapi::index))
         .route("/openapi/v3/{*path}", get(openapi::group_version))
         .route("/api/{version}/{*rest}", any(core_resource))
@@ -93,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/livez", get(health))
         .route("/readyz", get(health))
         .route("/version", get(discovery::version))
+        .route("/version/", get(discovery::version))
         .merge(api)
         .with_state(state)
 }

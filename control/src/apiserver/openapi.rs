@@ -257,13 +257,21 @@ pub fn group_version_document(group: &str, version: &str) -> Value {
     }
     let mut schemas = generator.take_definitions(true);
 
-    // What clients look kinds up by.
+    // What clients look kinds up by. And: `k8s-openapi` marks `metadata` (and some
+    // `spec`s) required because its structs hold them without an `Option`; the API does
+    // not require them (a server fills metadata), so neither do these documents.
     let mut mark = |name: &str, g: &str, v: &str, kind: &str| {
         if let Some(Value::Object(s)) = schemas.get_mut(name) {
             s.insert(
                 "x-kubernetes-group-version-kind".into(),
                 json!([gvk(g, v, kind)]),
             );
+            if let Some(Value::Array(required)) = s.get_mut("required") {
+                required.retain(|f| f != "metadata" && f != "spec");
+                if required.is_empty() {
+                    s.remove("required");
+                }
+            }
         }
     };
     mark(&status, "", "v1", "Status");
@@ -992,7 +1000,9 @@ mod tests {
             deploy["properties"]["spec"]["allOf"][0]["$ref"],
             "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec"
         );
+        assert!(deploy.get("required").is_none(), "{:?}", deploy["required"]);
         let container = &apps["components"]["schemas"]["io.k8s.api.core.v1.Container"];
+        assert_eq!(container["required"], json!(["name"]));
         assert_eq!(container["properties"]["image"]["type"], "string");
         let list = &apps["components"]["schemas"]["io.k8s.api.apps.v1.DeploymentList"];
         assert_eq!(

@@ -1895,6 +1895,22 @@ async fn legacy_discovery_lists_verbs_and_subresources() {
     );
     assert_eq!(core_by_name("events")["verbs"].as_array().unwrap().len(), 8);
     assert!(core_by_name("configmaps")["categories"].is_null());
+
+    // Generated clients use the paths of the Kubernetes OpenAPI spec, with a slash.
+    for (path, kind) in [
+        ("/api/", "APIVersions"),
+        ("/apis/", "APIGroupList"),
+        ("/api/v1/", "APIResourceList"),
+        ("/apis/apps/", "APIGroup"),
+        ("/apis/apps/v1/", "APIResourceList"),
+    ] {
+        let (code, v) = api.send("GET", path, None).await;
+        assert_eq!(
+            (code, v["kind"].as_str()),
+            (StatusCode::OK, Some(kind)),
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1904,6 +1920,10 @@ async fn version_is_a_kubernetes_release_kubectl_can_compare() {
         .request(Request::get("/version").body(Body::empty()).unwrap())
         .await;
     let git = v["gitVersion"].as_str().unwrap();
+    let (code, slash) = api
+        .request(Request::get("/version/").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!((code, &slash), (StatusCode::OK, &v));
     assert!(git.starts_with("v1.33.0+wharf."), "{git}");
     assert_eq!(
         (v["major"].as_str(), v["minor"].as_str()),
