@@ -21,6 +21,7 @@
 
 use super::kinds::ResourceKind;
 use super::typed::{self, KindVisitor, Typed};
+use super::validation::{FieldError, Reason};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -79,7 +80,7 @@ pub fn check(
     obj: &mut Value,
     duplicates: &[String],
     directive: Directive,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, Refused> {
     let mut problems: Vec<Problem> = prune_unknown(kind, obj)
         .into_iter()
         .map(Problem::Unknown)
@@ -89,16 +90,43 @@ pub fn check(
         Directive::Ignore => Ok(Vec::new()),
         Directive::Warn => Ok(problems.iter().map(Problem::to_string).collect()),
         Directive::Strict if problems.is_empty() => Ok(Vec::new()),
-        Directive::Strict => Err(format!(
-            "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {list}",
-            kind = kind.kind,
-            version = kind.version,
-            list = problems
-                .iter()
-                .map(Problem::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        Directive::Strict => Err(Refused {
+            message: format!(
+                "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {list}",
+                kind = kind.kind,
+                version = kind.version,
+                list = problems
+                    .iter()
+                    .map(Problem::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            causes: problems.iter().map(Problem::cause).collect(),
+        }),
+    }
+}
+
+/// A `Strict` refusal: kube-apiserver's strict decoding message, and one field error per
+/// problem (the API server answers them as a 422 with `details.causes`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub message: String,
+    pub causes: Vec<FieldError>,
+}
+
+impl Problem {
+    fn cause(&self) -> FieldError {
+        match self {
+            Problem::Unknown(path) => FieldError::new(
+                path.clone(),
+                Reason::Invalid,
+                None,
+                "unknown field: the kind does not declare it",
+            ),
+            Problem::Duplicate(path) => {
+                FieldError::new(path.clone(), Reason::Duplicate, None, "duplicate field")
+            }
+        }
     }
 }
 
@@ -351,8 +379,10 @@ mod tests {
 
         let mut obj = with_unknown.clone();
         let err = check(kind, &mut obj, &dups, Directive::Strict).expect_err("strict");
+        let fields: Vec<&str> = err.causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["spec.foo", "spec.replicas"]);
         assert_eq!(
-            err,
+            err.message,
             "Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: \
              unknown field \"spec.foo\", duplicate field \"spec.replicas\""
         );

@@ -7,7 +7,7 @@
 //! store whatever the directive. A read-modify-write may run several times (it is
 //! retried on conflicts); the warnings kept are those of the last run.
 
-use super::error::ApiError;
+use super::error::{ApiError, Subject};
 use super::resources::Query;
 use crate::api::fields::{self, Directive};
 use crate::api::kinds::ResourceKind;
@@ -40,12 +40,30 @@ impl FieldCheck {
         })
     }
 
-    /// Checks and prunes the object about to be written: `Strict` with a problem is a 400
-    /// BadRequest (as kube-apiserver answers a strict decoding error), otherwise the
+    /// Checks and prunes the object about to be written: `Strict` with a problem is a 422
+    /// Invalid whose causes name each field (kube-apiserver answers a 400 with the same
+    /// message; the causes are what a client can act on), otherwise the
     /// unknown fields are removed and the warnings remembered.
     pub fn apply(&self, kind: &ResourceKind, obj: &mut Value) -> Result<(), ApiError> {
-        let warnings = fields::check(kind, obj, &self.duplicates, self.directive)
-            .map_err(ApiError::BadRequest)?;
+        let warnings =
+            fields::check(kind, obj, &self.duplicates, self.directive).map_err(|refused| {
+                // 422 with one cause per field, so a client sees each path; the message
+                // keeps kube-apiserver's strict decoding wording (which it sends as a 400).
+                let name = obj
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                ApiError::Invalid {
+                    subject: Box::new(Subject {
+                        group: kind.group.to_string(),
+                        resource: kind.plural.to_string(),
+                        name: name.to_string(),
+                    }),
+                    kind: kind.kind.to_string(),
+                    message: refused.message,
+                    causes: refused.causes,
+                }
+            })?;
         *self.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
         Ok(())
     }

@@ -2006,8 +2006,19 @@ async fn strict_field_validation_refuses_unknown_fields_and_stores_nothing() {
             Some(deployment_with_typos().to_string()),
         )
         .await;
-    assert_eq!(code, StatusCode::BAD_REQUEST);
-    assert_eq!(status["reason"], "BadRequest");
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status["reason"], "Invalid");
+    let causes: Vec<&str> = status["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert!(causes.contains(&"spec.foo"), "{causes:?}");
+    assert!(
+        causes.contains(&"spec.template.spec.containers[0].imagee"),
+        "{causes:?}"
+    );
     let message = status["message"].as_str().unwrap();
     assert!(
         message.starts_with(
@@ -2034,7 +2045,7 @@ async fn strict_field_validation_refuses_unknown_fields_and_stores_nothing() {
             Some(raw.into()),
         )
         .await;
-    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         status["message"]
             .as_str()
@@ -2053,7 +2064,7 @@ async fn strict_field_validation_refuses_unknown_fields_and_stores_nothing() {
             Some(json!({"spec": {"replicas": 3, "replicaz": 4}}).to_string()),
         )
         .await;
-    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         status["message"]
             .as_str()
@@ -2070,7 +2081,7 @@ async fn strict_field_validation_refuses_unknown_fields_and_stores_nothing() {
             Some(replaced.to_string()),
         )
         .await;
-    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
     let (_, now) = api.send("GET", &format!("{uri}/typo"), None).await;
     assert_eq!(now["spec"]["replicas"], 1);
     assert_eq!(
