@@ -7,8 +7,19 @@
 //! it (wasi:sockets TCP/UDP/name lookup are off otherwise, and every address is checked
 //! against the allow list; outgoing wasi:http requests go through [`EgressHooks`]). Clocks and
 //! random are the host's. Nothing else of the host is reachable.
+//!
+//! **localhost is the pod.** In Kubernetes the containers of a pod share a network
+//! namespace, so one reaches another at `localhost:PORT`. wharf's pods share an address
+//! instead (their pod IP on the host's loopback), so an outgoing wasi:http request to
+//! `localhost`, `127.0.0.1` or `[::1]` is sent to the pod's own IP, same port
+//! ([`egress_target`]), and needs no allow-list entry: the pod's own address is all it
+//! reaches, never the host's 127.0.0.1. wasi:sockets cannot get the same treatment:
+//! wasmtime 48's only hook there (`socket_addr_check`) allows or denies an address but
+//! cannot change it, so a socket to 127.0.0.1 is judged by the allow list like any other
+//! address; what the hook can do is let a guest with socket access reach its own pod IP
+//! (where its siblings listen) without listing it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -151,9 +162,11 @@ impl StoreFactory {
         }
         if spec.network.any() {
             let policy = spec.network.clone();
+            let pod_ip = spec.pod_ip;
             b.allow_tcp(true).allow_udp(true).allow_ip_name_lookup(true);
             b.socket_addr_check(move |addr: SocketAddr, _use: SocketAddrUse| {
-                let allowed = policy.allows_addr(addr);
+                // The pod's own address (its sibling containers) is never off limits.
+                let allowed = Some(addr.ip()) == pod_ip || policy.allows_addr(addr);
                 Box::pin(async move { allowed })
             });
         }
@@ -185,6 +198,7 @@ impl StoreFactory {
             hooks: EgressHooks {
                 policy: self.spec.network.clone(),
                 services: self.spec.services.clone(),
+                pod_ip: self.spec.pod_ip,
             },
             common: self.common(),
         };
@@ -226,14 +240,61 @@ fn on_epoch_deadline<T: HasCommon>(
     }
 }
 
-/// The egress policy for outgoing wasi:http requests: a host the spec's service resolver
-/// knows goes to the address it names (cluster services need no allow list); anything else
-/// is denied unless the spec's network access allows the authority. Requests are sent over
-/// plain HTTP/1.1 with the guest's Host header (this build has no TLS client, so `https`
-/// is refused).
+/// The egress policy for outgoing wasi:http requests ([`egress_target`]). Requests are sent
+/// over plain HTTP/1.1 with the guest's Host header (this build has no TLS client, so
+/// `https` is refused).
 pub(crate) struct EgressHooks {
     policy: NetworkAccess,
     services: Option<Arc<dyn crate::spec::ServiceResolver>>,
+    pod_ip: Option<IpAddr>,
+}
+
+/// Whether a request host names the local machine's loopback the way a container means
+/// its own pod: `localhost` (any case, with or without the root dot), `127.0.0.1`, `::1`.
+/// Other 127.x addresses are other pods' and Services' addresses, not "this pod".
+pub(crate) fn is_localhost(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| {
+            ip == IpAddr::from([127, 0, 0, 1]) || ip == IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+        })
+}
+
+/// Where an outgoing request to `host:port` is sent, or `None` when it is denied (pure):
+///
+/// 1. `https`: denied (no TLS client in this build);
+/// 2. `localhost`/`127.0.0.1`/`::1` from a pod: its own pod IP, same port; and the pod's
+///    own IP itself: allowed as it is (the pod's containers reach each other freely);
+/// 3. a host the service resolver knows: the address it names (Services are
+///    cluster-internal and need no allow-list entry);
+/// 4. anything else: as it is, if the network policy allows the authority.
+///
+/// `host` is as written in the request (brackets and a trailing root dot are ignored).
+pub(crate) fn egress_target(
+    host: &str,
+    port: u16,
+    https: bool,
+    pod_ip: Option<IpAddr>,
+    services: Option<&dyn crate::spec::ServiceResolver>,
+    policy: &NetworkAccess,
+) -> Option<(String, u16)> {
+    if https {
+        return None;
+    }
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.');
+    if let Some(ip) = pod_ip
+        && (is_localhost(bare) || bare.parse::<IpAddr>().is_ok_and(|h| h == ip))
+    {
+        return Some((ip.to_string(), port));
+    }
+    if let Some(addr) = services.and_then(|s| s.resolve(bare, port)) {
+        return Some((addr.ip().to_string(), addr.port()));
+    }
+    policy
+        .allows_http(host, port)
+        .then(|| (host.to_string(), port))
 }
 
 type SendResult = Result<
@@ -255,21 +316,15 @@ impl WasiHttpHooks for EgressHooks {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let host = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let service = match &self.services {
-            Some(services) if !https => services.resolve(
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .trim_end_matches('.'),
-                port,
-            ),
-            _ => None,
-        };
-        let (host, port) = match service {
-            Some(addr) => (addr.ip().to_string(), addr.port()),
-            None if https || !self.policy.allows_http(&host, port) => {
-                return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-            }
-            None => (host, port),
+        let Some((host, port)) = egress_target(
+            &host,
+            port,
+            https,
+            self.pod_ip,
+            self.services.as_deref(),
+            &self.policy,
+        ) else {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         };
         let connect_timeout = options
             .and_then(|o| o.connect_timeout)
@@ -349,4 +404,110 @@ pub(crate) fn error_response(
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::spec::ServiceResolver;
+
+    #[derive(Debug)]
+    struct Backend;
+
+    impl ServiceResolver for Backend {
+        fn resolve(&self, host: &str, port: u16) -> Option<SocketAddr> {
+            (host == "backend" && port == 80).then(|| "127.250.0.9:80".parse().unwrap())
+        }
+    }
+
+    fn target(
+        host: &str,
+        port: u16,
+        pod_ip: Option<&str>,
+        policy: &NetworkAccess,
+    ) -> Option<String> {
+        let pod_ip = pod_ip.map(|p| p.parse().unwrap());
+        egress_target(host, port, false, pod_ip, Some(&Backend), policy)
+            .map(|(h, p)| format!("{h}:{p}"))
+    }
+
+    #[test]
+    fn localhost_is_the_pods_own_address_without_an_allow_list() {
+        let none = NetworkAccess::None;
+        let pod = Some("127.64.0.7");
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "localhost.",
+            "127.0.0.1",
+            "[::1]",
+            "::1",
+        ] {
+            assert_eq!(
+                target(host, 8081, pod, &none).as_deref(),
+                Some("127.64.0.7:8081"),
+                "{host}"
+            );
+        }
+        // The pod's own address, by its IP.
+        assert_eq!(
+            target("127.64.0.7", 9000, pod, &none).as_deref(),
+            Some("127.64.0.7:9000")
+        );
+        // Not other loopback addresses (other pods, the host's services).
+        assert_eq!(target("127.64.0.8", 9000, pod, &none), None);
+        assert_eq!(target("127.0.0.2", 9000, pod, &none), None);
+        // Without a pod address (a container outside a pod), localhost follows the policy.
+        assert_eq!(target("localhost", 8081, None, &none), None);
+        assert_eq!(
+            target("localhost", 8081, None, &NetworkAccess::All).as_deref(),
+            Some("localhost:8081")
+        );
+        // Even with `*`, localhost from a pod is the pod, not the host.
+        assert_eq!(
+            target("127.0.0.1", 8081, pod, &NetworkAccess::All).as_deref(),
+            Some("127.64.0.7:8081")
+        );
+        // https is never sent (no TLS client).
+        assert_eq!(
+            egress_target(
+                "localhost",
+                443,
+                true,
+                pod.map(|p| p.parse().unwrap()),
+                None,
+                &none
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn services_then_the_allow_list() {
+        let hosts = NetworkAccess::Hosts(vec!["example.com:8080".into()]);
+        assert_eq!(
+            target("backend", 80, None, &NetworkAccess::None).as_deref(),
+            Some("127.250.0.9:80")
+        );
+        assert_eq!(
+            target("backend.", 80, None, &NetworkAccess::None).as_deref(),
+            Some("127.250.0.9:80")
+        );
+        assert_eq!(target("backend", 81, None, &NetworkAccess::None), None);
+        assert_eq!(
+            target("example.com", 8080, None, &hosts).as_deref(),
+            Some("example.com:8080")
+        );
+        assert_eq!(target("example.com", 80, None, &hosts), None);
+    }
+
+    #[test]
+    fn localhost_names() {
+        assert!(is_localhost("localhost"));
+        assert!(is_localhost("127.0.0.1"));
+        assert!(is_localhost("::1"));
+        assert!(!is_localhost("127.0.0.2"));
+        assert!(!is_localhost("localhost.example"));
+    }
 }

@@ -51,6 +51,12 @@ pub struct ContainerSpec {
     /// to the address it returns, whatever `network` says (services are cluster-internal);
     /// every other host stays subject to `network`. `None`: no service names.
     pub services: Option<Arc<dyn ServiceResolver>>,
+    /// The pod's own address (`status.podIP`), shared by all its containers. Outgoing
+    /// wasi:http requests to `localhost`, `127.0.0.1` or `::1` go to this address instead
+    /// (the same port), so the containers of a pod reach each other at `localhost:PORT` as
+    /// in Kubernetes; requests to this address need no `network` entry. Nothing else of
+    /// the host's loopback is reachable that way. `None`: localhost is not rewritten.
+    pub pod_ip: Option<IpAddr>,
     /// Where a `wasi:http` component is served (the pod IP and its `containerPort`).
     /// Required for HTTP components, ignored for commands. Port 0 picks a free port; the
     /// bound address is [`crate::Container::http_addr`].
@@ -71,6 +77,7 @@ impl ContainerSpec {
             resources: Resources::default(),
             network: NetworkAccess::None,
             services: None,
+            pod_ip: None,
             http_listen: None,
         }
     }

@@ -489,6 +489,8 @@ async fn start_container(
             .resolver(pod.metadata.namespace.as_deref().unwrap_or("default")),
     );
     spec.http_listen = http_listen;
+    // `localhost` from this container is the pod: its sibling containers' ports.
+    spec.pod_ip = st.ip.map(IpAddr::V4);
 
     match ctx.runtime.start(spec, &image).await {
         Ok(container) => {
