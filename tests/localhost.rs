@@ -1,7 +1,8 @@
 //! End-to-end: the containers of one pod reach each other at `localhost:PORT`, as in
 //! Kubernetes. Each hello-http container serves on the pod's IP at its own port; an
-//! outgoing wasi:http request to `localhost`/`127.0.0.1` goes to the pod's own IP, needs no
-//! `wharf.dev/allow-hosts` entry, and never reaches the host's own 127.0.0.1.
+//! outgoing wasi:http request to `localhost`/`127.0.0.1` at a port the pod declares goes to
+//! the pod's own IP, needs no `wharf.dev/allow-hosts` entry, and never reaches the host's
+//! own 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -86,8 +87,7 @@ async fn containers_of_a_pod_reach_each_other_at_localhost() {
     );
 
     // The host's own 127.0.0.1 stays out of reach: a server there is never what
-    // localhost means to a pod (the request goes to the pod's address, where nothing
-    // listens on that port, and fails).
+    // localhost means to a pod (no container of the pod declares that port: denied).
     let host_server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host_port = host_server.local_addr().unwrap().port();
     let serving = tokio::spawn(async move {
@@ -99,7 +99,7 @@ async fn containers_of_a_pod_reach_each_other_at_localhost() {
     });
     let body = http_ok(front, &format!("/fetch/localhost:{host_port}/"), TIMEOUT).await;
     assert!(
-        body.contains("fetch failed") && !body.contains("the host's secret"),
+        body.contains("HttpRequestDenied") && !body.contains("the host's secret"),
         "{body}"
     );
     // Other addresses still need the allow list.

@@ -11,9 +11,10 @@
 //! **localhost is the pod.** In Kubernetes the containers of a pod share a network
 //! namespace, so one reaches another at `localhost:PORT`. wharf's pods share an address
 //! instead (their pod IP on the host's loopback), so an outgoing wasi:http request to
-//! `localhost`, `127.0.0.1` or `[::1]` is sent to the pod's own IP, same port
-//! ([`egress_target`]), and needs no allow-list entry: the pod's own address is all it
-//! reaches, never the host's 127.0.0.1. wasi:sockets cannot get the same treatment:
+//! `localhost`, `127.0.0.1` or `[::1]` at a port the pod's containers declare is sent to
+//! the pod's own IP, same port ([`egress_target`]), and needs no allow-list entry; any
+//! other localhost port is denied, whatever the allow list says: the pod's own address is
+//! all localhost reaches, never the host's 127.0.0.1. wasi:sockets cannot get the same treatment:
 //! wasmtime 48's only hook there (`socket_addr_check`) allows or denies an address but
 //! cannot change it, so a socket to 127.0.0.1 is judged by the allow list like any other
 //! address; what the hook can do is let a guest with socket access reach its own pod IP
@@ -199,6 +200,7 @@ impl StoreFactory {
                 policy: self.spec.network.clone(),
                 services: self.spec.services.clone(),
                 pod_ip: self.spec.pod_ip,
+                pod_ports: self.spec.pod_ports.clone(),
             },
             common: self.common(),
         };
@@ -247,6 +249,7 @@ pub(crate) struct EgressHooks {
     policy: NetworkAccess,
     services: Option<Arc<dyn crate::spec::ServiceResolver>>,
     pod_ip: Option<IpAddr>,
+    pod_ports: Vec<u16>,
 }
 
 /// Whether a request host names the local machine's loopback the way a container means
@@ -262,8 +265,9 @@ pub(crate) fn is_localhost(host: &str) -> bool {
 /// Where an outgoing request to `host:port` is sent, or `None` when it is denied (pure):
 ///
 /// 1. `https`: denied (no TLS client in this build);
-/// 2. `localhost`/`127.0.0.1`/`::1` from a pod: its own pod IP, same port; and the pod's
-///    own IP itself: allowed as it is (the pod's containers reach each other freely);
+/// 2. `localhost`/`127.0.0.1`/`::1` from a pod: its own pod IP, same port, if one of the
+///    pod's containers declares the port (`pod_ports`), else denied; and the pod's own IP
+///    itself: allowed as it is (the pod's containers reach each other freely);
 /// 3. a host the service resolver knows: the address it names (Services are
 ///    cluster-internal and need no allow-list entry);
 /// 4. anything else: as it is, if the network policy allows the authority.
@@ -273,7 +277,7 @@ pub(crate) fn egress_target(
     host: &str,
     port: u16,
     https: bool,
-    pod_ip: Option<IpAddr>,
+    pod: Option<(IpAddr, &[u16])>,
     services: Option<&dyn crate::spec::ServiceResolver>,
     policy: &NetworkAccess,
 ) -> Option<(String, u16)> {
@@ -284,10 +288,13 @@ pub(crate) fn egress_target(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .trim_end_matches('.');
-    if let Some(ip) = pod_ip
-        && (is_localhost(bare) || bare.parse::<IpAddr>().is_ok_and(|h| h == ip))
-    {
-        return Some((ip.to_string(), port));
+    if let Some((ip, ports)) = pod {
+        if is_localhost(bare) {
+            return ports.contains(&port).then(|| (ip.to_string(), port));
+        }
+        if bare.parse::<IpAddr>().is_ok_and(|h| h == ip) {
+            return Some((ip.to_string(), port));
+        }
     }
     if let Some(addr) = services.and_then(|s| s.resolve(bare, port)) {
         return Some((addr.ip().to_string(), addr.port()));
@@ -316,11 +323,12 @@ impl WasiHttpHooks for EgressHooks {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let host = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let pod = self.pod_ip.map(|ip| (ip, self.pod_ports.as_slice()));
         let Some((host, port)) = egress_target(
             &host,
             port,
             https,
-            self.pod_ip,
+            pod,
             self.services.as_deref(),
             &self.policy,
         ) else {
@@ -421,14 +429,15 @@ mod tests {
         }
     }
 
+    /// The pod's containers declare 8081 and 9000.
     fn target(
         host: &str,
         port: u16,
         pod_ip: Option<&str>,
         policy: &NetworkAccess,
     ) -> Option<String> {
-        let pod_ip = pod_ip.map(|p| p.parse().unwrap());
-        egress_target(host, port, false, pod_ip, Some(&Backend), policy)
+        let pod = pod_ip.map(|p| (p.parse().unwrap(), [8081, 9000].as_slice()));
+        egress_target(host, port, false, pod, Some(&Backend), policy)
             .map(|(h, p)| format!("{h}:{p}"))
     }
 
@@ -464,21 +473,25 @@ mod tests {
             target("localhost", 8081, None, &NetworkAccess::All).as_deref(),
             Some("localhost:8081")
         );
-        // Even with `*`, localhost from a pod is the pod, not the host.
+        // Even with `*`, localhost from a pod is the pod, not the host: a port no
+        // container declares is denied rather than sent to the host's 127.0.0.1.
+        for policy in [&none, &NetworkAccess::All] {
+            assert_eq!(
+                target("127.0.0.1", 8081, pod, policy).as_deref(),
+                Some("127.64.0.7:8081")
+            );
+            assert_eq!(target("localhost", 5432, pod, policy), None);
+            assert_eq!(target("127.0.0.1", 6443, pod, policy), None);
+        }
+        // The pod's own IP reaches any of its ports (a socket server need not declare it).
         assert_eq!(
-            target("127.0.0.1", 8081, pod, &NetworkAccess::All).as_deref(),
-            Some("127.64.0.7:8081")
+            target("127.64.0.7", 7777, pod, &none).as_deref(),
+            Some("127.64.0.7:7777")
         );
         // https is never sent (no TLS client).
+        let ip: IpAddr = "127.64.0.7".parse().unwrap();
         assert_eq!(
-            egress_target(
-                "localhost",
-                443,
-                true,
-                pod.map(|p| p.parse().unwrap()),
-                None,
-                &none
-            ),
+            egress_target("localhost", 8081, true, Some((ip, &[8081])), None, &none),
             None
         );
     }
