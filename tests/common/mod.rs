@@ -575,7 +575,7 @@ impl NodeProcess {
             .arg(address.to_string())
             .arg("--data-dir")
             .arg(dir.join(name))
-            .args(["--port", "0", "--dns-listen", "off"])
+            .args(["--port", "0", "--tunnel-port", "0", "--dns-listen", "off"])
             .args(["--backoff", "200ms"])
             .args(extra)
             .env("RUST_LOG", "info")
