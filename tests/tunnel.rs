@@ -8,6 +8,11 @@
 //!   proxy (B's node port), reaches it through A's tunnel, as A's tunnel counters show;
 //!   the tunnel refuses requests without the cluster's node credential and targets
 //!   outside A's pod range.
+//! - Mirrors (remote pods' addresses served on this machine through their node's tunnel)
+//!   cannot forward on one machine (the pod's address is the pod's), but their safety can
+//!   be checked: with node A at a real address of this machine, node B finds A's pod
+//!   address taken (the pod is here) and leaves it alone, and a declared port nobody
+//!   listens on does not turn into a loop between B's mirror and A's tunnel.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -313,4 +318,129 @@ spec:
     // Plain HTTP to the tunnel port is not a way in either.
     let (status, _) = http_get(tunnel_a, "/").await.unwrap();
     assert_eq!(status, 407);
+}
+
+/// A non-loopback IPv4 address of this machine, if it has one (a UDP socket "connected"
+/// to an outside address picks it; nothing is sent).
+fn machine_address() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("198.51.100.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+fn gauge(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn mirrors_leave_local_pods_alone_and_never_loop() {
+    let Some(address_a) = machine_address() else {
+        eprintln!("skipped: this machine has no non-loopback IPv4 address for node A");
+        return;
+    };
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlProcess::start(&dir.path().join("control")).await;
+    let kubeconfig = dir.path().join("node.kubeconfig");
+    join_kubeconfig(&cp, &kubeconfig, &[]).await;
+    let node_a = NodeProcess::start(dir.path(), &kubeconfig, "mirror-a", address_a, &[]).await;
+    let node_b = NodeProcess::start(
+        dir.path(),
+        &kubeconfig,
+        "mirror-b",
+        [127, 0, 0, 4].into(),
+        &[],
+    )
+    .await;
+    let admin = cp.client().await;
+    wait_node_ready(&admin, "mirror-a", TIMEOUT).await;
+    wait_node_ready(&admin, "mirror-b", TIMEOUT).await;
+
+    // hello-http serves its first containerPort; the second is declared, not served.
+    let (served, unserved) = (free_port(), free_port());
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: mirrored
+spec:
+  nodeName: mirror-a
+  containers:
+    - name: hello
+      image: {image}
+      ports: [{{containerPort: {served}}}, {{containerPort: {unserved}}}]
+"#,
+        image = sample("hello-http", "hello_http"),
+    );
+    let path = dir.path().join("mirrored.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let out = wharf(&cp.kubeconfig(), &["apply", "-f", path.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let pods: Api<Pod> = Api::default_namespaced(admin.clone());
+    let pod = tokio::time::timeout(POD_TIMEOUT, async {
+        loop {
+            if let Ok(p) = pods.get("mirrored").await
+                && common::running(&p)
+            {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("pod not running\n--- node A:\n{}", node_a.log_tail(30)));
+    let ip = common::pod_ip(&pod);
+
+    // B sees a pod of a node at another, non-loopback address: it tries to mirror both
+    // ports. The served one is taken (the pod is on this machine): left alone. The other
+    // is free, so B listens there.
+    let metrics_b = within("node B's mirrors", async {
+        loop {
+            let m = node_b.metrics().await;
+            if gauge(&m, "wharf_tunnel_mirrors{state=\"local\"}") == Some(1)
+                && gauge(&m, "wharf_tunnel_mirrors{state=\"listening\"}") == Some(1)
+            {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // The pod itself is untouched.
+    let body = http_ok(SocketAddr::new(ip, served), "/", TIMEOUT).await;
+    assert!(body.starts_with("hello from pod"), "{body}");
+
+    // A connection to the unserved port reaches B's mirror, which dials A's tunnel; A
+    // connects to the pod address from its own address, which is B's mirror again, and
+    // the mirror refuses its pod's own node: the connection ends instead of looping.
+    let before_a = node_a.metrics().await;
+    let mut c = within(
+        "connect",
+        tokio::net::TcpStream::connect(SocketAddr::new(ip, unserved)),
+    )
+    .await
+    .unwrap();
+    let mut rest = Vec::new();
+    let _ = within("the mirrored connection ends", c.read_to_end(&mut rest)).await;
+    let after_a = node_a.metrics().await;
+    let after_b = node_b.metrics().await;
+    assert_eq!(
+        counter(&after_b, "wharf_tunnel_mirror_connections_total"),
+        counter(&metrics_b, "wharf_tunnel_mirror_connections_total") + 1,
+        "{after_b}"
+    );
+    assert_eq!(
+        counter(&after_a, TUNNEL_OK),
+        counter(&before_a, TUNNEL_OK) + 1,
+        "{after_a}"
+    );
+    // A never mirrors B's pods: B is at a loopback address, on this machine by definition.
+    assert_eq!(
+        gauge(&after_a, "wharf_tunnel_mirrors{state=\"listening\"}"),
+        Some(0),
+        "{after_a}"
+    );
 }

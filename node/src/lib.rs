@@ -7,7 +7,7 @@
 //!   Service's cluster IP, and the name table pods resolve Services from.
 //! - [`dns`]: the cluster DNS (hickory), answering for `cluster.local` from the same view.
 //! - [`tunnel`]: the node tunnel, through which nodes on other machines reach this node's
-//!   pods (the proxy dials remote endpoints through it).
+//!   pods (the proxy for remote endpoints, and mirrors of remote pods' addresses).
 
 pub mod agent;
 pub mod daemon;

@@ -163,6 +163,8 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     config.address = args.address;
     config.daemon_listen = SocketAddr::new(args.address, args.port);
     config.tunnel_port = args.tunnel_port.0;
+    // A node of its own may have peers on other machines: mirror their pods here.
+    config.mirrors = true;
     config.allow_host_path = args.allow_host_path;
     config.backoff.base = args.backoff;
     args.services.apply(&mut config);

@@ -55,6 +55,10 @@ pub struct AgentConfig {
     /// The port of the node tunnel on `address` (0 picks one), through which nodes at
     /// other addresses reach this node's pods; `None` runs no tunnel (see [`crate::tunnel`]).
     pub tunnel_port: Option<u16>,
+    /// Whether this node mirrors the pods of nodes on other machines on its loopback, so
+    /// its pods reach them by pod IP ([`crate::tunnel::mirror`]). Off for nodes that share
+    /// one address (`wharf up`): they never need it.
+    pub mirrors: bool,
     /// Used when the control plane did not assign `spec.podCIDR`.
     pub fallback_pod_cidr: Option<String>,
     pub lease_duration: Duration,
@@ -84,6 +88,7 @@ impl AgentConfig {
             address: IpAddr::from([127, 0, 0, 1]),
             daemon_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tunnel_port: Some(0),
+            mirrors: false,
             fallback_pod_cidr: None,
             lease_duration: Duration::from_secs(40),
             renew_interval: Duration::from_secs(2),
@@ -251,6 +256,21 @@ pub async fn start(
             listener,
             server,
             tunnel_metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if config.mirrors && proxy_token.is_some() {
+        let mirrors = tunnel::mirror::Mirrors::new(
+            dialer.clone(),
+            tunnel_metrics.clone(),
+            config.proxy.connect_timeout,
+            shutdown.clone(),
+        );
+        tasks.spawn(tunnel::mirror::run(
+            client.clone(),
+            config.node_name.clone(),
+            config.address,
+            mirrors,
             shutdown.clone(),
         ));
     }

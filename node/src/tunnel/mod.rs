@@ -25,11 +25,18 @@
 //! - The node proxy: when the endpoint it picked runs on a node at another address, it
 //!   dials through that node's tunnel instead of directly ([`client::Dialer`], with the
 //!   route table the proxy computes in [`crate::proxy::route`]).
+//! - Pods calling a remote pod's IP directly ([`mirror`]): for every pod of a node at
+//!   another address, this node listens on that pod's `podIP:containerPort` on its own
+//!   loopback (possible because every node has its own pod range) and forwards each
+//!   connection through the pod's node's tunnel. When the pod is in fact on this machine
+//!   (two nodes of one machine with different addresses), its address is taken and the
+//!   mirror is skipped.
 //!
 //! Counters (`wharf_tunnel_*`) are on the node server's `/metrics` ([`metrics`]).
 
 pub mod client;
 pub mod metrics;
+pub mod mirror;
 pub mod server;
 
 /// The Node annotation where a node publishes its tunnel, `IP:PORT`.

@@ -44,7 +44,7 @@ pub struct ServerConfig {
     pub pod_range: PodAddresses,
     /// The local address connections to pods come from (the node's address), so that a
     /// mirror on this machine can tell the node's own tunnel from a pod's caller (see
-    /// the mirrors); `None` leaves it to the kernel.
+    /// [`super::mirror`]); `None` leaves it to the kernel.
     pub source: Option<IpAddr>,
     /// How long connecting to a pod may take.
     pub connect_timeout: Duration,
