@@ -14,11 +14,11 @@
 //! `localhost`, `127.0.0.1` or `[::1]` at a port the pod's containers declare is sent to
 //! the pod's own IP, same port ([`egress_target`]), and needs no allow-list entry; any
 //! other localhost port is denied, whatever the allow list says: the pod's own address is
-//! all localhost reaches, never the host's 127.0.0.1. wasi:sockets cannot get the same treatment:
-//! wasmtime 48's only hook there (`socket_addr_check`) allows or denies an address but
-//! cannot change it, so a socket to 127.0.0.1 is judged by the allow list like any other
-//! address; what the hook can do is let a guest with socket access reach its own pod IP
-//! (where its siblings listen) without listing it.
+//! all localhost reaches, never the host's 127.0.0.1. (The pod's IP written out is an
+//! address like any other: the allow list decides.) wasi:sockets cannot get the same
+//! treatment: wasmtime 48's only hook there (`socket_addr_check`) allows or denies an
+//! address but cannot change it, so a socket to 127.0.0.1 is judged by the allow list like
+//! any other address.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -163,11 +163,9 @@ impl StoreFactory {
         }
         if spec.network.any() {
             let policy = spec.network.clone();
-            let pod_ip = spec.pod_ip;
             b.allow_tcp(true).allow_udp(true).allow_ip_name_lookup(true);
             b.socket_addr_check(move |addr: SocketAddr, _use: SocketAddrUse| {
-                // The pod's own address (its sibling containers) is never off limits.
-                let allowed = Some(addr.ip()) == pod_ip || policy.allows_addr(addr);
+                let allowed = policy.allows_addr(addr);
                 Box::pin(async move { allowed })
             });
         }
@@ -266,8 +264,7 @@ pub(crate) fn is_localhost(host: &str) -> bool {
 ///
 /// 1. `https`: denied (no TLS client in this build);
 /// 2. `localhost`/`127.0.0.1`/`::1` from a pod: its own pod IP, same port, if one of the
-///    pod's containers declares the port (`pod_ports`), else denied; and the pod's own IP
-///    itself: allowed as it is (the pod's containers reach each other freely);
+///    pod's containers declares the port (`pod_ports`), else denied;
 /// 3. a host the service resolver knows: the address it names (Services are
 ///    cluster-internal and need no allow-list entry);
 /// 4. anything else: as it is, if the network policy allows the authority.
@@ -288,13 +285,10 @@ pub(crate) fn egress_target(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .trim_end_matches('.');
-    if let Some((ip, ports)) = pod {
-        if is_localhost(bare) {
-            return ports.contains(&port).then(|| (ip.to_string(), port));
-        }
-        if bare.parse::<IpAddr>().is_ok_and(|h| h == ip) {
-            return Some((ip.to_string(), port));
-        }
+    if let Some((ip, ports)) = pod
+        && is_localhost(bare)
+    {
+        return ports.contains(&port).then(|| (ip.to_string(), port));
     }
     if let Some(addr) = services.and_then(|s| s.resolve(bare, port)) {
         return Some((addr.ip().to_string(), addr.port()));
@@ -459,12 +453,12 @@ mod tests {
                 "{host}"
             );
         }
-        // The pod's own address, by its IP.
+        // The pod's IP written out, other pods, the host's services: the allow list decides.
+        assert_eq!(target("127.64.0.7", 9000, pod, &none), None);
         assert_eq!(
-            target("127.64.0.7", 9000, pod, &none).as_deref(),
+            target("127.64.0.7", 9000, pod, &NetworkAccess::All).as_deref(),
             Some("127.64.0.7:9000")
         );
-        // Not other loopback addresses (other pods, the host's services).
         assert_eq!(target("127.64.0.8", 9000, pod, &none), None);
         assert_eq!(target("127.0.0.2", 9000, pod, &none), None);
         // Without a pod address (a container outside a pod), localhost follows the policy.
@@ -483,11 +477,6 @@ mod tests {
             assert_eq!(target("localhost", 5432, pod, policy), None);
             assert_eq!(target("127.0.0.1", 6443, pod, policy), None);
         }
-        // The pod's own IP reaches any of its ports (a socket server need not declare it).
-        assert_eq!(
-            target("127.64.0.7", 7777, pod, &none).as_deref(),
-            Some("127.64.0.7:7777")
-        );
         // https is never sent (no TLS client).
         let ip: IpAddr = "127.64.0.7".parse().unwrap();
         assert_eq!(

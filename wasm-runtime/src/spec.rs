@@ -54,9 +54,9 @@ pub struct ContainerSpec {
     /// The pod's own address (`status.podIP`), shared by all its containers. Outgoing
     /// wasi:http requests to `localhost`, `127.0.0.1` or `::1` at one of [`Self::pod_ports`]
     /// go to this address instead (the same port), so the containers of a pod reach each
-    /// other at `localhost:PORT` as in Kubernetes; requests to this address need no
-    /// `network` entry. Other localhost ports are denied: nothing of the host's own
-    /// loopback is reachable that way. `None`: localhost is not rewritten.
+    /// other at `localhost:PORT` as in Kubernetes, with no `network` entry. Other
+    /// localhost ports are denied: nothing of the host's own loopback is reachable that
+    /// way. `None`: localhost is not rewritten.
     pub pod_ip: Option<IpAddr>,
     /// The ports the pod's containers declare (`containerPort`s): what `localhost:PORT`
     /// reaches when [`Self::pod_ip`] is set.
