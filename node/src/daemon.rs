@@ -1,5 +1,5 @@
 //! The node's own HTTP server: container logs for the API server's `pods/log`, and the
-//! proxy's counters at `/metrics`.
+//! proxy's and tunnel's counters at `/metrics`.
 //!
 //! `GET /containerLogs/{namespace}/{pod}/{container}` with `follow`, `tailLines`,
 //! `timestamps` and `previous`, answering plain text, streamed as it is written when
@@ -96,12 +96,15 @@ pub async fn serve(
     }
 }
 
-/// The proxy's and DNS's counters, in Prometheus text format. Not behind the token (like
-/// kube-proxy's metrics port): it holds counts per Service, nothing a pod could not see.
+/// The proxy's, DNS's and tunnel's counters, in Prometheus text format. Not behind the
+/// token (like kube-proxy's metrics port): it holds counts per Service and tunnel totals,
+/// nothing a pod could not see.
 async fn metrics(State(state): State<DaemonState>) -> Response {
+    let mut text = state.ctx.services.metrics.render();
+    text.push_str(&state.ctx.tunnel.render());
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.ctx.services.metrics.render(),
+        text,
     )
         .into_response()
 }

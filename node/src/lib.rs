@@ -6,8 +6,11 @@
 //! - [`proxy`]: wharf's kube-proxy, a user-space tower load balancer listening on every
 //!   Service's cluster IP, and the name table pods resolve Services from.
 //! - [`dns`]: the cluster DNS (hickory), answering for `cluster.local` from the same view.
+//! - [`tunnel`]: the node tunnel, through which nodes on other machines reach this node's
+//!   pods (the proxy for remote endpoints, and mirrors of remote pods' addresses).
 
 pub mod agent;
 pub mod daemon;
 pub mod dns;
 pub mod proxy;
+pub mod tunnel;

@@ -114,7 +114,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::PortForward(args) => {
             port_forward::run(cluster::connect(kubeconfig).await?, args).await
         }
-        Command::Token(args) => token::run(&cluster::connect(kubeconfig).await?, args).await,
+        Command::Token(args) => {
+            token::run(
+                &cluster::connect(kubeconfig.clone()).await?,
+                kubeconfig,
+                args,
+            )
+            .await
+        }
         Command::Cordon(args) => {
             node_cmds::cordon(&cluster::connect(kubeconfig).await?, args).await
         }

@@ -2,7 +2,8 @@
 //!
 //! A node needs a kubeconfig (a node token from `wharf token create` is enough; the admin
 //! credential works too), a name, a data dir for its images, compiled modules, logs and
-//! pod volumes, and the address the control plane and other nodes reach it at.
+//! pod volumes, and the address the control plane and other nodes reach it at. Nodes on
+//! other machines reach its pods through its tunnel port on that address.
 
 use super::cluster;
 use super::control::shutdown_signal;
@@ -31,6 +32,10 @@ pub struct NodeArgs {
     /// Port of the node's server (container logs); 0 picks a free one
     #[arg(long, default_value_t = 10250)]
     port: u16,
+    /// Port of the node tunnel on --address, through which nodes at other addresses reach
+    /// this node's pods (0 picks a free one; `off` runs none)
+    #[arg(long, value_name = "PORT|off", default_value = "10251", value_parser = parse_tunnel_port)]
+    tunnel_port: TunnelPort,
     /// Allow pods to mount hostPath volumes
     #[arg(long)]
     allow_host_path: bool,
@@ -53,6 +58,27 @@ pub struct ServiceArgs {
     /// What the DNS does with names outside the cluster domain
     #[arg(long, value_enum, default_value_t = DnsExternal::Forward)]
     dns_external: DnsExternal,
+}
+
+/// `--tunnel-port`: a port, or no tunnel.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelPort(Option<u16>);
+
+fn parse_tunnel_port(s: &str) -> Result<TunnelPort, String> {
+    match s {
+        "off" | "none" => Ok(TunnelPort(None)),
+        _ => s.parse().map(|p| TunnelPort(Some(p))).map_err(|_| {
+            format!("invalid tunnel port {s:?}: use a port number (0 picks one) or off")
+        }),
+    }
+}
+
+/// How a started node describes its tunnel in the start-up line.
+pub fn tunnel_note(agent: &Agent) -> String {
+    match agent.tunnel_addr {
+        Some(addr) => format!("tunnel on {addr}"),
+        None => "no tunnel".to_string(),
+    }
 }
 
 /// `--dns-listen`: an address, or none.
@@ -136,16 +162,20 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     let mut config = AgentConfig::new(&args.name, data_dir);
     config.address = args.address;
     config.daemon_listen = SocketAddr::new(args.address, args.port);
+    config.tunnel_port = args.tunnel_port.0;
+    // A node of its own may have peers on other machines: mirror their pods here.
+    config.mirrors = true;
     config.allow_host_path = args.allow_host_path;
     config.backoff.base = args.backoff;
     args.services.apply(&mut config);
     let shutdown = CancellationToken::new();
     let (agent, runtime) = start_node(config, cluster.client(), shutdown.clone()).await?;
     eprintln!(
-        "wharf node: {} running, pods in {}, node server on {}, {}",
+        "wharf node: {} running, pods in {}, node server on {}, {}, {}",
         agent.node_name,
         agent.pod_cidr,
         agent.daemon_addr,
+        tunnel_note(&agent),
         dns_note(&agent)
     );
     shutdown_signal().await.context("listening for signals")?;

@@ -5,13 +5,23 @@
 //! [`wharf_control::apiserver::auth`]), so `create` is the only time the whole token is
 //! seen: it prints it alone on stdout, for `TOKEN=$(wharf token create)`. `delete`
 //! removes the Secret, which revokes the token for the next request.
+//!
+//! `create --kubeconfig-out FILE` also writes what a machine needs to join with that
+//! token: a kubeconfig with the cluster's CA and server (from the admin kubeconfig, or
+//! `--server`) and the token as its only credential, mode 0600, so that `wharf node
+//! --kubeconfig FILE --name N` runs on another machine without the admin credential ever
+//! leaving this one. Building the file is a pure function of the admin kubeconfig
+//! ([`node_kubeconfig`]); the token is created first and deleted again if the file cannot
+//! be written, so a failed command leaves no usable token behind.
 
-use super::cluster::{Cluster, is_not_found};
+use super::cluster::{Cluster, is_not_found, kubeconfig_path};
 use super::{finish, report};
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::config::Kubeconfig;
+use std::path::{Path, PathBuf};
 use wharf_control::api::ResourceKind;
 use wharf_control::api::kinds::resolve;
 use wharf_control::api::printers::human_duration;
@@ -36,6 +46,14 @@ pub enum TokenCommand {
         /// What the token is for, shown by `wharf token list`
         #[arg(long, value_name = "TEXT")]
         description: Option<String>,
+        /// Also write a kubeconfig for a node joining with this token (cluster CA, server,
+        /// the token), mode 0600
+        #[arg(long, value_name = "FILE")]
+        kubeconfig_out: Option<PathBuf>,
+        /// The API server URL the written kubeconfig points at, as the joining machine
+        /// reaches it [default: the admin kubeconfig's server]
+        #[arg(long, value_name = "URL", requires = "kubeconfig_out", value_parser = parse_server)]
+        server: Option<String>,
     },
     /// List node tokens: ID, TTL, EXPIRES, DESCRIPTION
     List,
@@ -76,17 +94,236 @@ fn secret_kind() -> anyhow::Result<&'static ResourceKind> {
     resolve("secret").ok_or_else(|| anyhow!("the Secret kind is not served"))
 }
 
-pub async fn run(cluster: &Cluster, args: TokenArgs) -> anyhow::Result<()> {
+/// `--server`: an `https://` (or `http://`) URL with a host.
+fn parse_server(text: &str) -> Result<String, String> {
+    let text = text.trim().trim_end_matches('/');
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a URL ({e}): use e.g. https://192.168.1.10:6443"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("https" | "http"), Some(host)) if !host.is_empty() => Ok(text.to_string()),
+        _ => Err(format!(
+            "{text:?} is not an http(s) URL with a host: use e.g. https://192.168.1.10:6443"
+        )),
+    }
+}
+
+/// `kubeconfig` is the global `--kubeconfig` flag: `create --kubeconfig-out` reads the
+/// cluster's CA and server from the same file the client was made from.
+pub async fn run(
+    cluster: &Cluster,
+    kubeconfig: Option<PathBuf>,
+    args: TokenArgs,
+) -> anyhow::Result<()> {
     match args.command {
-        TokenCommand::Create { ttl, description } => {
-            create(cluster, ttl, description.as_deref().unwrap_or_default()).await
+        TokenCommand::Create {
+            ttl,
+            description,
+            kubeconfig_out,
+            server,
+        } => {
+            let out = match kubeconfig_out {
+                Some(path) => Some(JoinKubeconfig::prepare(kubeconfig, path, server)?),
+                None => None,
+            };
+            create(
+                cluster,
+                ttl,
+                description.as_deref().unwrap_or_default(),
+                out,
+            )
+            .await
         }
         TokenCommand::List => list(cluster).await,
         TokenCommand::Delete { ids } => delete(cluster, &ids).await,
     }
 }
 
-async fn create(cluster: &Cluster, ttl: Ttl, description: &str) -> anyhow::Result<()> {
+/// Where `--kubeconfig-out` writes, and the cluster it describes, read before the token
+/// is created so that a bad admin kubeconfig fails without creating anything.
+struct JoinKubeconfig {
+    path: PathBuf,
+    cluster: ClusterAccess,
+}
+
+impl JoinKubeconfig {
+    fn prepare(
+        flag: Option<PathBuf>,
+        path: PathBuf,
+        server: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let (admin_path, _) = kubeconfig_path(flag)?;
+        let admin = Kubeconfig::read_from(&admin_path)
+            .with_context(|| format!("reading kubeconfig {}", admin_path.display()))?;
+        let base = admin_path.parent().unwrap_or(Path::new("."));
+        let mut cluster = cluster_access(&admin, base)
+            .with_context(|| format!("kubeconfig {}", admin_path.display()))?;
+        match server {
+            Some(server) => cluster.server = server,
+            None if loopback_server(&cluster.server) => eprintln!(
+                "warning: {} points at {}, which other machines cannot reach; pass --server \
+                 with an address of this machine the API server's certificate covers",
+                path.display(),
+                cluster.server
+            ),
+            None => {}
+        }
+        Ok(JoinKubeconfig { path, cluster })
+    }
+}
+
+/// What a client needs to reach and trust the API server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClusterAccess {
+    name: String,
+    server: String,
+    /// `certificate-authority-data`: the CA certificate(s), base64 of the PEM.
+    ca_data: Option<String>,
+    tls_server_name: Option<String>,
+    insecure_skip_tls_verify: bool,
+}
+
+/// The cluster of the admin kubeconfig's current context (else its only cluster), with
+/// a `certificate-authority` file (relative to `base`, the kubeconfig's directory) read
+/// and embedded, so the written kubeconfig stands alone on another machine.
+fn cluster_access(admin: &Kubeconfig, base: &Path) -> anyhow::Result<ClusterAccess> {
+    let context_cluster = admin.current_context.as_ref().and_then(|current| {
+        admin
+            .contexts
+            .iter()
+            .find(|c| &c.name == current)
+            .and_then(|c| c.context.as_ref())
+            .map(|c| c.cluster.clone())
+    });
+    let named = match (&context_cluster, admin.clusters.as_slice()) {
+        (Some(name), clusters) => clusters.iter().find(|c| &c.name == name).ok_or_else(|| {
+            anyhow!("the current context names cluster {name:?}, which is not in clusters[]")
+        })?,
+        (None, [only]) => only,
+        (None, []) => bail!("it has no clusters"),
+        (None, _) => bail!("it has several clusters and no current-context to choose one"),
+    };
+    let cluster = named
+        .cluster
+        .as_ref()
+        .ok_or_else(|| anyhow!("clusters[{}].cluster is missing", named.name))?;
+    let server = cluster
+        .server
+        .clone()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| anyhow!("clusters[{}].cluster.server is missing", named.name))?;
+    let ca_data = match (
+        &cluster.certificate_authority_data,
+        &cluster.certificate_authority,
+    ) {
+        (Some(data), _) if !data.is_empty() => Some(data.clone()),
+        (_, Some(file)) if !file.is_empty() => {
+            let file = base.join(file);
+            let pem = std::fs::read(&file).with_context(|| {
+                format!(
+                    "clusters[{}].cluster.certificate-authority: reading {}",
+                    named.name,
+                    file.display()
+                )
+            })?;
+            Some(base64(pem))
+        }
+        _ => None,
+    };
+    Ok(ClusterAccess {
+        name: named.name.clone(),
+        server: server.trim_end_matches('/').to_string(),
+        ca_data,
+        tls_server_name: cluster.tls_server_name.clone(),
+        insecure_skip_tls_verify: cluster.insecure_skip_tls_verify.unwrap_or(false),
+    })
+}
+
+/// Base64 (standard alphabet), through the API types' own encoding of bytes.
+fn base64(bytes: Vec<u8>) -> String {
+    match serde_json::to_value(k8s_openapi::ByteString(bytes)) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// Whether a server URL names a loopback address or `localhost`.
+fn loopback_server(server: &str) -> bool {
+    let Some(host) = server
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+    else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The kubeconfig a node joins with: the cluster, and the node token as the only user.
+fn node_kubeconfig(cluster: &ClusterAccess, token: &NodeToken) -> anyhow::Result<String> {
+    let user = format!("wharf-node-{}", token.id());
+    let mut access = serde_json::Map::new();
+    access.insert("server".into(), cluster.server.clone().into());
+    if let Some(ca) = &cluster.ca_data {
+        access.insert("certificate-authority-data".into(), ca.clone().into());
+    }
+    if let Some(name) = &cluster.tls_server_name {
+        access.insert("tls-server-name".into(), name.clone().into());
+    }
+    if cluster.insecure_skip_tls_verify {
+        access.insert("insecure-skip-tls-verify".into(), true.into());
+    }
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster.name, "cluster": access}],
+        "users": [{"name": user, "user": {"token": token.to_string()}}],
+        "contexts": [{"name": user, "context": {"cluster": cluster.name, "user": user}}],
+        "current-context": user,
+    });
+    Ok(serde_saphyr::to_string(&config)?)
+}
+
+/// Writes `contents` to `path` with mode 0600: to a temporary file beside it first, then
+/// renamed, so a reader never sees half a file and the token is never world-readable.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the path names no file"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.map_or_else(|| PathBuf::from(&tmp_name), |d| d.join(&tmp_name));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = (|| {
+        let mut file = options.open(&tmp)?;
+        #[cfg(unix)]
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+async fn create(
+    cluster: &Cluster,
+    ttl: Ttl,
+    description: &str,
+    out: Option<JoinKubeconfig>,
+) -> anyhow::Result<()> {
     let token = NodeToken::generate();
     let expiration = match ttl.0 {
         None => None,
@@ -102,6 +339,25 @@ async fn create(cluster: &Cluster, ttl: Ttl, description: &str) -> anyhow::Resul
         .send(at.create(&PostParams::default(), body))
         .await
         .map_err(|e| cluster.explain(e))?;
+    if let Some(out) = out {
+        let written = node_kubeconfig(&out.cluster, &token).and_then(|yaml| {
+            write_private(&out.path, &yaml)
+                .with_context(|| format!("writing {}", out.path.display()))
+        });
+        if let Err(e) = written {
+            // No file, no token: a token nobody holds should not stay valid.
+            let _ = cluster
+                .send(at.delete(&token.secret_name(), &DeleteParams::default()))
+                .await;
+            return Err(e.context("the token was deleted again"));
+        }
+        eprintln!(
+            "wrote {} (server {}): on the joining machine run `wharf node --kubeconfig {} --name NAME --address IP`",
+            out.path.display(),
+            out.cluster.server,
+            out.path.display()
+        );
+    }
     println!("{token}");
     Ok(())
 }
@@ -260,6 +516,109 @@ mod tests {
                 "old999   <invalid>   2029-12-31T00:00:00Z   gone",
             ]
         );
+    }
+
+    fn admin(yaml: &str) -> Kubeconfig {
+        Kubeconfig::from_yaml(yaml).unwrap()
+    }
+
+    const ADMIN: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: other
+  cluster: {server: https://10.9.9.9:6443}
+- name: wharf
+  cluster:
+    server: https://127.0.0.1:6443/
+    certificate-authority-data: UEVN
+users:
+- name: wharf-admin
+  user: {token: admin-secret}
+contexts:
+- name: wharf
+  context: {cluster: wharf, user: wharf-admin}
+current-context: wharf
+";
+
+    #[test]
+    fn join_kubeconfig_has_the_cluster_and_only_the_node_token() {
+        let access = cluster_access(&admin(ADMIN), Path::new("/nowhere")).unwrap();
+        assert_eq!(access.name, "wharf");
+        assert_eq!(access.server, "https://127.0.0.1:6443");
+        assert_eq!(access.ca_data.as_deref(), Some("UEVN"));
+        let token = NodeToken::generate();
+        let yaml = node_kubeconfig(&access, &token).unwrap();
+        assert!(!yaml.contains("admin-secret"), "{yaml}");
+        // It reads back as a kubeconfig whose current context uses the node token.
+        let written = admin(&yaml);
+        let user = written.current_context.clone().unwrap();
+        assert_eq!(user, format!("wharf-node-{}", token.id()));
+        let auth = written
+            .auth_infos
+            .iter()
+            .find(|a| a.name == user)
+            .and_then(|a| a.auth_info.clone())
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&auth).unwrap()["token"],
+            token.to_string()
+        );
+        let again = cluster_access(&written, Path::new("/nowhere")).unwrap();
+        assert_eq!(again, access);
+    }
+
+    #[test]
+    fn a_ca_file_is_embedded_and_missing_parts_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), "PEM").unwrap();
+        let with_file = admin(
+            "clusters:\n- name: c\n  cluster: {server: 'https://h:1', certificate-authority: ca.crt}\n",
+        );
+        let access = cluster_access(&with_file, dir.path()).unwrap();
+        assert_eq!(access.ca_data.as_deref(), Some("UEVN"));
+        let missing = cluster_access(&with_file, Path::new("/nowhere")).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("clusters[c].cluster.certificate-authority"),
+            "{missing:#}"
+        );
+        let no_server = admin("clusters:\n- name: c\n  cluster: {}\n");
+        let err = cluster_access(&no_server, dir.path()).unwrap_err();
+        assert_eq!(err.to_string(), "clusters[c].cluster.server is missing");
+        let two = admin(
+            "clusters:\n- {name: a, cluster: {server: 'https://a'}}\n- {name: b, cluster: {server: 'https://b'}}\n",
+        );
+        assert!(cluster_access(&two, dir.path()).is_err());
+    }
+
+    #[test]
+    fn servers_are_checked() {
+        assert_eq!(
+            parse_server("https://192.168.1.10:6443/").unwrap(),
+            "https://192.168.1.10:6443"
+        );
+        assert!(parse_server("192.168.1.10:6443").is_err());
+        assert!(parse_server("ftp://host").is_err());
+        assert!(loopback_server("https://127.0.0.1:6443"));
+        assert!(loopback_server("https://localhost:6443"));
+        assert!(loopback_server("https://[::1]:6443"));
+        assert!(!loopback_server("https://10.0.0.1:6443"));
+    }
+
+    #[test]
+    fn private_files_are_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.kubeconfig");
+        std::fs::write(&path, "old").unwrap();
+        write_private(&path, "new").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Nothing else is left in the directory.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

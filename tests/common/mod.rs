@@ -579,3 +579,137 @@ pub fn condition<'a>(pod: &'a Pod, kind: &str) -> Option<&'a str> {
         .find(|c| c.type_ == kind)
         .map(|c| c.status.as_str())
 }
+
+// ---------------------------------------------------------------------------------------
+// Separate node processes: `wharf node` joining a control plane, as on another machine.
+
+/// A `wharf node` process; killed when dropped. Its stderr goes to `DIR/NAME.log`.
+pub struct NodeProcess {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+    /// The node server (logs, `/metrics`), from the start-up line.
+    pub daemon_addr: SocketAddr,
+    /// The node tunnel, from the start-up line, if the node runs one.
+    pub tunnel_addr: Option<SocketAddr>,
+}
+
+impl NodeProcess {
+    /// Starts `wharf --kubeconfig KUBECONFIG node --name NAME --address ADDRESS` with its
+    /// data in `DIR/NAME`, the node server and tunnel on port 0, no DNS and a short
+    /// back-off, plus `extra` arguments; waits for its "running" line.
+    pub async fn start(
+        dir: &Path,
+        kubeconfig: &Path,
+        name: &str,
+        address: IpAddr,
+        extra: &[&str],
+    ) -> NodeProcess {
+        let log = dir.join(format!("{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["node", "--name", name, "--address"])
+            .arg(address.to_string())
+            .arg("--data-dir")
+            .arg(dir.join(name))
+            .args(["--port", "0", "--tunnel-port", "0", "--dns-listen", "off"])
+            .args(["--backoff", "200ms"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let mut file = tokio::fs::File::create(&log).await.unwrap();
+        let ready = tokio::time::timeout(TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                file.write_all(line.as_bytes()).await.unwrap();
+                file.write_all(b"\n").await.unwrap();
+                if line.starts_with(&format!("wharf node: {name} running")) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        let line = match ready {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("wharf node {name} exited:\n{}", tail(&log, 40)),
+            Err(_) => panic!(
+                "wharf node {name} not running in {TIMEOUT:?}:\n{}",
+                tail(&log, 40)
+            ),
+        };
+        // The rest of stderr goes to the log file, so the child never blocks on the pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if file.write_all(line.as_bytes()).await.is_err()
+                    || file.write_all(b"\n").await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let addr_after = |marker: &str| -> Option<SocketAddr> {
+            let rest = line.split(marker).nth(1)?;
+            rest.split([',', ' ']).next()?.parse().ok()
+        };
+        NodeProcess {
+            child,
+            name: name.to_string(),
+            daemon_addr: addr_after("node server on ").expect("node server address"),
+            tunnel_addr: addr_after("tunnel on "),
+            log,
+        }
+    }
+
+    /// The last `n` lines of the node's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log, n)
+    }
+
+    /// The node server's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let (status, body) = http_get(self.daemon_addr, "/metrics").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+/// Waits until Node `name` reports the condition Ready=True.
+pub async fn wait_node_ready(
+    client: &kube::Client,
+    name: &str,
+    timeout: Duration,
+) -> k8s_openapi::api::core::v1::Node {
+    use k8s_openapi::api::core::v1::Node;
+    let api: kube::Api<Node> = kube::Api::all(client.clone());
+    let ready = |n: &Node| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let found = tokio::time::timeout(timeout, async {
+        let stream = kube::runtime::watcher::watch_object(api, name).default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Ok(Some(node)) = event
+                && ready(&node)
+            {
+                return Some(node);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(node)) => node,
+        _ => panic!("node {name} not Ready within {timeout:?}"),
+    }
+}

@@ -7,8 +7,20 @@
 //! it (wasi:sockets TCP/UDP/name lookup are off otherwise, and every address is checked
 //! against the allow list; outgoing wasi:http requests go through [`EgressHooks`]). Clocks and
 //! random are the host's. Nothing else of the host is reachable.
+//!
+//! **localhost is the pod.** In Kubernetes the containers of a pod share a network
+//! namespace, so one reaches another at `localhost:PORT`. wharf's pods share an address
+//! instead (their pod IP on the host's loopback), so an outgoing wasi:http request to
+//! `localhost`, `127.0.0.1` or `[::1]` at a port the pod's containers declare is sent to
+//! the pod's own IP, same port ([`egress_target`]), and needs no allow-list entry; any
+//! other localhost port is denied, whatever the allow list says: the pod's own address is
+//! all localhost reaches, never the host's 127.0.0.1. (The pod's IP written out is an
+//! address like any other: the allow list decides.) wasi:sockets cannot get the same
+//! treatment: wasmtime 48's only hook there (`socket_addr_check`) allows or denies an
+//! address but cannot change it, so a socket to 127.0.0.1 is judged by the allow list like
+//! any other address.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -185,6 +197,8 @@ impl StoreFactory {
             hooks: EgressHooks {
                 policy: self.spec.network.clone(),
                 services: self.spec.services.clone(),
+                pod_ip: self.spec.pod_ip,
+                pod_ports: self.spec.pod_ports.clone(),
             },
             common: self.common(),
         };
@@ -226,14 +240,62 @@ fn on_epoch_deadline<T: HasCommon>(
     }
 }
 
-/// The egress policy for outgoing wasi:http requests: a host the spec's service resolver
-/// knows goes to the address it names (cluster services need no allow list); anything else
-/// is denied unless the spec's network access allows the authority. Requests are sent over
-/// plain HTTP/1.1 with the guest's Host header (this build has no TLS client, so `https`
-/// is refused).
+/// The egress policy for outgoing wasi:http requests ([`egress_target`]). Requests are sent
+/// over plain HTTP/1.1 with the guest's Host header (this build has no TLS client, so
+/// `https` is refused).
 pub(crate) struct EgressHooks {
     policy: NetworkAccess,
     services: Option<Arc<dyn crate::spec::ServiceResolver>>,
+    pod_ip: Option<IpAddr>,
+    pod_ports: Vec<u16>,
+}
+
+/// Whether a request host names the local machine's loopback the way a container means
+/// its own pod: `localhost` (any case, with or without the root dot), `127.0.0.1`, `::1`.
+/// Other 127.x addresses are other pods' and Services' addresses, not "this pod".
+pub(crate) fn is_localhost(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| {
+            ip == IpAddr::from([127, 0, 0, 1]) || ip == IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+        })
+}
+
+/// Where an outgoing request to `host:port` is sent, or `None` when it is denied (pure):
+///
+/// 1. `https`: denied (no TLS client in this build);
+/// 2. `localhost`/`127.0.0.1`/`::1` from a pod: its own pod IP, same port, if one of the
+///    pod's containers declares the port (`pod_ports`), else denied;
+/// 3. a host the service resolver knows: the address it names (Services are
+///    cluster-internal and need no allow-list entry);
+/// 4. anything else: as it is, if the network policy allows the authority.
+///
+/// `host` is as written in the request (brackets and a trailing root dot are ignored).
+pub(crate) fn egress_target(
+    host: &str,
+    port: u16,
+    https: bool,
+    pod: Option<(IpAddr, &[u16])>,
+    services: Option<&dyn crate::spec::ServiceResolver>,
+    policy: &NetworkAccess,
+) -> Option<(String, u16)> {
+    if https {
+        return None;
+    }
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.');
+    if let Some((ip, ports)) = pod
+        && is_localhost(bare)
+    {
+        return ports.contains(&port).then(|| (ip.to_string(), port));
+    }
+    if let Some(addr) = services.and_then(|s| s.resolve(bare, port)) {
+        return Some((addr.ip().to_string(), addr.port()));
+    }
+    policy
+        .allows_http(host, port)
+        .then(|| (host.to_string(), port))
 }
 
 type SendResult = Result<
@@ -255,21 +317,16 @@ impl WasiHttpHooks for EgressHooks {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let host = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let service = match &self.services {
-            Some(services) if !https => services.resolve(
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .trim_end_matches('.'),
-                port,
-            ),
-            _ => None,
-        };
-        let (host, port) = match service {
-            Some(addr) => (addr.ip().to_string(), addr.port()),
-            None if https || !self.policy.allows_http(&host, port) => {
-                return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-            }
-            None => (host, port),
+        let pod = self.pod_ip.map(|ip| (ip, self.pod_ports.as_slice()));
+        let Some((host, port)) = egress_target(
+            &host,
+            port,
+            https,
+            pod,
+            self.services.as_deref(),
+            &self.policy,
+        ) else {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         };
         let connect_timeout = options
             .and_then(|o| o.connect_timeout)
@@ -349,4 +406,110 @@ pub(crate) fn error_response(
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::spec::ServiceResolver;
+
+    #[derive(Debug)]
+    struct Backend;
+
+    impl ServiceResolver for Backend {
+        fn resolve(&self, host: &str, port: u16) -> Option<SocketAddr> {
+            (host == "backend" && port == 80).then(|| "127.250.0.9:80".parse().unwrap())
+        }
+    }
+
+    /// The pod's containers declare 8081 and 9000.
+    fn target(
+        host: &str,
+        port: u16,
+        pod_ip: Option<&str>,
+        policy: &NetworkAccess,
+    ) -> Option<String> {
+        let pod = pod_ip.map(|p| (p.parse().unwrap(), [8081, 9000].as_slice()));
+        egress_target(host, port, false, pod, Some(&Backend), policy)
+            .map(|(h, p)| format!("{h}:{p}"))
+    }
+
+    #[test]
+    fn localhost_is_the_pods_own_address_without_an_allow_list() {
+        let none = NetworkAccess::None;
+        let pod = Some("127.64.0.7");
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "localhost.",
+            "127.0.0.1",
+            "[::1]",
+            "::1",
+        ] {
+            assert_eq!(
+                target(host, 8081, pod, &none).as_deref(),
+                Some("127.64.0.7:8081"),
+                "{host}"
+            );
+        }
+        // The pod's IP written out, other pods, the host's services: the allow list decides.
+        assert_eq!(target("127.64.0.7", 9000, pod, &none), None);
+        assert_eq!(
+            target("127.64.0.7", 9000, pod, &NetworkAccess::All).as_deref(),
+            Some("127.64.0.7:9000")
+        );
+        assert_eq!(target("127.64.0.8", 9000, pod, &none), None);
+        assert_eq!(target("127.0.0.2", 9000, pod, &none), None);
+        // Without a pod address (a container outside a pod), localhost follows the policy.
+        assert_eq!(target("localhost", 8081, None, &none), None);
+        assert_eq!(
+            target("localhost", 8081, None, &NetworkAccess::All).as_deref(),
+            Some("localhost:8081")
+        );
+        // Even with `*`, localhost from a pod is the pod, not the host: a port no
+        // container declares is denied rather than sent to the host's 127.0.0.1.
+        for policy in [&none, &NetworkAccess::All] {
+            assert_eq!(
+                target("127.0.0.1", 8081, pod, policy).as_deref(),
+                Some("127.64.0.7:8081")
+            );
+            assert_eq!(target("localhost", 5432, pod, policy), None);
+            assert_eq!(target("127.0.0.1", 6443, pod, policy), None);
+        }
+        // https is never sent (no TLS client).
+        let ip: IpAddr = "127.64.0.7".parse().unwrap();
+        assert_eq!(
+            egress_target("localhost", 8081, true, Some((ip, &[8081])), None, &none),
+            None
+        );
+    }
+
+    #[test]
+    fn services_then_the_allow_list() {
+        let hosts = NetworkAccess::Hosts(vec!["example.com:8080".into()]);
+        assert_eq!(
+            target("backend", 80, None, &NetworkAccess::None).as_deref(),
+            Some("127.250.0.9:80")
+        );
+        assert_eq!(
+            target("backend.", 80, None, &NetworkAccess::None).as_deref(),
+            Some("127.250.0.9:80")
+        );
+        assert_eq!(target("backend", 81, None, &NetworkAccess::None), None);
+        assert_eq!(
+            target("example.com", 8080, None, &hosts).as_deref(),
+            Some("example.com:8080")
+        );
+        assert_eq!(target("example.com", 80, None, &hosts), None);
+    }
+
+    #[test]
+    fn localhost_names() {
+        assert!(is_localhost("localhost"));
+        assert!(is_localhost("127.0.0.1"));
+        assert!(is_localhost("::1"));
+        assert!(!is_localhost("127.0.0.2"));
+        assert!(!is_localhost("localhost.example"));
+    }
 }

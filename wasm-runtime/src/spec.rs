@@ -51,6 +51,16 @@ pub struct ContainerSpec {
     /// to the address it returns, whatever `network` says (services are cluster-internal);
     /// every other host stays subject to `network`. `None`: no service names.
     pub services: Option<Arc<dyn ServiceResolver>>,
+    /// The pod's own address (`status.podIP`), shared by all its containers. Outgoing
+    /// wasi:http requests to `localhost`, `127.0.0.1` or `::1` at one of [`Self::pod_ports`]
+    /// go to this address instead (the same port), so the containers of a pod reach each
+    /// other at `localhost:PORT` as in Kubernetes, with no `network` entry. Other
+    /// localhost ports are denied: nothing of the host's own loopback is reachable that
+    /// way. `None`: localhost is not rewritten.
+    pub pod_ip: Option<IpAddr>,
+    /// The ports the pod's containers declare (`containerPort`s): what `localhost:PORT`
+    /// reaches when [`Self::pod_ip`] is set.
+    pub pod_ports: Vec<u16>,
     /// Where a `wasi:http` component is served (the pod IP and its `containerPort`).
     /// Required for HTTP components, ignored for commands. Port 0 picks a free port; the
     /// bound address is [`crate::Container::http_addr`].
@@ -71,6 +81,8 @@ impl ContainerSpec {
             resources: Resources::default(),
             network: NetworkAccess::None,
             services: None,
+            pod_ip: None,
+            pod_ports: Vec::new(),
             http_listen: None,
         }
     }

@@ -21,7 +21,9 @@ pub mod volumes;
 pub mod worker;
 
 use crate::proxy::ProxyConfig;
-use crate::{daemon, dns, proxy};
+use crate::tunnel::client::Dialer;
+use crate::tunnel::metrics::TunnelMetrics;
+use crate::{daemon, dns, proxy, tunnel};
 use addresses::PodAddresses;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -55,6 +57,13 @@ pub struct AgentConfig {
     pub address: IpAddr,
     /// Where the node's own HTTP server (container logs) listens; port 0 picks one.
     pub daemon_listen: SocketAddr,
+    /// The port of the node tunnel on `address` (0 picks one), through which nodes at
+    /// other addresses reach this node's pods; `None` runs no tunnel (see [`crate::tunnel`]).
+    pub tunnel_port: Option<u16>,
+    /// Whether this node mirrors the pods of nodes on other machines on its loopback, so
+    /// its pods reach them by pod IP ([`crate::tunnel::mirror`]). Off for nodes that share
+    /// one address (`wharf up`): they never need it.
+    pub mirrors: bool,
     /// Used when the control plane did not assign `spec.podCIDR`.
     pub fallback_pod_cidr: Option<String>,
     pub lease_duration: Duration,
@@ -83,6 +92,8 @@ impl AgentConfig {
             data_dir: data_dir.into(),
             address: IpAddr::from([127, 0, 0, 1]),
             daemon_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tunnel_port: Some(0),
+            mirrors: false,
             fallback_pod_cidr: None,
             lease_duration: Duration::from_secs(40),
             renew_interval: Duration::from_secs(2),
@@ -108,6 +119,11 @@ pub enum AgentError {
     Addresses(#[from] addresses::AddressError),
     #[error("node server: {0}")]
     Daemon(#[from] daemon::DaemonError),
+    #[error("node tunnel: cannot listen on {addr}: {error} (--tunnel-port 0 picks a free port)")]
+    Tunnel {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     #[error("{path}: {error}")]
     Io {
         path: PathBuf,
@@ -127,6 +143,8 @@ pub struct NodeContext {
     pub services: Arc<proxy::Shared>,
     /// Records the node's Events about pods (probe failures, kills), as `wharf-node`.
     pub events: Recorder,
+    /// The tunnel's counters (server, dials, mirrors).
+    pub tunnel: Arc<TunnelMetrics>,
     pub shutdown: CancellationToken,
 }
 
@@ -134,6 +152,8 @@ pub struct NodeContext {
 pub struct Agent {
     pub node_name: String,
     pub daemon_addr: SocketAddr,
+    /// Where the node tunnel listens, if it runs.
+    pub tunnel_addr: Option<SocketAddr>,
     pub pod_cidr: String,
     /// Where the cluster DNS answers, if it runs.
     pub dns_addr: Option<SocketAddr>,
@@ -184,14 +204,30 @@ pub async fn start(
         None => None,
     };
     let dns_addr = dns_sockets.as_ref().map(|s| s.addr);
+    // The tunnel too: its address goes into the Node's annotations.
+    let tunnel_listener = match config.tunnel_port {
+        Some(port) => {
+            let addr = SocketAddr::new(config.address, port);
+            let bound = tokio::net::TcpListener::bind(addr)
+                .await
+                .and_then(|l| Ok((l.local_addr()?, l)))
+                .map_err(|error| AgentError::Tunnel { addr, error })?;
+            Some(bound)
+        }
+        None => None,
+    };
+    let tunnel_addr = tunnel_listener.as_ref().map(|(a, _)| *a);
+    // The cluster's node credential: the API server's to this node's server, and every
+    // node's to the others' tunnels.
     let proxy_token = daemon::proxy_token(&client).await;
 
-    let facts = NodeFacts::of_host(
+    let mut facts = NodeFacts::of_host(
         &config.node_name,
         &config.address.to_string(),
         daemon_addr.port(),
         config.max_pods,
     );
+    facts.tunnel = tunnel_addr;
     let node = register(&client, &facts).await?;
     let pod_cidr = node
         .spec
@@ -200,6 +236,8 @@ pub async fn start(
         .or_else(|| config.fallback_pod_cidr.clone())
         .ok_or_else(|| AgentError::NoPodCidr(config.node_name.clone()))?;
     let addresses = PodAddresses::new(&pod_cidr)?;
+    let tunnel_metrics = Arc::new(TunnelMetrics::default());
+    let dialer = Arc::new(Dialer::new(proxy_token.as_deref(), tunnel_metrics.clone()));
 
     let ctx = Arc::new(NodeContext {
         config: config.clone(),
@@ -209,8 +247,41 @@ pub async fn start(
         pods: Mutex::new(HashMap::new()),
         services: Arc::new(proxy::Shared::new(&config.cluster_domain)),
         events: Recorder::new(client.clone(), EVENT_SOURCE).with_host(&config.node_name),
+        tunnel: tunnel_metrics.clone(),
         shutdown: shutdown.clone(),
     });
+    if let Some((_, listener)) = tunnel_listener {
+        if proxy_token.is_none() {
+            tracing::warn!("no node credential: the node tunnel refuses every request");
+        }
+        let server = tunnel::server::ServerConfig {
+            credential: proxy_token.as_deref().map(Arc::from),
+            pod_range: PodAddresses::new(&pod_cidr)?,
+            source: Some(config.address),
+            connect_timeout: config.proxy.connect_timeout,
+        };
+        tasks.spawn(tunnel::server::serve(
+            listener,
+            server,
+            tunnel_metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if config.mirrors && proxy_token.is_some() {
+        let mirrors = tunnel::mirror::Mirrors::new(
+            dialer.clone(),
+            tunnel_metrics.clone(),
+            config.proxy.connect_timeout,
+            shutdown.clone(),
+        );
+        tasks.spawn(tunnel::mirror::run(
+            client.clone(),
+            config.node_name.clone(),
+            config.address,
+            mirrors,
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(daemon::serve(listener, ctx.clone(), proxy_token));
     tasks.spawn(heartbeat(ctx.clone(), facts));
     tasks.spawn(renew_lease(ctx.clone()));
@@ -228,6 +299,7 @@ pub async fn start(
                 ctx.services.clone(),
                 config.proxy.clone(),
                 config.address,
+                dialer,
                 snapshots.clone(),
                 shutdown.clone(),
             ));
@@ -247,10 +319,11 @@ pub async fn start(
             ));
         }
     }
-    tracing::info!(node = %config.node_name, %daemon_addr, %pod_cidr, ?dns_addr, "node agent running");
+    tracing::info!(node = %config.node_name, %daemon_addr, ?tunnel_addr, %pod_cidr, ?dns_addr, "node agent running");
     Ok(Agent {
         node_name: config.node_name,
         daemon_addr,
+        tunnel_addr,
         pod_cidr,
         dns_addr,
         tasks,
@@ -268,7 +341,10 @@ async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<Node, Agen
     let node = match nodes.create(&PostParams::default(), &desired).await {
         Ok(n) => n,
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            let labels = serde_json::json!({"metadata": {"labels": desired.metadata.labels}});
+            let labels = serde_json::json!({"metadata": {
+                "labels": desired.metadata.labels,
+                "annotations": node_object::node_annotations(facts),
+            }});
             nodes
                 .patch(&facts.name, &PatchParams::default(), &Patch::Merge(&labels))
                 .await

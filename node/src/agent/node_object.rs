@@ -22,6 +22,9 @@ pub struct NodeFacts {
     pub hostname: String,
     /// Port of the node's own HTTP server (logs).
     pub daemon_port: u16,
+    /// Where the node's tunnel listens, published as the `wharf.dev/tunnel` annotation so
+    /// that nodes on other machines find it (see [`crate::tunnel`]).
+    pub tunnel: Option<std::net::SocketAddr>,
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub max_pods: u32,
@@ -54,6 +57,7 @@ impl NodeFacts {
             address: address.to_string(),
             hostname,
             daemon_port,
+            tunnel: None,
             cpu_millis: cores * 1000,
             memory_bytes: memory,
             max_pods,
@@ -64,6 +68,14 @@ impl NodeFacts {
 }
 
 pub const ARCH: &str = "wasm32";
+
+/// The Node's annotations the agent owns: the tunnel, or `None` to remove it.
+pub fn node_annotations(facts: &NodeFacts) -> BTreeMap<String, Option<String>> {
+    BTreeMap::from([(
+        crate::tunnel::TUNNEL_ANNOTATION.to_string(),
+        facts.tunnel.map(|t| t.to_string()),
+    )])
+}
 
 /// The Node as first created: metadata and spec. The control plane assigns `podCIDR`.
 pub fn node_object(facts: &NodeFacts) -> Node {
@@ -82,6 +94,13 @@ pub fn node_object(facts: &NodeFacts) -> Node {
         metadata: ObjectMeta {
             name: Some(facts.name.clone()),
             labels: Some(labels),
+            annotations: Some(
+                node_annotations(facts)
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, v?)))
+                    .collect(),
+            )
+            .filter(|a: &BTreeMap<String, String>| !a.is_empty()),
             ..Default::default()
         },
         spec: Some(NodeSpec::default()),
@@ -241,6 +260,11 @@ mod tests {
             address: "127.0.0.1".into(),
             hostname: "laptop".into(),
             daemon_port: 10250,
+            tunnel: Some(
+                "127.0.0.1:10251"
+                    .parse()
+                    .unwrap_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+            ),
             cpu_millis: 2000,
             memory_bytes: 8 << 30,
             max_pods: 1000,
@@ -260,6 +284,24 @@ mod tests {
         assert_eq!(
             labels.get("kubernetes.io/hostname").map(String::as_str),
             Some("node-1")
+        );
+        assert_eq!(
+            n.metadata
+                .annotations
+                .unwrap_or_default()
+                .get(crate::tunnel::TUNNEL_ANNOTATION)
+                .map(String::as_str),
+            Some("127.0.0.1:10251")
+        );
+        let no_tunnel = NodeFacts {
+            tunnel: None,
+            ..facts()
+        };
+        assert_eq!(node_object(&no_tunnel).metadata.annotations, None);
+        // Without a tunnel, a re-registering node removes a stale annotation.
+        assert_eq!(
+            node_annotations(&no_tunnel).get(crate::tunnel::TUNNEL_ANNOTATION),
+            Some(&None)
         );
         let now = Timestamp::UNIX_EPOCH;
         let s = node_status(&facts(), true, None, now);

@@ -691,6 +691,15 @@ async fn start_container(
             .resolver(pod.metadata.namespace.as_deref().unwrap_or("default")),
     );
     spec.http_listen = http_listen;
+    // `localhost` from this container is the pod: its sibling containers' ports.
+    spec.pod_ip = st.ip.map(IpAddr::V4);
+    spec.pod_ports = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .collect();
 
     match ctx.runtime.start(spec, &image).await {
         Ok(container) => {

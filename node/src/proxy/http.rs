@@ -10,8 +10,10 @@
 //!   │  concurrency    at most `max_in_flight` requests awaiting a response per port
 //!   │  retry          idempotent, bodiless requests that got no response: another endpoint
 //!   │  balance        p2c least-loaded or round robin, per request
-//!   ▼  endpoint       the shared pooled client (hyper-util legacy), connect timeout in its
-//!                     connector; the request goes to http://ENDPOINT/path, Host unchanged
+//!   ▼  endpoint       the shared pooled client (hyper-util legacy); its connector dials
+//!                     through the node's Dialer (directly, or through the endpoint's node
+//!                     tunnel), with the connect timeout; the request goes to
+//!                     http://ENDPOINT/path, Host unchanged
 //! ```
 //!
 //! The endpoint's load is held until the response body ends (a long download counts).
@@ -29,6 +31,7 @@ use super::balance::{Balance, Balanced, NoEndpoints, PolicyCell};
 use super::discover::EndpointSet;
 use super::metrics::{MetricsLayer, PortStats};
 use super::retry::{HttpRetry, ProxyBody, idempotent};
+use crate::tunnel::client::{Dialer, Upstream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{HeaderMap, Request, Response, StatusCode, header};
@@ -37,7 +40,6 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -55,7 +57,47 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 /// The pooled client shared by every HTTP port of a node: one pool, keyed by endpoint, so
 /// endpoint set changes never touch connections to endpoints that remain.
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
+pub type HttpClient = Client<EndpointConnector, ProxyBody>;
+
+/// The pooled client's connector: `http://IP:PORT` through the node's [`Dialer`], within
+/// the connect timeout.
+#[derive(Clone)]
+pub struct EndpointConnector {
+    dialer: Arc<Dialer>,
+    timeout: Duration,
+}
+
+impl Service<http::Uri> for EndpointConnector {
+    type Response = TokioIo<Upstream>;
+    type Error = std::io::Error;
+    type Future = BoxFuture<'static, std::io::Result<TokioIo<Upstream>>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let (dialer, timeout) = (self.dialer.clone(), self.timeout);
+        Box::pin(async move {
+            let addr: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("not an endpoint address: {uri}"),
+                    )
+                })?;
+            match tokio::time::timeout(timeout, dialer.connect(addr)).await {
+                Ok(upstream) => upstream.map(TokioIo::new),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} timed out"),
+                )),
+            }
+        })
+    }
+}
 
 /// What the proxy answers clients with.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -64,10 +106,11 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 pub type HttpStack = BoxCloneService<Request<ProxyBody>, Balanced<Response<Incoming>>, BoxError>;
 
 /// The node's pooled client.
-pub fn client(config: &ProxyConfig) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
+pub fn client(config: &ProxyConfig, dialer: Arc<Dialer>) -> HttpClient {
+    let connector = EndpointConnector {
+        dialer,
+        timeout: config.connect_timeout,
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)
@@ -328,7 +371,7 @@ mod tests {
             set.clone(),
             Arc::new(PolicyCell::new(LbPolicy::RoundRobin)),
             stats.clone(),
-            client(&config),
+            client(&config, Arc::new(Dialer::direct())),
             &config,
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -18,6 +18,9 @@
 //!   [`http`] (L7, per request, for HTTP ports), built layer by layer: metrics, load
 //!   shedding, a concurrency limit, retries on another endpoint, the [`balance`]r (power of
 //!   two choices, or round robin by annotation), connect timeouts;
+//! - endpoints on nodes at other addresses (other machines) are dialed through their
+//!   node's tunnel: [`route`] (pure) computes the table from the snapshot, and every
+//!   connect goes through the node's [`Dialer`], which consults it;
 //! - [`resolve`] gives pods the same view by name, for their outgoing HTTP requests;
 //! - [`metrics`] counts per port, served at the node's `/metrics`.
 //!
@@ -34,9 +37,11 @@ pub mod metrics;
 pub mod model;
 pub mod resolve;
 pub mod retry;
+pub mod route;
 pub mod tcp;
 pub mod watch;
 
+use crate::tunnel::client::Dialer;
 use balance::PolicyCell;
 use discover::EndpointSet;
 use listener::Handler;
@@ -182,6 +187,7 @@ struct Proxy {
     shared: Arc<Shared>,
     config: ProxyConfig,
     node_address: IpAddr,
+    dialer: Arc<Dialer>,
     client: http::HttpClient,
     ports: BTreeMap<(ServiceKey, u16), PortState>,
     tasks: JoinSet<()>,
@@ -191,6 +197,14 @@ struct Proxy {
 impl Proxy {
     fn reconcile(&mut self, snapshot: &Snapshot) {
         let desired = plan(snapshot, self.node_address);
+        // Routes first: new endpoints on other machines are dialed through their tunnel
+        // from their first connection.
+        if self
+            .dialer
+            .set_routes(route::routes(snapshot, self.node_address))
+        {
+            tracing::debug!("tunnel routes changed");
+        }
         // Ports that went away, or switched between L4 and L7: stop accepting. Their
         // connections finish on their own.
         self.ports.retain(|key, st| {
@@ -222,6 +236,7 @@ impl Proxy {
                             policy.clone(),
                             stats.clone(),
                             &self.config,
+                            self.dialer.clone(),
                             self.shutdown.clone(),
                         ))
                     };
@@ -357,19 +372,22 @@ fn bind_port(
     }
 }
 
-/// Serves the Services of every snapshot until shutdown.
+/// Serves the Services of every snapshot until shutdown, connecting to endpoints through
+/// `dialer` (directly, or through node tunnels).
 pub async fn run(
     shared: Arc<Shared>,
     config: ProxyConfig,
     node_address: IpAddr,
+    dialer: Arc<Dialer>,
     mut snapshots: watch::SnapshotRx,
     shutdown: CancellationToken,
 ) {
     let mut proxy = Proxy {
         shared,
-        client: http::client(&config),
+        client: http::client(&config, dialer.clone()),
         config,
         node_address,
+        dialer,
         ports: BTreeMap::new(),
         tasks: JoinSet::new(),
         shutdown: shutdown.clone(),
@@ -499,6 +517,7 @@ mod tests {
             shared.clone(),
             ProxyConfig::default(),
             "127.0.0.1".parse().unwrap(),
+            Arc::new(Dialer::direct()),
             rx,
             shutdown.clone(),
         ));

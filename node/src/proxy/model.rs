@@ -7,8 +7,13 @@
 //! EndpointSlices ([`build`]), so the joins and Kubernetes' endpoint rules (which endpoints
 //! take traffic, port matching by name, duplicates across slices) are unit-tested without
 //! an API server.
+//!
+//! Snapshots also carry what the proxy needs to reach pods on other machines: each
+//! endpoint's node address (from the slice's `wharf.dev/node-addresses` annotation) and,
+//! per Node, its address and tunnel ([`NodeInfo`], from the Node's `wharf.dev/tunnel`
+//! annotation); see [`super::route`].
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +23,8 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The Service annotation that selects the balancing policy (`round-robin`, or the default
 /// `least-loaded`, power of two choices).
 pub const LB_POLICY_ANNOTATION: &str = "wharf.dev/lb-policy";
+/// The EndpointSlice annotation `{"NODE": "HOST-IP"}`: the address of each endpoint's node.
+pub const NODE_ADDRESSES_ANNOTATION: &str = "wharf.dev/node-addresses";
 
 /// `namespace/name` of a Service.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -103,8 +110,39 @@ pub struct Backend {
     /// The endpoint's `hostname` (DNS names of headless services), if set.
     pub hostname: Option<String>,
     pub node_name: Option<String>,
+    /// The address of the endpoint's node, from the slice's node-addresses annotation.
+    pub node_address: Option<IpAddr>,
     /// The pod behind it (`targetRef.name`), for logs.
     pub pod: Option<String>,
+}
+
+/// What the proxy knows of a Node: where it is, and where its tunnel listens.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeInfo {
+    /// The node's `InternalIP`.
+    pub address: Option<IpAddr>,
+    /// The node's tunnel (`wharf.dev/tunnel` annotation), if it runs one.
+    pub tunnel: Option<SocketAddr>,
+}
+
+impl NodeInfo {
+    /// The Node's name and what the proxy needs of it (`None` without a name).
+    pub fn of(node: &Node) -> Option<(String, NodeInfo)> {
+        let name = node.metadata.name.clone()?;
+        let address = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .and_then(|a| a.address.parse().ok());
+        let tunnel = node
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::tunnel::TUNNEL_ANNOTATION))
+            .and_then(|t| t.trim().parse().ok());
+        Some((name, NodeInfo { address, tunnel }))
+    }
 }
 
 /// A Service with the backends of each of its ports.
@@ -150,6 +188,8 @@ pub struct Snapshot {
     /// snapshot is empty and says nothing (DNS must not answer NXDOMAIN for everything).
     pub synced: bool,
     pub services: BTreeMap<ServiceKey, ServiceInfo>,
+    /// Every Node by name (filled by the watch; [`build`] leaves it empty).
+    pub nodes: BTreeMap<String, NodeInfo>,
 }
 
 /// The addresses that receive new traffic, as Kubernetes' proxies choose them: the ready
@@ -241,6 +281,14 @@ fn add_slice(info: &mut ServiceInfo, slice: &EndpointSlice) {
     if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
         return;
     }
+    // A malformed annotation only loses the node addresses, never the endpoints.
+    let node_addresses: BTreeMap<String, String> = slice
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(NODE_ADDRESSES_ANNOTATION))
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default();
     let endpoints: Vec<Backend> = slice
         .endpoints
         .iter()
@@ -259,6 +307,11 @@ fn add_slice(info: &mut ServiceInfo, slice: &EndpointSlice) {
                 },
                 hostname: ep.hostname.clone(),
                 node_name: ep.node_name.clone(),
+                node_address: ep
+                    .node_name
+                    .as_ref()
+                    .and_then(|n| node_addresses.get(n))
+                    .and_then(|a| a.parse().ok()),
                 pod: ep.target_ref.as_ref().and_then(|r| r.name.clone()),
             })
         })
@@ -340,6 +393,7 @@ pub fn build<'a>(
         generation,
         synced: true,
         services: out,
+        nodes: BTreeMap::new(),
     }
 }
 
@@ -382,6 +436,7 @@ mod tests {
             },
             hostname: None,
             node_name: None,
+            node_address: None,
             pod: None,
         }
     }

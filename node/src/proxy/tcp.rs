@@ -10,7 +10,8 @@
 //!        │  retry     a failed connect is tried again on another endpoint
 //!        │  balance   p2c least-loaded or round robin over the EndpointSet
 //!        │  timeout   per endpoint: the connect must finish in `connect_timeout`
-//!        ▼  connect   TcpStream::connect(endpoint)
+//!        ▼  connect   the node's Dialer: TcpStream::connect(endpoint), or through the
+//!                     endpoint's node tunnel when it runs on a node at another address
 //! ```
 //!
 //! The connection's slot in the concurrency limit and its endpoint's load are held for
@@ -22,6 +23,7 @@ use super::discover::EndpointSet;
 use super::metrics::{MetricsLayer, PortStats};
 use super::retry::{ConnectRequest, ConnectRetry};
 use super::{ProxyConfig, balance::PolicyCell};
+use crate::tunnel::client::{Dialer, Upstream};
 use futures::future::BoxFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,33 +40,30 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 pub type TcpStack = BoxCloneService<TcpStream, (), BoxError>;
 
 /// Connects to one endpoint: the innermost service.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TcpConnect {
     addr: SocketAddr,
+    dialer: Arc<Dialer>,
 }
 
 impl TcpConnect {
-    pub fn new(addr: SocketAddr) -> Self {
-        TcpConnect { addr }
+    pub fn new(addr: SocketAddr, dialer: Arc<Dialer>) -> Self {
+        TcpConnect { addr, dialer }
     }
 }
 
 impl Service<ConnectRequest> for TcpConnect {
-    type Response = TcpStream;
+    type Response = Upstream;
     type Error = std::io::Error;
-    type Future = BoxFuture<'static, std::io::Result<TcpStream>>;
+    type Future = BoxFuture<'static, std::io::Result<Upstream>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, _req: ConnectRequest) -> Self::Future {
-        let addr = self.addr;
-        Box::pin(async move {
-            let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        })
+        let (addr, dialer) = (self.addr, self.dialer.clone());
+        Box::pin(async move { dialer.connect(addr).await })
     }
 }
 
@@ -73,7 +72,8 @@ pub fn connect_stack(
     endpoints: Arc<EndpointSet>,
     policy: Arc<PolicyCell>,
     config: &ProxyConfig,
-) -> BoxCloneService<ConnectRequest, Balanced<TcpStream>, BoxError> {
+    dialer: Arc<Dialer>,
+) -> BoxCloneService<ConnectRequest, Balanced<Upstream>, BoxError> {
     let connect_timeout = config.connect_timeout;
     let stack = ServiceBuilder::new()
         // Retry: a connect that failed or timed out is tried on another endpoint (the
@@ -85,8 +85,8 @@ pub fn connect_stack(
             ServiceBuilder::new()
                 // Connect timeout: an endpoint that does not accept in time has failed.
                 .timeout(connect_timeout)
-                // Connect: a TCP connection to the endpoint.
-                .service(TcpConnect::new(addr))
+                // Connect: a TCP connection to the endpoint, direct or tunneled.
+                .service(TcpConnect::new(addr, dialer.clone()))
         }));
     BoxCloneService::new(stack)
 }
@@ -100,7 +100,7 @@ pub struct Forward<C> {
 
 impl<C> Service<TcpStream> for Forward<C>
 where
-    C: Service<ConnectRequest, Response = Balanced<TcpStream>, Error = BoxError>
+    C: Service<ConnectRequest, Response = Balanced<Upstream>, Error = BoxError>
         + Clone
         + Send
         + 'static,
@@ -144,6 +144,7 @@ pub fn stack(
     policy: Arc<PolicyCell>,
     stats: Arc<PortStats>,
     config: &ProxyConfig,
+    dialer: Arc<Dialer>,
     shutdown: CancellationToken,
 ) -> TcpStack {
     let stack = ServiceBuilder::new()
@@ -155,7 +156,7 @@ pub fn stack(
         .layer(ConcurrencyLimitLayer::new(config.max_in_flight))
         // Forward: connect through the connect stack, then copy bytes both ways.
         .service(Forward {
-            connect: connect_stack(endpoints, policy, config),
+            connect: connect_stack(endpoints, policy, config, dialer),
             shutdown,
         });
     BoxCloneService::new(stack)
@@ -195,11 +196,13 @@ mod tests {
         addr
     }
 
-    /// A proxy in front of `set` on a local port; returns its address.
-    async fn front(
+    /// A proxy in front of `set` on a local port, dialing with `dialer`; returns its
+    /// address.
+    async fn front_with(
         set: Arc<EndpointSet>,
         config: &ProxyConfig,
         stats: Arc<PortStats>,
+        dialer: Arc<Dialer>,
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> SocketAddr {
         let stack = stack(
@@ -207,6 +210,7 @@ mod tests {
             Arc::new(PolicyCell::new(LbPolicy::RoundRobin)),
             stats,
             config,
+            dialer,
             CancellationToken::new(),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -221,6 +225,16 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// [`front_with`] dialing directly.
+    async fn front(
+        set: Arc<EndpointSet>,
+        config: &ProxyConfig,
+        stats: Arc<PortStats>,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> SocketAddr {
+        front_with(set, config, stats, Arc::new(Dialer::direct()), tasks).await
     }
 
     async fn roundtrip(conn: &mut TcpStream, msg: &str) -> String {
@@ -283,6 +297,69 @@ mod tests {
         })
         .await
         .unwrap();
+        tasks.abort_all();
+    }
+
+    /// An endpoint the route table sends through a node tunnel is reached through it (the
+    /// tunnel server counts it); the others are dialed directly.
+    #[tokio::test]
+    async fn routed_endpoints_go_through_their_nodes_tunnel() {
+        use crate::agent::addresses::PodAddresses;
+        use crate::tunnel::metrics::{Outcome, TunnelMetrics};
+        use crate::tunnel::server::{ServerConfig, serve};
+        let mut tasks = tokio::task::JoinSet::new();
+        let remote = {
+            // A "pod" of the remote node, in that node's range.
+            let l = TcpListener::bind("127.71.3.4:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tasks.spawn(async move {
+                while let Ok((mut s, _)) = l.accept().await {
+                    let _ = s.write_all(b"remote").await;
+                }
+            });
+            addr
+        };
+        let local = echo("local:", &mut tasks).await;
+        let server_metrics = Arc::new(TunnelMetrics::default());
+        let tunnel_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tunnel = tunnel_listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            tunnel_listener,
+            ServerConfig {
+                credential: Some(Arc::from("cluster-secret")),
+                pod_range: PodAddresses::new("127.71.0.0/16").unwrap(),
+                source: None,
+                connect_timeout: Duration::from_secs(2),
+            },
+            server_metrics.clone(),
+            shutdown.clone(),
+        ));
+        let client_metrics = Arc::new(TunnelMetrics::default());
+        let dialer = Arc::new(Dialer::new(Some("cluster-secret"), client_metrics.clone()));
+        dialer.set_routes([(remote.ip(), tunnel)].into());
+        let set = Arc::new(EndpointSet::new());
+        set.reset([remote]);
+        let config = ProxyConfig::default();
+        let stats = Arc::new(PortStats::default());
+        let proxy = front_with(set.clone(), &config, stats.clone(), dialer, &mut tasks).await;
+        let mut c = TcpStream::connect(proxy).await.unwrap();
+        let mut buf = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf, b"remote");
+        assert_eq!(server_metrics.connections(Outcome::Ok), 1);
+        assert_eq!(client_metrics.dials(true), 1);
+        // A local endpoint: direct, the tunnel sees nothing more.
+        set.reset([local]);
+        let mut c = TcpStream::connect(proxy).await.unwrap();
+        assert_eq!(roundtrip(&mut c, "x").await, "local:x");
+        assert_eq!(server_metrics.connections(Outcome::Ok), 1);
+        assert_eq!(stats.failures(), 0);
+        shutdown.cancel();
+        server.await.unwrap();
         tasks.abort_all();
     }
 
