@@ -217,7 +217,7 @@ pub fn node_status(
             os_image: format!("wharf {}", env!("CARGO_PKG_VERSION")),
             kernel_version: String::new(),
             container_runtime_version: "wasmtime://48".into(),
-            kubelet_version: format!("v1.33.0-wharf.{}", env!("CARGO_PKG_VERSION")),
+            kubelet_version: format!("v1.33.0+wharf.{}", env!("CARGO_PKG_VERSION")),
             kube_proxy_version: String::new(),
             boot_id: String::new(),
             machine_id: String::new(),
