@@ -33,9 +33,10 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 10250)]
     port: u16,
     /// Port of the node tunnel on --address, through which nodes at other addresses reach
-    /// this node's pods (0 picks a free one; `off` runs none)
-    #[arg(long, value_name = "PORT|off", default_value = "10251", value_parser = parse_tunnel_port)]
-    tunnel_port: TunnelPort,
+    /// this node's pods (0 picks a free one; `off` runs none) [default: 10251, or off when
+    /// --address is a loopback address, which no other machine can reach]
+    #[arg(long, value_name = "PORT|off", value_parser = parse_tunnel_port)]
+    tunnel_port: Option<TunnelPort>,
     /// Allow pods to mount hostPath volumes
     #[arg(long)]
     allow_host_path: bool,
@@ -72,6 +73,16 @@ fn parse_tunnel_port(s: &str) -> Result<TunnelPort, String> {
         }),
     }
 }
+
+/// The tunnel port when none is given: a node at a loopback address is reachable from
+/// this machine only, where pods are reachable directly, so it runs no tunnel (and two
+/// such nodes on one machine do not compete for the port).
+fn default_tunnel_port(address: IpAddr) -> Option<u16> {
+    (!address.is_loopback()).then_some(DEFAULT_TUNNEL_PORT)
+}
+
+/// The tunnel port a node on a real address listens on by default.
+pub const DEFAULT_TUNNEL_PORT: u16 = 10251;
 
 /// How a started node describes its tunnel in the start-up line.
 pub fn tunnel_note(agent: &Agent) -> String {
@@ -162,7 +173,10 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     let mut config = AgentConfig::new(&args.name, data_dir);
     config.address = args.address;
     config.daemon_listen = SocketAddr::new(args.address, args.port);
-    config.tunnel_port = args.tunnel_port.0;
+    config.tunnel_port = match args.tunnel_port {
+        Some(TunnelPort(port)) => port,
+        None => default_tunnel_port(args.address),
+    };
     // A node of its own may have peers on other machines: mirror their pods here.
     config.mirrors = true;
     config.allow_host_path = args.allow_host_path;
@@ -184,4 +198,20 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     agent.wait().await;
     runtime.shutdown(Duration::from_secs(5)).await;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loopback_node_runs_no_tunnel_by_default() {
+        assert_eq!(default_tunnel_port("127.0.0.1".parse().unwrap()), None);
+        assert_eq!(default_tunnel_port("::1".parse().unwrap()), None);
+        assert_eq!(
+            default_tunnel_port("192.168.1.11".parse().unwrap()),
+            Some(DEFAULT_TUNNEL_PORT)
+        );
+    }
 }
