@@ -16,10 +16,11 @@
 use super::http::{self, HttpStack};
 use super::tcp::TcpStack;
 use socket2::{Domain, Protocol, Socket, Type};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -65,36 +66,54 @@ pub async fn serve(
     stop: CancellationToken,
     shutdown: CancellationToken,
 ) {
+    accept_loop(listener, "proxy", stop.clone(), move |stream, _peer| {
+        let _ = stream.set_nodelay(true);
+        Some(match &handler {
+            Handler::Tcp(stack) => {
+                let stack = stack.clone();
+                Box::pin(async move {
+                    if let Err(e) = stack.oneshot(stream).await {
+                        tracing::debug!(error = %e, "proxied connection refused");
+                    }
+                }) as futures::future::BoxFuture<'static, ()>
+            }
+            Handler::Http(stack) => Box::pin(http::serve_connection(
+                stream,
+                stack.clone(),
+                stop.clone(),
+                shutdown.clone(),
+            )),
+        })
+    })
+    .await
+}
+
+/// Accepts connections on `listener` until `stop`, running what `handle` makes of each
+/// (`None` turns the connection away) as a task; then waits for those tasks to end. An
+/// accept error (out of file descriptors and the like) backs off instead of spinning.
+/// The one accept loop of the node's listeners: Service ports, the tunnel, mirrors.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    what: &str,
+    stop: CancellationToken,
+    mut handle: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    match &handler {
-                        Handler::Tcp(stack) => {
-                            let stack = stack.clone();
-                            conns.spawn(async move {
-                                if let Err(e) = stack.oneshot(stream).await {
-                                    tracing::debug!(error = %e, "proxied connection refused");
-                                }
-                            });
-                        }
-                        Handler::Http(stack) => {
-                            conns.spawn(http::serve_connection(
-                                stream,
-                                stack.clone(),
-                                stop.clone(),
-                                shutdown.clone(),
-                            ));
-                        }
+                Ok((stream, peer)) => {
+                    if let Some(task) = handle(stream, peer) {
+                        conns.spawn(task);
                     }
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %e, "{what}: accept failed");
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_millis(50)) => {}

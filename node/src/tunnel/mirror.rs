@@ -27,6 +27,7 @@
 use super::client::Dialer;
 use super::metrics::TunnelMetrics;
 use crate::proxy::listener;
+use crate::proxy::listener::accept_loop;
 use crate::proxy::model::NodeInfo;
 use crate::proxy::route::{Route, route};
 use crate::proxy::watch::{Projected, node_infos};
@@ -287,36 +288,28 @@ async fn serve(
     stop: CancellationToken,
     shutdown: CancellationToken,
 ) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((inbound, peer)) => {
-                    let Target { tunnel, node_address } =
-                        *target.read().unwrap_or_else(PoisonError::into_inner);
-                    if peer.ip() == node_address {
-                        // The pod's own node reaching for its pod: the pod is on this
-                        // machine and does not listen on this port (module doc).
-                        tracing::debug!(%pod, "refusing a connection from the pod's own node");
-                        continue;
-                    }
-                    metrics.mirror_accepted();
-                    conns.spawn(forward(inbound, pod, tunnel, dialer.clone(), connect_timeout, shutdown.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(%pod, error = %e, "mirror accept failed");
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    }
-                }
-            },
+    accept_loop(listener, "mirror", stop, |inbound, peer| {
+        let Target {
+            tunnel,
+            node_address,
+        } = *target.read().unwrap_or_else(PoisonError::into_inner);
+        if peer.ip() == node_address {
+            // The pod's own node reaching for its pod: the pod is on this machine and does
+            // not listen on this port (module doc).
+            tracing::debug!(%pod, "refusing a connection from the pod's own node");
+            return None;
         }
-    }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
+        metrics.mirror_accepted();
+        Some(forward(
+            inbound,
+            pod,
+            tunnel,
+            dialer.clone(),
+            connect_timeout,
+            shutdown.clone(),
+        ))
+    })
+    .await
 }
 
 async fn forward(

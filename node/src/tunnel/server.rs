@@ -21,6 +21,7 @@
 
 use super::metrics::{Outcome, TunnelMetrics};
 use crate::agent::addresses::PodAddresses;
+use crate::proxy::listener::accept_loop;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -32,7 +33,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// What the server admits.
@@ -302,27 +302,20 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let config = Arc::new(config);
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    conns.spawn(connection(stream, config.clone(), metrics.clone(), shutdown.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "node tunnel accept failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    }
-                }
-            },
-        }
-    }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
+    accept_loop(
+        listener,
+        "node tunnel",
+        shutdown.clone(),
+        |stream, _peer| {
+            Some(connection(
+                stream,
+                config.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ))
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -454,7 +447,7 @@ mod tests {
         // The "pod": a loopback address in the pod range; it greets, then echoes.
         let pod = TcpListener::bind("127.70.0.9:0").await.unwrap();
         let pod_addr = pod.local_addr().unwrap();
-        let mut tasks = JoinSet::new();
+        let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(async move {
             while let Ok((mut s, _)) = pod.accept().await {
                 let _ = s.write_all(b"hello;").await;
