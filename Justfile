@@ -43,3 +43,7 @@ bench-scheduler:
 # Pods on a node: start latency, requests/s, density (see BENCHMARKS.md).
 bench-pods:
     cargo bench --bench pods
+
+# hello-http direct / through the proxy / `wasmtime serve` (wrk), and the cluster DNS (dnsperf)
+bench-serve:
+    scripts/bench-serve
