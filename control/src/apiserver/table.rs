@@ -133,7 +133,8 @@ pub fn column_definitions(kind: &ResourceKind) -> Vec<Value> {
         .collect()
 }
 
-/// `NOMINATED NODE` → `Nominated Node`, `CLUSTER-IP` → `Cluster-IP`: kube-apiserver's
+/// `NOMINATED NODE` → `Nominated Node`, `CLUSTER-IP` → `Cluster-IP`, `UP-TO-DATE` →
+/// `Up-to-date`: kube-apiserver's
 /// spelling (kubectl upper-cases it again when printing).
 fn title_case(header: &str) -> String {
     let word = |w: &str| {
@@ -146,9 +147,20 @@ fn title_case(header: &str) -> String {
             None => String::new(),
         }
     };
+    // Words are capitalised; after a hyphen only `IP` keeps its capitals (`Up-to-date`).
     header
         .split(' ')
-        .map(|w| w.split('-').map(word).collect::<Vec<_>>().join("-"))
+        .map(|w| {
+            w.split('-')
+                .enumerate()
+                .map(|(i, part)| match (i, part) {
+                    (_, "IP") => part.to_string(),
+                    (0, _) => word(part),
+                    _ => part.to_ascii_lowercase(),
+                })
+                .collect::<Vec<_>>()
+                .join("-")
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -2200,3 +2200,146 @@ async fn ignore_drops_unknown_fields_silently() {
     assert_eq!(code, StatusCode::CREATED);
     assert!(headers.get("warning").is_none());
 }
+
+// ---- The scale subresource and Table output ----------------------------------------------
+
+#[tokio::test]
+async fn scale_reads_and_writes_replicas_with_every_patch_type() {
+    let api = api().await;
+    let uri = "/apis/apps/v1/namespaces/default/deployments";
+    let (code, created) = api.send("POST", uri, Some(deployment("web", 2))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let scale = format!("{uri}/web/scale");
+
+    let (code, s) = api.send("GET", &scale, None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(s["kind"], "Scale");
+    assert_eq!(s["apiVersion"], "autoscaling/v1");
+    assert_eq!(s["spec"]["replicas"], 2);
+    assert_eq!(s["status"]["selector"], "app=web");
+
+    // PUT without a Content-Type, as some clients send it.
+    let (code, _, s) = api
+        .exchange(
+            "PUT",
+            &scale,
+            &[],
+            Some(json!({"spec": {"replicas": 3}}).to_string()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{s}");
+    assert_eq!(s["spec"]["replicas"], 3);
+
+    for (ct, body, want) in [
+        (
+            "application/merge-patch+json",
+            json!({"spec": {"replicas": 4}}),
+            4,
+        ),
+        (
+            "application/strategic-merge-patch+json",
+            json!({"spec": {"replicas": 5}}),
+            5,
+        ),
+        (
+            "application/json-patch+json",
+            json!([{"op": "replace", "path": "/spec/replicas", "value": 6}]),
+            6,
+        ),
+    ] {
+        let (code, s) = api.send_as("PATCH", &scale, ct, Some(body)).await;
+        assert_eq!(code, StatusCode::OK, "{ct}: {s}");
+        assert_eq!(s["spec"]["replicas"], want, "{ct}");
+    }
+    let (_, d) = api.send("GET", &format!("{uri}/web"), None).await;
+    assert_eq!(d["spec"]["replicas"], 6);
+    assert_eq!(d["metadata"]["uid"], created["metadata"]["uid"]);
+
+    // A stale resourceVersion is a precondition failure; a negative count is invalid.
+    let (code, _) = api
+        .send(
+            "PUT",
+            &scale,
+            Some(json!({"metadata": {"resourceVersion": "1"}, "spec": {"replicas": 1}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    let (code, s) = api
+        .send("PUT", &scale, Some(json!({"spec": {"replicas": -1}})))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(s["details"]["causes"][0]["field"], "spec.replicas");
+    // Pods have no scale subresource.
+    let (code, _) = api
+        .send("GET", "/api/v1/namespaces/default/pods/x/scale", None)
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn tables_answer_get_list_and_watch_when_asked() {
+    let api = api().await;
+    let uri = "/apis/apps/v1/namespaces/default/deployments";
+    let (code, _) = api.send("POST", uri, Some(deployment("web", 2))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let accept = (
+        "accept",
+        "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+    );
+
+    let (code, _, t) = api.exchange("GET", uri, &[accept], None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(t["kind"], "Table");
+    assert_eq!(t["apiVersion"], "meta.k8s.io/v1");
+    let names: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Name",
+            "Ready",
+            "Up-to-date",
+            "Available",
+            "Age",
+            "Containers",
+            "Images",
+            "Selector"
+        ]
+    );
+    assert_eq!(t["rows"][0]["cells"][0], "web");
+    assert_eq!(t["rows"][0]["cells"][1], "0/2");
+    assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+
+    let (_, _, one) = api
+        .exchange("GET", &format!("{uri}/web"), &[accept], None)
+        .await;
+    assert_eq!(one["kind"], "Table");
+    assert_eq!(one["rows"].as_array().unwrap().len(), 1);
+
+    // Without the Accept, the same URL answers the list itself.
+    let (_, list) = api.send("GET", uri, None).await;
+    assert_eq!(list["kind"], "DeploymentList");
+
+    // A watch's events carry one-row Tables.
+    let (code, _, text) = api
+        .exchange(
+            "GET",
+            &format!("{uri}?watch=true&timeoutSeconds=1"),
+            &[accept],
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    // One event parses as one JSON value; more arrive as lines of text.
+    let first: Value = match text.as_str() {
+        Some(lines) => serde_json::from_str(lines.lines().next().unwrap()).unwrap(),
+        None => text,
+    };
+    assert_eq!(first["type"], "ADDED");
+    assert_eq!(first["object"]["kind"], "Table");
+    assert_eq!(first["object"]["rows"][0]["cells"][0], "web");
+}
