@@ -2343,3 +2343,55 @@ async fn tables_answer_get_list_and_watch_when_asked() {
     assert_eq!(first["object"]["kind"], "Table");
     assert_eq!(first["object"]["rows"][0]["cells"][0], "web");
 }
+
+#[tokio::test]
+async fn send_initial_events_ends_its_replay_with_a_marked_bookmark() {
+    let api = api().await;
+    let uri = "/api/v1/namespaces/default/configmaps";
+    for name in ["a", "b"] {
+        let (code, _) = api
+            .send(
+                "POST",
+                uri,
+                Some(json!({"metadata": {"name": name}, "data": {"k": name}})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED);
+    }
+    let (_, list) = api.send("GET", uri, None).await;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _, text) = api
+        .exchange(
+            "GET",
+            &format!(
+                "{uri}?watch=true&sendInitialEvents=true&allowWatchBookmarks=true\
+                 &resourceVersionMatch=NotOlderThan&resourceVersion={rv}&timeoutSeconds=1"
+            ),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let events: Vec<Value> = text
+        .as_str()
+        .expect("several events")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["ADDED", "ADDED", "BOOKMARK"], "{events:?}");
+    let names: Vec<&str> = events[..2]
+        .iter()
+        .map(|e| e["object"]["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let bookmark = &events[2]["object"];
+    assert_eq!(
+        bookmark["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    assert_eq!(bookmark["metadata"]["resourceVersion"], rv.as_str());
+}
