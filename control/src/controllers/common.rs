@@ -364,6 +364,82 @@ pub fn available_at(pod: &Pod, min_ready_seconds: i32) -> Option<Timestamp> {
     since.map(|t| t + jiff::SignedDuration::from_secs(i64::from(min_ready_seconds)))
 }
 
+/// Creates one pod for a controller and records the outcome on the controller's object
+/// as Kubernetes controllers do: `SuccessfulCreate` with the pod's name, or
+/// `FailedCreate` with the error (which is also returned).
+pub async fn create_pod_recorded(
+    pods: &kube::Api<Pod>,
+    pod: &Pod,
+    recorder: &crate::events::Recorder,
+    about: &k8s_openapi::api::core::v1::ObjectReference,
+) -> Result<Pod, kube::Error> {
+    use crate::events::EventType;
+    match pods.create(&kube::api::PostParams::default(), pod).await {
+        Ok(created) => {
+            let name = created.metadata.name.as_deref().unwrap_or_default();
+            recorder
+                .record(
+                    about,
+                    EventType::Normal,
+                    "SuccessfulCreate",
+                    &format!("Created pod: {name}"),
+                )
+                .await;
+            Ok(created)
+        }
+        Err(e) => {
+            recorder
+                .record(
+                    about,
+                    EventType::Warning,
+                    "FailedCreate",
+                    &format!("Error creating: {e}"),
+                )
+                .await;
+            Err(e)
+        }
+    }
+}
+
+/// Drives a controller's applier until `shutdown`: a failed reconcile is the error
+/// policy's business, a watch failure is worth a warning (the controller is blind until
+/// it recovers), anything else is debug detail. The one outcome loop of the controllers
+/// whose applier has nothing else to do.
+pub async fn drive<K, RE, QE>(
+    name: &str,
+    outcomes: impl futures::Stream<
+        Item = Result<
+            (
+                kube::runtime::reflector::ObjectRef<K>,
+                kube::runtime::controller::Action,
+            ),
+            kube::runtime::controller::Error<RE, QE>,
+        >,
+    >,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    K: kube::Resource,
+    RE: std::error::Error + 'static,
+    QE: std::error::Error + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::controller::Error as Outcome;
+    let outcomes = outcomes.for_each(|outcome| {
+        match outcome {
+            Ok(_) | Err(Outcome::ReconcilerFailed(..)) => {}
+            Err(Outcome::QueueError(e)) => {
+                tracing::warn!(error = %e, "{name} controller: watch failed")
+            }
+            Err(e) => tracing::debug!(error = %e, "{name} controller"),
+        }
+        futures::future::ready(())
+    });
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = outcomes => tracing::warn!("{name} controller stopped"),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

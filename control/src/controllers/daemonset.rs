@@ -52,7 +52,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -562,33 +562,10 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let about = events::reference("DaemonSet", "apps/v1", &ds.metadata);
     let hash = template_hash(&ds.spec.template);
     for node in &plan.create {
-        match pods_api
-            .create(&PostParams::default(), &pod_for(&ds, &hash, node))
+        let pod = pod_for(&ds, &hash, node);
+        common::create_pod_recorded(&pods_api, &pod, &ctx.recorder, &about)
             .await
-        {
-            Ok(pod) => {
-                let name = pod.metadata.name.unwrap_or_default();
-                ctx.recorder
-                    .record(
-                        &about,
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        &format!("Created pod: {name}"),
-                    )
-                    .await;
-            }
-            Err(e) => {
-                ctx.recorder
-                    .record(
-                        &about,
-                        EventType::Warning,
-                        "FailedCreate",
-                        &format!("Error creating: {e}"),
-                    )
-                    .await;
-                return Err(Error::api("creating a pod for daemonset", &key)(e));
-            }
-        }
+            .map_err(Error::api("creating a pod for daemonset", &key))?;
     }
     for pod in &plan.delete {
         if pod.why == Why::Failed {

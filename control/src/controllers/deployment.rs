@@ -44,7 +44,7 @@
 
 use super::common::{self, Backoff, Claim, Error};
 use crate::events::{self, EventType, Recorder};
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{TryStreamExt, stream};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
@@ -1336,28 +1336,15 @@ async fn run(client: kube::Client, shutdown: CancellationToken) {
         })
         .try_flatten();
 
-    let reconciles = applier(
+    let outcomes = applier(
         |d, ctx| -> ReconcileFuture { Box::pin(reconcile(d, ctx)) },
         error_policy,
         ctx,
         deployments,
         stream::select(own, stream::select(from_rss, from_pods)),
         controller::Config::default(),
-    )
-    .for_each(|outcome| {
-        match outcome {
-            Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
-            Err(controller::Error::QueueError(e)) => {
-                tracing::warn!(error = %e, "deployment controller: watch failed")
-            }
-            Err(e) => tracing::debug!(error = %e, "deployment controller"),
-        }
-        futures::future::ready(())
-    });
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = reconciles => tracing::warn!("deployment controller stopped"),
-    }
+    );
+    common::drive("deployment", outcomes, shutdown).await;
 }
 
 impl Ctx {

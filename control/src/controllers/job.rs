@@ -38,7 +38,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use std::sync::Arc;
@@ -502,30 +502,9 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     }
     let template = pod_for(&job);
     for _ in 0..plan.create {
-        match pods_api.create(&PostParams::default(), &template).await {
-            Ok(pod) => {
-                let name = pod.metadata.name.unwrap_or_default();
-                ctx.recorder
-                    .record(
-                        &about,
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        &format!("Created pod: {name}"),
-                    )
-                    .await;
-            }
-            Err(e) => {
-                ctx.recorder
-                    .record(
-                        &about,
-                        EventType::Warning,
-                        "FailedCreate",
-                        &format!("Error creating: {e}"),
-                    )
-                    .await;
-                return Err(Error::api("creating a pod for job", &key)(e));
-            }
-        }
+        common::create_pod_recorded(&pods_api, &template, &ctx.recorder, &about)
+            .await
+            .map_err(Error::api("creating a pod for job", &key))?;
     }
     let mut status = plan.status.clone();
     if plan.create > 0 {

@@ -35,7 +35,7 @@
 
 use super::common::{self, Backoff, Claim, Error};
 use crate::events::{self, EventType, Recorder};
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{TryStreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
@@ -523,28 +523,15 @@ async fn run(client: kube::Client, shutdown: CancellationToken) {
         })
         .try_flatten();
 
-    let reconciles = applier(
+    let outcomes = applier(
         |rs, ctx| -> ReconcileFuture { Box::pin(reconcile(rs, ctx)) },
         error_policy,
         ctx,
         rss,
         stream::select(rs_triggers, pod_triggers),
         controller::Config::default(),
-    )
-    .for_each(|outcome| {
-        match outcome {
-            Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
-            Err(controller::Error::QueueError(e)) => {
-                tracing::warn!(error = %e, "replicaset controller: watch failed")
-            }
-            Err(e) => tracing::debug!(error = %e, "replicaset controller"),
-        }
-        futures::future::ready(())
-    });
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = reconciles => tracing::warn!("replicaset controller stopped"),
-    }
+    );
+    common::drive("replicaset", outcomes, shutdown).await;
 }
 
 impl Ctx {
