@@ -278,8 +278,16 @@ async fn read_json_checked(
 ) -> Result<(Value, Vec<String>), ApiError> {
     let ct = content_type(headers);
     if !ct.is_empty() && !accepted.contains(&ct.as_str()) {
+        // kubectl's generator commands (`create deployment NAME --image=...`, `create
+        // configmap`, `run`) send protobuf: say what to do instead.
+        let hint = if ct == "application/vnd.kubernetes.protobuf" {
+            "; wharf does not decode protobuf request bodies: send JSON (with kubectl, create \
+             from a manifest with `kubectl apply -f` or `kubectl create -f`)"
+        } else {
+            ""
+        };
         return Err(ApiError::UnsupportedMediaType(format!(
-            "the body of the request was in an unknown format; accepted media types include: {}",
+            "the body of the request was in an unknown format; accepted media types include: {}{hint}",
             accepted.join(", ")
         )));
     }

@@ -2395,3 +2395,20 @@ async fn send_initial_events_ends_its_replay_with_a_marked_bookmark() {
     );
     assert_eq!(bookmark["metadata"]["resourceVersion"], rv.as_str());
 }
+
+#[tokio::test]
+async fn a_protobuf_body_is_refused_with_what_to_send_instead() {
+    let api = api().await;
+    let (code, _, status) = api
+        .exchange(
+            "POST",
+            "/api/v1/namespaces",
+            &[("content-type", "application/vnd.kubernetes.protobuf")],
+            Some("k8s\0".into()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let message = status["message"].as_str().unwrap();
+    assert!(message.contains("does not decode protobuf"), "{message}");
+    assert!(message.contains("kubectl apply -f"), "{message}");
+}
