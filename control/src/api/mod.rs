@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod fields;
+pub mod jsonpatch;
 pub mod kinds;
 pub mod printers;
 pub mod qos;

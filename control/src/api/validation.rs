@@ -21,6 +21,8 @@ pub enum Reason {
     Duplicate,
     TypeInvalid,
     Forbidden,
+    TooLong,
+    TooMany,
 }
 
 impl Reason {
@@ -33,6 +35,8 @@ impl Reason {
             Reason::Duplicate => "FieldValueDuplicate",
             Reason::TypeInvalid => "FieldValueTypeInvalid",
             Reason::Forbidden => "FieldValueForbidden",
+            Reason::TooLong => "FieldValueTooLong",
+            Reason::TooMany => "FieldValueTooMany",
         }
     }
 
@@ -44,6 +48,8 @@ impl Reason {
             Reason::Duplicate => "Duplicate value",
             Reason::TypeInvalid => "Invalid value",
             Reason::Forbidden => "Forbidden",
+            Reason::TooLong => "Too long",
+            Reason::TooMany => "Too many",
         }
     }
 }
@@ -317,8 +323,29 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value, errs: &mut Vec<FieldError
                 ));
             }
         }
+        let total: usize = annotations
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if total > MAX_ANNOTATIONS_BYTES {
+            errs.push(FieldError::new(
+                "metadata.annotations",
+                Reason::TooLong,
+                None,
+                format!("may not be more than {MAX_ANNOTATIONS_BYTES} bytes"),
+            ));
+        }
     }
 }
+
+/// Most bytes of annotation keys and values on one object (Kubernetes' limit).
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+/// Most containers of each list (`containers`, `initContainers`) of one pod. Kubernetes
+/// sets no number, but every container is a status entry its node rewrites on each
+/// change; a pod of thousands of containers only makes its node and the control plane
+/// churn.
+pub const MAX_CONTAINERS_PER_POD: usize = 100;
 
 fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
     let containers = spec.get("containers").and_then(Value::as_array);
@@ -332,6 +359,17 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
             "a pod needs at least one container",
         )),
         Some(_) => {}
+    }
+    for list in ["containers", "initContainers"] {
+        let n = spec.get(list).and_then(Value::as_array).map_or(0, Vec::len);
+        if n > MAX_CONTAINERS_PER_POD {
+            errs.push(FieldError::new(
+                format!("{path}.{list}"),
+                Reason::TooMany,
+                Some(n.to_string()),
+                format!("must have at most {MAX_CONTAINERS_PER_POD} items"),
+            ));
+        }
     }
     let volume_names: HashSet<&str> = spec
         .get("volumes")

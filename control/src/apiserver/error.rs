@@ -49,6 +49,9 @@ pub enum ApiError {
     NotAcceptable(String),
     #[error("request entity too large: limit is {limit} bytes")]
     TooLarge { limit: usize },
+    /// 413 with its own message: a patch or an object that would be too large to store.
+    #[error("{0}")]
+    EntityTooLarge(String),
     #[error("too old resource version: {requested} ({oldest})")]
     Expired { requested: u64, oldest: u64 },
     #[error("{0}")]
@@ -126,7 +129,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
-            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge { .. } | ApiError::EntityTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::Expired { .. } => StatusCode::GONE,
             ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -145,7 +150,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::NotAcceptable(_) => "NotAcceptable",
-            ApiError::TooLarge { .. } => "RequestEntityTooLarge",
+            ApiError::TooLarge { .. } | ApiError::EntityTooLarge(_) => "RequestEntityTooLarge",
             ApiError::Expired { .. } => "Expired",
             ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",
@@ -191,6 +196,24 @@ impl ApiError {
             status["details"] = details;
         }
         status
+    }
+}
+
+impl From<crate::api::jsonpatch::JsonPatchError> for ApiError {
+    fn from(e: crate::api::jsonpatch::JsonPatchError) -> Self {
+        use crate::api::jsonpatch::JsonPatchError as E;
+        match e {
+            E::Malformed(_) => ApiError::BadRequest(e.to_string()),
+            E::TooManyOperations(_) | E::CopiesTooLarge { .. } => {
+                ApiError::EntityTooLarge(e.to_string())
+            }
+            E::Failed { .. } => ApiError::Invalid {
+                subject: Box::default(),
+                kind: String::new(),
+                message: e.to_string(),
+                causes: vec![],
+            },
+        }
     }
 }
 

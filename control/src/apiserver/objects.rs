@@ -30,15 +30,28 @@ pub fn set_resource_version(v: &mut Value, revision: u64) {
     }
 }
 
-/// The stored form: the object without its resourceVersion.
+/// The largest object the API server stores, in bytes of its stored JSON: etcd's default
+/// request limit (`--max-request-bytes`, 1.5 MiB), so that an object that fits one
+/// backend fits the other, and so that what a client (or a node writing status) can make
+/// the control plane hold, and replay to every watcher, is bounded per object.
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
+/// The stored form: the object without its resourceVersion. Every write of the API
+/// server goes through here, so this is where [`MAX_OBJECT_BYTES`] is enforced (413).
 pub fn encode(v: &Value) -> Result<Bytes, ApiError> {
     let mut v = v.clone();
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
-    serde_json::to_vec(&v)
-        .map(Bytes::from)
-        .map_err(|e| ApiError::Internal(format!("encoding an object: {e}")))
+    let bytes = serde_json::to_vec(&v)
+        .map_err(|e| ApiError::Internal(format!("encoding an object: {e}")))?;
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(ApiError::EntityTooLarge(format!(
+            "the object is too large to store: {} bytes, the limit is {MAX_OBJECT_BYTES} bytes",
+            bytes.len()
+        )));
+    }
+    Ok(Bytes::from(bytes))
 }
 
 /// `metadata.FIELD` as a string.

@@ -22,7 +22,7 @@ use super::watch;
 use crate::api::kinds::ResourceKind;
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::validation::{self, FieldError};
-use crate::api::{apply, strategic};
+use crate::api::{apply, jsonpatch, strategic};
 use crate::store::{StoreError, StoredObject, collection_prefix, object_key};
 use axum::body::Body;
 use axum::extract::Request;
@@ -693,6 +693,7 @@ async fn create(
     // Service addresses: a cluster IP and node ports no other Service holds (held until stored).
     let _svc_alloc = super::services::admit_create(state, target, &mut obj).await?;
     if dry {
+        encode(&obj)?;
         return Ok(fields.respond(json_response(StatusCode::CREATED, &obj)));
     }
     let key = key_of(kind, ns.as_deref(), &name);
@@ -876,7 +877,12 @@ pub(super) async fn update_with(
             super::services::admit_update(state, target, &current, &mut new, status_only).await?;
         let result = prepare_update(kind, &current, new, status_only)
             .map_err(|errs| invalid(kind, &current, target, errs))?;
-        if semantically_equal(&result, &current) || dry_run {
+        if semantically_equal(&result, &current) {
+            return Ok(result);
+        }
+        if dry_run {
+            // What would be stored must fit, as a real write would check.
+            encode(&result)?;
             return Ok(result);
         }
         let outcome = store_write(state, kind, &key, stored.mod_revision, &result).await?;
@@ -950,14 +956,7 @@ pub fn apply_patch(
             Ok(doc)
         }
         "application/json-patch+json" => {
-            let ops: json_patch::Patch = serde_json::from_value(patch.clone())
-                .map_err(|e| ApiError::BadRequest(format!("the JSON patch is malformed: {e}")))?;
-            json_patch::patch(&mut doc, &ops).map_err(|e| ApiError::Invalid {
-                subject: Box::default(),
-                kind: String::new(),
-                message: format!("the JSON patch could not be applied: {e}"),
-                causes: vec![],
-            })?;
+            jsonpatch::apply(&mut doc, patch).map_err(ApiError::from)?;
             Ok(doc)
         }
         other => Err(ApiError::UnsupportedMediaType(format!(

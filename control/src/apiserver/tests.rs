@@ -317,6 +317,133 @@ async fn large_bodies_are_refused() {
 }
 
 #[tokio::test]
+async fn chained_json_patch_copies_are_refused_before_they_grow() {
+    let api = api().await;
+    let uri = "/api/v1/namespaces/default/configmaps";
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "seed"}, "data": {"x": "y".repeat(1024)}});
+    let (code, created) = api.send("POST", uri, Some(cm)).await;
+    assert_eq!(code, StatusCode::CREATED);
+    // Forty copies of /data into itself: ~2 KB of request, 2^40 KB if applied.
+    let bomb: Vec<Value> = (0..40)
+        .map(|i| json!({"op": "copy", "from": "/data", "path": format!("/data/c{i}")}))
+        .collect();
+    for query in ["", "?dryRun=All"] {
+        let (code, s) = api
+            .send_as(
+                "PATCH",
+                &format!("{uri}/seed{query}"),
+                "application/json-patch+json",
+                Some(Value::Array(bomb.clone())),
+            )
+            .await;
+        assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{s}");
+        assert_eq!(s["reason"], "RequestEntityTooLarge");
+        assert!(
+            s["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("copy operations"),
+            "{s}"
+        );
+    }
+    let too_many = vec![json!({"op": "test", "path": "/kind", "value": "ConfigMap"}); 10_001];
+    let (code, s) = api
+        .send_as(
+            "PATCH",
+            &format!("{uri}/seed"),
+            "application/json-patch+json",
+            Some(Value::Array(too_many)),
+        )
+        .await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{s}");
+    let (_, stored) = api.send("GET", &format!("{uri}/seed"), None).await;
+    assert_eq!(
+        stored["metadata"]["resourceVersion"],
+        created["metadata"]["resourceVersion"]
+    );
+    assert_eq!(stored["data"].as_object().map(|d| d.len()), Some(1));
+}
+
+#[tokio::test]
+async fn objects_too_large_to_store_are_refused_however_they_grow() {
+    let api = api().await;
+    let uri = "/api/v1/namespaces/default/configmaps";
+    let cm = |name: &str, size: usize| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name}, "data": {"x": "y".repeat(size)}})
+    };
+    // Under the 3 MiB body limit, over the 1.5 MiB object limit.
+    for query in ["", "?dryRun=All"] {
+        let (code, s) = api
+            .send("POST", &format!("{uri}{query}"), Some(cm("big", 2_000_000)))
+            .await;
+        assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{s}");
+        assert!(
+            s["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("too large to store"),
+            "{s}"
+        );
+    }
+    let (code, _) = api.send("POST", uri, Some(cm("grows", 1_000_000))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    // Two merge patches of 1 MB each: the second would make it 2 MB.
+    let (code, s) = api
+        .send_as(
+            "PATCH",
+            &format!("{uri}/grows"),
+            "application/merge-patch+json",
+            Some(json!({"data": {"z": "z".repeat(1_000_000)}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{s}");
+    // What a node writes in status is bounded the same way.
+    let (code, _) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(pod("p", json!({}))),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, s) = api
+        .send_as(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/p/status",
+            "application/merge-patch+json",
+            Some(json!({"status": {"message": "m".repeat(2_000_000)}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{s}");
+}
+
+#[tokio::test]
+async fn annotations_and_containers_are_bounded() {
+    let api = api().await;
+    let mut p = pod("annotated", json!({}));
+    p["metadata"]["annotations"] = json!({"a": "x".repeat(200_000), "b": "x".repeat(100_000)});
+    let (code, s) = api
+        .send("POST", "/api/v1/namespaces/default/pods", Some(p))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{s}");
+    assert_eq!(s["details"]["causes"][0]["field"], "metadata.annotations");
+    assert_eq!(s["details"]["causes"][0]["reason"], "FieldValueTooLong");
+    let mut p = pod("crowded", json!({}));
+    let containers: Vec<Value> = (0..101)
+        .map(|i| json!({"name": format!("c{i}"), "image": "a.wasm"}))
+        .collect();
+    p["spec"]["containers"] = Value::Array(containers);
+    let (code, s) = api
+        .send("POST", "/api/v1/namespaces/default/pods", Some(p))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{s}");
+    assert_eq!(s["details"]["causes"][0]["field"], "spec.containers");
+    assert_eq!(s["details"]["causes"][0]["reason"], "FieldValueTooMany");
+}
+
+#[tokio::test]
 async fn requests_without_content_type_are_json() {
     let api = api().await;
     let (code, _) = api

@@ -115,6 +115,9 @@ const META_COMPACTED: &[u8] = b"compacted";
 
 /// Format byte of a `log` value.
 const LOG_FORMAT: u8 = 1;
+/// Bytes of events after which a watcher's read of the disk log stops (at least one
+/// event is always read).
+const WATCH_READ_BYTES: usize = 8 * 1024 * 1024;
 /// Most log entries one compaction pass deletes.
 const COMPACTION_CHUNK: u64 = 10_000;
 /// The durability of a write batch; see the module doc.
@@ -133,6 +136,11 @@ pub struct StoreConfig {
     pub log_max_age: Duration,
     /// Events kept in memory for watchers (default 10 000); older ones are read from disk.
     pub recent_events: usize,
+    /// Most bytes of objects (new and previous values) the in-memory events hold (default
+    /// 64 MiB); with `recent_events`, whichever keeps fewer events wins. Counting alone
+    /// would let 10 000 versions of a large object sit in memory: the bytes bound what
+    /// writes of large objects can make the control plane hold for watchers.
+    pub recent_bytes: usize,
     /// Most writes committed together with one fsync (default 256).
     pub max_batch: usize,
     /// How often the writer compacts the log (default 1 s).
@@ -149,6 +157,7 @@ impl StoreConfig {
             log_max_events: 100_000,
             log_max_age: Duration::from_secs(15 * 60),
             recent_events: 10_000,
+            recent_bytes: 64 * 1024 * 1024,
             max_batch: 256,
             compaction_interval: Duration::from_secs(1),
             watch_chunk: 1024,
@@ -203,6 +212,8 @@ struct State {
     objects: BTreeMap<String, StoredObject>,
     /// The latest events, with consecutive revisions ending at `revision`.
     recent: VecDeque<Arc<Event>>,
+    /// [`event_bytes`] of every event in `recent`.
+    recent_size: usize,
     revision: Revision,
     compacted: Revision,
 }
@@ -238,8 +249,14 @@ impl Shared {
             return Ok(None);
         };
         let mut events = Vec::new();
+        let mut bytes = 0usize;
         let entries = log.range(from.to_be_bytes()..=upper.to_be_bytes());
         for (expect, item) in (from..).zip(entries) {
+            // A chunk is bounded in bytes too: a watcher far behind on large objects
+            // holds a few megabytes at a time, not `watch_chunk` of them.
+            if bytes >= WATCH_READ_BYTES {
+                break;
+            }
             let (key, value) = item
                 .into_inner()
                 .map_err(|e| io_err(format!("reading the revision log at {expect}"), e))?;
@@ -253,6 +270,7 @@ impl Shared {
                 )));
             }
             let (event, _time) = decode_log_entry(revision, &value)?;
+            bytes += event_bytes(&event);
             events.push(Arc::new(event));
         }
         if events.is_empty() {
@@ -418,6 +436,7 @@ impl FjallStore {
             state: RwLock::new(State {
                 objects: recovered.objects,
                 recent: VecDeque::new(),
+                recent_size: 0,
                 revision: recovered.revision,
                 compacted: recovered.compacted,
             }),
@@ -440,6 +459,7 @@ impl FjallStore {
             failed: None,
             max_batch: config.max_batch.max(1),
             recent_events: config.recent_events,
+            recent_bytes: config.recent_bytes,
             log_max_events: config.log_max_events,
             log_max_age: config.log_max_age,
             compaction_interval: config.compaction_interval,
@@ -733,6 +753,7 @@ struct Writer {
     failed: Option<String>,
     max_batch: usize,
     recent_events: usize,
+    recent_bytes: usize,
     log_max_events: usize,
     log_max_age: Duration,
     compaction_interval: Duration,
@@ -884,11 +905,16 @@ impl Writer {
                         }
                     }
                     if self.recent_events > 0 {
+                        state.recent_size += event_bytes(event);
                         state.recent.push_back(Arc::clone(event));
                     }
                 }
-                while state.recent.len() > self.recent_events {
-                    state.recent.pop_front();
+                while state.recent.len() > self.recent_events
+                    || (state.recent_size > self.recent_bytes && state.recent.len() > 1)
+                {
+                    if let Some(old) = state.recent.pop_front() {
+                        state.recent_size -= event_bytes(&old);
+                    }
                 }
                 state.revision = last;
             }
@@ -1060,6 +1086,14 @@ fn recover(objects: &Keyspace, log: &Keyspace, meta: &Keyspace) -> Result<Recove
         revision,
         compacted,
     })
+}
+
+/// What an event in the in-memory ring costs, for [`StoreConfig::recent_bytes`]: its key
+/// and the bytes of its new and previous values.
+fn event_bytes(event: &Event) -> usize {
+    event.object.key.len()
+        + event.object.value.len()
+        + event.prev.as_ref().map_or(0, |p| p.value.len())
 }
 
 fn io_err(context: String, e: fjall::Error) -> StoreError {
@@ -1693,6 +1727,37 @@ mod tests {
             }
         );
         assert!(t(w.next()).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_ring_is_bounded_in_bytes_and_watchers_read_the_rest_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&dir);
+        c.recent_bytes = 10_000;
+        let store = FjallStore::open(c).unwrap();
+        let big = "x".repeat(3_000);
+        t(store.create("k/r/ns/big", v(&big))).await.unwrap();
+        for _ in 0..30 {
+            let current = t(store.get("k/r/ns/big")).await.unwrap().unwrap();
+            t(store.update("k/r/ns/big", v(&big), Some(current.mod_revision)))
+                .await
+                .unwrap();
+        }
+        {
+            let state = store.shared.read_state();
+            // Each update holds its new and previous value: ~6 KB, so one event fits.
+            assert_eq!(state.recent.len(), 1, "events kept: {}", state.recent.len());
+            assert_eq!(state.recent_size, event_bytes(&state.recent[0]));
+            assert_eq!(state.recent[0].revision, 31);
+        }
+        // A single event larger than the bound is still kept: the latest always is.
+        let huge = "y".repeat(20_000);
+        t(store.create("k/r/ns/huge", v(&huge))).await.unwrap();
+        assert_eq!(store.shared.read_state().recent.len(), 1);
+        // Everything older is served from the disk log, in order.
+        let mut all = store.watch("", 0).unwrap();
+        let events = take(&mut all, 32).await;
+        assert_eq!(revisions(&events), (1..=32).collect::<Vec<_>>());
     }
 
     #[tokio::test]
