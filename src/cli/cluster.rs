@@ -78,6 +78,24 @@ fn lookup(
 
 /// Builds a client from the kubeconfig; no request is made yet.
 pub async fn connect(flag: Option<PathBuf>) -> anyhow::Result<Cluster> {
+    let (config, path) = load_config(flag).await?;
+    let context = || format!("kubeconfig {}", path.display());
+    let url = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    let client = kube::Client::try_from(config).with_context(context)?;
+    let namespace = client.default_namespace().to_string();
+    Ok(Cluster {
+        client,
+        url,
+        namespace,
+    })
+}
+
+/// The client configuration of the kubeconfig found as [`connect`] finds it, and its path.
+pub async fn load_config(flag: Option<PathBuf>) -> anyhow::Result<(kube::Config, PathBuf)> {
     let (path, origin) = kubeconfig_path(flag)?;
     if !path.exists() {
         bail!(
@@ -91,18 +109,7 @@ pub async fn connect(flag: Option<PathBuf>) -> anyhow::Result<Cluster> {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .with_context(context)?;
-    let url = config
-        .cluster_url
-        .to_string()
-        .trim_end_matches('/')
-        .to_string();
-    let client = kube::Client::try_from(config).with_context(context)?;
-    let namespace = client.default_namespace().to_string();
-    Ok(Cluster {
-        client,
-        url,
-        namespace,
-    })
+    Ok((config, path))
 }
 
 impl Cluster {

@@ -21,6 +21,10 @@ pub struct ControlArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
 
+    /// How long a node credential is valid; nodes renew theirs when a third is left
+    #[arg(long, value_name = "DURATION", default_value = "8760h", value_parser = super::node::parse_duration)]
+    node_credential_validity: std::time::Duration,
+
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -46,6 +50,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     };
     let mut config = ControlConfig::new(data_dir);
     config.listen = args.listen;
+    config.api.node_credential_validity = args.node_credential_validity;
     args.store.apply(&mut config);
     let shutdown = CancellationToken::new();
     let plane = wharf_control::start(config, shutdown.clone())

@@ -19,6 +19,7 @@ mod manifest;
 mod merge;
 mod node;
 mod node_cmds;
+mod node_credential;
 mod port_forward;
 mod rollout;
 mod scale;

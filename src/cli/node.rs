@@ -5,8 +5,8 @@
 //! pod volumes, and the address the control plane and other nodes reach it at. Nodes on
 //! other machines reach its pods through its tunnel port on that address.
 
-use super::cluster;
 use super::control::shutdown_signal;
+use super::node_credential;
 use anyhow::Context;
 use clap::Args;
 use std::net::{IpAddr, SocketAddr};
@@ -135,12 +135,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("invalid duration {s:?}: use e.g. 10s, 500ms, 2m"))?;
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 10s, 500ms, 2m, 24h"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration {s:?}: use e.g. 10s, 500ms, 2m")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!(
+            "invalid duration {s:?}: use e.g. 10s, 500ms, 2m, 24h"
+        )),
     }
 }
 
@@ -165,11 +168,12 @@ pub async fn start_node(
 }
 
 pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<()> {
-    let cluster = cluster::connect(kubeconfig).await?;
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => super::default_data_dir()?.join("nodes").join(&args.name),
     };
+    // With a join token, the node's own credential (obtained once, renewed before it expires).
+    let node_client = node_credential::connect(kubeconfig, &args.name, &data_dir).await?;
     let mut config = AgentConfig::new(&args.name, data_dir);
     config.address = args.address;
     config.daemon_listen = SocketAddr::new(args.address, args.port);
@@ -183,7 +187,17 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     config.backoff.base = args.backoff;
     args.services.apply(&mut config);
     let shutdown = CancellationToken::new();
-    let (agent, runtime) = start_node(config, cluster.client(), shutdown.clone()).await?;
+    let renewal = node_client
+        .renewer
+        .map(|r| tokio::spawn(r.run(shutdown.clone())));
+    let started = start_node(config, node_client.client, shutdown.clone()).await;
+    let (agent, runtime) = match started {
+        Ok(n) => n,
+        Err(e) => {
+            shutdown.cancel();
+            return Err(e);
+        }
+    };
     eprintln!(
         "wharf node: {} running, pods in {}, node server on {}, {}, {}",
         agent.node_name,
@@ -196,6 +210,9 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     tracing::info!("shutting down");
     shutdown.cancel();
     agent.wait().await;
+    if let Some(renewal) = renewal {
+        let _ = renewal.await;
+    }
     runtime.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }

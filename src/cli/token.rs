@@ -290,7 +290,7 @@ fn node_kubeconfig(cluster: &ClusterAccess, token: &NodeToken) -> anyhow::Result
 
 /// Writes `contents` to `path` with mode 0600: to a temporary file beside it first, then
 /// renamed, so a reader never sees half a file and the token is never world-readable.
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(super) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let file_name = path
@@ -494,10 +494,12 @@ mod tests {
     fn lists_show_time_left_and_expiry() {
         let now: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
         let info = |id: &str, expiration: Option<&str>, description: &str| NodeTokenInfo {
+            kind: wharf_control::apiserver::auth::TokenKind::Join,
             id: id.into(),
             secret_sha256: String::new(),
             expiration: expiration.map(|e| e.parse().unwrap()),
             description: description.into(),
+            node: None,
         };
         let lines = table(
             &[

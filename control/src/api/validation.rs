@@ -338,6 +338,37 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value, errs: &mut Vec<FieldError
     }
 }
 
+/// What an update may not change, as Kubernetes' update validation has it: a Node's
+/// `spec.podCIDR` once set (its pods' addresses come from it, and another node may hold
+/// the range it would move to), a Secret's `type`.
+pub fn validate_update(kind: &ResourceKind, old: &Value, new: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let at = |v: &Value, p: &str| v.pointer(p).cloned().unwrap_or(Value::Null);
+    if kind.group.is_empty() && kind.kind == "Node" {
+        let (before, after) = (at(old, "/spec/podCIDR"), at(new, "/spec/podCIDR"));
+        let set = before.as_str().is_some_and(|s| !s.is_empty());
+        if set && before != after {
+            errs.push(FieldError::new(
+                "spec.podCIDR",
+                Reason::Forbidden,
+                None,
+                "node updates may not change podCIDR except from \"\" to valid",
+            ));
+        }
+    }
+    if kind.group.is_empty() && kind.kind == "Secret" {
+        let (before, after) = (at(old, "/type"), at(new, "/type"));
+        if before != after {
+            errs.push(FieldError::invalid(
+                "type",
+                after.as_str().unwrap_or_default(),
+                "field is immutable",
+            ));
+        }
+    }
+    errs
+}
+
 /// Most bytes of annotation keys and values on one object (Kubernetes' limit).
 pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 

@@ -6,13 +6,26 @@
 //!
 //! - **Static tokens** (the admin token of the generated kubeconfig), held in memory by
 //!   the [`Authenticator`].
-//! - **Node tokens**, `wharf-node.<id>.<secret>`, which machines use to join the cluster
+//! - **Join tokens**, `wharf-node.<id>.<secret>`, which machines use to join the cluster
 //!   (as kubeadm's bootstrap tokens). Each is a Secret `kube-system/wharf-node-token-<id>`
 //!   of type `wharf.dev/node-token` that holds the SHA-256 of the secret, never the secret
 //!   itself: the token is printed once by `wharf token create`, and whoever can read
-//!   Secrets still cannot join with what they read. The id inside the token names the
-//!   Secret, so a request looks its token up with one `store.get`: no cache, nothing to
-//!   keep in sync, and deleting the Secret revokes the token for the very next request.
+//!   Secrets still cannot join with what they read. A join token is good for one thing
+//!   (identity `system:node-bootstrap:<id>`, group `system:bootstrappers`): asking for a
+//!   node credential.
+//! - **Node credentials**, `wharf-node-credential.<id>.<secret>`, what a node uses once it
+//!   has joined (as a kubelet's client certificate): the node makes the token itself,
+//!   keeps it in its data dir (0600) and creates the Secret
+//!   `kube-system/wharf-node-credential-<id>` of type `wharf.dev/node-credential` with the
+//!   hash and the node's name. The API server sets its expiration
+//!   (`ApiConfig::node_credential_validity`, a year by default) and lets a join token
+//!   create one only for a node that holds none yet; the node renews it with itself
+//!   before it expires. Its identity is `system:node:<name>` in `system:nodes`, which the
+//!   Node authorizer ([`super::authz`]) ties to that node's objects.
+//!
+//! Both kinds name their Secret by the id inside the token, so a request looks its token
+//! up with one `store.get`: no cache, nothing to keep in sync, and deleting the Secret
+//! revokes the token for the very next request.
 //!
 //! The control plane's own components do not hold a token: the in-process client inserts
 //! the system identity as a request extension, which a TCP client cannot forge (extensions
@@ -56,10 +69,18 @@ impl Identity {
         }
     }
 
-    /// A machine that joined with the node token `id`.
+    /// A machine holding the join token `id`, not yet a node.
     pub fn node_bootstrap(id: &str) -> Self {
         Identity {
             user: format!("system:node-bootstrap:{id}"),
+            groups: vec![GROUP_BOOTSTRAPPERS.into(), GROUP_AUTHENTICATED.into()],
+        }
+    }
+
+    /// The node `name`, by its node credential.
+    pub fn node(name: &str) -> Self {
+        Identity {
+            user: format!("system:node:{name}"),
             groups: vec![GROUP_NODES.into(), GROUP_AUTHENTICATED.into()],
         }
     }
@@ -73,6 +94,8 @@ impl Identity {
 pub const GROUP_MASTERS: &str = "system:masters";
 /// Node agents: what [`super::authz`] allows a node.
 pub const GROUP_NODES: &str = "system:nodes";
+/// Machines holding a join token.
+pub const GROUP_BOOTSTRAPPERS: &str = "system:bootstrappers";
 /// Every identity that presented a valid credential.
 pub const GROUP_AUTHENTICATED: &str = "system:authenticated";
 
@@ -83,8 +106,12 @@ pub enum AuthError {
     Missing,
     #[error("the token is not valid")]
     Invalid,
-    #[error("the node token {id} expired at {}", .at.strftime("%Y-%m-%dT%H:%M:%SZ"))]
-    Expired { id: String, at: Timestamp },
+    #[error("the {} {id} expired at {}", .kind.noun(), .at.strftime("%Y-%m-%dT%H:%M:%SZ"))]
+    Expired {
+        kind: TokenKind,
+        id: String,
+        at: Timestamp,
+    },
     /// A node-token Secret that does not say what a node token needs; logged, and
     /// answered as an invalid token (the client cannot fix it).
     #[error("secret {NODE_TOKEN_NAMESPACE}/{name} is not a valid node token: {why}")]
@@ -192,8 +219,16 @@ pub async fn require_identity(
 
 // ---- Node tokens -----------------------------------------------------------------------
 
-/// How every node token starts: `wharf-node.<id>.<secret>`.
+/// How every join token starts: `wharf-node.<id>.<secret>`.
 pub const NODE_TOKEN_PREFIX: &str = "wharf-node.";
+/// How every node credential starts: `wharf-node-credential.<id>.<secret>`.
+pub const NODE_CREDENTIAL_PREFIX: &str = "wharf-node-credential.";
+/// The `type` of a node-credential Secret.
+pub const NODE_CREDENTIAL_SECRET_TYPE: &str = "wharf.dev/node-credential";
+/// A node-credential Secret is named this followed by the token id.
+pub const NODE_CREDENTIAL_SECRET_PREFIX: &str = "wharf-node-credential-";
+/// Data key of a node-credential Secret: the node it is for.
+pub const NODE_CREDENTIAL_KEY_NODE: &str = "node-name";
 /// Where node-token Secrets live.
 pub const NODE_TOKEN_NAMESPACE: &str = "kube-system";
 /// The `type` of a node-token Secret.
@@ -213,34 +248,88 @@ const NODE_TOKEN_SECRET_LEN: usize = 32;
 /// Lowercase letters and digits: a token id is part of a Secret's name (a DNS subdomain).
 const NODE_TOKEN_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
-/// A node token: `wharf-node.<id>.<secret>`, the id 6 and the secret 32 characters of
+/// The two kinds of node tokens: one shape, their own prefix, Secret name and type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// A join token (`wharf token create`).
+    Join,
+    /// A node's own credential, obtained with a join token and renewed by the node.
+    Credential,
+}
+
+impl TokenKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            TokenKind::Join => NODE_TOKEN_PREFIX,
+            TokenKind::Credential => NODE_CREDENTIAL_PREFIX,
+        }
+    }
+
+    fn secret_prefix(self) -> &'static str {
+        match self {
+            TokenKind::Join => NODE_TOKEN_SECRET_PREFIX,
+            TokenKind::Credential => NODE_CREDENTIAL_SECRET_PREFIX,
+        }
+    }
+
+    /// The `type` of its Secrets.
+    pub fn secret_type(self) -> &'static str {
+        match self {
+            TokenKind::Join => NODE_TOKEN_SECRET_TYPE,
+            TokenKind::Credential => NODE_CREDENTIAL_SECRET_TYPE,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            TokenKind::Join => "node token",
+            TokenKind::Credential => "node credential",
+        }
+    }
+}
+
+/// A node token: `<prefix><id>.<secret>`, the id 6 and the secret 32 characters of
 /// `[a-z0-9]` (165 bits). `Debug` hides the secret; `Display` is the whole token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NodeToken {
+    kind: TokenKind,
     id: String,
     secret: String,
 }
 
 impl NodeToken {
-    /// A new random token.
+    /// A new random join token.
     pub fn generate() -> Self {
+        Self::generate_kind(TokenKind::Join)
+    }
+
+    /// A new random token of `kind`.
+    pub fn generate_kind(kind: TokenKind) -> Self {
         NodeToken {
+            kind,
             id: random_string(NODE_TOKEN_ID_LEN),
             secret: random_string(NODE_TOKEN_SECRET_LEN),
         }
     }
 
-    /// The token in `token`, if it has a node token's shape.
+    /// The token in `token`, if it has a join token's or a node credential's shape.
     pub fn parse(token: &str) -> Option<Self> {
-        let rest = token.strip_prefix(NODE_TOKEN_PREFIX)?;
+        let (kind, rest) = [TokenKind::Join, TokenKind::Credential]
+            .into_iter()
+            .find_map(|k| token.strip_prefix(k.prefix()).map(|rest| (k, rest)))?;
         let (id, secret) = rest.split_once('.')?;
         (is_node_token_id(id)
             && secret.len() == NODE_TOKEN_SECRET_LEN
             && secret.bytes().all(|b| NODE_TOKEN_ALPHABET.contains(&b)))
         .then(|| NodeToken {
+            kind,
             id: id.to_string(),
             secret: secret.to_string(),
         })
+    }
+
+    pub fn kind(&self) -> TokenKind {
+        self.kind
     }
 
     /// The public half: names the token in `wharf token list` and its Secret.
@@ -250,12 +339,21 @@ impl NodeToken {
 
     /// The name of this token's Secret in [`NODE_TOKEN_NAMESPACE`].
     pub fn secret_name(&self) -> String {
-        node_token_secret_name(&self.id)
+        format!("{}{}", self.kind.secret_prefix(), self.id)
     }
 
     /// The SHA-256 of the secret half, lowercase hex: what the Secret stores.
     pub fn secret_sha256(&self) -> String {
         sha256_hex(self.secret.as_bytes())
+    }
+
+    /// The Secret that makes this node credential valid for `node`: what a node sends to
+    /// the API (which sets its expiration).
+    pub fn to_credential_secret(&self, node: &str) -> Value {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut secret = self.to_secret(None, "");
+        secret["data"][NODE_CREDENTIAL_KEY_NODE] = json!(b64(node));
+        secret
     }
 
     /// The Secret that makes this token valid (until `expiration`, if any): what `wharf
@@ -281,7 +379,7 @@ impl NodeToken {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": self.secret_name(), "namespace": NODE_TOKEN_NAMESPACE},
-            "type": NODE_TOKEN_SECRET_TYPE,
+            "type": self.kind.secret_type(),
             "data": data,
         })
     }
@@ -289,13 +387,14 @@ impl NodeToken {
 
 impl fmt::Display for NodeToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{NODE_TOKEN_PREFIX}{}.{}", self.id, self.secret)
+        write!(f, "{}{}.{}", self.kind.prefix(), self.id, self.secret)
     }
 }
 
 impl fmt::Debug for NodeToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NodeToken")
+            .field("kind", &self.kind)
             .field("id", &self.id)
             .field("secret", &"<redacted>")
             .finish()
@@ -315,14 +414,17 @@ pub fn node_token_secret_name(id: &str) -> String {
 /// What a node-token Secret says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeTokenInfo {
+    pub kind: TokenKind,
     pub id: String,
     pub secret_sha256: String,
     pub expiration: Option<Timestamp>,
     pub description: String,
+    /// The node a credential is for (`None` for a join token).
+    pub node: Option<String>,
 }
 
 impl NodeTokenInfo {
-    /// Reads a node-token Secret in its API form (`data` base64).
+    /// Reads a join-token or node-credential Secret in its API form (`data` base64).
     pub fn from_secret(secret: &Value) -> Result<Self, AuthError> {
         let name = secret
             .pointer("/metadata/name")
@@ -332,12 +434,15 @@ impl NodeTokenInfo {
             name: name.to_string(),
             why,
         };
-        let kind = secret.get("type").and_then(Value::as_str).unwrap_or("");
-        if kind != NODE_TOKEN_SECRET_TYPE {
+        let ty = secret.get("type").and_then(Value::as_str).unwrap_or("");
+        let Some(kind) = [TokenKind::Join, TokenKind::Credential]
+            .into_iter()
+            .find(|k| k.secret_type() == ty)
+        else {
             return Err(malformed(format!(
-                "its type is {kind:?}, not {NODE_TOKEN_SECRET_TYPE:?}"
+                "its type is {ty:?}, not {NODE_TOKEN_SECRET_TYPE:?} or {NODE_CREDENTIAL_SECRET_TYPE:?}"
             )));
-        }
+        };
         let field = |key: &str| -> Result<Option<String>, AuthError> {
             let Some(encoded) = secret.pointer(&format!("/data/{key}")) else {
                 return Ok(None);
@@ -352,7 +457,7 @@ impl NodeTokenInfo {
         let required =
             |key: &str| field(key)?.ok_or_else(|| malformed(format!("data.{key} is missing")));
         let id = required(NODE_TOKEN_KEY_ID)?;
-        if name != node_token_secret_name(&id) {
+        if name != format!("{}{id}", kind.secret_prefix()) {
             return Err(malformed(format!(
                 "data.{NODE_TOKEN_KEY_ID} {id:?} does not match the name"
             )));
@@ -366,11 +471,17 @@ impl NodeTokenInfo {
                 ))
             })?),
         };
+        let node = match kind {
+            TokenKind::Join => None,
+            TokenKind::Credential => Some(required(NODE_CREDENTIAL_KEY_NODE)?),
+        };
         Ok(NodeTokenInfo {
+            kind,
             id,
             secret_sha256: required(NODE_TOKEN_KEY_SECRET_SHA256)?,
             expiration,
             description: field(NODE_TOKEN_KEY_DESCRIPTION)?.unwrap_or_default(),
+            node,
         })
     }
 }
@@ -387,18 +498,72 @@ pub fn check_node_token(
         info.secret_sha256.as_bytes(),
         token.secret_sha256().as_bytes(),
     );
-    if !hash_ok || info.id != token.id {
+    if !hash_ok || info.id != token.id || info.kind != token.kind {
         return Err(AuthError::Invalid);
     }
     if let Some(at) = info.expiration
         && now >= at
     {
         return Err(AuthError::Expired {
+            kind: token.kind,
             id: token.id.clone(),
             at,
         });
     }
-    Ok(Identity::node_bootstrap(&token.id))
+    match (token.kind, &info.node) {
+        (TokenKind::Join, _) => Ok(Identity::node_bootstrap(&token.id)),
+        (TokenKind::Credential, Some(node)) => Ok(Identity::node(node)),
+        (TokenKind::Credential, None) => Err(AuthError::Invalid),
+    }
+}
+
+/// Completes a node-credential Secret a client creates (`obj`, API form), as the API
+/// server decides it: its expiration is `now + validity` whatever the client sent, its
+/// name follows its id, and a join token (not yet a node) may create one only for a node
+/// that holds no unexpired credential: a join token cannot take over a node that joined.
+/// `existing` are the node-credential Secrets stored now. Pure; `Err` is the reason to
+/// refuse (403).
+pub fn complete_credential(
+    identity: &Identity,
+    obj: &mut Value,
+    existing: &[Value],
+    now: Timestamp,
+    validity: std::time::Duration,
+) -> Result<(), String> {
+    let info = NodeTokenInfo::from_secret(obj).map_err(|e| e.to_string())?;
+    let Some(node) = info.node.as_deref() else {
+        return Err("a node credential names its node".into());
+    };
+    if !crate::api::validation::is_dns1123_subdomain(node) {
+        return Err(format!("{node:?} is not a valid node name"));
+    }
+    if identity.in_group(GROUP_BOOTSTRAPPERS) {
+        let held = existing.iter().any(|s| {
+            NodeTokenInfo::from_secret(s).is_ok_and(|i| {
+                i.node.as_deref() == Some(node) && i.expiration.is_none_or(|at| at > now)
+            })
+        });
+        if held {
+            return Err(format!(
+                "node {node:?} already holds a credential; a join token cannot replace it \
+                 (delete its {NODE_CREDENTIAL_SECRET_TYPE} Secrets in {NODE_TOKEN_NAMESPACE} to \
+                 let the node join again)"
+            ));
+        }
+    }
+    let validity = jiff::SignedDuration::try_from(validity).map_err(|e| e.to_string())?;
+    let expiration = now
+        .checked_add(validity)
+        .map_err(|e| e.to_string())?
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    obj["data"][NODE_TOKEN_KEY_EXPIRATION] =
+        json!(base64::engine::general_purpose::STANDARD.encode(expiration));
+    // `stringData` would be merged over `data` after this: the server's word is final.
+    if let Some(map) = obj.as_object_mut() {
+        map.remove("stringData");
+    }
+    Ok(())
 }
 
 /// Looks `token`'s Secret up (one `get`, always current) and checks it.
@@ -418,6 +583,58 @@ pub async fn authenticate_node_token(
         why: e.to_string(),
     })?;
     check_node_token(token, &NodeTokenInfo::from_secret(&secret)?, now)
+}
+
+/// Admission of a create by `identity` (before defaults and validation): what a node may
+/// put in the objects it creates ([`super::authz::admit_create`]), and node credentials
+/// completed as the server decides ([`complete_credential`]). 403 when refused.
+pub async fn admit_create(
+    state: &AppState,
+    identity: &Identity,
+    kind: &crate::api::ResourceKind,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
+    let forbidden = |why: String| {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        ApiError::Forbidden(format!(
+            "{} \"{name}\" is forbidden: {why}",
+            kind.qualified_plural()
+        ))
+    };
+    super::authz::admit_create(identity, kind, obj).map_err(forbidden)?;
+    let credential = kind.group.is_empty()
+        && kind.kind == "Secret"
+        && obj.get("type").and_then(Value::as_str) == Some(NODE_CREDENTIAL_SECRET_TYPE);
+    if !credential {
+        return Ok(());
+    }
+    let prefix = crate::store::collection_prefix("", "secrets", Some(NODE_TOKEN_NAMESPACE));
+    let stored = state
+        .store
+        .list(&prefix)
+        .await
+        .map_err(|e| ApiError::from_store(e, Subject::default()))?;
+    let existing: Vec<Value> = stored
+        .items
+        .iter()
+        .filter_map(|s| decode(s).ok())
+        .filter(|s| s.get("type").and_then(Value::as_str) == Some(NODE_CREDENTIAL_SECRET_TYPE))
+        .collect();
+    let validity = state.config.node_credential_validity;
+    let mut completed = obj.clone();
+    complete_credential(
+        identity,
+        &mut completed,
+        &existing,
+        Timestamp::now(),
+        validity,
+    )
+    .map_err(forbidden)?;
+    *obj = completed;
+    Ok(())
 }
 
 fn random_string(len: usize) -> String {
@@ -501,7 +718,10 @@ mod tests {
             identity.user,
             format!("system:node-bootstrap:{}", token.id())
         );
-        assert_eq!(identity.groups, ["system:nodes", "system:authenticated"]);
+        assert_eq!(
+            identity.groups,
+            ["system:bootstrappers", "system:authenticated"]
+        );
 
         let later = now + jiff::SignedDuration::from_hours(1);
         assert!(check_node_token(&token, &info_of(&token, Some(later)), now).is_ok());
@@ -517,11 +737,72 @@ mod tests {
 
         // Another secret with the same id: invalid, and expiry is not revealed.
         let forged = NodeToken {
+            kind: TokenKind::Join,
             id: token.id.clone(),
             secret: NodeToken::generate().secret,
         };
         let err = check_node_token(&forged, &info_of(&token, Some(now)), now).expect_err("forged");
         assert!(matches!(err, AuthError::Invalid), "{err}");
+    }
+
+    #[test]
+    fn node_credentials_name_their_node_and_get_the_servers_expiration() {
+        let now: Timestamp = "2030-01-01T00:00:00Z".parse().expect("time");
+        let validity = std::time::Duration::from_secs(3600);
+        let cred = NodeToken::generate_kind(TokenKind::Credential);
+        let text = cred.to_string();
+        assert!(text.starts_with("wharf-node-credential."), "{text}");
+        assert_eq!(NodeToken::parse(&text), Some(cred.clone()));
+        let mut secret = cred.to_credential_secret("node-1");
+        assert_eq!(secret["type"], NODE_CREDENTIAL_SECRET_TYPE);
+        // The client's own expiration is overwritten.
+        secret["data"]["expiration"] = json!("MjEwMC0wMS0wMVQwMDowMDowMFo=");
+        secret["stringData"] = json!({"expiration": "2100-01-01T00:00:00Z"});
+        let boot = Identity::node_bootstrap("abc123");
+        complete_credential(&boot, &mut secret, &[], now, validity).expect("first credential");
+        assert!(secret.get("stringData").is_none());
+        let info = NodeTokenInfo::from_secret(&secret).expect("valid");
+        assert_eq!(info.node.as_deref(), Some("node-1"));
+        assert_eq!(
+            info.expiration,
+            Some(now + jiff::SignedDuration::from_hours(1))
+        );
+        let identity = check_node_token(&cred, &info, now).expect("valid");
+        assert_eq!(identity, Identity::node("node-1"));
+        assert_eq!(identity.user, "system:node:node-1");
+        // A join token's secret is not a credential's, and the other way round.
+        let join_shaped = NodeToken {
+            kind: TokenKind::Join,
+            id: cred.id.clone(),
+            secret: cred.secret.clone(),
+        };
+        assert!(matches!(
+            check_node_token(&join_shaped, &info, now),
+            Err(AuthError::Invalid)
+        ));
+
+        // A join token cannot take over a node that holds a live credential...
+        let mut again =
+            NodeToken::generate_kind(TokenKind::Credential).to_credential_secret("node-1");
+        let err = complete_credential(&boot, &mut again, &[secret.clone()], now, validity)
+            .expect_err("node-1 holds one");
+        assert!(err.contains("already holds a credential"), "{err}");
+        // ...but the node renews its own, and an expired one does not count.
+        complete_credential(
+            &Identity::node("node-1"),
+            &mut again,
+            &[secret.clone()],
+            now,
+            validity,
+        )
+        .expect("renewal");
+        let later = now + jiff::SignedDuration::from_hours(2);
+        let mut rejoin =
+            NodeToken::generate_kind(TokenKind::Credential).to_credential_secret("node-1");
+        complete_credential(&boot, &mut rejoin, &[secret], later, validity).expect("rejoin");
+        let mut bad =
+            NodeToken::generate_kind(TokenKind::Credential).to_credential_secret("Node_1");
+        assert!(complete_credential(&boot, &mut bad, &[], now, validity).is_err());
     }
 
     #[test]

@@ -1,23 +1,47 @@
 //! Authorization: whether an authenticated [`Identity`] may do what a request asks.
 //!
-//! Why a fixed policy and not RBAC objects: wharf has two kinds of callers today, the
-//! administrators (and the control plane itself) and node agents that joined with a node
-//! token. A node token travels to machines outside the control plane's trust, so what it
-//! may do must be small and obvious: a node reads what pods need and writes what a node
-//! agent reports, and nothing else: no workloads, no namespaces, no listing Secrets (it
-//! may `get` one a pod references, by name). [`authorize`] is a pure decision over the
-//! request's attributes, as kube-apiserver's authorizers are, unit-tested without I/O;
-//! the generic handler calls [`enforce`] before it reads a body or touches the store.
+//! A chain, as kube-apiserver's: administrators (`system:masters`, the control plane
+//! itself) may do everything; a node (`system:node:NAME`, group `system:nodes`) gets what
+//! Kubernetes' Node authorizer gives a kubelet; a machine holding only a join token
+//! (`system:node-bootstrap:ID`, group `system:bootstrappers`) may only ask for its node
+//! credential; anyone else nothing. A node credential travels to machines outside the
+//! control plane's trust, so what it may do is small and tied to the node's own objects:
+//!
+//! - read Nodes, Pods, Services, Endpoints, EndpointSlices and Namespaces (its proxy, DNS
+//!   and mirrors follow them); write only its own Node and its own Lease;
+//! - write the status of the pods bound to it, and delete them; never create a pod, change
+//!   a pod's spec (`spec.nodeName` included) or touch a pod of another node;
+//! - `get` a Secret or ConfigMap only when a pod bound to it references it (volumes,
+//!   `env`, `envFrom`, `imagePullSecrets`), plus the cluster's node-proxy credential;
+//!   never list or watch them;
+//! - record Events; create and delete only its own node credentials.
+//!
+//! [`authorize`] is a pure decision over the request's attributes, unit-tested without
+//! I/O. Where the answer depends on stored objects (is this pod bound to the node, does a
+//! pod of the node reference this Secret) it says so ([`Decision::IfRelated`]) and
+//! [`enforce`] looks the relation up in the store before any body is read. What a node
+//! may write *into* an object it creates (its Node's name, its Lease's name, the node of a
+//! credential) is checked on the body by [`admit_create`], as kube-apiserver's
+//! NodeRestriction admission does.
 //!
 //! A denied request is 403 with kube-apiserver's message, e.g. `pods "x" is forbidden:
-//! User "system:node-bootstrap:abc123" cannot delete resource "pods" in API group "" in
-//! the namespace "default"`.
+//! User "system:node:node-1" cannot delete resource "pods" in API group "" in the
+//! namespace "default"`.
 
-use super::auth::{GROUP_MASTERS, GROUP_NODES, Identity};
+use super::AppState;
+use super::auth::{
+    GROUP_BOOTSTRAPPERS, GROUP_MASTERS, GROUP_NODES, Identity, NODE_CREDENTIAL_KEY_NODE,
+    NODE_CREDENTIAL_SECRET_PREFIX, NODE_CREDENTIAL_SECRET_TYPE, NODE_TOKEN_NAMESPACE,
+};
 use super::error::ApiError;
+use super::objects::decode;
+use super::proxy::NODE_PROXY_SECRET_NAME;
 use super::request::Target;
 use crate::api::kinds::ResourceKind;
+use crate::store::{collection_prefix, object_key};
+use base64::Engine as _;
 use http::Method;
+use serde_json::Value;
 use std::fmt;
 
 /// The verb of a resource request, as Kubernetes names them.
@@ -74,20 +98,42 @@ impl fmt::Display for Verb {
     }
 }
 
+/// What must hold between a node and a stored object for a request to be allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    /// The pod (namespace, name) is bound to the node.
+    PodOnNode,
+    /// A pod bound to the node references this Secret or ConfigMap.
+    ReferencedByPodOnNode,
+    /// The Secret is a node credential of the node.
+    OwnCredential,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allow,
     Deny,
+    /// Allowed if the node named in the identity has this relation to the target.
+    IfRelated(Relation),
 }
 
-/// The kinds a node writes: itself, its lease, events, and the pods it runs (status,
-/// deletion once stopped; mirror pods later).
-const NODE_WRITABLE: &[(&str, &str)] = &[
+/// Kinds a node reads whole (its proxy, DNS, mirrors and agent follow them).
+const NODE_READABLE: &[(&str, &str)] = &[
     ("", "Node"),
-    ("coordination.k8s.io", "Lease"),
-    ("", "Event"),
     ("", "Pod"),
+    ("", "Service"),
+    ("", "Endpoints"),
+    ("discovery.k8s.io", "EndpointSlice"),
+    ("", "Namespace"),
 ];
+
+/// The node name of a node identity (`system:node:NAME` in group `system:nodes`).
+pub fn node_name(identity: &Identity) -> Option<&str> {
+    identity
+        .user
+        .strip_prefix("system:node:")
+        .filter(|n| !n.is_empty() && identity.in_group(GROUP_NODES))
+}
 
 /// Whether `identity` may `verb` the resource `kind` (`subresource`) named `name` in
 /// `namespace`. Pure; see the module docs for the policy.
@@ -99,32 +145,112 @@ pub fn authorize(
     name: Option<&str>,
     subresource: Option<&str>,
 ) -> Decision {
-    // The namespace and name do not matter to today's policy; they are part of the
-    // attributes so that a rule about them (a node's own Node object) is a local change.
-    let _ = (namespace, name);
     if identity.in_group(GROUP_MASTERS) {
         return Decision::Allow;
     }
-    if identity.in_group(GROUP_NODES) && node_may(verb, kind, subresource) {
+    if let Some(node) = node_name(identity) {
+        return node_may(node, verb, kind, namespace, name, subresource);
+    }
+    if identity.in_group(GROUP_BOOTSTRAPPERS) && bootstrap_may(verb, kind, namespace, subresource) {
         return Decision::Allow;
     }
     Decision::Deny
 }
 
-fn node_may(verb: Verb, kind: &ResourceKind, subresource: Option<&str>) -> bool {
+fn is(kind: &ResourceKind, group: &str, k: &str) -> bool {
+    kind.group == group && kind.kind == k
+}
+
+/// A join token asks for a node credential (a Secret whose shape [`admit_create`] checks)
+/// and nothing else.
+fn bootstrap_may(
+    verb: Verb,
+    kind: &ResourceKind,
+    namespace: Option<&str>,
+    subresource: Option<&str>,
+) -> bool {
+    verb == Verb::Create
+        && is(kind, "", "Secret")
+        && namespace == Some(NODE_TOKEN_NAMESPACE)
+        && subresource.is_none()
+}
+
+fn node_may(
+    node: &str,
+    verb: Verb,
+    kind: &ResourceKind,
+    namespace: Option<&str>,
+    name: Option<&str>,
+    subresource: Option<&str>,
+) -> Decision {
+    use Decision::{Allow, Deny, IfRelated};
     // Objects and their status; not the log proxy (a node reads its own pods' logs
-    // locally) nor anything a later subresource adds.
+    // locally), not bindings, evictions or scale.
     if !matches!(subresource, None | Some("status")) {
-        return false;
+        return Deny;
     }
-    let secret = kind.group.is_empty() && kind.kind == "Secret";
-    if verb.reads() {
-        return !(secret && matches!(verb, Verb::List | Verb::Watch));
+    let own = name == Some(node);
+    if is(kind, "", "Node") {
+        return match verb {
+            v if v.reads() => Allow,
+            // A create names its object in the body: admission checks it.
+            Verb::Create => Allow,
+            Verb::Update | Verb::Patch | Verb::Delete if own => Allow,
+            _ => Deny,
+        };
     }
-    verb != Verb::DeleteCollection
-        && NODE_WRITABLE
-            .iter()
-            .any(|(group, k)| kind.group == *group && kind.kind == *k)
+    if is(kind, "coordination.k8s.io", "Lease") {
+        let lease_ns = namespace == Some("kube-node-lease");
+        return match verb {
+            Verb::Create if lease_ns => Allow,
+            Verb::Get | Verb::Update | Verb::Patch | Verb::Delete if lease_ns && own => Allow,
+            _ => Deny,
+        };
+    }
+    if is(kind, "", "Pod") {
+        return match verb {
+            v if v.reads() && subresource.is_none() => Allow,
+            Verb::Update | Verb::Patch if subresource == Some("status") => {
+                IfRelated(Relation::PodOnNode)
+            }
+            Verb::Delete if subresource.is_none() => IfRelated(Relation::PodOnNode),
+            _ => Deny,
+        };
+    }
+    if is(kind, "", "Event") || is(kind, "events.k8s.io", "Event") {
+        return match verb {
+            Verb::Get | Verb::Create | Verb::Update | Verb::Patch => Allow,
+            _ => Deny,
+        };
+    }
+    let secret = is(kind, "", "Secret");
+    if secret || is(kind, "", "ConfigMap") {
+        return match verb {
+            Verb::Get
+                if secret
+                    && namespace == Some(NODE_TOKEN_NAMESPACE)
+                    && name == Some(NODE_PROXY_SECRET_NAME) =>
+            {
+                Allow
+            }
+            // Its own credentials: renewing (admission checks the new one names this
+            // node), reading when it expires, deleting the one it replaced.
+            Verb::Create if secret && namespace == Some(NODE_TOKEN_NAMESPACE) => Allow,
+            Verb::Get | Verb::Delete
+                if secret
+                    && namespace == Some(NODE_TOKEN_NAMESPACE)
+                    && name.is_some_and(|n| n.starts_with(NODE_CREDENTIAL_SECRET_PREFIX)) =>
+            {
+                IfRelated(Relation::OwnCredential)
+            }
+            Verb::Get => IfRelated(Relation::ReferencedByPodOnNode),
+            _ => Deny,
+        };
+    }
+    if verb.reads() && subresource.is_none() && NODE_READABLE.iter().any(|(g, k)| is(kind, g, k)) {
+        return Allow;
+    }
+    Deny
 }
 
 /// kube-apiserver's message for a denied request.
@@ -156,7 +282,13 @@ pub fn forbidden_message(
 
 /// Applies [`authorize`] to a resource request: `Ok` when allowed, 403 when denied. A
 /// request without an identity (which the authentication middleware rules out) is 401.
-pub fn enforce(identity: Option<&Identity>, verb: Verb, target: &Target) -> Result<(), ApiError> {
+/// Relations a decision depends on are looked up in the store (memory reads).
+pub async fn enforce(
+    state: &AppState,
+    identity: Option<&Identity>,
+    verb: Verb,
+    target: &Target,
+) -> Result<(), ApiError> {
     let Some(identity) = identity else {
         return Err(ApiError::Unauthorized(
             "Unauthorized: a bearer token is required".into(),
@@ -167,17 +299,173 @@ pub fn enforce(identity: Option<&Identity>, verb: Verb, target: &Target) -> Resu
         target.name.as_deref(),
         target.subresource.as_deref(),
     );
-    match authorize(identity, verb, target.kind, namespace, name, subresource) {
-        Decision::Allow => Ok(()),
-        Decision::Deny => Err(ApiError::Forbidden(forbidden_message(
-            identity,
-            verb,
-            target.kind,
-            namespace,
-            name,
-            subresource,
-        ))),
+    let allowed = match authorize(identity, verb, target.kind, namespace, name, subresource) {
+        Decision::Allow => true,
+        Decision::Deny => false,
+        Decision::IfRelated(relation) => match (node_name(identity), namespace, name) {
+            (Some(node), Some(ns), Some(name)) => {
+                related(state, relation, node, target.kind, ns, name).await?
+            }
+            _ => false,
+        },
+    };
+    if allowed {
+        return Ok(());
     }
+    Err(ApiError::Forbidden(forbidden_message(
+        identity,
+        verb,
+        target.kind,
+        namespace,
+        name,
+        subresource,
+    )))
+}
+
+/// Whether `node` has `relation` to the object `ns/name` of `kind`, as stored now.
+async fn related(
+    state: &AppState,
+    relation: Relation,
+    node: &str,
+    kind: &ResourceKind,
+    ns: &str,
+    name: &str,
+) -> Result<bool, ApiError> {
+    let store_err = |e| ApiError::from_store(e, Default::default());
+    match relation {
+        Relation::PodOnNode => {
+            let key = object_key("", "pods", ns, name);
+            match state.store.get(&key).await.map_err(store_err)? {
+                Some(stored) => Ok(pod_node(&decode(&stored)?) == Some(node)),
+                // Nothing to reveal or change: the handler answers 404.
+                None => Ok(true),
+            }
+        }
+        Relation::ReferencedByPodOnNode => {
+            let pods = state
+                .store
+                .list(&collection_prefix("", "pods", Some(ns)))
+                .await
+                .map_err(store_err)?;
+            for stored in &pods.items {
+                let pod = decode(stored)?;
+                if pod_node(&pod) == Some(node) && pod_references(&pod, kind.kind, name) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        Relation::OwnCredential => {
+            let key = object_key("", "secrets", ns, name);
+            Ok(match state.store.get(&key).await.map_err(store_err)? {
+                Some(stored) => credential_node(&decode(&stored)?).as_deref() == Some(node),
+                None => false,
+            })
+        }
+    }
+}
+
+fn pod_node(pod: &Value) -> Option<&str> {
+    pod.pointer("/spec/nodeName").and_then(Value::as_str)
+}
+
+/// Whether `pod` references the Secret or ConfigMap (`kind`) `name`: in a volume (also a
+/// projected one), a container's `env[].valueFrom` or `envFrom`, or `imagePullSecrets`.
+pub fn pod_references(pod: &Value, kind: &str, name: &str) -> bool {
+    let Some(spec) = pod.get("spec") else {
+        return false;
+    };
+    let is_name = |v: Option<&Value>| v.and_then(Value::as_str) == Some(name);
+    let (volume_field, name_field, env_ref, env_from) = match kind {
+        "Secret" => ("secret", "secretName", "secretKeyRef", "secretRef"),
+        "ConfigMap" => ("configMap", "name", "configMapKeyRef", "configMapRef"),
+        _ => return false,
+    };
+    let list = |v: Option<&Value>| v.and_then(Value::as_array).cloned().unwrap_or_default();
+    for volume in list(spec.get("volumes")) {
+        if is_name(volume.get(volume_field).and_then(|v| v.get(name_field))) {
+            return true;
+        }
+        let sources = list(volume.pointer("/projected/sources"));
+        if sources
+            .iter()
+            .any(|s| is_name(s.get(volume_field).and_then(|v| v.get("name"))))
+        {
+            return true;
+        }
+    }
+    if kind == "Secret"
+        && list(spec.get("imagePullSecrets"))
+            .iter()
+            .any(|s| is_name(s.get("name")))
+    {
+        return true;
+    }
+    let containers = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|l| list(spec.get(*l)));
+    for c in containers {
+        let by_env = list(c.get("env"))
+            .iter()
+            .any(|e| is_name(e.pointer(&format!("/valueFrom/{env_ref}/name"))));
+        let by_env_from = list(c.get("envFrom"))
+            .iter()
+            .any(|e| is_name(e.get(env_from).and_then(|r| r.get("name"))));
+        if by_env || by_env_from {
+            return true;
+        }
+    }
+    false
+}
+
+/// The node a node-credential Secret (API form, `data` base64) is for.
+pub fn credential_node(secret: &Value) -> Option<String> {
+    if secret.get("type").and_then(Value::as_str) != Some(NODE_CREDENTIAL_SECRET_TYPE) {
+        return None;
+    }
+    let b64 = secret
+        .pointer(&format!("/data/{NODE_CREDENTIAL_KEY_NODE}"))
+        .and_then(Value::as_str)?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// What a node or join token may put into an object it creates (kube-apiserver's
+/// NodeRestriction): a node registers only its own Node and Lease, and a credential
+/// Secret names the node it is for (a node's own name; for a join token, a node that
+/// holds no credential yet, checked by [`super::auth`]). Masters are not restricted.
+pub fn admit_create(identity: &Identity, kind: &ResourceKind, obj: &Value) -> Result<(), String> {
+    if identity.in_group(GROUP_MASTERS) {
+        return Ok(());
+    }
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let node = node_name(identity);
+    if is(kind, "", "Secret") {
+        let Some(for_node) = credential_node(obj) else {
+            return Err(format!(
+                "a node may only create Secrets of type {NODE_CREDENTIAL_SECRET_TYPE}"
+            ));
+        };
+        return match node {
+            Some(node) if node != for_node => Err(format!(
+                "node {node:?} may not create a credential for node {for_node:?}"
+            )),
+            _ => Ok(()),
+        };
+    }
+    if let Some(node) = node
+        && (is(kind, "", "Node") || is(kind, "coordination.k8s.io", "Lease"))
+        && name != node
+    {
+        return Err(format!(
+            "node {node:?} may not create a {} named {name:?}",
+            kind.kind
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -190,7 +478,7 @@ mod tests {
     }
 
     fn node() -> Identity {
-        Identity::node_bootstrap("abc123")
+        Identity::node("node-1")
     }
 
     const ALL_VERBS: [Verb; 8] = [
@@ -224,37 +512,56 @@ mod tests {
     }
 
     #[test]
-    fn nodes_read_everything_but_secret_lists() {
+    fn nodes_read_what_their_agent_proxy_and_dns_follow() {
         let n = node();
         for k in crate::api::KINDS {
+            let readable = NODE_READABLE.iter().any(|(g, kk)| is(k, g, kk));
             for verb in [Verb::Get, Verb::List, Verb::Watch] {
-                let secret_list = k.kind == "Secret" && verb != Verb::Get;
-                let want = if secret_list {
-                    Decision::Deny
-                } else {
-                    Decision::Allow
-                };
+                let got = authorize(&n, verb, k, Some("default"), Some("x"), None);
+                if readable {
+                    assert_eq!(got, Decision::Allow, "{verb} {}", k.plural);
+                } else if !matches!(k.kind, "Secret" | "ConfigMap" | "Event" | "Lease") {
+                    assert_eq!(got, Decision::Deny, "{verb} {}", k.plural);
+                }
+            }
+        }
+        let (secret, cm) = (kind("secret"), kind("cm"));
+        // One by name, and only when a pod of the node references it.
+        for k in [secret, cm] {
+            assert_eq!(
+                authorize(&n, Verb::Get, k, Some("default"), Some("s"), None),
+                Decision::IfRelated(Relation::ReferencedByPodOnNode)
+            );
+            for verb in [Verb::List, Verb::Watch, Verb::Update, Verb::Patch] {
                 assert_eq!(
-                    authorize(&n, verb, k, Some("default"), None, None),
-                    want,
+                    authorize(&n, verb, k, Some("default"), Some("s"), None),
+                    Decision::Deny,
                     "{verb} {}",
                     k.plural
                 );
             }
         }
-        let secret = kind("secret");
-        let cm = kind("cm");
         assert_eq!(
-            authorize(&n, Verb::Get, secret, Some("kube-system"), Some("s"), None),
+            authorize(
+                &n,
+                Verb::Get,
+                secret,
+                Some("kube-system"),
+                Some(NODE_PROXY_SECRET_NAME),
+                None
+            ),
             Decision::Allow
         );
         assert_eq!(
-            authorize(&n, Verb::Get, cm, Some("default"), Some("c"), None),
-            Decision::Allow
-        );
-        assert_eq!(
-            authorize(&n, Verb::List, secret, None, None, None),
-            Decision::Deny
+            authorize(
+                &n,
+                Verb::Delete,
+                secret,
+                Some("kube-system"),
+                Some("wharf-node-credential-abc123"),
+                None
+            ),
+            Decision::IfRelated(Relation::OwnCredential)
         );
         // The log proxy is for users, not for nodes.
         assert_eq!(
@@ -271,50 +578,178 @@ mod tests {
     }
 
     #[test]
-    fn nodes_write_only_nodes_leases_events_and_pods() {
+    fn nodes_write_only_their_own_node_lease_and_pods() {
         let n = node();
-        let writes = [Verb::Create, Verb::Update, Verb::Patch, Verb::Delete];
+        for verb in [Verb::Update, Verb::Patch, Verb::Delete] {
+            assert_eq!(
+                authorize(&n, verb, kind("node"), None, Some("node-1"), None),
+                Decision::Allow
+            );
+            assert_eq!(
+                authorize(&n, verb, kind("node"), None, Some("node-2"), None),
+                Decision::Deny,
+                "{verb} another node"
+            );
+        }
+        assert_eq!(
+            authorize(
+                &n,
+                Verb::Patch,
+                kind("node"),
+                None,
+                Some("node-2"),
+                Some("status")
+            ),
+            Decision::Deny
+        );
+        let lease = kind("lease");
+        assert_eq!(
+            authorize(
+                &n,
+                Verb::Update,
+                lease,
+                Some("kube-node-lease"),
+                Some("node-1"),
+                None
+            ),
+            Decision::Allow
+        );
+        for (ns, name) in [("kube-node-lease", "node-2"), ("default", "node-1")] {
+            assert_eq!(
+                authorize(&n, Verb::Update, lease, Some(ns), Some(name), None),
+                Decision::Deny
+            );
+        }
+        let pod = kind("pod");
+        for verb in [Verb::Update, Verb::Patch] {
+            assert_eq!(
+                authorize(&n, verb, pod, Some("d"), Some("p"), Some("status")),
+                Decision::IfRelated(Relation::PodOnNode)
+            );
+            assert_eq!(
+                authorize(&n, verb, pod, Some("d"), Some("p"), None),
+                Decision::Deny,
+                "{verb} of a pod's spec (nodeName among it)"
+            );
+        }
+        assert_eq!(
+            authorize(&n, Verb::Delete, pod, Some("d"), Some("p"), None),
+            Decision::IfRelated(Relation::PodOnNode)
+        );
+        assert_eq!(
+            authorize(&n, Verb::Create, pod, Some("d"), None, None),
+            Decision::Deny
+        );
         for k in crate::api::KINDS {
-            let writable = matches!(k.kind, "Node" | "Lease" | "Event" | "Pod");
-            for verb in writes {
-                let want = if writable {
-                    Decision::Allow
-                } else {
-                    Decision::Deny
-                };
-                assert_eq!(
-                    authorize(&n, verb, k, Some("default"), Some("x"), None),
-                    want,
-                    "{verb} {}",
-                    k.plural
-                );
-            }
             assert_eq!(
                 authorize(&n, Verb::DeleteCollection, k, Some("default"), None, None),
                 Decision::Deny,
                 "deletecollection {}",
                 k.plural
             );
-        }
-        for k in [kind("pod"), kind("node")] {
-            for verb in [Verb::Update, Verb::Patch] {
-                assert_eq!(
-                    authorize(&n, verb, k, Some("default"), Some("x"), Some("status")),
-                    Decision::Allow
-                );
+            let writable = matches!(
+                k.kind,
+                "Node" | "Lease" | "Event" | "Pod" | "Secret" | "ConfigMap"
+            );
+            if !writable {
+                for verb in [Verb::Create, Verb::Update, Verb::Patch, Verb::Delete] {
+                    assert_eq!(
+                        authorize(&n, verb, k, Some("default"), Some("x"), None),
+                        Decision::Deny,
+                        "{verb} {}",
+                        k.plural
+                    );
+                }
             }
         }
         assert_eq!(
             authorize(
                 &n,
-                Verb::Patch,
-                kind("deploy"),
+                Verb::Create,
+                kind("pod"),
                 Some("d"),
-                Some("x"),
-                Some("status")
+                Some("p"),
+                Some("binding")
             ),
             Decision::Deny
         );
+    }
+
+    #[test]
+    fn join_tokens_may_only_ask_for_a_credential() {
+        let b = Identity::node_bootstrap("abc123");
+        for k in crate::api::KINDS {
+            for verb in ALL_VERBS {
+                let want = if k.kind == "Secret" && verb == Verb::Create {
+                    Decision::Allow
+                } else {
+                    Decision::Deny
+                };
+                assert_eq!(
+                    authorize(&b, verb, k, Some("kube-system"), None, None),
+                    want,
+                    "{verb} {}",
+                    k.plural
+                );
+            }
+        }
+        assert_eq!(
+            authorize(
+                &b,
+                Verb::Create,
+                kind("secret"),
+                Some("default"),
+                None,
+                None
+            ),
+            Decision::Deny
+        );
+    }
+
+    #[test]
+    fn what_nodes_create_must_be_theirs() {
+        let n = node();
+        let named = |name: &str| serde_json::json!({"metadata": {"name": name}});
+        assert!(admit_create(&n, kind("node"), &named("node-1")).is_ok());
+        assert!(admit_create(&n, kind("node"), &named("node-2")).is_err());
+        assert!(admit_create(&n, kind("lease"), &named("node-2")).is_err());
+        assert!(admit_create(&n, kind("event"), &named("x")).is_ok());
+        let mine =
+            super::super::auth::NodeToken::generate_kind(super::super::auth::TokenKind::Credential);
+        assert!(admit_create(&n, kind("secret"), &mine.to_credential_secret("node-1")).is_ok());
+        let err = admit_create(&n, kind("secret"), &mine.to_credential_secret("node-2"))
+            .expect_err("another node's credential");
+        assert!(
+            err.contains("may not create a credential for node"),
+            "{err}"
+        );
+        let opaque = serde_json::json!({"metadata": {"name": "x"}, "type": "Opaque"});
+        assert!(admit_create(&n, kind("secret"), &opaque).is_err());
+        let b = Identity::node_bootstrap("abc123");
+        assert!(admit_create(&b, kind("secret"), &mine.to_credential_secret("node-9")).is_ok());
+        assert!(admit_create(&b, kind("secret"), &opaque).is_err());
+        assert!(admit_create(&Identity::admin(), kind("secret"), &opaque).is_ok());
+    }
+
+    #[test]
+    fn pods_reference_secrets_and_config_maps_where_kubernetes_looks() {
+        let pod = serde_json::json!({"spec": {
+            "volumes": [{"name": "a", "secret": {"secretName": "vol"}},
+                        {"name": "b", "configMap": {"name": "cm-vol"}},
+                        {"name": "c", "projected": {"sources": [{"secret": {"name": "proj"}}]}}],
+            "imagePullSecrets": [{"name": "pull"}],
+            "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "from"}}]}],
+            "containers": [{"name": "c", "env": [
+                {"name": "X", "valueFrom": {"secretKeyRef": {"name": "env", "key": "k"}}},
+                {"name": "Y", "valueFrom": {"configMapKeyRef": {"name": "cm-env", "key": "k"}}}]}]}});
+        for s in ["vol", "proj", "pull", "from", "env"] {
+            assert!(pod_references(&pod, "Secret", s), "{s}");
+        }
+        for c in ["cm-vol", "cm-env"] {
+            assert!(pod_references(&pod, "ConfigMap", c), "{c}");
+            assert!(!pod_references(&pod, "Secret", c), "{c}");
+        }
+        assert!(!pod_references(&pod, "Secret", "other"));
     }
 
     #[test]
@@ -343,7 +778,7 @@ mod tests {
                 Some("x"),
                 None
             ),
-            "pods \"x\" is forbidden: User \"system:node-bootstrap:abc123\" cannot delete \
+            "pods \"x\" is forbidden: User \"system:node:node-1\" cannot delete \
              resource \"pods\" in API group \"\" in the namespace \"default\""
         );
         assert_eq!(
@@ -355,12 +790,12 @@ mod tests {
                 None,
                 None
             ),
-            "deployments.apps is forbidden: User \"system:node-bootstrap:abc123\" cannot \
+            "deployments.apps is forbidden: User \"system:node:node-1\" cannot \
              create resource \"deployments\" in API group \"apps\" in the namespace \"default\""
         );
         assert_eq!(
             forbidden_message(&n, Verb::List, kind("secret"), None, None, None),
-            "secrets is forbidden: User \"system:node-bootstrap:abc123\" cannot list \
+            "secrets is forbidden: User \"system:node:node-1\" cannot list \
              resource \"secrets\" in API group \"\" at the cluster scope"
         );
         assert_eq!(
@@ -372,7 +807,7 @@ mod tests {
                 Some("p"),
                 Some("log")
             ),
-            "pods \"p\" is forbidden: User \"system:node-bootstrap:abc123\" cannot get \
+            "pods \"p\" is forbidden: User \"system:node:node-1\" cannot get \
              resource \"pods/log\" in API group \"\" in the namespace \"a\""
         );
     }

@@ -60,7 +60,13 @@ pub async fn handle(
             )));
         }
     };
-    authz::enforce(parts.extensions.get::<Identity>(), Verb::Create, target)?;
+    authz::enforce(
+        state,
+        parts.extensions.get::<Identity>(),
+        Verb::Create,
+        target,
+    )
+    .await?;
     let namespace = target.namespace.as_deref().ok_or_else(|| {
         ApiError::BadRequest(
             "pods are namespaced: use /namespaces/NAMESPACE/pods/NAME/binding".into(),

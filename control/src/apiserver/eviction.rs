@@ -52,7 +52,7 @@ pub async fn serve(
     }
     // A POST to a named object maps to no verb in the generic dispatch: evicting is
     // `create` on `pods/eviction`, as Kubernetes authorizes it.
-    authz::enforce(identity, Verb::Create, target)?;
+    authz::enforce(state, identity, Verb::Create, target).await?;
     let query = Query::parse(parts.uri.query());
     let body = resources::read_json(body, &parts.headers, state, &["application/json"]).await?;
     let mut opts = eviction_options(&body, name)?;

@@ -47,6 +47,9 @@ pub struct ApiConfig {
     pub bookmark_interval: Duration,
     /// Where Service cluster IPs and node ports come from.
     pub services: services::ServiceRanges,
+    /// How long a node credential is valid from its creation; nodes renew theirs when a
+    /// third of it is left (`wharf control --node-credential-validity`).
+    pub node_credential_validity: Duration,
 }
 
 impl Default for ApiConfig {
@@ -55,6 +58,7 @@ impl Default for ApiConfig {
             max_body_bytes: 3 * 1024 * 1024,
             bookmark_interval: Duration::from_secs(30),
             services: services::ServiceRanges::default(),
+            node_credential_validity: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }

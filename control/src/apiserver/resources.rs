@@ -97,7 +97,7 @@ async fn handle(
     // Authorization before any work: no body is read and the store is not touched for a
     // request the caller may not make.
     if let Some(verb) = Verb::of(&parts.method, target.name.is_some(), query.flag("watch")) {
-        authz::enforce(parts.extensions.get::<Identity>(), verb, &target)?;
+        authz::enforce(&state, parts.extensions.get::<Identity>(), verb, &target).await?;
     }
     let status_sub = match target.subresource.as_deref() {
         None => false,
@@ -158,7 +158,10 @@ async fn handle(
             ))
         }
         (&Method::POST, None) if !status_sub => {
-            let (body, dups) = read_json_checked(body, &parts.headers, &state, JSON).await?;
+            let (mut body, dups) = read_json_checked(body, &parts.headers, &state, JSON).await?;
+            if let Some(identity) = parts.extensions.get::<Identity>() {
+                super::auth::admit_create(&state, identity, target.kind, &mut body).await?;
+            }
             create(
                 &state,
                 &target,
@@ -802,7 +805,8 @@ pub fn prepare_update(
         }
     }
     validation::apply_defaults(kind, &mut result);
-    let errs = validation::validate(kind, &result);
+    let mut errs = validation::validate(kind, &result);
+    errs.extend(validation::validate_update(kind, current, &result));
     if !errs.is_empty() {
         return Err(errs);
     }

@@ -995,6 +995,7 @@ async fn node_tokens_authenticate_until_expired_or_revoked() {
     let api = api().await;
     api.create_namespace("kube-system").await;
     let token = api.node_token(None).await;
+    // Authenticated (a join token may only ask for a node credential: 403, not 401).
     let (code, list) = api
         .send_with(
             &token.to_string(),
@@ -1004,7 +1005,7 @@ async fn node_tokens_authenticate_until_expired_or_revoked() {
             None,
         )
         .await;
-    assert_eq!(code, StatusCode::OK, "{list}");
+    assert_eq!(code, StatusCode::FORBIDDEN, "{list}");
 
     // The same id with another secret is not the token.
     let forged = format!("wharf-node.{}.{}", token.id(), "0".repeat(32));
@@ -1057,27 +1058,114 @@ async fn node_tokens_authenticate_until_expired_or_revoked() {
     assert_eq!(code, StatusCode::UNAUTHORIZED);
 }
 
+impl Api {
+    /// A node credential for `node`, obtained with a fresh join token as `wharf node`
+    /// does: the token, and the created Secret.
+    async fn node_credential(&self, node: &str) -> (String, Value) {
+        let join = self.node_token(None).await.to_string();
+        let cred = NodeToken::generate_kind(TokenKind::Credential);
+        let (code, s) = self
+            .send_with(
+                &join,
+                "POST",
+                "/api/v1/namespaces/kube-system/secrets",
+                "application/json",
+                Some(cred.to_credential_secret(node)),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{s}");
+        (cred.to_string(), s)
+    }
+}
+
+use super::auth::TokenKind;
+
 #[tokio::test]
-async fn nodes_may_report_but_not_manage_workloads() {
+async fn a_join_token_only_obtains_a_node_credential() {
     let api = api().await;
     api.create_namespace("kube-system").await;
-    api.create_namespace("kube-node-lease").await;
-    let token = api.node_token(None).await.to_string();
-    let user = format!("system:node-bootstrap:{}", &token[11..17]);
-
-    let before = api.store.revision();
+    let join = api.node_token(None).await.to_string();
+    for (method, uri) in [
+        ("GET", "/api/v1/namespaces/default/pods"),
+        ("GET", "/api/v1/nodes"),
+        (
+            "GET",
+            "/api/v1/namespaces/kube-system/secrets/wharf-node-proxy",
+        ),
+    ] {
+        let (code, s) = api.send_with(&join, method, uri, "", None).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{uri}: {s}");
+    }
+    let opaque = json!({"metadata": {"name": "x"}, "type": "Opaque"});
     let (code, s) = api
         .send_with(
-            &token,
+            &join,
             "POST",
-            "/apis/apps/v1/namespaces/default/deployments",
+            "/api/v1/namespaces/kube-system/secrets",
             "application/json",
-            Some(deployment("web", 1)),
+            Some(opaque),
         )
         .await;
     assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
-    assert_eq!(s["reason"], "Forbidden");
-    assert_eq!(s["code"], 403);
+
+    let (token, secret) = api.node_credential("node-1").await;
+    // The server decides the expiration (a year by default).
+    let info = super::auth::NodeTokenInfo::from_secret(&secret).unwrap();
+    let left = info
+        .expiration
+        .unwrap()
+        .duration_since(jiff::Timestamp::now());
+    assert!(
+        left > jiff::SignedDuration::from_hours(24 * 360),
+        "{left:?}"
+    );
+    let (code, s) = api
+        .send_with(&token, "GET", "/api/v1/nodes", "", None)
+        .await;
+    assert_eq!(code, StatusCode::OK, "{s}");
+
+    // Another join token cannot take node-1 over.
+    let other = api.node_token(None).await.to_string();
+    let (code, s) = api
+        .send_with(
+            &other,
+            "POST",
+            "/api/v1/namespaces/kube-system/secrets",
+            "application/json",
+            Some(NodeToken::generate_kind(TokenKind::Credential).to_credential_secret("node-1")),
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("already holds a credential"),
+        "{s}"
+    );
+}
+
+#[tokio::test]
+async fn nodes_touch_only_their_own_objects() {
+    let api = api().await;
+    api.create_namespace("kube-system").await;
+    api.create_namespace("kube-node-lease").await;
+    let (token, _) = api.node_credential("node-1").await;
+    let user = "system:node:node-1";
+    let as_node = |method: &'static str, uri: String, ct: &'static str, body: Option<Value>| {
+        let (api, token) = (&api, token.clone());
+        async move { api.send_with(&token, method, &uri, ct, body).await }
+    };
+
+    let before = api.store.revision();
+    let (code, s) = as_node(
+        "POST",
+        "/apis/apps/v1/namespaces/default/deployments".into(),
+        "application/json",
+        Some(deployment("web", 1)),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
     assert_eq!(
         s["message"],
         format!(
@@ -1091,87 +1179,162 @@ async fn nodes_may_report_but_not_manage_workloads() {
         "a denied request writes nothing"
     );
 
+    // Nodes and pods, one bound here and one elsewhere, each with its own Secret.
+    for node in ["node-1", "node-2"] {
+        let (code, s) = api
+            .send(
+                "POST",
+                "/api/v1/nodes",
+                Some(json!({"metadata": {"name": node}})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{s}");
+        let secret = json!({"metadata": {"name": format!("{node}-secret")},
+                            "stringData": {"k": "v"}});
+        let (code, _) = api
+            .send("POST", "/api/v1/namespaces/default/secrets", Some(secret))
+            .await;
+        assert_eq!(code, StatusCode::CREATED);
+        let mut p = pod(&format!("on-{node}"), json!({}));
+        p["spec"]["nodeName"] = json!(node);
+        p["spec"]["containers"][0]["env"] = json!([{"name": "S", "valueFrom":
+            {"secretKeyRef": {"name": format!("{node}-secret"), "key": "k"}}}]);
+        let (code, s) = api
+            .send("POST", "/api/v1/namespaces/default/pods", Some(p))
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{s}");
+    }
+    let (code, _) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(pod("unbound", json!({}))),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+
+    // Secrets: one by name, only when a pod of this node references it; never a list.
+    let get = |uri: &str| as_node("GET", uri.to_string(), "", None);
+    let (code, s) = get("/api/v1/namespaces/default/secrets/node-1-secret").await;
+    assert_eq!(code, StatusCode::OK, "{s}");
+    let (code, s) = get("/api/v1/namespaces/default/secrets/node-2-secret").await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
     for uri in [
         "/api/v1/secrets",
         "/api/v1/namespaces/kube-system/secrets",
         "/api/v1/namespaces/kube-system/secrets?watch=true",
     ] {
-        let (code, s) = api.send_with(&token, "GET", uri, "", None).await;
+        let (code, s) = get(uri).await;
         assert_eq!(code, StatusCode::FORBIDDEN, "{uri}: {s}");
     }
-    let (code, s) = api
-        .send_with(&token, "GET", "/api/v1/secrets", "", None)
-        .await;
-    assert_eq!(code, StatusCode::FORBIDDEN);
+    let (code, s) = get("/api/v1/namespaces/kube-system/secrets/wharf-node-proxy").await;
     assert_eq!(
-        s["message"],
-        format!(
-            "secrets is forbidden: User \"{user}\" cannot list resource \"secrets\" in API \
-             group \"\" at the cluster scope"
-        )
+        code,
+        StatusCode::NOT_FOUND,
+        "readable, not made in this test: {s}"
     );
-    // A single Secret, by name, as pods reference them.
-    let (code, _) = api
-        .send_with(
-            &token,
-            "GET",
-            &format!(
-                "/api/v1/namespaces/kube-system/secrets/wharf-node-token-{}",
-                &token[11..17]
-            ),
-            "",
-            None,
-        )
-        .await;
+    let (code, _) = get("/api/v1/namespaces/default/pods").await;
     assert_eq!(code, StatusCode::OK);
 
-    let (code, _) = api
-        .send(
-            "POST",
-            "/api/v1/namespaces/default/pods",
-            Some(pod("web", json!({}))),
-        )
-        .await;
-    assert_eq!(code, StatusCode::CREATED);
-    let (code, patched) = api
-        .send_with(
-            &token,
-            "PATCH",
-            "/api/v1/namespaces/default/pods/web/status",
-            "application/merge-patch+json",
-            Some(json!({"status": {"phase": "Running", "podIP": "127.1.0.2"}})),
-        )
-        .await;
-    assert_eq!(code, StatusCode::OK, "{patched}");
-    assert_eq!(patched["status"]["phase"], "Running");
-
-    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": "n1"}, "spec": {"holderIdentity": "n1"}});
-    let (code, s) = api
-        .send_with(
-            &token,
-            "POST",
-            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
-            "application/json",
-            Some(lease),
-        )
-        .await;
-    assert_eq!(code, StatusCode::CREATED, "{s}");
-
-    let (code, s) = api
-        .send_with(&token, "DELETE", "/api/v1/namespaces/default", "", None)
-        .await;
+    // Pods: the status of its own, never another node's, never a spec.
+    let status = Some(json!({"status": {"phase": "Running", "podIP": "127.64.0.2"}}));
+    let merge = "application/merge-patch+json";
+    let pods = "/api/v1/namespaces/default/pods";
+    let (code, s) = as_node(
+        "PATCH",
+        format!("{pods}/on-node-1/status"),
+        merge,
+        status.clone(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{s}");
+    let (code, s) = as_node("PATCH", format!("{pods}/on-node-2/status"), merge, status).await;
     assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
-    let (code, s) = api
-        .send_with(
-            &token,
-            "DELETE",
-            "/api/v1/namespaces/default/pods",
-            "",
-            None,
-        )
-        .await;
+    let (code, s) = as_node(
+        "PATCH",
+        format!("{pods}/unbound"),
+        merge,
+        Some(json!({"spec": {"nodeName": "node-1"}})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
+    let (code, s) = as_node(
+        "POST",
+        format!("{pods}/unbound/binding"),
+        "application/json",
+        Some(json!({"target": {"kind": "Node", "name": "node-1"}})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
+    let (code, s) = as_node(
+        "POST",
+        pods.into(),
+        "application/json",
+        Some(pod("mine", json!({}))),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
+    let (code, s) = as_node("DELETE", format!("{pods}/on-node-2"), "", None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
+    let (code, s) = as_node("DELETE", pods.into(), "", None).await;
     assert_eq!(code, StatusCode::FORBIDDEN, "deletecollection: {s}");
+
+    // Nodes: its own, not another's; podCIDR is immutable for everyone.
+    let (code, s) = as_node(
+        "PATCH",
+        "/api/v1/nodes/node-2".into(),
+        merge,
+        Some(json!({"spec": {"unschedulable": true}})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
+    let (code, s) = as_node(
+        "POST",
+        "/api/v1/nodes".into(),
+        "application/json",
+        Some(json!({"metadata": {"name": "node-3"}})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
+    let (code, s) = as_node(
+        "PATCH",
+        "/api/v1/nodes/node-1".into(),
+        merge,
+        Some(json!({"metadata": {"annotations": {"wharf.dev/tunnel": "10.0.0.1:10251"}}})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{s}");
+    let cidr = Some(json!({"spec": {"podCIDR": "127.99.0.0/16"}}));
+    for t in [token.as_str(), TOKEN] {
+        let (code, s) = api
+            .send_with(t, "PATCH", "/api/v1/nodes/node-1", merge, cidr.clone())
+            .await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{s}");
+        assert_eq!(s["details"]["causes"][0]["field"], "spec.podCIDR");
+    }
+
+    // Leases: its own in kube-node-lease.
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+    let lease = |name: &str| {
+        Some(
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name}, "spec": {"holderIdentity": name}}),
+        )
+    };
+    let (code, s) = as_node("POST", leases.into(), "application/json", lease("node-1")).await;
+    assert_eq!(code, StatusCode::CREATED, "{s}");
+    let (code, s) = as_node("POST", leases.into(), "application/json", lease("node-2")).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
+    let (code, _) = api.send("POST", leases, lease("node-2")).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, s) = as_node("DELETE", format!("{leases}/node-2"), "", None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
+
+    // Its own pod, deleted once stopped.
+    let (code, s) = as_node("DELETE", format!("{pods}/on-node-1"), "", None).await;
+    assert_eq!(code, StatusCode::OK, "{s}");
+    let (code, s) = as_node("DELETE", "/api/v1/namespaces/default".into(), "", None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{s}");
 }
 
 /// One request a fake node's log server received, and the sending half of the log

@@ -16,6 +16,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod tokencleaner;
 
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -37,6 +38,8 @@ pub struct ControllerConfig {
     pub job_backoff: Duration,
     /// The garbage collector gathers changes for this long before it looks again.
     pub gc_debounce: Duration,
+    /// How often expired join tokens and node credentials are looked for and deleted.
+    pub token_cleanup_interval: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -47,6 +50,7 @@ impl Default for ControllerConfig {
             orphaned_pod_grace: Duration::from_secs(20),
             job_backoff: Duration::from_secs(10),
             gc_debounce: Duration::from_millis(100),
+            token_cleanup_interval: Duration::from_secs(60),
         }
     }
 }
@@ -67,5 +71,11 @@ pub fn start_all(
     nodelifecycle::start(client.clone(), config, shutdown.clone(), tasks);
     gc::start(client.clone(), config, shutdown.clone(), tasks);
     namespace::start(client.clone(), config, shutdown.clone(), tasks);
+    tokencleaner::start(
+        client.clone(),
+        config.token_cleanup_interval,
+        shutdown.clone(),
+        tasks,
+    );
     let _ = (client, config, shutdown, tasks);
 }
