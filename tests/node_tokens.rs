@@ -1,12 +1,16 @@
 //! End-to-end: node tokens and pod logs with the real binary. `wharf token create` makes a
-//! token that a kube client can use as a node would (report a Lease, not create a
-//! Deployment), `wharf token delete` revokes it; `wharf logs` streams a pod's log from a
-//! fake node log server through the API server's `pods/log` proxy.
+//! join token that obtains a node credential and nothing else, `wharf token delete`
+//! revokes it; a `wharf node` joined with a short-lived token renews its own credential and
+//! outlives the token, across a restart; `wharf logs` streams a pod's log from a fake node
+//! log server through the API server's `pods/log` proxy.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::{ControlProcess, TIMEOUT, wharf};
+use common::{
+    ControlProcess, NodeProcess, POD_TIMEOUT, TIMEOUT, build_samples, free_port, hello_pod,
+    wait_node_ready, wharf,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
@@ -86,9 +90,11 @@ async fn node_tokens_join_report_and_are_revoked() {
         "spec": {"holderIdentity": "e2e-node", "leaseDurationSeconds": 40}
     }))
     .unwrap();
-    within(leases.create(&PostParams::default(), &lease))
+    // A join token is not a node: it may only ask for a node credential.
+    let err = within(leases.create(&PostParams::default(), &lease))
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(status_code(&err), Some(403), "{err}");
 
     let deployments: Api<Deployment> = Api::namespaced(node.clone(), "default");
     let deployment: Deployment = serde_json::from_value(json!({
@@ -286,5 +292,126 @@ async fn logs_stream_from_the_node_through_the_api_server() {
     assert_eq!(
         out.stderr_text().trim(),
         "Error from server (BadRequest): pod pending does not have a host assigned"
+    );
+}
+
+/// The names of the node-credential Secrets that exist now for `node`.
+async fn credentials_of(admin: &kube::Client, node: &str) -> Vec<String> {
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "kube-system");
+    let params = ListParams::default().fields("type=wharf.dev/node-credential");
+    let list = within(secrets.list(&params)).await.unwrap();
+    list.items
+        .into_iter()
+        .filter(|s| {
+            s.data
+                .as_ref()
+                .and_then(|d| d.get("node-name"))
+                .is_some_and(|n| n.0 == node.as_bytes())
+        })
+        .filter_map(|s| s.metadata.name)
+        .collect()
+}
+
+/// Applies a hello pod bound to `node` and waits for it to run: proof that the node's
+/// credential works now (the node writes the pod's status).
+async fn node_runs_a_pod(cp: &ControlProcess, dir: &std::path::Path, name: &str, node: &str) {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, hello_pod(name, node, free_port(), "")).unwrap();
+    let out = wharf(&cp.kubeconfig(), &["apply", "-f", file.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let pods: Api<Pod> = Api::default_namespaced(cp.client().await);
+    let deadline = tokio::time::Instant::now() + POD_TIMEOUT;
+    loop {
+        let pod = within(pods.get(name)).await.unwrap();
+        let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
+        if phase == "Running" {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pod {name} on {node} is {phase:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_outlives_its_join_token_on_its_own_renewed_credential() {
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlProcess::start_with(
+        &dir.path().join("control"),
+        &["--node-credential-validity", "6s"],
+    )
+    .await;
+    let kubeconfig = dir.path().join("node.kubeconfig");
+    let out = wharf(
+        &cp.kubeconfig(),
+        &[
+            "token",
+            "create",
+            "--ttl",
+            "3s",
+            "--kubeconfig-out",
+            kubeconfig.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let node = NodeProcess::start(
+        dir.path(),
+        &kubeconfig,
+        "renewer",
+        [127, 0, 0, 1].into(),
+        &[],
+    )
+    .await;
+    let admin = cp.client().await;
+    wait_node_ready(&admin, "renewer", TIMEOUT).await;
+    let credential = dir.path().join("renewer").join("node-credential");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&credential).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    }
+
+    // Renewed every ~4 s: three distinct credentials seen means the join token (3 s) and
+    // the first credential (6 s) have both expired by now.
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while seen.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "credentials seen: {seen:?}\n{}",
+            node.log_tail(30)
+        );
+        seen.extend(credentials_of(&admin, "renewer").await);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let live = credentials_of(&admin, "renewer").await;
+    assert!(
+        live.len() <= 2,
+        "replaced credentials are deleted: {live:?}"
+    );
+    node_runs_a_pod(&cp, dir.path(), "after-renewal", "renewer").await;
+
+    // A restart uses the credential on disk: the join token is long gone.
+    drop(node);
+    let node = NodeProcess::start(
+        dir.path(),
+        &kubeconfig,
+        "renewer",
+        [127, 0, 0, 1].into(),
+        &[],
+    )
+    .await;
+    node_runs_a_pod(&cp, dir.path(), "after-restart", "renewer").await;
+    assert!(
+        !std::fs::read_to_string(&node.log)
+            .unwrap()
+            .contains("joining again"),
+        "{}",
+        node.log_tail(30)
     );
 }

@@ -26,10 +26,16 @@ pub struct ControlProcess {
 impl ControlProcess {
     /// Starts `wharf control` on 127.0.0.1:0 and waits for its "serving on" line.
     pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// [`ControlProcess::start`] with more `wharf control` flags.
+    pub async fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
             .args(["control", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
