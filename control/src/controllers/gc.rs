@@ -326,6 +326,14 @@ async fn run(client: kube::Client, debounce: Duration, shutdown: CancellationTok
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         let stream = watcher(api, watcher::Config::default())
             .default_backoff()
+            // The collector reads only metadata ([`Item::of`]): its cache keeps nothing
+            // else, so a cluster of large objects is not held twice in memory.
+            .modify(|o: &mut DynamicObject| {
+                o.data = serde_json::Value::Null;
+                o.metadata.annotations = None;
+                o.metadata.labels = None;
+                o.metadata.managed_fields = None;
+            })
             .reflect(writer)
             .map(move |event| match event {
                 Ok(watcher::Event::InitDone) => (i, true),
