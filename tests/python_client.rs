@@ -4,7 +4,8 @@
 //! subresource, a JSON patch, a watch from an expired resourceVersion (410) and a
 //! Foreground delete.
 //!
-//! `scripts/deps` installs the client; the test fails with that hint if it is missing.
+//! `scripts/deps` installs the client into the repository's venv (`.venv`), whose Python
+//! runs the script; the test fails with that hint if it is missing.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -20,10 +21,12 @@ async fn the_python_client_works_against_wharf() {
     let dir = tempfile::tempdir().unwrap();
     // A short watch history, so that the script can expire a resourceVersion quickly.
     let cluster = Cluster::up_with(dir.path(), 1, &["--watch-history", "40"]).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_e2e.py");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("tests/python/client_e2e.py");
+    let python = root.join(".venv/bin/python3");
     let out = tokio::time::timeout(
         Duration::from_secs(600),
-        Command::new("python3")
+        Command::new(&python)
             .arg(&script)
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("HELLO_IMAGE", sample("hello-http", "hello_http"))
@@ -34,12 +37,17 @@ async fn the_python_client_works_against_wharf() {
     )
     .await
     .expect("the python client script timed out")
-    .expect("running python3");
+    .unwrap_or_else(|e| {
+        panic!(
+            "running {}: {e}: run scripts/deps (the Python client's venv)",
+            python.display()
+        )
+    });
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named 'kubernetes'"),
-        "the Python client is not installed: run scripts/deps (pip install kubernetes)"
+        "the Python client is not installed: run scripts/deps (it makes .venv)"
     );
     assert!(
         out.status.success() && stdout.contains("all steps passed"),
