@@ -343,7 +343,7 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
         })
         .unwrap_or_default();
     let mut seen = HashSet::new();
-    for section in ["initContainers", "containers"] {
+    for section in ["initContainers", "containers", "ephemeralContainers"] {
         let Some(list) = spec.get(section).and_then(Value::as_array) else {
             continue;
         };
@@ -408,6 +408,17 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
                             "",
                         ));
                     }
+                    for key in ["subPath", "subPathExpr"] {
+                        if let Some(sub) = m.get(key).and_then(Value::as_str)
+                            && !sub.is_empty()
+                        {
+                            check_local_descending_path(
+                                sub,
+                                &format!("{at}.volumeMounts[{j}].{key}"),
+                                errs,
+                            );
+                        }
+                    }
                 }
             }
             if let Some(env) = c.get("env").and_then(Value::as_array) {
@@ -449,6 +460,62 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
                     Some(format!("{name:?}")),
                     "",
                 ));
+            }
+            validate_volume_item_paths(v, &format!("{path}.volumes[{i}]"), errs);
+        }
+    }
+}
+
+/// A path that must stay inside the directory it is joined to, as Kubernetes checks
+/// `subPath`: relative, and no `..` element (joining an absolute path replaces the base,
+/// and `..` climbs out of it).
+fn check_local_descending_path(p: &str, field: &str, errs: &mut Vec<FieldError>) {
+    if p.starts_with('/') {
+        errs.push(FieldError::invalid(field, p, "must be a relative path"));
+    }
+    if p.split('/').any(|part| part == "..") {
+        errs.push(FieldError::invalid(field, p, "must not contain '..'"));
+    }
+}
+
+/// The `items[].path` of configMap, secret, downwardAPI and projected volumes: a file
+/// name inside the volume, as Kubernetes checks it (required, relative, no `..` element,
+/// not starting with `..`).
+fn validate_volume_item_paths(volume: &Value, at: &str, errs: &mut Vec<FieldError>) {
+    let mut check_items = |items: Option<&Value>, items_at: String| {
+        let Some(items) = items.and_then(Value::as_array) else {
+            return;
+        };
+        for (k, item) in items.iter().enumerate() {
+            let field = format!("{items_at}[{k}].path");
+            match item.get("path").and_then(Value::as_str) {
+                None | Some("") => errs.push(FieldError::required(field, "")),
+                Some(p) => {
+                    check_local_descending_path(p, &field, errs);
+                    if p.starts_with("..") {
+                        errs.push(FieldError::invalid(&field, p, "must not start with '..'"));
+                    }
+                }
+            }
+        }
+    };
+    for source in ["configMap", "secret", "downwardAPI"] {
+        if let Some(src) = volume.get(source) {
+            check_items(src.get("items"), format!("{at}.{source}.items"));
+        }
+    }
+    if let Some(sources) = volume
+        .pointer("/projected/sources")
+        .and_then(Value::as_array)
+    {
+        for (s, src) in sources.iter().enumerate() {
+            for source in ["configMap", "secret", "downwardAPI"] {
+                if let Some(inner) = src.get(source) {
+                    check_items(
+                        inner.get("items"),
+                        format!("{at}.projected.sources[{s}].{source}.items"),
+                    );
+                }
             }
         }
     }
@@ -896,7 +963,7 @@ fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "/schedulerName", json!("default-scheduler"));
     set_default(spec, "/securityContext", json!({}));
     set_default(spec, "/enableServiceLinks", json!(true));
-    for section in ["initContainers", "containers"] {
+    for section in ["initContainers", "containers", "ephemeralContainers"] {
         if let Some(list) = spec.get_mut(section).and_then(Value::as_array_mut) {
             for c in list {
                 set_default(c, "/imagePullPolicy", json!("IfNotPresent"));
