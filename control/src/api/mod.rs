@@ -13,6 +13,7 @@ pub mod fields;
 pub mod kinds;
 pub mod printers;
 pub mod qos;
+pub mod quantity;
 pub mod selector;
 pub mod strategic;
 pub mod typed;

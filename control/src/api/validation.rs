@@ -421,6 +421,7 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
                     }
                 }
             }
+            validate_resources(c.get("resources"), &format!("{at}.resources"), errs);
             if let Some(env) = c.get("env").and_then(Value::as_array) {
                 for (j, e) in env.iter().enumerate() {
                     if e.get("name")
@@ -464,6 +465,62 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
             validate_volume_item_paths(v, &format!("{path}.volumes[{i}]"), errs);
         }
     }
+}
+
+/// `resources.limits` and `requests` as Kubernetes checks them: every quantity readable
+/// and not negative, and no request above its limit. (kube-apiserver refuses an
+/// unreadable quantity while decoding, with a 400 and no field; here it is one more 422
+/// cause, with its field, like the others.)
+fn validate_resources(resources: Option<&Value>, at: &str, errs: &mut Vec<FieldError>) {
+    use crate::api::quantity::Quantity;
+    let Some(resources) = resources else {
+        return;
+    };
+    let section = |name: &str| {
+        resources
+            .get(name)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default()))
+    };
+    let mut check = |name: &str, resource: &str, raw: &str| {
+        let field = format!("{at}.{name}[{resource}]");
+        match Quantity::parse(raw) {
+            Err(e) => {
+                errs.push(FieldError::invalid(field, raw, e.to_string()));
+                None
+            }
+            Ok(q) if q.is_negative() => {
+                errs.push(FieldError::invalid(
+                    field,
+                    raw,
+                    "must be greater than or equal to 0",
+                ));
+                None
+            }
+            Ok(q) => Some(q),
+        }
+    };
+    let mut above = Vec::new();
+    let limits: Vec<(&str, &str, Option<Quantity>)> = section("limits")
+        .map(|(k, raw)| (k, raw, check("limits", k, raw)))
+        .collect();
+    for (resource, raw) in section("requests") {
+        let Some(request) = check("requests", resource, raw) else {
+            continue;
+        };
+        if let Some((_, raw_limit, Some(limit))) = limits.iter().find(|(k, _, _)| *k == resource)
+            && request > *limit
+        {
+            above.push(FieldError::invalid(
+                format!("{at}.requests"),
+                raw,
+                format!("must be less than or equal to {resource} limit of {raw_limit}"),
+            ));
+        }
+    }
+    errs.append(&mut above);
 }
 
 /// A path that must stay inside the directory it is joined to, as Kubernetes checks
@@ -980,6 +1037,35 @@ fn default_pod_spec(spec: &mut Value) {
     }
 }
 
+/// A pod's container with a limit and no request of a resource requests its limit, as
+/// Kubernetes defaults pods (not templates): the scheduler then counts what may be used.
+fn default_requests_to_limits(spec: &mut Value) {
+    for section in ["initContainers", "containers"] {
+        let Some(list) = spec.get_mut(section).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for c in list {
+            let Some(resources) = c.get_mut("resources").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let Some(limits) = resources.get("limits").and_then(Value::as_object).cloned() else {
+                continue;
+            };
+            let requests = resources.entry("requests").or_insert_with(|| json!({}));
+            if let Some(requests) = requests.as_object_mut() {
+                // An unreadable limit is refused by validation, once.
+                let readable = |q: &Value| {
+                    q.as_str()
+                        .is_some_and(|q| crate::api::quantity::Quantity::parse(q).is_ok())
+                };
+                for (name, q) in limits.into_iter().filter(|(_, q)| readable(q)) {
+                    requests.entry(name).or_insert(q);
+                }
+            }
+        }
+    }
+}
+
 /// Fills the defaults Kubernetes fills, so that a stored object reads back as it would
 /// from a Kubernetes API server.
 pub fn apply_defaults(kind: &ResourceKind, obj: &mut Value) {
@@ -987,6 +1073,7 @@ pub fn apply_defaults(kind: &ResourceKind, obj: &mut Value) {
         ("", "Pod") => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
+                default_requests_to_limits(spec);
             }
         }
         ("apps", "Deployment") => {

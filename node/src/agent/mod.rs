@@ -14,7 +14,6 @@ pub mod addresses;
 pub mod env;
 pub mod node_object;
 pub mod probes;
-pub mod quantity;
 pub mod restart;
 pub mod status;
 pub mod volumes;

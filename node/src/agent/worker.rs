@@ -23,7 +23,6 @@
 use super::NodeContext;
 use super::env::{self, Downward, Sources};
 use super::probes::{self, ContainerProbes, EventBudget, ProbeKind, ProbeSpecs, Verdict};
-use super::quantity;
 use super::restart::should_restart;
 use super::status::{ContainerRecord, PodFacts, State, Terminated, pod_status};
 use super::volumes;
@@ -39,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use wharf_control::api::quantity::Quantity;
 use wharf_control::events::{self, EventType};
 use wharf_runtime::{Container, ContainerSpec, ExitStatus, NetworkAccess, Resources};
 
@@ -551,15 +551,23 @@ fn network_access(pod: &Pod) -> NetworkAccess {
     }
 }
 
+/// The limits the runtime enforces, read with the API's quantity parser (the API refuses
+/// what it cannot read). A limit too large for the runtime's type is the largest one, and a
+/// negative one zero: never "no limit".
 fn resources(c: &ContainerSpecK8s) -> Resources {
     let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
+    let limit = |name: &str| {
+        limits
+            .and_then(|l| l.get(name))
+            .map(|q| Quantity::parse(&q.0))
+    };
     Resources {
-        memory_bytes: limits
-            .and_then(|l| l.get("memory"))
-            .and_then(|q| quantity::bytes(&q.0)),
-        cpu_millicores: limits
-            .and_then(|l| l.get("cpu"))
-            .and_then(|q| quantity::millicores(&q.0)),
+        memory_bytes: limit("memory")
+            .and_then(Result::ok)
+            .map(|q| u64::try_from(q.value().max(0)).unwrap_or(u64::MAX)),
+        cpu_millicores: limit("cpu")
+            .and_then(Result::ok)
+            .map(|q| u32::try_from(q.milli_value().max(0)).unwrap_or(u32::MAX)),
     }
 }
 
@@ -925,5 +933,29 @@ async fn cleanup(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Pod) {
         for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
             let _ = ctx.runtime.remove_logs(&container_id(&uid, &c.name)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn limited(cpu: &str, memory: &str) -> Resources {
+        let c: ContainerSpecK8s = serde_json::from_value(serde_json::json!({
+            "name": "app", "resources": {"limits": {"cpu": cpu, "memory": memory}}}))
+        .expect("container");
+        resources(&c)
+    }
+
+    #[test]
+    fn limits_are_read_as_the_api_reads_them() {
+        let r = limited("2.007", "1.5Gi");
+        assert_eq!(r.cpu_millicores, Some(2007));
+        assert_eq!(r.memory_bytes, Some(1_610_612_736));
+        assert_eq!(limited("2.0071", "1e3").cpu_millicores, Some(2008));
+        // Too large for the runtime is the largest limit, never none.
+        let r = limited("1e1000", "1e1000");
+        assert_eq!(r.cpu_millicores, Some(u32::MAX));
+        assert_eq!(r.memory_bytes, Some(i64::MAX as u64));
     }
 }

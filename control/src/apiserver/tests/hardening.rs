@@ -135,3 +135,89 @@ async fn secret_and_config_map_names_are_dns_subdomains() {
         }
     }
 }
+
+fn pod_with_resources(resources: Value) -> Value {
+    let mut p = pod("limited", json!({}));
+    p["spec"]["containers"][0]["resources"] = resources;
+    p
+}
+
+#[tokio::test]
+async fn quantities_are_validated_as_kubernetes_does() {
+    let api = api().await;
+    let pods = "/api/v1/namespaces/default/pods";
+    let re = "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
+    assert_eq!(
+        invalid_causes(
+            &api,
+            pods,
+            pod_with_resources(json!({"limits": {"memory": "1Zi"}}))
+        )
+        .await,
+        [format!(
+            "spec.containers[0].resources.limits[memory]: Invalid value: \"1Zi\": {re}"
+        )]
+    );
+    assert_eq!(
+        invalid_causes(
+            &api,
+            pods,
+            pod_with_resources(json!({"limits": {"memory": "-1"}, "requests": {"cpu": "-1"}}))
+        )
+        .await,
+        [
+            "spec.containers[0].resources.limits[memory]: Invalid value: \"-1\": must be greater than or equal to 0",
+            "spec.containers[0].resources.requests[cpu]: Invalid value: \"-1\": must be greater than or equal to 0",
+            // The limit defaulted as the request, as Kubernetes defaults it.
+            "spec.containers[0].resources.requests[memory]: Invalid value: \"-1\": must be greater than or equal to 0",
+        ]
+    );
+    assert_eq!(
+        invalid_causes(
+            &api,
+            pods,
+            pod_with_resources(json!({"limits": {"memory": "1"}, "requests": {"memory": "2"}}))
+        )
+        .await,
+        [
+            "spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to memory limit of 1"
+        ]
+    );
+    assert_eq!(
+        invalid_causes(
+            &api,
+            pods,
+            pod_with_resources(json!({"limits": {"cpu": "1mi"}}))
+        )
+        .await,
+        [
+            "spec.containers[0].resources.limits[cpu]: Invalid value: \"1mi\": unable to parse quantity's suffix"
+        ]
+    );
+    // In templates too.
+    let mut deploy = deployment("d", 1);
+    deploy["spec"]["template"]["spec"]["containers"][0]["resources"] =
+        json!({"limits": {"cpu": "1.2.3"}});
+    assert_eq!(
+        invalid_causes(&api, "/apis/apps/v1/namespaces/default/deployments", deploy).await,
+        [format!(
+            "spec.template.spec.containers[0].resources.limits[cpu]: Invalid value: \"1.2.3\": {re}"
+        )]
+    );
+
+    // Equal amounts in other units are fine; a limit alone is also the request.
+    let (code, s) = api
+        .send(
+            "POST",
+            pods,
+            Some(pod_with_resources(
+                json!({"limits": {"cpu": "1", "memory": "1e1000"}, "requests": {"cpu": "1000m"}}),
+            )),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{s}");
+    assert_eq!(
+        s["spec"]["containers"][0]["resources"]["requests"],
+        json!({"cpu": "1000m", "memory": "1e1000"})
+    );
+}
