@@ -51,6 +51,11 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("too old resource version: {requested} ({oldest})")]
     Expired { requested: u64, oldest: u64 },
+    /// A list's continue token names a revision the store no longer holds.
+    #[error(
+        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."
+    )]
+    ContinueExpired,
     #[error("{0}")]
     ServiceUnavailable(String),
     #[error("internal error: {0}")]
@@ -127,7 +132,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Expired { .. } => StatusCode::GONE,
+            ApiError::Expired { .. } | ApiError::ContinueExpired => StatusCode::GONE,
             ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -146,7 +151,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::NotAcceptable(_) => "NotAcceptable",
             ApiError::TooLarge { .. } => "RequestEntityTooLarge",
-            ApiError::Expired { .. } => "Expired",
+            ApiError::Expired { .. } | ApiError::ContinueExpired => "Expired",
             ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",
         }

@@ -19,6 +19,7 @@ pub mod fieldcheck;
 pub mod ipam;
 pub mod objects;
 pub mod openapi;
+pub mod paging;
 pub mod proxy;
 pub mod request;
 pub mod resources;
