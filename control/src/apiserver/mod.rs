@@ -13,6 +13,7 @@ pub mod auth;
 pub mod authz;
 pub mod binding;
 pub mod discovery;
+pub mod endpoint_addresses;
 pub mod error;
 pub mod eviction;
 pub mod fieldcheck;

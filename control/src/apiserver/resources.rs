@@ -709,6 +709,7 @@ async fn create(
     };
     // Service addresses: a cluster IP and node ports no other Service holds (held until stored).
     let _svc_alloc = super::services::admit_create(state, target, &mut obj).await?;
+    super::endpoint_addresses::admit(state, target, &obj).await?;
     if dry {
         return Ok(fields.respond(json_response(StatusCode::CREATED, &obj)));
     }
@@ -891,6 +892,7 @@ pub(super) async fn update_with(
         // Services keep their allocated addresses; new node ports are allocated (held until stored).
         let _svc_alloc =
             super::services::admit_update(state, target, &current, &mut new, status_only).await?;
+        super::endpoint_addresses::admit(state, target, &new).await?;
         let result = prepare_update(kind, &current, new, status_only)
             .map_err(|errs| invalid(kind, &current, target, errs))?;
         if semantically_equal(&result, &current) || dry_run {

@@ -361,3 +361,65 @@ async fn a_continue_token_past_compaction_is_410() {
         "{s}"
     );
 }
+
+#[tokio::test]
+async fn endpoint_addresses_stay_inside_the_clusters_pod_ranges() {
+    let api = api().await;
+    let slices = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+    let slice = |name: &str, ip: &str| {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "web"}},
+               "addressType": "IPv4", "ports": [{"port": 8080}],
+               "endpoints": [{"addresses": [ip]}]})
+    };
+    assert_eq!(
+        invalid_causes(&api, slices, slice("host", "127.0.0.1")).await,
+        [
+            "endpoints[0].addresses[0]: Invalid value: \"127.0.0.1\": may not be in the loopback range (127.0.0.0/8, ::1/128) outside the cluster's pod ranges (127.64.0.0/10)"
+        ]
+    );
+    assert_eq!(
+        invalid_causes(&api, slices, slice("meta", "169.254.169.254")).await,
+        [
+            "endpoints[0].addresses[0]: Invalid value: \"169.254.169.254\": may not be in the link-local range (169.254.0.0/16, fe80::/10)"
+        ]
+    );
+    let (code, s) = api
+        .send("POST", slices, Some(slice("pod", "127.64.0.7")))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{s}");
+    // Updates too: a patch cannot point a slice at the host.
+    let (code, s) = api
+        .send_as(
+            "PATCH",
+            &format!("{slices}/pod"),
+            "application/json-patch+json",
+            Some(json!([{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "127.0.0.1"}])),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{s}");
+
+    // A Node's own pod range counts.
+    let (code, s) = api
+        .send(
+            "POST",
+            "/api/v1/nodes",
+            Some(
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "far"},
+                        "spec": {"podCIDR": "127.200.0.0/16"}}),
+            ),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{s}");
+    let (code, s) = api
+        .send("POST", slices, Some(slice("far", "127.200.0.9")))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{s}");
+
+    // Endpoints (core/v1) the same.
+    let eps = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web"},
+                     "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": 80}]}]});
+    let causes = invalid_causes(&api, "/api/v1/namespaces/default/endpoints", eps).await;
+    assert_eq!(causes.len(), 1, "{causes:?}");
+    assert!(causes[0].starts_with("subsets[0].addresses[0].ip: Invalid value: \"127.0.0.1\": may not be in the loopback range"), "{causes:?}");
+}
