@@ -17,6 +17,7 @@ pub mod endpoint_addresses;
 pub mod error;
 pub mod eviction;
 pub mod fieldcheck;
+pub mod host_path;
 pub mod ipam;
 pub mod objects;
 pub mod openapi;

@@ -710,6 +710,9 @@ async fn create(
     // Service addresses: a cluster IP and node ports no other Service holds (held until stored).
     let _svc_alloc = super::services::admit_create(state, target, &mut obj).await?;
     super::endpoint_addresses::admit(state, target, &obj).await?;
+    for w in super::host_path::warnings(state, kind, &obj).await {
+        fields.warn(w);
+    }
     if dry {
         return Ok(fields.respond(json_response(StatusCode::CREATED, &obj)));
     }
@@ -893,6 +896,11 @@ pub(super) async fn update_with(
         let _svc_alloc =
             super::services::admit_update(state, target, &current, &mut new, status_only).await?;
         super::endpoint_addresses::admit(state, target, &new).await?;
+        if !status_only {
+            for w in super::host_path::warnings(state, kind, &new).await {
+                fields.warn(w);
+            }
+        }
         let result = prepare_update(kind, &current, new, status_only)
             .map_err(|errs| invalid(kind, &current, target, errs))?;
         if semantically_equal(&result, &current) || dry_run {

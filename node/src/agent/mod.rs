@@ -227,6 +227,7 @@ pub async fn start(
         config.max_pods,
     );
     facts.tunnel = tunnel_addr;
+    facts.allow_host_path = config.allow_host_path;
     let node = register(&client, &facts).await?;
     let pod_cidr = node
         .spec

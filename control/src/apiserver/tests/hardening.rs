@@ -423,3 +423,45 @@ async fn endpoint_addresses_stay_inside_the_clusters_pod_ranges() {
     assert_eq!(causes.len(), 1, "{causes:?}");
     assert!(causes[0].starts_with("subsets[0].addresses[0].ip: Invalid value: \"127.0.0.1\": may not be in the loopback range"), "{causes:?}");
 }
+
+#[tokio::test]
+async fn host_path_pods_are_admitted_with_a_warning_when_no_node_allows_them() {
+    let api = api().await;
+    let mut p = pod("hp", json!({}));
+    p["spec"]["volumes"] = json!([{"name": "h", "hostPath": {"path": "/data"}}]);
+    let create = |body: Value| {
+        Request::post("/api/v1/namespaces/default/pods")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let resp = api.router.clone().oneshot(create(p.clone())).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let warnings: Vec<String> = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("spec.volumes[0].hostPath: no node allows hostPath volumes"),
+        "{warnings:?}"
+    );
+
+    // Once a node allows them, no warning.
+    let (code, s) = api
+        .send(
+            "POST",
+            "/api/v1/nodes",
+            Some(json!({"apiVersion": "v1", "kind": "Node",
+                        "metadata": {"name": "n1", "annotations": {"wharf.dev/allow-host-path": "true"}}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{s}");
+    p["metadata"]["name"] = json!("hp2");
+    let resp = api.router.clone().oneshot(create(p)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert!(resp.headers().get("warning").is_none());
+}
