@@ -1037,35 +1037,6 @@ fn default_pod_spec(spec: &mut Value) {
     }
 }
 
-/// A pod's container with a limit and no request of a resource requests its limit, as
-/// Kubernetes defaults pods (not templates): the scheduler then counts what may be used.
-fn default_requests_to_limits(spec: &mut Value) {
-    for section in ["initContainers", "containers"] {
-        let Some(list) = spec.get_mut(section).and_then(Value::as_array_mut) else {
-            continue;
-        };
-        for c in list {
-            let Some(resources) = c.get_mut("resources").and_then(Value::as_object_mut) else {
-                continue;
-            };
-            let Some(limits) = resources.get("limits").and_then(Value::as_object).cloned() else {
-                continue;
-            };
-            let requests = resources.entry("requests").or_insert_with(|| json!({}));
-            if let Some(requests) = requests.as_object_mut() {
-                // An unreadable limit is refused by validation, once.
-                let readable = |q: &Value| {
-                    q.as_str()
-                        .is_some_and(|q| crate::api::quantity::Quantity::parse(q).is_ok())
-                };
-                for (name, q) in limits.into_iter().filter(|(_, q)| readable(q)) {
-                    requests.entry(name).or_insert(q);
-                }
-            }
-        }
-    }
-}
-
 /// Fills the defaults Kubernetes fills, so that a stored object reads back as it would
 /// from a Kubernetes API server.
 pub fn apply_defaults(kind: &ResourceKind, obj: &mut Value) {
@@ -1073,7 +1044,6 @@ pub fn apply_defaults(kind: &ResourceKind, obj: &mut Value) {
         ("", "Pod") => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
-                default_requests_to_limits(spec);
             }
         }
         ("apps", "Deployment") => {
