@@ -216,6 +216,17 @@ async fn kubectl_drives_a_wharf_cluster() {
         .await;
     assert_eq!(env, "two");
 
+    // Chunked lists (kubectl pages with limit and continue): one item per page lists the
+    // same as one page.
+    let whole = k.ok(&["get", "namespaces", "-o", "name"]).await;
+    let chunked = k
+        .ok(&["get", "namespaces", "-o", "name", "--chunk-size=1"])
+        .await;
+    assert!(whole.lines().count() >= 2, "{whole}");
+    assert_eq!(chunked, whole);
+    let table = k.ok(&["get", "namespaces", "--chunk-size=1"]).await;
+    assert_eq!(table.lines().count(), whole.lines().count() + 1, "{table}");
+
     // An unknown field is refused by the server's strict field validation, naming it.
     let typo = dir.path().join("typo.yaml");
     std::fs::write(

@@ -745,3 +745,43 @@ spec:
     );
     cluster.terminate().await;
 }
+
+#[tokio::test]
+async fn a_changed_image_restarts_the_container_with_it() {
+    let (_dir, cluster) = start().await;
+    let image = sample("hello-http", "hello_http");
+    cluster
+        .apply("img.yaml", &hello_pod("img", "node-1", free_port(), ""))
+        .await;
+    let pod = cluster
+        .wait_pod("img", "Running", POD_TIMEOUT, running)
+        .await;
+    assert_eq!(container(&pod).unwrap().image, image);
+    assert_eq!(restart_count(&pod), 0);
+
+    // Kubernetes allows changing a running pod's image; the node restarts the container
+    // with the new one (the same module under another reference).
+    let new_image = format!("file://{image}");
+    let patch =
+        serde_json::json!({"spec": {"containers": [{"name": "hello", "image": new_image}]}});
+    cluster
+        .pods()
+        .patch(
+            "img",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(&patch),
+        )
+        .await
+        .unwrap();
+    let pod = cluster
+        .wait_pod("img", "running the new image", POD_TIMEOUT, |p| {
+            running(p) && container(p).is_some_and(|c| c.image == new_image)
+        })
+        .await;
+    assert_eq!(restart_count(&pod), 1);
+    let last = container(&pod)
+        .and_then(|c| c.last_state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    assert!(last.is_some(), "{:?}", container(&pod));
+    cluster.terminate().await;
+}

@@ -497,8 +497,10 @@ async fn port_forward_reaches_ready_endpoints() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
 
-    // Two pods on addresses of their own, on different ports behind one named port.
-    let base = 200 + std::process::id() % 40;
+    // Two pods on addresses of their own, on different ports behind one named port. They
+    // are inside the cluster's pod ranges (node IPAM's 127.64.0.0/10): endpoint addresses
+    // outside them are refused.
+    let base = 100 + std::process::id() % 28;
     let (ip_a, ip_b) = (format!("127.{base}.7.2"), format!("127.{base}.7.3"));
     let mut servers = JoinSet::new();
     let port_a = fake_pod_server(&mut servers, &ip_a, "pod-a").await;

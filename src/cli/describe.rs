@@ -1293,9 +1293,9 @@ fn pod_totals(pod: &Pod, resource: &str) -> (i64, i64) {
 /// A quantity in millicores (`cpu`) or bytes (anything else), 0 when unreadable.
 fn quantity(q: &str, resource: &str) -> i64 {
     let parsed = if resource == "cpu" {
-        wharf_control::scheduler::quantity::milli_value(q)
+        wharf_control::api::quantity::milli_value(q)
     } else {
-        wharf_control::scheduler::quantity::value(q)
+        wharf_control::api::quantity::value(q)
     };
     parsed.unwrap_or(0)
 }

@@ -15,7 +15,7 @@ mod delete;
 mod describe;
 mod get;
 mod logs;
-mod manifest;
+pub mod manifest;
 mod merge;
 mod node;
 mod node_cmds;

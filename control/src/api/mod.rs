@@ -14,6 +14,7 @@ pub mod jsonpatch;
 pub mod kinds;
 pub mod printers;
 pub mod qos;
+pub mod quantity;
 pub mod selector;
 pub mod strategic;
 pub mod typed;

@@ -7,7 +7,7 @@
 //!   (an unset request defaults to the limit);
 //! - `Burstable`: anything in between.
 
-use crate::scheduler::quantity::milli_value;
+use crate::api::quantity::milli_value;
 use serde_json::Value;
 
 const RESOURCES: [&str; 2] = ["cpu", "memory"];

@@ -412,7 +412,7 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
         })
         .unwrap_or_default();
     let mut seen = HashSet::new();
-    for section in ["initContainers", "containers"] {
+    for section in ["initContainers", "containers", "ephemeralContainers"] {
         let Some(list) = spec.get(section).and_then(Value::as_array) else {
             continue;
         };
@@ -477,8 +477,20 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
                             "",
                         ));
                     }
+                    for key in ["subPath", "subPathExpr"] {
+                        if let Some(sub) = m.get(key).and_then(Value::as_str)
+                            && !sub.is_empty()
+                        {
+                            check_local_descending_path(
+                                sub,
+                                &format!("{at}.volumeMounts[{j}].{key}"),
+                                errs,
+                            );
+                        }
+                    }
                 }
             }
+            validate_resources(c.get("resources"), &format!("{at}.resources"), errs);
             if let Some(env) = c.get("env").and_then(Value::as_array) {
                 for (j, e) in env.iter().enumerate() {
                     if e.get("name")
@@ -518,6 +530,118 @@ fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
                     Some(format!("{name:?}")),
                     "",
                 ));
+            }
+            validate_volume_item_paths(v, &format!("{path}.volumes[{i}]"), errs);
+        }
+    }
+}
+
+/// `resources.limits` and `requests` as Kubernetes checks them: every quantity readable
+/// and not negative, and no request above its limit. (kube-apiserver refuses an
+/// unreadable quantity while decoding, with a 400 and no field; here it is one more 422
+/// cause, with its field, like the others.)
+fn validate_resources(resources: Option<&Value>, at: &str, errs: &mut Vec<FieldError>) {
+    use crate::api::quantity::Quantity;
+    let Some(resources) = resources else {
+        return;
+    };
+    let section = |name: &str| {
+        resources
+            .get(name)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default()))
+    };
+    let mut check = |name: &str, resource: &str, raw: &str| {
+        let field = format!("{at}.{name}[{resource}]");
+        match Quantity::parse(raw) {
+            Err(e) => {
+                errs.push(FieldError::invalid(field, raw, e.to_string()));
+                None
+            }
+            Ok(q) if q.is_negative() => {
+                errs.push(FieldError::invalid(
+                    field,
+                    raw,
+                    "must be greater than or equal to 0",
+                ));
+                None
+            }
+            Ok(q) => Some(q),
+        }
+    };
+    let mut above = Vec::new();
+    let limits: Vec<(&str, &str, Option<Quantity>)> = section("limits")
+        .map(|(k, raw)| (k, raw, check("limits", k, raw)))
+        .collect();
+    for (resource, raw) in section("requests") {
+        let Some(request) = check("requests", resource, raw) else {
+            continue;
+        };
+        if let Some((_, raw_limit, Some(limit))) = limits.iter().find(|(k, _, _)| *k == resource)
+            && request > *limit
+        {
+            above.push(FieldError::invalid(
+                format!("{at}.requests"),
+                raw,
+                format!("must be less than or equal to {resource} limit of {raw_limit}"),
+            ));
+        }
+    }
+    errs.append(&mut above);
+}
+
+/// A path that must stay inside the directory it is joined to, as Kubernetes checks
+/// `subPath`: relative, and no `..` element (joining an absolute path replaces the base,
+/// and `..` climbs out of it).
+fn check_local_descending_path(p: &str, field: &str, errs: &mut Vec<FieldError>) {
+    if p.starts_with('/') {
+        errs.push(FieldError::invalid(field, p, "must be a relative path"));
+    }
+    if p.split('/').any(|part| part == "..") {
+        errs.push(FieldError::invalid(field, p, "must not contain '..'"));
+    }
+}
+
+/// The `items[].path` of configMap, secret, downwardAPI and projected volumes: a file
+/// name inside the volume, as Kubernetes checks it (required, relative, no `..` element,
+/// not starting with `..`).
+fn validate_volume_item_paths(volume: &Value, at: &str, errs: &mut Vec<FieldError>) {
+    let mut check_items = |items: Option<&Value>, items_at: String| {
+        let Some(items) = items.and_then(Value::as_array) else {
+            return;
+        };
+        for (k, item) in items.iter().enumerate() {
+            let field = format!("{items_at}[{k}].path");
+            match item.get("path").and_then(Value::as_str) {
+                None | Some("") => errs.push(FieldError::required(field, "")),
+                Some(p) => {
+                    check_local_descending_path(p, &field, errs);
+                    if p.starts_with("..") {
+                        errs.push(FieldError::invalid(&field, p, "must not start with '..'"));
+                    }
+                }
+            }
+        }
+    };
+    for source in ["configMap", "secret", "downwardAPI"] {
+        if let Some(src) = volume.get(source) {
+            check_items(src.get("items"), format!("{at}.{source}.items"));
+        }
+    }
+    if let Some(sources) = volume
+        .pointer("/projected/sources")
+        .and_then(Value::as_array)
+    {
+        for (s, src) in sources.iter().enumerate() {
+            for source in ["configMap", "secret", "downwardAPI"] {
+                if let Some(inner) = src.get(source) {
+                    check_items(
+                        inner.get("items"),
+                        format!("{at}.projected.sources[{s}].{source}.items"),
+                    );
+                }
             }
         }
     }
@@ -965,7 +1089,7 @@ fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "/schedulerName", json!("default-scheduler"));
     set_default(spec, "/securityContext", json!({}));
     set_default(spec, "/enableServiceLinks", json!(true));
-    for section in ["initContainers", "containers"] {
+    for section in ["initContainers", "containers", "ephemeralContainers"] {
         if let Some(list) = spec.get_mut(section).and_then(Value::as_array_mut) {
             for c in list {
                 set_default(c, "/imagePullPolicy", json!("IfNotPresent"));

@@ -187,6 +187,15 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Identity, Aut
     state.auth.authenticate(token).ok_or(AuthError::Invalid)
 }
 
+/// The token of an `Authorization` header value: the scheme `Bearer` in any case, as
+/// kube-apiserver accepts it (`bearer`, `BEARER`), then the token, whitespace around both.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let mut parts = header.split_whitespace();
+    let scheme = parts.next()?;
+    let token = parts.next()?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 /// Middleware: resolves the caller's identity or answers 401.
 pub async fn require_identity(
     State(state): State<AppState>,
@@ -200,10 +209,10 @@ pub async fn require_identity(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+    let Some(token) = header.and_then(bearer_token) else {
         return ApiError::from(AuthError::Missing).into_response();
     };
-    match authenticate(&state, token.trim()).await {
+    match authenticate(&state, token).await {
         Ok(identity) => {
             req.extensions_mut().insert(identity);
             next.run(req).await
@@ -656,6 +665,16 @@ fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_any_case() {
+        for h in ["Bearer abc", "bearer abc", "BEARER abc", "  Bearer   abc  "] {
+            assert_eq!(bearer_token(h), Some("abc"), "{h:?}");
+        }
+        for h in ["", "Bearer", "Bearer ", "Basic abc", "Bearerabc", "abc"] {
+            assert_eq!(bearer_token(h), None, "{h:?}");
+        }
+    }
 
     #[test]
     fn tokens_authenticate_exactly() {

@@ -68,6 +68,14 @@ impl FieldCheck {
         Ok(())
     }
 
+    /// Remembers one more warning for the response (an admission step's, not a field's).
+    pub fn warn(&self, text: String) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(text);
+    }
+
     /// Adds a `Warning: 299 - "..."` header per remembered warning.
     pub fn respond(&self, mut resp: Response) -> Response {
         let warnings = self

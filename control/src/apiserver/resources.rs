@@ -15,6 +15,7 @@ use super::authz::{self, Verb};
 use super::error::{ApiError, Subject};
 use super::fieldcheck::FieldCheck;
 use super::objects::{decode, decode_at, encode, meta_str, now_rfc3339, sent_resource_version};
+use super::paging;
 use super::proxy;
 use super::request::{self, Target};
 use super::table::{self, Output};
@@ -96,7 +97,8 @@ async fn handle(
     let query = Query::parse(parts.uri.query());
     // Authorization before any work: no body is read and the store is not touched for a
     // request the caller may not make.
-    if let Some(verb) = Verb::of(&parts.method, target.name.is_some(), query.flag("watch")) {
+    let watch = paging::bool_param(&query, "watch")?;
+    if let Some(verb) = Verb::of(&parts.method, target.name.is_some(), watch) {
         authz::enforce(&state, parts.extensions.get::<Identity>(), verb, &target).await?;
     }
     let status_sub = match target.subresource.as_deref() {
@@ -146,9 +148,7 @@ async fn handle(
     let name = target.name.clone();
     let output = Output::negotiate(&parts.headers, &query)?;
     match (&parts.method, name) {
-        (&Method::GET, None) if query.flag("watch") => {
-            watch::serve(state, &target, &query, output).await
-        }
+        (&Method::GET, None) if watch => watch::serve(state, &target, &query, output).await,
         (&Method::GET, None) => list(&state, &target, &query, output).await,
         (&Method::GET, Some(name)) => {
             let obj = get_object(&state, &target, &name).await?;
@@ -409,29 +409,46 @@ async fn list(
     output: Output,
 ) -> Result<Response, ApiError> {
     let filter = Filter::from_query(target.kind, query)?;
+    let opts = paging::ListOptions::from_query(query)?;
+    let prefix = list_prefix(target);
     let listed = state
         .store
-        .list(&list_prefix(target))
+        .list(&prefix)
         .await
         .map_err(|e| ApiError::from_store(e, subject(target, "")))?;
-    let mut items = Vec::with_capacity(listed.items.len());
-    for stored in &listed.items {
-        let obj = decode(stored)?;
-        if filter.matches(&obj) {
-            items.push(obj);
+    // A continuation keeps the first page's revision, while the log can replay from it.
+    let revision = match &opts.resume {
+        Some(t) if t.revision < state.store.oldest_watchable() => {
+            return Err(ApiError::ContinueExpired);
         }
-    }
-    let body = match output {
-        Output::Objects => list_object(target.kind, items, listed.revision),
+        Some(t) => t.revision,
+        None => listed.revision,
+    };
+    let page = paging::page(&listed.items, &prefix, &opts, |stored| {
+        let obj = decode(stored)?;
+        Ok::<_, ApiError>(filter.matches(&obj).then_some(obj))
+    })?;
+    let mut body = match output {
+        Output::Objects => list_object(target.kind, page.items, revision),
         Output::Table { version, include } => table::table(
             target.kind,
             version,
             include,
-            &items,
-            Some(listed.revision.to_string()),
+            &page.items,
+            Some(revision.to_string()),
             jiff::Timestamp::now(),
         ),
     };
+    if let Some(start) = page.next_start {
+        body["metadata"]["continue"] = json!(paging::ContinueToken::new(revision, start).encode());
+        // As kube-apiserver: counted only when no selector filters what follows.
+        let filtered = ["labelSelector", "fieldSelector"]
+            .iter()
+            .any(|k| query.get(k).is_some_and(|s| !s.is_empty()));
+        if !filtered {
+            body["metadata"]["remainingItemCount"] = json!(page.remaining);
+        }
+    }
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -695,6 +712,10 @@ async fn create(
     };
     // Service addresses: a cluster IP and node ports no other Service holds (held until stored).
     let _svc_alloc = super::services::admit_create(state, target, &mut obj).await?;
+    super::endpoint_addresses::admit(state, target, &obj).await?;
+    for w in super::host_path::warnings(state, kind, &obj).await {
+        fields.warn(w);
+    }
     if dry {
         encode(&obj)?;
         return Ok(fields.respond(json_response(StatusCode::CREATED, &obj)));
@@ -879,6 +900,12 @@ pub(super) async fn update_with(
         // Services keep their allocated addresses; new node ports are allocated (held until stored).
         let _svc_alloc =
             super::services::admit_update(state, target, &current, &mut new, status_only).await?;
+        super::endpoint_addresses::admit(state, target, &new).await?;
+        if !status_only {
+            for w in super::host_path::warnings(state, kind, &new).await {
+                fields.warn(w);
+            }
+        }
         let result = prepare_update(kind, &current, new, status_only)
             .map_err(|errs| invalid(kind, &current, target, errs))?;
         if semantically_equal(&result, &current) {

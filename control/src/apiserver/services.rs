@@ -65,6 +65,16 @@ impl Ipv4Cidr {
         })
     }
 
+    /// A range whose `network` has no host bits set (for constants).
+    pub const fn const_new(network: Ipv4Addr, prefix: u8) -> Self {
+        Ipv4Cidr { network, prefix }
+    }
+
+    /// Whether `ip` is inside the range (network and broadcast addresses included).
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & Self::mask(self.prefix) == u32::from(self.network)
+    }
+
     fn mask(prefix: u8) -> u32 {
         if prefix == 0 {
             0

@@ -2702,3 +2702,6 @@ async fn a_protobuf_body_is_refused_with_what_to_send_instead() {
     assert!(message.contains("does not decode protobuf"), "{message}");
     assert!(message.contains("kubectl apply -f"), "{message}");
 }
+
+/// Issue 18 (hardening): validation, pagination and authentication regressions.
+mod hardening;

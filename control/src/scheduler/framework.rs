@@ -16,7 +16,7 @@
 
 use super::plugins::inter_pod_affinity::{AffinityState, AffinityTerms};
 use super::plugins::node_affinity::{PreferredNodeAffinity, RequiredNodeAffinity};
-use super::quantity;
+use crate::api::quantity;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::borrow::Cow;

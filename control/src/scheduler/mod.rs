@@ -33,7 +33,6 @@ pub mod algorithm;
 pub mod cache;
 pub mod framework;
 pub mod plugins;
-pub mod quantity;
 pub mod queue;
 mod run;
 

@@ -14,7 +14,6 @@ pub mod addresses;
 pub mod env;
 pub mod node_object;
 pub mod probes;
-pub mod quantity;
 pub mod restart;
 pub mod status;
 pub mod volumes;
@@ -228,6 +227,7 @@ pub async fn start(
         config.max_pods,
     );
     facts.tunnel = tunnel_addr;
+    facts.allow_host_path = config.allow_host_path;
     let node = register(&client, &facts).await?;
     let pod_cidr = node
         .spec

@@ -31,6 +31,9 @@ pub struct NodeFacts {
     /// What the node keeps for itself: subtracted from capacity to give allocatable.
     pub reserved_cpu_millis: u64,
     pub reserved_memory_bytes: u64,
+    /// Runs hostPath volumes (`--allow-host-path`): published as an annotation so that the
+    /// API can warn about pods no node would run.
+    pub allow_host_path: bool,
 }
 
 impl NodeFacts {
@@ -63,18 +66,26 @@ impl NodeFacts {
             max_pods,
             reserved_cpu_millis: 100,
             reserved_memory_bytes: 256 << 20,
+            allow_host_path: false,
         }
     }
 }
 
 pub const ARCH: &str = "wasm32";
 
-/// The Node's annotations the agent owns: the tunnel, or `None` to remove it.
+/// The Node's annotations the agent owns (the tunnel, whether hostPath volumes run), or
+/// `None` to remove one.
 pub fn node_annotations(facts: &NodeFacts) -> BTreeMap<String, Option<String>> {
-    BTreeMap::from([(
-        crate::tunnel::TUNNEL_ANNOTATION.to_string(),
-        facts.tunnel.map(|t| t.to_string()),
-    )])
+    BTreeMap::from([
+        (
+            crate::tunnel::TUNNEL_ANNOTATION.to_string(),
+            facts.tunnel.map(|t| t.to_string()),
+        ),
+        (
+            wharf_control::apiserver::host_path::ALLOW_HOST_PATH_ANNOTATION.to_string(),
+            facts.allow_host_path.then(|| "true".to_string()),
+        ),
+    ])
 }
 
 /// The Node as first created: metadata and spec. The control plane assigns `podCIDR`.
@@ -270,6 +281,7 @@ mod tests {
             max_pods: 1000,
             reserved_cpu_millis: 100,
             reserved_memory_bytes: 256 << 20,
+            allow_host_path: false,
         }
     }
 

@@ -23,14 +23,13 @@
 use super::NodeContext;
 use super::env::{self, Downward, Sources};
 use super::probes::{self, ContainerProbes, EventBudget, ProbeKind, ProbeSpecs, Verdict};
-use super::quantity;
 use super::restart::should_restart;
 use super::status::{ContainerRecord, PodFacts, State, Terminated, pod_status};
 use super::volumes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Container as ContainerSpecK8s, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container as ContainerSpecK8s, Pod, PodSpec, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -39,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use wharf_control::api::quantity::Quantity;
 use wharf_control::events::{self, EventType};
 use wharf_runtime::{Container, ContainerSpec, ExitStatus, NetworkAccess, Resources};
 
@@ -61,6 +61,8 @@ struct Running {
     probes: ContainerProbes,
     /// Set once a probe had the container killed: why, for its terminated state.
     killed_by: Option<ProbeKind>,
+    /// Being stopped because its image changed: its exit starts the new image at once.
+    replacing: bool,
 }
 
 type Exit = (String, ExitStatus);
@@ -365,6 +367,7 @@ async fn converge(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
             }
         }
     }
+    replace_changed_images(ctx, st, pod);
     let now = Instant::now();
     for c in &spec.containers {
         if st.running.contains_key(&c.name) {
@@ -384,6 +387,63 @@ async fn converge(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
         }
         start_container(ctx, st, pod, c, idx).await;
     }
+}
+
+/// The containers whose `image` the pod's spec no longer names (pure): Kubernetes allows
+/// updating a running pod's images, and the kubelet then restarts those containers.
+fn changed_images<'a>(records: &[ContainerRecord], spec: &'a PodSpec) -> Vec<&'a str> {
+    spec.containers
+        .iter()
+        .filter(|c| {
+            records
+                .iter()
+                .any(|r| r.name == c.name && r.image != c.image.as_deref().unwrap_or_default())
+        })
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
+/// Stops each running container whose image changed (its exit starts the new image at
+/// once, whatever the restart policy, as the kubelet restarts a changed container); one
+/// that is not running takes the new image when it next starts.
+fn replace_changed_images(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
+    let Some(spec) = pod.spec.as_ref() else {
+        return;
+    };
+    for name in changed_images(&st.records, spec) {
+        let Some(run) = st.running.get_mut(name) else {
+            if let Some(r) = st.records.iter_mut().find(|r| r.name == name) {
+                r.image = image_of(spec, name);
+                r.image_id = None;
+            }
+            continue;
+        };
+        if run.replacing {
+            continue;
+        }
+        run.replacing = true;
+        let grace = Duration::from_secs(
+            spec.termination_grace_period_seconds
+                .unwrap_or(30)
+                .max(0)
+                .unsigned_abs(),
+        );
+        let container = run.container.clone();
+        st.chores.spawn(async move {
+            container.stop(grace).await;
+        });
+        let message = format!("Container {name} definition changed, will be restarted");
+        tracing::info!(pod = %pod_name(pod), container = %name, %message, "killing container");
+        record_event(ctx, st, pod, name, EventType::Normal, "Killing", message);
+    }
+}
+
+fn image_of(spec: &PodSpec, name: &str) -> String {
+    spec.containers
+        .iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
 }
 
 /// Rebuilds container records from the pod's status (an agent restart) or the spec.
@@ -551,15 +611,23 @@ fn network_access(pod: &Pod) -> NetworkAccess {
     }
 }
 
+/// The limits the runtime enforces, read with the API's quantity parser (the API refuses
+/// what it cannot read). A limit too large for the runtime's type is the largest one, and a
+/// negative one zero: never "no limit".
 fn resources(c: &ContainerSpecK8s) -> Resources {
     let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
+    let limit = |name: &str| {
+        limits
+            .and_then(|l| l.get(name))
+            .map(|q| Quantity::parse(&q.0))
+    };
     Resources {
-        memory_bytes: limits
-            .and_then(|l| l.get("memory"))
-            .and_then(|q| quantity::bytes(&q.0)),
-        cpu_millicores: limits
-            .and_then(|l| l.get("cpu"))
-            .and_then(|q| quantity::millicores(&q.0)),
+        memory_bytes: limit("memory")
+            .and_then(Result::ok)
+            .map(|q| u64::try_from(q.value().max(0)).unwrap_or(u64::MAX)),
+        cpu_millicores: limit("cpu")
+            .and_then(Result::ok)
+            .map(|q| u32::try_from(q.milli_value().max(0)).unwrap_or(u32::MAX)),
     }
 }
 
@@ -723,6 +791,7 @@ async fn start_container(
                     instance: st.next_instance,
                     probes,
                     killed_by: None,
+                    replacing: false,
                 },
             );
             st.records[idx].state = State::Running {
@@ -770,6 +839,21 @@ fn record_exit(ctx: &NodeContext, st: &mut PodState, pod: &Pod, name: &str, stat
     tracing::info!(pod = %pod_name(pod), container = %name, code = ended.exit_code, reason = %ended.reason, "container ended");
     st.records[idx].ready = false;
     st.records[idx].started = false;
+    if running.replacing {
+        // Stopped for a new image: start it now, with no back-off.
+        st.backoff.remove(name);
+        if let Some(spec) = pod.spec.as_ref() {
+            st.records[idx].image = image_of(spec, name);
+        }
+        st.records[idx].image_id = None;
+        st.records[idx].last_terminated = Some(ended);
+        st.records[idx].restart_count += 1;
+        st.records[idx].state = State::Waiting {
+            reason: "ContainerCreating".into(),
+            message: None,
+        };
+        return;
+    }
     if should_restart(&restart_policy(pod), ended.exit_code) {
         let ran_for = running.started.elapsed();
         let consecutive = match st.backoff.get(name) {
@@ -925,5 +1009,45 @@ async fn cleanup(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Pod) {
         for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
             let _ = ctx.runtime.remove_logs(&container_id(&uid, &c.name)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn limited(cpu: &str, memory: &str) -> Resources {
+        let c: ContainerSpecK8s = serde_json::from_value(serde_json::json!({
+            "name": "app", "resources": {"limits": {"cpu": cpu, "memory": memory}}}))
+        .expect("container");
+        resources(&c)
+    }
+
+    #[test]
+    fn limits_are_read_as_the_api_reads_them() {
+        let r = limited("2.007", "1.5Gi");
+        assert_eq!(r.cpu_millicores, Some(2007));
+        assert_eq!(r.memory_bytes, Some(1_610_612_736));
+        assert_eq!(limited("2.0071", "1e3").cpu_millicores, Some(2008));
+        // Too large for the runtime is the largest limit, never none.
+        let r = limited("1e1000", "1e1000");
+        assert_eq!(r.cpu_millicores, Some(u32::MAX));
+        assert_eq!(r.memory_bytes, Some(i64::MAX as u64));
+    }
+
+    #[test]
+    fn a_changed_image_is_noticed_per_container() {
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({"containers": [
+            {"name": "a", "image": "a-v2.wasm"},
+            {"name": "b", "image": "b.wasm"},
+            {"name": "new", "image": "n.wasm"},
+        ]}))
+        .expect("spec");
+        let records = vec![
+            ContainerRecord::new("a", "a-v1.wasm"),
+            ContainerRecord::new("b", "b.wasm"),
+        ];
+        assert_eq!(changed_images(&records, &spec), ["a"]);
+        assert_eq!(image_of(&spec, "a"), "a-v2.wasm");
     }
 }
