@@ -654,7 +654,12 @@ async fn start_container(
             return;
         }
     };
-    let mounts = match volumes::mounts(c, st.volumes.as_ref().unwrap_or(&BTreeMap::new())) {
+    // subPaths are resolved (and made) on disk: blocking file I/O.
+    let (container, vols) = (c.clone(), st.volumes.clone().unwrap_or_default());
+    let mounts = match tokio::task::spawn_blocking(move || volumes::mounts(&container, &vols))
+        .await
+        .unwrap_or_else(|e| Err(format!("resolving volume mounts: {e}")))
+    {
         Ok(m) => m,
         Err(message) => {
             waiting(st, idx, "CreateContainerConfigError", message);
