@@ -310,7 +310,36 @@ spec:
             "no line {line:?} in the log:\n{log}"
         );
     }
+    // The node's data dir (the Secret volume, logs, the image blob) is the owner's only.
+    let node_dir = cluster.data_dir.join("nodes").join("node-1");
+    let token = node_dir
+        .join("pods")
+        .join(pod.metadata.uid.as_deref().unwrap())
+        .join("volumes/creds/token");
+    assert!(token.is_file(), "{}", token.display());
+    let open = readable_by_others(&node_dir);
+    assert!(open.is_empty(), "readable by others: {open:#?}");
     cluster.terminate().await;
+}
+
+/// Every directory and file under `root` that has group or other permission bits.
+fn readable_by_others(root: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if (meta.is_dir() || meta.is_file()) && mode & 0o077 != 0 {
+            out.push((path.clone(), mode));
+        }
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out
 }
 
 #[tokio::test]

@@ -52,6 +52,7 @@ mod http;
 mod image;
 mod limits;
 pub mod logs;
+pub mod private;
 mod runtime;
 mod spec;
 

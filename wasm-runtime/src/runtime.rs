@@ -182,12 +182,13 @@ impl Runtime {
         let blobs = BlobStore::new(&config.data_dir);
         let cache = ArtifactCache::new(&config.data_dir, &fingerprint);
         let logs_dir = config.data_dir.join("logs");
-        for dir in blobs
-            .dirs()
+        // Owner-only (see `private`): blobs are whatever files pods named as images.
+        for dir in [config.data_dir.as_path()]
             .into_iter()
+            .chain(blobs.dirs())
             .chain([cache.dir(), logs_dir.as_path()])
         {
-            std::fs::create_dir_all(dir).map_err(|source| RuntimeError::DataDir {
+            crate::private::create_private_dir(dir).map_err(|source| RuntimeError::DataDir {
                 path: dir.to_path_buf(),
                 source,
             })?;

@@ -174,10 +174,23 @@ pub async fn start(
     runtime: Arc<Runtime>,
     shutdown: CancellationToken,
 ) -> Result<Agent, AgentError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|error| AgentError::Io {
+    // The data dir holds Secret volumes, logs and image blobs: the owner's only, and what an
+    // older node left group- or world-readable is fixed before any pod starts.
+    let data_dir = config.data_dir.clone();
+    let fixed = tokio::task::spawn_blocking(move || {
+        wharf_runtime::private::create_private_dir(&data_dir)
+            .and_then(|()| wharf_runtime::private::restrict_tree(&data_dir))
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .flatten()
+    .map_err(|error| AgentError::Io {
         path: config.data_dir.clone(),
         error,
     })?;
+    if fixed > 0 {
+        tracing::info!(data_dir = %config.data_dir.display(), fixed, "made data dir entries owner-only");
+    }
     let mut tasks = JoinSet::new();
     // The node's server is bound first: its port goes into the Node's status.
     let listener = tokio::net::TcpListener::bind(config.daemon_listen)

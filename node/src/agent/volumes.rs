@@ -12,7 +12,7 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use wharf_runtime::Mount;
+use wharf_runtime::{Mount, private};
 
 /// Where a pod's volumes live on the node.
 pub fn pod_dir(data_dir: &Path, pod_uid: &str) -> PathBuf {
@@ -86,7 +86,7 @@ fn prepare_one(
     allow_host_path: bool,
 ) -> Result<(PathBuf, bool), String> {
     let mkdir = |d: &Path| {
-        std::fs::create_dir_all(d)
+        private::create_private_dir(d)
             .map_err(|e| format!("volume {:?}: creating {}: {e}", v.name, d.display()))
     };
     if v.empty_dir.is_some() {
@@ -102,7 +102,9 @@ fn prepare_one(
         }
         let path = PathBuf::from(&h.path);
         if h.type_.as_deref() == Some("DirectoryOrCreate") {
-            mkdir(&path)?;
+            // The host's directory: made as the host's umask says, its mode left alone.
+            std::fs::create_dir_all(&path)
+                .map_err(|e| format!("volume {:?}: creating {}: {e}", v.name, path.display()))?;
         }
         if !path.is_dir() {
             return Err(format!(
@@ -161,7 +163,12 @@ fn prepare_one(
                 if let Some(parent) = file.parent() {
                     mkdir(parent)?;
                 }
-                std::fs::write(&file, bytes)
+                // Owner-only on the host: the guest runs as the node's user.
+                private::private_file_options()
+                    .write(true)
+                    .create_new(true)
+                    .open(&file)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
                     .map_err(|e| format!("volume {:?}: writing {rel}: {e}", v.name))?;
             }
         }
@@ -226,7 +233,11 @@ pub fn sub_path_dir(volume: &Path, sub: &str) -> Result<PathBuf, String> {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // `dir` is canonical and inside the volume, so this creates inside it.
-                std::fs::create_dir(&next)
+                let mut builder = std::fs::DirBuilder::new();
+                #[cfg(unix)]
+                std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+                builder
+                    .create(&next)
                     .or_else(|e| match e.kind() {
                         std::io::ErrorKind::AlreadyExists => Ok(()),
                         _ => Err(e),
