@@ -77,6 +77,38 @@ async fn a_node_joins_with_the_kubeconfig_token_create_writes() {
         node.log_tail(20)
     );
 
+    // A joined node reads local images only from its image dirs: a pod naming the node's
+    // own credential file as its image gets a clear ErrImagePull, and nothing is copied.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "steal-token"},
+        "spec": {"nodeName": "joiner", "restartPolicy": "Never",
+                 "containers": [{"name": "c", "image": path.display().to_string()}]}
+    }))
+    .unwrap();
+    pods.create(&Default::default(), &pod).await.unwrap();
+    let message = within("the pod's ErrImagePull", async {
+        loop {
+            let pod = pods.get("steal-token").await.unwrap();
+            let waiting = common::container(&pod).and_then(|c| c.state.as_ref()?.waiting.clone());
+            if let Some(w) = waiting.filter(|w| w.reason.as_deref() == Some("ErrImagePull")) {
+                return w.message.unwrap_or_default();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        message.contains("is outside the node's image directories"),
+        "{message}"
+    );
+    let blobs = dir.path().join("joiner/runtime/blobs/sha256");
+    assert_eq!(
+        std::fs::read_dir(&blobs).unwrap().count(),
+        0,
+        "a blob was stored"
+    );
+
     // A server that is not a URL is refused before any token is made.
     let out = wharf(
         &cp.kubeconfig(),

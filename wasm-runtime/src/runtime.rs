@@ -29,7 +29,7 @@ use crate::guest::{Linkers, P1State, P2State, StoreFactory};
 use crate::http::HttpServer;
 use crate::image::{
     BlobStore, Digest, HttpClient, ImagePullError, PullPolicy, Reference, Source, WorkloadKind,
-    fetch_http, http_client, parse_reference,
+    fetch_http, http_client, parse_reference, read_local,
 };
 use crate::limits::{CpuThrottle, MemoryBudget};
 use crate::logs::{self, ContainerLogs, LogConfig, LogError, LogProgress, LogSink};
@@ -308,10 +308,12 @@ impl Runtime {
         let (bytes, remote) = match &r.source {
             Source::File(path) => {
                 let (path, reference) = (path.clone(), r.original.clone());
-                let bytes =
-                    tokio::task::spawn_blocking(move || read_local(&path, &reference, limit))
-                        .await
-                        .map_err(task_err)??;
+                let policy = inner.config.local_images.clone();
+                let bytes = tokio::task::spawn_blocking(move || {
+                    read_local(&path, &reference, limit, &policy)
+                })
+                .await
+                .map_err(task_err)??;
                 (bytes, false)
             }
             Source::Http(uri) => {
@@ -607,26 +609,6 @@ impl Runtime {
         }
         done
     }
-}
-
-fn read_local(
-    path: &std::path::Path,
-    reference: &str,
-    limit: u64,
-) -> Result<Bytes, ImagePullError> {
-    let read_err = |source| ImagePullError::Read {
-        reference: reference.to_string(),
-        path: path.to_path_buf(),
-        source,
-    };
-    let len = std::fs::metadata(path).map_err(read_err)?.len();
-    if len > limit {
-        return Err(ImagePullError::TooLarge {
-            reference: reference.to_string(),
-            limit,
-        });
-    }
-    Ok(Bytes::from(std::fs::read(path).map_err(read_err)?))
 }
 
 /// Compiles a core module or a component, by its header. Blocking (Cranelift).
