@@ -24,7 +24,7 @@ use crate::proxy::ProxyConfig;
 use crate::tunnel::client::Dialer;
 use crate::tunnel::metrics::TunnelMetrics;
 use crate::{daemon, dns, proxy, tunnel};
-use addresses::PodAddresses;
+use addresses::{PodAddresses, PodSockets};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -137,6 +137,8 @@ pub struct NodeContext {
     pub client: kube::Client,
     pub runtime: Arc<Runtime>,
     pub addresses: Mutex<PodAddresses>,
+    /// The sockets the pods with an address here declare (what the tunnel admits).
+    pub sockets: Arc<PodSockets>,
     /// Pods this node runs, by `namespace/name`, for the log server.
     pub pods: Mutex<HashMap<String, Arc<Pod>>>,
     /// The proxy's counters and the Service names pods resolve.
@@ -257,6 +259,7 @@ pub async fn start(
         client: client.clone(),
         runtime,
         addresses: Mutex::new(addresses),
+        sockets: Arc::default(),
         pods: Mutex::new(HashMap::new()),
         services: Arc::new(proxy::Shared::new(&config.cluster_domain)),
         events: Recorder::new(client.clone(), EVENT_SOURCE).with_host(&config.node_name),
@@ -270,6 +273,7 @@ pub async fn start(
         let server = tunnel::server::ServerConfig {
             credential: proxy_token.as_deref().map(Arc::from),
             pod_range: PodAddresses::new(&pod_cidr)?,
+            pods: ctx.sockets.clone(),
             source: Some(config.address),
             connect_timeout: config.proxy.connect_timeout,
         };

@@ -321,6 +321,7 @@ async fn converge(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
             Ok(ip) => {
                 st.ip = Some(ip);
                 st.facts.pod_ip = Some(ip.to_string());
+                ctx.sockets.set(ip, served_ports(pod));
             }
             Err(e) => {
                 st.facts.message = Some(e);
@@ -563,6 +564,32 @@ fn resources(c: &ContainerSpecK8s) -> Resources {
     }
 }
 
+/// The port an HTTP container serves on its pod's address: its first `containerPort`,
+/// else 8080.
+fn http_port(c: &ContainerSpecK8s) -> u16 {
+    c.ports
+        .as_ref()
+        .and_then(|p| p.first())
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .unwrap_or(8080)
+}
+
+/// The ports a pod serves on its address: every declared TCP `containerPort`, and the port
+/// each container's HTTP server takes. Only these are reachable through the node tunnel.
+pub(crate) fn served_ports(pod: &Pod) -> std::collections::BTreeSet<u16> {
+    let containers = pod.spec.iter().flat_map(|s| &s.containers);
+    let declared = containers
+        .clone()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| {
+            p.protocol
+                .as_deref()
+                .is_none_or(|p| p.eq_ignore_ascii_case("TCP"))
+        })
+        .filter_map(|p| u16::try_from(p.container_port).ok());
+    declared.chain(containers.map(http_port)).collect()
+}
+
 fn waiting(st: &mut PodState, idx: usize, reason: &str, message: String) {
     st.records[idx].state = State::Waiting {
         reason: reason.into(),
@@ -673,15 +700,9 @@ async fn start_container(
     if c.command.is_none() {
         argv.insert(0, c.name.clone());
     }
-    let http_listen = st.ip.map(|ip| {
-        let port = c
-            .ports
-            .as_ref()
-            .and_then(|p| p.first())
-            .map(|p| p.container_port)
-            .unwrap_or(8080);
-        SocketAddr::new(IpAddr::V4(ip), u16::try_from(port).unwrap_or(8080))
-    });
+    let http_listen = st
+        .ip
+        .map(|ip| SocketAddr::new(IpAddr::V4(ip), http_port(c)));
     let mut spec = ContainerSpec::new(container_id(&uid, &c.name));
     spec.restart_count = u32::try_from(st.records[idx].restart_count).unwrap_or(0);
     spec.argv = argv;
@@ -920,6 +941,9 @@ async fn terminate(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
 
 /// Releases the pod's address, volumes and logs.
 async fn cleanup(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Pod) {
+    if let Some(ip) = st.ip {
+        ctx.sockets.remove(ip);
+    }
     if let (Some(ip), Ok(mut addrs)) = (st.ip.take(), ctx.addresses.lock()) {
         addrs.release(ip);
     }

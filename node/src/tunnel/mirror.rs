@@ -407,7 +407,7 @@ async fn backoff(what: &str, error: watcher::Error, shutdown: &CancellationToken
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::agent::addresses::PodAddresses;
+    use crate::agent::addresses::{PodAddresses, PodSockets};
     use crate::tunnel::server::{ServerConfig, serve as serve_tunnel};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -618,11 +618,13 @@ mod tests {
         let tunnel = tunnel_listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let server_metrics = Arc::new(TunnelMetrics::default());
+        let pod_sockets = Arc::new(PodSockets::default());
         tasks.spawn(serve_tunnel(
             tunnel_listener,
             ServerConfig {
                 credential: Some(Arc::from("secret")),
                 pod_range: PodAddresses::new("127.74.0.0/16").unwrap(),
+                pods: pod_sockets.clone(),
                 source: Some(node_address),
                 connect_timeout: Duration::from_secs(2),
             },
@@ -635,6 +637,8 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
+        // The pod declares the port it does not listen on.
+        pod_sockets.set([127, 74, 0, 5].into(), [pod.port()]);
         let desired = Desired {
             tunnel,
             node_address,
