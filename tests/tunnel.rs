@@ -7,7 +7,8 @@
 //!   two machines: a Service whose only endpoint is on node A, requested through node B's
 //!   proxy (B's node port), reaches it through A's tunnel, as A's tunnel counters show;
 //!   the tunnel refuses requests without the cluster's node credential and targets
-//!   outside A's pod range.
+//!   outside A's pod range, or in it but not a declared port of a pod (a host service on
+//!   0.0.0.0 is not reachable through it).
 //! - Mirrors (remote pods' addresses served on this machine through their node's tunnel)
 //!   cannot forward on one machine (the pod's address is the pod's), but their safety can
 //!   be checked: with node A at a real address of this machine, node B finds A's pod
@@ -317,6 +318,26 @@ spec:
         407
     );
     assert_eq!(connect(tunnel_a, cp.addr, Some(credential)).await.0, 403);
+    // A host service on 0.0.0.0 answers on every pod address too: an address of A's pod
+    // range where no pod is, and the pod's address at a port it does not declare, are
+    // refused all the same.
+    let host = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    let IpAddr::V4(pod_v4) = pod_addr.ip() else {
+        panic!("{pod_addr}")
+    };
+    let [a, b, _, _] = pod_v4.octets();
+    for target in [
+        SocketAddr::from(([a, b, 0, 200], host_port)),
+        SocketAddr::new(pod_addr.ip(), host_port),
+    ] {
+        assert_eq!(
+            connect(tunnel_a, target, Some(credential)).await.0,
+            403,
+            "{target}"
+        );
+    }
+    drop(host);
     let (status, mut stream) = connect(tunnel_a, pod_addr, Some(credential)).await;
     assert_eq!(status, 200);
     stream
@@ -344,7 +365,7 @@ spec:
     );
     assert_eq!(
         counter(&last, TUNNEL_FORBIDDEN),
-        counter(&again_a, TUNNEL_FORBIDDEN) + 1,
+        counter(&again_a, TUNNEL_FORBIDDEN) + 3,
         "{last}"
     );
     // Plain HTTP to the tunnel port is not a way in either.

@@ -424,6 +424,7 @@ mod tests {
         NodeInfo {
             address: Some(address.parse().unwrap()),
             tunnel: tunnel.map(|t| t.parse().unwrap()),
+            pod_range: None,
         }
     }
 
