@@ -647,7 +647,51 @@ async fn start_container(
             return;
         }
     };
-    let image = match ctx.runtime.pull(&image_ref).await {
+    // As the kubelet does: the container shows its waiting state (`ContainerCreating`) and
+    // a `Pulling` Event while the image is fetched, so a slow or hanging URL is visible at
+    // once, not only when the pull times out.
+    let present = ctx
+        .runtime
+        .images()
+        .iter()
+        .any(|i| i.reference() == image_ref);
+    if !present {
+        write_status(ctx, st, pod).await;
+        record_event(
+            ctx,
+            st,
+            pod,
+            &c.name,
+            EventType::Normal,
+            "Pulling",
+            format!("Pulling image {image_ref:?}"),
+        );
+    }
+    let pull_started = Instant::now();
+    let pulled = ctx.runtime.pull(&image_ref).await;
+    let (reason, message) = match &pulled {
+        Ok(_) if present => (
+            "Pulled",
+            format!("Container image {image_ref:?} already present on machine"),
+        ),
+        Ok(_) => (
+            "Pulled",
+            format!(
+                "Successfully pulled image {image_ref:?} in {:?}",
+                Duration::from_millis(
+                    u64::try_from(pull_started.elapsed().as_millis()).unwrap_or(u64::MAX)
+                )
+            ),
+        ),
+        Err(e) => ("Failed", format!("Failed to pull image {image_ref:?}: {e}")),
+    };
+    let kind = if pulled.is_ok() {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    record_event(ctx, st, pod, &c.name, kind, reason, message);
+    let image = match pulled {
         Ok(i) => i,
         Err(e) => {
             // ErrImagePull, then ImagePullBackOff on the retries, as Kubernetes shows it.
