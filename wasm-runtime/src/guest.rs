@@ -378,16 +378,27 @@ async fn send_plain_http(
     let mut conn = Box::pin(conn);
     let send = tokio::time::timeout(first_byte_timeout, sender.send_request(request));
     tokio::pin!(send);
+    // The connection must be driven for the response to arrive. An upstream that sends a
+    // complete response and closes ends the connection in the very poll that hands the
+    // response over, so the connection ending first says nothing: the response is then
+    // already waiting in `send` (or `send` fails, if there was none).
+    let mut conn_ended = false;
     let response = tokio::select! {
-        response = &mut send => response.map_err(|_| Error::ConnectionReadTimeout)??,
+        response = &mut send => response,
         done = &mut conn => {
             done?;
-            return Err(Error::HttpResponseIncomplete);
+            conn_ended = true;
+            send.await
         }
     };
+    let response = response.map_err(|_| Error::ConnectionReadTimeout)??;
     let response = response.map(|body| body.map_err(Error::from).boxed_unsync());
-    let io: Box<dyn Future<Output = Result<(), Error>> + Send> =
-        Box::new(async move { conn.await.map_err(Error::from) });
+    let io: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async move {
+        if conn_ended {
+            return Ok(());
+        }
+        conn.await.map_err(Error::from)
+    });
     Ok((response, io))
 }
 
@@ -511,5 +522,68 @@ mod tests {
         assert!(is_localhost("::1"));
         assert!(!is_localhost("127.0.0.2"));
         assert!(!is_localhost("localhost.example"));
+    }
+
+    /// An upstream that sends a complete response (Content-Length) and closes at once: the
+    /// connection ends in the same poll that delivers the response, which must still be
+    /// the guest's, whole, every time.
+    #[tokio::test]
+    async fn a_complete_response_then_close_is_a_response() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = upstream.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            while let Ok((mut s, _)) = upstream.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                    .await;
+                // Closed right after the last byte.
+            }
+        });
+        for i in 0..100 {
+            let request = http::Request::get(format!("http://127.0.0.1:{port}/"))
+                .body(
+                    http_body_util::Empty::<Bytes>::new()
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .unwrap();
+            let sent = tokio::time::timeout(
+                Duration::from_secs(10),
+                send_plain_http(
+                    request,
+                    "127.0.0.1".into(),
+                    port,
+                    Duration::from_secs(5),
+                    Duration::from_secs(5),
+                ),
+            )
+            .await
+            .unwrap();
+            let (response, io) = match sent {
+                Ok(r) => r,
+                Err(e) => panic!("attempt {i}: {e:?}"),
+            };
+            assert_eq!(response.status(), 200);
+            let body = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("attempt {i}: body: {e:?}"))
+                .to_bytes();
+            assert_eq!(&body[..], b"hello", "attempt {i}");
+            tokio::time::timeout(Duration::from_secs(5), Box::into_pin(io))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        server.abort();
     }
 }
