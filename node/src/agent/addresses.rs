@@ -95,6 +95,23 @@ impl PodAddresses {
     }
 }
 
+/// The TCP `containerPort`s the containers declare (protocol unset or `TCP`, nonzero).
+pub fn tcp_container_ports<'a>(
+    containers: impl IntoIterator<Item = &'a k8s_openapi::api::core::v1::Container>,
+) -> impl Iterator<Item = u16> {
+    containers
+        .into_iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| {
+            p.protocol
+                .as_deref()
+                .unwrap_or("TCP")
+                .eq_ignore_ascii_case("TCP")
+        })
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .filter(|p| *p != 0)
+}
+
 /// The sockets this node's pods serve, `POD-IP:containerPort`, for every pod that has an
 /// address here: what the node tunnel may connect to. Kept by the pod workers (set when a
 /// pod gets its address, removed when it is released).

@@ -156,8 +156,13 @@ fn prepare_one(
                 None => data.iter().map(|(k, d)| (k.clone(), d)).collect(),
             };
             for (rel, bytes) in files {
-                if rel.split('/').any(|p| p == ".." || p.is_empty()) {
-                    return Err(format!("volume {:?}: invalid path {rel:?}", v.name));
+                let checked =
+                    relative_inside(&rel).and_then(|()| match rel.split('/').any(str::is_empty) {
+                        true => Err("must not contain empty path elements"),
+                        false => Ok(()),
+                    });
+                if let Err(e) = checked {
+                    return Err(format!("volume {:?}: path {rel:?}: {e}", v.name));
                 }
                 let file = staging.join(&rel);
                 if let Some(parent) = file.parent() {
@@ -206,6 +211,22 @@ pub fn mounts(
     Ok(out)
 }
 
+/// Refuses a path that is absolute or climbs with `..` (a subPath, an `items[].path`), in
+/// Kubernetes' words.
+fn relative_inside(path: &str) -> Result<(), &'static str> {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        return Err("must be a relative path");
+    }
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err("must not contain '..'");
+    }
+    Ok(())
+}
+
 /// The directory `sub` names inside `volume`, made if missing, refused unless it stays inside
 /// the volume. A guest writes into its emptyDir and could plant a symlink there (`escape ->
 /// /`), and `PathBuf::join` with an absolute path replaces the base: so the path is walked one
@@ -214,13 +235,8 @@ pub fn mounts(
 /// runtime mounts is the canonical path, never one that still goes through a symlink.
 pub fn sub_path_dir(volume: &Path, sub: &str) -> Result<PathBuf, String> {
     use std::path::Component;
+    relative_inside(sub)?;
     let rel = Path::new(sub);
-    if rel.is_absolute() {
-        return Err("must be a relative path".into());
-    }
-    if rel.components().any(|c| c == Component::ParentDir) {
-        return Err("must not contain '..'".into());
-    }
     let root = std::fs::canonicalize(volume)
         .map_err(|e| format!("volume directory {}: {e}", volume.display()))?;
     let mut dir = root.clone();
@@ -303,6 +319,45 @@ mod tests {
         .expect("pod");
         assert!(prepare(&host, dir.path(), &BTreeMap::new(), &BTreeMap::new(), false).is_err());
         assert!(prepare(&host, dir.path(), &BTreeMap::new(), &BTreeMap::new(), true).is_ok());
+    }
+
+    #[test]
+    fn projected_item_paths_stay_inside_the_volume() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cms = BTreeMap::from([(
+            "settings".to_string(),
+            Projection::from([("mode".to_string(), b"fast".to_vec())]),
+        )]);
+        let with_path = |path: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "p"},
+                "spec": {"containers": [], "volumes": [{"name": "cfg", "configMap": {
+                    "name": "settings", "items": [{"key": "mode", "path": path}]}}]}
+            }))
+            .expect("pod")
+        };
+        for (path, why) in [
+            ("/etc/passwd", "must be a relative path"),
+            ("../../escape", "must not contain '..'"),
+            ("a//b", "must not contain empty path elements"),
+        ] {
+            let err = prepare(&with_path(path), dir.path(), &cms, &BTreeMap::new(), false)
+                .expect_err(path);
+            assert_eq!(err, format!("volume \"cfg\": path {path:?}: {why}"));
+        }
+        let vols = prepare(
+            &with_path("conf/mode"),
+            dir.path(),
+            &cms,
+            &BTreeMap::new(),
+            false,
+        )
+        .expect("a relative path");
+        let file = vols["cfg"].0.join("conf/mode");
+        assert_eq!(std::fs::read(&file).expect("file"), b"fast");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     fn mount_of(sub: &str) -> Container {

@@ -578,16 +578,9 @@ fn http_port(c: &ContainerSpecK8s) -> u16 {
 /// each container's HTTP server takes. Only these are reachable through the node tunnel.
 pub(crate) fn served_ports(pod: &Pod) -> std::collections::BTreeSet<u16> {
     let containers = pod.spec.iter().flat_map(|s| &s.containers);
-    let declared = containers
-        .clone()
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter(|p| {
-            p.protocol
-                .as_deref()
-                .is_none_or(|p| p.eq_ignore_ascii_case("TCP"))
-        })
-        .filter_map(|p| u16::try_from(p.container_port).ok());
-    declared.chain(containers.map(http_port)).collect()
+    super::addresses::tcp_container_ports(containers.clone())
+        .chain(containers.map(http_port))
+        .collect()
 }
 
 fn waiting(st: &mut PodState, idx: usize, reason: &str, message: String) {

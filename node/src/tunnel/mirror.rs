@@ -68,20 +68,12 @@ impl RemotePod {
             .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
             .map(|c| c.name.as_str())
             .collect();
-        let mut ports: Vec<u16> = spec
-            .containers
-            .iter()
-            .filter(|c| running.contains(&c.name.as_str()))
-            .flat_map(|c| c.ports.iter().flatten())
-            .filter(|p| {
-                p.protocol
-                    .as_deref()
-                    .unwrap_or("TCP")
-                    .eq_ignore_ascii_case("TCP")
-            })
-            .filter_map(|p| u16::try_from(p.container_port).ok())
-            .filter(|p| *p != 0)
-            .collect();
+        let mut ports: Vec<u16> = crate::agent::addresses::tcp_container_ports(
+            spec.containers
+                .iter()
+                .filter(|c| running.contains(&c.name.as_str())),
+        )
+        .collect();
         ports.sort_unstable();
         ports.dedup();
         Some(RemotePod {
