@@ -25,7 +25,7 @@ use crate::container::{Container, ContainerShared, ExitStatus, Outcome, StartErr
 use crate::engine::{
     AllocatorKind, EpochTicker, RuntimeConfig, RuntimeError, build_engine, engine_fingerprint,
 };
-use crate::guest::{Linkers, P1State, P2State, StoreFactory};
+use crate::guest::{Linkers, P1State, P2State, Serving, StoreFactory};
 use crate::http::HttpServer;
 use crate::image::{
     BlobStore, Digest, HttpClient, ImagePullError, PullPolicy, Reference, Source, WorkloadKind,
@@ -137,6 +137,8 @@ struct Inner {
     /// Every container's supervisor task.
     tracker: TaskTracker,
     ticker: Mutex<Option<EpochTicker>>,
+    /// The addresses HTTP containers serve on now (what a pod's `localhost` may reach).
+    serving: Arc<Serving>,
 }
 
 impl Drop for Inner {
@@ -211,6 +213,7 @@ impl Runtime {
                 root: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 ticker: Mutex::new(Some(ticker)),
+                serving: Arc::default(),
             }),
         })
     }
@@ -495,6 +498,7 @@ impl Runtime {
         let cpu = CpuThrottle::new(spec.resources.cpu_millicores);
         let factory = StoreFactory {
             engine: inner.engine.clone(),
+            serving: inner.serving.clone(),
             cpu: cpu.clone(),
             spec: Arc::new(spec),
             argv: Arc::new(argv),
@@ -529,7 +533,12 @@ impl Runtime {
                         kill: kill.clone(),
                         tracker: TaskTracker::new(),
                     });
-                    Box::pin(crate::http::serve(listener, server))
+                    // Served (for the pod's `localhost`) for as long as the serve loop runs.
+                    let serving = http_addr.map(|a| inner.serving.add(a));
+                    Box::pin(async move {
+                        let _serving = serving;
+                        crate::http::serve(listener, server).await
+                    })
                 }
                 (Prepared::Http(_), None) => {
                     return Err(StartError::NoListenAddress {
