@@ -251,6 +251,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_joining_node_reads_local_images_only_from_its_image_dirs() {
+        let args = |dirs: &[&str], any: bool| ImageArgs {
+            image_dirs: dirs.iter().map(PathBuf::from).collect(),
+            allow_any_local_image: any,
+        };
+        // `wharf node`: none unless flagged.
+        assert_eq!(
+            args(&[], false).local_images(false),
+            LocalImages::Within(vec![])
+        );
+        assert_eq!(
+            args(&["/srv/wasm"], false).local_images(false),
+            LocalImages::Within(vec!["/srv/wasm".into()])
+        );
+        assert_eq!(args(&[], true).local_images(false), LocalImages::Any);
+        // `wharf up`: any, unless restricted.
+        assert_eq!(args(&[], false).local_images(true), LocalImages::Any);
+        assert_eq!(
+            args(&["/srv/wasm"], false).local_images(true),
+            LocalImages::Within(vec!["/srv/wasm".into()])
+        );
+        assert!(local_images_note(&LocalImages::Within(vec![])).contains("--image-dir"));
+    }
+
+    #[test]
     fn a_loopback_node_runs_no_tunnel_by_default() {
         assert_eq!(default_tunnel_port("127.0.0.1".parse().unwrap()), None);
         assert_eq!(default_tunnel_port("::1".parse().unwrap()), None);
