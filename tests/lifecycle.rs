@@ -964,6 +964,8 @@ async fn killing_a_node_moves_its_pods_to_the_other_node() {
                 "--data-dir",
             ])
             .arg(dir.path().join(name))
+            .arg("--image-dir")
+            .arg(common::samples_dir())
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

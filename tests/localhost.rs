@@ -13,8 +13,9 @@ use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 
 /// A pod of two hello-http containers, `front` on `front_port` and `back` on `back_port`,
-/// each answering with its own name; no network access granted.
-fn two_container_pod(front_port: u16, back_port: u16) -> String {
+/// each answering with its own name; no network access granted. `front` also declares
+/// `idle_port`, which nothing serves.
+fn two_container_pod(front_port: u16, back_port: u16, idle_port: u16) -> String {
     let image = sample("hello-http", "hello_http");
     format!(
         r#"apiVersion: v1
@@ -26,7 +27,7 @@ spec:
   containers:
     - name: front
       image: {image}
-      ports: [{{containerPort: {front_port}}}]
+      ports: [{{containerPort: {front_port}}}, {{containerPort: {idle_port}}}]
       env: [{{name: POD_NAME, value: front-container}}]
     - name: back
       image: {image}
@@ -55,8 +56,21 @@ async fn containers_of_a_pod_reach_each_other_at_localhost() {
     let cluster = Cluster::up(dir.path(), 1).await;
     let (front_port, back_port) = (free_port(), free_port());
     assert_ne!(front_port, back_port);
+    // A host service on 0.0.0.0 answers on every loopback address, the pod's too.
+    let wildcard = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let idle_port = wildcard.local_addr().unwrap().port();
+    let wildcard_serving = tokio::spawn(async move {
+        while let Ok((mut s, _)) = wildcard.accept().await {
+            let _ = s
+                .write_all(b"HTTP/1.0 200 OK\r\n\r\nthe host's wildcard secret")
+                .await;
+        }
+    });
     cluster
-        .apply("pair.yaml", &two_container_pod(front_port, back_port))
+        .apply(
+            "pair.yaml",
+            &two_container_pod(front_port, back_port, idle_port),
+        )
         .await;
     let pod = cluster
         .wait_pod("pair", "running both containers", POD_TIMEOUT, all_running)
@@ -102,6 +116,14 @@ async fn containers_of_a_pod_reach_each_other_at_localhost() {
         body.contains("HttpRequestDenied") && !body.contains("the host's secret"),
         "{body}"
     );
+    // A port the pod declares but no container serves: localhost does not go there (it
+    // would be the host's service on 0.0.0.0).
+    let body = http_ok(front, &format!("/fetch/localhost:{idle_port}/"), TIMEOUT).await;
+    assert!(
+        body.contains("HttpRequestDenied") && !body.contains("wildcard secret"),
+        "{body}"
+    );
+    wildcard_serving.abort();
     // Other addresses still need the allow list.
     let body = http_ok(front, &format!("/fetch/127.0.0.2:{back_port}/"), TIMEOUT).await;
     assert!(body.contains("HttpRequestDenied"), "{body}");

@@ -29,7 +29,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 /// A `wharf up` cluster, with where its API server, node servers and DNS listen.
@@ -465,6 +465,52 @@ async fn cluster_ip_spreads_requests_over_every_replica() {
             assert!(requests.iter().all(|n| *n > 0.0), "{requests:?}");
         }
     }
+
+    // A hand-written endpoint at the host's 127.0.0.1 (a host-only service) is no pod:
+    // every proxy ignores it and counts it, and no request reaches the host.
+    let host = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let reached = Arc::new(AtomicU64::new(0));
+    let host_task = {
+        let reached = reached.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = host.accept().await {
+                reached.fetch_add(1, Ordering::Relaxed);
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nthe host").await;
+            }
+        })
+    };
+    let mut with_host = endpoints.clone();
+    with_host.push(endpoint("127.0.0.1".parse().unwrap(), "host", true, false));
+    net.set_endpoints("echo", &[("tcp", port), ("http", port)], &with_host)
+        .await;
+    let refused = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let mut all = true;
+            for node in 0..2 {
+                all &= net.metric(node, "wharf_proxy_endpoints_refused").await == Some(1.0);
+            }
+            if all {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        refused.is_ok(),
+        "the 127.0.0.1 endpoint was not refused\n{}",
+        net.log_tail()
+    );
+    net.wait_endpoints("echo", 7070, 3).await;
+    for _ in 0..30 {
+        let (status, body) = http_get(SocketAddr::new(ip, 7070), "/").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(answered_by(&body).is_some(), "{body}");
+    }
+    assert_eq!(reached.load(Ordering::Relaxed), 0);
+    host_task.abort();
     net.cluster.terminate().await;
 }
 

@@ -16,8 +16,8 @@ use common::{
     http_ok, phase, pod_ip, restart_count, running, sample, samples_dir, waiting_reason, within,
 };
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ContainerStateTerminated, Node, Pod};
-use kube::api::{Api, DeleteParams};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Event, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -310,7 +310,36 @@ spec:
             "no line {line:?} in the log:\n{log}"
         );
     }
+    // The node's data dir (the Secret volume, logs, the image blob) is the owner's only.
+    let node_dir = cluster.data_dir.join("nodes").join("node-1");
+    let token = node_dir
+        .join("pods")
+        .join(pod.metadata.uid.as_deref().unwrap())
+        .join("volumes/creds/token");
+    assert!(token.is_file(), "{}", token.display());
+    let open = readable_by_others(&node_dir);
+    assert!(open.is_empty(), "readable by others: {open:#?}");
     cluster.terminate().await;
+}
+
+/// Every directory and file under `root` that has group or other permission bits.
+fn readable_by_others(root: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if (meta.is_dir() || meta.is_file()) && mode & 0o077 != 0 {
+            out.push((path.clone(), mode));
+        }
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out
 }
 
 #[tokio::test]
@@ -535,6 +564,86 @@ async fn a_memory_hog_is_oom_killed_and_the_node_stays_ready() {
         "{}",
         out.stdout_text()
     );
+    cluster.terminate().await;
+}
+
+/// Waits for an Event about pod `pod` with `reason` whose message starts with `message`.
+async fn wait_event(cluster: &Cluster, pod: &str, reason: &str, message: &str) -> String {
+    let events: Api<Event> = Api::default_namespaced(cluster.client.clone());
+    let params = ListParams::default().fields(&format!("involvedObject.name={pod}"));
+    let found = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let listed = events.list(&params).await.unwrap();
+            if let Some(m) = listed.items.iter().find_map(|e| {
+                let m = e.message.as_deref()?;
+                (e.reason.as_deref() == Some(reason) && m.starts_with(message)).then_some(m)
+            }) {
+                return m.to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no {reason} Event about {pod} saying {message:?}"))
+}
+
+/// An image URL that never answers: while the node waits on it, the container shows
+/// `ContainerCreating` and a `Pulling` Event names the image, at once rather than when the
+/// pull times out; an image that pulls gets a `Pulled` Event saying how long it took.
+#[tokio::test]
+async fn a_pull_in_progress_shows_container_creating_and_a_pulling_event() {
+    let (_dir, cluster) = start().await;
+    // Accepts connections and never answers them.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/app.wasm", hang.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            open.push(s);
+        }
+    });
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hanging-pull\nspec:\n  nodeName: node-1\n  \
+         containers:\n    - name: app\n      image: {url}\n"
+    );
+    cluster.apply("hang.yaml", &manifest).await;
+    let pod = cluster
+        .wait_pod("hanging-pull", "ContainerCreating", TIMEOUT, |p| {
+            waiting_reason(p) == Some("ContainerCreating")
+        })
+        .await;
+    assert_eq!(phase(&pod), "Pending");
+    wait_event(
+        &cluster,
+        "hanging-pull",
+        "Pulling",
+        &format!("Pulling image \"{url}\""),
+    )
+    .await;
+
+    cluster
+        .apply("pulls.yaml", &hello_pod("pulls", "node-1", free_port(), ""))
+        .await;
+    cluster
+        .wait_pod("pulls", "Running", POD_TIMEOUT, running)
+        .await;
+    let image = sample("hello-http", "hello_http");
+    wait_event(
+        &cluster,
+        "pulls",
+        "Pulling",
+        &format!("Pulling image \"{image}\""),
+    )
+    .await;
+    let pulled = wait_event(
+        &cluster,
+        "pulls",
+        "Pulled",
+        &format!("Successfully pulled image \"{image}\" in "),
+    )
+    .await;
+    assert!(pulled.ends_with('s'), "{pulled}");
+    held.abort();
     cluster.terminate().await;
 }
 

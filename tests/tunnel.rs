@@ -7,7 +7,8 @@
 //!   two machines: a Service whose only endpoint is on node A, requested through node B's
 //!   proxy (B's node port), reaches it through A's tunnel, as A's tunnel counters show;
 //!   the tunnel refuses requests without the cluster's node credential and targets
-//!   outside A's pod range.
+//!   outside A's pod range, or in it but not a declared port of a pod (a host service on
+//!   0.0.0.0 is not reachable through it).
 //! - Mirrors (remote pods' addresses served on this machine through their node's tunnel)
 //!   cannot forward on one machine (the pod's address is the pod's), but their safety can
 //!   be checked: with node A at a real address of this machine, node B finds A's pod
@@ -75,6 +76,38 @@ async fn a_node_joins_with_the_kubeconfig_token_create_writes() {
         out.stdout_text().contains("joiner"),
         "{}",
         node.log_tail(20)
+    );
+
+    // A joined node reads local images only from its image dirs: a pod naming the node's
+    // own credential file as its image gets a clear ErrImagePull, and nothing is copied.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "steal-token"},
+        "spec": {"nodeName": "joiner", "restartPolicy": "Never",
+                 "containers": [{"name": "c", "image": path.display().to_string()}]}
+    }))
+    .unwrap();
+    pods.create(&Default::default(), &pod).await.unwrap();
+    let message = within("the pod's ErrImagePull", async {
+        loop {
+            let pod = pods.get("steal-token").await.unwrap();
+            let waiting = common::container(&pod).and_then(|c| c.state.as_ref()?.waiting.clone());
+            if let Some(w) = waiting.filter(|w| w.reason.as_deref() == Some("ErrImagePull")) {
+                return w.message.unwrap_or_default();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        message.contains("is outside the node's image directories"),
+        "{message}"
+    );
+    let blobs = dir.path().join("joiner/runtime/blobs/sha256");
+    assert_eq!(
+        std::fs::read_dir(&blobs).unwrap().count(),
+        0,
+        "a blob was stored"
     );
 
     // A server that is not a URL is refused before any token is made.
@@ -285,6 +318,26 @@ spec:
         407
     );
     assert_eq!(connect(tunnel_a, cp.addr, Some(credential)).await.0, 403);
+    // A host service on 0.0.0.0 answers on every pod address too: an address of A's pod
+    // range where no pod is, and the pod's address at a port it does not declare, are
+    // refused all the same.
+    let host = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    let IpAddr::V4(pod_v4) = pod_addr.ip() else {
+        panic!("{pod_addr}")
+    };
+    let [a, b, _, _] = pod_v4.octets();
+    for target in [
+        SocketAddr::from(([a, b, 0, 200], host_port)),
+        SocketAddr::new(pod_addr.ip(), host_port),
+    ] {
+        assert_eq!(
+            connect(tunnel_a, target, Some(credential)).await.0,
+            403,
+            "{target}"
+        );
+    }
+    drop(host);
     let (status, mut stream) = connect(tunnel_a, pod_addr, Some(credential)).await;
     assert_eq!(status, 200);
     stream
@@ -312,7 +365,7 @@ spec:
     );
     assert_eq!(
         counter(&last, TUNNEL_FORBIDDEN),
-        counter(&again_a, TUNNEL_FORBIDDEN) + 1,
+        counter(&again_a, TUNNEL_FORBIDDEN) + 3,
         "{last}"
     );
     // Plain HTTP to the tunnel port is not a way in either.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wharf_node::agent::{self, Agent, AgentConfig};
-use wharf_runtime::{Runtime, RuntimeConfig};
+use wharf_runtime::{LocalImages, Runtime, RuntimeConfig};
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
@@ -45,6 +45,47 @@ pub struct NodeArgs {
     backoff: Duration,
     #[command(flatten)]
     services: ServiceArgs,
+    #[command(flatten)]
+    images: ImageArgs,
+}
+
+/// Which local files pods may name as images (shared by `wharf node` and `wharf up`).
+#[derive(Debug, Clone, Args)]
+pub struct ImageArgs {
+    /// A directory whose files pods may name as images (repeatable); local paths
+    /// elsewhere are refused
+    #[arg(long = "image-dir", value_name = "DIR")]
+    image_dirs: Vec<PathBuf>,
+    /// Let pods name any file this node's user can read as an image
+    #[arg(long, conflicts_with = "image_dirs")]
+    allow_any_local_image: bool,
+}
+
+impl ImageArgs {
+    /// The policy: `--allow-any-local-image` allows any file, `--image-dir`s only files in
+    /// them; with neither, `any_by_default` decides (`wharf up`, where the node's user is
+    /// the cluster's user, allows any; a node joining a cluster allows none).
+    pub fn local_images(&self, any_by_default: bool) -> LocalImages {
+        if self.allow_any_local_image || (any_by_default && self.image_dirs.is_empty()) {
+            LocalImages::Any
+        } else {
+            LocalImages::Within(self.image_dirs.clone())
+        }
+    }
+}
+
+/// How a node's image policy reads in its start-up lines.
+pub fn local_images_note(images: &LocalImages) -> String {
+    match images {
+        LocalImages::Any => "pods may name any local file this user can read as an image".into(),
+        LocalImages::Within(dirs) if dirs.is_empty() => {
+            "local image paths refused (--image-dir DIR allows a directory)".into()
+        }
+        LocalImages::Within(dirs) => {
+            let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            format!("local images only from {}", dirs.join(", "))
+        }
+    }
 }
 
 /// The node's Service proxy and cluster DNS (shared by `wharf node` and `wharf up`).
@@ -150,15 +191,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Creates a node's runtime and starts its agent.
 pub async fn start_node(
     config: AgentConfig,
+    local_images: LocalImages,
     client: kube::Client,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Agent, Arc<Runtime>)> {
-    let runtime_dir = config.data_dir.join("runtime");
-    let runtime =
-        tokio::task::spawn_blocking(move || Runtime::new(RuntimeConfig::new(runtime_dir)))
-            .await
-            .context("starting the wasm runtime")?
-            .context("starting the wasm runtime")?;
+    let mut runtime_config = RuntimeConfig::new(config.data_dir.join("runtime"));
+    runtime_config.local_images = local_images;
+    let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
+        .await
+        .context("starting the wasm runtime")?
+        .context("starting the wasm runtime")?;
     let runtime = Arc::new(runtime);
     let name = config.node_name.clone();
     let agent = agent::start(config, client, runtime.clone(), shutdown)
@@ -187,10 +229,12 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     config.backoff.base = args.backoff;
     args.services.apply(&mut config);
     let shutdown = CancellationToken::new();
+    let local_images = args.images.local_images(false);
+    eprintln!("wharf node: {}", local_images_note(&local_images));
     let renewal = node_client
         .renewer
         .map(|r| tokio::spawn(r.run(shutdown.clone())));
-    let started = start_node(config, node_client.client, shutdown.clone()).await;
+    let started = start_node(config, local_images, node_client.client, shutdown.clone()).await;
     let (agent, runtime) = match started {
         Ok(n) => n,
         Err(e) => {
@@ -221,6 +265,31 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_joining_node_reads_local_images_only_from_its_image_dirs() {
+        let args = |dirs: &[&str], any: bool| ImageArgs {
+            image_dirs: dirs.iter().map(PathBuf::from).collect(),
+            allow_any_local_image: any,
+        };
+        // `wharf node`: none unless flagged.
+        assert_eq!(
+            args(&[], false).local_images(false),
+            LocalImages::Within(vec![])
+        );
+        assert_eq!(
+            args(&["/srv/wasm"], false).local_images(false),
+            LocalImages::Within(vec!["/srv/wasm".into()])
+        );
+        assert_eq!(args(&[], true).local_images(false), LocalImages::Any);
+        // `wharf up`: any, unless restricted.
+        assert_eq!(args(&[], false).local_images(true), LocalImages::Any);
+        assert_eq!(
+            args(&["/srv/wasm"], false).local_images(true),
+            LocalImages::Within(vec!["/srv/wasm".into()])
+        );
+        assert!(local_images_note(&LocalImages::Within(vec![])).contains("--image-dir"));
+    }
 
     #[test]
     fn a_loopback_node_runs_no_tunnel_by_default() {

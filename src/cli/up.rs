@@ -7,7 +7,9 @@
 //! brings the same cluster back, pods included.
 
 use super::control::{StoreArgs, shutdown_signal};
-use super::node::{ServiceArgs, dns_note, parse_duration, start_node};
+use super::node::{
+    ImageArgs, ServiceArgs, dns_note, local_images_note, parse_duration, start_node,
+};
 use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
@@ -34,6 +36,8 @@ pub struct UpArgs {
     #[command(flatten)]
     services: ServiceArgs,
     #[command(flatten)]
+    images: ImageArgs,
+    #[command(flatten)]
     store: StoreArgs,
 }
 
@@ -54,13 +58,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         plane.local_addr
     );
 
+    // The laptop flow: the node's user is the cluster's user, so local paths work unless
+    // restricted with --image-dir.
+    let local_images = args.images.local_images(true);
+    eprintln!("wharf up: {}", local_images_note(&local_images));
     let mut nodes = Vec::new();
     for i in 1..=args.nodes.max(1) {
         let name = format!("node-{i}");
         let mut config = AgentConfig::new(&name, data_dir.join("nodes").join(&name));
         config.backoff.base = args.backoff;
         args.services.apply(&mut config);
-        let started = start_node(config, plane.client(), shutdown.clone()).await;
+        let started = start_node(
+            config,
+            local_images.clone(),
+            plane.client(),
+            shutdown.clone(),
+        )
+        .await;
         let (agent, runtime) = match started {
             Ok(n) => n,
             Err(e) => {

@@ -602,8 +602,9 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts `wharf --kubeconfig KUBECONFIG node --name NAME --address ADDRESS` with its
-    /// data in `DIR/NAME`, the node server and tunnel on port 0, no DNS and a short
-    /// back-off, plus `extra` arguments; waits for its "running" line.
+    /// data in `DIR/NAME`, the node server and tunnel on port 0, no DNS, a short back-off
+    /// and `samples/` as its image dir, plus `extra` arguments; waits for its "running"
+    /// line.
     pub async fn start(
         dir: &Path,
         kubeconfig: &Path,
@@ -621,6 +622,9 @@ impl NodeProcess {
             .arg(dir.join(name))
             .args(["--port", "0", "--tunnel-port", "0", "--dns-listen", "off"])
             .args(["--backoff", "200ms"])
+            // A joining node reads local images only from its image dirs: the samples.
+            .arg("--image-dir")
+            .arg(samples_dir())
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -126,7 +126,7 @@ impl ArtifactCache {
             let path = path.to_path_buf();
             move |source| CacheError::Io { path, source }
         };
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        crate::private::create_private_dir(&self.dir).map_err(io(&self.dir))?;
         // The checksum goes last: an artifact without one is never loaded.
         let _ = std::fs::remove_file(&checksum);
         write_atomic(&artifact, &bytes).map_err(io(&artifact))?;

@@ -23,6 +23,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::image::LocalImages;
 use sha2::{Digest as _, Sha256};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -46,6 +47,9 @@ pub struct RuntimeConfig {
     pub pull_timeout: Duration,
     /// Largest image accepted, in bytes. Default 256 MiB.
     pub max_image_bytes: u64,
+    /// Which local paths may be images. Default [`LocalImages::Any`]: the binary that
+    /// embeds the runtime decides (`wharf node` allows only its `--image-dir`s).
+    pub local_images: LocalImages,
 }
 
 impl RuntimeConfig {
@@ -59,6 +63,7 @@ impl RuntimeConfig {
             log_max_files: 4,
             pull_timeout: Duration::from_secs(300),
             max_image_bytes: 256 * 1024 * 1024,
+            local_images: LocalImages::Any,
         }
     }
 }

@@ -14,14 +14,18 @@
 //! `localhost`, `127.0.0.1` or `[::1]` at a port the pod's containers declare is sent to
 //! the pod's own IP, same port ([`egress_target`]), and needs no allow-list entry; any
 //! other localhost port is denied, whatever the allow list says: the pod's own address is
-//! all localhost reaches, never the host's 127.0.0.1. (The pod's IP written out is an
+//! all localhost reaches, never the host's 127.0.0.1. The declared port must also be one
+//! an HTTP container of this runtime is serving at that moment ([`Serving`]): a host
+//! service bound to `0.0.0.0:P` answers on every loopback address, the pod's included, so
+//! a port declared but not served would reach it. (The pod's IP written out is an
 //! address like any other: the allow list decides.) wasi:sockets cannot get the same
 //! treatment: wasmtime 48's only hook there (`socket_addr_check`) allows or denies an
 //! address but cannot change it, so a socket to 127.0.0.1 is judged by the allow list like
 //! any other address.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -115,11 +119,55 @@ impl Linkers {
     }
 }
 
+/// The addresses the runtime's HTTP containers are serving on now (counted: a restart may
+/// overlap its predecessor for a moment).
+#[derive(Debug, Default)]
+pub(crate) struct Serving(Mutex<HashMap<SocketAddr, usize>>);
+
+impl Serving {
+    /// Records `addr` as served until the guard is dropped.
+    pub(crate) fn add(self: &Arc<Self>, addr: SocketAddr) -> ServingGuard {
+        *self.lock().entry(addr).or_default() += 1;
+        ServingGuard {
+            serving: self.clone(),
+            addr,
+        }
+    }
+
+    pub(crate) fn contains(&self, addr: SocketAddr) -> bool {
+        self.lock().contains_key(&addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, usize>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One served address, given up when dropped (with the HTTP container's serve loop).
+pub(crate) struct ServingGuard {
+    serving: Arc<Serving>,
+    addr: SocketAddr,
+}
+
+impl Drop for ServingGuard {
+    fn drop(&mut self) {
+        let mut map = self.serving.lock();
+        if let Some(n) = map.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.addr);
+            }
+        }
+    }
+}
+
 /// What a container's stores are made from: its spec, and the budget, throttle and log it
 /// shares across all its stores (one for a command, one per request for HTTP).
 #[derive(Clone)]
 pub(crate) struct StoreFactory {
     pub(crate) engine: Engine,
+    /// What `localhost` may reach (see the module docs).
+    pub(crate) serving: Arc<Serving>,
     pub(crate) spec: Arc<ContainerSpec>,
     pub(crate) argv: Arc<Vec<String>>,
     pub(crate) budget: Arc<MemoryBudget>,
@@ -199,6 +247,7 @@ impl StoreFactory {
                 services: self.spec.services.clone(),
                 pod_ip: self.spec.pod_ip,
                 pod_ports: self.spec.pod_ports.clone(),
+                serving: self.serving.clone(),
             },
             common: self.common(),
         };
@@ -248,6 +297,7 @@ pub(crate) struct EgressHooks {
     services: Option<Arc<dyn crate::spec::ServiceResolver>>,
     pod_ip: Option<IpAddr>,
     pod_ports: Vec<u16>,
+    serving: Arc<Serving>,
 }
 
 /// Whether a request host names the local machine's loopback the way a container means
@@ -264,7 +314,8 @@ pub(crate) fn is_localhost(host: &str) -> bool {
 ///
 /// 1. `https`: denied (no TLS client in this build);
 /// 2. `localhost`/`127.0.0.1`/`::1` from a pod: its own pod IP, same port, if one of the
-///    pod's containers declares the port (`pod_ports`), else denied;
+///    pod's containers declares the port (`pod_ports`) and something of this runtime
+///    serves it (`served`), else denied;
 /// 3. a host the service resolver knows: the address it names (Services are
 ///    cluster-internal and need no allow-list entry);
 /// 4. anything else: as it is, if the network policy allows the authority.
@@ -275,6 +326,7 @@ pub(crate) fn egress_target(
     port: u16,
     https: bool,
     pod: Option<(IpAddr, &[u16])>,
+    served: &dyn Fn(SocketAddr) -> bool,
     services: Option<&dyn crate::spec::ServiceResolver>,
     policy: &NetworkAccess,
 ) -> Option<(String, u16)> {
@@ -288,7 +340,8 @@ pub(crate) fn egress_target(
     if let Some((ip, ports)) = pod
         && is_localhost(bare)
     {
-        return ports.contains(&port).then(|| (ip.to_string(), port));
+        let ours = ports.contains(&port) && served(SocketAddr::new(ip, port));
+        return ours.then(|| (ip.to_string(), port));
     }
     if let Some(addr) = services.and_then(|s| s.resolve(bare, port)) {
         return Some((addr.ip().to_string(), addr.port()));
@@ -318,11 +371,13 @@ impl WasiHttpHooks for EgressHooks {
         let host = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let pod = self.pod_ip.map(|ip| (ip, self.pod_ports.as_slice()));
+        let serving = &self.serving;
         let Some((host, port)) = egress_target(
             &host,
             port,
             https,
             pod,
+            &|addr| serving.contains(addr),
             self.services.as_deref(),
             &self.policy,
         ) else {
@@ -378,16 +433,27 @@ async fn send_plain_http(
     let mut conn = Box::pin(conn);
     let send = tokio::time::timeout(first_byte_timeout, sender.send_request(request));
     tokio::pin!(send);
+    // The connection must be driven for the response to arrive. An upstream that sends a
+    // complete response and closes ends the connection in the very poll that hands the
+    // response over, so the connection ending first says nothing: the response is then
+    // already waiting in `send` (or `send` fails, if there was none).
+    let mut conn_ended = false;
     let response = tokio::select! {
-        response = &mut send => response.map_err(|_| Error::ConnectionReadTimeout)??,
+        response = &mut send => response,
         done = &mut conn => {
             done?;
-            return Err(Error::HttpResponseIncomplete);
+            conn_ended = true;
+            send.await
         }
     };
+    let response = response.map_err(|_| Error::ConnectionReadTimeout)??;
     let response = response.map(|body| body.map_err(Error::from).boxed_unsync());
-    let io: Box<dyn Future<Output = Result<(), Error>> + Send> =
-        Box::new(async move { conn.await.map_err(Error::from) });
+    let io: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async move {
+        if conn_ended {
+            return Ok(());
+        }
+        conn.await.map_err(Error::from)
+    });
     Ok((response, io))
 }
 
@@ -431,7 +497,9 @@ mod tests {
         policy: &NetworkAccess,
     ) -> Option<String> {
         let pod = pod_ip.map(|p| (p.parse().unwrap(), [8081, 9000].as_slice()));
-        egress_target(host, port, false, pod, Some(&Backend), policy)
+        // 9000 is declared but nothing serves it.
+        let served = |a: SocketAddr| a.port() != 9000;
+        egress_target(host, port, false, pod, &served, Some(&Backend), policy)
             .map(|(h, p)| format!("{h}:{p}"))
     }
 
@@ -452,6 +520,11 @@ mod tests {
                 Some("127.64.0.7:8081"),
                 "{host}"
             );
+        }
+        // Declared but served by nothing of the pod: a host service on 0.0.0.0:9000 would
+        // answer at the pod's address, so localhost does not go there.
+        for policy in [&none, &NetworkAccess::All] {
+            assert_eq!(target("localhost", 9000, pod, policy), None);
         }
         // The pod's IP written out, other pods, the host's services: the allow list decides.
         assert_eq!(target("127.64.0.7", 9000, pod, &none), None);
@@ -480,7 +553,15 @@ mod tests {
         // https is never sent (no TLS client).
         let ip: IpAddr = "127.64.0.7".parse().unwrap();
         assert_eq!(
-            egress_target("localhost", 8081, true, Some((ip, &[8081])), None, &none),
+            egress_target(
+                "localhost",
+                8081,
+                true,
+                Some((ip, &[8081])),
+                &|_| true,
+                None,
+                &none
+            ),
             None
         );
     }
@@ -511,5 +592,68 @@ mod tests {
         assert!(is_localhost("::1"));
         assert!(!is_localhost("127.0.0.2"));
         assert!(!is_localhost("localhost.example"));
+    }
+
+    /// An upstream that sends a complete response (Content-Length) and closes at once: the
+    /// connection ends in the same poll that delivers the response, which must still be
+    /// the guest's, whole, every time.
+    #[tokio::test]
+    async fn a_complete_response_then_close_is_a_response() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = upstream.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            while let Ok((mut s, _)) = upstream.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                    .await;
+                // Closed right after the last byte.
+            }
+        });
+        for i in 0..100 {
+            let request = http::Request::get(format!("http://127.0.0.1:{port}/"))
+                .body(
+                    http_body_util::Empty::<Bytes>::new()
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .unwrap();
+            let sent = tokio::time::timeout(
+                Duration::from_secs(10),
+                send_plain_http(
+                    request,
+                    "127.0.0.1".into(),
+                    port,
+                    Duration::from_secs(5),
+                    Duration::from_secs(5),
+                ),
+            )
+            .await
+            .unwrap();
+            let (response, io) = match sent {
+                Ok(r) => r,
+                Err(e) => panic!("attempt {i}: {e:?}"),
+            };
+            assert_eq!(response.status(), 200);
+            let body = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("attempt {i}: body: {e:?}"))
+                .to_bytes();
+            assert_eq!(&body[..], b"hello", "attempt {i}");
+            tokio::time::timeout(Duration::from_secs(5), Box::into_pin(io))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        server.abort();
     }
 }

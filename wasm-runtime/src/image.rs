@@ -12,6 +12,13 @@
 //! either. Local files are read on every pull: they are cheap to read and are what a
 //! developer rebuilds.
 //!
+//! A local path is read only if it names a regular file (never a FIFO, a device or a
+//! directory: opened non-blocking, its type checked on the open file, its size bounded while
+//! reading) and, unless the node allows any local file ([`LocalImages::Any`]), only inside
+//! one of the node's image directories after symlinks are resolved: otherwise a pod could
+//! name any file the node can read (a token, a key) and have it copied into the blob store
+//! with its digest shown in the pod's status.
+//!
 //! `https://` references are refused with a clear error: this build carries no TLS client,
 //! to keep the node small and its build fast (see the crate docs). Serve images over plain
 //! HTTP inside a trusted network, or pin them with `@sha256:` so that the transport does not
@@ -168,6 +175,15 @@ pub enum ImagePullError {
         /// What went wrong.
         message: String,
     },
+    /// A local path the node does not read as an image: not a regular file, or outside the
+    /// node's image directories.
+    #[error("image {reference}: {reason}")]
+    LocalRefused {
+        /// The reference as given.
+        reference: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
     /// The image is larger than `RuntimeConfig::max_image_bytes`.
     #[error("image {reference} is larger than the limit of {limit} bytes")]
     TooLarge {
@@ -233,6 +249,126 @@ impl ImagePullError {
             _ => "ErrImagePull",
         }
     }
+}
+
+/// Which local paths the node reads as images.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LocalImages {
+    /// Any regular file the node's user can read: a laptop cluster, where the node's user
+    /// and the cluster's user are the same person.
+    #[default]
+    Any,
+    /// Only regular files inside these directories (symlinks resolved). Empty: no local
+    /// images at all, only `http://` ones.
+    Within(Vec<PathBuf>),
+}
+
+impl LocalImages {
+    /// Refuses `path` (already canonical) unless the policy allows it.
+    fn check(&self, path: &Path) -> Result<(), String> {
+        let dirs = match self {
+            LocalImages::Any => return Ok(()),
+            LocalImages::Within(dirs) => dirs,
+        };
+        let inside = dirs
+            .iter()
+            .any(|d| std::fs::canonicalize(d).is_ok_and(|d| path.starts_with(d)));
+        if inside {
+            return Ok(());
+        }
+        Err(if dirs.is_empty() {
+            "local image paths are not allowed on this node (start it with --image-dir DIR \
+             or --allow-any-local-image, or serve the image over http://)"
+                .to_string()
+        } else {
+            let list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            format!(
+                "{} is outside the node's image directories ({})",
+                path.display(),
+                list.join(", ")
+            )
+        })
+    }
+}
+
+/// What kind of file a non-regular file is, for the error message.
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads a local image: a regular file, allowed by `policy`, at most `limit` bytes. The
+/// type is checked before opening (so a FIFO or device is never opened) and again on the
+/// open file (opened non-blocking, so one swapped in meanwhile cannot block the thread);
+/// the limit is enforced while reading, not taken from the metadata. Blocking.
+pub(crate) fn read_local(
+    path: &Path,
+    reference: &str,
+    limit: u64,
+    policy: &LocalImages,
+) -> Result<Bytes, ImagePullError> {
+    use std::io::Read;
+    let read_err = |source| ImagePullError::Read {
+        reference: reference.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let refused = |reason: String| ImagePullError::LocalRefused {
+        reference: reference.to_string(),
+        reason,
+    };
+    let canonical = std::fs::canonicalize(path).map_err(read_err)?;
+    policy.check(&canonical).map_err(refused)?;
+    let not_regular = |t: std::fs::FileType| {
+        refused(format!(
+            "{} is {}, not a regular file",
+            path.display(),
+            file_kind(t)
+        ))
+    };
+    let meta = std::fs::metadata(&canonical).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(&canonical).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len().min(limit)).unwrap_or(0));
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(ImagePullError::TooLarge {
+            reference: reference.to_string(),
+            limit,
+        });
+    }
+    Ok(Bytes::from(bytes))
 }
 
 /// Where an image's bytes come from.
@@ -378,7 +514,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = crate::private::private_file_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -554,5 +694,100 @@ mod tests {
         assert!(!store.blob_path(&digest).exists());
         store.record_ref("http://x/a.wasm", &digest).unwrap();
         assert_eq!(store.lookup_ref("http://x/a.wasm"), Some(digest));
+    }
+
+    /// `read_local` on another thread, which must answer within 5 s (a blocked read of a
+    /// FIFO never would).
+    fn read_quickly(path: &Path, limit: u64, policy: LocalImages) -> Result<Bytes, ImagePullError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_local(
+                &path,
+                &path.display().to_string(),
+                limit,
+                &policy,
+            ));
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("read_local blocked or took longer than 5 s")
+    }
+
+    #[test]
+    fn local_images_are_bounded_regular_files_inside_the_image_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let images = tmp.path().join("images");
+        std::fs::create_dir(&images).unwrap();
+        let app = images.join("app.wasm");
+        std::fs::write(&app, b"\0asm\x01\0\0\0").unwrap();
+        let within = LocalImages::Within(vec![images.clone()]);
+        assert_eq!(
+            &read_quickly(&app, 1024, within.clone()).unwrap()[..4],
+            b"\0asm"
+        );
+
+        // A FIFO with no writer: refused at once, never opened.
+        let fifo = images.join("fifo.wasm");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = read_quickly(&fifo, 1024, LocalImages::Any).unwrap_err();
+        assert_eq!(e.reason(), "ErrImagePull");
+        assert!(
+            e.to_string().ends_with("is a FIFO, not a regular file"),
+            "{e}"
+        );
+
+        // A device whose metadata says 0 bytes but that never ends.
+        let e = read_quickly(Path::new("/dev/zero"), 1024, LocalImages::Any).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("/dev/zero is a character device, not a regular file"),
+            "{e}"
+        );
+
+        // A directory.
+        let e = read_quickly(&images, 1024, LocalImages::Any).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("is a directory, not a regular file"),
+            "{e}"
+        );
+
+        // Outside the image dirs, directly or through a symlink inside them.
+        let secret = tmp.path().join("admin.token");
+        std::fs::write(&secret, "token").unwrap();
+        let e = read_quickly(&secret, 1024, within.clone()).unwrap_err();
+        assert!(matches!(e, ImagePullError::LocalRefused { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("is outside the node's image directories"),
+            "{e}"
+        );
+        std::os::unix::fs::symlink(&secret, images.join("link.wasm")).unwrap();
+        let e = read_quickly(&images.join("link.wasm"), 1024, within.clone()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is outside the node's image directories"),
+            "{e}"
+        );
+        let e = read_quickly(&images.join("../admin.token"), 1024, within).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is outside the node's image directories"),
+            "{e}"
+        );
+        // No image dirs: no local images at all.
+        let e = read_quickly(&app, 1024, LocalImages::Within(vec![])).unwrap_err();
+        assert!(e.to_string().contains("--image-dir"), "{e}");
+
+        // The size limit holds while reading.
+        let e = read_quickly(&app, 4, LocalImages::Any).unwrap_err();
+        assert!(
+            matches!(e, ImagePullError::TooLarge { limit: 4, .. }),
+            "{e}"
+        );
     }
 }

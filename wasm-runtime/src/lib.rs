@@ -52,12 +52,13 @@ mod http;
 mod image;
 mod limits;
 pub mod logs;
+pub mod private;
 mod runtime;
 mod spec;
 
 pub use container::{Container, ContainerStats, ExitReason, ExitStatus, StartError};
 pub use engine::{AllocatorKind, PoolingConfig, RuntimeConfig, RuntimeError};
-pub use image::{Digest, ImagePullError, PullPolicy, WorkloadKind};
+pub use image::{Digest, ImagePullError, LocalImages, PullPolicy, WorkloadKind};
 pub use logs::{ContainerLogs, LogError, LogLine, LogOptions, LogStream};
 pub use runtime::{Image, Runtime, RuntimeStats};
 pub use spec::{ContainerSpec, Mount, NetworkAccess, Resources, ServiceResolver};

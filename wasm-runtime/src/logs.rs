@@ -31,7 +31,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -387,7 +387,7 @@ impl LogFile {
     /// Prepares the directory for `attempt` (keeping only the previous attempt's files) and
     /// creates its log file, empty.
     fn create(dir: &Path, attempt: u32, config: LogConfig) -> Result<Self, LogError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        crate::private::create_private_dir(dir).map_err(io_err(dir))?;
         for old in attempts_in(dir).map_err(io_err(dir))? {
             if old + 1 == attempt {
                 continue;
@@ -395,7 +395,7 @@ impl LogFile {
             remove_attempt(dir, old, config.max_files)?;
         }
         let path = attempt_path(dir, attempt);
-        let file = OpenOptions::new()
+        let file = crate::private::private_file_options()
             .create(true)
             .write(true)
             .truncate(true)
@@ -489,7 +489,7 @@ impl LogFile {
             }
         }
         std::fs::rename(&self.path, rotated_path(&self.path, 1))?;
-        self.file = OpenOptions::new()
+        self.file = crate::private::private_file_options()
             .create(true)
             .write(true)
             .truncate(true)

@@ -25,11 +25,11 @@ use crate::container::{Container, ContainerShared, ExitStatus, Outcome, StartErr
 use crate::engine::{
     AllocatorKind, EpochTicker, RuntimeConfig, RuntimeError, build_engine, engine_fingerprint,
 };
-use crate::guest::{Linkers, P1State, P2State, StoreFactory};
+use crate::guest::{Linkers, P1State, P2State, Serving, StoreFactory};
 use crate::http::HttpServer;
 use crate::image::{
     BlobStore, Digest, HttpClient, ImagePullError, PullPolicy, Reference, Source, WorkloadKind,
-    fetch_http, http_client, parse_reference,
+    fetch_http, http_client, parse_reference, read_local,
 };
 use crate::limits::{CpuThrottle, MemoryBudget};
 use crate::logs::{self, ContainerLogs, LogConfig, LogError, LogProgress, LogSink};
@@ -137,6 +137,8 @@ struct Inner {
     /// Every container's supervisor task.
     tracker: TaskTracker,
     ticker: Mutex<Option<EpochTicker>>,
+    /// The addresses HTTP containers serve on now (what a pod's `localhost` may reach).
+    serving: Arc<Serving>,
 }
 
 impl Drop for Inner {
@@ -182,12 +184,13 @@ impl Runtime {
         let blobs = BlobStore::new(&config.data_dir);
         let cache = ArtifactCache::new(&config.data_dir, &fingerprint);
         let logs_dir = config.data_dir.join("logs");
-        for dir in blobs
-            .dirs()
+        // Owner-only (see `private`): blobs are whatever files pods named as images.
+        for dir in [config.data_dir.as_path()]
             .into_iter()
+            .chain(blobs.dirs())
             .chain([cache.dir(), logs_dir.as_path()])
         {
-            std::fs::create_dir_all(dir).map_err(|source| RuntimeError::DataDir {
+            crate::private::create_private_dir(dir).map_err(|source| RuntimeError::DataDir {
                 path: dir.to_path_buf(),
                 source,
             })?;
@@ -210,6 +213,7 @@ impl Runtime {
                 root: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 ticker: Mutex::new(Some(ticker)),
+                serving: Arc::default(),
             }),
         })
     }
@@ -307,10 +311,12 @@ impl Runtime {
         let (bytes, remote) = match &r.source {
             Source::File(path) => {
                 let (path, reference) = (path.clone(), r.original.clone());
-                let bytes =
-                    tokio::task::spawn_blocking(move || read_local(&path, &reference, limit))
-                        .await
-                        .map_err(task_err)??;
+                let policy = inner.config.local_images.clone();
+                let bytes = tokio::task::spawn_blocking(move || {
+                    read_local(&path, &reference, limit, &policy)
+                })
+                .await
+                .map_err(task_err)??;
                 (bytes, false)
             }
             Source::Http(uri) => {
@@ -492,6 +498,7 @@ impl Runtime {
         let cpu = CpuThrottle::new(spec.resources.cpu_millicores);
         let factory = StoreFactory {
             engine: inner.engine.clone(),
+            serving: inner.serving.clone(),
             cpu: cpu.clone(),
             spec: Arc::new(spec),
             argv: Arc::new(argv),
@@ -526,7 +533,12 @@ impl Runtime {
                         kill: kill.clone(),
                         tracker: TaskTracker::new(),
                     });
-                    Box::pin(crate::http::serve(listener, server))
+                    // Served (for the pod's `localhost`) for as long as the serve loop runs.
+                    let serving = http_addr.map(|a| inner.serving.add(a));
+                    Box::pin(async move {
+                        let _serving = serving;
+                        crate::http::serve(listener, server).await
+                    })
                 }
                 (Prepared::Http(_), None) => {
                     return Err(StartError::NoListenAddress {
@@ -606,26 +618,6 @@ impl Runtime {
         }
         done
     }
-}
-
-fn read_local(
-    path: &std::path::Path,
-    reference: &str,
-    limit: u64,
-) -> Result<Bytes, ImagePullError> {
-    let read_err = |source| ImagePullError::Read {
-        reference: reference.to_string(),
-        path: path.to_path_buf(),
-        source,
-    };
-    let len = std::fs::metadata(path).map_err(read_err)?.len();
-    if len > limit {
-        return Err(ImagePullError::TooLarge {
-            reference: reference.to_string(),
-            limit,
-        });
-    }
-    Ok(Bytes::from(std::fs::read(path).map_err(read_err)?))
 }
 
 /// Compiles a core module or a component, by its header. Blocking (Cranelift).

@@ -23,7 +23,7 @@ use crate::proxy::ProxyConfig;
 use crate::tunnel::client::Dialer;
 use crate::tunnel::metrics::TunnelMetrics;
 use crate::{daemon, dns, proxy, tunnel};
-use addresses::PodAddresses;
+use addresses::{PodAddresses, PodSockets};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -136,6 +136,8 @@ pub struct NodeContext {
     pub client: kube::Client,
     pub runtime: Arc<Runtime>,
     pub addresses: Mutex<PodAddresses>,
+    /// The sockets the pods with an address here declare (what the tunnel admits).
+    pub sockets: Arc<PodSockets>,
     /// Pods this node runs, by `namespace/name`, for the log server.
     pub pods: Mutex<HashMap<String, Arc<Pod>>>,
     /// The proxy's counters and the Service names pods resolve.
@@ -173,10 +175,23 @@ pub async fn start(
     runtime: Arc<Runtime>,
     shutdown: CancellationToken,
 ) -> Result<Agent, AgentError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|error| AgentError::Io {
+    // The data dir holds Secret volumes, logs and image blobs: the owner's only, and what an
+    // older node left group- or world-readable is fixed before any pod starts.
+    let data_dir = config.data_dir.clone();
+    let fixed = tokio::task::spawn_blocking(move || {
+        wharf_runtime::private::create_private_dir(&data_dir)
+            .and_then(|()| wharf_runtime::private::restrict_tree(&data_dir))
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .flatten()
+    .map_err(|error| AgentError::Io {
         path: config.data_dir.clone(),
         error,
     })?;
+    if fixed > 0 {
+        tracing::info!(data_dir = %config.data_dir.display(), fixed, "made data dir entries owner-only");
+    }
     let mut tasks = JoinSet::new();
     // The node's server is bound first: its port goes into the Node's status.
     let listener = tokio::net::TcpListener::bind(config.daemon_listen)
@@ -244,6 +259,7 @@ pub async fn start(
         client: client.clone(),
         runtime,
         addresses: Mutex::new(addresses),
+        sockets: Arc::default(),
         pods: Mutex::new(HashMap::new()),
         services: Arc::new(proxy::Shared::new(&config.cluster_domain)),
         events: Recorder::new(client.clone(), EVENT_SOURCE).with_host(&config.node_name),
@@ -257,6 +273,7 @@ pub async fn start(
         let server = tunnel::server::ServerConfig {
             credential: proxy_token.as_deref().map(Arc::from),
             pod_range: PodAddresses::new(&pod_cidr)?,
+            pods: ctx.sockets.clone(),
             source: Some(config.address),
             connect_timeout: config.proxy.connect_timeout,
         };

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use wharf_runtime::Mount;
+use wharf_runtime::{Mount, private};
 
 /// Where a pod's volumes live on the node.
 pub fn pod_dir(data_dir: &Path, pod_uid: &str) -> PathBuf {
@@ -86,7 +86,7 @@ fn prepare_one(
     allow_host_path: bool,
 ) -> Result<(PathBuf, bool), String> {
     let mkdir = |d: &Path| {
-        std::fs::create_dir_all(d)
+        private::create_private_dir(d)
             .map_err(|e| format!("volume {:?}: creating {}: {e}", v.name, d.display()))
     };
     if v.empty_dir.is_some() {
@@ -102,7 +102,9 @@ fn prepare_one(
         }
         let path = PathBuf::from(&h.path);
         if h.type_.as_deref() == Some("DirectoryOrCreate") {
-            mkdir(&path)?;
+            // The host's directory: made as the host's umask says, its mode left alone.
+            std::fs::create_dir_all(&path)
+                .map_err(|e| format!("volume {:?}: creating {}: {e}", v.name, path.display()))?;
         }
         if !path.is_dir() {
             return Err(format!(
@@ -154,14 +156,24 @@ fn prepare_one(
                 None => data.iter().map(|(k, d)| (k.clone(), d)).collect(),
             };
             for (rel, bytes) in files {
-                if rel.split('/').any(|p| p == ".." || p.is_empty()) {
-                    return Err(format!("volume {:?}: invalid path {rel:?}", v.name));
+                let checked =
+                    relative_inside(&rel).and_then(|()| match rel.split('/').any(str::is_empty) {
+                        true => Err("must not contain empty path elements"),
+                        false => Ok(()),
+                    });
+                if let Err(e) = checked {
+                    return Err(format!("volume {:?}: path {rel:?}: {e}", v.name));
                 }
                 let file = staging.join(&rel);
                 if let Some(parent) = file.parent() {
                     mkdir(parent)?;
                 }
-                std::fs::write(&file, bytes)
+                // Owner-only on the host: the guest runs as the node's user.
+                private::private_file_options()
+                    .write(true)
+                    .create_new(true)
+                    .open(&file)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
                     .map_err(|e| format!("volume {:?}: writing {rel}: {e}", v.name))?;
             }
         }
@@ -173,7 +185,9 @@ fn prepare_one(
     Ok((dir.to_path_buf(), true))
 }
 
-/// The runtime mounts of one container.
+/// The runtime mounts of one container. A `subPath` is resolved inside its volume by
+/// [`sub_path_dir`] (created if missing, as Kubernetes does).
+/// Blocking file I/O: call from `spawn_blocking`.
 pub fn mounts(
     c: &Container,
     volumes: &BTreeMap<String, (PathBuf, bool)>,
@@ -183,16 +197,11 @@ pub fn mounts(
         let (path, forced_ro) = volumes
             .get(&m.name)
             .ok_or_else(|| format!("volumeMount {:?}: no such volume", m.name))?;
-        let mut host = path.clone();
-        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            if sub.split('/').any(|p| p == "..") {
-                return Err(format!(
-                    "volumeMount {:?}: subPath may not contain '..'",
-                    m.name
-                ));
-            }
-            host = host.join(sub);
-        }
+        let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) => sub_path_dir(path, sub)
+                .map_err(|e| format!("volumeMount {:?}: subPath {sub:?}: {e}", m.name))?,
+            None => path.clone(),
+        };
         out.push(Mount {
             host_path: host,
             guest_path: m.mount_path.clone(),
@@ -200,6 +209,70 @@ pub fn mounts(
         });
     }
     Ok(out)
+}
+
+/// Refuses a path that is absolute or climbs with `..` (a subPath, an `items[].path`), in
+/// Kubernetes' words.
+fn relative_inside(path: &str) -> Result<(), &'static str> {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        return Err("must be a relative path");
+    }
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err("must not contain '..'");
+    }
+    Ok(())
+}
+
+/// The directory `sub` names inside `volume`, made if missing, refused unless it stays inside
+/// the volume. A guest writes into its emptyDir and could plant a symlink there (`escape ->
+/// /`), and `PathBuf::join` with an absolute path replaces the base: so the path is walked one
+/// component at a time, each component canonicalised (symlinks resolved) and checked to be
+/// under the canonical volume directory before anything is created below it. What the
+/// runtime mounts is the canonical path, never one that still goes through a symlink.
+pub fn sub_path_dir(volume: &Path, sub: &str) -> Result<PathBuf, String> {
+    use std::path::Component;
+    relative_inside(sub)?;
+    let rel = Path::new(sub);
+    let root = std::fs::canonicalize(volume)
+        .map_err(|e| format!("volume directory {}: {e}", volume.display()))?;
+    let mut dir = root.clone();
+    for part in rel.components() {
+        let Component::Normal(part) = part else {
+            continue; // `.`
+        };
+        let next = dir.join(part);
+        match std::fs::symlink_metadata(&next) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // `dir` is canonical and inside the volume, so this creates inside it.
+                let mut builder = std::fs::DirBuilder::new();
+                #[cfg(unix)]
+                std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+                builder
+                    .create(&next)
+                    .or_else(|e| match e.kind() {
+                        std::io::ErrorKind::AlreadyExists => Ok(()),
+                        _ => Err(e),
+                    })
+                    .map_err(|e| format!("creating {}: {e}", next.display()))?;
+            }
+            Err(e) => return Err(format!("{}: {e}", next.display())),
+        }
+        let canonical =
+            std::fs::canonicalize(&next).map_err(|e| format!("{}: {e}", next.display()))?;
+        if !canonical.starts_with(&root) {
+            return Err("resolves outside the volume".into());
+        }
+        dir = canonical;
+    }
+    if !dir.is_dir() {
+        return Err("is not a directory".into());
+    }
+    Ok(dir)
 }
 
 #[cfg(test)]
@@ -246,5 +319,89 @@ mod tests {
         .expect("pod");
         assert!(prepare(&host, dir.path(), &BTreeMap::new(), &BTreeMap::new(), false).is_err());
         assert!(prepare(&host, dir.path(), &BTreeMap::new(), &BTreeMap::new(), true).is_ok());
+    }
+
+    #[test]
+    fn projected_item_paths_stay_inside_the_volume() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cms = BTreeMap::from([(
+            "settings".to_string(),
+            Projection::from([("mode".to_string(), b"fast".to_vec())]),
+        )]);
+        let with_path = |path: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "p"},
+                "spec": {"containers": [], "volumes": [{"name": "cfg", "configMap": {
+                    "name": "settings", "items": [{"key": "mode", "path": path}]}}]}
+            }))
+            .expect("pod")
+        };
+        for (path, why) in [
+            ("/etc/passwd", "must be a relative path"),
+            ("../../escape", "must not contain '..'"),
+            ("a//b", "must not contain empty path elements"),
+        ] {
+            let err = prepare(&with_path(path), dir.path(), &cms, &BTreeMap::new(), false)
+                .expect_err(path);
+            assert_eq!(err, format!("volume \"cfg\": path {path:?}: {why}"));
+        }
+        let vols = prepare(
+            &with_path("conf/mode"),
+            dir.path(),
+            &cms,
+            &BTreeMap::new(),
+            false,
+        )
+        .expect("a relative path");
+        let file = vols["cfg"].0.join("conf/mode");
+        assert_eq!(std::fs::read(&file).expect("file"), b"fast");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    fn mount_of(sub: &str) -> Container {
+        serde_json::from_value(json!({"name": "a", "image": "a.wasm",
+            "volumeMounts": [{"name": "scratch", "mountPath": "/data", "subPath": sub}]}))
+        .expect("container")
+    }
+
+    #[test]
+    fn sub_path_stays_inside_its_volume() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let scratch = dir.path().join("scratch");
+        std::fs::create_dir(&scratch).expect("mkdir");
+        let vols = BTreeMap::from([("scratch".to_string(), (scratch.clone(), false))]);
+        let root = std::fs::canonicalize(&scratch).expect("canonical");
+
+        // A relative subPath is made inside the volume, as Kubernetes does.
+        let m = mounts(&mount_of("app/cache"), &vols).expect("relative subPath");
+        assert_eq!(m[0].host_path, root.join("app/cache"));
+        assert!(root.join("app/cache").is_dir());
+
+        // Absolute: `join` would have replaced the volume with the host's root.
+        let err = mounts(&mount_of("/"), &vols).expect_err("absolute subPath");
+        assert_eq!(
+            err,
+            r#"volumeMount "scratch": subPath "/": must be a relative path"#
+        );
+        assert!(mounts(&mount_of("/etc"), &vols).is_err());
+        // Climbing out.
+        let err = mounts(&mount_of("a/../../x"), &vols).expect_err("..");
+        assert!(err.contains("must not contain '..'"), "{err}");
+
+        // A symlink the guest planted in its emptyDir, pointing at the host's root.
+        std::os::unix::fs::symlink("/", scratch.join("escape")).expect("symlink");
+        let err = mounts(&mount_of("escape"), &vols).expect_err("symlink to /");
+        assert!(err.ends_with("resolves outside the volume"), "{err}");
+        // ... and nothing is created through it.
+        let marker = format!("wharf-subpath-test-{}", std::process::id());
+        let err = mounts(&mount_of(&format!("escape/tmp/{marker}")), &vols).expect_err("below");
+        assert!(err.ends_with("resolves outside the volume"), "{err}");
+        assert!(!Path::new("/tmp").join(&marker).exists());
+        // A symlink that stays inside is fine, and resolved to its target.
+        std::os::unix::fs::symlink("app", scratch.join("inner")).expect("symlink");
+        let m = mounts(&mount_of("inner/cache"), &vols).expect("inner symlink");
+        assert_eq!(m[0].host_path, root.join("app/cache"));
     }
 }

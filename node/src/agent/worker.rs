@@ -323,6 +323,7 @@ async fn converge(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
             Ok(ip) => {
                 st.ip = Some(ip);
                 st.facts.pod_ip = Some(ip.to_string());
+                ctx.sockets.set(ip, served_ports(pod));
             }
             Err(e) => {
                 st.facts.message = Some(e);
@@ -631,6 +632,25 @@ fn resources(c: &ContainerSpecK8s) -> Resources {
     }
 }
 
+/// The port an HTTP container serves on its pod's address: its first `containerPort`,
+/// else 8080.
+fn http_port(c: &ContainerSpecK8s) -> u16 {
+    c.ports
+        .as_ref()
+        .and_then(|p| p.first())
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .unwrap_or(8080)
+}
+
+/// The ports a pod serves on its address: every declared TCP `containerPort`, and the port
+/// each container's HTTP server takes. Only these are reachable through the node tunnel.
+pub(crate) fn served_ports(pod: &Pod) -> std::collections::BTreeSet<u16> {
+    let containers = pod.spec.iter().flat_map(|s| &s.containers);
+    super::addresses::tcp_container_ports(containers.clone())
+        .chain(containers.map(http_port))
+        .collect()
+}
+
 fn waiting(st: &mut PodState, idx: usize, reason: &str, message: String) {
     st.records[idx].state = State::Waiting {
         reason: reason.into(),
@@ -688,7 +708,51 @@ async fn start_container(
             return;
         }
     };
-    let image = match ctx.runtime.pull(&image_ref).await {
+    // As the kubelet does: the container shows its waiting state (`ContainerCreating`) and
+    // a `Pulling` Event while the image is fetched, so a slow or hanging URL is visible at
+    // once, not only when the pull times out.
+    let present = ctx
+        .runtime
+        .images()
+        .iter()
+        .any(|i| i.reference() == image_ref);
+    if !present {
+        write_status(ctx, st, pod).await;
+        record_event(
+            ctx,
+            st,
+            pod,
+            &c.name,
+            EventType::Normal,
+            "Pulling",
+            format!("Pulling image {image_ref:?}"),
+        );
+    }
+    let pull_started = Instant::now();
+    let pulled = ctx.runtime.pull(&image_ref).await;
+    let (reason, message) = match &pulled {
+        Ok(_) if present => (
+            "Pulled",
+            format!("Container image {image_ref:?} already present on machine"),
+        ),
+        Ok(_) => (
+            "Pulled",
+            format!(
+                "Successfully pulled image {image_ref:?} in {:?}",
+                Duration::from_millis(
+                    u64::try_from(pull_started.elapsed().as_millis()).unwrap_or(u64::MAX)
+                )
+            ),
+        ),
+        Err(e) => ("Failed", format!("Failed to pull image {image_ref:?}: {e}")),
+    };
+    let kind = if pulled.is_ok() {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    record_event(ctx, st, pod, &c.name, kind, reason, message);
+    let image = match pulled {
         Ok(i) => i,
         Err(e) => {
             // ErrImagePull, then ImagePullBackOff on the retries, as Kubernetes shows it.
@@ -722,7 +786,12 @@ async fn start_container(
             return;
         }
     };
-    let mounts = match volumes::mounts(c, st.volumes.as_ref().unwrap_or(&BTreeMap::new())) {
+    // subPaths are resolved (and made) on disk: blocking file I/O.
+    let (container, vols) = (c.clone(), st.volumes.clone().unwrap_or_default());
+    let mounts = match tokio::task::spawn_blocking(move || volumes::mounts(&container, &vols))
+        .await
+        .unwrap_or_else(|e| Err(format!("resolving volume mounts: {e}")))
+    {
         Ok(m) => m,
         Err(message) => {
             waiting(st, idx, "CreateContainerConfigError", message);
@@ -736,15 +805,9 @@ async fn start_container(
     if c.command.is_none() {
         argv.insert(0, c.name.clone());
     }
-    let http_listen = st.ip.map(|ip| {
-        let port = c
-            .ports
-            .as_ref()
-            .and_then(|p| p.first())
-            .map(|p| p.container_port)
-            .unwrap_or(8080);
-        SocketAddr::new(IpAddr::V4(ip), u16::try_from(port).unwrap_or(8080))
-    });
+    let http_listen = st
+        .ip
+        .map(|ip| SocketAddr::new(IpAddr::V4(ip), http_port(c)));
     let mut spec = ContainerSpec::new(container_id(&uid, &c.name));
     spec.restart_count = u32::try_from(st.records[idx].restart_count).unwrap_or(0);
     spec.argv = argv;
@@ -999,6 +1062,9 @@ async fn terminate(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
 
 /// Releases the pod's address, volumes and logs.
 async fn cleanup(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Pod) {
+    if let Some(ip) = st.ip {
+        ctx.sockets.remove(ip);
+    }
     if let (Some(ip), Ok(mut addrs)) = (st.ip.take(), ctx.addresses.lock()) {
         addrs.release(ip);
     }

@@ -5,7 +5,9 @@
 //! - `wharf_proxy_failures_total`: those that could not be served (no endpoint, shed,
 //!   connect failure or timeout after retries, upstream error before a response);
 //! - `wharf_proxy_active`: connections being proxied / requests awaiting their response;
-//! - `wharf_proxy_endpoints`: endpoints taking new traffic.
+//! - `wharf_proxy_endpoints`: endpoints taking new traffic;
+//! - `wharf_proxy_endpoints_refused`: endpoint addresses ignored for being in no node's pod
+//!   range (see [`super::model::confine_to_pod_ranges`]).
 //!
 //! Plain atomics, no metrics framework: the node exposes a handful of series and the text
 //! format is a few lines.
@@ -48,6 +50,7 @@ impl PortStats {
 pub struct Metrics {
     ports: RwLock<BTreeMap<(ServiceKey, u16), Arc<PortStats>>>,
     dns_generation: AtomicU64,
+    refused_endpoints: AtomicU64,
 }
 
 impl Metrics {
@@ -65,6 +68,10 @@ impl Metrics {
 
     pub fn set_dns_generation(&self, generation: u64) {
         self.dns_generation.store(generation, Ordering::Relaxed);
+    }
+
+    pub fn set_refused_endpoints(&self, n: usize) {
+        self.refused_endpoints.store(n as u64, Ordering::Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -114,6 +121,13 @@ impl Metrics {
             "# HELP wharf_dns_zone_generation Generation of the cluster DNS zone served.\n\
              # TYPE wharf_dns_zone_generation gauge\nwharf_dns_zone_generation {}",
             self.dns_generation.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wharf_proxy_endpoints_refused Endpoint addresses ignored for being in no \
+             node's pod range.\n\
+             # TYPE wharf_proxy_endpoints_refused gauge\nwharf_proxy_endpoints_refused {}",
+            self.refused_endpoints.load(Ordering::Relaxed)
         );
         out
     }

@@ -284,6 +284,9 @@ impl Proxy {
             .metrics
             .retain(|k, p| ports.contains_key(&(k.clone(), p)));
         self.shared.table.set(self.table(snapshot));
+        self.shared
+            .metrics
+            .set_refused_endpoints(snapshot.refused.values().map(Vec::len).sum());
     }
 
     /// The name table pods resolve from.
@@ -479,6 +482,64 @@ mod tests {
         );
         // The terminating endpoint gets nothing new while a ready one exists.
         assert_eq!(web.endpoints, vec!["127.64.0.2:8080".parse().unwrap()]);
+    }
+
+    /// A hand-written slice naming the host's loopback (or any address outside every
+    /// node's pod range) is not proxied to, nor published by DNS, and is counted.
+    #[test]
+    fn endpoints_outside_every_pod_range_are_ignored() {
+        let services = [
+            svc(
+                "host",
+                serde_json::json!({"clusterIP": "127.250.0.6", "ports": [{"name": "http", "port": 80}]}),
+            ),
+            svc(
+                "db",
+                serde_json::json!({"clusterIP": "None", "ports": [{"name": "http", "port": 80}]}),
+            ),
+        ];
+        let slices = [
+            slice(
+                "host",
+                serde_json::json!([
+                    {"addresses": ["127.0.0.1"]},
+                    {"addresses": ["127.64.0.2"]},
+                    {"addresses": ["127.66.0.2"]},
+                    {"addresses": ["10.1.2.3"]},
+                ]),
+            ),
+            slice("db", serde_json::json!([{"addresses": ["127.0.0.1"]}])),
+        ];
+        let mut snap = model::build(1, &services, &slices);
+        for (name, cidr) in [("node-1", "127.64.0.0/16"), ("node-2", "127.66.0.0/16")] {
+            let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(
+                serde_json::json!({"metadata": {"name": name}, "spec": {"podCIDR": cidr}}),
+            )
+            .unwrap();
+            let (name, info) = model::NodeInfo::of(&node).unwrap();
+            snap.nodes.insert(name, info);
+        }
+        model::confine_to_pod_ranges(&mut snap);
+        let plan = plan(&snap, "127.0.0.1".parse().unwrap());
+        let host = &plan[&(ServiceKey::new("default", "host"), 80)];
+        assert_eq!(
+            host.endpoints,
+            vec![
+                "127.64.0.2:8080".parse::<SocketAddr>().unwrap(),
+                "127.66.0.2:8080".parse().unwrap()
+            ]
+        );
+        let db = &snap.services[&ServiceKey::new("default", "db")];
+        assert_eq!(db.published_pods().count(), 0);
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            snap.refused[&ServiceKey::new("default", "host")],
+            vec![IpAddr::from([10, 1, 2, 3]), loopback]
+        );
+        assert_eq!(
+            snap.refused[&ServiceKey::new("default", "db")],
+            vec![loopback]
+        );
     }
 
     /// The whole proxy against a snapshot channel: it binds the cluster IP, balances over

@@ -12,7 +12,13 @@
 //! endpoint's node address (from the slice's `wharf.dev/node-addresses` annotation) and,
 //! per Node, its address and tunnel ([`NodeInfo`], from the Node's `wharf.dev/tunnel`
 //! annotation); see [`super::route`].
+//!
+//! Endpoints are pods: an endpoint address in no Node's pod range (`spec.podCIDR`) is
+//! dropped ([`confine_to_pod_ranges`]). A hand-written EndpointSlice naming `127.0.0.1`
+//! would otherwise turn a Service into a way for any pod to reach a host-only service,
+//! past its network allow list (Kubernetes refuses loopback endpoints outright).
 
+use crate::agent::addresses::PodRange;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::BTreeMap;
@@ -123,6 +129,8 @@ pub struct NodeInfo {
     pub address: Option<IpAddr>,
     /// The node's tunnel (`wharf.dev/tunnel` annotation), if it runs one.
     pub tunnel: Option<SocketAddr>,
+    /// The node's pod range (`spec.podCIDR`).
+    pub pod_range: Option<PodRange>,
 }
 
 impl NodeInfo {
@@ -141,7 +149,19 @@ impl NodeInfo {
             .as_ref()
             .and_then(|a| a.get(crate::tunnel::TUNNEL_ANNOTATION))
             .and_then(|t| t.trim().parse().ok());
-        Some((name, NodeInfo { address, tunnel }))
+        let pod_range = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.as_deref())
+            .and_then(|c| PodRange::parse(c).ok());
+        Some((
+            name,
+            NodeInfo {
+                address,
+                tunnel,
+                pod_range,
+            },
+        ))
     }
 }
 
@@ -190,6 +210,39 @@ pub struct Snapshot {
     pub services: BTreeMap<ServiceKey, ServiceInfo>,
     /// Every Node by name (filled by the watch; [`build`] leaves it empty).
     pub nodes: BTreeMap<String, NodeInfo>,
+    /// Endpoint addresses dropped for being in no Node's pod range, by Service
+    /// ([`confine_to_pod_ranges`]).
+    pub refused: BTreeMap<ServiceKey, Vec<IpAddr>>,
+}
+
+/// Drops every endpoint whose address is in no Node's pod range, and records it in
+/// `refused` (pure). Call once the snapshot has its nodes.
+pub fn confine_to_pod_ranges(snapshot: &mut Snapshot) {
+    let ranges: Vec<PodRange> = snapshot
+        .nodes
+        .values()
+        .filter_map(|n| n.pod_range)
+        .collect();
+    let is_pod = |ip: IpAddr| matches!(ip, IpAddr::V4(v4) if ranges.iter().any(|r| r.contains(v4)));
+    snapshot.refused.clear();
+    for svc in snapshot.services.values_mut() {
+        let mut refused: Vec<IpAddr> = svc
+            .pods
+            .iter()
+            .map(|b| b.addr.ip())
+            .filter(|ip| !is_pod(*ip))
+            .collect();
+        if refused.is_empty() {
+            continue;
+        }
+        refused.sort_unstable();
+        refused.dedup();
+        svc.pods.retain(|b| is_pod(b.addr.ip()));
+        for backends in svc.backends.values_mut() {
+            backends.retain(|b| is_pod(b.addr.ip()));
+        }
+        snapshot.refused.insert(svc.key.clone(), refused);
+    }
 }
 
 /// The addresses that receive new traffic, as Kubernetes' proxies choose them: the ready
@@ -394,6 +447,7 @@ pub fn build<'a>(
         synced: true,
         services: out,
         nodes: BTreeMap::new(),
+        refused: BTreeMap::new(),
     }
 }
 

@@ -157,6 +157,7 @@ mod tests {
             NodeInfo {
                 address: Some(ip("10.0.0.3")),
                 tunnel: Some(sa("10.0.0.3:4000")),
+                pod_range: None,
             }
         );
         let table = routes(&snap, ip("10.0.0.1"));

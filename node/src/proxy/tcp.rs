@@ -304,7 +304,7 @@ mod tests {
     /// tunnel server counts it); the others are dialed directly.
     #[tokio::test]
     async fn routed_endpoints_go_through_their_nodes_tunnel() {
-        use crate::agent::addresses::PodAddresses;
+        use crate::agent::addresses::{PodAddresses, PodSockets};
         use crate::tunnel::metrics::{Outcome, TunnelMetrics};
         use crate::tunnel::server::{ServerConfig, serve};
         let mut tasks = tokio::task::JoinSet::new();
@@ -329,6 +329,11 @@ mod tests {
             ServerConfig {
                 credential: Some(Arc::from("cluster-secret")),
                 pod_range: PodAddresses::new("127.71.0.0/16").unwrap(),
+                pods: {
+                    let pods = Arc::new(PodSockets::default());
+                    pods.set([127, 71, 3, 4].into(), [remote.port()]);
+                    pods
+                },
                 source: None,
                 connect_timeout: Duration::from_secs(2),
             },

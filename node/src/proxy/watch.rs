@@ -176,6 +176,7 @@ pub async fn run(
     let mut eps = Mirror::<EndpointSlice>::new();
     let mut nds = node_infos();
     let mut generation = 0u64;
+    let mut refused = BTreeMap::new();
     loop {
         let changed = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -199,6 +200,13 @@ pub async fn run(
             generation += 1;
             let mut snapshot = model::build(generation, svc.objects.values(), eps.objects.values());
             snapshot.nodes = nds.items.clone();
+            model::confine_to_pod_ranges(&mut snapshot);
+            if snapshot.refused != refused {
+                for (service, ips) in &snapshot.refused {
+                    tracing::warn!(%service, ?ips, "endpoints outside every node's pod range ignored");
+                }
+                refused = snapshot.refused.clone();
+            }
             tx.send_replace(Arc::new(snapshot));
         }
     }

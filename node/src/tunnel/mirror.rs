@@ -68,20 +68,12 @@ impl RemotePod {
             .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
             .map(|c| c.name.as_str())
             .collect();
-        let mut ports: Vec<u16> = spec
-            .containers
-            .iter()
-            .filter(|c| running.contains(&c.name.as_str()))
-            .flat_map(|c| c.ports.iter().flatten())
-            .filter(|p| {
-                p.protocol
-                    .as_deref()
-                    .unwrap_or("TCP")
-                    .eq_ignore_ascii_case("TCP")
-            })
-            .filter_map(|p| u16::try_from(p.container_port).ok())
-            .filter(|p| *p != 0)
-            .collect();
+        let mut ports: Vec<u16> = crate::agent::addresses::tcp_container_ports(
+            spec.containers
+                .iter()
+                .filter(|c| running.contains(&c.name.as_str())),
+        )
+        .collect();
         ports.sort_unstable();
         ports.dedup();
         Some(RemotePod {
@@ -407,7 +399,7 @@ async fn backoff(what: &str, error: watcher::Error, shutdown: &CancellationToken
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::agent::addresses::PodAddresses;
+    use crate::agent::addresses::{PodAddresses, PodSockets};
     use crate::tunnel::server::{ServerConfig, serve as serve_tunnel};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -424,6 +416,7 @@ mod tests {
         NodeInfo {
             address: Some(address.parse().unwrap()),
             tunnel: tunnel.map(|t| t.parse().unwrap()),
+            pod_range: None,
         }
     }
 
@@ -618,11 +611,13 @@ mod tests {
         let tunnel = tunnel_listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let server_metrics = Arc::new(TunnelMetrics::default());
+        let pod_sockets = Arc::new(PodSockets::default());
         tasks.spawn(serve_tunnel(
             tunnel_listener,
             ServerConfig {
                 credential: Some(Arc::from("secret")),
                 pod_range: PodAddresses::new("127.74.0.0/16").unwrap(),
+                pods: pod_sockets.clone(),
                 source: Some(node_address),
                 connect_timeout: Duration::from_secs(2),
             },
@@ -635,6 +630,8 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
+        // The pod declares the port it does not listen on.
+        pod_sockets.set([127, 74, 0, 5].into(), [pod.port()]);
         let desired = Desired {
             tunnel,
             node_address,

@@ -16,8 +16,9 @@
 //! the cluster's nodes. A second Secret would need a writer (nodes may not create Secrets)
 //! and the same readers, so wharf uses this one; rotating it (delete the Secret, restart
 //! the control plane and the nodes) rotates both. Unauthenticated requests get `407`; a
-//! target outside the node's own pod range (its `spec.podCIDR`) gets `403`, so the tunnel
-//! is never a way into the node's machine beyond its pods. The tunnel authenticates but
+//! target that is not a declared `containerPort` of a pod with an address on this node
+//! gets `403`, so the tunnel is never a way into the node's machine beyond its pods (not
+//! even to a host service on `0.0.0.0`, which answers at every pod address). The tunnel authenticates but
 //! does not encrypt (like the node's log server): run nodes of one cluster on a network you
 //! trust, or under a VPN such as WireGuard.
 //!

@@ -11,8 +11,11 @@
 //!    refuses everything (`503`);
 //! 2. the method: only `CONNECT` (`405` otherwise);
 //! 3. the target: `IP:PORT` with a nonzero port (`400` otherwise), inside this node's pod
-//!    range (`403` otherwise): the tunnel reaches this node's pods and nothing else of the
-//!    machine.
+//!    range (`403` otherwise), and a declared `containerPort` of a pod that has that
+//!    address on this node (`403` otherwise): the tunnel reaches this node's pods and
+//!    nothing else of the machine. The range alone is not enough: a host service bound to
+//!    `0.0.0.0:P` answers on every loopback address, so `CONNECT POD-RANGE-IP:P` where no
+//!    pod is would reach it.
 //!
 //! Then the server connects to the pod (`502` if refused, `504` after the connect
 //! timeout) and only then answers `200`, so a peer knows the pod is there before it sends
@@ -20,7 +23,7 @@
 //! arrive within 10 s; shutdown cuts tunneled connections.
 
 use super::metrics::{Outcome, TunnelMetrics};
-use crate::agent::addresses::PodAddresses;
+use crate::agent::addresses::{PodAddresses, PodSockets};
 use crate::proxy::listener::accept_loop;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -42,6 +45,8 @@ pub struct ServerConfig {
     pub credential: Option<Arc<str>>,
     /// This node's pod range (`spec.podCIDR`).
     pub pod_range: PodAddresses,
+    /// The sockets this node's pods declare: the only targets admitted.
+    pub pods: Arc<PodSockets>,
     /// The local address connections to pods come from (the node's address), so that a
     /// mirror on this machine can tell the node's own tunnel from a pod's caller (see
     /// [`super::mirror`]); `None` leaves it to the kernel.
@@ -61,6 +66,8 @@ pub enum Refusal {
     BadTarget(String),
     /// The target is not one of this node's pod addresses.
     OutsidePodRange(SocketAddr),
+    /// In the pod range, but not a declared port of a pod on this node.
+    NotAPodPort(SocketAddr),
 }
 
 impl Refusal {
@@ -70,7 +77,7 @@ impl Refusal {
             Refusal::NoCredential => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::NotConnect => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::BadTarget(_) => StatusCode::BAD_REQUEST,
-            Refusal::OutsidePodRange(_) => StatusCode::FORBIDDEN,
+            Refusal::OutsidePodRange(_) | Refusal::NotAPodPort(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -78,7 +85,7 @@ impl Refusal {
         match self {
             Refusal::Unauthorized | Refusal::NoCredential => Outcome::Unauthorized,
             Refusal::NotConnect | Refusal::BadTarget(_) => Outcome::BadRequest,
-            Refusal::OutsidePodRange(_) => Outcome::Forbidden,
+            Refusal::OutsidePodRange(_) | Refusal::NotAPodPort(_) => Outcome::Forbidden,
         }
     }
 
@@ -97,6 +104,9 @@ impl Refusal {
             }
             Refusal::OutsidePodRange(t) => {
                 format!("wharf node tunnel: {t} is not a pod address of this node")
+            }
+            Refusal::NotAPodPort(t) => {
+                format!("wharf node tunnel: {t} is not a containerPort of a pod on this node")
             }
         }
     }
@@ -122,6 +132,7 @@ pub fn admit(
     presented: Option<&str>,
     credential: Option<&str>,
     in_range: impl Fn(IpAddr) -> bool,
+    is_pod_port: impl Fn(SocketAddr) -> bool,
 ) -> Result<SocketAddr, Refusal> {
     let Some(expected) = credential else {
         return Err(Refusal::NoCredential);
@@ -140,6 +151,9 @@ pub fn admit(
         .ok_or_else(|| Refusal::BadTarget(target_text.to_string()))?;
     if !in_range(addr.ip()) {
         return Err(Refusal::OutsidePodRange(addr));
+    }
+    if !is_pod_port(addr) {
+        return Err(Refusal::NotAPodPort(addr));
     }
     Ok(addr)
 }
@@ -202,6 +216,7 @@ async fn handle(
         presented,
         config.credential.as_deref(),
         |ip| matches!(ip, IpAddr::V4(v4) if config.pod_range.contains(v4)),
+        |addr| config.pods.contains(addr),
     );
     let addr = match decision {
         Ok(addr) => addr,
@@ -329,6 +344,10 @@ mod tests {
         matches!(ip, IpAddr::V4(v4) if v4.octets()[..2] == [127, 70])
     }
 
+    fn any_port(_: SocketAddr) -> bool {
+        true
+    }
+
     #[test]
     fn admits_only_authenticated_connects_to_its_pods() {
         let connect = Method::CONNECT;
@@ -338,6 +357,7 @@ mod tests {
             Some("Bearer s3cret"),
             Some("s3cret"),
             range,
+            any_port,
         );
         assert_eq!(ok, Ok("127.70.0.5:8080".parse().unwrap()));
         // The scheme is case-insensitive, the secret is not.
@@ -347,7 +367,8 @@ mod tests {
                 Some("127.70.0.5:80"),
                 Some("bearer s3cret"),
                 Some("s3cret"),
-                range
+                range,
+                any_port
             )
             .is_ok()
         );
@@ -364,7 +385,8 @@ mod tests {
                     Some("127.70.0.5:8080"),
                     presented,
                     Some("s3cret"),
-                    range
+                    range,
+                    any_port
                 ),
                 Err(Refusal::Unauthorized),
                 "{presented:?}"
@@ -377,7 +399,8 @@ mod tests {
                 Some("10.0.0.1:22"),
                 None,
                 Some("s3cret"),
-                range
+                range,
+                any_port
             ),
             Err(Refusal::Unauthorized)
         );
@@ -388,7 +411,8 @@ mod tests {
                 Some("127.70.0.5:8080"),
                 Some("Bearer "),
                 None,
-                range
+                range,
+                any_port
             ),
             Err(Refusal::NoCredential)
         );
@@ -399,7 +423,8 @@ mod tests {
                 Some("127.70.0.5:8080"),
                 auth,
                 Some("s3cret"),
-                range
+                range,
+                any_port
             ),
             Err(Refusal::NotConnect)
         );
@@ -411,7 +436,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    admit(&connect, bad, auth, Some("s3cret"), range),
+                    admit(&connect, bad, auth, Some("s3cret"), range, any_port),
                     Err(Refusal::BadTarget(_))
                 ),
                 "{bad:?}"
@@ -420,10 +445,44 @@ mod tests {
         // Outside the pod range: the node's own services, other nodes' pods.
         for outside in ["127.0.0.1:22", "127.71.0.5:8080", "192.168.1.1:80"] {
             assert_eq!(
-                admit(&connect, Some(outside), auth, Some("s3cret"), range),
+                admit(
+                    &connect,
+                    Some(outside),
+                    auth,
+                    Some("s3cret"),
+                    range,
+                    any_port
+                ),
                 Err(Refusal::OutsidePodRange(outside.parse().unwrap()))
             );
         }
+        // In the range, but no pod declares that socket: a host service on 0.0.0.0:P
+        // would answer there.
+        let pod_port = |a: SocketAddr| a == "127.70.0.5:8080".parse::<SocketAddr>().unwrap();
+        for not_a_pod in ["127.70.0.200:8080", "127.70.0.5:22"] {
+            assert_eq!(
+                admit(
+                    &connect,
+                    Some(not_a_pod),
+                    auth,
+                    Some("s3cret"),
+                    range,
+                    pod_port
+                ),
+                Err(Refusal::NotAPodPort(not_a_pod.parse().unwrap()))
+            );
+        }
+        assert!(
+            admit(
+                &connect,
+                Some("127.70.0.5:8080"),
+                auth,
+                Some("s3cret"),
+                range,
+                pod_port
+            )
+            .is_ok()
+        );
         assert_eq!(
             Refusal::Unauthorized.status(),
             StatusCode::PROXY_AUTHENTICATION_REQUIRED
@@ -463,9 +522,26 @@ mod tests {
         let tunnel = listener.local_addr().unwrap();
         let metrics = Arc::new(TunnelMetrics::default());
         let shutdown = CancellationToken::new();
+        // A pod address where nothing listens, declared by its pod.
+        let gone = TcpListener::bind("127.70.0.10:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let pods = Arc::new(PodSockets::default());
+        for addr in [pod_addr, gone] {
+            let IpAddr::V4(ip) = addr.ip() else {
+                unreachable!()
+            };
+            pods.set(ip, [addr.port()]);
+        }
+        // A host service on 0.0.0.0: it accepts on every pod address too.
+        let host = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let host_port = host.local_addr().unwrap().port();
         let config = ServerConfig {
             credential: Some(Arc::from("s3cret")),
             pod_range: PodAddresses::new("127.70.0.0/16").unwrap(),
+            pods,
             source: None,
             connect_timeout: Duration::from_secs(2),
         };
@@ -504,12 +580,20 @@ mod tests {
             ),
             StatusCode::FORBIDDEN
         );
-        // A pod address where nothing listens.
-        let gone = TcpListener::bind("127.70.0.10:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // The host service through an address of the pod range where no pod is, and
+        // through a pod's address at a port the pod does not declare: refused.
+        for target in [
+            SocketAddr::from(([127, 70, 0, 200], host_port)),
+            SocketAddr::new(pod_addr.ip(), host_port),
+        ] {
+            assert_eq!(
+                refused(within(dial(tunnel, target, "s3cret")).await.unwrap()),
+                StatusCode::FORBIDDEN,
+                "{target}"
+            );
+        }
+        drop(host);
+        // A declared pod socket where nothing listens.
         assert_eq!(
             refused(within(dial(tunnel, gone, "s3cret")).await.unwrap()),
             StatusCode::BAD_GATEWAY
@@ -533,7 +617,7 @@ mod tests {
 
         assert_eq!(metrics.connections(Outcome::Ok), 1);
         assert_eq!(metrics.connections(Outcome::Unauthorized), 2);
-        assert_eq!(metrics.connections(Outcome::Forbidden), 1);
+        assert_eq!(metrics.connections(Outcome::Forbidden), 3);
         assert_eq!(metrics.connections(Outcome::Failed), 1);
         shutdown.cancel();
         within(server).await.unwrap().unwrap();
