@@ -419,3 +419,43 @@ async fn sigkill_under_concurrent_writers_loses_no_acknowledged_write() {
     }
     cp.terminate().await;
 }
+
+/// `wharf control` raises its open-files soft limit to the hard limit at start: started
+/// with a soft limit of 256, it runs with the hard limit.
+#[tokio::test]
+async fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "ulimit -Sn 256 && exec '{}' control --data-dir '{}' --listen 127.0.0.1:0",
+        env!("CARGO_BIN_EXE_wharf"),
+        dir.path().display()
+    );
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    // The kubeconfig is written after the limit was raised (first thing in main).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !dir.path().join("kubeconfig").exists() {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_ne!(soft, "256", "{line}");
+    assert_eq!(soft, hard, "{line}");
+    child.start_kill().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}
