@@ -12,6 +12,7 @@
 
 pub mod addresses;
 pub mod env;
+pub mod http_limits;
 pub mod node_object;
 pub mod probes;
 pub mod quantity;
@@ -231,6 +232,10 @@ pub async fn start(
         config.max_pods,
     );
     facts.tunnel = tunnel_addr;
+    facts.instances = match runtime.allocator() {
+        wharf_runtime::AllocatorKind::Pooling { total_instances } => Some(*total_instances),
+        wharf_runtime::AllocatorKind::OnDemand { .. } => None,
+    };
     let node = register(&client, &facts).await?;
     let pod_cidr = node
         .spec

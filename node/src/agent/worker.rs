@@ -709,6 +709,11 @@ async fn start_container(
             .resolver(pod.metadata.namespace.as_deref().unwrap_or("default")),
     );
     spec.http_listen = http_listen;
+    let (http, ignored) = super::http_limits::http_limits(pod);
+    for message in ignored {
+        tracing::warn!(pod = %pod_name(pod), "ignoring an annotation: {message}");
+    }
+    spec.http = http;
     // `localhost` from this container is the pod: its sibling containers' ports.
     spec.pod_ip = st.ip.map(IpAddr::V4);
     spec.pod_ports = pod
