@@ -273,3 +273,75 @@ async fn a_job_that_ends_while_the_control_plane_is_down_completes_when_it_retur
 async fn a_restarted_node_reports_how_a_container_ended_while_the_control_plane_was_down() {
     job_completes_across_a_control_plane_outage(true).await;
 }
+
+/// The control plane goes away (SIGKILL) for a few seconds: the node's pods keep serving,
+/// the node logs the outage once rather than a warning per failed call (issue 19), and
+/// when the control plane returns the node says so and its pod is still Running.
+#[tokio::test]
+async fn pods_keep_serving_while_the_control_plane_is_away() {
+    use common::{ControlProcess, NodeProcess};
+    use k8s_openapi::api::core::v1::Pod;
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cp_dir = dir.path().join("cp");
+    let mut cp = ControlProcess::start_on(&cp_dir, &listen).await;
+    let kubeconfig = cp.kubeconfig();
+    let node_addr: IpAddr = "127.0.0.1".parse().unwrap();
+    let node = NodeProcess::start(dir.path(), &kubeconfig, "n1", node_addr, &[]).await;
+    let client = cp.client().await;
+    common::wait_node_ready(&client, "n1", TIMEOUT).await;
+    let port = free_port();
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(&manifest, hello_pod("web", "n1", port, "")).unwrap();
+    let out = common::wharf(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let mut ip = None;
+    poll_until("the pod runs", POD_TIMEOUT, || async {
+        if let Ok(p) = pods.get("web").await
+            && running(&p)
+        {
+            ip = Some(pod_ip(&p));
+        }
+        ip.is_some()
+    })
+    .await;
+    let addr = SocketAddr::new(ip.unwrap(), port);
+    http_ok(addr, "/", TIMEOUT).await;
+
+    cp.kill().await;
+    let warnings_before = node.log_tail(100_000).matches(" WARN ").count();
+    // Three seconds of outage, the pod answering all along.
+    let outage = tokio::time::Instant::now();
+    while outage.elapsed() < std::time::Duration::from_secs(3) {
+        let body = http_ok(addr, "/", TIMEOUT).await;
+        assert!(body.contains("hello from pod web"), "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let log = node.log_tail(100_000);
+    let warnings = log.matches(" WARN ").count() - warnings_before;
+    assert!(
+        log.matches("control plane unreachable since").count() == 1,
+        "{}",
+        node.log_tail(40)
+    );
+    assert!(
+        warnings <= 3,
+        "{warnings} warnings in 3 s:\n{}",
+        node.log_tail(40)
+    );
+
+    let cp = ControlProcess::start_on(&cp_dir, &listen).await;
+    poll_until("the node sees the control plane again", TIMEOUT, || async {
+        node.log_tail(100_000)
+            .contains("control plane reachable again after")
+    })
+    .await;
+    let client = cp.client().await;
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    let pod = pods.get("web").await.unwrap();
+    assert!(running(&pod), "{:?}", pod.status);
+    assert_eq!(common::restart_count(&pod), 0);
+    http_ok(addr, "/", TIMEOUT).await;
+}
