@@ -297,38 +297,38 @@ async fn pods_keep_serving_while_the_control_plane_is_away() {
     let out = common::wharf(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]).await;
     assert!(out.status.success(), "{}", out.stderr_text());
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    let mut ip = None;
     poll_until("the pod runs", POD_TIMEOUT, || async {
-        if let Ok(p) = pods.get("web").await
-            && running(&p)
-        {
-            ip = Some(pod_ip(&p));
-        }
-        ip.is_some()
+        pods.get("web").await.is_ok_and(|p| running(&p))
     })
     .await;
-    let addr = SocketAddr::new(ip.unwrap(), port);
+    let addr = SocketAddr::new(pod_ip(&pods.get("web").await.unwrap()), port);
     http_ok(addr, "/", TIMEOUT).await;
 
     cp.kill().await;
-    let warnings_before = node.log_tail(100_000).matches(" WARN ").count();
-    // Three seconds of outage, the pod answering all along.
+    // Three seconds of outage, the pod answering all along. The first second has the
+    // one-time noise of every open watch breaking; after it, the node must stay quiet
+    // (it logged ~11 warnings a second before).
     let outage = tokio::time::Instant::now();
-    while outage.elapsed() < std::time::Duration::from_secs(3) {
+    let mut warnings_after_1s = None;
+    while outage.elapsed() < std::time::Duration::from_secs(4) {
         let body = http_ok(addr, "/", TIMEOUT).await;
         assert!(body.contains("hello from pod web"), "{body}");
+        if warnings_after_1s.is_none() && outage.elapsed() >= std::time::Duration::from_secs(1) {
+            warnings_after_1s = Some(node.log_tail(100_000).matches(" WARN ").count());
+        }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let log = node.log_tail(100_000);
-    let warnings = log.matches(" WARN ").count() - warnings_before;
-    assert!(
-        log.matches("control plane unreachable since").count() == 1,
+    let warnings = log.matches(" WARN ").count() - warnings_after_1s.unwrap();
+    assert_eq!(
+        log.matches("control plane unreachable since").count(),
+        1,
         "{}",
         node.log_tail(40)
     );
     assert!(
-        warnings <= 3,
-        "{warnings} warnings in 3 s:\n{}",
+        warnings <= 2,
+        "{warnings} warnings in 3 s of outage:\n{}",
         node.log_tail(40)
     );
 
