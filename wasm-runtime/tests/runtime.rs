@@ -145,6 +145,8 @@ async fn http_component_serves_concurrent_requests_and_drains_on_stop() {
         memory_bytes: Some(64 * MIB),
         cpu_millicores: Some(1000),
     };
+    // 32 at once: more than a container's default share of the test runtime's small pool.
+    spec.http.max_concurrency = Some(32);
     spec.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
     let container = within(30, "start", rt.start(spec, &image))
         .await
