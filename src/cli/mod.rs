@@ -95,7 +95,6 @@ impl Command {
     /// The log filter when RUST_LOG is unset: daemons say what they do (without the
     /// store engine's chatter), clients stay quiet and report failures themselves (kube
     /// would log each failed request a second time).
-
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Control(_) | Command::Up(_) | Command::Node(_) => {
