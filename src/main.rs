@@ -37,6 +37,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    if cli.command.is_daemon() {
+        raise_open_files_limit();
+    }
     wharf_control::pki::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -53,5 +56,26 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as service managers and Go's
+/// runtime do: every client connection, watch and pod address holds a descriptor, and the
+/// common soft default of 1024 is reached by a thousand idle clients.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // No hard limit: Linux still caps descriptors at fs.nr_open (2^20 by default).
+    let target = limit.maximum.unwrap_or(1 << 20);
+    let Some(current) = limit.current.filter(|&c| c < target) else {
+        return;
+    };
+    let raised = Rlimit {
+        current: Some(target),
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(from = current, to = target, "raised the open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
     }
 }

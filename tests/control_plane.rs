@@ -292,3 +292,170 @@ async fn bad_documents_are_reported_and_the_rest_applied() {
     );
     cp.terminate().await;
 }
+
+/// A `wharf control` killed (SIGKILL) while it creates a fresh data dir's store starts
+/// again on that dir: first initialisation is atomic (issue 19). Each round watches for
+/// the store's directory to appear and kills the process then, a little later each round,
+/// so the kills land inside the store's creation.
+#[tokio::test]
+async fn kill_during_the_first_start_leaves_a_data_dir_that_starts() {
+    const ROUNDS: u32 = 20;
+    let root = tempfile::tempdir().unwrap();
+    for round in 0..ROUNDS {
+        let dir = root.path().join(format!("round-{round}"));
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args(["control", "--data-dir"])
+            .arg(&dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (store, init) = (dir.join("store"), dir.join("store.init"));
+        while !store.exists() && !init.exists() && std::time::Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
+        std::thread::sleep(Duration::from_micros(u64::from(round) * 150));
+        child.start_kill().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+
+        let cp = ControlProcess::start(&dir).await;
+        let api: Api<Namespace> = Api::all(cp.client().await);
+        let list = tokio::time::timeout(Duration::from_secs(10), api.list(&ListParams::default()))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: listing namespaces: {e}"));
+        assert!(
+            list.items
+                .iter()
+                .any(|n| n.metadata.name.as_deref() == Some("default")),
+            "round {round}"
+        );
+        assert!(!init.exists(), "round {round}: the temporary dir is gone");
+        cp.terminate().await;
+    }
+}
+
+/// SIGKILL while several writers create objects: every create the API acknowledged is
+/// there after the restart, and nothing that is there is half-written.
+#[tokio::test]
+async fn sigkill_under_concurrent_writers_loses_no_acknowledged_write() {
+    const WRITERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = ControlProcess::start(dir.path()).await;
+    let client = cp.client().await;
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        writers.spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0.. {
+                let name = format!("w{w}-{i}");
+                let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name},
+                    "data": {"writer": w.to_string(), "i": i.to_string()},
+                }))
+                .unwrap();
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    api.create(&Default::default(), &cm),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => acknowledged.push(name),
+                    // The process is gone: this writer is done.
+                    _ => break,
+                }
+            }
+            acknowledged
+        });
+    }
+    // Let them write for a while, then kill without warning.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cp.kill().await;
+    let mut acknowledged = Vec::new();
+    while let Some(names) = tokio::time::timeout(Duration::from_secs(30), writers.join_next())
+        .await
+        .unwrap()
+    {
+        acknowledged.extend(names.unwrap());
+    }
+    assert!(
+        acknowledged.len() > WRITERS,
+        "the writers wrote: {}",
+        acknowledged.len()
+    );
+
+    let cp = ControlProcess::start(dir.path()).await;
+    let api: Api<ConfigMap> = Api::namespaced(cp.client().await, "default");
+    let listed = tokio::time::timeout(Duration::from_secs(20), api.list(&ListParams::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    let present: std::collections::HashMap<String, ConfigMap> = listed
+        .items
+        .into_iter()
+        .map(|cm| (cm.metadata.name.clone().unwrap(), cm))
+        .collect();
+    for name in &acknowledged {
+        assert!(
+            present.contains_key(name),
+            "{name} was acknowledged and lost"
+        );
+    }
+    for (name, cm) in &present {
+        let data = cm.data.as_ref().expect("data");
+        let (w, i) = name[1..].split_once('-').unwrap();
+        assert_eq!(
+            (data["writer"].as_str(), data["i"].as_str()),
+            (w, i),
+            "{name}"
+        );
+    }
+    cp.terminate().await;
+}
+
+/// `wharf control` raises its open-files soft limit to the hard limit at start: started
+/// with a soft limit of 256, it runs with the hard limit.
+#[tokio::test]
+async fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "ulimit -Sn 256 && exec '{}' control --data-dir '{}' --listen 127.0.0.1:0",
+        env!("CARGO_BIN_EXE_wharf"),
+        dir.path().display()
+    );
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    // The kubeconfig is written after the limit was raised (first thing in main).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !dir.path().join("kubeconfig").exists() {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_ne!(soft, "256", "{line}");
+    assert_eq!(soft, hard, "{line}");
+    child.start_kill().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -150,3 +150,198 @@ async fn two_nodes_reach_each_others_pods() {
     );
     cluster.terminate().await;
 }
+
+/// A Job's pod that runs `TICKS` ticks of `INTERVAL_MS` and exits 0.
+fn ticking_job(name: &str, ticks: u32, interval_ms: u32) -> String {
+    format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {name}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: tick
+          image: {image}
+          env:
+            - {{name: TICKS, value: "{ticks}"}}
+            - {{name: INTERVAL_MS, value: "{interval_ms}"}}
+"#,
+        image = common::sample("ticker", "ticker")
+    )
+}
+
+/// Polls `check` (bounded by `timeout`) until it answers true.
+async fn poll_until<F, Fut>(what: &str, timeout: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {timeout:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A Job's pod ends while the control plane is stopped (issue 19): the node keeps the
+/// status it could not write and writes it once the control plane is back, so the Job
+/// completes. With `restart_node`, the node is also killed before the control plane
+/// returns: the new node process reads how the container ended from its own records
+/// instead of reporting it `Failed (the node agent restarted)`.
+async fn job_completes_across_a_control_plane_outage(restart_node: bool) {
+    use common::{ControlProcess, NodeProcess};
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::ListParams;
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cp_dir = dir.path().join("cp");
+    let mut cp = ControlProcess::start_on(&cp_dir, &listen, &[]).await;
+    let kubeconfig = cp.kubeconfig();
+    let node_addr: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut node = NodeProcess::start(dir.path(), &kubeconfig, "n1", node_addr, &[]).await;
+    let client = cp.client().await;
+    common::wait_node_ready(&client, "n1", TIMEOUT).await;
+
+    let manifest = dir.path().join("job.yaml");
+    std::fs::write(&manifest, ticking_job("ticks", 30, 100)).unwrap();
+    let out = common::wharf(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let selector = ListParams::default().labels("job-name=ticks");
+    poll_until("the job's pod runs", POD_TIMEOUT, || async {
+        pods.list(&selector)
+            .await
+            .is_ok_and(|l| l.items.iter().any(running))
+    })
+    .await;
+
+    // The control plane goes away; the pod finishes (3 s of ticks) while it is away.
+    cp.kill().await;
+    poll_until("the container ends on the node", TIMEOUT, || async {
+        node.log_tail(200).contains("container ended")
+    })
+    .await;
+    if restart_node {
+        node.child.start_kill().unwrap();
+        within("the node exits", node.child.wait()).await.unwrap();
+    }
+
+    let cp = ControlProcess::start_on(&cp_dir, &listen, &[]).await;
+    let _node = if restart_node {
+        Some(NodeProcess::start(dir.path(), &kubeconfig, "n1", node_addr, &[]).await)
+    } else {
+        None
+    };
+    let client = cp.client().await;
+    let jobs: Api<Job> = Api::default_namespaced(client.clone());
+    poll_until("the job completes", POD_TIMEOUT, || async {
+        jobs.get("ticks").await.is_ok_and(|j| {
+            j.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True")
+        })
+    })
+    .await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let pod = pods.list(&selector).await.unwrap().items.remove(0);
+    assert_eq!(common::phase(&pod), "Succeeded");
+    let terminated = common::container(&pod)
+        .and_then(|c| c.state.clone())
+        .and_then(|s| s.terminated)
+        .expect("a terminated container");
+    assert_eq!(terminated.exit_code, 0);
+    assert_eq!(terminated.reason.as_deref(), Some("Completed"));
+}
+
+#[tokio::test]
+async fn a_job_that_ends_while_the_control_plane_is_down_completes_when_it_returns() {
+    job_completes_across_a_control_plane_outage(false).await;
+}
+
+#[tokio::test]
+async fn a_restarted_node_reports_how_a_container_ended_while_the_control_plane_was_down() {
+    job_completes_across_a_control_plane_outage(true).await;
+}
+
+/// The control plane goes away (SIGKILL) for a few seconds: the node's pods keep serving,
+/// the node logs the outage once rather than a warning per failed call (issue 19), and
+/// when the control plane returns the node says so and its pod is still Running.
+#[tokio::test]
+async fn pods_keep_serving_while_the_control_plane_is_away() {
+    use common::{ControlProcess, NodeProcess};
+    use k8s_openapi::api::core::v1::Pod;
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cp_dir = dir.path().join("cp");
+    let mut cp = ControlProcess::start_on(&cp_dir, &listen, &[]).await;
+    let kubeconfig = cp.kubeconfig();
+    let node_addr: IpAddr = "127.0.0.1".parse().unwrap();
+    let node = NodeProcess::start(dir.path(), &kubeconfig, "n1", node_addr, &[]).await;
+    let client = cp.client().await;
+    common::wait_node_ready(&client, "n1", TIMEOUT).await;
+    let port = free_port();
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(&manifest, hello_pod("web", "n1", port, "")).unwrap();
+    let out = common::wharf(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    poll_until("the pod runs", POD_TIMEOUT, || async {
+        pods.get("web").await.is_ok_and(|p| running(&p))
+    })
+    .await;
+    let addr = SocketAddr::new(pod_ip(&pods.get("web").await.unwrap()), port);
+    http_ok(addr, "/", TIMEOUT).await;
+
+    cp.kill().await;
+    // Three seconds of outage, the pod answering all along. The first second has the
+    // one-time noise of every open watch breaking; after it, the node must stay quiet
+    // (it logged ~11 warnings a second before).
+    let outage = tokio::time::Instant::now();
+    let mut warnings_after_1s = None;
+    while outage.elapsed() < std::time::Duration::from_secs(4) {
+        let body = http_ok(addr, "/", TIMEOUT).await;
+        assert!(body.contains("hello from pod web"), "{body}");
+        if warnings_after_1s.is_none() && outage.elapsed() >= std::time::Duration::from_secs(1) {
+            warnings_after_1s = Some(node.log_tail(100_000).matches(" WARN ").count());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let log = node.log_tail(100_000);
+    let warnings = log.matches(" WARN ").count() - warnings_after_1s.unwrap();
+    assert_eq!(
+        log.matches("control plane unreachable since").count(),
+        1,
+        "{}",
+        node.log_tail(40)
+    );
+    assert!(
+        warnings <= 2,
+        "{warnings} warnings in 3 s of outage:\n{}",
+        node.log_tail(40)
+    );
+
+    let cp = ControlProcess::start_on(&cp_dir, &listen, &[]).await;
+    poll_until("the node sees the control plane again", TIMEOUT, || async {
+        node.log_tail(100_000)
+            .contains("control plane reachable again after")
+    })
+    .await;
+    let client = cp.client().await;
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    let pod = pods.get("web").await.unwrap();
+    assert!(running(&pod), "{:?}", pod.status);
+    assert_eq!(common::restart_count(&pod), 0);
+    http_ok(addr, "/", TIMEOUT).await;
+}

@@ -894,3 +894,60 @@ async fn a_changed_image_restarts_the_container_with_it() {
     assert!(last.is_some(), "{:?}", container(&pod));
     cluster.terminate().await;
 }
+
+/// Issue 19 through a real node: a pod's `wharf.dev/request-timeout` answers a request
+/// that hangs with 504 and frees its instance, `wharf.dev/max-concurrency` refuses the
+/// request beyond it with 503, and the Node shows its instance pool in its capacity.
+#[tokio::test]
+async fn request_timeout_and_concurrency_annotations_bound_a_pods_requests() {
+    let (_dir, cluster) = start().await;
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let node = nodes.get("node-1").await.unwrap();
+    let capacity = node.status.unwrap().capacity.unwrap_or_default();
+    let instances: u32 = capacity["wharf.dev/instances"].0.parse().unwrap();
+    assert!((64..=1000).contains(&instances), "{instances}");
+
+    let port = free_port();
+    let annotations = r#"wharf.dev/request-timeout: "1s", wharf.dev/max-concurrency: "1""#;
+    cluster
+        .apply(
+            "bounded.yaml",
+            &hello_pod("bounded", "node-1", port, annotations),
+        )
+        .await;
+    let pod = cluster
+        .wait_pod("bounded", "Running", POD_TIMEOUT, running)
+        .await;
+    let addr = SocketAddr::new(pod_ip(&pod), port);
+    http_ok(addr, "/", TIMEOUT).await;
+
+    // While a request hangs, the pod's one slot is taken: the next one is refused at once.
+    // (A probe may take the slot just as the hung request arrives; then that one is
+    // refused instead, and is sent again.)
+    let (started, hung) = within("a request hangs while another is refused", async {
+        loop {
+            let started = Instant::now();
+            let hung = tokio::spawn(http_get(addr, "/sleep/600000"));
+            while !hung.is_finished() {
+                let (status, _) = http_get(addr, "/").await.unwrap();
+                if status == 503 {
+                    return (started, hung);
+                }
+            }
+            let (status, body) = hung.await.unwrap().unwrap();
+            assert_eq!(status, 503, "{body}");
+        }
+    })
+    .await;
+    let (status, body) = within("the hung request", hung).await.unwrap().unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // Its instance is gone: the slot serves again.
+    let body = http_ok(addr, "/", TIMEOUT).await;
+    assert!(body.contains("hello from pod bounded"), "{body}");
+    cluster.terminate().await;
+}

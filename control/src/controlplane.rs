@@ -34,8 +34,38 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-/// How long a client has, once connected, to complete the TLS handshake.
+/// How long a client has, once connected, to complete the TLS handshake (the default of
+/// [`ServeTimeouts::handshake`]).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's headers: after the handshake, the first
+/// request; on an HTTP/1 keep-alive connection, each next one (the default of
+/// [`ServeTimeouts::header_read`]; kube-apiserver allows 32 s).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 connections are pinged this often when idle; one whose peer does not answer
+/// within [`H2_KEEPALIVE_TIMEOUT`] is closed.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long the API server waits on a client that sends nothing. Every connection holds a
+/// file descriptor: without these bounds, a thousand clients that connect (or finish TLS)
+/// and then stay silent exhaust the process's descriptors and the API stops answering.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeTimeouts {
+    /// From accept to the end of the TLS handshake.
+    pub handshake: Duration,
+    /// From the end of the handshake to the first request's headers (and, on HTTP/1,
+    /// from the end of one response to the next request's headers).
+    pub header_read: Duration,
+}
+
+impl Default for ServeTimeouts {
+    fn default() -> Self {
+        ServeTimeouts {
+            handshake: HANDSHAKE_TIMEOUT,
+            header_read: HEADER_READ_TIMEOUT,
+        }
+    }
+}
 /// How long shutdown waits for open connections to finish before closing them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -53,6 +83,8 @@ pub struct ControlConfig {
     /// Most changes the store's revision log keeps for watches to resume from; a watch
     /// from an older resourceVersion gets 410 Gone (kube-apiserver's watch cache size).
     pub watch_history: usize,
+    /// Bounds on clients that connect and send nothing.
+    pub timeouts: ServeTimeouts,
 }
 
 impl ControlConfig {
@@ -66,6 +98,7 @@ impl ControlConfig {
             scheduler: Default::default(),
             controllers: Default::default(),
             watch_history: StoreConfig::new("").log_max_events,
+            timeouts: ServeTimeouts::default(),
         }
     }
 }
@@ -207,7 +240,13 @@ pub async fn start(
             &mut components,
         );
     }
-    let server = tokio::spawn(serve_tls(listener, tls, router.clone(), shutdown));
+    let server = tokio::spawn(serve_tls(
+        listener,
+        tls,
+        router.clone(),
+        config.timeouts,
+        shutdown,
+    ));
     tracing::info!(%local_addr, kubeconfig = %kubeconfig.display(), "control plane serving");
     Ok(ControlPlane {
         local_addr,
@@ -255,15 +294,22 @@ async fn serve_tls(
     listener: TcpListener,
     tls: TlsAcceptor,
     app: axum::Router,
+    timeouts: ServeTimeouts,
     shutdown: CancellationToken,
 ) -> Result<(), std::io::Error> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The timer arms hyper's HTTP/1 header read timeout (a client that never finishes its
-    // headers) and HTTP/2 keep-alive; CONNECT is for websockets over HTTP/2.
-    builder.http1().timer(TokioTimer::new());
+    // headers, or stays silent on a keep-alive connection) and HTTP/2 keep-alive pings (a
+    // peer that is gone); CONNECT is for websockets over HTTP/2.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
         .enable_connect_protocol();
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
@@ -284,6 +330,7 @@ async fn serve_tls(
                         tls.clone(),
                         builder.clone(),
                         app.clone(),
+                        timeouts,
                         graceful.watcher(),
                         shutdown.clone(),
                     ));
@@ -310,15 +357,18 @@ async fn serve_tls(
     Ok(())
 }
 
-/// One connection: the TLS handshake (bounded by [`HANDSHAKE_TIMEOUT`], so a slow client
-/// holds nothing but its own task), then HTTP/1.1 or HTTP/2 until it ends or the
-/// graceful shutdown has it finish.
+/// One connection: the TLS handshake (bounded by [`ServeTimeouts::handshake`], so a slow
+/// client holds nothing but its own task), the bytes that tell HTTP/1.1 from HTTP/2
+/// (bounded by [`ServeTimeouts::header_read`]: hyper would wait for them forever), then
+/// HTTP/1.1 or HTTP/2 until it ends or the graceful shutdown has it finish.
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: TlsAcceptor,
     builder: auto::Builder<TokioExecutor>,
     app: axum::Router,
+    timeouts: ServeTimeouts,
     watcher: Watcher,
     shutdown: CancellationToken,
 ) {
@@ -327,7 +377,7 @@ async fn serve_connection(
     }
     let stream = tokio::select! {
         _ = shutdown.cancelled() => return,
-        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls_handshake(tcp, &tls)) => {
+        handshake = tokio::time::timeout(timeouts.handshake, tls_handshake(tcp, &tls)) => {
             match handshake {
                 Ok(Ok(Some(stream))) => stream,
                 Ok(Ok(None)) => return,
@@ -342,10 +392,115 @@ async fn serve_connection(
             }
         }
     };
+    let stream = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        first = tokio::time::timeout(timeouts.header_read, read_preface(stream)) => match first {
+            Ok(Ok(Some(stream))) => stream,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "reading the first request failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no request after the TLS handshake; closing");
+                return;
+            }
+        }
+    };
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app));
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// HTTP/2's connection preface, what a client speaking HTTP/2 sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the first bytes of a connection until they tell HTTP/1 from HTTP/2 (they leave
+/// the HTTP/2 preface, or complete it), and gives back a stream that replays them; `None`
+/// if the client closed first. hyper makes the same choice from the same bytes, but
+/// without a bound on how long it waits for them.
+async fn read_preface<S: tokio::io::AsyncRead + Unpin>(
+    mut stream: S,
+) -> std::io::Result<Option<Replay<S>>> {
+    let mut seen = Vec::with_capacity(H2_PREFACE.len());
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream
+            .read(&mut buf[..H2_PREFACE.len() - seen.len()])
+            .await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if seen.len() == H2_PREFACE.len() || !H2_PREFACE.starts_with(&seen) {
+            return Ok(Some(Replay {
+                head: seen,
+                pos: 0,
+                inner: stream,
+            }));
+        }
+    }
+}
+
+/// A stream whose first bytes were already read: it yields them again, then the rest.
+struct Replay<S> {
+    head: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.head.len() {
+            let n = (this.head.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.head[this.pos..this.pos + n]);
+            this.pos += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -526,6 +681,99 @@ mod tests {
         assert!(yaml.contains("server: https://[::1]:6443\n"), "{yaml}");
         let yaml = kubeconfig_yaml("10.0.0.1:7000".parse().unwrap(), "tok", "PEM");
         assert!(yaml.contains("server: https://10.0.0.1:7000\n"), "{yaml}");
+    }
+
+    /// A TLS connection to the plane, verified with its CA, offering `alpn`.
+    async fn tls_connect(
+        plane: &ControlPlane,
+        alpn: &[u8],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        use rustls::pki_types::pem::PemObject;
+        let ca = rustls::pki_types::CertificateDer::from_pem_file(&plane.ca_cert).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(pki::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(plane.local_addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        connector.connect(name, tcp).await.unwrap()
+    }
+
+    /// Waits (bounded) for the server to close `stream`; what it read meanwhile.
+    async fn closed_by_server<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 1024];
+            // A reset or a close without TLS close_notify also counts as closed.
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "the server kept the silent connection open");
+        got
+    }
+
+    #[tokio::test]
+    async fn silent_connections_are_closed_after_the_handshake_and_header_timeouts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = ControlConfig::new(tmp.path());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.run_components = false;
+        config.timeouts = ServeTimeouts {
+            handshake: Duration::from_millis(300),
+            header_read: Duration::from_millis(300),
+        };
+        let shutdown = CancellationToken::new();
+        let plane = start(config, shutdown.clone()).await.unwrap();
+        let started = std::time::Instant::now();
+
+        // Connects and never starts TLS.
+        let mut tcp = TcpStream::connect(plane.local_addr).await.unwrap();
+        // Finishes TLS, then sends nothing: over HTTP/1.1 and over HTTP/2.
+        let mut h1 = tls_connect(&plane, b"http/1.1").await;
+        let mut h2 = tls_connect(&plane, b"h2").await;
+        // Sends the start of the HTTP/2 preface (so neither protocol is known yet).
+        let mut partial_preface = tls_connect(&plane, b"h2").await;
+        partial_preface.write_all(b"PRI * HT").await.unwrap();
+        partial_preface.flush().await.unwrap();
+        // Sends half of an HTTP/1 request's headers.
+        let mut partial_headers = tls_connect(&plane, b"http/1.1").await;
+        partial_headers
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .unwrap();
+        partial_headers.flush().await.unwrap();
+
+        closed_by_server(&mut tcp).await;
+        closed_by_server(&mut h1).await;
+        closed_by_server(&mut h2).await;
+        closed_by_server(&mut partial_preface).await;
+        let answer = closed_by_server(&mut partial_headers).await;
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("200 OK"),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // A client that does send its request is served, and its keep-alive connection
+        // is closed once it stays silent.
+        let mut ok = tls_connect(&plane, b"http/1.1").await;
+        ok.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = closed_by_server(&mut ok).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        shutdown.cancel();
     }
 
     #[tokio::test]

@@ -17,4 +17,4 @@ pub mod pki;
 pub mod scheduler;
 pub mod store;
 
-pub use controlplane::{ControlConfig, ControlError, ControlPlane, start};
+pub use controlplane::{ControlConfig, ControlError, ControlPlane, ServeTimeouts, start};

@@ -13,4 +13,5 @@ pub mod agent;
 pub mod daemon;
 pub mod dns;
 pub mod proxy;
+pub mod reachability;
 pub mod tunnel;

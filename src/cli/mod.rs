@@ -85,6 +85,14 @@ pub enum Command {
 }
 
 impl Command {
+    /// The commands that run servers (and hold many connections open).
+    pub fn is_daemon(&self) -> bool {
+        matches!(
+            self,
+            Command::Control(_) | Command::Up(_) | Command::Node(_)
+        )
+    }
+
     /// The log filter when RUST_LOG is unset: daemons say what they do (without the
     /// store engine's chatter), clients stay quiet and report failures themselves (kube
     /// would log each failed request a second time).

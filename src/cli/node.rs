@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wharf_node::agent::{self, Agent, AgentConfig};
-use wharf_runtime::{LocalImages, Runtime, RuntimeConfig};
+use wharf_runtime::{LocalImages, PoolingConfig, Runtime, RuntimeConfig};
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
@@ -195,12 +195,20 @@ pub async fn start_node(
     client: kube::Client,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Agent, Arc<Runtime>)> {
-    let mut runtime_config = RuntimeConfig::new(config.data_dir.join("runtime"));
-    runtime_config.local_images = local_images;
-    let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
-        .await
-        .context("starting the wasm runtime")?
-        .context("starting the wasm runtime")?;
+    let runtime_dir = config.data_dir.join("runtime");
+    let runtime = tokio::task::spawn_blocking(move || {
+        let mut runtime_config = RuntimeConfig::new(runtime_dir);
+        runtime_config.local_images = local_images;
+        // As many instance slots as the machine's memory holds (shown in the Node's
+        // capacity as wharf.dev/instances).
+        runtime_config.pooling = Some(PoolingConfig::for_memory(
+            wharf_node::agent::node_object::host_memory_bytes(),
+        ));
+        Runtime::new(runtime_config)
+    })
+    .await
+    .context("starting the wasm runtime")?
+    .context("starting the wasm runtime")?;
     let runtime = Arc::new(runtime);
     let name = config.node_name.clone();
     let agent = agent::start(config, client, runtime.clone(), shutdown)

@@ -26,15 +26,21 @@ pub struct ControlProcess {
 impl ControlProcess {
     /// Starts `wharf control` on 127.0.0.1:0 and waits for its "serving on" line.
     pub async fn start(data_dir: &Path) -> Self {
-        Self::start_with(data_dir, &[]).await
+        Self::start_on(data_dir, "127.0.0.1:0", &[]).await
     }
 
     /// [`ControlProcess::start`] with more `wharf control` flags.
     pub async fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_on(data_dir, "127.0.0.1:0", extra).await
+    }
+
+    /// Starts `wharf control` on `listen` (a fixed port, so that nodes find it again after
+    /// a restart) with more flags, and waits for its "serving on" line.
+    pub async fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
             .args(["control", "--data-dir"])
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -192,6 +192,13 @@ pub struct ContainerStats {
     pub cpu_time: Duration,
     /// Time the guest was made to sleep by its CPU limit (cgroups' `throttled_time`).
     pub cpu_throttled: Duration,
+    /// Request instances alive now (HTTP containers): each holds a slot of the node's pool.
+    pub in_flight: u64,
+    /// Requests refused with 503 because the container was at its concurrency limit.
+    pub rejected: u64,
+    /// Requests whose instance was dropped at the request timeout (answered 504 if they
+    /// had not answered yet).
+    pub timed_out: u64,
 }
 
 /// The shared, observable part of a container.
@@ -199,6 +206,9 @@ pub(crate) struct ContainerShared {
     pub(crate) budget: Arc<MemoryBudget>,
     pub(crate) cpu: Arc<CpuThrottle>,
     pub(crate) requests: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
 }
 
 impl ContainerShared {
@@ -207,6 +217,9 @@ impl ContainerShared {
             budget,
             cpu,
             requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
         })
     }
 }
@@ -300,6 +313,9 @@ impl Container {
             oom_events: self.shared.budget.oom_events(),
             cpu_time: self.shared.cpu.used(),
             cpu_throttled: self.shared.cpu.throttled(),
+            in_flight: self.shared.in_flight.load(Ordering::Relaxed),
+            rejected: self.shared.rejected.load(Ordering::Relaxed),
+            timed_out: self.shared.timed_out.load(Ordering::Relaxed),
         }
     }
 }

@@ -79,6 +79,19 @@ pub struct PoolingConfig {
     pub max_memory_bytes: usize,
 }
 
+impl PoolingConfig {
+    /// A pool sized for a machine with `memory_bytes` of RAM: one instance slot per 4 MiB
+    /// (twice what a small guest's instance holds, so the slots run out before the memory
+    /// does), at least 64 and at most the default 1000.
+    pub fn for_memory(memory_bytes: u64) -> Self {
+        let slots = (memory_bytes / (4 << 20)).clamp(64, 1000);
+        Self {
+            total_instances: u32::try_from(slots).unwrap_or(1000),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for PoolingConfig {
     fn default() -> Self {
         Self {
@@ -236,5 +249,19 @@ impl Drop for EpochTicker {
             // The thread exits as soon as it sees the disconnect; this join is immediate.
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_is_sized_from_the_machines_memory() {
+        let slots = |gib: u64| PoolingConfig::for_memory(gib << 30).total_instances;
+        assert_eq!(slots(1), 256);
+        assert_eq!(slots(2), 512);
+        assert_eq!(slots(8), 1000);
+        assert_eq!(PoolingConfig::for_memory(100 << 20).total_instances, 64);
     }
 }

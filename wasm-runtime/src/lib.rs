@@ -61,7 +61,10 @@ pub use engine::{AllocatorKind, PoolingConfig, RuntimeConfig, RuntimeError};
 pub use image::{Digest, ImagePullError, LocalImages, PullPolicy, WorkloadKind};
 pub use logs::{ContainerLogs, LogError, LogLine, LogOptions, LogStream};
 pub use runtime::{Image, Runtime, RuntimeStats};
-pub use spec::{ContainerSpec, Mount, NetworkAccess, Resources, ServiceResolver};
+pub use spec::{
+    ContainerSpec, DEFAULT_REQUEST_TIMEOUT, HttpLimits, INSTANCE_MEMORY_ESTIMATE, Mount,
+    NetworkAccess, Resources, ServiceResolver, max_concurrency,
+};
 
 #[cfg(test)]
 mod tests {

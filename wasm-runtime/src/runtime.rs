@@ -496,6 +496,7 @@ impl Runtime {
         };
         let budget = MemoryBudget::new(spec.resources.memory_bytes);
         let cpu = CpuThrottle::new(spec.resources.cpu_millicores);
+        let (spec_http, spec_memory) = (spec.http, spec.resources.memory_bytes);
         let factory = StoreFactory {
             engine: inner.engine.clone(),
             serving: inner.serving.clone(),
@@ -525,6 +526,11 @@ impl Runtime {
                     // every request.
                     drop(factory.p2_store().map_err(mount_err)?);
                     drop(sink);
+                    let pool = match &inner.allocator {
+                        AllocatorKind::Pooling { total_instances } => Some(*total_instances),
+                        AllocatorKind::OnDemand { .. } => None,
+                    };
+                    let max = crate::spec::max_concurrency(&spec_http, spec_memory, pool);
                     let server = Arc::new(HttpServer {
                         pre: pre.clone(),
                         factory,
@@ -532,6 +538,11 @@ impl Runtime {
                         stop: stop.clone(),
                         kill: kill.clone(),
                         tracker: TaskTracker::new(),
+                        slots: Arc::new(tokio::sync::Semaphore::new(max as usize)),
+                        max_concurrency: max,
+                        request_timeout: spec_http
+                            .request_timeout
+                            .unwrap_or(crate::spec::DEFAULT_REQUEST_TIMEOUT),
                     });
                     // Served (for the pod's `localhost`) for as long as the serve loop runs.
                     let serving = http_addr.map(|a| inner.serving.add(a));

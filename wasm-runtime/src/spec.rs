@@ -8,6 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Maps the host of a guest's outgoing HTTP request to a cluster service's address.
 ///
@@ -65,6 +66,51 @@ pub struct ContainerSpec {
     /// Required for HTTP components, ignored for commands. Port 0 picks a free port; the
     /// bound address is [`crate::Container::http_addr`].
     pub http_listen: Option<SocketAddr>,
+    /// Bounds on a `wasi:http` container's request instances (ignored for commands).
+    pub http: HttpLimits,
+}
+
+/// Bounds on the request instances of a `wasi:http` container, so that one slow or
+/// overloaded pod cannot take every instance of the node's pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// The longest a request's instance may run (answer and body); a request not answered
+    /// by then gets `504 Gateway Timeout` and its instance is dropped. `None`:
+    /// [`DEFAULT_REQUEST_TIMEOUT`].
+    pub request_timeout: Option<Duration>,
+    /// The most request instances the container runs at once; a request beyond gets `503
+    /// Service Unavailable` at once. `None`: derived by [`max_concurrency`].
+    pub max_concurrency: Option<u32>,
+}
+
+/// The request timeout of a `wasi:http` container that sets none.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The linear memory one request instance is taken to need when a container's concurrency
+/// is derived from its memory limit (a small Rust guest starts at about 1 MiB).
+pub const INSTANCE_MEMORY_ESTIMATE: u64 = 2 * 1024 * 1024;
+
+/// Concurrency when neither the container nor the pool says: with on-demand allocation
+/// there is no pool to take a share of.
+const UNPOOLED_MAX_CONCURRENCY: u32 = 250;
+
+/// How many request instances a `wasi:http` container may run at once, given its limits,
+/// its memory limit and the node's pool (`None`: on-demand allocation):
+///
+/// - an explicit `max_concurrency`, up to the whole pool;
+/// - else what its memory limit holds at [`INSTANCE_MEMORY_ESTIMATE`] each, so that a
+///   burst is refused with 503 before the instances run out of memory and trap;
+/// - and never, unless explicit, more than a quarter of the pool: the share one pod may
+///   take, so that a pod whose requests hang leaves the node's other pods their instances.
+pub fn max_concurrency(limits: &HttpLimits, memory_bytes: Option<u64>, pool: Option<u32>) -> u32 {
+    if let Some(n) = limits.max_concurrency {
+        return pool.map_or(n, |p| n.min(p)).max(1);
+    }
+    let share = pool.map_or(UNPOOLED_MAX_CONCURRENCY, |p| (p / 4).max(1));
+    let by_memory = memory_bytes
+        .map(|m| u32::try_from(m / INSTANCE_MEMORY_ESTIMATE).unwrap_or(u32::MAX))
+        .unwrap_or(u32::MAX);
+    by_memory.min(share).max(1)
 }
 
 impl ContainerSpec {
@@ -84,6 +130,7 @@ impl ContainerSpec {
             pod_ip: None,
             pod_ports: Vec::new(),
             http_listen: None,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -192,6 +239,28 @@ pub(crate) fn valid_id(id: &str) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrency_from_the_annotation_the_memory_limit_or_the_pools_share() {
+        let none = HttpLimits::default();
+        let explicit = HttpLimits {
+            max_concurrency: Some(600),
+            ..HttpLimits::default()
+        };
+        const MIB: u64 = 1024 * 1024;
+        // A quarter of a 1000-instance pool, whatever the memory limit allows beyond it.
+        assert_eq!(max_concurrency(&none, None, Some(1000)), 250);
+        assert_eq!(max_concurrency(&none, Some(4096 * MIB), Some(1000)), 250);
+        // A 64Mi pod: 32 instances of 2 MiB, not the ~60 that broke it.
+        assert_eq!(max_concurrency(&none, Some(64 * MIB), Some(1000)), 32);
+        assert_eq!(max_concurrency(&none, Some(MIB), Some(1000)), 1);
+        // Explicit: as asked, up to the whole pool.
+        assert_eq!(max_concurrency(&explicit, Some(64 * MIB), Some(1000)), 600);
+        assert_eq!(max_concurrency(&explicit, None, Some(100)), 100);
+        // No pool: a fixed default.
+        assert_eq!(max_concurrency(&none, None, None), 250);
+        assert_eq!(max_concurrency(&none, None, Some(2)), 1);
+    }
 
     #[test]
     fn ids() {

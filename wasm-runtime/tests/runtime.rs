@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::StreamExt;
 use wharf_runtime::{
-    AllocatorKind, ContainerSpec, ExitReason, ImagePullError, LogOptions, LogStream, Mount,
-    Resources, Runtime, StartError, WorkloadKind,
+    AllocatorKind, ContainerSpec, ExitReason, HttpLimits, ImagePullError, LogOptions, LogStream,
+    Mount, Resources, Runtime, StartError, WorkloadKind,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -145,6 +145,8 @@ async fn http_component_serves_concurrent_requests_and_drains_on_stop() {
         memory_bytes: Some(64 * MIB),
         cpu_millicores: Some(1000),
     };
+    // 32 at once: more than a container's default share of the test runtime's small pool.
+    spec.http.max_concurrency = Some(32);
     spec.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
     let container = within(30, "start", rt.start(spec, &image))
         .await
@@ -888,4 +890,154 @@ async fn traps_end_the_container_with_signal_like_exit_codes() {
             "{texts:?}"
         );
     }
+}
+
+/// Opens a connection to `addr` and sends a GET of `path` without reading the answer.
+async fn send_get(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: pod\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    stream
+}
+
+/// Waits (bounded) until `check` holds.
+async fn until(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    within(secs, what, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// Issue 19: 2,000 requests that never return, to one container, take at most its share
+/// of the node's instance pool (the rest are refused with 503), leave another container
+/// on the same runtime answering normally, and free their instances when their clients
+/// go away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_requests_to_one_container_leave_the_pool_to_the_others() {
+    const HUNG: usize = 2000;
+    build_samples().await;
+    let rt = shared_runtime(); // a pool of 64 instances: a container's share is 16
+    let image = pull(&rt, &hello_http()).await;
+    let start = |name: &str| {
+        let mut spec = ContainerSpec::new(unique_id(name));
+        spec.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        within(30, "start", rt.start(spec, &image))
+    };
+    let slow = start("slow").await.expect("start slow");
+    let other = start("other").await.expect("start other");
+    let slow_addr = slow.http_addr().expect("listening");
+    let client = client();
+
+    let mut hung = Vec::with_capacity(HUNG);
+    for batch in 0..HUNG / 100 {
+        let opened =
+            futures::future::join_all((0..100).map(|_| send_get(slow_addr, "/sleep/600000")));
+        hung.extend(within(30, &format!("batch {batch} of hung requests"), opened).await);
+    }
+    until(60, "every hung request reached the container", || {
+        slow.stats().requests >= HUNG as u64
+    })
+    .await;
+    let stats = slow.stats();
+    assert_eq!(stats.in_flight, 16, "{stats:?}");
+    assert_eq!(stats.rejected, HUNG as u64 - 16, "{stats:?}");
+
+    // The other container is untouched; the slow one refuses at once.
+    for _ in 0..3 {
+        let (status, body) = within(
+            10,
+            "GET other",
+            get(
+                &client,
+                &format!("http://{}/", other.http_addr().expect("addr")),
+            ),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = within(
+        10,
+        "GET slow",
+        get(&client, &format!("http://{slow_addr}/")),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("at most 16"), "{body}");
+
+    // The clients go away: their instances are cancelled and freed.
+    drop(hung);
+    until(20, "abandoned requests free their instances", || {
+        slow.stats().in_flight == 0
+    })
+    .await;
+    let (status, body) = within(
+        10,
+        "GET slow again",
+        get(&client, &format!("http://{slow_addr}/")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    within(10, "stop", slow.stop(Duration::from_secs(1))).await;
+    within(10, "stop", other.stop(Duration::from_secs(1))).await;
+}
+
+/// A request that does not answer within its container's request timeout gets 504 and
+/// its instance is dropped; a request beyond an explicit concurrency limit gets 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_timeout_gets_504_and_frees_its_instance() {
+    build_samples().await;
+    let rt = shared_runtime();
+    let image = pull(&rt, &hello_http()).await;
+    let mut spec = ContainerSpec::new(unique_id("timeout"));
+    spec.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    spec.http = HttpLimits {
+        request_timeout: Some(Duration::from_millis(300)),
+        max_concurrency: Some(1),
+    };
+    let container = within(30, "start", rt.start(spec, &image))
+        .await
+        .expect("start");
+    let addr = container.http_addr().expect("listening");
+    let client = client();
+
+    let hung = send_get(addr, "/sleep/600000").await;
+    until(10, "the hung request runs", || {
+        container.stats().in_flight == 1
+    })
+    .await;
+    let (status, body) = within(
+        10,
+        "GET while busy",
+        get(&client, &format!("http://{addr}/")),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+
+    let started = Instant::now();
+    let (status, body) = within(10, "GET slow", async {
+        // The hung one times out first, then this one gets the slot and times out too.
+        until(10, "the slot is free", || container.stats().in_flight == 0).await;
+        get(&client, &format!("http://{addr}/sleep/10000")).await
+    })
+    .await;
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    until(10, "the timed-out instance is freed", || {
+        container.stats().in_flight == 0
+    })
+    .await;
+    assert_eq!(container.stats().timed_out, 2);
+    drop(hung);
+    let (status, body) = within(10, "GET fast", get(&client, &format!("http://{addr}/"))).await;
+    assert_eq!(status, 200, "{body}");
+    within(10, "stop", container.stop(Duration::from_secs(1))).await;
 }

@@ -55,6 +55,10 @@
 //!
 //! # Crash story
 //!
+//! A fresh store is created whole in a sibling `DIR.init` and renamed into place, so a
+//! process killed during its very first start leaves no half-created database: the next
+//! start removes the leftover and creates it again (see `initialise_if_fresh`).
+//!
 //! fjall recovers its journal on open: a batch is either wholly present or wholly absent,
 //! and every batch that was acknowledged was fsynced first. Because objects, log entry and
 //! `meta.revision` are in the same batch, they always agree. On open the store loads
@@ -99,7 +103,7 @@ use futures::future::BoxFuture;
 use futures::stream::StreamExt;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -406,6 +410,7 @@ impl FjallStore {
     pub fn open(config: StoreConfig) -> Result<FjallStore, StoreError> {
         let dir = config.dir.clone();
         let ctx = |what: &str| format!("opening the store in {}: {what}", dir.display());
+        initialise_if_fresh(&config.dir)?;
         let db = Database::builder(&config.dir)
             .open()
             .map_err(|e| io_err(ctx("database"), e))?;
@@ -1094,6 +1099,111 @@ fn event_bytes(event: &Event) -> usize {
     event.object.key.len()
         + event.object.value.len()
         + event.prev.as_ref().map_or(0, |p| p.value.len())
+}
+
+/// fjall's format marker: written (and fsynced) last when a database is created, so a
+/// data dir without a readable one was never fully created and holds no data.
+const FJALL_VERSION_MARKER: &str = "version";
+/// fjall's lock file: the first file it creates in a new database.
+const FJALL_LOCK_FILE: &str = "lock";
+
+/// The sibling directory a fresh store is created in before it is renamed into place.
+fn init_dir(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".init");
+    dir.with_file_name(name)
+}
+
+/// Where a data dir stands before it is opened.
+#[derive(Debug, PartialEq, Eq)]
+enum DirState {
+    /// Absent or empty: create a store in it.
+    Fresh,
+    /// fjall's files without a readable format marker: a first start that was killed
+    /// while fjall created the database (it holds no data). Remove it and start again.
+    Interrupted,
+    /// Anything else: open it (fjall reports what it cannot read).
+    Existing,
+}
+
+fn dir_state(dir: &Path) -> std::io::Result<DirState> {
+    let mut entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DirState::Fresh),
+        Err(e) => return Err(e),
+    };
+    if entries.next().transpose()?.is_none() {
+        return Ok(DirState::Fresh);
+    }
+    let marker = match std::fs::metadata(dir.join(FJALL_VERSION_MARKER)) {
+        Ok(m) => m.len() > 0,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    };
+    if !marker && dir.join(FJALL_LOCK_FILE).try_exists()? {
+        Ok(DirState::Interrupted)
+    } else {
+        Ok(DirState::Existing)
+    }
+}
+
+/// Creates a new store atomically: fjall writes several files before the one that marks
+/// the database as created, so a process killed in those first milliseconds left a data
+/// dir fjall refuses to open (`File exists`, `InvalidVersion`). Instead the database and
+/// its keyspaces are created in `DIR.init`, made durable, closed, and renamed over `DIR`
+/// (a rename replaces an absent or empty directory in one step), then the parent is
+/// fsynced. A kill at any point leaves either no store (the next start removes the
+/// leftover `DIR.init` and begins again) or a complete one.
+fn initialise_if_fresh(dir: &Path) -> Result<(), StoreError> {
+    let ctx = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::Io(format!(
+            "initialising the store in {}: {what}: {e}",
+            dir.display()
+        ))
+    };
+    let tmp = init_dir(dir);
+    match std::fs::remove_dir_all(&tmp) {
+        Ok(()) => tracing::warn!(
+            dir = %tmp.display(),
+            "removed the leftover of an interrupted store initialisation"
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ctx("removing the leftover temporary dir", &e)),
+    }
+    match dir_state(dir).map_err(|e| ctx("reading the data dir", &e))? {
+        DirState::Existing => return Ok(()),
+        DirState::Fresh => {}
+        DirState::Interrupted => {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the store's first initialisation was interrupted; starting it again"
+            );
+            std::fs::remove_dir_all(dir).map_err(|e| ctx("removing the half-created store", &e))?;
+        }
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| ctx("creating the parent dir", &e))?;
+    }
+    {
+        let db = Database::builder(&tmp)
+            .open()
+            .map_err(|e| ctx("creating the database", &e))?;
+        for name in [OBJECTS, LOG, META] {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(|e| ctx(&format!("creating keyspace {name}"), &e))?;
+        }
+        db.persist(PersistMode::SyncAll)
+            .map_err(|e| ctx("syncing the new database", &e))?;
+        // Dropping the database stops its threads and releases its lock before the rename.
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| ctx("moving the new store into place", &e))?;
+    #[cfg(unix)]
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| ctx("syncing the parent dir", &e))?;
+    }
+    Ok(())
 }
 
 fn io_err(context: String, e: fjall::Error) -> StoreError {
@@ -1880,6 +1990,56 @@ mod tests {
             matches!(err, StoreError::Io(ref m) if m.contains("locked")),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_fresh_store_is_created_aside_and_renamed_into_place() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut c = config(&parent);
+        c.dir = parent.path().join("store");
+        let store = FjallStore::open(c.clone()).unwrap();
+        t(store.create("k", v("a"))).await.unwrap();
+        drop(store);
+        assert!(!init_dir(&c.dir).exists());
+        let store = FjallStore::open(c).unwrap();
+        assert_eq!(t(store.get("k")).await.unwrap().unwrap().value, v("a"));
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_first_start_is_cleaned_up_and_started_again() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut c = config(&parent);
+        c.dir = parent.path().join("store");
+        // What a kill during fjall's creation leaves: its lock file and journal, and a
+        // format marker not yet written; and a half-created `.init` dir beside it.
+        std::fs::create_dir_all(c.dir.join("keyspaces")).unwrap();
+        std::fs::write(c.dir.join(FJALL_LOCK_FILE), b"").unwrap();
+        std::fs::write(c.dir.join("0.jnl"), b"").unwrap();
+        std::fs::write(c.dir.join(FJALL_VERSION_MARKER), b"").unwrap();
+        let tmp = init_dir(&c.dir);
+        std::fs::create_dir_all(tmp.join("keyspaces")).unwrap();
+        std::fs::write(tmp.join(FJALL_LOCK_FILE), b"").unwrap();
+        let store = FjallStore::open(c.clone()).unwrap();
+        assert!(!tmp.exists(), "the leftover temporary dir is removed");
+        t(store.create("k", v("a"))).await.unwrap();
+        drop(store);
+        let store = FjallStore::open(c).unwrap();
+        assert_eq!(t(store.get("k")).await.unwrap().unwrap().value, v("a"));
+    }
+
+    #[test]
+    fn a_dir_with_data_is_never_taken_for_an_interrupted_one() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(dir_state(dir.path()).unwrap(), DirState::Fresh);
+        assert_eq!(
+            dir_state(&dir.path().join("absent")).unwrap(),
+            DirState::Fresh
+        );
+        drop(FjallStore::open(config(&dir)).unwrap());
+        assert_eq!(dir_state(dir.path()).unwrap(), DirState::Existing);
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("notes.txt"), b"mine").unwrap();
+        assert_eq!(dir_state(other.path()).unwrap(), DirState::Existing);
     }
 
     #[test]

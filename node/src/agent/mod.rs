@@ -12,6 +12,7 @@
 
 pub mod addresses;
 pub mod env;
+pub mod http_limits;
 pub mod node_object;
 pub mod probes;
 pub mod restart;
@@ -20,6 +21,7 @@ pub mod volumes;
 pub mod worker;
 
 use crate::proxy::ProxyConfig;
+use crate::reachability::{ApiHealth, api_retry_delay};
 use crate::tunnel::client::Dialer;
 use crate::tunnel::metrics::TunnelMetrics;
 use crate::{daemon, dns, proxy, tunnel};
@@ -146,6 +148,8 @@ pub struct NodeContext {
     pub events: Recorder,
     /// The tunnel's counters (server, dials, mirrors).
     pub tunnel: Arc<TunnelMetrics>,
+    /// Whether the control plane answers; every API call of the node reports to it.
+    pub api: Arc<ApiHealth>,
     pub shutdown: CancellationToken,
 }
 
@@ -243,6 +247,10 @@ pub async fn start(
     );
     facts.tunnel = tunnel_addr;
     facts.allow_host_path = config.allow_host_path;
+    facts.instances = match runtime.allocator() {
+        wharf_runtime::AllocatorKind::Pooling { total_instances } => Some(*total_instances),
+        wharf_runtime::AllocatorKind::OnDemand { .. } => None,
+    };
     let node = register(&client, &facts).await?;
     let pod_cidr = node
         .spec
@@ -264,6 +272,7 @@ pub async fn start(
         services: Arc::new(proxy::Shared::new(&config.cluster_domain)),
         events: Recorder::new(client.clone(), EVENT_SOURCE).with_host(&config.node_name),
         tunnel: tunnel_metrics.clone(),
+        api: Arc::new(ApiHealth::new(&config.node_name)),
         shutdown: shutdown.clone(),
     });
     if let Some((_, listener)) = tunnel_listener {
@@ -296,6 +305,7 @@ pub async fn start(
             config.node_name.clone(),
             config.address,
             mirrors,
+            ctx.api.clone(),
             shutdown.clone(),
         ));
     }
@@ -309,6 +319,7 @@ pub async fn start(
         tasks.spawn(proxy::watch::run(
             client.clone(),
             snapshots_tx,
+            ctx.api.clone(),
             shutdown.clone(),
         ));
         if config.proxy.enabled {
@@ -390,11 +401,14 @@ async fn heartbeat(ctx: Arc<NodeContext>, facts: NodeFacts) {
             _ = ctx.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let previous = nodes
-            .get_status(&facts.name)
-            .await
-            .ok()
-            .and_then(|n| n.status);
+        let previous = match nodes.get_status(&facts.name).await {
+            Ok(n) => n.status,
+            Err(e) => {
+                // The control plane is away: nothing to write to either.
+                ctx.api.failed("reading the node's status", &e);
+                continue;
+            }
+        };
         let mut status =
             node_object::node_status(&facts, true, previous.as_ref(), jiff::Timestamp::now());
         // The compiled modules this node holds, for the scheduler's image locality.
@@ -403,11 +417,12 @@ async fn heartbeat(ctx: Arc<NodeContext>, facts: NodeFacts) {
                 |i| (i.reference().to_string(), i.digest().to_string(), i.size()),
             )));
         let patch = Patch::Merge(serde_json::json!({"status": status}));
-        if let Err(e) = nodes
+        match nodes
             .patch_status(&facts.name, &PatchParams::default(), &patch)
             .await
         {
-            tracing::warn!(node = %facts.name, error = %e, "node status heartbeat failed");
+            Ok(_) => ctx.api.ok(),
+            Err(e) => ctx.api.failed("node status heartbeat", &e),
         }
     }
 }
@@ -457,8 +472,9 @@ async fn renew_lease(ctx: Arc<NodeContext>) {
             }
             other => other.map(|_| ()),
         };
-        if let Err(e) = result {
-            tracing::warn!(node = %name, error = %e, "lease renewal failed");
+        match result {
+            Ok(()) => ctx.api.ok(),
+            Err(e) => ctx.api.failed("lease renewal", &e),
         }
     }
 }
@@ -480,6 +496,7 @@ async fn watch_pods(ctx: Arc<NodeContext>) {
     let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
     let mut worker_tasks: JoinSet<String> = JoinSet::new();
     let mut seen_in_init: Vec<String> = Vec::new();
+    let mut failures = 0u32;
     loop {
         let event = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
@@ -493,12 +510,18 @@ async fn watch_pods(ctx: Arc<NodeContext>) {
         };
         let Some(event) = event else { break };
         let event = match event {
-            Ok(e) => e,
+            Ok(e) => {
+                ctx.api.ok();
+                failures = 0;
+                e
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "pod watch failed; retrying");
+                ctx.api.failed("pod watch", &e);
+                let delay = api_retry_delay(failures);
+                failures = failures.saturating_add(1);
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
                 continue;
             }

@@ -34,7 +34,14 @@ pub struct NodeFacts {
     /// Runs hostPath volumes (`--allow-host-path`): published as an annotation so that the
     /// API can warn about pods no node would run.
     pub allow_host_path: bool,
+    /// The runtime's instance pool (concurrent wasm instances: a running command is one,
+    /// an HTTP pod uses one per request in flight), shown as the extended resource
+    /// [`INSTANCES_RESOURCE`]; `None` without a pool.
+    pub instances: Option<u32>,
 }
+
+/// The extended resource in a Node's capacity that counts its wasm instance slots.
+pub const INSTANCES_RESOURCE: &str = "wharf.dev/instances";
 
 impl NodeFacts {
     /// Capacity of this machine: its cores and memory (from /proc/meminfo where present).
@@ -42,16 +49,7 @@ impl NodeFacts {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get() as u64)
             .unwrap_or(1);
-        let memory = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find(|l| l.starts_with("MemTotal:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-            .map(|kb| kb * 1024)
-            .unwrap_or(4 << 30);
+        let memory = host_memory_bytes();
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| name.to_string());
@@ -67,8 +65,23 @@ impl NodeFacts {
             reserved_cpu_millis: 100,
             reserved_memory_bytes: 256 << 20,
             allow_host_path: false,
+            instances: None,
         }
     }
+}
+
+/// The machine's memory (`MemTotal` of /proc/meminfo; 4 GiB where it cannot be read).
+pub fn host_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(4 << 30)
 }
 
 pub const ARCH: &str = "wasm32";
@@ -119,7 +132,12 @@ pub fn node_object(facts: &NodeFacts) -> Node {
     }
 }
 
-fn quantities(cpu_millis: u64, memory: u64, pods: u32) -> BTreeMap<String, Quantity> {
+fn quantities(
+    cpu_millis: u64,
+    memory: u64,
+    pods: u32,
+    instances: Option<u32>,
+) -> BTreeMap<String, Quantity> {
     let cpu = if cpu_millis.is_multiple_of(1000) {
         (cpu_millis / 1000).to_string()
     } else {
@@ -133,7 +151,9 @@ fn quantities(cpu_millis: u64, memory: u64, pods: u32) -> BTreeMap<String, Quant
         ),
         ("pods".to_string(), Quantity(pods.to_string())),
     ]
-    .into()
+    .into_iter()
+    .chain(instances.map(|n| (INSTANCES_RESOURCE.to_string(), Quantity(n.to_string()))))
+    .collect()
 }
 
 /// The node's status with a fresh heartbeat. Transition times carry over from `previous`
@@ -198,6 +218,7 @@ pub fn node_status(
             facts.cpu_millis,
             facts.memory_bytes,
             facts.max_pods,
+            facts.instances,
         )),
         allocatable: Some(quantities(
             facts.cpu_millis.saturating_sub(facts.reserved_cpu_millis),
@@ -205,6 +226,7 @@ pub fn node_status(
                 .memory_bytes
                 .saturating_sub(facts.reserved_memory_bytes),
             facts.max_pods,
+            facts.instances,
         )),
         conditions: Some(conditions),
         addresses: Some(vec![
@@ -282,6 +304,7 @@ mod tests {
             reserved_cpu_millis: 100,
             reserved_memory_bytes: 256 << 20,
             allow_host_path: false,
+            instances: Some(512),
         }
     }
 
@@ -320,7 +343,20 @@ mod tests {
         let cap = s.capacity.clone().unwrap_or_default();
         assert_eq!(cap["cpu"].0, "2");
         assert_eq!(cap["pods"].0, "1000");
-        assert_eq!(s.allocatable.clone().unwrap_or_default()["cpu"].0, "1900m");
+        assert_eq!(cap[INSTANCES_RESOURCE].0, "512");
+        let allocatable = s.allocatable.clone().unwrap_or_default();
+        assert_eq!(allocatable["cpu"].0, "1900m");
+        assert_eq!(allocatable[INSTANCES_RESOURCE].0, "512");
+        let unpooled = NodeFacts {
+            instances: None,
+            ..facts()
+        };
+        let s2 = node_status(&unpooled, true, None, now);
+        assert!(
+            !s2.capacity
+                .unwrap_or_default()
+                .contains_key(INSTANCES_RESOURCE)
+        );
         let ready = s
             .conditions
             .clone()

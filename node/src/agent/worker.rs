@@ -26,10 +26,13 @@ use super::probes::{self, ContainerProbes, EventBudget, ProbeKind, ProbeSpecs, V
 use super::restart::should_restart;
 use super::status::{ContainerRecord, PodFacts, State, Terminated, pod_status};
 use super::volumes;
+use crate::reachability::api_retry_delay;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Container as ContainerSpecK8s, Pod, PodSpec, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container as ContainerSpecK8s, Pod, PodSpec, PodStatus, Secret,
+};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -90,6 +93,11 @@ struct PodState {
     ip: Option<Ipv4Addr>,
     volumes: Option<BTreeMap<String, (PathBuf, bool)>>,
     last_written: Option<serde_json::Value>,
+    /// The status last saved in the pod's directory on this node.
+    last_saved: Option<serde_json::Value>,
+    /// The status the API has not accepted yet: when to try again, and how many tries
+    /// failed in a row.
+    status_retry: Option<(Instant, u32)>,
     /// Probe attempts in flight.
     probe_jobs: JoinSet<ProbeDone>,
     /// Events being recorded and probe kills under way; reaped as they finish.
@@ -112,6 +120,8 @@ pub async fn run(ctx: Arc<NodeContext>, mut rx: watch::Receiver<Option<Arc<Pod>>
         ip: None,
         volumes: None,
         last_written: None,
+        last_saved: None,
+        status_retry: None,
         probe_jobs: JoinSet::new(),
         chores: JoinSet::new(),
         next_instance: 0,
@@ -168,6 +178,7 @@ pub async fn run(ctx: Arc<NodeContext>, mut rx: watch::Receiver<Option<Arc<Pod>>
                 }
             }
             _ = sleep_until(next_probe), if next_probe.is_some() => {}
+            _ = sleep_until(st.status_retry.map(|(at, _)| at)), if st.status_retry.is_some() => {}
         }
     }
 }
@@ -316,7 +327,8 @@ async fn converge(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
         return;
     };
     if st.records.is_empty() {
-        adopt(st, pod);
+        let saved = load_saved_status(ctx, pod).await;
+        adopt(st, pod, saved.as_ref());
     }
     if st.ip.is_none() {
         match assign_ip(ctx, pod) {
@@ -448,14 +460,20 @@ fn image_of(spec: &PodSpec, name: &str) -> String {
 }
 
 /// Rebuilds container records from the pod's status (an agent restart) or the spec.
-fn adopt(st: &mut PodState, pod: &Pod) {
+/// `saved` is the status this node last saved for the pod: it is never older than what
+/// the API has (it is saved before every write), and it knows how containers ended while
+/// the control plane was away.
+fn adopt(st: &mut PodState, pod: &Pod, saved: Option<&PodStatus>) {
     let Some(spec) = pod.spec.as_ref() else {
         return;
     };
-    let statuses = pod
-        .status
-        .as_ref()
+    let statuses = saved
         .and_then(|s| s.container_statuses.clone())
+        .or_else(|| {
+            pod.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.clone())
+        })
         .unwrap_or_default();
     let policy = restart_policy(pod);
     for c in &spec.containers {
@@ -822,6 +840,11 @@ async fn start_container(
             .resolver(pod.metadata.namespace.as_deref().unwrap_or("default")),
     );
     spec.http_listen = http_listen;
+    let (http, ignored) = super::http_limits::http_limits(pod);
+    for message in ignored {
+        tracing::warn!(pod = %pod_name(pod), "ignoring an annotation: {message}");
+    }
+    spec.http = http;
     // `localhost` from this container is the pod: its sibling containers' ports.
     spec.pod_ip = st.ip.map(IpAddr::V4);
     spec.pod_ports = pod
@@ -971,7 +994,12 @@ async fn write_status(ctx: &NodeContext, st: &mut PodState, pod: &Pod) {
     };
     // Compare without timestamps that move on their own.
     if st.last_written.as_ref() == Some(&value) {
+        st.status_retry = None;
         return;
+    }
+    if st.last_saved.as_ref() != Some(&value) {
+        save_status(ctx, pod, &value).await;
+        st.last_saved = Some(value.clone());
     }
     let api: Api<Pod> = Api::namespaced(
         ctx.client.clone(),
@@ -986,10 +1014,73 @@ async fn write_status(ctx: &NodeContext, st: &mut PodState, pod: &Pod) {
         )
         .await
     {
-        Ok(_) => st.last_written = Some(value),
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => tracing::warn!(pod = %pod_name(pod), error = %e, "writing pod status failed"),
+        Ok(_) => {
+            ctx.api.ok();
+            st.last_written = Some(value);
+            st.status_retry = None;
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => st.status_retry = None,
+        Err(e) => {
+            // Kept, and written again (the newest status at that time) until the API
+            // accepts it, as the kubelet's status manager does.
+            if matches!(&e, kube::Error::Api(_)) {
+                tracing::warn!(pod = %pod_name(pod), error = %e, "writing pod status failed; will retry");
+            } else {
+                ctx.api.failed("writing pod status", &e);
+            }
+            let attempt = st.status_retry.map(|(_, n)| n).unwrap_or(0);
+            st.status_retry = Some((
+                Instant::now() + api_retry_delay(attempt),
+                attempt.saturating_add(1),
+            ));
+        }
     }
+}
+
+/// Where this node keeps a pod's last computed status: in the pod's directory, which
+/// outlives the agent process and goes when the pod does.
+fn saved_status_path(ctx: &NodeContext, pod: &Pod) -> Option<PathBuf> {
+    let uid = pod.metadata.uid.as_deref().filter(|u| !u.is_empty())?;
+    Some(volumes::pod_dir(&ctx.config.data_dir, uid).join("status.json"))
+}
+
+/// Saves `status` for the pod (temp file and rename, so a crash leaves the old or the new
+/// one). Best effort: without it a restarted agent knows only what the API has.
+async fn save_status(ctx: &NodeContext, pod: &Pod, status: &serde_json::Value) {
+    let Some(path) = saved_status_path(ctx, pod) else {
+        return;
+    };
+    let Ok(bytes) = serde_json::to_vec(status) else {
+        return;
+    };
+    let written = tokio::task::spawn_blocking(move || {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(pod = %pod_name(pod), error = %e, "saving pod status on the node failed")
+        }
+        Err(e) => {
+            tracing::warn!(pod = %pod_name(pod), error = %e, "saving pod status on the node failed")
+        }
+    }
+}
+
+/// The status this node last saved for the pod, if any.
+async fn load_saved_status(ctx: &NodeContext, pod: &Pod) -> Option<PodStatus> {
+    let path = saved_status_path(ctx, pod)?;
+    let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+        .await
+        .ok()?
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 async fn stop_all(st: &mut PodState, grace: Duration) {
@@ -1034,7 +1125,8 @@ async fn terminate(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
     tracing::info!(pod = %pod_name(pod), grace, "stopping pod");
     stop_all(st, Duration::from_secs(grace as u64)).await;
     if st.records.is_empty() {
-        adopt(st, pod);
+        let saved = load_saved_status(ctx, pod).await;
+        adopt(st, pod, saved.as_ref());
     }
     write_status(ctx, st, pod).await;
     let api: Api<Pod> = Api::namespaced(

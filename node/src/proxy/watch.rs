@@ -13,6 +13,7 @@
 //! per node) change nothing and publish nothing.
 
 use super::model::{self, NodeInfo, Snapshot};
+use crate::reachability::{ApiHealth, api_retry_delay};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -20,7 +21,6 @@ use kube::api::Api;
 use kube::runtime::watcher;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -158,6 +158,7 @@ pub(crate) fn node_infos() -> Projected<Node, NodeInfo> {
 pub async fn run(
     client: kube::Client,
     tx: watch::Sender<Arc<Snapshot>>,
+    health: Arc<ApiHealth>,
     shutdown: CancellationToken,
 ) {
     let services = watcher::watcher(
@@ -177,22 +178,23 @@ pub async fn run(
     let mut nds = node_infos();
     let mut generation = 0u64;
     let mut refused = BTreeMap::new();
+    let mut failures = 0u32;
     loop {
         let changed = tokio::select! {
             _ = shutdown.cancelled() => return,
             e = services.next() => match e {
-                Some(Ok(e)) => svc.apply(e),
-                Some(Err(e)) => { backoff("services", e, &shutdown).await; false }
+                Some(Ok(e)) => { health.ok(); failures = 0; svc.apply(e) }
+                Some(Err(e)) => { backoff("services watch", e, &health, &mut failures, &shutdown).await; false }
                 None => return,
             },
             e = slices.next() => match e {
-                Some(Ok(e)) => eps.apply(e),
-                Some(Err(e)) => { backoff("endpointslices", e, &shutdown).await; false }
+                Some(Ok(e)) => { health.ok(); failures = 0; eps.apply(e) }
+                Some(Err(e)) => { backoff("endpointslices watch", e, &health, &mut failures, &shutdown).await; false }
                 None => return,
             },
             e = nodes.next() => match e {
-                Some(Ok(e)) => nds.apply(e),
-                Some(Err(e)) => { backoff("nodes", e, &shutdown).await; false }
+                Some(Ok(e)) => { health.ok(); failures = 0; nds.apply(e) }
+                Some(Err(e)) => { backoff("nodes watch", e, &health, &mut failures, &shutdown).await; false }
                 None => return,
             },
         };
@@ -213,12 +215,21 @@ pub async fn run(
 }
 
 /// The watcher retries by itself on the next poll; this only keeps a failing API server
-/// from being hammered.
-async fn backoff(what: &str, error: watcher::Error, shutdown: &CancellationToken) {
-    tracing::warn!(%error, "{what} watch failed; retrying");
+/// from being hammered (back-off with jitter), and reports the failure to the node's
+/// [`ApiHealth`], which logs an outage once.
+pub(crate) async fn backoff(
+    what: &str,
+    error: watcher::Error,
+    health: &ApiHealth,
+    failures: &mut u32,
+    shutdown: &CancellationToken,
+) {
+    health.failed(what, &error);
+    let delay = api_retry_delay(*failures);
+    *failures = failures.saturating_add(1);
     tokio::select! {
         _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        _ = tokio::time::sleep(delay) => {}
     }
 }
 

@@ -30,7 +30,9 @@ use crate::proxy::listener;
 use crate::proxy::listener::accept_loop;
 use crate::proxy::model::NodeInfo;
 use crate::proxy::route::{Route, route};
+use crate::proxy::watch::backoff;
 use crate::proxy::watch::{Projected, node_infos};
+use crate::reachability::ApiHealth;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
@@ -349,6 +351,7 @@ pub async fn run(
     own_node: String,
     own_address: IpAddr,
     mut mirrors: Mirrors,
+    health: Arc<ApiHealth>,
     shutdown: CancellationToken,
 ) {
     let pods = watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default());
@@ -359,17 +362,18 @@ pub async fn run(
     let mut node_view = node_infos();
     let mut retry = tokio::time::interval(Duration::from_secs(5));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
     loop {
         let changed = tokio::select! {
             _ = shutdown.cancelled() => break,
             e = pods.next() => match e {
-                Some(Ok(e)) => pod_view.apply(e),
-                Some(Err(e)) => { backoff("pods", e, &shutdown).await; false }
+                Some(Ok(e)) => { health.ok(); failures = 0; pod_view.apply(e) }
+                Some(Err(e)) => { backoff("pod watch for mirrors", e, &health, &mut failures, &shutdown).await; false }
                 None => break,
             },
             e = nodes.next() => match e {
-                Some(Ok(e)) => node_view.apply(e),
-                Some(Err(e)) => { backoff("nodes", e, &shutdown).await; false }
+                Some(Ok(e)) => { health.ok(); failures = 0; node_view.apply(e) }
+                Some(Err(e)) => { backoff("node watch for mirrors", e, &health, &mut failures, &shutdown).await; false }
                 None => break,
             },
             _ = retry.tick(), if mirrors.has_failed() => true,
@@ -385,14 +389,6 @@ pub async fn run(
         }
     }
     mirrors.stop().await;
-}
-
-async fn backoff(what: &str, error: watcher::Error, shutdown: &CancellationToken) {
-    tracing::warn!(%error, "{what} watch for pod mirrors failed; retrying");
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-    }
 }
 
 #[cfg(test)]
