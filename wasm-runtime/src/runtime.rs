@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -184,16 +184,22 @@ impl Runtime {
         let blobs = BlobStore::new(&config.data_dir);
         let cache = ArtifactCache::new(&config.data_dir, &fingerprint);
         let logs_dir = config.data_dir.join("logs");
-        // Owner-only (see `private`): blobs are whatever files pods named as images.
-        for dir in [config.data_dir.as_path()]
+        // Owner-only (see `private`): blobs are whatever files pods named as images, logs
+        // what guests print. What an older version left readable is fixed here.
+        let data_dir_err = |dir: &Path| {
+            let path = dir.to_path_buf();
+            move |source| RuntimeError::DataDir { path, source }
+        };
+        crate::private::create_private_dir(&config.data_dir)
+            .map_err(data_dir_err(&config.data_dir))?;
+        for dir in blobs
+            .dirs()
             .into_iter()
-            .chain(blobs.dirs())
             .chain([cache.dir(), logs_dir.as_path()])
         {
-            crate::private::create_private_dir(dir).map_err(|source| RuntimeError::DataDir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            crate::private::create_private_dir(dir)
+                .and_then(|()| crate::private::restrict_tree(dir).map(drop))
+                .map_err(data_dir_err(dir))?;
         }
         let ticker = EpochTicker::start(engine.clone(), config.epoch_interval)?;
         Ok(Self {

@@ -180,11 +180,15 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Agent, AgentError> {
     // The data dir holds Secret volumes, logs and image blobs: the owner's only, and what an
-    // older node left group- or world-readable is fixed before any pod starts.
+    // older node left group- or world-readable is fixed before any pod starts. Only what
+    // the agent writes (`pods/`) is walked, never the whole dir (it may be one the user
+    // chose for other things too); the runtime does the same for its own dirs.
     let data_dir = config.data_dir.clone();
     let fixed = tokio::task::spawn_blocking(move || {
+        let pods = data_dir.join("pods");
         wharf_runtime::private::create_private_dir(&data_dir)
-            .and_then(|()| wharf_runtime::private::restrict_tree(&data_dir))
+            .and_then(|()| wharf_runtime::private::create_private_dir(&pods))
+            .and_then(|()| wharf_runtime::private::restrict_tree(&pods))
     })
     .await
     .map_err(std::io::Error::other)
