@@ -466,11 +466,26 @@ async fn cluster_ip_spreads_requests_over_every_replica() {
         }
     }
 
-    // A hand-written endpoint at the host's 127.0.0.1 (a host-only service) is no pod:
-    // every proxy ignores it and counts it, and no request reaches the host.
-    let host = tokio::net::TcpListener::bind(("127.0.0.1", port))
+    // A hand-written endpoint at the host's 127.0.0.1 is refused by the API (422); one in
+    // the cluster's pod range but on no node (a host listener there is no pod) gets past
+    // the API, and every proxy ignores it and counts it: no request reaches the host.
+    let mut with_loopback = endpoints.clone();
+    with_loopback.push(endpoint("127.0.0.1".parse().unwrap(), "host", true, false));
+    let slices: Api<EndpointSlice> = Api::default_namespaced(net.client());
+    let err = slices
+        .patch(
+            "echo-manual",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"endpoints": with_loopback})),
+        )
         .await
-        .unwrap();
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("loopback")),
+        "{err}"
+    );
+    let stray: IpAddr = "127.120.0.1".parse().unwrap();
+    let host = tokio::net::TcpListener::bind((stray, port)).await.unwrap();
     let reached = Arc::new(AtomicU64::new(0));
     let host_task = {
         let reached = reached.clone();
@@ -482,7 +497,7 @@ async fn cluster_ip_spreads_requests_over_every_replica() {
         })
     };
     let mut with_host = endpoints.clone();
-    with_host.push(endpoint("127.0.0.1".parse().unwrap(), "host", true, false));
+    with_host.push(endpoint(stray, "host", true, false));
     net.set_endpoints("echo", &[("tcp", port), ("http", port)], &with_host)
         .await;
     let refused = tokio::time::timeout(TIMEOUT, async {
@@ -500,7 +515,7 @@ async fn cluster_ip_spreads_requests_over_every_replica() {
     .await;
     assert!(
         refused.is_ok(),
-        "the 127.0.0.1 endpoint was not refused\n{}",
+        "the endpoint on no node was not refused\n{}",
         net.log_tail()
     );
     net.wait_endpoints("echo", 7070, 3).await;

@@ -6,12 +6,11 @@
 //! the kube client's watcher (pages of 500) list this way, and a `?limit=1` over 50,000
 //! objects no longer serialises them all.
 //!
-//! Why a continuation is served from the current state: the store lists the current state
-//! only (it cannot read at an old revision). Each page therefore carries the *first* page's
-//! resourceVersion: a client that watches from it after the last page (as reflectors do)
-//! receives every change since, which repairs any object a later page read newer than the
-//! first. When the store's event log no longer reaches that revision, nothing can repair
-//! the list: the continuation is refused with 410 Expired, as kube-apiserver refuses a
+//! Every page shows the collection at the *first* page's revision, as etcd-backed pages
+//! do: a continuation lists the current state and undoes what the revision log holds since
+//! that revision ([`crate::store::list_at`]), so an object deleted, changed or created
+//! between pages appears in later pages as it was. When the log no longer reaches that
+//! revision, the continuation is refused with 410 Expired, as kube-apiserver refuses a
 //! continue token whose revision was compacted.
 //!
 //! Invalid parameters are 400s before the store is touched: `limit=abc`, `continue=garbage`,

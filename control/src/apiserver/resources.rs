@@ -40,6 +40,8 @@ pub const SYSTEM_NAMESPACES: &[&str] =
 
 /// How often a write is retried on a conflict the client did not cause.
 const MAX_RETRIES: usize = 16;
+/// Longest a continued list may take to read the log back to its first page's revision.
+const CONTINUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The query parameters of a request.
 #[derive(Debug, Default, Clone)]
@@ -416,15 +418,30 @@ async fn list(
         .list(&prefix)
         .await
         .map_err(|e| ApiError::from_store(e, subject(target, "")))?;
-    // A continuation keeps the first page's revision, while the log can replay from it.
-    let revision = match &opts.resume {
+    // A continuation lists the collection as it was at the first page's revision, while
+    // the log still reaches it.
+    let (revision, items) = match &opts.resume {
         Some(t) if t.revision < state.store.oldest_watchable() => {
             return Err(ApiError::ContinueExpired);
         }
-        Some(t) => t.revision,
-        None => listed.revision,
+        Some(t) => {
+            let at = tokio::time::timeout(
+                CONTINUE_TIMEOUT,
+                crate::store::list_at(state.store.as_ref(), &prefix, listed, t.revision),
+            )
+            .await
+            .map_err(|_| {
+                ApiError::ServiceUnavailable("reading the list's revision timed out".into())
+            })?;
+            match at {
+                Ok(items) => (t.revision, items),
+                Err(StoreError::Expired { .. }) => return Err(ApiError::ContinueExpired),
+                Err(e) => return Err(ApiError::from_store(e, subject(target, ""))),
+            }
+        }
+        None => (listed.revision, listed.items),
     };
-    let page = paging::page(&listed.items, &prefix, &opts, |stored| {
+    let page = paging::page(&items, &prefix, &opts, |stored| {
         let obj = decode(stored)?;
         Ok::<_, ApiError>(filter.matches(&obj).then_some(obj))
     })?;

@@ -124,6 +124,58 @@ pub struct ListResult {
     pub revision: Revision,
 }
 
+/// The objects under `prefix` as they were at revision `at`, from a list taken at a later
+/// revision (`listed`) and the revision log in between, for any backend: the events after
+/// `at` are read from a watch and undone newest first (a create removes its object, an
+/// update or delete puts back the value before it). `Expired` when the log no longer
+/// reaches `at`. A paginated list serves its later pages this way, so every page shows the
+/// collection at the first page's revision, as etcd-backed pages do.
+pub async fn list_at(
+    store: &dyn Store,
+    prefix: &str,
+    listed: ListResult,
+    at: Revision,
+) -> Result<Vec<StoredObject>, StoreError> {
+    use futures::StreamExt as _;
+    use std::collections::BTreeMap;
+    if at >= listed.revision {
+        return Ok(listed.items);
+    }
+    // Every revision has exactly one event, so a watch of every key reaches `listed`'s
+    // revision and stops there; only this prefix's events are kept.
+    let mut stream = store.watch("", at)?;
+    let mut undo = Vec::new();
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        if event.object.key.starts_with(prefix) {
+            undo.push(event.clone());
+        }
+        if event.revision >= listed.revision {
+            break;
+        }
+    }
+    let mut objects: BTreeMap<String, StoredObject> = listed
+        .items
+        .into_iter()
+        .map(|o| (o.key.clone(), o))
+        .collect();
+    for event in undo.iter().rev() {
+        let key = event.object.key.clone();
+        match (event.kind, &event.prev) {
+            (EventKind::Put, None) => {
+                objects.remove(&key);
+            }
+            (EventKind::Put, Some(prev)) => {
+                objects.insert(key, prev.clone());
+            }
+            (EventKind::Delete, _) => {
+                objects.insert(key, event.object.clone());
+            }
+        }
+    }
+    Ok(objects.into_values().collect())
+}
+
 /// A live watch: events in revision order. It ends only when the store closes, or with an
 /// error (`Expired` if it fell behind the compaction window).
 pub type WatchStream = BoxStream<'static, Result<Arc<Event>, StoreError>>;

@@ -253,10 +253,28 @@ async fn lists_are_paginated_with_limit_and_continue() {
     assert_eq!(first["metadata"]["remainingItemCount"], 3);
     let rv = first["metadata"]["resourceVersion"].clone();
 
-    // A change between pages: the later pages keep the first page's resourceVersion, so
-    // a watch from it sees the change.
+    // Changes between pages: the later pages show the collection at the first page's
+    // resourceVersion (the deleted one still there, the changed one as it was, the new one
+    // not yet).
     let (code, _) = api.send("DELETE", &format!("{base}/c04"), None).await;
     assert_eq!(code, StatusCode::OK);
+    let (code, _) = api
+        .send_as(
+            "PATCH",
+            &format!("{base}/c03"),
+            "application/merge-patch+json",
+            Some(json!({"data": {"changed": "yes"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = api
+        .send(
+            "POST",
+            base,
+            Some(json!({"metadata": {"name": "c02a"}, "data": {}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
     let mut names = item_names(&first);
     let mut token = first["metadata"]["continue"].as_str().unwrap().to_string();
     loop {
@@ -265,13 +283,16 @@ async fn lists_are_paginated_with_limit_and_continue() {
             .await;
         assert_eq!(code, StatusCode::OK, "{page}");
         assert_eq!(page["metadata"]["resourceVersion"], rv);
+        for item in page["items"].as_array().unwrap() {
+            assert!(item["data"].get("changed").is_none(), "{item}");
+        }
         names.extend(item_names(&page));
         match page["metadata"]["continue"].as_str() {
             Some(t) => token = t.to_string(),
             None => break,
         }
     }
-    assert_eq!(names, ["c00", "c01", "c02", "c03"]);
+    assert_eq!(names, ["c00", "c01", "c02", "c03", "c04"]);
 
     // Selectors page over what matches; no count of what follows.
     let (_, odd) = api
@@ -286,7 +307,7 @@ async fn lists_are_paginated_with_limit_and_continue() {
     assert!(odd["metadata"].get("remainingItemCount").is_none(), "{odd}");
 
     // Tables (kubectl get --chunk-size) carry the token too.
-    let req = Request::get(format!("{base}?limit=4"))
+    let req = Request::get(format!("{base}?limit=5"))
         .header("authorization", format!("Bearer {TOKEN}"))
         .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
         .body(Body::empty())
@@ -294,10 +315,10 @@ async fn lists_are_paginated_with_limit_and_continue() {
     let (code, table) = api.request(req).await;
     assert_eq!(code, StatusCode::OK, "{table}");
     assert_eq!(table["kind"], "Table");
-    assert_eq!(table["rows"].as_array().unwrap().len(), 4);
+    assert_eq!(table["rows"].as_array().unwrap().len(), 5);
     assert!(table["metadata"]["continue"].is_null(), "{table}");
     let (_, all) = api.send("GET", base, None).await;
-    assert_eq!(item_names(&all).len(), 4);
+    assert_eq!(item_names(&all).len(), 5);
     assert!(all["metadata"].get("continue").is_none());
 }
 
