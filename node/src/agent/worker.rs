@@ -1054,11 +1054,19 @@ async fn save_status(ctx: &NodeContext, pod: &Pod, status: &serde_json::Value) {
         return;
     };
     let written = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            wharf_runtime::private::create_private_dir(dir)?;
         }
+        // Owner-only, as everything in the node's data dir.
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, bytes)?;
+        let mut file = wharf_runtime::private::private_file_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        file.write_all(&bytes)?;
+        drop(file);
         std::fs::rename(&tmp, &path)
     })
     .await;
