@@ -347,7 +347,16 @@ async fn related(
                 .list(&collection_prefix("", "pods", Some(ns)))
                 .await
                 .map_err(store_err)?;
+            let mentions = |bytes: &[u8], what: &str| {
+                bytes
+                    .windows(what.len().max(1))
+                    .any(|w| w == what.as_bytes())
+            };
             for stored in &pods.items {
+                // Only pods whose JSON names both are parsed.
+                if !mentions(&stored.value, node) || !mentions(&stored.value, name) {
+                    continue;
+                }
                 let pod = decode(stored)?;
                 if pod_node(&pod) == Some(node) && pod_references(&pod, kind.kind, name) {
                     return Ok(true);

@@ -256,16 +256,10 @@ fn kill_for_probe(
         return;
     };
     run.killed_by = Some(kind);
-    let grace = run.probes.termination_grace(kind).unwrap_or_else(|| {
-        Duration::from_secs(
-            pod.spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds)
-                .unwrap_or(30)
-                .max(0)
-                .unsigned_abs(),
-        )
-    });
+    let grace = run
+        .probes
+        .termination_grace(kind)
+        .unwrap_or_else(|| termination_grace(pod.spec.as_ref()));
     let container = run.container.clone();
     st.chores.spawn(async move {
         container.stop(grace).await;
@@ -435,12 +429,7 @@ fn replace_changed_images(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<P
             continue;
         }
         run.replacing = true;
-        let grace = Duration::from_secs(
-            spec.termination_grace_period_seconds
-                .unwrap_or(30)
-                .max(0)
-                .unsigned_abs(),
-        );
+        let grace = termination_grace(Some(spec));
         let container = run.container.clone();
         st.chores.spawn(async move {
             container.stop(grace).await;
@@ -1035,6 +1024,14 @@ async fn write_status(ctx: &NodeContext, st: &mut PodState, pod: &Pod) {
             ));
         }
     }
+}
+
+/// The pod's `terminationGracePeriodSeconds` (30 s when unset, as Kubernetes defaults it).
+fn termination_grace(spec: Option<&PodSpec>) -> Duration {
+    let seconds = spec
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    Duration::from_secs(seconds.max(0).unsigned_abs())
 }
 
 /// Where this node keeps a pod's last computed status: in the pod's directory, which
