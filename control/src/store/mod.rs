@@ -145,14 +145,20 @@ pub async fn list_at(
     // revision and stops there; only this prefix's events are kept.
     let mut stream = store.watch("", at)?;
     let mut undo = Vec::new();
+    let mut reached = false;
     while let Some(event) = stream.next().await {
         let event = event?;
         if event.object.key.starts_with(prefix) {
             undo.push(event.clone());
         }
         if event.revision >= listed.revision {
+            reached = true;
             break;
         }
+    }
+    // A stream that ends early (the store closing) must not pass for the old state.
+    if !reached {
+        return Err(StoreError::Closed);
     }
     let mut objects: BTreeMap<String, StoredObject> = listed
         .items
