@@ -390,12 +390,11 @@ pub fn pod_references(pod: &Value, kind: &str, name: &str) -> bool {
         "ConfigMap" => ("configMap", "name", "configMapKeyRef", "configMapRef"),
         _ => return false,
     };
-    let list = |v: Option<&Value>| v.and_then(Value::as_array).cloned().unwrap_or_default();
-    for volume in list(spec.get("volumes")) {
+    for volume in items(spec.get("volumes")) {
         if is_name(volume.get(volume_field).and_then(|v| v.get(name_field))) {
             return true;
         }
-        let sources = list(volume.pointer("/projected/sources"));
+        let sources = items(volume.pointer("/projected/sources"));
         if sources
             .iter()
             .any(|s| is_name(s.get(volume_field).and_then(|v| v.get("name"))))
@@ -404,20 +403,21 @@ pub fn pod_references(pod: &Value, kind: &str, name: &str) -> bool {
         }
     }
     if kind == "Secret"
-        && list(spec.get("imagePullSecrets"))
+        && items(spec.get("imagePullSecrets"))
             .iter()
             .any(|s| is_name(s.get("name")))
     {
         return true;
     }
+    let env_pointer = format!("/valueFrom/{env_ref}/name");
     let containers = ["containers", "initContainers", "ephemeralContainers"]
         .iter()
-        .flat_map(|l| list(spec.get(*l)));
+        .flat_map(|l| items(spec.get(*l)));
     for c in containers {
-        let by_env = list(c.get("env"))
+        let by_env = items(c.get("env"))
             .iter()
-            .any(|e| is_name(e.pointer(&format!("/valueFrom/{env_ref}/name"))));
-        let by_env_from = list(c.get("envFrom"))
+            .any(|e| is_name(e.pointer(&env_pointer)));
+        let by_env_from = items(c.get("envFrom"))
             .iter()
             .any(|e| is_name(e.get(env_from).and_then(|r| r.get("name"))));
         if by_env || by_env_from {
@@ -425,6 +425,11 @@ pub fn pod_references(pod: &Value, kind: &str, name: &str) -> bool {
         }
     }
     false
+}
+
+/// The array at `v`, borrowed (empty when absent or not an array).
+fn items(v: Option<&Value>) -> &[Value] {
+    v.and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 /// The node a node-credential Secret (API form, `data` base64) is for.
