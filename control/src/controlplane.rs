@@ -208,7 +208,7 @@ pub async fn start(
     let kubeconfig = dir.join("kubeconfig");
     write_private(
         &kubeconfig,
-        kubeconfig_yaml(local_addr, &admin_token, pki.ca_cert_pem()).as_bytes(),
+        kubeconfig_yaml(local_addr, &admin_token, pki.ca_cert_pem())?.as_bytes(),
     )
     .await?;
 
@@ -563,21 +563,27 @@ fn client_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn kubeconfig_yaml(addr: SocketAddr, token: &str, ca_cert_pem: &str) -> String {
-    let addr = client_addr(addr);
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_cert_pem);
-    format!(
-        "apiVersion: v1\n\
-         kind: Config\n\
-         clusters:\n\
-         - name: wharf\n  cluster:\n    server: https://{addr}\n    certificate-authority-data: {ca}\n\
-         users:\n\
-         - name: wharf-admin\n  user:\n    token: {token}\n\
-         contexts:\n\
-         - name: wharf\n  context:\n    cluster: wharf\n    user: wharf-admin\n    namespace: default\n\
-         current-context: wharf\n\
-         preferences: {{}}\n"
-    )
+/// The admin kubeconfig: the server's client address, the CA, the admin token.
+fn kubeconfig_yaml(
+    addr: SocketAddr,
+    token: &str,
+    ca_cert_pem: &str,
+) -> Result<String, ControlError> {
+    let cluster = crate::kubeconfig::Cluster {
+        name: "wharf".into(),
+        server: format!("https://{}", client_addr(addr)),
+        ca_data: Some(base64::engine::general_purpose::STANDARD.encode(ca_cert_pem)),
+        tls_server_name: None,
+        insecure_skip_tls_verify: false,
+    };
+    crate::kubeconfig::render(&crate::kubeconfig::Kubeconfig {
+        cluster: &cluster,
+        user: "wharf-admin",
+        token,
+        context: "wharf",
+        namespace: Some("default"),
+    })
+    .map_err(|e| ControlError::Bootstrap(format!("writing the kubeconfig: {e}")))
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), ControlError> {
@@ -628,30 +634,8 @@ async fn write_private(path: &Path, contents: &[u8]) -> Result<(), ControlError>
     .map_err(|e| ControlError::Bootstrap(format!("writing a credential: {e}")))?
 }
 
-/// [`write_private`] for blocking code: `PATH.tmp` (mode 0600), fsync, rename over `PATH`,
-/// fsync the directory so the rename itself survives a crash.
-pub(crate) fn write_private_blocking(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    #[cfg(unix)]
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
-}
+/// [`write_private`] for blocking code ([`crate::fsutil::write_private`]).
+pub(crate) use crate::fsutil::write_private as write_private_blocking;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -671,15 +655,15 @@ mod tests {
 
     #[test]
     fn kubeconfig_points_at_https_with_the_ca_and_loopback_for_wildcards() {
-        let yaml = kubeconfig_yaml("0.0.0.0:6443".parse().unwrap(), "tok", "PEM");
+        let yaml = kubeconfig_yaml("0.0.0.0:6443".parse().unwrap(), "tok", "PEM").unwrap();
         assert!(yaml.contains("server: https://127.0.0.1:6443\n"), "{yaml}");
         assert!(
             yaml.contains("certificate-authority-data: UEVN\n"),
             "{yaml}"
         );
-        let yaml = kubeconfig_yaml("[::]:6443".parse().unwrap(), "tok", "PEM");
+        let yaml = kubeconfig_yaml("[::]:6443".parse().unwrap(), "tok", "PEM").unwrap();
         assert!(yaml.contains("server: https://[::1]:6443\n"), "{yaml}");
-        let yaml = kubeconfig_yaml("10.0.0.1:7000".parse().unwrap(), "tok", "PEM");
+        let yaml = kubeconfig_yaml("10.0.0.1:7000".parse().unwrap(), "tok", "PEM").unwrap();
         assert!(yaml.contains("server: https://10.0.0.1:7000\n"), "{yaml}");
     }
 

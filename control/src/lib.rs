@@ -13,6 +13,8 @@ pub mod apiserver;
 pub mod controllers;
 pub mod controlplane;
 pub mod events;
+pub mod fsutil;
+pub mod kubeconfig;
 pub mod pki;
 pub mod scheduler;
 pub mod store;

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use wharf_control::api::ResourceKind;
 
 /// The annotation kubectl keeps the last applied configuration in.
-pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+pub use wharf_control::api::wellknown::LAST_APPLIED_ANNOTATION as LAST_APPLIED;
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {

@@ -459,7 +459,7 @@ fn annotations_multiline(
     let entries: Vec<(&String, &String)> = annotations
         .into_iter()
         .flatten()
-        .filter(|(k, _)| k.as_str() != "kubectl.kubernetes.io/last-applied-configuration")
+        .filter(|(k, _)| k.as_str() != wharf_control::api::wellknown::LAST_APPLIED_ANNOTATION)
         .collect();
     if entries.is_empty() {
         w.line(0, format!("{indent}{title}:\t{NONE}"));

@@ -173,15 +173,7 @@ impl JoinKubeconfig {
 }
 
 /// What a client needs to reach and trust the API server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ClusterAccess {
-    name: String,
-    server: String,
-    /// `certificate-authority-data`: the CA certificate(s), base64 of the PEM.
-    ca_data: Option<String>,
-    tls_server_name: Option<String>,
-    insecure_skip_tls_verify: bool,
-}
+use wharf_control::kubeconfig::Cluster as ClusterAccess;
 
 /// The cluster of the admin kubeconfig's current context (else its only cluster), with
 /// a `certificate-authority` file (relative to `base`, the kubeconfig's directory) read
@@ -266,56 +258,21 @@ fn loopback_server(server: &str) -> bool {
 /// The kubeconfig a node joins with: the cluster, and the node token as the only user.
 fn node_kubeconfig(cluster: &ClusterAccess, token: &NodeToken) -> anyhow::Result<String> {
     let user = format!("wharf-node-{}", token.id());
-    let mut access = serde_json::Map::new();
-    access.insert("server".into(), cluster.server.clone().into());
-    if let Some(ca) = &cluster.ca_data {
-        access.insert("certificate-authority-data".into(), ca.clone().into());
-    }
-    if let Some(name) = &cluster.tls_server_name {
-        access.insert("tls-server-name".into(), name.clone().into());
-    }
-    if cluster.insecure_skip_tls_verify {
-        access.insert("insecure-skip-tls-verify".into(), true.into());
-    }
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": cluster.name, "cluster": access}],
-        "users": [{"name": user, "user": {"token": token.to_string()}}],
-        "contexts": [{"name": user, "context": {"cluster": cluster.name, "user": user}}],
-        "current-context": user,
-    });
-    Ok(serde_saphyr::to_string(&config)?)
+    Ok(wharf_control::kubeconfig::render(
+        &wharf_control::kubeconfig::Kubeconfig {
+            cluster,
+            user: &user,
+            token: &token.to_string(),
+            context: &user,
+            namespace: None,
+        },
+    )?)
 }
 
-/// Writes `contents` to `path` with mode 0600: to a temporary file beside it first, then
-/// renamed, so a reader never sees half a file and the token is never world-readable.
+/// Writes `contents` to `path` with mode 0600, atomically
+/// ([`wharf_control::fsutil::write_private`]).
 pub(super) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the path names no file"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.map_or_else(|| PathBuf::from(&tmp_name), |d| d.join(&tmp_name));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = (|| {
-        let mut file = options.open(&tmp)?;
-        #[cfg(unix)]
-        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        file.write_all(contents.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    wharf_control::fsutil::write_private(path, contents.as_bytes())
 }
 
 async fn create(

@@ -17,6 +17,7 @@ pub mod qos;
 pub mod quantity;
 pub mod selector;
 pub mod strategic;
+pub mod tolerations;
 pub mod typed;
 pub mod validation;
 pub mod wellknown;

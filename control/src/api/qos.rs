@@ -46,7 +46,9 @@ pub fn qos_class(pod: &Value) -> &'static str {
 fn quantity(v: &Value) -> Option<i64> {
     match v {
         Value::String(s) => milli_value(s),
-        Value::Number(n) => n.as_f64().map(|f| (f * 1000.0) as i64),
+        // A number is read by the same parser as a string (decimal, rounded up), never
+        // through a float: 1.001 is 1001m, as the scheduler and the node read it.
+        Value::Number(n) => milli_value(&n.to_string()),
         _ => None,
     }
 }
@@ -63,6 +65,18 @@ mod tests {
             .map(|(i, r)| json!({"name": format!("c{i}"), "resources": r}))
             .collect();
         json!({"spec": {"containers": containers}})
+    }
+
+    #[test]
+    fn numeric_quantities_are_read_as_their_strings_are() {
+        let r = json!({"requests": {"cpu": 1.001, "memory": 1048576},
+                       "limits": {"cpu": "1001m", "memory": "1Mi"}});
+        assert_eq!(
+            qos_class(&pod(&[
+                json!({"requests": r["requests"], "limits": r["limits"]})
+            ])),
+            "Guaranteed"
+        );
     }
 
     #[test]

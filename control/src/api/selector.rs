@@ -290,6 +290,33 @@ pub fn object_labels_of_map(map: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The one matcher of a metav1 `LabelSelector` (matchLabels and matchExpressions), for
+/// the controllers' typed objects and the API server's JSON ones alike.
+/// Does `selector` select an object with `labels`? (`metav1.LabelSelectorAsSelector`: an
+/// empty selector selects everything; an unknown operator selects nothing.)
+pub fn matches_selector(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let actual = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => actual.is_some_and(|a| values.contains(a)),
+            "NotIn" => actual.is_none_or(|a| !values.contains(a)),
+            "Exists" => actual.is_some(),
+            "DoesNotExist" => actual.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

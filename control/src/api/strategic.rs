@@ -128,17 +128,17 @@ static POD_TEMPLATE: Section = Section {
 };
 
 /// Kinds with no list of their own to merge: only `metadata` has some.
-static PLAIN: Section = Section {
+pub static PLAIN: Section = Section {
     lists: &[],
     nested: &[("metadata", &OBJECT_META)],
 };
 
-static NAMESPACE: Section = Section {
+pub static NAMESPACE: Section = Section {
     lists: &[("spec.finalizers", Replace), ("status.conditions", TYPE)],
     nested: &[("metadata", &OBJECT_META)],
 };
 
-static POD: Section = Section {
+pub static POD: Section = Section {
     lists: &[],
     nested: &[
         ("metadata", &OBJECT_META),
@@ -147,7 +147,7 @@ static POD: Section = Section {
     ],
 };
 
-static SERVICE: Section = Section {
+pub static SERVICE: Section = Section {
     lists: &[
         ("spec.ports", Keyed(&["port", "protocol"])),
         ("spec.clusterIPs", Replace),
@@ -159,12 +159,12 @@ static SERVICE: Section = Section {
     nested: &[("metadata", &OBJECT_META)],
 };
 
-static ENDPOINTS: Section = Section {
+pub static ENDPOINTS: Section = Section {
     lists: &[("subsets", Replace)],
     nested: &[("metadata", &OBJECT_META)],
 };
 
-static NODE: Section = Section {
+pub static NODE: Section = Section {
     lists: &[
         ("spec.podCIDRs", Set),
         // No merge key in the Kubernetes types: `kubectl taint` sends the whole list,
@@ -180,12 +180,12 @@ static NODE: Section = Section {
 };
 
 /// Deployments, ReplicaSets and DaemonSets.
-static WORKLOAD: Section = Section {
+pub static WORKLOAD: Section = Section {
     lists: &[("status.conditions", TYPE)],
     nested: &[("metadata", &OBJECT_META), ("spec.template", &POD_TEMPLATE)],
 };
 
-static JOB: Section = Section {
+pub static JOB: Section = Section {
     lists: &[
         ("status.conditions", TYPE),
         ("spec.podFailurePolicy.rules", Replace),
@@ -193,24 +193,15 @@ static JOB: Section = Section {
     nested: &[("metadata", &OBJECT_META), ("spec.template", &POD_TEMPLATE)],
 };
 
-static ENDPOINT_SLICE: Section = Section {
+pub static ENDPOINT_SLICE: Section = Section {
     lists: &[("endpoints", Replace), ("ports", Replace)],
     nested: &[("metadata", &OBJECT_META)],
 };
 
-/// The merge rules of a kind's objects.
+/// The merge rules of a kind's objects, as its strategy names them
+/// ([`merge_rules`](crate::apiserver::registry::Strategy::merge_rules)).
 pub fn section_for(kind: &ResourceKind) -> &'static Section {
-    match (kind.group, kind.kind) {
-        ("", "Namespace") => &NAMESPACE,
-        ("", "Pod") => &POD,
-        ("", "Service") => &SERVICE,
-        ("", "Endpoints") => &ENDPOINTS,
-        ("", "Node") => &NODE,
-        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => &WORKLOAD,
-        ("batch", "Job") => &JOB,
-        ("discovery.k8s.io", "EndpointSlice") => &ENDPOINT_SLICE,
-        _ => &PLAIN,
-    }
+    kind.strategy.merge_rules()
 }
 
 /// How the list at `path` (dot-separated field names from the object's root, no list

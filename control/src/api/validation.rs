@@ -654,40 +654,14 @@ fn format_labels(labels: &std::collections::BTreeMap<String, String>) -> String 
         .join(",")
 }
 
-/// Does a metav1 `LabelSelector` (matchLabels + matchExpressions) match `labels`?
+/// Does a metav1 `LabelSelector` in JSON match `labels`? (A selector that does not
+/// decode matches nothing.) See [`crate::api::selector::matches_selector`].
 pub fn label_selector_matches(
     selector: &Value,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> bool {
-    let labels_ok = selector
-        .get("matchLabels")
-        .and_then(Value::as_object)
-        .is_none_or(|m| {
-            m.iter()
-                .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
-        });
-    let exprs_ok = selector
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .is_none_or(|list| {
-            list.iter().all(|e| {
-                let key = e.get("key").and_then(Value::as_str).unwrap_or("");
-                let values: Vec<&str> = e
-                    .get("values")
-                    .and_then(Value::as_array)
-                    .map(|v| v.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                let actual = labels.get(key).map(String::as_str);
-                match e.get("operator").and_then(Value::as_str).unwrap_or("") {
-                    "In" => actual.is_some_and(|a| values.contains(&a)),
-                    "NotIn" => actual.is_none_or(|a| !values.contains(&a)),
-                    "Exists" => actual.is_some(),
-                    "DoesNotExist" => actual.is_none(),
-                    _ => false,
-                }
-            })
-        });
-    labels_ok && exprs_ok
+    serde_json::from_value(selector.clone())
+        .is_ok_and(|s| crate::api::selector::matches_selector(&s, labels))
 }
 
 pub fn validate_job(spec: Option<&Value>, errs: &mut Vec<FieldError>) {

@@ -13,3 +13,32 @@ pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 /// Namespaces that always exist and cannot be deleted.
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// The label every Node carries with its name; also the topology key of "one per node".
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// The node-readiness taints the node lifecycle controller sets and the scheduler honours
+/// tolerations of.
+pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+
+/// What `kubectl apply` (client-side) records of the last configuration it applied.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// The revision of a ReplicaSet, and of the Deployment's current one.
+pub const DEPLOYMENT_REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+/// Why a change was made, copied to the ReplicaSet and shown by `rollout history`.
+pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
+
+/// The labels a Job's generated selector and its pods carry: the job's uid and name, in
+/// the current spelling and the legacy one.
+pub const JOB_CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+pub const LEGACY_JOB_CONTROLLER_UID_LABEL: &str = "controller-uid";
+pub const LEGACY_JOB_NAME_LABEL: &str = "job-name";
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The EndpointSlice annotation `{"NODE": "HOST-IP"}`: the address of each endpoint's node
+/// (wharf's own).
+pub const NODE_ADDRESSES_ANNOTATION: &str = "wharf.dev/node-addresses";

@@ -60,41 +60,45 @@ fn loopback(pod_ranges: &[Ipv4Cidr]) -> String {
     )
 }
 
-/// The addresses of an Endpoints or EndpointSlice object, with their field paths.
-fn addresses(kind: &str, obj: &Value) -> Vec<(String, String)> {
+/// How a kind lists the addresses of its objects, with their field paths.
+pub type Addresses = fn(&Value) -> Vec<(String, String)>;
+
+fn list(v: Option<&Value>) -> Vec<Value> {
+    v.and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+/// The addresses of an EndpointSlice (none for an FQDN slice: it names hosts).
+pub fn slice_addresses(obj: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let list = |v: Option<&Value>| v.and_then(Value::as_array).cloned().unwrap_or_default();
-    match kind {
-        "EndpointSlice" => {
-            // FQDN slices name hosts, not addresses.
-            if obj.get("addressType").and_then(Value::as_str) == Some("FQDN") {
-                return out;
-            }
-            for (i, e) in list(obj.get("endpoints")).iter().enumerate() {
-                for (j, a) in list(e.get("addresses")).iter().enumerate() {
-                    let a = a.as_str().unwrap_or_default().to_string();
-                    out.push((format!("endpoints[{i}].addresses[{j}]"), a));
-                }
-            }
+    if obj.get("addressType").and_then(Value::as_str) == Some("FQDN") {
+        return out;
+    }
+    for (i, e) in list(obj.get("endpoints")).iter().enumerate() {
+        for (j, a) in list(e.get("addresses")).iter().enumerate() {
+            let a = a.as_str().unwrap_or_default().to_string();
+            out.push((format!("endpoints[{i}].addresses[{j}]"), a));
         }
-        "Endpoints" => {
-            for (i, s) in list(obj.get("subsets")).iter().enumerate() {
-                for section in ["addresses", "notReadyAddresses"] {
-                    for (j, a) in list(s.get(section)).iter().enumerate() {
-                        let ip = a.get("ip").and_then(Value::as_str).unwrap_or_default();
-                        out.push((format!("subsets[{i}].{section}[{j}].ip"), ip.to_string()));
-                    }
-                }
-            }
-        }
-        _ => {}
     }
     out
 }
 
-/// Every refused address of `obj` (a `kind` object) as a field error.
-pub fn check(kind: &str, obj: &Value, pod_ranges: &[Ipv4Cidr]) -> Vec<FieldError> {
-    addresses(kind, obj)
+/// The addresses of an Endpoints object, ready or not.
+pub fn endpoints_addresses(obj: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, s) in list(obj.get("subsets")).iter().enumerate() {
+        for section in ["addresses", "notReadyAddresses"] {
+            for (j, a) in list(s.get(section)).iter().enumerate() {
+                let ip = a.get("ip").and_then(Value::as_str).unwrap_or_default();
+                out.push((format!("subsets[{i}].{section}[{j}].ip"), ip.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Every refused address of `obj` (listed by `addresses`) as a field error.
+pub fn check(addresses: Addresses, obj: &Value, pod_ranges: &[Ipv4Cidr]) -> Vec<FieldError> {
+    addresses(obj)
         .into_iter()
         .filter_map(|(field, addr)| {
             refusal(&addr, pod_ranges).map(|why| FieldError::invalid(field, &addr, why))
@@ -123,15 +127,17 @@ pub fn pod_ranges(nodes: &[Value]) -> Vec<Ipv4Cidr> {
     ranges
 }
 
-/// Refuses (422) an Endpoints or EndpointSlice write naming an address [`refusal`] refuses.
-pub async fn admit(state: &AppState, target: &Target, obj: &Value) -> Result<(), ApiError> {
+/// Refuses (422) an Endpoints or EndpointSlice write naming an address [`refusal`] refuses
+/// (run by those kinds' strategies).
+pub async fn admit(
+    state: &AppState,
+    target: &Target,
+    obj: &Value,
+    addresses: Addresses,
+) -> Result<(), ApiError> {
     let kind = target.kind;
-    let served = matches!(
-        (kind.group, kind.kind),
-        ("", "Endpoints") | ("discovery.k8s.io", "EndpointSlice")
-    );
     // Addresses in the IPAM range (every pod of a laptop cluster) need no Node lookup.
-    if !served || check(kind.kind, obj, &[IPAM_RANGE]).is_empty() {
+    if check(addresses, obj, &[IPAM_RANGE]).is_empty() {
         return Ok(());
     }
     let name = obj
@@ -153,7 +159,7 @@ pub async fn admit(state: &AppState, target: &Target, obj: &Value) -> Result<(),
         .iter()
         .filter_map(|s| serde_json::from_slice(&s.value).ok())
         .collect();
-    let errs = check(kind.kind, obj, &pod_ranges(&nodes));
+    let errs = check(addresses, obj, &pod_ranges(&nodes));
     if errs.is_empty() {
         Ok(())
     } else {
@@ -219,14 +225,14 @@ mod tests {
             {"addresses": ["127.64.0.2"]},
             {"addresses": ["127.64.0.3", "127.0.0.1"]},
         ]});
-        let errs = check("EndpointSlice", &slice, &r);
+        let errs = check(slice_addresses, &slice, &r);
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].field, "endpoints[1].addresses[1]");
         let fqdn = json!({"addressType": "FQDN", "endpoints": [{"addresses": ["localhost"]}]});
-        assert!(check("EndpointSlice", &fqdn, &r).is_empty());
+        assert!(check(slice_addresses, &fqdn, &r).is_empty());
         let eps = json!({"subsets": [{"addresses": [{"ip": "127.64.0.2"}],
                                       "notReadyAddresses": [{"ip": "169.254.1.1"}]}]});
-        let errs = check("Endpoints", &eps, &r);
+        let errs = check(endpoints_addresses, &eps, &r);
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].field, "subsets[0].notReadyAddresses[0].ip");
     }

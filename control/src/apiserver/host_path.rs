@@ -14,20 +14,9 @@ use serde_json::Value;
 /// `"true"` on a Node whose agent runs hostPath volumes.
 pub const ALLOW_HOST_PATH_ANNOTATION: &str = "wharf.dev/allow-host-path";
 
-/// Where the pod spec of an object of `kind` is, as a JSON pointer and a field path.
-fn pod_spec_of(kind: &ResourceKind) -> Option<(&'static str, &'static str)> {
-    match (kind.group, kind.kind) {
-        ("", "Pod") => Some(("/spec", "spec")),
-        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet") | ("batch", "Job") => {
-            Some(("/spec/template/spec", "spec.template.spec"))
-        }
-        _ => None,
-    }
-}
-
 /// The field paths of the hostPath volumes of `obj` (pure).
 pub fn host_path_fields(kind: &ResourceKind, obj: &Value) -> Vec<String> {
-    let Some((pointer, path)) = pod_spec_of(kind) else {
+    let Some((pointer, path)) = kind.strategy.pod_spec() else {
         return Vec::new();
     };
     obj.pointer(pointer)

@@ -151,27 +151,7 @@ impl Backoff {
 // ---------------------------------------------------------------------------------------
 // Selectors
 
-/// Does `selector` select an object with `labels`? (`metav1.LabelSelectorAsSelector`: an
-/// empty selector selects everything; an unknown operator selects nothing.)
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let actual = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => actual.is_some_and(|a| values.contains(a)),
-            "NotIn" => actual.is_none_or(|a| !values.contains(a)),
-            "Exists" => actual.is_some(),
-            "DoesNotExist" => actual.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
-}
+pub use crate::api::selector::matches_selector as selector_matches;
 
 /// Does an optional selector select `labels`? A missing selector selects nothing.
 pub fn selects(

@@ -69,7 +69,7 @@ use tokio_util::sync::CancellationToken;
 /// The name events are recorded under.
 pub const COMPONENT: &str = "deployment-controller";
 /// The revision of a ReplicaSet, and of the Deployment's current one.
-pub const REVISION: &str = "deployment.kubernetes.io/revision";
+pub use crate::api::wellknown::DEPLOYMENT_REVISION_ANNOTATION as REVISION;
 /// Earlier revisions of a ReplicaSet that was rolled back to.
 pub const REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";
 /// The Deployment's `replicas` when a ReplicaSet was last scaled.
@@ -79,8 +79,8 @@ pub const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 /// The label that tells the pods of one template from another's.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 /// Why a change was made, copied to the ReplicaSet and shown by `rollout history`.
-pub const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+pub use crate::api::wellknown::CHANGE_CAUSE_ANNOTATION as CHANGE_CAUSE;
+use crate::api::wellknown::LAST_APPLIED_ANNOTATION as LAST_APPLIED;
 const ROLLBACK_TO: &str = "deprecated.deployment.rollback.to";
 /// Annotations a Deployment does not pass on to its ReplicaSets.
 pub const ANNOTATIONS_NOT_COPIED: &[&str] = &[

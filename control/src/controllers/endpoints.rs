@@ -66,7 +66,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// The label that names a slice's Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use crate::api::wellknown::SERVICE_NAME_LABEL;
 /// The label that says which controller manages a slice.
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// This controller's value of [`MANAGED_BY_LABEL`], as Kubernetes' controller names itself.
@@ -76,7 +76,7 @@ pub const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
 /// On the Endpoints and slices of headless Services.
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// `{"NODE": "HOST-IP"}` of the nodes a slice's endpoints run on (wharf's own).
-pub const NODE_ADDRESSES_ANNOTATION: &str = "wharf.dev/node-addresses";
+pub use crate::api::wellknown::NODE_ADDRESSES_ANNOTATION;
 
 /// Every Service is looked at again after this long without a change: a repair, in case a
 /// trigger was missed (a pod that changed labels before its slice was cached).

@@ -779,7 +779,7 @@ mod tests {
         let labels = pod.metadata.labels.unwrap();
         assert_eq!(
             labels
-                .get("batch.kubernetes.io/controller-uid")
+                .get(crate::api::wellknown::JOB_CONTROLLER_UID_LABEL)
                 .map(String::as_str),
             Some("job-uid")
         );

@@ -65,9 +65,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
-pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
-pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+pub use crate::api::wellknown::{TAINT_NOT_READY, TAINT_UNREACHABLE, TAINT_UNSCHEDULABLE};
 /// The taints this controller owns: it adds and removes them, and leaves others alone.
 const MANAGED_TAINTS: [&str; 3] = [TAINT_UNREACHABLE, TAINT_NOT_READY, TAINT_UNSCHEDULABLE];
 pub const NO_EXECUTE: &str = "NoExecute";
@@ -149,31 +147,7 @@ pub fn start(
 // ---------------------------------------------------------------------------------------
 // Taints and tolerations
 
-/// Does `toleration` tolerate `taint`? (`v1.Toleration.ToleratesTaint`: an empty effect
-/// matches every effect, an empty key with `Exists` every taint.)
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())
-        && effect != taint.effect
-    {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => {
-            toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        _ => false,
-    }
-}
-
-/// Does some toleration in `tolerations` tolerate `taint`?
-pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| tolerates(t, taint))
-}
+pub use crate::api::tolerations::{tolerated, tolerates};
 
 fn taint(key: &str, effect: &str, now: Timestamp) -> Taint {
     Taint {

@@ -148,10 +148,9 @@ pub const DEFAULT_MEMORY_REQUEST: i64 = 200 * 1024 * 1024;
 
 /// The node-readiness taints the node lifecycle controller sets, and the scheduler's
 /// readiness check honours tolerations of.
-pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
-pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
-pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+pub use crate::api::wellknown::{
+    HOSTNAME_LABEL, TAINT_NOT_READY, TAINT_UNREACHABLE, TAINT_UNSCHEDULABLE,
+};
 
 /// A pod, digested for scheduling.
 #[derive(Debug, Clone)]
@@ -301,31 +300,7 @@ impl PodInfo {
     }
 }
 
-/// Whether `toleration` tolerates `taint` (Kubernetes' `ToleratesTaint`).
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())
-        && effect != taint.effect
-    {
-        return false;
-    }
-    if let Some(key) = toleration.key.as_deref().filter(|k| !k.is_empty())
-        && key != taint.key
-    {
-        return false;
-    }
-    match toleration.operator.as_deref() {
-        None | Some("") | Some("Equal") => {
-            toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        Some("Exists") => true,
-        Some(_) => false,
-    }
-}
-
-/// Whether any of `tolerations` tolerates `taint`.
-pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| tolerates(t, taint))
-}
+pub use crate::api::tolerations::{tolerated, tolerates};
 
 /// The Ready condition of a node, as the scheduler reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

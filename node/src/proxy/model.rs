@@ -25,12 +25,12 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 /// The label that ties an EndpointSlice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use wharf_control::api::wellknown::SERVICE_NAME_LABEL;
 /// The Service annotation that selects the balancing policy (`round-robin`, or the default
 /// `least-loaded`, power of two choices).
 pub const LB_POLICY_ANNOTATION: &str = "wharf.dev/lb-policy";
 /// The EndpointSlice annotation `{"NODE": "HOST-IP"}`: the address of each endpoint's node.
-pub const NODE_ADDRESSES_ANNOTATION: &str = "wharf.dev/node-addresses";
+pub use wharf_control::api::wellknown::NODE_ADDRESSES_ANNOTATION;
 
 /// `namespace/name` of a Service.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

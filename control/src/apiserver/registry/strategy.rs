@@ -22,6 +22,7 @@ use super::super::error::ApiError;
 use super::super::request::Target;
 use super::store::DeleteOptions;
 use super::subresources::{STATUS, Subresource};
+use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -128,6 +129,17 @@ pub trait Strategy: Send + Sync {
     /// `metadata.namespace`.
     fn selectable_fields(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// How a strategic merge patch merges the kind's lists (its `patchMergeKey`s).
+    fn merge_rules(&self) -> &'static strategic::Section {
+        &strategic::PLAIN
+    }
+
+    /// Where the kind's pod spec is, as a JSON pointer and a field path (a pod's
+    /// `spec`, a workload's `spec.template.spec`); `None` for kinds without one.
+    fn pod_spec(&self) -> Option<(&'static str, &'static str)> {
+        None
     }
 
     /// Refuses the delete of `name` before anything is read (a system namespace).

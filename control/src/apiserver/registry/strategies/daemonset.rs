@@ -2,6 +2,7 @@
 
 use super::super::subresources::Subresource;
 use super::super::{Admitted, Strategy};
+use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
 use crate::apiserver::request::Target;
 use crate::apiserver::{AppState, error::ApiError};
@@ -19,6 +20,14 @@ impl Strategy for DaemonSetStrategy {
 
     fn has_spec(&self) -> bool {
         true
+    }
+
+    fn merge_rules(&self) -> &'static strategic::Section {
+        &strategic::WORKLOAD
+    }
+
+    fn pod_spec(&self) -> Option<(&'static str, &'static str)> {
+        Some(("/spec/template/spec", "spec.template.spec"))
     }
 
     fn default(&self, obj: &mut Value) {

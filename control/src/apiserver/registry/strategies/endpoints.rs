@@ -2,6 +2,7 @@
 //! ([`crate::apiserver::endpoint_addresses`]).
 
 use super::super::{Admitted, Strategy};
+use crate::api::strategic;
 use crate::apiserver::request::Target;
 use crate::apiserver::{AppState, endpoint_addresses, error::ApiError};
 use futures::future::BoxFuture;
@@ -11,14 +12,20 @@ pub struct EndpointsStrategy;
 
 pub static STRATEGY: EndpointsStrategy = EndpointsStrategy;
 
+const ADDRESSES: endpoint_addresses::Addresses = endpoint_addresses::endpoints_addresses;
+
 impl Strategy for EndpointsStrategy {
+    fn merge_rules(&self) -> &'static strategic::Section {
+        &strategic::ENDPOINTS
+    }
+
     fn admit_create<'a>(
         &'a self,
         state: &'a AppState,
         target: &'a Target,
         obj: &'a mut Value,
     ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(admit_addresses(state, target, obj))
+        Box::pin(admit_addresses(state, target, obj, ADDRESSES))
     }
 
     fn admit_update<'a>(
@@ -29,7 +36,7 @@ impl Strategy for EndpointsStrategy {
         new: &'a mut Value,
         _status_only: bool,
     ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(admit_addresses(state, target, new))
+        Box::pin(admit_addresses(state, target, new, ADDRESSES))
     }
 }
 
@@ -39,7 +46,8 @@ pub(crate) async fn admit_addresses(
     state: &AppState,
     target: &Target,
     obj: &Value,
+    addresses: endpoint_addresses::Addresses,
 ) -> Result<Admitted, ApiError> {
-    endpoint_addresses::admit(state, target, obj).await?;
+    endpoint_addresses::admit(state, target, obj, addresses).await?;
     Ok(Admitted::none())
 }

@@ -2,9 +2,10 @@
 //! Endpoints).
 
 use super::super::{Admitted, Strategy};
+use crate::api::strategic;
 use crate::api::validation::FieldError;
 use crate::apiserver::request::Target;
-use crate::apiserver::{AppState, error::ApiError};
+use crate::apiserver::{AppState, endpoint_addresses, error::ApiError};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
@@ -12,7 +13,13 @@ pub struct EndpointSliceStrategy;
 
 pub static STRATEGY: EndpointSliceStrategy = EndpointSliceStrategy;
 
+const ADDRESSES: endpoint_addresses::Addresses = endpoint_addresses::slice_addresses;
+
 impl Strategy for EndpointSliceStrategy {
+    fn merge_rules(&self) -> &'static strategic::Section {
+        &strategic::ENDPOINT_SLICE
+    }
+
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         if obj.get("addressType").and_then(Value::as_str).is_none() {
             errs.push(FieldError::required("addressType", ""));
@@ -25,7 +32,9 @@ impl Strategy for EndpointSliceStrategy {
         target: &'a Target,
         obj: &'a mut Value,
     ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(super::endpoints::admit_addresses(state, target, obj))
+        Box::pin(super::endpoints::admit_addresses(
+            state, target, obj, ADDRESSES,
+        ))
     }
 
     fn admit_update<'a>(
@@ -36,6 +45,8 @@ impl Strategy for EndpointSliceStrategy {
         new: &'a mut Value,
         _status_only: bool,
     ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(super::endpoints::admit_addresses(state, target, new))
+        Box::pin(super::endpoints::admit_addresses(
+            state, target, new, ADDRESSES,
+        ))
     }
 }

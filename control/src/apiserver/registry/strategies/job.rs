@@ -3,7 +3,12 @@
 
 use super::super::subresources::Subresource;
 use super::super::{Admitted, Strategy};
+use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
+use crate::api::wellknown::{
+    JOB_CONTROLLER_UID_LABEL, JOB_NAME_LABEL, LEGACY_JOB_CONTROLLER_UID_LABEL,
+    LEGACY_JOB_NAME_LABEL,
+};
 use crate::apiserver::request::Target;
 use crate::apiserver::{AppState, error::ApiError};
 use futures::future::BoxFuture;
@@ -20,6 +25,14 @@ impl Strategy for JobStrategy {
 
     fn has_spec(&self) -> bool {
         true
+    }
+
+    fn merge_rules(&self) -> &'static strategic::Section {
+        &strategic::JOB
+    }
+
+    fn pod_spec(&self) -> Option<(&'static str, &'static str)> {
+        Some(("/spec/template/spec", "spec.template.spec"))
     }
 
     fn default(&self, obj: &mut Value) {
@@ -78,25 +91,25 @@ fn generate_job_selector(obj: &mut Value, uid: &str) {
     let name = crate::apiserver::objects::meta_str(obj, "name")
         .unwrap_or_default()
         .to_string();
-    let labels = json!({
-        "batch.kubernetes.io/controller-uid": uid,
-        "batch.kubernetes.io/job-name": name,
-        "controller-uid": uid,
-        "job-name": name,
-    });
+    let labels = [
+        (JOB_CONTROLLER_UID_LABEL, uid),
+        (JOB_NAME_LABEL, name.as_str()),
+        (LEGACY_JOB_CONTROLLER_UID_LABEL, uid),
+        (LEGACY_JOB_NAME_LABEL, name.as_str()),
+    ];
     if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
         spec.insert(
             "selector".into(),
-            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+            json!({"matchLabels": {JOB_CONTROLLER_UID_LABEL: uid}}),
         );
         let template = spec.entry("template").or_insert_with(|| json!({}));
         if let Some(t) = template.as_object_mut() {
             let meta = t.entry("metadata").or_insert_with(|| json!({}));
             if let Some(m) = meta.as_object_mut() {
                 let l = m.entry("labels").or_insert_with(|| json!({}));
-                if let (Some(l), Some(add)) = (l.as_object_mut(), labels.as_object()) {
-                    for (k, v) in add {
-                        l.insert(k.clone(), v.clone());
+                if let Some(l) = l.as_object_mut() {
+                    for (k, v) in labels {
+                        l.insert(k.into(), json!(v));
                     }
                 }
             }

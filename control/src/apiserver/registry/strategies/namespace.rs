@@ -8,6 +8,7 @@ use super::super::store::{
     MAX_RETRIES, ensure, fetch, semantically_equal, store_write, strings_at, subject,
 };
 use super::super::subresources::{STATUS, Serve, SubRequest, Subresource};
+use crate::api::strategic;
 use crate::api::validation;
 use crate::api::wellknown::{NAMESPACE_FINALIZER, SYSTEM_NAMESPACES};
 use crate::apiserver::AppState;
@@ -52,6 +53,10 @@ impl Strategy for NamespaceStrategy {
 
     fn has_spec(&self) -> bool {
         true
+    }
+
+    fn merge_rules(&self) -> &'static strategic::Section {
+        &strategic::NAMESPACE
     }
 
     fn name_invalid(&self, name: &str) -> Option<&'static str> {

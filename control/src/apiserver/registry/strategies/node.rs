@@ -4,6 +4,7 @@
 use super::super::store::subject;
 use super::super::subresources::Subresource;
 use super::super::{Admitted, Strategy};
+use crate::api::strategic;
 use crate::api::validation::{FieldError, Reason};
 use crate::apiserver::objects::decode;
 use crate::apiserver::request::Target;
@@ -23,6 +24,10 @@ impl Strategy for NodeStrategy {
 
     fn has_spec(&self) -> bool {
         true
+    }
+
+    fn merge_rules(&self) -> &'static strategic::Section {
+        &strategic::NODE
     }
 
     /// A node's `spec.podCIDR` is immutable once set: its pods' addresses come from it,

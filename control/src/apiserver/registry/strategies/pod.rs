@@ -5,6 +5,7 @@
 use super::super::store::DeleteOptions;
 use super::super::subresources::{STATUS, Subresource};
 use super::super::{Admitted, Strategy};
+use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
 use crate::apiserver::request::Target;
 use crate::apiserver::{AppState, binding, error::ApiError, eviction, host_path, proxy};
@@ -28,6 +29,14 @@ impl Strategy for PodStrategy {
 
     fn has_spec(&self) -> bool {
         true
+    }
+
+    fn merge_rules(&self) -> &'static strategic::Section {
+        &strategic::POD
+    }
+
+    fn pod_spec(&self) -> Option<(&'static str, &'static str)> {
+        Some(("/spec", "spec"))
     }
 
     fn prepare_for_create(&self, obj: &mut Value, _uid: &str) {

@@ -2,6 +2,7 @@
 
 use super::super::subresources::{STATUS, Subresource};
 use super::super::{Admitted, Strategy};
+use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
 use crate::apiserver::request::Target;
 use crate::apiserver::{AppState, error::ApiError, scale};
@@ -21,6 +22,14 @@ impl Strategy for ReplicaSetStrategy {
 
     fn has_spec(&self) -> bool {
         true
+    }
+
+    fn merge_rules(&self) -> &'static strategic::Section {
+        &strategic::WORKLOAD
+    }
+
+    fn pod_spec(&self) -> Option<(&'static str, &'static str)> {
+        Some(("/spec/template/spec", "spec.template.spec"))
     }
 
     fn default(&self, obj: &mut Value) {

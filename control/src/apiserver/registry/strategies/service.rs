@@ -4,6 +4,7 @@
 
 use super::super::subresources::Subresource;
 use super::super::{Admitted, Strategy};
+use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
 use crate::apiserver::request::Target;
 use crate::apiserver::{AppState, error::ApiError, services};
@@ -21,6 +22,10 @@ impl Strategy for ServiceStrategy {
 
     fn has_spec(&self) -> bool {
         true
+    }
+
+    fn merge_rules(&self) -> &'static strategic::Section {
+        &strategic::SERVICE
     }
 
     fn name_invalid(&self, name: &str) -> Option<&'static str> {

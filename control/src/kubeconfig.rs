@@ -1,0 +1,107 @@
+//! Writing kubeconfig files: the admin kubeconfig the control plane writes at start and
+//! the join kubeconfig `wharf token create --kubeconfig-out` writes for a node. One
+//! shape, one writer ([`render`], [`write`]), so both read back the same way with
+//! kubectl, kube-rs and wharf.
+
+use std::path::Path;
+
+/// The cluster entry: where the API server is and how to trust it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    pub server: String,
+    /// `certificate-authority-data`: the CA certificate(s), base64 of the PEM.
+    pub ca_data: Option<String>,
+    pub tls_server_name: Option<String>,
+    pub insecure_skip_tls_verify: bool,
+}
+
+/// A kubeconfig with one cluster, one bearer-token user and one context (the current
+/// one, named `context`), optionally with a default namespace.
+#[derive(Debug, Clone)]
+pub struct Kubeconfig<'a> {
+    pub cluster: &'a Cluster,
+    pub user: &'a str,
+    pub token: &'a str,
+    pub context: &'a str,
+    pub namespace: Option<&'a str>,
+}
+
+/// The kubeconfig as YAML.
+pub fn render(k: &Kubeconfig<'_>) -> Result<String, serde_saphyr::ser::Error> {
+    let c = k.cluster;
+    let mut access = serde_json::Map::new();
+    access.insert("server".into(), c.server.clone().into());
+    if let Some(ca) = &c.ca_data {
+        access.insert("certificate-authority-data".into(), ca.clone().into());
+    }
+    if let Some(name) = &c.tls_server_name {
+        access.insert("tls-server-name".into(), name.clone().into());
+    }
+    if c.insecure_skip_tls_verify {
+        access.insert("insecure-skip-tls-verify".into(), true.into());
+    }
+    let mut context = serde_json::json!({"cluster": c.name, "user": k.user});
+    if let Some(ns) = k.namespace {
+        context["namespace"] = ns.into();
+    }
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": c.name, "cluster": access}],
+        "users": [{"name": k.user, "user": {"token": k.token}}],
+        "contexts": [{"name": k.context, "context": context}],
+        "current-context": k.context,
+        "preferences": {},
+    });
+    serde_saphyr::to_string(&config)
+}
+
+/// Writes the kubeconfig to `path`, owner-only and atomically
+/// ([`crate::fsutil::write_private`]). Blocking.
+pub fn write(path: &Path, k: &Kubeconfig<'_>) -> std::io::Result<()> {
+    let yaml = render(k).map_err(std::io::Error::other)?;
+    crate::fsutil::write_private(path, yaml.as_bytes())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_back_as_a_kubeconfig_with_its_context_current() {
+        let cluster = Cluster {
+            name: "wharf".into(),
+            server: "https://127.0.0.1:6443".into(),
+            ca_data: Some("UEVN".into()),
+            tls_server_name: Some("wharf.local".into()),
+            insecure_skip_tls_verify: false,
+        };
+        let yaml = render(&Kubeconfig {
+            cluster: &cluster,
+            user: "admin",
+            token: "tok",
+            context: "wharf",
+            namespace: Some("default"),
+        })
+        .unwrap();
+        let k = kube::config::Kubeconfig::from_yaml(&yaml).unwrap();
+        assert_eq!(k.current_context.as_deref(), Some("wharf"));
+        let c = k.clusters[0].cluster.clone().unwrap();
+        assert_eq!(c.server.as_deref(), Some("https://127.0.0.1:6443"));
+        assert_eq!(c.certificate_authority_data.as_deref(), Some("UEVN"));
+        assert_eq!(c.tls_server_name.as_deref(), Some("wharf.local"));
+        let ctx = k.contexts[0].context.clone().unwrap();
+        assert_eq!(
+            (
+                ctx.cluster.as_str(),
+                ctx.user.as_deref(),
+                ctx.namespace.as_deref()
+            ),
+            ("wharf", Some("admin"), Some("default"))
+        );
+        let auth = serde_json::to_value(k.auth_infos[0].auth_info.clone().unwrap()).unwrap();
+        assert_eq!(auth["token"], "tok");
+    }
+}
