@@ -133,6 +133,13 @@ where
     }
 }
 
+/// Leases: a spec, nothing special.
+static LEASE: Plain = Plain {
+    spec: true,
+    status: false,
+    printer: &super::printers::LEASE,
+};
+
 /// Every kind wharf serves, grouped by API group in the order discovery lists them.
 pub static KINDS: &[ResourceKind] = &[
     builtin::<core::Namespace>("namespace", &["ns"], false, &s::namespace::STRATEGY),
@@ -147,7 +154,7 @@ pub static KINDS: &[ResourceKind] = &[
     builtin::<apps::ReplicaSet>("replicaset", &["rs"], true, &s::replicaset::STRATEGY),
     builtin::<apps::DaemonSet>("daemonset", &["ds"], true, &s::daemonset::STRATEGY),
     builtin::<batch::Job>("job", &[], true, &s::job::STRATEGY),
-    builtin::<coord::Lease>("lease", &[], false, &Plain::SPEC),
+    builtin::<coord::Lease>("lease", &[], false, &LEASE),
     builtin::<disc::EndpointSlice>("endpointslice", &[], false, &s::endpointslice::STRATEGY),
 ];
 

@@ -16,99 +16,92 @@ use std::collections::BTreeSet;
 
 const NONE: &str = "<none>";
 
-/// The column headers for `kind`, NAME first (events have none: LAST SEEN first).
-pub fn columns(kind: &ResourceKind, wide: bool) -> Vec<&'static str> {
-    let (narrow, extra): (&[&'static str], &[&'static str]) = match kind.kind {
-        "Pod" => (
-            &["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
-            &["IP", "NODE", "NOMINATED NODE", "READINESS GATES"],
-        ),
-        "Deployment" => (
-            &["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
-            &["CONTAINERS", "IMAGES", "SELECTOR"],
-        ),
-        "ReplicaSet" => (
-            &["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
-            &["CONTAINERS", "IMAGES", "SELECTOR"],
-        ),
-        "DaemonSet" => (
-            &[
-                "NAME",
-                "DESIRED",
-                "CURRENT",
-                "READY",
-                "UP-TO-DATE",
-                "AVAILABLE",
-                "NODE SELECTOR",
-                "AGE",
-            ],
-            &["CONTAINERS", "IMAGES", "SELECTOR"],
-        ),
-        "Job" => (
-            &["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
-            &["CONTAINERS", "IMAGES", "SELECTOR"],
-        ),
-        "Service" => (
-            &[
-                "NAME",
-                "TYPE",
-                "CLUSTER-IP",
-                "EXTERNAL-IP",
-                "PORT(S)",
-                "AGE",
-            ],
-            &["SELECTOR"],
-        ),
-        "Endpoints" => (&["NAME", "ENDPOINTS", "AGE"], &[]),
-        "EndpointSlice" => (&["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"], &[]),
-        "Node" => (
-            &["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
-            &[
-                "INTERNAL-IP",
-                "EXTERNAL-IP",
-                "OS-IMAGE",
-                "KERNEL-VERSION",
-                "CONTAINER-RUNTIME",
-            ],
-        ),
-        "Namespace" => (&["NAME", "STATUS", "AGE"], &[]),
-        "ConfigMap" => (&["NAME", "DATA", "AGE"], &[]),
-        "Secret" => (&["NAME", "TYPE", "DATA", "AGE"], &[]),
-        "Lease" => (&["NAME", "HOLDER", "AGE"], &[]),
-        // kubectl's wide event columns interleave with the narrow ones.
-        "Event" if wide => (
-            &[
-                "LAST SEEN",
-                "TYPE",
-                "REASON",
-                "OBJECT",
-                "SUBOBJECT",
-                "SOURCE",
-                "MESSAGE",
-                "FIRST SEEN",
-                "COUNT",
-                "NAME",
-            ],
-            &[],
-        ),
-        "Event" => (&["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"], &[]),
-        _ => (&["NAME", "AGE"], &[]),
-    };
-    let mut cols = narrow.to_vec();
-    if wide {
-        cols.extend_from_slice(extra);
+/// How a kind prints: its columns and the cells of one object. Each kind's strategy
+/// names its printer ([`Strategy::printer`]); [`DEFAULT`] prints NAME and AGE.
+///
+/// [`Strategy::printer`]: crate::apiserver::registry::Strategy::printer
+pub struct Printer {
+    /// The columns without `-o wide`, NAME first (events have none: LAST SEEN first).
+    pub narrow: &'static [&'static str],
+    /// What `-o wide` adds after them.
+    pub extra: &'static [&'static str],
+    /// The `-o wide` columns when they interleave with the narrow ones (events).
+    pub wide: Option<&'static [&'static str]>,
+    /// The cells of one object, in the order of the columns for the same `wide`.
+    pub cells: fn(&Value, bool, Timestamp) -> Vec<String>,
+}
+
+impl std::fmt::Debug for Printer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Printer")
+            .field("narrow", &self.narrow)
+            .finish_non_exhaustive()
     }
-    cols
+}
+
+/// The column headers for `kind`.
+pub fn columns(kind: &ResourceKind, wide: bool) -> Vec<&'static str> {
+    let p = kind.strategy.printer();
+    match (wide, p.wide) {
+        (true, Some(all)) => all.to_vec(),
+        (true, None) => [p.narrow, p.extra].concat(),
+        (false, _) => p.narrow.to_vec(),
+    }
 }
 
 /// The cells of one object, in the order of [`columns`] for the same `kind` and `wide`.
 pub fn row(kind: &ResourceKind, object: &Value, wide: bool, now: Timestamp) -> Vec<String> {
+    (kind.strategy.printer().cells)(object, wide, now)
+}
+
+/// The object, its name and its age: what every row starts from.
+fn basics(object: &Value, now: Timestamp) -> (Obj<'_>, String, String) {
     let o = Obj(object);
     let name = o.str("/metadata/name").to_string();
     let age = o.age("/metadata/creationTimestamp", now);
-    let mut cells: Vec<String> = match kind.kind {
-        "Pod" => return pod_row(o, name, age, wide, now),
-        "Deployment" => vec![
+    (o, name, age)
+}
+
+const WORKLOAD_WIDE: &[&str] = &["CONTAINERS", "IMAGES", "SELECTOR"];
+
+/// What `-o wide` adds to a workload's row: its template's containers and images, and
+/// its selector.
+fn workload_wide(o: Obj<'_>, wide: bool, mut cells: Vec<String>) -> Vec<String> {
+    if wide {
+        let (names, images) = containers(o.arr("/spec/template/spec/containers"));
+        cells.extend([names, images, format_selector(o.get("/spec/selector"))]);
+    }
+    cells
+}
+
+/// NAME and AGE.
+pub static DEFAULT: Printer = Printer {
+    narrow: &["NAME", "AGE"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (_, name, age) = basics(v, now);
+        vec![name, age]
+    },
+};
+
+pub static POD: Printer = Printer {
+    narrow: &["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+    extra: &["IP", "NODE", "NOMINATED NODE", "READINESS GATES"],
+    wide: None,
+    cells: |v, wide, now| {
+        let (o, name, age) = basics(v, now);
+        pod_row(o, name, age, wide, now)
+    },
+};
+
+pub static DEPLOYMENT: Printer = Printer {
+    narrow: &["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+    extra: WORKLOAD_WIDE,
+    wide: None,
+    cells: |v, wide, now| {
+        let (o, name, age) = basics(v, now);
+        let cells = vec![
             name,
             format!(
                 "{}/{}",
@@ -118,15 +111,44 @@ pub fn row(kind: &ResourceKind, object: &Value, wide: bool, now: Timestamp) -> V
             o.int("/status/updatedReplicas").to_string(),
             o.int("/status/availableReplicas").to_string(),
             age,
-        ],
-        "ReplicaSet" => vec![
+        ];
+        workload_wide(o, wide, cells)
+    },
+};
+
+pub static REPLICA_SET: Printer = Printer {
+    narrow: &["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+    extra: WORKLOAD_WIDE,
+    wide: None,
+    cells: |v, wide, now| {
+        let (o, name, age) = basics(v, now);
+        let cells = vec![
             name,
             o.int_or("/spec/replicas", 1).to_string(),
             o.int("/status/replicas").to_string(),
             o.int("/status/readyReplicas").to_string(),
             age,
-        ],
-        "DaemonSet" => vec![
+        ];
+        workload_wide(o, wide, cells)
+    },
+};
+
+pub static DAEMON_SET: Printer = Printer {
+    narrow: &[
+        "NAME",
+        "DESIRED",
+        "CURRENT",
+        "READY",
+        "UP-TO-DATE",
+        "AVAILABLE",
+        "NODE SELECTOR",
+        "AGE",
+    ],
+    extra: WORKLOAD_WIDE,
+    wide: None,
+    cells: |v, wide, now| {
+        let (o, name, age) = basics(v, now);
+        let cells = vec![
             name,
             o.int("/status/desiredNumberScheduled").to_string(),
             o.int("/status/currentNumberScheduled").to_string(),
@@ -135,24 +157,73 @@ pub fn row(kind: &ResourceKind, object: &Value, wide: bool, now: Timestamp) -> V
             o.int("/status/numberAvailable").to_string(),
             format_labels(o.get("/spec/template/spec/nodeSelector")),
             age,
-        ],
-        "Job" => vec![
+        ];
+        workload_wide(o, wide, cells)
+    },
+};
+
+pub static JOB: Printer = Printer {
+    narrow: &["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+    extra: WORKLOAD_WIDE,
+    wide: None,
+    cells: |v, wide, now| {
+        let (o, name, age) = basics(v, now);
+        let cells = vec![
             name,
             job_status(o),
             job_completions(o),
             job_duration(o, now),
             age,
-        ],
-        "Service" => vec![
+        ];
+        workload_wide(o, wide, cells)
+    },
+};
+
+pub static SERVICE: Printer = Printer {
+    narrow: &[
+        "NAME",
+        "TYPE",
+        "CLUSTER-IP",
+        "EXTERNAL-IP",
+        "PORT(S)",
+        "AGE",
+    ],
+    extra: &["SELECTOR"],
+    wide: None,
+    cells: |v, wide, now| {
+        let (o, name, age) = basics(v, now);
+        let mut cells = vec![
             name,
             o.str_or("/spec/type", "ClusterIP").to_string(),
             o.str_or("/spec/clusterIP", NONE).to_string(),
             service_external_ip(o, wide),
             service_ports(o),
             age,
-        ],
-        "Endpoints" => vec![name, endpoints(o), age],
-        "EndpointSlice" => vec![
+        ];
+        if wide {
+            cells.push(format_labels(o.get("/spec/selector")));
+        }
+        cells
+    },
+};
+
+pub static ENDPOINTS: Printer = Printer {
+    narrow: &["NAME", "ENDPOINTS", "AGE"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        vec![name, endpoints(o), age]
+    },
+};
+
+pub static ENDPOINT_SLICE: Printer = Printer {
+    narrow: &["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        vec![
             name,
             o.str("/addressType").to_string(),
             list_with_more(
@@ -173,61 +244,122 @@ pub fn row(kind: &ResourceKind, object: &Value, wide: bool, now: Timestamp) -> V
                 "<unset>",
             ),
             age,
-        ],
-        "Node" => {
-            let mut cells = vec![
-                name,
-                node_status(o),
-                node_roles(o),
-                age,
-                o.str("/status/nodeInfo/kubeletVersion").to_string(),
-            ];
-            if wide {
-                let address = |ty: &str| {
-                    o.arr("/status/addresses")
-                        .iter()
-                        .find(|a| a.get("type").and_then(Value::as_str) == Some(ty))
-                        .map_or(NONE, |a| Obj(a).str_or("/address", NONE))
-                        .to_string()
-                };
-                cells.extend([
-                    address("InternalIP"),
-                    address("ExternalIP"),
-                    o.str_or("/status/nodeInfo/osImage", "<unknown>")
-                        .to_string(),
-                    o.str_or("/status/nodeInfo/kernelVersion", "<unknown>")
-                        .to_string(),
-                    o.str_or("/status/nodeInfo/containerRuntimeVersion", "<unknown>")
-                        .to_string(),
-                ]);
-            }
-            return cells;
+        ]
+    },
+};
+
+pub static NODE: Printer = Printer {
+    narrow: &["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+    extra: &[
+        "INTERNAL-IP",
+        "EXTERNAL-IP",
+        "OS-IMAGE",
+        "KERNEL-VERSION",
+        "CONTAINER-RUNTIME",
+    ],
+    wide: None,
+    cells: |v, wide, now| {
+        let (o, name, age) = basics(v, now);
+        let mut cells = vec![
+            name,
+            node_status(o),
+            node_roles(o),
+            age,
+            o.str("/status/nodeInfo/kubeletVersion").to_string(),
+        ];
+        if wide {
+            let address = |ty: &str| {
+                o.arr("/status/addresses")
+                    .iter()
+                    .find(|a| a.get("type").and_then(Value::as_str) == Some(ty))
+                    .map_or(NONE, |a| Obj(a).str_or("/address", NONE))
+                    .to_string()
+            };
+            cells.extend([
+                address("InternalIP"),
+                address("ExternalIP"),
+                o.str_or("/status/nodeInfo/osImage", "<unknown>")
+                    .to_string(),
+                o.str_or("/status/nodeInfo/kernelVersion", "<unknown>")
+                    .to_string(),
+                o.str_or("/status/nodeInfo/containerRuntimeVersion", "<unknown>")
+                    .to_string(),
+            ]);
         }
-        "Namespace" => vec![name, o.str("/status/phase").to_string(), age],
-        "ConfigMap" => vec![
+        cells
+    },
+};
+
+pub static NAMESPACE: Printer = Printer {
+    narrow: &["NAME", "STATUS", "AGE"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        vec![name, o.str("/status/phase").to_string(), age]
+    },
+};
+
+pub static CONFIG_MAP: Printer = Printer {
+    narrow: &["NAME", "DATA", "AGE"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        vec![
             name,
             (o.len("/data") + o.len("/binaryData")).to_string(),
             age,
-        ],
-        "Secret" => vec![
+        ]
+    },
+};
+
+pub static SECRET: Printer = Printer {
+    narrow: &["NAME", "TYPE", "DATA", "AGE"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        vec![
             name,
             o.str("/type").to_string(),
             o.len("/data").to_string(),
             age,
-        ],
-        "Lease" => vec![name, o.str("/spec/holderIdentity").to_string(), age],
-        "Event" => return event_row(o, name, wide, now),
-        _ => vec![name, age],
-    };
-    if wide && matches!(kind.kind, "Deployment" | "ReplicaSet" | "DaemonSet" | "Job") {
-        let (names, images) = containers(o.arr("/spec/template/spec/containers"));
-        cells.extend([names, images, format_selector(o.get("/spec/selector"))]);
-    }
-    if wide && kind.kind == "Service" {
-        cells.push(format_labels(o.get("/spec/selector")));
-    }
-    cells
-}
+        ]
+    },
+};
+
+pub static LEASE: Printer = Printer {
+    narrow: &["NAME", "HOLDER", "AGE"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        vec![name, o.str("/spec/holderIdentity").to_string(), age]
+    },
+};
+
+/// kubectl's wide event columns interleave with the narrow ones.
+pub static EVENT: Printer = Printer {
+    narrow: &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+    extra: &[],
+    wide: Some(&[
+        "LAST SEEN",
+        "TYPE",
+        "REASON",
+        "OBJECT",
+        "SUBOBJECT",
+        "SOURCE",
+        "MESSAGE",
+        "FIRST SEEN",
+        "COUNT",
+        "NAME",
+    ]),
+    cells: |v, wide, now| {
+        let (o, name, _) = basics(v, now);
+        event_row(o, name, wide, now)
+    },
+};
 
 /// How long ago `created` was, as kubectl prints ages: `45s`, `3m2s`, `14m`, `125m`,
 /// `3h5m`, `20h`, `3d4h`, `40d`, `2y3d` (apimachinery's `duration.HumanDuration`).

@@ -22,8 +22,8 @@ use super::super::error::ApiError;
 use super::super::request::Target;
 use super::store::DeleteOptions;
 use super::subresources::{STATUS, Subresource};
-use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
+use crate::api::{printers, strategic};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
@@ -129,6 +129,11 @@ pub trait Strategy: Send + Sync {
     /// `metadata.namespace`.
     fn selectable_fields(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// How `kubectl get` (a `Table`) and `wharf get` print the kind.
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::DEFAULT
     }
 
     /// How a strategic merge patch merges the kind's lists (its `patchMergeKey`s).

@@ -1,6 +1,7 @@
 //! ConfigMaps: keys that can name files and environment variables.
 
 use super::super::Strategy;
+use crate::api::printers;
 use crate::api::validation::{self, FieldError};
 use serde_json::Value;
 
@@ -9,6 +10,10 @@ pub struct ConfigMapStrategy;
 pub static STRATEGY: ConfigMapStrategy = ConfigMapStrategy;
 
 impl Strategy for ConfigMapStrategy {
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::CONFIG_MAP
+    }
+
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         validation::validate_config_keys(obj, errs);
     }

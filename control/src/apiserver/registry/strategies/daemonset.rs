@@ -2,6 +2,7 @@
 
 use super::super::subresources::Subresource;
 use super::super::{Admitted, Strategy};
+use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
 use crate::apiserver::request::Target;
@@ -14,6 +15,10 @@ pub struct DaemonSetStrategy;
 pub static STRATEGY: DaemonSetStrategy = DaemonSetStrategy;
 
 impl Strategy for DaemonSetStrategy {
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::DAEMON_SET
+    }
+
     fn subresources(&self) -> &'static [&'static Subresource] {
         super::STATUS_ONLY
     }

@@ -3,6 +3,7 @@
 
 use super::super::subresources::{STATUS, Subresource};
 use super::super::{Admitted, Strategy};
+use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{self, FieldError, Reason};
 use crate::apiserver::request::Target;
@@ -17,6 +18,10 @@ pub static STRATEGY: DeploymentStrategy = DeploymentStrategy;
 static SUBRESOURCES: &[&Subresource] = &[&STATUS, &scale::SCALE];
 
 impl Strategy for DeploymentStrategy {
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::DEPLOYMENT
+    }
+
     fn subresources(&self) -> &'static [&'static Subresource] {
         SUBRESOURCES
     }

@@ -2,6 +2,7 @@
 //! ([`crate::apiserver::endpoint_addresses`]).
 
 use super::super::{Admitted, Strategy};
+use crate::api::printers;
 use crate::api::strategic;
 use crate::apiserver::request::Target;
 use crate::apiserver::{AppState, endpoint_addresses, error::ApiError};
@@ -15,6 +16,10 @@ pub static STRATEGY: EndpointsStrategy = EndpointsStrategy;
 const ADDRESSES: endpoint_addresses::Addresses = endpoint_addresses::endpoints_addresses;
 
 impl Strategy for EndpointsStrategy {
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::ENDPOINTS
+    }
+
     fn merge_rules(&self) -> &'static strategic::Section {
         &strategic::ENDPOINTS
     }

@@ -2,6 +2,7 @@
 //! Endpoints).
 
 use super::super::{Admitted, Strategy};
+use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::FieldError;
 use crate::apiserver::request::Target;
@@ -16,6 +17,10 @@ pub static STRATEGY: EndpointSliceStrategy = EndpointSliceStrategy;
 const ADDRESSES: endpoint_addresses::Addresses = endpoint_addresses::slice_addresses;
 
 impl Strategy for EndpointSliceStrategy {
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::ENDPOINT_SLICE
+    }
+
     fn merge_rules(&self) -> &'static strategic::Section {
         &strategic::ENDPOINT_SLICE
     }

@@ -1,12 +1,17 @@
 //! Events: nothing special but the fields `kubectl events` and controllers select them by.
 
 use super::super::Strategy;
+use crate::api::printers;
 
 pub struct EventStrategy;
 
 pub static STRATEGY: EventStrategy = EventStrategy;
 
 impl Strategy for EventStrategy {
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::EVENT
+    }
+
     fn selectable_fields(&self) -> &'static [&'static str] {
         &[
             "involvedObject.kind",

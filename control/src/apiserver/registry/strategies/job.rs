@@ -3,6 +3,7 @@
 
 use super::super::subresources::Subresource;
 use super::super::{Admitted, Strategy};
+use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
 use crate::api::wellknown::{
@@ -19,6 +20,10 @@ pub struct JobStrategy;
 pub static STRATEGY: JobStrategy = JobStrategy;
 
 impl Strategy for JobStrategy {
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::JOB
+    }
+
     fn subresources(&self) -> &'static [&'static Subresource] {
         super::STATUS_ONLY
     }

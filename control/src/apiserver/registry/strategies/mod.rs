@@ -17,31 +17,15 @@ pub mod service;
 
 use super::Strategy;
 use super::subresources::{STATUS, Subresource};
+use crate::api::printers;
 
 /// The strategy of a kind with nothing special: it says only whether the kind has a
-/// spec (counted in `metadata.generation`) and a `status` subresource.
+/// spec (counted in `metadata.generation`) and a `status` subresource, and how it prints.
 #[derive(Debug)]
 pub struct Plain {
     pub spec: bool,
     pub status: bool,
-}
-
-impl Plain {
-    /// Neither spec nor status: ConfigMaps, Events.
-    pub const DATA: Plain = Plain {
-        spec: false,
-        status: false,
-    };
-    /// A spec, no status subresource: Leases.
-    pub const SPEC: Plain = Plain {
-        spec: true,
-        status: false,
-    };
-    /// A spec and a status subresource.
-    pub const SPEC_STATUS: Plain = Plain {
-        spec: true,
-        status: true,
-    };
+    pub printer: &'static printers::Printer,
 }
 
 /// `status` alone.
@@ -54,5 +38,9 @@ impl Strategy for Plain {
 
     fn has_spec(&self) -> bool {
         self.spec
+    }
+
+    fn printer(&self) -> &'static printers::Printer {
+        self.printer
     }
 }

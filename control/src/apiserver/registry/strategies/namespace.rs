@@ -8,6 +8,7 @@ use super::super::store::{
     MAX_RETRIES, ensure, fetch, semantically_equal, store_write, strings_at, subject,
 };
 use super::super::subresources::{STATUS, Serve, SubRequest, Subresource};
+use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation;
 use crate::api::wellknown::{NAMESPACE_FINALIZER, SYSTEM_NAMESPACES};
@@ -43,6 +44,10 @@ pub static FINALIZE: Subresource = Subresource {
 static SUBRESOURCES: &[&Subresource] = &[&STATUS, &FINALIZE];
 
 impl Strategy for NamespaceStrategy {
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::NAMESPACE
+    }
+
     fn subresources(&self) -> &'static [&'static Subresource] {
         SUBRESOURCES
     }

@@ -4,6 +4,7 @@
 use super::super::store::subject;
 use super::super::subresources::Subresource;
 use super::super::{Admitted, Strategy};
+use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{FieldError, Reason};
 use crate::apiserver::objects::decode;
@@ -18,6 +19,10 @@ pub struct NodeStrategy;
 pub static STRATEGY: NodeStrategy = NodeStrategy;
 
 impl Strategy for NodeStrategy {
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::NODE
+    }
+
     fn subresources(&self) -> &'static [&'static Subresource] {
         super::STATUS_ONLY
     }

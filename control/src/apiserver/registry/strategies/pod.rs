@@ -5,6 +5,7 @@
 use super::super::store::DeleteOptions;
 use super::super::subresources::{STATUS, Subresource};
 use super::super::{Admitted, Strategy};
+use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
 use crate::apiserver::request::Target;
@@ -23,6 +24,10 @@ static SUBRESOURCES: &[&Subresource] =
     &[&STATUS, &binding::BINDING, &eviction::EVICTION, &proxy::LOG];
 
 impl Strategy for PodStrategy {
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::POD
+    }
+
     fn subresources(&self) -> &'static [&'static Subresource] {
         SUBRESOURCES
     }

@@ -2,6 +2,7 @@
 
 use super::super::subresources::{STATUS, Subresource};
 use super::super::{Admitted, Strategy};
+use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
 use crate::apiserver::request::Target;
@@ -16,6 +17,10 @@ pub static STRATEGY: ReplicaSetStrategy = ReplicaSetStrategy;
 static SUBRESOURCES: &[&Subresource] = &[&STATUS, &scale::SCALE];
 
 impl Strategy for ReplicaSetStrategy {
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::REPLICA_SET
+    }
+
     fn subresources(&self) -> &'static [&'static Subresource] {
         SUBRESOURCES
     }

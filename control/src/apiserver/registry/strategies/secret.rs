@@ -2,6 +2,7 @@
 //! that never changes, and the config-key rule of ConfigMaps.
 
 use super::super::Strategy;
+use crate::api::printers;
 use crate::api::validation::{self, FieldError};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
@@ -11,6 +12,10 @@ pub struct SecretStrategy;
 pub static STRATEGY: SecretStrategy = SecretStrategy;
 
 impl Strategy for SecretStrategy {
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::SECRET
+    }
+
     fn prepare_for_create(&self, obj: &mut Value, _uid: &str) {
         if let Some(map) = obj.as_object_mut() {
             merge_string_data(map);

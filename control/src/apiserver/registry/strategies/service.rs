@@ -4,6 +4,7 @@
 
 use super::super::subresources::Subresource;
 use super::super::{Admitted, Strategy};
+use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
 use crate::apiserver::request::Target;
@@ -16,6 +17,10 @@ pub struct ServiceStrategy;
 pub static STRATEGY: ServiceStrategy = ServiceStrategy;
 
 impl Strategy for ServiceStrategy {
+    fn printer(&self) -> &'static printers::Printer {
+        &printers::SERVICE
+    }
+
     fn subresources(&self) -> &'static [&'static Subresource] {
         super::STATUS_ONLY
     }
