@@ -1,6 +1,6 @@
 //! Writing kubeconfig files: the admin kubeconfig the control plane writes at start and
 //! the join kubeconfig `wharf token create --kubeconfig-out` writes for a node. One
-//! shape, one writer ([`render`], [`write`]), so both read back the same way with
+//! shape, one writer ([`render`], [`write()`]), so both read back the same way with
 //! kubectl, kube-rs and wharf.
 
 use std::path::Path;

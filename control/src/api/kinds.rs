@@ -5,7 +5,7 @@
 //! URL name and scope come from the type, so they cannot disagree with what clients
 //! generated from the same OpenAPI send; the row adds what the type does not say (the
 //! singular and short names, `kubectl get all`) and the kind's
-//! [`Strategy`](crate::apiserver::registry::Strategy), where everything the kind does
+//! [`Strategy`], where everything the kind does
 //! differently lives. Adding a kind is one strategy file and one row here.
 
 use super::typed::{Scoped, TypeOps, Typed};

@@ -1,9 +1,11 @@
 //! The Kubernetes-shaped API server.
 //!
 //! One axum router serves every kind through generic handlers driven by the kinds table
-//! ([`crate::api::KINDS`]): a URL is resolved to a [`request::Target`], the verb is chosen
-//! from the method and query, and the object travels as JSON between the client, the
-//! admission steps (defaults, validation, server-filled metadata) and the [`Store`].
+//! ([`crate::api::KINDS`]): dispatch ([`resources`]) resolves a URL to a
+//! [`request::Target`] (kind, namespace, name, subresource) and chooses the verb from the
+//! method and query; the generic registry ([`registry`]) moves the object as JSON between
+//! the client, the kind's strategy (defaults, validation, server-filled fields) and the
+//! [`Store`].
 //!
 //! The same router serves TCP clients and the control plane's own components: the
 //! in-process [`kube::Client`] built by [`in_process_client`] calls the router as a tower

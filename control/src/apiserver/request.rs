@@ -7,7 +7,7 @@
 //! resource.
 //!
 //! What a request carries besides its path is read here too, the same way for every
-//! handler: the query ([`Query`]) and a JSON body of bounded size ([`read_json`]).
+//! handler: the query ([`Query`]) and a JSON body of bounded size (`read_json`).
 
 use super::AppState;
 use super::error::ApiError;
