@@ -314,86 +314,33 @@ async fn bind(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::apiserver::auth::{Authenticator, Identity};
-    use crate::apiserver::{ApiConfig, router};
-    use crate::store::{FjallStore, Store, StoreConfig};
-    use axum::Router;
-    use http::Request;
-    use std::sync::Arc;
-    use std::time::Duration;
-    use tokio_util::sync::CancellationToken;
-    use tower::ServiceExt;
+    use crate::apiserver::auth::Identity;
+    use crate::apiserver::testing::{ADMIN_TOKEN as TOKEN, TestApi as Api};
 
-    const TOKEN: &str = "admin-token";
     const NODE_TOKEN: &str = "node-token";
 
-    struct Api {
-        router: Router,
-        _dir: tempfile::TempDir,
-    }
-
     async fn api() -> Api {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(FjallStore::open(StoreConfig::new(dir.path().join("store"))).unwrap());
-        let auth = Arc::new(Authenticator::new());
-        auth.add_token(TOKEN, Identity::admin());
-        auth.add_token(NODE_TOKEN, Identity::node_bootstrap("abc123"));
-        let state = AppState {
-            store,
-            auth,
-            config: Arc::new(ApiConfig::default()),
-            shutdown: CancellationToken::new(),
-        };
-        let api = Api {
-            router: router(state),
-            _dir: dir,
-        };
-        let (code, _) = api
-            .send(
-                TOKEN,
-                "POST",
-                "/api/v1/namespaces",
-                Some(json!({"metadata": {"name": "default"}})),
-            )
-            .await;
-        assert_eq!(code, StatusCode::CREATED);
+        let api = Api::new().await;
+        api.add_token(NODE_TOKEN, Identity::node_bootstrap("abc123"));
         api
     }
 
     impl Api {
-        async fn send(
+        /// A JSON request with bearer `token`.
+        async fn send_token(
             &self,
             token: &str,
             method: &str,
             uri: &str,
             body: Option<Value>,
         ) -> (StatusCode, Value) {
-            let req = Request::builder()
-                .method(method)
-                .uri(uri)
-                .header("authorization", format!("Bearer {token}"))
-                .header("content-type", "application/json")
-                .body(
-                    body.map(|b| Body::from(b.to_string()))
-                        .unwrap_or_else(Body::empty),
-                )
-                .unwrap();
-            let resp =
-                tokio::time::timeout(Duration::from_secs(10), self.router.clone().oneshot(req))
-                    .await
-                    .expect("request timed out")
-                    .unwrap();
-            let code = resp.status();
-            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-            let value = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
-            (code, value)
+            self.send_with(token, method, uri, "application/json", body)
+                .await
         }
 
         async fn pod(&self, name: &str) -> Value {
             let (code, pod) = self
-                .send(
+                .send_token(
                     TOKEN,
                     "GET",
                     &format!("/api/v1/namespaces/default/pods/{name}"),
@@ -414,7 +361,7 @@ mod tests {
 
     async fn with_pod(api: &Api) -> Value {
         let (code, created) = api
-            .send(
+            .send_token(
                 TOKEN,
                 "POST",
                 "/api/v1/namespaces/default/pods",
@@ -431,7 +378,7 @@ mod tests {
         let api = api().await;
         let created = with_pod(&api).await;
         let (code, status) = api
-            .send(TOKEN, "POST", BIND_P, Some(binding("p", "node-1")))
+            .send_token(TOKEN, "POST", BIND_P, Some(binding("p", "node-1")))
             .await;
         assert_eq!(code, StatusCode::CREATED, "{status}");
         assert_eq!(
@@ -457,7 +404,7 @@ mod tests {
         );
 
         let (code, status) = api
-            .send(TOKEN, "POST", BIND_P, Some(binding("p", "node-2")))
+            .send_token(TOKEN, "POST", BIND_P, Some(binding("p", "node-2")))
             .await;
         assert_eq!(code, StatusCode::CONFLICT);
         assert_eq!(status["reason"], "Conflict");
@@ -472,17 +419,17 @@ mod tests {
     async fn binding_checks_the_pod_the_body_and_the_caller() {
         let api = api().await;
         let (code, status) = api
-            .send(TOKEN, "POST", BIND_P, Some(binding("p", "n")))
+            .send_token(TOKEN, "POST", BIND_P, Some(binding("p", "n")))
             .await;
         assert_eq!(code, StatusCode::NOT_FOUND, "{status}");
         let created = with_pod(&api).await;
 
         let (code, _) = api
-            .send(TOKEN, "POST", BIND_P, Some(binding("other", "n")))
+            .send_token(TOKEN, "POST", BIND_P, Some(binding("other", "n")))
             .await;
         assert_eq!(code, StatusCode::BAD_REQUEST);
         let (code, status) = api
-            .send(
+            .send_token(
                 TOKEN,
                 "POST",
                 BIND_P,
@@ -492,7 +439,7 @@ mod tests {
         assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
         assert_eq!(status["details"]["causes"][0]["field"], "target.name");
         let (code, _) = api
-            .send(
+            .send_token(
                 TOKEN,
                 "POST",
                 BIND_P,
@@ -500,13 +447,13 @@ mod tests {
             )
             .await;
         assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
-        let (code, _) = api.send(TOKEN, "GET", BIND_P, None).await;
+        let (code, _) = api.send_token(TOKEN, "GET", BIND_P, None).await;
         assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
 
         // A stale uid (the pod was replaced) is a conflict.
         let mut stale = binding("p", "n");
         stale["metadata"]["uid"] = json!("not-the-uid");
-        let (code, status) = api.send(TOKEN, "POST", BIND_P, Some(stale)).await;
+        let (code, status) = api.send_token(TOKEN, "POST", BIND_P, Some(stale)).await;
         assert_eq!(code, StatusCode::CONFLICT, "{status}");
         assert!(
             status["message"]
@@ -517,7 +464,7 @@ mod tests {
 
         // Node tokens may not bind.
         let (code, status) = api
-            .send(NODE_TOKEN, "POST", BIND_P, Some(binding("p", "n")))
+            .send_token(NODE_TOKEN, "POST", BIND_P, Some(binding("p", "n")))
             .await;
         assert_eq!(code, StatusCode::FORBIDDEN, "{status}");
         assert!(
@@ -529,7 +476,7 @@ mod tests {
         let mut good = binding("p", "n");
         good["metadata"]["uid"] = created["metadata"]["uid"].clone();
         good["metadata"]["annotations"] = json!({"scheduler.wharf.dev/note": "x"});
-        let (code, status) = api.send(TOKEN, "POST", BIND_P, Some(good)).await;
+        let (code, status) = api.send_token(TOKEN, "POST", BIND_P, Some(good)).await;
         assert_eq!(code, StatusCode::CREATED, "{status}");
         let pod = api.pod("p").await;
         assert_eq!(pod["spec"]["nodeName"], "n");
@@ -555,7 +502,7 @@ mod tests {
     #[tokio::test]
     async fn discovery_lists_the_binding_subresource() {
         let api = api().await;
-        let (code, list) = api.send(TOKEN, "GET", "/api/v1", None).await;
+        let (code, list) = api.send_token(TOKEN, "GET", "/api/v1", None).await;
         assert_eq!(code, StatusCode::OK);
         let entry = list["resources"]
             .as_array()

@@ -133,12 +133,8 @@ fn eviction_options(body: &Value, name: &str) -> Result<DeleteOptions, ApiError>
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::apiserver::auth::Authenticator;
-    use crate::store::{FjallStore, Store, StoreConfig};
     use k8s_openapi::api::core::v1::Pod;
     use kube::api::{Api, DeleteParams, EvictParams, PostParams};
-    use std::sync::Arc;
-    use tokio_util::sync::CancellationToken;
 
     #[test]
     fn eviction_bodies_name_their_pod() {
@@ -158,22 +154,8 @@ mod tests {
 
     #[tokio::test]
     async fn evicting_a_pod_deletes_it_gracefully_and_answers_201() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(FjallStore::open(StoreConfig::new(dir.path().join("store"))).unwrap());
-        let state = AppState {
-            store,
-            auth: Arc::new(Authenticator::new()),
-            config: Arc::default(),
-            shutdown: CancellationToken::new(),
-        };
-        let client = crate::apiserver::in_process_client(crate::apiserver::router(state));
-        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-        let ns = serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap();
+        let api = crate::apiserver::testing::TestApi::new().await;
+        let client = api.client();
         let pods: Api<Pod> = Api::namespaced(client, "default");
         let pod = |name: &str, node: Option<&str>| -> Pod {
             serde_json::from_value(json!({"metadata": {"name": name},

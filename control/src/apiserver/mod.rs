@@ -155,4 +155,6 @@ pub fn in_process_client(router: Router) -> kube::Client {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;

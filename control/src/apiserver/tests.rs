@@ -1,108 +1,24 @@
 //! Handler tests: the whole router through `oneshot`, on a real store in a temp dir.
 #![allow(clippy::unwrap_used)]
 
-use super::auth::{Authenticator, Identity};
-use super::{ApiConfig, AppState, router};
-use crate::store::{FjallStore, Store, StoreConfig};
+use super::ApiConfig;
+use crate::store::StoreConfig;
 use axum::Router;
 use axum::body::Body;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-const TOKEN: &str = "test-token";
-
-struct Api {
-    router: Router,
-    store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
-}
+use super::testing::{ADMIN_TOKEN as TOKEN, TestApi as Api};
 
 async fn api_with(config: ApiConfig, store_config: impl FnOnce(&mut StoreConfig)) -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sc = StoreConfig::new(dir.path().join("store"));
-    store_config(&mut sc);
-    let store: Arc<dyn Store> = Arc::new(FjallStore::open(sc).unwrap());
-    let auth = Arc::new(Authenticator::new());
-    auth.add_token(TOKEN, Identity::admin());
-    let state = AppState {
-        store: store.clone(),
-        auth,
-        config: Arc::new(config),
-        shutdown: CancellationToken::new(),
-    };
-    let api = Api {
-        router: router(state),
-        store,
-        _dir: dir,
-    };
-    let (code, _) = api
-        .send(
-            "POST",
-            "/api/v1/namespaces",
-            Some(json!({"metadata": {"name": "default"}})),
-        )
-        .await;
-    assert_eq!(code, StatusCode::CREATED);
-    api
+    Api::with(config, store_config).await
 }
 
 async fn api() -> Api {
-    api_with(ApiConfig::default(), |_| {}).await
-}
-
-impl Api {
-    async fn request(&self, req: Request<Body>) -> (StatusCode, Value) {
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.router.clone().oneshot(req))
-            .await
-            .expect("request timed out")
-            .unwrap();
-        let code = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
-        (code, value)
-    }
-
-    async fn send_as(
-        &self,
-        method: &str,
-        uri: &str,
-        content_type: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        self.send_with(TOKEN, method, uri, content_type, body).await
-    }
-
-    /// A request with bearer `token`.
-    async fn send_with(
-        &self,
-        token: &str,
-        method: &str,
-        uri: &str,
-        content_type: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("authorization", format!("Bearer {token}"));
-        if !content_type.is_empty() {
-            req = req.header("content-type", content_type);
-        }
-        let body = body
-            .map(|b| Body::from(b.to_string()))
-            .unwrap_or_else(Body::empty);
-        self.request(req.body(body).unwrap()).await
-    }
-
-    async fn send(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.send_as(method, uri, "application/json", body).await
-    }
+    Api::new().await
 }
 
 fn pod(name: &str, labels: Value) -> Value {
@@ -816,14 +732,9 @@ async fn watch_replays_then_follows_with_selector_transitions() {
 
     // Without a resourceVersion: ADDED for what exists, then live events. The create
     // below may land before or after the watch lists; either way `c` is seen once, after `a`.
-    let router = api.router.clone();
-    let store = api.store.clone();
+    let watcher = api.clone();
     let live = tokio::spawn(async move {
-        let api = Api {
-            router,
-            store,
-            _dir: tempfile::tempdir().unwrap(),
-        };
+        let api = watcher;
         watch_lines(&api, "/api/v1/namespaces/default/pods?watch=1", 2).await
     });
     api.send(

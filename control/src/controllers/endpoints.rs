@@ -1161,9 +1161,6 @@ mod tests {
 #[allow(clippy::unwrap_used)]
 mod live_tests {
     use super::*;
-    use crate::apiserver::auth::Authenticator;
-    use crate::apiserver::{ApiConfig, AppState, in_process_client, router};
-    use crate::store::{FjallStore, StoreConfig};
     use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
     use serde_json::json;
     use std::time::Instant;
@@ -1209,23 +1206,8 @@ mod live_tests {
 
     #[tokio::test]
     async fn slices_follow_pod_readiness_at_once_and_leave_with_the_service() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FjallStore::open(StoreConfig::new(dir.path().join("store"))).unwrap();
-        let state = AppState {
-            store: Arc::new(store),
-            auth: Arc::new(Authenticator::new()),
-            config: Arc::new(ApiConfig::default()),
-            shutdown: CancellationToken::new(),
-        };
-        let client = in_process_client(router(state.clone()));
-        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap(),
-            )
-            .await
-            .unwrap();
+        let api = crate::apiserver::testing::TestApi::new().await;
+        let client = api.client();
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         start(client.clone(), shutdown.clone(), &mut tasks);

@@ -874,7 +874,6 @@ mod tests {
     use super::*;
     use crate::api::kinds::resolve;
     use crate::api::wellknown::NAMESPACE_FINALIZER;
-    use crate::apiserver::AppState;
 
     #[test]
     fn update_keeps_server_fields_and_bumps_generation_on_spec_change() {
@@ -1094,18 +1093,8 @@ mod tests {
     async fn a_deleted_namespace_stays_until_finalized() {
         use k8s_openapi::api::core::v1::Namespace;
         use kube::api::{Api, DeleteParams, PostParams};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store: std::sync::Arc<dyn crate::store::Store> = std::sync::Arc::new(
-            crate::store::FjallStore::open(crate::store::StoreConfig::new(dir.path().join("s")))
-                .expect("store"),
-        );
-        let state = AppState {
-            store,
-            auth: std::sync::Arc::new(crate::apiserver::auth::Authenticator::new()),
-            config: std::sync::Arc::default(),
-            shutdown: tokio_util::sync::CancellationToken::new(),
-        };
-        let client = crate::apiserver::in_process_client(crate::apiserver::router(state));
+        let api = crate::apiserver::testing::TestApi::new().await;
+        let client = api.client();
         let api: Api<Namespace> = Api::all(client);
         let ns: Namespace =
             serde_json::from_value(json!({"metadata": {"name": "team"}})).expect("ns");

@@ -1,0 +1,135 @@
+//! The one harness of the API handler tests: a whole router on a real store in a temp
+//! dir, requests through `oneshot` (every one under a timeout), and an in-process
+//! `kube::Client` on the same router for tests that speak as a client library does.
+
+use super::auth::{Authenticator, Identity};
+use super::{ApiConfig, AppState, router};
+use crate::store::{FjallStore, Store, StoreConfig};
+use axum::Router;
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// The admin's bearer token.
+pub const ADMIN_TOKEN: &str = "test-token";
+
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A router on its own store, with the `default` namespace created.
+#[derive(Clone)]
+pub struct TestApi {
+    pub router: Router,
+    pub state: AppState,
+    pub store: Arc<dyn Store>,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+impl TestApi {
+    /// The default configuration.
+    pub async fn new() -> TestApi {
+        TestApi::with(ApiConfig::default(), |_| {}).await
+    }
+
+    /// `config`, and a store configured by `store_config`.
+    pub async fn with(config: ApiConfig, store_config: impl FnOnce(&mut StoreConfig)) -> TestApi {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sc = StoreConfig::new(dir.path().join("store"));
+        store_config(&mut sc);
+        let store: Arc<dyn Store> = Arc::new(FjallStore::open(sc).expect("store"));
+        let auth = Arc::new(Authenticator::new());
+        auth.add_token(ADMIN_TOKEN, Identity::admin());
+        let state = AppState {
+            store: store.clone(),
+            auth,
+            config: Arc::new(config),
+            shutdown: CancellationToken::new(),
+        };
+        let api = TestApi {
+            router: router(state.clone()),
+            state,
+            store,
+            _dir: Arc::new(dir),
+        };
+        let (code, body) = api
+            .send(
+                "POST",
+                "/api/v1/namespaces",
+                Some(json!({"metadata": {"name": "default"}})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+        api
+    }
+
+    /// Lets `token` in as `identity`.
+    pub fn add_token(&self, token: &str, identity: Identity) {
+        self.state.auth.add_token(token, identity);
+    }
+
+    /// A `kube::Client` on the router, as the control plane's own components use.
+    pub fn client(&self) -> kube::Client {
+        super::in_process_client(self.router.clone())
+    }
+
+    /// Sends `req` and answers the status and the body (JSON, else the text as a string).
+    pub async fn request(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.router.clone().oneshot(req))
+            .await
+            .expect("request timed out")
+            .expect("infallible");
+        let code = resp.status();
+        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, resp.into_body().collect())
+            .await
+            .expect("reading the body timed out")
+            .expect("body")
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+        (code, value)
+    }
+
+    /// A JSON request as the admin.
+    pub async fn send(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.send_as(method, uri, "application/json", body).await
+    }
+
+    /// A request as the admin with the Content-Type `content_type` (none if empty).
+    pub async fn send_as(
+        &self,
+        method: &str,
+        uri: &str,
+        content_type: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.send_with(ADMIN_TOKEN, method, uri, content_type, body)
+            .await
+    }
+
+    /// A request with bearer `token`.
+    pub async fn send_with(
+        &self,
+        token: &str,
+        method: &str,
+        uri: &str,
+        content_type: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {token}"));
+        if !content_type.is_empty() {
+            req = req.header("content-type", content_type);
+        }
+        let body = body
+            .map(|b| Body::from(b.to_string()))
+            .unwrap_or_else(Body::empty);
+        self.request(req.body(body).expect("request")).await
+    }
+}
