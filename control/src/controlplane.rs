@@ -266,7 +266,7 @@ async fn bootstrap_namespaces(router: &axum::Router) -> Result<(), ControlError>
     use kube::api::{Api, PostParams};
     let client = apiserver::in_process_client(router.clone());
     let api: Api<Namespace> = Api::all(client);
-    for name in apiserver::resources::SYSTEM_NAMESPACES {
+    for name in crate::api::wellknown::SYSTEM_NAMESPACES {
         let ns = Namespace {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.to_string()),

@@ -13,10 +13,11 @@ use super::auth::Identity;
 use super::authz::{self, Verb};
 use super::error::ApiError;
 use super::fieldcheck::FieldCheck;
-use super::objects::{decode, json_response, now_rfc3339};
+use super::objects::{json_response, now_rfc3339};
 use super::paging;
 use super::registry::store::{
-    self, DeleteOptions, apply_patch, delete_options_from, list_object, subject, update_with,
+    self, DeleteOptions, MAX_RETRIES, apply_patch, delete_options_from, list_object, subject,
+    update_with,
 };
 use super::registry::subresources::{self, Serve, SubRequest, Subresource};
 use super::request::{
@@ -25,23 +26,15 @@ use super::request::{
 use super::table::{self, Output};
 use super::watch;
 use crate::api::apply;
-use crate::store::StoreError;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{Value, json};
 
-// What other modules (the watch cache) still reach through here.
+// The watch handler still reaches these through here.
 pub use super::registry::store::{Filter, list_prefix};
 pub use super::request::Query;
-pub use crate::api::wellknown::SYSTEM_NAMESPACES;
-
-/// How often a write is retried on a conflict the client did not cause.
-use super::registry::store::MAX_RETRIES;
-
-/// Longest a continued list may take to read the log back to its first page's revision.
-const CONTINUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn dispatch(
     state: AppState,
@@ -186,39 +179,7 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let filter = Filter::from_query(target.kind, query)?;
     let opts = paging::ListOptions::from_query(query)?;
-    let prefix = list_prefix(target);
-    let listed = state
-        .store
-        .list(&prefix)
-        .await
-        .map_err(|e| ApiError::from_store(e, subject(target, "")))?;
-    // A continuation lists the collection as it was at the first page's revision, while
-    // the log still reaches it.
-    let (revision, items) = match &opts.resume {
-        Some(t) if t.revision < state.store.oldest_watchable() => {
-            return Err(ApiError::ContinueExpired);
-        }
-        Some(t) => {
-            let at = tokio::time::timeout(
-                CONTINUE_TIMEOUT,
-                crate::store::list_at(state.store.as_ref(), &prefix, listed, t.revision),
-            )
-            .await
-            .map_err(|_| {
-                ApiError::ServiceUnavailable("reading the list's revision timed out".into())
-            })?;
-            match at {
-                Ok(items) => (t.revision, items),
-                Err(StoreError::Expired { .. }) => return Err(ApiError::ContinueExpired),
-                Err(e) => return Err(ApiError::from_store(e, subject(target, ""))),
-            }
-        }
-        None => (listed.revision, listed.items),
-    };
-    let page = paging::page(&items, &prefix, &opts, |stored| {
-        let obj = decode(stored)?;
-        Ok::<_, ApiError>(filter.matches(&obj).then_some(obj))
-    })?;
+    let (revision, page) = store::list(state, target, &filter, &opts).await?;
     let mut body = match output {
         Output::Objects => list_object(target.kind, page.items, revision),
         Output::Table { version, include } => table::table(

@@ -17,6 +17,7 @@ use super::super::fieldcheck::FieldCheck;
 use super::super::objects::{
     decode, decode_at, encode, meta_str, now_rfc3339, sent_resource_version,
 };
+use super::super::paging;
 use super::super::request::{PATCH_TYPES, Query, Target};
 use crate::api::kinds::ResourceKind;
 use crate::api::selector::{FieldSelector, LabelSelector};
@@ -104,6 +105,54 @@ pub fn list_prefix(target: &Target) -> String {
         target.kind.plural,
         target.namespace.as_deref(),
     )
+}
+
+/// Longest a continued list may take to read the log back to its first page's revision.
+const CONTINUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One page of the collection `target` names, filtered, at the revision it was read at (a
+/// continuation reads the collection as it was at its first page's revision, while the
+/// log still reaches it).
+pub(crate) async fn list(
+    state: &AppState,
+    target: &Target,
+    filter: &Filter,
+    opts: &paging::ListOptions,
+) -> Result<(u64, paging::Page<Value>), ApiError> {
+    let prefix = list_prefix(target);
+    let listed = state
+        .store
+        .list(&prefix)
+        .await
+        .map_err(|e| ApiError::from_store(e, subject(target, "")))?;
+    // A continuation lists the collection as it was at the first page's revision, while
+    // the log still reaches it.
+    let (revision, items) = match &opts.resume {
+        Some(t) if t.revision < state.store.oldest_watchable() => {
+            return Err(ApiError::ContinueExpired);
+        }
+        Some(t) => {
+            let at = tokio::time::timeout(
+                CONTINUE_TIMEOUT,
+                crate::store::list_at(state.store.as_ref(), &prefix, listed, t.revision),
+            )
+            .await
+            .map_err(|_| {
+                ApiError::ServiceUnavailable("reading the list's revision timed out".into())
+            })?;
+            match at {
+                Ok(items) => (t.revision, items),
+                Err(StoreError::Expired { .. }) => return Err(ApiError::ContinueExpired),
+                Err(e) => return Err(ApiError::from_store(e, subject(target, ""))),
+            }
+        }
+        None => (listed.revision, listed.items),
+    };
+    let page = paging::page(&items, &prefix, opts, |stored| {
+        let obj = decode(stored)?;
+        Ok::<_, ApiError>(filter.matches(&obj).then_some(obj))
+    })?;
+    Ok((revision, page))
 }
 
 pub fn list_object(kind: &ResourceKind, items: Vec<Value>, revision: u64) -> Value {
