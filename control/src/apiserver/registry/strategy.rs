@@ -6,7 +6,9 @@
 //! kube-apiserver's generic registry asks a kind's `strategy.go`: what a new object gets
 //! (status reset, generated fields), what an update may change (the spec/status split,
 //! immutable fields), what is valid, what moves `metadata.generation`, how a delete is
-//! held (grace periods, finalizers outside `metadata`), which subresources it has.
+//! held (grace periods, finalizers outside `metadata`), which subresources it has, which
+//! fields a field selector may name, how its lists merge in a strategic merge patch, and
+//! how `kubectl get` prints it (its `Table` columns).
 //!
 //! Every method has the behaviour of a kind with nothing special as its default, so a
 //! strategy states only what differs; [`super::strategies::Plain`] states nothing but
