@@ -22,3 +22,28 @@ pub mod subresources;
 pub use strategies::Plain;
 pub use strategy::{Admitted, Strategy};
 pub use subresources::Subresource;
+
+#[cfg(test)]
+mod tests {
+    use crate::api::kinds::KINDS;
+
+    /// The acceptance rule of the layering: the dispatch and the generic store name no
+    /// kind; what a kind does differently is in its strategy file.
+    #[test]
+    fn the_generic_layers_name_no_kind() {
+        let layers = [
+            ("resources.rs", include_str!("../resources.rs")),
+            ("registry/store.rs", include_str!("store.rs")),
+            ("registry/strategy.rs", include_str!("strategy.rs")),
+            ("registry/subresources.rs", include_str!("subresources.rs")),
+        ];
+        for (file, text) in layers {
+            let code = text.split("#[cfg(test)]").next().unwrap_or(text);
+            for k in KINDS {
+                for name in [format!("\"{}\"", k.kind), format!("\"{}\"", k.plural)] {
+                    assert!(!code.contains(&name), "{file} names the kind {name}");
+                }
+            }
+        }
+    }
+}

@@ -315,7 +315,8 @@ pub(crate) async fn create(
     let name = meta_str(&obj, "name").unwrap_or_default().to_string();
     let ns = meta_str(&obj, "namespace").map(str::to_string);
     if let Some(ns) = &ns {
-        ensure_namespace_open(state, ns).await?;
+        // Namespace lifecycle, as Kubernetes admits it: only into an open namespace.
+        super::strategies::namespace::ensure_open(state, ns).await?;
     }
     // What the kind admits against the cluster's state (addresses it allocates are held
     // until the object is stored, so concurrent creates see each other).
@@ -335,29 +336,6 @@ pub(crate) async fn create(
         .map_err(|e| ApiError::from_store(e, subject(target, &name)))?;
     drop(admitted.held);
     decode(&stored)
-}
-
-/// Objects may be created only in a namespace that exists and is not being deleted.
-async fn ensure_namespace_open(state: &AppState, ns: &str) -> Result<(), ApiError> {
-    let key = object_key("", "namespaces", "", ns);
-    let ns_subject = Subject {
-        group: String::new(),
-        resource: "namespaces".into(),
-        name: ns.to_string(),
-    };
-    match state.store.get(&key).await {
-        Ok(Some(stored)) => {
-            let obj = decode(&stored)?;
-            if meta_str(&obj, "deletionTimestamp").is_some() {
-                return Err(ApiError::Forbidden(format!(
-                    "unable to create new content in namespace {ns} because it is being terminated"
-                )));
-            }
-            Ok(())
-        }
-        Ok(None) => Err(ApiError::not_found(ns_subject)),
-        Err(e) => Err(ApiError::from_store(e, ns_subject)),
-    }
 }
 
 /// Builds the object an update stores from the current object and the one the client

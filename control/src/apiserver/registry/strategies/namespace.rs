@@ -13,10 +13,10 @@ use crate::api::strategic;
 use crate::api::validation;
 use crate::api::wellknown::{NAMESPACE_FINALIZER, SYSTEM_NAMESPACES};
 use crate::apiserver::AppState;
-use crate::apiserver::error::ApiError;
-use crate::apiserver::objects::{decode, json_response};
+use crate::apiserver::error::{ApiError, Subject};
+use crate::apiserver::objects::{decode, json_response, meta_str};
 use crate::apiserver::request::{JSON, Target, read_json};
-use crate::store::StoreError;
+use crate::store::{StoreError, object_key};
 use axum::response::Response;
 use futures::future::BoxFuture;
 use http::{Method, StatusCode};
@@ -228,5 +228,28 @@ fn set_spec_finalizers(obj: &mut Value, finalizers: Option<Value>) {
                 spec.remove("finalizers");
             }
         }
+    }
+}
+
+/// Objects may be created only in a namespace that exists and is not being deleted.
+pub(crate) async fn ensure_open(state: &AppState, ns: &str) -> Result<(), ApiError> {
+    let key = object_key("", "namespaces", "", ns);
+    let ns_subject = Subject {
+        group: String::new(),
+        resource: "namespaces".into(),
+        name: ns.to_string(),
+    };
+    match state.store.get(&key).await {
+        Ok(Some(stored)) => {
+            let obj = decode(&stored)?;
+            if meta_str(&obj, "deletionTimestamp").is_some() {
+                return Err(ApiError::Forbidden(format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                )));
+            }
+            Ok(())
+        }
+        Ok(None) => Err(ApiError::not_found(ns_subject)),
+        Err(e) => Err(ApiError::from_store(e, ns_subject)),
     }
 }
