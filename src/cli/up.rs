@@ -61,6 +61,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // The laptop flow: the node's user is the cluster's user, so local paths work unless
     // restricted with --image-dir.
     let local_images = args.images.local_images(true);
+    let registries = args.images.registries()?;
     eprintln!("wharf up: {}", local_images_note(&local_images));
     let mut nodes = Vec::new();
     for i in 1..=args.nodes.max(1) {
@@ -71,6 +72,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let started = start_node(
             config,
             local_images.clone(),
+            registries.clone(),
             plane.client(),
             shutdown.clone(),
         )

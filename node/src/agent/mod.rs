@@ -15,6 +15,7 @@ pub mod env;
 pub mod http_limits;
 pub mod node_object;
 pub mod probes;
+pub mod pull;
 pub mod restart;
 pub mod status;
 pub mod volumes;
