@@ -340,9 +340,11 @@ async fn wait_pull_failure(cluster: &Cluster, name: &str, needles: &[&str]) -> S
                 && needles.iter().all(|n| message.contains(n))
         })
         .await;
-    container(&pod)
+    let message = container(&pod)
         .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.message.clone())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    eprintln!("{name}: {message}");
+    message
 }
 
 fn image_id(pod: &Pod) -> String {
@@ -422,6 +424,7 @@ async fn registry_images_run_by_tag_and_by_digest_and_failed_pulls_name_their_ca
     )
     .await;
     let pulled = wait_event(&client, "by-tag", "Pulled", "Successfully pulled image").await;
+    eprintln!("by-tag: {pulled}");
     assert!(
         pulled.contains(&format!("Image size: {} bytes.", wasm.len()))
             && pulled.contains("including waiting"),
@@ -506,9 +509,9 @@ async fn registry_images_run_by_tag_and_by_digest_and_failed_pulls_name_their_ca
     let m = wait_pull_failure(&cluster, "wrong-digest", &["manifest unknown"]).await;
     assert!(m.contains(&wrong), "{m}");
     wait_pull_failure(&cluster, "missing-tag", &["manifest unknown"]).await;
-    let m = wait_pull_failure(&cluster, "no-credentials", &["Not authorized"]).await;
+    let m = wait_pull_failure(&cluster, "no-credentials", &["401 Unauthorized"]).await;
     assert!(m.contains(&registry.addr), "{m}");
-    wait_pull_failure(&cluster, "bad-credentials", &["Not authorized"]).await;
+    wait_pull_failure(&cluster, "bad-credentials", &["401 Unauthorized"]).await;
     let m = wait_pull_failure(
         &cluster,
         "not-wasm",

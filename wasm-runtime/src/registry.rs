@@ -644,6 +644,30 @@ fn remote_err(host: &str, e: oci_client::errors::OciDistributionError) -> Regist
             }
             m
         }
+        // The registry's own words (`manifest unknown`, `unauthorized`), with the request.
+        E::RegistryError { envelope, url } => {
+            let errors: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|e| {
+                    let code = serde_json::to_value(&e.code)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    format!("{} ({code})", e.message)
+                })
+                .collect();
+            return RegistryError::Remote(format!("GET {url}: {}", errors.join("; ")));
+        }
+        E::UnauthorizedError { url } => {
+            return RegistryError::Remote(format!(
+                "GET {url}: 401 Unauthorized: the registry needs credentials (imagePullSecrets) \
+                 or refused the ones given"
+            ));
+        }
+        E::ServerError { code, url, message } => {
+            return RegistryError::Remote(format!("GET {url}: HTTP {code}: {}", message.trim()));
+        }
         _ => e.to_string(),
     };
     RegistryError::Remote(format!("{host}: {message}"))
