@@ -34,10 +34,38 @@ struct Registry {
     _child: Child,
     addr: String,
     dir: PathBuf,
+    /// The test CA's certificate (PEM file) when the registry serves TLS.
+    ca: Option<PathBuf>,
+}
+
+/// A CA and a serving certificate for 127.0.0.1 signed by it, written to `dir`: (CA
+/// certificate, serving certificate, serving key) paths.
+fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "wharf test registry CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
 }
 
 impl Registry {
-    async fn start(dir: &Path) -> Registry {
+    /// Starts a registry over plain HTTP (`tls` false) or over TLS with a test CA.
+    async fn start(dir: &Path, tls: bool) -> Registry {
         let dir = dir.join("registry");
         std::fs::create_dir_all(&dir).unwrap();
         let made = std::process::Command::new("htpasswd")
@@ -49,11 +77,22 @@ impl Registry {
             .expect("htpasswd (apache2-utils) is needed: run scripts/deps");
         assert!(made.success());
         let addr = format!("127.0.0.1:{}", free_port());
+        let (ca, tls_config) = if tls {
+            let (ca, cert, key) = test_ca(&dir);
+            let config = format!(
+                ", tls: {{certificate: {}, key: {}}}",
+                cert.display(),
+                key.display()
+            );
+            (Some(ca), config)
+        } else {
+            (None, String::new())
+        };
         let config = format!(
             "version: 0.1\n\
              log: {{level: info, accesslog: {{disabled: false}}}}\n\
              storage: {{filesystem: {{rootdirectory: {root}}}, delete: {{enabled: true}}}}\n\
-             http: {{addr: {addr}}}\n\
+             http: {{addr: {addr}{tls_config}}}\n\
              auth: {{htpasswd: {{realm: wharf-test, path: {htpasswd}}}}}\n",
             root = dir.join("storage").display(),
             htpasswd = dir.join("htpasswd").display(),
@@ -73,15 +112,11 @@ impl Registry {
             _child: child,
             addr,
             dir,
+            ca,
         };
-        let sock = registry.addr.parse().unwrap();
-        within("the registry to answer", async {
-            loop {
-                if let Ok((status, _)) = common::http_get(sock, "/v2/").await
-                    && status == 401
-                {
-                    return;
-                }
+        let sock: std::net::SocketAddr = registry.addr.parse().unwrap();
+        within("the registry to listen", async {
+            while tokio::net::TcpStream::connect(sock).await.is_err() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
@@ -113,17 +148,22 @@ impl Registry {
         format!("{}/{image}", self.addr)
     }
 
-    /// A `--registries` file: this registry over plain HTTP.
+    /// A `--registries` file: this registry over plain HTTP, or over TLS trusting the test
+    /// CA.
     fn registries_file(&self, dir: &Path) -> PathBuf {
         let path = dir.join("registries.yaml");
-        std::fs::write(
-            &path,
-            format!(
+        let text = match &self.ca {
+            None => format!(
                 "mirrors:\n  \"{a}\":\n    endpoint: [\"http://{a}\"]\n",
                 a = self.addr
             ),
-        )
-        .unwrap();
+            Some(ca) => format!(
+                "configs:\n  \"{a}\":\n    tls: {{ca_file: {ca}}}\n",
+                a = self.addr,
+                ca = ca.display()
+            ),
+        };
+        std::fs::write(&path, text).unwrap();
         path
     }
 
@@ -357,7 +397,7 @@ fn image_id(pod: &Pod) -> String {
 async fn registry_images_run_by_tag_and_by_digest_and_failed_pulls_name_their_cause() {
     build_samples().await;
     let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::start(dir.path()).await;
+    let registry = Registry::start(dir.path(), false).await;
     let wasm = std::fs::read(sample("ticker", "ticker")).unwrap();
 
     let artifact_dir = dir.path().join("artifact");
@@ -559,10 +599,11 @@ async fn registry_images_run_by_tag_and_by_digest_and_failed_pulls_name_their_ca
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twenty_pods_of_one_new_image_download_it_once() {
+async fn twenty_pods_of_one_new_image_download_it_once_over_tls_with_the_nodes_ca() {
     build_samples().await;
     let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::start(dir.path()).await;
+    // TLS with a CA only the node's --registries file names (no plain-HTTP endpoint).
+    let registry = Registry::start(dir.path(), true).await;
     let wasm = std::fs::read(sample("ticker", "ticker")).unwrap();
     let artifact_dir = dir.path().join("artifact");
     let (manifest, layer) = wasm_artifact(&artifact_dir, &wasm);
