@@ -758,7 +758,7 @@ async fn start_container(
     };
     let pulled = ctx.runtime.pull_with(&image_ref, &options).await;
     let (kind, reason, message) = match &pulled {
-        Ok(p) if present || !p.fetched && policy != PullPolicy::Always => (
+        Ok(_) if present => (
             EventType::Normal,
             "Pulled",
             format!("Container image {image_ref:?} already present on machine"),
