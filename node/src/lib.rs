@@ -15,3 +15,10 @@ pub mod dns;
 pub mod proxy;
 pub mod reachability;
 pub mod tunnel;
+
+/// The runtime's id for a container of a pod: stable across restarts of the container
+/// (its log attempts are numbered by restart count) and unique per pod instance. The
+/// kubelet names containers with it and the node server finds their logs by it.
+pub fn container_id(pod_uid: &str, container: &str) -> String {
+    format!("{pod_uid}_{container}")
+}

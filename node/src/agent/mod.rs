@@ -142,7 +142,7 @@ pub struct NodeContext {
     /// The sockets the pods with an address here declare (what the tunnel admits).
     pub sockets: Arc<PodSockets>,
     /// Pods this node runs, by `namespace/name`, for the log server.
-    pub pods: Mutex<HashMap<String, Arc<Pod>>>,
+    pub pods: daemon::PodIndex,
     /// The proxy's counters and the Service names pods resolve.
     pub services: Arc<proxy::Shared>,
     /// Records the node's Events about pods (probe failures, kills), as `wharf-node`.
@@ -273,7 +273,7 @@ pub async fn start(
         runtime,
         addresses: Mutex::new(addresses),
         sockets: Arc::default(),
-        pods: Mutex::new(HashMap::new()),
+        pods: Arc::default(),
         services: Arc::new(proxy::Shared::new(&config.cluster_domain)),
         events: Recorder::new(client.clone(), EVENT_SOURCE).with_host(&config.node_name),
         tunnel: tunnel_metrics.clone(),
@@ -314,7 +314,14 @@ pub async fn start(
             shutdown.clone(),
         ));
     }
-    tasks.spawn(daemon::serve(listener, ctx.clone(), proxy_token));
+    let daemon_ctx = Arc::new(daemon::DaemonContext {
+        runtime: ctx.runtime.clone(),
+        pods: ctx.pods.clone(),
+        services: ctx.services.clone(),
+        tunnel: ctx.tunnel.clone(),
+        shutdown: shutdown.clone(),
+    });
+    tasks.spawn(daemon::serve(listener, daemon_ctx, proxy_token));
     tasks.spawn(heartbeat(ctx.clone(), facts));
     tasks.spawn(renew_lease(ctx.clone()));
     tasks.spawn(watch_pods(ctx.clone()));

@@ -53,11 +53,7 @@ use wharf_runtime::{
 /// separated), or `*` for any. Without it a pod has no network access.
 pub const ALLOW_HOSTS_ANNOTATION: &str = "wharf.dev/allow-hosts";
 
-/// The runtime's id for a container of a pod: stable across restarts of the container
-/// (its log attempts are numbered by restart count) and unique per pod instance.
-pub fn container_id(pod_uid: &str, container: &str) -> String {
-    format!("{pod_uid}_{container}")
-}
+pub use crate::container_id;
 
 struct Running {
     container: Arc<Container>,
