@@ -11,11 +11,11 @@ use anyhow::Context;
 use clap::Args;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use wharf_node::agent::{self, Agent, AgentConfig};
-use wharf_runtime::{LocalImages, PoolingConfig, Registries, RegistryHost, Runtime, RuntimeConfig};
+use wharf_node::agent::AgentConfig;
+use wharf_node::{NodeConfig, NodeHandle};
+use wharf_runtime::{LocalImages, Registries, RegistryHost};
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
@@ -249,7 +249,7 @@ fn default_tunnel_port(address: IpAddr) -> Option<u16> {
 pub const DEFAULT_TUNNEL_PORT: u16 = 10251;
 
 /// How a started node describes its tunnel in the start-up line.
-pub fn tunnel_note(agent: &Agent) -> String {
+pub fn tunnel_note(agent: &NodeHandle) -> String {
     match agent.tunnel_addr {
         Some(addr) => format!("tunnel on {addr}"),
         None => "no tunnel".to_string(),
@@ -287,7 +287,7 @@ impl ServiceArgs {
 }
 
 /// How a started node describes its DNS in the start-up line.
-pub fn dns_note(agent: &Agent) -> String {
+pub fn dns_note(agent: &NodeHandle) -> String {
     match agent.dns_addr {
         Some(addr) => format!("DNS on {addr}"),
         None => "no DNS".to_string(),
@@ -311,35 +311,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Creates a node's runtime and starts its agent.
+/// Starts a node from its configuration (see `wharf_node::start`), naming it in errors.
 pub async fn start_node(
-    config: AgentConfig,
-    local_images: LocalImages,
-    registries: Registries,
+    config: NodeConfig,
     client: kube::Client,
     shutdown: CancellationToken,
-) -> anyhow::Result<(Agent, Arc<Runtime>)> {
-    let runtime_dir = config.data_dir.join("runtime");
-    let runtime = tokio::task::spawn_blocking(move || {
-        let mut runtime_config = RuntimeConfig::new(runtime_dir);
-        runtime_config.local_images = local_images;
-        runtime_config.registries = registries;
-        // As many instance slots as the machine's memory holds (shown in the Node's
-        // capacity as wharf.dev/instances).
-        runtime_config.pooling = Some(PoolingConfig::for_memory(
-            wharf_node::agent::node_object::host_memory_bytes(),
-        ));
-        Runtime::new(runtime_config)
-    })
-    .await
-    .context("starting the wasm runtime")?
-    .context("starting the wasm runtime")?;
-    let runtime = Arc::new(runtime);
-    let name = config.node_name.clone();
-    let agent = agent::start(config, client, runtime.clone(), shutdown)
+) -> anyhow::Result<NodeHandle> {
+    let name = config.agent.node_name.clone();
+    wharf_node::start(config, client, shutdown)
         .await
-        .with_context(|| format!("starting node {name}"))?;
-    Ok((agent, runtime))
+        .with_context(|| format!("starting node {name}"))
 }
 
 pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<()> {
@@ -349,7 +330,8 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     };
     // With a join token, the node's own credential (obtained once, renewed before it expires).
     let node_client = node_credential::connect(kubeconfig, &args.name, &data_dir).await?;
-    let mut config = AgentConfig::new(&args.name, data_dir);
+    let mut node_config = NodeConfig::new(&args.name, data_dir);
+    let config = &mut node_config.agent;
     config.address = args.address;
     config.daemon_listen = SocketAddr::new(args.address, args.port);
     config.tunnel_port = match args.tunnel_port {
@@ -360,23 +342,17 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     config.mirrors = true;
     config.allow_host_path = args.allow_host_path;
     config.backoff.base = args.backoff;
-    args.services.apply(&mut config);
+    args.services.apply(config);
     let shutdown = CancellationToken::new();
     let local_images = args.images.local_images(false);
-    let registries = args.images.registries()?;
     eprintln!("wharf node: {}", local_images_note(&local_images));
+    node_config.runtime.local_images = local_images;
+    node_config.runtime.registries = args.images.registries()?;
     let renewal = node_client
         .renewer
         .map(|r| tokio::spawn(r.run(shutdown.clone())));
-    let started = start_node(
-        config,
-        local_images,
-        registries,
-        node_client.client,
-        shutdown.clone(),
-    )
-    .await;
-    let (agent, runtime) = match started {
+    let started = start_node(node_config, node_client.client, shutdown.clone()).await;
+    let agent = match started {
         Ok(n) => n,
         Err(e) => {
             shutdown.cancel();
@@ -394,11 +370,10 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     shutdown_signal().await.context("listening for signals")?;
     tracing::info!("shutting down");
     shutdown.cancel();
-    agent.wait().await;
+    agent.wait(Duration::from_secs(5)).await;
     if let Some(renewal) = renewal {
         let _ = renewal.await;
     }
-    runtime.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
 
