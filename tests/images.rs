@@ -31,7 +31,7 @@ fn sha(bytes: &[u8]) -> String {
 
 /// A `docker-registry serve` process with htpasswd auth; killed when dropped.
 struct Registry {
-    _child: Child,
+    child: Child,
     addr: String,
     dir: PathBuf,
     /// The test CA's certificate (PEM file) when the registry serves TLS.
@@ -109,7 +109,7 @@ impl Registry {
             .spawn()
             .expect("docker-registry is needed: run scripts/deps");
         let registry = Registry {
-            _child: child,
+            child,
             addr,
             dir,
             ca,
@@ -122,6 +122,14 @@ impl Registry {
         })
         .await;
         registry
+    }
+
+    /// Kills the registry and waits for it to be gone.
+    async fn stop(mut self) {
+        self.child.start_kill().unwrap();
+        within("the registry to exit", self.child.wait())
+            .await
+            .unwrap();
     }
 
     fn log(&self) -> String {
@@ -644,5 +652,48 @@ async fn twenty_pods_of_one_new_image_download_it_once_over_tls_with_the_nodes_c
         "20 pods pulling one new image downloaded its layer more than once:\n{}",
         registry.log()
     );
+    cluster.terminate().await;
+}
+
+/// The node's image store outlives the node: after `wharf up` is killed and the registry is
+/// gone, the restarted node brings its pod back from the stored image (IfNotPresent), and
+/// a new pod with `imagePullPolicy: Never` runs from it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pulled_image_outlives_a_node_restart_without_the_registry() {
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(dir.path(), false).await;
+    let wasm = std::fs::read(sample("ticker", "ticker")).unwrap();
+    let artifact_dir = dir.path().join("artifact");
+    let (manifest, _) = wasm_artifact(&artifact_dir, &wasm);
+    registry.push(&artifact_dir, "1.0", "wasm/ticker:1.0").await;
+    let registries = registry.registries_file(dir.path());
+    let cluster_dir = dir.path().join("cluster");
+    std::fs::create_dir_all(&cluster_dir).unwrap();
+    let flags = ["--registries", registries.to_str().unwrap()];
+    let mut cluster = Cluster::up_with(&cluster_dir, 1, &flags).await;
+    pull_secret(&cluster.client, "regcred", &registry.addr, PASSWORD).await;
+    let image = registry.image("wasm/ticker:1.0");
+    ticker_pod(&cluster.client, "kept", &image, Some("regcred")).await;
+    let pod = cluster
+        .wait_pod("kept", "running", POD_TIMEOUT, running)
+        .await;
+    let id = format!("{}@sha256:{manifest}", registry.image("wasm/ticker"));
+    assert_eq!(image_id(&pod), id);
+
+    cluster.kill().await;
+    registry.stop().await;
+    let cluster = Cluster::up_with(&cluster_dir, 1, &flags).await;
+    let pod = cluster
+        .wait_pod("kept", "running again", POD_TIMEOUT, |p| {
+            running(p) && common::restart_count(p) >= 1
+        })
+        .await;
+    assert_eq!(image_id(&pod), id);
+    ticker_pod_with(&cluster.client, "never", &id, None, Some("Never")).await;
+    let pod = cluster
+        .wait_pod("never", "running", POD_TIMEOUT, running)
+        .await;
+    assert_eq!(image_id(&pod), id);
     cluster.terminate().await;
 }
