@@ -697,3 +697,27 @@ async fn a_pulled_image_outlives_a_node_restart_without_the_registry() {
     assert_eq!(image_id(&pod), id);
     cluster.terminate().await;
 }
+
+/// A registry that accepts connections and never answers: the pull fails when
+/// `--image-pull-timeout` runs out, with `ErrImagePull` saying so, and the node stays Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registry_that_hangs_fails_the_pull_at_the_pull_timeout() {
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hang.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            open.push(s);
+        }
+    });
+    let cluster = Cluster::up_with(dir.path(), 1, &["--image-pull-timeout", "2s"]).await;
+    let image = format!("{addr}/wasm/hang:1.0");
+    ticker_pod(&cluster.client, "hangs", &image, None).await;
+    let m = wait_pull_failure(&cluster, "hangs", &["timed out after 2s"]).await;
+    assert!(m.contains(&image), "{m}");
+    common::wait_node_ready(&cluster.client, "node-1", TIMEOUT).await;
+    held.abort();
+    cluster.terminate().await;
+}

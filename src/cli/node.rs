@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wharf_node::agent::AgentConfig;
 use wharf_node::{NodeConfig, NodeHandle};
-use wharf_runtime::{LocalImages, Registries, RegistryHost};
+use wharf_runtime::{LocalImages, Registries, RegistryHost, RuntimeConfig};
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
@@ -62,6 +62,9 @@ pub struct ImageArgs {
     /// Registry mirrors, credentials, CAs and plain-HTTP endpoints (a registries.yaml)
     #[arg(long, value_name = "FILE")]
     registries: Option<PathBuf>,
+    /// Longest an image pull may take (fetch and compile) before it fails with ErrImagePull
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    image_pull_timeout: Duration,
 }
 
 impl ImageArgs {
@@ -185,6 +188,19 @@ fn parse_registries(text: &str, base: &std::path::Path) -> anyhow::Result<Regist
 }
 
 impl ImageArgs {
+    /// Sets what these flags say in a node's runtime configuration (the local-image policy
+    /// is passed separately: `wharf up` and `wharf node` default it differently).
+    pub fn apply(
+        &self,
+        runtime: &mut RuntimeConfig,
+        local_images: LocalImages,
+    ) -> anyhow::Result<()> {
+        runtime.local_images = local_images;
+        runtime.registries = self.registries()?;
+        runtime.pull_timeout = self.image_pull_timeout;
+        Ok(())
+    }
+
     /// The node's registry configuration: the `--registries` file, or none.
     pub fn registries(&self) -> anyhow::Result<Registries> {
         let Some(path) = &self.registries else {
@@ -346,8 +362,7 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     let shutdown = CancellationToken::new();
     let local_images = args.images.local_images(false);
     eprintln!("wharf node: {}", local_images_note(&local_images));
-    node_config.runtime.local_images = local_images;
-    node_config.runtime.registries = args.images.registries()?;
+    args.images.apply(&mut node_config.runtime, local_images)?;
     let renewal = node_client
         .renewer
         .map(|r| tokio::spawn(r.run(shutdown.clone())));
@@ -388,6 +403,7 @@ mod tests {
             image_dirs: dirs.iter().map(PathBuf::from).collect(),
             allow_any_local_image: any,
             registries: None,
+            image_pull_timeout: Duration::from_secs(300),
         };
         // `wharf node`: none unless flagged.
         assert_eq!(

@@ -61,7 +61,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // The laptop flow: the node's user is the cluster's user, so local paths work unless
     // restricted with --image-dir.
     let local_images = args.images.local_images(true);
-    let registries = args.images.registries()?;
+    // Read once, before anything starts: a bad --registries file stops `wharf up` at once.
+    args.images.registries()?;
     eprintln!("wharf up: {}", local_images_note(&local_images));
     let mut nodes = Vec::new();
     for i in 1..=args.nodes.max(1) {
@@ -69,8 +70,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let mut config = NodeConfig::new(&name, data_dir.join("nodes").join(&name));
         config.agent.backoff.base = args.backoff;
         args.services.apply(&mut config.agent);
-        config.runtime.local_images = local_images.clone();
-        config.runtime.registries = registries.clone();
+        args.images
+            .apply(&mut config.runtime, local_images.clone())?;
         let started = start_node(config, plane.client(), shutdown.clone()).await;
         let agent = match started {
             Ok(n) => n,
