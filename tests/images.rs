@@ -493,6 +493,40 @@ async fn registry_images_run_by_tag_and_by_digest_and_failed_pulls_name_their_ca
         "the layer was downloaded once for both pods"
     );
 
+    // The Node lists the image under the names the scheduler's image locality looks up:
+    // the tag reference, the registry image ID and the manifest digest.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let wanted = [
+        by_tag.clone(),
+        by_digest.clone(),
+        format!("sha256:{manifest}"),
+    ];
+    let mut listed = Vec::new();
+    let found = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let node = nodes.get_status("node-1").await.unwrap();
+            listed = node
+                .status
+                .and_then(|s| s.images)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| i.names.unwrap_or_default())
+                .collect::<Vec<_>>();
+            if listed
+                .iter()
+                .any(|names| wanted.iter().all(|w| names.contains(w)))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "status.images never named {wanted:?}: {listed:?}"
+    );
+
     // The wasi/wasm platform image: an index, a tar+gzip layer.
     let wasi = registry.image("wasi/ticker:1.0");
     ticker_pod(&client, "wasi-image", &wasi, Some("regcred")).await;

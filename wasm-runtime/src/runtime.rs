@@ -171,6 +171,9 @@ struct Inner {
     registries: RegistryClients,
     /// Serializes pulls per registry reference and downloads per blob digest.
     pull_locks: KeyedLocks,
+    /// The names each held image was pulled by (references, registry image IDs, digests),
+    /// by the digest of its `.wasm`: what a Node's `status.images` lists.
+    names: Mutex<HashMap<Digest, std::collections::BTreeSet<String>>>,
     /// One cell per digest: concurrent pulls of one image share one compile.
     images: Mutex<HashMap<Digest, Arc<OnceCell<Arc<Image>>>>>,
     /// Log progress of running containers, by id, for followers.
@@ -261,6 +264,7 @@ impl Runtime {
                 http: http_client(),
                 registries,
                 pull_locks: KeyedLocks::default(),
+                names: Mutex::new(HashMap::new()),
                 images: Mutex::new(HashMap::new()),
                 live_logs: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
@@ -357,6 +361,16 @@ impl Runtime {
             })
             .await?
             .clone();
+        {
+            let mut names = lock(&self.inner.names);
+            let names = names.entry(fetched.digest).or_default();
+            names.insert(parsed.original.trim().to_string());
+            names.insert(fetched.digest.to_string());
+            if let Some((_, hex)) = fetched.image_id.rsplit_once("@sha256:") {
+                names.insert(fetched.image_id.clone());
+                names.insert(format!("sha256:{hex}"));
+            }
+        }
         Ok(Pulled {
             image,
             image_id: fetched.image_id,
@@ -743,7 +757,18 @@ impl Runtime {
     /// Drops the in-memory compiled image for `digest` (running containers keep theirs); a
     /// later pull loads the artifact from the disk cache again. Returns whether it was held.
     pub fn forget_image(&self, digest: &Digest) -> bool {
+        lock(&self.inner.names).remove(digest);
         lock(&self.inner.images).remove(digest).is_some()
+    }
+
+    /// The names a held image was pulled by: each reference as written, and for registry
+    /// images `REGISTRY/REPO@sha256:<manifest>` and `sha256:<manifest>`, plus the
+    /// `.wasm`'s own digest; sorted.
+    pub fn image_names(&self, digest: &Digest) -> Vec<String> {
+        lock(&self.inner.names)
+            .get(digest)
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_else(|| vec![digest.to_string()])
     }
 
     /// The images pulled and compiled, held in memory (what a node reports in

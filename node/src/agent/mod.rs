@@ -199,10 +199,12 @@ async fn heartbeat(ctx: Arc<NodeContext>, facts: NodeFacts) {
         let mut status =
             node_object::node_status(&facts, true, previous.as_ref(), jiff::Timestamp::now());
         // The compiled modules this node holds, for the scheduler's image locality.
-        status.images =
-            Some(node_object::node_images(ctx.runtime.images().iter().map(
-                |i| (i.reference().to_string(), i.digest().to_string(), i.size()),
-            )));
+        status.images = Some(node_object::node_images(
+            ctx.runtime
+                .images()
+                .iter()
+                .map(|i| (ctx.runtime.image_names(&i.digest()), i.size())),
+        ));
         let patch = Patch::Merge(serde_json::json!({"status": status}));
         match nodes
             .patch_status(&facts.name, &PatchParams::default(), &patch)
