@@ -732,26 +732,89 @@ async fn a_pulled_image_outlives_a_node_restart_without_the_registry() {
     cluster.terminate().await;
 }
 
-/// A registry that accepts connections and never answers: the pull fails when
-/// `--image-pull-timeout` runs out, with `ErrImagePull` saying so, and the node stays Ready.
+/// Transport: a registry reached through a mirror endpoint (`mirrors` in `--registries`),
+/// with the pod's credential for the mirror's host; a plain-HTTP registry that is not
+/// listed is spoken to over TLS only, and fails; a registry that accepts connections and
+/// never answers fails the pull when `--image-pull-timeout` runs out. The node stays Ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_registry_that_hangs_fails_the_pull_at_the_pull_timeout() {
+async fn mirrors_plain_http_only_when_listed_and_a_hanging_registry_times_out() {
     build_samples().await;
     let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(dir.path(), false).await;
+    let wasm = std::fs::read(sample("ticker", "ticker")).unwrap();
+    let artifact_dir = dir.path().join("artifact");
+    let (manifest, _) = wasm_artifact(&artifact_dir, &wasm);
+    registry.push(&artifact_dir, "1.0", "wasm/ticker:1.0").await;
     let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = hang.local_addr().unwrap();
+    let hang_addr = hang.local_addr().unwrap();
     let held = tokio::spawn(async move {
         let mut open = Vec::new();
         while let Ok((s, _)) = hang.accept().await {
             open.push(s);
         }
     });
-    let cluster = Cluster::up_with(dir.path(), 1, &["--image-pull-timeout", "2s"]).await;
-    let image = format!("{addr}/wasm/hang:1.0");
-    ticker_pod(&cluster.client, "hangs", &image, None).await;
+    let registries = dir.path().join("registries.yaml");
+    std::fs::write(
+        &registries,
+        format!(
+            "mirrors:\n  mirror.invalid:\n    endpoint: [\"http://{}\"]\n",
+            registry.addr
+        ),
+    )
+    .unwrap();
+    let cluster_dir = dir.path().join("cluster");
+    std::fs::create_dir_all(&cluster_dir).unwrap();
+    let cluster = Cluster::up_with(
+        &cluster_dir,
+        1,
+        &[
+            "--registries",
+            registries.to_str().unwrap(),
+            "--image-pull-timeout",
+            "2s",
+        ],
+    )
+    .await;
+    let client = cluster.client.clone();
+    pull_secret(&client, "regcred", &registry.addr, PASSWORD).await;
+
+    // Through the mirror: the image keeps the name the pod gave it.
+    ticker_pod(
+        &client,
+        "mirrored",
+        "mirror.invalid/wasm/ticker:1.0",
+        Some("regcred"),
+    )
+    .await;
+    let pod = cluster
+        .wait_pod("mirrored", "running", POD_TIMEOUT, running)
+        .await;
+    assert_eq!(
+        image_id(&pod),
+        format!("mirror.invalid/wasm/ticker@sha256:{manifest}")
+    );
+
+    // The same registry by its own name: not listed as plain HTTP, so TLS, which fails.
+    ticker_pod_with(
+        &client,
+        "not-listed",
+        &registry.image("wasm/ticker:1.0"),
+        Some("regcred"),
+        Some("Always"),
+    )
+    .await;
+    wait_pull_failure(
+        &cluster,
+        "not-listed",
+        &[&format!("https://{}/", registry.addr)],
+    )
+    .await;
+
+    let image = format!("{hang_addr}/wasm/hang:1.0");
+    ticker_pod(&client, "hangs", &image, None).await;
     let m = wait_pull_failure(&cluster, "hangs", &["timed out after 2s"]).await;
     assert!(m.contains(&image), "{m}");
-    common::wait_node_ready(&cluster.client, "node-1", TIMEOUT).await;
+    common::wait_node_ready(&client, "node-1", TIMEOUT).await;
     held.abort();
     cluster.terminate().await;
 }
