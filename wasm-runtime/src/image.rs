@@ -21,10 +21,10 @@
 //! name any file the node can read (a token, a key) and have it copied into the blob store
 //! with its digest shown in the pod's status.
 //!
-//! `https://` references are refused with a clear error: this build carries no TLS client,
-//! to keep the node small and its build fast (see the crate docs). Serve images over plain
-//! HTTP inside a trusted network, or pin them with `@sha256:` so that the transport does not
-//! matter for integrity.
+//! `https://` URL references are refused with a clear error: images that travel over TLS
+//! come from registries (see `registry`), which verify every blob against its digest. Serve
+//! URL images over plain HTTP inside a trusted network, and pin them with `@sha256:` so
+//! that the transport does not matter for integrity.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -461,8 +461,9 @@ pub(crate) fn parse_reference(reference: &str) -> Result<Reference, ImagePullErr
     } else if location.starts_with("https://") {
         return Err(ImagePullError::UnsupportedScheme {
             reference: reference.to_string(),
-            reason: "https:// is not supported by this build (it has no TLS client); use \
-                     http:// (pin it with @sha256: for integrity) or a local path"
+            reason: "https:// URLs are not supported; push the image to a registry and \
+                     name it REGISTRY/REPO:TAG (pulled over TLS), or use http:// (pin it \
+                     with @sha256: for integrity) or a local path"
                 .to_string(),
         });
     } else if location.starts_with("http://") {
