@@ -125,6 +125,25 @@ struct Fetched {
     waited: Duration,
 }
 
+/// Why pulling from one registry endpoint failed: the registry (its answer or its
+/// content; a remote failure lets the next endpoint try), or the node itself.
+enum WalkError {
+    Registry(RegistryError),
+    Node(ImagePullError),
+}
+
+impl From<RegistryError> for WalkError {
+    fn from(e: RegistryError) -> Self {
+        WalkError::Registry(e)
+    }
+}
+
+impl From<ImagePullError> for WalkError {
+    fn from(e: ImagePullError) -> Self {
+        WalkError::Node(e)
+    }
+}
+
 /// Counters of the image pipeline.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RuntimeStats {
@@ -589,9 +608,9 @@ impl Runtime {
                     });
                 }
                 // Content that is wrong is wrong everywhere: no point asking a fallback.
-                Err(Ok(e @ RegistryError::Content(_))) => return Err(wrap(e)),
-                Err(Ok(e)) => failures.push(e.to_string()),
-                Err(Err(e)) => return Err(e),
+                Err(WalkError::Registry(e @ RegistryError::Content(_))) => return Err(wrap(e)),
+                Err(WalkError::Registry(e)) => failures.push(e.to_string()),
+                Err(WalkError::Node(e)) => return Err(e),
             }
         }
         Err(wrap(RegistryError::Remote(failures.join("; "))))
@@ -631,24 +650,16 @@ impl Runtime {
         &self,
         reference: &str,
         endpoint: &Endpoint,
-    ) -> Result<(Digest, Digest, Bytes, u64), Result<RegistryError, ImagePullError>> {
-        let store_err =
-            |e: std::io::Error| Ok(RegistryError::Store(format!("storing a blob: {e}")));
+    ) -> Result<(Digest, Digest, Bytes, u64), WalkError> {
         let limit = self.inner.config.max_image_bytes;
-        let (mut manifest, top) = endpoint.manifest(None).await.map_err(Ok)?;
-        self.store_blob(reference, top, manifest.clone())
-            .await
-            .map_err(Err)?
-            .map_err(store_err)?;
-        let mut step = next_step(&manifest).map_err(|e| Ok(RegistryError::Content(e)))?;
+        let (mut manifest, top) = endpoint.manifest(None).await?;
+        self.store_blob(reference, top, manifest.clone()).await?;
+        let mut step = next_step(&manifest).map_err(RegistryError::Content)?;
         if let Step::Manifest(child) = step {
-            let (bytes, digest) = endpoint.manifest(Some(&child)).await.map_err(Ok)?;
-            self.store_blob(reference, digest, bytes.clone())
-                .await
-                .map_err(Err)?
-                .map_err(store_err)?;
+            let (bytes, digest) = endpoint.manifest(Some(&child)).await?;
+            self.store_blob(reference, digest, bytes.clone()).await?;
             manifest = bytes;
-            step = next_step(&manifest).map_err(|e| Ok(RegistryError::Content(e)))?;
+            step = next_step(&manifest).map_err(RegistryError::Content)?;
         }
         let Step::Layer {
             digest,
@@ -656,45 +667,43 @@ impl Runtime {
             packing,
         } = step
         else {
-            return Err(Ok(RegistryError::Content(format!(
+            return Err(RegistryError::Content(format!(
                 "the wasi/wasm entry of index {top} is another index"
-            ))));
+            ))
+            .into());
         };
         // One download per blob, whichever references name it.
         let _downloading = self.inner.pull_locks.lock(&format!("blob:{digest}")).await;
         let stored = self
             .blocking(reference, move |inner| inner.blobs.read_verified(&digest))
-            .await
-            .map_err(Err)?;
+            .await?;
         let layer = match stored {
             Some(layer) => layer,
             None => {
                 self.inner.counters.fetches.fetch_add(1, Ordering::Relaxed);
-                let layer = endpoint.blob(&digest, size, limit).await.map_err(Ok)?;
-                self.store_blob(reference, digest, layer.clone())
-                    .await
-                    .map_err(Err)?
-                    .map_err(store_err)?;
+                let layer = endpoint.blob(&digest, size, limit).await?;
+                self.store_blob(reference, digest, layer.clone()).await?;
                 layer
             }
         };
         let size = layer.len() as u64;
         let wasm = self
             .blocking(reference, move |_| wasm_from_tar(&layer, packing, limit))
-            .await
-            .map_err(Err)?
-            .map_err(|e| Ok(RegistryError::Content(format!("layer {digest}: {e}"))))?;
+            .await?
+            .map_err(|e| RegistryError::Content(format!("layer {digest}: {e}")))?;
         Ok((top, Digest::of(&wasm), wasm, size))
     }
 
+    /// Stores a verified blob (blocking work off the async workers).
     async fn store_blob(
         &self,
         reference: &str,
         digest: Digest,
         bytes: Bytes,
-    ) -> Result<std::io::Result<()>, ImagePullError> {
+    ) -> Result<(), WalkError> {
         self.blocking(reference, move |inner| inner.blobs.write(&digest, &bytes))
-            .await
+            .await?
+            .map_err(|e| RegistryError::Store(format!("storing blob {digest}: {e}")).into())
     }
 
     /// Loads the compiled artifact or compiles (off the async workers), then prepares.
