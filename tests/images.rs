@@ -64,8 +64,9 @@ fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 impl Registry {
-    /// Starts a registry over plain HTTP (`tls` false) or over TLS with a test CA.
-    async fn start(dir: &Path, tls: bool) -> Registry {
+    /// Starts a registry over plain HTTP (`tls` false) or over TLS with a test CA; with
+    /// htpasswd basic auth, or anonymous (`auth` false).
+    async fn start(dir: &Path, tls: bool, auth: bool) -> Registry {
         let dir = dir.join("registry");
         std::fs::create_dir_all(&dir).unwrap();
         let made = std::process::Command::new("htpasswd")
@@ -92,10 +93,16 @@ impl Registry {
             "version: 0.1\n\
              log: {{level: info, accesslog: {{disabled: false}}}}\n\
              storage: {{filesystem: {{rootdirectory: {root}}}, delete: {{enabled: true}}}}\n\
-             http: {{addr: {addr}{tls_config}}}\n\
-             auth: {{htpasswd: {{realm: wharf-test, path: {htpasswd}}}}}\n",
+             http: {{addr: {addr}{tls_config}}}\n{auth}",
             root = dir.join("storage").display(),
-            htpasswd = dir.join("htpasswd").display(),
+            auth = if auth {
+                format!(
+                    "auth: {{htpasswd: {{realm: wharf-test, path: {}}}}}\n",
+                    dir.join("htpasswd").display()
+                )
+            } else {
+                String::new()
+            },
         );
         std::fs::write(dir.join("config.yml"), config).unwrap();
         let log = std::fs::File::create(dir.join("registry.log")).unwrap();
@@ -405,7 +412,7 @@ fn image_id(pod: &Pod) -> String {
 async fn registry_images_run_by_tag_and_by_digest_and_failed_pulls_name_their_cause() {
     build_samples().await;
     let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::start(dir.path(), false).await;
+    let registry = Registry::start(dir.path(), false, true).await;
     let wasm = std::fs::read(sample("ticker", "ticker")).unwrap();
 
     let artifact_dir = dir.path().join("artifact");
@@ -644,8 +651,9 @@ async fn registry_images_run_by_tag_and_by_digest_and_failed_pulls_name_their_ca
 async fn twenty_pods_of_one_new_image_download_it_once_over_tls_with_the_nodes_ca() {
     build_samples().await;
     let dir = tempfile::tempdir().unwrap();
-    // TLS with a CA only the node's --registries file names (no plain-HTTP endpoint).
-    let registry = Registry::start(dir.path(), true).await;
+    // TLS with a CA only the node's --registries file names (no plain-HTTP endpoint), and
+    // anonymous pulls (no credentials anywhere).
+    let registry = Registry::start(dir.path(), true, false).await;
     let wasm = std::fs::read(sample("ticker", "ticker")).unwrap();
     let artifact_dir = dir.path().join("artifact");
     let (manifest, layer) = wasm_artifact(&artifact_dir, &wasm);
@@ -662,15 +670,9 @@ async fn twenty_pods_of_one_new_image_download_it_once_over_tls_with_the_nodes_c
     )
     .await;
     let client = cluster.client.clone();
-    pull_secret(&client, "regcred", &registry.addr, PASSWORD).await;
     let image = registry.image("fleet/ticker:1.0");
     let names: Vec<String> = (0..20).map(|i| format!("fleet-{i}")).collect();
-    futures::future::join_all(
-        names
-            .iter()
-            .map(|n| ticker_pod(&client, n, &image, Some("regcred"))),
-    )
-    .await;
+    futures::future::join_all(names.iter().map(|n| ticker_pod(&client, n, &image, None))).await;
     for name in &names {
         let pod = cluster
             .wait_pod(name, "running", POD_TIMEOUT, running)
@@ -696,7 +698,7 @@ async fn twenty_pods_of_one_new_image_download_it_once_over_tls_with_the_nodes_c
 async fn a_pulled_image_outlives_a_node_restart_without_the_registry() {
     build_samples().await;
     let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::start(dir.path(), false).await;
+    let registry = Registry::start(dir.path(), false, true).await;
     let wasm = std::fs::read(sample("ticker", "ticker")).unwrap();
     let artifact_dir = dir.path().join("artifact");
     let (manifest, _) = wasm_artifact(&artifact_dir, &wasm);
@@ -740,7 +742,7 @@ async fn a_pulled_image_outlives_a_node_restart_without_the_registry() {
 async fn mirrors_plain_http_only_when_listed_and_a_hanging_registry_times_out() {
     build_samples().await;
     let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::start(dir.path(), false).await;
+    let registry = Registry::start(dir.path(), false, true).await;
     let wasm = std::fs::read(sample("ticker", "ticker")).unwrap();
     let artifact_dir = dir.path().join("artifact");
     let (manifest, _) = wasm_artifact(&artifact_dir, &wasm);
