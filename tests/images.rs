@@ -618,11 +618,21 @@ async fn registry_images_run_by_tag_and_by_digest_and_failed_pulls_name_their_ca
         &[&format!("layer sha256:{damaged_layer}"), "do not match"],
     )
     .await;
-    cluster
+    let pod = cluster
         .wait_pod("damaged-layer", "in ImagePullBackOff", POD_TIMEOUT, |p| {
             waiting_reason(p) == Some("ImagePullBackOff")
         })
         .await;
+    let m = container(&pod)
+        .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.message.clone())
+        .unwrap_or_default();
+    let damaged = registry.image("wasm/damaged:1.0");
+    assert!(
+        m.starts_with(&format!(
+            "Back-off pulling image \"{damaged}\": ErrImagePull: "
+        )) && m.contains("do not match"),
+        "{m}"
+    );
     let pod = cluster
         .wait_pod("never-pulled", "in ErrImageNeverPull", POD_TIMEOUT, |p| {
             waiting_reason(p) == Some("ErrImageNeverPull")

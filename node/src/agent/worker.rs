@@ -795,7 +795,13 @@ async fn start_container(
                 "Failed",
                 format!("Error: {reason}"),
             );
-            waiting(st, idx, reason, e.to_string());
+            let message = if reason == "ImagePullBackOff" {
+                // As the kubelet words it: what it backs off from, and why.
+                format!("Back-off pulling image {image_ref:?}: ErrImagePull: {e}")
+            } else {
+                e.to_string()
+            };
+            waiting(st, idx, reason, message);
             let n = st.backoff.get(&c.name).map_or(0, |(_, n)| n + 1);
             st.backoff.insert(
                 c.name.clone(),
