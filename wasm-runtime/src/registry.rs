@@ -517,6 +517,9 @@ impl KeyedLocks {
     }
 }
 
+/// How many registry clients a node keeps (see [`RegistryClients`]).
+const MAX_CLIENTS: usize = 64;
+
 /// The registry clients of a node: one per (endpoint, credential, TLS setting), since a
 /// client remembers the credential and tokens of each registry it talked to.
 pub(crate) struct RegistryClients {
@@ -571,6 +574,11 @@ impl RegistryClients {
             .clients
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // One client per credential ever seen would grow without bound as secrets change:
+        // past a bound, start over (a client is cheap; its tokens are fetched again).
+        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&key) {
+            clients.clear();
+        }
         clients
             .entry(key)
             .or_insert_with(|| {
