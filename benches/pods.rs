@@ -18,12 +18,11 @@ use kube::api::{Api, DeleteParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use wharf_control::ControlConfig;
-use wharf_node::agent::{self, AgentConfig};
-use wharf_runtime::{Runtime, RuntimeConfig};
+use wharf_node::NodeConfig;
+use wharf_runtime::RuntimeConfig;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -225,14 +224,9 @@ async fn run() -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let node_dir = dir.path().join("node-1");
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::new(node_dir.join("runtime")))?);
-    let agent = agent::start(
-        AgentConfig::new("node-1", &node_dir),
-        plane.client(),
-        runtime.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+    let mut node_config = NodeConfig::new("node-1", &node_dir);
+    node_config.runtime = RuntimeConfig::new(node_dir.join("runtime"));
+    let agent = wharf_node::start(node_config, plane.client(), shutdown.clone()).await?;
     let api: Api<Pod> = Api::namespaced(plane.client(), "default");
 
     // Compile once: every figure below is for a cached module.
@@ -289,8 +283,7 @@ async fn run() -> Result<()> {
 
     delete_all(&api).await?;
     shutdown.cancel();
-    agent.wait().await;
-    runtime.shutdown(Duration::from_secs(5)).await;
+    agent.wait(Duration::from_secs(5)).await;
     plane.wait().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }

@@ -7,8 +7,9 @@
 //! control plane keeps in the `kube-system/wharf-node-proxy` Secret, which the agent reads
 //! when it starts, so a pod or another user on the network cannot read logs directly.
 
-use crate::agent::NodeContext;
-use crate::agent::worker::container_id;
+use crate::container_id;
+use crate::proxy;
+use crate::tunnel::metrics::TunnelMetrics;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -18,9 +19,11 @@ use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use wharf_runtime::{LogLine, LogOptions};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+use wharf_runtime::{LogLine, LogOptions, Runtime};
 
 /// The Secret holding the token the API server presents to nodes.
 pub const PROXY_SECRET_NAMESPACE: &str = "kube-system";
@@ -60,13 +63,27 @@ pub async fn proxy_token(client: &kube::Client) -> Option<String> {
     }
 }
 
+/// The pods a node runs, by `namespace/name`: the kubelet keeps it, the node server reads it.
+pub type PodIndex = Arc<Mutex<HashMap<String, Arc<k8s_openapi::api::core::v1::Pod>>>>;
+
+/// What the node server reads: the node's pods and their logs, and the counters it serves.
+/// Handed over by whoever assembles the node, so the server knows nothing of the kubelet.
+#[derive(Clone)]
+pub struct DaemonContext {
+    pub runtime: Arc<Runtime>,
+    pub pods: PodIndex,
+    pub services: Arc<proxy::Shared>,
+    pub tunnel: Arc<TunnelMetrics>,
+    pub shutdown: CancellationToken,
+}
+
 #[derive(Clone)]
 struct DaemonState {
-    ctx: Arc<NodeContext>,
+    ctx: Arc<DaemonContext>,
     token: Option<Arc<str>>,
 }
 
-pub fn router(ctx: Arc<NodeContext>, token: Option<String>) -> Router {
+pub fn router(ctx: Arc<DaemonContext>, token: Option<String>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
@@ -83,7 +100,7 @@ pub fn router(ctx: Arc<NodeContext>, token: Option<String>) -> Router {
 /// Serves until the node shuts down.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    ctx: Arc<NodeContext>,
+    ctx: Arc<DaemonContext>,
     token: Option<String>,
 ) {
     let shutdown = ctx.shutdown.clone();

@@ -155,8 +155,9 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<Result<Document, ManifestEr
 }
 
 /// Makes a relative `image` path absolute against the manifest's directory, so that a
-/// manifest next to its `.wasm` applies from any working directory. URLs (`file://`,
-/// `http://`, ...) and absolute paths are left alone; an `@sha256:` pin is kept.
+/// manifest next to its `.wasm` applies from any working directory. Registry images,
+/// URLs (`file://`, `http://`, ...) and absolute paths are left alone; an `@sha256:` pin is
+/// kept.
 pub fn resolve_images(object: &mut Value, manifest_dir: &Path) {
     let pointer = if object.get("kind").and_then(Value::as_str) == Some("Pod") {
         "/spec"
@@ -178,7 +179,11 @@ pub fn resolve_images(object: &mut Value, manifest_dir: &Path) {
                 Some((p, pin)) => (p, Some(pin)),
                 None => (image, None),
             };
-            if path.is_empty() || path.contains("://") || Path::new(path).is_absolute() {
+            if path.is_empty()
+                || path.contains("://")
+                || Path::new(path).is_absolute()
+                || wharf_runtime::is_registry_reference(image)
+            {
                 continue;
             }
             let joined = manifest_dir.join(path);
@@ -461,7 +466,8 @@ metadata: {name: third}
     #[test]
     fn relative_images_resolve_against_the_manifest() {
         let mut pod = serde_json::json!({"kind": "Pod", "spec": {"containers": [
-            {"image": "app.wasm@sha256:ab"}, {"image": "/abs/x.wasm"}, {"image": "https://h/x.wasm"}]}});
+            {"image": "app.wasm@sha256:ab"}, {"image": "/abs/x.wasm"}, {"image": "https://h/x.wasm"},
+            {"image": "registry.example.com/team/app:1.0"}]}});
         resolve_images(&mut pod, Path::new("/srv/apps"));
         assert_eq!(
             pod.pointer("/spec/containers/0/image"),
@@ -474,6 +480,10 @@ metadata: {name: third}
         assert_eq!(
             pod.pointer("/spec/containers/2/image"),
             Some(&serde_json::json!("https://h/x.wasm"))
+        );
+        assert_eq!(
+            pod.pointer("/spec/containers/3/image"),
+            Some(&serde_json::json!("registry.example.com/team/app:1.0"))
         );
         let mut deploy = serde_json::json!({"kind": "Deployment", "spec": {"template": {"spec": {"containers": [{"image": "a.wasm"}]}}}});
         resolve_images(&mut deploy, Path::new("/m"));

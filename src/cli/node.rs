@@ -11,11 +11,11 @@ use anyhow::Context;
 use clap::Args;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use wharf_node::agent::{self, Agent, AgentConfig};
-use wharf_runtime::{LocalImages, PoolingConfig, Runtime, RuntimeConfig};
+use wharf_node::agent::AgentConfig;
+use wharf_node::{NodeConfig, NodeHandle};
+use wharf_runtime::{LocalImages, Registries, RegistryHost, RuntimeConfig};
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
@@ -59,6 +59,12 @@ pub struct ImageArgs {
     /// Let pods name any file this node's user can read as an image
     #[arg(long, conflicts_with = "image_dirs")]
     allow_any_local_image: bool,
+    /// Registry mirrors, credentials, CAs and plain-HTTP endpoints (a registries.yaml)
+    #[arg(long, value_name = "FILE")]
+    registries: Option<PathBuf>,
+    /// Longest an image pull may take (fetch and compile) before it fails with ErrImagePull
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    image_pull_timeout: Duration,
 }
 
 impl ImageArgs {
@@ -71,6 +77,139 @@ impl ImageArgs {
         } else {
             LocalImages::Within(self.image_dirs.clone())
         }
+    }
+}
+
+/// The `--registries` file, in the shape of a k3s `registries.yaml`:
+///
+/// ```yaml
+/// mirrors:
+///   docker.io:
+///     endpoint: ["https://mirror.example.com", "http://10.0.0.5:5000"]
+/// configs:
+///   mirror.example.com:
+///     auth: {username: node, password: secret}   # or auth: BASE64(user:password)
+///     tls: {ca_file: /etc/wharf/ca.pem, insecure_skip_verify: false}
+/// ```
+///
+/// An `http://` endpoint is the only way a registry is reached without TLS (list a
+/// registry as its own `http://` endpoint to pull from it over plain HTTP). CA files are
+/// trusted, besides the system's roots, for every registry.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistriesFile {
+    #[serde(default)]
+    mirrors: std::collections::BTreeMap<String, MirrorEntry>,
+    #[serde(default)]
+    configs: std::collections::BTreeMap<String, HostEntry>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorEntry {
+    #[serde(default)]
+    endpoint: Vec<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostEntry {
+    #[serde(default)]
+    auth: Option<AuthEntry>,
+    #[serde(default)]
+    tls: Option<TlsEntry>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthEntry {
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    auth: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsEntry {
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+}
+
+/// Parses a `--registries` file's text (relative CA paths against `base`).
+fn parse_registries(text: &str, base: &std::path::Path) -> anyhow::Result<Registries> {
+    use base64::Engine as _;
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let file: RegistriesFile = serde_saphyr::from_str_with_options(text, options)?;
+    let mut out = Registries::default();
+    for (registry, mirror) in file.mirrors {
+        for endpoint in &mirror.endpoint {
+            if let Some((scheme, _)) = endpoint.split_once("://")
+                && scheme != "http"
+                && scheme != "https"
+            {
+                anyhow::bail!("mirrors.{registry}.endpoint: {endpoint:?}: use http:// or https://");
+            }
+        }
+        out.mirrors.insert(registry, mirror.endpoint);
+    }
+    for (host, entry) in file.configs {
+        let mut h = RegistryHost::default();
+        if let Some(auth) = entry.auth {
+            h.username = auth.username;
+            h.password = auth.password;
+            if h.username.is_none()
+                && let Some(b64) = auth.auth
+            {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .with_context(|| format!("configs.{host}.auth.auth is not base64"))?;
+                let decoded = String::from_utf8_lossy(&decoded).into_owned();
+                let (u, p) = decoded.split_once(':').with_context(|| {
+                    format!("configs.{host}.auth.auth is not base64 of USER:PASSWORD")
+                })?;
+                h.username = Some(u.to_string());
+                h.password = Some(p.to_string());
+            }
+        }
+        if let Some(tls) = entry.tls {
+            h.insecure_skip_verify = tls.insecure_skip_verify;
+            if let Some(ca) = tls.ca_file {
+                out.ca_files.push(base.join(ca));
+            }
+        }
+        out.hosts.insert(host, h);
+    }
+    Ok(out)
+}
+
+impl ImageArgs {
+    /// Sets what these flags say in a node's runtime configuration (the local-image policy
+    /// is passed separately: `wharf up` and `wharf node` default it differently).
+    pub fn apply(
+        &self,
+        runtime: &mut RuntimeConfig,
+        local_images: LocalImages,
+    ) -> anyhow::Result<()> {
+        runtime.local_images = local_images;
+        runtime.registries = self.registries()?;
+        runtime.pull_timeout = self.image_pull_timeout;
+        Ok(())
+    }
+
+    /// The node's registry configuration: the `--registries` file, or none.
+    pub fn registries(&self) -> anyhow::Result<Registries> {
+        let Some(path) = &self.registries else {
+            return Ok(Registries::default());
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        parse_registries(&text, base).with_context(|| format!("in {}", path.display()))
     }
 }
 
@@ -126,7 +265,7 @@ fn default_tunnel_port(address: IpAddr) -> Option<u16> {
 pub const DEFAULT_TUNNEL_PORT: u16 = 10251;
 
 /// How a started node describes its tunnel in the start-up line.
-pub fn tunnel_note(agent: &Agent) -> String {
+pub fn tunnel_note(agent: &NodeHandle) -> String {
     match agent.tunnel_addr {
         Some(addr) => format!("tunnel on {addr}"),
         None => "no tunnel".to_string(),
@@ -164,7 +303,7 @@ impl ServiceArgs {
 }
 
 /// How a started node describes its DNS in the start-up line.
-pub fn dns_note(agent: &Agent) -> String {
+pub fn dns_note(agent: &NodeHandle) -> String {
     match agent.dns_addr {
         Some(addr) => format!("DNS on {addr}"),
         None => "no DNS".to_string(),
@@ -188,33 +327,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Creates a node's runtime and starts its agent.
+/// Starts a node from its configuration (see `wharf_node::start`), naming it in errors.
 pub async fn start_node(
-    config: AgentConfig,
-    local_images: LocalImages,
+    config: NodeConfig,
     client: kube::Client,
     shutdown: CancellationToken,
-) -> anyhow::Result<(Agent, Arc<Runtime>)> {
-    let runtime_dir = config.data_dir.join("runtime");
-    let runtime = tokio::task::spawn_blocking(move || {
-        let mut runtime_config = RuntimeConfig::new(runtime_dir);
-        runtime_config.local_images = local_images;
-        // As many instance slots as the machine's memory holds (shown in the Node's
-        // capacity as wharf.dev/instances).
-        runtime_config.pooling = Some(PoolingConfig::for_memory(
-            wharf_node::agent::node_object::host_memory_bytes(),
-        ));
-        Runtime::new(runtime_config)
-    })
-    .await
-    .context("starting the wasm runtime")?
-    .context("starting the wasm runtime")?;
-    let runtime = Arc::new(runtime);
-    let name = config.node_name.clone();
-    let agent = agent::start(config, client, runtime.clone(), shutdown)
+) -> anyhow::Result<NodeHandle> {
+    let name = config.agent.node_name.clone();
+    wharf_node::start(config, client, shutdown)
         .await
-        .with_context(|| format!("starting node {name}"))?;
-    Ok((agent, runtime))
+        .with_context(|| format!("starting node {name}"))
 }
 
 pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<()> {
@@ -224,7 +346,8 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     };
     // With a join token, the node's own credential (obtained once, renewed before it expires).
     let node_client = node_credential::connect(kubeconfig, &args.name, &data_dir).await?;
-    let mut config = AgentConfig::new(&args.name, data_dir);
+    let mut node_config = NodeConfig::new(&args.name, data_dir);
+    let config = &mut node_config.agent;
     config.address = args.address;
     config.daemon_listen = SocketAddr::new(args.address, args.port);
     config.tunnel_port = match args.tunnel_port {
@@ -235,15 +358,16 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     config.mirrors = true;
     config.allow_host_path = args.allow_host_path;
     config.backoff.base = args.backoff;
-    args.services.apply(&mut config);
+    args.services.apply(config);
     let shutdown = CancellationToken::new();
     let local_images = args.images.local_images(false);
     eprintln!("wharf node: {}", local_images_note(&local_images));
+    args.images.apply(&mut node_config.runtime, local_images)?;
     let renewal = node_client
         .renewer
         .map(|r| tokio::spawn(r.run(shutdown.clone())));
-    let started = start_node(config, local_images, node_client.client, shutdown.clone()).await;
-    let (agent, runtime) = match started {
+    let started = start_node(node_config, node_client.client, shutdown.clone()).await;
+    let agent = match started {
         Ok(n) => n,
         Err(e) => {
             shutdown.cancel();
@@ -261,11 +385,10 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     shutdown_signal().await.context("listening for signals")?;
     tracing::info!("shutting down");
     shutdown.cancel();
-    agent.wait().await;
+    agent.wait(Duration::from_secs(5)).await;
     if let Some(renewal) = renewal {
         let _ = renewal.await;
     }
-    runtime.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
 
@@ -279,6 +402,8 @@ mod tests {
         let args = |dirs: &[&str], any: bool| ImageArgs {
             image_dirs: dirs.iter().map(PathBuf::from).collect(),
             allow_any_local_image: any,
+            registries: None,
+            image_pull_timeout: Duration::from_secs(300),
         };
         // `wharf node`: none unless flagged.
         assert_eq!(
@@ -297,6 +422,27 @@ mod tests {
             LocalImages::Within(vec!["/srv/wasm".into()])
         );
         assert!(local_images_note(&LocalImages::Within(vec![])).contains("--image-dir"));
+    }
+
+    #[test]
+    fn registries_files_read_as_k3s_writes_them() {
+        let text = "mirrors:\n  docker.io:\n    endpoint: [\"http://127.0.0.1:5000\"]\n\
+                    configs:\n  \"127.0.0.1:5000\":\n    auth: {auth: dTpwOnc=}\n    \
+                    tls: {ca_file: ca.pem, insecure_skip_verify: true}\n";
+        let r = parse_registries(text, std::path::Path::new("/etc/wharf")).unwrap();
+        assert_eq!(
+            r.mirrors["docker.io"],
+            vec!["http://127.0.0.1:5000".to_string()]
+        );
+        let h = &r.hosts["127.0.0.1:5000"];
+        assert_eq!(h.username.as_deref(), Some("u"));
+        assert_eq!(h.password.as_deref(), Some("p:w"));
+        assert!(h.insecure_skip_verify);
+        assert_eq!(r.ca_files, vec![PathBuf::from("/etc/wharf/ca.pem")]);
+        let typo = parse_registries("mirror: {}\n", std::path::Path::new("/")).unwrap_err();
+        assert!(format!("{typo:#}").contains("mirror"), "{typo:#}");
+        let scheme = "mirrors:\n  r.io:\n    endpoint: [\"ftp://x\"]\n";
+        assert!(parse_registries(scheme, std::path::Path::new("/")).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wharf_control::ControlConfig;
-use wharf_node::agent::AgentConfig;
+use wharf_node::NodeConfig;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -61,21 +61,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // The laptop flow: the node's user is the cluster's user, so local paths work unless
     // restricted with --image-dir.
     let local_images = args.images.local_images(true);
+    // Read once, before anything starts: a bad --registries file stops `wharf up` at once.
+    args.images.registries()?;
     eprintln!("wharf up: {}", local_images_note(&local_images));
     let mut nodes = Vec::new();
     for i in 1..=args.nodes.max(1) {
         let name = format!("node-{i}");
-        let mut config = AgentConfig::new(&name, data_dir.join("nodes").join(&name));
-        config.backoff.base = args.backoff;
-        args.services.apply(&mut config);
-        let started = start_node(
-            config,
-            local_images.clone(),
-            plane.client(),
-            shutdown.clone(),
-        )
-        .await;
-        let (agent, runtime) = match started {
+        let mut config = NodeConfig::new(&name, data_dir.join("nodes").join(&name));
+        config.agent.backoff.base = args.backoff;
+        args.services.apply(&mut config.agent);
+        args.images
+            .apply(&mut config.runtime, local_images.clone())?;
+        let started = start_node(config, plane.client(), shutdown.clone()).await;
+        let agent = match started {
             Ok(n) => n,
             Err(e) => {
                 shutdown.cancel();
@@ -89,7 +87,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             agent.daemon_addr,
             dns_note(&agent)
         );
-        nodes.push((agent, runtime));
+        nodes.push(agent);
     }
     // The line tests and scripts wait for comes last.
     println!("export KUBECONFIG={}", plane.kubeconfig.display());
@@ -105,9 +103,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     shutdown_signal().await.context("listening for signals")?;
     eprintln!("wharf up: stopping");
     shutdown.cancel();
-    for (agent, runtime) in nodes {
-        agent.wait().await;
-        runtime.shutdown(Duration::from_secs(5)).await;
+    for node in nodes {
+        node.wait(Duration::from_secs(5)).await;
     }
     plane.wait().await.map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -50,6 +50,10 @@ pub struct RuntimeConfig {
     /// Which local paths may be images. Default [`LocalImages::Any`]: the binary that
     /// embeds the runtime decides (`wharf node` allows only its `--image-dir`s).
     pub local_images: LocalImages,
+    /// Registry mirrors, credentials and TLS roots. Default: none (registries reached
+    /// directly over TLS with the system's roots, anonymously unless a pod brings
+    /// credentials).
+    pub registries: crate::registry::Registries,
 }
 
 impl RuntimeConfig {
@@ -64,6 +68,7 @@ impl RuntimeConfig {
             pull_timeout: Duration::from_secs(300),
             max_image_bytes: 256 * 1024 * 1024,
             local_images: LocalImages::Any,
+            registries: crate::registry::Registries::default(),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Images: references, digests, fetching and the content-addressed blob store.
 //!
-//! An image is a `.wasm` file named by a reference: a path (relative to the node's working
-//! directory), a `file://` URL, or an `http://` URL, optionally pinned with
+//! An image is a registry image (`REGISTRY/REPO[:TAG][@sha256:DIGEST]`, see `registry`),
+//! or a `.wasm` file named by a path (relative to the node's working directory; a path
+//! ends in `.wasm` or starts with `/` or `.`), a `file://` URL, or an `http://` URL,
+//! optionally pinned with
 //! `@sha256:<64 hex digits>`. Its identity is the SHA-256 of its bytes (the digest), as for
 //! OCI images: two references with the same bytes are one image, compiled once.
 //!
@@ -19,10 +21,10 @@
 //! name any file the node can read (a token, a key) and have it copied into the blob store
 //! with its digest shown in the pod's status.
 //!
-//! `https://` references are refused with a clear error: this build carries no TLS client,
-//! to keep the node small and its build fast (see the crate docs). Serve images over plain
-//! HTTP inside a trusted network, or pin them with `@sha256:` so that the transport does not
-//! matter for integrity.
+//! `https://` URL references are refused with a clear error: images that travel over TLS
+//! come from registries (see `registry`), which verify every blob against its digest. Serve
+//! URL images over plain HTTP inside a trusted network, and pin them with `@sha256:` so
+//! that the transport does not matter for integrity.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -33,6 +35,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use sha2::{Digest as _, Sha256};
+
+use crate::registry::{RegistryRef, is_registry_reference};
 
 /// How a workload runs, detected from the binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,6 +126,21 @@ pub enum PullPolicy {
     /// Always fetch an unpinned remote reference (a pinned one is still served from the
     /// blob store: its content cannot have changed).
     Always,
+    /// Never fetch: a remote image must already be in the node's store
+    /// ([`ImagePullError::NeverPull`] otherwise).
+    Never,
+}
+
+impl PullPolicy {
+    /// Parses a container's `imagePullPolicy` (`Always`, `IfNotPresent`, `Never`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Always" => Some(Self::Always),
+            "IfNotPresent" => Some(Self::IfNotPresent),
+            "Never" => Some(Self::Never),
+            _ => None,
+        }
+    }
 }
 
 /// Why a pull failed. The node reports every variant as the container's `ErrImagePull`
@@ -230,6 +249,21 @@ pub enum ImagePullError {
         /// The limit.
         timeout: Duration,
     },
+    /// A registry pull failed: the registry refused or could not be reached, or its content
+    /// is not a wasm image or not what its digest says.
+    #[error("image {reference}: {message}")]
+    Registry {
+        /// The reference as given.
+        reference: String,
+        /// What went wrong, naming the registry host or the digest.
+        message: String,
+    },
+    /// `imagePullPolicy: Never` and the image is not on the node.
+    #[error("Container image {reference:?} is not present with pull policy of Never")]
+    NeverPull {
+        /// The reference as given.
+        reference: String,
+    },
     /// A blocking compile or I/O task died.
     #[error("pulling image {reference}: internal task failed: {message}")]
     Task {
@@ -242,10 +276,12 @@ pub enum ImagePullError {
 
 impl ImagePullError {
     /// The Kubernetes waiting reason to report: `InvalidImageName` for a reference that
-    /// cannot be parsed, `ErrImagePull` for everything else.
+    /// cannot be parsed, `ErrImageNeverPull` for a missing image under `Never`,
+    /// `ErrImagePull` for everything else.
     pub fn reason(&self) -> &'static str {
         match self {
             ImagePullError::InvalidReference { .. } => "InvalidImageName",
+            ImagePullError::NeverPull { .. } => "ErrImageNeverPull",
             _ => "ErrImagePull",
         }
     }
@@ -376,6 +412,7 @@ pub(crate) fn read_local(
 pub(crate) enum Source {
     File(PathBuf),
     Http(http::Uri),
+    Registry(RegistryRef),
 }
 
 /// A parsed reference.
@@ -394,6 +431,14 @@ pub(crate) fn parse_reference(reference: &str) -> Result<Reference, ImagePullErr
     let trimmed = reference.trim();
     if trimmed.is_empty() {
         return Err(invalid("empty"));
+    }
+    if is_registry_reference(trimmed) {
+        let parsed = RegistryRef::parse(trimmed).map_err(|e| invalid(&e))?;
+        return Ok(Reference {
+            original: reference.to_string(),
+            pin: parsed.pin(),
+            source: Source::Registry(parsed),
+        });
     }
     let (location, pin) = match trimmed.rsplit_once("@sha256:") {
         Some((location, hex)) => {
@@ -416,8 +461,9 @@ pub(crate) fn parse_reference(reference: &str) -> Result<Reference, ImagePullErr
     } else if location.starts_with("https://") {
         return Err(ImagePullError::UnsupportedScheme {
             reference: reference.to_string(),
-            reason: "https:// is not supported by this build (it has no TLS client); use \
-                     http:// (pin it with @sha256: for integrity) or a local path"
+            reason: "https:// URLs are not supported; push the image to a registry and \
+                     name it REGISTRY/REPO:TAG (pulled over TLS), or use http:// (pin it \
+                     with @sha256: for integrity) or a local path"
                 .to_string(),
         });
     } else if location.starts_with("http://") {
@@ -431,7 +477,10 @@ pub(crate) fn parse_reference(reference: &str) -> Result<Reference, ImagePullErr
     } else if location.contains("://") {
         return Err(ImagePullError::UnsupportedScheme {
             reference: reference.to_string(),
-            reason: "supported references are paths, file://, and http:// URLs".to_string(),
+            reason:
+                "supported references are registry images (REGISTRY/REPO[:TAG][@sha256:DIGEST]), \
+                     paths, file://, and http:// URLs"
+                    .to_string(),
         });
     } else {
         Source::File(PathBuf::from(location))
@@ -480,6 +529,11 @@ impl BlobStore {
         tracing::warn!(path = %path.display(), "stored image does not match its digest; discarding it");
         let _ = std::fs::remove_file(&path);
         None
+    }
+
+    /// Whether a blob is stored under `digest` (not read or verified). Blocking.
+    pub(crate) fn contains(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
     }
 
     /// Stores a blob under its digest if it is not there yet. Blocking.
@@ -647,6 +701,11 @@ mod tests {
             parse_reference("https://example.com/a.wasm"),
             Err(ImagePullError::UnsupportedScheme { .. })
         ));
+        let r = parse_reference(&format!("127.0.0.1:5000/app:1.0@sha256:{HEX}")).unwrap();
+        assert!(matches!(r.source, Source::Registry(_)));
+        assert_eq!(r.pin.unwrap().hex(), HEX);
+        let e = parse_reference("reg.io/app:bad tag").unwrap_err();
+        assert_eq!(e.reason(), "InvalidImageName", "{e}");
         assert!(matches!(
             parse_reference("oci://registry/a"),
             Err(ImagePullError::UnsupportedScheme { .. })

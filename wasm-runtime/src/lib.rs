@@ -39,10 +39,11 @@
 //! one is expected); compiles, file I/O and other blocking work run in `spawn_blocking`.
 //! Nothing a guest does — trap, loop, exhaust memory, exit — panics or aborts the process.
 //!
-//! This build has no TLS client: images are fetched over plain `http://` (or from local
-//! paths), and guests' outgoing wasi:http requests are plain HTTP only. Adding rustls would
-//! roughly double the dependency build and was left out on purpose; pin remote images with
-//! `@sha256:` for integrity.
+//! Registry images are pulled over TLS (rustls with the system's roots plus the node's
+//! configured CAs; plain HTTP only for endpoints the node's configuration lists as
+//! `http://`). `http(s)://` URL images are fetched over plain `http://` only, and guests'
+//! outgoing wasi:http requests are plain HTTP only; pin URL images with `@sha256:` for
+//! integrity.
 
 mod cache;
 mod container;
@@ -53,6 +54,7 @@ mod image;
 mod limits;
 pub mod logs;
 pub mod private;
+mod registry;
 mod runtime;
 mod spec;
 
@@ -60,7 +62,11 @@ pub use container::{Container, ContainerStats, ExitReason, ExitStatus, StartErro
 pub use engine::{AllocatorKind, PoolingConfig, RuntimeConfig, RuntimeError};
 pub use image::{Digest, ImagePullError, LocalImages, PullPolicy, WorkloadKind};
 pub use logs::{ContainerLogs, LogError, LogLine, LogOptions, LogStream};
-pub use runtime::{Image, Runtime, RuntimeStats};
+pub use registry::{
+    Registries, RegistryCredential, RegistryHost, WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE,
+    credential_host, default_pull_policy, is_registry_reference,
+};
+pub use runtime::{Image, PullOptions, Pulled, Runtime, RuntimeStats};
 pub use spec::{
     ContainerSpec, DEFAULT_REQUEST_TIMEOUT, HttpLimits, INSTANCE_MEMORY_ESTIMATE, Mount,
     NetworkAccess, Resources, ServiceResolver, max_concurrency,

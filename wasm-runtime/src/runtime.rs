@@ -33,6 +33,10 @@ use crate::image::{
 };
 use crate::limits::{CpuThrottle, MemoryBudget};
 use crate::logs::{self, ContainerLogs, LogConfig, LogError, LogProgress, LogSink};
+use crate::registry::{
+    Endpoint, KeyedLocks, RegistryClients, RegistryCredential, RegistryError, RegistryRef, Step,
+    next_step, wasm_from_tar,
+};
 use crate::spec::{ContainerSpec, valid_id};
 
 /// A pulled, compiled and pre-linked image, shared by every container that runs it.
@@ -84,6 +88,62 @@ impl fmt::Debug for Image {
     }
 }
 
+/// How to pull an image.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// When to fetch it again.
+    pub policy: PullPolicy,
+    /// Registry credentials (a pod's `imagePullSecrets`), tried for the registry host each
+    /// names.
+    pub credentials: Vec<RegistryCredential>,
+}
+
+/// A pulled image and how the pull went.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The compiled image.
+    pub image: Arc<Image>,
+    /// What a container status's `imageID` shows: `REGISTRY/REPO@sha256:<manifest>` for a
+    /// registry image (the manifest, or index, the reference resolved to), `sha256:<hex>` of
+    /// the `.wasm` otherwise.
+    pub image_id: String,
+    /// Whether anything was fetched over the network (false: served from the node's store).
+    pub fetched: bool,
+    /// The image's size in bytes (the layer holding the `.wasm`, or the `.wasm`).
+    pub size: u64,
+    /// How long the pull waited for another pull of the same image or blob to finish.
+    pub waited: Duration,
+}
+
+/// What a fetch produced, before compiling.
+struct Fetched {
+    digest: Digest,
+    bytes: Bytes,
+    image_id: String,
+    fetched: bool,
+    size: u64,
+    waited: Duration,
+}
+
+/// Why pulling from one registry endpoint failed: the registry (its answer or its
+/// content; a remote failure lets the next endpoint try), or the node itself.
+enum WalkError {
+    Registry(RegistryError),
+    Node(ImagePullError),
+}
+
+impl From<RegistryError> for WalkError {
+    fn from(e: RegistryError) -> Self {
+        WalkError::Registry(e)
+    }
+}
+
+impl From<ImagePullError> for WalkError {
+    fn from(e: ImagePullError) -> Self {
+        WalkError::Node(e)
+    }
+}
+
 /// Counters of the image pipeline.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RuntimeStats {
@@ -127,6 +187,12 @@ struct Inner {
     cache: ArtifactCache,
     logs_dir: PathBuf,
     http: HttpClient,
+    registries: RegistryClients,
+    /// Serializes pulls per registry reference and downloads per blob digest.
+    pull_locks: KeyedLocks,
+    /// The names each held image was pulled by (references, registry image IDs, digests),
+    /// by the digest of its `.wasm`: what a Node's `status.images` lists.
+    names: Mutex<HashMap<Digest, std::collections::BTreeSet<String>>>,
     /// One cell per digest: concurrent pulls of one image share one compile.
     images: Mutex<HashMap<Digest, Arc<OnceCell<Arc<Image>>>>>,
     /// Log progress of running containers, by id, for followers.
@@ -201,6 +267,8 @@ impl Runtime {
                 .and_then(|()| crate::private::restrict_tree(dir).map(drop))
                 .map_err(data_dir_err(dir))?;
         }
+        let registries = RegistryClients::new(config.registries.clone(), Duration::from_secs(30))
+            .map_err(RuntimeError::Config)?;
         let ticker = EpochTicker::start(engine.clone(), config.epoch_interval)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -213,6 +281,9 @@ impl Runtime {
                 cache,
                 logs_dir,
                 http: http_client(),
+                registries,
+                pull_locks: KeyedLocks::default(),
+                names: Mutex::new(HashMap::new()),
                 images: Mutex::new(HashMap::new()),
                 live_logs: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
@@ -254,9 +325,12 @@ impl Runtime {
         }
     }
 
-    /// Pulls an image with [`PullPolicy::IfNotPresent`].
+    /// Pulls an image with [`PullPolicy::IfNotPresent`] and no credentials.
     pub async fn pull(&self, reference: &str) -> Result<Arc<Image>, ImagePullError> {
-        self.pull_with(reference, PullPolicy::IfNotPresent).await
+        Ok(self
+            .pull_with(reference, &PullOptions::default())
+            .await?
+            .image)
     }
 
     /// Pulls an image: fetch (or find) its bytes, check the pin, compile it (or load the
@@ -264,10 +338,10 @@ impl Runtime {
     pub async fn pull_with(
         &self,
         reference: &str,
-        policy: PullPolicy,
-    ) -> Result<Arc<Image>, ImagePullError> {
+        options: &PullOptions,
+    ) -> Result<Pulled, ImagePullError> {
         let timeout = self.inner.config.pull_timeout;
-        match tokio::time::timeout(timeout, self.pull_inner(reference, policy)).await {
+        match tokio::time::timeout(timeout, self.pull_inner(reference, options)).await {
             Ok(result) => result,
             Err(_) => Err(ImagePullError::Timeout {
                 reference: reference.to_string(),
@@ -279,21 +353,69 @@ impl Runtime {
     async fn pull_inner(
         &self,
         reference: &str,
-        policy: PullPolicy,
-    ) -> Result<Arc<Image>, ImagePullError> {
+        options: &PullOptions,
+    ) -> Result<Pulled, ImagePullError> {
         let parsed = parse_reference(reference)?;
-        // A pinned image already in memory needs nothing at all.
-        if let Some(pin) = parsed.pin
+        // A pinned file or URL image already in memory needs nothing at all.
+        if !matches!(parsed.source, Source::Registry(_))
+            && let Some(pin) = parsed.pin
             && let Some(image) = self.cached_image(&pin)
         {
-            return Ok(image);
+            return Ok(Pulled {
+                image_id: pin.to_string(),
+                size: image.size,
+                image,
+                fetched: false,
+                waited: Duration::ZERO,
+            });
         }
-        let (digest, bytes) = self.fetch(&parsed, policy).await?;
-        let cell = lock(&self.inner.images).entry(digest).or_default().clone();
+        let fetched = self.fetch(&parsed, options).await?;
+        let cell = lock(&self.inner.images)
+            .entry(fetched.digest)
+            .or_default()
+            .clone();
         let image = cell
-            .get_or_try_init(|| self.compile(parsed.original.clone(), digest, bytes))
-            .await?;
-        Ok(image.clone())
+            .get_or_try_init(|| {
+                self.compile(parsed.original.clone(), fetched.digest, fetched.bytes)
+            })
+            .await?
+            .clone();
+        {
+            let mut names = lock(&self.inner.names);
+            let names = names.entry(fetched.digest).or_default();
+            names.insert(parsed.original.trim().to_string());
+            names.insert(fetched.digest.to_string());
+            if let Some((_, hex)) = fetched.image_id.rsplit_once("@sha256:") {
+                names.insert(fetched.image_id.clone());
+                names.insert(format!("sha256:{hex}"));
+            }
+        }
+        Ok(Pulled {
+            image,
+            image_id: fetched.image_id,
+            fetched: fetched.fetched,
+            size: fetched.size,
+            waited: fetched.waited,
+        })
+    }
+
+    /// Whether pulling `reference` needs no download: a registry image whose manifest is in
+    /// the node's store (by its pin, or by what its tag last resolved to), or a file or URL
+    /// image held in memory.
+    pub async fn image_present(&self, reference: &str) -> bool {
+        let Ok(parsed) = parse_reference(reference) else {
+            return false;
+        };
+        let Source::Registry(r) = &parsed.source else {
+            return self.images().iter().any(|i| i.reference() == reference);
+        };
+        let (inner, r) = (self.inner.clone(), r.clone());
+        tokio::task::spawn_blocking(move || {
+            let digest = r.pin().or_else(|| inner.blobs.lookup_ref(&r.tag_key()));
+            digest.is_some_and(|d| inner.blobs.contains(&d))
+        })
+        .await
+        .unwrap_or(false)
     }
 
     fn cached_image(&self, digest: &Digest) -> Option<Arc<Image>> {
@@ -303,11 +425,16 @@ impl Runtime {
     }
 
     /// Gets the image's bytes and digest (checking the pin), storing them as a blob.
-    async fn fetch(
-        &self,
-        r: &Reference,
-        policy: PullPolicy,
-    ) -> Result<(Digest, Bytes), ImagePullError> {
+    async fn fetch(&self, r: &Reference, options: &PullOptions) -> Result<Fetched, ImagePullError> {
+        let policy = options.policy;
+        let sha = |digest: Digest, bytes: Bytes, fetched: bool| Fetched {
+            digest,
+            image_id: digest.to_string(),
+            size: bytes.len() as u64,
+            bytes,
+            fetched,
+            waited: Duration::ZERO,
+        };
         let inner = self.inner.clone();
         let task_err = |e: tokio::task::JoinError| ImagePullError::Task {
             reference: r.original.clone(),
@@ -325,10 +452,13 @@ impl Runtime {
                 .map_err(task_err)??;
                 (bytes, false)
             }
+            Source::Registry(registry_ref) => {
+                return self.fetch_registry(r, registry_ref, options).await;
+            }
             Source::Http(uri) => {
                 let known = match (r.pin, policy) {
                     (Some(pin), _) => Some(pin),
-                    (None, PullPolicy::IfNotPresent) => {
+                    (None, PullPolicy::IfNotPresent | PullPolicy::Never) => {
                         let (inner, original) = (inner.clone(), r.original.clone());
                         tokio::task::spawn_blocking(move || inner.blobs.lookup_ref(&original))
                             .await
@@ -343,8 +473,13 @@ impl Runtime {
                             .await
                             .map_err(task_err)?;
                     if let Some(bytes) = stored {
-                        return Ok((digest, bytes));
+                        return Ok(sha(digest, bytes, false));
                     }
+                }
+                if policy == PullPolicy::Never {
+                    return Err(ImagePullError::NeverPull {
+                        reference: r.original.clone(),
+                    });
                 }
                 inner.counters.fetches.fetch_add(1, Ordering::Relaxed);
                 (
@@ -378,10 +513,197 @@ impl Runtime {
             {
                 tracing::warn!("remembering {original} -> {digest} failed: {e}");
             }
-            Ok((digest, bytes))
+            Ok(sha(digest, bytes, remote))
         })
         .await
         .map_err(task_err)?
+    }
+
+    /// Runs blocking store work off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        reference: &str,
+        f: impl FnOnce(&Inner) -> T + Send + 'static,
+    ) -> Result<T, ImagePullError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| ImagePullError::Task {
+                reference: reference.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Pulls a registry image: from the node's store if the policy allows and it is there,
+    /// otherwise from the registry's endpoints in order (mirrors first). One pull per
+    /// reference at a time, so pods pulling one image at once share its download.
+    async fn fetch_registry(
+        &self,
+        r: &Reference,
+        registry_ref: &RegistryRef,
+        options: &PullOptions,
+    ) -> Result<Fetched, ImagePullError> {
+        let started = std::time::Instant::now();
+        let _pulling = self
+            .inner
+            .pull_locks
+            .lock(&format!("ref:{}", registry_ref.oci.whole()))
+            .await;
+        let waited = started.elapsed();
+        let wrap = |e: RegistryError| ImagePullError::Registry {
+            reference: r.original.clone(),
+            message: e.to_string(),
+        };
+        let pin = registry_ref.pin();
+        let known = match (pin, options.policy) {
+            (Some(pin), _) => Some(pin),
+            (None, PullPolicy::Always) => None,
+            (None, _) => {
+                let key = registry_ref.tag_key();
+                self.blocking(&r.original, move |inner| inner.blobs.lookup_ref(&key))
+                    .await?
+            }
+        };
+        if let Some(top) = known
+            && let Some((digest, bytes, size)) = self.walk_stored(&r.original, top).await?
+        {
+            return Ok(Fetched {
+                digest,
+                bytes,
+                image_id: registry_ref.image_id(&top),
+                fetched: false,
+                size,
+                waited,
+            });
+        }
+        if options.policy == PullPolicy::Never {
+            return Err(ImagePullError::NeverPull {
+                reference: r.original.clone(),
+            });
+        }
+        let mut failures = Vec::new();
+        for endpoint in self
+            .inner
+            .registries
+            .endpoints(registry_ref, &options.credentials)
+        {
+            match self.walk_remote(&r.original, &endpoint).await {
+                Ok((top, digest, bytes, size)) => {
+                    if pin.is_none() {
+                        let key = registry_ref.tag_key();
+                        let recorded = self
+                            .blocking(&r.original, move |inner| inner.blobs.record_ref(&key, &top))
+                            .await?;
+                        if let Err(e) = recorded {
+                            tracing::warn!("remembering {} -> {top} failed: {e}", r.original);
+                        }
+                    }
+                    return Ok(Fetched {
+                        digest,
+                        bytes,
+                        image_id: registry_ref.image_id(&top),
+                        fetched: true,
+                        size,
+                        waited,
+                    });
+                }
+                // Content that is wrong is wrong everywhere: no point asking a fallback.
+                Err(WalkError::Registry(e @ RegistryError::Content(_))) => return Err(wrap(e)),
+                Err(WalkError::Registry(e)) => failures.push(e.to_string()),
+                Err(WalkError::Node(e)) => return Err(e),
+            }
+        }
+        Err(wrap(RegistryError::Remote(failures.join("; "))))
+    }
+
+    /// Follows a manifest (and an index's `wasi/wasm` entry) to the `.wasm` using only the
+    /// node's store: `None` if anything is missing (or damaged, then removed).
+    async fn walk_stored(
+        &self,
+        reference: &str,
+        top: Digest,
+    ) -> Result<Option<(Digest, Bytes, u64)>, ImagePullError> {
+        let limit = self.inner.config.max_image_bytes;
+        self.blocking(reference, move |inner| {
+            let mut manifest = inner.blobs.read_verified(&top)?;
+            for _ in 0..2 {
+                match next_step(&manifest).ok()? {
+                    Step::Manifest(child) => manifest = inner.blobs.read_verified(&child)?,
+                    Step::Layer {
+                        digest, packing, ..
+                    } => {
+                        let layer = inner.blobs.read_verified(&digest)?;
+                        let wasm = wasm_from_tar(&layer, packing, limit).ok()?;
+                        return Some((Digest::of(&wasm), wasm, layer.len() as u64));
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// Fetches the manifest (by tag or pin), the `wasi/wasm` manifest of an index, and the
+    /// layer (unless stored), storing each once verified. Returns the top manifest's digest,
+    /// the `.wasm`'s digest and bytes, and the layer's size.
+    async fn walk_remote(
+        &self,
+        reference: &str,
+        endpoint: &Endpoint,
+    ) -> Result<(Digest, Digest, Bytes, u64), WalkError> {
+        let limit = self.inner.config.max_image_bytes;
+        let (mut manifest, top) = endpoint.manifest(None).await?;
+        self.store_blob(reference, top, manifest.clone()).await?;
+        let mut step = next_step(&manifest).map_err(RegistryError::Content)?;
+        if let Step::Manifest(child) = step {
+            let (bytes, digest) = endpoint.manifest(Some(&child)).await?;
+            self.store_blob(reference, digest, bytes.clone()).await?;
+            manifest = bytes;
+            step = next_step(&manifest).map_err(RegistryError::Content)?;
+        }
+        let Step::Layer {
+            digest,
+            size,
+            packing,
+        } = step
+        else {
+            return Err(RegistryError::Content(format!(
+                "the wasi/wasm entry of index {top} is another index"
+            ))
+            .into());
+        };
+        // One download per blob, whichever references name it.
+        let _downloading = self.inner.pull_locks.lock(&format!("blob:{digest}")).await;
+        let stored = self
+            .blocking(reference, move |inner| inner.blobs.read_verified(&digest))
+            .await?;
+        let layer = match stored {
+            Some(layer) => layer,
+            None => {
+                self.inner.counters.fetches.fetch_add(1, Ordering::Relaxed);
+                let layer = endpoint.blob(&digest, size, limit).await?;
+                self.store_blob(reference, digest, layer.clone()).await?;
+                layer
+            }
+        };
+        let size = layer.len() as u64;
+        let wasm = self
+            .blocking(reference, move |_| wasm_from_tar(&layer, packing, limit))
+            .await?
+            .map_err(|e| RegistryError::Content(format!("layer {digest}: {e}")))?;
+        Ok((top, Digest::of(&wasm), wasm, size))
+    }
+
+    /// Stores a verified blob (blocking work off the async workers).
+    async fn store_blob(
+        &self,
+        reference: &str,
+        digest: Digest,
+        bytes: Bytes,
+    ) -> Result<(), WalkError> {
+        self.blocking(reference, move |inner| inner.blobs.write(&digest, &bytes))
+            .await?
+            .map_err(|e| RegistryError::Store(format!("storing blob {digest}: {e}")).into())
     }
 
     /// Loads the compiled artifact or compiles (off the async workers), then prepares.
@@ -444,7 +766,18 @@ impl Runtime {
     /// Drops the in-memory compiled image for `digest` (running containers keep theirs); a
     /// later pull loads the artifact from the disk cache again. Returns whether it was held.
     pub fn forget_image(&self, digest: &Digest) -> bool {
+        lock(&self.inner.names).remove(digest);
         lock(&self.inner.images).remove(digest).is_some()
+    }
+
+    /// The names a held image was pulled by: each reference as written, and for registry
+    /// images `REGISTRY/REPO@sha256:<manifest>` and `sha256:<manifest>`, plus the
+    /// `.wasm`'s own digest; sorted.
+    pub fn image_names(&self, digest: &Digest) -> Vec<String> {
+        lock(&self.inner.names)
+            .get(digest)
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_else(|| vec![digest.to_string()])
     }
 
     /// The images pulled and compiled, held in memory (what a node reports in

@@ -15,6 +15,7 @@ pub mod env;
 pub mod http_limits;
 pub mod node_object;
 pub mod probes;
+pub mod pull;
 pub mod restart;
 pub mod status;
 pub mod volumes;
@@ -22,9 +23,8 @@ pub mod worker;
 
 use crate::proxy::ProxyConfig;
 use crate::reachability::{ApiHealth, api_retry_delay};
-use crate::tunnel::client::Dialer;
 use crate::tunnel::metrics::TunnelMetrics;
-use crate::{daemon, dns, proxy, tunnel};
+use crate::{daemon, proxy};
 use addresses::{PodAddresses, PodSockets};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -110,29 +110,13 @@ impl AgentConfig {
     }
 }
 
+/// Why the kubelet could not register its Node.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("registering node {node}: {error}")]
     Register { node: String, error: kube::Error },
-    #[error("node {0} has no spec.podCIDR and no fallback pod CIDR was given")]
-    NoPodCidr(String),
-    #[error("pod addresses: {0}")]
-    Addresses(#[from] addresses::AddressError),
-    #[error("node server: {0}")]
-    Daemon(#[from] daemon::DaemonError),
-    #[error("node tunnel: cannot listen on {addr}: {error} (--tunnel-port 0 picks a free port)")]
-    Tunnel {
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
-    #[error("{path}: {error}")]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
 }
 
-/// What every pod worker shares.
 pub struct NodeContext {
     pub config: AgentConfig,
     pub client: kube::Client,
@@ -141,7 +125,7 @@ pub struct NodeContext {
     /// The sockets the pods with an address here declare (what the tunnel admits).
     pub sockets: Arc<PodSockets>,
     /// Pods this node runs, by `namespace/name`, for the log server.
-    pub pods: Mutex<HashMap<String, Arc<Pod>>>,
+    pub pods: daemon::PodIndex,
     /// The proxy's counters and the Service names pods resolve.
     pub services: Arc<proxy::Shared>,
     /// Records the node's Events about pods (probe failures, kills), as `wharf-node`.
@@ -153,217 +137,16 @@ pub struct NodeContext {
     pub shutdown: CancellationToken,
 }
 
-/// A running agent.
-pub struct Agent {
-    pub node_name: String,
-    pub daemon_addr: SocketAddr,
-    /// Where the node tunnel listens, if it runs.
-    pub tunnel_addr: Option<SocketAddr>,
-    pub pod_cidr: String,
-    /// Where the cluster DNS answers, if it runs.
-    pub dns_addr: Option<SocketAddr>,
-    tasks: JoinSet<()>,
-}
-
-impl Agent {
-    /// Resolves once every task of the agent ended after shutdown.
-    pub async fn wait(mut self) {
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
-
-/// Registers the node and starts its lease, heartbeat, log server and pod workers.
-pub async fn start(
-    config: AgentConfig,
-    client: kube::Client,
-    runtime: Arc<Runtime>,
-    shutdown: CancellationToken,
-) -> Result<Agent, AgentError> {
-    // The data dir holds Secret volumes, logs and image blobs: the owner's only, and what an
-    // older node left group- or world-readable is fixed before any pod starts. Only what
-    // the agent writes (`pods/`) is walked, never the whole dir (it may be one the user
-    // chose for other things too); the runtime does the same for its own dirs.
-    let data_dir = config.data_dir.clone();
-    let fixed = tokio::task::spawn_blocking(move || {
-        let pods = data_dir.join("pods");
-        wharf_runtime::private::create_private_dir(&data_dir)
-            .and_then(|()| wharf_runtime::private::create_private_dir(&pods))
-            .and_then(|()| wharf_runtime::private::restrict_tree(&pods))
-    })
-    .await
-    .map_err(std::io::Error::other)
-    .flatten()
-    .map_err(|error| AgentError::Io {
-        path: config.data_dir.clone(),
-        error,
-    })?;
-    if fixed > 0 {
-        tracing::info!(data_dir = %config.data_dir.display(), fixed, "made data dir entries owner-only");
-    }
-    let mut tasks = JoinSet::new();
-    // The node's server is bound first: its port goes into the Node's status.
-    let listener = tokio::net::TcpListener::bind(config.daemon_listen)
-        .await
-        .map_err(|error| daemon::DaemonError::Bind {
-            addr: config.daemon_listen,
-            error,
-        })?;
-    let daemon_addr = listener
-        .local_addr()
-        .map_err(|error| daemon::DaemonError::Bind {
-            addr: config.daemon_listen,
-            error,
-        })?;
-    // The DNS sockets too, so that the bound address (port 0) is known. A node whose DNS
-    // address is taken by something else still runs: pods resolve Services through the
-    // proxy's table, not through DNS.
-    let dns_sockets = match config.dns_listen.map(dns::bind) {
-        Some(Ok(sockets)) => Some(sockets),
-        Some(Err(e)) => {
-            tracing::warn!(node = %config.node_name, error = %e, "cluster DNS not serving on this node");
-            None
-        }
-        None => None,
-    };
-    let dns_addr = dns_sockets.as_ref().map(|s| s.addr);
-    // The tunnel too: its address goes into the Node's annotations.
-    let tunnel_listener = match config.tunnel_port {
-        Some(port) => {
-            let addr = SocketAddr::new(config.address, port);
-            let bound = tokio::net::TcpListener::bind(addr)
-                .await
-                .and_then(|l| Ok((l.local_addr()?, l)))
-                .map_err(|error| AgentError::Tunnel { addr, error })?;
-            Some(bound)
-        }
-        None => None,
-    };
-    let tunnel_addr = tunnel_listener.as_ref().map(|(a, _)| *a);
-    // The cluster's node credential: the API server's to this node's server, and every
-    // node's to the others' tunnels.
-    let proxy_token = daemon::proxy_token(&client).await;
-
-    let mut facts = NodeFacts::of_host(
-        &config.node_name,
-        &config.address.to_string(),
-        daemon_addr.port(),
-        config.max_pods,
-    );
-    facts.tunnel = tunnel_addr;
-    facts.allow_host_path = config.allow_host_path;
-    facts.instances = match runtime.allocator() {
-        wharf_runtime::AllocatorKind::Pooling { total_instances } => Some(*total_instances),
-        wharf_runtime::AllocatorKind::OnDemand { .. } => None,
-    };
-    let node = register(&client, &facts).await?;
-    let pod_cidr = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.pod_cidr.clone())
-        .or_else(|| config.fallback_pod_cidr.clone())
-        .ok_or_else(|| AgentError::NoPodCidr(config.node_name.clone()))?;
-    let addresses = PodAddresses::new(&pod_cidr)?;
-    let tunnel_metrics = Arc::new(TunnelMetrics::default());
-    let dialer = Arc::new(Dialer::new(proxy_token.as_deref(), tunnel_metrics.clone()));
-
-    let ctx = Arc::new(NodeContext {
-        config: config.clone(),
-        client: client.clone(),
-        runtime,
-        addresses: Mutex::new(addresses),
-        sockets: Arc::default(),
-        pods: Mutex::new(HashMap::new()),
-        services: Arc::new(proxy::Shared::new(&config.cluster_domain)),
-        events: Recorder::new(client.clone(), EVENT_SOURCE).with_host(&config.node_name),
-        tunnel: tunnel_metrics.clone(),
-        api: Arc::new(ApiHealth::new(&config.node_name)),
-        shutdown: shutdown.clone(),
-    });
-    if let Some((_, listener)) = tunnel_listener {
-        if proxy_token.is_none() {
-            tracing::warn!("no node credential: the node tunnel refuses every request");
-        }
-        let server = tunnel::server::ServerConfig {
-            credential: proxy_token.as_deref().map(Arc::from),
-            pod_range: PodAddresses::new(&pod_cidr)?,
-            pods: ctx.sockets.clone(),
-            source: Some(config.address),
-            connect_timeout: config.proxy.connect_timeout,
-        };
-        tasks.spawn(tunnel::server::serve(
-            listener,
-            server,
-            tunnel_metrics.clone(),
-            shutdown.clone(),
-        ));
-    }
-    if config.mirrors && proxy_token.is_some() {
-        let mirrors = tunnel::mirror::Mirrors::new(
-            dialer.clone(),
-            tunnel_metrics.clone(),
-            config.proxy.connect_timeout,
-            shutdown.clone(),
-        );
-        tasks.spawn(tunnel::mirror::run(
-            client.clone(),
-            config.node_name.clone(),
-            config.address,
-            mirrors,
-            ctx.api.clone(),
-            shutdown.clone(),
-        ));
-    }
-    tasks.spawn(daemon::serve(listener, ctx.clone(), proxy_token));
+/// Starts the kubelet's own tasks: the Node's heartbeat, the Lease, and the pod workers
+/// (through the watch of the pods bound here).
+pub fn spawn(tasks: &mut JoinSet<()>, ctx: Arc<NodeContext>, facts: NodeFacts) {
     tasks.spawn(heartbeat(ctx.clone(), facts));
     tasks.spawn(renew_lease(ctx.clone()));
-    tasks.spawn(watch_pods(ctx.clone()));
-    // Services: one watch of Services and EndpointSlices feeds the proxy and the DNS.
-    if config.proxy.enabled || dns_sockets.is_some() {
-        let (snapshots_tx, snapshots) = proxy::watch::channel();
-        tasks.spawn(proxy::watch::run(
-            client.clone(),
-            snapshots_tx,
-            ctx.api.clone(),
-            shutdown.clone(),
-        ));
-        if config.proxy.enabled {
-            tasks.spawn(proxy::run(
-                ctx.services.clone(),
-                config.proxy.clone(),
-                config.address,
-                dialer,
-                snapshots.clone(),
-                shutdown.clone(),
-            ));
-        }
-        if let Some(sockets) = dns_sockets {
-            let dns_config = dns::DnsConfig {
-                listen: sockets.addr,
-                cluster_domain: config.cluster_domain.clone(),
-                forward: config.dns_forward,
-            };
-            tasks.spawn(dns::run(
-                sockets,
-                dns_config,
-                ctx.services.clone(),
-                snapshots,
-                shutdown.clone(),
-            ));
-        }
-    }
-    tracing::info!(node = %config.node_name, %daemon_addr, ?tunnel_addr, %pod_cidr, ?dns_addr, "node agent running");
-    Ok(Agent {
-        node_name: config.node_name,
-        daemon_addr,
-        tunnel_addr,
-        pod_cidr,
-        dns_addr,
-        tasks,
-    })
+    tasks.spawn(watch_pods(ctx));
 }
 
 /// Creates the Node, or adopts it if it exists (a restarted agent), and reports Ready.
-async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<Node, AgentError> {
+pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<Node, AgentError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let err = |error| AgentError::Register {
         node: facts.name.clone(),
@@ -416,10 +199,12 @@ async fn heartbeat(ctx: Arc<NodeContext>, facts: NodeFacts) {
         let mut status =
             node_object::node_status(&facts, true, previous.as_ref(), jiff::Timestamp::now());
         // The compiled modules this node holds, for the scheduler's image locality.
-        status.images =
-            Some(node_object::node_images(ctx.runtime.images().iter().map(
-                |i| (i.reference().to_string(), i.digest().to_string(), i.size()),
-            )));
+        status.images = Some(node_object::node_images(
+            ctx.runtime
+                .images()
+                .iter()
+                .map(|i| (ctx.runtime.image_names(&i.digest()), i.size())),
+        ));
         let patch = Patch::Merge(serde_json::json!({"status": status}));
         match nodes
             .patch_status(&facts.name, &PatchParams::default(), &patch)

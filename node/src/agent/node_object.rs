@@ -264,20 +264,17 @@ pub fn node_status(
 /// How many images a node reports, the largest first (the kubelet's default is 50).
 pub const MAX_IMAGES: usize = 50;
 
-/// `status.images` from what the runtime holds: `(reference, digest, size)` with the
-/// digest as `sha256:HEX`. Each image is named by its reference and its digest, so the
-/// scheduler finds it by either (a pod pinned with `@sha256:` by the digest).
-pub fn node_images(held: impl IntoIterator<Item = (String, String, u64)>) -> Vec<ContainerImage> {
+/// `status.images` from what the runtime holds: `(names, size)`, the names being every
+/// reference the image was pulled by and its digests as `sha256:HEX` (for a registry image,
+/// also `REGISTRY/REPO@sha256:<manifest>` and the manifest's `sha256:HEX`), so the
+/// scheduler finds it by any (a pod pinned with `@sha256:` by the digest).
+pub fn node_images(held: impl IntoIterator<Item = (Vec<String>, u64)>) -> Vec<ContainerImage> {
     let mut held: Vec<_> = held.into_iter().collect();
-    held.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    held.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     held.truncate(MAX_IMAGES);
     held.into_iter()
-        .map(|(reference, digest, size)| ContainerImage {
-            names: Some(if reference == digest {
-                vec![digest]
-            } else {
-                vec![reference, digest]
-            }),
+        .map(|(names, size)| ContainerImage {
+            names: Some(names),
             size_bytes: Some(i64::try_from(size).unwrap_or(i64::MAX)),
         })
         .collect()
@@ -381,9 +378,10 @@ mod tests {
 
     #[test]
     fn images_are_reported_by_reference_and_digest_largest_first() {
+        let names = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
         let images = node_images([
-            ("/srv/small.wasm".to_string(), "sha256:aa".to_string(), 10),
-            ("/srv/big.wasm".to_string(), "sha256:bb".to_string(), 2000),
+            (names("/srv/small.wasm", "sha256:aa"), 10),
+            (names("/srv/big.wasm", "sha256:bb"), 2000),
         ]);
         assert_eq!(images.len(), 2);
         assert_eq!(
@@ -391,7 +389,8 @@ mod tests {
             Some(vec!["/srv/big.wasm".to_string(), "sha256:bb".to_string()])
         );
         assert_eq!(images[0].size_bytes, Some(2000));
-        let many = node_images((0..60).map(|i| (format!("{i}.wasm"), format!("sha256:{i}"), i)));
+        let many =
+            node_images((0..60).map(|i| (vec![format!("{i}.wasm"), format!("sha256:{i}")], i)));
         assert_eq!(many.len(), MAX_IMAGES);
         assert_eq!(many[0].size_bytes, Some(59));
     }

@@ -23,6 +23,7 @@
 use super::NodeContext;
 use super::env::{self, Downward, Sources};
 use super::probes::{self, ContainerProbes, EventBudget, ProbeKind, ProbeSpecs, Verdict};
+use super::pull;
 use super::restart::should_restart;
 use super::status::{ContainerRecord, PodFacts, State, Terminated, pod_status};
 use super::volumes;
@@ -43,17 +44,16 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use wharf_control::api::quantity::Quantity;
 use wharf_control::events::{self, EventType};
-use wharf_runtime::{Container, ContainerSpec, ExitStatus, NetworkAccess, Resources};
+use wharf_runtime::{
+    Container, ContainerSpec, ExitStatus, ImagePullError, NetworkAccess, PullOptions, PullPolicy,
+    Resources,
+};
 
 /// Annotation listing the hosts a pod's guests may reach (`host`, `host:port`, comma
 /// separated), or `*` for any. Without it a pod has no network access.
 pub const ALLOW_HOSTS_ANNOTATION: &str = "wharf.dev/allow-hosts";
 
-/// The runtime's id for a container of a pod: stable across restarts of the container
-/// (its log attempts are numbered by restart count) and unique per pod instance.
-pub fn container_id(pod_uid: &str, container: &str) -> String {
-    format!("{pod_uid}_{container}")
-}
+pub use crate::container_id;
 
 struct Running {
     container: Arc<Container>,
@@ -716,14 +716,26 @@ async fn start_container(
         }
     };
     // As the kubelet does: the container shows its waiting state (`ContainerCreating`) and
-    // a `Pulling` Event while the image is fetched, so a slow or hanging URL is visible at
-    // once, not only when the pull times out.
-    let present = ctx
-        .runtime
-        .images()
-        .iter()
-        .any(|i| i.reference() == image_ref);
-    if !present {
+    // a `Pulling` Event while the image is fetched, so a slow or hanging registry is visible
+    // at once, not only when the pull times out.
+    let policy = pull::policy(c);
+    let (credentials, unreadable) = pull::pod_credentials(&ctx.client, pod).await;
+    if !unreadable.is_empty() {
+        record_event(
+            ctx,
+            st,
+            pod,
+            &c.name,
+            EventType::Warning,
+            "FailedToRetrieveImagePullSecret",
+            format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                unreadable.join(", ")
+            ),
+        );
+    }
+    let present = policy != PullPolicy::Always && ctx.runtime.image_present(&image_ref).await;
+    if !present && policy != PullPolicy::Never {
         write_status(ctx, st, pod).await;
         record_event(
             ctx,
@@ -736,39 +748,60 @@ async fn start_container(
         );
     }
     let pull_started = Instant::now();
-    let pulled = ctx.runtime.pull(&image_ref).await;
-    let (reason, message) = match &pulled {
+    let options = PullOptions {
+        policy,
+        credentials,
+    };
+    let pulled = ctx.runtime.pull_with(&image_ref, &options).await;
+    let (kind, reason, message) = match &pulled {
         Ok(_) if present => (
+            EventType::Normal,
             "Pulled",
             format!("Container image {image_ref:?} already present on machine"),
         ),
-        Ok(_) => (
-            "Pulled",
-            format!(
-                "Successfully pulled image {image_ref:?} in {:?}",
-                Duration::from_millis(
-                    u64::try_from(pull_started.elapsed().as_millis()).unwrap_or(u64::MAX)
-                )
-            ),
+        Ok(p) => {
+            let total = pull_started.elapsed();
+            (
+                EventType::Normal,
+                "Pulled",
+                pull::pulled_message(&image_ref, total.saturating_sub(p.waited), total, p.size),
+            )
+        }
+        Err(e @ ImagePullError::NeverPull { .. }) => {
+            (EventType::Warning, "ErrImageNeverPull", e.to_string())
+        }
+        Err(e) => (
+            EventType::Warning,
+            "Failed",
+            format!("Failed to pull image {image_ref:?}: {e}"),
         ),
-        Err(e) => ("Failed", format!("Failed to pull image {image_ref:?}: {e}")),
-    };
-    let kind = if pulled.is_ok() {
-        EventType::Normal
-    } else {
-        EventType::Warning
     };
     record_event(ctx, st, pod, &c.name, kind, reason, message);
-    let image = match pulled {
-        Ok(i) => i,
+    let pulled = match pulled {
+        Ok(p) => p,
         Err(e) => {
-            // ErrImagePull, then ImagePullBackOff on the retries, as Kubernetes shows it.
-            let reason = if st.backoff.contains_key(&c.name) {
-                "ImagePullBackOff"
-            } else {
-                "ErrImagePull"
+            // ErrImagePull, then ImagePullBackOff on the retries, as Kubernetes shows it
+            // (ErrImageNeverPull and InvalidImageName stay as they are).
+            let reason = match e.reason() {
+                "ErrImagePull" if st.backoff.contains_key(&c.name) => "ImagePullBackOff",
+                other => other,
             };
-            waiting(st, idx, reason, e.to_string());
+            record_event(
+                ctx,
+                st,
+                pod,
+                &c.name,
+                EventType::Warning,
+                "Failed",
+                format!("Error: {reason}"),
+            );
+            let message = if reason == "ImagePullBackOff" {
+                // As the kubelet words it: what it backs off from, and why.
+                format!("Back-off pulling image {image_ref:?}: ErrImagePull: {e}")
+            } else {
+                e.to_string()
+            };
+            waiting(st, idx, reason, message);
             let n = st.backoff.get(&c.name).map_or(0, |(_, n)| n + 1);
             st.backoff.insert(
                 c.name.clone(),
@@ -777,7 +810,8 @@ async fn start_container(
             return;
         }
     };
-    st.records[idx].image_id = Some(format!("sha256:{}", image.digest().hex()));
+    let image = pulled.image;
+    st.records[idx].image_id = Some(pulled.image_id);
 
     let downward = Downward {
         pod_ip: st.facts.pod_ip.clone().unwrap_or_default(),
