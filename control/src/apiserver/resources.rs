@@ -421,9 +421,6 @@ async fn list(
     // A continuation lists the collection as it was at the first page's revision, while
     // the log still reaches it.
     let (revision, items) = match &opts.resume {
-        Some(t) if t.revision < state.store.oldest_watchable() => {
-            return Err(ApiError::ContinueExpired);
-        }
         Some(t) => {
             let at = tokio::time::timeout(
                 CONTINUE_TIMEOUT,
@@ -1573,7 +1570,11 @@ async fn delete_collection(
     opts: &DeleteOptions,
 ) -> Result<Response, ApiError> {
     let deleted = delete_all(state, target, query, opts).await?;
-    let revision = state.store.revision();
+    let revision = state
+        .store
+        .revision()
+        .await
+        .map_err(|e| ApiError::from_store(e, subject(target, "")))?;
     Ok(json_response(
         StatusCode::OK,
         &list_object(target.kind, deleted, revision),

@@ -96,7 +96,9 @@
 //! Ages use the wall clock: a clock that jumps back keeps entries longer, one that jumps
 //! forward compacts them earlier (the count bound still holds).
 
-use super::{Event, EventKind, ListResult, Revision, Store, StoreError, StoredObject, WatchStream};
+use super::{
+    Event, EventKind, ListResult, Revision, Store, StoreError, StoredObject, WatchStream, Write,
+};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use futures::future::BoxFuture;
@@ -191,7 +193,7 @@ pub struct FjallStore {
 impl std::fmt::Debug for FjallStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FjallStore")
-            .field("revision", &self.revision())
+            .field("revision", &self.current_revision())
             .field("oldest_watchable", &self.oldest_watchable())
             .finish_non_exhaustive()
     }
@@ -288,11 +290,12 @@ impl Shared {
     }
 }
 
-type Reply = oneshot::Sender<Result<Arc<Event>, StoreError>>;
+type Reply = oneshot::Sender<Result<Vec<Arc<Event>>, StoreError>>;
 
 enum Command {
+    /// One txn: all of its writes or none.
     Write {
-        op: Op,
+        writes: Vec<Write>,
         reply: Reply,
     },
     Compact {
@@ -301,86 +304,61 @@ enum Command {
     Close,
 }
 
-enum Op {
-    Create {
-        key: String,
-        value: Bytes,
-    },
-    Update {
-        key: String,
-        value: Bytes,
-        expected: Option<Revision>,
-    },
-    Delete {
-        key: String,
-        expected: Option<Revision>,
-    },
-}
-
-impl Op {
-    fn key(&self) -> &str {
-        match self {
-            Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key,
+/// The event `write` produces at `revision` if `current` is the object now, or why not.
+fn apply(
+    write: &Write,
+    current: Option<&StoredObject>,
+    revision: Revision,
+) -> Result<Event, StoreError> {
+    match (write, current) {
+        (Write::Create { key, .. }, Some(_)) => Err(StoreError::AlreadyExists { key: key.clone() }),
+        (Write::Create { key, value, .. }, None) => Ok(Event {
+            revision,
+            kind: EventKind::Put,
+            object: StoredObject {
+                key: key.clone(),
+                value: value.clone(),
+                mod_revision: revision,
+                create_revision: revision,
+            },
+            prev: None,
+            memo: Default::default(),
+        }),
+        (Write::Update { key, .. } | Write::Delete { key, .. }, None) => {
+            Err(StoreError::NotFound { key: key.clone() })
         }
-    }
-
-    /// The event this op produces at `revision` if `current` is the object now, or why not.
-    fn apply(
-        &self,
-        current: Option<&StoredObject>,
-        revision: Revision,
-    ) -> Result<Event, StoreError> {
-        match (self, current) {
-            (Op::Create { key, .. }, Some(_)) => {
-                Err(StoreError::AlreadyExists { key: key.clone() })
-            }
-            (Op::Create { key, value }, None) => Ok(Event {
+        (
+            Write::Update {
+                key,
+                value,
+                expected,
+                ..
+            },
+            Some(cur),
+        ) => {
+            check_expected(key, *expected, cur)?;
+            Ok(Event {
                 revision,
                 kind: EventKind::Put,
                 object: StoredObject {
                     key: key.clone(),
                     value: value.clone(),
                     mod_revision: revision,
-                    create_revision: revision,
+                    create_revision: cur.create_revision,
                 },
-                prev: None,
+                prev: Some(cur.clone()),
                 memo: Default::default(),
-            }),
-            (Op::Update { key, .. } | Op::Delete { key, .. }, None) => {
-                Err(StoreError::NotFound { key: key.clone() })
-            }
-            (
-                Op::Update {
-                    key,
-                    value,
-                    expected,
-                },
-                Some(cur),
-            ) => {
-                check_expected(key, *expected, cur)?;
-                Ok(Event {
-                    revision,
-                    kind: EventKind::Put,
-                    object: StoredObject {
-                        key: key.clone(),
-                        value: value.clone(),
-                        mod_revision: revision,
-                        create_revision: cur.create_revision,
-                    },
-                    prev: Some(cur.clone()),
-                    memo: Default::default(),
-                })
-            }
-            (Op::Delete { key, expected }, Some(cur)) => {
-                check_expected(key, *expected, cur)?;
-                Ok(Event {
-                    revision,
-                    kind: EventKind::Delete,
-                    object: cur.clone(),
-                    prev: Some(cur.clone()),
-                    memo: Default::default(),
-                })
-            }
+            })
+        }
+        (Write::Delete { key, expected }, Some(cur)) => {
+            check_expected(key, *expected, cur)?;
+            Ok(Event {
+                revision,
+                kind: EventKind::Delete,
+                object: cur.clone(),
+                prev: Some(cur.clone()),
+                memo: Default::default(),
+            })
         }
     }
 }
@@ -530,13 +508,16 @@ impl FjallStore {
         }
     }
 
-    /// Queues `op` for the writer and returns the future of its reply. If the caller drops
-    /// the future, the op still happens (or not) as if it had waited.
-    fn submit(&self, op: Op) -> BoxFuture<'static, Result<Arc<Event>, StoreError>> {
+    /// Queues a txn for the writer and returns the future of its reply. If the caller
+    /// drops the future, the txn still happens (or not) as if it had waited.
+    fn submit(
+        &self,
+        writes: Vec<Write>,
+    ) -> BoxFuture<'static, Result<Vec<Arc<Event>>, StoreError>> {
         let queued = self.shared.check_open().and_then(|()| {
             let (reply, rx) = oneshot::channel();
             self.sender
-                .send(Command::Write { op, reply })
+                .send(Command::Write { writes, reply })
                 .map_err(|_| StoreError::Closed)?;
             Ok(rx)
         });
@@ -547,6 +528,17 @@ impl FjallStore {
                 Err(e) => Err(e),
             }
         })
+    }
+
+    /// The revision the log is compacted through: a watch after it still gets every event
+    /// (for tests and diagnostics; the API never asks).
+    pub fn oldest_watchable(&self) -> Revision {
+        self.shared.read_state().compacted
+    }
+
+    /// The revision of the last committed write (for tests and diagnostics).
+    pub fn current_revision(&self) -> Revision {
+        self.shared.read_state().revision
     }
 }
 
@@ -582,61 +574,34 @@ impl Store for FjallStore {
         Box::pin(futures::future::ready(result))
     }
 
-    fn create<'a>(
-        &'a self,
-        key: &'a str,
-        value: Bytes,
-    ) -> BoxFuture<'a, Result<StoredObject, StoreError>> {
-        let reply = self.submit(Op::Create {
-            key: key.to_owned(),
-            value,
-        });
-        Box::pin(async move { reply.await.map(|e| e.object.clone()) })
-    }
-
-    fn update<'a>(
-        &'a self,
-        key: &'a str,
-        value: Bytes,
-        expected: Option<Revision>,
-    ) -> BoxFuture<'a, Result<StoredObject, StoreError>> {
-        let reply = self.submit(Op::Update {
-            key: key.to_owned(),
-            value,
-            expected,
-        });
-        Box::pin(async move { reply.await.map(|e| e.object.clone()) })
-    }
-
-    fn delete<'a>(
-        &'a self,
-        key: &'a str,
-        expected: Option<Revision>,
-    ) -> BoxFuture<'a, Result<Event, StoreError>> {
-        let reply = self.submit(Op::Delete {
-            key: key.to_owned(),
-            expected,
-        });
-        Box::pin(async move { reply.await.map(|e| Event::clone(&e)) })
-    }
-
-    fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        self.shared.check_open()?;
-        let oldest = self.shared.read_state().compacted;
-        if after < oldest {
-            return Err(StoreError::Expired {
-                requested: after,
-                oldest,
-            });
+    fn txn<'a>(&'a self, writes: Vec<Write>) -> BoxFuture<'a, Result<Vec<Arc<Event>>, StoreError>> {
+        if writes.is_empty() {
+            return Box::pin(futures::future::ready(Ok(Vec::new())));
         }
-        let watcher = Watcher {
-            shared: self.shared.clone(),
-            prefix: prefix.to_owned(),
-            position: after,
-            revisions: self.shared.revisions.clone(),
-            pending: VecDeque::new(),
-        };
-        Ok(
+        self.submit(writes)
+    }
+
+    fn watch<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Revision,
+    ) -> BoxFuture<'a, Result<WatchStream, StoreError>> {
+        let result = self.shared.check_open().map(|()| {
+            let oldest = self.shared.read_state().compacted;
+            if after < oldest {
+                let expired = StoreError::Expired {
+                    requested: after,
+                    oldest,
+                };
+                return futures::stream::once(futures::future::ready(Err(expired))).boxed();
+            }
+            let watcher = Watcher {
+                shared: self.shared.clone(),
+                prefix: prefix.to_owned(),
+                position: after,
+                revisions: self.shared.revisions.clone(),
+                pending: VecDeque::new(),
+            };
             futures::stream::unfold(Some(watcher), |watcher| async move {
                 let mut watcher = watcher?;
                 match watcher.next_event().await? {
@@ -644,16 +609,17 @@ impl Store for FjallStore {
                     Err(e) => Some((Err(e), None)),
                 }
             })
-            .boxed(),
-        )
+            .boxed()
+        });
+        Box::pin(futures::future::ready(result))
     }
 
-    fn revision(&self) -> Revision {
-        self.shared.read_state().revision
-    }
-
-    fn oldest_watchable(&self) -> Revision {
-        self.shared.read_state().compacted
+    fn revision(&self) -> BoxFuture<'_, Result<Revision, StoreError>> {
+        let result = self
+            .shared
+            .check_open()
+            .map(|()| self.shared.read_state().revision);
+        Box::pin(futures::future::ready(result))
     }
 }
 
@@ -767,7 +733,7 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         let mut next_compaction = Instant::now() + self.compaction_interval;
-        let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(self.max_batch);
+        let mut batch: Vec<(Vec<Write>, Reply)> = Vec::with_capacity(self.max_batch);
         let mut compact_requests = Vec::new();
         loop {
             let wait = next_compaction.saturating_duration_since(Instant::now());
@@ -784,7 +750,7 @@ impl Writer {
             // the batch so it sees every write queued before it.
             while let Some(command) = next.take() {
                 match command {
-                    Command::Write { op, reply } => batch.push((op, reply)),
+                    Command::Write { writes, reply } => batch.push((writes, reply)),
                     Command::Compact { reply } => {
                         compact_requests.push(reply);
                         break;
@@ -848,7 +814,7 @@ impl Writer {
     }
 
     /// Checks, commits (one fsync) and applies one batch of writes, then replies to each.
-    fn commit(&mut self, batch: &mut Vec<(Op, Reply)>) {
+    fn commit(&mut self, batch: &mut Vec<(Vec<Write>, Reply)>) {
         if let Some(reason) = &self.failed {
             let err = refused(reason);
             for (_, reply) in batch.drain(..) {
@@ -857,33 +823,56 @@ impl Writer {
             return;
         }
 
-        // Decide: preconditions against memory plus the earlier ops of this batch.
-        let mut outcomes = Vec::with_capacity(batch.len());
+        // Decide: preconditions against memory plus the earlier txns of this batch. A txn
+        // decides against its own earlier writes too, and leaves no trace if one fails.
+        let mut outcomes: Vec<Result<Vec<Arc<Event>>, StoreError>> =
+            Vec::with_capacity(batch.len());
         let last = {
             let state = self.shared.read_state();
             let mut overlay: HashMap<&str, Option<StoredObject>> = HashMap::new();
             let mut revision = state.revision;
-            for (op, _) in batch.iter() {
-                let key = op.key();
-                let current = match overlay.get(key) {
-                    Some(in_batch) => in_batch.as_ref(),
-                    None => state.objects.get(key),
-                };
-                let outcome = op.apply(current, revision + 1);
-                if let Ok(event) = &outcome {
-                    revision += 1;
-                    let after = match event.kind {
-                        EventKind::Put => Some(event.object.clone()),
-                        EventKind::Delete => None,
+            for (writes, _) in batch.iter() {
+                let mut local: HashMap<&str, Option<StoredObject>> = HashMap::new();
+                let mut events = Vec::with_capacity(writes.len());
+                let mut failed = None;
+                for write in writes {
+                    let key = write.key();
+                    let current = match local.get(key).or_else(|| overlay.get(key)) {
+                        Some(in_batch) => in_batch.as_ref(),
+                        None => state.objects.get(key),
                     };
-                    overlay.insert(key, after);
+                    match apply(write, current, revision + events.len() as u64 + 1) {
+                        Ok(event) => {
+                            let after = match event.kind {
+                                EventKind::Put => Some(event.object.clone()),
+                                EventKind::Delete => None,
+                            };
+                            local.insert(key, after);
+                            events.push(Arc::new(event));
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
                 }
-                outcomes.push(outcome.map(Arc::new));
+                outcomes.push(match failed {
+                    Some(e) => Err(e),
+                    None => {
+                        revision += events.len() as u64;
+                        overlay.extend(local);
+                        Ok(events)
+                    }
+                });
             }
             revision
         };
 
-        let events: Vec<&Arc<Event>> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+        let events: Vec<&Arc<Event>> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok())
+            .flatten()
+            .collect();
         if !events.is_empty() {
             if let Err(e) = self.persist(&events, last) {
                 let reason = e.to_string();
@@ -1441,6 +1430,14 @@ mod tests {
         out
     }
 
+    /// The error a watch after `after` starts with, and that the stream ends after it.
+    async fn expired(store: &FjallStore, after: Revision) -> StoreError {
+        let mut w = t(store.watch("", after)).await.unwrap();
+        let err = t(w.next()).await.expect("an item").unwrap_err();
+        assert!(t(w.next()).await.is_none(), "the stream ends after Expired");
+        err
+    }
+
     fn revisions(events: &[Arc<Event>]) -> Vec<Revision> {
         events.iter().map(|e| e.revision).collect()
     }
@@ -1449,7 +1446,7 @@ mod tests {
     async fn create_get_list() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        assert_eq!(store.revision(), 0);
+        assert_eq!(store.current_revision(), 0);
         let a = t(store.create("core/pods/default/a", v("a")))
             .await
             .unwrap();
@@ -1489,7 +1486,7 @@ mod tests {
                 key: "k/r/ns/a".into()
             }
         );
-        assert_eq!(store.revision(), 1);
+        assert_eq!(store.current_revision(), 1);
         assert_eq!(
             t(store.get("k/r/ns/a")).await.unwrap().unwrap().value,
             v("1")
@@ -1526,7 +1523,7 @@ mod tests {
                 actual: 2
             }
         );
-        assert_eq!(store.revision(), 2);
+        assert_eq!(store.current_revision(), 2);
         assert_eq!(t(store.get("k/r/ns/a")).await.unwrap(), Some(a2.clone()));
 
         // Unconditional update.
@@ -1595,7 +1592,7 @@ mod tests {
             assert!(t(store.delete(&key, None)).await.is_err());
         }
         assert_eq!(seen, (1..=15).collect::<Vec<_>>());
-        assert_eq!(store.revision(), 15);
+        assert_eq!(store.current_revision(), 15);
     }
 
     #[tokio::test]
@@ -1606,7 +1603,7 @@ mod tests {
         t(store.update("k/r/ns/a", v("2"), None)).await.unwrap();
         t(store.delete("k/r/ns/a", None)).await.unwrap();
 
-        let mut w = store.watch("", 0).unwrap();
+        let mut w = t(store.watch("", 0)).await.unwrap();
         let replay = take(&mut w, 3).await;
         assert_eq!(revisions(&replay), [1, 2, 3]);
         assert_eq!(replay[0].kind, EventKind::Put);
@@ -1632,7 +1629,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let mut w = store.watch("", 6).unwrap();
+        let mut w = t(store.watch("", 6)).await.unwrap();
         t(store.create("k/r/ns/live", v("x"))).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 5).await), [7, 8, 9, 10, 11]);
         // Caught up: nothing more is pending.
@@ -1643,7 +1640,7 @@ mod tests {
         );
 
         // Watching from the current revision yields only later writes.
-        let mut w = store.watch("", store.revision()).unwrap();
+        let mut w = t(store.watch("", store.current_revision())).await.unwrap();
         t(store.create("k/r/ns/later", v("x"))).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 1).await), [12]);
     }
@@ -1661,8 +1658,8 @@ mod tests {
         t(store.create("core/podsx/default/c", v("c")))
             .await
             .unwrap(); // 3
-        let mut pods = store.watch("core/pods/", 0).unwrap();
-        let mut default = store.watch("core/pods/default/", 0).unwrap();
+        let mut pods = t(store.watch("core/pods/", 0)).await.unwrap();
+        let mut default = t(store.watch("core/pods/default/", 0)).await.unwrap();
         t(store.delete("core/pods/default/a", None)).await.unwrap(); // 4
         t(store.create("core/nodes//n", v("n"))).await.unwrap(); // 5
         t(store.create("core/pods/default/d", v("d")))
@@ -1686,7 +1683,7 @@ mod tests {
         c.watch_chunk = 16;
         let store = Arc::new(FjallStore::open(c).unwrap());
         // The watcher runs while the writers write, until it sees the sentinel key.
-        let mut w = store.watch("", 0).unwrap();
+        let mut w = t(store.watch("", 0)).await.unwrap();
         let watcher = tokio::spawn(async move {
             let mut seen = Vec::new();
             while let Some(event) = w.next().await {
@@ -1751,7 +1748,7 @@ mod tests {
     async fn live_watcher_started_first_sees_concurrent_writes_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(open(&dir));
-        let mut w = store.watch("k/", 0).unwrap();
+        let mut w = t(store.watch("k/", 0)).await.unwrap();
         let writes: Vec<_> = (0..200)
             .map(|i| {
                 let store = store.clone();
@@ -1779,7 +1776,7 @@ mod tests {
         assert_eq!(store.oldest_watchable(), 0);
         assert_eq!(t(store.compact_now()).await.unwrap(), 7);
         assert_eq!(store.oldest_watchable(), 7);
-        let err = store.watch("", 6).err().unwrap();
+        let err = expired(&store, 6).await;
         assert_eq!(
             err,
             StoreError::Expired {
@@ -1787,7 +1784,7 @@ mod tests {
                 oldest: 7
             }
         );
-        let mut w = store.watch("", 7).unwrap();
+        let mut w = t(store.watch("", 7)).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 3).await), [8, 9, 10]);
         // Idempotent.
         assert_eq!(t(store.compact_now()).await.unwrap(), 7);
@@ -1807,10 +1804,10 @@ mod tests {
         }
         assert_eq!(t(store.compact_now()).await.unwrap(), 4);
         assert!(matches!(
-            store.watch("", 3),
-            Err(StoreError::Expired { .. })
+            expired(&store, 3).await,
+            StoreError::Expired { .. }
         ));
-        let mut w = store.watch("", 4).unwrap();
+        let mut w = t(store.watch("", 4)).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 1).await), [5]);
     }
 
@@ -1826,7 +1823,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let mut w = store.watch("", 0).unwrap(); // fine: nothing compacted yet
+        let mut w = t(store.watch("", 0)).await.unwrap(); // fine: nothing compacted yet
         assert_eq!(t(store.compact_now()).await.unwrap(), 4);
         let err = t(w.next()).await.unwrap().unwrap_err();
         assert_eq!(
@@ -1865,7 +1862,7 @@ mod tests {
         t(store.create("k/r/ns/huge", v(&huge))).await.unwrap();
         assert_eq!(store.shared.read_state().recent.len(), 1);
         // Everything older is served from the disk log, in order.
-        let mut all = store.watch("", 0).unwrap();
+        let mut all = t(store.watch("", 0)).await.unwrap();
         let events = take(&mut all, 32).await;
         assert_eq!(revisions(&events), (1..=32).collect::<Vec<_>>());
     }
@@ -1881,13 +1878,13 @@ mod tests {
             let key = format!("k/r/{}/{i}", if i % 2 == 0 { "even" } else { "odd" });
             t(store.create(&key, v(&i.to_string()))).await.unwrap();
         }
-        let mut all = store.watch("", 0).unwrap();
+        let mut all = t(store.watch("", 0)).await.unwrap();
         let events = take(&mut all, 50).await;
         assert_eq!(revisions(&events), (1..=50).collect::<Vec<_>>());
         assert_eq!(events[9].object.value, v("9"));
         assert_eq!(events[9].object.key, "k/r/odd/9");
         // Filtered reads from disk skip the other keys without gaps.
-        let mut even = store.watch("k/r/even/", 10).unwrap();
+        let mut even = t(store.watch("k/r/even/", 10)).await.unwrap();
         let got = take(&mut even, 20).await;
         assert_eq!(revisions(&got), (11..=50).step_by(2).collect::<Vec<_>>());
         t(store.create("k/r/even/live", v("l"))).await.unwrap();
@@ -1909,7 +1906,7 @@ mod tests {
             list
         };
         let store = open(&dir);
-        assert_eq!(store.revision(), 5);
+        assert_eq!(store.current_revision(), 5);
         assert_eq!(store.oldest_watchable(), 0);
         let after = t(store.list("")).await.unwrap();
         assert_eq!(after.items, before.items);
@@ -1921,7 +1918,7 @@ mod tests {
         );
 
         // Revisions continue; a watch from before the reopen replays from the disk log.
-        let mut w = store.watch("", 0).unwrap();
+        let mut w = t(store.watch("", 0)).await.unwrap();
         let c2 = t(store.update("k/r/ns/c", v("c2"), Some(5))).await.unwrap();
         assert_eq!(c2.mod_revision, 6);
         let events = take(&mut w, 6).await;
@@ -1941,9 +1938,12 @@ mod tests {
         drop(store);
         let store = FjallStore::open(c).unwrap();
         assert_eq!(store.oldest_watchable(), 4);
-        assert_eq!(store.revision(), 6);
-        assert!(store.watch("", 3).is_err());
-        let mut w = store.watch("", 4).unwrap();
+        assert_eq!(store.current_revision(), 6);
+        assert!(matches!(
+            expired(&store, 3).await,
+            StoreError::Expired { .. }
+        ));
+        let mut w = t(store.watch("", 4)).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 2).await), [5, 6]);
     }
 
@@ -1952,7 +1952,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         t(store.create("k/r/ns/a", v("a"))).await.unwrap();
-        let mut w = store.watch("", 0).unwrap();
+        let mut w = t(store.watch("", 0)).await.unwrap();
         store.close();
         // What was committed is still delivered, then the stream ends.
         assert_eq!(revisions(&take(&mut w, 1).await), [1]);
@@ -1965,7 +1965,10 @@ mod tests {
             t(store.get("k/r/ns/a")).await.unwrap_err(),
             StoreError::Closed
         );
-        assert!(matches!(store.watch("", 0), Err(StoreError::Closed)));
+        assert!(matches!(
+            t(store.watch("", 0)).await,
+            Err(StoreError::Closed)
+        ));
         store.close(); // idempotent
         // The data dir is released.
         drop(open(&dir));
@@ -1975,7 +1978,7 @@ mod tests {
     async fn dropping_the_store_ends_watch_streams() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let mut w = store.watch("", 0).unwrap();
+        let mut w = t(store.watch("", 0)).await.unwrap();
         let waiting = tokio::spawn(async move { w.next().await.is_none() });
         drop(store);
         assert!(t(waiting).await.unwrap());
