@@ -191,6 +191,11 @@ pub async fn start(
             error,
         })?;
     let store: Arc<dyn Store> = Arc::new(store);
+    // The allocators must hold what the stored Services and Nodes hold before the first
+    // allocation (stores from before they existed, leaks after a hand edit).
+    apiserver::ipam::repair(store.as_ref())
+        .await
+        .map_err(|e| ControlError::Bootstrap(format!("repairing the address allocators: {e}")))?;
 
     let admin_token = load_or_create_token(&dir.join("admin.token")).await?;
     let auth = Arc::new(Authenticator::new());

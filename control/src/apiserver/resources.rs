@@ -24,7 +24,7 @@ use crate::api::kinds::ResourceKind;
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::validation::{self, FieldError};
 use crate::api::{apply, jsonpatch, strategic};
-use crate::store::{StoreError, StoredObject, collection_prefix, object_key};
+use crate::store::{StoreError, StoredObject, Write, collection_prefix, object_key};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -693,39 +693,10 @@ async fn create(
     if let Some(ns) = &ns {
         ensure_namespace_open(state, ns).await?;
     }
-    // Node IPAM: a registering node gets a pod range no other node holds. The lock is
-    // held until the create is stored, so concurrent registrations see each other.
-    let _ipam = if kind.group.is_empty() && kind.kind == "Node" {
-        let guard = super::ipam::LOCK.lock().await;
-        let nodes = state
-            .store
-            .list(&collection_prefix("", "nodes", None))
-            .await
-            .map_err(|e| ApiError::from_store(e, subject(target, &name)))?;
-        let existing = nodes
-            .items
-            .iter()
-            .map(decode)
-            .collect::<Result<Vec<_>, _>>()?;
-        super::ipam::assign(&mut obj, &existing).map_err(|e| {
-            invalid(
-                kind,
-                &obj,
-                target,
-                vec![FieldError::new(
-                    "spec.podCIDR",
-                    validation::Reason::Invalid,
-                    None,
-                    e,
-                )],
-            )
-        })?;
-        Some(guard)
-    } else {
-        None
-    };
-    // Service addresses: a cluster IP and node ports no other Service holds (held until stored).
-    let _svc_alloc = super::services::admit_create(state, target, &mut obj).await?;
+    // Node IPAM and Service addresses: values no other object holds, stored with the
+    // object in one txn (see `ipam`).
+    let node_alloc = super::ipam::admit_node(state, target, &mut obj).await?;
+    let svc_alloc = super::services::admit_create(state, target, &mut obj).await?;
     super::endpoint_addresses::admit(state, target, &obj).await?;
     for w in super::host_path::warnings(state, kind, &obj).await {
         fields.warn(w);
@@ -735,11 +706,8 @@ async fn create(
         return Ok(fields.respond(json_response(StatusCode::CREATED, &obj)));
     }
     let key = key_of(kind, ns.as_deref(), &name);
-    let stored = state
-        .store
-        .create(&key, encode(&obj)?)
-        .await
-        .map_err(|e| ApiError::from_store(e, subject(target, &name)))?;
+    let stored =
+        super::ipam::store_create(state, target, &key, obj, node_alloc.or(svc_alloc)).await?;
     Ok(fields.respond(json_response(StatusCode::CREATED, &decode(&stored)?)))
 }
 
@@ -911,9 +879,9 @@ pub(super) async fn update_with(
                 "the object has been modified; please apply your changes to the latest version and try again",
             ));
         }
-        // Services keep their allocated addresses; new node ports are allocated (held until stored).
-        let _svc_alloc =
-            super::services::admit_update(state, target, &current, &mut new, status_only).await?;
+        // Services keep their allocated addresses; new node ports are allocated (stored with
+        // the update in one txn).
+        super::services::admit_update(state, target, &current, &mut new, status_only).await?;
         super::endpoint_addresses::admit(state, target, &new).await?;
         if !status_only {
             for w in super::host_path::warnings(state, kind, &new).await {
@@ -930,7 +898,8 @@ pub(super) async fn update_with(
             encode(&result)?;
             return Ok(result);
         }
-        let outcome = store_write(state, kind, &key, stored.mod_revision, &result).await?;
+        let outcome =
+            store_write(state, kind, &key, stored.mod_revision, &current, &result).await?;
         match outcome {
             Ok(obj) => return Ok(obj),
             Err(StoreError::Conflict { .. }) => continue,
@@ -945,25 +914,51 @@ pub(super) async fn update_with(
 
 /// Writes the outcome of a read-modify-write at `revision` (compare-and-swap): an object
 /// whose deletion is complete (no finalizers left) is removed, any other is updated.
+/// Allocated values that changed from `current` are taken or freed in the same txn; a
+/// value another server took meanwhile is a `Conflict`, so the caller starts again.
 async fn store_write(
     state: &AppState,
     kind: &ResourceKind,
     key: &str,
     revision: u64,
+    current: &Value,
     obj: &Value,
 ) -> Result<Result<Value, StoreError>, ApiError> {
-    Ok(if finalized(kind, obj) {
-        state
-            .store
-            .delete(key, Some(revision))
-            .await
-            .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or_else(|_| obj.clone()))
-    } else {
-        match state.store.update(key, encode(obj)?, Some(revision)).await {
-            Ok(s) => decode(&s).map_err(|_| StoreError::Io("decode".into())),
-            Err(e) => Err(e),
+    let done = finalized(kind, obj);
+    let write = if done {
+        Write::Delete {
+            key: key.to_owned(),
+            expected: Some(revision),
         }
-    })
+    } else {
+        Write::Update {
+            key: key.to_owned(),
+            value: encode(obj)?,
+            expected: Some(revision),
+            ttl: None,
+        }
+    };
+    let after = (!done).then_some(obj);
+    let events = super::ipam::commit(state.store.as_ref(), kind, write, Some(current), after)
+        .await
+        .map_err(|e| match e {
+            super::ipam::CommitError::Store(e) => e,
+            super::ipam::CommitError::Taken { range, .. } => StoreError::Conflict {
+                key: range.to_owned(),
+                expected: 0,
+                actual: 0,
+            },
+        });
+    Ok(events.and_then(|events| {
+        let event = events
+            .first()
+            .ok_or_else(|| StoreError::Io("a write stored nothing".into()))?;
+        if done {
+            Ok(decode_at(&event.object, event.revision).unwrap_or_else(|_| obj.clone()))
+        } else {
+            decode(&event.object).map_err(|_| StoreError::Io("decode".into()))
+        }
+    }))
 }
 
 fn semantically_equal(a: &Value, b: &Value) -> bool {
@@ -1443,11 +1438,15 @@ pub(super) async fn delete(
                     .await
                     .and_then(|s| decode(&s).map_err(|_| StoreError::Io("decode".into())))
             }
-            DeletePlan::Remove => state
-                .store
-                .delete(&key, Some(stored.mod_revision))
-                .await
-                .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or(current.clone())),
+            DeletePlan::Remove => super::ipam::delete(
+                state.store.as_ref(),
+                kind,
+                &key,
+                stored.mod_revision,
+                &current,
+            )
+            .await
+            .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or(current.clone())),
         };
         match outcome {
             Ok(obj) => return Ok(obj),
@@ -1493,7 +1492,15 @@ async fn finalize_namespace(
         if semantically_equal(&next, &current) {
             return Ok(current);
         }
-        let outcome = store_write(state, target.kind, &key, stored.mod_revision, &next).await?;
+        let outcome = store_write(
+            state,
+            target.kind,
+            &key,
+            stored.mod_revision,
+            &current,
+            &next,
+        )
+        .await?;
         match outcome {
             Ok(obj) => return Ok(obj),
             Err(StoreError::Conflict { .. }) => continue,

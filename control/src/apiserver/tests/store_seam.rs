@@ -126,3 +126,237 @@ async fn a_watch_whose_backend_fails_ends_with_a_503_error_event() {
     assert_eq!(body["type"], "ERROR", "{body}");
     assert_eq!(body["object"]["code"], 503, "{body}");
 }
+
+/// Two API servers (two routers, two states) over one store, as two `wharf control`
+/// members over one etcd.
+struct TwoServers {
+    a: Router,
+    b: Router,
+    store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+}
+
+async fn two_servers() -> TwoServers {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(FjallStore::open(StoreConfig::new(dir.path().join("store"))).unwrap());
+    let a = router_over(store.clone(), ApiConfig::default());
+    let b = router_over(store.clone(), ApiConfig::default());
+    let (code, _, body) = call(
+        &a,
+        "POST",
+        "/api/v1/namespaces",
+        Some(json!({"metadata": {"name": "default"}})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    TwoServers {
+        a,
+        b,
+        store,
+        _dir: dir,
+    }
+}
+
+/// POSTs `count` objects made by `make(i)` to `uri`, alternating between the two servers,
+/// `parallel` at a time per server; answers the created objects.
+async fn create_concurrently(
+    servers: &TwoServers,
+    uri: &'static str,
+    count: usize,
+    parallel: usize,
+    make: fn(usize) -> Value,
+) -> Vec<Value> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..2 * parallel {
+        let router = if worker % 2 == 0 {
+            servers.a.clone()
+        } else {
+            servers.b.clone()
+        };
+        tasks.spawn(async move {
+            let mut made = Vec::new();
+            for i in (worker..count).step_by(2 * parallel) {
+                let (code, _, body) = call(&router, "POST", uri, Some(make(i))).await;
+                assert_eq!(code, StatusCode::CREATED, "object {i}: {body}");
+                made.push(body);
+            }
+            made
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = tokio::time::timeout(Duration::from_secs(300), tasks.join_next())
+        .await
+        .expect("creates timed out")
+    {
+        all.extend(done.unwrap());
+    }
+    assert_eq!(all.len(), count);
+    all
+}
+
+fn node_port_service(i: usize) -> Value {
+    json!({"metadata": {"name": format!("s{i}")},
+           "spec": {"type": "NodePort", "ports": [{"port": 80}]}})
+}
+
+#[tokio::test]
+async fn two_api_servers_on_one_store_never_hand_out_the_same_address_or_port() {
+    let servers = two_servers().await;
+    let made = create_concurrently(
+        &servers,
+        "/api/v1/namespaces/default/services",
+        500,
+        8,
+        node_port_service,
+    )
+    .await;
+    let mut ips = std::collections::BTreeSet::new();
+    let mut ports = std::collections::BTreeSet::new();
+    for svc in &made {
+        let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+        assert!(ips.insert(ip.clone()), "cluster IP {ip} handed out twice");
+        let port = svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+        assert!(ports.insert(port), "node port {port} handed out twice");
+    }
+    // The allocators hold exactly what the Services hold.
+    let stored_ips =
+        super::super::ipam::read(servers.store.as_ref(), super::super::ipam::SERVICE_IPS)
+            .await
+            .unwrap();
+    assert_eq!(stored_ips.allocated, ips);
+    let stored_ports = super::super::ipam::read(
+        servers.store.as_ref(),
+        super::super::ipam::SERVICE_NODE_PORTS,
+    )
+    .await
+    .unwrap();
+    let ports: std::collections::BTreeSet<String> = ports.iter().map(|p| p.to_string()).collect();
+    assert_eq!(stored_ports.allocated, ports);
+
+    // A delete through either server frees the values in the same txn: another Service
+    // may take them at once.
+    let freed = &made[0];
+    let name = freed["metadata"]["name"].as_str().unwrap();
+    let (code, _, body) = call(
+        &servers.b,
+        "DELETE",
+        &format!("/api/v1/namespaces/default/services/{name}"),
+        None,
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, _, body) = call(
+        &servers.a,
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(json!({"metadata": {"name": "again"},
+               "spec": {"type": "NodePort", "clusterIP": freed["spec"]["clusterIP"],
+                        "ports": [{"port": 80, "nodePort": freed["spec"]["ports"][0]["nodePort"]}]}})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    // While it holds them, nobody else gets them.
+    let (code, _, body) = call(
+        &servers.b,
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(json!({"metadata": {"name": "clash"},
+               "spec": {"clusterIP": freed["spec"]["clusterIP"], "ports": [{"port": 80}]}})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+#[tokio::test]
+async fn two_api_servers_on_one_store_give_nodes_distinct_pod_ranges() {
+    let servers = two_servers().await;
+    let made = create_concurrently(
+        &servers,
+        "/api/v1/nodes",
+        40,
+        4,
+        |i| json!({"metadata": {"name": format!("n{i}")}}),
+    )
+    .await;
+    let mut cidrs = std::collections::BTreeSet::new();
+    for node in &made {
+        let cidr = node["spec"]["podCIDR"].as_str().unwrap().to_string();
+        assert!(
+            cidrs.insert(cidr.clone()),
+            "pod range {cidr} handed out twice"
+        );
+    }
+    // Deleting a Node frees its range for the next one.
+    let (code, _, body) = call(&servers.a, "DELETE", "/api/v1/nodes/n7", None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let n7 =
+        made.iter().find(|n| n["metadata"]["name"] == "n7").unwrap()["spec"]["podCIDR"].clone();
+    let (code, _, body) = call(
+        &servers.b,
+        "POST",
+        "/api/v1/nodes",
+        Some(json!({"metadata": {"name": "late"}})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        body["spec"]["podCIDR"], n7,
+        "the lowest free range is the freed one"
+    );
+}
+
+#[tokio::test]
+async fn repair_makes_the_allocators_hold_what_the_objects_hold() {
+    use super::super::ipam;
+    let servers = two_servers().await;
+    let store = servers.store.as_ref();
+    // A Service stored before the allocators existed, and a leaked value in one.
+    store
+        .create(
+            "core/services/default/old",
+            bytes::Bytes::from(
+                json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": "old", "namespace": "default"},
+                       "spec": {"clusterIP": "127.250.0.7", "clusterIPs": ["127.250.0.7"],
+                                "ports": [{"port": 80}]}})
+                .to_string(),
+            ),
+        )
+        .await
+        .unwrap();
+    store
+        .create(
+            ipam::SERVICE_IPS,
+            bytes::Bytes::from(json!({"allocated": ["127.250.0.8"]}).to_string()),
+        )
+        .await
+        .unwrap();
+    ipam::repair(store).await.unwrap();
+    let ips = ipam::read(store, ipam::SERVICE_IPS).await.unwrap();
+    assert_eq!(
+        ips.allocated.into_iter().collect::<Vec<_>>(),
+        ["127.250.0.7"]
+    );
+    let ask = |name: &str, ip: &str| json!({"metadata": {"name": name}, "spec": {"clusterIP": ip, "ports": [{"port": 80}]}});
+    let (code, _, body) = call(
+        &servers.a,
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(ask("a", "127.250.0.7")),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (code, _, body) = call(
+        &servers.b,
+        "POST",
+        "/api/v1/namespaces/default/services",
+        Some(ask("b", "127.250.0.8")),
+    )
+    .await;
+    assert_eq!(
+        code,
+        StatusCode::CREATED,
+        "the leaked address is free again: {body}"
+    );
+}
