@@ -3,7 +3,7 @@
 
 use super::auth::{Authenticator, Identity};
 use super::{ApiConfig, AppState, router};
-use crate::store::{FjallStore, Store, StoreConfig};
+use crate::store::{CacheConfig, FjallStore, Store, StoreConfig, WatchCache};
 use axum::Router;
 use axum::body::Body;
 use http::{Request, StatusCode};
@@ -28,8 +28,14 @@ async fn api_with(config: ApiConfig, store_config: impl FnOnce(&mut StoreConfig)
     let dir = tempfile::tempdir().unwrap();
     let mut sc = StoreConfig::new(dir.path().join("store"));
     store_config(&mut sc);
+    // As the control plane runs it: the watch cache over the backend, keeping no more
+    // history than the backend's log.
+    let cache = CacheConfig {
+        events: CacheConfig::default().events.min(sc.log_max_events),
+        ..CacheConfig::default()
+    };
     let fjall = Arc::new(FjallStore::open(sc).unwrap());
-    let store: Arc<dyn Store> = fjall.clone();
+    let store: Arc<dyn Store> = Arc::new(WatchCache::start(fjall.clone(), cache).await.unwrap());
     let auth = Arc::new(Authenticator::new());
     auth.add_token(TOKEN, Identity::admin());
     let state = AppState {

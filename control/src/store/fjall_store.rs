@@ -20,10 +20,12 @@
 //!
 //! # Reads: everything is in memory
 //!
-//! Like kube-apiserver's watch cache, every object is also held in a `BTreeMap` behind a
-//! `RwLock`, loaded from `objects` at open. `get` and `list` only read that map: they never
-//! touch the disk and a list's `(items, revision)` is taken under one lock, so it is
-//! consistent. The last `recent_events` events are kept in a ring for watchers.
+//! Every object is also held in a `BTreeMap` behind a `RwLock`, loaded from `objects` at
+//! open (the writer checks preconditions against it, as etcd keeps its index in memory).
+//! `get` and `list` only read that map: they never touch the disk and a list's `(items,
+//! revision)` is taken under one lock, so it is consistent. Recent events are not kept
+//! here: fanning events out to many watchers is the job of the backend-agnostic
+//! [`super::WatchCache`] above this store, which holds the one live watch of it.
 //!
 //! # Writes: one writer thread, group commit
 //!
@@ -71,10 +73,9 @@
 //!
 //! # Watch
 //!
-//! A watch stream keeps a position (the last revision it has passed) and loops: take the
-//! events after the position from the in-memory ring, or, if the ring no longer reaches
-//! back that far, read a bounded chunk of the `log` keyspace on tokio's blocking pool;
-//! filter by key prefix; when caught up, await a `tokio::sync::watch` notification of the
+//! A watch stream keeps a position (the last revision it has passed) and loops: read a
+//! bounded chunk of the `log` keyspace after the position on tokio's blocking pool (just
+//! written entries are still in fjall's memtable); filter by key prefix; when caught up, await a `tokio::sync::watch` notification of the
 //! next committed revision. Nothing is pushed to watchers, so a slow watcher never lags
 //! or drops: it only reads from further back. Order, no gaps and no duplicates follow
 //! from the log having exactly one entry per revision. If the revisions a watcher needs
@@ -96,6 +97,7 @@
 //! Ages use the wall clock: a clock that jumps back keeps entries longer, one that jumps
 //! forward compacts them earlier (the count bound still holds).
 
+use super::cache::event_bytes;
 use super::{
     Event, EventKind, ListResult, Revision, Store, StoreError, StoredObject, WatchStream, Write,
 };
@@ -140,13 +142,6 @@ pub struct StoreConfig {
     /// Oldest event the revision log keeps (default 15 minutes). With `log_max_events`,
     /// whichever keeps fewer events wins; the latest event is always kept.
     pub log_max_age: Duration,
-    /// Events kept in memory for watchers (default 10 000); older ones are read from disk.
-    pub recent_events: usize,
-    /// Most bytes of objects (new and previous values) the in-memory events hold (default
-    /// 64 MiB); with `recent_events`, whichever keeps fewer events wins. Counting alone
-    /// would let 10 000 versions of a large object sit in memory: the bytes bound what
-    /// writes of large objects can make the control plane hold for watchers.
-    pub recent_bytes: usize,
     /// Most writes committed together with one fsync (default 256).
     pub max_batch: usize,
     /// How often the writer compacts the log (default 1 s).
@@ -162,8 +157,6 @@ impl StoreConfig {
             dir: dir.into(),
             log_max_events: 100_000,
             log_max_age: Duration::from_secs(15 * 60),
-            recent_events: 10_000,
-            recent_bytes: 64 * 1024 * 1024,
             max_batch: 256,
             compaction_interval: Duration::from_secs(1),
             watch_chunk: 1024,
@@ -216,10 +209,6 @@ struct Shared {
 /// The in-memory view; changed only by the writer thread, after a durable commit.
 struct State {
     objects: BTreeMap<String, StoredObject>,
-    /// The latest events, with consecutive revisions ending at `revision`.
-    recent: VecDeque<Arc<Event>>,
-    /// [`event_bytes`] of every event in `recent`.
-    recent_size: usize,
     revision: Revision,
     compacted: Revision,
 }
@@ -418,8 +407,6 @@ impl FjallStore {
         let shared = Arc::new(Shared {
             state: RwLock::new(State {
                 objects: recovered.objects,
-                recent: VecDeque::new(),
-                recent_size: 0,
                 revision: recovered.revision,
                 compacted: recovered.compacted,
             }),
@@ -441,8 +428,6 @@ impl FjallStore {
             revisions: rev_tx,
             failed: None,
             max_batch: config.max_batch.max(1),
-            recent_events: config.recent_events,
-            recent_bytes: config.recent_bytes,
             log_max_events: config.log_max_events,
             log_max_age: config.log_max_age,
             compaction_interval: config.compaction_interval,
@@ -664,8 +649,8 @@ impl Watcher {
         }
     }
 
-    /// Moves `position` forward over the next chunk of revisions (from the ring or the
-    /// disk log), queueing those that match the prefix.
+    /// Moves `position` forward over the next chunk of revisions of the log, queueing
+    /// those that match the prefix.
     async fn fill(&mut self) -> Result<Step, StoreError> {
         let from = self.position + 1;
         let chunk = self.shared.watch_chunk;
@@ -674,25 +659,7 @@ impl Watcher {
             if state.revision < from {
                 return Ok(Step::CaughtUp);
             }
-            match state.recent.front().map(|e| e.revision) {
-                Some(first) if first <= from => {
-                    let skip = usize::try_from(from - first).unwrap_or(usize::MAX);
-                    for event in state
-                        .recent
-                        .range(skip.min(state.recent.len())..)
-                        .take(chunk)
-                    {
-                        self.position = event.revision;
-                        if event.object.key.starts_with(&self.prefix) {
-                            self.pending.push_back(event.clone());
-                        }
-                    }
-                    return Ok(Step::Progress);
-                }
-                // The ring starts after `from`: read from disk up to just before it.
-                Some(first) => (first - 1).min(from.saturating_add(chunk as u64 - 1)),
-                None => state.revision.min(from.saturating_add(chunk as u64 - 1)),
-            }
+            state.revision.min(from.saturating_add(chunk as u64 - 1))
         };
         let shared = self.shared.clone();
         let read = tokio::task::spawn_blocking(move || shared.read_log(from, upper))
@@ -723,8 +690,6 @@ struct Writer {
     /// Set when a commit failed; every later write is refused with this message.
     failed: Option<String>,
     max_batch: usize,
-    recent_events: usize,
-    recent_bytes: usize,
     log_max_events: usize,
     log_max_age: Duration,
     compaction_interval: Duration,
@@ -898,17 +863,6 @@ impl Writer {
                             state.objects.remove(&event.object.key);
                         }
                     }
-                    if self.recent_events > 0 {
-                        state.recent_size += event_bytes(event);
-                        state.recent.push_back(Arc::clone(event));
-                    }
-                }
-                while state.recent.len() > self.recent_events
-                    || (state.recent_size > self.recent_bytes && state.recent.len() > 1)
-                {
-                    if let Some(old) = state.recent.pop_front() {
-                        state.recent_size -= event_bytes(&old);
-                    }
                 }
                 state.revision = last;
             }
@@ -1080,14 +1034,6 @@ fn recover(objects: &Keyspace, log: &Keyspace, meta: &Keyspace) -> Result<Recove
         revision,
         compacted,
     })
-}
-
-/// What an event in the in-memory ring costs, for [`StoreConfig::recent_bytes`]: its key
-/// and the bytes of its new and previous values.
-fn event_bytes(event: &Event) -> usize {
-    event.object.key.len()
-        + event.object.value.len()
-        + event.prev.as_ref().map_or(0, |p| p.value.len())
 }
 
 /// fjall's format marker: written (and fsynced) last when a database is created, so a
@@ -1679,7 +1625,6 @@ mod tests {
     async fn concurrent_writers_watcher_sees_every_revision_once_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(&dir);
-        c.recent_events = 64; // so the watcher also crosses between disk and ring
         c.watch_chunk = 16;
         let store = Arc::new(FjallStore::open(c).unwrap());
         // The watcher runs while the writers write, until it sees the sentinel key.
@@ -1795,7 +1740,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(&dir);
         c.log_max_age = Duration::ZERO;
-        c.recent_events = 0;
         let store = FjallStore::open(c).unwrap();
         for i in 0..5 {
             t(store.create(&format!("k/r/ns/{i}"), v("x")))
@@ -1816,7 +1760,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(&dir);
         c.log_max_events = 2;
-        c.recent_events = 1;
         let store = FjallStore::open(c).unwrap();
         for i in 0..6 {
             t(store.create(&format!("k/r/ns/{i}"), v("x")))
@@ -1837,41 +1780,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_ring_is_bounded_in_bytes_and_watchers_read_the_rest_from_disk() {
+    async fn watchers_read_the_disk_log_in_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(&dir);
-        c.recent_bytes = 10_000;
-        let store = FjallStore::open(c).unwrap();
-        let big = "x".repeat(3_000);
-        t(store.create("k/r/ns/big", v(&big))).await.unwrap();
-        for _ in 0..30 {
-            let current = t(store.get("k/r/ns/big")).await.unwrap().unwrap();
-            t(store.update("k/r/ns/big", v(&big), Some(current.mod_revision)))
-                .await
-                .unwrap();
-        }
-        {
-            let state = store.shared.read_state();
-            // Each update holds its new and previous value: ~6 KB, so one event fits.
-            assert_eq!(state.recent.len(), 1, "events kept: {}", state.recent.len());
-            assert_eq!(state.recent_size, event_bytes(&state.recent[0]));
-            assert_eq!(state.recent[0].revision, 31);
-        }
-        // A single event larger than the bound is still kept: the latest always is.
-        let huge = "y".repeat(20_000);
-        t(store.create("k/r/ns/huge", v(&huge))).await.unwrap();
-        assert_eq!(store.shared.read_state().recent.len(), 1);
-        // Everything older is served from the disk log, in order.
-        let mut all = t(store.watch("", 0)).await.unwrap();
-        let events = take(&mut all, 32).await;
-        assert_eq!(revisions(&events), (1..=32).collect::<Vec<_>>());
-    }
-
-    #[tokio::test]
-    async fn watcher_beyond_the_ring_reads_the_disk_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = config(&dir);
-        c.recent_events = 4;
         c.watch_chunk = 7;
         let store = FjallStore::open(c).unwrap();
         for i in 0..50 {
@@ -1953,9 +1864,9 @@ mod tests {
         let store = open(&dir);
         t(store.create("k/r/ns/a", v("a"))).await.unwrap();
         let mut w = t(store.watch("", 0)).await.unwrap();
-        store.close();
-        // What was committed is still delivered, then the stream ends.
         assert_eq!(revisions(&take(&mut w, 1).await), [1]);
+        store.close();
+        // A watch waiting for more ends.
         assert!(t(w.next()).await.is_none());
         assert_eq!(
             t(store.create("k/r/ns/b", v("b"))).await.unwrap_err(),

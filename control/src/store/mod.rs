@@ -24,8 +24,10 @@
 //!   the stream of [`Store::watch`] starts with [`StoreError::Expired`] (the API server's
 //!   410 Gone): a remote backend learns that only once its watch runs, so it is an item.
 
+mod cache;
 mod fjall_store;
 
+pub use cache::{CacheConfig, WatchCache};
 pub use fjall_store::{FjallStore, StoreConfig, StoreStats};
 
 use bytes::Bytes;

@@ -140,8 +140,16 @@ async fn two_servers() -> TwoServers {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
         Arc::new(FjallStore::open(StoreConfig::new(dir.path().join("store"))).unwrap());
-    let a = router_over(store.clone(), ApiConfig::default());
-    let b = router_over(store.clone(), ApiConfig::default());
+    // Each server has its own watch cache over the shared backend, as members do.
+    let cached = || async {
+        Arc::new(
+            WatchCache::start(store.clone(), CacheConfig::default())
+                .await
+                .unwrap(),
+        ) as Arc<dyn Store>
+    };
+    let a = router_over(cached().await, ApiConfig::default());
+    let b = router_over(cached().await, ApiConfig::default());
     let (code, _, body) = call(
         &a,
         "POST",
