@@ -35,11 +35,16 @@ pub struct StoreArgs {
     /// How many changes watches can resume from; older resourceVersions get 410 Gone
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     watch_history: usize,
+
+    /// How long an Event is kept after its last write; then the store deletes it
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = super::node::parse_duration)]
+    event_ttl: std::time::Duration,
 }
 
 impl StoreArgs {
     pub fn apply(&self, config: &mut ControlConfig) {
         config.watch_history = self.watch_history;
+        config.api.event_ttl = self.event_ttl;
     }
 }
 

@@ -347,7 +347,7 @@ pub async fn store_create(
         let write = Write::Create {
             key: key.to_owned(),
             value: encode(&obj)?,
-            ttl: None,
+            ttl: state.config.ttl_of(target.kind),
         };
         match commit(state.store.as_ref(), target.kind, write, None, Some(&obj)).await {
             Ok(events) => {

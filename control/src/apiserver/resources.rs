@@ -935,7 +935,7 @@ async fn store_write(
             key: key.to_owned(),
             value: encode(obj)?,
             expected: Some(revision),
-            ttl: None,
+            ttl: state.config.ttl_of(kind),
         }
     };
     let after = (!done).then_some(obj);

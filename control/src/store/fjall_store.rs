@@ -4,13 +4,14 @@
 //!
 //! # Key layout
 //!
-//! Three keyspaces in one fjall database, always written together in one atomic batch:
+//! Four keyspaces in one fjall database, always written together in one atomic batch:
 //!
 //! | keyspace  | key                          | value |
 //! |-----------|------------------------------|-------|
 //! | `objects` | the store key, UTF-8 (`core/pods/default/web-1`) | 8-byte BE `mod_revision`, 8-byte BE `create_revision`, then the JSON |
 //! | `log`     | 8-byte BE revision (so keys sort by revision) | one encoded [`Event`], see below |
 //! | `meta`    | `revision`, `compacted`      | 8-byte BE: the last written revision; the revision the log is compacted through |
+//! | `expiry`  | the store key of an object written with a TTL | 8-byte BE deadline, [`Clock`] milliseconds |
 //!
 //! A `log` value is: format byte (`1`), 8-byte BE wall-clock milliseconds of the write
 //! (for age-based compaction), kind byte (0 put, 1 delete), prev byte (0 none, 1 present,
@@ -82,6 +83,14 @@
 //! were compacted away meanwhile, it yields [`StoreError::Expired`] and ends. All streams
 //! end (`None`) when the store closes.
 //!
+//! # TTLs
+//!
+//! A write with a `ttl` records its deadline in `expiry` in the same batch (a write
+//! without one, or a delete, removes it); the deadlines are also kept in memory, ordered.
+//! Every `compaction_interval` the writer deletes the objects whose deadline has passed,
+//! as ordinary deletes with their events, which is what an etcd lease does when it runs
+//! out. Deadlines use the configured [`Clock`], so tests drive time instead of waiting.
+//!
 //! # Compaction
 //!
 //! The log keeps a window bounded by count (`log_max_events`) and by age (`log_max_age`),
@@ -105,7 +114,7 @@ use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use futures::future::BoxFuture;
 use futures::stream::StreamExt;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -118,6 +127,7 @@ use tokio::sync::{oneshot, watch};
 const OBJECTS: &str = "objects";
 const LOG: &str = "log";
 const META: &str = "meta";
+const EXPIRY: &str = "expiry";
 const META_REVISION: &[u8] = b"revision";
 const META_COMPACTED: &[u8] = b"compacted";
 
@@ -126,6 +136,8 @@ const LOG_FORMAT: u8 = 1;
 /// Bytes of events after which a watcher's read of the disk log stops (at least one
 /// event is always read).
 const WATCH_READ_BYTES: usize = 8 * 1024 * 1024;
+/// Most expired objects one sweep deletes.
+const SWEEP_CHUNK: usize = 1000;
 /// Most log entries one compaction pass deletes.
 const COMPACTION_CHUNK: u64 = 10_000;
 /// The durability of a write batch; see the module doc.
@@ -148,6 +160,44 @@ pub struct StoreConfig {
     pub compaction_interval: Duration,
     /// Most log entries a watcher reads from disk or the ring at a time (default 1024).
     pub watch_chunk: usize,
+    /// The clock object TTLs are measured with (default: the system clock); tests drive
+    /// their own.
+    pub clock: Clock,
+}
+
+/// A wall clock, for object TTLs.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock(Arc::new(SystemTime::now))
+    }
+
+    /// A clock that reads `now`.
+    pub fn new(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+
+    fn millis(&self) -> u64 {
+        (self.0)()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
 }
 
 impl StoreConfig {
@@ -160,6 +210,7 @@ impl StoreConfig {
             max_batch: 256,
             compaction_interval: Duration::from_secs(1),
             watch_chunk: 1024,
+            clock: Clock::system(),
         }
     }
 }
@@ -211,6 +262,10 @@ struct State {
     objects: BTreeMap<String, StoredObject>,
     revision: Revision,
     compacted: Revision,
+    /// The deadline (clock milliseconds) of every object written with a TTL.
+    expiries: HashMap<String, u64>,
+    /// The same, ordered by deadline, for the sweeper.
+    deadlines: BTreeSet<(u64, String)>,
 }
 
 impl Shared {
@@ -281,6 +336,9 @@ impl Shared {
 
 type Reply = oneshot::Sender<Result<Vec<Arc<Event>>, StoreError>>;
 
+/// An event a batch will commit, with the TTL deadline of its object (clock milliseconds).
+type Decided = (Arc<Event>, Option<u64>);
+
 enum Command {
     /// One txn: all of its writes or none.
     Write {
@@ -289,6 +347,9 @@ enum Command {
     },
     Compact {
         reply: oneshot::Sender<Result<Revision, StoreError>>,
+    },
+    Sweep {
+        reply: oneshot::Sender<usize>,
     },
     Close,
 }
@@ -390,8 +451,11 @@ impl FjallStore {
         let meta = db
             .keyspace(META, KeyspaceCreateOptions::default)
             .map_err(|e| io_err(ctx("keyspace meta"), e))?;
+        let expiry = db
+            .keyspace(EXPIRY, KeyspaceCreateOptions::default)
+            .map_err(|e| io_err(ctx("keyspace expiry"), e))?;
 
-        let recovered = recover(&objects, &log, &meta).map_err(|e| match e {
+        let recovered = recover(&objects, &log, &meta, &expiry).map_err(|e| match e {
             StoreError::Io(msg) => StoreError::Io(ctx(&msg)),
             other => other,
         })?;
@@ -409,6 +473,12 @@ impl FjallStore {
                 objects: recovered.objects,
                 revision: recovered.revision,
                 compacted: recovered.compacted,
+                deadlines: recovered
+                    .expiries
+                    .iter()
+                    .map(|(k, d)| (*d, k.clone()))
+                    .collect(),
+                expiries: recovered.expiries,
             }),
             log: RwLock::new(Some(log.clone())),
             revisions: rev_rx,
@@ -423,6 +493,8 @@ impl FjallStore {
             objects,
             log,
             meta,
+            expiry,
+            clock: config.clock.clone(),
             shared: shared.clone(),
             receiver,
             revisions: rev_tx,
@@ -483,6 +555,17 @@ impl FjallStore {
             .send(Command::Compact { reply })
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Deletes the objects whose TTL has passed now (instead of waiting for the periodic
+    /// sweep) and returns how many. Mostly for tests, which drive the clock.
+    pub async fn sweep_now(&self) -> Result<usize, StoreError> {
+        self.shared.check_open()?;
+        let (reply, rx) = oneshot::channel();
+        self.sender
+            .send(Command::Sweep { reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
     }
 
     /// Counters of the writer: commits (fsyncs) and writes so far, since open.
@@ -684,6 +767,8 @@ struct Writer {
     objects: Keyspace,
     log: Keyspace,
     meta: Keyspace,
+    expiry: Keyspace,
+    clock: Clock,
     shared: Arc<Shared>,
     receiver: mpsc::Receiver<Command>,
     revisions: watch::Sender<Revision>,
@@ -700,6 +785,7 @@ impl Writer {
         let mut next_compaction = Instant::now() + self.compaction_interval;
         let mut batch: Vec<(Vec<Write>, Reply)> = Vec::with_capacity(self.max_batch);
         let mut compact_requests = Vec::new();
+        let mut sweep_requests: Vec<oneshot::Sender<usize>> = Vec::new();
         loop {
             let wait = next_compaction.saturating_duration_since(Instant::now());
             let mut closing = false;
@@ -718,6 +804,10 @@ impl Writer {
                     Command::Write { writes, reply } => batch.push((writes, reply)),
                     Command::Compact { reply } => {
                         compact_requests.push(reply);
+                        break;
+                    }
+                    Command::Sweep { reply } => {
+                        sweep_requests.push(reply);
                         break;
                     }
                     Command::Close => {
@@ -744,6 +834,12 @@ impl Writer {
                 break;
             }
             let due = Instant::now() >= next_compaction;
+            if due || !sweep_requests.is_empty() {
+                let swept = self.sweep();
+                for reply in sweep_requests.drain(..) {
+                    let _ = reply.send(swept);
+                }
+            }
             if due || !compact_requests.is_empty() {
                 let result = self.compact();
                 let more = matches!(result, Ok((_, true)));
@@ -772,7 +868,7 @@ impl Writer {
                 Command::Compact { reply } => {
                     let _ = reply.send(Err(StoreError::Closed));
                 }
-                Command::Close => {}
+                Command::Sweep { .. } | Command::Close => {}
             }
         }
         tracing::debug!("store writer stopped");
@@ -790,8 +886,8 @@ impl Writer {
 
         // Decide: preconditions against memory plus the earlier txns of this batch. A txn
         // decides against its own earlier writes too, and leaves no trace if one fails.
-        let mut outcomes: Vec<Result<Vec<Arc<Event>>, StoreError>> =
-            Vec::with_capacity(batch.len());
+        let now = self.clock.millis();
+        let mut outcomes: Vec<Result<Vec<Decided>, StoreError>> = Vec::with_capacity(batch.len());
         let last = {
             let state = self.shared.read_state();
             let mut overlay: HashMap<&str, Option<StoredObject>> = HashMap::new();
@@ -813,7 +909,17 @@ impl Writer {
                                 EventKind::Delete => None,
                             };
                             local.insert(key, after);
-                            events.push(Arc::new(event));
+                            let deadline = match write {
+                                Write::Create { ttl, .. } | Write::Update { ttl, .. } => {
+                                    ttl.map(|ttl| {
+                                        now.saturating_add(
+                                            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                                        )
+                                    })
+                                }
+                                Write::Delete { .. } => None,
+                            };
+                            events.push((Arc::new(event), deadline));
                         }
                         Err(e) => {
                             failed = Some(e);
@@ -833,7 +939,7 @@ impl Writer {
             revision
         };
 
-        let events: Vec<&Arc<Event>> = outcomes
+        let events: Vec<&Decided> = outcomes
             .iter()
             .filter_map(|o| o.as_ref().ok())
             .flatten()
@@ -852,7 +958,15 @@ impl Writer {
             // Durable: now make it visible.
             {
                 let mut state = self.shared.write_state();
-                for event in &events {
+                for (event, deadline) in &events {
+                    let key = &event.object.key;
+                    if let Some(old) = state.expiries.remove(key) {
+                        state.deadlines.remove(&(old, key.clone()));
+                    }
+                    if let Some(deadline) = deadline {
+                        state.expiries.insert(key.clone(), *deadline);
+                        state.deadlines.insert((*deadline, key.clone()));
+                    }
                     match event.kind {
                         EventKind::Put => {
                             state
@@ -874,16 +988,29 @@ impl Writer {
         }
 
         for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
-            let _ = reply.send(outcome);
+            let _ = reply.send(outcome.map(|events| events.into_iter().map(|(e, _)| e).collect()));
         }
     }
 
-    /// Writes `events` (objects, log entries, meta revision) in one fjall batch and fsyncs.
-    fn persist(&self, events: &[&Arc<Event>], last: Revision) -> Result<(), StoreError> {
+    /// Writes `events` (objects, log entries, TTL deadlines, meta revision) in one fjall
+    /// batch and fsyncs.
+    fn persist(&self, events: &[&Decided], last: Revision) -> Result<(), StoreError> {
         let time = wall_clock_millis();
         let mut batch = self.db.batch().durability(Some(DURABILITY));
-        for event in events {
+        // Whether each key has a deadline on disk, as this batch goes.
+        let mut has_deadline: HashMap<&str, bool> = HashMap::new();
+        let state = self.shared.read_state();
+        for (event, deadline) in events {
             let key = event.object.key.as_bytes();
+            let had = *has_deadline
+                .entry(event.object.key.as_str())
+                .or_insert_with(|| state.expiries.contains_key(&event.object.key));
+            match deadline {
+                Some(d) => batch.insert(&self.expiry, key, d.to_be_bytes()),
+                None if had => batch.remove(&self.expiry, key),
+                None => {}
+            }
+            has_deadline.insert(event.object.key.as_str(), deadline.is_some());
             match event.kind {
                 EventKind::Put => batch.insert(&self.objects, key, encode_object(&event.object)),
                 EventKind::Delete => batch.remove(&self.objects, key),
@@ -894,10 +1021,47 @@ impl Writer {
                 encode_log_entry(event, time),
             );
         }
+        drop(state);
         batch.insert(&self.meta, META_REVISION, last.to_be_bytes());
         batch
             .commit()
             .map_err(|e| io_err(format!("committing revisions up to {last}"), e))
+    }
+
+    /// Deletes the objects whose TTL has passed (at most [`SWEEP_CHUNK`]), each as a
+    /// normal delete with its event, as an etcd lease expiring does. Returns how many.
+    fn sweep(&mut self) -> usize {
+        let now = self.clock.millis();
+        let expired: Vec<String> = self
+            .shared
+            .read_state()
+            .deadlines
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= now)
+            .take(SWEEP_CHUNK)
+            .map(|(_, key)| key.clone())
+            .collect();
+        if expired.is_empty() {
+            return 0;
+        }
+        let count = expired.len();
+        let mut batch: Vec<(Vec<Write>, Reply)> = expired
+            .into_iter()
+            .map(|key| {
+                // Nobody awaits these replies.
+                let (reply, _) = oneshot::channel();
+                (
+                    vec![Write::Delete {
+                        key,
+                        expected: None,
+                    }],
+                    reply,
+                )
+            })
+            .collect();
+        self.commit(&mut batch);
+        tracing::debug!(count, "deleted objects whose TTL passed");
+        count
     }
 
     /// One compaction pass. Returns the compacted-through revision and whether more is
@@ -972,12 +1136,18 @@ impl Writer {
 
 struct Recovered {
     objects: BTreeMap<String, StoredObject>,
+    expiries: HashMap<String, u64>,
     revision: Revision,
     compacted: Revision,
 }
 
 /// Rebuilds the in-memory state from disk; see "Crash story" in the module doc.
-fn recover(objects: &Keyspace, log: &Keyspace, meta: &Keyspace) -> Result<Recovered, StoreError> {
+fn recover(
+    objects: &Keyspace,
+    log: &Keyspace,
+    meta: &Keyspace,
+    expiry: &Keyspace,
+) -> Result<Recovered, StoreError> {
     let read_meta = |key: &[u8]| -> Result<Revision, StoreError> {
         match meta
             .get(key)
@@ -1029,7 +1199,22 @@ fn recover(objects: &Keyspace, log: &Keyspace, meta: &Keyspace) -> Result<Recove
         None => meta_compacted.max(revision),
     }
     .min(revision);
+    // Deadlines of objects that exist (one written and deleted in a crash window is gone).
+    let mut expiries = HashMap::new();
+    for item in expiry.iter() {
+        let (key, value) = item
+            .into_inner()
+            .map_err(|e| io_err("reading expiries".into(), e))?;
+        let key = String::from_utf8(key.to_vec())
+            .map_err(|_| StoreError::Io("an expiry key is not UTF-8".into()))?;
+        let deadline =
+            decode_u64(&value).ok_or_else(|| StoreError::Io("corrupt expiry value".into()))?;
+        if map.contains_key(&key) {
+            expiries.insert(key, deadline);
+        }
+    }
     Ok(Recovered {
+        expiries,
         objects: map,
         revision,
         compacted,
@@ -1856,6 +2041,76 @@ mod tests {
         ));
         let mut w = t(store.watch("", 4)).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 2).await), [5, 6]);
+    }
+
+    /// A clock tests move by hand: milliseconds since the epoch.
+    fn manual_clock(start: u64) -> (Clock, Arc<AtomicU64>) {
+        let now = Arc::new(AtomicU64::new(start));
+        let read = now.clone();
+        let clock =
+            Clock::new(move || UNIX_EPOCH + Duration::from_millis(read.load(Ordering::SeqCst)));
+        (clock, now)
+    }
+
+    #[tokio::test]
+    async fn objects_with_a_ttl_are_deleted_once_it_passes_also_after_a_reopen() {
+        const HOUR: u64 = 3_600_000;
+        let dir = tempfile::tempdir().unwrap();
+        let (clock, now) = manual_clock(1_000 * HOUR);
+        let mut c = config(&dir);
+        c.clock = clock;
+        let ttl = Some(Duration::from_millis(HOUR));
+        let store = FjallStore::open(c.clone()).unwrap();
+        t(store.create_with_ttl("k/ev/ns/a", v("a"), ttl))
+            .await
+            .unwrap();
+        t(store.create("k/ev/ns/b", v("b"))).await.unwrap();
+        let c1 = t(store.create_with_ttl("k/ev/ns/c", v("c"), ttl))
+            .await
+            .unwrap();
+        let d1 = t(store.create_with_ttl("k/ev/ns/d", v("d"), ttl))
+            .await
+            .unwrap();
+        // Half an hour on, c is written again (its TTL starts over) and d loses its TTL.
+        now.fetch_add(HOUR / 2, Ordering::SeqCst);
+        t(store.update_with_ttl("k/ev/ns/c", v("c2"), Some(c1.mod_revision), ttl))
+            .await
+            .unwrap();
+        t(store.update("k/ev/ns/d", v("d2"), Some(d1.mod_revision)))
+            .await
+            .unwrap();
+        let mut w = t(store.watch("k/ev/", store.current_revision()))
+            .await
+            .unwrap();
+        assert_eq!(t(store.sweep_now()).await.unwrap(), 0, "nothing is due yet");
+        now.fetch_add(HOUR / 2 + 1, Ordering::SeqCst);
+        assert_eq!(t(store.sweep_now()).await.unwrap(), 1);
+        assert_eq!(t(store.get("k/ev/ns/a")).await.unwrap(), None);
+        // An expiry is an ordinary delete event carrying the last value.
+        let gone = take(&mut w, 1).await.remove(0);
+        assert_eq!(
+            (
+                gone.kind,
+                gone.object.key.as_str(),
+                gone.object.value.clone()
+            ),
+            (EventKind::Delete, "k/ev/ns/a", v("a"))
+        );
+        drop(w);
+        store.close();
+
+        // The deadline of c survives a restart.
+        now.fetch_add(HOUR, Ordering::SeqCst);
+        let store = FjallStore::open(c).unwrap();
+        assert_eq!(t(store.sweep_now()).await.unwrap(), 1);
+        let left: Vec<String> = t(store.list("k/ev/"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(left, ["k/ev/ns/b", "k/ev/ns/d"]);
     }
 
     #[tokio::test]

@@ -28,7 +28,7 @@ mod cache;
 mod fjall_store;
 
 pub use cache::{CacheConfig, WatchCache};
-pub use fjall_store::{FjallStore, StoreConfig, StoreStats};
+pub use fjall_store::{Clock, FjallStore, StoreConfig, StoreStats};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;

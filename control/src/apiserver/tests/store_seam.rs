@@ -368,3 +368,61 @@ async fn repair_makes_the_allocators_hold_what_the_objects_hold() {
         "the leaked address is free again: {body}"
     );
 }
+
+#[tokio::test]
+async fn events_expire_after_the_event_ttl_counted_from_their_last_write() {
+    use crate::store::Clock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const MINUTE: u64 = 60_000;
+    let now = Arc::new(AtomicU64::new(10_000_000 * MINUTE));
+    let read = now.clone();
+    let clock = Clock::new(move || {
+        std::time::UNIX_EPOCH + Duration::from_millis(read.load(Ordering::SeqCst))
+    });
+    let config = ApiConfig {
+        event_ttl: Duration::from_secs(3600),
+        ..ApiConfig::default()
+    };
+    let api = api_with(config, move |c| c.clock = clock).await;
+    let base = "/api/v1/namespaces/default/events";
+    let event = |name: &str| {
+        json!({"metadata": {"name": name}, "involvedObject": {"kind": "Pod", "name": "p"},
+               "reason": "Tested", "message": "m", "count": 1})
+    };
+    for name in ["old", "touched"] {
+        let (code, body) = api.send("POST", base, Some(event(name))).await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+    }
+    let (code, body) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(json!({"metadata": {"name": "kept"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    now.fetch_add(30 * MINUTE, Ordering::SeqCst);
+    let (code, body) = api
+        .send_as(
+            "PATCH",
+            &format!("{base}/touched"),
+            "application/merge-patch+json",
+            Some(json!({"count": 2})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    now.fetch_add(31 * MINUTE, Ordering::SeqCst);
+    assert_eq!(api.fjall.sweep_now().await.unwrap(), 1);
+    let (code, _) = api.send("GET", &format!("{base}/old"), None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "an hour after its last write");
+    let (code, _) = api.send("GET", &format!("{base}/touched"), None).await;
+    assert_eq!(code, StatusCode::OK, "its update started the hour again");
+    let (code, _) = api
+        .send("GET", "/api/v1/namespaces/default/configmaps/kept", None)
+        .await;
+    assert_eq!(code, StatusCode::OK, "only Events expire");
+    now.fetch_add(30 * MINUTE, Ordering::SeqCst);
+    assert_eq!(api.fjall.sweep_now().await.unwrap(), 1);
+    let (code, _) = api.send("GET", &format!("{base}/touched"), None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
