@@ -25,6 +25,8 @@
 //!   410 Gone): a remote backend learns that only once its watch runs, so it is an item.
 
 mod cache;
+#[cfg(test)]
+pub(crate) mod conformance;
 mod fjall_store;
 
 pub use cache::{CacheConfig, WatchCache};
