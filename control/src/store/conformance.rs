@@ -4,6 +4,7 @@
 //!
 //! A backend plugs in with a [`Backend`]: a fresh, empty store, and a way to make it
 //! forget old revisions (compaction), which every backend has but none in the same shape.
+#![allow(clippy::unwrap_used)]
 
 use super::{Event, EventKind, Revision, Store, StoreError, Write, list_at};
 use bytes::Bytes;
@@ -356,7 +357,6 @@ async fn delete_events_carry_the_last_value(store: &dyn Store) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::store::{CacheConfig, FjallStore, StoreConfig, WatchCache};
