@@ -5,6 +5,20 @@
 //! for a highly available control plane) can be added without touching a handler. The
 //! default backend is [`FjallStore`], embedded, one data dir, no server to start.
 //!
+//! # Layers
+//!
+//! ```text
+//! API server ──> WatchCache (lists, watch fan-out) ──> backend (FjallStore, or etcd)
+//! ```
+//!
+//! [`WatchCache`] is itself a [`Store`]: it holds ONE watch of the backend and serves
+//! every API watcher and every list from memory, for any backend. A backend only has to
+//! be a correct store (the test-only `conformance` suite checks it): atomic, durable writes
+//! with compare-and-swap and a multi-key [`Store::txn`], consistent lists, watches from
+//! a revision that report `Expired` as a stream item, and TTLs on writes (an etcd lease,
+//! fjall's sweeper). Nothing above the seam keeps state a second API server would need:
+//! address allocation is store state changed in txns (see `apiserver::ipam`).
+//!
 //! # Model
 //!
 //! - A **key** is `GROUP/RESOURCE/NAMESPACE/NAME` (`core` for the legacy group, an empty
@@ -123,7 +137,9 @@ impl std::fmt::Debug for Memo {
     }
 }
 
-/// A consistent list: every object under a prefix as of `revision`.
+/// A consistent list: every object under a prefix as of `revision`. The revision is one
+/// that a watch of every key reaches (a write under the store's keys): a backend that
+/// shares its keyspace with others answers the last revision under its own prefix.
 #[derive(Clone, Debug)]
 pub struct ListResult {
     pub items: Vec<StoredObject>,
@@ -147,8 +163,9 @@ pub async fn list_at(
     if at >= listed.revision {
         return Ok(listed.items);
     }
-    // Every revision has exactly one event, so a watch of every key reaches `listed`'s
+    // Every revision has at least one event, so a watch of every key reaches `listed`'s
     // revision and stops there; only this prefix's events are kept.
+    use futures::FutureExt as _;
     let mut stream = store.watch("", at).await?;
     let mut undo = Vec::new();
     let mut reached = false;
@@ -160,6 +177,16 @@ pub async fn list_at(
         if event.revision >= listed.revision {
             reached = true;
             break;
+        }
+    }
+    // The other events of that revision (a txn, on a backend that gives a txn one
+    // revision) are delivered with it: take those that are ready.
+    while let Some(Some(Ok(event))) = stream.next().now_or_never() {
+        if event.revision != listed.revision {
+            break;
+        }
+        if event.object.key.starts_with(prefix) {
+            undo.push(event.clone());
         }
     }
     // A stream that ends early (the store closing) must not pass for the old state.
