@@ -101,3 +101,35 @@ pub(crate) async fn shutdown_signal() -> std::io::Result<()> {
         tokio::signal::ctrl_c().await
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        store: StoreArgs,
+    }
+
+    fn applied(args: &[&str]) -> ControlConfig {
+        let cli =
+            Cli::try_parse_from(std::iter::once("wharf").chain(args.iter().copied())).unwrap();
+        let mut config = ControlConfig::new("/nonexistent");
+        cli.store.apply(&mut config);
+        config
+    }
+
+    #[test]
+    fn event_ttl_defaults_to_an_hour_and_is_set_by_the_flag() {
+        use std::time::Duration;
+        assert_eq!(applied(&[]).api.event_ttl, Duration::from_secs(3600));
+        assert_eq!(
+            applied(&["--event-ttl", "30m"]).api.event_ttl,
+            Duration::from_secs(1800)
+        );
+        assert!(Cli::try_parse_from(["wharf", "--event-ttl", "soon"]).is_err());
+    }
+}
