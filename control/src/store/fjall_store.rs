@@ -2043,6 +2043,52 @@ mod tests {
         assert_eq!(revisions(&take(&mut w, 2).await), [5, 6]);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_txns_on_one_key_let_exactly_one_through_and_leave_no_trace_of_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir));
+        let range = t(store.create("k/ranges/x", v("0"))).await.unwrap();
+        // Many txns take the same compare-and-swap at once (most land in one batch):
+        // each also creates its own object, which must exist only if its txn won.
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..32 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let writes = vec![
+                    Write::Create {
+                        key: format!("k/obj/ns/{i}"),
+                        value: v("o"),
+                        ttl: None,
+                    },
+                    Write::Update {
+                        key: "k/ranges/x".into(),
+                        value: v(&i.to_string()),
+                        expected: Some(range.mod_revision),
+                        ttl: None,
+                    },
+                ];
+                (i, store.txn(writes).await)
+            });
+        }
+        let mut winners = Vec::new();
+        while let Some(done) = t(tasks.join_next()).await {
+            let (i, result) = done.unwrap();
+            match result {
+                Ok(events) => {
+                    assert_eq!(events.len(), 2);
+                    winners.push(i);
+                }
+                Err(e) => assert!(matches!(e, StoreError::Conflict { .. }), "{e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let objects = t(store.list("k/obj/")).await.unwrap();
+        assert_eq!(objects.items.len(), 1);
+        assert_eq!(objects.items[0].key, format!("k/obj/ns/{}", winners[0]));
+        // The losers took no revision: one create, one txn of two writes.
+        assert_eq!(store.current_revision(), 3);
+    }
+
     /// A clock tests move by hand: milliseconds since the epoch.
     fn manual_clock(start: u64) -> (Clock, Arc<AtomicU64>) {
         let now = Arc::new(AtomicU64::new(start));

@@ -426,3 +426,79 @@ async fn events_expire_after_the_event_ttl_counted_from_their_last_write() {
     let (code, _) = api.send("GET", &format!("{base}/touched"), None).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 }
+
+/// A store that counts the lists it answers, by prefix.
+struct CountingLists {
+    inner: Arc<dyn Store>,
+    lists: std::sync::Mutex<Vec<String>>,
+}
+
+impl Store for CountingLists {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<StoredObject>, StoreError>> {
+        self.inner.get(key)
+    }
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<ListResult, StoreError>> {
+        self.lists.lock().unwrap().push(prefix.to_owned());
+        self.inner.list(prefix)
+    }
+    fn txn<'a>(&'a self, writes: Vec<Write>) -> BoxFuture<'a, Result<Vec<Arc<Event>>, StoreError>> {
+        self.inner.txn(writes)
+    }
+    fn watch<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Revision,
+    ) -> BoxFuture<'a, Result<WatchStream, StoreError>> {
+        self.inner.watch(prefix, after)
+    }
+    fn revision(&self) -> BoxFuture<'_, Result<Revision, StoreError>> {
+        self.inner.revision()
+    }
+}
+
+#[tokio::test]
+async fn registering_a_node_or_creating_a_service_lists_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fjall: Arc<dyn Store> =
+        Arc::new(FjallStore::open(StoreConfig::new(dir.path().join("store"))).unwrap());
+    let counting = Arc::new(CountingLists {
+        inner: fjall,
+        lists: Default::default(),
+    });
+    let router = router_over(counting.clone(), ApiConfig::default());
+    let (code, _, body) = call(
+        &router,
+        "POST",
+        "/api/v1/namespaces",
+        Some(json!({"metadata": {"name": "default"}})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    for i in 0..3 {
+        let (code, _, body) = call(
+            &router,
+            "POST",
+            "/api/v1/nodes",
+            Some(json!({"metadata": {"name": format!("n{i}")}})),
+        )
+        .await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+        let (code, _, body) = call(
+            &router,
+            "POST",
+            "/api/v1/namespaces/default/services",
+            Some(node_port_service(i)),
+        )
+        .await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+    }
+    // Allocation reads one allocator object per range; it never lists the Nodes or
+    // Services (which made registering the n-th Node cost a list of n under a lock).
+    let lists = counting.lists.lock().unwrap().clone();
+    assert!(
+        !lists
+            .iter()
+            .any(|p| p.starts_with("core/nodes") || p.starts_with("core/services")),
+        "{lists:?}"
+    );
+}
