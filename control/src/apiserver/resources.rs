@@ -1434,7 +1434,12 @@ pub(super) async fn delete(
                 );
                 state
                     .store
-                    .update(&key, encode(&marked)?, Some(stored.mod_revision))
+                    .update_with_ttl(
+                        &key,
+                        encode(&marked)?,
+                        Some(stored.mod_revision),
+                        state.config.ttl_of(kind),
+                    )
                     .await
                     .and_then(|s| decode(&s).map_err(|_| StoreError::Io("decode".into())))
             }
