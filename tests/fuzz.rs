@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 use wharf::cli::manifest;
 use wharf_control::api::kinds::{ResourceKind, find_kind};
 use wharf_control::api::{apply, fields, validation};
-use wharf_control::apiserver::resources::apply_patch;
+use wharf_control::apiserver::registry::store::apply_patch;
 
 /// Every seed manifest: the samples' and the corpus's, as text.
 static SEEDS: LazyLock<Vec<String>> = LazyLock::new(|| {

@@ -341,7 +341,7 @@ impl Applied {
         }
         match subresource {
             Some("status") => managed.retain(|k, _| k == "status"),
-            _ if kind.has_status => {
+            _ if kind.has_status() => {
                 managed.shift_remove("status");
             }
             _ => {}

@@ -20,7 +20,6 @@
 //! validation reports the type error with its field path.
 
 use super::kinds::ResourceKind;
-use super::typed::{self, KindVisitor, Typed};
 use super::validation::{FieldError, Reason};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -134,23 +133,12 @@ impl Problem {
 /// (`spec.template.spec.containers[0].imagee`). Nulls the typed form drops are removed
 /// too, without being reported. An object that does not decode is left untouched.
 pub fn prune_unknown(kind: &ResourceKind, obj: &mut Value) -> Vec<String> {
-    let Some(Some(typed)) = typed::visit(kind, RoundTrip(obj)) else {
+    let Some(typed) = (kind.typed.round_trip)(obj) else {
         return Vec::new();
     };
     let mut unknown = Vec::new();
     prune(obj, &typed, "", &mut unknown);
     unknown
-}
-
-/// Decodes into the kind's type and encodes back.
-struct RoundTrip<'a>(&'a Value);
-
-impl KindVisitor for RoundTrip<'_> {
-    type Output = Option<Value>;
-    fn visit<T: Typed>(self) -> Option<Value> {
-        let typed = T::deserialize(self.0).ok()?;
-        serde_json::to_value(&typed).ok()
-    }
 }
 
 fn child(path: &str, key: &str) -> String {

@@ -1,8 +1,22 @@
-//! The kinds wharf serves: one [`ResourceKind`] per kind, with what the generic handlers
-//! need to route, default and validate it.
+//! The kinds wharf serves: one [`ResourceKind`] row per kind, with what the generic
+//! handlers need to route, default and validate it.
+//!
+//! A row is built from the kind's `k8s-openapi` type ([`builtin`]): group, version, kind,
+//! URL name and scope come from the type, so they cannot disagree with what clients
+//! generated from the same OpenAPI send; the row adds what the type does not say (the
+//! singular and short names, `kubectl get all`) and the kind's
+//! [`Strategy`](crate::apiserver::registry::Strategy), where everything the kind does
+//! differently lives. Adding a kind is one strategy file and one row here.
+
+use super::typed::{Scoped, TypeOps, Typed};
+use crate::apiserver::registry::Strategy;
+use crate::apiserver::registry::strategies::{self as s, Plain};
+use k8s_openapi::api::{
+    apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
+    discovery::v1 as disc,
+};
 
 /// Everything the API server and the CLI need to know about one kind.
-#[derive(Debug, PartialEq, Eq)]
 pub struct ResourceKind {
     /// API group, `""` for the legacy core group.
     pub group: &'static str,
@@ -13,16 +27,41 @@ pub struct ResourceKind {
     pub singular: &'static str,
     pub namespaced: bool,
     pub short_names: &'static [&'static str],
-    /// Has a `status` subresource: writes to the main resource keep the stored status,
-    /// and status writes keep everything but the status.
-    pub has_status: bool,
-    /// `spec` changes bump `metadata.generation`.
-    pub has_spec: bool,
     /// Shown in `kubectl get all`.
     pub in_all: bool,
+    /// What the kind does differently in the registry.
+    pub strategy: &'static dyn Strategy,
+    /// What needs the kind's Rust type.
+    pub typed: TypeOps,
 }
 
+impl std::fmt::Debug for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.api_version(), self.kind)
+    }
+}
+
+/// A kind is its group, version and kind.
+impl PartialEq for ResourceKind {
+    fn eq(&self, other: &Self) -> bool {
+        (self.group, self.version, self.kind) == (other.group, other.version, other.kind)
+    }
+}
+
+impl Eq for ResourceKind {}
+
 impl ResourceKind {
+    /// Has a `status` subresource: writes to the main resource keep the stored status,
+    /// and status writes keep everything but the status.
+    pub fn has_status(&self) -> bool {
+        self.strategy.has_status()
+    }
+
+    /// `spec` changes bump `metadata.generation`.
+    pub fn has_spec(&self) -> bool {
+        self.strategy.has_spec()
+    }
+
     /// `v1` or `apps/v1`.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
@@ -70,168 +109,46 @@ impl ResourceKind {
     }
 }
 
-#[allow(clippy::too_many_arguments)] // a table row: one argument per column
-const fn kind(
-    group: &'static str,
-    kind: &'static str,
-    plural: &'static str,
+/// A row for the `k8s-openapi` type `T`: its group, version, kind, URL name and scope.
+pub const fn builtin<T: Typed>(
     singular: &'static str,
-    namespaced: bool,
     short_names: &'static [&'static str],
-    has_status: bool,
-    has_spec: bool,
     in_all: bool,
-) -> ResourceKind {
+    strategy: &'static dyn Strategy,
+) -> ResourceKind
+where
+    T::Scope: Scoped,
+{
     ResourceKind {
-        group,
-        version: "v1",
-        kind,
-        plural,
+        group: T::GROUP,
+        version: T::VERSION,
+        kind: T::KIND,
+        plural: T::URL_PATH_SEGMENT,
         singular,
-        namespaced,
+        namespaced: <T::Scope as Scoped>::NAMESPACED,
         short_names,
-        has_status,
-        has_spec,
         in_all,
+        strategy,
+        typed: TypeOps::of::<T>(),
     }
 }
 
 /// Every kind wharf serves, grouped by API group in the order discovery lists them.
 pub static KINDS: &[ResourceKind] = &[
-    kind(
-        "",
-        "Namespace",
-        "namespaces",
-        "namespace",
-        false,
-        &["ns"],
-        true,
-        true,
-        false,
-    ),
-    kind("", "Pod", "pods", "pod", true, &["po"], true, true, true),
-    kind(
-        "",
-        "Service",
-        "services",
-        "service",
-        true,
-        &["svc"],
-        true,
-        true,
-        true,
-    ),
-    kind(
-        "",
-        "Endpoints",
-        "endpoints",
-        "endpoints",
-        true,
-        &["ep"],
-        false,
-        false,
-        false,
-    ),
-    kind(
-        "",
-        "Node",
-        "nodes",
-        "node",
-        false,
-        &["no"],
-        true,
-        true,
-        false,
-    ),
-    kind(
-        "",
-        "ConfigMap",
-        "configmaps",
-        "configmap",
-        true,
-        &["cm"],
-        false,
-        false,
-        false,
-    ),
-    kind(
-        "",
-        "Secret",
-        "secrets",
-        "secret",
-        true,
-        &[],
-        false,
-        false,
-        false,
-    ),
-    kind(
-        "",
-        "Event",
-        "events",
-        "event",
-        true,
-        &["ev"],
-        false,
-        false,
-        false,
-    ),
-    kind(
-        "apps",
-        "Deployment",
-        "deployments",
-        "deployment",
-        true,
-        &["deploy"],
-        true,
-        true,
-        true,
-    ),
-    kind(
-        "apps",
-        "ReplicaSet",
-        "replicasets",
-        "replicaset",
-        true,
-        &["rs"],
-        true,
-        true,
-        true,
-    ),
-    kind(
-        "apps",
-        "DaemonSet",
-        "daemonsets",
-        "daemonset",
-        true,
-        &["ds"],
-        true,
-        true,
-        true,
-    ),
-    kind("batch", "Job", "jobs", "job", true, &[], true, true, true),
-    kind(
-        "coordination.k8s.io",
-        "Lease",
-        "leases",
-        "lease",
-        true,
-        &[],
-        false,
-        true,
-        false,
-    ),
-    kind(
-        "discovery.k8s.io",
-        "EndpointSlice",
-        "endpointslices",
-        "endpointslice",
-        true,
-        &[],
-        false,
-        false,
-        false,
-    ),
+    builtin::<core::Namespace>("namespace", &["ns"], false, &s::namespace::STRATEGY),
+    builtin::<core::Pod>("pod", &["po"], true, &s::pod::STRATEGY),
+    builtin::<core::Service>("service", &["svc"], true, &s::service::STRATEGY),
+    builtin::<core::Endpoints>("endpoints", &["ep"], false, &s::endpoints::STRATEGY),
+    builtin::<core::Node>("node", &["no"], false, &s::node::STRATEGY),
+    builtin::<core::ConfigMap>("configmap", &["cm"], false, &s::configmap::STRATEGY),
+    builtin::<core::Secret>("secret", &[], false, &s::secret::STRATEGY),
+    builtin::<core::Event>("event", &["ev"], false, &s::event::STRATEGY),
+    builtin::<apps::Deployment>("deployment", &["deploy"], true, &s::deployment::STRATEGY),
+    builtin::<apps::ReplicaSet>("replicaset", &["rs"], true, &s::replicaset::STRATEGY),
+    builtin::<apps::DaemonSet>("daemonset", &["ds"], true, &s::daemonset::STRATEGY),
+    builtin::<batch::Job>("job", &[], true, &s::job::STRATEGY),
+    builtin::<coord::Lease>("lease", &[], false, &Plain::SPEC),
+    builtin::<disc::EndpointSlice>("endpointslice", &[], false, &s::endpointslice::STRATEGY),
 ];
 
 /// The kind served at `group`/`version` under URL name `plural`.
@@ -300,6 +217,50 @@ mod tests {
         assert_eq!(resolve("ep").map(|k| k.kind), Some("Endpoints"));
         assert_eq!(resolve("deployments.batch"), None);
         assert_eq!(resolve("widgets"), None);
+    }
+
+    #[test]
+    fn rows_built_from_the_types_keep_what_the_hand_written_table_said() {
+        let rows: Vec<_> = KINDS
+            .iter()
+            .map(|k| {
+                (
+                    k.group,
+                    k.kind,
+                    k.plural,
+                    k.namespaced,
+                    k.has_status(),
+                    k.has_spec(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("", "Namespace", "namespaces", false, true, true),
+                ("", "Pod", "pods", true, true, true),
+                ("", "Service", "services", true, true, true),
+                ("", "Endpoints", "endpoints", true, false, false),
+                ("", "Node", "nodes", false, true, true),
+                ("", "ConfigMap", "configmaps", true, false, false),
+                ("", "Secret", "secrets", true, false, false),
+                ("", "Event", "events", true, false, false),
+                ("apps", "Deployment", "deployments", true, true, true),
+                ("apps", "ReplicaSet", "replicasets", true, true, true),
+                ("apps", "DaemonSet", "daemonsets", true, true, true),
+                ("batch", "Job", "jobs", true, true, true),
+                ("coordination.k8s.io", "Lease", "leases", true, false, true),
+                (
+                    "discovery.k8s.io",
+                    "EndpointSlice",
+                    "endpointslices",
+                    true,
+                    false,
+                    false
+                ),
+            ]
+        );
+        assert!(KINDS.iter().all(|k| k.version == "v1"));
     }
 
     #[test]

@@ -19,5 +19,6 @@ pub mod selector;
 pub mod strategic;
 pub mod typed;
 pub mod validation;
+pub mod wellknown;
 
 pub use kinds::{KINDS, ResourceKind, find_by_plural, find_kind, resolve};

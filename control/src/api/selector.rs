@@ -3,6 +3,7 @@
 //! Parsing is separate from matching so that a bad selector is refused (400) before any
 //! list or watch starts, and matching is a pure function over the object's JSON.
 
+use crate::api::kinds::ResourceKind;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -201,41 +202,13 @@ pub struct FieldSelector(pub Vec<(String, bool, String)>);
 /// Fields every kind can be selected by.
 const COMMON_FIELDS: &[&str] = &["metadata.name", "metadata.namespace"];
 
-/// The extra fields a kind can be selected by, as Kubernetes offers them.
-fn kind_fields(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "Pod" => &[
-            "spec.nodeName",
-            "spec.schedulerName",
-            "spec.restartPolicy",
-            "spec.serviceAccountName",
-            "status.phase",
-            "status.podIP",
-        ],
-        "Event" => &[
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-        ],
-        "Node" => &["spec.unschedulable"],
-        "Secret" => &["type"],
-        "Namespace" => &["status.phase"],
-        "ReplicaSet" | "Job" => &["status.replicas", "status.successful"],
-        _ => &[],
-    }
-}
-
 impl FieldSelector {
-    /// Parses and checks that every field is one `kind` can be selected by.
-    pub fn parse(input: &str, kind: &str) -> Result<Self, SelectorError> {
+    /// Parses and checks that every field is one `kind` can be selected by (its
+    /// strategy's [`selectable_fields`]).
+    ///
+    /// [`selectable_fields`]: crate::apiserver::registry::Strategy::selectable_fields
+    pub fn parse(input: &str, kind: &ResourceKind) -> Result<Self, SelectorError> {
+        let kind_fields = kind.strategy.selectable_fields();
         let mut reqs = Vec::new();
         for part in input.split(',') {
             let part = part.trim();
@@ -252,12 +225,13 @@ impl FieldSelector {
                 )));
             };
             let field = field.trim();
-            if !COMMON_FIELDS.contains(&field) && !kind_fields(kind).contains(&field) {
+            if !COMMON_FIELDS.contains(&field) && !kind_fields.contains(&field) {
                 return Err(SelectorError(format!(
-                    "field label not supported: {field} (for {kind}: {})",
+                    "field label not supported: {field} (for {}: {})",
+                    kind.kind,
                     COMMON_FIELDS
                         .iter()
-                        .chain(kind_fields(kind))
+                        .chain(kind_fields)
                         .copied()
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -319,6 +293,7 @@ pub fn object_labels_of_map(map: &Value) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::kinds::resolve;
     use serde_json::json;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -377,20 +352,22 @@ mod tests {
     fn field_selectors_check_supported_fields() {
         let pod = json!({"metadata": {"name": "p1", "namespace": "default"},
                          "spec": {"nodeName": "node-1"}, "status": {"phase": "Running"}});
-        let s = FieldSelector::parse("spec.nodeName=node-1,status.phase!=Failed", "Pod")
+        let pod_kind = resolve("pod").expect("pod");
+        let s = FieldSelector::parse("spec.nodeName=node-1,status.phase!=Failed", pod_kind)
             .expect("parse");
         assert!(s.matches(&pod));
         assert!(
-            !FieldSelector::parse("metadata.name=p2", "Pod")
+            !FieldSelector::parse("metadata.name=p2", pod_kind)
                 .expect("parse")
                 .matches(&pod)
         );
         assert!(
-            FieldSelector::parse("spec.nodeName=", "Pod")
+            FieldSelector::parse("spec.nodeName=", pod_kind)
                 .expect("parse")
                 .matches(&json!({}))
         );
-        let err = FieldSelector::parse("spec.nodeName=x", "ConfigMap").expect_err("unsupported");
+        let err = FieldSelector::parse("spec.nodeName=x", resolve("cm").expect("cm"))
+            .expect_err("unsupported");
         assert!(
             err.0.contains("field label not supported: spec.nodeName"),
             "{err}"

@@ -1,19 +1,17 @@
 //! From a row of the kinds table to its `k8s-openapi` type.
 //!
-//! The handlers are generic over JSON, but two things need the kind's Rust type: the
-//! field check ([`super::fields`]) round-trips an object through it, and the OpenAPI
-//! documents take their schemas from it. Rust cannot pick a type from a runtime value, so
-//! this module turns the question around: the caller writes a [`KindVisitor`] with one
-//! generic method, and [`visit`] calls it with the type of the kind. The match below is
-//! the only place that pairs the table with the types.
+//! The handlers are generic over JSON, but three things need the kind's Rust type:
+//! validation decodes the body into it (so a wrong type is reported with its field
+//! path), the field check ([`super::fields`]) round-trips an object through it, and the
+//! OpenAPI documents take their schemas from it. Rust cannot pick a type from a runtime
+//! value, so each row carries [`TypeOps`]: those three operations instantiated for its
+//! type when the row is built ([`super::kinds::builtin`]).
 
-use super::kinds::ResourceKind;
-use k8s_openapi::api::{
-    apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-    discovery::v1 as disc,
-};
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
+use schemars::SchemaGenerator;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 /// What every served kind's type can do.
 pub trait Typed:
@@ -26,51 +24,72 @@ impl<T> Typed for T where
 {
 }
 
-/// A computation generic over the kind's type.
-pub trait KindVisitor {
-    type Output;
-    fn visit<T: Typed>(self) -> Self::Output;
+/// Whether a `k8s-openapi` scope is a namespace's.
+pub trait Scoped {
+    const NAMESPACED: bool;
 }
 
-/// Runs `visitor` with the type of `kind`; `None` for a kind without a typed form.
-pub fn visit<V: KindVisitor>(kind: &ResourceKind, visitor: V) -> Option<V::Output> {
-    Some(match (kind.group, kind.version, kind.kind) {
-        ("", "v1", "Namespace") => visitor.visit::<core::Namespace>(),
-        ("", "v1", "Pod") => visitor.visit::<core::Pod>(),
-        ("", "v1", "Service") => visitor.visit::<core::Service>(),
-        ("", "v1", "Endpoints") => visitor.visit::<core::Endpoints>(),
-        ("", "v1", "Node") => visitor.visit::<core::Node>(),
-        ("", "v1", "ConfigMap") => visitor.visit::<core::ConfigMap>(),
-        ("", "v1", "Secret") => visitor.visit::<core::Secret>(),
-        ("", "v1", "Event") => visitor.visit::<core::Event>(),
-        ("apps", "v1", "Deployment") => visitor.visit::<apps::Deployment>(),
-        ("apps", "v1", "ReplicaSet") => visitor.visit::<apps::ReplicaSet>(),
-        ("apps", "v1", "DaemonSet") => visitor.visit::<apps::DaemonSet>(),
-        ("batch", "v1", "Job") => visitor.visit::<batch::Job>(),
-        ("coordination.k8s.io", "v1", "Lease") => visitor.visit::<coord::Lease>(),
-        ("discovery.k8s.io", "v1", "EndpointSlice") => visitor.visit::<disc::EndpointSlice>(),
-        _ => return None,
-    })
+impl Scoped for NamespaceResourceScope {
+    const NAMESPACED: bool = true;
+}
+
+impl Scoped for ClusterResourceScope {
+    const NAMESPACED: bool = false;
+}
+
+/// A failed typed decode, with the path of the field.
+pub type DecodeError = serde_path_to_error::Error<serde_json::Error>;
+
+/// The operations that need a kind's type, instantiated for it.
+#[derive(Clone, Copy)]
+pub struct TypeOps {
+    /// Decodes an object as the type; the error names the field.
+    pub check: fn(&Value) -> Result<(), DecodeError>,
+    /// Decodes and encodes back; `None` when it does not decode.
+    pub round_trip: fn(&Value) -> Option<Value>,
+    /// Registers the type's schema (and what it references); answers its name.
+    pub schema: fn(&mut SchemaGenerator) -> String,
+}
+
+impl TypeOps {
+    pub const fn of<T: Typed>() -> TypeOps {
+        TypeOps {
+            check: check::<T>,
+            round_trip: round_trip::<T>,
+            schema: schema::<T>,
+        }
+    }
+}
+
+fn check<T: DeserializeOwned>(value: &Value) -> Result<(), DecodeError> {
+    serde_path_to_error::deserialize::<_, T>(value).map(|_| ())
+}
+
+fn round_trip<T: Serialize + DeserializeOwned>(value: &Value) -> Option<Value> {
+    let typed = T::deserialize(value).ok()?;
+    serde_json::to_value(&typed).ok()
+}
+
+/// Registers `T`'s schema with `generator` and answers its name.
+pub fn schema<T: schemars::JsonSchema>(generator: &mut SchemaGenerator) -> String {
+    generator.subschema_for::<T>();
+    T::schema_name().into_owned()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::api::kinds::KINDS;
-
-    struct Names;
-    impl KindVisitor for Names {
-        type Output = (&'static str, &'static str);
-        fn visit<T: Typed>(self) -> Self::Output {
-            (T::API_VERSION, T::KIND)
-        }
-    }
+    use serde_json::json;
 
     #[test]
     fn every_kind_has_its_own_type() {
         for k in KINDS {
-            let (api_version, kind) = visit(k, Names).expect("typed");
-            assert_eq!((api_version, kind), (k.api_version().as_str(), k.kind));
+            let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+            let name = (k.typed.schema)(&mut generator);
+            assert!(name.ends_with(k.kind), "{name} for {}", k.kind);
+            let wrong = json!({"metadata": {"name": 5}});
+            let err = (k.typed.check)(&wrong).expect_err(k.kind);
+            assert_eq!(err.path().to_string(), "metadata.name", "{}", k.kind);
         }
     }
 }

@@ -118,9 +118,9 @@ impl fmt::Display for FieldError {
     }
 }
 
-const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character";
-const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
-const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character";
+pub const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character";
+pub const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
+pub const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character";
 
 /// RFC 1123 label: at most 63 characters of `[a-z0-9-]`, alphanumeric at both ends.
 pub fn is_dns1123_label(s: &str) -> bool {
@@ -168,46 +168,15 @@ fn is_label_value(s: &str) -> bool {
 
 /// Decodes `value` as the kind's typed struct; the error names the field that failed.
 fn decode_typed(kind: &ResourceKind, value: &Value) -> Result<(), FieldError> {
-    use k8s_openapi::api::{
-        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-        discovery::v1 as disc,
-    };
-    fn check<T: serde::de::DeserializeOwned>(value: &Value) -> Result<(), FieldError> {
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let path = e.path().to_string();
-                let field = if path == "." {
-                    "<body>".to_string()
-                } else {
-                    path
-                };
-                Err(FieldError::new(
-                    field,
-                    Reason::TypeInvalid,
-                    None,
-                    e.into_inner().to_string(),
-                ))
-            }
-        }
-    }
-    match (kind.group, kind.kind) {
-        ("", "Namespace") => check::<core::Namespace>(value),
-        ("", "Pod") => check::<core::Pod>(value),
-        ("", "Service") => check::<core::Service>(value),
-        ("", "Endpoints") => check::<core::Endpoints>(value),
-        ("", "Node") => check::<core::Node>(value),
-        ("", "ConfigMap") => check::<core::ConfigMap>(value),
-        ("", "Secret") => check::<core::Secret>(value),
-        ("", "Event") => check::<core::Event>(value),
-        ("apps", "Deployment") => check::<apps::Deployment>(value),
-        ("apps", "ReplicaSet") => check::<apps::ReplicaSet>(value),
-        ("apps", "DaemonSet") => check::<apps::DaemonSet>(value),
-        ("batch", "Job") => check::<batch::Job>(value),
-        ("coordination.k8s.io", "Lease") => check::<coord::Lease>(value),
-        ("discovery.k8s.io", "EndpointSlice") => check::<disc::EndpointSlice>(value),
-        _ => Ok(()),
-    }
+    (kind.typed.check)(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "<body>".to_string()
+        } else {
+            path
+        };
+        FieldError::new(field, Reason::TypeInvalid, None, e.into_inner().to_string())
+    })
 }
 
 /// Checks an object (already defaulted) of `kind`. An empty result means valid.
@@ -217,44 +186,7 @@ pub fn validate(kind: &ResourceKind, obj: &Value) -> Vec<FieldError> {
     }
     let mut errs = Vec::new();
     validate_metadata(kind, obj, &mut errs);
-    let spec = obj.get("spec");
-    match (kind.group, kind.kind) {
-        ("", "Pod") => match spec {
-            Some(s) => validate_pod_spec(s, "spec", &mut errs),
-            None => errs.push(FieldError::required("spec", "")),
-        },
-        ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") => {
-            validate_workload(kind.kind, spec, &mut errs)
-        }
-        ("batch", "Job") => validate_job(spec, &mut errs),
-        ("", "Service") => validate_service(spec, &mut errs),
-        ("", "ConfigMap") | ("", "Secret") => {
-            for section in ["data", "binaryData", "stringData"] {
-                if let Some(map) = obj.get(section).and_then(Value::as_object) {
-                    for key in map.keys() {
-                        if key.is_empty()
-                            || key.len() > 253
-                            || !key.bytes().all(|b| {
-                                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
-                            })
-                        {
-                            errs.push(FieldError::invalid(
-                                format!("{section}[{key}]"),
-                                key,
-                                "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        ("discovery.k8s.io", "EndpointSlice")
-            if obj.get("addressType").and_then(Value::as_str).is_none() =>
-        {
-            errs.push(FieldError::required("addressType", ""));
-        }
-        _ => {}
-    }
+    kind.strategy.validate(obj, &mut errs);
     errs
 }
 
@@ -269,13 +201,7 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value, errs: &mut Vec<FieldError
             "name or generateName is required",
         ));
     } else {
-        let (ok, msg) = match kind.kind {
-            "Namespace" => (is_dns1123_label(name), DNS1123_LABEL_MSG),
-            "Service" => (is_dns1035_label(name), DNS1035_LABEL_MSG),
-            // Events are named `OBJECT.HEX`, leases and endpoints follow their owners.
-            _ => (is_dns1123_subdomain(name), DNS1123_SUBDOMAIN_MSG),
-        };
-        if !ok {
+        if let Some(msg) = kind.strategy.name_invalid(name) {
             errs.push(FieldError::invalid("metadata.name", name, msg));
         }
     }
@@ -338,35 +264,33 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value, errs: &mut Vec<FieldError
     }
 }
 
-/// What an update may not change, as Kubernetes' update validation has it: a Node's
-/// `spec.podCIDR` once set (its pods' addresses come from it, and another node may hold
-/// the range it would move to), a Secret's `type`.
+/// What an update may not change (the kind's immutable fields).
 pub fn validate_update(kind: &ResourceKind, old: &Value, new: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    let at = |v: &Value, p: &str| v.pointer(p).cloned().unwrap_or(Value::Null);
-    if kind.group.is_empty() && kind.kind == "Node" {
-        let (before, after) = (at(old, "/spec/podCIDR"), at(new, "/spec/podCIDR"));
-        let set = before.as_str().is_some_and(|s| !s.is_empty());
-        if set && before != after {
-            errs.push(FieldError::new(
-                "spec.podCIDR",
-                Reason::Forbidden,
-                None,
-                "node updates may not change podCIDR except from \"\" to valid",
-            ));
-        }
-    }
-    if kind.group.is_empty() && kind.kind == "Secret" {
-        let (before, after) = (at(old, "/type"), at(new, "/type"));
-        if before != after {
-            errs.push(FieldError::invalid(
-                "type",
-                after.as_str().unwrap_or_default(),
-                "field is immutable",
-            ));
-        }
-    }
+    kind.strategy.validate_update(old, new, &mut errs);
     errs
+}
+
+/// The keys of a ConfigMap's or Secret's `data`, `binaryData` and `stringData`.
+pub fn validate_config_keys(obj: &Value, errs: &mut Vec<FieldError>) {
+    for section in ["data", "binaryData", "stringData"] {
+        if let Some(map) = obj.get(section).and_then(Value::as_object) {
+            for key in map.keys() {
+                if key.is_empty()
+                    || key.len() > 253
+                    || !key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                {
+                    errs.push(FieldError::invalid(
+                        format!("{section}[{key}]"),
+                        key,
+                        "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// Most bytes of annotation keys and values on one object (Kubernetes' limit).
@@ -378,7 +302,7 @@ pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 /// churn.
 pub const MAX_CONTAINERS_PER_POD: usize = 100;
 
-fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
+pub fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
     let containers = spec.get("containers").and_then(Value::as_array);
     match containers {
         None => errs.push(FieldError::required(
@@ -660,7 +584,7 @@ fn check_protocol(port: &Value, field: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
-fn validate_workload(kind: &str, spec: Option<&Value>, errs: &mut Vec<FieldError>) {
+pub fn validate_workload(kind: &str, spec: Option<&Value>, errs: &mut Vec<FieldError>) {
     let Some(spec) = spec else {
         errs.push(FieldError::required("spec", ""));
         return;
@@ -685,17 +609,6 @@ fn validate_workload(kind: &str, spec: Option<&Value>, errs: &mut Vec<FieldError
             Reason::NotSupported,
             Some(format!("{p:?}")),
             format!("supported values: \"Always\" (a {kind} keeps its pods running)"),
-        ));
-    }
-    if kind == "Deployment"
-        && let Some(t) = spec.pointer("/strategy/type").and_then(Value::as_str)
-        && !matches!(t, "RollingUpdate" | "Recreate")
-    {
-        errs.push(FieldError::new(
-            "spec.strategy.type",
-            Reason::NotSupported,
-            Some(format!("{t:?}")),
-            "supported values: \"Recreate\", \"RollingUpdate\"",
         ));
     }
 }
@@ -777,7 +690,7 @@ pub fn label_selector_matches(
     labels_ok && exprs_ok
 }
 
-fn validate_job(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
+pub fn validate_job(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
     let Some(spec) = spec else {
         errs.push(FieldError::required("spec", ""));
         return;
@@ -817,7 +730,7 @@ fn validate_job(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
     }
 }
 
-fn validate_service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
+pub fn validate_service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
     let Some(spec) = spec else {
         errs.push(FieldError::required("spec", ""));
         return;
@@ -1057,7 +970,7 @@ fn validate_service_addresses(spec: &Value, ty: &str, headless: bool, errs: &mut
     }
 }
 
-fn set_default(obj: &mut Value, pointer: &str, value: Value) {
+pub fn set_default(obj: &mut Value, pointer: &str, value: Value) {
     if obj.pointer(pointer).is_some_and(|v| !v.is_null()) {
         return;
     }
@@ -1079,7 +992,7 @@ fn set_default(obj: &mut Value, pointer: &str, value: Value) {
     }
 }
 
-fn default_pod_spec(spec: &mut Value) {
+pub fn default_pod_spec(spec: &mut Value) {
     if !spec.is_object() {
         return;
     }
@@ -1107,92 +1020,12 @@ fn default_pod_spec(spec: &mut Value) {
 }
 
 /// Fills the defaults Kubernetes fills, so that a stored object reads back as it would
-/// from a Kubernetes API server.
+/// from a Kubernetes API server: the kind's own ([`Strategy::default`]), then those of a
+/// pod template wherever the kind has one.
+///
+/// [`Strategy::default`]: crate::apiserver::registry::Strategy::default
 pub fn apply_defaults(kind: &ResourceKind, obj: &mut Value) {
-    match (kind.group, kind.kind) {
-        ("", "Pod") => {
-            if let Some(spec) = obj.get_mut("spec") {
-                default_pod_spec(spec);
-            }
-        }
-        ("apps", "Deployment") => {
-            set_default(obj, "/spec/replicas", json!(1));
-            if obj.pointer("/spec/strategy/type").and_then(Value::as_str) != Some("Recreate") {
-                set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
-                set_default(
-                    obj,
-                    "/spec/strategy/rollingUpdate/maxUnavailable",
-                    json!("25%"),
-                );
-                set_default(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
-            }
-            set_default(obj, "/spec/revisionHistoryLimit", json!(10));
-            set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
-        }
-        ("apps", "ReplicaSet") => set_default(obj, "/spec/replicas", json!(1)),
-        ("apps", "DaemonSet") => {
-            set_default(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
-            if obj
-                .pointer("/spec/updateStrategy/type")
-                .and_then(Value::as_str)
-                == Some("RollingUpdate")
-            {
-                set_default(
-                    obj,
-                    "/spec/updateStrategy/rollingUpdate/maxUnavailable",
-                    json!(1),
-                );
-                set_default(obj, "/spec/updateStrategy/rollingUpdate/maxSurge", json!(0));
-            }
-            set_default(obj, "/spec/revisionHistoryLimit", json!(10));
-        }
-        ("batch", "Job") => {
-            set_default(obj, "/spec/parallelism", json!(1));
-            set_default(obj, "/spec/completions", json!(1));
-            set_default(obj, "/spec/backoffLimit", json!(6));
-            set_default(obj, "/spec/completionMode", json!("NonIndexed"));
-            set_default(obj, "/spec/suspend", json!(false));
-        }
-        ("", "Service") => {
-            set_default(obj, "/spec/type", json!("ClusterIP"));
-            set_default(obj, "/spec/sessionAffinity", json!("None"));
-            if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
-                for p in ports {
-                    set_default(p, "/protocol", json!("TCP"));
-                    // Kubernetes reads a targetPort of 0 or "" as unset too.
-                    if matches!(p.get("targetPort"), Some(t) if *t == json!(0) || *t == json!(""))
-                        && let Some(map) = p.as_object_mut()
-                    {
-                        map.remove("targetPort");
-                    }
-                    if let Some(port) = p.get("port").cloned() {
-                        set_default(p, "/targetPort", port);
-                    }
-                }
-            }
-            // What Kubernetes fills on a single-stack IPv4 cluster. The addresses
-            // themselves are allocated by the API server (`apiserver::services`).
-            let ty = obj
-                .pointer("/spec/type")
-                .and_then(Value::as_str)
-                .unwrap_or("ClusterIP")
-                .to_string();
-            if ty != "ExternalName" {
-                set_default(obj, "/spec/ipFamilies", json!(["IPv4"]));
-                set_default(obj, "/spec/ipFamilyPolicy", json!("SingleStack"));
-                set_default(obj, "/spec/internalTrafficPolicy", json!("Cluster"));
-            }
-            if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
-                set_default(obj, "/spec/externalTrafficPolicy", json!("Cluster"));
-            }
-            if ty == "LoadBalancer" {
-                set_default(obj, "/spec/allocateLoadBalancerNodePorts", json!(true));
-            }
-        }
-        ("", "Secret") => set_default(obj, "/type", json!("Opaque")),
-        ("", "Namespace") => set_default(obj, "/status/phase", json!("Active")),
-        _ => {}
-    }
+    kind.strategy.default(obj);
     if let Some(template) = obj.pointer_mut("/spec/template/spec") {
         default_pod_spec(template);
     }

@@ -17,25 +17,32 @@ use super::auth::Identity;
 use super::authz::{self, Verb};
 use super::error::{ApiError, Subject};
 use super::objects::{decode, encode, meta_str, now_rfc3339};
+use super::registry::subresources::{Serve, SubRequest, Subresource};
 use super::request::Target;
-use crate::api::kinds::ResourceKind;
 use crate::store::{StoreError, object_key};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
 use http::request::Parts;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-pub const SUBRESOURCE: &str = "binding";
+/// `pods/NAME/binding`.
+pub static BINDING: Subresource = Subresource {
+    name: "binding",
+    body: Some(("", "v1", "Binding")),
+    schema: Some(crate::api::typed::schema::<k8s_openapi::api::core::v1::Binding>),
+    verbs: &["create"],
+    serve: Serve::Handler(serve),
+};
+
+fn serve(req: SubRequest<'_>) -> BoxFuture<'_, Result<Response, ApiError>> {
+    Box::pin(async move { handle(req.state, req.target, req.parts, req.body).await })
+}
 
 /// How often the write is retried when the pod changed under it.
 const MAX_RETRIES: usize = 16;
-
-/// Whether `kind` has the binding subresource (core/v1 pods).
-pub fn serves(kind: &ResourceKind) -> bool {
-    kind.group.is_empty() && kind.kind == "Pod"
-}
 
 fn subject(name: &str) -> Subject {
     Subject {

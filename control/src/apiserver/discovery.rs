@@ -24,24 +24,6 @@ use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, header};
 use serde_json::{Value, json};
 
-/// Every verb of a resource's main endpoint.
-const ALL_VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
-
-/// Namespaces are deleted one by one (each goes through the namespace controller), so,
-/// as in Kubernetes, `deletecollection` is not offered.
-const NAMESPACE_VERBS: &[&str] = &[
-    "create", "delete", "get", "list", "patch", "update", "watch",
-];
-
 /// The Kubernetes version wharf's API corresponds to.
 pub const KUBERNETES_VERSION: (&str, &str) = ("1", "33");
 
@@ -69,8 +51,10 @@ pub async fn version() -> Json<Value> {
     }))
 }
 
-/// A subresource served under a kind: `pods/status`, `deployments/scale`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A subresource served under a kind, `pods/status`, `deployments/scale`, as discovery and
+/// the OpenAPI documents describe it (from the kind's strategy and the one table of
+/// subresources, [`super::registry::subresources`]).
+#[derive(Debug, Clone)]
 pub struct Subresource {
     pub name: &'static str,
     /// Group, version and kind of the object it takes and answers.
@@ -78,75 +62,35 @@ pub struct Subresource {
     pub version: &'static str,
     pub kind: &'static str,
     pub verbs: &'static [&'static str],
+    /// Registers the schema of that object when it is not the parent's own type.
+    pub schema: Option<super::registry::subresources::Schema>,
 }
 
 /// The verbs of a kind's main endpoint.
 pub fn verbs(k: &ResourceKind) -> &'static [&'static str] {
-    if is_namespace(k) {
-        NAMESPACE_VERBS
-    } else {
-        ALL_VERBS
-    }
+    k.strategy.verbs()
 }
 
-fn is_namespace(k: &ResourceKind) -> bool {
-    k.group.is_empty() && k.kind == "Namespace"
-}
-
-/// The subresources of a kind.
+/// The subresources of a kind, alphabetical, as kube-apiserver lists them.
 pub fn subresources(k: &'static ResourceKind) -> Vec<Subresource> {
-    let mut out = Vec::new();
-    let own = |name, verbs| Subresource {
-        name,
-        group: k.group,
-        version: k.version,
-        kind: k.kind,
-        verbs,
-    };
-    if is_namespace(k) {
-        out.push(own(super::resources::FINALIZE_SUBRESOURCE, &["update"]));
-    }
-    if k.has_status {
-        out.push(own("status", &["get", "patch", "update"]));
-    }
-    if super::binding::serves(k) {
-        out.push(Subresource {
-            name: super::binding::SUBRESOURCE,
-            group: "",
-            version: "v1",
-            kind: "Binding",
-            verbs: &["create"],
-        });
-    }
-    if super::eviction::serves(k) {
-        out.push(Subresource {
-            name: super::eviction::SUBRESOURCE,
-            group: "policy",
-            version: "v1",
-            kind: "Eviction",
-            verbs: &["create"],
-        });
-    }
-    if super::proxy::serves_logs(k) {
-        out.push(own(super::proxy::LOG_SUBRESOURCE, &["get"]));
-    }
-    if serves_scale(k) {
-        out.push(Subresource {
-            name: "scale",
-            group: "autoscaling",
-            version: "v1",
-            kind: "Scale",
-            verbs: &["get", "patch", "update"],
-        });
-    }
-    // Alphabetical, as kube-apiserver lists them.
+    let mut out: Vec<Subresource> = k
+        .strategy
+        .subresources()
+        .iter()
+        .map(|s| {
+            let (group, version, kind) = s.body.unwrap_or((k.group, k.version, k.kind));
+            Subresource {
+                name: s.name,
+                group,
+                version,
+                kind,
+                verbs: s.verbs,
+                schema: s.schema.filter(|_| s.body.is_some()),
+            }
+        })
+        .collect();
     out.sort_by_key(|s| s.name);
     out
-}
-
-/// Deployments and ReplicaSets have a `scale` subresource (`autoscaling/v1` Scale).
-pub fn serves_scale(k: &ResourceKind) -> bool {
-    k.group == "apps" && matches!(k.kind, "Deployment" | "ReplicaSet")
 }
 
 /// The opaque hash of the version an object is stored in, as kube-apiserver computes it

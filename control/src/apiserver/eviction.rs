@@ -15,20 +15,38 @@ use super::AppState;
 use super::auth::Identity;
 use super::authz::{self, Verb};
 use super::error::ApiError;
+use super::objects::json_response;
+use super::registry::store::{self, DeleteOptions, delete_options_from};
+use super::registry::subresources::{Serve, SubRequest, Subresource};
 use super::request::Target;
-use super::resources::{self, Query};
-use crate::api::kinds::ResourceKind;
+use super::request::{JSON, Query, read_json};
 use axum::body::Body;
 use axum::response::Response;
+use futures::future::BoxFuture;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-/// The subresource's name in the URL.
-pub const SUBRESOURCE: &str = "eviction";
+/// `pods/NAME/eviction`.
+pub static EVICTION: Subresource = Subresource {
+    name: "eviction",
+    body: Some(("policy", "v1", "Eviction")),
+    schema: Some(crate::api::typed::schema::<k8s_openapi::api::policy::v1::Eviction>),
+    verbs: &["create"],
+    serve: Serve::Handler(handle),
+};
 
-/// Pods are the only kind that can be evicted.
-pub fn serves(kind: &ResourceKind) -> bool {
-    kind.group.is_empty() && kind.kind == "Pod"
+fn handle(req: SubRequest<'_>) -> BoxFuture<'_, Result<Response, ApiError>> {
+    Box::pin(async move {
+        let identity = req.parts.extensions.get::<Identity>().cloned();
+        serve(
+            req.state,
+            req.target,
+            identity.as_ref(),
+            req.parts,
+            req.body,
+        )
+        .await
+    })
 }
 
 /// Handles a request to `pods/NAME/eviction`.
@@ -54,7 +72,7 @@ pub async fn serve(
     // `create` on `pods/eviction`, as Kubernetes authorizes it.
     authz::enforce(state, identity, Verb::Create, target).await?;
     let query = Query::parse(parts.uri.query());
-    let body = resources::read_json(body, &parts.headers, state, &["application/json"]).await?;
+    let body = read_json(body, &parts.headers, state, JSON).await?;
     let mut opts = eviction_options(&body, name)?;
     if query.get("dryRun") == Some("All") {
         opts.dry_run = true;
@@ -63,8 +81,8 @@ pub async fn serve(
         subresource: None,
         ..target.clone()
     };
-    resources::delete(state, &pod, name, &opts).await?;
-    Ok(resources::json_response(
+    store::delete(state, &pod, name, &opts).await?;
+    Ok(json_response(
         StatusCode::CREATED,
         &json!({
             "kind": "Status",
@@ -78,7 +96,7 @@ pub async fn serve(
 
 /// The delete options of an Eviction body, after checking it names the pod of the URL.
 /// `delete_options` is accepted beside `deleteOptions`: kube-rs sends that spelling.
-fn eviction_options(body: &Value, name: &str) -> Result<resources::DeleteOptions, ApiError> {
+fn eviction_options(body: &Value, name: &str) -> Result<DeleteOptions, ApiError> {
     if !body.is_object() {
         return Err(ApiError::BadRequest(
             "the body of an eviction must be a policy/v1 Eviction object".into(),
@@ -103,7 +121,7 @@ fn eviction_options(body: &Value, name: &str) -> Result<resources::DeleteOptions
         .get("deleteOptions")
         .or_else(|| body.get("delete_options"))
     {
-        Some(opts) if opts.is_object() => resources::delete_options_from(opts),
+        Some(opts) if opts.is_object() => delete_options_from(opts),
         Some(Value::Null) | None => Ok(Default::default()),
         Some(_) => Err(ApiError::BadRequest(
             "deleteOptions must be a DeleteOptions object".into(),

@@ -8,7 +8,7 @@
 //! retried on conflicts); the warnings kept are those of the last run.
 
 use super::error::{ApiError, Subject};
-use super::resources::Query;
+use super::request::Query;
 use crate::api::fields::{self, Directive};
 use crate::api::kinds::ResourceKind;
 use axum::response::Response;

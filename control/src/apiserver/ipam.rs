@@ -292,50 +292,33 @@ pub async fn commit(
     .into())
 }
 
-/// What an object of a holding kind needs to allocate again if its values were taken by
-/// another server before its create was stored: the object as it was before allocation.
-#[derive(Clone, Debug)]
-pub struct Allocation {
-    pub holder: Holder,
-    pub original: Value,
-}
-
-/// Node IPAM for a Node being created (a no-op for other kinds): fills `spec.podCIDR`
-/// from the pod ranges no other Node holds.
+/// Node IPAM for a Node being created: fills `spec.podCIDR` from the pod ranges no other
+/// Node holds (the Node strategy's admission).
 pub async fn admit_node(
     state: &AppState,
     target: &Target,
     obj: &mut Value,
-) -> Result<Option<Allocation>, ApiError> {
-    if Holder::of(target.kind) != Some(Holder::Node) {
-        return Ok(None);
-    }
-    let original = obj.clone();
-    let subject = || Subject {
+) -> Result<(), ApiError> {
+    let subject = Subject {
         group: String::new(),
         resource: "nodes".into(),
-        name: meta_str(&original, "name").unwrap_or_default().to_owned(),
+        name: meta_str(obj, "name").unwrap_or_default().to_owned(),
     };
     let taken = read(state.store.as_ref(), POD_CIDRS)
         .await
-        .map_err(|e| ApiError::from_store(e, subject()))?;
-    assign(obj, &taken.allocated)
-        .map_err(|e| ApiError::invalid(subject(), target.kind.kind, vec![e]))?;
-    Ok(Some(Allocation {
-        holder: Holder::Node,
-        original,
-    }))
+        .map_err(|e| ApiError::from_store(e, subject.clone()))?;
+    assign(obj, &taken.allocated).map_err(|e| ApiError::invalid(subject, target.kind.kind, vec![e]))
 }
 
-/// Creates `obj` at `key` together with what it allocated (`alloc`, from the admission
-/// step). If another server took one of its values first, allocation runs again from the
-/// object as it was before it.
+/// Creates `obj` at `key` together with what its admission allocated, for any kind (kinds
+/// that hold nothing are written alone). If another server took one of its values first,
+/// the kind's admission runs again on `original`, the object as it was before admission.
 pub async fn store_create(
     state: &AppState,
     target: &Target,
     key: &str,
     mut obj: Value,
-    alloc: Option<Allocation>,
+    original: Value,
 ) -> Result<StoredObject, ApiError> {
     let name = meta_str(&obj, "name").unwrap_or_default().to_owned();
     let subject = Subject {
@@ -357,20 +340,14 @@ pub async fn store_create(
                     .ok_or_else(|| ApiError::Internal("a create stored nothing".into()));
             }
             Err(CommitError::Store(e)) => return Err(ApiError::from_store(e, subject)),
-            Err(CommitError::Taken { range, value }) => {
-                let Some(alloc) = &alloc else {
-                    return Err(ApiError::conflict(
-                        subject,
-                        &format!("{value} is already allocated in {range}"),
-                    ));
-                };
-                obj = alloc.original.clone();
-                match alloc.holder {
-                    Holder::Node => admit_node(state, target, &mut obj).await?,
-                    Holder::Service => {
-                        super::services::admit_create(state, target, &mut obj).await?
-                    }
-                };
+            Err(CommitError::Taken { .. }) => {
+                obj = original.clone();
+                let admitted = target
+                    .kind
+                    .strategy
+                    .admit_create(state, target, &mut obj)
+                    .await?;
+                drop(admitted);
             }
         }
     }

@@ -23,6 +23,7 @@ pub mod objects;
 pub mod openapi;
 pub mod paging;
 pub mod proxy;
+pub mod registry;
 pub mod request;
 pub mod resources;
 pub mod scale;

@@ -6,7 +6,9 @@
 
 use super::error::ApiError;
 use crate::store::StoredObject;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use http::StatusCode;
 use serde_json::{Value, json};
 
 /// The API form of a stored object.
@@ -78,4 +80,9 @@ pub fn now_rfc3339() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
+}
+
+/// A JSON response.
+pub fn json_response(code: StatusCode, value: &Value) -> Response {
+    (code, axum::Json(value)).into_response()
 }

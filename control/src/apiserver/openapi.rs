@@ -25,13 +25,11 @@
 use super::discovery::{self, Subresource};
 use super::error::ApiError;
 use crate::api::kinds::{KINDS, ResourceKind};
-use crate::api::typed::{self, KindVisitor, Typed};
 use axum::extract::{Path, Query as AxumQuery};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use schemars::JsonSchema;
-use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
@@ -189,28 +187,7 @@ pub fn gv_path(group: &str, version: &str) -> String {
     }
 }
 
-/// What the document needs of a kind's type.
-struct TypeInfo {
-    schema: String,
-}
-
-/// Registers the kind's type (and everything it references) with the generator.
-struct Register<'a>(&'a mut SchemaGenerator);
-
-impl KindVisitor for Register<'_> {
-    type Output = TypeInfo;
-    fn visit<T: Typed>(self) -> TypeInfo {
-        self.0.subschema_for::<T>();
-        TypeInfo {
-            schema: T::schema_name().into_owned(),
-        }
-    }
-}
-
-fn register<T: JsonSchema>(generator: &mut SchemaGenerator) -> String {
-    generator.subschema_for::<T>();
-    T::schema_name().into_owned()
-}
+use crate::api::typed::schema as register;
 
 fn schema_ref(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
@@ -234,26 +211,15 @@ pub fn group_version_document(group: &str, version: &str) -> Value {
         .iter()
         .filter(|k| k.group == group && k.version == version)
     {
-        let Some(info) = typed::visit(k, Register(&mut generator)) else {
-            continue;
-        };
+        let schema = (k.typed.schema)(&mut generator);
         for sub in discovery::subresources(k) {
-            let key = (sub.group, sub.version, sub.kind);
-            let name = match key {
-                ("autoscaling", "v1", "Scale") => {
-                    register::<k8s_openapi::api::autoscaling::v1::Scale>(&mut generator)
-                }
-                ("policy", "v1", "Eviction") => {
-                    register::<k8s_openapi::api::policy::v1::Eviction>(&mut generator)
-                }
-                ("", "v1", "Binding") => {
-                    register::<k8s_openapi::api::core::v1::Binding>(&mut generator)
-                }
-                _ => continue,
+            // A subresource whose body is another type names it in the table.
+            let Some(register) = sub.schema else {
+                continue;
             };
-            sub_schemas.insert(key, name);
+            sub_schemas.insert((sub.group, sub.version, sub.kind), register(&mut generator));
         }
-        kinds.push((k, info.schema));
+        kinds.push((k, schema));
     }
     let mut schemas = generator.take_definitions(true);
 
@@ -913,7 +879,7 @@ mod tests {
             let d = doc(&gv_path(k.group, k.version));
             let ops = patch_ops(&d, k.group, k.kind);
             // The object, plus status when the kind has one.
-            assert_eq!(ops.len(), 1 + usize::from(k.has_status), "{}", k.kind);
+            assert_eq!(ops.len(), 1 + usize::from(k.has_status()), "{}", k.kind);
             for (path, op) in ops {
                 let names: Vec<&str> = op["parameters"]
                     .as_array()

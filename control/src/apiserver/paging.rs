@@ -17,7 +17,7 @@
 //! `resourceVersion=abc`, `watch=maybe`.
 
 use super::error::ApiError;
-use super::resources::Query;
+use super::request::Query;
 use crate::store::StoredObject;
 use base64::Engine;
 use serde::{Deserialize, Serialize};

@@ -27,17 +27,18 @@
 use super::AppState;
 use super::error::{ApiError, Subject};
 use super::objects::decode;
+use super::registry::subresources::{Serve, SubRequest, Subresource};
+use super::request::Query;
 use super::request::Target;
-use super::resources::Query;
-use crate::api::kinds::ResourceKind;
 use crate::store::object_key;
 use axum::body::Body;
 use axum::response::Response;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use http::StatusCode;
+use http::{Method, StatusCode};
 use http_body_util::{BodyDataStream, BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -64,9 +65,24 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of a node's error body is read for the message.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
-/// Whether `kind` has the log subresource: core/v1 Pod.
-pub fn serves_logs(kind: &ResourceKind) -> bool {
-    kind.group.is_empty() && kind.kind == "Pod"
+/// `pods/NAME/log`: GET only.
+pub static LOG: Subresource = Subresource {
+    name: LOG_SUBRESOURCE,
+    body: None,
+    schema: None,
+    verbs: &["get"],
+    serve: Serve::Handler(serve_log),
+};
+
+fn serve_log(req: SubRequest<'_>) -> BoxFuture<'_, Result<Response, ApiError>> {
+    Box::pin(async move {
+        match (&req.parts.method, req.target.name.as_deref()) {
+            (&Method::GET, Some(name)) => pod_logs(req.state, req.target, name, req.query).await,
+            (m, _) => Err(ApiError::MethodNotAllowed(format!(
+                "{m} is not supported on pods/log; use GET"
+            ))),
+        }
+    })
 }
 
 // ---- The node-proxy credential --------------------------------------------------------

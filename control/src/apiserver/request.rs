@@ -5,9 +5,19 @@
 //! As kube-apiserver's request-info resolver does, a third segment that is a namespace
 //! subresource (`status`, `finalize`) names the Namespace; anything else is a namespaced
 //! resource.
+//!
+//! What a request carries besides its path is read here too, the same way for every
+//! handler: the query ([`Query`]) and a JSON body of bounded size ([`read_json`]).
 
+use super::AppState;
 use super::error::ApiError;
+use crate::api::apply;
 use crate::api::kinds::{self, ResourceKind};
+use axum::body::Body;
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use std::collections::HashMap;
 
 /// What a resource URL names.
 #[derive(Debug, Clone)]
@@ -71,6 +81,133 @@ fn not_served(group: &str, version: &str, plural: &str) -> ApiError {
             "the server could not find the requested resource: {gv} {plural:?} is not served; served kinds are {}",
             kinds::served_list()
         ),
+    }
+}
+
+/// The query parameters of a request.
+#[derive(Debug, Default, Clone)]
+pub struct Query(pub HashMap<String, String>);
+
+impl Query {
+    pub fn parse(raw: Option<&str>) -> Self {
+        Query(
+            raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    pub fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("true") | Some("1"))
+    }
+
+    pub(super) fn dry_run(&self) -> Result<bool, ApiError> {
+        match self.get("dryRun") {
+            None | Some("") => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "dryRun: unsupported value {other:?}: supported values: \"All\""
+            ))),
+        }
+    }
+}
+
+pub(super) const JSON: &[&str] = &["application/json"];
+
+pub(super) const PATCH_TYPES: &[&str] = &[
+    "application/merge-patch+json",
+    "application/json-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
+];
+
+pub(super) fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads a JSON body of at most the configured size. A request without a Content-Type is
+/// JSON, as Kubernetes clients assume.
+pub(super) async fn read_json(
+    body: Body,
+    headers: &HeaderMap,
+    state: &AppState,
+    accepted: &[&str],
+) -> Result<Value, ApiError> {
+    Ok(read_json_checked(body, headers, state, accepted).await?.0)
+}
+
+/// [`read_json`], with the paths of the keys the body gives twice (they are lost once
+/// the body is parsed).
+pub(super) async fn read_json_checked(
+    body: Body,
+    headers: &HeaderMap,
+    state: &AppState,
+    accepted: &[&str],
+) -> Result<(Value, Vec<String>), ApiError> {
+    let ct = content_type(headers);
+    if !ct.is_empty() && !accepted.contains(&ct.as_str()) {
+        // kubectl's generator commands (`create deployment NAME --image=...`, `create
+        // configmap`, `run`) send protobuf: say what to do instead.
+        let hint = if ct == "application/vnd.kubernetes.protobuf" {
+            "; wharf does not decode protobuf request bodies: send JSON (with kubectl, create \
+             from a manifest with `kubectl apply -f` or `kubectl create -f`)"
+        } else {
+            ""
+        };
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format; accepted media types include: {}{hint}",
+            accepted.join(", ")
+        )));
+    }
+    let bytes = read_limited(body, headers, state.config.max_body_bytes).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest("the request has no body".into()));
+    }
+    if ct == apply::CONTENT_TYPE {
+        let value = apply::parse_body(&bytes).map_err(ApiError::BadRequest)?;
+        return Ok((value, Vec::new()));
+    }
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
+    Ok((value, crate::api::fields::duplicate_fields(&bytes)))
+}
+
+pub(super) async fn read_limited(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::TooLarge { limit })
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "reading the request body: {e}"
+        ))),
     }
 }
 

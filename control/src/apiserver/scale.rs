@@ -10,24 +10,31 @@
 use super::AppState;
 use super::error::{ApiError, Subject};
 use super::fieldcheck::FieldCheck;
+use super::objects::json_response;
+use super::registry::store::{self, apply_patch};
+use super::registry::subresources::{Serve, SubRequest, Subresource};
 use super::request::Target;
-use super::resources::{
-    self, PATCH_TYPES, Query, apply_patch, content_type, json_response, read_json,
-};
-use crate::api::kinds::ResourceKind;
+use super::request::{JSON, PATCH_TYPES, Query, content_type, read_json};
 use crate::api::printers::format_selector;
 use crate::api::validation::{FieldError, Reason};
 use axum::body::Body;
 use axum::response::Response;
+use futures::future::BoxFuture;
 use http::request::Parts;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-pub const SUBRESOURCE: &str = "scale";
+/// `KIND/NAME/scale`, for the kinds whose strategy lists it.
+pub static SCALE: Subresource = Subresource {
+    name: "scale",
+    body: Some(("autoscaling", "v1", "Scale")),
+    schema: Some(crate::api::typed::schema::<k8s_openapi::api::autoscaling::v1::Scale>),
+    verbs: &["get", "patch", "update"],
+    serve: Serve::Handler(handle),
+};
 
-/// Kinds with a `scale` subresource.
-pub fn serves(kind: &ResourceKind) -> bool {
-    kind.group == "apps" && matches!(kind.kind, "Deployment" | "ReplicaSet")
+fn handle(req: SubRequest<'_>) -> BoxFuture<'_, Result<Response, ApiError>> {
+    Box::pin(serve(req.state, req.target, req.query, req.parts, req.body))
 }
 
 /// The Scale view of a parent object.
@@ -151,10 +158,10 @@ pub async fn serve(
     // Only `spec.replicas` of the stored parent changes: nothing undeclared can come in.
     let fields = FieldCheck::new(query, Vec::new())?;
     let parent = match parts.method {
-        Method::GET => resources::get_object(state, target, name).await?,
+        Method::GET => store::get_object(state, target, name).await?,
         Method::PUT => {
-            let wanted = read_json(body, &parts.headers, state, &["application/json"]).await?;
-            resources::update_with(state, target, name, false, dry, &fields, |current| {
+            let wanted = read_json(body, &parts.headers, state, JSON).await?;
+            store::update_with(state, target, name, false, dry, &fields, |current| {
                 apply_scale(target, current, &wanted)
             })
             .await?
@@ -170,7 +177,7 @@ pub async fn serve(
                 }
                 _ => ct,
             };
-            resources::update_with(state, target, name, false, dry, &fields, |current| {
+            store::update_with(state, target, name, false, dry, &fields, |current| {
                 let wanted = apply_patch(target.kind, &ct, &scale_of(current), &patch)?;
                 apply_scale(target, current, &wanted)
             })

@@ -29,7 +29,7 @@
 
 use super::AppState;
 use super::error::{ApiError, Subject};
-use super::ipam::{self, Allocation, Holder};
+use super::ipam;
 use super::objects::meta_str;
 use super::request::Target;
 use crate::api::validation::{FieldError, Reason};
@@ -620,16 +620,11 @@ pub async fn admit_create(
     state: &AppState,
     target: &Target,
     obj: &mut Value,
-) -> Result<Option<Allocation>, ApiError> {
+) -> Result<(), ApiError> {
     if !is_service(target) {
-        return Ok(None);
+        return Ok(());
     }
-    let original = obj.clone();
-    admit(state, obj, None).await?;
-    Ok(Some(Allocation {
-        holder: Holder::Service,
-        original,
-    }))
+    admit(state, obj, None).await
 }
 
 /// Allocation for a Service being updated (a no-op for other kinds and for the status

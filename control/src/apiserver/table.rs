@@ -11,7 +11,7 @@
 //! clock as a parameter.
 
 use super::error::ApiError;
-use super::resources::Query;
+use super::request::Query;
 use crate::api::kinds::ResourceKind;
 use crate::api::printers;
 use http::HeaderMap;

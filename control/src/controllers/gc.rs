@@ -2,7 +2,7 @@
 //!
 //! Objects name their owners in `metadata.ownerReferences` (apiVersion, kind, name, uid).
 //! How a deletion cascades is chosen per delete (`propagationPolicy`), and the API
-//! server's delete path turns it into finalizers ([`crate::apiserver::resources::plan_delete`]):
+//! server's delete path turns it into finalizers ([`crate::apiserver::registry::store::plan_delete`]):
 //!
 //! - **Background** (the default): the owner is removed at once; the collector then finds
 //!   dependents whose owners are all gone and deletes them (in the background too, so the
@@ -34,7 +34,7 @@
 use super::ControllerConfig;
 use super::common;
 use crate::api::kinds::{KINDS, ResourceKind, find_kind};
-use crate::apiserver::resources::{FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
+use crate::api::wellknown::{FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
 use futures::StreamExt;
 use futures::stream::SelectAll;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;

@@ -27,7 +27,7 @@ use super::ControllerConfig;
 use super::common::{self, Backoff, Error};
 use super::gc::{api_resource, dynamic_api};
 use crate::api::kinds::{KINDS, ResourceKind};
-use crate::apiserver::resources::NAMESPACE_FINALIZER;
+use crate::api::wellknown::NAMESPACE_FINALIZER;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, NamespaceCondition};

@@ -1,0 +1,127 @@
+//! Pods: a first status (`Pending`, the QoS class) at creation, the pod spec's defaults
+//! and checks, graceful deletion while a node runs the pod, and the subresources a
+//! scheduler, `kubectl drain` and `kubectl logs` use.
+
+use super::super::store::DeleteOptions;
+use super::super::subresources::{STATUS, Subresource};
+use super::super::{Admitted, Strategy};
+use crate::api::validation::{self, FieldError};
+use crate::apiserver::request::Target;
+use crate::apiserver::{AppState, binding, error::ApiError, eviction, host_path, proxy};
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+pub struct PodStrategy;
+
+pub static STRATEGY: PodStrategy = PodStrategy;
+
+/// How long a pod on a node gets to stop when neither the delete nor the pod says.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+static SUBRESOURCES: &[&Subresource] =
+    &[&STATUS, &binding::BINDING, &eviction::EVICTION, &proxy::LOG];
+
+impl Strategy for PodStrategy {
+    fn subresources(&self) -> &'static [&'static Subresource] {
+        SUBRESOURCES
+    }
+
+    fn has_spec(&self) -> bool {
+        true
+    }
+
+    fn prepare_for_create(&self, obj: &mut Value, _uid: &str) {
+        let qos = crate::api::qos::qos_class(obj);
+        if let Some(map) = obj.as_object_mut() {
+            map.insert(
+                "status".into(),
+                json!({"phase": "Pending", "qosClass": qos}),
+            );
+        }
+    }
+
+    fn default(&self, obj: &mut Value) {
+        if let Some(spec) = obj.get_mut("spec") {
+            validation::default_pod_spec(spec);
+        }
+    }
+
+    fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
+        match obj.get("spec") {
+            Some(s) => validation::validate_pod_spec(s, "spec", errs),
+            None => errs.push(FieldError::required("spec", "")),
+        }
+    }
+
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &[
+            "spec.nodeName",
+            "spec.schedulerName",
+            "spec.restartPolicy",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+        ]
+    }
+
+    /// A pod bound to a node that has not stopped it gets its grace period (the node
+    /// confirms with grace 0); one that never reached a node, or that ended, has nothing
+    /// to stop.
+    fn grace_period(&self, obj: &Value, opts: &DeleteOptions) -> i64 {
+        let on_node = obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let phase = obj
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let stopped = matches!(phase, "Succeeded" | "Failed");
+        if !on_node || stopped {
+            return 0;
+        }
+        opts.grace_period_seconds
+            .or_else(|| {
+                obj.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(DEFAULT_GRACE_SECONDS)
+            .max(0)
+    }
+
+    fn admit_create<'a>(
+        &'a self,
+        state: &'a AppState,
+        target: &'a Target,
+        obj: &'a mut Value,
+    ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
+        Box::pin(host_path_warnings(state, target, obj, false))
+    }
+
+    fn admit_update<'a>(
+        &'a self,
+        state: &'a AppState,
+        target: &'a Target,
+        _current: &'a Value,
+        new: &'a mut Value,
+        status_only: bool,
+    ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
+        Box::pin(host_path_warnings(state, target, new, status_only))
+    }
+}
+
+/// The hostPath warnings of a pod or of a workload's pod template (none for a status
+/// write): shared by every kind that carries a pod spec.
+pub(crate) async fn host_path_warnings(
+    state: &AppState,
+    target: &Target,
+    obj: &Value,
+    status_only: bool,
+) -> Result<Admitted, ApiError> {
+    if status_only {
+        return Ok(Admitted::none());
+    }
+    Ok(Admitted::warnings(
+        host_path::warnings(state, target.kind, obj).await,
+    ))
+}

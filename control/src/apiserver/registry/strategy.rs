@@ -1,0 +1,178 @@
+//! What one kind does differently: the [`Strategy`] trait.
+//!
+//! The generic store ([`super::store`]) owns everything every kind shares: identity and
+//! timestamps, the compare-and-swap retry loop, preconditions, finalizers and propagation,
+//! dry run. At each point where a kind may differ it asks the kind's strategy, as
+//! kube-apiserver's generic registry asks a kind's `strategy.go`: what a new object gets
+//! (status reset, generated fields), what an update may change (the spec/status split,
+//! immutable fields), what is valid, what moves `metadata.generation`, how a delete is
+//! held (grace periods, finalizers outside `metadata`), which subresources it has.
+//!
+//! Every method has the behaviour of a kind with nothing special as its default, so a
+//! strategy states only what differs; [`super::strategies::Plain`] states nothing but
+//! whether the kind has a spec and a status.
+//!
+//! Admission that needs the store (allocating a Service's addresses, a Node's pod range,
+//! checking Endpoints addresses against the nodes' ranges) is a strategy hook too, run by
+//! the store just before it writes; what such a step holds until the write is done comes
+//! back in [`Admitted::held`]. Allocated values need no lock: the store writes them with
+//! the object in one txn and runs admission again if another server took them first
+//! (see `apiserver::ipam`).
+
+use super::super::AppState;
+use super::super::error::ApiError;
+use super::super::request::Target;
+use super::store::DeleteOptions;
+use super::subresources::{STATUS, Subresource};
+use crate::api::validation::{self, FieldError};
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+/// Every verb of a resource's main endpoint.
+pub const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// What an admission step hands back to the write that ran it.
+#[derive(Default)]
+pub struct Admitted {
+    /// Held until the object is stored (an allocator's lock), then dropped.
+    pub held: Vec<Box<dyn Send>>,
+    /// Warnings for the client (`Warning` headers).
+    pub warnings: Vec<String>,
+}
+
+impl Admitted {
+    /// Nothing held, nothing to say.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Only warnings.
+    pub fn warnings(warnings: Vec<String>) -> Self {
+        Admitted {
+            held: Vec::new(),
+            warnings,
+        }
+    }
+
+    /// Holds `guard` until the write is done.
+    pub fn holding(guard: Option<impl Send + 'static>) -> Self {
+        Admitted {
+            held: guard
+                .into_iter()
+                .map(|g| Box::new(g) as Box<dyn Send>)
+                .collect(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// A kind's behaviour in the generic registry. See the module documentation.
+pub trait Strategy: Send + Sync {
+    /// The subresources the kind serves, from [`super::subresources::SUBRESOURCES`].
+    fn subresources(&self) -> &'static [&'static Subresource] {
+        &[]
+    }
+
+    /// The verbs of the main endpoint, as discovery lists them.
+    fn verbs(&self) -> &'static [&'static str] {
+        ALL_VERBS
+    }
+
+    /// Whether the status is written only through the `status` subresource: a create
+    /// starts without one, a main-resource update keeps the stored one, a status update
+    /// changes nothing else.
+    fn has_status(&self) -> bool {
+        self.subresources().iter().any(|s| s.name == STATUS.name)
+    }
+
+    /// Whether the kind has a spec whose changes count in `metadata.generation`.
+    fn has_spec(&self) -> bool {
+        false
+    }
+
+    /// Whether an update from `old` to `new` bumps `metadata.generation`.
+    fn generation_changed(&self, old: &Value, new: &Value) -> bool {
+        self.has_spec() && old.get("spec") != new.get("spec")
+    }
+
+    /// What a new object gets beyond the generic fields (uid, timestamps, generation,
+    /// status reset), before defaults: a pod's first status, a job's selector.
+    fn prepare_for_create(&self, _obj: &mut Value, _uid: &str) {}
+
+    /// What an update keeps or rewrites beyond the generic server-owned metadata and the
+    /// spec/status split, before defaults: fields only a subresource may change.
+    fn prepare_for_update(&self, _current: &Value, _new: &mut Value) {}
+
+    /// Fills the defaults Kubernetes fills (on create and on every update).
+    fn default(&self, _obj: &mut Value) {}
+
+    /// Checks a whole (defaulted) object beyond its typed shape and metadata.
+    fn validate(&self, _obj: &Value, _errs: &mut Vec<FieldError>) {}
+
+    /// What an update may not change (immutable fields).
+    fn validate_update(&self, _old: &Value, _new: &Value, _errs: &mut Vec<FieldError>) {}
+
+    /// The rule for `metadata.name`: `None` if `name` is valid, else the message.
+    fn name_invalid(&self, name: &str) -> Option<&'static str> {
+        (!validation::is_dns1123_subdomain(name)).then_some(validation::DNS1123_SUBDOMAIN_MSG)
+    }
+
+    /// The fields a field selector may name besides `metadata.name` and
+    /// `metadata.namespace`.
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Refuses the delete of `name` before anything is read (a system namespace).
+    fn check_delete(&self, _name: &str) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// The grace period a delete of `obj` gives it (a pod running on a node); 0 removes
+    /// it as soon as nothing else holds it.
+    fn grace_period(&self, _obj: &Value, _opts: &DeleteOptions) -> i64 {
+        0
+    }
+
+    /// Finalizers the kind keeps outside `metadata.finalizers` (a Namespace's
+    /// `spec.finalizers`), as a delete of `obj` leaves them; `already_deleting` when
+    /// `obj` is marked already. `None` for kinds without any.
+    fn held_by(&self, _obj: &Value, _already_deleting: bool) -> Option<Vec<String>> {
+        None
+    }
+
+    /// Marks `obj` as being deleted beyond `deletionTimestamp`: stores what
+    /// [`Strategy::held_by`] decided and any phase that says so.
+    fn mark_deleting(&self, _obj: &mut Value, _held: Option<Vec<String>>) {}
+
+    /// Admission of a create that needs the cluster's state, run just before the write.
+    fn admit_create<'a>(
+        &'a self,
+        _state: &'a AppState,
+        _target: &'a Target,
+        _obj: &'a mut Value,
+    ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
+        Box::pin(async { Ok(Admitted::none()) })
+    }
+
+    /// Admission of an update (main resource or status), run before it is prepared.
+    fn admit_update<'a>(
+        &'a self,
+        _state: &'a AppState,
+        _target: &'a Target,
+        _current: &'a Value,
+        _new: &'a mut Value,
+        _status_only: bool,
+    ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
+        Box::pin(async { Ok(Admitted::none()) })
+    }
+}
