@@ -37,10 +37,11 @@
 //! plus an overlay of the earlier ops of the same batch, gives the ops that pass
 //! consecutive revisions, and writes their objects, their log entries and the new `meta`
 //! revision in ONE fjall batch, committed with an fsync of the journal. Only then does it
-//! apply them to memory, append them to the ring, advance the visible revision, wake the
-//! watchers and reply. So a reader never sees a write that is not durable, and a write
-//! that was acknowledged survives `kill -9` or a power cut. An op whose precondition fails
-//! takes no revision. One fsync is shared by the whole batch: under concurrent load the
+//! apply them to memory, advance the visible revision, wake the watchers and reply. So a
+//! reader never sees a write that is not durable, and a write that was acknowledged
+//! survives `kill -9` or a power cut. An op whose precondition fails takes no revision; a
+//! txn is decided whole (against its own earlier ops too): if one of its ops fails, none
+//! of them takes effect. One fsync is shared by the whole batch: under concurrent load the
 //! cost of durability is paid once per batch, not once per write (the lever measured in
 //! `BENCHMARKS.md`).
 //!
@@ -158,7 +159,7 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// How often the writer compacts the log (default 1 s).
     pub compaction_interval: Duration,
-    /// Most log entries a watcher reads from disk or the ring at a time (default 1024).
+    /// Most log entries a watcher reads from the log at a time (default 1024).
     pub watch_chunk: usize,
     /// The clock object TTLs are measured with (default: the system clock); tests drive
     /// their own.
@@ -246,7 +247,7 @@ impl std::fmt::Debug for FjallStore {
 /// What readers, watchers and the writer share.
 struct Shared {
     state: RwLock<State>,
-    /// The `log` keyspace, for watchers that fell out of the ring. `None` once closed.
+    /// The `log` keyspace, for watchers. `None` once closed.
     log: RwLock<Option<Keyspace>>,
     /// A receiver to clone for each watcher; the writer thread owns the sender, so every
     /// `changed()` fails once the writer has exited.
