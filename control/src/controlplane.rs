@@ -17,7 +17,7 @@
 use crate::apiserver::auth::{Authenticator, Identity, generate_token};
 use crate::apiserver::{self, ApiConfig, AppState};
 use crate::pki::{self, Pki, PkiError};
-use crate::store::{FjallStore, Store, StoreConfig, StoreError};
+use crate::store::{CacheConfig, FjallStore, Store, StoreConfig, StoreError, WatchCache};
 use base64::Engine;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -190,7 +190,26 @@ pub async fn start(
             dir: dir.join("store"),
             error,
         })?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let backend: Arc<dyn Store> = Arc::new(store);
+    // One watch of the backend feeds every API watcher and serves lists; it keeps no more
+    // history than `--watch-history` promises.
+    let cache_config = CacheConfig {
+        events: CacheConfig::default()
+            .events
+            .min(config.watch_history.max(1)),
+        ..CacheConfig::default()
+    };
+    let store: Arc<dyn Store> = Arc::new(WatchCache::start(backend, cache_config).await.map_err(
+        |error| ControlError::Store {
+            dir: dir.join("store"),
+            error,
+        },
+    )?);
+    // The allocators must hold what the stored Services and Nodes hold before the first
+    // allocation (stores from before they existed, leaks after a hand edit).
+    apiserver::ipam::repair(store.as_ref())
+        .await
+        .map_err(|e| ControlError::Bootstrap(format!("repairing the address allocators: {e}")))?;
 
     let admin_token = load_or_create_token(&dir.join("admin.token")).await?;
     let auth = Arc::new(Authenticator::new());

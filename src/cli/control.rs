@@ -35,11 +35,16 @@ pub struct StoreArgs {
     /// How many changes watches can resume from; older resourceVersions get 410 Gone
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     watch_history: usize,
+
+    /// How long an Event is kept after its last write; then the store deletes it
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = super::node::parse_duration)]
+    event_ttl: std::time::Duration,
 }
 
 impl StoreArgs {
     pub fn apply(&self, config: &mut ControlConfig) {
         config.watch_history = self.watch_history;
+        config.api.event_ttl = self.event_ttl;
     }
 }
 
@@ -94,5 +99,37 @@ pub(crate) async fn shutdown_signal() -> std::io::Result<()> {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        store: StoreArgs,
+    }
+
+    fn applied(args: &[&str]) -> ControlConfig {
+        let cli =
+            Cli::try_parse_from(std::iter::once("wharf").chain(args.iter().copied())).unwrap();
+        let mut config = ControlConfig::new("/nonexistent");
+        cli.store.apply(&mut config);
+        config
+    }
+
+    #[test]
+    fn event_ttl_defaults_to_an_hour_and_is_set_by_the_flag() {
+        use std::time::Duration;
+        assert_eq!(applied(&[]).api.event_ttl, Duration::from_secs(3600));
+        assert_eq!(
+            applied(&["--event-ttl", "30m"]).api.event_ttl,
+            Duration::from_secs(1800)
+        );
+        assert!(Cli::try_parse_from(["wharf", "--event-ttl", "soon"]).is_err());
     }
 }

@@ -119,6 +119,13 @@ impl ApiError {
             ),
             StoreError::Expired { requested, oldest } => ApiError::Expired { requested, oldest },
             StoreError::Closed => ApiError::ServiceUnavailable("the store is shutting down".into()),
+            StoreError::Unavailable { what, source } => {
+                // The cause stays in the log; the client learns only that it may retry.
+                tracing::warn!(%what, error = %source, cause = ?std::error::Error::source(&source), "the store is unavailable");
+                ApiError::ServiceUnavailable(format!(
+                    "the storage backend is unavailable ({what}); please try again"
+                ))
+            }
             StoreError::Io(e) => ApiError::Internal(e),
         }
     }
@@ -186,6 +193,9 @@ impl ApiError {
             ApiError::Invalid { subject, .. } => Some(&**subject),
             _ => None,
         };
+        if matches!(self, ApiError::ServiceUnavailable(_)) {
+            status["details"] = json!({ "retryAfterSeconds": RETRY_AFTER_SECONDS });
+        }
         if let Some(s) = subject {
             let mut details = json!({ "name": s.name, "kind": s.resource });
             if !s.group.is_empty() {
@@ -230,11 +240,22 @@ fn qualified(subject: &Subject) -> String {
     }
 }
 
+/// Seconds a client should wait before retrying a 503, sent as `Retry-After` and as the
+/// Status' `details.retryAfterSeconds`, as kube-apiserver does.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "internal error answering a request");
         }
-        (self.code(), axum::Json(self.status())).into_response()
+        let mut response = (self.code(), axum::Json(self.status())).into_response();
+        if matches!(self, ApiError::ServiceUnavailable(_)) {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }

@@ -56,6 +56,17 @@ pub struct ApiConfig {
     /// How long a node credential is valid from its creation; nodes renew theirs when a
     /// third of it is left (`wharf control --node-credential-validity`).
     pub node_credential_validity: Duration,
+    /// How long an Event lives after its last write (`wharf control --event-ttl`, an hour
+    /// by default, as kube-apiserver's `--event-ttl`): the store deletes it then.
+    pub event_ttl: Duration,
+}
+
+impl ApiConfig {
+    /// The TTL objects of `kind` are stored with, if they expire: Events do.
+    pub fn ttl_of(&self, kind: &crate::api::kinds::ResourceKind) -> Option<Duration> {
+        (kind.kind == "Event" && matches!(kind.group, "" | "events.k8s.io"))
+            .then_some(self.event_ttl)
+    }
 }
 
 impl Default for ApiConfig {
@@ -65,6 +76,7 @@ impl Default for ApiConfig {
             bookmark_interval: Duration::from_secs(30),
             services: services::ServiceRanges::default(),
             node_credential_validity: Duration::from_secs(365 * 24 * 3600),
+            event_ttl: Duration::from_secs(3600),
         }
     }
 }

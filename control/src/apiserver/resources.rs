@@ -296,7 +296,11 @@ async fn delete_collection(
     opts: &DeleteOptions,
 ) -> Result<Response, ApiError> {
     let deleted = store::delete_all(state, target, query, opts).await?;
-    let revision = state.store.revision();
+    let revision = state
+        .store
+        .revision()
+        .await
+        .map_err(|e| ApiError::from_store(e, store::subject(target, "")))?;
     Ok(json_response(
         StatusCode::OK,
         &list_object(target.kind, deleted, revision),

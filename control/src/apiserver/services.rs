@@ -6,13 +6,11 @@
 //! (`127.64.0.0/16` and up, see [`super::ipam`]), so every node's proxy can listen on
 //! `CLUSTER-IP:PORT` itself. Node ports come from 30000-32767, as in Kubernetes.
 //!
-//! Why scanning the store: the stored Services *are* the allocation table. Every write of
-//! a Service (create, update, patch) takes the process-wide [`LOCK`], lists the stored
-//! Services, decides against what they hold, and keeps the lock until its own write is
-//! stored. Two Services can therefore never get the same cluster IP or node port, and
-//! since the store is durable and rescanned on every allocation, that holds across
-//! restarts with no second bitmap to keep consistent (Kubernetes keeps one in etcd and
-//! needs a repair loop for it). Deleting a Service frees its values by removing it.
+//! Why allocators in the store: several API servers may share one store, so the taken
+//! values are kept as store objects ([`super::ipam`]), read to decide and updated by
+//! compare-and-swap in the same txn as the Service's own write. Two Services can never
+//! get the same cluster IP or node port, whichever server wrote them; deleting a Service
+//! frees its values in the txn of the delete.
 //!
 //! The rules follow kube-apiserver's service REST storage:
 //! - create: an empty `clusterIP` gets a free address of the range; `None` makes the
@@ -31,19 +29,15 @@
 
 use super::AppState;
 use super::error::{ApiError, Subject};
-use super::objects::{decode, meta_str};
+use super::ipam;
+use super::objects::meta_str;
 use super::request::Target;
 use crate::api::validation::{FieldError, Reason};
-use crate::store::collection_prefix;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
-use tokio::sync::MutexGuard;
-
-/// Serializes allocation + write of Services, so that concurrent writers see each other.
-pub static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// An IPv4 network, `ADDR/PREFIX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +198,23 @@ pub struct Taken {
 }
 
 impl Taken {
+    /// What the allocators hold. A Service being updated finds its own values here;
+    /// [`allocate`] lets it keep them.
+    pub fn from_ranges(ips: &ipam::Range, node_ports: &ipam::Range) -> Self {
+        Taken {
+            ips: ips
+                .allocated
+                .iter()
+                .filter_map(|ip| ip.parse().ok())
+                .collect(),
+            node_ports: node_ports
+                .allocated
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+        }
+    }
+
     /// What `services` hold (the Service being written must not be among them).
     pub fn of<'a>(services: impl IntoIterator<Item = &'a Value>) -> Self {
         let mut taken = Taken::default();
@@ -603,68 +614,53 @@ fn is_service(target: &Target) -> bool {
     target.kind.group.is_empty() && target.kind.kind == "Service"
 }
 
-/// Allocation for a Service being created (a no-op for other kinds). The guard it answers
-/// must be held until the object is stored.
+/// Allocation for a Service being created (a no-op for other kinds). What it allocated is
+/// stored with the Service by [`super::ipam::store_create`], in one txn.
 pub async fn admit_create(
     state: &AppState,
     target: &Target,
     obj: &mut Value,
-) -> Result<Option<MutexGuard<'static, ()>>, ApiError> {
+) -> Result<(), ApiError> {
     if !is_service(target) {
-        return Ok(None);
+        return Ok(());
     }
-    admit(state, target, obj, None).await.map(Some)
+    admit(state, obj, None).await
 }
 
 /// Allocation for a Service being updated (a no-op for other kinds and for the status
-/// subresource). The guard it answers must be held until the object is stored.
+/// subresource). The update stores what changed in the allocators in the same txn (see
+/// [`super::ipam::commit`]); if another server took a value first, the update is retried
+/// from the start.
 pub async fn admit_update(
     state: &AppState,
     target: &Target,
     current: &Value,
     new: &mut Value,
     status_only: bool,
-) -> Result<Option<MutexGuard<'static, ()>>, ApiError> {
+) -> Result<(), ApiError> {
     if !is_service(target) || status_only {
-        return Ok(None);
+        return Ok(());
     }
-    admit(state, target, new, Some(current)).await.map(Some)
+    admit(state, new, Some(current)).await
 }
 
-async fn admit(
-    state: &AppState,
-    target: &Target,
-    obj: &mut Value,
-    old: Option<&Value>,
-) -> Result<MutexGuard<'static, ()>, ApiError> {
+async fn admit(state: &AppState, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
     let name = meta_str(old.unwrap_or(obj), "name")
         .unwrap_or_default()
         .to_string();
-    let namespace = meta_str(old.unwrap_or(obj), "namespace")
-        .map(str::to_string)
-        .or_else(|| target.namespace.clone())
-        .unwrap_or_default();
     let subject = Subject {
         group: String::new(),
         resource: "services".into(),
-        name: name.clone(),
+        name,
     };
-    let guard = LOCK.lock().await;
-    let listed = state
-        .store
-        .list(&collection_prefix("", "services", None))
+    let store = state.store.as_ref();
+    let ips = ipam::read(store, ipam::SERVICE_IPS)
         .await
         .map_err(|e| ApiError::from_store(e, subject.clone()))?;
-    let mut others = Vec::with_capacity(listed.items.len());
-    for stored in &listed.items {
-        let svc = decode(stored)?;
-        let same = meta_str(&svc, "name") == Some(name.as_str())
-            && meta_str(&svc, "namespace").unwrap_or_default() == namespace;
-        if !same {
-            others.push(svc);
-        }
-    }
-    let taken = Taken::of(&others);
+    let ports = ipam::read(store, ipam::SERVICE_NODE_PORTS)
+        .await
+        .map_err(|e| ApiError::from_store(e, subject.clone()))?;
+    let taken = Taken::from_ranges(&ips, &ports);
     allocate(
         obj,
         old,
@@ -672,8 +668,7 @@ async fn admit(
         &state.config.services,
         rand::random::<u64>(),
     )
-    .map_err(|errs| ApiError::invalid(subject, "Service", errs))?;
-    Ok(guard)
+    .map_err(|errs| ApiError::invalid(subject, "Service", errs))
 }
 
 #[cfg(test)]

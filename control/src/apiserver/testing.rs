@@ -4,7 +4,7 @@
 
 use super::auth::{Authenticator, Identity};
 use super::{ApiConfig, AppState, router};
-use crate::store::{FjallStore, Store, StoreConfig};
+use crate::store::{CacheConfig, FjallStore, Store, StoreConfig, WatchCache};
 use axum::Router;
 use axum::body::Body;
 use http::{Request, StatusCode};
@@ -27,6 +27,9 @@ pub struct TestApi {
     pub router: Router,
     pub state: AppState,
     pub store: Arc<dyn Store>,
+    /// The backend under the watch cache, for what only the embedded backend tells (its
+    /// compaction, its TTL sweeper).
+    pub fjall: Arc<FjallStore>,
     _dir: Arc<tempfile::TempDir>,
 }
 
@@ -41,7 +44,18 @@ impl TestApi {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sc = StoreConfig::new(dir.path().join("store"));
         store_config(&mut sc);
-        let store: Arc<dyn Store> = Arc::new(FjallStore::open(sc).expect("store"));
+        // As the control plane runs it: the watch cache over the backend, keeping no more
+        // history than the backend's log.
+        let cache = CacheConfig {
+            events: CacheConfig::default().events.min(sc.log_max_events),
+            ..CacheConfig::default()
+        };
+        let fjall = Arc::new(FjallStore::open(sc).expect("store"));
+        let store: Arc<dyn Store> = Arc::new(
+            WatchCache::start(fjall.clone(), cache)
+                .await
+                .expect("watch cache"),
+        );
         let auth = Arc::new(Authenticator::new());
         auth.add_token(ADMIN_TOKEN, Identity::admin());
         let state = AppState {
@@ -54,6 +68,7 @@ impl TestApi {
             router: router(state.clone()),
             state,
             store,
+            fjall,
             _dir: Arc::new(dir),
         };
         let (code, body) = api
@@ -65,6 +80,11 @@ impl TestApi {
             .await;
         assert_eq!(code, StatusCode::CREATED, "{body}");
         api
+    }
+
+    /// The store's current revision.
+    pub async fn revision(&self) -> u64 {
+        self.store.revision().await.expect("revision")
     }
 
     /// Lets `token` in as `identity`.

@@ -53,7 +53,7 @@ async fn health_and_version_need_no_token() {
 #[tokio::test]
 async fn missing_or_wrong_token_is_401_and_changes_nothing() {
     let api = api().await;
-    let before = api.store.revision();
+    let before = api.revision().await;
     for auth in [None, Some("Bearer nope"), Some("Basic dGVzdA==")] {
         let mut req = Request::post("/api/v1/namespaces/default/pods")
             .header("content-type", "application/json");
@@ -71,7 +71,7 @@ async fn missing_or_wrong_token_is_401_and_changes_nothing() {
         assert_eq!(status["reason"], "Unauthorized");
         assert_eq!(status["code"], 401);
     }
-    assert_eq!(api.store.revision(), before);
+    assert_eq!(api.revision().await, before);
     let (code, list) = api
         .send("GET", "/api/v1/namespaces/default/pods", None)
         .await;
@@ -420,7 +420,7 @@ async fn updates_compare_and_swap_and_bump_generation_on_spec_only() {
     assert_eq!(st["metadata"]["generation"], 2);
 
     // A no-op update writes nothing.
-    let before = api.store.revision();
+    let before = api.revision().await;
     let (code, same) = api
         .send("PUT", &format!("{uri}/web"), Some(st.clone()))
         .await;
@@ -429,7 +429,7 @@ async fn updates_compare_and_swap_and_bump_generation_on_spec_only() {
         same["metadata"]["resourceVersion"],
         st["metadata"]["resourceVersion"]
     );
-    assert_eq!(api.store.revision(), before);
+    assert_eq!(api.revision().await, before);
 }
 
 #[tokio::test]
@@ -775,7 +775,7 @@ async fn watch_from_a_compacted_revision_is_an_error_event_with_410() {
         .await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while api.store.oldest_watchable() <= 1 {
+    while api.fjall.oldest_watchable() <= 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "compaction did not run"
@@ -1068,7 +1068,7 @@ async fn nodes_touch_only_their_own_objects() {
         async move { api.send_with(&token, method, &uri, ct, body).await }
     };
 
-    let before = api.store.revision();
+    let before = api.revision().await;
     let (code, s) = as_node(
         "POST",
         "/apis/apps/v1/namespaces/default/deployments".into(),
@@ -1085,7 +1085,7 @@ async fn nodes_touch_only_their_own_objects() {
         )
     );
     assert_eq!(
-        api.store.revision(),
+        api.revision().await,
         before,
         "a denied request writes nothing"
     );
@@ -1666,7 +1666,7 @@ async fn kubectl_style_strategic_patch_with_set_element_order() {
             .is_string()
     );
     // A malformed patch is a 400 naming the place, and changes nothing.
-    let before = api.store.revision();
+    let before = api.revision().await;
     let (code, s) = api
         .send_as(
             "PATCH",
@@ -1683,7 +1683,7 @@ async fn kubectl_style_strategic_patch_with_set_element_order() {
             .contains("spec.template.spec.containers[0]: the element has no merge key \"name\""),
         "{s}"
     );
-    assert_eq!(api.store.revision(), before);
+    assert_eq!(api.revision().await, before);
 }
 
 const WEB_YAML: &str = "\
@@ -1763,11 +1763,11 @@ async fn server_side_apply_creates_keeps_updates_and_prunes() {
     assert_eq!(got, created);
 
     // The same configuration again: nothing is written.
-    let before = api.store.revision();
+    let before = api.revision().await;
     let (code, again) = api.apply(&managed, WEB_YAML).await;
     assert_eq!(code, StatusCode::OK, "{again}");
     assert_eq!(revision_of(&again), revision_of(&created));
-    assert_eq!(api.store.revision(), before);
+    assert_eq!(api.revision().await, before);
 
     // A changed field is applied.
     let changed = WEB_YAML.replace("replicas: 2", "replicas: 3");
@@ -1833,7 +1833,7 @@ async fn server_side_apply_conflicts_between_managers_and_force() {
     assert_eq!(code, StatusCode::CREATED);
     let bob =
         "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 5\n";
-    let before = api.store.revision();
+    let before = api.revision().await;
     let (code, s) = api.apply(&format!("{uri}?fieldManager=bob"), bob).await;
     assert_eq!(code, StatusCode::CONFLICT, "{s}");
     assert_eq!(s["reason"], "Conflict");
@@ -1842,7 +1842,7 @@ async fn server_side_apply_conflicts_between_managers_and_force() {
         message.contains("conflict with \"alice\" using apps/v1: .spec.replicas"),
         "{message}"
     );
-    assert_eq!(api.store.revision(), before);
+    assert_eq!(api.revision().await, before);
 
     // The same value is no conflict: both managers own it.
     let (code, shared) = api
@@ -1874,13 +1874,13 @@ async fn server_side_apply_conflicts_between_managers_and_force() {
 async fn server_side_apply_dry_run_stores_nothing() {
     let api = api().await;
     let uri = format!("{DEPLOYMENTS}/web");
-    let before = api.store.revision();
+    let before = api.revision().await;
     let (code, created) = api
         .apply(&format!("{uri}?fieldManager=alice&dryRun=All"), WEB_YAML)
         .await;
     assert_eq!(code, StatusCode::CREATED, "{created}");
     assert_eq!(created["metadata"]["managedFields"][0]["manager"], "alice");
-    assert_eq!(api.store.revision(), before);
+    assert_eq!(api.revision().await, before);
     let (code, _) = api.send("GET", &uri, None).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 
@@ -1888,7 +1888,7 @@ async fn server_side_apply_dry_run_stores_nothing() {
         .apply(&format!("{uri}?fieldManager=alice"), WEB_YAML)
         .await;
     assert_eq!(code, StatusCode::CREATED);
-    let before = api.store.revision();
+    let before = api.revision().await;
     let (code, dry) = api
         .apply(
             &format!("{uri}?fieldManager=alice&dryRun=All"),
@@ -1897,7 +1897,7 @@ async fn server_side_apply_dry_run_stores_nothing() {
         .await;
     assert_eq!(code, StatusCode::OK, "{dry}");
     assert_eq!(dry["spec"]["replicas"], 7);
-    assert_eq!(api.store.revision(), before);
+    assert_eq!(api.revision().await, before);
     let (_, got) = api.send("GET", &uri, None).await;
     assert_eq!(got["spec"]["replicas"], 2);
 
@@ -2616,3 +2616,6 @@ async fn a_protobuf_body_is_refused_with_what_to_send_instead() {
 
 /// Issue 18 (hardening): validation, pagination and authentication regressions.
 mod hardening;
+
+/// Issue 10: the API server over the store seam.
+mod store_seam;

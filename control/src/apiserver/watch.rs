@@ -17,7 +17,7 @@ use super::request::Target;
 use super::resources::{Filter, Query, list_prefix};
 use super::table::{Output, shape_object};
 use crate::api::kinds::ResourceKind;
-use crate::store::{Event, EventKind, StoreError};
+use crate::store::{Event, EventKind};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
@@ -189,17 +189,13 @@ pub async fn serve(
         }
     };
 
-    let live = match state.store.watch(&prefix, start) {
-        Ok(s) => s,
-        Err(StoreError::Expired { requested, oldest }) => {
-            let err = ApiError::Expired { requested, oldest };
-            return Ok(stream_response(stream::iter([Line(
-                error_line(&err),
-                true,
-            )])));
-        }
-        Err(e) => return Err(ApiError::from_store(e, Default::default())),
-    };
+    // A start revision the store no longer holds arrives as the stream's first item
+    // (`Expired`), answered below as an ERROR event with a 410 Status.
+    let live = state
+        .store
+        .watch(&prefix, start)
+        .await
+        .map_err(|e| ApiError::from_store(e, Default::default()))?;
 
     let seen = Arc::new(AtomicU64::new(start));
     let events = {

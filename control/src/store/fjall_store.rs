@@ -4,13 +4,14 @@
 //!
 //! # Key layout
 //!
-//! Three keyspaces in one fjall database, always written together in one atomic batch:
+//! Four keyspaces in one fjall database, always written together in one atomic batch:
 //!
 //! | keyspace  | key                          | value |
 //! |-----------|------------------------------|-------|
 //! | `objects` | the store key, UTF-8 (`core/pods/default/web-1`) | 8-byte BE `mod_revision`, 8-byte BE `create_revision`, then the JSON |
 //! | `log`     | 8-byte BE revision (so keys sort by revision) | one encoded [`Event`], see below |
 //! | `meta`    | `revision`, `compacted`      | 8-byte BE: the last written revision; the revision the log is compacted through |
+//! | `expiry`  | the store key of an object written with a TTL | 8-byte BE deadline, [`Clock`] milliseconds |
 //!
 //! A `log` value is: format byte (`1`), 8-byte BE wall-clock milliseconds of the write
 //! (for age-based compaction), kind byte (0 put, 1 delete), prev byte (0 none, 1 present,
@@ -20,10 +21,12 @@
 //!
 //! # Reads: everything is in memory
 //!
-//! Like kube-apiserver's watch cache, every object is also held in a `BTreeMap` behind a
-//! `RwLock`, loaded from `objects` at open. `get` and `list` only read that map: they never
-//! touch the disk and a list's `(items, revision)` is taken under one lock, so it is
-//! consistent. The last `recent_events` events are kept in a ring for watchers.
+//! Every object is also held in a `BTreeMap` behind a `RwLock`, loaded from `objects` at
+//! open (the writer checks preconditions against it, as etcd keeps its index in memory).
+//! `get` and `list` only read that map: they never touch the disk and a list's `(items,
+//! revision)` is taken under one lock, so it is consistent. Recent events are not kept
+//! here: fanning events out to many watchers is the job of the backend-agnostic
+//! [`super::WatchCache`] above this store, which holds the one live watch of it.
 //!
 //! # Writes: one writer thread, group commit
 //!
@@ -34,10 +37,11 @@
 //! plus an overlay of the earlier ops of the same batch, gives the ops that pass
 //! consecutive revisions, and writes their objects, their log entries and the new `meta`
 //! revision in ONE fjall batch, committed with an fsync of the journal. Only then does it
-//! apply them to memory, append them to the ring, advance the visible revision, wake the
-//! watchers and reply. So a reader never sees a write that is not durable, and a write
-//! that was acknowledged survives `kill -9` or a power cut. An op whose precondition fails
-//! takes no revision. One fsync is shared by the whole batch: under concurrent load the
+//! apply them to memory, advance the visible revision, wake the watchers and reply. So a
+//! reader never sees a write that is not durable, and a write that was acknowledged
+//! survives `kill -9` or a power cut. An op whose precondition fails takes no revision; a
+//! txn is decided whole (against its own earlier ops too): if one of its ops fails, none
+//! of them takes effect. One fsync is shared by the whole batch: under concurrent load the
 //! cost of durability is paid once per batch, not once per write (the lever measured in
 //! `BENCHMARKS.md`).
 //!
@@ -71,15 +75,22 @@
 //!
 //! # Watch
 //!
-//! A watch stream keeps a position (the last revision it has passed) and loops: take the
-//! events after the position from the in-memory ring, or, if the ring no longer reaches
-//! back that far, read a bounded chunk of the `log` keyspace on tokio's blocking pool;
-//! filter by key prefix; when caught up, await a `tokio::sync::watch` notification of the
+//! A watch stream keeps a position (the last revision it has passed) and loops: read a
+//! bounded chunk of the `log` keyspace after the position on tokio's blocking pool (just
+//! written entries are still in fjall's memtable); filter by key prefix; when caught up, await a `tokio::sync::watch` notification of the
 //! next committed revision. Nothing is pushed to watchers, so a slow watcher never lags
 //! or drops: it only reads from further back. Order, no gaps and no duplicates follow
 //! from the log having exactly one entry per revision. If the revisions a watcher needs
 //! were compacted away meanwhile, it yields [`StoreError::Expired`] and ends. All streams
 //! end (`None`) when the store closes.
+//!
+//! # TTLs
+//!
+//! A write with a `ttl` records its deadline in `expiry` in the same batch (a write
+//! without one, or a delete, removes it); the deadlines are also kept in memory, ordered.
+//! Every `compaction_interval` the writer deletes the objects whose deadline has passed,
+//! as ordinary deletes with their events, which is what an etcd lease does when it runs
+//! out. Deadlines use the configured [`Clock`], so tests drive time instead of waiting.
 //!
 //! # Compaction
 //!
@@ -96,12 +107,15 @@
 //! Ages use the wall clock: a clock that jumps back keeps entries longer, one that jumps
 //! forward compacts them earlier (the count bound still holds).
 
-use super::{Event, EventKind, ListResult, Revision, Store, StoreError, StoredObject, WatchStream};
+use super::cache::event_bytes;
+use super::{
+    Event, EventKind, ListResult, Revision, Store, StoreError, StoredObject, WatchStream, Write,
+};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use futures::future::BoxFuture;
 use futures::stream::StreamExt;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -114,6 +128,7 @@ use tokio::sync::{oneshot, watch};
 const OBJECTS: &str = "objects";
 const LOG: &str = "log";
 const META: &str = "meta";
+const EXPIRY: &str = "expiry";
 const META_REVISION: &[u8] = b"revision";
 const META_COMPACTED: &[u8] = b"compacted";
 
@@ -122,6 +137,8 @@ const LOG_FORMAT: u8 = 1;
 /// Bytes of events after which a watcher's read of the disk log stops (at least one
 /// event is always read).
 const WATCH_READ_BYTES: usize = 8 * 1024 * 1024;
+/// Most expired objects one sweep deletes.
+const SWEEP_CHUNK: usize = 1000;
 /// Most log entries one compaction pass deletes.
 const COMPACTION_CHUNK: u64 = 10_000;
 /// The durability of a write batch; see the module doc.
@@ -138,19 +155,50 @@ pub struct StoreConfig {
     /// Oldest event the revision log keeps (default 15 minutes). With `log_max_events`,
     /// whichever keeps fewer events wins; the latest event is always kept.
     pub log_max_age: Duration,
-    /// Events kept in memory for watchers (default 10 000); older ones are read from disk.
-    pub recent_events: usize,
-    /// Most bytes of objects (new and previous values) the in-memory events hold (default
-    /// 64 MiB); with `recent_events`, whichever keeps fewer events wins. Counting alone
-    /// would let 10 000 versions of a large object sit in memory: the bytes bound what
-    /// writes of large objects can make the control plane hold for watchers.
-    pub recent_bytes: usize,
     /// Most writes committed together with one fsync (default 256).
     pub max_batch: usize,
     /// How often the writer compacts the log (default 1 s).
     pub compaction_interval: Duration,
-    /// Most log entries a watcher reads from disk or the ring at a time (default 1024).
+    /// Most log entries a watcher reads from the log at a time (default 1024).
     pub watch_chunk: usize,
+    /// The clock object TTLs are measured with (default: the system clock); tests drive
+    /// their own.
+    pub clock: Clock,
+}
+
+/// A wall clock, for object TTLs.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock(Arc::new(SystemTime::now))
+    }
+
+    /// A clock that reads `now`.
+    pub fn new(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+
+    fn millis(&self) -> u64 {
+        (self.0)()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
 }
 
 impl StoreConfig {
@@ -160,11 +208,10 @@ impl StoreConfig {
             dir: dir.into(),
             log_max_events: 100_000,
             log_max_age: Duration::from_secs(15 * 60),
-            recent_events: 10_000,
-            recent_bytes: 64 * 1024 * 1024,
             max_batch: 256,
             compaction_interval: Duration::from_secs(1),
             watch_chunk: 1024,
+            clock: Clock::system(),
         }
     }
 }
@@ -191,7 +238,7 @@ pub struct FjallStore {
 impl std::fmt::Debug for FjallStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FjallStore")
-            .field("revision", &self.revision())
+            .field("revision", &self.current_revision())
             .field("oldest_watchable", &self.oldest_watchable())
             .finish_non_exhaustive()
     }
@@ -200,7 +247,7 @@ impl std::fmt::Debug for FjallStore {
 /// What readers, watchers and the writer share.
 struct Shared {
     state: RwLock<State>,
-    /// The `log` keyspace, for watchers that fell out of the ring. `None` once closed.
+    /// The `log` keyspace, for watchers. `None` once closed.
     log: RwLock<Option<Keyspace>>,
     /// A receiver to clone for each watcher; the writer thread owns the sender, so every
     /// `changed()` fails once the writer has exited.
@@ -214,12 +261,12 @@ struct Shared {
 /// The in-memory view; changed only by the writer thread, after a durable commit.
 struct State {
     objects: BTreeMap<String, StoredObject>,
-    /// The latest events, with consecutive revisions ending at `revision`.
-    recent: VecDeque<Arc<Event>>,
-    /// [`event_bytes`] of every event in `recent`.
-    recent_size: usize,
     revision: Revision,
     compacted: Revision,
+    /// The deadline (clock milliseconds) of every object written with a TTL.
+    expiries: HashMap<String, u64>,
+    /// The same, ordered by deadline, for the sweeper.
+    deadlines: BTreeSet<(u64, String)>,
 }
 
 impl Shared {
@@ -288,99 +335,81 @@ impl Shared {
     }
 }
 
-type Reply = oneshot::Sender<Result<Arc<Event>, StoreError>>;
+type Reply = oneshot::Sender<Result<Vec<Arc<Event>>, StoreError>>;
+
+/// An event a batch will commit, with the TTL deadline of its object (clock milliseconds).
+type Decided = (Arc<Event>, Option<u64>);
 
 enum Command {
+    /// One txn: all of its writes or none.
     Write {
-        op: Op,
+        writes: Vec<Write>,
         reply: Reply,
     },
     Compact {
         reply: oneshot::Sender<Result<Revision, StoreError>>,
     },
+    Sweep {
+        reply: oneshot::Sender<usize>,
+    },
     Close,
 }
 
-enum Op {
-    Create {
-        key: String,
-        value: Bytes,
-    },
-    Update {
-        key: String,
-        value: Bytes,
-        expected: Option<Revision>,
-    },
-    Delete {
-        key: String,
-        expected: Option<Revision>,
-    },
-}
-
-impl Op {
-    fn key(&self) -> &str {
-        match self {
-            Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key,
+/// The event `write` produces at `revision` if `current` is the object now, or why not.
+fn apply(
+    write: &Write,
+    current: Option<&StoredObject>,
+    revision: Revision,
+) -> Result<Event, StoreError> {
+    match (write, current) {
+        (Write::Create { key, .. }, Some(_)) => Err(StoreError::AlreadyExists { key: key.clone() }),
+        (Write::Create { key, value, .. }, None) => Ok(Event {
+            revision,
+            kind: EventKind::Put,
+            object: StoredObject {
+                key: key.clone(),
+                value: value.clone(),
+                mod_revision: revision,
+                create_revision: revision,
+            },
+            prev: None,
+            memo: Default::default(),
+        }),
+        (Write::Update { key, .. } | Write::Delete { key, .. }, None) => {
+            Err(StoreError::NotFound { key: key.clone() })
         }
-    }
-
-    /// The event this op produces at `revision` if `current` is the object now, or why not.
-    fn apply(
-        &self,
-        current: Option<&StoredObject>,
-        revision: Revision,
-    ) -> Result<Event, StoreError> {
-        match (self, current) {
-            (Op::Create { key, .. }, Some(_)) => {
-                Err(StoreError::AlreadyExists { key: key.clone() })
-            }
-            (Op::Create { key, value }, None) => Ok(Event {
+        (
+            Write::Update {
+                key,
+                value,
+                expected,
+                ..
+            },
+            Some(cur),
+        ) => {
+            check_expected(key, *expected, cur)?;
+            Ok(Event {
                 revision,
                 kind: EventKind::Put,
                 object: StoredObject {
                     key: key.clone(),
                     value: value.clone(),
                     mod_revision: revision,
-                    create_revision: revision,
+                    create_revision: cur.create_revision,
                 },
-                prev: None,
+                prev: Some(cur.clone()),
                 memo: Default::default(),
-            }),
-            (Op::Update { key, .. } | Op::Delete { key, .. }, None) => {
-                Err(StoreError::NotFound { key: key.clone() })
-            }
-            (
-                Op::Update {
-                    key,
-                    value,
-                    expected,
-                },
-                Some(cur),
-            ) => {
-                check_expected(key, *expected, cur)?;
-                Ok(Event {
-                    revision,
-                    kind: EventKind::Put,
-                    object: StoredObject {
-                        key: key.clone(),
-                        value: value.clone(),
-                        mod_revision: revision,
-                        create_revision: cur.create_revision,
-                    },
-                    prev: Some(cur.clone()),
-                    memo: Default::default(),
-                })
-            }
-            (Op::Delete { key, expected }, Some(cur)) => {
-                check_expected(key, *expected, cur)?;
-                Ok(Event {
-                    revision,
-                    kind: EventKind::Delete,
-                    object: cur.clone(),
-                    prev: Some(cur.clone()),
-                    memo: Default::default(),
-                })
-            }
+            })
+        }
+        (Write::Delete { key, expected }, Some(cur)) => {
+            check_expected(key, *expected, cur)?;
+            Ok(Event {
+                revision,
+                kind: EventKind::Delete,
+                object: cur.clone(),
+                prev: Some(cur.clone()),
+                memo: Default::default(),
+            })
         }
     }
 }
@@ -423,8 +452,11 @@ impl FjallStore {
         let meta = db
             .keyspace(META, KeyspaceCreateOptions::default)
             .map_err(|e| io_err(ctx("keyspace meta"), e))?;
+        let expiry = db
+            .keyspace(EXPIRY, KeyspaceCreateOptions::default)
+            .map_err(|e| io_err(ctx("keyspace expiry"), e))?;
 
-        let recovered = recover(&objects, &log, &meta).map_err(|e| match e {
+        let recovered = recover(&objects, &log, &meta, &expiry).map_err(|e| match e {
             StoreError::Io(msg) => StoreError::Io(ctx(&msg)),
             other => other,
         })?;
@@ -440,10 +472,14 @@ impl FjallStore {
         let shared = Arc::new(Shared {
             state: RwLock::new(State {
                 objects: recovered.objects,
-                recent: VecDeque::new(),
-                recent_size: 0,
                 revision: recovered.revision,
                 compacted: recovered.compacted,
+                deadlines: recovered
+                    .expiries
+                    .iter()
+                    .map(|(k, d)| (*d, k.clone()))
+                    .collect(),
+                expiries: recovered.expiries,
             }),
             log: RwLock::new(Some(log.clone())),
             revisions: rev_rx,
@@ -458,13 +494,13 @@ impl FjallStore {
             objects,
             log,
             meta,
+            expiry,
+            clock: config.clock.clone(),
             shared: shared.clone(),
             receiver,
             revisions: rev_tx,
             failed: None,
             max_batch: config.max_batch.max(1),
-            recent_events: config.recent_events,
-            recent_bytes: config.recent_bytes,
             log_max_events: config.log_max_events,
             log_max_age: config.log_max_age,
             compaction_interval: config.compaction_interval,
@@ -522,6 +558,17 @@ impl FjallStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Deletes the objects whose TTL has passed now (instead of waiting for the periodic
+    /// sweep) and returns how many. Mostly for tests, which drive the clock.
+    pub async fn sweep_now(&self) -> Result<usize, StoreError> {
+        self.shared.check_open()?;
+        let (reply, rx) = oneshot::channel();
+        self.sender
+            .send(Command::Sweep { reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
     /// Counters of the writer: commits (fsyncs) and writes so far, since open.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
@@ -530,13 +577,16 @@ impl FjallStore {
         }
     }
 
-    /// Queues `op` for the writer and returns the future of its reply. If the caller drops
-    /// the future, the op still happens (or not) as if it had waited.
-    fn submit(&self, op: Op) -> BoxFuture<'static, Result<Arc<Event>, StoreError>> {
+    /// Queues a txn for the writer and returns the future of its reply. If the caller
+    /// drops the future, the txn still happens (or not) as if it had waited.
+    fn submit(
+        &self,
+        writes: Vec<Write>,
+    ) -> BoxFuture<'static, Result<Vec<Arc<Event>>, StoreError>> {
         let queued = self.shared.check_open().and_then(|()| {
             let (reply, rx) = oneshot::channel();
             self.sender
-                .send(Command::Write { op, reply })
+                .send(Command::Write { writes, reply })
                 .map_err(|_| StoreError::Closed)?;
             Ok(rx)
         });
@@ -547,6 +597,17 @@ impl FjallStore {
                 Err(e) => Err(e),
             }
         })
+    }
+
+    /// The revision the log is compacted through: a watch after it still gets every event
+    /// (for tests and diagnostics; the API never asks).
+    pub fn oldest_watchable(&self) -> Revision {
+        self.shared.read_state().compacted
+    }
+
+    /// The revision of the last committed write (for tests and diagnostics).
+    pub fn current_revision(&self) -> Revision {
+        self.shared.read_state().revision
     }
 }
 
@@ -582,61 +643,34 @@ impl Store for FjallStore {
         Box::pin(futures::future::ready(result))
     }
 
-    fn create<'a>(
-        &'a self,
-        key: &'a str,
-        value: Bytes,
-    ) -> BoxFuture<'a, Result<StoredObject, StoreError>> {
-        let reply = self.submit(Op::Create {
-            key: key.to_owned(),
-            value,
-        });
-        Box::pin(async move { reply.await.map(|e| e.object.clone()) })
-    }
-
-    fn update<'a>(
-        &'a self,
-        key: &'a str,
-        value: Bytes,
-        expected: Option<Revision>,
-    ) -> BoxFuture<'a, Result<StoredObject, StoreError>> {
-        let reply = self.submit(Op::Update {
-            key: key.to_owned(),
-            value,
-            expected,
-        });
-        Box::pin(async move { reply.await.map(|e| e.object.clone()) })
-    }
-
-    fn delete<'a>(
-        &'a self,
-        key: &'a str,
-        expected: Option<Revision>,
-    ) -> BoxFuture<'a, Result<Event, StoreError>> {
-        let reply = self.submit(Op::Delete {
-            key: key.to_owned(),
-            expected,
-        });
-        Box::pin(async move { reply.await.map(|e| Event::clone(&e)) })
-    }
-
-    fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        self.shared.check_open()?;
-        let oldest = self.shared.read_state().compacted;
-        if after < oldest {
-            return Err(StoreError::Expired {
-                requested: after,
-                oldest,
-            });
+    fn txn<'a>(&'a self, writes: Vec<Write>) -> BoxFuture<'a, Result<Vec<Arc<Event>>, StoreError>> {
+        if writes.is_empty() {
+            return Box::pin(futures::future::ready(Ok(Vec::new())));
         }
-        let watcher = Watcher {
-            shared: self.shared.clone(),
-            prefix: prefix.to_owned(),
-            position: after,
-            revisions: self.shared.revisions.clone(),
-            pending: VecDeque::new(),
-        };
-        Ok(
+        self.submit(writes)
+    }
+
+    fn watch<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Revision,
+    ) -> BoxFuture<'a, Result<WatchStream, StoreError>> {
+        let result = self.shared.check_open().map(|()| {
+            let oldest = self.shared.read_state().compacted;
+            if after < oldest {
+                let expired = StoreError::Expired {
+                    requested: after,
+                    oldest,
+                };
+                return futures::stream::once(futures::future::ready(Err(expired))).boxed();
+            }
+            let watcher = Watcher {
+                shared: self.shared.clone(),
+                prefix: prefix.to_owned(),
+                position: after,
+                revisions: self.shared.revisions.clone(),
+                pending: VecDeque::new(),
+            };
             futures::stream::unfold(Some(watcher), |watcher| async move {
                 let mut watcher = watcher?;
                 match watcher.next_event().await? {
@@ -644,16 +678,17 @@ impl Store for FjallStore {
                     Err(e) => Some((Err(e), None)),
                 }
             })
-            .boxed(),
-        )
+            .boxed()
+        });
+        Box::pin(futures::future::ready(result))
     }
 
-    fn revision(&self) -> Revision {
-        self.shared.read_state().revision
-    }
-
-    fn oldest_watchable(&self) -> Revision {
-        self.shared.read_state().compacted
+    fn revision(&self) -> BoxFuture<'_, Result<Revision, StoreError>> {
+        let result = self
+            .shared
+            .check_open()
+            .map(|()| self.shared.read_state().revision);
+        Box::pin(futures::future::ready(result))
     }
 }
 
@@ -698,8 +733,8 @@ impl Watcher {
         }
     }
 
-    /// Moves `position` forward over the next chunk of revisions (from the ring or the
-    /// disk log), queueing those that match the prefix.
+    /// Moves `position` forward over the next chunk of revisions of the log, queueing
+    /// those that match the prefix.
     async fn fill(&mut self) -> Result<Step, StoreError> {
         let from = self.position + 1;
         let chunk = self.shared.watch_chunk;
@@ -708,25 +743,7 @@ impl Watcher {
             if state.revision < from {
                 return Ok(Step::CaughtUp);
             }
-            match state.recent.front().map(|e| e.revision) {
-                Some(first) if first <= from => {
-                    let skip = usize::try_from(from - first).unwrap_or(usize::MAX);
-                    for event in state
-                        .recent
-                        .range(skip.min(state.recent.len())..)
-                        .take(chunk)
-                    {
-                        self.position = event.revision;
-                        if event.object.key.starts_with(&self.prefix) {
-                            self.pending.push_back(event.clone());
-                        }
-                    }
-                    return Ok(Step::Progress);
-                }
-                // The ring starts after `from`: read from disk up to just before it.
-                Some(first) => (first - 1).min(from.saturating_add(chunk as u64 - 1)),
-                None => state.revision.min(from.saturating_add(chunk as u64 - 1)),
-            }
+            state.revision.min(from.saturating_add(chunk as u64 - 1))
         };
         let shared = self.shared.clone();
         let read = tokio::task::spawn_blocking(move || shared.read_log(from, upper))
@@ -751,14 +768,14 @@ struct Writer {
     objects: Keyspace,
     log: Keyspace,
     meta: Keyspace,
+    expiry: Keyspace,
+    clock: Clock,
     shared: Arc<Shared>,
     receiver: mpsc::Receiver<Command>,
     revisions: watch::Sender<Revision>,
     /// Set when a commit failed; every later write is refused with this message.
     failed: Option<String>,
     max_batch: usize,
-    recent_events: usize,
-    recent_bytes: usize,
     log_max_events: usize,
     log_max_age: Duration,
     compaction_interval: Duration,
@@ -767,8 +784,9 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         let mut next_compaction = Instant::now() + self.compaction_interval;
-        let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(self.max_batch);
+        let mut batch: Vec<(Vec<Write>, Reply)> = Vec::with_capacity(self.max_batch);
         let mut compact_requests = Vec::new();
+        let mut sweep_requests: Vec<oneshot::Sender<usize>> = Vec::new();
         loop {
             let wait = next_compaction.saturating_duration_since(Instant::now());
             let mut closing = false;
@@ -784,9 +802,13 @@ impl Writer {
             // the batch so it sees every write queued before it.
             while let Some(command) = next.take() {
                 match command {
-                    Command::Write { op, reply } => batch.push((op, reply)),
+                    Command::Write { writes, reply } => batch.push((writes, reply)),
                     Command::Compact { reply } => {
                         compact_requests.push(reply);
+                        break;
+                    }
+                    Command::Sweep { reply } => {
+                        sweep_requests.push(reply);
                         break;
                     }
                     Command::Close => {
@@ -813,6 +835,12 @@ impl Writer {
                 break;
             }
             let due = Instant::now() >= next_compaction;
+            if due || !sweep_requests.is_empty() {
+                let swept = self.sweep();
+                for reply in sweep_requests.drain(..) {
+                    let _ = reply.send(swept);
+                }
+            }
             if due || !compact_requests.is_empty() {
                 let result = self.compact();
                 let more = matches!(result, Ok((_, true)));
@@ -841,14 +869,14 @@ impl Writer {
                 Command::Compact { reply } => {
                     let _ = reply.send(Err(StoreError::Closed));
                 }
-                Command::Close => {}
+                Command::Sweep { .. } | Command::Close => {}
             }
         }
         tracing::debug!("store writer stopped");
     }
 
     /// Checks, commits (one fsync) and applies one batch of writes, then replies to each.
-    fn commit(&mut self, batch: &mut Vec<(Op, Reply)>) {
+    fn commit(&mut self, batch: &mut Vec<(Vec<Write>, Reply)>) {
         if let Some(reason) = &self.failed {
             let err = refused(reason);
             for (_, reply) in batch.drain(..) {
@@ -857,33 +885,66 @@ impl Writer {
             return;
         }
 
-        // Decide: preconditions against memory plus the earlier ops of this batch.
-        let mut outcomes = Vec::with_capacity(batch.len());
+        // Decide: preconditions against memory plus the earlier txns of this batch. A txn
+        // decides against its own earlier writes too, and leaves no trace if one fails.
+        let now = self.clock.millis();
+        let mut outcomes: Vec<Result<Vec<Decided>, StoreError>> = Vec::with_capacity(batch.len());
         let last = {
             let state = self.shared.read_state();
             let mut overlay: HashMap<&str, Option<StoredObject>> = HashMap::new();
             let mut revision = state.revision;
-            for (op, _) in batch.iter() {
-                let key = op.key();
-                let current = match overlay.get(key) {
-                    Some(in_batch) => in_batch.as_ref(),
-                    None => state.objects.get(key),
-                };
-                let outcome = op.apply(current, revision + 1);
-                if let Ok(event) = &outcome {
-                    revision += 1;
-                    let after = match event.kind {
-                        EventKind::Put => Some(event.object.clone()),
-                        EventKind::Delete => None,
+            for (writes, _) in batch.iter() {
+                let mut local: HashMap<&str, Option<StoredObject>> = HashMap::new();
+                let mut events = Vec::with_capacity(writes.len());
+                let mut failed = None;
+                for write in writes {
+                    let key = write.key();
+                    let current = match local.get(key).or_else(|| overlay.get(key)) {
+                        Some(in_batch) => in_batch.as_ref(),
+                        None => state.objects.get(key),
                     };
-                    overlay.insert(key, after);
+                    match apply(write, current, revision + events.len() as u64 + 1) {
+                        Ok(event) => {
+                            let after = match event.kind {
+                                EventKind::Put => Some(event.object.clone()),
+                                EventKind::Delete => None,
+                            };
+                            local.insert(key, after);
+                            let deadline = match write {
+                                Write::Create { ttl, .. } | Write::Update { ttl, .. } => {
+                                    ttl.map(|ttl| {
+                                        now.saturating_add(
+                                            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                                        )
+                                    })
+                                }
+                                Write::Delete { .. } => None,
+                            };
+                            events.push((Arc::new(event), deadline));
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
                 }
-                outcomes.push(outcome.map(Arc::new));
+                outcomes.push(match failed {
+                    Some(e) => Err(e),
+                    None => {
+                        revision += events.len() as u64;
+                        overlay.extend(local);
+                        Ok(events)
+                    }
+                });
             }
             revision
         };
 
-        let events: Vec<&Arc<Event>> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+        let events: Vec<&Decided> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok())
+            .flatten()
+            .collect();
         if !events.is_empty() {
             if let Err(e) = self.persist(&events, last) {
                 let reason = e.to_string();
@@ -898,7 +959,15 @@ impl Writer {
             // Durable: now make it visible.
             {
                 let mut state = self.shared.write_state();
-                for event in &events {
+                for (event, deadline) in &events {
+                    let key = &event.object.key;
+                    if let Some(old) = state.expiries.remove(key) {
+                        state.deadlines.remove(&(old, key.clone()));
+                    }
+                    if let Some(deadline) = deadline {
+                        state.expiries.insert(key.clone(), *deadline);
+                        state.deadlines.insert((*deadline, key.clone()));
+                    }
                     match event.kind {
                         EventKind::Put => {
                             state
@@ -908,17 +977,6 @@ impl Writer {
                         EventKind::Delete => {
                             state.objects.remove(&event.object.key);
                         }
-                    }
-                    if self.recent_events > 0 {
-                        state.recent_size += event_bytes(event);
-                        state.recent.push_back(Arc::clone(event));
-                    }
-                }
-                while state.recent.len() > self.recent_events
-                    || (state.recent_size > self.recent_bytes && state.recent.len() > 1)
-                {
-                    if let Some(old) = state.recent.pop_front() {
-                        state.recent_size -= event_bytes(&old);
                     }
                 }
                 state.revision = last;
@@ -931,16 +989,29 @@ impl Writer {
         }
 
         for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
-            let _ = reply.send(outcome);
+            let _ = reply.send(outcome.map(|events| events.into_iter().map(|(e, _)| e).collect()));
         }
     }
 
-    /// Writes `events` (objects, log entries, meta revision) in one fjall batch and fsyncs.
-    fn persist(&self, events: &[&Arc<Event>], last: Revision) -> Result<(), StoreError> {
+    /// Writes `events` (objects, log entries, TTL deadlines, meta revision) in one fjall
+    /// batch and fsyncs.
+    fn persist(&self, events: &[&Decided], last: Revision) -> Result<(), StoreError> {
         let time = wall_clock_millis();
         let mut batch = self.db.batch().durability(Some(DURABILITY));
-        for event in events {
+        // Whether each key has a deadline on disk, as this batch goes.
+        let mut has_deadline: HashMap<&str, bool> = HashMap::new();
+        let state = self.shared.read_state();
+        for (event, deadline) in events {
             let key = event.object.key.as_bytes();
+            let had = *has_deadline
+                .entry(event.object.key.as_str())
+                .or_insert_with(|| state.expiries.contains_key(&event.object.key));
+            match deadline {
+                Some(d) => batch.insert(&self.expiry, key, d.to_be_bytes()),
+                None if had => batch.remove(&self.expiry, key),
+                None => {}
+            }
+            has_deadline.insert(event.object.key.as_str(), deadline.is_some());
             match event.kind {
                 EventKind::Put => batch.insert(&self.objects, key, encode_object(&event.object)),
                 EventKind::Delete => batch.remove(&self.objects, key),
@@ -951,10 +1022,47 @@ impl Writer {
                 encode_log_entry(event, time),
             );
         }
+        drop(state);
         batch.insert(&self.meta, META_REVISION, last.to_be_bytes());
         batch
             .commit()
             .map_err(|e| io_err(format!("committing revisions up to {last}"), e))
+    }
+
+    /// Deletes the objects whose TTL has passed (at most [`SWEEP_CHUNK`]), each as a
+    /// normal delete with its event, as an etcd lease expiring does. Returns how many.
+    fn sweep(&mut self) -> usize {
+        let now = self.clock.millis();
+        let expired: Vec<String> = self
+            .shared
+            .read_state()
+            .deadlines
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= now)
+            .take(SWEEP_CHUNK)
+            .map(|(_, key)| key.clone())
+            .collect();
+        if expired.is_empty() {
+            return 0;
+        }
+        let count = expired.len();
+        let mut batch: Vec<(Vec<Write>, Reply)> = expired
+            .into_iter()
+            .map(|key| {
+                // Nobody awaits these replies.
+                let (reply, _) = oneshot::channel();
+                (
+                    vec![Write::Delete {
+                        key,
+                        expected: None,
+                    }],
+                    reply,
+                )
+            })
+            .collect();
+        self.commit(&mut batch);
+        tracing::debug!(count, "deleted objects whose TTL passed");
+        count
     }
 
     /// One compaction pass. Returns the compacted-through revision and whether more is
@@ -1029,12 +1137,18 @@ impl Writer {
 
 struct Recovered {
     objects: BTreeMap<String, StoredObject>,
+    expiries: HashMap<String, u64>,
     revision: Revision,
     compacted: Revision,
 }
 
 /// Rebuilds the in-memory state from disk; see "Crash story" in the module doc.
-fn recover(objects: &Keyspace, log: &Keyspace, meta: &Keyspace) -> Result<Recovered, StoreError> {
+fn recover(
+    objects: &Keyspace,
+    log: &Keyspace,
+    meta: &Keyspace,
+    expiry: &Keyspace,
+) -> Result<Recovered, StoreError> {
     let read_meta = |key: &[u8]| -> Result<Revision, StoreError> {
         match meta
             .get(key)
@@ -1086,19 +1200,26 @@ fn recover(objects: &Keyspace, log: &Keyspace, meta: &Keyspace) -> Result<Recove
         None => meta_compacted.max(revision),
     }
     .min(revision);
+    // Deadlines of objects that exist (one written and deleted in a crash window is gone).
+    let mut expiries = HashMap::new();
+    for item in expiry.iter() {
+        let (key, value) = item
+            .into_inner()
+            .map_err(|e| io_err("reading expiries".into(), e))?;
+        let key = String::from_utf8(key.to_vec())
+            .map_err(|_| StoreError::Io("an expiry key is not UTF-8".into()))?;
+        let deadline =
+            decode_u64(&value).ok_or_else(|| StoreError::Io("corrupt expiry value".into()))?;
+        if map.contains_key(&key) {
+            expiries.insert(key, deadline);
+        }
+    }
     Ok(Recovered {
+        expiries,
         objects: map,
         revision,
         compacted,
     })
-}
-
-/// What an event in the in-memory ring costs, for [`StoreConfig::recent_bytes`]: its key
-/// and the bytes of its new and previous values.
-fn event_bytes(event: &Event) -> usize {
-    event.object.key.len()
-        + event.object.value.len()
-        + event.prev.as_ref().map_or(0, |p| p.value.len())
 }
 
 /// fjall's format marker: written (and fsynced) last when a database is created, so a
@@ -1441,6 +1562,14 @@ mod tests {
         out
     }
 
+    /// The error a watch after `after` starts with, and that the stream ends after it.
+    async fn expired(store: &FjallStore, after: Revision) -> StoreError {
+        let mut w = t(store.watch("", after)).await.unwrap();
+        let err = t(w.next()).await.expect("an item").unwrap_err();
+        assert!(t(w.next()).await.is_none(), "the stream ends after Expired");
+        err
+    }
+
     fn revisions(events: &[Arc<Event>]) -> Vec<Revision> {
         events.iter().map(|e| e.revision).collect()
     }
@@ -1449,7 +1578,7 @@ mod tests {
     async fn create_get_list() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        assert_eq!(store.revision(), 0);
+        assert_eq!(store.current_revision(), 0);
         let a = t(store.create("core/pods/default/a", v("a")))
             .await
             .unwrap();
@@ -1489,7 +1618,7 @@ mod tests {
                 key: "k/r/ns/a".into()
             }
         );
-        assert_eq!(store.revision(), 1);
+        assert_eq!(store.current_revision(), 1);
         assert_eq!(
             t(store.get("k/r/ns/a")).await.unwrap().unwrap().value,
             v("1")
@@ -1526,7 +1655,7 @@ mod tests {
                 actual: 2
             }
         );
-        assert_eq!(store.revision(), 2);
+        assert_eq!(store.current_revision(), 2);
         assert_eq!(t(store.get("k/r/ns/a")).await.unwrap(), Some(a2.clone()));
 
         // Unconditional update.
@@ -1595,7 +1724,7 @@ mod tests {
             assert!(t(store.delete(&key, None)).await.is_err());
         }
         assert_eq!(seen, (1..=15).collect::<Vec<_>>());
-        assert_eq!(store.revision(), 15);
+        assert_eq!(store.current_revision(), 15);
     }
 
     #[tokio::test]
@@ -1606,7 +1735,7 @@ mod tests {
         t(store.update("k/r/ns/a", v("2"), None)).await.unwrap();
         t(store.delete("k/r/ns/a", None)).await.unwrap();
 
-        let mut w = store.watch("", 0).unwrap();
+        let mut w = t(store.watch("", 0)).await.unwrap();
         let replay = take(&mut w, 3).await;
         assert_eq!(revisions(&replay), [1, 2, 3]);
         assert_eq!(replay[0].kind, EventKind::Put);
@@ -1632,7 +1761,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let mut w = store.watch("", 6).unwrap();
+        let mut w = t(store.watch("", 6)).await.unwrap();
         t(store.create("k/r/ns/live", v("x"))).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 5).await), [7, 8, 9, 10, 11]);
         // Caught up: nothing more is pending.
@@ -1643,7 +1772,7 @@ mod tests {
         );
 
         // Watching from the current revision yields only later writes.
-        let mut w = store.watch("", store.revision()).unwrap();
+        let mut w = t(store.watch("", store.current_revision())).await.unwrap();
         t(store.create("k/r/ns/later", v("x"))).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 1).await), [12]);
     }
@@ -1661,8 +1790,8 @@ mod tests {
         t(store.create("core/podsx/default/c", v("c")))
             .await
             .unwrap(); // 3
-        let mut pods = store.watch("core/pods/", 0).unwrap();
-        let mut default = store.watch("core/pods/default/", 0).unwrap();
+        let mut pods = t(store.watch("core/pods/", 0)).await.unwrap();
+        let mut default = t(store.watch("core/pods/default/", 0)).await.unwrap();
         t(store.delete("core/pods/default/a", None)).await.unwrap(); // 4
         t(store.create("core/nodes//n", v("n"))).await.unwrap(); // 5
         t(store.create("core/pods/default/d", v("d")))
@@ -1682,11 +1811,10 @@ mod tests {
     async fn concurrent_writers_watcher_sees_every_revision_once_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(&dir);
-        c.recent_events = 64; // so the watcher also crosses between disk and ring
         c.watch_chunk = 16;
         let store = Arc::new(FjallStore::open(c).unwrap());
         // The watcher runs while the writers write, until it sees the sentinel key.
-        let mut w = store.watch("", 0).unwrap();
+        let mut w = t(store.watch("", 0)).await.unwrap();
         let watcher = tokio::spawn(async move {
             let mut seen = Vec::new();
             while let Some(event) = w.next().await {
@@ -1751,7 +1879,7 @@ mod tests {
     async fn live_watcher_started_first_sees_concurrent_writes_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(open(&dir));
-        let mut w = store.watch("k/", 0).unwrap();
+        let mut w = t(store.watch("k/", 0)).await.unwrap();
         let writes: Vec<_> = (0..200)
             .map(|i| {
                 let store = store.clone();
@@ -1779,7 +1907,7 @@ mod tests {
         assert_eq!(store.oldest_watchable(), 0);
         assert_eq!(t(store.compact_now()).await.unwrap(), 7);
         assert_eq!(store.oldest_watchable(), 7);
-        let err = store.watch("", 6).err().unwrap();
+        let err = expired(&store, 6).await;
         assert_eq!(
             err,
             StoreError::Expired {
@@ -1787,7 +1915,7 @@ mod tests {
                 oldest: 7
             }
         );
-        let mut w = store.watch("", 7).unwrap();
+        let mut w = t(store.watch("", 7)).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 3).await), [8, 9, 10]);
         // Idempotent.
         assert_eq!(t(store.compact_now()).await.unwrap(), 7);
@@ -1798,7 +1926,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(&dir);
         c.log_max_age = Duration::ZERO;
-        c.recent_events = 0;
         let store = FjallStore::open(c).unwrap();
         for i in 0..5 {
             t(store.create(&format!("k/r/ns/{i}"), v("x")))
@@ -1807,10 +1934,10 @@ mod tests {
         }
         assert_eq!(t(store.compact_now()).await.unwrap(), 4);
         assert!(matches!(
-            store.watch("", 3),
-            Err(StoreError::Expired { .. })
+            expired(&store, 3).await,
+            StoreError::Expired { .. }
         ));
-        let mut w = store.watch("", 4).unwrap();
+        let mut w = t(store.watch("", 4)).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 1).await), [5]);
     }
 
@@ -1819,14 +1946,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(&dir);
         c.log_max_events = 2;
-        c.recent_events = 1;
         let store = FjallStore::open(c).unwrap();
         for i in 0..6 {
             t(store.create(&format!("k/r/ns/{i}"), v("x")))
                 .await
                 .unwrap();
         }
-        let mut w = store.watch("", 0).unwrap(); // fine: nothing compacted yet
+        let mut w = t(store.watch("", 0)).await.unwrap(); // fine: nothing compacted yet
         assert_eq!(t(store.compact_now()).await.unwrap(), 4);
         let err = t(w.next()).await.unwrap().unwrap_err();
         assert_eq!(
@@ -1840,54 +1966,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_ring_is_bounded_in_bytes_and_watchers_read_the_rest_from_disk() {
+    async fn watchers_read_the_disk_log_in_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(&dir);
-        c.recent_bytes = 10_000;
-        let store = FjallStore::open(c).unwrap();
-        let big = "x".repeat(3_000);
-        t(store.create("k/r/ns/big", v(&big))).await.unwrap();
-        for _ in 0..30 {
-            let current = t(store.get("k/r/ns/big")).await.unwrap().unwrap();
-            t(store.update("k/r/ns/big", v(&big), Some(current.mod_revision)))
-                .await
-                .unwrap();
-        }
-        {
-            let state = store.shared.read_state();
-            // Each update holds its new and previous value: ~6 KB, so one event fits.
-            assert_eq!(state.recent.len(), 1, "events kept: {}", state.recent.len());
-            assert_eq!(state.recent_size, event_bytes(&state.recent[0]));
-            assert_eq!(state.recent[0].revision, 31);
-        }
-        // A single event larger than the bound is still kept: the latest always is.
-        let huge = "y".repeat(20_000);
-        t(store.create("k/r/ns/huge", v(&huge))).await.unwrap();
-        assert_eq!(store.shared.read_state().recent.len(), 1);
-        // Everything older is served from the disk log, in order.
-        let mut all = store.watch("", 0).unwrap();
-        let events = take(&mut all, 32).await;
-        assert_eq!(revisions(&events), (1..=32).collect::<Vec<_>>());
-    }
-
-    #[tokio::test]
-    async fn watcher_beyond_the_ring_reads_the_disk_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = config(&dir);
-        c.recent_events = 4;
         c.watch_chunk = 7;
         let store = FjallStore::open(c).unwrap();
         for i in 0..50 {
             let key = format!("k/r/{}/{i}", if i % 2 == 0 { "even" } else { "odd" });
             t(store.create(&key, v(&i.to_string()))).await.unwrap();
         }
-        let mut all = store.watch("", 0).unwrap();
+        let mut all = t(store.watch("", 0)).await.unwrap();
         let events = take(&mut all, 50).await;
         assert_eq!(revisions(&events), (1..=50).collect::<Vec<_>>());
         assert_eq!(events[9].object.value, v("9"));
         assert_eq!(events[9].object.key, "k/r/odd/9");
         // Filtered reads from disk skip the other keys without gaps.
-        let mut even = store.watch("k/r/even/", 10).unwrap();
+        let mut even = t(store.watch("k/r/even/", 10)).await.unwrap();
         let got = take(&mut even, 20).await;
         assert_eq!(revisions(&got), (11..=50).step_by(2).collect::<Vec<_>>());
         t(store.create("k/r/even/live", v("l"))).await.unwrap();
@@ -1909,7 +2003,7 @@ mod tests {
             list
         };
         let store = open(&dir);
-        assert_eq!(store.revision(), 5);
+        assert_eq!(store.current_revision(), 5);
         assert_eq!(store.oldest_watchable(), 0);
         let after = t(store.list("")).await.unwrap();
         assert_eq!(after.items, before.items);
@@ -1921,7 +2015,7 @@ mod tests {
         );
 
         // Revisions continue; a watch from before the reopen replays from the disk log.
-        let mut w = store.watch("", 0).unwrap();
+        let mut w = t(store.watch("", 0)).await.unwrap();
         let c2 = t(store.update("k/r/ns/c", v("c2"), Some(5))).await.unwrap();
         assert_eq!(c2.mod_revision, 6);
         let events = take(&mut w, 6).await;
@@ -1941,10 +2035,129 @@ mod tests {
         drop(store);
         let store = FjallStore::open(c).unwrap();
         assert_eq!(store.oldest_watchable(), 4);
-        assert_eq!(store.revision(), 6);
-        assert!(store.watch("", 3).is_err());
-        let mut w = store.watch("", 4).unwrap();
+        assert_eq!(store.current_revision(), 6);
+        assert!(matches!(
+            expired(&store, 3).await,
+            StoreError::Expired { .. }
+        ));
+        let mut w = t(store.watch("", 4)).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 2).await), [5, 6]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_txns_on_one_key_let_exactly_one_through_and_leave_no_trace_of_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir));
+        let range = t(store.create("k/ranges/x", v("0"))).await.unwrap();
+        // Many txns take the same compare-and-swap at once (most land in one batch):
+        // each also creates its own object, which must exist only if its txn won.
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..32 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let writes = vec![
+                    Write::Create {
+                        key: format!("k/obj/ns/{i}"),
+                        value: v("o"),
+                        ttl: None,
+                    },
+                    Write::Update {
+                        key: "k/ranges/x".into(),
+                        value: v(&i.to_string()),
+                        expected: Some(range.mod_revision),
+                        ttl: None,
+                    },
+                ];
+                (i, store.txn(writes).await)
+            });
+        }
+        let mut winners = Vec::new();
+        while let Some(done) = t(tasks.join_next()).await {
+            let (i, result) = done.unwrap();
+            match result {
+                Ok(events) => {
+                    assert_eq!(events.len(), 2);
+                    winners.push(i);
+                }
+                Err(e) => assert!(matches!(e, StoreError::Conflict { .. }), "{e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let objects = t(store.list("k/obj/")).await.unwrap();
+        assert_eq!(objects.items.len(), 1);
+        assert_eq!(objects.items[0].key, format!("k/obj/ns/{}", winners[0]));
+        // The losers took no revision: one create, one txn of two writes.
+        assert_eq!(store.current_revision(), 3);
+    }
+
+    /// A clock tests move by hand: milliseconds since the epoch.
+    fn manual_clock(start: u64) -> (Clock, Arc<AtomicU64>) {
+        let now = Arc::new(AtomicU64::new(start));
+        let read = now.clone();
+        let clock =
+            Clock::new(move || UNIX_EPOCH + Duration::from_millis(read.load(Ordering::SeqCst)));
+        (clock, now)
+    }
+
+    #[tokio::test]
+    async fn objects_with_a_ttl_are_deleted_once_it_passes_also_after_a_reopen() {
+        const HOUR: u64 = 3_600_000;
+        let dir = tempfile::tempdir().unwrap();
+        let (clock, now) = manual_clock(1_000 * HOUR);
+        let mut c = config(&dir);
+        c.clock = clock;
+        let ttl = Some(Duration::from_millis(HOUR));
+        let store = FjallStore::open(c.clone()).unwrap();
+        t(store.create_with_ttl("k/ev/ns/a", v("a"), ttl))
+            .await
+            .unwrap();
+        t(store.create("k/ev/ns/b", v("b"))).await.unwrap();
+        let c1 = t(store.create_with_ttl("k/ev/ns/c", v("c"), ttl))
+            .await
+            .unwrap();
+        let d1 = t(store.create_with_ttl("k/ev/ns/d", v("d"), ttl))
+            .await
+            .unwrap();
+        // Half an hour on, c is written again (its TTL starts over) and d loses its TTL.
+        now.fetch_add(HOUR / 2, Ordering::SeqCst);
+        t(store.update_with_ttl("k/ev/ns/c", v("c2"), Some(c1.mod_revision), ttl))
+            .await
+            .unwrap();
+        t(store.update("k/ev/ns/d", v("d2"), Some(d1.mod_revision)))
+            .await
+            .unwrap();
+        let mut w = t(store.watch("k/ev/", store.current_revision()))
+            .await
+            .unwrap();
+        assert_eq!(t(store.sweep_now()).await.unwrap(), 0, "nothing is due yet");
+        now.fetch_add(HOUR / 2 + 1, Ordering::SeqCst);
+        assert_eq!(t(store.sweep_now()).await.unwrap(), 1);
+        assert_eq!(t(store.get("k/ev/ns/a")).await.unwrap(), None);
+        // An expiry is an ordinary delete event carrying the last value.
+        let gone = take(&mut w, 1).await.remove(0);
+        assert_eq!(
+            (
+                gone.kind,
+                gone.object.key.as_str(),
+                gone.object.value.clone()
+            ),
+            (EventKind::Delete, "k/ev/ns/a", v("a"))
+        );
+        drop(w);
+        store.close();
+
+        // The deadline of c survives a restart.
+        now.fetch_add(HOUR, Ordering::SeqCst);
+        let store = FjallStore::open(c).unwrap();
+        assert_eq!(t(store.sweep_now()).await.unwrap(), 1);
+        let left: Vec<String> = t(store.list("k/ev/"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(left, ["k/ev/ns/b", "k/ev/ns/d"]);
     }
 
     #[tokio::test]
@@ -1952,10 +2165,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         t(store.create("k/r/ns/a", v("a"))).await.unwrap();
-        let mut w = store.watch("", 0).unwrap();
-        store.close();
-        // What was committed is still delivered, then the stream ends.
+        let mut w = t(store.watch("", 0)).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 1).await), [1]);
+        store.close();
+        // A watch waiting for more ends.
         assert!(t(w.next()).await.is_none());
         assert_eq!(
             t(store.create("k/r/ns/b", v("b"))).await.unwrap_err(),
@@ -1965,7 +2178,10 @@ mod tests {
             t(store.get("k/r/ns/a")).await.unwrap_err(),
             StoreError::Closed
         );
-        assert!(matches!(store.watch("", 0), Err(StoreError::Closed)));
+        assert!(matches!(
+            t(store.watch("", 0)).await,
+            Err(StoreError::Closed)
+        ));
         store.close(); // idempotent
         // The data dir is released.
         drop(open(&dir));
@@ -1975,7 +2191,7 @@ mod tests {
     async fn dropping_the_store_ends_watch_streams() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let mut w = store.watch("", 0).unwrap();
+        let mut w = t(store.watch("", 0)).await.unwrap();
         let waiting = tokio::spawn(async move { w.next().await.is_none() });
         drop(store);
         assert!(t(waiting).await.unwrap());

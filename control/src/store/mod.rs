@@ -5,6 +5,20 @@
 //! for a highly available control plane) can be added without touching a handler. The
 //! default backend is [`FjallStore`], embedded, one data dir, no server to start.
 //!
+//! # Layers
+//!
+//! ```text
+//! API server ──> WatchCache (lists, watch fan-out) ──> backend (FjallStore, or etcd)
+//! ```
+//!
+//! [`WatchCache`] is itself a [`Store`]: it holds ONE watch of the backend and serves
+//! every API watcher and every list from memory, for any backend. A backend only has to
+//! be a correct store (the test-only `conformance` suite checks it): atomic, durable writes
+//! with compare-and-swap and a multi-key [`Store::txn`], consistent lists, watches from
+//! a revision that report `Expired` as a stream item, and TTLs on writes (an etcd lease,
+//! fjall's sweeper). Nothing above the seam keeps state a second API server would need:
+//! address allocation is store state changed in txns (see `apiserver::ipam`).
+//!
 //! # Model
 //!
 //! - A **key** is `GROUP/RESOURCE/NAMESPACE/NAME` (`core` for the legacy group, an empty
@@ -21,16 +35,22 @@
 //! - The **revision log** holds one [`Event`] per revision for a bounded window. A watch
 //!   started after revision `N` replays the log from `N + 1`, then follows live writes, in
 //!   revision order, with no gaps and no duplicates. If `N` is older than the window,
-//!   [`Store::watch`] answers [`StoreError::Expired`] (the API server's 410 Gone).
+//!   the stream of [`Store::watch`] starts with [`StoreError::Expired`] (the API server's
+//!   410 Gone): a remote backend learns that only once its watch runs, so it is an item.
 
+mod cache;
+#[cfg(test)]
+pub(crate) mod conformance;
 mod fjall_store;
 
-pub use fjall_store::{FjallStore, StoreConfig, StoreStats};
+pub use cache::{CacheConfig, WatchCache};
+pub use fjall_store::{Clock, FjallStore, StoreConfig, StoreStats};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The global write counter; an object's resourceVersion.
 pub type Revision = u64;
@@ -117,7 +137,9 @@ impl std::fmt::Debug for Memo {
     }
 }
 
-/// A consistent list: every object under a prefix as of `revision`.
+/// A consistent list: every object under a prefix as of `revision`. The revision is one
+/// that a watch of every key reaches (a write under the store's keys): a backend that
+/// shares its keyspace with others answers the last revision under its own prefix.
 #[derive(Clone, Debug)]
 pub struct ListResult {
     pub items: Vec<StoredObject>,
@@ -141,9 +163,10 @@ pub async fn list_at(
     if at >= listed.revision {
         return Ok(listed.items);
     }
-    // Every revision has exactly one event, so a watch of every key reaches `listed`'s
+    // Every revision has at least one event, so a watch of every key reaches `listed`'s
     // revision and stops there; only this prefix's events are kept.
-    let mut stream = store.watch("", at)?;
+    use futures::FutureExt as _;
+    let mut stream = store.watch("", at).await?;
     let mut undo = Vec::new();
     let mut reached = false;
     while let Some(event) = stream.next().await {
@@ -154,6 +177,16 @@ pub async fn list_at(
         if event.revision >= listed.revision {
             reached = true;
             break;
+        }
+    }
+    // The other events of that revision (a txn, on a backend that gives a txn one
+    // revision) are delivered with it: take those that are ready.
+    while let Some(Some(Ok(event))) = stream.next().now_or_never() {
+        if event.revision != listed.revision {
+            break;
+        }
+        if event.object.key.starts_with(prefix) {
+            undo.push(event.clone());
         }
     }
     // A stream that ends early (the store closing) must not pass for the old state.
@@ -182,11 +215,35 @@ pub async fn list_at(
     Ok(objects.into_values().collect())
 }
 
-/// A live watch: events in revision order. It ends only when the store closes, or with an
-/// error (`Expired` if it fell behind the compaction window).
+/// A live watch: events in revision order. It ends only when the store closes, or after
+/// an error item (`Expired` if it starts or falls behind the compaction window,
+/// `Unavailable` if the backend went away).
 pub type WatchStream = BoxStream<'static, Result<Arc<Event>, StoreError>>;
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+/// What the backend's failure was, kept whole for the log (the API answers a generic
+/// message). Cloning shares it.
+#[derive(Clone)]
+pub struct Source(pub Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Source {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("{key} not found")]
     NotFound { key: String },
@@ -205,12 +262,129 @@ pub enum StoreError {
     },
     #[error("store is closed")]
     Closed,
+    /// The backend cannot answer now (down, no quorum, timed out) but may later: the API
+    /// answers 503 with `Retry-After`, and the cause is logged from `source`.
+    #[error("store unavailable: {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Source,
+    },
     #[error("store I/O failed: {0}")]
     Io(String),
 }
 
+impl StoreError {
+    /// An [`StoreError::Unavailable`] about `what`, caused by `source`.
+    pub fn unavailable(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError::Unavailable {
+            what: what.into(),
+            source: Source(Arc::from(source.into())),
+        }
+    }
+}
+
+/// Errors compare by what they say (an `Unavailable`'s source by its message), so tests
+/// can assert on them.
+impl PartialEq for StoreError {
+    fn eq(&self, other: &Self) -> bool {
+        use StoreError as E;
+        match (self, other) {
+            (E::NotFound { key: a }, E::NotFound { key: b })
+            | (E::AlreadyExists { key: a }, E::AlreadyExists { key: b })
+            | (E::Io(a), E::Io(b)) => a == b,
+            (
+                E::Conflict {
+                    key: a,
+                    expected: ea,
+                    actual: aa,
+                },
+                E::Conflict {
+                    key: b,
+                    expected: eb,
+                    actual: ab,
+                },
+            ) => (a, ea, aa) == (b, eb, ab),
+            (
+                E::Expired {
+                    requested: ra,
+                    oldest: oa,
+                },
+                E::Expired {
+                    requested: rb,
+                    oldest: ob,
+                },
+            ) => (ra, oa) == (rb, ob),
+            (E::Closed, E::Closed) => true,
+            (
+                E::Unavailable {
+                    what: a,
+                    source: sa,
+                },
+                E::Unavailable {
+                    what: b,
+                    source: sb,
+                },
+            ) => a == b && sa.to_string() == sb.to_string(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for StoreError {}
+
+/// One write of a [`Store::txn`]. The preconditions are those of [`Store::create`],
+/// [`Store::update`] and [`Store::delete`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Creates `key`; `AlreadyExists` if present. With a `ttl` the object is deleted (a
+    /// normal delete event) once it has not been written for that long: etcd attaches a
+    /// lease, fjall's writer sweeps.
+    Create {
+        key: String,
+        value: Bytes,
+        ttl: Option<Duration>,
+    },
+    /// Replaces `key`, which must exist, if its `mod_revision` is `expected` (when given).
+    /// The `ttl` replaces the object's previous one (`None`: it no longer expires).
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Option<Revision>,
+        ttl: Option<Duration>,
+    },
+    /// Deletes `key`, which must exist, if its `mod_revision` is `expected` (when given).
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
+}
+
+impl Write {
+    /// The key this write changes.
+    pub fn key(&self) -> &str {
+        match self {
+            Write::Create { key, .. } | Write::Update { key, .. } | Write::Delete { key, .. } => {
+                key
+            }
+        }
+    }
+}
+
 /// The operations the API server needs of a store. Every write is atomic with its log
 /// entry and durable when the future resolves `Ok`.
+///
+/// What a backend must provide, and what it may not assume of its callers:
+/// - Reads and writes are async and may fail with [`StoreError::Unavailable`] (a remote
+///   backend is down or has no quorum); nothing is answered from a synchronous getter.
+/// - [`Store::txn`] is the only multi-key write: all of its writes happen or none does.
+///   Its events may share one revision (etcd) or take consecutive ones (fjall); watchers
+///   see revisions in non-decreasing order either way.
+/// - A watch reports everything, including "too old" ([`StoreError::Expired`]), as items
+///   of its stream, because a remote backend learns it only once the watch is running.
 pub trait Store: Send + Sync + 'static {
     /// The object at `key`, if any.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<StoredObject>, StoreError>>;
@@ -219,12 +393,48 @@ pub trait Store: Send + Sync + 'static {
     /// list is consistent with (a watch from that revision misses nothing).
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<ListResult, StoreError>>;
 
+    /// Applies `writes` atomically: either every precondition holds and every write takes
+    /// effect (the events are answered in order), or nothing changes and the error of the
+    /// first failing write is answered. An empty `writes` is a no-op.
+    fn txn<'a>(&'a self, writes: Vec<Write>) -> BoxFuture<'a, Result<Vec<Arc<Event>>, StoreError>>;
+
+    /// Events under `prefix` with a revision greater than `after`, in revision order. If
+    /// the log no longer holds every revision after `after`, the stream's first item is
+    /// `Expired`, and it ends. An `Err` here means the watch could not start at all
+    /// (closed, unavailable).
+    fn watch<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Revision,
+    ) -> BoxFuture<'a, Result<WatchStream, StoreError>>;
+
+    /// The revision of the last acknowledged write, as the backend knows it now.
+    fn revision(&self) -> BoxFuture<'_, Result<Revision, StoreError>>;
+
     /// Creates `key`; `AlreadyExists` if it is present.
     fn create<'a>(
         &'a self,
         key: &'a str,
         value: Bytes,
-    ) -> BoxFuture<'a, Result<StoredObject, StoreError>>;
+    ) -> BoxFuture<'a, Result<StoredObject, StoreError>> {
+        self.create_with_ttl(key, value, None)
+    }
+
+    /// Creates `key`, to be deleted once it has not been written for `ttl` (see
+    /// [`Write::Create`]).
+    fn create_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<StoredObject, StoreError>> {
+        let write = Write::Create {
+            key: key.to_owned(),
+            value,
+            ttl,
+        };
+        Box::pin(async move { one(self.txn(vec![write]).await?).map(|e| e.object.clone()) })
+    }
 
     /// Replaces `key`, which must exist. With `expected = Some(rev)` the write happens only
     /// if the object's `mod_revision` is still `rev` (compare-and-swap), else `Conflict`.
@@ -233,7 +443,26 @@ pub trait Store: Send + Sync + 'static {
         key: &'a str,
         value: Bytes,
         expected: Option<Revision>,
-    ) -> BoxFuture<'a, Result<StoredObject, StoreError>>;
+    ) -> BoxFuture<'a, Result<StoredObject, StoreError>> {
+        self.update_with_ttl(key, value, expected, None)
+    }
+
+    /// [`Store::update`] with the object's new `ttl` (see [`Write::Update`]).
+    fn update_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expected: Option<Revision>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<StoredObject, StoreError>> {
+        let write = Write::Update {
+            key: key.to_owned(),
+            value,
+            expected,
+            ttl,
+        };
+        Box::pin(async move { one(self.txn(vec![write]).await?).map(|e| e.object.clone()) })
+    }
 
     /// Deletes `key` (with the same compare-and-swap as `update`) and returns the delete
     /// event.
@@ -241,17 +470,23 @@ pub trait Store: Send + Sync + 'static {
         &'a self,
         key: &'a str,
         expected: Option<Revision>,
-    ) -> BoxFuture<'a, Result<Event, StoreError>>;
+    ) -> BoxFuture<'a, Result<Event, StoreError>> {
+        let write = Write::Delete {
+            key: key.to_owned(),
+            expected,
+        };
+        Box::pin(async move { one(self.txn(vec![write]).await?).map(|e| Event::clone(&e)) })
+    }
+}
 
-    /// Events under `prefix` with a revision greater than `after`. `Expired` if the log no
-    /// longer holds every revision after `after`.
-    fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
-
-    /// The revision of the last acknowledged write.
-    fn revision(&self) -> Revision;
-
-    /// The oldest revision `r` such that `watch(_, r)` still succeeds.
-    fn oldest_watchable(&self) -> Revision;
+/// The single event of a one-write txn.
+fn one(mut events: Vec<Arc<Event>>) -> Result<Arc<Event>, StoreError> {
+    match (events.pop(), events.is_empty()) {
+        (Some(event), true) => Ok(event),
+        _ => Err(StoreError::Io(
+            "the store answered a one-write txn with another number of events".into(),
+        )),
+    }
 }
 
 /// The key of an object; `namespace` is empty for cluster-scoped kinds.

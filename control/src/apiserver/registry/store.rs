@@ -14,6 +14,7 @@
 use super::super::AppState;
 use super::super::error::{ApiError, Subject};
 use super::super::fieldcheck::FieldCheck;
+use super::super::ipam;
 use super::super::objects::{
     decode, decode_at, encode, meta_str, now_rfc3339, sent_resource_version,
 };
@@ -24,7 +25,7 @@ use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::validation::{self, FieldError};
 use crate::api::wellknown::{FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
 use crate::api::{jsonpatch, strategic};
-use crate::store::{StoreError, StoredObject, collection_prefix, object_key};
+use crate::store::{StoreError, StoredObject, Write, collection_prefix, object_key};
 use serde_json::{Map, Value, json};
 
 /// How often a write is retried on a conflict the client did not cause.
@@ -128,9 +129,6 @@ pub(crate) async fn list(
     // A continuation lists the collection as it was at the first page's revision, while
     // the log still reaches it.
     let (revision, items) = match &opts.resume {
-        Some(t) if t.revision < state.store.oldest_watchable() => {
-            return Err(ApiError::ContinueExpired);
-        }
         Some(t) => {
             let at = tokio::time::timeout(
                 CONTINUE_TIMEOUT,
@@ -318,8 +316,10 @@ pub(crate) async fn create(
         // Namespace lifecycle, as Kubernetes admits it: only into an open namespace.
         super::strategies::namespace::ensure_open(state, ns).await?;
     }
-    // What the kind admits against the cluster's state (addresses it allocates are held
-    // until the object is stored, so concurrent creates see each other).
+    // What the kind admits against the cluster's state. Addresses it allocates are stored
+    // with the object in one txn (`ipam`); if another server took one first, admission
+    // runs again from the object as it was before it.
+    let original = obj.clone();
     let admitted = kind.strategy.admit_create(state, target, &mut obj).await?;
     for w in admitted.warnings {
         fields.warn(w);
@@ -329,11 +329,7 @@ pub(crate) async fn create(
         return Ok(obj);
     }
     let key = key_of(kind, ns.as_deref(), &name);
-    let stored = state
-        .store
-        .create(&key, encode(&obj)?)
-        .await
-        .map_err(|e| ApiError::from_store(e, subject(target, &name)))?;
+    let stored = ipam::store_create(state, target, &key, obj, original).await?;
     drop(admitted.held);
     decode(&stored)
 }
@@ -491,7 +487,8 @@ pub(crate) async fn update_with(
             encode(&result)?;
             return Ok(result);
         }
-        let outcome = store_write(state, kind, &key, stored.mod_revision, &result).await?;
+        let outcome =
+            store_write(state, kind, &key, stored.mod_revision, &current, &result).await?;
         match outcome {
             Ok(obj) => return Ok(obj),
             Err(StoreError::Conflict { .. }) => continue,
@@ -506,25 +503,51 @@ pub(crate) async fn update_with(
 
 /// Writes the outcome of a read-modify-write at `revision` (compare-and-swap): an object
 /// whose deletion is complete (no finalizers left) is removed, any other is updated.
+/// Allocated values that changed from `current` are taken or freed in the same txn; a
+/// value another server took meanwhile is a `Conflict`, so the caller starts again.
 pub(crate) async fn store_write(
     state: &AppState,
     kind: &ResourceKind,
     key: &str,
     revision: u64,
+    current: &Value,
     obj: &Value,
 ) -> Result<Result<Value, StoreError>, ApiError> {
-    Ok(if finalized(kind, obj) {
-        state
-            .store
-            .delete(key, Some(revision))
-            .await
-            .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or_else(|_| obj.clone()))
-    } else {
-        match state.store.update(key, encode(obj)?, Some(revision)).await {
-            Ok(s) => decode(&s).map_err(|_| StoreError::Io("decode".into())),
-            Err(e) => Err(e),
+    let done = finalized(kind, obj);
+    let write = if done {
+        Write::Delete {
+            key: key.to_owned(),
+            expected: Some(revision),
         }
-    })
+    } else {
+        Write::Update {
+            key: key.to_owned(),
+            value: encode(obj)?,
+            expected: Some(revision),
+            ttl: state.config.ttl_of(kind),
+        }
+    };
+    let after = (!done).then_some(obj);
+    let events = ipam::commit(state.store.as_ref(), kind, write, Some(current), after)
+        .await
+        .map_err(|e| match e {
+            ipam::CommitError::Store(e) => e,
+            ipam::CommitError::Taken { range, .. } => StoreError::Conflict {
+                key: range.to_owned(),
+                expected: 0,
+                actual: 0,
+            },
+        });
+    Ok(events.and_then(|events| {
+        let event = events
+            .first()
+            .ok_or_else(|| StoreError::Io("a write stored nothing".into()))?;
+        if done {
+            Ok(decode_at(&event.object, event.revision).unwrap_or_else(|_| obj.clone()))
+        } else {
+            decode(&event.object).map_err(|_| StoreError::Io("decode".into()))
+        }
+    }))
 }
 
 pub(crate) fn semantically_equal(a: &Value, b: &Value) -> bool {
@@ -840,15 +863,24 @@ pub(crate) async fn delete(
                 );
                 state
                     .store
-                    .update(&key, encode(&marked)?, Some(stored.mod_revision))
+                    .update_with_ttl(
+                        &key,
+                        encode(&marked)?,
+                        Some(stored.mod_revision),
+                        state.config.ttl_of(kind),
+                    )
                     .await
                     .and_then(|s| decode(&s).map_err(|_| StoreError::Io("decode".into())))
             }
-            DeletePlan::Remove => state
-                .store
-                .delete(&key, Some(stored.mod_revision))
-                .await
-                .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or(current.clone())),
+            DeletePlan::Remove => ipam::delete(
+                state.store.as_ref(),
+                kind,
+                &key,
+                stored.mod_revision,
+                &current,
+            )
+            .await
+            .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or(current.clone())),
         };
         match outcome {
             Ok(obj) => return Ok(obj),

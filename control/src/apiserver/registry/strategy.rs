@@ -16,8 +16,10 @@
 //!
 //! Admission that needs the store (allocating a Service's addresses, a Node's pod range,
 //! checking Endpoints addresses against the nodes' ranges) is a strategy hook too, run by
-//! the store just before it writes; what such a step holds until the write is done (an
-//! allocation lock) comes back in [`Admitted::held`].
+//! the store just before it writes; what such a step holds until the write is done comes
+//! back in [`Admitted::held`]. Allocated values need no lock: the store writes them with
+//! the object in one txn and runs admission again if another server took them first
+//! (see `apiserver::ipam`).
 
 use super::super::AppState;
 use super::super::error::ApiError;

@@ -355,7 +355,7 @@ async fn a_continue_token_past_compaction_is_410() {
         .parse()
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while api.store.oldest_watchable() <= first_rv {
+    while api.fjall.oldest_watchable() <= first_rv {
         assert!(
             tokio::time::Instant::now() < deadline,
             "compaction did not run"

@@ -195,7 +195,15 @@ pub(crate) async fn finalize_namespace(
         if semantically_equal(&next, &current) {
             return Ok(current);
         }
-        let outcome = store_write(state, target.kind, &key, stored.mod_revision, &next).await?;
+        let outcome = store_write(
+            state,
+            target.kind,
+            &key,
+            stored.mod_revision,
+            &current,
+            &next,
+        )
+        .await?;
         match outcome {
             Ok(obj) => return Ok(obj),
             Err(StoreError::Conflict { .. }) => continue,

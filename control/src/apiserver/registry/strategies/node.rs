@@ -1,16 +1,13 @@
 //! Nodes: a pod range no other node holds, assigned when the node registers (node IPAM,
 //! [`crate::apiserver::ipam`]), that no update may move once set.
 
-use super::super::store::subject;
 use super::super::subresources::Subresource;
 use super::super::{Admitted, Strategy};
 use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{FieldError, Reason};
-use crate::apiserver::objects::decode;
 use crate::apiserver::request::Target;
 use crate::apiserver::{AppState, error::ApiError, ipam};
-use crate::store::collection_prefix;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
@@ -55,8 +52,9 @@ impl Strategy for NodeStrategy {
         &["spec.unschedulable"]
     }
 
-    /// Node IPAM: a registering node gets a pod range no other node holds. The lock is
-    /// held until the create is stored, so concurrent registrations see each other.
+    /// Node IPAM: a registering node gets a pod range no other node holds, stored with
+    /// the Node in one txn (`ipam`), so concurrent registrations, on any API server, never
+    /// share one.
     fn admit_create<'a>(
         &'a self,
         state: &'a AppState,
@@ -64,32 +62,8 @@ impl Strategy for NodeStrategy {
         obj: &'a mut Value,
     ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
         Box::pin(async move {
-            let name = crate::apiserver::objects::meta_str(obj, "name")
-                .unwrap_or_default()
-                .to_string();
-            let guard = ipam::LOCK.lock().await;
-            let nodes = state
-                .store
-                .list(&collection_prefix(
-                    target.kind.group,
-                    target.kind.plural,
-                    None,
-                ))
-                .await
-                .map_err(|e| ApiError::from_store(e, subject(target, &name)))?;
-            let existing = nodes
-                .items
-                .iter()
-                .map(decode)
-                .collect::<Result<Vec<_>, _>>()?;
-            ipam::assign(obj, &existing).map_err(|e| {
-                ApiError::invalid(
-                    subject(target, &name),
-                    target.kind.kind,
-                    vec![FieldError::new("spec.podCIDR", Reason::Invalid, None, e)],
-                )
-            })?;
-            Ok(Admitted::holding(Some(guard)))
+            ipam::admit_node(state, target, obj).await?;
+            Ok(Admitted::none())
         })
     }
 }

@@ -86,10 +86,10 @@ impl Strategy for ServiceStrategy {
         target: &'a Target,
         obj: &'a mut Value,
     ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
+        // What it allocates is stored with the Service in one txn (`ipam`).
         Box::pin(async move {
-            Ok(Admitted::holding(
-                services::admit_create(state, target, obj).await?,
-            ))
+            services::admit_create(state, target, obj).await?;
+            Ok(Admitted::none())
         })
     }
 
@@ -102,9 +102,8 @@ impl Strategy for ServiceStrategy {
         status_only: bool,
     ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
         Box::pin(async move {
-            Ok(Admitted::holding(
-                services::admit_update(state, target, current, new, status_only).await?,
-            ))
+            services::admit_update(state, target, current, new, status_only).await?;
+            Ok(Admitted::none())
         })
     }
 }
