@@ -43,8 +43,39 @@ pub const POD_CIDRS: &str = "ranges/podcidrs";
 /// Every allocator key. `ranges/` is no API group, so no collection prefix selects them.
 pub const RANGES: [&str; 3] = [SERVICE_IPS, SERVICE_NODE_PORTS, POD_CIDRS];
 
-/// How often a write retries when another server changed an allocator meanwhile.
-const MAX_ATTEMPTS: usize = 64;
+/// How long a write keeps retrying when other writers changed an allocator meanwhile.
+/// Every Service or Node write that allocates goes through one key per allocator, so a
+/// burst of N concurrent creates is N rounds of compare-and-swap: the bound is time, not a
+/// count of lost rounds, as a count would fail the unlucky writers of a large burst.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Retries with jittered exponential back-off (1 ms doubling to 32 ms) until `RETRY_FOR`
+/// has passed, so that writers that lost a round do not all come back at once.
+struct Backoff {
+    deadline: tokio::time::Instant,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            deadline: tokio::time::Instant::now() + RETRY_FOR,
+            attempt: 0,
+        }
+    }
+
+    /// Waits before the next attempt; false once the time is up.
+    async fn wait(&mut self) -> bool {
+        if tokio::time::Instant::now() >= self.deadline {
+            return false;
+        }
+        let cap_ms = 1u64 << self.attempt.min(5);
+        self.attempt += 1;
+        let ms = rand::random_range(0..=cap_ms);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        true
+    }
+}
 
 /// The first pod range after the ones in `taken` (pure).
 pub fn next_free(taken: &BTreeSet<String>) -> Option<String> {
@@ -245,7 +276,8 @@ pub async fn commit(
     if old == new {
         return Ok(store.txn(vec![write]).await?);
     }
-    for _ in 0..MAX_ATTEMPTS {
+    let mut backoff = Backoff::new();
+    loop {
         let mut writes = vec![write.clone()];
         for &key in holder.ranges() {
             let adds: Vec<&String> = new
@@ -282,6 +314,9 @@ pub async fn commit(
             Err(StoreError::Conflict { key, .. } | StoreError::AlreadyExists { key })
                 if RANGES.contains(&key.as_str()) => {}
             Err(e) => return Err(e.into()),
+        }
+        if !backoff.wait().await {
+            break;
         }
     }
     Err(StoreError::Conflict {
@@ -326,7 +361,8 @@ pub async fn store_create(
         resource: target.kind.plural.to_owned(),
         name,
     };
-    for _ in 0..MAX_ATTEMPTS {
+    let mut backoff = Backoff::new();
+    loop {
         let write = Write::Create {
             key: key.to_owned(),
             value: encode(&obj)?,
@@ -349,6 +385,9 @@ pub async fn store_create(
                     .await?;
                 drop(admitted);
             }
+        }
+        if !backoff.wait().await {
+            break;
         }
     }
     Err(ApiError::conflict(
@@ -390,7 +429,8 @@ pub async fn delete(
 /// pass starts again.
 pub async fn repair(store: &dyn Store) -> Result<(), StoreError> {
     for (holder, resource) in [(Holder::Service, "services"), (Holder::Node, "nodes")] {
-        for _ in 0..MAX_ATTEMPTS {
+        let mut backoff = Backoff::new();
+        loop {
             let mut ranges = Vec::new();
             for &key in holder.ranges() {
                 ranges.push(read(store, key).await?);
@@ -427,7 +467,16 @@ pub async fn repair(store: &dyn Store) -> Result<(), StoreError> {
             match store.txn(writes).await {
                 Ok(_) => break,
                 Err(StoreError::Conflict { key, .. } | StoreError::AlreadyExists { key })
-                    if RANGES.contains(&key.as_str()) => {}
+                    if RANGES.contains(&key.as_str()) =>
+                {
+                    if !backoff.wait().await {
+                        return Err(StoreError::Conflict {
+                            key,
+                            expected: 0,
+                            actual: 0,
+                        });
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
