@@ -24,6 +24,7 @@ pub mod ipam;
 pub mod objects;
 pub mod openapi;
 pub mod paging;
+pub mod protobuf;
 pub mod proxy;
 pub mod registry;
 pub mod request;
@@ -102,6 +103,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/{version}/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            protobuf::negotiate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_identity,
