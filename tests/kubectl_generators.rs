@@ -201,6 +201,21 @@ async fn kubectl_generator_commands_work_with_and_without_server_dry_run() {
         .await;
     assert_eq!(k.ok(&get).await, "other.wasm");
 
+    // `kubectl exec` (WebSocket first, then SPDY) prints why a wasm pod has no shell and
+    // what to use instead.
+    let r = k
+        .run(&["-n", NS, "exec", "p", "--", "sh", "-c", "echo hi"])
+        .await;
+    assert!(!r.ok, "{}", r.stdout);
+    for needle in [
+        "no shell",
+        "kubectl logs p",
+        "kubectl attach",
+        "kubectl port-forward",
+    ] {
+        assert!(r.stderr.contains(needle), "{needle}: {}", r.stderr);
+    }
+
     // Generators for kinds not served yet fail with Kubernetes' 404, not a 415.
     for args in [
         &[

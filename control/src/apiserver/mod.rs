@@ -18,6 +18,7 @@ pub mod discovery;
 pub mod endpoint_addresses;
 pub mod error;
 pub mod eviction;
+pub mod exec;
 pub mod fieldcheck;
 pub mod host_path;
 pub mod ipam;

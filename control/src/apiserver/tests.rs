@@ -2705,3 +2705,73 @@ async fn protobuf_bodies_are_read_and_protobuf_answers_given_on_request() {
 
 /// Issue 18 (hardening): validation, pagination and authentication regressions.
 mod hardening;
+
+/// Issue 11: `kubectl exec` gets a Status that says a wasm pod has no shell, over both
+/// upgrades kubectl tries, and discovery lists `pods/exec`.
+#[tokio::test]
+async fn exec_is_answered_with_what_to_use_instead() {
+    let api = api().await;
+    let (code, _) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(pod("w", json!({}))),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let exec = "/api/v1/namespaces/default/pods/w/exec?command=sh&stdin=true&stdout=true&tty=true";
+    let websocket = Request::builder()
+        .method("GET")
+        .uri(exec)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-protocol", "v5.channel.k8s.io")
+        .body(Body::empty())
+        .expect("request");
+    let spdy = Request::builder()
+        .method("POST")
+        .uri(exec)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "SPDY/3.1")
+        .header("x-stream-protocol-version", "v4.channel.k8s.io")
+        .body(Body::empty())
+        .expect("request");
+    for req in [websocket, spdy] {
+        let (code, status) = api.request(req).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
+        assert_eq!(
+            (&status["kind"], &status["reason"]),
+            (&json!("Status"), &json!("BadRequest"))
+        );
+        let message = status["message"].as_str().unwrap_or_default();
+        for needle in [
+            "no shell",
+            "kubectl logs w",
+            "kubectl attach",
+            "kubectl port-forward",
+        ] {
+            assert!(message.contains(needle), "{needle}: {message}");
+        }
+    }
+    let (code, _) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/pods/nope/exec?command=sh",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (_, discovery) = api.send("GET", "/api/v1", None).await;
+    let exec = discovery["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["name"] == "pods/exec")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(exec["verbs"], json!(["create", "get"]), "{discovery}");
+}

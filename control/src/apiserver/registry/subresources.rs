@@ -82,6 +82,7 @@ pub static SUBRESOURCES: &[&Subresource] = &[
     &super::super::eviction::EVICTION,
     &super::super::binding::BINDING,
     &super::super::proxy::LOG,
+    &super::super::exec::EXEC,
     &super::strategies::namespace::FINALIZE,
 ];
 
