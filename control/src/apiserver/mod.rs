@@ -25,6 +25,7 @@ pub mod ipam;
 pub mod objects;
 pub mod openapi;
 pub mod paging;
+pub mod portforward;
 pub mod protobuf;
 pub mod proxy;
 pub mod registry;

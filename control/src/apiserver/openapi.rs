@@ -780,7 +780,10 @@ fn subresource_ops<'a>(
                 produces: &["text/plain"],
             },
             // A streaming subresource is a "connect" operation, as Kubernetes documents it.
-            "get" | "create" if sub.name == super::exec::EXEC.name => {
+            "get" | "create"
+                if [super::exec::EXEC.name, super::portforward::PORTFORWARD.name]
+                    .contains(&sub.name) =>
+            {
                 let (method, action) = if *verb == "get" {
                     ("get", "Get")
                 } else {

@@ -9,7 +9,9 @@ use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
 use crate::apiserver::request::Target;
-use crate::apiserver::{AppState, binding, error::ApiError, eviction, exec, host_path, proxy};
+use crate::apiserver::{
+    AppState, binding, error::ApiError, eviction, exec, host_path, portforward, proxy,
+};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
@@ -26,6 +28,7 @@ static SUBRESOURCES: &[&Subresource] = &[
     &eviction::EVICTION,
     &proxy::LOG,
     &exec::EXEC,
+    &portforward::PORTFORWARD,
 ];
 
 impl Strategy for PodStrategy {
