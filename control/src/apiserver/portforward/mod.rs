@@ -13,9 +13,11 @@
 //!
 //! **How the pod is reached.** Directly at `podIP:port`: pod addresses are loopback
 //! addresses of the machine their node runs on (README, "Addresses without root"), and
-//! the control plane of a one-machine cluster is on that machine. A pod on a node of
-//! another machine is reached through that node's tunnel (`wharf.dev/tunnel`, an HTTP
-//! `CONNECT` with the node credential) when its tunnel address is not this machine's.
+//! the control plane of a one-machine cluster is on that machine, as it is for the
+//! nodes `wharf up` starts. A pod on a node of another machine is not reachable so yet:
+//! that needs the node tunnel's `CONNECT` (`wharf.dev/tunnel`), whose client lives in the
+//! node crate, which the control plane cannot call; the connection then fails with its
+//! error on the error stream.
 //!
 //! The SPDY/3.1 upgrade kubectl falls back to (a `POST` with `Upgrade: SPDY/3.1`) is
 //! answered with a Status naming the WebSocket protocol: kubectl 1.30+ never needs it.
@@ -180,7 +182,15 @@ async fn serve_session(socket: WebSocket, ip: IpAddr) {
     let mut buf = BytesMut::new();
     let mut inbound: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
     let mut pairs: HashMap<String, Pair> = HashMap::new();
-    'session: while let Some(Ok(message)) = ws_rx.next().await {
+    'session: loop {
+        let message = match ws_rx.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::debug!("port-forward: the WebSocket failed: {e}");
+                break;
+            }
+            None => break,
+        };
         match message {
             Message::Binary(b) => buf.extend_from_slice(&b),
             Message::Close(_) => break,
@@ -188,7 +198,10 @@ async fn serve_session(socket: WebSocket, ip: IpAddr) {
         }
         loop {
             let frame = match reader.next(&mut buf) {
-                Ok(Some(f)) => f,
+                Ok(Some(f)) => {
+                    tracing::trace!(?f, "port-forward frame");
+                    f
+                }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!("port-forward: {e}");
@@ -297,7 +310,12 @@ async fn forward(
         }
         let _ = out_data.send(spdy::Writer::data(data, true, &[]));
     };
-    tokio::join!(to_pod, from_pod);
+    // The pair ends when the pod's side does (as the kubelet's forwarder returns): kubectl
+    // closes the local connection once the error stream ends. A client that only
+    // half-closed its side keeps reading until then.
+    let to_pod = tokio::spawn(to_pod);
+    from_pod.await;
+    to_pod.abort();
     let _ = out.send(spdy::Writer::data(error, true, &[]));
 }
 
@@ -308,10 +326,7 @@ fn refuse(
     target: SocketAddr,
     why: &str,
 ) {
-    let message = format!(
-        "failed to connect to port {} of the pod at {target}: {why}",
-        target.port()
-    );
+    let message = format!("failed to connect to the pod at {target}: {why}");
     let _ = out.send(spdy::Writer::data(error, true, message.as_bytes()));
     let _ = out.send(spdy::Writer::data(data, true, &[]));
 }

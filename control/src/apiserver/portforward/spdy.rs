@@ -222,7 +222,8 @@ impl Writer {
         out
     }
 
-    /// The next piece of our zlib stream holding `raw`: stored deflate blocks, flushed.
+    /// The next piece of our zlib stream holding `raw`: stored deflate blocks and a sync
+    /// flush.
     fn deflate(&mut self, raw: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(raw.len() + 16);
         if !self.started {
@@ -236,6 +237,9 @@ impl Writer {
             out.extend_from_slice(&(!n).to_le_bytes());
             out.extend_from_slice(chunk);
         }
+        // The sync-flush marker (an empty stored block): a reader hands out what it has
+        // inflated when it meets one, without reading past the frame for the next block.
+        out.extend_from_slice(&[0x00, 0x00, 0x00, 0xff, 0xff]);
         out
     }
 
