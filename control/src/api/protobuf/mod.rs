@@ -29,7 +29,10 @@
 //! Go encodes a non-pointer string even when it is empty; its JSON codec leaves such a
 //! field out (`omitempty`), so the decoder drops empty strings and empty timestamps as
 //! the JSON of the same Go object would. Numbers and booleans are kept: a pointer set to
-//! `0` is meaningful (`replicas: 0`).
+//! `0` is meaningful (`replicas: 0`), and the wire format does not say which fields are
+//! pointers. So an object kubectl generated keeps Go's zero values of its non-pointer
+//! fields (`hostPort: 0`, `stdin: false`, `minReadySeconds: 0`), which mean what their
+//! absence means; telling them apart would need a table of Go's pointer fields.
 //!
 //! CustomResourceDefinition schemas (`JSONSchemaProps` and its `...OrArray`/`...OrBool`
 //! unions) are not transcoded specially yet: no CRD is served.
