@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod kubectl;
+
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A `wharf control` process; killed when dropped.

@@ -13,6 +13,7 @@ pub mod fields;
 pub mod jsonpatch;
 pub mod kinds;
 pub mod printers;
+pub mod protobuf;
 pub mod qos;
 pub mod quantity;
 pub mod selector;

@@ -471,7 +471,15 @@ mod tests {
         };
         assert_eq!(
             names("pods"),
-            ["binding", "eviction", "log", "status"].to_vec()
+            [
+                "binding",
+                "eviction",
+                "exec",
+                "log",
+                "portforward",
+                "status"
+            ]
+            .to_vec()
         );
         assert_eq!(names("deployments"), ["scale", "status"].to_vec());
         assert_eq!(names("replicasets"), ["scale", "status"].to_vec());

@@ -18,12 +18,15 @@ pub mod discovery;
 pub mod endpoint_addresses;
 pub mod error;
 pub mod eviction;
+pub mod exec;
 pub mod fieldcheck;
 pub mod host_path;
 pub mod ipam;
 pub mod objects;
 pub mod openapi;
 pub mod paging;
+pub mod portforward;
+pub mod protobuf;
 pub mod proxy;
 pub mod registry;
 pub mod request;
@@ -114,6 +117,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/{version}/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            protobuf::negotiate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_identity,

@@ -779,6 +779,28 @@ fn subresource_ops<'a>(
                 responses: vec![("200", json!({"type": "string"}))],
                 produces: &["text/plain"],
             },
+            // A streaming subresource is a "connect" operation, as Kubernetes documents it.
+            "get" | "create"
+                if [super::exec::EXEC.name, super::portforward::PORTFORWARD.name]
+                    .contains(&sub.name) =>
+            {
+                let (method, action) = if *verb == "get" {
+                    ("get", "Get")
+                } else {
+                    ("post", "Post")
+                };
+                Op {
+                    method,
+                    id: format!("connect{infix}{action}{scope}{kind}{sub_name}"),
+                    description: format!("connect {method} requests to {} of {kind}", sub.name),
+                    action: "connect",
+                    gvk: sub_gvk.clone(),
+                    params: vec![],
+                    body: None,
+                    responses: vec![("200", json!({"type": "string"}))],
+                    produces: &["*/*"],
+                }
+            }
             "get" => Op {
                 method: "get",
                 id: format!("read{infix}{scope}{kind}{sub_name}"),

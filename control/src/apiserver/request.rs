@@ -7,12 +7,14 @@
 //! resource.
 //!
 //! What a request carries besides its path is read here too, the same way for every
-//! handler: the query ([`Query`]) and a JSON body of bounded size (`read_json`).
+//! handler: the query ([`Query`]) and a JSON body of bounded size (`read_json`); a
+//! protobuf body (`application/vnd.kubernetes.protobuf`) is read as the JSON it encodes
+//! ([`crate::api::protobuf`]), wherever JSON is accepted.
 
 use super::AppState;
 use super::error::ApiError;
-use crate::api::apply;
 use crate::api::kinds::{self, ResourceKind};
+use crate::api::{apply, protobuf};
 use axum::body::Body;
 use http::HeaderMap;
 use http_body_util::BodyExt;
@@ -158,23 +160,29 @@ pub(super) async fn read_json_checked(
     accepted: &[&str],
 ) -> Result<(Value, Vec<String>), ApiError> {
     let ct = content_type(headers);
-    if !ct.is_empty() && !accepted.contains(&ct.as_str()) {
-        // kubectl's generator commands (`create deployment NAME --image=...`, `create
-        // configmap`, `run`) send protobuf: say what to do instead.
-        let hint = if ct == "application/vnd.kubernetes.protobuf" {
-            "; wharf does not decode protobuf request bodies: send JSON (with kubectl, create \
-             from a manifest with `kubectl apply -f` or `kubectl create -f`)"
-        } else {
-            ""
-        };
+    // Where JSON is, Kubernetes' protobuf is too (kubectl's generator commands send it).
+    let protobuf = ct == protobuf::CONTENT_TYPE && accepted.contains(&"application/json");
+    if !ct.is_empty() && !protobuf && !accepted.contains(&ct.as_str()) {
+        let mut types = accepted.to_vec();
+        if accepted.contains(&"application/json") {
+            types.push(protobuf::CONTENT_TYPE);
+        }
         return Err(ApiError::UnsupportedMediaType(format!(
-            "the body of the request was in an unknown format; accepted media types include: {}{hint}",
-            accepted.join(", ")
+            "the body of the request was in an unknown format; accepted media types include: {}",
+            types.join(", ")
         )));
     }
     let bytes = read_limited(body, headers, state.config.max_body_bytes).await?;
     if bytes.is_empty() {
         return Err(ApiError::BadRequest("the request has no body".into()));
+    }
+    if protobuf {
+        let value = protobuf::decode(&bytes).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the request body is not a valid protobuf object: {e}"
+            ))
+        })?;
+        return Ok((value, Vec::new()));
     }
     if ct == apply::CONTENT_TYPE {
         let value = apply::parse_body(&bytes).map_err(ApiError::BadRequest)?;

@@ -2597,21 +2597,110 @@ async fn send_initial_events_ends_its_replay_with_a_marked_bookmark() {
     assert_eq!(bookmark["metadata"]["resourceVersion"], rv.as_str());
 }
 
+/// Issue 11: kubectl's generator commands send protobuf; it is read as the JSON it
+/// encodes, and answered in protobuf only to a client that accepts no JSON.
 #[tokio::test]
-async fn a_protobuf_body_is_refused_with_what_to_send_instead() {
+async fn protobuf_bodies_are_read_and_protobuf_answers_given_on_request() {
+    use k8s_pb::api::core::v1 as pb;
+    use k8s_pb::apimachinery::pkg::apis::meta::v1 as pb_meta;
+    use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
+    use prost::Message as _;
     let api = api().await;
-    let (code, _, status) = api
-        .exchange(
-            "POST",
-            "/api/v1/namespaces",
-            &[("content-type", "application/vnd.kubernetes.protobuf")],
-            Some("k8s\0".into()),
+    let cm = pb::ConfigMap {
+        metadata: Some(pb_meta::ObjectMeta {
+            name: Some("from-proto".into()),
+            namespace: Some(String::new()),
+            ..Default::default()
+        }),
+        data: [("k".to_string(), "v".to_string())].into(),
+        ..Default::default()
+    };
+    let unknown = Unknown {
+        type_meta: Some(TypeMeta {
+            api_version: Some("v1".into()),
+            kind: Some("ConfigMap".into()),
+        }),
+        raw: Some(cm.encode_to_vec()),
+        ..Default::default()
+    };
+    let body = [b"k8s\0".to_vec(), unknown.encode_to_vec()].concat();
+    let post = |uri: &str, accept: &str| {
+        Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/vnd.kubernetes.protobuf")
+            .header("accept", accept)
+            .body(Body::from(body.clone()))
+            .expect("request")
+    };
+    // Dry run first: answered, nothing stored.
+    let (code, created) = api
+        .request(post(
+            "/api/v1/namespaces/default/configmaps?dryRun=All",
+            "application/vnd.kubernetes.protobuf, */*",
+        ))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        created["data"]["k"], "v",
+        "JSON when JSON is acceptable too"
+    );
+    let (code, _) = api
+        .send(
+            "GET",
+            "/api/v1/namespaces/default/configmaps/from-proto",
+            None,
         )
         .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    // For real, asking for protobuf only: the answer is protobuf.
+    let resp = api
+        .router
+        .clone()
+        .oneshot(post(
+            "/api/v1/namespaces/default/configmaps",
+            "application/vnd.kubernetes.protobuf",
+        ))
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/vnd.kubernetes.protobuf"
+    );
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let answer = crate::api::protobuf::decode(&bytes).expect("a protobuf answer");
+    assert_eq!(answer["metadata"]["namespace"], "default");
+    assert!(answer["metadata"]["uid"].is_string(), "{answer}");
+    let (code, stored) = api
+        .send(
+            "GET",
+            "/api/v1/namespaces/default/configmaps/from-proto",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (code, &stored["data"]),
+        (StatusCode::OK, &json!({"k": "v"}))
+    );
+
+    // A broken body is a 400 that says why; protobuf is no patch type.
+    let mut broken = post("/api/v1/namespaces/default/configmaps", "*/*");
+    *broken.body_mut() = Body::from(&b"k8s\0\x0a\xff"[..]);
+    let (code, status) = api.request(broken).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("protobuf"),
+        "{status}"
+    );
+    let mut patch = post("/api/v1/namespaces/default/configmaps/from-proto", "*/*");
+    *patch.method_mut() = http::Method::PATCH;
+    let (code, _) = api.request(patch).await;
     assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let message = status["message"].as_str().unwrap();
-    assert!(message.contains("does not decode protobuf"), "{message}");
-    assert!(message.contains("kubectl apply -f"), "{message}");
 }
 
 /// Issue 18 (hardening): validation, pagination and authentication regressions.
@@ -2619,3 +2708,73 @@ mod hardening;
 
 /// Issue 10: the API server over the store seam.
 mod store_seam;
+
+/// Issue 11: `kubectl exec` gets a Status that says a wasm pod has no shell, over both
+/// upgrades kubectl tries, and discovery lists `pods/exec`.
+#[tokio::test]
+async fn exec_is_answered_with_what_to_use_instead() {
+    let api = api().await;
+    let (code, _) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(pod("w", json!({}))),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let exec = "/api/v1/namespaces/default/pods/w/exec?command=sh&stdin=true&stdout=true&tty=true";
+    let websocket = Request::builder()
+        .method("GET")
+        .uri(exec)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-protocol", "v5.channel.k8s.io")
+        .body(Body::empty())
+        .expect("request");
+    let spdy = Request::builder()
+        .method("POST")
+        .uri(exec)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "SPDY/3.1")
+        .header("x-stream-protocol-version", "v4.channel.k8s.io")
+        .body(Body::empty())
+        .expect("request");
+    for req in [websocket, spdy] {
+        let (code, status) = api.request(req).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
+        assert_eq!(
+            (&status["kind"], &status["reason"]),
+            (&json!("Status"), &json!("BadRequest"))
+        );
+        let message = status["message"].as_str().unwrap_or_default();
+        for needle in [
+            "no shell",
+            "kubectl logs w",
+            "kubectl attach",
+            "kubectl port-forward",
+        ] {
+            assert!(message.contains(needle), "{needle}: {message}");
+        }
+    }
+    let (code, _) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/pods/nope/exec?command=sh",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (_, discovery) = api.send("GET", "/api/v1", None).await;
+    let exec = discovery["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["name"] == "pods/exec")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(exec["verbs"], json!(["create", "get"]), "{discovery}");
+}

@@ -82,6 +82,8 @@ pub static SUBRESOURCES: &[&Subresource] = &[
     &super::super::eviction::EVICTION,
     &super::super::binding::BINDING,
     &super::super::proxy::LOG,
+    &super::super::exec::EXEC,
+    &super::super::portforward::PORTFORWARD,
     &super::strategies::namespace::FINALIZE,
 ];
 

@@ -9,7 +9,9 @@ use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
 use crate::apiserver::request::Target;
-use crate::apiserver::{AppState, binding, error::ApiError, eviction, host_path, proxy};
+use crate::apiserver::{
+    AppState, binding, error::ApiError, eviction, exec, host_path, portforward, proxy,
+};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
@@ -20,8 +22,14 @@ pub static STRATEGY: PodStrategy = PodStrategy;
 /// How long a pod on a node gets to stop when neither the delete nor the pod says.
 const DEFAULT_GRACE_SECONDS: i64 = 30;
 
-static SUBRESOURCES: &[&Subresource] =
-    &[&STATUS, &binding::BINDING, &eviction::EVICTION, &proxy::LOG];
+static SUBRESOURCES: &[&Subresource] = &[
+    &STATUS,
+    &binding::BINDING,
+    &eviction::EVICTION,
+    &proxy::LOG,
+    &exec::EXEC,
+    &portforward::PORTFORWARD,
+];
 
 impl Strategy for PodStrategy {
     fn printer(&self) -> &'static printers::Printer {

@@ -1,0 +1,357 @@
+//! The `pods/portforward` subresource: `kubectl port-forward pod/NAME LOCAL:REMOTE` (and
+//! `svc/NAME`, which kubectl resolves to a pod itself).
+//!
+//! kubectl 1.30+ opens a WebSocket whose subprotocol is `SPDY/3.1+portforward.k8s.io`:
+//! the WebSocket's binary messages carry a SPDY/3.1 session ([`spdy`]). In that session,
+//! for every local connection, kubectl opens two streams with the headers
+//! `streamtype: error|data`, `port: N` and a shared `requestid`. The API server answers
+//! each stream, opens a TCP connection to the pod's port and copies bytes between it and
+//! the data stream; a port that cannot be reached gets its error written on the error
+//! stream (kubectl prints it: `an error occurred forwarding 8080 -> 9: ...`) and the
+//! local connection closes, while the others go on. Several ports and connections share
+//! one session.
+//!
+//! **How the pod is reached.** Directly at `podIP:port`: pod addresses are loopback
+//! addresses of the machine their node runs on (README, "Addresses without root"), and
+//! the control plane of a one-machine cluster is on that machine, as it is for the
+//! nodes `wharf up` starts. A pod on a node of another machine is not reachable so yet:
+//! that needs the node tunnel's `CONNECT` (`wharf.dev/tunnel`), whose client lives in the
+//! node crate, which the control plane cannot call; the connection then fails with its
+//! error on the error stream.
+//!
+//! The SPDY/3.1 upgrade kubectl falls back to (a `POST` with `Upgrade: SPDY/3.1`) is
+//! answered with a Status naming the WebSocket protocol: kubectl 1.30+ never needs it.
+
+pub mod spdy;
+
+use super::auth::Identity;
+use super::authz::{self, Verb};
+use super::error::ApiError;
+use super::registry::store;
+use super::registry::subresources::{Serve, SubRequest, Subresource};
+use axum::extract::FromRequestParts;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use http::Method;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// The WebSocket subprotocol kubectl 1.30+ asks for.
+pub const PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+/// How long connecting to a pod's port may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of a pod's output one data frame carries.
+const CHUNK: usize = 32 * 1024;
+
+/// `pods/NAME/portforward`.
+pub static PORTFORWARD: Subresource = Subresource {
+    name: "portforward",
+    body: None,
+    schema: None,
+    verbs: &["create", "get"],
+    serve: Serve::Handler(handle),
+};
+
+fn handle(req: SubRequest<'_>) -> BoxFuture<'_, Result<Response, ApiError>> {
+    Box::pin(async move {
+        let Some(name) = req.target.name.as_deref() else {
+            return Err(ApiError::MethodNotAllowed(
+                "port-forward names its pod: .../pods/NAME/portforward".into(),
+            ));
+        };
+        // Forwarding is `create` on `pods/portforward` whichever upgrade carries it.
+        let identity = req.parts.extensions.get::<Identity>();
+        authz::enforce(req.state, identity, Verb::Create, req.target).await?;
+        let pod = store::get_object(req.state, req.target, name).await?;
+        if req.parts.method != Method::GET {
+            return Err(ApiError::BadRequest(format!(
+                "port-forward is served over WebSocket with the subprotocol {PROTOCOL} \
+                 (kubectl 1.30 and newer); {} with Upgrade: SPDY/3.1 is not",
+                req.parts.method
+            )));
+        }
+        let ip = pod_ip(&pod).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "pod {name} has no address yet: it is not running on a node"
+            ))
+        })?;
+        let mut parts = upgrade_parts(req.parts)?;
+        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "port-forward needs a WebSocket upgrade with the subprotocol {PROTOCOL}: {}",
+                    e.body_text()
+                ))
+            })?;
+        let offered = req
+            .parts
+            .headers
+            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == PROTOCOL);
+        if !offered {
+            return Err(ApiError::BadRequest(format!(
+                "port-forward speaks the WebSocket subprotocol {PROTOCOL} only"
+            )));
+        }
+        let pod_name = name.to_string();
+        Ok(ws
+            .protocols([PROTOCOL])
+            .on_upgrade(move |socket| async move {
+                serve_session(socket, ip).await;
+                tracing::debug!(pod = %pod_name, "port-forward session ended");
+            })
+            .into_response())
+    })
+}
+
+/// A copy of the request head that the WebSocket upgrade can take apart.
+fn upgrade_parts(parts: &http::request::Parts) -> Result<http::request::Parts, ApiError> {
+    let mut req = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version)
+        .body(())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    *req.headers_mut() = parts.headers.clone();
+    if let Some(on_upgrade) = parts.extensions.get::<hyper::upgrade::OnUpgrade>() {
+        req.extensions_mut().insert(on_upgrade.clone());
+    }
+    Ok(req.into_parts().0)
+}
+
+fn pod_ip(pod: &Value) -> Option<IpAddr> {
+    pod.pointer("/status/podIP")?.as_str()?.parse().ok()
+}
+
+/// What a stream is for, from its headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamType {
+    Error,
+    Data,
+}
+
+/// A stream's headers, read.
+fn stream_of(headers: &HashMap<String, String>) -> Result<(StreamType, u16, String), String> {
+    let kind = match headers.get("streamtype").map(String::as_str) {
+        Some("error") => StreamType::Error,
+        Some("data") => StreamType::Data,
+        other => return Err(format!("unknown stream type {other:?}")),
+    };
+    let port = headers
+        .get("port")
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("invalid port {:?}", headers.get("port")))?;
+    let request = headers.get("requestid").cloned().unwrap_or_default();
+    Ok((kind, port, request))
+}
+
+/// The two streams of one forwarded connection, as they arrive.
+#[derive(Default)]
+struct Pair {
+    error: Option<u32>,
+    data: Option<(u32, mpsc::Receiver<Bytes>)>,
+}
+
+/// Runs one port-forward session on a WebSocket until either side ends it.
+async fn serve_session(socket: WebSocket, ip: IpAddr) {
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if ws_tx.send(Message::Binary(frame.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = ws_tx.close().await;
+    });
+    let mut reader = spdy::Reader::default();
+    let mut replies = spdy::Writer::default();
+    let mut buf = BytesMut::new();
+    let mut inbound: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut pairs: HashMap<String, Pair> = HashMap::new();
+    'session: loop {
+        let message = match ws_rx.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::debug!("port-forward: the WebSocket failed: {e}");
+                break;
+            }
+            None => break,
+        };
+        match message {
+            Message::Binary(b) => buf.extend_from_slice(&b),
+            Message::Close(_) => break,
+            _ => continue,
+        }
+        loop {
+            let frame = match reader.next(&mut buf) {
+                Ok(Some(f)) => {
+                    tracing::trace!(?f, "port-forward frame");
+                    f
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("port-forward: {e}");
+                    break 'session;
+                }
+            };
+            match frame {
+                spdy::Frame::SynStream {
+                    stream, headers, ..
+                } => {
+                    let _ = out_tx.send(replies.syn_reply(stream));
+                    let (kind, port, request) = match stream_of(&headers) {
+                        Ok(s) => s,
+                        Err(why) => {
+                            tracing::debug!("port-forward stream {stream}: {why}");
+                            let _ = out_tx.send(spdy::Writer::rst_stream(stream, 1));
+                            continue;
+                        }
+                    };
+                    let pair = pairs.entry(request.clone()).or_default();
+                    match kind {
+                        StreamType::Error => pair.error = Some(stream),
+                        StreamType::Data => {
+                            let (tx, rx) = mpsc::channel(64);
+                            inbound.insert(stream, tx);
+                            pair.data = Some((stream, rx));
+                        }
+                    }
+                    if pair.error.is_some()
+                        && pair.data.is_some()
+                        && let Some(Pair {
+                            error: Some(error),
+                            data: Some((data, rx)),
+                        }) = pairs.remove(&request)
+                    {
+                        let out = out_tx.clone();
+                        tokio::spawn(forward(SocketAddr::new(ip, port), error, data, rx, out));
+                    }
+                }
+                spdy::Frame::Data { stream, fin, data } => {
+                    if let Some(tx) = inbound.get(&stream)
+                        && !data.is_empty()
+                        && tx.send(data).await.is_err()
+                    {
+                        inbound.remove(&stream);
+                    }
+                    if fin {
+                        inbound.remove(&stream);
+                    }
+                }
+                spdy::Frame::RstStream { stream } => {
+                    inbound.remove(&stream);
+                }
+                spdy::Frame::Ping { id } => {
+                    let _ = out_tx.send(spdy::Writer::ping(id));
+                }
+                spdy::Frame::GoAway => break 'session,
+                spdy::Frame::Ignored => {}
+            }
+        }
+    }
+    drop(inbound);
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+/// One forwarded connection: the pod's port and the data stream, both ways; a failure to
+/// connect is written on the error stream.
+async fn forward(
+    target: SocketAddr,
+    error: u32,
+    data: u32,
+    mut from_client: mpsc::Receiver<Bytes>,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+) {
+    let conn = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return refuse(&out, error, data, target, &e.to_string()),
+        Err(_) => return refuse(&out, error, data, target, "timed out connecting"),
+    };
+    let _ = conn.set_nodelay(true);
+    let (mut rd, mut wr) = conn.into_split();
+    let to_pod = async move {
+        while let Some(chunk) = from_client.recv().await {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    let out_data = out.clone();
+    let from_pod = async move {
+        let mut chunk = vec![0u8; CHUNK];
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out_data
+                        .send(spdy::Writer::data(data, false, &chunk[..n]))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = out_data.send(spdy::Writer::data(data, true, &[]));
+    };
+    // The pair ends when the pod's side does (as the kubelet's forwarder returns): kubectl
+    // closes the local connection once the error stream ends. A client that only
+    // half-closed its side keeps reading until then.
+    let to_pod = tokio::spawn(to_pod);
+    from_pod.await;
+    to_pod.abort();
+    let _ = out.send(spdy::Writer::data(error, true, &[]));
+}
+
+fn refuse(
+    out: &mpsc::UnboundedSender<Vec<u8>>,
+    error: u32,
+    data: u32,
+    target: SocketAddr,
+    why: &str,
+) {
+    let message = format!("failed to connect to the pod at {target}: {why}");
+    let _ = out.send(spdy::Writer::data(error, true, message.as_bytes()));
+    let _ = out.send(spdy::Writer::data(data, true, &[]));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_headers() {
+        let h = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        assert_eq!(
+            stream_of(&h(&[
+                ("streamtype", "data"),
+                ("port", "8080"),
+                ("requestid", "3")
+            ])),
+            Ok((StreamType::Data, 8080, "3".to_string()))
+        );
+        assert!(stream_of(&h(&[("streamtype", "data"), ("port", "0")])).is_err());
+        assert!(stream_of(&h(&[("streamtype", "x"), ("port", "80")])).is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! End-to-end: `kubectl port-forward` (the WebSocket `SPDY/3.1+portforward.k8s.io`
+//! protocol of kubectl 1.30+) to a hello-http pod and to its Service, carrying 1,000 HTTP
+//! requests, several ports at once, and an error for a port nothing listens on.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::kubectl::Kubectl;
+use common::{Cluster, POD_TIMEOUT, build_samples, free_port, http_get, http_ok, sample};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+
+/// `kubectl port-forward ARGS...`, once it printed a `Forwarding from` line per port.
+async fn port_forward(k: &Kubectl<'_>, args: &[&str], ports: usize) -> Child {
+    let mut full = vec!["port-forward"];
+    full.extend_from_slice(args);
+    let mut child = k
+        .command(&full)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = 0;
+    tokio::time::timeout(POD_TIMEOUT, async {
+        while seen < ports {
+            let line = lines.next_line().await.unwrap().unwrap_or_else(|| {
+                panic!("kubectl port-forward {args:?} exited before forwarding")
+            });
+            if line.starts_with("Forwarding from 127.0.0.1") {
+                seen += 1;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("kubectl port-forward {args:?} did not start"));
+    // Keep draining stdout ("Handling connection for ...") so kubectl never blocks.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+async fn requests(addr: SocketAddr, n: usize) {
+    for i in 0..n {
+        let (code, body) = http_get(addr, "/")
+            .await
+            .unwrap_or_else(|e| panic!("request {i} through {addr}: {e}"));
+        assert_eq!(code, 200, "request {i}: {body}");
+        assert!(body.contains("hello"), "request {i}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_to_a_pod_and_a_service() {
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), 1).await;
+    let k = Kubectl {
+        kubeconfig: &cluster.kubeconfig,
+    };
+    let port = free_port();
+    let manifest = dir.path().join("hello.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: hello
+  labels: {{app: hello}}
+spec:
+  containers:
+    - name: hello
+      image: {image}
+      ports:
+        - {{containerPort: {port}, name: http}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: hello
+spec:
+  selector: {{app: hello}}
+  ports:
+    - {{name: web, port: 80, targetPort: http}}
+",
+            image = sample("hello-http", "hello_http")
+        ),
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", manifest.to_str().unwrap()]).await;
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/hello",
+        "--timeout=120s",
+    ])
+    .await;
+
+    // A pod, three port pairs at once: two to the served port, one to a port nothing
+    // listens on.
+    let (local, local2, closed_local) = (free_port(), free_port(), free_port());
+    let closed = free_port();
+    let mut pf = port_forward(
+        &k,
+        &[
+            "pod/hello",
+            &format!("{local}:{port}"),
+            &format!("{local2}:{port}"),
+            &format!("{closed_local}:{closed}"),
+        ],
+        3,
+    )
+    .await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], local));
+    let addr2 = SocketAddr::from(([127, 0, 0, 1], local2));
+    http_ok(addr, "/", Duration::from_secs(30)).await;
+    requests(addr, 500).await;
+    requests(addr2, 500).await;
+    // The closed port: the local connection ends without an answer and kubectl reports
+    // the error the server wrote on the error stream (kubectl 1.32 then ends the session).
+    let closed_addr = SocketAddr::from(([127, 0, 0, 1], closed_local));
+    assert!(
+        !matches!(http_get(closed_addr, "/").await, Ok((200, _))),
+        "a closed port answers nothing"
+    );
+    let mut stderr = BufReader::new(pf.stderr.take().unwrap()).lines();
+    let reported = tokio::time::timeout(POD_TIMEOUT, async {
+        let mut seen = String::new();
+        while let Ok(Some(line)) = stderr.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(&format!("{closed_local} -> {closed}"))
+                && line.contains("failed to connect")
+            {
+                return Ok(seen);
+            }
+        }
+        Err(seen)
+    })
+    .await;
+    assert!(
+        matches!(reported, Ok(Ok(_))),
+        "kubectl reports the closed port: {reported:?}"
+    );
+    pf.start_kill().unwrap();
+    let _ = pf.wait().await;
+
+    // The Service: kubectl resolves it to the pod and the named target port.
+    let svc_local = free_port();
+    let mut pf = port_forward(&k, &["svc/hello", &format!("{svc_local}:80")], 1).await;
+    requests(SocketAddr::from(([127, 0, 0, 1], svc_local)), 1000).await;
+    pf.start_kill().unwrap();
+    let _ = pf.wait().await;
+}
