@@ -1,6 +1,7 @@
 //! End-to-end: `kubectl port-forward` (the WebSocket `SPDY/3.1+portforward.k8s.io`
 //! protocol of kubectl 1.30+) to a hello-http pod and to its Service, carrying 1,000 HTTP
-//! requests, several ports at once, and an error for a port nothing listens on.
+//! requests, several ports at once, and an error for a port nothing listens on; and the
+//! SPDY/3.1 upgrade kubectl falls back to.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -13,12 +14,17 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 
-/// `kubectl port-forward ARGS...`, once it printed a `Forwarding from` line per port.
-async fn port_forward(k: &Kubectl<'_>, args: &[&str], ports: usize) -> Child {
+/// `kubectl port-forward ARGS...`, once it printed a `Forwarding from` line per port;
+/// over SPDY (kubectl's fallback) instead of WebSocket with `spdy`.
+async fn port_forward(k: &Kubectl<'_>, args: &[&str], ports: usize, spdy: bool) -> Child {
     let mut full = vec!["port-forward"];
     full.extend_from_slice(args);
     let mut child = k
         .command(&full)
+        .env(
+            "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+            if spdy { "false" } else { "true" },
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -112,6 +118,7 @@ spec:
             &format!("{closed_local}:{closed}"),
         ],
         3,
+        false,
     )
     .await;
     let addr = SocketAddr::from(([127, 0, 0, 1], local));
@@ -150,8 +157,36 @@ spec:
 
     // The Service: kubectl resolves it to the pod and the named target port.
     let svc_local = free_port();
-    let mut pf = port_forward(&k, &["svc/hello", &format!("{svc_local}:80")], 1).await;
+    let mut pf = port_forward(&k, &["svc/hello", &format!("{svc_local}:80")], 1, false).await;
     requests(SocketAddr::from(([127, 0, 0, 1], svc_local)), 1000).await;
     pf.start_kill().unwrap();
     let _ = pf.wait().await;
+
+    // The SPDY/3.1 upgrade, which kubectl falls back to (and older kubectls only speak).
+    let spdy_local = free_port();
+    let pf = port_forward(
+        &k,
+        &["-v=6", "pod/hello", &format!("{spdy_local}:{port}")],
+        1,
+        true,
+    )
+    .await;
+    requests(SocketAddr::from(([127, 0, 0, 1], spdy_local)), 200).await;
+    let pid = pf.id().unwrap().to_string();
+    tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), pf.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.lines().any(|l| l.contains(r#"verb="POST""#)
+            && l.contains("/portforward")
+            && l.contains("101 Switching Protocols")),
+        "kubectl used the SPDY upgrade: {log}"
+    );
 }

@@ -2778,3 +2778,57 @@ async fn exec_is_answered_with_what_to_use_instead() {
         .unwrap_or_default();
     assert_eq!(exec["verbs"], json!(["create", "get"]), "{discovery}");
 }
+
+/// Issue 11: `pods/portforward` is served only as an upgrade, to a pod that exists and has
+/// an address.
+#[tokio::test]
+async fn portforward_needs_an_upgrade_and_a_running_pod() {
+    let api = api().await;
+    let (code, _) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(pod("w", json!({}))),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, status) = api
+        .send("GET", "/api/v1/namespaces/default/pods/w/portforward", None)
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no address"),
+        "{status}"
+    );
+    let (code, _) = api
+        .send(
+            "GET",
+            "/api/v1/namespaces/default/pods/nope/portforward",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, _) = api
+        .send_as(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/w/status",
+            "application/merge-patch+json",
+            Some(json!({"status": {"podIP": "127.0.0.1"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, status) = api
+        .send("GET", "/api/v1/namespaces/default/pods/w/portforward", None)
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("WebSocket"),
+        "{status}"
+    );
+}

@@ -19,8 +19,9 @@
 //! node crate, which the control plane cannot call; the connection then fails with its
 //! error on the error stream.
 //!
-//! The SPDY/3.1 upgrade kubectl falls back to (a `POST` with `Upgrade: SPDY/3.1`) is
-//! answered with a Status naming the WebSocket protocol: kubectl 1.30+ never needs it.
+//! The SPDY/3.1 upgrade kubectl falls back to (a `POST` with `Upgrade: SPDY/3.1` and
+//! `X-Stream-Protocol-Version: portforward.k8s.io`, the only way before 1.30) runs the
+//! same session on the HTTP connection itself.
 
 pub mod spdy;
 
@@ -46,6 +47,12 @@ use tokio::sync::mpsc;
 
 /// The WebSocket subprotocol kubectl 1.30+ asks for.
 pub const PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+/// The stream protocol inside SPDY.
+const SUBPROTOCOL: &str = "portforward.k8s.io";
+/// The `Upgrade` of the older way, SPDY over the HTTP connection itself.
+const SPDY_UPGRADE: &str = "SPDY/3.1";
+/// The header that names the stream protocol of a SPDY upgrade.
+const STREAM_PROTOCOL: &str = "x-stream-protocol-version";
 /// How long connecting to a pod's port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of a pod's output one data frame carries.
@@ -71,18 +78,20 @@ fn handle(req: SubRequest<'_>) -> BoxFuture<'_, Result<Response, ApiError>> {
         let identity = req.parts.extensions.get::<Identity>();
         authz::enforce(req.state, identity, Verb::Create, req.target).await?;
         let pod = store::get_object(req.state, req.target, name).await?;
-        if req.parts.method != Method::GET {
-            return Err(ApiError::BadRequest(format!(
-                "port-forward is served over WebSocket with the subprotocol {PROTOCOL} \
-                 (kubectl 1.30 and newer); {} with Upgrade: SPDY/3.1 is not",
-                req.parts.method
-            )));
-        }
         let ip = pod_ip(&pod).ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "pod {name} has no address yet: it is not running on a node"
             ))
         })?;
+        if is_spdy_upgrade(req.parts) {
+            return spdy_upgrade(req.parts, ip);
+        }
+        if req.parts.method != Method::GET {
+            return Err(ApiError::BadRequest(format!(
+                "port-forward needs an upgrade: a WebSocket with the subprotocol {PROTOCOL}, \
+                 or SPDY/3.1"
+            )));
+        }
         let mut parts = upgrade_parts(req.parts)?;
         let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
             .await
@@ -109,11 +118,55 @@ fn handle(req: SubRequest<'_>) -> BoxFuture<'_, Result<Response, ApiError>> {
         Ok(ws
             .protocols([PROTOCOL])
             .on_upgrade(move |socket| async move {
-                serve_session(socket, ip).await;
+                serve_websocket(socket, ip).await;
                 tracing::debug!(pod = %pod_name, "port-forward session ended");
             })
             .into_response())
     })
+}
+
+fn is_spdy_upgrade(parts: &http::request::Parts) -> bool {
+    parts
+        .headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(SPDY_UPGRADE))
+}
+
+/// Answers `101 Switching Protocols` to a SPDY/3.1 upgrade (the protocol kubectl falls
+/// back to, and the only one before 1.30) and serves the session once the connection is
+/// handed over.
+fn spdy_upgrade(parts: &http::request::Parts, ip: IpAddr) -> Result<Response, ApiError> {
+    let offered = parts
+        .headers
+        .get_all(STREAM_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+    if !offered {
+        return Err(ApiError::BadRequest(format!(
+            "port-forward speaks the stream protocol {SUBPROTOCOL} only"
+        )));
+    }
+    let on_upgrade = parts
+        .extensions
+        .get::<hyper::upgrade::OnUpgrade>()
+        .cloned()
+        .ok_or_else(|| ApiError::BadRequest("this connection cannot be upgraded".into()))?;
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => serve_spdy(io, ip).await,
+            Err(e) => tracing::debug!("port-forward: the SPDY upgrade failed: {e}"),
+        }
+    });
+    http::Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, SPDY_UPGRADE)
+        .header(STREAM_PROTOCOL, SUBPROTOCOL)
+        .body(axum::body::Body::empty())
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// A copy of the request head that the WebSocket upgrade can take apart.
@@ -166,8 +219,10 @@ struct Pair {
 }
 
 /// Runs one port-forward session on a WebSocket until either side ends it.
-async fn serve_session(socket: WebSocket, ip: IpAddr) {
-    let (mut ws_tx, mut ws_rx) = socket.split();
+/// Runs a port-forward session over a WebSocket: its binary messages carry the SPDY
+/// bytes.
+async fn serve_websocket(socket: WebSocket, ip: IpAddr) {
+    let (mut ws_tx, ws_rx) = socket.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
         while let Some(frame) = out_rx.recv().await {
@@ -177,25 +232,66 @@ async fn serve_session(socket: WebSocket, ip: IpAddr) {
         }
         let _ = ws_tx.close().await;
     });
+    let incoming = ws_rx
+        .take_while(|m| {
+            let go_on = match m {
+                Ok(Message::Close(_)) => false,
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::debug!("port-forward: the WebSocket failed: {e}");
+                    false
+                }
+            };
+            std::future::ready(go_on)
+        })
+        .filter_map(|m| {
+            std::future::ready(match m {
+                Ok(Message::Binary(b)) => Some(b),
+                _ => None,
+            })
+        });
+    serve_session(incoming, out_tx, ip).await;
+    let _ = writer.await;
+}
+
+/// Runs a port-forward session over a connection upgraded to SPDY/3.1 itself.
+async fn serve_spdy(io: hyper::upgrade::Upgraded, ip: IpAddr) {
+    let (rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(io));
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let incoming =
+        futures::stream::unfold((rd, vec![0u8; CHUNK]), |(mut rd, mut chunk)| async move {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => Some((Bytes::copy_from_slice(&chunk[..n]), (rd, chunk))),
+            }
+        });
+    serve_session(incoming, out_tx, ip).await;
+    let _ = writer.await;
+}
+
+/// Runs one port-forward session: SPDY bytes from `incoming`, frames to `out`, until the
+/// client ends it.
+async fn serve_session(
+    incoming: impl futures::Stream<Item = Bytes>,
+    out_tx: mpsc::UnboundedSender<Vec<u8>>,
+    ip: IpAddr,
+) {
+    let mut incoming = std::pin::pin!(incoming);
     let mut reader = spdy::Reader::default();
     let mut replies = spdy::Writer::default();
     let mut buf = BytesMut::new();
     let mut inbound: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
     let mut pairs: HashMap<String, Pair> = HashMap::new();
-    'session: loop {
-        let message = match ws_rx.next().await {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                tracing::debug!("port-forward: the WebSocket failed: {e}");
-                break;
-            }
-            None => break,
-        };
-        match message {
-            Message::Binary(b) => buf.extend_from_slice(&b),
-            Message::Close(_) => break,
-            _ => continue,
-        }
+    'session: while let Some(bytes) = incoming.next().await {
+        buf.extend_from_slice(&bytes);
         loop {
             let frame = match reader.next(&mut buf) {
                 Ok(Some(f)) => {
@@ -264,8 +360,6 @@ async fn serve_session(socket: WebSocket, ip: IpAddr) {
         }
     }
     drop(inbound);
-    drop(out_tx);
-    let _ = writer.await;
 }
 
 /// One forwarded connection: the pod's port and the data stream, both ways; a failure to
