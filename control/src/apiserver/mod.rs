@@ -25,6 +25,7 @@ pub mod objects;
 pub mod openapi;
 pub mod paging;
 pub mod proxy;
+pub mod rbac;
 pub mod registry;
 pub mod request;
 pub mod resources;
@@ -90,6 +91,8 @@ pub struct AppState {
     /// Cancelled when the server shuts down: ends every open watch so that draining
     /// connections finishes.
     pub shutdown: CancellationToken,
+    /// The RBAC policy the authorizer reads, following the store.
+    pub rbac: Arc<rbac::cache::PolicyCache>,
 }
 
 /// The whole API: health and version endpoints without authentication, everything else

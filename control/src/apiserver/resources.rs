@@ -62,7 +62,7 @@ async fn handle(
     // Authorization before any work: no body is read and the store is not touched for a
     // request the caller may not make.
     let watch = paging::bool_param(&query, "watch")?;
-    if let Some(verb) = Verb::of(&parts.method, target.name.is_some(), watch) {
+    if let Some(verb) = Verb::of_target(&parts.method, &target, watch) {
         authz::enforce(&state, parts.extensions.get::<Identity>(), verb, &target).await?;
     }
     let status_sub = match target.subresource.as_deref() {
@@ -113,12 +113,20 @@ async fn handle(
             if let Some(identity) = parts.extensions.get::<Identity>() {
                 super::auth::admit_create(&state, identity, target.kind, &mut body).await?;
             }
+            let identity = parts.extensions.get::<Identity>();
+            authz::write_guard(&state, identity, &target)
+                .await?
+                .check(&target, &body)?;
             let fields = FieldCheck::new(&query, dups)?;
             let obj = store::create(&state, &target, &query, body, &fields).await?;
             Ok(fields.respond(json_response(StatusCode::CREATED, &obj)))
         }
         (&Method::PUT, Some(name)) => {
             let (body, dups) = read_json_checked(body, &parts.headers, &state, JSON).await?;
+            let identity = parts.extensions.get::<Identity>();
+            authz::write_guard(&state, identity, &target)
+                .await?
+                .check(&target, &body)?;
             let (dry, fields) = (query.dry_run()?, FieldCheck::new(&query, dups)?);
             let obj = update_with(&state, &target, &name, status_sub, dry, &fields, |_| {
                 Ok(body.clone())
@@ -142,6 +150,8 @@ async fn handle(
                 dups.clear(); // keys of the operations, not of the object
             }
             let (dry, fields) = (query.dry_run()?, FieldCheck::new(&query, dups)?);
+            let guard =
+                authz::write_guard(&state, parts.extensions.get::<Identity>(), &target).await?;
             let obj = update_with(
                 &state,
                 &target,
@@ -149,7 +159,11 @@ async fn handle(
                 status_sub,
                 dry,
                 &fields,
-                |current| apply_patch(target.kind, &content_type, current, &patch),
+                |current| {
+                    let new = apply_patch(target.kind, &content_type, current, &patch)?;
+                    guard.check(&target, &new)?;
+                    Ok(new)
+                },
             )
             .await?;
             Ok(fields.respond(json_response(StatusCode::OK, &obj)))

@@ -2625,3 +2625,6 @@ mod hardening;
 
 /// Issue 10: the API server over the store seam.
 mod store_seam;
+
+/// Issue 13: RBAC through the API.
+mod rbac;
