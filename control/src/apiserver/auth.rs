@@ -30,6 +30,10 @@
 //! up with one `store.get`: no cache, nothing to keep in sync, and deleting the Secret
 //! revokes the token for the very next request.
 //!
+//! A caller allowed to `impersonate` users (and groups) may act as another identity with
+//! `Impersonate-User` / `Impersonate-Group` headers, as with kube-apiserver (`kubectl
+//! --as alice`); see [`super::reviews::impersonation`].
+//!
 //! The control plane's own components do not hold a token: the in-process client inserts
 //! the system identity as a request extension, which a TCP client cannot forge (extensions
 //! never come from the wire).
@@ -275,7 +279,12 @@ pub async fn require_identity(
     };
     match authenticate(&state, token).await {
         Ok(identity) => {
-            req.extensions_mut().insert(identity);
+            let acting = match super::reviews::impersonation(&state, &identity, req.headers()).await
+            {
+                Ok(impersonated) => impersonated.unwrap_or(identity),
+                Err(e) => return e.into_response(),
+            };
+            req.extensions_mut().insert(acting);
             next.run(req).await
         }
         Err(e) => {

@@ -341,3 +341,133 @@ async fn the_bootstrap_policy_is_present_aggregated_and_reconciled() {
         .expect("idempotent");
     assert_eq!(api.revision().await, before, "nothing to change");
 }
+
+async fn review(api: &TestApi, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+    api.send_with(token, "POST", path, "application/json", Some(body))
+        .await
+}
+
+#[tokio::test]
+async fn reviews_answer_what_can_i_and_whoami() {
+    let api = api_with_alice().await;
+    bootstrap::reconcile(api.client())
+        .await
+        .expect("bootstrap policy");
+    let ssar = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+    let can_list = |ns: &str| {
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+               "spec": {"resourceAttributes": {"namespace": ns, "verb": "list", "resource": "pods"}}})
+    };
+    let (code, out) = review(&api, ALICE, ssar, can_list("a")).await;
+    assert_eq!(code, StatusCode::CREATED, "{out}");
+    assert_eq!(out["status"]["allowed"], false);
+    created(
+        &api,
+        &format!("{RBAC}/namespaces/a/rolebindings"),
+        binding("alice-views", "ClusterRole", "view", "alice"),
+    )
+    .await;
+    let (_, out) = review(&api, ALICE, ssar, can_list("a")).await;
+    assert_eq!(out["status"]["allowed"], true, "{out}");
+    let (_, out) = review(&api, ALICE, ssar, can_list("b")).await;
+    assert_eq!(out["status"]["allowed"], false, "{out}");
+    let (_, out) = review(
+        &api,
+        ALICE,
+        ssar,
+        json!({"spec": {"nonResourceAttributes": {"path": "/version", "verb": "get"}}}),
+    )
+    .await;
+    assert_eq!(out["status"]["allowed"], true, "{out}");
+
+    let (code, out) = review(
+        &api,
+        ALICE,
+        "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+        json!({"spec": {"namespace": "a"}}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{out}");
+    let rules = out["status"]["resourceRules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        rules.iter().any(|r| r["resources"]
+            .as_array()
+            .is_some_and(|l| l.contains(&json!("pods")))
+            && r["verbs"] == json!(["get", "list", "watch"])),
+        "{out}"
+    );
+    assert!(
+        !rules.iter().any(|r| r["resources"]
+            .as_array()
+            .is_some_and(|l| l.contains(&json!("secrets")))),
+        "{out}"
+    );
+
+    let (code, out) = review(
+        &api,
+        ALICE,
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{out}");
+    assert_eq!(
+        out["status"]["userInfo"],
+        json!({"username": "alice", "groups": ["system:authenticated"]})
+    );
+
+    // Asking about someone else is for administrators.
+    let sar = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
+    let about_alice = json!({"spec": {"user": "alice", "groups": ["system:authenticated"],
+        "resourceAttributes": {"namespace": "a", "verb": "get", "resource": "pods"}}});
+    let (code, out) = review(&api, ALICE, sar, about_alice.clone()).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{out}");
+    let (code, out) = api.send("POST", sar, Some(about_alice)).await;
+    assert_eq!(code, StatusCode::CREATED, "{out}");
+    assert_eq!(out["status"]["allowed"], true, "{out}");
+    // Nothing was stored.
+    let (code, _) = api.send("GET", ssar, None).await;
+    assert_ne!(code, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn impersonation_needs_the_impersonate_verb() {
+    let api = api_with_alice().await;
+    bootstrap::reconcile(api.client())
+        .await
+        .expect("bootstrap policy");
+    let get = |token: &str, user: &str, uri: &str| {
+        http::Request::builder()
+            .method("GET")
+            .uri(uri)
+            .header("authorization", format!("Bearer {token}"))
+            .header("impersonate-user", user)
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
+    // The admin acting as alice is alice.
+    let (code, status) = api
+        .request(get(
+            super::super::testing::ADMIN_TOKEN,
+            "alice",
+            "/api/v1/namespaces/b/pods",
+        ))
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{status}");
+    assert_eq!(
+        status["message"],
+        "pods is forbidden: User \"alice\" cannot list resource \"pods\" in API group \"\" in the namespace \"b\""
+    );
+    // Alice may not act as anyone.
+    let (code, status) = api
+        .request(get(ALICE, "bob", "/api/v1/namespaces/a/pods"))
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{status}");
+    assert_eq!(
+        status["message"],
+        "users \"bob\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"
+    );
+}
