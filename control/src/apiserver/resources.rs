@@ -138,8 +138,13 @@ async fn handle(
             let content_type = content_type(&parts.headers);
             let (patch, mut dups) =
                 read_json_checked(body, &parts.headers, &state, PATCH_TYPES).await?;
+            let guard =
+                authz::write_guard(&state, parts.extensions.get::<Identity>(), &target).await?;
             if content_type == apply::CONTENT_TYPE {
-                return server_side_apply(&state, &target, &name, status_sub, &query, &patch).await;
+                return server_side_apply(
+                    &state, &target, &name, status_sub, &query, &patch, &guard,
+                )
+                .await;
             }
             if query.get("force").is_some() {
                 return Err(ApiError::BadRequest(
@@ -150,8 +155,6 @@ async fn handle(
                 dups.clear(); // keys of the operations, not of the object
             }
             let (dry, fields) = (query.dry_run()?, FieldCheck::new(&query, dups)?);
-            let guard =
-                authz::write_guard(&state, parts.extensions.get::<Identity>(), &target).await?;
             let obj = update_with(
                 &state,
                 &target,
@@ -227,6 +230,7 @@ async fn server_side_apply(
     status_sub: bool,
     query: &Query,
     config: &Value,
+    guard: &authz::WriteGuard,
 ) -> Result<Response, ApiError> {
     let now = now_rfc3339();
     let applier = apply::Applier {
@@ -248,12 +252,15 @@ async fn server_side_apply(
     // A create that loses the race to another creator applies to what it created.
     for _ in 0..MAX_RETRIES {
         let updated = update_with(state, target, name, status_sub, dry, &fields, |live| {
-            apply::apply(target.kind, live, config, &applier).map_err(to_api)
+            let new = apply::apply(target.kind, live, config, &applier).map_err(to_api)?;
+            guard.check(target, &new)?;
+            Ok(new)
         })
         .await;
         match updated {
             Err(ApiError::NotFound { .. }) if !status_sub => {
                 let obj = apply::create(target.kind, name, config, &applier).map_err(to_api)?;
+                guard.check(target, &obj)?;
                 match store::create(state, target, query, obj, &fields).await {
                     Err(ApiError::AlreadyExists { .. }) => continue,
                     other => {

@@ -202,6 +202,22 @@ async fn escalation_is_refused_unless_bind_or_escalate_is_held() {
         )
         .await;
     assert_eq!(code, StatusCode::FORBIDDEN, "{status}");
+    // Nor by a server-side apply, to an existing role or a new one.
+    for name in ["getter", "applied"] {
+        let (code, status) = api
+            .send_with(
+                ALICE,
+                "PATCH",
+                &format!("{roles}/{name}?fieldManager=alice&force=true"),
+                "application/apply-patch+yaml",
+                Some(role(
+                    name,
+                    json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]),
+                )),
+            )
+            .await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{name}: {status}");
+    }
     // A binding to cluster-admin is refused...
     let bindings = format!("{RBAC}/namespaces/a/rolebindings");
     let (code, status) = as_alice(
