@@ -309,6 +309,25 @@ fn aggregate(cluster_roles: &[ClusterRole]) -> HashMap<String, Vec<PolicyRule>> 
         .collect()
 }
 
+/// The rules each ClusterRole with an `aggregationRule` should hold, by name: what the
+/// aggregation controller writes into them. Deterministic whatever the input order.
+pub fn aggregated_rules(cluster_roles: &[ClusterRole]) -> Vec<(String, Vec<PolicyRule>)> {
+    let mut sorted = cluster_roles.to_vec();
+    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let resolved = aggregate(&sorted);
+    let mut out: Vec<(String, Vec<PolicyRule>)> = sorted
+        .iter()
+        .filter(|c| c.aggregation_rule.is_some())
+        .filter_map(|c| {
+            let name = c.metadata.name.clone()?;
+            let rules = resolved.get(&name).cloned().unwrap_or_default();
+            Some((name, rules))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// One permission a rule grants: a verb on one group/resource (and name), or on a URL.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Atom {
