@@ -399,6 +399,51 @@ const ALL_VERBS_BY_NAME: &[(&str, Verb)] = &[
     ("deletecollection", Verb::DeleteCollection),
 ];
 
+/// Whether `path` names resources (`/api/v1/pods`, `/apis/apps/v1/deployments`), which
+/// dispatch authorizes, rather than discovery, OpenAPI or another non-resource path.
+pub fn is_resource_path(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.first() {
+        Some(&"api") => segments.len() >= 3,
+        Some(&"apis") => segments.len() >= 4,
+        _ => false,
+    }
+}
+
+/// Middleware (after authentication): a non-resource path (discovery, OpenAPI) is
+/// authorized by its path and lowercased method as the verb, as kube-apiserver does;
+/// `system:discovery` grants them to everyone authenticated. 403 reads `forbidden: User
+/// "alice" cannot get path "/apis"`.
+pub async fn authorize_non_resource(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path().to_string();
+    if is_resource_path(&path) {
+        return next.run(req).await;
+    }
+    let Some(identity) = req.extensions().get::<Identity>().cloned() else {
+        return next.run(req).await; // authentication answered already
+    };
+    let verb = req.method().as_str().to_ascii_lowercase();
+    let attrs = rbac::Attributes {
+        user: &identity,
+        verb: &verb,
+        request: rbac::Request::NonResource { path: &path },
+    };
+    match allowed(&state, &attrs).await {
+        Ok(true) => next.run(req).await,
+        Ok(false) => ApiError::Forbidden(format!(
+            "forbidden: User \"{}\" cannot {verb} path \"{path}\"",
+            identity.user
+        ))
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Whether RBAC allows `attrs`: by the cached policy, and if that denies, by the policy
 /// as stored now (so that a binding just created counts at once).
 pub async fn rbac_allows(state: &AppState, attrs: &rbac::Attributes<'_>) -> Result<bool, ApiError> {

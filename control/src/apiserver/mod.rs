@@ -134,6 +134,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/{version}/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .fallback(not_found)
+        // Runs after the identity layer below.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authz::authorize_non_resource,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_identity,

@@ -487,3 +487,22 @@ async fn impersonation_needs_the_impersonate_verb() {
         "users \"bob\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"
     );
 }
+
+#[tokio::test]
+async fn discovery_is_for_those_rbac_lets_discover() {
+    let api = api_with_alice().await;
+    // Before the bootstrap policy binds system:discovery, alice discovers nothing.
+    let (code, status) = as_alice(&api, "GET", "/apis", None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{status}");
+    assert_eq!(
+        status["message"],
+        "forbidden: User \"alice\" cannot get path \"/apis\""
+    );
+    bootstrap::reconcile(api.client())
+        .await
+        .expect("bootstrap policy");
+    for path in ["/api", "/apis", "/api/v1", "/apis/apps/v1", "/openapi/v3"] {
+        let (code, out) = as_alice(&api, "GET", path, None).await;
+        assert_eq!(code, StatusCode::OK, "{path}: {out}");
+    }
+}
