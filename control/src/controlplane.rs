@@ -85,6 +85,8 @@ pub struct ControlConfig {
     pub watch_history: usize,
     /// Bounds on clients that connect and send nothing.
     pub timeouts: ServeTimeouts,
+    /// Static user tokens (`--token-auth-file`, see [`crate::apiserver::auth`]).
+    pub token_auth_file: Option<PathBuf>,
 }
 
 impl ControlConfig {
@@ -99,6 +101,7 @@ impl ControlConfig {
             controllers: Default::default(),
             watch_history: StoreConfig::new("").log_max_events,
             timeouts: ServeTimeouts::default(),
+            token_auth_file: None,
         }
     }
 }
@@ -214,6 +217,19 @@ pub async fn start(
     let admin_token = load_or_create_token(&dir.join("admin.token")).await?;
     let auth = Arc::new(Authenticator::new());
     auth.add_token(admin_token.clone(), Identity::admin());
+    if let Some(path) = &config.token_auth_file {
+        let text = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|error| ControlError::Io {
+                path: path.clone(),
+                error,
+            })?;
+        let tokens = crate::apiserver::auth::parse_token_file(&text)
+            .map_err(|e| ControlError::Bootstrap(format!("{}: {e}", path.display())))?;
+        for (token, identity) in tokens {
+            auth.add_token(token, identity);
+        }
+    }
 
     pki::install_crypto_provider();
     let pki_dir = dir.join("pki");
@@ -236,9 +252,15 @@ pub async fn start(
         auth,
         config: Arc::new(config.api.clone()),
         shutdown: shutdown.clone(),
+        rbac: Default::default(),
     };
     let router = apiserver::router(state.clone());
     bootstrap_namespaces(&router).await?;
+    apiserver::rbac::bootstrap::reconcile(apiserver::in_process_client(router.clone()))
+        .await
+        .map_err(|e| {
+            ControlError::Bootstrap(format!("reconciling the bootstrap RBAC policy: {e}"))
+        })?;
     apiserver::proxy::ensure_node_proxy_secret(&apiserver::in_process_client(router.clone()))
         .await
         .map_err(|e| ControlError::Bootstrap(e.to_string()))?;

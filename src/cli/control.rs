@@ -25,6 +25,11 @@ pub struct ControlArgs {
     #[arg(long, value_name = "DURATION", default_value = "8760h", value_parser = super::node::parse_duration)]
     node_credential_validity: std::time::Duration,
 
+    /// Static user tokens, one `token,user,uid,"group1,group2"` per line (as
+    /// kube-apiserver's flag); RBAC decides what those users may do
+    #[arg(long, value_name = "FILE")]
+    token_auth_file: Option<PathBuf>,
+
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -56,6 +61,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     let mut config = ControlConfig::new(data_dir);
     config.listen = args.listen;
     config.api.node_credential_validity = args.node_credential_validity;
+    config.token_auth_file = args.token_auth_file;
     args.store.apply(&mut config);
     let shutdown = CancellationToken::new();
     let plane = wharf_control::start(config, shutdown.clone())

@@ -13,7 +13,7 @@ use crate::apiserver::registry::Strategy;
 use crate::apiserver::registry::strategies::{self as s, Plain};
 use k8s_openapi::api::{
     apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-    discovery::v1 as disc,
+    discovery::v1 as disc, rbac::v1 as rbac,
 };
 
 /// Everything the API server and the CLI need to know about one kind.
@@ -156,6 +156,15 @@ pub static KINDS: &[ResourceKind] = &[
     builtin::<batch::Job>("job", &[], true, &s::job::STRATEGY),
     builtin::<coord::Lease>("lease", &[], false, &LEASE),
     builtin::<disc::EndpointSlice>("endpointslice", &[], false, &s::endpointslice::STRATEGY),
+    builtin::<rbac::Role>("role", &[], false, &s::rbac::ROLE),
+    builtin::<rbac::ClusterRole>("clusterrole", &[], false, &s::rbac::CLUSTER_ROLE),
+    builtin::<rbac::RoleBinding>("rolebinding", &[], false, &s::rbac::ROLE_BINDING),
+    builtin::<rbac::ClusterRoleBinding>(
+        "clusterrolebinding",
+        &[],
+        false,
+        &s::rbac::CLUSTER_ROLE_BINDING,
+    ),
 ];
 
 /// The kind served at `group`/`version` under URL name `plural`.
@@ -262,6 +271,38 @@ mod tests {
                     "EndpointSlice",
                     "endpointslices",
                     true,
+                    false,
+                    false
+                ),
+                (
+                    "rbac.authorization.k8s.io",
+                    "Role",
+                    "roles",
+                    true,
+                    false,
+                    false
+                ),
+                (
+                    "rbac.authorization.k8s.io",
+                    "ClusterRole",
+                    "clusterroles",
+                    false,
+                    false,
+                    false
+                ),
+                (
+                    "rbac.authorization.k8s.io",
+                    "RoleBinding",
+                    "rolebindings",
+                    true,
+                    false,
+                    false
+                ),
+                (
+                    "rbac.authorization.k8s.io",
+                    "ClusterRoleBinding",
+                    "clusterrolebindings",
+                    false,
                     false,
                     false
                 ),

@@ -6,6 +6,9 @@
 //!
 //! - **Static tokens** (the admin token of the generated kubeconfig), held in memory by
 //!   the [`Authenticator`].
+//! - **Static user tokens** from a CSV file (`wharf control --token-auth-file`, as
+//!   kube-apiserver's flag): `token,user,uid,"group1,group2"` per line. Such users are in
+//!   `system:authenticated` and may do what RBAC grants them ([`parse_token_file`]).
 //! - **Join tokens**, `wharf-node.<id>.<secret>`, which machines use to join the cluster
 //!   (as kubeadm's bootstrap tokens). Each is a Secret `kube-system/wharf-node-token-<id>`
 //!   of type `wharf.dev/node-token` that holds the SHA-256 of the secret, never the secret
@@ -26,6 +29,10 @@
 //! Both kinds name their Secret by the id inside the token, so a request looks its token
 //! up with one `store.get`: no cache, nothing to keep in sync, and deleting the Secret
 //! revokes the token for the very next request.
+//!
+//! A caller allowed to `impersonate` users (and groups) may act as another identity with
+//! `Impersonate-User` / `Impersonate-Group` headers, as with kube-apiserver (`kubectl
+//! --as alice`); see [`super::reviews::impersonation`].
 //!
 //! The control plane's own components do not hold a token: the in-process client inserts
 //! the system identity as a request extension, which a TCP client cannot forge (extensions
@@ -163,6 +170,64 @@ impl Authenticator {
     }
 }
 
+/// The tokens of a static token file: `token,user,uid` and an optional fourth column of
+/// groups, quoted when there are several (`"g1,g2"`), as kube-apiserver's
+/// `--token-auth-file`. Blank lines and lines starting with `#` are skipped. Every user
+/// is also in `system:authenticated`. `Err` names the first bad line.
+pub fn parse_token_file(text: &str) -> Result<Vec<(String, Identity)>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let cols = split_csv(line);
+        let col = |n: usize| cols.get(n).map(|c| c.trim()).unwrap_or_default();
+        if cols.len() < 3 || col(0).is_empty() || col(1).is_empty() {
+            return Err(format!(
+                "line {}: want token,user,uid[,\"group1,group2\"]",
+                i + 1
+            ));
+        }
+        let mut groups: Vec<String> = col(3)
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(String::from)
+            .collect();
+        if !groups.iter().any(|g| g == GROUP_AUTHENTICATED) {
+            groups.push(GROUP_AUTHENTICATED.into());
+        }
+        out.push((
+            col(0).to_string(),
+            Identity {
+                user: col(1).to_string(),
+                groups,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// One CSV line's fields: commas inside double quotes do not split, `""` is a quote.
+fn split_csv(line: &str) -> Vec<String> {
+    let (mut fields, mut cur, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    fields.push(cur);
+    fields
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -214,7 +279,12 @@ pub async fn require_identity(
     };
     match authenticate(&state, token).await {
         Ok(identity) => {
-            req.extensions_mut().insert(identity);
+            let acting = match super::reviews::impersonation(&state, &identity, req.headers()).await
+            {
+                Ok(impersonated) => impersonated.unwrap_or(identity),
+                Err(e) => return e.into_response(),
+            };
+            req.extensions_mut().insert(acting);
             next.run(req).await
         }
         Err(e) => {
@@ -674,6 +744,33 @@ mod tests {
         for h in ["", "Bearer", "Bearer ", "Basic abc", "Bearerabc", "abc"] {
             assert_eq!(bearer_token(h), None, "{h:?}");
         }
+    }
+
+    #[test]
+    fn token_files_read_like_kube_apiserver() {
+        let got =
+            parse_token_file("# users\nt1,alice,u1\n\nt2,bob,u2,\"dev,ops\"\nt3,carol,u3,qa\n")
+                .expect("valid");
+        let users: Vec<(&str, &str, Vec<&str>)> = got
+            .iter()
+            .map(|(t, i)| {
+                (
+                    t.as_str(),
+                    i.user.as_str(),
+                    i.groups.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            users,
+            [
+                ("t1", "alice", vec!["system:authenticated"]),
+                ("t2", "bob", vec!["dev", "ops", "system:authenticated"]),
+                ("t3", "carol", vec!["qa", "system:authenticated"]),
+            ]
+        );
+        let err = parse_token_file("t1,alice,u1\nt2,bob\n").expect_err("two columns");
+        assert!(err.starts_with("line 2:"), "{err}");
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Authorization: whether an authenticated [`Identity`] may do what a request asks.
 //!
 //! A chain, as kube-apiserver's: administrators (`system:masters`, the control plane
-//! itself) may do everything; a node (`system:node:NAME`, group `system:nodes`) gets what
+//! itself) may do everything; then the Node authorizer below; then RBAC
+//! ([`super::rbac`]) over the Roles and bindings stored in the cluster. A request is
+//! allowed if a link allows it, and denied with kube-apiserver's message when none does.
+//!
+//! The Node authorizer: a node (`system:node:NAME`, group `system:nodes`) gets what
 //! Kubernetes' Node authorizer gives a kubelet; a machine holding only a join token
 //! (`system:node-bootstrap:ID`, group `system:bootstrappers`) may only ask for its node
-//! credential; anyone else nothing. A node credential travels to machines outside the
+//! credential. A node credential travels to machines outside the
 //! control plane's trust, so what it may do is small and tied to the node's own objects:
 //!
 //! - read Nodes, Pods, Services, Endpoints, EndpointSlices and Namespaces (its proxy, DNS
@@ -36,6 +40,7 @@ use super::auth::{
 use super::error::ApiError;
 use super::objects::decode;
 use super::proxy::NODE_PROXY_SECRET_NAME;
+use super::rbac::{self, bootstrap};
 use super::request::Target;
 use crate::api::kinds::ResourceKind;
 use crate::store::{collection_prefix, object_key};
@@ -72,6 +77,15 @@ impl Verb {
             (&Method::DELETE, false) => Verb::DeleteCollection,
             _ => return None,
         })
+    }
+
+    /// The verb of a request with `method` for `target`: as [`Verb::of`], and a POST to
+    /// an object's subresource (an eviction, a binding) creates it.
+    pub fn of_target(method: &Method, target: &Target, watch: bool) -> Option<Verb> {
+        if method == Method::POST && target.name.is_some() && target.subresource.is_some() {
+            return Some(Verb::Create);
+        }
+        Verb::of(method, target.name.is_some(), watch)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -280,9 +294,10 @@ pub fn forbidden_message(
     )
 }
 
-/// Applies [`authorize`] to a resource request: `Ok` when allowed, 403 when denied. A
-/// request without an identity (which the authentication middleware rules out) is 401.
-/// Relations a decision depends on are looked up in the store (memory reads).
+/// Applies the chain to a resource request: [`authorize`], then RBAC. `Ok` when
+/// allowed, 403 when denied. A request without an identity (which the authentication
+/// middleware rules out) is 401. Relations a decision depends on are looked up in the
+/// store (memory reads).
 pub async fn enforce(
     state: &AppState,
     identity: Option<&Identity>,
@@ -312,6 +327,20 @@ pub async fn enforce(
     if allowed {
         return Ok(());
     }
+    let attrs = rbac::Attributes {
+        user: identity,
+        verb: verb.as_str(),
+        request: rbac::Request::Resource {
+            namespace: namespace.unwrap_or_default(),
+            group: target.kind.group,
+            resource: target.kind.plural,
+            subresource: subresource.unwrap_or_default(),
+            name: name.unwrap_or_default(),
+        },
+    };
+    if rbac_allows(state, &attrs).await? {
+        return Ok(());
+    }
     Err(ApiError::Forbidden(forbidden_message(
         identity,
         verb,
@@ -320,6 +349,231 @@ pub async fn enforce(
         name,
         subresource,
     )))
+}
+
+/// Whether the chain allows `attrs` (for the reviews and impersonation, which ask about
+/// any resource, served or not): masters, the Node authorizer for a served kind (a
+/// relation to stored objects is not looked up: such requests are answered as not
+/// allowed), then RBAC.
+pub async fn allowed(state: &AppState, attrs: &rbac::Attributes<'_>) -> Result<bool, ApiError> {
+    if attrs.user.in_group(GROUP_MASTERS) {
+        return Ok(true);
+    }
+    if let rbac::Request::Resource {
+        namespace,
+        group,
+        resource,
+        subresource,
+        name,
+    } = attrs.request
+    {
+        let kind = crate::api::KINDS
+            .iter()
+            .find(|k| k.group == group && k.plural == resource);
+        let verb = ALL_VERBS_BY_NAME.iter().find(|(n, _)| *n == attrs.verb);
+        if let (Some(kind), Some((_, verb))) = (kind, verb) {
+            let d = authorize(
+                attrs.user,
+                *verb,
+                kind,
+                Some(namespace).filter(|s| !s.is_empty()),
+                Some(name).filter(|s| !s.is_empty()),
+                Some(subresource).filter(|s| !s.is_empty()),
+            );
+            if d == Decision::Allow {
+                return Ok(true);
+            }
+        }
+    }
+    rbac_allows(state, attrs).await
+}
+
+const ALL_VERBS_BY_NAME: &[(&str, Verb)] = &[
+    ("get", Verb::Get),
+    ("list", Verb::List),
+    ("watch", Verb::Watch),
+    ("create", Verb::Create),
+    ("update", Verb::Update),
+    ("patch", Verb::Patch),
+    ("delete", Verb::Delete),
+    ("deletecollection", Verb::DeleteCollection),
+];
+
+/// Whether `path` names resources (`/api/v1/pods`, `/apis/apps/v1/deployments`), which
+/// dispatch authorizes, rather than discovery, OpenAPI or another non-resource path.
+pub fn is_resource_path(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.first() {
+        Some(&"api") => segments.len() >= 3,
+        Some(&"apis") => segments.len() >= 4,
+        _ => false,
+    }
+}
+
+/// Middleware (after authentication): a non-resource path (discovery, OpenAPI) is
+/// authorized by its path and lowercased method as the verb, as kube-apiserver does;
+/// `system:discovery` grants them to everyone authenticated. 403 reads `forbidden: User
+/// "alice" cannot get path "/apis"`.
+pub async fn authorize_non_resource(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path().to_string();
+    if is_resource_path(&path) {
+        return next.run(req).await;
+    }
+    let Some(identity) = req.extensions().get::<Identity>().cloned() else {
+        return next.run(req).await; // authentication answered already
+    };
+    let verb = req.method().as_str().to_ascii_lowercase();
+    let attrs = rbac::Attributes {
+        user: &identity,
+        verb: &verb,
+        request: rbac::Request::NonResource { path: &path },
+    };
+    match allowed(&state, &attrs).await {
+        Ok(true) => next.run(req).await,
+        Ok(false) => ApiError::Forbidden(format!(
+            "forbidden: User \"{}\" cannot {verb} path \"{path}\"",
+            identity.user
+        ))
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether RBAC allows `attrs`: by the cached policy, and if that denies, by the policy
+/// as stored now (so that a binding just created counts at once).
+pub async fn rbac_allows(state: &AppState, attrs: &rbac::Attributes<'_>) -> Result<bool, ApiError> {
+    let store_err = |e| ApiError::from_store(e, Default::default());
+    let policy = state
+        .rbac
+        .get(&state.store, &state.shutdown)
+        .await
+        .map_err(store_err)?;
+    if policy.allows(attrs) {
+        return Ok(true);
+    }
+    let fresh = state.rbac.refresh(&state.store).await.map_err(store_err)?;
+    Ok(fresh.allows(attrs))
+}
+
+/// Escalation prevention for writes of RBAC objects, as Kubernetes has it: a Role or
+/// ClusterRole may hold only rules its author holds (in its namespace), unless the author
+/// may `escalate` it; a binding may bind only a role whose rules its author holds, unless
+/// the author may `bind` that role. Masters are not checked. Built before the write
+/// (with the policy as stored now), checked on the object about to be stored.
+pub struct WriteGuard(Option<(Identity, std::sync::Arc<rbac::Policy>)>);
+
+/// The [`WriteGuard`] of a write by `identity` to `target`.
+pub async fn write_guard(
+    state: &AppState,
+    identity: Option<&Identity>,
+    target: &Target,
+) -> Result<WriteGuard, ApiError> {
+    let Some(identity) = identity else {
+        return Ok(WriteGuard(None));
+    };
+    if target.kind.group != rbac::GROUP || identity.in_group(GROUP_MASTERS) {
+        return Ok(WriteGuard(None));
+    }
+    let policy = state
+        .rbac
+        .refresh(&state.store)
+        .await
+        .map_err(|e| ApiError::from_store(e, Default::default()))?;
+    Ok(WriteGuard(Some((identity.clone(), policy))))
+}
+
+impl WriteGuard {
+    /// `Ok` if storing `obj` at `target` grants nothing its author does not hold.
+    pub fn check(&self, target: &Target, obj: &Value) -> Result<(), ApiError> {
+        let Some((user, policy)) = &self.0 else {
+            return Ok(());
+        };
+        let kind = target.kind;
+        let name = target
+            .name
+            .as_deref()
+            .or_else(|| obj.pointer("/metadata/name").and_then(Value::as_str))
+            .unwrap_or_default();
+        let ns = target.namespace.as_deref().unwrap_or_default();
+        let forbidden = |why: String| {
+            ApiError::Forbidden(format!(
+                "{} \"{name}\" is forbidden: {why}",
+                kind.qualified_plural()
+            ))
+        };
+        let may = |verb: &str, resource: &str, rname: &str| {
+            policy.allows(&rbac::Attributes {
+                user,
+                verb,
+                request: rbac::Request::Resource {
+                    namespace: ns,
+                    group: rbac::GROUP,
+                    resource,
+                    subresource: "",
+                    name: rname,
+                },
+            })
+        };
+        let held = policy.rules_for(user, ns);
+        let wanted: Vec<k8s_openapi::api::rbac::v1::PolicyRule> = match kind.kind {
+            "Role" | "ClusterRole" => {
+                if may("escalate", kind.plural, name) {
+                    return Ok(());
+                }
+                if kind.kind == "ClusterRole"
+                    && obj.get("aggregationRule").is_some_and(|a| !a.is_null())
+                {
+                    let all = bootstrap::full_authority();
+                    if !rbac::missing_rules(&held, &all).is_empty() {
+                        return Err(forbidden(
+                            "must have cluster-admin privileges to use the aggregationRule".into(),
+                        ));
+                    }
+                }
+                obj.get("rules")
+                    .cloned()
+                    .and_then(|r| serde_json::from_value(r).ok())
+                    .unwrap_or_default()
+            }
+            "RoleBinding" | "ClusterRoleBinding" => {
+                let Some(role_ref) = obj.get("roleRef").cloned().and_then(|r| {
+                    serde_json::from_value::<k8s_openapi::api::rbac::v1::RoleRef>(r).ok()
+                }) else {
+                    return Ok(()); // validation refuses it
+                };
+                let resource = if role_ref.kind == "Role" {
+                    "roles"
+                } else {
+                    "clusterroles"
+                };
+                if may("bind", resource, &role_ref.name) {
+                    return Ok(());
+                }
+                match policy.role_rules(&role_ref, ns) {
+                    Some(rules) => rules.to_vec(),
+                    None => {
+                        return Err(forbidden(format!(
+                            "{resource}.{} \"{}\" not found",
+                            rbac::GROUP,
+                            role_ref.name
+                        )));
+                    }
+                }
+            }
+            _ => return Ok(()),
+        };
+        let missing = rbac::missing_rules(&held, &wanted);
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(forbidden(rbac::escalation_message(user, &missing)))
+        }
+    }
 }
 
 /// Whether `node` has `relation` to the object `ns/name` of `kind`, as stored now.

@@ -28,9 +28,11 @@ pub mod paging;
 pub mod portforward;
 pub mod protobuf;
 pub mod proxy;
+pub mod rbac;
 pub mod registry;
 pub mod request;
 pub mod resources;
+pub mod reviews;
 pub mod scale;
 pub mod services;
 pub mod table;
@@ -41,7 +43,7 @@ use auth::{Authenticator, Identity};
 use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use error::ApiError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +95,8 @@ pub struct AppState {
     /// Cancelled when the server shuts down: ends every open watch so that draining
     /// connections finishes.
     pub shutdown: CancellationToken,
+    /// The RBAC policy the authorizer reads, following the store.
+    pub rbac: Arc<rbac::cache::PolicyCache>,
 }
 
 /// The whole API: health and version endpoints without authentication, everything else
@@ -114,9 +118,30 @@ pub fn router(state: AppState) -> Router {
         .route("/apis/{group}/{version}/", get(discovery::group_resources))
         .route("/openapi/v3", get(openapi::index))
         .route("/openapi/v3/{*path}", get(openapi::group_version))
+        .route(
+            &reviews::Review::SelfSubjectAccess.path(),
+            post(self_subject_access_review),
+        )
+        .route(
+            &reviews::Review::SubjectAccess.path(),
+            post(subject_access_review),
+        )
+        .route(
+            &reviews::Review::SelfSubjectRules.path(),
+            post(self_subject_rules_review),
+        )
+        .route(
+            &reviews::Review::SelfSubject.path(),
+            post(self_subject_review),
+        )
         .route("/api/{version}/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .fallback(not_found)
+        // Runs after the identity layer below.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authz::authorize_non_resource,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             protobuf::negotiate,
@@ -160,6 +185,22 @@ async fn group_resource(
     req: Request,
 ) -> Response {
     resources::dispatch(state, &group, &version, &rest, req).await
+}
+
+async fn self_subject_access_review(State(state): State<AppState>, req: Request) -> Response {
+    reviews::create(state, reviews::Review::SelfSubjectAccess, req).await
+}
+
+async fn subject_access_review(State(state): State<AppState>, req: Request) -> Response {
+    reviews::create(state, reviews::Review::SubjectAccess, req).await
+}
+
+async fn self_subject_rules_review(State(state): State<AppState>, req: Request) -> Response {
+    reviews::create(state, reviews::Review::SelfSubjectRules, req).await
+}
+
+async fn self_subject_review(State(state): State<AppState>, req: Request) -> Response {
+    reviews::create(state, reviews::Review::SelfSubject, req).await
 }
 
 /// A `kube::Client` that calls `router` in process, as the system identity: no TCP, the

@@ -890,7 +890,8 @@ mod tests {
                 "apis/apps/v1",
                 "apis/batch/v1",
                 "apis/coordination.k8s.io/v1",
-                "apis/discovery.k8s.io/v1"
+                "apis/discovery.k8s.io/v1",
+                "apis/rbac.authorization.k8s.io/v1"
             ]
         );
     }

@@ -62,7 +62,7 @@ async fn handle(
     // Authorization before any work: no body is read and the store is not touched for a
     // request the caller may not make.
     let watch = paging::bool_param(&query, "watch")?;
-    if let Some(verb) = Verb::of(&parts.method, target.name.is_some(), watch) {
+    if let Some(verb) = Verb::of_target(&parts.method, &target, watch) {
         authz::enforce(&state, parts.extensions.get::<Identity>(), verb, &target).await?;
     }
     let status_sub = match target.subresource.as_deref() {
@@ -113,12 +113,20 @@ async fn handle(
             if let Some(identity) = parts.extensions.get::<Identity>() {
                 super::auth::admit_create(&state, identity, target.kind, &mut body).await?;
             }
+            let identity = parts.extensions.get::<Identity>();
+            authz::write_guard(&state, identity, &target)
+                .await?
+                .check(&target, &body)?;
             let fields = FieldCheck::new(&query, dups)?;
             let obj = store::create(&state, &target, &query, body, &fields).await?;
             Ok(fields.respond(json_response(StatusCode::CREATED, &obj)))
         }
         (&Method::PUT, Some(name)) => {
             let (body, dups) = read_json_checked(body, &parts.headers, &state, JSON).await?;
+            let identity = parts.extensions.get::<Identity>();
+            authz::write_guard(&state, identity, &target)
+                .await?
+                .check(&target, &body)?;
             let (dry, fields) = (query.dry_run()?, FieldCheck::new(&query, dups)?);
             let obj = update_with(&state, &target, &name, status_sub, dry, &fields, |_| {
                 Ok(body.clone())
@@ -130,8 +138,13 @@ async fn handle(
             let content_type = content_type(&parts.headers);
             let (patch, mut dups) =
                 read_json_checked(body, &parts.headers, &state, PATCH_TYPES).await?;
+            let guard =
+                authz::write_guard(&state, parts.extensions.get::<Identity>(), &target).await?;
             if content_type == apply::CONTENT_TYPE {
-                return server_side_apply(&state, &target, &name, status_sub, &query, &patch).await;
+                return server_side_apply(
+                    &state, &target, &name, status_sub, &query, &patch, &guard,
+                )
+                .await;
             }
             if query.get("force").is_some() {
                 return Err(ApiError::BadRequest(
@@ -149,7 +162,11 @@ async fn handle(
                 status_sub,
                 dry,
                 &fields,
-                |current| apply_patch(target.kind, &content_type, current, &patch),
+                |current| {
+                    let new = apply_patch(target.kind, &content_type, current, &patch)?;
+                    guard.check(&target, &new)?;
+                    Ok(new)
+                },
             )
             .await?;
             Ok(fields.respond(json_response(StatusCode::OK, &obj)))
@@ -213,6 +230,7 @@ async fn server_side_apply(
     status_sub: bool,
     query: &Query,
     config: &Value,
+    guard: &authz::WriteGuard,
 ) -> Result<Response, ApiError> {
     let now = now_rfc3339();
     let applier = apply::Applier {
@@ -234,12 +252,15 @@ async fn server_side_apply(
     // A create that loses the race to another creator applies to what it created.
     for _ in 0..MAX_RETRIES {
         let updated = update_with(state, target, name, status_sub, dry, &fields, |live| {
-            apply::apply(target.kind, live, config, &applier).map_err(to_api)
+            let new = apply::apply(target.kind, live, config, &applier).map_err(to_api)?;
+            guard.check(target, &new)?;
+            Ok(new)
         })
         .await;
         match updated {
             Err(ApiError::NotFound { .. }) if !status_sub => {
                 let obj = apply::create(target.kind, name, config, &applier).map_err(to_api)?;
+                guard.check(target, &obj)?;
                 match store::create(state, target, query, obj, &fields).await {
                     Err(ApiError::AlreadyExists { .. }) => continue,
                     other => {

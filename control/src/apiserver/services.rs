@@ -930,6 +930,7 @@ mod handler_tests {
             auth,
             config: Arc::new(ApiConfig::default()),
             shutdown: CancellationToken::new(),
+            rbac: Default::default(),
         })
     }
 

@@ -63,6 +63,7 @@ impl TestApi {
             auth,
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
+            rbac: Default::default(),
         };
         let api = TestApi {
             router: router(state.clone()),

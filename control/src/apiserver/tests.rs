@@ -821,7 +821,13 @@ async fn discovery_lists_every_kind() {
         .collect();
     assert_eq!(
         groups,
-        ["apps", "batch", "coordination.k8s.io", "discovery.k8s.io"]
+        [
+            "apps",
+            "batch",
+            "coordination.k8s.io",
+            "discovery.k8s.io",
+            "rbac.authorization.k8s.io"
+        ]
     );
     let (code, _) = api.send("GET", "/apis/apps/v1", None).await;
     assert_eq!(code, StatusCode::OK);
@@ -2832,3 +2838,6 @@ async fn portforward_needs_an_upgrade_and_a_running_pod() {
         "{status}"
     );
 }
+
+/// Issue 13: RBAC through the API.
+mod rbac;

@@ -7,6 +7,7 @@
 //! the API, and returns requeue-or-await-change; a separate error policy backs off. They
 //! all talk to the API server through the in-process client, like any user could.
 
+pub mod clusterroleaggregation;
 pub mod common;
 pub mod daemonset;
 pub mod deployment;
@@ -71,6 +72,7 @@ pub fn start_all(
     nodelifecycle::start(client.clone(), config, shutdown.clone(), tasks);
     gc::start(client.clone(), config, shutdown.clone(), tasks);
     namespace::start(client.clone(), config, shutdown.clone(), tasks);
+    clusterroleaggregation::start(client.clone(), shutdown.clone(), tasks);
     tokencleaner::start(
         client.clone(),
         config.token_cleanup_interval,

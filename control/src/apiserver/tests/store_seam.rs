@@ -56,6 +56,7 @@ fn router_over(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         auth,
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
+        rbac: Default::default(),
     })
 }
 

@@ -11,6 +11,7 @@ pub mod job;
 pub mod namespace;
 pub mod node;
 pub mod pod;
+pub mod rbac;
 pub mod replicaset;
 pub mod secret;
 pub mod service;
