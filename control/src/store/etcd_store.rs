@@ -773,6 +773,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::store::conformance::etcd::{SERIAL, fresh_store};
+    use crate::store::local_etcd::LocalEtcd;
 
     #[test]
     fn writes_with_one_ttl_share_a_lease_for_a_while() {
@@ -936,5 +937,55 @@ mod tests {
         assert_eq!(listed.items.len(), n);
         assert!(listed.items.windows(2).all(|w| w[0].key < w[1].key));
         assert_eq!(listed.revision, store.revision().await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_continue_when_one_of_three_members_dies() {
+        let mut members = tokio::task::spawn_blocking(|| LocalEtcd::cluster(3))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut config = EtcdConfig::new(members.iter().map(|m| m.client_url.clone()).collect());
+        config.request_timeout = Duration::from_secs(2);
+        config.compaction_interval = None;
+        let store = EtcdStore::connect(config).await.unwrap();
+        let value = || Bytes::from_static(b"{}");
+        store.create("c/r/ns/before", value()).await.unwrap();
+        // The leader goes: the survivors must elect another one.
+        let mut leader = None;
+        for (i, member) in members.iter().enumerate() {
+            let mut client = Client::connect([member.client_url.as_str()], None)
+                .await
+                .unwrap();
+            let status = client.status().await.unwrap();
+            if status.header().map(|h| h.member_id()) == Some(status.leader()) {
+                leader = Some(i);
+            }
+        }
+        let dead = members.remove(leader.expect("one member leads"));
+        tokio::task::spawn_blocking(move || drop(dead))
+            .await
+            .unwrap();
+        // Each write is retried while etcd elects a leader or the client moves off the
+        // dead member (`Unavailable`), and must land within the deadline.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for i in 0..20 {
+            let key = format!("c/r/ns/after-{i}");
+            loop {
+                match store.create(&key, value()).await {
+                    Ok(_) => break,
+                    // A create that landed before its answer was lost is there now.
+                    Err(StoreError::AlreadyExists { .. }) => break,
+                    Err(StoreError::Unavailable { .. })
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("write {i} after a member died: {e}"),
+                }
+            }
+        }
+        let listed = store.list("c/r/ns/").await.unwrap();
+        assert_eq!(listed.items.len(), 21);
     }
 }
