@@ -2,6 +2,8 @@
 //! etcd, started by the test on loopback, runs a Deployment; the objects are in etcd under
 //! the cluster's prefix and not in an embedded store.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use k8s_openapi::api::core::v1::Pod;

@@ -180,37 +180,35 @@ impl ControlPlane {
     }
 }
 
+/// What a store failure while starting is, named by where the store is.
+fn store_failed(config: &ControlConfig, error: StoreError) -> ControlError {
+    match &config.backend {
+        StoreBackend::Fjall => ControlError::Store {
+            dir: config.data_dir.join("store"),
+            error,
+        },
+        StoreBackend::Etcd(etcd) => ControlError::Etcd {
+            endpoints: etcd.endpoints.join(","),
+            error,
+        },
+    }
+}
+
 /// The backend of `config`, under the watch cache.
 async fn open_store(config: &ControlConfig) -> Result<Arc<dyn Store>, ControlError> {
-    let dir = config.data_dir.join("store");
-    let (backend, failed): (
-        Arc<dyn Store>,
-        Box<dyn Fn(StoreError) -> ControlError + Send>,
-    ) = match &config.backend {
+    let failed = |error| store_failed(config, error);
+    let backend: Arc<dyn Store> = match &config.backend {
         StoreBackend::Fjall => {
-            let mut store_config = StoreConfig::new(dir.clone());
+            let mut store_config = StoreConfig::new(config.data_dir.join("store"));
             store_config.log_max_events = config.watch_history.max(1);
             let store = tokio::task::spawn_blocking(move || FjallStore::open(store_config))
                 .await
                 .map_err(|e| ControlError::Bootstrap(format!("opening the store: {e}")))?
-                .map_err(|error| ControlError::Store {
-                    dir: dir.clone(),
-                    error,
-                })?;
-            let failed = move |error| ControlError::Store {
-                dir: dir.clone(),
-                error,
-            };
-            (Arc::new(store), Box::new(failed))
+                .map_err(failed)?;
+            Arc::new(store)
         }
         StoreBackend::Etcd(etcd) => {
-            let endpoints = etcd.endpoints.join(",");
-            let failed = move |error| ControlError::Etcd {
-                endpoints: endpoints.clone(),
-                error,
-            };
-            let store = EtcdStore::connect(etcd.clone()).await.map_err(&failed)?;
-            (Arc::new(store), Box::new(failed))
+            Arc::new(EtcdStore::connect(etcd.clone()).await.map_err(failed)?)
         }
     };
     // One watch of the backend feeds every API watcher and serves lists; it keeps no more
