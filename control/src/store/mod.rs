@@ -44,6 +44,7 @@ pub(crate) mod conformance;
 mod etcd_store;
 mod fjall_store;
 pub mod local_etcd;
+pub mod migrate;
 
 pub use cache::{CacheConfig, WatchCache};
 pub use etcd_store::{
