@@ -17,7 +17,9 @@
 use crate::apiserver::auth::{Authenticator, Identity, generate_token};
 use crate::apiserver::{self, ApiConfig, AppState};
 use crate::pki::{self, Pki, PkiError};
-use crate::store::{CacheConfig, FjallStore, Store, StoreConfig, StoreError, WatchCache};
+use crate::store::{
+    CacheConfig, EtcdConfig, EtcdStore, FjallStore, Store, StoreConfig, StoreError, WatchCache,
+};
 use base64::Engine;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -87,6 +89,18 @@ pub struct ControlConfig {
     pub timeouts: ServeTimeouts,
     /// Static user tokens (`--token-auth-file`, see [`crate::apiserver::auth`]).
     pub token_auth_file: Option<PathBuf>,
+    /// Where the cluster state lives.
+    pub backend: StoreBackend,
+}
+
+/// The store backend of a control plane.
+#[derive(Debug, Clone, Default)]
+pub enum StoreBackend {
+    /// The embedded store in `DATA_DIR/store` (the default).
+    #[default]
+    Fjall,
+    /// An etcd cluster; the data dir keeps only credentials.
+    Etcd(EtcdConfig),
 }
 
 impl ControlConfig {
@@ -102,6 +116,7 @@ impl ControlConfig {
             watch_history: StoreConfig::new("").log_max_events,
             timeouts: ServeTimeouts::default(),
             token_auth_file: None,
+            backend: StoreBackend::Fjall,
         }
     }
 }
@@ -115,6 +130,11 @@ pub enum ControlError {
     },
     #[error("cannot open the store in {dir}: {error}")]
     Store { dir: PathBuf, error: StoreError },
+    #[error("cannot use the etcd store at {endpoints}: {error}")]
+    Etcd {
+        endpoints: String,
+        error: StoreError,
+    },
     #[error("{path}: {error}")]
     Io {
         path: PathBuf,
@@ -163,6 +183,52 @@ impl ControlPlane {
     }
 }
 
+/// What a store failure while starting is, named by where the store is.
+fn store_failed(config: &ControlConfig, error: StoreError) -> ControlError {
+    match &config.backend {
+        StoreBackend::Fjall => ControlError::Store {
+            dir: config.data_dir.join("store"),
+            error,
+        },
+        StoreBackend::Etcd(etcd) => ControlError::Etcd {
+            endpoints: etcd.endpoints.join(","),
+            error,
+        },
+    }
+}
+
+/// The backend of `config`, under the watch cache.
+async fn open_store(config: &ControlConfig) -> Result<Arc<dyn Store>, ControlError> {
+    let failed = |error| store_failed(config, error);
+    let backend: Arc<dyn Store> = match &config.backend {
+        StoreBackend::Fjall => {
+            let mut store_config = StoreConfig::new(config.data_dir.join("store"));
+            store_config.log_max_events = config.watch_history.max(1);
+            let store = tokio::task::spawn_blocking(move || FjallStore::open(store_config))
+                .await
+                .map_err(|e| ControlError::Bootstrap(format!("opening the store: {e}")))?
+                .map_err(failed)?;
+            Arc::new(store)
+        }
+        StoreBackend::Etcd(etcd) => {
+            Arc::new(EtcdStore::connect(etcd.clone()).await.map_err(failed)?)
+        }
+    };
+    // One watch of the backend feeds every API watcher and serves lists; it keeps no more
+    // history than `--watch-history` promises.
+    let cache_config = CacheConfig {
+        events: CacheConfig::default()
+            .events
+            .min(config.watch_history.max(1)),
+        ..CacheConfig::default()
+    };
+    Ok(Arc::new(
+        WatchCache::start(backend, cache_config)
+            .await
+            .map_err(failed)?,
+    ))
+}
+
 /// Opens the store, bootstraps credentials and system namespaces, binds and serves.
 pub async fn start(
     config: ControlConfig,
@@ -183,31 +249,7 @@ pub async fn start(
             addr: config.listen,
             error,
         })?;
-    let store_dir = dir.join("store");
-    let mut store_config = StoreConfig::new(store_dir);
-    store_config.log_max_events = config.watch_history.max(1);
-    let store = tokio::task::spawn_blocking(move || FjallStore::open(store_config))
-        .await
-        .map_err(|e| ControlError::Bootstrap(format!("opening the store: {e}")))?
-        .map_err(|error| ControlError::Store {
-            dir: dir.join("store"),
-            error,
-        })?;
-    let backend: Arc<dyn Store> = Arc::new(store);
-    // One watch of the backend feeds every API watcher and serves lists; it keeps no more
-    // history than `--watch-history` promises.
-    let cache_config = CacheConfig {
-        events: CacheConfig::default()
-            .events
-            .min(config.watch_history.max(1)),
-        ..CacheConfig::default()
-    };
-    let store: Arc<dyn Store> = Arc::new(WatchCache::start(backend, cache_config).await.map_err(
-        |error| ControlError::Store {
-            dir: dir.join("store"),
-            error,
-        },
-    )?);
+    let store = open_store(&config).await?;
     // The allocators must hold what the stored Services and Nodes hold before the first
     // allocation (stores from before they existed, leaks after a hand edit).
     apiserver::ipam::repair(store.as_ref())

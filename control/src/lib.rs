@@ -19,4 +19,6 @@ pub mod pki;
 pub mod scheduler;
 pub mod store;
 
-pub use controlplane::{ControlConfig, ControlError, ControlPlane, ServeTimeouts, start};
+pub use controlplane::{
+    ControlConfig, ControlError, ControlPlane, ServeTimeouts, StoreBackend, start,
+};

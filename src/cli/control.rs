@@ -8,7 +8,8 @@ use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
-use wharf_control::{ControlConfig, ControlError};
+use wharf_control::store::{EtcdConfig, EtcdTls};
+use wharf_control::{ControlConfig, ControlError, StoreBackend};
 
 #[derive(Debug, Args)]
 pub struct ControlArgs {
@@ -44,12 +45,76 @@ pub struct StoreArgs {
     /// How long an Event is kept after its last write; then the store deletes it
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = super::node::parse_duration)]
     event_ttl: std::time::Duration,
+
+    /// Where the cluster state lives: `fjall` (embedded, in the data dir) or `etcd`
+    #[arg(long, value_enum, default_value = "fjall")]
+    store: StoreKind,
+
+    /// Client URLs of the etcd members, comma-separated (with --store etcd)
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+
+    /// Key prefix of this cluster in etcd
+    #[arg(long, value_name = "PREFIX", default_value = wharf_control::store::DEFAULT_PREFIX)]
+    etcd_prefix: String,
+
+    /// CA certificate that signed the etcd members' serving certificates (PEM)
+    #[arg(long, value_name = "FILE")]
+    etcd_cafile: Option<PathBuf>,
+
+    /// Client certificate for etcd (PEM), with --etcd-keyfile
+    #[arg(long, value_name = "FILE", requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+
+    /// Key of the client certificate for etcd (PEM), with --etcd-certfile
+    #[arg(long, value_name = "FILE", requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
+
+    /// How often etcd's history is compacted (to the revision of the previous round);
+    /// 0 never compacts (another member or an operator does)
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = super::node::parse_duration)]
+    etcd_compaction_interval: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    Fjall,
+    Etcd,
 }
 
 impl StoreArgs {
-    pub fn apply(&self, config: &mut ControlConfig) {
+    pub fn apply(&self, config: &mut ControlConfig) -> anyhow::Result<()> {
         config.watch_history = self.watch_history;
         config.api.event_ttl = self.event_ttl;
+        config.backend = match self.store {
+            StoreKind::Fjall => StoreBackend::Fjall,
+            StoreKind::Etcd => StoreBackend::Etcd(self.etcd_config()?),
+        };
+        Ok(())
+    }
+
+    fn etcd_config(&self) -> anyhow::Result<EtcdConfig> {
+        if self.etcd_endpoints.is_empty() {
+            anyhow::bail!("--store etcd needs --etcd-endpoints URL[,URL...]");
+        }
+        let prefix = &self.etcd_prefix;
+        if !prefix.starts_with('/') || prefix.ends_with('/') {
+            anyhow::bail!(
+                "--etcd-prefix {prefix:?}: must start with '/' and not end with it (like /registry)"
+            );
+        }
+        let mut config = EtcdConfig::new(self.etcd_endpoints.clone());
+        config.prefix = prefix.clone();
+        let tls = [&self.etcd_cafile, &self.etcd_certfile, &self.etcd_keyfile];
+        if tls.iter().any(|f| f.is_some()) {
+            config.tls = Some(EtcdTls {
+                ca_file: self.etcd_cafile.clone(),
+                cert_file: self.etcd_certfile.clone(),
+                key_file: self.etcd_keyfile.clone(),
+            });
+        }
+        config.compaction_interval = Some(self.etcd_compaction_interval).filter(|d| !d.is_zero());
+        Ok(config)
     }
 }
 
@@ -62,7 +127,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     config.listen = args.listen;
     config.api.node_credential_validity = args.node_credential_validity;
     config.token_auth_file = args.token_auth_file;
-    args.store.apply(&mut config);
+    args.store.apply(&mut config)?;
     let shutdown = CancellationToken::new();
     let plane = wharf_control::start(config, shutdown.clone())
         .await
@@ -124,7 +189,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(std::iter::once("wharf").chain(args.iter().copied())).unwrap();
         let mut config = ControlConfig::new("/nonexistent");
-        cli.store.apply(&mut config);
+        cli.store.apply(&mut config).unwrap();
         config
     }
 
@@ -137,5 +202,60 @@ mod tests {
             Duration::from_secs(1800)
         );
         assert!(Cli::try_parse_from(["wharf", "--event-ttl", "soon"]).is_err());
+    }
+
+    #[test]
+    fn the_store_is_fjall_unless_etcd_is_asked_for_with_its_endpoints() {
+        use std::time::Duration;
+        assert!(matches!(applied(&[]).backend, StoreBackend::Fjall));
+        let config = applied(&[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            "https://a:2379,https://b:2379",
+            "--etcd-cafile",
+            "/ca.crt",
+        ]);
+        let StoreBackend::Etcd(etcd) = config.backend else {
+            panic!("expected etcd");
+        };
+        assert_eq!(etcd.endpoints, ["https://a:2379", "https://b:2379"]);
+        assert_eq!(etcd.prefix, "/registry");
+        assert_eq!(etcd.compaction_interval, Some(Duration::from_secs(300)));
+        let tls = etcd.tls.unwrap();
+        assert_eq!(tls.ca_file, Some(PathBuf::from("/ca.crt")));
+        assert_eq!(tls.cert_file, None);
+
+        let refused = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("wharf").chain(args.iter().copied()));
+            match cli {
+                Err(_) => true,
+                Ok(cli) => cli
+                    .store
+                    .apply(&mut ControlConfig::new("/nonexistent"))
+                    .is_err(),
+            }
+        };
+        assert!(refused(&["--store", "etcd"]), "no endpoints");
+        assert!(refused(&[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            "http://a:2379",
+            "--etcd-prefix",
+            "registry/"
+        ]));
+        assert!(
+            refused(&[
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                "http://a:2379",
+                "--etcd-certfile",
+                "/c"
+            ]),
+            "a certificate without its key"
+        );
+        assert!(refused(&["--store", "zookeeper"]));
     }
 }

@@ -17,6 +17,7 @@ mod get;
 mod logs;
 pub mod manifest;
 mod merge;
+mod migrate;
 mod node;
 mod node_cmds;
 mod node_credential;
@@ -58,6 +59,8 @@ pub enum Command {
     Control(control::ControlArgs),
     /// Run a node agent that joins a cluster and runs its pods
     Node(node::NodeArgs),
+    /// Copy a stopped control plane's embedded store into etcd
+    Migrate(migrate::MigrateArgs),
     /// Create or update objects from manifests (YAML or JSON)
     Apply(apply::ApplyArgs),
     /// List objects, or show some by name
@@ -111,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let kubeconfig = cli.kubeconfig;
     match cli.command {
         Command::Control(args) => control::run(args).await,
+        Command::Migrate(args) => migrate::run(args).await,
         Command::Up(args) => up::run(args).await,
         Command::Node(args) => node::run(kubeconfig, args).await,
         Command::Apply(args) => apply::run(&cluster::connect(kubeconfig).await?, args).await,

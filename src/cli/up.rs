@@ -49,7 +49,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut config = ControlConfig::new(&data_dir);
     config.listen = args.listen;
-    args.store.apply(&mut config);
+    args.store.apply(&mut config)?;
     let plane = wharf_control::start(config, shutdown.clone())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -18,6 +18,50 @@ pub mod kubectl;
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The test-suite switch for the store: with `WHARF_TEST_STORE=etcd` every control plane
+/// these helpers start keeps its state in etcd instead of the embedded store. The flags
+/// are [`etcd_flags`]; unset (or `fjall`) adds none, and so does a test that chose its
+/// store itself (`--store` among its `extra` flags).
+pub async fn store_flags(data_dir: &Path, extra: &[&str]) -> Vec<String> {
+    if extra.contains(&"--store") {
+        return Vec::new();
+    }
+    match std::env::var("WHARF_TEST_STORE").as_deref() {
+        Ok("etcd") => etcd_flags(data_dir).await,
+        Ok("fjall") | Err(_) => Vec::new(),
+        Ok(other) => panic!("WHARF_TEST_STORE={other}: expected etcd or fjall"),
+    }
+}
+
+/// `--store etcd` flags for a control plane with `data_dir`: the one etcd of this test
+/// process (Debian's `etcd`, started on loopback on first use, stopped when the process
+/// ends) and a key prefix of its own, the same for the same `data_dir` so that a
+/// restarted control plane finds its state again.
+pub async fn etcd_flags(data_dir: &Path) -> Vec<String> {
+    let url = tokio::task::spawn_blocking(|| {
+        wharf_control::store::local_etcd::LocalEtcd::shared().map(|e| e.client_url.clone())
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("the etcd for WHARF_TEST_STORE=etcd did not start: {e}"));
+    vec![
+        "--store".into(),
+        "etcd".into(),
+        "--etcd-endpoints".into(),
+        url,
+        "--etcd-prefix".into(),
+        etcd_prefix(data_dir),
+    ]
+}
+
+/// The etcd key prefix [`etcd_flags`] gives the control plane with `data_dir`.
+pub fn etcd_prefix(data_dir: &Path) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut hasher);
+    format!("/wharf-{}-{:016x}", std::process::id(), hasher.finish())
+}
+
 /// A `wharf control` process; killed when dropped.
 pub struct ControlProcess {
     pub child: Child,
@@ -43,6 +87,7 @@ impl ControlProcess {
             .args(["control", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", listen])
+            .args(store_flags(data_dir, extra).await)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -249,6 +294,7 @@ impl Cluster {
             .arg(&data_dir)
             .args(["--listen", "127.0.0.1:0", "--backoff", "200ms", "--nodes"])
             .arg(nodes.to_string())
+            .args(store_flags(&data_dir, extra).await)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

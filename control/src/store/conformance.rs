@@ -119,6 +119,7 @@ async fn already_exists_takes_no_revision(store: &dyn Store) {
 
 async fn txn_is_all_or_nothing(store: &dyn Store) {
     let b = t(store.create("c/r/ns/b", v("b"))).await.unwrap();
+    t(store.create("c/r/ns/c", v("c"))).await.unwrap();
     let before = t(store.revision()).await.unwrap();
     let failing = vec![
         Write::Create {
@@ -153,7 +154,7 @@ async fn txn_is_all_or_nothing(store: &dyn Store) {
             ttl: None,
         },
         Write::Delete {
-            key: "c/r/ns/b".into(),
+            key: "c/r/ns/c".into(),
             expected: None,
         },
     ]))
@@ -168,7 +169,7 @@ async fn txn_is_all_or_nothing(store: &dyn Store) {
         [
             (EventKind::Put, "c/r/ns/a"),
             (EventKind::Put, "c/r/ns/b"),
-            (EventKind::Delete, "c/r/ns/b")
+            (EventKind::Delete, "c/r/ns/c")
         ]
     );
     assert!(events.windows(2).all(|w| w[0].revision <= w[1].revision));
@@ -178,7 +179,7 @@ async fn txn_is_all_or_nothing(store: &dyn Store) {
         seen.iter()
             .map(|e| e.object.key.as_str())
             .collect::<Vec<_>>(),
-        ["c/r/ns/a", "c/r/ns/b", "c/r/ns/b"]
+        ["c/r/ns/a", "c/r/ns/b", "c/r/ns/c"]
     );
     assert_eq!(t(store.txn(Vec::new())).await.unwrap(), Vec::new());
 }
@@ -422,6 +423,99 @@ mod tests {
                     .unwrap(),
             );
             Cached { cache, fjall }
+        })
+        .await;
+    }
+}
+
+/// The suite against a real etcd (Debian's `etcd-server`, installed by `scripts/deps`):
+/// one server for the test binary, a fresh key prefix per store.
+#[cfg(test)]
+pub(crate) mod etcd {
+    use super::*;
+    use crate::store::{CacheConfig, EtcdConfig, EtcdStore, WatchCache, local_etcd::LocalEtcd};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// The shared server's client URL (started on first use).
+    pub(crate) async fn server_url() -> String {
+        tokio::task::spawn_blocking(|| LocalEtcd::shared().map(|s| s.client_url.clone()))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("the etcd these tests need did not start: {e}"))
+    }
+
+    /// Tests that compact the shared server hold this, so no other test's history goes
+    /// away under it.
+    pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// A store under a prefix no other store of this process uses.
+    pub(crate) async fn fresh_store() -> Arc<EtcdStore> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let mut config = EtcdConfig::new(vec![server_url().await]);
+        config.prefix = format!(
+            "/test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        config.compaction_interval = None;
+        Arc::new(EtcdStore::connect(config).await.unwrap())
+    }
+
+    pub(crate) struct Etcd {
+        pub(crate) store: Arc<EtcdStore>,
+    }
+
+    impl Backend for Etcd {
+        fn store(&self) -> Arc<dyn Store> {
+            self.store.clone()
+        }
+        fn compact(&self) -> BoxFuture<'_, Revision> {
+            Box::pin(async {
+                // Keep the latest revision: a watch from the one before it still works.
+                let latest = self.store.revision().await.unwrap();
+                self.store.compact(latest).await.unwrap();
+                latest - 1
+            })
+        }
+    }
+
+    async fn etcd() -> Etcd {
+        Etcd {
+            store: fresh_store().await,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_conforms() {
+        let _serial = SERIAL.lock().await;
+        run(etcd).await;
+    }
+
+    struct Cached {
+        cache: Arc<WatchCache>,
+        etcd: Etcd,
+    }
+
+    impl Backend for Cached {
+        fn store(&self) -> Arc<dyn Store> {
+            self.cache.clone()
+        }
+        fn compact(&self) -> BoxFuture<'_, Revision> {
+            self.etcd.compact()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watch_cache_over_etcd_conforms() {
+        let _serial = SERIAL.lock().await;
+        run(|| async {
+            let etcd = etcd().await;
+            let config = CacheConfig {
+                events: 2,
+                ..CacheConfig::default()
+            };
+            let cache = Arc::new(WatchCache::start(etcd.store.clone(), config).await.unwrap());
+            Cached { cache, etcd }
         })
         .await;
     }

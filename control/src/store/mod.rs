@@ -41,9 +41,15 @@
 mod cache;
 #[cfg(test)]
 pub(crate) mod conformance;
+mod etcd_store;
 mod fjall_store;
+pub mod local_etcd;
+pub mod migrate;
 
 pub use cache::{CacheConfig, WatchCache};
+pub use etcd_store::{
+    DEFAULT_COMPACTION_INTERVAL, DEFAULT_PREFIX, EtcdConfig, EtcdStore, EtcdTls, LIST_PAGE,
+};
 pub use fjall_store::{Clock, FjallStore, StoreConfig, StoreStats};
 
 use bytes::Bytes;
@@ -395,7 +401,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies `writes` atomically: either every precondition holds and every write takes
     /// effect (the events are answered in order), or nothing changes and the error of the
-    /// first failing write is answered. An empty `writes` is a no-op.
+    /// first failing write is answered. An empty `writes` is a no-op. A txn writes each key
+    /// at most once: etcd refuses a key twice in one txn, so callers may not rely on it
+    /// (see [`one_write_per_key`]).
     fn txn<'a>(&'a self, writes: Vec<Write>) -> BoxFuture<'a, Result<Vec<Arc<Event>>, StoreError>>;
 
     /// Events under `prefix` with a revision greater than `after`, in revision order. If
@@ -476,6 +484,19 @@ pub trait Store: Send + Sync + 'static {
             expected,
         };
         Box::pin(async move { one(self.txn(vec![write]).await?).map(|e| Event::clone(&e)) })
+    }
+}
+
+/// `Io` if `writes` writes a key more than once, which a txn may not (see [`Store::txn`]).
+pub fn one_write_per_key(writes: &[Write]) -> Result<(), StoreError> {
+    let mut keys: Vec<&str> = writes.iter().map(Write::key).collect();
+    keys.sort_unstable();
+    match keys.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(StoreError::Io(format!(
+            "a txn writes {} more than once",
+            w[0]
+        ))),
+        None => Ok(()),
     }
 }
 
