@@ -144,10 +144,9 @@ async fn kubectl_users_get_what_rbac_grants() {
     control.terminate().await;
 }
 
-/// kubectl sends these reviews as protobuf, which the API server does not decode yet
-/// (the handler tests cover the same reviews in JSON); run with `--ignored` once it does.
+/// kubectl sends these reviews as protobuf bodies: `kubectl auth can-i [--list] [--as]`
+/// and `kubectl auth whoami` end to end.
 #[tokio::test]
-#[ignore = "kubectl auth sends protobuf request bodies"]
 async fn kubectl_auth_can_i_and_whoami() {
     let dir = tempfile::tempdir().unwrap();
     let (control, admin, alice) = cluster_with_alice(dir.path()).await;
