@@ -174,24 +174,55 @@ pub trait Strategy: Send + Sync {
     fn mark_deleting(&self, _obj: &mut Value, _held: Option<Vec<String>>) {}
 
     /// Admission of a create that needs the cluster's state, run just before the write.
+    /// By default: the hostPath warnings of a kind that carries a pod spec.
     fn admit_create<'a>(
         &'a self,
-        _state: &'a AppState,
-        _target: &'a Target,
-        _obj: &'a mut Value,
+        state: &'a AppState,
+        target: &'a Target,
+        obj: &'a mut Value,
     ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(async { Ok(Admitted::none()) })
+        Box::pin(pod_spec_warnings(
+            self.pod_spec(),
+            state,
+            target,
+            obj,
+            false,
+        ))
     }
 
     /// Admission of an update (main resource or status), run before it is prepared.
+    /// By default: the hostPath warnings of a kind that carries a pod spec.
     fn admit_update<'a>(
         &'a self,
-        _state: &'a AppState,
-        _target: &'a Target,
+        state: &'a AppState,
+        target: &'a Target,
         _current: &'a Value,
-        _new: &'a mut Value,
-        _status_only: bool,
+        new: &'a mut Value,
+        status_only: bool,
     ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(async { Ok(Admitted::none()) })
+        Box::pin(pod_spec_warnings(
+            self.pod_spec(),
+            state,
+            target,
+            new,
+            status_only,
+        ))
     }
+}
+
+/// The hostPath warnings of an object with a pod spec (a pod or a workload's template),
+/// none for a status write or a kind without one.
+async fn pod_spec_warnings(
+    pod_spec: Option<(&'static str, &'static str)>,
+    state: &AppState,
+    target: &Target,
+    obj: &Value,
+    status_only: bool,
+) -> Result<Admitted, ApiError> {
+    if status_only || pod_spec.is_none() {
+        return Ok(Admitted::none());
+    }
+    Ok(Admitted::warnings(
+        super::super::host_path::warnings(state, target.kind, obj).await,
+    ))
 }

@@ -484,3 +484,35 @@ async fn host_path_pods_are_admitted_with_a_warning_when_no_node_allows_them() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     assert!(resp.headers().get("warning").is_none());
 }
+
+/// Every kind with a pod spec gets the warning, through the strategy's default admission:
+/// a Deployment's template here.
+#[tokio::test]
+async fn host_path_templates_are_admitted_with_a_warning_when_no_node_allows_them() {
+    let api = api().await;
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "hp"},
+        "spec": {"selector": {"matchLabels": {"app": "hp"}},
+                 "template": {"metadata": {"labels": {"app": "hp"}},
+                              "spec": {"containers": [{"name": "app", "image": "hello.wasm"}],
+                                       "volumes": [{"name": "h", "hostPath": {"path": "/data"}}]}}}});
+    let req = Request::post("/apis/apps/v1/namespaces/default/deployments")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Body::from(deployment.to_string()))
+        .unwrap();
+    let resp = api.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let warnings: Vec<String> = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .contains("spec.template.spec.volumes[0].hostPath: no node allows hostPath volumes"),
+        "{warnings:?}"
+    );
+}

@@ -1,13 +1,10 @@
 //! DaemonSets: their update strategy's defaults and the workload checks.
 
+use super::super::Strategy;
 use super::super::subresources::Subresource;
-use super::super::{Admitted, Strategy};
 use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
-use crate::apiserver::request::Target;
-use crate::apiserver::{AppState, error::ApiError};
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 pub struct DaemonSetStrategy;
@@ -56,30 +53,5 @@ impl Strategy for DaemonSetStrategy {
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         validation::validate_workload("DaemonSet", obj.get("spec"), errs);
-    }
-
-    fn admit_create<'a>(
-        &'a self,
-        state: &'a AppState,
-        target: &'a Target,
-        obj: &'a mut Value,
-    ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(super::pod::host_path_warnings(state, target, obj, false))
-    }
-
-    fn admit_update<'a>(
-        &'a self,
-        state: &'a AppState,
-        target: &'a Target,
-        _current: &'a Value,
-        new: &'a mut Value,
-        status_only: bool,
-    ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(super::pod::host_path_warnings(
-            state,
-            target,
-            new,
-            status_only,
-        ))
     }
 }

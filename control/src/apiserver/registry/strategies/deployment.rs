@@ -1,14 +1,12 @@
 //! Deployments: their defaults (rolling update of 25%/25%, ten revisions kept), the
 //! workload checks plus the strategy type, and the `scale` subresource.
 
+use super::super::Strategy;
 use super::super::subresources::{STATUS, Subresource};
-use super::super::{Admitted, Strategy};
 use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{self, FieldError, Reason};
-use crate::apiserver::request::Target;
-use crate::apiserver::{AppState, error::ApiError, scale};
-use futures::future::BoxFuture;
+use crate::apiserver::scale;
 use serde_json::{Value, json};
 
 pub struct DeploymentStrategy;
@@ -70,30 +68,5 @@ impl Strategy for DeploymentStrategy {
                 "supported values: \"Recreate\", \"RollingUpdate\"",
             ));
         }
-    }
-
-    fn admit_create<'a>(
-        &'a self,
-        state: &'a AppState,
-        target: &'a Target,
-        obj: &'a mut Value,
-    ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(super::pod::host_path_warnings(state, target, obj, false))
-    }
-
-    fn admit_update<'a>(
-        &'a self,
-        state: &'a AppState,
-        target: &'a Target,
-        _current: &'a Value,
-        new: &'a mut Value,
-        status_only: bool,
-    ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(super::pod::host_path_warnings(
-            state,
-            target,
-            new,
-            status_only,
-        ))
     }
 }

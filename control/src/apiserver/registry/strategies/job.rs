@@ -1,8 +1,8 @@
 //! Jobs: the selector the server generates from the job's uid (unless the user manages
 //! it), their defaults and checks.
 
+use super::super::Strategy;
 use super::super::subresources::Subresource;
-use super::super::{Admitted, Strategy};
 use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
@@ -10,9 +10,6 @@ use crate::api::wellknown::{
     JOB_CONTROLLER_UID_LABEL, JOB_NAME_LABEL, LEGACY_JOB_CONTROLLER_UID_LABEL,
     LEGACY_JOB_NAME_LABEL,
 };
-use crate::apiserver::request::Target;
-use crate::apiserver::{AppState, error::ApiError};
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 pub struct JobStrategy;
@@ -60,31 +57,6 @@ impl Strategy for JobStrategy {
 
     fn selectable_fields(&self) -> &'static [&'static str] {
         &["status.replicas", "status.successful"]
-    }
-
-    fn admit_create<'a>(
-        &'a self,
-        state: &'a AppState,
-        target: &'a Target,
-        obj: &'a mut Value,
-    ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(super::pod::host_path_warnings(state, target, obj, false))
-    }
-
-    fn admit_update<'a>(
-        &'a self,
-        state: &'a AppState,
-        target: &'a Target,
-        _current: &'a Value,
-        new: &'a mut Value,
-        status_only: bool,
-    ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(super::pod::host_path_warnings(
-            state,
-            target,
-            new,
-            status_only,
-        ))
     }
 }
 

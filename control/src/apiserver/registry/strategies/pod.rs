@@ -2,17 +2,13 @@
 //! and checks, graceful deletion while a node runs the pod, and the subresources a
 //! scheduler, `kubectl drain` and `kubectl logs` use.
 
+use super::super::Strategy;
 use super::super::store::DeleteOptions;
 use super::super::subresources::{STATUS, Subresource};
-use super::super::{Admitted, Strategy};
 use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
-use crate::apiserver::request::Target;
-use crate::apiserver::{
-    AppState, binding, error::ApiError, eviction, exec, host_path, portforward, proxy,
-};
-use futures::future::BoxFuture;
+use crate::apiserver::{binding, eviction, exec, portforward, proxy};
 use serde_json::{Value, json};
 
 pub struct PodStrategy;
@@ -110,40 +106,4 @@ impl Strategy for PodStrategy {
             .unwrap_or(DEFAULT_GRACE_SECONDS)
             .max(0)
     }
-
-    fn admit_create<'a>(
-        &'a self,
-        state: &'a AppState,
-        target: &'a Target,
-        obj: &'a mut Value,
-    ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(host_path_warnings(state, target, obj, false))
-    }
-
-    fn admit_update<'a>(
-        &'a self,
-        state: &'a AppState,
-        target: &'a Target,
-        _current: &'a Value,
-        new: &'a mut Value,
-        status_only: bool,
-    ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
-        Box::pin(host_path_warnings(state, target, new, status_only))
-    }
-}
-
-/// The hostPath warnings of a pod or of a workload's pod template (none for a status
-/// write): shared by every kind that carries a pod spec.
-pub(crate) async fn host_path_warnings(
-    state: &AppState,
-    target: &Target,
-    obj: &Value,
-    status_only: bool,
-) -> Result<Admitted, ApiError> {
-    if status_only {
-        return Ok(Admitted::none());
-    }
-    Ok(Admitted::warnings(
-        host_path::warnings(state, target.kind, obj).await,
-    ))
 }
