@@ -1,5 +1,5 @@
 //! End-to-end: kubectl's generator commands (`create namespace|configmap|secret|
-//! deployment|service|job`, `run`, `expose`, `set image`), each with and without
+//! deployment|service|job|role|rolebinding`, `run`, `expose`, `set image`), each with and without
 //! `--dry-run=server`, against `wharf control`. kubectl 1.32 sends these objects as
 //! protobuf (`application/vnd.kubernetes.protobuf`), so this is the protobuf path as a
 //! user meets it: before it, every command here failed with 415.
@@ -119,6 +119,18 @@ const GENERATORS: &[Generator] = &[
         want: "http web",
     },
     Generator {
+        args: &["create", "role", "r", "--verb=get,list", "--resource=pods"],
+        object: "role.rbac.authorization.k8s.io/r",
+        path: "{.rules[0].verbs} {.rules[0].resources}",
+        want: r#"["get","list"] ["pods"]"#,
+    },
+    Generator {
+        args: &["create", "rolebinding", "rb", "--role=r", "--user=u"],
+        object: "rolebinding.rbac.authorization.k8s.io/rb",
+        path: "{.roleRef.kind}/{.roleRef.name} {.subjects[0].name}",
+        want: "Role/r u",
+    },
+    Generator {
         args: &["expose", "pod", "p", "--port=82", "--name=pexp"],
         object: "service/pexp",
         path: "{.spec.ports[0].port} {.spec.selector.run}",
@@ -225,8 +237,6 @@ async fn kubectl_generator_commands_work_with_and_without_server_dry_run() {
             "--image=x",
             "--schedule=* * * * *",
         ][..],
-        &["create", "role", "r", "--verb=get", "--resource=pods"],
-        &["create", "rolebinding", "rb", "--role=r", "--user=u"],
         &["autoscale", "deployment", "web", "--max=3"],
     ] {
         let mut full = vec!["-n", NS];
