@@ -30,8 +30,8 @@
 use super::{
     Event, EventKind, ListResult, Revision, Store, StoreError, StoredObject, WatchStream, Write,
 };
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -123,36 +123,43 @@ impl Shared {
         self.revisions.send_replace(listed.revision);
     }
 
-    fn apply(&self, event: Arc<Event>) {
-        let revision = event.revision;
+    /// Applies the events of one revision at once (a txn's events share it), so that no
+    /// watcher or list ever sees part of a revision: a watcher that took part of one would
+    /// skip the rest, as it resumes after the revision it has reached.
+    fn apply(&self, batch: Vec<Arc<Event>>) {
+        let Some(revision) = batch.last().map(|e| e.revision) else {
+            return;
+        };
         {
             let mut state = self.write();
-            if revision < state.revision {
+            if revision <= state.revision {
                 return; // Already applied (a resumed feed may repeat its last revision).
             }
-            match event.kind {
-                EventKind::Put => {
-                    state
-                        .objects
-                        .insert(event.object.key.clone(), event.object.clone());
+            for event in batch {
+                match event.kind {
+                    EventKind::Put => {
+                        state
+                            .objects
+                            .insert(event.object.key.clone(), event.object.clone());
+                    }
+                    EventKind::Delete => {
+                        state.objects.remove(&event.object.key);
+                    }
                 }
-                EventKind::Delete => {
-                    state.objects.remove(&event.object.key);
+                if self.config.events == 0 {
+                    state.complete_after = revision;
+                } else {
+                    state.ring_bytes += event_bytes(&event);
+                    state.ring.push_back(event);
                 }
             }
             state.revision = revision;
-            if self.config.events == 0 {
-                state.complete_after = revision;
-            } else {
-                state.ring_bytes += event_bytes(&event);
-                state.ring.push_back(event);
-                while state.ring.len() > self.config.events
-                    || (state.ring_bytes > self.config.bytes && state.ring.len() > 1)
-                {
-                    if let Some(old) = state.ring.pop_front() {
-                        state.ring_bytes -= event_bytes(&old);
-                        state.complete_after = old.revision;
-                    }
+            while state.ring.len() > self.config.events
+                || (state.ring_bytes > self.config.bytes && state.ring.len() > 1)
+            {
+                if let Some(old) = state.ring.pop_front() {
+                    state.ring_bytes -= event_bytes(&old);
+                    state.complete_after = old.revision;
                 }
             }
         }
@@ -256,11 +263,35 @@ async fn feed(backend: Arc<dyn Store>, shared: Arc<Shared>, mut from: Revision) 
             }
         };
         let mut ended = true;
-        while let Some(item) = stream.next().await {
+        // The events of the revision being read: applied together once the next revision
+        // starts or nothing more is ready (a backend hands a txn's events over at once).
+        let mut batch: Vec<Arc<Event>> = Vec::new();
+        loop {
+            let item = if batch.is_empty() {
+                stream.next().await
+            } else {
+                match stream.next().now_or_never() {
+                    Some(item) => item,
+                    None => {
+                        from = from.max(batch[0].revision);
+                        shared.apply(std::mem::take(&mut batch));
+                        continue;
+                    }
+                }
+            };
+            let Some(item) = item else {
+                break;
+            };
             match item {
                 Ok(event) => {
-                    from = from.max(event.revision);
-                    shared.apply(event);
+                    if batch
+                        .last()
+                        .is_some_and(|last| last.revision != event.revision)
+                    {
+                        from = from.max(batch[0].revision);
+                        shared.apply(std::mem::take(&mut batch));
+                    }
+                    batch.push(event);
                 }
                 Err(StoreError::Expired { .. }) => {
                     tracing::warn!(
