@@ -4,6 +4,7 @@
 //! Why a trait: the API server only ever speaks to [`Store`], so a second backend (etcd,
 //! for a highly available control plane) can be added without touching a handler. The
 //! default backend is [`FjallStore`], embedded, one data dir, no server to start.
+//! [`EtcdStore`] keeps the cluster in an etcd cluster (`wharf control --store etcd`).
 //!
 //! # Layers
 //!
