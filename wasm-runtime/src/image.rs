@@ -36,7 +36,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use sha2::{Digest as _, Sha256};
 
-use crate::registry::{RegistryRef, is_registry_reference};
+use crate::registry::RegistryRef;
+use wharf_image_ref::is_registry_reference;
 
 /// How a workload runs, detected from the binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -64,13 +64,14 @@ pub use image::{Digest, ImagePullError, LocalImages, PullPolicy, WorkloadKind};
 pub use logs::{ContainerLogs, LogError, LogLine, LogOptions, LogStream};
 pub use registry::{
     Registries, RegistryCredential, RegistryHost, WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE,
-    credential_host, default_pull_policy, is_registry_reference,
+    credential_host,
 };
 pub use runtime::{Image, PullOptions, Pulled, Runtime, RuntimeStats};
 pub use spec::{
     ContainerSpec, DEFAULT_REQUEST_TIMEOUT, HttpLimits, INSTANCE_MEMORY_ESTIMATE, Mount,
     NetworkAccess, Resources, ServiceResolver, max_concurrency,
 };
+pub use wharf_image_ref::{default_pull_policy, is_registry_reference};
 
 #[cfg(test)]
 mod tests {

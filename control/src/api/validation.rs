@@ -979,7 +979,11 @@ pub fn default_pod_spec(spec: &mut Value) {
     for section in ["initContainers", "containers", "ephemeralContainers"] {
         if let Some(list) = spec.get_mut(section).and_then(Value::as_array_mut) {
             for c in list {
-                set_default(c, "/imagePullPolicy", json!("IfNotPresent"));
+                let policy = c
+                    .get("image")
+                    .and_then(Value::as_str)
+                    .map_or("IfNotPresent", wharf_image_ref::default_pull_policy);
+                set_default(c, "/imagePullPolicy", json!(policy));
                 set_default(c, "/terminationMessagePath", json!("/dev/termination-log"));
                 set_default(c, "/terminationMessagePolicy", json!("File"));
                 set_default(c, "/resources", json!({}));
@@ -1160,6 +1164,28 @@ mod tests {
         assert_eq!(
             d.pointer("/spec/template/spec/containers/0/ports/0/protocol"),
             Some(&json!("TCP"))
+        );
+        // imagePullPolicy as Kubernetes defaults it: Always for a registry image tagged
+        // :latest or untagged, IfNotPresent for a tag, a digest or a file; a policy the
+        // user wrote is kept.
+        let mut p = json!({"spec": {"initContainers": [{"name": "i", "image": "r.io/init"}],
+            "containers": [
+                {"name": "a", "image": "r.io/app:latest"},
+                {"name": "b", "image": "r.io/app:1.0"},
+                {"name": "c", "image": "samples/app.wasm"},
+                {"name": "d", "image": "r.io/app", "imagePullPolicy": "Never"}]}});
+        apply_defaults(kind("pod"), &mut p);
+        let policy = |ptr: &str| p.pointer(ptr).and_then(Value::as_str).map(str::to_owned);
+        assert_eq!(
+            policy("/spec/initContainers/0/imagePullPolicy").as_deref(),
+            Some("Always")
+        );
+        let got: Vec<_> = (0..4)
+            .map(|i| policy(&format!("/spec/containers/{i}/imagePullPolicy")))
+            .collect();
+        assert_eq!(
+            got,
+            ["Always", "IfNotPresent", "IfNotPresent", "Never"].map(|s| Some(s.to_owned()))
         );
         let mut s = json!({"spec": {"ports": [{"port": 80}]}});
         apply_defaults(kind("svc"), &mut s);
