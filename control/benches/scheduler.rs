@@ -17,7 +17,9 @@
 //!
 //! Sizes: `WHARF_BENCH_NODES` (comma-separated, default `1000,5000`), `WHARF_BENCH_PODS`
 //! (default 10000), `WHARF_BENCH_SETUPS` (default `scheduler,full`),
-//! `WHARF_BENCH_BINDS` (bindings in flight, default the scheduler's 16).
+//! `WHARF_BENCH_BINDS` (bindings in flight, default the scheduler's 16),
+//! `WHARF_BENCH_STORE` (`fjall`, the default, or `etcd`: a one-member Debian etcd on
+//! loopback, started for each run, data dir on the same disk).
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -30,7 +32,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wharf_control::scheduler::SchedulerConfig;
-use wharf_control::{ControlConfig, start};
+use wharf_control::store::EtcdConfig;
+use wharf_control::store::local_etcd::LocalEtcd;
+use wharf_control::{ControlConfig, StoreBackend, start};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -127,6 +131,16 @@ async fn run(setup_name: &'static str, nodes: usize, pods: usize) -> Result<Row,
     config.scheduler = scheduler.clone();
     let alone = setup_name == "scheduler";
     config.run_components = !alone;
+    // Kept until the run ends (dropping it stops the etcd member).
+    let _etcd = match std::env::var("WHARF_BENCH_STORE").as_deref() {
+        Ok("etcd") => {
+            let member = tokio::task::spawn_blocking(LocalEtcd::start).await??;
+            config.backend = StoreBackend::Etcd(EtcdConfig::new(vec![member.client_url.clone()]));
+            Some(member)
+        }
+        Ok("fjall") | Err(_) => None,
+        Ok(other) => return Err(format!("WHARF_BENCH_STORE={other}: fjall or etcd").into()),
+    };
     let shutdown = CancellationToken::new();
     let plane = start(config, shutdown.clone()).await?;
     let client = plane.client();

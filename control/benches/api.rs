@@ -1,0 +1,247 @@
+//! API write throughput and latency on each store backend, beside raw etcd.
+//!
+//! `cargo bench -p wharf-control --bench api`
+//!
+//! One load generator (tokio tasks, each awaiting its write before the next) drives:
+//! - creates of ~1 KiB ConfigMaps through a control plane's HTTPS API (a `kube::Client`
+//!   from the admin kubeconfig, as any client connects), the control plane on the embedded
+//!   fjall store, on a one-member etcd and on a three-member etcd (Debian's `etcd`, on
+//!   loopback, data dirs on the same disk);
+//! - raw etcd puts of the same JSON bytes through `etcd-client` (one gRPC channel, as the
+//!   API server holds), against the same etcd, in the same run, before its control plane
+//!   starts.
+//!
+//! At 1 client (sequential: every write pays a whole commit) and at 64 concurrent clients.
+//! Prints a markdown table (the "API writes by store backend" section of BENCHMARKS.md).
+//!
+//! Sizes: `WHARF_BENCH_SEQ` (writes at 1 client, default 1000), `WHARF_BENCH_CONC` (writes
+//! at 64 clients, default 10000), `WHARF_BENCH_BACKENDS` (default `fjall,etcd1,etcd3`).
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use wharf_control::store::EtcdConfig;
+use wharf_control::store::local_etcd::LocalEtcd;
+use wharf_control::{ControlConfig, StoreBackend, start};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+const CONCURRENT: usize = 64;
+/// Bound on one scenario: a stuck backend ends the run with an error, not a hang.
+const DEADLINE: Duration = Duration::from_secs(600);
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A ConfigMap whose JSON is about 1 KiB.
+fn config_map(name: &str) -> ConfigMap {
+    let mut data = BTreeMap::new();
+    for k in 0..8 {
+        data.insert(format!("key-{k}"), "v".repeat(100));
+    }
+    ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some([("app".to_owned(), "bench".to_owned())].into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+struct Stats {
+    writes: usize,
+    wall: Duration,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+/// Runs `total` writes, `clients` at a time, each timed from call to acknowledgement.
+async fn drive<F, Fut>(clients: usize, total: usize, write: F) -> Result<Stats, BoxError>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>>,
+{
+    let started = Instant::now();
+    let mut latencies: Vec<Duration> = tokio::time::timeout(
+        DEADLINE,
+        futures::stream::iter(0..total)
+            .map(|i| {
+                let op = write(i);
+                async move {
+                    let t = Instant::now();
+                    op.await.map(|()| t.elapsed())
+                }
+            })
+            .buffer_unordered(clients)
+            .collect::<Vec<_>>(),
+    )
+    .await?
+    .into_iter()
+    .collect::<Result<_, _>>()?;
+    let wall = started.elapsed();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Ok(Stats {
+        writes: total,
+        wall,
+        p50: at(0.50),
+        p99: at(0.99),
+        max: latencies.last().copied().unwrap_or_default(),
+    })
+}
+
+struct Row {
+    backend: &'static str,
+    path: &'static str,
+    clients: usize,
+    stats: Stats,
+}
+
+fn print_row(r: &Row) {
+    let s = &r.stats;
+    println!(
+        "| {} | {} | {} | {} | {:.2} s | **{:.0}** | {:.2} ms | {:.2} ms | {:.2} ms |",
+        r.backend,
+        r.path,
+        r.clients,
+        s.writes,
+        s.wall.as_secs_f64(),
+        s.writes as f64 / s.wall.as_secs_f64(),
+        s.p50.as_secs_f64() * 1e3,
+        s.p99.as_secs_f64() * 1e3,
+        s.max.as_secs_f64() * 1e3,
+    );
+}
+
+/// Raw etcd puts of the ConfigMap's JSON bytes at 1 and 64 clients.
+async fn raw_etcd(
+    backend: &'static str,
+    endpoints: &[String],
+    seq: usize,
+    conc: usize,
+) -> Result<Vec<Row>, BoxError> {
+    let client = etcd_client::Client::connect(endpoints, None).await?;
+    let mut rows = Vec::new();
+    for (clients, total) in [(1, seq), (CONCURRENT, conc)] {
+        let stats = drive(clients, total, |i| {
+            let mut kv = client.kv_client();
+            let value = serde_json::to_vec(&config_map(&format!("raw-{clients}-{i}")));
+            async move {
+                kv.put(format!("/bench/raw-{clients}/{i}"), value?, None)
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        let row = Row {
+            backend,
+            path: "raw etcd put",
+            clients,
+            stats,
+        };
+        print_row(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// ConfigMap creates through a control plane's HTTPS API at 1 and 64 clients.
+async fn api_creates(
+    backend_name: &'static str,
+    backend: StoreBackend,
+    seq: usize,
+    conc: usize,
+) -> Result<Vec<Row>, BoxError> {
+    let base = env!("CARGO_TARGET_TMPDIR");
+    std::fs::create_dir_all(base)?;
+    let dir = tempfile::tempdir_in(base)?;
+    let mut config = ControlConfig::new(dir.path());
+    config.listen = "127.0.0.1:0".parse()?;
+    config.backend = backend;
+    let shutdown = CancellationToken::new();
+    let plane = start(config, shutdown.clone()).await?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&plane.kubeconfig)?;
+    let client_config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let client = kube::Client::try_from(client_config)?;
+    let api: Arc<Api<ConfigMap>> = Arc::new(Api::namespaced(client, "default"));
+    let mut rows = Vec::new();
+    for (clients, total) in [(1, seq), (CONCURRENT, conc)] {
+        let stats = drive(clients, total, |i| {
+            let api = api.clone();
+            let cm = config_map(&format!("bench-{clients}-{i}"));
+            async move {
+                api.create(&PostParams::default(), &cm).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        let row = Row {
+            backend: backend_name,
+            path: "API create (HTTPS)",
+            clients,
+            stats,
+        };
+        print_row(&row);
+        rows.push(row);
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), plane.wait()).await??;
+    Ok(rows)
+}
+
+fn etcd_backend(members: &[LocalEtcd]) -> StoreBackend {
+    StoreBackend::Etcd(EtcdConfig::new(
+        members.iter().map(|m| m.client_url.clone()).collect(),
+    ))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), BoxError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let seq = env_usize("WHARF_BENCH_SEQ", 1000);
+    let conc = env_usize("WHARF_BENCH_CONC", 10000);
+    let backends =
+        std::env::var("WHARF_BENCH_BACKENDS").unwrap_or_else(|_| "fjall,etcd1,etcd3".to_owned());
+    println!(
+        "| backend | path | clients | writes | wall | writes/s | p50 | p99 | max |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for backend in backends.split(',').map(str::trim) {
+        match backend {
+            "fjall" => {
+                api_creates("fjall", StoreBackend::Fjall, seq, conc).await?;
+            }
+            "etcd1" | "etcd3" => {
+                let (name, size) = if backend == "etcd1" {
+                    ("etcd, 1 member", 1)
+                } else {
+                    ("etcd, 3 members", 3)
+                };
+                let members =
+                    tokio::task::spawn_blocking(move || LocalEtcd::cluster(size)).await??;
+                let endpoints: Vec<String> = members.iter().map(|m| m.client_url.clone()).collect();
+                raw_etcd(name, &endpoints, seq, conc).await?;
+                api_creates(name, etcd_backend(&members), seq, conc).await?;
+                drop(members);
+            }
+            other => {
+                return Err(format!("unknown backend {other:?} in WHARF_BENCH_BACKENDS").into());
+            }
+        }
+    }
+    Ok(())
+}
