@@ -552,6 +552,73 @@ impl BlobStore {
         Digest::parse(s.trim())
     }
 
+    /// Deletes every blob that none of `roots` reaches (a root, the manifest an index
+    /// names, the layer a manifest names) and that was written at least `min_age` ago,
+    /// then every tag record pointing at a blob no longer stored. Returns the bytes
+    /// deleted. Blocking.
+    pub(crate) fn sweep(&self, roots: &[Digest], min_age: Duration) -> u64 {
+        let mut live = std::collections::HashSet::new();
+        for root in roots {
+            let mut at = *root;
+            live.insert(at);
+            // An index leads to a manifest, a manifest to its layer: two steps at most.
+            for _ in 0..2 {
+                let Some(bytes) = std::fs::read(self.blob_path(&at)).ok() else {
+                    break;
+                };
+                if bytes.first() != Some(&b'{') {
+                    break;
+                }
+                match crate::registry::next_step(&bytes) {
+                    Ok(crate::registry::Step::Manifest(child)) => at = child,
+                    Ok(crate::registry::Step::Layer { digest, .. }) => {
+                        live.insert(digest);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+                live.insert(at);
+            }
+        }
+        let mut freed = 0;
+        let now = std::time::SystemTime::now();
+        for entry in std::fs::read_dir(&self.blobs)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name();
+            let Some(digest) = name.to_str().and_then(Digest::parse) else {
+                continue; // a temporary file of a write in progress, or a stranger
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if live.contains(&digest) || age < min_age {
+                continue;
+            }
+            if std::fs::remove_file(entry.path()).is_ok() {
+                freed += meta.len();
+            }
+        }
+        for entry in std::fs::read_dir(&self.refs)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let target = std::fs::read_to_string(entry.path())
+                .ok()
+                .and_then(|s| Digest::parse(s.trim()));
+            if target.is_some_and(|d| !self.contains(&d)) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        freed
+    }
+
     /// Remembers what an unpinned remote reference resolved to. Blocking.
     pub(crate) fn record_ref(&self, reference: &str, digest: &Digest) -> std::io::Result<()> {
         write_atomic(&self.ref_path(reference), digest.to_string().as_bytes())

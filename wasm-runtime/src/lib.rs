@@ -48,6 +48,7 @@
 mod cache;
 mod container;
 mod engine;
+pub mod gc;
 mod guest;
 mod http;
 mod image;
@@ -66,7 +67,7 @@ pub use registry::{
     Registries, RegistryCredential, RegistryHost, WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE,
     credential_host,
 };
-pub use runtime::{Image, PullOptions, Pulled, Runtime, RuntimeStats};
+pub use runtime::{Image, ImageGcReport, PullOptions, Pulled, Runtime, RuntimeStats};
 pub use spec::{
     ContainerSpec, DEFAULT_REQUEST_TIMEOUT, HttpLimits, INSTANCE_MEMORY_ESTIMATE, Mount,
     NetworkAccess, Resources, ServiceResolver, max_concurrency,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
@@ -159,6 +159,27 @@ pub struct RuntimeStats {
     pub images: usize,
 }
 
+/// What the runtime remembers of a held image for garbage collection.
+#[derive(Debug, Clone)]
+struct ImageRecord {
+    first_seen: Instant,
+    last_used: Instant,
+    /// The stored blobs its pulls started from: a registry image's top manifest (by tag
+    /// or digest), a file or URL image's own blob.
+    roots: std::collections::BTreeSet<Digest>,
+}
+
+/// What one image garbage collection did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageGcReport {
+    /// The images removed, by the names they were pulled by.
+    pub removed: Vec<Vec<String>>,
+    /// Bytes of blobs and compiled artifacts deleted.
+    pub bytes_freed: u64,
+    /// Disk usage before, in percent.
+    pub usage_percent: u64,
+}
+
 #[derive(Default)]
 struct Counters {
     compiles: AtomicU64,
@@ -195,6 +216,10 @@ struct Inner {
     names: Mutex<HashMap<Digest, std::collections::BTreeSet<String>>>,
     /// One cell per digest: concurrent pulls of one image share one compile.
     images: Mutex<HashMap<Digest, Arc<OnceCell<Arc<Image>>>>>,
+    /// When each held image was first pulled and last used, and the store entries that
+    /// keep it (top manifests, or the blob of a file or URL image): what image garbage
+    /// collection decides by and keeps.
+    usage: Mutex<HashMap<Digest, ImageRecord>>,
     /// Log progress of running containers, by id, for followers.
     live_logs: Mutex<HashMap<String, (u32, watch::Receiver<LogProgress>)>>,
     counters: Counters,
@@ -285,6 +310,7 @@ impl Runtime {
                 pull_locks: KeyedLocks::default(),
                 names: Mutex::new(HashMap::new()),
                 images: Mutex::new(HashMap::new()),
+                usage: Mutex::new(HashMap::new()),
                 live_logs: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
                 root: CancellationToken::new(),
@@ -380,6 +406,23 @@ impl Runtime {
             })
             .await?
             .clone();
+        let root = fetched
+            .image_id
+            .rsplit_once('@')
+            .map_or(fetched.image_id.as_str(), |(_, d)| d);
+        if let Some(root) = Digest::parse(root) {
+            let now = Instant::now();
+            lock(&self.inner.usage)
+                .entry(fetched.digest)
+                .or_insert_with(|| ImageRecord {
+                    first_seen: now,
+                    last_used: now,
+                    roots: Default::default(),
+                })
+                .roots
+                .insert(root);
+        }
+        self.touch(&fetched.digest);
         {
             let mut names = lock(&self.inner.names);
             let names = names.entry(fetched.digest).or_default();
@@ -763,6 +806,82 @@ impl Runtime {
         })?
     }
 
+    /// Marks a held image as used now.
+    fn touch(&self, digest: &Digest) {
+        if let Some(r) = lock(&self.inner.usage).get_mut(digest) {
+            r.last_used = Instant::now();
+        }
+    }
+
+    /// Image garbage collection (see [`crate::gc`]): marks the held images that `in_use`
+    /// says a pod names (by any name they were pulled by) as used now, decides with
+    /// `policy` against the disk holding the data dir, and removes what the plan names: the
+    /// held image, its compiled artifact, and then every stored blob that no remaining
+    /// image reaches (also those left from before a restart), with the tag records that
+    /// pointed at them. Blobs written less than the minimum age ago are kept (a pull in
+    /// progress). Images held only by running containers stay usable by them.
+    pub async fn collect_images(
+        &self,
+        policy: &crate::gc::ImageGcPolicy,
+        in_use: impl Fn(&str) -> bool,
+    ) -> std::io::Result<ImageGcReport> {
+        let now = Instant::now();
+        let held: Vec<Arc<Image>> = self.images();
+        let mut usages = Vec::with_capacity(held.len());
+        for image in &held {
+            let used = self.image_names(&image.digest).iter().any(|n| in_use(n));
+            if used {
+                self.touch(&image.digest);
+            }
+            let record = lock(&self.inner.usage).get(&image.digest).cloned();
+            let (first_seen, last_used) =
+                record.map_or((now, now), |r| (r.first_seen, r.last_used));
+            usages.push(crate::gc::ImageUsage {
+                digest: image.digest,
+                size: image.size,
+                first_seen,
+                last_used,
+                in_use: used,
+            });
+        }
+        let dir = self.inner.config.data_dir.clone();
+        let disk = tokio::task::spawn_blocking(move || crate::gc::disk_usage(&dir))
+            .await
+            .map_err(std::io::Error::other)??;
+        let plan = crate::gc::plan(&usages, disk, policy, now);
+        let mut report = ImageGcReport {
+            usage_percent: disk.percent(),
+            ..Default::default()
+        };
+        if plan.is_empty() && plan.bytes_to_free == 0 {
+            return Ok(report);
+        }
+        let mut artifacts = Vec::new();
+        for digest in plan.all() {
+            report.removed.push(self.image_names(digest));
+            self.forget_image(digest);
+            lock(&self.inner.usage).remove(digest);
+            let (artifact, sum) = self.inner.cache.paths(digest);
+            artifacts.extend([artifact, sum]);
+        }
+        let roots: Vec<Digest> = lock(&self.inner.usage)
+            .values()
+            .flat_map(|r| r.roots.iter().copied())
+            .collect();
+        let inner = self.inner.clone();
+        let min_age = policy.minimum_age;
+        report.bytes_freed = tokio::task::spawn_blocking(move || {
+            let mut freed = 0;
+            for path in artifacts {
+                freed += remove_counted(&path);
+            }
+            freed + inner.blobs.sweep(&roots, min_age)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        Ok(report)
+    }
+
     /// Drops the in-memory compiled image for `digest` (running containers keep theirs); a
     /// later pull loads the artifact from the disk cache again. Returns whether it was held.
     pub fn forget_image(&self, digest: &Digest) -> bool {
@@ -1100,4 +1219,13 @@ async fn run_cli(
     let limit_hit = store.data().common.limiter.limit_hit();
     drop(store);
     exit_status(outcome, limit_hit, &budget, &logs)
+}
+
+/// Removes a file, returning its size (0 if it was not there or could not be removed).
+fn remove_counted(path: &std::path::Path) -> u64 {
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    match std::fs::remove_file(path) {
+        Ok(()) => size,
+        Err(_) => 0,
+    }
 }

@@ -185,3 +185,112 @@ async fn a_bearer_token_registry_is_pulled_from_with_the_pods_credentials() {
     server.abort();
     rt.shutdown(std::time::Duration::from_secs(5)).await;
 }
+
+/// Image garbage collection: with thresholds that put any disk over the line, the image
+/// no pod names is removed (held image, compiled artifact, manifest and layer blobs, tag
+/// record) and the one a pod names is kept; pulling the removed one again downloads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_gc_removes_an_unused_image_and_keeps_a_used_one() {
+    build_samples().await;
+    let wasm = Bytes::from(std::fs::read(batch_p1()).expect("sample"));
+    let (addr, manifest, _queries, server) = bearer_registry(wasm.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    let mut registries = Registries::default();
+    registries
+        .mirrors
+        .insert(addr.to_string(), vec![format!("http://{addr}")]);
+    config.registries = registries;
+    let rt = Runtime::new(config).expect("runtime");
+    let options = PullOptions {
+        policy: PullPolicy::IfNotPresent,
+        credentials: vec![RegistryCredential {
+            registry: addr.to_string(),
+            username: "alice".into(),
+            password: "s3cret".into(),
+        }],
+    };
+    let unused = format!("{addr}/app:1.0");
+    let used = ticker();
+    within(
+        300,
+        "pull the registry image",
+        rt.pull_with(&unused, &options),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("pull: {e}"));
+    within(300, "pull the file image", rt.pull(&used))
+        .await
+        .unwrap_or_else(|e| panic!("pull: {e}"));
+    let blob = |hex: &str| dir.path().join("blobs/sha256").join(hex);
+    assert!(blob(&manifest).is_file() && blob(&sha(&wasm)).is_file());
+    let artifacts = || {
+        std::fs::read_dir(dir.path().join("compiled"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+            .filter(|f| f.file_name().to_string_lossy().ends_with(".cwasm"))
+            .count()
+    };
+    assert_eq!(artifacts(), 2);
+
+    // Default thresholds (85/80) on a disk that is not that full, or a minimum age not
+    // reached yet: nothing goes.
+    let young = wharf_runtime::gc::ImageGcPolicy {
+        high_threshold_percent: 1,
+        low_threshold_percent: 0,
+        ..Default::default()
+    };
+    let report = within(30, "gc", rt.collect_images(&young, |n| n == used))
+        .await
+        .expect("gc");
+    assert!(report.removed.is_empty(), "{report:?}");
+
+    let now = wharf_runtime::gc::ImageGcPolicy {
+        minimum_age: std::time::Duration::ZERO,
+        ..young
+    };
+    let report = within(30, "gc", rt.collect_images(&now, |n| n == used))
+        .await
+        .expect("gc");
+    assert_eq!(report.removed.len(), 1, "{report:?}");
+    assert!(report.removed[0].contains(&unused), "{report:?}");
+    assert!(report.bytes_freed >= wasm.len() as u64, "{report:?}");
+    let held: Vec<String> = rt
+        .images()
+        .iter()
+        .map(|i| i.reference().to_owned())
+        .collect();
+    assert_eq!(held, [used.clone()]);
+    assert!(!blob(&manifest).exists(), "the manifest blob is deleted");
+    assert!(!blob(&sha(&wasm)).exists(), "the layer blob is deleted");
+    assert_eq!(artifacts(), 1, "the compiled artifact is deleted");
+    assert!(
+        std::fs::read_dir(dir.path().join("refs"))
+            .expect("refs")
+            .next()
+            .is_none(),
+        "the tag record is deleted"
+    );
+    // The used image is still stored and still pulls without a fetch.
+    let again = within(
+        60,
+        "pull the kept image",
+        rt.pull_with(&used, &PullOptions::default()),
+    )
+    .await
+    .expect("kept");
+    assert!(!again.fetched);
+    // The removed one comes back from the registry.
+    let back = within(
+        300,
+        "pull the removed image",
+        rt.pull_with(&unused, &options),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("pull: {e}"));
+    assert!(back.fetched, "pulled again from the registry");
+    server.abort();
+    rt.shutdown(std::time::Duration::from_secs(5)).await;
+}
