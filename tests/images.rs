@@ -830,3 +830,121 @@ async fn mirrors_plain_http_only_when_listed_and_a_hanging_registry_times_out() 
     held.abort();
     cluster.terminate().await;
 }
+
+/// Image garbage collection (acceptance (d)): with thresholds every disk is over
+/// (`--image-gc-high-threshold 1 --image-gc-low-threshold 0`) and no minimum age, the
+/// image of a deleted pod is removed from the node (its layer blob deleted, gone from the
+/// Node's `status.images` and from `wharf images`) while the image of a running pod stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn image_gc_removes_an_unused_image_and_keeps_a_used_one() {
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(dir.path(), false, true).await;
+    let ticker = std::fs::read(sample("ticker", "ticker")).unwrap();
+    let batch = std::fs::read(sample("batch-p1", "batch_p1")).unwrap();
+    let (_, ticker_layer) = wasm_artifact(&dir.path().join("a"), &ticker);
+    let (_, batch_layer) = wasm_artifact(&dir.path().join("b"), &batch);
+    registry
+        .push(&dir.path().join("a"), "1.0", "wasm/ticker:1.0")
+        .await;
+    registry
+        .push(&dir.path().join("b"), "1.0", "wasm/batch:1.0")
+        .await;
+    let registries = registry.registries_file(dir.path());
+    let cluster_dir = dir.path().join("cluster");
+    std::fs::create_dir_all(&cluster_dir).unwrap();
+    let flags = [
+        "--registries",
+        registries.to_str().unwrap(),
+        "--image-gc-high-threshold",
+        "1",
+        "--image-gc-low-threshold",
+        "0",
+        "--image-minimum-gc-age",
+        "0s",
+        "--image-gc-period",
+        "1s",
+    ];
+    let cluster = Cluster::up_with(&cluster_dir, 1, &flags).await;
+    let client = cluster.client.clone();
+    pull_secret(&client, "regcred", &registry.addr, PASSWORD).await;
+    let kept = registry.image("wasm/ticker:1.0");
+    let dropped = registry.image("wasm/batch:1.0");
+    ticker_pod(&client, "kept", &kept, Some("regcred")).await;
+    ticker_pod(&client, "dropped", &dropped, Some("regcred")).await;
+    cluster
+        .wait_pod("kept", "running", POD_TIMEOUT, running)
+        .await;
+    cluster
+        .wait_pod("dropped", "pulled", POD_TIMEOUT, |p| {
+            !image_id(p).is_empty()
+        })
+        .await;
+    let blobs = cluster.data_dir.join("nodes/node-1/runtime/blobs/sha256");
+    assert!(
+        blobs.join(&batch_layer).is_file(),
+        "the pulled layer is stored"
+    );
+    // While its pod exists the image is in use: collections every second keep it, and the
+    // node reports both.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let image_names = || async {
+        let node = nodes.get("node-1").await.unwrap();
+        node.status
+            .and_then(|s| s.images)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|i| i.names.unwrap_or_default())
+            .collect::<Vec<String>>()
+    };
+    within("both images in status.images", async {
+        loop {
+            let names = image_names().await;
+            if names.contains(&kept) && names.contains(&dropped) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let before = cluster.wharf(&["images", "--node", "node-1"]).await;
+    let before = String::from_utf8_lossy(&before.stdout).into_owned();
+    assert!(
+        before.contains(&kept) && before.contains(&dropped),
+        "{before}"
+    );
+    assert!(blobs.join(&batch_layer).is_file(), "kept while in use");
+
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    pods.delete("dropped", &Default::default()).await.unwrap();
+    let names = within("the unused image to leave status.images", async {
+        loop {
+            let names = image_names().await;
+            if !names.iter().any(|n| n.contains("wasm/batch")) && !blobs.join(&batch_layer).exists()
+            {
+                return names;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(names.iter().any(|n| n == &kept), "{names:?}");
+    assert!(
+        blobs.join(&ticker_layer).is_file(),
+        "the used image's layer stays"
+    );
+    let after = cluster.wharf(&["images", "--node", "node-1"]).await;
+    let after = String::from_utf8_lossy(&after.stdout).into_owned();
+    eprintln!("before:\n{before}after:\n{after}");
+    assert!(after.starts_with("NODE "), "{after}");
+    assert!(
+        after.contains(&kept) && !after.contains("wasm/batch"),
+        "{after}"
+    );
+    // The kept pod never noticed.
+    let pod = cluster
+        .wait_pod("kept", "running", POD_TIMEOUT, running)
+        .await;
+    assert_eq!(common::restart_count(&pod), 0);
+    cluster.terminate().await;
+}

@@ -14,6 +14,7 @@ mod control;
 mod delete;
 mod describe;
 mod get;
+mod images;
 mod logs;
 pub mod manifest;
 mod merge;
@@ -79,6 +80,8 @@ pub enum Command {
     PortForward(port_forward::PortForwardArgs),
     /// Create, list and delete the tokens nodes join the cluster with
     Token(token::TokenArgs),
+    /// List the images the nodes hold
+    Images(images::ImagesArgs),
     /// Mark a node unschedulable
     Cordon(node_cmds::CordonArgs),
     /// Mark a node schedulable again
@@ -135,6 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Images(args) => images::run(&cluster::connect(kubeconfig).await?, args).await,
         Command::Cordon(args) => {
             node_cmds::cordon(&cluster::connect(kubeconfig).await?, args).await
         }

@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wharf_node::agent::AgentConfig;
 use wharf_node::{NodeConfig, NodeHandle};
-use wharf_runtime::{LocalImages, Registries, RegistryHost, RuntimeConfig};
+use wharf_runtime::gc::ImageGcPolicy;
+use wharf_runtime::{LocalImages, Registries, RegistryHost};
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
@@ -65,6 +66,22 @@ pub struct ImageArgs {
     /// Longest an image pull may take (fetch and compile) before it fails with ErrImagePull
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     image_pull_timeout: Duration,
+    /// Disk usage (percent of the file system holding the data dir) at or above which
+    /// unused images are removed, least recently used first; 100 turns it off
+    #[arg(long, value_name = "PERCENT", default_value_t = 85)]
+    image_gc_high_threshold: u8,
+    /// Disk usage (percent) image garbage collection brings the disk back to
+    #[arg(long, value_name = "PERCENT", default_value_t = 80)]
+    image_gc_low_threshold: u8,
+    /// Images first seen less than this long ago are never removed
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    image_minimum_gc_age: Duration,
+    /// Remove images unused for longer than this, whatever the disk usage (0s: never)
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    image_maximum_gc_age: Duration,
+    /// How often image garbage collection looks
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    image_gc_period: Duration,
 }
 
 impl ImageArgs {
@@ -190,15 +207,28 @@ fn parse_registries(text: &str, base: &std::path::Path) -> anyhow::Result<Regist
 impl ImageArgs {
     /// Sets what these flags say in a node's runtime configuration (the local-image policy
     /// is passed separately: `wharf up` and `wharf node` default it differently).
-    pub fn apply(
-        &self,
-        runtime: &mut RuntimeConfig,
-        local_images: LocalImages,
-    ) -> anyhow::Result<()> {
-        runtime.local_images = local_images;
-        runtime.registries = self.registries()?;
-        runtime.pull_timeout = self.image_pull_timeout;
+    pub fn apply(&self, node: &mut NodeConfig, local_images: LocalImages) -> anyhow::Result<()> {
+        node.runtime.local_images = local_images;
+        node.runtime.registries = self.registries()?;
+        node.runtime.pull_timeout = self.image_pull_timeout;
+        node.agent.image_gc = self.image_gc()?;
+        if self.image_gc_period.is_zero() {
+            anyhow::bail!("--image-gc-period must be more than 0s");
+        }
+        node.agent.image_gc_period = self.image_gc_period;
         Ok(())
+    }
+
+    /// The image garbage collection policy these flags give, checked.
+    pub fn image_gc(&self) -> anyhow::Result<ImageGcPolicy> {
+        let policy = ImageGcPolicy {
+            high_threshold_percent: self.image_gc_high_threshold,
+            low_threshold_percent: self.image_gc_low_threshold,
+            minimum_age: self.image_minimum_gc_age,
+            maximum_age: Some(self.image_maximum_gc_age).filter(|d| !d.is_zero()),
+        };
+        policy.validate().map_err(anyhow::Error::msg)?;
+        Ok(policy)
     }
 
     /// The node's registry configuration: the `--registries` file, or none.
@@ -362,7 +392,7 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     let shutdown = CancellationToken::new();
     let local_images = args.images.local_images(false);
     eprintln!("wharf node: {}", local_images_note(&local_images));
-    args.images.apply(&mut node_config.runtime, local_images)?;
+    args.images.apply(&mut node_config, local_images)?;
     let renewal = node_client
         .renewer
         .map(|r| tokio::spawn(r.run(shutdown.clone())));
@@ -404,6 +434,11 @@ mod tests {
             allow_any_local_image: any,
             registries: None,
             image_pull_timeout: Duration::from_secs(300),
+            image_gc_high_threshold: 85,
+            image_gc_low_threshold: 80,
+            image_minimum_gc_age: Duration::from_secs(120),
+            image_maximum_gc_age: Duration::ZERO,
+            image_gc_period: Duration::from_secs(300),
         };
         // `wharf node`: none unless flagged.
         assert_eq!(

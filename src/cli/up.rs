@@ -63,6 +63,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let local_images = args.images.local_images(true);
     // Read once, before anything starts: a bad --registries file stops `wharf up` at once.
     args.images.registries()?;
+    args.images.image_gc()?;
     eprintln!("wharf up: {}", local_images_note(&local_images));
     let mut nodes = Vec::new();
     for i in 1..=args.nodes.max(1) {
@@ -70,8 +71,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let mut config = NodeConfig::new(&name, data_dir.join("nodes").join(&name));
         config.agent.backoff.base = args.backoff;
         args.services.apply(&mut config.agent);
-        args.images
-            .apply(&mut config.runtime, local_images.clone())?;
+        args.images.apply(&mut config, local_images.clone())?;
         let started = start_node(config, plane.client(), shutdown.clone()).await;
         let agent = match started {
             Ok(n) => n,

@@ -315,7 +315,7 @@ mod tests {
         assert!(p(100, 100).validate().is_ok());
         assert!(p(0, 0).validate().is_err());
         assert_eq!(
-            p(80, 85).validate().unwrap_err(),
+            p(80, 85).validate().expect_err("low above high"),
             "image-gc-low-threshold 85 must be less than image-gc-high-threshold 80"
         );
         assert!(p(101, 80).validate().is_err());

@@ -220,6 +220,12 @@ struct Inner {
     /// keep it (top manifests, or the blob of a file or URL image): what image garbage
     /// collection decides by and keeps.
     usage: Mutex<HashMap<Digest, ImageRecord>>,
+    /// Held shared by every pull in progress; the garbage collection's sweep of the blob
+    /// store takes it exclusively, and skips its turn while any pull runs (a pull's blobs
+    /// are stored before its image is held, so a sweep then would take them).
+    pulls: tokio::sync::RwLock<()>,
+    /// A collection removed images but could not sweep: the next one sweeps.
+    sweep_pending: std::sync::atomic::AtomicBool,
     /// Log progress of running containers, by id, for followers.
     live_logs: Mutex<HashMap<String, (u32, watch::Receiver<LogProgress>)>>,
     counters: Counters,
@@ -311,6 +317,8 @@ impl Runtime {
                 names: Mutex::new(HashMap::new()),
                 images: Mutex::new(HashMap::new()),
                 usage: Mutex::new(HashMap::new()),
+                pulls: tokio::sync::RwLock::new(()),
+                sweep_pending: std::sync::atomic::AtomicBool::new(false),
                 live_logs: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
                 root: CancellationToken::new(),
@@ -367,6 +375,7 @@ impl Runtime {
         options: &PullOptions,
     ) -> Result<Pulled, ImagePullError> {
         let timeout = self.inner.config.pull_timeout;
+        let _pulling = self.inner.pulls.read().await;
         match tokio::time::timeout(timeout, self.pull_inner(reference, options)).await {
             Ok(result) => result,
             Err(_) => Err(ImagePullError::Timeout {
@@ -853,7 +862,8 @@ impl Runtime {
             usage_percent: disk.percent(),
             ..Default::default()
         };
-        if plan.is_empty() && plan.bytes_to_free == 0 {
+        let pending = self.inner.sweep_pending.load(Ordering::Relaxed);
+        if plan.is_empty() && plan.bytes_to_free == 0 && !pending {
             return Ok(report);
         }
         let mut artifacts = Vec::new();
@@ -864,21 +874,33 @@ impl Runtime {
             let (artifact, sum) = self.inner.cache.paths(digest);
             artifacts.extend([artifact, sum]);
         }
+        let sweeping = self.inner.pulls.try_write();
+        if sweeping.is_err() {
+            tracing::debug!("image pulls in progress: the blob store is swept next time");
+        }
+        self.inner
+            .sweep_pending
+            .store(sweeping.is_err(), Ordering::Relaxed);
         let roots: Vec<Digest> = lock(&self.inner.usage)
             .values()
             .flat_map(|r| r.roots.iter().copied())
             .collect();
         let inner = self.inner.clone();
         let min_age = policy.minimum_age;
+        let sweep = sweeping.is_ok();
         report.bytes_freed = tokio::task::spawn_blocking(move || {
             let mut freed = 0;
             for path in artifacts {
                 freed += remove_counted(&path);
             }
-            freed + inner.blobs.sweep(&roots, min_age)
+            if sweep {
+                freed += inner.blobs.sweep(&roots, min_age);
+            }
+            freed
         })
         .await
         .map_err(std::io::Error::other)?;
+        drop(sweeping);
         Ok(report)
     }
 

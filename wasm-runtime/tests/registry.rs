@@ -262,7 +262,7 @@ async fn image_gc_removes_an_unused_image_and_keeps_a_used_one() {
         .iter()
         .map(|i| i.reference().to_owned())
         .collect();
-    assert_eq!(held, [used.clone()]);
+    assert_eq!(held, std::slice::from_ref(&used));
     assert!(!blob(&manifest).exists(), "the manifest blob is deleted");
     assert!(!blob(&sha(&wasm)).exists(), "the layer blob is deleted");
     assert_eq!(artifacts(), 1, "the compiled artifact is deleted");
@@ -291,6 +291,19 @@ async fn image_gc_removes_an_unused_image_and_keeps_a_used_one() {
     .await
     .unwrap_or_else(|e| panic!("pull: {e}"));
     assert!(back.fetched, "pulled again from the registry");
+    // Now the registry image is the used one: its manifest and layer stay, the file
+    // image goes.
+    let report = within(30, "gc", rt.collect_images(&now, |n| n == unused))
+        .await
+        .expect("gc");
+    assert_eq!(report.removed.len(), 1, "{report:?}");
+    assert!(report.removed[0].contains(&used), "{report:?}");
+    assert!(blob(&manifest).is_file(), "the used image's manifest stays");
+    assert!(blob(&sha(&wasm)).is_file(), "the used image's layer stays");
+    let again = within(60, "pull the kept image", rt.pull_with(&unused, &options))
+        .await
+        .expect("kept");
+    assert!(!again.fetched, "the kept image is pulled from the store");
     server.abort();
     rt.shutdown(std::time::Duration::from_secs(5)).await;
 }

@@ -44,6 +44,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wharf_control::events::Recorder;
 use wharf_runtime::Runtime;
+use wharf_runtime::gc::ImageGcPolicy;
 
 /// The `source.component` of the Events a node records (the kubelet's is `kubelet`).
 pub const EVENT_SOURCE: &str = "wharf-node";
@@ -84,6 +85,10 @@ pub struct AgentConfig {
     /// Whether the DNS forwards names outside the cluster domain to the host's resolvers
     /// (else it refuses them).
     pub dns_forward: bool,
+    /// When unused images are removed (see [`wharf_runtime::gc`]).
+    pub image_gc: ImageGcPolicy,
+    /// How often image garbage collection looks (the kubelet's is 5 minutes).
+    pub image_gc_period: Duration,
 }
 
 impl AgentConfig {
@@ -106,6 +111,8 @@ impl AgentConfig {
             dns_listen: Some(SocketAddr::from(([127, 0, 0, 1], 5353))),
             cluster_domain: "cluster.local".into(),
             dns_forward: true,
+            image_gc: ImageGcPolicy::default(),
+            image_gc_period: Duration::from_secs(300),
         }
     }
 }
@@ -142,7 +149,54 @@ pub struct NodeContext {
 pub fn spawn(tasks: &mut JoinSet<()>, ctx: Arc<NodeContext>, facts: NodeFacts) {
     tasks.spawn(heartbeat(ctx.clone(), facts));
     tasks.spawn(renew_lease(ctx.clone()));
+    tasks.spawn(collect_images(ctx.clone()));
     tasks.spawn(watch_pods(ctx));
+}
+
+/// Every container image (init containers too) a pod names.
+fn pod_images(pod: &Pod) -> impl Iterator<Item = &str> {
+    pod.spec.iter().flat_map(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(&s.containers)
+            .filter_map(|c| c.image.as_deref())
+            .map(str::trim)
+    })
+}
+
+/// Image garbage collection, every `image_gc_period`: the images the node's pods name
+/// are in use; the runtime decides and removes (see [`wharf_runtime::gc`]). What it
+/// removed leaves the Node's `status.images` at the next heartbeat.
+async fn collect_images(ctx: Arc<NodeContext>) {
+    let mut tick = tokio::time::interval(ctx.config.image_gc_period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let in_use: std::collections::HashSet<String> = {
+            let pods = ctx.pods.lock().unwrap_or_else(|e| e.into_inner());
+            pods.values()
+                .flat_map(|p| pod_images(p).map(str::to_owned).collect::<Vec<_>>())
+                .collect()
+        };
+        match ctx
+            .runtime
+            .collect_images(&ctx.config.image_gc, |name| in_use.contains(name))
+            .await
+        {
+            Ok(report) if !report.removed.is_empty() => tracing::info!(
+                removed = ?report.removed,
+                bytes_freed = report.bytes_freed,
+                disk_usage_percent = report.usage_percent,
+                "image garbage collection removed unused images"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("image garbage collection failed: {e}"),
+        }
+    }
 }
 
 /// Creates the Node, or adopts it if it exists (a restarted agent), and reports Ready.
