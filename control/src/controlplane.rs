@@ -296,7 +296,8 @@ pub async fn start(
         shutdown: shutdown.clone(),
         rbac: Default::default(),
     };
-    let router = apiserver::router(state.clone());
+    let router = apiserver::router(state.clone())
+        .merge(crate::oci::router(state.clone(), dir.join("registry")));
     bootstrap_namespaces(&router).await?;
     apiserver::rbac::bootstrap::reconcile(apiserver::in_process_client(router.clone()))
         .await

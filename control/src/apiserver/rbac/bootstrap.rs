@@ -292,6 +292,12 @@ pub fn desired() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 ),
             ],
         ),
+        // Nodes pull images from the cluster registry (`/v2/...`, pull only).
+        role(
+            "system:wharf:registry-puller",
+            &[],
+            vec![urls(&["/v2", "/v2/", "/v2/*"], &["get"])],
+        ),
         role(
             "system:public-info-viewer",
             &[],
@@ -312,6 +318,11 @@ pub fn desired() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
             "system:basic-user",
             "system:basic-user",
             &["system:authenticated"],
+        ),
+        binding(
+            "system:wharf:registry-puller",
+            "system:wharf:registry-puller",
+            &["system:nodes"],
         ),
         binding(
             "system:public-info-viewer",
