@@ -23,6 +23,8 @@
 //! that host to its control plane, so the same manifest runs on any cluster.
 
 pub mod storage;
+#[cfg(test)]
+mod workflows;
 
 use axum::Router;
 use axum::body::Body;
