@@ -110,8 +110,20 @@ pub async fn start(
 ) -> Result<NodeHandle, StartError> {
     let NodeConfig {
         agent: config,
-        runtime: runtime_config,
+        runtime: mut runtime_config,
     } = config;
+    // `registry.wharf.local` is this cluster's registry, served by the control plane.
+    if let Some(registry) = &config.cluster_registry {
+        runtime_config
+            .registries
+            .mirrors
+            .entry(wharf_control::oci::RESERVED_HOST.to_owned())
+            .or_insert_with(|| vec![format!("https://{}", registry.host)]);
+        runtime_config
+            .registries
+            .ca_files
+            .push(registry.ca_file.clone());
+    }
     // Creating the runtime does blocking work (directories, the instance pool).
     let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
         .await

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use wharf_node::agent::AgentConfig;
+use wharf_node::agent::{AgentConfig, ClusterRegistry};
 use wharf_node::{NodeConfig, NodeHandle};
 use wharf_runtime::gc::ImageGcPolicy;
 use wharf_runtime::{LocalImages, Registries, RegistryHost};
@@ -369,13 +369,61 @@ pub async fn start_node(
         .with_context(|| format!("starting node {name}"))
 }
 
+/// Where a joining node finds `registry.wharf.local`: the kubeconfig's server, its CA
+/// (written as a PEM file in the node's data dir, which the image pulls trust) and the
+/// node's own credential.
+async fn cluster_registry(
+    kubeconfig: Option<PathBuf>,
+    data_dir: &std::path::Path,
+    node_client: &node_credential::NodeClient,
+) -> anyhow::Result<ClusterRegistry> {
+    use base64::Engine as _;
+    let (config, path) = super::cluster::load_config(kubeconfig).await?;
+    let host = config
+        .cluster_url
+        .authority()
+        .map(|a| a.to_string())
+        .with_context(|| format!("the server of kubeconfig {} names no host", path.display()))?;
+    let mut pem = String::new();
+    for der in config.root_cert.iter().flatten() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    let ca_file = data_dir.join("cluster-ca.crt");
+    let (file, contents) = (ca_file.clone(), pem.into_bytes());
+    tokio::task::spawn_blocking(move || {
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        wharf_control::fsutil::write_private(&file, &contents)
+    })
+    .await?
+    .with_context(|| format!("writing {}", ca_file.display()))?;
+    let token = config
+        .auth_info
+        .token
+        .as_ref()
+        .map(|t| secrecy::ExposeSecret::expose_secret(t).trim().to_owned());
+    Ok(ClusterRegistry {
+        host,
+        ca_file,
+        credential: node_client.token_source(token),
+    })
+}
+
 pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<()> {
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => super::default_data_dir()?.join("nodes").join(&args.name),
     };
     // With a join token, the node's own credential (obtained once, renewed before it expires).
-    let node_client = node_credential::connect(kubeconfig, &args.name, &data_dir).await?;
+    let node_client = node_credential::connect(kubeconfig.clone(), &args.name, &data_dir).await?;
+    let cluster_registry = cluster_registry(kubeconfig, &data_dir, &node_client).await?;
     let mut node_config = NodeConfig::new(&args.name, data_dir);
     let config = &mut node_config.agent;
     config.address = args.address;
@@ -393,6 +441,7 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     let local_images = args.images.local_images(false);
     eprintln!("wharf node: {}", local_images_note(&local_images));
     args.images.apply(&mut node_config, local_images)?;
+    node_config.agent.cluster_registry = Some(cluster_registry);
     let renewal = node_client
         .renewer
         .map(|r| tokio::spawn(r.run(shutdown.clone())));

@@ -42,6 +42,27 @@ pub struct NodeClient {
     pub renewer: Option<Renewer>,
 }
 
+impl NodeClient {
+    /// The token the node presents now: its renewed credential, else the kubeconfig's.
+    pub fn token_source(
+        &self,
+        kubeconfig_token: Option<String>,
+    ) -> Arc<dyn Fn() -> Option<String> + Send + Sync> {
+        match &self.renewer {
+            Some(r) => {
+                let cell = r.cell.clone();
+                Arc::new(move || {
+                    cell.read()
+                        .ok()
+                        .map(|t| t.clone())
+                        .filter(|t| !t.is_empty())
+                })
+            }
+            None => Arc::new(move || kubeconfig_token.clone()),
+        }
+    }
+}
+
 /// Connects a node named `node` with the kubeconfig (`flag`, else as kubectl finds it):
 /// with its own credential, obtained with the kubeconfig's join token if need be.
 pub async fn connect(

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wharf_control::ControlConfig;
 use wharf_node::NodeConfig;
+use wharf_node::agent::ClusterRegistry;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -72,6 +73,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         config.agent.backoff.base = args.backoff;
         args.services.apply(&mut config.agent);
         args.images.apply(&mut config, local_images.clone())?;
+        // The cluster registry on the control plane, pulled from with the admin token (the
+        // laptop's nodes run in the control plane's process, as its user).
+        let token = plane.admin_token.clone();
+        config.agent.cluster_registry = Some(ClusterRegistry {
+            host: plane.local_addr.to_string(),
+            ca_file: plane.ca_cert.clone(),
+            credential: std::sync::Arc::new(move || Some(token.clone())),
+        });
         let started = start_node(config, plane.client(), shutdown.clone()).await;
         let agent = match started {
             Ok(n) => n,

@@ -89,6 +89,41 @@ pub struct AgentConfig {
     pub image_gc: ImageGcPolicy,
     /// How often image garbage collection looks (the kubelet's is 5 minutes).
     pub image_gc_period: Duration,
+    /// Where images named `registry.wharf.local/...` come from; `None`: that name is not
+    /// mapped (it then resolves like any other registry host).
+    pub cluster_registry: Option<ClusterRegistry>,
+}
+
+/// How a node reaches its cluster's registry ([`wharf_control::oci`]): the control
+/// plane's `host:port`, the CA its certificate chains to, and the credential the node
+/// pulls with, read at each pull (a node credential is renewed in place).
+#[derive(Clone)]
+pub struct ClusterRegistry {
+    pub host: String,
+    /// PEM file of the cluster CA.
+    pub ca_file: PathBuf,
+    pub credential: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for ClusterRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterRegistry")
+            .field("host", &self.host)
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterRegistry {
+    /// The credential a pull of a cluster-registry image presents to `host` (the user
+    /// name is not read by the registry: the password is the node's token).
+    pub fn pull_credential(&self) -> Option<wharf_runtime::RegistryCredential> {
+        Some(wharf_runtime::RegistryCredential {
+            registry: self.host.clone(),
+            username: "wharf-node".into(),
+            password: (self.credential)()?,
+        })
+    }
 }
 
 impl AgentConfig {
@@ -113,6 +148,7 @@ impl AgentConfig {
             dns_forward: true,
             image_gc: ImageGcPolicy::default(),
             image_gc_period: Duration::from_secs(300),
+            cluster_registry: None,
         }
     }
 }

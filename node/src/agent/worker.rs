@@ -719,7 +719,14 @@ async fn start_container(
     // a `Pulling` Event while the image is fetched, so a slow or hanging registry is visible
     // at once, not only when the pull times out.
     let policy = pull::policy(c);
-    let (credentials, unreadable) = pull::pod_credentials(&ctx.client, pod).await;
+    let (mut credentials, unreadable) = pull::pod_credentials(&ctx.client, pod).await;
+    // The node's own credential for the cluster registry, after the pod's.
+    credentials.extend(
+        ctx.config
+            .cluster_registry
+            .as_ref()
+            .and_then(|r| r.pull_credential()),
+    );
     if !unreadable.is_empty() {
         record_event(
             ctx,
