@@ -948,3 +948,173 @@ async fn image_gc_removes_an_unused_image_and_keeps_a_used_one() {
     assert_eq!(common::restart_count(&pod), 0);
     cluster.terminate().await;
 }
+
+/// The cluster registry (acceptance (a) for it): `wharf push` and skopeo (a client no one
+/// here wrote) push to the control plane's `/v2`, with the cluster CA and the admin token
+/// as the basic-auth password; skopeo reads the manifest back, and is refused without
+/// credentials; pods applied with kubectl run from `registry.wharf.local/...` by tag and
+/// by digest, unmodified manifests the node maps to its control plane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cluster_registry_takes_pushes_from_wharf_and_skopeo_and_nodes_run_them() {
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_dir = dir.path().join("cluster");
+    std::fs::create_dir_all(&cluster_dir).unwrap();
+    let cluster = Cluster::up_with(&cluster_dir, 1, &[]).await;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
+    let server = kubeconfig.clusters[0]
+        .cluster
+        .as_ref()
+        .and_then(|c| c.server.clone())
+        .unwrap();
+    let host = server
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    let token = kubeconfig.auth_infos[0]
+        .auth_info
+        .as_ref()
+        .and_then(|a| a.token.as_ref())
+        .map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned())
+        .unwrap();
+    // skopeo trusts the CA files of a cert dir.
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(cluster.data_dir.join("pki/ca.crt"), certs.join("ca.crt")).unwrap();
+    let skopeo = |args: Vec<String>| async move {
+        within(
+            "skopeo",
+            Command::new("skopeo")
+                .args(&args)
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await
+        .expect("skopeo is needed: run scripts/deps")
+    };
+
+    // wharf push: the digest reference on stdout.
+    let ticker = sample("ticker", "ticker");
+    let out = cluster
+        .wharf(&["push", &ticker, "registry.wharf.local/wasm/ticker:1.0"])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_digest = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let manifest_hex = by_digest
+        .strip_prefix("registry.wharf.local/wasm/ticker@sha256:")
+        .unwrap_or_else(|| panic!("{by_digest}"))
+        .to_owned();
+
+    // skopeo pushes a wasm artifact of another guest, with basic auth.
+    let batch = std::fs::read(sample("batch-p1", "batch_p1")).unwrap();
+    let layout = dir.path().join("batch");
+    let (batch_manifest, _) = wasm_artifact(&layout, &batch);
+    let creds = format!("admin:{token}");
+    let out = skopeo(vec![
+        "copy".into(),
+        "--dest-cert-dir".into(),
+        certs.display().to_string(),
+        "--dest-creds".into(),
+        creds.clone(),
+        format!("oci:{}:1.0", layout.display()),
+        format!("docker://{host}/skopeo/batch:1.0"),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // skopeo reads back what wharf pushed; without credentials it is refused.
+    let out = skopeo(vec![
+        "inspect".into(),
+        "--raw".into(),
+        "--cert-dir".into(),
+        certs.display().to_string(),
+        "--creds".into(),
+        creds.clone(),
+        format!("docker://{host}/wasm/ticker:1.0"),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "skopeo inspect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sha(&out.stdout),
+        manifest_hex,
+        "the manifest skopeo read is the one pushed"
+    );
+    let out = skopeo(vec![
+        "inspect".into(),
+        "--raw".into(),
+        "--cert-dir".into(),
+        certs.display().to_string(),
+        "--no-creds".into(),
+        format!("docker://{host}/wasm/ticker:1.0"),
+    ])
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("401") || stderr.contains("unauthorized"),
+        "{stderr}"
+    );
+
+    // kubectl applies manifests naming the cluster registry: by tag, by digest, and the
+    // image skopeo pushed.
+    let kubectl = common::kubectl::Kubectl {
+        kubeconfig: &cluster.kubeconfig,
+    };
+    let manifest = dir.path().join("pods.yaml");
+    let pod = |name: &str, image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - \
+             name: app\n    image: {image}\n    resources: {{limits: {{memory: 16Mi}}}}\n"
+        )
+    };
+    std::fs::write(
+        &manifest,
+        [
+            pod("by-tag", "registry.wharf.local/wasm/ticker:1.0"),
+            pod("by-digest", &by_digest),
+            pod("from-skopeo", "registry.wharf.local/skopeo/batch:1.0"),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    kubectl
+        .ok(&["apply", "-f", manifest.to_str().unwrap()])
+        .await;
+    for name in ["by-tag", "by-digest"] {
+        let pod = cluster
+            .wait_pod(name, "running", POD_TIMEOUT, running)
+            .await;
+        assert_eq!(
+            image_id(&pod),
+            format!("registry.wharf.local/wasm/ticker@sha256:{manifest_hex}")
+        );
+    }
+    let pod = cluster
+        .wait_pod("from-skopeo", "pulled", POD_TIMEOUT, |p| {
+            !image_id(p).is_empty()
+        })
+        .await;
+    assert_eq!(
+        image_id(&pod),
+        format!("registry.wharf.local/skopeo/batch@sha256:{batch_manifest}")
+    );
+    // The registry's files live in the control plane's data dir.
+    assert!(
+        cluster
+            .data_dir
+            .join("registry/repositories/wasm/ticker/tags/1.0")
+            .is_file()
+    );
+    cluster.terminate().await;
+}

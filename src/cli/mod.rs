@@ -23,6 +23,7 @@ mod node;
 mod node_cmds;
 mod node_credential;
 mod port_forward;
+mod push;
 mod rollout;
 mod scale;
 mod target;
@@ -82,6 +83,10 @@ pub enum Command {
     Token(token::TokenArgs),
     /// List the images the nodes hold
     Images(images::ImagesArgs),
+    /// Push a .wasm to the cluster registry (registry.wharf.local/REPO:TAG)
+    Push(push::PushArgs),
+    /// Maintain the cluster registry's files
+    Registry(push::RegistryArgs),
     /// Mark a node unschedulable
     Cordon(node_cmds::CordonArgs),
     /// Mark a node schedulable again
@@ -138,6 +143,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Push(args) => push::run(&cluster::connect(kubeconfig).await?, args).await,
+        Command::Registry(args) => match args.command {
+            push::RegistryCommand::Gc(gc) => push::gc(gc).await,
+        },
         Command::Images(args) => images::run(&cluster::connect(kubeconfig).await?, args).await,
         Command::Cordon(args) => {
             node_cmds::cordon(&cluster::connect(kubeconfig).await?, args).await
