@@ -17,6 +17,7 @@
 use crate::apiserver::auth::{Authenticator, Identity, generate_token};
 use crate::apiserver::{self, ApiConfig, AppState};
 use crate::pki::{self, Pki, PkiError};
+use crate::store::encryption::Encryption;
 use crate::store::{
     CacheConfig, EtcdConfig, EtcdStore, FjallStore, Store, StoreConfig, StoreError, WatchCache,
 };
@@ -91,6 +92,8 @@ pub struct ControlConfig {
     pub token_auth_file: Option<PathBuf>,
     /// Where the cluster state lives.
     pub backend: StoreBackend,
+    /// Encrypt Secrets at rest (keys in `DATA_DIR/pki/encryption-keys.json`).
+    pub encrypt_secrets: bool,
 }
 
 /// The store backend of a control plane.
@@ -117,6 +120,7 @@ impl ControlConfig {
             timeouts: ServeTimeouts::default(),
             token_auth_file: None,
             backend: StoreBackend::Fjall,
+            encrypt_secrets: true,
         }
     }
 }
@@ -197,8 +201,11 @@ fn store_failed(config: &ControlConfig, error: StoreError) -> ControlError {
     }
 }
 
-/// The backend of `config`, under the watch cache.
-async fn open_store(config: &ControlConfig) -> Result<Arc<dyn Store>, ControlError> {
+/// The backend of `config`, under the encryption of Secrets (when on) and the watch
+/// cache.
+async fn open_store(
+    config: &ControlConfig,
+) -> Result<(Arc<dyn Store>, Option<Arc<Encryption>>), ControlError> {
     let failed = |error| store_failed(config, error);
     let backend: Arc<dyn Store> = match &config.backend {
         StoreBackend::Fjall => {
@@ -214,6 +221,18 @@ async fn open_store(config: &ControlConfig) -> Result<Arc<dyn Store>, ControlErr
             Arc::new(EtcdStore::connect(etcd.clone()).await.map_err(failed)?)
         }
     };
+    let (backend, encryption) = if config.encrypt_secrets {
+        let path = config.data_dir.join("pki").join("encryption-keys.json");
+        let prefixes = vec![crate::store::collection_prefix("", "secrets", None)];
+        let (encryption, store) =
+            tokio::task::spawn_blocking(move || Encryption::open(path, backend, prefixes))
+                .await
+                .map_err(|e| ControlError::Bootstrap(format!("opening the encryption keys: {e}")))?
+                .map_err(|e| ControlError::Bootstrap(e.to_string()))?;
+        (store, Some(encryption))
+    } else {
+        (backend, None)
+    };
     // One watch of the backend feeds every API watcher and serves lists; it keeps no more
     // history than `--watch-history` promises.
     let cache_config = CacheConfig {
@@ -222,10 +241,13 @@ async fn open_store(config: &ControlConfig) -> Result<Arc<dyn Store>, ControlErr
             .min(config.watch_history.max(1)),
         ..CacheConfig::default()
     };
-    Ok(Arc::new(
-        WatchCache::start(backend, cache_config)
-            .await
-            .map_err(failed)?,
+    Ok((
+        Arc::new(
+            WatchCache::start(backend, cache_config)
+                .await
+                .map_err(failed)?,
+        ),
+        encryption,
     ))
 }
 
@@ -249,7 +271,7 @@ pub async fn start(
             addr: config.listen,
             error,
         })?;
-    let store = open_store(&config).await?;
+    let (store, encryption) = open_store(&config).await?;
     // The allocators must hold what the stored Services and Nodes hold before the first
     // allocation (stores from before they existed, leaks after a hand edit).
     apiserver::ipam::repair(store.as_ref())
@@ -296,8 +318,14 @@ pub async fn start(
         shutdown: shutdown.clone(),
         rbac: Default::default(),
     };
-    let router = apiserver::router(state.clone())
+    let mut router = apiserver::router(state.clone())
         .merge(crate::oci::router(state.clone(), dir.join("registry")));
+    if let Some(encryption) = encryption {
+        router = router.merge(apiserver::secrets_encrypt::router(
+            state.clone(),
+            encryption,
+        ));
+    }
     bootstrap_namespaces(&router).await?;
     apiserver::rbac::bootstrap::reconcile(apiserver::in_process_client(router.clone()))
         .await

@@ -46,6 +46,11 @@ pub struct StoreArgs {
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = super::node::parse_duration)]
     event_ttl: std::time::Duration,
 
+    /// Encrypt Secrets at rest (AES-GCM, keys in DATA_DIR/pki/encryption-keys.json);
+    /// `--secrets-encryption=false` stores them as they are
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    secrets_encryption: bool,
+
     /// Where the cluster state lives: `fjall` (embedded, in the data dir) or `etcd`
     #[arg(long, value_enum, default_value = "fjall")]
     store: StoreKind,
@@ -86,6 +91,7 @@ impl StoreArgs {
     pub fn apply(&self, config: &mut ControlConfig) -> anyhow::Result<()> {
         config.watch_history = self.watch_history;
         config.api.event_ttl = self.event_ttl;
+        config.encrypt_secrets = self.secrets_encryption;
         config.backend = match self.store {
             StoreKind::Fjall => StoreBackend::Fjall,
             StoreKind::Etcd => StoreBackend::Etcd(self.etcd_config()?),

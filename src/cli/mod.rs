@@ -26,6 +26,7 @@ mod port_forward;
 mod push;
 mod rollout;
 mod scale;
+mod secrets_encrypt;
 mod target;
 mod token;
 mod up;
@@ -87,6 +88,8 @@ pub enum Command {
     Push(push::PushArgs),
     /// Maintain the cluster registry's files
     Registry(push::RegistryArgs),
+    /// Show or rotate the keys Secrets are encrypted at rest with
+    SecretsEncrypt(secrets_encrypt::SecretsEncryptArgs),
     /// Mark a node unschedulable
     Cordon(node_cmds::CordonArgs),
     /// Mark a node schedulable again
@@ -147,6 +150,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Registry(args) => match args.command {
             push::RegistryCommand::Gc(gc) => push::gc(gc).await,
         },
+        Command::SecretsEncrypt(args) => {
+            secrets_encrypt::run(&cluster::connect(kubeconfig).await?, args).await
+        }
         Command::Images(args) => images::run(&cluster::connect(kubeconfig).await?, args).await,
         Command::Cordon(args) => {
             node_cmds::cordon(&cluster::connect(kubeconfig).await?, args).await

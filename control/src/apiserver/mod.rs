@@ -34,6 +34,7 @@ pub mod request;
 pub mod resources;
 pub mod reviews;
 pub mod scale;
+pub mod secrets_encrypt;
 pub mod services;
 pub mod table;
 pub mod watch;

@@ -42,6 +42,7 @@
 mod cache;
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod encryption;
 mod etcd_store;
 mod fjall_store;
 pub mod local_etcd;
