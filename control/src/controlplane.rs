@@ -94,6 +94,8 @@ pub struct ControlConfig {
     pub backend: StoreBackend,
     /// Encrypt Secrets at rest (keys in `DATA_DIR/pki/encryption-keys.json`).
     pub encrypt_secrets: bool,
+    /// Where the audit log goes (`None`: no audit log).
+    pub audit: Option<apiserver::audit::AuditConfig>,
 }
 
 /// The store backend of a control plane.
@@ -121,6 +123,7 @@ impl ControlConfig {
             token_auth_file: None,
             backend: StoreBackend::Fjall,
             encrypt_secrets: true,
+            audit: None,
         }
     }
 }
@@ -326,6 +329,23 @@ pub async fn start(
             encryption,
         ));
     }
+    // The in-process client (the control plane's own components) is not audited: only
+    // what comes over the network is.
+    let served = match &config.audit {
+        Some(audit) => {
+            let log = apiserver::audit::AuditLog::start(audit.clone()).map_err(|error| {
+                ControlError::Io {
+                    path: audit.path.clone(),
+                    error,
+                }
+            })?;
+            router.clone().layer(axum::middleware::from_fn_with_state(
+                log,
+                apiserver::audit::record,
+            ))
+        }
+        None => router.clone(),
+    };
     bootstrap_namespaces(&router).await?;
     apiserver::rbac::bootstrap::reconcile(apiserver::in_process_client(router.clone()))
         .await
@@ -352,13 +372,7 @@ pub async fn start(
             &mut components,
         );
     }
-    let server = tokio::spawn(serve_tls(
-        listener,
-        tls,
-        router.clone(),
-        config.timeouts,
-        shutdown,
-    ));
+    let server = tokio::spawn(serve_tls(listener, tls, served, config.timeouts, shutdown));
     tracing::info!(%local_addr, kubeconfig = %kubeconfig.display(), "control plane serving");
     Ok(ControlPlane {
         local_addr,
@@ -519,6 +533,8 @@ async fn serve_connection(
             }
         }
     };
+    // Handlers (the audit log) see the client's address.
+    let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app));
     if let Err(e) = watcher.watch(conn).await {

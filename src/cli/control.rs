@@ -8,6 +8,7 @@ use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
+use wharf_control::apiserver::audit::AuditConfig;
 use wharf_control::store::{EtcdConfig, EtcdTls};
 use wharf_control::{ControlConfig, ControlError, StoreBackend};
 
@@ -51,6 +52,19 @@ pub struct StoreArgs {
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     secrets_encryption: bool,
 
+    /// Write an audit log (audit.k8s.io/v1 Events, JSON lines) of every request that
+    /// changes state or is refused
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+
+    /// Rotate the audit log when it reaches this many megabytes
+    #[arg(long, value_name = "MB", default_value_t = 100)]
+    audit_log_maxsize: u64,
+
+    /// Rotated audit logs kept
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    audit_log_maxbackup: usize,
+
     /// Where the cluster state lives: `fjall` (embedded, in the data dir) or `etcd`
     #[arg(long, value_enum, default_value = "fjall")]
     store: StoreKind,
@@ -92,6 +106,11 @@ impl StoreArgs {
         config.watch_history = self.watch_history;
         config.api.event_ttl = self.event_ttl;
         config.encrypt_secrets = self.secrets_encryption;
+        config.audit = self.audit_log.as_ref().map(|path| AuditConfig {
+            path: path.clone(),
+            max_size_bytes: self.audit_log_maxsize.saturating_mul(1 << 20),
+            max_backups: self.audit_log_maxbackup,
+        });
         config.backend = match self.store {
             StoreKind::Fjall => StoreBackend::Fjall,
             StoreKind::Etcd => StoreBackend::Etcd(self.etcd_config()?),

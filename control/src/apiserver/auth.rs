@@ -284,8 +284,11 @@ pub async fn require_identity(
                 Ok(impersonated) => impersonated.unwrap_or(identity),
                 Err(e) => return e.into_response(),
             };
-            req.extensions_mut().insert(acting);
-            next.run(req).await
+            req.extensions_mut().insert(acting.clone());
+            // Also on the answer, for the audit log around this layer.
+            let mut response = next.run(req).await;
+            response.extensions_mut().insert(acting);
+            response
         }
         Err(e) => {
             if let AuthError::MalformedSecret { .. } = &e {

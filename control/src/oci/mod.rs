@@ -226,15 +226,22 @@ async fn authenticate(
     };
     match authz::allowed(&state.api, &attrs).await {
         Ok(true) => {
-            req.extensions_mut().insert::<Identity>(identity);
-            next.run(req).await
+            req.extensions_mut().insert::<Identity>(identity.clone());
+            // Also on the answer, for the audit log.
+            let mut response = next.run(req).await;
+            response.extensions_mut().insert(identity);
+            response
         }
-        Ok(false) => OciError::new(
-            StatusCode::FORBIDDEN,
-            "DENIED",
-            format!("User \"{}\" cannot {verb} path \"{path}\"", identity.user),
-        )
-        .into_response(),
+        Ok(false) => {
+            let mut response = OciError::new(
+                StatusCode::FORBIDDEN,
+                "DENIED",
+                format!("User \"{}\" cannot {verb} path \"{path}\"", identity.user),
+            )
+            .into_response();
+            response.extensions_mut().insert(identity);
+            response
+        }
         Err(e) => e.into_response(),
     }
 }
