@@ -14,8 +14,14 @@
 //! At 1 client (sequential: every write pays a whole commit) and at 64 concurrent clients.
 //! Prints a markdown table (the "API writes by store backend" section of BENCHMARKS.md).
 //!
+//! `rbac`: what authorization costs. On fjall, with 1,000 RoleBindings in 100 namespaces,
+//! reads and creates at 64 clients by the admin (whose `system:masters` group the
+//! authorizer lets through at once: RBAC off, in effect) and by a user RBAC authorizes
+//! through a RoleBinding to `edit` (RBAC on: the Node authorizer, then every binding that
+//! could apply is evaluated).
+//!
 //! Sizes: `WHARF_BENCH_SEQ` (writes at 1 client, default 1000), `WHARF_BENCH_CONC` (writes
-//! at 64 clients, default 10000), `WHARF_BENCH_BACKENDS` (default `fjall,etcd1,etcd3`).
+//! at 64 clients, default 10000), `WHARF_BENCH_BACKENDS` (default `fjall,etcd1,etcd3,rbac`).
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -203,6 +209,105 @@ async fn api_creates(
     Ok(rows)
 }
 
+/// Reads and creates by the admin and by an RBAC-authorized user, 1,000 RoleBindings in
+/// place.
+async fn rbac(conc: usize) -> Result<(), BoxError> {
+    let base = env!("CARGO_TARGET_TMPDIR");
+    std::fs::create_dir_all(base)?;
+    let dir = tempfile::tempdir_in(base)?;
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "bench-user-token,bench-user,1001\n")?;
+    let mut config = ControlConfig::new(dir.path().join("data"));
+    config.listen = "127.0.0.1:0".parse()?;
+    config.token_auth_file = Some(tokens);
+    let shutdown = CancellationToken::new();
+    let plane = start(config, shutdown.clone()).await?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&plane.kubeconfig)?;
+    let admin_config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let admin = kube::Client::try_from(admin_config.clone())?;
+    // 1,000 RoleBindings: ten per namespace in 100 namespaces, to other users.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    for n in 0..100 {
+        let ns =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": format!("team-{n}")}}))?;
+        namespaces.create(&PostParams::default(), &ns).await?;
+    }
+    let bindings: Vec<Result<(), BoxError>> = futures::stream::iter(0..1000)
+        .map(|i| {
+            let admin = admin.clone();
+            async move {
+                let ns = format!("team-{}", i % 100);
+                let rb: Api<k8s_openapi::api::rbac::v1::RoleBinding> = Api::namespaced(admin, &ns);
+                let binding = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("view-{i}")},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                    "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": format!("user-{i}")}]}))?;
+                rb.create(&PostParams::default(), &binding).await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    bindings.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let rb: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(admin.clone(), "default");
+    let binding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bench-user-edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "bench-user"}]}))?;
+    rb.create(&PostParams::default(), &binding).await?;
+    let mut user_config = admin_config;
+    user_config.auth_info.token = Some("bench-user-token".to_owned().into());
+    let user = kube::Client::try_from(user_config)?;
+    let seed: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
+    seed.create(&PostParams::default(), &config_map("read-me"))
+        .await?;
+    println!(
+        "\n| who (1,000 RoleBindings) | request | clients | requests | wall | requests/s | p50 | p99 | max |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for (who, client) in [
+        ("admin (system:masters)", &admin),
+        ("user bound to edit (RBAC)", &user),
+    ] {
+        let api: Arc<Api<ConfigMap>> = Arc::new(Api::namespaced(client.clone(), "default"));
+        let reads = drive(CONCURRENT, conc, |_| {
+            let api = api.clone();
+            async move {
+                api.get("read-me").await?;
+                Ok(())
+            }
+        })
+        .await?;
+        let prefix = if who.starts_with("admin") { "a" } else { "u" };
+        let creates = drive(CONCURRENT, conc, |i| {
+            let api = api.clone();
+            let cm = config_map(&format!("{prefix}-{i}"));
+            async move {
+                api.create(&PostParams::default(), &cm).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        for (request, s) in [("get configmap", reads), ("create configmap", creates)] {
+            println!(
+                "| {who} | {request} | {CONCURRENT} | {} | {:.2} s | **{:.0}** | {:.2} ms | {:.2} ms | {:.2} ms |",
+                s.writes,
+                s.wall.as_secs_f64(),
+                s.writes as f64 / s.wall.as_secs_f64(),
+                s.p50.as_secs_f64() * 1e3,
+                s.p99.as_secs_f64() * 1e3,
+                s.max.as_secs_f64() * 1e3,
+            );
+        }
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), plane.wait()).await??;
+    Ok(())
+}
+
 fn etcd_backend(members: &[LocalEtcd]) -> StoreBackend {
     StoreBackend::Etcd(EtcdConfig::new(
         members.iter().map(|m| m.client_url.clone()).collect(),
@@ -237,6 +342,9 @@ async fn main() -> Result<(), BoxError> {
                 raw_etcd(name, &endpoints, seq, conc).await?;
                 api_creates(name, etcd_backend(&members), seq, conc).await?;
                 drop(members);
+            }
+            "rbac" => {
+                rbac(conc).await?;
             }
             other => {
                 return Err(format!("unknown backend {other:?} in WHARF_BENCH_BACKENDS").into());
