@@ -451,15 +451,15 @@ async fn registry_images_run_by_tag_and_by_digest_and_failed_pulls_name_their_ca
 
     // By tag, applied with `wharf apply` (which leaves registry references alone).
     let by_tag = registry.image("wasm/ticker:1.0");
-    cluster
-        .apply(
-            "by-tag.yaml",
-            &format!(
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: by-tag\nspec:\n  nodeName: node-1\n  \
-                 imagePullSecrets: [{{name: regcred}}]\n  containers:\n    - name: app\n      \
-                 image: {by_tag}\n"
-            ),
+    let pod_yaml = |name: &str, image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: node-1\n  \
+             imagePullSecrets: [{{name: regcred}}]\n  containers:\n    - name: app\n      \
+             image: {image}\n"
         )
+    };
+    cluster
+        .apply("by-tag.yaml", &pod_yaml("by-tag", &by_tag))
         .await;
     let pod = cluster
         .wait_pod("by-tag", "running", POD_TIMEOUT, running)
@@ -486,9 +486,16 @@ async fn registry_images_run_by_tag_and_by_digest_and_failed_pulls_name_their_ca
         "{pulled}"
     );
 
-    // By digest: the same image, found in the node's store (already present).
+    // By digest, applied with kubectl: the same image, found in the node's store (already
+    // present).
     let by_digest = format!("{repo}@sha256:{manifest}");
-    ticker_pod(&client, "by-digest", &by_digest, Some("regcred")).await;
+    let path = dir.path().join("by-digest.yaml");
+    std::fs::write(&path, pod_yaml("by-digest", &by_digest)).unwrap();
+    common::kubectl::Kubectl {
+        kubeconfig: &cluster.kubeconfig,
+    }
+    .ok(&["apply", "-f", path.to_str().unwrap()])
+    .await;
     let pod = cluster
         .wait_pod("by-digest", "running", POD_TIMEOUT, running)
         .await;
