@@ -295,6 +295,7 @@ pub async fn start(
         config: Arc::new(config.api.clone()),
         shutdown: shutdown.clone(),
         rbac: Default::default(),
+        kinds: Default::default(),
     };
     let router = apiserver::router(state.clone());
     bootstrap_namespaces(&router).await?;

@@ -20,6 +20,7 @@ pub mod error;
 pub mod eviction;
 pub mod exec;
 pub mod fieldcheck;
+pub mod followed;
 pub mod host_path;
 pub mod ipam;
 pub mod objects;
@@ -97,6 +98,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The RBAC policy the authorizer reads, following the store.
     pub rbac: Arc<rbac::cache::PolicyCache>,
+    /// The kinds served: the built-ins and what CustomResourceDefinitions add,
+    /// following the store.
+    pub kinds: Arc<registry::custom::Kinds>,
 }
 
 /// The whole API: health and version endpoints without authentication, everything else
