@@ -3,7 +3,7 @@
 //!
 //! - it keeps each definition's `NamesAccepted` and `Established` conditions (and
 //!   `acceptedNames`, `storedVersions`) equal to what the definitions as a whole decide
-//!   (the earliest definition keeps a contested name; a definition whose rival goes away
+//!   (the earliest definition keeps a contested name; a definition whose rival is gone
 //!   is accepted then), with the same pure function the API server uses on create
 //!   ([`status_among`]);
 //! - a definition being deleted has its objects deleted, in every namespace, and only
@@ -101,12 +101,9 @@ async fn run(client: kube::Client, shutdown: CancellationToken) {
                 }
                 continue;
             }
-            let others: Vec<Value> = all
-                .iter()
-                .filter(|c| c.pointer("/metadata/deletionTimestamp").is_none())
-                .cloned()
-                .collect();
-            let wanted = status_among(crd, &others);
+            // A definition being deleted holds its names until it is gone, as the API
+            // server, which serves it until then, sees it.
+            let wanted = status_among(crd, &all);
             if essence(crd.get("status")) == essence(Some(&wanted)) {
                 continue;
             }
