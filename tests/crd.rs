@@ -181,8 +181,16 @@ async fn kubectl_uses_a_custom_resource_definition() {
 
     // kubectl explain, from the published OpenAPI.
     let explained = k.ok(&["explain", "widgets.spec"]).await;
-    for needle in ["What the widget should be.", "size", "How big the widget is.", "replicas"] {
-        assert!(explained.contains(needle), "{needle:?} missing:\n{explained}");
+    for needle in [
+        "What the widget should be.",
+        "size",
+        "How big the widget is.",
+        "replicas",
+    ] {
+        assert!(
+            explained.contains(needle),
+            "{needle:?} missing:\n{explained}"
+        );
     }
 
     // Deleting the definition deletes its objects: defined again, the kind is empty.
@@ -322,16 +330,27 @@ async fn a_kube_rs_operator_reconciles_its_objects() {
     let greetings: Api<Greeting> = Api::namespaced(client.clone(), "default");
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let operator = tokio::spawn(
-        Controller::new(Api::<Greeting>::all(client.clone()), watcher::Config::default())
-            .owns(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
-            .run(reconcile, error_policy, Arc::new(client.clone()))
-            .for_each(|_| futures::future::ready(())),
+        Controller::new(
+            Api::<Greeting>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .run(reconcile, error_policy, Arc::new(client.clone()))
+        .for_each(|_| futures::future::ready(())),
     );
 
     greetings
         .create(
             &PostParams::default(),
-            &Greeting::new("world", GreetingSpec { name: "World".into() }),
+            &Greeting::new(
+                "world",
+                GreetingSpec {
+                    name: "World".into(),
+                },
+            ),
         )
         .await
         .unwrap();
@@ -351,7 +370,10 @@ async fn a_kube_rs_operator_reconciles_its_objects() {
                     let cm = cm.unwrap();
                     assert_eq!(status.config_map, "greeting-world");
                     let owner = &cm.metadata.owner_references.unwrap()[0];
-                    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Greeting", "world"));
+                    assert_eq!(
+                        (owner.kind.as_str(), owner.name.as_str()),
+                        ("Greeting", "world")
+                    );
                     assert_eq!(owner.uid, g.metadata.uid.unwrap());
                     return;
                 }
@@ -382,12 +404,18 @@ async fn a_kube_rs_operator_reconciles_its_objects() {
     let err = greetings
         .create(
             &PostParams::default(),
-            &Greeting::new("empty", GreetingSpec { name: String::new() }),
+            &Greeting::new(
+                "empty",
+                GreetingSpec {
+                    name: String::new(),
+                },
+            ),
         )
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("spec.name in body should be at least 1 chars long"),
+        err.to_string()
+            .contains("spec.name in body should be at least 1 chars long"),
         "{err}"
     );
     operator.abort();

@@ -576,3 +576,149 @@ async fn the_controller_accepts_names_once_their_holder_is_gone() {
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
 }
+
+#[tokio::test]
+async fn rbac_grants_custom_resources_by_group_and_resource() {
+    let api = Api::new().await;
+    create_crd(&api, widget_crd()).await;
+    const BOB: &str = "bob-token";
+    api.add_token(
+        BOB,
+        super::super::auth::Identity {
+            user: "bob".into(),
+            groups: vec!["system:authenticated".into()],
+        },
+    );
+    let (code, status) = api
+        .send_with(BOB, "GET", WIDGETS, "application/json", None)
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{status}");
+    assert_eq!(
+        status["message"],
+        "widgets.example.com is forbidden: User \"bob\" cannot list resource \"widgets\" in API group \"example.com\" in the namespace \"default\""
+    );
+    let rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/default";
+    let (code, out) = api
+        .send(
+            "POST",
+            &format!("{rbac}/roles"),
+            Some(json!({"metadata": {"name": "widget-reader"},
+                "rules": [{"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["list"]}]})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{out}");
+    let (code, out) = api
+        .send(
+            "POST",
+            &format!("{rbac}/rolebindings"),
+            Some(json!({"metadata": {"name": "bob-reads"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "widget-reader"},
+                "subjects": [{"kind": "User", "name": "bob"}]})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{out}");
+    let (code, list) = api
+        .send_with(BOB, "GET", WIDGETS, "application/json", None)
+        .await;
+    assert_eq!(code, StatusCode::OK, "{list}");
+    let (code, _) = api
+        .send_with(
+            BOB,
+            "POST",
+            WIDGETS,
+            "application/json",
+            Some(json!({"metadata": {"name": "w"}, "spec": {"size": "small"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn aggregated_discovery_lists_the_custom_group() {
+    let api = Api::new().await;
+    create_crd(&api, widget_crd()).await;
+    let req = http::Request::builder()
+        .uri("/apis")
+        .header("authorization", format!("Bearer {}", super::TOKEN))
+        .header(
+            "accept",
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
+        )
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let (code, doc) = api.request(req).await;
+    assert_eq!(code, StatusCode::OK, "{doc}");
+    let group = doc["items"]
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .find(|i| i["metadata"]["name"] == "example.com")
+        })
+        .expect("the custom group");
+    let versions: Vec<&str> = group["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|v| v["version"].as_str())
+        .collect();
+    assert_eq!(versions, ["v1", "v2"]);
+    let widgets = &group["versions"][0]["resources"][0];
+    assert_eq!(widgets["resource"], "widgets");
+    assert_eq!(widgets["scope"], "Namespaced");
+    assert_eq!(widgets["shortNames"], json!(["wd"]));
+    assert_eq!(widgets["categories"], json!(["gadgets"]));
+    let subs: Vec<&str> = widgets["subresources"]
+        .as_array()
+        .expect("subresources")
+        .iter()
+        .filter_map(|s| s["subresource"].as_str())
+        .collect();
+    assert_eq!(subs, ["scale", "status"]);
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_deletes_its_custom_resources() {
+    let api = Api::new().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    crate::controllers::namespace::start(
+        api.client(),
+        &Default::default(),
+        shutdown.clone(),
+        &mut tasks,
+    );
+    create_crd(&api, widget_crd()).await;
+    let (code, _) = api
+        .send(
+            "POST",
+            "/api/v1/namespaces",
+            Some(json!({"metadata": {"name": "temp"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, _) = api
+        .send(
+            "POST",
+            "/apis/example.com/v1/namespaces/temp/widgets",
+            Some(json!({"metadata": {"name": "w"}, "spec": {"size": "small"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, _) = api.send("DELETE", "/api/v1/namespaces/temp", None).await;
+    assert_eq!(code, StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, _) = api.send("GET", "/api/v1/namespaces/temp", None).await;
+        if code == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the namespace was never emptied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let prefix = crate::store::collection_prefix("example.com", "widgets", Some("temp"));
+    let left = api.store.list(&prefix).await.expect("list");
+    assert!(left.items.is_empty(), "a widget outlived its namespace");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+}
