@@ -118,6 +118,13 @@ pub trait Strategy: Send + Sync {
     /// Fills the defaults Kubernetes fills (on create and on every update).
     fn default(&self, _obj: &mut Value) {}
 
+    /// Removes the fields the kind declares beyond its Rust type's knowledge (a custom
+    /// resource's schema) and answers their paths, for field validation; the type's own
+    /// pruning follows ([`crate::api::fields::prune_unknown`]).
+    fn prune_unknown(&self, _obj: &mut Value) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Checks a whole (defaulted) object beyond its typed shape and metadata.
     fn validate(&self, _obj: &Value, _errs: &mut Vec<FieldError>) {}
 

@@ -161,6 +161,22 @@ async fn custom_resources_are_pruned_defaulted_and_validated() {
     assert_eq!(w.get("status"), None, "a create does not write the status");
     assert_eq!(w["metadata"]["generation"], 1);
 
+    // Strict field validation refuses what the schema does not declare.
+    let (code, w) = api
+        .send(
+            "POST",
+            &format!("{WIDGETS}?fieldValidation=Strict"),
+            Some(json!({"metadata": {"name": "strict"},
+                "spec": {"size": "small", "bogus": 1, "network": {"portt": 1}}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{w}");
+    let message = w["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("unknown field \"spec.bogus\", unknown field \"spec.network.portt\""),
+        "{message}"
+    );
+
     let (code, w) = api
         .send(
             "POST",

@@ -43,12 +43,15 @@ fn child(path: &str, key: &str) -> String {
 
 // ---- Pruning ----------------------------------------------------------------------------
 
-/// Drops from `obj` every field `schema` does not declare, as Kubernetes prunes.
-pub fn prune(schema: &Value, obj: &mut Value) {
-    prune_at(schema, obj, true);
+/// Drops from `obj` every field `schema` does not declare, as Kubernetes prunes, and
+/// answers the paths of those that held a value (`spec.bogus`), for field validation.
+pub fn prune(schema: &Value, obj: &mut Value) -> Vec<String> {
+    let mut pruned = Vec::new();
+    prune_at(schema, obj, "", true, &mut pruned);
+    pruned
 }
 
-fn prune_at(s: &Value, v: &mut Value, root: bool) {
+fn prune_at(s: &Value, v: &mut Value, path: &str, root: bool, pruned: &mut Vec<String>) {
     match v {
         Value::Object(map) => {
             let props = properties(s);
@@ -57,8 +60,9 @@ fn prune_at(s: &Value, v: &mut Value, root: bool) {
                 || additional.is_some_and(|a| a == &Value::Bool(true));
             let resource = is_resource(s, root);
             map.retain(|key, value| {
+                let field = child(path, key);
                 if let Some(ps) = props.and_then(|p| p.get(key)) {
-                    prune_at(ps, value, false);
+                    prune_at(ps, value, &field, false, pruned);
                     return true;
                 }
                 if resource && ROOT_FIELDS.contains(&key.as_str()) {
@@ -66,17 +70,23 @@ fn prune_at(s: &Value, v: &mut Value, root: bool) {
                 }
                 match additional {
                     Some(a) if a.is_object() => {
-                        prune_at(a, value, false);
+                        prune_at(a, value, &field, false, pruned);
                         true
                     }
-                    _ => keep_unknown,
+                    _ if keep_unknown => true,
+                    _ => {
+                        if !value.is_null() {
+                            pruned.push(field);
+                        }
+                        false
+                    }
                 }
             });
         }
         Value::Array(items) => {
             if let Some(item_schema) = s.get("items").filter(|i| i.is_object()) {
-                for item in items {
-                    prune_at(item_schema, item, false);
+                for (i, item) in items.iter_mut().enumerate() {
+                    prune_at(item_schema, item, &format!("{path}[{i}]"), false, pruned);
                 }
             }
         }
@@ -482,7 +492,11 @@ mod tests {
             "spec": {"size": "s", "bogus": true, "labels": {"any": "v"},
                      "free": {"kept": {"deep": 1}}, "nested": {"depth": 1, "gone": 2}},
             "status": {"ready": true, "phase": "x"}});
-        prune(&schema(), &mut obj);
+        let pruned = prune(&schema(), &mut obj);
+        assert_eq!(
+            pruned,
+            ["extra", "spec.bogus", "spec.nested.gone", "status.phase"]
+        );
         assert_eq!(
             obj,
             json!({"apiVersion": "x/v1", "kind": "W", "metadata": {"name": "a"},

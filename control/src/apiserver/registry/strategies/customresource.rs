@@ -66,6 +66,10 @@ impl Strategy for CustomResource {
         schema::default(&self.schema, obj);
     }
 
+    fn prune_unknown(&self, obj: &mut Value) -> Vec<String> {
+        schema::prune(&self.schema, obj)
+    }
+
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         errs.extend(schema::validate(&self.schema, obj));
     }
