@@ -6,7 +6,8 @@
 //!   `kubectl explain`, and deleting the definition deletes its objects;
 //! - a small operator written with kube-rs (`#[derive(CustomResource)]` and
 //!   kube-runtime's `Controller`, as operator authors write them) reconciles its
-//!   objects: each `Greeting` gets a ConfigMap it owns and a status saying so.
+//!   objects: each `Greeting` gets a ConfigMap it owns and a status saying so, and the
+//!   garbage collector deletes the ConfigMap with its Greeting.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -418,5 +419,18 @@ async fn a_kube_rs_operator_reconciles_its_objects() {
             .contains("spec.name in body should be at least 1 chars long"),
         "{err}"
     );
+
+    // What the operator created is owned: deleting the Greeting deletes its ConfigMap
+    // (the garbage collector follows custom owners as built-in ones).
+    greetings
+        .delete("world", &Default::default())
+        .await
+        .unwrap();
+    within("the garbage collector to delete the ConfigMap", async {
+        while maps.get_opt("greeting-world").await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
     operator.abort();
 }
