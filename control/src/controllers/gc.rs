@@ -813,10 +813,10 @@ mod tests {
         };
         let cm = item("cm", "greeting-hello", "c1", vec![owner]);
         // A kind the collector does not watch is nothing it can judge.
-        assert!(decide(&[], &[cm.clone()]).is_empty());
+        assert!(decide(&[], std::slice::from_ref(&cm)).is_empty());
         // Watched, with the owner gone from its cache: the dependent goes.
         assert_eq!(
-            summary(&decide(&[greeting], &[cm.clone()])),
+            summary(&decide(&[greeting], std::slice::from_ref(&cm))),
             ["delete greeting-hello Background unless [\"hello\"]"]
         );
         let mut live = item("cm", "hello", "g1", vec![]);
