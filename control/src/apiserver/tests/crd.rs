@@ -392,7 +392,7 @@ async fn discovery_tables_and_openapi_describe_the_new_kind() {
         .as_array()
         .and_then(|g| g.iter().find(|g| g["name"] == "example.com"))
         .expect("the group is listed");
-    assert_eq!(group["preferredVersion"]["version"], "v1");
+    assert_eq!(group["preferredVersion"]["version"], "v2");
     let (code, list) = api.send("GET", "/apis/example.com/v1", None).await;
     assert_eq!(code, StatusCode::OK, "{list}");
     let names: Vec<&str> = list["resources"]
@@ -678,8 +678,8 @@ async fn aggregated_discovery_lists_the_custom_group() {
         .iter()
         .filter_map(|v| v["version"].as_str())
         .collect();
-    assert_eq!(versions, ["v1", "v2"]);
-    let widgets = &group["versions"][0]["resources"][0];
+    assert_eq!(versions, ["v2", "v1"]);
+    let widgets = &group["versions"][1]["resources"][0];
     assert_eq!(widgets["resource"], "widgets");
     assert_eq!(widgets["scope"], "Namespaced");
     assert_eq!(widgets["shortNames"], json!(["wd"]));

@@ -389,6 +389,40 @@ pub fn status(crd: &Value, accepted: &Result<(), String>, now: &str) -> Value {
     })
 }
 
+/// Orders version names as Kubernetes ranks them for discovery (the first is the
+/// preferred version): GA before beta before alpha, a higher major first, then a higher
+/// minor (`v2`, `v1`, `v1beta2`, `v1beta1`, `v1alpha1`), then any other name
+/// alphabetically.
+pub fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+    /// (stability: 2 GA, 1 beta, 0 alpha; major; minor), or `None` for another name.
+    fn rank(v: &str) -> Option<(u8, u64, u64)> {
+        let rest = v.strip_prefix('v')?;
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let major: u64 = rest[..digits].parse().ok().filter(|m| *m > 0)?;
+        let tail = &rest[digits..];
+        if tail.is_empty() {
+            return Some((2, major, 0));
+        }
+        let (stability, minor) = if let Some(m) = tail.strip_prefix("beta") {
+            (1, m)
+        } else {
+            (0, tail.strip_prefix("alpha")?)
+        };
+        (!minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| minor.parse().ok())
+            .flatten()
+            .map(|m| (stability, major, m))
+    }
+    match (rank(a), rank(b)) {
+        (Some(x), Some(y)) => y.cmp(&x),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => a.cmp(b),
+    }
+}
+
 /// The name of the storage version.
 pub fn storage_version(crd: &Value) -> Option<String> {
     crd.pointer("/spec/versions")
@@ -518,6 +552,36 @@ mod tests {
         assert_eq!(
             again["conditions"][0]["lastTransitionTime"],
             "2026-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn versions_rank_as_kubernetes_ranks_them() {
+        let mut v = vec![
+            "v1alpha1",
+            "foo",
+            "v1",
+            "v11alpha2",
+            "v1beta1",
+            "v2",
+            "v1beta2",
+            "v12",
+            "bar",
+        ];
+        v.sort_by(|a, b| version_order(a, b));
+        assert_eq!(
+            v,
+            [
+                "v12",
+                "v2",
+                "v1",
+                "v1beta2",
+                "v1beta1",
+                "v11alpha2",
+                "v1alpha1",
+                "bar",
+                "foo"
+            ]
         );
     }
 

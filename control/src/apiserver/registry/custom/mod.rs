@@ -151,13 +151,21 @@ fn build_rows(crd: &Value) -> Vec<&'static ResourceKind> {
     let short_names = leak_strings(names.and_then(|n| n.get("shortNames")));
     let categories = leak_strings(names.and_then(|n| n.get("categories")));
     let namespaced = at("/spec/scope") != "Cluster";
-    let versions = crd
+    let mut versions: Vec<&Value> = crd
         .pointer("/spec/versions")
         .and_then(Value::as_array)
-        .map(Vec::as_slice)
+        .map(|vs| vs.iter().collect())
         .unwrap_or_default();
+    // In the order discovery ranks them: the first is the preferred version.
+    let name = |v: &Value| {
+        v.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    versions.sort_by(|a, b| definition::version_order(&name(a), &name(b)));
     versions
-        .iter()
+        .into_iter()
         .filter(|v| v.get("served").and_then(Value::as_bool) == Some(true))
         .map(|v| {
             let version = leak(v.get("name").and_then(Value::as_str).unwrap_or_default());
