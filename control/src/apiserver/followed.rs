@@ -1,6 +1,7 @@
 //! A snapshot built from every stored object under one key prefix, kept current by
-//! watching the store: what a request reads without a store call (the kinds that
-//! CustomResourceDefinitions add, [`super::registry::custom::Kinds`]).
+//! watching the store: what a request reads without a store call (the RBAC policy,
+//! [`super::rbac::cache`]; the kinds that CustomResourceDefinitions add,
+//! [`super::registry::custom::Kinds`]).
 //!
 //! The first read lists and starts the watch, so every way of building an API server gets
 //! one without wiring. The watch task ends with the server's shutdown token, when the
@@ -17,8 +18,9 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Builds the snapshot from the stored objects (decoded JSON, in key order).
-pub type Build<T> = Arc<dyn Fn(Vec<Value>) -> T + Send + Sync>;
+/// Builds the snapshot from the stored objects (their keys and decoded JSON, in key
+/// order).
+pub type Build<T> = Arc<dyn Fn(Vec<(String, Value)>) -> T + Send + Sync>;
 
 type Slot<T> = Arc<RwLock<Option<Arc<T>>>>;
 
@@ -57,7 +59,7 @@ async fn load<T>(
     let objects = listed
         .items
         .iter()
-        .filter_map(|o| serde_json::from_slice(&o.value).ok())
+        .filter_map(|o| Some((o.key.clone(), serde_json::from_slice(&o.value).ok()?)))
         .collect();
     Ok((build(objects), listed.revision))
 }

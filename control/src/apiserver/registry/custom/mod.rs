@@ -99,7 +99,8 @@ impl Kinds {
 }
 
 /// The snapshot from the stored definitions.
-fn build(definitions: Vec<Value>) -> Custom {
+fn build(stored: Vec<(String, Value)>) -> Custom {
+    let definitions: Vec<Value> = stored.into_iter().map(|(_, v)| v).collect();
     let builtins: Vec<(&str, &str, &str)> =
         KINDS.iter().map(|k| (k.group, k.plural, k.kind)).collect();
     let rows = definitions
