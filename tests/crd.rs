@@ -13,7 +13,7 @@
 mod common;
 
 use common::kubectl::Kubectl;
-use common::{ControlProcess, within};
+use common::{ControlProcess, wharf, within};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -132,6 +132,21 @@ async fn kubectl_uses_a_custom_resource_definition() {
         stored["spec"],
         json!({"size": "small", "replicas": 1, "network": {"port": 80}})
     );
+
+    // wharf's own CLI applies custom resources too.
+    let other = file(
+        "other.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: other\nspec:\n  size: large\n",
+    );
+    let out = wharf(&kubeconfig, &["apply", "-f", &other]).await;
+    assert!(
+        out.stdout_text()
+            .contains("widget.example.com/other created"),
+        "{}{}",
+        out.stdout_text(),
+        out.stderr_text()
+    );
+    k.ok(&["delete", "widget", "other"]).await;
 
     // Invalid ones are refused with the path of every violation.
     let bad = file(
