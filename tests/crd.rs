@@ -166,6 +166,20 @@ async fn kubectl_uses_a_custom_resource_definition() {
             refused.stderr
         );
     }
+    // kubectl's field validation (strict by default) refuses an undeclared field.
+    let unknown = file(
+        "unknown.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: bad\nspec:\n  size: small\n  colour: red\n",
+    );
+    let refused = k.run(&["apply", "-f", &unknown]).await;
+    assert!(
+        !refused.ok
+            && refused
+                .stderr
+                .contains("spec.colour: Invalid value: unknown field"),
+        "{}",
+        refused.stderr
+    );
     let missing = file(
         "missing.yaml",
         "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: bad\nspec:\n  replicas: 2\n",

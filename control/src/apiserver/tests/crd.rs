@@ -738,3 +738,45 @@ async fn deleting_a_namespace_deletes_its_custom_resources() {
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
 }
+
+#[tokio::test]
+async fn a_default_added_later_shows_on_read() {
+    let api = Api::new().await;
+    create_crd(&api, widget_crd()).await;
+    let (code, _) = api
+        .send(
+            "POST",
+            WIDGETS,
+            Some(json!({"metadata": {"name": "w1"}, "spec": {"size": "small"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.com";
+    let (code, out) = api
+        .send_as(
+            "PATCH",
+            crd_path,
+            "application/json-patch+json",
+            Some(json!([{"op": "add",
+                "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/color",
+                "value": {"type": "string", "default": "red"}}])),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{out}");
+    assert_eq!(out["metadata"]["generation"], 2);
+    // The server follows the definition's change (a watch); the stored object is not
+    // rewritten, yet reads with the new default.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, w) = api.send("GET", &format!("{WIDGETS}/w1"), None).await;
+        if w["spec"]["color"] == "red" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never defaulted: {w}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let key = crate::store::object_key("example.com", "widgets", "default", "w1");
+    let stored = api.store.get(&key).await.expect("get").expect("stored");
+    let stored: Value = serde_json::from_slice(&stored.value).expect("json");
+    assert_eq!(stored["spec"].get("color"), None);
+}
