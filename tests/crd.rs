@@ -119,6 +119,16 @@ async fn kubectl_uses_a_custom_resource_definition() {
     ])
     .await;
 
+    let crds = k.ok(&["get", "crd"]).await;
+    let header: Vec<&str> = crds
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "CREATED", "AT"], "{crds}");
+    assert!(crds.contains("widgets.example.com"), "{crds}");
+
     // Valid objects are stored with the schema's defaults.
     let small = file(
         "small.yaml",

@@ -191,6 +191,28 @@ fn validate_versions(crd: &Value, errs: &mut Vec<FieldError>) {
                 "schemas are required",
             )),
         }
+        let columns = v
+            .get("additionalPrinterColumns")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (j, c) in columns.iter().enumerate() {
+            let at = format!("{path}.additionalPrinterColumns[{j}]");
+            for field in ["name", "jsonPath"] {
+                if str_at(c, &format!("/{field}")).is_empty() {
+                    errs.push(FieldError::required(format!("{at}.{field}"), ""));
+                }
+            }
+            let ty = str_at(c, "/type");
+            if !matches!(ty, "integer" | "number" | "string" | "boolean" | "date") {
+                errs.push(FieldError::new(
+                    format!("{at}.type"),
+                    Reason::NotSupported,
+                    Some(format!("{ty:?}")),
+                    "supported values: \"boolean\", \"date\", \"integer\", \"number\", \"string\"",
+                ));
+            }
+        }
         for (field, json_path) in scale_paths(v) {
             if !json_path.is_empty() && json_pointer(&json_path).is_none() {
                 errs.push(FieldError::invalid(
@@ -491,6 +513,16 @@ mod tests {
                 "spec.scope: Unsupported value: \"Global\": supported values: \"Cluster\", \"Namespaced\"",
                 "spec.versions[1].schema.openAPIV3Schema: Required value: schemas are required",
                 "spec.versions: Invalid value: \"[...]\": must have exactly one version marked as storage version",
+            ]
+        );
+        let mut columns = crd("widgets.example.com", "t");
+        columns["spec"]["versions"][0]["additionalPrinterColumns"] =
+            json!([{"name": "Size", "type": "text"}]);
+        assert_eq!(
+            messages(&columns),
+            [
+                "spec.versions[0].additionalPrinterColumns[0].jsonPath: Required value",
+                "spec.versions[0].additionalPrinterColumns[0].type: Unsupported value: \"text\": supported values: \"boolean\", \"date\", \"integer\", \"number\", \"string\"",
             ]
         );
         let mut nogroup = crd("widgets.example", "t");

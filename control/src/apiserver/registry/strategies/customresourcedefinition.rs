@@ -10,6 +10,7 @@ use super::super::subresources::Subresource;
 use super::super::{Admitted, Strategy};
 use super::STATUS_ONLY;
 use crate::api::kinds::KINDS;
+use crate::api::printers;
 use crate::api::validation::FieldError;
 use crate::apiserver::AppState;
 use crate::apiserver::error::ApiError;
@@ -19,6 +20,20 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 pub struct DefinitionStrategy;
+
+/// `kubectl get crd`: the name and when it was created, as Kubernetes prints them.
+static PRINTER: printers::Printer = printers::Printer {
+    narrow: &["NAME", "CREATED AT"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, _| {
+        let at = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default();
+        vec![
+            at("/metadata/name").to_string(),
+            at("/metadata/creationTimestamp").to_string(),
+        ]
+    },
+};
 
 pub static STRATEGY: DefinitionStrategy = DefinitionStrategy;
 
@@ -44,6 +59,10 @@ impl Strategy for DefinitionStrategy {
 
     fn has_spec(&self) -> bool {
         true
+    }
+
+    fn printer(&self) -> &'static printers::Printer {
+        &PRINTER
     }
 
     fn prepare_for_create(&self, obj: &mut Value, _uid: &str) {
