@@ -7,6 +7,9 @@
 //! singular and short names, `kubectl get all`) and the kind's
 //! [`Strategy`], where everything the kind does
 //! differently lives. Adding a kind is one strategy file and one row here.
+//!
+//! These are the built-in rows; CustomResourceDefinitions add rows at runtime, served
+//! the same way ([`crate::apiserver::registry::custom`]).
 
 use super::typed::{Scoped, TypeOps, Typed};
 use crate::apiserver::registry::Strategy;

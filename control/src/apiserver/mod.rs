@@ -1,7 +1,8 @@
 //! The Kubernetes-shaped API server.
 //!
 //! One axum router serves every kind through generic handlers driven by the kinds table
-//! ([`crate::api::KINDS`]): dispatch ([`resources`]) resolves a URL to a
+//! ([`crate::api::KINDS`], and the rows CustomResourceDefinitions add,
+//! [`AppState::kinds`]): dispatch ([`resources`]) resolves a URL to a
 //! [`request::Target`] (kind, namespace, name, subresource) and chooses the verb from the
 //! method and query; the generic registry ([`registry`]) moves the object as JSON between
 //! the client, the kind's strategy (defaults, validation, server-filled fields) and the

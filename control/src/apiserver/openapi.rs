@@ -21,6 +21,12 @@
 //! Generating the documents takes a moment and their JSON is large, so they are built
 //! once, off the async threads, on first use. Each is served with a content hash in the
 //! index URL and as ETag, so clients (kubectl caches them on disk) fetch it once.
+//!
+//! The group-versions CustomResourceDefinitions add have documents too, built per
+//! request from the definitions as stored (they are small and change at any time): a
+//! custom kind's schema is its definition's `openAPIV3Schema` (named as Kubernetes names
+//! it, `com.example.v1.Widget`) with `apiVersion`, `kind` and `metadata` added; its
+//! paths are generated as every kind's.
 
 use super::AppState;
 use super::discovery::{self, Subresource};

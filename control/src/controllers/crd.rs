@@ -12,7 +12,7 @@
 //!
 //! Definitions are few, so every change to any of them re-checks all of them against a
 //! reflector's view. Objects that hold finalizers of their own keep a definition
-//! waiting; it is looked at again every [`RECHECK`] until they are gone.
+//! waiting; it is looked at again every half second until they are gone.
 
 use crate::apiserver::registry::custom::definition::CLEANUP_FINALIZER;
 use crate::apiserver::registry::strategies::customresourcedefinition::status_among;
