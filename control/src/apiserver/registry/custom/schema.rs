@@ -61,11 +61,13 @@ fn prune_at(s: &Value, v: &mut Value, path: &str, root: bool, pruned: &mut Vec<S
             let resource = is_resource(s, root);
             map.retain(|key, value| {
                 let field = child(path, key);
-                if let Some(ps) = props.and_then(|p| p.get(key)) {
-                    prune_at(ps, value, &field, false, pruned);
+                // Even where the schema declares them (`metadata: {type: object}`, as
+                // generated schemas do): the generic layer owns them.
+                if resource && ROOT_FIELDS.contains(&key.as_str()) {
                     return true;
                 }
-                if resource && ROOT_FIELDS.contains(&key.as_str()) {
+                if let Some(ps) = props.and_then(|p| p.get(key)) {
+                    prune_at(ps, value, &field, false, pruned);
                     return true;
                 }
                 match additional {
@@ -492,7 +494,9 @@ mod tests {
             "spec": {"size": "s", "bogus": true, "labels": {"any": "v"},
                      "free": {"kept": {"deep": 1}}, "nested": {"depth": 1, "gone": 2}},
             "status": {"ready": true, "phase": "x"}});
-        let pruned = prune(&schema(), &mut obj);
+        let mut declared = schema();
+        declared["properties"]["metadata"] = json!({"type": "object"});
+        let pruned = prune(&declared, &mut obj);
         assert_eq!(
             pruned,
             ["extra", "spec.bogus", "spec.nested.gone", "status.phase"]
