@@ -320,6 +320,7 @@ pub async fn start(
         config: Arc::new(config.api.clone()),
         shutdown: shutdown.clone(),
         rbac: Default::default(),
+        kinds: Default::default(),
     };
     let mut router = apiserver::router(state.clone())
         .merge(crate::oci::router(state.clone(), dir.join("registry")));

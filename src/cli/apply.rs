@@ -54,13 +54,39 @@ pub async fn run(cluster: &Cluster, args: ApplyArgs) -> anyhow::Result<()> {
     finish(failed)
 }
 
+/// The custom kind of `doc`, from the cluster's CustomResourceDefinitions (one applied
+/// earlier in the same manifest included): the row the API server serves it by.
+async fn custom_kind(cluster: &Cluster, doc: &Document) -> Option<&'static ResourceKind> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use wharf_control::api::kinds::split_api_version;
+    use wharf_control::apiserver::registry::custom::rows_of;
+    let field = |f: &str| {
+        doc.object
+            .get(f)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    let (group, version) = split_api_version(field("apiVersion"));
+    let kind = field("kind");
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(cluster.client());
+    let list = crds.list(&Default::default()).await.ok()?;
+    list.items
+        .iter()
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .flat_map(|c| rows_of(&c).iter().copied())
+        .find(|k| k.group == group && k.version == version && k.kind == kind)
+}
+
 /// Applies one object; answers the line to print (`deployment.apps/web created`).
 async fn apply(
     cluster: &Cluster,
     mut doc: Document,
     namespace: Option<&str>,
 ) -> anyhow::Result<String> {
-    let kind = doc.kind()?;
+    let kind = match doc.kind() {
+        Ok(kind) => kind,
+        Err(e) => custom_kind(cluster, &doc).await.ok_or(e)?,
+    };
     let namespace = doc.place(kind, namespace, &cluster.namespace)?;
     let name = doc.name().to_string();
     let shown = format!("{}/{name}", kind.qualified_singular());

@@ -133,10 +133,10 @@ impl Problem {
 /// (`spec.template.spec.containers[0].imagee`). Nulls the typed form drops are removed
 /// too, without being reported. An object that does not decode is left untouched.
 pub fn prune_unknown(kind: &ResourceKind, obj: &mut Value) -> Vec<String> {
+    let mut unknown = kind.strategy.prune_unknown(obj);
     let Some(typed) = (kind.typed.round_trip)(obj) else {
-        return Vec::new();
+        return unknown;
     };
-    let mut unknown = Vec::new();
     prune(obj, &typed, "", &mut unknown);
     unknown
 }

@@ -7,6 +7,9 @@
 //! singular and short names, `kubectl get all`) and the kind's
 //! [`Strategy`], where everything the kind does
 //! differently lives. Adding a kind is one strategy file and one row here.
+//!
+//! These are the built-in rows; CustomResourceDefinitions add rows at runtime, served
+//! the same way ([`crate::apiserver::registry::custom`]).
 
 use super::typed::{Scoped, TypeOps, Typed};
 use crate::apiserver::registry::Strategy;
@@ -15,6 +18,7 @@ use k8s_openapi::api::{
     apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
     discovery::v1 as disc, rbac::v1 as rbac,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 
 /// Everything the API server and the CLI need to know about one kind.
 pub struct ResourceKind {
@@ -165,6 +169,12 @@ pub static KINDS: &[ResourceKind] = &[
         false,
         &s::rbac::CLUSTER_ROLE_BINDING,
     ),
+    builtin::<apiext::CustomResourceDefinition>(
+        "customresourcedefinition",
+        &["crd", "crds"],
+        false,
+        &s::customresourcedefinition::STRATEGY,
+    ),
 ];
 
 /// The kind served at `group`/`version` under URL name `plural`.
@@ -305,6 +315,14 @@ mod tests {
                     false,
                     false,
                     false
+                ),
+                (
+                    "apiextensions.k8s.io",
+                    "CustomResourceDefinition",
+                    "customresourcedefinitions",
+                    false,
+                    true,
+                    true
                 ),
             ]
         );

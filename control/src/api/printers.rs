@@ -41,17 +41,12 @@ impl std::fmt::Debug for Printer {
 
 /// The column headers for `kind`.
 pub fn columns(kind: &ResourceKind, wide: bool) -> Vec<&'static str> {
-    let p = kind.strategy.printer();
-    match (wide, p.wide) {
-        (true, Some(all)) => all.to_vec(),
-        (true, None) => [p.narrow, p.extra].concat(),
-        (false, _) => p.narrow.to_vec(),
-    }
+    kind.strategy.columns(wide)
 }
 
 /// The cells of one object, in the order of [`columns`] for the same `kind` and `wide`.
 pub fn row(kind: &ResourceKind, object: &Value, wide: bool, now: Timestamp) -> Vec<String> {
-    (kind.strategy.printer().cells)(object, wide, now)
+    kind.strategy.cells(object, wide, now)
 }
 
 /// The object, its name and its age: what every row starts from.

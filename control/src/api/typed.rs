@@ -61,6 +61,29 @@ impl TypeOps {
     }
 }
 
+/// A custom resource: no Rust type, so only what every object has is typed
+/// (`metadata`); the rest is its definition's schema's, checked by its strategy.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Untyped {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
+}
+
+impl TypeOps {
+    /// The operations of a kind without a Rust type (see [`Untyped`]).
+    pub const fn untyped() -> TypeOps {
+        TypeOps {
+            check: check::<Untyped>,
+            round_trip: round_trip::<Untyped>,
+            // The OpenAPI documents take a custom resource's schema from its strategy
+            // (its definition's); only the metadata is typed here.
+            schema: schema::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+        }
+    }
+}
+
 fn check<T: DeserializeOwned>(value: &Value) -> Result<(), DecodeError> {
     serde_path_to_error::deserialize::<_, T>(value).map(|_| ())
 }

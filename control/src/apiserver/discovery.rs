@@ -1,7 +1,8 @@
 //! Discovery: which groups, versions and resources the server offers, and `/version`.
 //!
 //! Generated from the kinds table, so a kind added there is discoverable with no other
-//! change. Two shapes are served, as kube-apiserver serves them:
+//! change; the groups CustomResourceDefinitions add are read from the server's kinds
+//! ([`super::registry::custom::Kinds`]) as stored at the request. Two shapes are served, as kube-apiserver serves them:
 //!
 //! - the legacy documents (`APIVersions`, `APIGroupList`, `APIGroup`, `APIResourceList`),
 //!   one request per group-version, which every client understands;
@@ -15,10 +16,11 @@
 //! [`super::resources`]): a client that trusts discovery never meets a 404 or 405 it could
 //! not have predicted.
 
+use super::AppState;
 use super::error::ApiError;
 use crate::api::kinds::{KINDS, ResourceKind};
 use axum::Json;
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, header};
@@ -104,9 +106,15 @@ pub fn storage_version_hash(k: &ResourceKind) -> String {
     base64::engine::general_purpose::STANDARD.encode(&digest.as_ref()[..8])
 }
 
+/// Every kind `state` serves: the built-ins and what CustomResourceDefinitions add.
+async fn served(state: &AppState) -> Vec<&'static ResourceKind> {
+    state.kinds.all(state).await
+}
+
 pub async fn api_versions(headers: HeaderMap) -> Response {
+    let kinds: Vec<&'static ResourceKind> = KINDS.iter().collect();
     match negotiate(&headers) {
-        Some(format) => aggregated(format, &[""]),
+        Some(format) => aggregated(&kinds, format, &[""]),
         None => Json(json!({
             "kind": "APIVersions",
             "versions": ["v1"],
@@ -116,10 +124,10 @@ pub async fn api_versions(headers: HeaderMap) -> Response {
     }
 }
 
-/// The named API groups, in the order of the kinds table.
-pub fn groups() -> Vec<&'static str> {
+/// The named API groups of `kinds`, in their order.
+pub fn groups(kinds: &[&'static ResourceKind]) -> Vec<&'static str> {
     let mut groups: Vec<&str> = Vec::new();
-    for k in KINDS.iter().filter(|k| !k.group.is_empty()) {
+    for k in kinds.iter().filter(|k| !k.group.is_empty()) {
         if !groups.contains(&k.group) {
             groups.push(k.group);
         }
@@ -128,9 +136,9 @@ pub fn groups() -> Vec<&'static str> {
 }
 
 /// The versions served in `group`, preferred first.
-fn versions_of(group: &str) -> Vec<&'static str> {
+fn versions_of(kinds: &[&'static ResourceKind], group: &str) -> Vec<&'static str> {
     let mut versions: Vec<&str> = Vec::new();
-    for k in KINDS.iter().filter(|k| k.group == group) {
+    for k in kinds.iter().filter(|k| k.group == group) {
         if !versions.contains(&k.version) {
             versions.push(k.version);
         }
@@ -138,8 +146,8 @@ fn versions_of(group: &str) -> Vec<&'static str> {
     versions
 }
 
-fn group_json(group: &str) -> Value {
-    let versions: Vec<Value> = versions_of(group)
+fn group_json(kinds: &[&'static ResourceKind], group: &str) -> Value {
+    let versions: Vec<Value> = versions_of(kinds, group)
         .into_iter()
         .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
         .collect();
@@ -147,36 +155,43 @@ fn group_json(group: &str) -> Value {
     json!({"name": group, "versions": versions, "preferredVersion": preferred})
 }
 
-pub async fn api_groups(headers: HeaderMap) -> Response {
+pub async fn api_groups(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let kinds = served(&state).await;
     if let Some(format) = negotiate(&headers) {
-        return aggregated(format, &groups());
+        return aggregated(&kinds, format, &groups(&kinds));
     }
     Json(json!({
         "kind": "APIGroupList",
         "apiVersion": "v1",
-        "groups": groups().into_iter().map(group_json).collect::<Vec<_>>(),
+        "groups": groups(&kinds).into_iter().map(|g| group_json(&kinds, g)).collect::<Vec<_>>(),
     }))
     .into_response()
 }
 
-pub async fn api_group(Path(group): Path<String>) -> Result<Json<Value>, ApiError> {
-    if !groups().contains(&group.as_str()) {
+pub async fn api_group(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let kinds = served(&state).await;
+    if !groups(&kinds).contains(&group.as_str()) {
         return Err(not_found(&group));
     }
-    let mut g = group_json(&group);
+    let mut g = group_json(&kinds, &group);
     g["kind"] = json!("APIGroup");
     g["apiVersion"] = json!("v1");
     Ok(Json(g))
 }
 
 pub async fn core_resources(Path(version): Path<String>) -> Result<Json<Value>, ApiError> {
-    resource_list("", &version)
+    let kinds: Vec<&'static ResourceKind> = KINDS.iter().collect();
+    resource_list(&kinds, "", &version)
 }
 
 pub async fn group_resources(
+    State(state): State<AppState>,
     Path((group, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    resource_list(&group, &version)
+    resource_list(&served(&state).await, &group, &version)
 }
 
 fn not_found(what: &str) -> ApiError {
@@ -200,8 +215,8 @@ pub fn resource_entries(k: &'static ResourceKind) -> Vec<Value> {
     if !k.short_names.is_empty() {
         main["shortNames"] = json!(k.short_names);
     }
-    if k.in_all {
-        main["categories"] = json!(["all"]);
+    if !categories(k).is_empty() {
+        main["categories"] = json!(categories(k));
     }
     let mut entries = vec![main];
     for sub in subresources(k) {
@@ -223,9 +238,28 @@ pub fn resource_entries(k: &'static ResourceKind) -> Vec<Value> {
     entries
 }
 
-fn resource_list(group: &str, version: &str) -> Result<Json<Value>, ApiError> {
-    let kinds: Vec<&'static ResourceKind> = KINDS
+/// `all` for the kinds `kubectl get all` shows, then the strategy's own.
+fn categories(k: &ResourceKind) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    if k.in_all {
+        out.push("all");
+    }
+    for c in k.strategy.categories() {
+        if !out.contains(c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn resource_list(
+    kinds: &[&'static ResourceKind],
+    group: &str,
+    version: &str,
+) -> Result<Json<Value>, ApiError> {
+    let kinds: Vec<&'static ResourceKind> = kinds
         .iter()
+        .copied()
         .filter(|k| k.group == group && k.version == version)
         .collect();
     let gv = if group.is_empty() {
@@ -328,15 +362,20 @@ fn classify(range: &str) -> Option<(f32, Option<Aggregated>)> {
 }
 
 /// The `APIGroupDiscoveryList` of `groups` (`[""]` for the core group at `/api`).
-pub fn aggregated_document(format: Aggregated, groups: &[&str]) -> Value {
+pub fn aggregated_document(
+    kinds: &[&'static ResourceKind],
+    format: Aggregated,
+    groups: &[&str],
+) -> Value {
     let items: Vec<Value> = groups
         .iter()
         .map(|group| {
-            let versions: Vec<Value> = versions_of(group)
+            let versions: Vec<Value> = versions_of(kinds, group)
                 .into_iter()
                 .map(|version| {
-                    let resources: Vec<Value> = KINDS
+                    let resources: Vec<Value> = kinds
                         .iter()
+                        .copied()
                         .filter(|k| k.group == *group && k.version == version)
                         .map(aggregated_resource)
                         .collect();
@@ -369,8 +408,8 @@ fn aggregated_resource(k: &'static ResourceKind) -> Value {
     if !k.short_names.is_empty() {
         r["shortNames"] = json!(k.short_names);
     }
-    if k.in_all {
-        r["categories"] = json!(["all"]);
+    if !categories(k).is_empty() {
+        r["categories"] = json!(categories(k));
     }
     let subs: Vec<Value> = subresources(k)
         .into_iter()
@@ -388,8 +427,8 @@ fn aggregated_resource(k: &'static ResourceKind) -> Value {
     r
 }
 
-fn aggregated(format: Aggregated, groups: &[&str]) -> Response {
-    let mut resp = Json(aggregated_document(format, groups)).into_response();
+fn aggregated(kinds: &[&'static ResourceKind], format: Aggregated, groups: &[&str]) -> Response {
+    let mut resp = Json(aggregated_document(kinds, format, groups)).into_response();
     let headers = resp.headers_mut();
     if let Ok(ct) = HeaderValue::from_str(&format.media_type()) {
         headers.insert(header::CONTENT_TYPE, ct);
@@ -500,7 +539,8 @@ mod tests {
 
     #[test]
     fn aggregated_documents_carry_everything_legacy_does() {
-        let doc = aggregated_document(Aggregated::V2, &[""]);
+        let all: Vec<&'static ResourceKind> = KINDS.iter().collect();
+        let doc = aggregated_document(&all, Aggregated::V2, &[""]);
         assert_eq!(doc["apiVersion"], "apidiscovery.k8s.io/v2");
         let core = &doc["items"][0];
         assert!(core["metadata"].get("name").is_none());
@@ -531,7 +571,7 @@ mod tests {
             eviction["responseKind"],
             json!({"group": "policy", "version": "v1", "kind": "Eviction"})
         );
-        let apis = aggregated_document(Aggregated::V2Beta1, &groups());
+        let apis = aggregated_document(&all, Aggregated::V2Beta1, &groups(&all));
         assert_eq!(apis["apiVersion"], "apidiscovery.k8s.io/v2beta1");
         assert_eq!(apis["items"][0]["metadata"]["name"], "apps");
         let nodes = v1["resources"]

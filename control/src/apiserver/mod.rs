@@ -1,7 +1,8 @@
 //! The Kubernetes-shaped API server.
 //!
 //! One axum router serves every kind through generic handlers driven by the kinds table
-//! ([`crate::api::KINDS`]): dispatch ([`resources`]) resolves a URL to a
+//! ([`crate::api::KINDS`], and the rows CustomResourceDefinitions add,
+//! [`AppState::kinds`]): dispatch ([`resources`]) resolves a URL to a
 //! [`request::Target`] (kind, namespace, name, subresource) and chooses the verb from the
 //! method and query; the generic registry ([`registry`]) moves the object as JSON between
 //! the client, the kind's strategy (defaults, validation, server-filled fields) and the
@@ -21,6 +22,7 @@ pub mod error;
 pub mod eviction;
 pub mod exec;
 pub mod fieldcheck;
+pub mod followed;
 pub mod host_path;
 pub mod ipam;
 pub mod objects;
@@ -99,6 +101,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The RBAC policy the authorizer reads, following the store.
     pub rbac: Arc<rbac::cache::PolicyCache>,
+    /// The kinds served: the built-ins and what CustomResourceDefinitions add,
+    /// following the store.
+    pub kinds: Arc<registry::custom::Kinds>,
 }
 
 /// The whole API: health and version endpoints without authentication, everything else

@@ -21,11 +21,18 @@
 //! Generating the documents takes a moment and their JSON is large, so they are built
 //! once, off the async threads, on first use. Each is served with a content hash in the
 //! index URL and as ETag, so clients (kubectl caches them on disk) fetch it once.
+//!
+//! The group-versions CustomResourceDefinitions add have documents too, built per
+//! request from the definitions as stored (they are small and change at any time): a
+//! custom kind's schema is its definition's `openAPIV3Schema` (named as Kubernetes names
+//! it, `com.example.v1.Widget`) with `apiVersion`, `kind` and `metadata` added; its
+//! paths are generated as every kind's.
 
+use super::AppState;
 use super::discovery::{self, Subresource};
 use super::error::ApiError;
 use crate::api::kinds::{KINDS, ResourceKind};
-use axum::extract::{Path, Query as AxumQuery};
+use axum::extract::{Path, Query as AxumQuery, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -63,11 +70,13 @@ async fn documents_off_thread() -> Result<&'static Documents, ApiError> {
 }
 
 /// `GET /openapi/v3`.
-pub async fn index() -> Result<Response, ApiError> {
+pub async fn index(State(state): State<AppState>) -> Result<Response, ApiError> {
     let docs = documents_off_thread().await?;
+    let custom = custom_documents(&state).await?;
     let paths: Map<String, Value> = docs
         .by_path
         .iter()
+        .chain(custom.by_path.iter())
         .map(|(path, doc)| {
             (
                 path.clone(),
@@ -85,6 +94,7 @@ pub async fn index() -> Result<Response, ApiError> {
 
 /// `GET /openapi/v3/{api/v1 | apis/GROUP/VERSION}`.
 pub async fn group_version(
+    State(state): State<AppState>,
     Path(path): Path<String>,
     AxumQuery(query): AxumQuery<HashMap<String, String>>,
     headers: HeaderMap,
@@ -96,7 +106,15 @@ pub async fn group_version(
     }
     let docs = documents_off_thread().await?;
     let path = path.trim_matches('/');
-    let doc = docs.by_path.get(path).ok_or_else(|| ApiError::NotFound {
+    let custom;
+    let doc = match docs.by_path.get(path) {
+        Some(doc) => Some(doc),
+        None => {
+            custom = custom_documents(&state).await?;
+            custom.by_path.get(path)
+        }
+    };
+    let doc = doc.ok_or_else(|| ApiError::NotFound {
         subject: Default::default(),
         message: format!(
             "the server could not find the requested resource: no OpenAPI document for {path:?}; see /openapi/v3 for the list"
@@ -154,8 +172,14 @@ fn accepts_json(headers: &HeaderMap) -> bool {
 // ---- Building ---------------------------------------------------------------------------
 
 fn build_all() -> Documents {
+    let kinds: Vec<&'static ResourceKind> = KINDS.iter().collect();
+    build(&kinds)
+}
+
+/// The documents of every group-version of `kinds`.
+fn build(kinds: &[&'static ResourceKind]) -> Documents {
     let mut gvs: Vec<(&'static str, &'static str)> = Vec::new();
-    for k in KINDS {
+    for k in kinds {
         if !gvs.contains(&(k.group, k.version)) {
             gvs.push((k.group, k.version));
         }
@@ -163,7 +187,7 @@ fn build_all() -> Documents {
     let by_path = gvs
         .into_iter()
         .map(|(group, version)| {
-            let doc = group_version_document(group, version);
+            let doc = group_version_document(kinds, group, version);
             // Serializing a `Value` cannot fail.
             let body = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
             let digest = ring::digest::digest(&ring::digest::SHA256, &body);
@@ -176,6 +200,15 @@ fn build_all() -> Documents {
         })
         .collect();
     Documents { by_path }
+}
+
+/// The documents of the group-versions CustomResourceDefinitions add, as stored now:
+/// built per request (definitions change at any time; their documents are small).
+async fn custom_documents(state: &AppState) -> Result<Documents, ApiError> {
+    let custom = state.kinds.fresh(state).await;
+    tokio::task::spawn_blocking(move || build(&custom.rows))
+        .await
+        .map_err(|e| ApiError::Internal(format!("building the OpenAPI documents: {e}")))
 }
 
 /// `api/v1` or `apis/GROUP/VERSION`.
@@ -198,20 +231,31 @@ fn gvk(group: &str, version: &str, kind: &str) -> Value {
 }
 
 /// The document of one group-version.
-pub fn group_version_document(group: &str, version: &str) -> Value {
+pub fn group_version_document(all: &[&'static ResourceKind], group: &str, version: &str) -> Value {
     let mut generator = SchemaSettings::openapi3().into_generator();
     let list_meta =
         register::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta>(&mut generator);
     let status = register::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>(&mut generator);
     let delete_options =
         register::<k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>(&mut generator);
+    let object_meta =
+        register::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(&mut generator);
     let mut sub_schemas: HashMap<(&str, &str, &str), String> = HashMap::new();
     let mut kinds: Vec<(&'static ResourceKind, String)> = Vec::new();
-    for k in KINDS
+    let mut own: Vec<(String, Value)> = Vec::new();
+    for k in all
         .iter()
+        .copied()
         .filter(|k| k.group == group && k.version == version)
     {
-        let schema = (k.typed.schema)(&mut generator);
+        let schema = match k.strategy.openapi_schema() {
+            Some(s) => {
+                let name = custom_schema_name(k);
+                own.push((name.clone(), custom_schema(s, &object_meta)));
+                name
+            }
+            None => (k.typed.schema)(&mut generator),
+        };
         for sub in discovery::subresources(k) {
             // A subresource whose body is another type names it in the table.
             let Some(register) = sub.schema else {
@@ -222,6 +266,7 @@ pub fn group_version_document(group: &str, version: &str) -> Value {
         kinds.push((k, schema));
     }
     let mut schemas = generator.take_definitions(true);
+    schemas.extend(own);
 
     // What clients look kinds up by. And: `k8s-openapi` marks `metadata` (and some
     // `spec`s) required because its structs hold them without an `Option`; the API does
@@ -284,6 +329,37 @@ pub fn group_version_document(group: &str, version: &str) -> Value {
         },
         "security": [{"BearerToken": []}],
     })
+}
+
+/// `com.example.v1.Widget`: a custom kind's schema name, as Kubernetes names it (the
+/// group reversed, the version, the kind).
+fn custom_schema_name(k: &ResourceKind) -> String {
+    let reversed: Vec<&str> = k.group.split('.').rev().collect();
+    format!("{}.{}.{}", reversed.join("."), k.version, k.kind)
+}
+
+/// A custom kind's schema: its definition's, with what every object has.
+fn custom_schema(schema: &Value, object_meta: &str) -> Value {
+    let mut s = schema.clone();
+    if let Some(map) = s.as_object_mut() {
+        let props = map.entry("properties").or_insert_with(|| json!({}));
+        if let Some(props) = props.as_object_mut() {
+            props.insert(
+                "apiVersion".into(),
+                json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}),
+            );
+            props.insert(
+                "kind".into(),
+                json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}),
+            );
+            props.insert(
+                "metadata".into(),
+                json!({"allOf": [schema_ref(object_meta)], "description": "Standard object's metadata."}),
+            );
+        }
+        map.entry("type").or_insert_with(|| json!("object"));
+    }
+    s
 }
 
 fn list_schema_name(kind_schema: &str) -> String {
@@ -887,6 +963,7 @@ mod tests {
             paths,
             [
                 "api/v1",
+                "apis/apiextensions.k8s.io/v1",
                 "apis/apps/v1",
                 "apis/batch/v1",
                 "apis/coordination.k8s.io/v1",

@@ -33,8 +33,14 @@ pub struct Target {
 
 const NAMESPACE_SUBRESOURCES: &[&str] = &["status", "finalize"];
 
-/// Resolves `rest`, the path after `/api/v1/` or `/apis/GROUP/VERSION/`.
-pub fn parse(group: &str, version: &str, rest: &str) -> Result<Target, ApiError> {
+/// Resolves `rest`, the path after `/api/v1/` or `/apis/GROUP/VERSION/`, to a built-in
+/// kind or one of `custom` (what CustomResourceDefinitions add).
+pub fn parse(
+    group: &str,
+    version: &str,
+    rest: &str,
+    custom: &[&'static ResourceKind],
+) -> Result<Target, ApiError> {
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let (namespace, parts) = if parts.len() >= 3
         && parts[0] == "namespaces"
@@ -48,6 +54,12 @@ pub fn parse(group: &str, version: &str, rest: &str) -> Result<Target, ApiError>
         return Err(not_served(group, version, ""));
     };
     let kind = kinds::find_by_plural(group, version, plural)
+        .or_else(|| {
+            custom
+                .iter()
+                .copied()
+                .find(|k| k.group == group && k.version == version && k.plural == *plural)
+        })
         .ok_or_else(|| not_served(group, version, plural))?;
     if namespace.is_some() && !kind.namespaced {
         return Err(ApiError::BadRequest(format!(
@@ -225,34 +237,34 @@ mod tests {
 
     #[test]
     fn resolves_kubernetes_paths() {
-        let t = parse("", "v1", "namespaces/default/pods/web/status").expect("pod status");
+        let t = parse("", "v1", "namespaces/default/pods/web/status", &[]).expect("pod status");
         assert_eq!(t.kind.kind, "Pod");
         assert_eq!(t.namespace.as_deref(), Some("default"));
         assert_eq!(t.name.as_deref(), Some("web"));
         assert_eq!(t.subresource.as_deref(), Some("status"));
 
-        let t = parse("", "v1", "namespaces/prod/status").expect("namespace status");
+        let t = parse("", "v1", "namespaces/prod/status", &[]).expect("namespace status");
         assert_eq!(t.kind.kind, "Namespace");
         assert_eq!(t.name.as_deref(), Some("prod"));
         assert_eq!(t.subresource.as_deref(), Some("status"));
 
-        let t = parse("", "v1", "namespaces/prod").expect("namespace");
+        let t = parse("", "v1", "namespaces/prod", &[]).expect("namespace");
         assert_eq!(
             (t.kind.kind, t.name.as_deref(), t.namespace),
             ("Namespace", Some("prod"), None)
         );
 
-        let t = parse("", "v1", "pods").expect("all pods");
+        let t = parse("", "v1", "pods", &[]).expect("all pods");
         assert_eq!(
             (t.kind.kind, t.namespace.clone(), t.name.clone()),
             ("Pod", None, None)
         );
 
-        let t = parse("apps", "v1", "namespaces/a/deployments").expect("deployments");
+        let t = parse("apps", "v1", "namespaces/a/deployments", &[]).expect("deployments");
         assert_eq!(t.kind.kind, "Deployment");
-        assert!(parse("apps", "v2", "namespaces/a/deployments").is_err());
-        assert!(parse("", "v1", "namespaces/a/nodes").is_err());
-        let err = parse("", "v1", "widgets").expect_err("unknown");
+        assert!(parse("apps", "v2", "namespaces/a/deployments", &[]).is_err());
+        assert!(parse("", "v1", "namespaces/a/nodes", &[]).is_err());
+        let err = parse("", "v1", "widgets", &[]).expect_err("unknown");
         assert!(err.to_string().contains("served kinds are"), "{err}");
     }
 }

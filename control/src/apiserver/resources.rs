@@ -56,7 +56,15 @@ async fn handle(
     rest: &str,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let target = request::parse(group, version, rest)?;
+    let custom = state.kinds.custom(&state).await;
+    let target = match request::parse(group, version, rest, &custom.rows) {
+        // A definition written a moment ago, before the watch has brought it.
+        Err(ApiError::NotFound { .. }) if !group.is_empty() => {
+            let custom = state.kinds.fresh(&state).await;
+            request::parse(group, version, rest, &custom.rows)?
+        }
+        other => other?,
+    };
     let (parts, body) = req.into_parts();
     let query = Query::parse(parts.uri.query());
     // Authorization before any work: no body is read and the store is not touched for a

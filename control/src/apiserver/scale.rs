@@ -1,4 +1,5 @@
-//! The `scale` subresource of Deployments and ReplicaSets: an `autoscaling/v1` `Scale`.
+//! The `scale` subresource of the workloads and of custom resources whose definition asks
+//! for it: an `autoscaling/v1` `Scale`.
 //!
 //! `kubectl scale`, autoscalers and the Python client's `patch_namespaced_deployment_scale`
 //! speak only `Scale`, never the whole object. A Scale is a view: reading it projects the
@@ -6,6 +7,8 @@
 //! type applied to the Scale) changes only the parent's `spec.replicas`, through the same
 //! compare-and-swap write as every other update. A `metadata.resourceVersion` in the Scale
 //! is a precondition on the parent (`kubectl scale --current-replicas` relies on it).
+//! Where the replicas and the selector are is the kind's ([`ScalePaths`]): the
+//! workloads' `spec.replicas`, or the paths a custom resource definition names.
 
 use super::AppState;
 use super::error::{ApiError, Subject};
@@ -37,8 +40,21 @@ fn handle(req: SubRequest<'_>) -> BoxFuture<'_, Result<Response, ApiError>> {
     Box::pin(serve(req.state, req.target, req.query, req.parts, req.body))
 }
 
+/// Where a kind keeps what a Scale shows, as JSON pointers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalePaths {
+    pub spec_replicas: String,
+    pub status_replicas: String,
+    /// A string holding the selector in its serialized form (`a=b,c in (d)`); `None`
+    /// for the workloads' `spec.selector` object.
+    pub label_selector: Option<String>,
+}
+
 /// The Scale view of a parent object.
-pub fn scale_of(parent: &Value) -> Value {
+pub fn scale_of(parent: &Value, paths: Option<&ScalePaths>) -> Value {
+    let (spec_at, status_at) = paths
+        .map(|p| (p.spec_replicas.as_str(), p.status_replicas.as_str()))
+        .unwrap_or(("/spec/replicas", "/status/replicas"));
     let meta = parent.get("metadata").cloned().unwrap_or_else(|| json!({}));
     let mut scale_meta = serde_json::Map::new();
     for field in [
@@ -52,17 +68,25 @@ pub fn scale_of(parent: &Value) -> Value {
             scale_meta.insert(field.into(), v.clone());
         }
     }
-    let selector = match format_selector(parent.pointer("/spec/selector")).as_str() {
-        "<none>" => String::new(),
-        s => s.to_string(),
+    let selector = match paths.map(|p| p.label_selector.as_deref()) {
+        Some(Some(at)) => parent
+            .pointer(at)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        Some(None) => String::new(),
+        None => match format_selector(parent.pointer("/spec/selector")).as_str() {
+            "<none>" => String::new(),
+            s => s.to_string(),
+        },
     };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
         "metadata": scale_meta,
-        "spec": {"replicas": parent.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)},
+        "spec": {"replicas": parent.pointer(spec_at).and_then(Value::as_i64).unwrap_or(if paths.is_some() { 0 } else { 1 })},
         "status": {
-            "replicas": parent.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "replicas": parent.pointer(status_at).and_then(Value::as_i64).unwrap_or(0),
             "selector": selector,
         },
     })
@@ -131,16 +155,19 @@ pub fn apply_scale(target: &Target, current: &Value, wanted: &Value) -> Result<V
         },
     };
     let mut parent = current.clone();
-    match parent.get_mut("spec").and_then(Value::as_object_mut) {
-        Some(spec) => {
-            spec.insert("replicas".into(), json!(replicas));
-        }
-        None => parent["spec"] = json!({"replicas": replicas}),
+    let at = target
+        .kind
+        .strategy
+        .scale_paths()
+        .map_or("/spec/replicas", |p| p.spec_replicas.as_str());
+    crate::api::validation::set_default(&mut parent, at, json!(0));
+    if let Some(slot) = parent.pointer_mut(at) {
+        *slot = json!(replicas);
     }
     Ok(parent)
 }
 
-/// GET, PUT and PATCH on `{deployments,replicasets}/NAME/scale`.
+/// GET, PUT and PATCH on `KIND/NAME/scale`.
 pub async fn serve(
     state: &AppState,
     target: &Target,
@@ -155,6 +182,7 @@ pub async fn serve(
         )));
     };
     let dry = query.dry_run()?;
+    let paths = target.kind.strategy.scale_paths();
     // Only `spec.replicas` of the stored parent changes: nothing undeclared can come in.
     let fields = FieldCheck::new(query, Vec::new())?;
     let parent = match parts.method {
@@ -178,7 +206,7 @@ pub async fn serve(
                 _ => ct,
             };
             store::update_with(state, target, name, false, dry, &fields, |current| {
-                let wanted = apply_patch(target.kind, &ct, &scale_of(current), &patch)?;
+                let wanted = apply_patch(target.kind, &ct, &scale_of(current, paths), &patch)?;
                 apply_scale(target, current, &wanted)
             })
             .await?
@@ -190,7 +218,7 @@ pub async fn serve(
             )));
         }
     };
-    Ok(json_response(StatusCode::OK, &scale_of(&parent)))
+    Ok(json_response(StatusCode::OK, &scale_of(&parent, paths)))
 }
 
 #[cfg(test)]
@@ -219,7 +247,7 @@ mod tests {
 
     #[test]
     fn scale_projects_replicas_and_selector() {
-        let s = scale_of(&deployment());
+        let s = scale_of(&deployment(), None);
         assert_eq!(s["kind"], "Scale");
         assert_eq!(s["apiVersion"], "autoscaling/v1");
         assert_eq!(s["metadata"]["resourceVersion"], "12");

@@ -931,6 +931,7 @@ mod handler_tests {
             config: Arc::new(ApiConfig::default()),
             shutdown: CancellationToken::new(),
             rbac: Default::default(),
+            kinds: Default::default(),
         })
     }
 

@@ -64,6 +64,7 @@ impl TestApi {
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             rbac: Default::default(),
+            kinds: Default::default(),
         };
         let api = TestApi {
             router: router(state.clone()),

@@ -826,7 +826,8 @@ async fn discovery_lists_every_kind() {
             "batch",
             "coordination.k8s.io",
             "discovery.k8s.io",
-            "rbac.authorization.k8s.io"
+            "rbac.authorization.k8s.io",
+            "apiextensions.k8s.io"
         ]
     );
     let (code, _) = api.send("GET", "/apis/apps/v1", None).await;
@@ -2714,6 +2715,9 @@ mod hardening;
 
 /// Issue 10: the API server over the store seam.
 mod store_seam;
+
+/// Issue 11 section 5: CustomResourceDefinitions.
+mod crd;
 
 /// Issue 11: `kubectl exec` gets a Status that says a wasm pod has no shell, over both
 /// upgrades kubectl tries, and discovery lists `pods/exec`.

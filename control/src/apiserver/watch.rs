@@ -132,11 +132,12 @@ pub fn classify(event: &Event, filter: &Filter) -> Result<Option<(usize, Parsed)
 /// The watch line of a classified event, shaped for `output`.
 fn event_line(kind: &ResourceKind, output: Output, ty: usize, parsed: &Parsed) -> Bytes {
     match (&**parsed, output) {
-        (Ok(d), Output::Objects) => d.line(ty),
-        (Ok(d), output) => line(
-            EVENT_TYPES[ty],
-            &shape_object(kind, output, d.object.clone()),
-        ),
+        (Ok(d), Output::Objects) if !kind.strategy.presents() => d.line(ty),
+        (Ok(d), output) => {
+            let mut object = d.object.clone();
+            kind.strategy.present(&mut object);
+            line(EVENT_TYPES[ty], &shape_object(kind, output, object))
+        }
         (Err(e), _) => error_line(&ApiError::Internal(e.clone())),
     }
 }
@@ -177,7 +178,7 @@ pub async fn serve(
                 .await
                 .map_err(|e| ApiError::from_store(e, Default::default()))?;
             for stored in &listed.items {
-                let obj = decode(stored)?;
+                let obj = super::registry::store::read(kind, stored)?;
                 if filter.matches(&obj) {
                     initial.push(line("ADDED", &shape_object(kind, output, obj)));
                 }

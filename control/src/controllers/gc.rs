@@ -17,7 +17,9 @@
 //! **Generic over kinds.** The collector watches every kind of the kinds table
 //! ([`crate::api::KINDS`]) as `DynamicObject`s, each into a reflector cache, and looks at
 //! the ownership graph as a whole: no code per kind, and a new kind in the table is
-//! collected without a change here. It is level-triggered like the other controllers but
+//! collected without a change here. The kinds CustomResourceDefinitions add are watched
+//! too, from when their definition is established, so an operator's objects own what it
+//! creates as a Deployment owns its ReplicaSets. It is level-triggered like the other controllers but
 //! not keyed by one kind (kube-runtime's `Controller` is): any change to any object
 //! schedules a pass (debounced by `gc_debounce`), and a pass computes every action from
 //! the caches with the pure [`decide`] and carries them out. A pass whose action failed
@@ -33,10 +35,12 @@
 
 use super::ControllerConfig;
 use super::common;
-use crate::api::kinds::{KINDS, ResourceKind, find_kind};
+use crate::api::kinds::{KINDS, ResourceKind, find_kind, split_api_version};
 use crate::api::wellknown::{FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
+use crate::apiserver::registry::custom::{self, definition};
 use futures::StreamExt;
 use futures::stream::SelectAll;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions,
@@ -47,6 +51,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -191,8 +196,21 @@ enum Standing {
     Dangling(OwnerKey),
 }
 
-fn standing(dependent: &Item, owner: &OwnerReference, by_uid: &HashMap<&str, &Item>) -> Standing {
-    let Some(kind) = find_kind(&owner.api_version, &owner.kind) else {
+fn standing(
+    dependent: &Item,
+    owner: &OwnerReference,
+    by_uid: &HashMap<&str, &Item>,
+    custom: &[&'static ResourceKind],
+) -> Standing {
+    let group = split_api_version(&owner.api_version).0;
+    let found = find_kind(&owner.api_version, &owner.kind).or_else(|| {
+        // Any version of a custom kind: its versions are one collection.
+        custom
+            .iter()
+            .copied()
+            .find(|k| k.group == group && k.kind == owner.kind)
+    });
+    let Some(kind) = found else {
         // An owner of a kind this cluster does not serve is nothing we can judge.
         return Standing::Solid;
     };
@@ -224,8 +242,9 @@ fn standing(dependent: &Item, owner: &OwnerReference, by_uid: &HashMap<&str, &It
     }
 }
 
-/// Every action the ownership graph of `items` calls for. Pure.
-pub fn decide(items: &[Item]) -> Vec<Action> {
+/// Every action the ownership graph of `items` calls for, with `custom` the custom
+/// kinds watched (owners of those kinds are judged too). Pure.
+pub fn decide(custom: &[&'static ResourceKind], items: &[Item]) -> Vec<Action> {
     let by_uid: HashMap<&str, &Item> = items.iter().map(|i| (i.uid.as_str(), i)).collect();
     let mut dependents: HashMap<&str, Vec<(&Item, &OwnerReference)>> = HashMap::new();
     for item in items {
@@ -244,7 +263,7 @@ pub fn decide(items: &[Item]) -> Vec<Action> {
         let mut waiting = Vec::new();
         let mut dangling = Vec::new();
         for owner in &item.owners {
-            match standing(item, owner, &by_uid) {
+            match standing(item, owner, &by_uid, custom) {
                 Standing::Solid => solid += 1,
                 Standing::Waiting => waiting.push(owner.uid.clone()),
                 Standing::Dangling(key) => dangling.push(key),
@@ -316,35 +335,77 @@ pub fn decide(items: &[Item]) -> Vec<Action> {
 
 type Changes = SelectAll<Pin<Box<dyn futures::Stream<Item = (usize, bool)> + Send>>>;
 
+type Stores = Vec<(&'static ResourceKind, Store<DynamicObject>)>;
+
+/// Starts watching `kind` into a new cache, its changes tagged with its index.
+fn watch_kind(
+    client: &kube::Client,
+    kind: &'static ResourceKind,
+    stores: &mut Stores,
+    changes: &mut Changes,
+) {
+    let i = stores.len();
+    let ar = api_resource(kind);
+    let writer = reflector::store::Writer::new(ar.clone());
+    stores.push((kind, writer.as_reader()));
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        // The collector reads only metadata ([`Item::of`]): its cache keeps nothing
+        // else, so a cluster of large objects is not held twice in memory.
+        .modify(|o: &mut DynamicObject| {
+            o.data = serde_json::Value::Null;
+            o.metadata.annotations = None;
+            o.metadata.labels = None;
+            o.metadata.managed_fields = None;
+        })
+        .reflect(writer)
+        .map(move |event| match event {
+            Ok(watcher::Event::InitDone) => (i, true),
+            Ok(_) => (i, false),
+            Err(e) => {
+                tracing::debug!(kind = kind.kind, error = %e, "garbage collector: watch failed");
+                (i, false)
+            }
+        });
+    changes.push(Box::pin(stream));
+}
+
+/// The custom kinds of `crds` not watched yet: one served version of every established
+/// definition (its versions are one collection).
+fn new_custom_kinds(
+    crds: &[Arc<CustomResourceDefinition>],
+    stores: &Stores,
+) -> Vec<&'static ResourceKind> {
+    crds.iter()
+        .filter_map(|c| serde_json::to_value(&**c).ok())
+        .filter(definition::is_established)
+        .filter_map(|c| custom::rows_of(&c).first().copied())
+        .filter(|k| {
+            !stores
+                .iter()
+                .any(|(w, _)| (w.group, w.plural) == (k.group, k.plural))
+        })
+        .collect()
+}
+
 async fn run(client: kube::Client, debounce: Duration, shutdown: CancellationToken) {
-    let mut stores: Vec<(&'static ResourceKind, Store<DynamicObject>)> = Vec::new();
+    let mut stores: Stores = Vec::new();
     let mut changes: Changes = SelectAll::new();
-    for (i, kind) in KINDS.iter().enumerate() {
-        let ar = api_resource(kind);
-        let writer = reflector::store::Writer::new(ar.clone());
-        stores.push((kind, writer.as_reader()));
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            // The collector reads only metadata ([`Item::of`]): its cache keeps nothing
-            // else, so a cluster of large objects is not held twice in memory.
-            .modify(|o: &mut DynamicObject| {
-                o.data = serde_json::Value::Null;
-                o.metadata.annotations = None;
-                o.metadata.labels = None;
-                o.metadata.managed_fields = None;
-            })
-            .reflect(writer)
-            .map(move |event| match event {
-                Ok(watcher::Event::InitDone) => (i, true),
-                Ok(_) => (i, false),
-                Err(e) => {
-                    tracing::debug!(kind = KINDS[i].kind, error = %e, "garbage collector: watch failed");
-                    (i, false)
-                }
-            });
-        changes.push(Box::pin(stream));
+    for kind in KINDS {
+        watch_kind(&client, kind, &mut stores, &mut changes);
     }
+    // Custom kinds are watched from when their definition is established.
+    let (crd_reader, crd_writer) = reflector::store();
+    let crd_events = reflector::reflector(
+        crd_writer,
+        watcher(
+            Api::<CustomResourceDefinition>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff();
+    futures::pin_mut!(crd_events);
     let mut synced = vec![false; stores.len()];
     let mut failures: u32 = 0;
     let mut next_pass: Option<tokio::time::Instant> = None;
@@ -352,10 +413,19 @@ async fn run(client: kube::Client, debounce: Duration, shutdown: CancellationTok
         let wake = next_pass.unwrap_or_else(|| tokio::time::Instant::now() + RESYNC);
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            crd = crd_events.next() => {
+                if let Some(Err(e)) = &crd {
+                    tracing::debug!(error = %e, "garbage collector: watching definitions");
+                }
+                for kind in new_custom_kinds(&crd_reader.state(), &stores) {
+                    watch_kind(&client, kind, &mut stores, &mut changes);
+                    synced.push(false);
+                }
+            }
             change = changes.next() => {
                 let Some((i, init_done)) = change else { return };
-                if init_done {
-                    synced[i] = true;
+                if init_done && let Some(s) = synced.get_mut(i) {
+                    *s = true;
                 }
                 // Gather the changes of the next moment into one pass.
                 let soon = tokio::time::Instant::now() + debounce;
@@ -365,16 +435,20 @@ async fn run(client: kube::Client, debounce: Duration, shutdown: CancellationTok
             }
             _ = tokio::time::sleep_until(wake) => {
                 next_pass = None;
-                if !synced.iter().all(|s| *s) {
+                // The built-in kinds' caches must be complete; a custom kind's may lag
+                // (an owner missing from it is confirmed gone live before anything).
+                if !synced[..KINDS.len()].iter().all(|s| *s) {
                     continue;
                 }
+                let custom: Vec<&'static ResourceKind> =
+                    stores[KINDS.len()..].iter().map(|(k, _)| *k).collect();
                 let items: Vec<Item> = stores
                     .iter()
                     .flat_map(|(kind, store)| {
                         store.state().into_iter().map(move |o| Item::of(kind, &o))
                     })
                     .collect();
-                let actions = decide(&items);
+                let actions = decide(&custom, &items);
                 let mut ok = true;
                 for action in actions {
                     if shutdown.is_cancelled() {
@@ -590,7 +664,7 @@ mod tests {
                 vec![owner_ref("rs", "web-1", "r1", true)],
             ),
         ];
-        assert!(decide(&items).is_empty());
+        assert!(decide(&[], &items).is_empty());
     }
 
     #[test]
@@ -610,7 +684,7 @@ mod tests {
                 vec![owner_ref("rs", "web-1", "r1", true)],
             ),
         ];
-        let actions = decide(&items);
+        let actions = decide(&[], &items);
         assert_eq!(
             summary(&actions),
             ["delete web-1 Background unless [\"web\"]"]
@@ -631,7 +705,7 @@ mod tests {
             ),
         ];
         assert_eq!(
-            summary(&decide(&items)),
+            summary(&decide(&[], &items)),
             ["delete web-1 Background unless [\"web\"]"]
         );
         // With another owner still there, only the dangling reference goes.
@@ -647,7 +721,7 @@ mod tests {
                 ],
             ),
         ];
-        assert_eq!(summary(&decide(&items)), ["drop p [\"r1\"]"]);
+        assert_eq!(summary(&decide(&[], &items)), ["drop p [\"r1\"]"]);
         // Cluster-scoped owners of namespaced objects are looked up without a namespace.
         let items = [item(
             "lease",
@@ -655,7 +729,7 @@ mod tests {
             "l1",
             vec![owner_ref("node", "n1", "nd1", false)],
         )];
-        let actions = decide(&items);
+        let actions = decide(&[], &items);
         let Action::Delete { unless_present, .. } = &actions[0] else {
             unreachable!()
         };
@@ -676,7 +750,7 @@ mod tests {
             ),
         ];
         assert_eq!(
-            summary(&decide(&items)),
+            summary(&decide(&[], &items)),
             [
                 "delete a Foreground unless []",
                 "delete b Foreground unless []"
@@ -685,16 +759,16 @@ mod tests {
         // a is terminating (blocking), b is gone: the owner still waits for a.
         let mut a = items[1].clone();
         a.deleting = true;
-        assert!(decide(&[rs.clone(), a]).is_empty());
+        assert!(decide(&[], &[rs.clone(), a]).is_empty());
         // Only non-blocking dependents left: the finalizer goes.
         let mut b = items[2].clone();
         b.deleting = true;
         assert_eq!(
-            summary(&decide(&[rs.clone(), b])),
+            summary(&decide(&[], &[rs.clone(), b])),
             ["unfinalize web-1 foregroundDeletion"]
         );
         assert_eq!(
-            summary(&decide(&[rs])),
+            summary(&decide(&[], &[rs])),
             ["unfinalize web-1 foregroundDeletion"]
         );
     }
@@ -703,8 +777,11 @@ mod tests {
     fn orphan_drops_references_then_the_finalizer() {
         let rs = deleting(item("rs", "web-1", "r1", vec![]), ORPHAN_FINALIZER);
         let pod = item("pod", "a", "p1", vec![owner_ref("rs", "web-1", "r1", true)]);
-        assert_eq!(summary(&decide(&[rs.clone(), pod])), ["drop a [\"r1\"]"]);
-        assert_eq!(summary(&decide(&[rs])), ["unfinalize web-1 orphan"]);
+        assert_eq!(
+            summary(&decide(&[], &[rs.clone(), pod])),
+            ["drop a [\"r1\"]"]
+        );
+        assert_eq!(summary(&decide(&[], &[rs])), ["unfinalize web-1 orphan"]);
     }
 
     #[test]
@@ -713,9 +790,37 @@ mod tests {
         stranger.api_version = "example.com/v1".into();
         stranger.kind = "Widget".into();
         let items = [item("pod", "a", "p1", vec![stranger])];
-        assert!(decide(&items).is_empty());
+        assert!(decide(&[], &items).is_empty());
         let mut going = item("pod", "a", "p1", vec![owner_ref("rs", "gone", "r1", true)]);
         going.deleting = true;
-        assert!(decide(&[going]).is_empty());
+        assert!(decide(&[], &[going]).is_empty());
+    }
+
+    #[test]
+    fn owners_of_custom_kinds_are_judged_too() {
+        let crd = json!({"spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "greetings", "singular": "greeting", "kind": "Greeting"},
+            "versions": [{"name": "v1", "served": true, "storage": true},
+                         {"name": "v2", "served": true, "storage": false}]}});
+        let greeting = custom::rows_of(&crd)[0];
+        let owner = OwnerReference {
+            api_version: "example.com/v2".into(),
+            kind: "Greeting".into(),
+            name: "hello".into(),
+            uid: "g1".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        };
+        let cm = item("cm", "greeting-hello", "c1", vec![owner]);
+        // A kind the collector does not watch is nothing it can judge.
+        assert!(decide(&[], std::slice::from_ref(&cm)).is_empty());
+        // Watched, with the owner gone from its cache: the dependent goes.
+        assert_eq!(
+            summary(&decide(&[greeting], std::slice::from_ref(&cm))),
+            ["delete greeting-hello Background unless [\"hello\"]"]
+        );
+        let mut live = item("cm", "hello", "g1", vec![]);
+        live.kind = greeting;
+        assert!(decide(&[greeting], &[cm, live]).is_empty());
     }
 }

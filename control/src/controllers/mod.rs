@@ -9,6 +9,7 @@
 
 pub mod clusterroleaggregation;
 pub mod common;
+pub mod crd;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -73,6 +74,7 @@ pub fn start_all(
     gc::start(client.clone(), config, shutdown.clone(), tasks);
     namespace::start(client.clone(), config, shutdown.clone(), tasks);
     clusterroleaggregation::start(client.clone(), shutdown.clone(), tasks);
+    crd::start(client.clone(), shutdown.clone(), tasks);
     tokencleaner::start(
         client.clone(),
         config.token_cleanup_interval,

@@ -6,7 +6,8 @@
 //! from then on. This controller, on a namespace in that state:
 //!
 //! 1. deletes everything in it, kind by kind through the dynamic API for every namespaced
-//!    kind of the kinds table (a `deletecollection` per kind with what is left): pods on
+//!    kind of the kinds table and of the established CustomResourceDefinitions (a
+//!    `deletecollection` per kind with what is left): pods on
 //!    nodes stop gracefully and are removed when their node confirms, objects with
 //!    finalizers wait for them, owners and dependents go together;
 //! 2. waits, looking again every second, until nothing is left, saying what remains in
@@ -28,9 +29,11 @@ use super::common::{self, Backoff, Error};
 use super::gc::{api_resource, dynamic_api};
 use crate::api::kinds::{KINDS, ResourceKind};
 use crate::api::wellknown::NAMESPACE_FINALIZER;
+use crate::apiserver::registry::custom::{self, definition};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, NamespaceCondition};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -236,14 +239,18 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let mut remaining = Vec::new();
-    for kind in KINDS.iter().filter(|k| k.namespaced) {
+    let kinds = namespaced_kinds(&ctx.client)
+        .await
+        .map_err(Error::api("listing the kinds in namespace", &name))?;
+    for kind in kinds {
         let api: Api<DynamicObject> =
             Api::namespaced_with(ctx.client.clone(), &name, &api_resource(kind));
-        let items = api
-            .list(&ListParams::default())
-            .await
-            .map_err(Error::api("listing the content of namespace", &name))?
-            .items;
+        let items = match api.list(&ListParams::default()).await {
+            Ok(list) => list.items,
+            // A custom kind whose definition went away meanwhile.
+            Err(e) if common::code_of(&e) == Some(404) => continue,
+            Err(e) => return Err(Error::api("listing the content of namespace", &name)(e)),
+        };
         let mut finalizers: Vec<(String, usize)> = Vec::new();
         for f in items
             .iter()
@@ -307,6 +314,28 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     }
     ctx.backoff.succeeded(&name);
     Ok(Action::await_change())
+}
+
+/// The namespaced kinds a namespace may hold: the built-ins, and one served version of
+/// every established namespaced CustomResourceDefinition (its versions are one
+/// collection).
+async fn namespaced_kinds(
+    client: &kube::Client,
+) -> Result<Vec<&'static ResourceKind>, kube::Error> {
+    let mut kinds: Vec<&'static ResourceKind> = KINDS.iter().filter(|k| k.namespaced).collect();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds.list(&ListParams::default()).await?.items {
+        let Ok(crd) = serde_json::to_value(&crd) else {
+            continue;
+        };
+        if definition::is_established(&crd)
+            && let Some(row) = custom::rows_of(&crd).first()
+            && row.namespaced
+        {
+            kinds.push(row);
+        }
+    }
+    Ok(kinds)
 }
 
 fn error_policy(ns: Arc<Namespace>, error: &Error, ctx: Arc<Ctx>) -> Action {

@@ -9,11 +9,14 @@
 //! - [`strategies`]: one file per kind that does something differently, and [`Plain`]
 //!   for the rest;
 //! - [`subresources`]: the one table of subresources that routing, discovery and the
-//!   OpenAPI documents read.
+//!   OpenAPI documents read;
+//! - [`custom`]: the rows CustomResourceDefinitions add to the kinds table at runtime,
+//!   all served by one strategy driven by the definition's schema.
 //!
 //! Dispatch (path to kind, verb and subresource) is [`super::resources`]; the kinds table
 //! that pairs each kind with its strategy is [`crate::api::kinds`].
 
+pub mod custom;
 pub mod store;
 pub mod strategies;
 pub mod strategy;

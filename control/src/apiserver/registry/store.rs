@@ -15,9 +15,7 @@ use super::super::AppState;
 use super::super::error::{ApiError, Subject};
 use super::super::fieldcheck::FieldCheck;
 use super::super::ipam;
-use super::super::objects::{
-    decode, decode_at, encode, meta_str, now_rfc3339, sent_resource_version,
-};
+use super::super::objects::{decode_at, encode, meta_str, now_rfc3339, sent_resource_version};
 use super::super::paging;
 use super::super::request::{PATCH_TYPES, Query, Target};
 use crate::api::kinds::ResourceKind;
@@ -56,6 +54,22 @@ fn object_namespace(target: &Target) -> Result<Option<&str>, ApiError> {
     }
 }
 
+/// The API form of a stored object of `kind`, as the kind presents it.
+pub(crate) fn read_at(
+    kind: &ResourceKind,
+    stored: &StoredObject,
+    revision: u64,
+) -> Result<Value, ApiError> {
+    let mut obj = decode_at(stored, revision)?;
+    kind.strategy.present(&mut obj);
+    Ok(obj)
+}
+
+/// [`read_at`] the object's own revision.
+pub(crate) fn read(kind: &ResourceKind, stored: &StoredObject) -> Result<Value, ApiError> {
+    read_at(kind, stored, stored.mod_revision)
+}
+
 /// The API form of the object `target` names.
 pub(crate) async fn get_object(
     state: &AppState,
@@ -63,7 +77,7 @@ pub(crate) async fn get_object(
     name: &str,
 ) -> Result<Value, ApiError> {
     let (stored, _) = fetch(state, target, name).await?;
-    decode(&stored)
+    read(target.kind, &stored)
 }
 
 pub(crate) async fn fetch(
@@ -147,7 +161,7 @@ pub(crate) async fn list(
         None => (listed.revision, listed.items),
     };
     let page = paging::page(&items, &prefix, opts, |stored| {
-        let obj = decode(stored)?;
+        let obj = read(target.kind, stored)?;
         Ok::<_, ApiError>(filter.matches(&obj).then_some(obj))
     })?;
     Ok((revision, page))
@@ -331,7 +345,7 @@ pub(crate) async fn create(
     let key = key_of(kind, ns.as_deref(), &name);
     let stored = ipam::store_create(state, target, &key, obj, original).await?;
     drop(admitted.held);
-    decode(&stored)
+    read(kind, &stored)
 }
 
 /// Builds the object an update stores from the current object and the one the client
@@ -430,7 +444,7 @@ pub(crate) async fn update_with(
     let kind = target.kind;
     for _ in 0..MAX_RETRIES {
         let (stored, key) = fetch(state, target, name).await?;
-        let current = decode(&stored)?;
+        let current = read(kind, &stored)?;
         let mut new = mutate(&current)?;
         check_type(kind, &mut new)?;
         fields.apply(kind, &mut new)?;
@@ -543,9 +557,9 @@ pub(crate) async fn store_write(
             .first()
             .ok_or_else(|| StoreError::Io("a write stored nothing".into()))?;
         if done {
-            Ok(decode_at(&event.object, event.revision).unwrap_or_else(|_| obj.clone()))
+            Ok(read_at(kind, &event.object, event.revision).unwrap_or_else(|_| obj.clone()))
         } else {
-            decode(&event.object).map_err(|_| StoreError::Io("decode".into()))
+            read(kind, &event.object).map_err(|_| StoreError::Io("decode".into()))
         }
     }))
 }
@@ -570,6 +584,17 @@ pub fn apply_patch(
 ) -> Result<Value, ApiError> {
     let mut doc = current.clone();
     match content_type {
+        "application/strategic-merge-patch+json" if !kind.strategy.strategic_merge() => {
+            Err(ApiError::UnsupportedMediaType(format!(
+                "the body of the request was in an unknown format - accepted media types include: {}",
+                PATCH_TYPES
+                    .iter()
+                    .filter(|t| !t.starts_with("application/strategic"))
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
         "application/strategic-merge-patch+json" => {
             strategic::strategic_merge(kind, current, patch).map_err(|e| {
                 ApiError::BadRequest(format!("the strategic merge patch is malformed: {e}"))
@@ -819,7 +844,7 @@ pub(crate) async fn delete(
     kind.strategy.check_delete(name)?;
     for _ in 0..MAX_RETRIES {
         let (stored, key) = fetch(state, target, name).await?;
-        let current = decode(&stored)?;
+        let current = read(kind, &stored)?;
         if let Some(uid) = &opts.uid
             && Some(uid.as_str()) != meta_str(&current, "uid")
         {
@@ -870,7 +895,7 @@ pub(crate) async fn delete(
                         state.config.ttl_of(kind),
                     )
                     .await
-                    .and_then(|s| decode(&s).map_err(|_| StoreError::Io("decode".into())))
+                    .and_then(|s| read(kind, &s).map_err(|_| StoreError::Io("decode".into())))
             }
             DeletePlan::Remove => ipam::delete(
                 state.store.as_ref(),
@@ -880,7 +905,7 @@ pub(crate) async fn delete(
                 &current,
             )
             .await
-            .map(|ev| decode_at(&ev.object, ev.revision).unwrap_or(current.clone())),
+            .map(|ev| read_at(kind, &ev.object, ev.revision).unwrap_or(current.clone())),
         };
         match outcome {
             Ok(obj) => return Ok(obj),
@@ -908,7 +933,7 @@ pub(crate) async fn delete_all(
         .map_err(|e| ApiError::from_store(e, subject(target, "")))?;
     let mut deleted = Vec::new();
     for stored in &listed.items {
-        let obj = decode(stored)?;
+        let obj = read(target.kind, stored)?;
         if !filter.matches(&obj) {
             continue;
         }

@@ -118,6 +118,13 @@ pub trait Strategy: Send + Sync {
     /// Fills the defaults Kubernetes fills (on create and on every update).
     fn default(&self, _obj: &mut Value) {}
 
+    /// Removes the fields the kind declares beyond its Rust type's knowledge (a custom
+    /// resource's schema) and answers their paths, for field validation; the type's own
+    /// pruning follows ([`crate::api::fields::prune_unknown`]).
+    fn prune_unknown(&self, _obj: &mut Value) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Checks a whole (defaulted) object beyond its typed shape and metadata.
     fn validate(&self, _obj: &Value, _errs: &mut Vec<FieldError>) {}
 
@@ -140,9 +147,57 @@ pub trait Strategy: Send + Sync {
         &printers::DEFAULT
     }
 
+    /// The column headers of a `Table` (`-o wide` when `wide`), NAME first.
+    fn columns(&self, wide: bool) -> Vec<&'static str> {
+        let p = self.printer();
+        match (wide, p.wide) {
+            (true, Some(all)) => all.to_vec(),
+            (true, None) => [p.narrow, p.extra].concat(),
+            (false, _) => p.narrow.to_vec(),
+        }
+    }
+
+    /// The cells of one object, in the order of [`Strategy::columns`] for the same `wide`.
+    fn cells(&self, obj: &Value, wide: bool, now: jiff::Timestamp) -> Vec<String> {
+        (self.printer().cells)(obj, wide, now)
+    }
+
     /// How a strategic merge patch merges the kind's lists (its `patchMergeKey`s).
     fn merge_rules(&self) -> &'static strategic::Section {
         &strategic::PLAIN
+    }
+
+    /// Whether the kind takes strategic merge patches at all (a custom resource has no
+    /// merge keys to follow and refuses them, as Kubernetes does).
+    fn strategic_merge(&self) -> bool {
+        true
+    }
+
+    /// What an object read from the store gets before a client sees it: a custom
+    /// resource's `apiVersion` (the version asked for) and its schema's defaults.
+    fn present(&self, _obj: &mut Value) {}
+
+    /// Whether [`Strategy::present`] changes anything (else what is stored is served as
+    /// it is, and a watch event's line is encoded once for every watcher).
+    fn presents(&self) -> bool {
+        false
+    }
+
+    /// The kind's schema for the OpenAPI documents when it has no Rust type (a custom
+    /// resource's `openAPIV3Schema`).
+    fn openapi_schema(&self) -> Option<&Value> {
+        None
+    }
+
+    /// The categories discovery lists beside `all` (`kubectl get CATEGORY`).
+    fn categories(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Where the `scale` subresource reads and writes the replicas and finds the
+    /// selector; `None` for `spec.replicas`, `status.replicas` and `spec.selector`.
+    fn scale_paths(&self) -> Option<&crate::apiserver::scale::ScalePaths> {
+        None
     }
 
     /// Where the kind's pod spec is, as a JSON pointer and a field path (a pod's

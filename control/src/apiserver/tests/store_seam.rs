@@ -57,6 +57,7 @@ fn router_over(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         config: Arc::new(config),
         shutdown: CancellationToken::new(),
         rbac: Default::default(),
+        kinds: Default::default(),
     })
 }
 

@@ -2,6 +2,8 @@
 //! [`super::strategy`] for what a strategy decides.
 
 pub mod configmap;
+pub mod customresource;
+pub mod customresourcedefinition;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
