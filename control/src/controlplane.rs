@@ -91,6 +91,11 @@ pub struct ControlConfig {
     pub token_auth_file: Option<PathBuf>,
     /// Where the cluster state lives.
     pub backend: StoreBackend,
+    /// `iss` of ServiceAccount tokens (`--service-account-issuer`).
+    pub service_account_issuer: String,
+    /// The longest life a ServiceAccount token gets
+    /// (`--service-account-max-token-expiration`); unbounded when `None`.
+    pub service_account_max_token_expiration: Option<Duration>,
 }
 
 /// The store backend of a control plane.
@@ -117,6 +122,8 @@ impl ControlConfig {
             timeouts: ServeTimeouts::default(),
             token_auth_file: None,
             backend: StoreBackend::Fjall,
+            service_account_issuer: crate::apiserver::serviceaccounts::DEFAULT_ISSUER.into(),
+            service_account_max_token_expiration: None,
         }
     }
 }
@@ -281,6 +288,20 @@ pub async fn start(
     if let Some(reason) = &pki.generated.server {
         tracing::info!(%reason, "generated a serving certificate");
     }
+    let pki_dir = dir.join("pki");
+    let sa_key = tokio::task::spawn_blocking(move || pki::load_or_generate_sa_key(&pki_dir))
+        .await
+        .map_err(|e| {
+            ControlError::Bootstrap(format!("preparing the service account key: {e}"))
+        })??;
+    auth.set_token_issuer(
+        crate::apiserver::serviceaccounts::TokenIssuer::new(
+            &sa_key,
+            config.service_account_issuer.clone(),
+            config.service_account_max_token_expiration,
+        )
+        .map_err(|e| ControlError::Bootstrap(e.to_string()))?,
+    );
     let tls = TlsAcceptor::from(pki.server_config()?);
     let kubeconfig = dir.join("kubeconfig");
     write_private(

@@ -47,6 +47,8 @@ pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
 pub const SERVER_CERT: &str = "server.crt";
 pub const SERVER_KEY: &str = "server.key";
+/// The key ServiceAccount tokens are signed with (ECDSA P-256, PKCS#8).
+pub const SA_KEY: &str = "sa.key";
 
 /// What can go wrong loading or generating the certificates.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +198,25 @@ impl Pki {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// The ServiceAccount token signing key in `dir` (PKCS#8 DER), made (mode 0600) on the
+/// first start. Kept for good: a new key would invalidate every token issued. Blocking.
+pub fn load_or_generate_sa_key(dir: &Path) -> Result<Vec<u8>, PkiError> {
+    create_dir(dir)?;
+    let path = dir.join(SA_KEY);
+    if let Some(pem) = read_optional(&path)? {
+        let key = KeyPair::from_pem(&pem).map_err(|e| PkiError::Invalid {
+            path: path.clone(),
+            message: format!("not a private key: {e}"),
+        })?;
+        return Ok(key.serialize_der());
+    }
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(gen_err("service account key"))?;
+    write(&path, &key.serialize_pem())?;
+    tracing::info!(path = %path.display(), "generated the service account signing key");
+    Ok(key.serialize_der())
 }
 
 /// A name the serving certificate must be valid for.

@@ -41,6 +41,7 @@
 use super::AppState;
 use super::error::{ApiError, Subject};
 use super::objects::decode;
+use super::serviceaccounts::{self, TokenIssuer};
 use crate::store::{Store, StoreError, object_key};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -50,7 +51,7 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +124,9 @@ pub enum AuthError {
     /// answered as an invalid token (the client cannot fix it).
     #[error("secret {NODE_TOKEN_NAMESPACE}/{name} is not a valid node token: {why}")]
     MalformedSecret { name: String, why: String },
+    /// A ServiceAccount token that is expired or names what no longer exists.
+    #[error("{0}")]
+    ServiceAccount(String),
     #[error("looking up the token: {0}")]
     Store(StoreError),
 }
@@ -139,15 +143,28 @@ impl From<AuthError> for ApiError {
     }
 }
 
-/// The known tokens.
+/// The known tokens, and the key ServiceAccount tokens are checked with.
 #[derive(Debug, Default)]
 pub struct Authenticator {
     tokens: RwLock<HashMap<String, Identity>>,
+    issuer: RwLock<Option<Arc<TokenIssuer>>>,
 }
 
 impl Authenticator {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Signs and checks ServiceAccount tokens with `issuer` from now on.
+    pub fn set_token_issuer(&self, issuer: TokenIssuer) {
+        if let Ok(mut i) = self.issuer.write() {
+            *i = Some(Arc::new(issuer));
+        }
+    }
+
+    /// The ServiceAccount token issuer, if this server has one.
+    pub fn token_issuer(&self) -> Option<Arc<TokenIssuer>> {
+        self.issuer.read().ok()?.clone()
     }
 
     pub fn add_token(&self, token: impl Into<String>, identity: Identity) {
@@ -243,13 +260,30 @@ pub fn generate_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The identity of a bearer token: a node token is looked up in the store, any other
-/// token among the [`Authenticator`]'s static ones.
+/// The identity of a bearer token: a node token is looked up in the store, a static
+/// token among the [`Authenticator`]'s, and a JWT is checked as a ServiceAccount token
+/// ([`super::serviceaccounts::authenticate`]).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Identity, AuthError> {
     if let Some(node) = NodeToken::parse(token) {
         return authenticate_node_token(state.store.as_ref(), &node, Timestamp::now()).await;
     }
-    state.auth.authenticate(token).ok_or(AuthError::Invalid)
+    if let Some(identity) = state.auth.authenticate(token) {
+        return Ok(identity);
+    }
+    match state.auth.token_issuer() {
+        Some(issuer) if serviceaccounts::looks_like_jwt(token) => {
+            let (identity, _) = serviceaccounts::authenticate(
+                state,
+                &issuer,
+                token,
+                &issuer.audiences,
+                Timestamp::now(),
+            )
+            .await?;
+            Ok(identity)
+        }
+        _ => Err(AuthError::Invalid),
+    }
 }
 
 /// The token of an `Authorization` header value: the scheme `Bearer` in any case, as

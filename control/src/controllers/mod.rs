@@ -17,6 +17,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod serviceaccount;
 pub mod tokencleaner;
 
 use std::time::Duration;
@@ -73,6 +74,7 @@ pub fn start_all(
     gc::start(client.clone(), config, shutdown.clone(), tasks);
     namespace::start(client.clone(), config, shutdown.clone(), tasks);
     clusterroleaggregation::start(client.clone(), shutdown.clone(), tasks);
+    serviceaccount::start(client.clone(), shutdown.clone(), tasks);
     tokencleaner::start(
         client.clone(),
         config.token_cleanup_interval,
