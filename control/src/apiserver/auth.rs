@@ -2,7 +2,7 @@
 //!
 //! Every request but the health and version endpoints carries `Authorization: Bearer
 //! TOKEN`; the token maps to an [`Identity`] that [`super::authz`] then checks against
-//! what the request wants to do. Two kinds of tokens exist:
+//! what the request wants to do. These kinds of tokens exist:
 //!
 //! - **Static tokens** (the admin token of the generated kubeconfig), held in memory by
 //!   the [`Authenticator`].
@@ -26,7 +26,11 @@
 //!   before it expires. Its identity is `system:node:<name>` in `system:nodes`, which the
 //!   Node authorizer ([`super::authz`]) ties to that node's objects.
 //!
-//! Both kinds name their Secret by the id inside the token, so a request looks its token
+//! - **ServiceAccount tokens**, JWTs signed by the cluster's ServiceAccount key
+//!   (`kubectl create token`, and the tokens nodes mount into pods), checked by
+//!   [`super::serviceaccounts`]: user `system:serviceaccount:NS:NAME`.
+//!
+//! Both kinds of node tokens name their Secret by the id inside the token, so a request looks its token
 //! up with one `store.get`: no cache, nothing to keep in sync, and deleting the Secret
 //! revokes the token for the very next request.
 //!

@@ -1,0 +1,247 @@
+//! End-to-end: ServiceAccounts as kubectl users meet them. Every namespace gets its
+//! `default` ServiceAccount within a second; `kubectl create token` issues a token that
+//! acts as the ServiceAccount with what RBAC grants it, and is refused once the
+//! ServiceAccount is deleted, once the pod it is bound to is deleted, and once it expires.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::kubectl::Kubectl;
+use common::{ControlProcess, TIMEOUT};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, PostParams};
+use std::time::{Duration, Instant};
+
+const UNAUTHORIZED: &str = "You must be logged in to the server";
+
+/// kubectl with `token` instead of the admin's.
+async fn as_token(k: &Kubectl<'_>, token: &str, args: &[&str]) -> common::kubectl::Ran {
+    let mut all = vec!["--token", token];
+    all.extend_from_slice(args);
+    k.run(&all).await
+}
+
+#[tokio::test]
+async fn every_namespace_has_a_default_service_account_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = ControlProcess::start(&dir.path().join("data")).await;
+    let client = control.client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "fresh"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let created = Instant::now();
+    let sas: Api<ServiceAccount> = Api::namespaced(client, "fresh");
+    loop {
+        if sas.get_opt("default").await.unwrap().is_some() {
+            break;
+        }
+        assert!(
+            created.elapsed() < Duration::from_secs(1),
+            "no default ServiceAccount a second after the namespace"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for ns in ["default", "kube-system"] {
+        let sas: Api<ServiceAccount> = Api::namespaced(control.client().await, ns);
+        let deadline = Instant::now() + TIMEOUT;
+        while sas.get_opt("default").await.unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no default ServiceAccount in {ns}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    control.terminate().await;
+}
+
+#[tokio::test]
+async fn kubectl_create_token_acts_as_the_service_account_until_it_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = ControlProcess::start(&dir.path().join("data")).await;
+    let kubeconfig = control.kubeconfig();
+    let k = Kubectl {
+        kubeconfig: &kubeconfig,
+    };
+    k.ok(&["create", "namespace", "a"]).await;
+    k.ok(&["create", "namespace", "b"]).await;
+    k.ok(&["create", "serviceaccount", "robot", "-n", "a"])
+        .await;
+    let token = k
+        .ok(&["create", "token", "robot", "-n", "a", "--duration", "10m"])
+        .await
+        .trim()
+        .to_string();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+
+    let r = as_token(&k, &token, &["auth", "whoami"]).await;
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("system:serviceaccount:a:robot"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("system:serviceaccounts:a"),
+        "{}",
+        r.stdout
+    );
+
+    let r = as_token(&k, &token, &["get", "pods", "-n", "a"]).await;
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains(
+            "Error from server (Forbidden): pods is forbidden: User \"system:serviceaccount:a:robot\" cannot list resource \"pods\" in API group \"\" in the namespace \"a\""
+        ),
+        "{}",
+        r.stderr
+    );
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "robot-views",
+        "--clusterrole=view",
+        "--serviceaccount=a:robot",
+        "-n",
+        "a",
+    ])
+    .await;
+    let r = as_token(&k, &token, &["get", "pods", "-n", "a"]).await;
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    let r = as_token(&k, &token, &["get", "pods", "-n", "b"]).await;
+    assert!(!r.ok);
+    assert!(r.stderr.contains("(Forbidden)"), "{}", r.stderr);
+    let r = as_token(&k, &token, &["auth", "can-i", "delete", "pods", "-n", "a"]).await;
+    assert_eq!(r.stdout.trim(), "no", "{}{}", r.stdout, r.stderr);
+
+    k.ok(&["delete", "serviceaccount", "robot", "-n", "a"])
+        .await;
+    let r = as_token(&k, &token, &["get", "pods", "-n", "a"]).await;
+    assert!(!r.ok);
+    assert!(r.stderr.contains(UNAUTHORIZED), "{}", r.stderr);
+    // A new ServiceAccount of the same name is another account.
+    k.ok(&["create", "serviceaccount", "robot", "-n", "a"])
+        .await;
+    let r = as_token(&k, &token, &["get", "pods", "-n", "a"]).await;
+    assert!(r.stderr.contains(UNAUTHORIZED), "{}", r.stderr);
+    control.terminate().await;
+}
+
+#[tokio::test]
+async fn a_token_bound_to_a_pod_is_refused_once_the_pod_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = ControlProcess::start(&dir.path().join("data")).await;
+    let kubeconfig = control.kubeconfig();
+    let k = Kubectl {
+        kubeconfig: &kubeconfig,
+    };
+    k.ok(&["create", "serviceaccount", "robot"]).await;
+    k.ok(&[
+        "run",
+        "p",
+        "--image=app.wasm",
+        "--overrides={\"spec\":{\"serviceAccountName\":\"robot\"}}",
+    ])
+    .await;
+    let token = k
+        .ok(&[
+            "create",
+            "token",
+            "robot",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "p",
+        ])
+        .await
+        .trim()
+        .to_string();
+    let r = as_token(&k, &token, &["auth", "whoami"]).await;
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("system:serviceaccount:default:robot"),
+        "{}",
+        r.stdout
+    );
+    k.ok(&["delete", "pod", "p", "--wait=true"]).await;
+    let r = as_token(&k, &token, &["auth", "whoami"]).await;
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(r.stderr.contains(UNAUTHORIZED), "{}", r.stderr);
+    // A pod that is not there cannot be bound to.
+    let r = k
+        .run(&[
+            "create",
+            "token",
+            "robot",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "p",
+        ])
+        .await;
+    assert!(!r.ok);
+    assert!(r.stderr.contains("pods \"p\" not found"), "{}", r.stderr);
+    // A pod naming a ServiceAccount that does not exist is refused.
+    let r = k
+        .run(&[
+            "run",
+            "q",
+            "--image=app.wasm",
+            "--overrides={\"spec\":{\"serviceAccountName\":\"ghost\"}}",
+        ])
+        .await;
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains(
+            "pods \"q\" is forbidden: error looking up service account default/ghost: serviceaccount \"ghost\" not found"
+        ),
+        "{}",
+        r.stderr
+    );
+    control.terminate().await;
+}
+
+#[tokio::test]
+async fn a_token_is_refused_once_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = ControlProcess::start_with(
+        &dir.path().join("data"),
+        &["--service-account-max-token-expiration", "3s"],
+    )
+    .await;
+    let kubeconfig = control.kubeconfig();
+    let k = Kubectl {
+        kubeconfig: &kubeconfig,
+    };
+    k.ok(&["create", "serviceaccount", "robot"]).await;
+    let issued = Instant::now();
+    let token = k
+        .ok(&["create", "token", "robot", "--duration", "10m"])
+        .await
+        .trim()
+        .to_string();
+    let r = as_token(&k, &token, &["auth", "whoami"]).await;
+    // Unless the machine is so slow that it already expired.
+    if issued.elapsed() < Duration::from_secs(2) {
+        assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let r = as_token(&k, &token, &["auth", "whoami"]).await;
+        if !r.ok {
+            assert!(r.stderr.contains(UNAUTHORIZED), "{}", r.stderr);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the token never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        issued.elapsed() >= Duration::from_secs(2),
+        "refused too early"
+    );
+    control.terminate().await;
+}
