@@ -2,12 +2,14 @@
 //! `default` ServiceAccount within a second; `kubectl create token` issues a token that
 //! acts as the ServiceAccount with what RBAC grants it, and is refused once the
 //! ServiceAccount is deleted, once the pod it is bound to is deleted, and once it expires.
+//! A guest reads its own token, the cluster CA and its namespace from
+//! `/var/run/secrets/kubernetes.io/serviceaccount`, and that token is its ServiceAccount.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::kubectl::Kubectl;
-use common::{ControlProcess, TIMEOUT};
+use common::{Cluster, ControlProcess, POD_TIMEOUT, TIMEOUT, build_samples, phase, sample};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, PostParams};
 use std::time::{Duration, Instant};
@@ -244,4 +246,113 @@ async fn a_token_is_refused_once_it_expires() {
         "refused too early"
     );
     control.terminate().await;
+}
+
+const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// A batch-p1 pod printing the token files; `automount` sets the pod's choice if given.
+fn token_pod(name: &str, automount: Option<bool>) -> String {
+    let automount = automount
+        .map(|a| format!("  automountServiceAccountToken: {a}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  nodeName: node-1
+  restartPolicy: Never
+{automount}  containers:
+    - name: show
+      image: {image}
+      args: ["10"]
+      env:
+        - {{name: ECHO_FILES, value: "{SA_DIR}/token,{SA_DIR}/namespace,{SA_DIR}/ca.crt"}}
+"#,
+        image = sample("batch-p1", "batch_p1"),
+    )
+}
+
+#[tokio::test]
+async fn guests_read_a_token_of_their_service_account_bound_to_their_pod() {
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), 1).await;
+    let k = Kubectl {
+        kubeconfig: &cluster.kubeconfig,
+    };
+    cluster
+        .apply("token.yaml", &token_pod("reader", None))
+        .await;
+    cluster
+        .apply("no-token.yaml", &token_pod("no-reader", Some(false)))
+        .await;
+    let ended = |p: &k8s_openapi::api::core::v1::Pod| matches!(phase(p), "Succeeded" | "Failed");
+    let pod = cluster
+        .wait_pod("reader", "ended", POD_TIMEOUT, ended)
+        .await;
+    assert_eq!(phase(&pod), "Succeeded", "{:?}", pod.status);
+    let log = k.ok(&["logs", "reader"]).await;
+    let token = log
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("file {SA_DIR}/token: ")))
+        .unwrap_or_else(|| panic!("no token in the log:\n{log}"))
+        .trim()
+        .to_string();
+    assert!(
+        log.contains(&format!("file {SA_DIR}/namespace: default")),
+        "{log}"
+    );
+    let ca = std::fs::read_to_string(cluster.data_dir.join("pki").join("ca.crt")).unwrap();
+    assert!(
+        log.contains(ca.trim()),
+        "ca.crt is not the cluster CA:\n{log}"
+    );
+
+    // The token is the pod's ServiceAccount, with what RBAC grants it (nothing yet).
+    let r = as_token(&k, &token, &["auth", "whoami"]).await;
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("system:serviceaccount:default:default"),
+        "{}",
+        r.stdout
+    );
+    let r = as_token(&k, &token, &["get", "pods"]).await;
+    assert!(
+        r.stderr.contains(
+            "User \"system:serviceaccount:default:default\" cannot list resource \"pods\""
+        ),
+        "{}",
+        r.stderr
+    );
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "default-views",
+        "--clusterrole=view",
+        "--serviceaccount=default:default",
+    ])
+    .await;
+    let r = as_token(&k, &token, &["get", "pods", "-o", "name"]).await;
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("pod/reader"), "{}", r.stdout);
+
+    // Without automount the guest sees nothing there.
+    let pod = cluster
+        .wait_pod("no-reader", "ended", POD_TIMEOUT, ended)
+        .await;
+    assert_eq!(phase(&pod), "Succeeded", "{:?}", pod.status);
+    let log = k.ok(&["logs", "no-reader"]).await;
+    assert!(
+        log.contains(&format!("file {SA_DIR}/token: error:")),
+        "{log}"
+    );
+
+    // Bound to the pod: gone with it.
+    k.ok(&["delete", "pod", "reader", "--wait=true"]).await;
+    let r = as_token(&k, &token, &["auth", "whoami"]).await;
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(r.stderr.contains(UNAUTHORIZED), "{}", r.stderr);
+    cluster.terminate().await;
 }

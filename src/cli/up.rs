@@ -69,6 +69,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let name = format!("node-{i}");
         let mut config = NodeConfig::new(&name, data_dir.join("nodes").join(&name));
         config.agent.backoff.base = args.backoff;
+        config.agent.cluster_ca_pem = std::fs::read_to_string(&plane.ca_cert).ok();
         args.services.apply(&mut config.agent);
         args.images
             .apply(&mut config.runtime, local_images.clone())?;

@@ -17,6 +17,7 @@ pub mod node_object;
 pub mod probes;
 pub mod pull;
 pub mod restart;
+pub mod sa_token;
 pub mod status;
 pub mod volumes;
 pub mod worker;
@@ -84,6 +85,9 @@ pub struct AgentConfig {
     /// Whether the DNS forwards names outside the cluster domain to the host's resolvers
     /// (else it refuses them).
     pub dns_forward: bool,
+    /// The cluster CA (PEM) guests get as `ca.crt` beside their ServiceAccount token
+    /// ([`sa_token`]); none when the node does not know it.
+    pub cluster_ca_pem: Option<String>,
 }
 
 impl AgentConfig {
@@ -106,6 +110,7 @@ impl AgentConfig {
             dns_listen: Some(SocketAddr::from(([127, 0, 0, 1], 5353))),
             cluster_domain: "cluster.local".into(),
             dns_forward: true,
+            cluster_ca_pem: None,
         }
     }
 }
