@@ -496,6 +496,15 @@ async fn serve_connection(
             }
         }
     };
+    // A verified client certificate is the identity of every request on the connection
+    // (the handshake refused any certificate the cluster CA did not sign).
+    let client_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(pki::client_identity)
+        .map(|(user, groups)| apiserver::auth::ClientCert::new(user, groups));
     let stream = tokio::select! {
         _ = shutdown.cancelled() => return,
         first = tokio::time::timeout(timeouts.header_read, read_preface(stream)) => match first {
@@ -511,6 +520,12 @@ async fn serve_connection(
             }
         }
     };
+    let app = tower::ServiceExt::map_request(app, move |mut req: http::Request<_>| {
+        if let Some(cert) = &client_cert {
+            req.extensions_mut().insert(cert.clone());
+        }
+        req
+    });
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app));
     if let Err(e) = watcher.watch(conn).await {
@@ -683,7 +698,7 @@ fn kubeconfig_yaml(
     crate::kubeconfig::render(&crate::kubeconfig::Kubeconfig {
         cluster: &cluster,
         user: "wharf-admin",
-        token,
+        credential: crate::kubeconfig::Credential::Token(token),
         context: "wharf",
         namespace: Some("default"),
     })

@@ -14,6 +14,7 @@ mod control;
 mod delete;
 mod describe;
 mod get;
+mod kubeconfig;
 mod logs;
 pub mod manifest;
 mod merge;
@@ -79,6 +80,8 @@ pub enum Command {
     PortForward(port_forward::PortForwardArgs),
     /// Create, list and delete the tokens nodes join the cluster with
     Token(token::TokenArgs),
+    /// Create kubeconfigs for users: client certificates signed by the cluster CA
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Mark a node unschedulable
     Cordon(node_cmds::CordonArgs),
     /// Mark a node schedulable again
@@ -116,6 +119,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Control(args) => control::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Up(args) => up::run(args).await,
+        Command::Kubeconfig(args) => kubeconfig::run(args).await,
         Command::Node(args) => node::run(kubeconfig, args).await,
         Command::Apply(args) => apply::run(&cluster::connect(kubeconfig).await?, args).await,
         Command::Get(args) => get::run(&cluster::connect(kubeconfig).await?, args).await,

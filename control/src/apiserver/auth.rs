@@ -1,8 +1,9 @@
-//! Bearer-token authentication.
+//! Authentication: client certificates and bearer tokens.
 //!
-//! Every request but the health and version endpoints carries `Authorization: Bearer
-//! TOKEN`; the token maps to an [`Identity`] that [`super::authz`] then checks against
-//! what the request wants to do. These kinds of tokens exist:
+//! Every request but the health and version endpoints carries a client certificate
+//! signed by the cluster CA (`wharf kubeconfig create`, see [`ClientCert`]) or
+//! `Authorization: Bearer TOKEN`; either maps to an [`Identity`] that [`super::authz`]
+//! then checks against what the request wants to do. These kinds of tokens exist:
 //!
 //! - **Static tokens** (the admin token of the generated kubeconfig), held in memory by
 //!   the [`Authenticator`].
@@ -299,7 +300,24 @@ pub fn bearer_token(header: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
-/// Middleware: resolves the caller's identity or answers 401.
+/// The identity of a client certificate the TLS handshake verified against the cluster
+/// CA, put on each request of its connection by the server (never from the wire): the
+/// subject's CommonName is the user, each Organization a group, as kube-apiserver's x509
+/// authenticator maps them. `system:authenticated` is added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert(pub Identity);
+
+impl ClientCert {
+    pub fn new(user: String, mut groups: Vec<String>) -> Self {
+        if !groups.iter().any(|g| g == GROUP_AUTHENTICATED) {
+            groups.push(GROUP_AUTHENTICATED.into());
+        }
+        ClientCert(Identity { user, groups })
+    }
+}
+
+/// Middleware: resolves the caller's identity or answers 401. A verified client
+/// certificate comes first, then the bearer token, as kube-apiserver tries them.
 pub async fn require_identity(
     State(state): State<AppState>,
     mut req: Request,
@@ -312,10 +330,13 @@ pub async fn require_identity(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    let Some(token) = header.and_then(bearer_token) else {
-        return ApiError::from(AuthError::Missing).into_response();
+    let from_cert = req.extensions().get::<ClientCert>().map(|c| c.0.clone());
+    let authenticated = match (from_cert, header.and_then(bearer_token)) {
+        (Some(identity), _) => Ok(identity),
+        (None, Some(token)) => authenticate(&state, token).await,
+        (None, None) => return ApiError::from(AuthError::Missing).into_response(),
     };
-    match authenticate(&state, token).await {
+    match authenticated {
         Ok(identity) => {
             let acting = match super::reviews::impersonation(&state, &identity, req.headers()).await
             {
