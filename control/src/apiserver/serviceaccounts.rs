@@ -819,8 +819,9 @@ fn not_served() -> ApiError {
 /// A pod's ServiceAccount, as Kubernetes' ServiceAccount admission settles it on create:
 /// `spec.serviceAccountName` (defaulted to `default`) must name an existing ServiceAccount
 /// (403 otherwise, in Kubernetes' words; `default` alone may be missing for the moment
-/// the controller takes to create it in a new namespace), and
-/// `automountServiceAccountToken` unset takes the ServiceAccount's, else `true`.
+/// the controller takes to create it in a new namespace),
+/// `automountServiceAccountToken` unset takes the ServiceAccount's, else `true`, and a pod
+/// without `imagePullSecrets` gets its ServiceAccount's (which the node pulls with).
 pub async fn admit_pod(state: &AppState, target: &Target, pod: &mut Value) -> Result<(), ApiError> {
     let ns = target.namespace.as_deref().unwrap_or("default");
     let name = pod
@@ -849,6 +850,19 @@ pub async fn admit_pod(state: &AppState, target: &Target, pod: &mut Value) -> Re
     let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
         return Ok(());
     };
+    // A pod that names no pull secrets pulls with its ServiceAccount's.
+    let none = spec
+        .get("imagePullSecrets")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    if let Some(secrets) = sa
+        .as_ref()
+        .and_then(|s| s.get("imagePullSecrets"))
+        .and_then(Value::as_array)
+        .filter(|s| none && !s.is_empty())
+    {
+        spec.insert("imagePullSecrets".into(), Value::Array(secrets.clone()));
+    }
     if !spec
         .get("automountServiceAccountToken")
         .is_some_and(Value::is_boolean)

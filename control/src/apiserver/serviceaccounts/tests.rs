@@ -367,6 +367,34 @@ async fn pods_need_the_service_account_they_name() {
 }
 
 #[tokio::test]
+async fn pods_pull_with_their_service_accounts_secrets_unless_they_name_their_own() {
+    let api = TestApi::new().await;
+    create(
+        &api,
+        "/api/v1/namespaces/default/serviceaccounts",
+        json!({"metadata": {"name": "builder"}, "imagePullSecrets": [{"name": "registry-creds"}]}),
+    )
+    .await;
+    let pod = |name: &str, secrets: Value| {
+        json!({"metadata": {"name": name},
+               "spec": {"serviceAccountName": "builder", "imagePullSecrets": secrets,
+                        "containers": [{"name": "c", "image": "registry.example/app:1"}]}})
+    };
+    let inherited = create(&api, "/api/v1/namespaces/default/pods", pod("a", json!([]))).await;
+    assert_eq!(
+        inherited["spec"]["imagePullSecrets"],
+        json!([{"name": "registry-creds"}])
+    );
+    let own = create(
+        &api,
+        "/api/v1/namespaces/default/pods",
+        pod("b", json!([{"name": "mine"}])),
+    )
+    .await;
+    assert_eq!(own["spec"]["imagePullSecrets"], json!([{"name": "mine"}]));
+}
+
+#[tokio::test]
 async fn nodes_get_tokens_only_for_their_own_pods() {
     let api = TestApi::new().await;
     api.add_token("node-1-token", Identity::node("node-1"));
