@@ -356,3 +356,79 @@ async fn guests_read_a_token_of_their_service_account_bound_to_their_pod() {
     assert!(r.stderr.contains(UNAUTHORIZED), "{}", r.stderr);
     cluster.terminate().await;
 }
+
+/// A long-running guest's token is replaced before it expires: with tokens capped at 10
+/// seconds, the file the node wrote changes within the token's life, and the new token
+/// authenticates.
+#[tokio::test]
+async fn the_node_replaces_a_guests_token_before_it_expires() {
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up_with(
+        dir.path(),
+        1,
+        &["--service-account-max-token-expiration", "10s"],
+    )
+    .await;
+    let k = Kubectl {
+        kubeconfig: &cluster.kubeconfig,
+    };
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: long
+spec:
+  nodeName: node-1
+  containers:
+    - name: tick
+      image: {image}
+"#,
+        image = sample("ticker", "ticker"),
+    );
+    cluster.apply("long.yaml", &yaml).await;
+    let pod = cluster
+        .wait_pod("long", "running", POD_TIMEOUT, common::running)
+        .await;
+    let uid = pod.metadata.uid.unwrap();
+    let file = cluster
+        .data_dir
+        .join("nodes/node-1/pods")
+        .join(&uid)
+        .join("serviceaccount/token");
+    let first = std::fs::read_to_string(&file).unwrap();
+    let expires = expiry(&first);
+    let deadline = Instant::now() + TIMEOUT;
+    let second = loop {
+        let now = std::fs::read_to_string(&file).unwrap();
+        if now != first {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the token was never replaced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Replaced at 80% of a 10 s life: before the first one expired.
+    let replaced = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        replaced < expires,
+        "replaced at {replaced}, expired at {expires}"
+    );
+    assert!(expiry(&second) > expires);
+    let r = as_token(&k, &second, &["auth", "whoami"]).await;
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    cluster.terminate().await;
+}
+
+/// The `exp` claim of a JWT (read, not verified).
+fn expiry(token: &str) -> u64 {
+    use base64::Engine as _;
+    let payload = token.trim().split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    claims["exp"].as_u64().unwrap()
+}

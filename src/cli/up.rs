@@ -6,7 +6,7 @@
 //! credentials and one directory per node, so a second `wharf up` on the same data dir
 //! brings the same cluster back, pods included.
 
-use super::control::{StoreArgs, shutdown_signal};
+use super::control::{ServiceAccountArgs, StoreArgs, shutdown_signal};
 use super::node::{
     ImageArgs, ServiceArgs, dns_note, local_images_note, parse_duration, start_node,
 };
@@ -38,6 +38,8 @@ pub struct UpArgs {
     #[command(flatten)]
     images: ImageArgs,
     #[command(flatten)]
+    service_accounts: ServiceAccountArgs,
+    #[command(flatten)]
     store: StoreArgs,
 }
 
@@ -49,6 +51,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut config = ControlConfig::new(&data_dir);
     config.listen = args.listen;
+    args.service_accounts.apply(&mut config);
     args.store.apply(&mut config)?;
     let plane = wharf_control::start(config, shutdown.clone())
         .await
