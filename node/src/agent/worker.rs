@@ -420,7 +420,13 @@ const TOKEN_RETRY: Duration = Duration::from_secs(5);
 /// ([`sa_token`]): asks for a new token when none is held or the refresh time came.
 /// `false` when the containers cannot start yet (no token at all).
 async fn ensure_token(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Pod) -> bool {
-    if !sa_token::wanted(pod) {
+    // A pod whose containers all ended for good needs no fresh token.
+    let ended = !st.records.is_empty()
+        && st
+            .records
+            .iter()
+            .all(|r| matches!(r.state, State::Terminated(_)));
+    if !sa_token::wanted(pod) || (ended && st.sa_token.is_some()) {
         return true;
     }
     if st.token_refresh.is_some_and(|at| Instant::now() < at) {
