@@ -96,6 +96,11 @@ pub struct ControlConfig {
     pub encrypt_secrets: bool,
     /// Where the audit log goes (`None`: no audit log).
     pub audit: Option<apiserver::audit::AuditConfig>,
+    /// `iss` of ServiceAccount tokens (`--service-account-issuer`).
+    pub service_account_issuer: String,
+    /// The longest life a ServiceAccount token gets
+    /// (`--service-account-max-token-expiration`); unbounded when `None`.
+    pub service_account_max_token_expiration: Option<Duration>,
 }
 
 /// The store backend of a control plane.
@@ -124,6 +129,8 @@ impl ControlConfig {
             backend: StoreBackend::Fjall,
             encrypt_secrets: true,
             audit: None,
+            service_account_issuer: crate::apiserver::serviceaccounts::DEFAULT_ISSUER.into(),
+            service_account_max_token_expiration: None,
         }
     }
 }
@@ -306,6 +313,20 @@ pub async fn start(
     if let Some(reason) = &pki.generated.server {
         tracing::info!(%reason, "generated a serving certificate");
     }
+    let pki_dir = dir.join("pki");
+    let sa_key = tokio::task::spawn_blocking(move || pki::load_or_generate_sa_key(&pki_dir))
+        .await
+        .map_err(|e| {
+            ControlError::Bootstrap(format!("preparing the service account key: {e}"))
+        })??;
+    auth.set_token_issuer(
+        crate::apiserver::serviceaccounts::TokenIssuer::new(
+            &sa_key,
+            config.service_account_issuer.clone(),
+            config.service_account_max_token_expiration,
+        )
+        .map_err(|e| ControlError::Bootstrap(e.to_string()))?,
+    );
     let tls = TlsAcceptor::from(pki.server_config()?);
     let kubeconfig = dir.join("kubeconfig");
     write_private(
@@ -519,6 +540,15 @@ async fn serve_connection(
             }
         }
     };
+    // A verified client certificate is the identity of every request on the connection
+    // (the handshake refused any certificate the cluster CA did not sign).
+    let client_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(pki::client_identity)
+        .map(|(user, groups)| apiserver::auth::ClientCert::new(user, groups));
     let stream = tokio::select! {
         _ = shutdown.cancelled() => return,
         first = tokio::time::timeout(timeouts.header_read, read_preface(stream)) => match first {
@@ -536,6 +566,12 @@ async fn serve_connection(
     };
     // Handlers (the audit log) see the client's address.
     let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+    let app = tower::ServiceExt::map_request(app, move |mut req: http::Request<_>| {
+        if let Some(cert) = &client_cert {
+            req.extensions_mut().insert(cert.clone());
+        }
+        req
+    });
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app));
     if let Err(e) = watcher.watch(conn).await {
@@ -708,7 +744,7 @@ fn kubeconfig_yaml(
     crate::kubeconfig::render(&crate::kubeconfig::Kubeconfig {
         cluster: &cluster,
         user: "wharf-admin",
-        token,
+        credential: crate::kubeconfig::Credential::Token(token),
         context: "wharf",
         namespace: Some("default"),
     })

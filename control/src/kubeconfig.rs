@@ -1,8 +1,10 @@
 //! Writing kubeconfig files: the admin kubeconfig the control plane writes at start and
-//! the join kubeconfig `wharf token create --kubeconfig-out` writes for a node. One
+//! the join kubeconfig `wharf token create --kubeconfig-out` writes for a node, and a
+//! user's from `wharf kubeconfig create` (a client certificate). One
 //! shape, one writer ([`render`], [`write()`]), so both read back the same way with
 //! kubectl, kube-rs and wharf.
 
+use base64::Engine as _;
 use std::path::Path;
 
 /// The cluster entry: where the API server is and how to trust it.
@@ -16,13 +18,32 @@ pub struct Cluster {
     pub insecure_skip_tls_verify: bool,
 }
 
-/// A kubeconfig with one cluster, one bearer-token user and one context (the current
-/// one, named `context`), optionally with a default namespace.
+/// How the kubeconfig's user proves who it is.
+#[derive(Clone, Copy)]
+pub enum Credential<'a> {
+    /// A bearer token.
+    Token(&'a str),
+    /// A client certificate and its key (PEM), signed by the cluster CA.
+    ClientCert { cert_pem: &'a str, key_pem: &'a str },
+}
+
+impl std::fmt::Debug for Credential<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credential::Token(_) => "Token(..)",
+            Credential::ClientCert { .. } => "ClientCert(..)",
+        })
+    }
+}
+
+/// A kubeconfig with one cluster, one user (a bearer token or a client certificate)
+/// and one context (the current one, named `context`), optionally with a default
+/// namespace.
 #[derive(Debug, Clone)]
 pub struct Kubeconfig<'a> {
     pub cluster: &'a Cluster,
     pub user: &'a str,
-    pub token: &'a str,
+    pub credential: Credential<'a>,
     pub context: &'a str,
     pub namespace: Option<&'a str>,
 }
@@ -45,11 +66,19 @@ pub fn render(k: &Kubeconfig<'_>) -> Result<String, serde_saphyr::ser::Error> {
     if let Some(ns) = k.namespace {
         context["namespace"] = ns.into();
     }
+    let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+    let user = match k.credential {
+        Credential::Token(token) => serde_json::json!({"token": token}),
+        Credential::ClientCert { cert_pem, key_pem } => serde_json::json!({
+            "client-certificate-data": b64(cert_pem),
+            "client-key-data": b64(key_pem),
+        }),
+    };
     let config = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": c.name, "cluster": access}],
-        "users": [{"name": k.user, "user": {"token": k.token}}],
+        "users": [{"name": k.user, "user": user}],
         "contexts": [{"name": k.context, "context": context}],
         "current-context": k.context,
         "preferences": {},
@@ -81,7 +110,7 @@ mod tests {
         let yaml = render(&Kubeconfig {
             cluster: &cluster,
             user: "admin",
-            token: "tok",
+            credential: Credential::Token("tok"),
             context: "wharf",
             namespace: Some("default"),
         })

@@ -47,6 +47,8 @@ pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
 pub const SERVER_CERT: &str = "server.crt";
 pub const SERVER_KEY: &str = "server.key";
+/// The key ServiceAccount tokens are signed with (ECDSA P-256, PKCS#8).
+pub const SA_KEY: &str = "sa.key";
 
 /// What can go wrong loading or generating the certificates.
 #[derive(Debug, thiserror::Error)]
@@ -187,14 +189,269 @@ impl Pki {
     }
 
     /// A rustls server configuration serving the certificate, with ALPN `h2` and
-    /// `http/1.1`.
+    /// `http/1.1`. A client may present a certificate: one the cluster CA signed (and
+    /// valid now) is its identity ([`client_identity`]); any other fails the handshake;
+    /// none is fine (a bearer token then says who it is), as kube-apiserver has it.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
+        let path = self.ca_cert_path();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(pem_cert(&path, &self.ca_cert_pem)?)
+            .map_err(|e| PkiError::Invalid {
+                path: path.clone(),
+                message: format!("unusable CA certificate: {e}"),
+            })?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            crypto_provider(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Invalid {
+            path,
+            message: format!("building the client certificate verifier: {e}"),
+        })?;
         let mut config = ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
+            .with_client_cert_verifier(verifier)
             .with_single_cert(vec![self.server_cert.clone()], self.server_key.clone_key())?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
+    }
+}
+
+/// The ServiceAccount token signing key in `dir` (PKCS#8 DER), made (mode 0600) on the
+/// first start. Kept for good: a new key would invalidate every token issued. Blocking.
+pub fn load_or_generate_sa_key(dir: &Path) -> Result<Vec<u8>, PkiError> {
+    create_dir(dir)?;
+    let path = dir.join(SA_KEY);
+    if let Some(pem) = read_optional(&path)? {
+        let key = KeyPair::from_pem(&pem).map_err(|e| PkiError::Invalid {
+            path: path.clone(),
+            message: format!("not a private key: {e}"),
+        })?;
+        return Ok(key.serialize_der());
+    }
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(gen_err("service account key"))?;
+    write(&path, &key.serialize_pem())?;
+    tracing::info!(path = %path.display(), "generated the service account signing key");
+    Ok(key.serialize_der())
+}
+
+/// A client certificate and its key (PEM), from [`issue_client_cert`].
+pub struct ClientCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert").finish_non_exhaustive()
+    }
+}
+
+/// Issues a client certificate for user `user` in `groups`, valid for `ttl` from `now`,
+/// signed by the CA in `dir` (`DATA_DIR/pki`): the subject's CommonName is the user and
+/// each Organization a group, as kube-apiserver's x509 authenticator reads them
+/// ([`client_identity`]). Blocking: reads the CA's key.
+pub fn issue_client_cert(
+    dir: &Path,
+    user: &str,
+    groups: &[String],
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<ClientCert, PkiError> {
+    let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    let missing = |path: &Path| PkiError::Invalid {
+        path: path.to_path_buf(),
+        message: "missing: is this the data dir of a control plane that has started?".into(),
+    };
+    let ca_cert = read_optional(&cert_path)?.ok_or_else(|| missing(&cert_path))?;
+    let ca_key = read_optional(&key_path)?.ok_or_else(|| missing(&key_path))?;
+    // Checks the pair as signing needs it, naming the file at fault.
+    issuer(dir, &ca_cert, &ca_key)?;
+    let ca_der = pem_cert(&cert_path, &ca_cert)?;
+    let ca_pkcs8 = KeyPair::from_pem(&ca_key)
+        .map_err(|e| PkiError::Invalid {
+            path: key_path.clone(),
+            message: format!("not a private key: {e}"),
+        })?
+        .serialize_der();
+    let key =
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err("client key"))?;
+    let subject = client::Subject {
+        user,
+        groups,
+        not_before: offset(now - BACKDATE.min(Duration::from_secs(300))),
+        not_after: offset(now + ttl),
+    };
+    let der = client::certificate(&ca_der, &ca_pkcs8, &key, &subject).map_err(|message| {
+        PkiError::Invalid {
+            path: key_path,
+            message,
+        }
+    })?;
+    Ok(ClientCert {
+        cert_pem: client::pem("CERTIFICATE", &der),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The user (CommonName) and groups (each Organization) of a client certificate the TLS
+/// handshake verified, as kube-apiserver's x509 authenticator maps them; `None` for a
+/// certificate without a CommonName.
+pub fn client_identity(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let subject = parsed.subject();
+    let user = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok())
+        .map(String::from)
+        .collect();
+    (!user.is_empty()).then_some((user, groups))
+}
+
+/// Writing a client certificate by hand (DER): rcgen keeps one value per attribute type
+/// in a subject, and a user in several groups has several Organizations.
+mod client {
+    use rcgen::{KeyPair, PublicKeyData};
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+    use yasna::models::{GeneralizedTime, ObjectIdentifier, UTCTime};
+    use yasna::{DERWriter, Tag};
+
+    const ECDSA_WITH_SHA256: &[u64] = &[1, 2, 840, 10045, 4, 3, 2];
+    const COMMON_NAME: &[u64] = &[2, 5, 4, 3];
+    const ORGANIZATION: &[u64] = &[2, 5, 4, 10];
+    const KEY_USAGE: &[u64] = &[2, 5, 29, 15];
+    const BASIC_CONSTRAINTS: &[u64] = &[2, 5, 29, 19];
+    const EXT_KEY_USAGE: &[u64] = &[2, 5, 29, 37];
+    const CLIENT_AUTH: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 3, 2];
+
+    pub struct Subject<'a> {
+        pub user: &'a str,
+        pub groups: &'a [String],
+        pub not_before: time::OffsetDateTime,
+        pub not_after: time::OffsetDateTime,
+    }
+
+    fn oid(w: DERWriter<'_>, id: &[u64]) {
+        w.write_oid(&ObjectIdentifier::from_slice(id));
+    }
+
+    fn attribute(w: DERWriter<'_>, id: &[u64], value: &str) {
+        w.write_set(|w| {
+            w.next().write_sequence(|w| {
+                oid(w.next(), id);
+                w.next().write_utf8_string(value);
+            })
+        });
+    }
+
+    fn extension(w: DERWriter<'_>, id: &[u64], critical: bool, value: Vec<u8>) {
+        w.write_sequence(|w| {
+            oid(w.next(), id);
+            if critical {
+                w.next().write_bool(true);
+            }
+            w.next().write_bytes(&value);
+        });
+    }
+
+    /// A validity time as RFC 5280 wants it: UTCTime until 2049, GeneralizedTime after,
+    /// to the second.
+    fn validity_time(w: DERWriter<'_>, t: time::OffsetDateTime) {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        let t = t.replace_nanosecond(0).unwrap_or(t);
+        if (1950..2050).contains(&t.year()) {
+            w.write_utctime(&UTCTime::from_datetime(t));
+        } else {
+            w.write_generalized_time(&GeneralizedTime::from_datetime(t));
+        }
+    }
+
+    fn algorithm(w: DERWriter<'_>) {
+        w.write_sequence(|w| oid(w.next(), ECDSA_WITH_SHA256));
+    }
+
+    /// The certificate (DER) of `key` for `subject`, signed with the CA's P-256 key
+    /// (`ca_pkcs8`) and naming the CA (`ca_der`) as its issuer.
+    pub fn certificate(
+        ca_der: &[u8],
+        ca_pkcs8: &[u8],
+        key: &KeyPair,
+        subject: &Subject<'_>,
+    ) -> Result<Vec<u8>, String> {
+        let (_, ca) = x509_parser::parse_x509_certificate(ca_der)
+            .map_err(|e| format!("the CA certificate: {e}"))?;
+        let issuer = ca.tbs_certificate.subject.as_raw();
+        let rng = SystemRandom::new();
+        let mut serial = [0u8; 16];
+        ring::rand::SecureRandom::fill(&rng, &mut serial).map_err(|e| e.to_string())?;
+        serial[0] = (serial[0] & 0x7f) | 0x01;
+        let tbs = yasna::construct_der(|w| {
+            w.write_sequence(|w| {
+                w.next().write_tagged(Tag::context(0), |w| w.write_u8(2));
+                w.next().write_bigint_bytes(&serial, true);
+                algorithm(w.next());
+                w.next().write_der(issuer);
+                w.next().write_sequence(|w| {
+                    validity_time(w.next(), subject.not_before);
+                    validity_time(w.next(), subject.not_after);
+                });
+                w.next().write_sequence(|w| {
+                    for group in subject.groups {
+                        attribute(w.next(), ORGANIZATION, group);
+                    }
+                    attribute(w.next(), COMMON_NAME, subject.user);
+                });
+                w.next().write_der(&key.subject_public_key_info());
+                w.next().write_tagged(Tag::context(3), |w| {
+                    w.write_sequence(|w| {
+                        // digitalSignature
+                        let usage = yasna::construct_der(|w| w.write_bitvec_bytes(&[0x80], 1));
+                        extension(w.next(), KEY_USAGE, true, usage);
+                        let not_ca = yasna::construct_der(|w| w.write_sequence(|_| {}));
+                        extension(w.next(), BASIC_CONSTRAINTS, true, not_ca);
+                        let client = yasna::construct_der(|w| {
+                            w.write_sequence(|w| oid(w.next(), CLIENT_AUTH))
+                        });
+                        extension(w.next(), EXT_KEY_USAGE, false, client);
+                    })
+                });
+            })
+        });
+        let signer = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, ca_pkcs8, &rng)
+            .map_err(|e| format!("the CA key is not an ECDSA P-256 key: {e}"))?;
+        let signature = signer.sign(&rng, &tbs).map_err(|e| e.to_string())?;
+        let signature = signature.as_ref();
+        Ok(yasna::construct_der(|w| {
+            w.write_sequence(|w| {
+                w.next().write_der(&tbs);
+                algorithm(w.next());
+                w.next().write_bitvec_bytes(signature, signature.len() * 8);
+            })
+        }))
+    }
+
+    /// PEM of `der` under `label`.
+    pub fn pem(label: &str, der: &[u8]) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let mut out = format!("-----BEGIN {label}-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+        out
     }
 }
 
@@ -531,6 +788,60 @@ mod tests {
             UnixTime::now(),
         )
         .is_ok()
+    }
+
+    /// Verifies a client certificate (PEM) against the CA in `dir` at `at`, as the API
+    /// server's TLS handshake does.
+    fn client_verifies(dir: &Path, cert_pem: &str, at: SystemTime) -> bool {
+        let ca = CertificateDer::from_pem_slice(&read(dir, CA_CERT)).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            crypto_provider(),
+        )
+        .build()
+        .unwrap();
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let at = UnixTime::since_unix_epoch(at.duration_since(SystemTime::UNIX_EPOCH).unwrap());
+        rustls::server::danger::ClientCertVerifier::verify_client_cert(
+            verifier.as_ref(),
+            &cert,
+            &[],
+            at,
+        )
+        .is_ok()
+    }
+
+    #[test]
+    fn client_certificates_carry_the_user_and_every_group_and_verify_until_they_expire() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        Pki::load_or_generate(&dir, listen("127.0.0.1:6443")).unwrap();
+        let now = SystemTime::now();
+        let groups = vec!["dev".to_string(), "ops".to_string(), "qa team".to_string()];
+        let cert =
+            issue_client_cert(&dir, "alice", &groups, Duration::from_secs(3600), now).unwrap();
+        assert!(cert.key_pem.contains("PRIVATE KEY"));
+        let der = CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap();
+        assert_eq!(client_identity(&der), Some(("alice".into(), groups)));
+        assert!(client_verifies(&dir, &cert.cert_pem, now));
+        assert!(!client_verifies(
+            &dir,
+            &cert.cert_pem,
+            now + Duration::from_secs(7200)
+        ));
+        // No groups at all is a user alone.
+        let solo = issue_client_cert(&dir, "bob", &[], Duration::from_secs(60), now).unwrap();
+        let der = CertificateDer::from_pem_slice(solo.cert_pem.as_bytes()).unwrap();
+        assert_eq!(client_identity(&der), Some(("bob".into(), vec![])));
+        // Another cluster's CA does not vouch for it.
+        let other = tmp.path().join("other");
+        Pki::load_or_generate(&other, listen("127.0.0.1:6443")).unwrap();
+        assert!(!client_verifies(&other, &cert.cert_pem, now));
+        // Nor for the serving certificate as a client's (no clientAuth usage).
+        let server = String::from_utf8(read(&dir, SERVER_CERT)).unwrap();
+        assert!(!client_verifies(&dir, &server, now));
     }
 
     #[test]

@@ -33,7 +33,30 @@ pub struct ControlArgs {
     token_auth_file: Option<PathBuf>,
 
     #[command(flatten)]
+    service_accounts: ServiceAccountArgs,
+
+    #[command(flatten)]
     store: StoreArgs,
+}
+
+/// ServiceAccount token settings shared by `wharf control` and `wharf up`.
+#[derive(Debug, Args)]
+pub struct ServiceAccountArgs {
+    /// `iss` of the ServiceAccount tokens this server issues, and the audience they are
+    /// for (as kube-apiserver's flag)
+    #[arg(long, value_name = "URL", default_value = wharf_control::apiserver::serviceaccounts::DEFAULT_ISSUER)]
+    service_account_issuer: String,
+
+    /// The longest life a ServiceAccount token gets; longer requests get this
+    #[arg(long, value_name = "DURATION", value_parser = super::node::parse_duration)]
+    service_account_max_token_expiration: Option<std::time::Duration>,
+}
+
+impl ServiceAccountArgs {
+    pub fn apply(&self, config: &mut ControlConfig) {
+        config.service_account_issuer = self.service_account_issuer.clone();
+        config.service_account_max_token_expiration = self.service_account_max_token_expiration;
+    }
 }
 
 /// Store settings shared by `wharf control` and `wharf up`.
@@ -152,6 +175,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     config.listen = args.listen;
     config.api.node_credential_validity = args.node_credential_validity;
     config.token_auth_file = args.token_auth_file;
+    args.service_accounts.apply(&mut config);
     args.store.apply(&mut config)?;
     let shutdown = CancellationToken::new();
     let plane = wharf_control::start(config, shutdown.clone())

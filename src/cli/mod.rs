@@ -15,6 +15,7 @@ mod delete;
 mod describe;
 mod get;
 mod images;
+mod kubeconfig;
 mod logs;
 pub mod manifest;
 mod merge;
@@ -90,6 +91,8 @@ pub enum Command {
     Registry(push::RegistryArgs),
     /// Show or rotate the keys Secrets are encrypted at rest with
     SecretsEncrypt(secrets_encrypt::SecretsEncryptArgs),
+    /// Create kubeconfigs for users: client certificates signed by the cluster CA
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Mark a node unschedulable
     Cordon(node_cmds::CordonArgs),
     /// Mark a node schedulable again
@@ -127,6 +130,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Control(args) => control::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Up(args) => up::run(args).await,
+        Command::Kubeconfig(args) => kubeconfig::run(args).await,
         Command::Node(args) => node::run(kubeconfig, args).await,
         Command::Apply(args) => apply::run(&cluster::connect(kubeconfig).await?, args).await,
         Command::Get(args) => get::run(&cluster::connect(kubeconfig).await?, args).await,

@@ -436,6 +436,7 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     config.mirrors = true;
     config.allow_host_path = args.allow_host_path;
     config.backoff.base = args.backoff;
+    config.cluster_ca_pem = node_client.cluster_ca_pem.clone();
     args.services.apply(config);
     let shutdown = CancellationToken::new();
     let local_images = args.images.local_images(false);

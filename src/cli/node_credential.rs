@@ -40,6 +40,25 @@ type TokenCell = Arc<RwLock<String>>;
 pub struct NodeClient {
     pub client: kube::Client,
     pub renewer: Option<Renewer>,
+    /// The cluster CA of the kubeconfig (PEM), what the node gives guests as `ca.crt`.
+    pub cluster_ca_pem: Option<String>,
+}
+
+/// The CA certificates a client config trusts, as PEM.
+fn ca_pem(config: &kube::Config) -> Option<String> {
+    use base64::Engine as _;
+    let certs = config.root_cert.as_ref().filter(|c| !c.is_empty())?;
+    let mut pem = String::new();
+    for der in certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    Some(pem)
 }
 
 impl NodeClient {
@@ -71,6 +90,7 @@ pub async fn connect(
     data_dir: &Path,
 ) -> anyhow::Result<NodeClient> {
     let (mut config, path) = cluster::load_config(flag).await?;
+    let cluster_ca_pem = ca_pem(&config);
     let given = config
         .auth_info
         .token
@@ -86,6 +106,7 @@ pub async fn connect(
         return Ok(NodeClient {
             client,
             renewer: None,
+            cluster_ca_pem,
         });
     };
     let join_client = kube::Client::try_from(config.clone())
@@ -115,6 +136,7 @@ pub async fn connect(
                         &secret,
                     )),
                     client,
+                    cluster_ca_pem,
                 });
             }
             Err(kube::Error::Api(s)) if s.code == 401 => {
@@ -157,6 +179,7 @@ pub async fn connect(
             &created,
         )),
         client,
+        cluster_ca_pem,
     })
 }
 

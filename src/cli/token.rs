@@ -95,7 +95,7 @@ fn secret_kind() -> anyhow::Result<&'static ResourceKind> {
 }
 
 /// `--server`: an `https://` (or `http://`) URL with a host.
-fn parse_server(text: &str) -> Result<String, String> {
+pub(super) fn parse_server(text: &str) -> Result<String, String> {
     let text = text.trim().trim_end_matches('/');
     let uri: http::Uri = text
         .parse()
@@ -178,7 +178,7 @@ use wharf_control::kubeconfig::Cluster as ClusterAccess;
 /// The cluster of the admin kubeconfig's current context (else its only cluster), with
 /// a `certificate-authority` file (relative to `base`, the kubeconfig's directory) read
 /// and embedded, so the written kubeconfig stands alone on another machine.
-fn cluster_access(admin: &Kubeconfig, base: &Path) -> anyhow::Result<ClusterAccess> {
+pub(super) fn cluster_access(admin: &Kubeconfig, base: &Path) -> anyhow::Result<ClusterAccess> {
     let context_cluster = admin.current_context.as_ref().and_then(|current| {
         admin
             .contexts
@@ -262,7 +262,7 @@ fn node_kubeconfig(cluster: &ClusterAccess, token: &NodeToken) -> anyhow::Result
         &wharf_control::kubeconfig::Kubeconfig {
             cluster,
             user: &user,
-            token: &token.to_string(),
+            credential: wharf_control::kubeconfig::Credential::Token(&token.to_string()),
             context: &user,
             namespace: None,
         },

@@ -6,7 +6,7 @@
 //! credentials and one directory per node, so a second `wharf up` on the same data dir
 //! brings the same cluster back, pods included.
 
-use super::control::{StoreArgs, shutdown_signal};
+use super::control::{ServiceAccountArgs, StoreArgs, shutdown_signal};
 use super::node::{
     ImageArgs, ServiceArgs, dns_note, local_images_note, parse_duration, start_node,
 };
@@ -39,6 +39,8 @@ pub struct UpArgs {
     #[command(flatten)]
     images: ImageArgs,
     #[command(flatten)]
+    service_accounts: ServiceAccountArgs,
+    #[command(flatten)]
     store: StoreArgs,
 }
 
@@ -50,6 +52,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut config = ControlConfig::new(&data_dir);
     config.listen = args.listen;
+    args.service_accounts.apply(&mut config);
     args.store.apply(&mut config)?;
     let plane = wharf_control::start(config, shutdown.clone())
         .await
@@ -71,6 +74,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let name = format!("node-{i}");
         let mut config = NodeConfig::new(&name, data_dir.join("nodes").join(&name));
         config.agent.backoff.base = args.backoff;
+        config.agent.cluster_ca_pem = std::fs::read_to_string(&plane.ca_cert).ok();
         args.services.apply(&mut config.agent);
         args.images.apply(&mut config, local_images.clone())?;
         // The cluster registry on the control plane, pulled from with the admin token (the

@@ -324,6 +324,17 @@ pub static SECRET: Printer = Printer {
     },
 };
 
+/// kubectl's columns for ServiceAccounts: how many token Secrets it lists.
+pub static SERVICE_ACCOUNT: Printer = Printer {
+    narrow: &["NAME", "SECRETS", "AGE"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        vec![name, o.len("/secrets").to_string(), age]
+    },
+};
+
 pub static LEASE: Printer = Printer {
     narrow: &["NAME", "HOLDER", "AGE"],
     extra: &[],

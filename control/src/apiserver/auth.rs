@@ -1,8 +1,9 @@
-//! Bearer-token authentication.
+//! Authentication: client certificates and bearer tokens.
 //!
-//! Every request but the health and version endpoints carries `Authorization: Bearer
-//! TOKEN`; the token maps to an [`Identity`] that [`super::authz`] then checks against
-//! what the request wants to do. Two kinds of tokens exist:
+//! Every request but the health and version endpoints carries a client certificate
+//! signed by the cluster CA (`wharf kubeconfig create`, see [`ClientCert`]) or
+//! `Authorization: Bearer TOKEN`; either maps to an [`Identity`] that [`super::authz`]
+//! then checks against what the request wants to do. These kinds of tokens exist:
 //!
 //! - **Static tokens** (the admin token of the generated kubeconfig), held in memory by
 //!   the [`Authenticator`].
@@ -26,7 +27,11 @@
 //!   before it expires. Its identity is `system:node:<name>` in `system:nodes`, which the
 //!   Node authorizer ([`super::authz`]) ties to that node's objects.
 //!
-//! Both kinds name their Secret by the id inside the token, so a request looks its token
+//! - **ServiceAccount tokens**, JWTs signed by the cluster's ServiceAccount key
+//!   (`kubectl create token`, and the tokens nodes mount into pods), checked by
+//!   [`super::serviceaccounts`]: user `system:serviceaccount:NS:NAME`.
+//!
+//! Both kinds of node tokens name their Secret by the id inside the token, so a request looks its token
 //! up with one `store.get`: no cache, nothing to keep in sync, and deleting the Secret
 //! revokes the token for the very next request.
 //!
@@ -41,6 +46,7 @@
 use super::AppState;
 use super::error::{ApiError, Subject};
 use super::objects::decode;
+use super::serviceaccounts::{self, TokenIssuer};
 use crate::store::{Store, StoreError, object_key};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -50,7 +56,7 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +129,9 @@ pub enum AuthError {
     /// answered as an invalid token (the client cannot fix it).
     #[error("secret {NODE_TOKEN_NAMESPACE}/{name} is not a valid node token: {why}")]
     MalformedSecret { name: String, why: String },
+    /// A ServiceAccount token that is expired or names what no longer exists.
+    #[error("{0}")]
+    ServiceAccount(String),
     #[error("looking up the token: {0}")]
     Store(StoreError),
 }
@@ -139,15 +148,28 @@ impl From<AuthError> for ApiError {
     }
 }
 
-/// The known tokens.
+/// The known tokens, and the key ServiceAccount tokens are checked with.
 #[derive(Debug, Default)]
 pub struct Authenticator {
     tokens: RwLock<HashMap<String, Identity>>,
+    issuer: RwLock<Option<Arc<TokenIssuer>>>,
 }
 
 impl Authenticator {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Signs and checks ServiceAccount tokens with `issuer` from now on.
+    pub fn set_token_issuer(&self, issuer: TokenIssuer) {
+        if let Ok(mut i) = self.issuer.write() {
+            *i = Some(Arc::new(issuer));
+        }
+    }
+
+    /// The ServiceAccount token issuer, if this server has one.
+    pub fn token_issuer(&self) -> Option<Arc<TokenIssuer>> {
+        self.issuer.read().ok()?.clone()
     }
 
     pub fn add_token(&self, token: impl Into<String>, identity: Identity) {
@@ -243,13 +265,30 @@ pub fn generate_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The identity of a bearer token: a node token is looked up in the store, any other
-/// token among the [`Authenticator`]'s static ones.
+/// The identity of a bearer token: a node token is looked up in the store, a static
+/// token among the [`Authenticator`]'s, and a JWT is checked as a ServiceAccount token
+/// ([`super::serviceaccounts::authenticate`]).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Identity, AuthError> {
     if let Some(node) = NodeToken::parse(token) {
         return authenticate_node_token(state.store.as_ref(), &node, Timestamp::now()).await;
     }
-    state.auth.authenticate(token).ok_or(AuthError::Invalid)
+    if let Some(identity) = state.auth.authenticate(token) {
+        return Ok(identity);
+    }
+    match state.auth.token_issuer() {
+        Some(issuer) if serviceaccounts::looks_like_jwt(token) => {
+            let (identity, _) = serviceaccounts::authenticate(
+                state,
+                &issuer,
+                token,
+                &issuer.audiences,
+                Timestamp::now(),
+            )
+            .await?;
+            Ok(identity)
+        }
+        _ => Err(AuthError::Invalid),
+    }
 }
 
 /// The token of an `Authorization` header value: the scheme `Bearer` in any case, as
@@ -261,7 +300,24 @@ pub fn bearer_token(header: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
-/// Middleware: resolves the caller's identity or answers 401.
+/// The identity of a client certificate the TLS handshake verified against the cluster
+/// CA, put on each request of its connection by the server (never from the wire): the
+/// subject's CommonName is the user, each Organization a group, as kube-apiserver's x509
+/// authenticator maps them. `system:authenticated` is added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert(pub Identity);
+
+impl ClientCert {
+    pub fn new(user: String, mut groups: Vec<String>) -> Self {
+        if !groups.iter().any(|g| g == GROUP_AUTHENTICATED) {
+            groups.push(GROUP_AUTHENTICATED.into());
+        }
+        ClientCert(Identity { user, groups })
+    }
+}
+
+/// Middleware: resolves the caller's identity or answers 401. A verified client
+/// certificate comes first, then the bearer token, as kube-apiserver tries them.
 pub async fn require_identity(
     State(state): State<AppState>,
     mut req: Request,
@@ -274,10 +330,13 @@ pub async fn require_identity(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    let Some(token) = header.and_then(bearer_token) else {
-        return ApiError::from(AuthError::Missing).into_response();
+    let from_cert = req.extensions().get::<ClientCert>().map(|c| c.0.clone());
+    let authenticated = match (from_cert, header.and_then(bearer_token)) {
+        (Some(identity), _) => Ok(identity),
+        (None, Some(token)) => authenticate(&state, token).await,
+        (None, None) => return ApiError::from(AuthError::Missing).into_response(),
     };
-    match authenticate(&state, token).await {
+    match authenticated {
         Ok(identity) => {
             let acting = match super::reviews::impersonation(&state, &identity, req.headers()).await
             {

@@ -18,7 +18,9 @@
 //! - `get` a Secret or ConfigMap only when a pod bound to it references it (volumes,
 //!   `env`, `envFrom`, `imagePullSecrets`), plus the cluster's node-proxy credential;
 //!   never list or watch them;
-//! - record Events; create and delete only its own node credentials.
+//! - record Events; create and delete only its own node credentials;
+//! - request ServiceAccount tokens only bound to its own pods, for the ServiceAccount
+//!   they run as (checked by the TokenRequest handler on the body).
 //!
 //! [`authorize`] is a pure decision over the request's attributes, unit-tested without
 //! I/O. Where the answer depends on stored objects (is this pod bound to the node, does a
@@ -198,6 +200,12 @@ fn node_may(
     subresource: Option<&str>,
 ) -> Decision {
     use Decision::{Allow, Deny, IfRelated};
+    // Tokens for its pods' ServiceAccounts: the TokenRequest handler lets a node bind a
+    // token only to a pod of its own that runs as that ServiceAccount
+    // (`serviceaccounts::node_may_request`), so the relation is checked there, on the body.
+    if is(kind, "", "ServiceAccount") && subresource == Some("token") {
+        return if verb == Verb::Create { Allow } else { Deny };
+    }
     // Objects and their status; not the log proxy (a node reads its own pods' logs
     // locally), not bindings, evictions or scale.
     if !matches!(subresource, None | Some("status")) {

@@ -38,6 +38,7 @@ pub mod resources;
 pub mod reviews;
 pub mod scale;
 pub mod secrets_encrypt;
+pub mod serviceaccounts;
 pub mod services;
 pub mod table;
 pub mod watch;
@@ -141,6 +142,12 @@ pub fn router(state: AppState) -> Router {
             &reviews::Review::SelfSubject.path(),
             post(self_subject_review),
         )
+        .route(&reviews::Review::Token.path(), post(token_review))
+        .route(
+            serviceaccounts::OPENID_CONFIGURATION_PATH,
+            get(serviceaccounts::openid_configuration),
+        )
+        .route(serviceaccounts::JWKS_PATH, get(serviceaccounts::jwks))
         .route("/api/{version}/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .fallback(not_found)
@@ -208,6 +215,10 @@ async fn self_subject_rules_review(State(state): State<AppState>, req: Request) 
 
 async fn self_subject_review(State(state): State<AppState>, req: Request) -> Response {
     reviews::create(state, reviews::Review::SelfSubject, req).await
+}
+
+async fn token_review(State(state): State<AppState>, req: Request) -> Response {
+    reviews::create(state, reviews::Review::Token, req).await
 }
 
 /// A `kube::Client` that calls `router` in process, as the system identity: no TCP, the

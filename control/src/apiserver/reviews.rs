@@ -1,6 +1,7 @@
 //! The review APIs: `authorization.k8s.io/v1` SelfSubjectAccessReview,
 //! SubjectAccessReview and SelfSubjectRulesReview, and `authentication.k8s.io/v1`
-//! SelfSubjectReview, what `kubectl auth can-i [--list]` and `kubectl auth whoami` ask.
+//! SelfSubjectReview, what `kubectl auth can-i [--list]` and `kubectl auth whoami` ask,
+//! and TokenReview, which asks who a bearer token is (for `system:auth-delegator`).
 //! They are create-only and never stored: the answer is the request with its `status`
 //! filled in by the same authorization chain every request goes through
 //! ([`super::authz::allowed`]). Creating one is itself authorized (`system:basic-user`
@@ -30,6 +31,8 @@ pub enum Review {
     SubjectAccess,
     SelfSubjectRules,
     SelfSubject,
+    /// A TokenReview: who a token is ([`super::serviceaccounts::review_status`]).
+    Token,
 }
 
 impl Review {
@@ -47,6 +50,7 @@ impl Review {
                 "SelfSubjectRulesReview",
             ),
             Review::SelfSubject => (AUTHENTICATION, "selfsubjectreviews", "SelfSubjectReview"),
+            Review::Token => (AUTHENTICATION, "tokenreviews", "TokenReview"),
         }
     }
 
@@ -138,6 +142,7 @@ async fn answer(state: &AppState, review: Review, req: Request) -> Result<Value,
     let spec = obj.get("spec").cloned().unwrap_or(json!({}));
     obj["status"] = match review {
         Review::SelfSubject => json!({"userInfo": user_info(&caller)}),
+        Review::Token => super::serviceaccounts::review_status(state, &spec).await,
         Review::SelfSubjectAccess => {
             access_status(state, &spec_attributes(&caller, &spec)?).await?
         }

@@ -58,6 +58,10 @@ impl TestApi {
         );
         let auth = Arc::new(Authenticator::new());
         auth.add_token(ADMIN_TOKEN, Identity::admin());
+        auth.set_token_issuer(
+            super::serviceaccounts::TokenIssuer::generate(super::serviceaccounts::DEFAULT_ISSUER)
+                .expect("service account key"),
+        );
         let state = AppState {
             store: store.clone(),
             auth,

@@ -18,6 +18,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod serviceaccount;
 pub mod tokencleaner;
 
 use std::time::Duration;
@@ -75,6 +76,7 @@ pub fn start_all(
     namespace::start(client.clone(), config, shutdown.clone(), tasks);
     clusterroleaggregation::start(client.clone(), shutdown.clone(), tasks);
     crd::start(client.clone(), shutdown.clone(), tasks);
+    serviceaccount::start(client.clone(), shutdown.clone(), tasks);
     tokencleaner::start(
         client.clone(),
         config.token_cleanup_interval,

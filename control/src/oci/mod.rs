@@ -195,21 +195,29 @@ async fn authenticate(
     mut req: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Some(token) = credential(req.headers()) else {
-        return OciError::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            "authentication required",
-        )
-        .into_response();
-    };
-    let identity = match auth::authenticate(&state.api, &token).await {
-        Ok(identity) => identity,
-        Err(_) => {
+    // A client certificate from the cluster CA, else a token.
+    let from_cert = req
+        .extensions()
+        .get::<auth::ClientCert>()
+        .map(|c| c.0.clone());
+    let identity = match (from_cert, credential(req.headers())) {
+        (Some(identity), _) => identity,
+        (None, Some(token)) => match auth::authenticate(&state.api, &token).await {
+            Ok(identity) => identity,
+            Err(_) => {
+                return OciError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHORIZED",
+                    "invalid credentials",
+                )
+                .into_response();
+            }
+        },
+        (None, None) => {
             return OciError::new(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",
-                "invalid credentials",
+                "authentication required",
             )
             .into_response();
         }

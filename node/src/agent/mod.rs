@@ -17,6 +17,7 @@ pub mod node_object;
 pub mod probes;
 pub mod pull;
 pub mod restart;
+pub mod sa_token;
 pub mod status;
 pub mod volumes;
 pub mod worker;
@@ -92,6 +93,9 @@ pub struct AgentConfig {
     /// Where images named `registry.wharf.local/...` come from; `None`: that name is not
     /// mapped (it then resolves like any other registry host).
     pub cluster_registry: Option<ClusterRegistry>,
+    /// The cluster CA (PEM) guests get as `ca.crt` beside their ServiceAccount token
+    /// ([`sa_token`]); none when the node does not know it.
+    pub cluster_ca_pem: Option<String>,
 }
 
 /// How a node reaches its cluster's registry ([`wharf_control::oci`]): the control
@@ -149,6 +153,7 @@ impl AgentConfig {
             image_gc: ImageGcPolicy::default(),
             image_gc_period: Duration::from_secs(300),
             cluster_registry: None,
+            cluster_ca_pem: None,
         }
     }
 }

@@ -25,6 +25,7 @@ use super::env::{self, Downward, Sources};
 use super::probes::{self, ContainerProbes, EventBudget, ProbeKind, ProbeSpecs, Verdict};
 use super::pull;
 use super::restart::should_restart;
+use super::sa_token;
 use super::status::{ContainerRecord, PodFacts, State, Terminated, pod_status};
 use super::volumes;
 use crate::reachability::api_retry_delay;
@@ -92,6 +93,9 @@ struct PodState {
     facts: PodFacts,
     ip: Option<Ipv4Addr>,
     volumes: Option<BTreeMap<String, (PathBuf, bool)>>,
+    /// The ServiceAccount token the guests see, and when to ask for the next one.
+    sa_token: Option<sa_token::Issued>,
+    token_refresh: Option<Instant>,
     last_written: Option<serde_json::Value>,
     /// The status last saved in the pod's directory on this node.
     last_saved: Option<serde_json::Value>,
@@ -119,6 +123,8 @@ pub async fn run(ctx: Arc<NodeContext>, mut rx: watch::Receiver<Option<Arc<Pod>>
         },
         ip: None,
         volumes: None,
+        sa_token: None,
+        token_refresh: None,
         last_written: None,
         last_saved: None,
         status_retry: None,
@@ -179,6 +185,7 @@ pub async fn run(ctx: Arc<NodeContext>, mut rx: watch::Receiver<Option<Arc<Pod>>
             }
             _ = sleep_until(next_probe), if next_probe.is_some() => {}
             _ = sleep_until(st.status_retry.map(|(at, _)| at)), if st.status_retry.is_some() => {}
+            _ = sleep_until(st.token_refresh), if st.token_refresh.is_some() => {}
         }
     }
 }
@@ -355,24 +362,14 @@ async fn converge(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
                 st.facts.reason = None;
             }
             Err(message) => {
-                for r in &mut st.records {
-                    r.state = State::Waiting {
-                        reason: "ContainerCreating".into(),
-                        message: Some(message.clone()),
-                    };
-                }
-                st.facts.message = Some(message);
-                st.facts.reason = Some("FailedMount".into());
                 // Retry soon: a missing ConfigMap may appear.
-                for r in &st.records {
-                    st.backoff.insert(
-                        r.name.clone(),
-                        (Instant::now() + ctx.config.backoff.base, 0),
-                    );
-                }
+                mount_failed(ctx, st, message);
                 return;
             }
         }
+    }
+    if !ensure_token(ctx, st, pod).await {
+        return;
     }
     replace_changed_images(ctx, st, pod);
     let now = Instant::now();
@@ -393,6 +390,86 @@ async fn converge(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
             continue;
         }
         start_container(ctx, st, pod, c, idx).await;
+    }
+}
+
+/// The pod's containers wait (`ContainerCreating`, the pod `FailedMount`) for what their
+/// mounts need, tried again after the back-off base.
+fn mount_failed(ctx: &NodeContext, st: &mut PodState, message: String) {
+    for r in &mut st.records {
+        r.state = State::Waiting {
+            reason: "ContainerCreating".into(),
+            message: Some(message.clone()),
+        };
+    }
+    st.facts.message = Some(message);
+    st.facts.reason = Some("FailedMount".into());
+    for r in &st.records {
+        st.backoff.insert(
+            r.name.clone(),
+            (Instant::now() + ctx.config.backoff.base, 0),
+        );
+    }
+}
+
+/// How long a failed token refresh waits before the next try (the current token is still
+/// good meanwhile).
+const TOKEN_RETRY: Duration = Duration::from_secs(5);
+
+/// Makes sure the pod's ServiceAccount token files are there and fresh
+/// ([`sa_token`]): asks for a new token when none is held or the refresh time came.
+/// `false` when the containers cannot start yet (no token at all).
+async fn ensure_token(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Pod) -> bool {
+    // A pod whose containers all ended for good needs no fresh token.
+    let ended = !st.records.is_empty()
+        && st
+            .records
+            .iter()
+            .all(|r| matches!(r.state, State::Terminated(_)));
+    if !sa_token::wanted(pod) || (ended && st.sa_token.is_some()) {
+        return true;
+    }
+    if st.token_refresh.is_some_and(|at| Instant::now() < at) {
+        return true;
+    }
+    let now = Timestamp::now();
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let written = match sa_token::request(&ctx.client, pod, now).await {
+        Ok(issued) => {
+            let dir = sa_token::dir(&volumes::pod_dir(
+                &ctx.config.data_dir,
+                pod.metadata.uid.as_deref().unwrap_or("unknown"),
+            ));
+            let (token, ca) = (issued.token.clone(), ctx.config.cluster_ca_pem.clone());
+            tokio::task::spawn_blocking(move || sa_token::write(&dir, &token, ca.as_deref(), &ns))
+                .await
+                .map_err(|e| format!("writing the service account token: {e}"))
+                .and_then(|r| r)
+                .map(|()| issued)
+        }
+        Err(e) => Err(e),
+    };
+    match written {
+        Ok(issued) => {
+            let wait = sa_token::refresh_at(issued.issued, issued.expires).duration_since(now);
+            st.token_refresh =
+                Some(Instant::now() + Duration::try_from(wait).unwrap_or(TOKEN_RETRY));
+            st.sa_token = Some(issued);
+            true
+        }
+        Err(message) if st.sa_token.is_some() => {
+            tracing::warn!(pod = %pod_name(pod), "refreshing the service account token: {message}");
+            st.token_refresh = Some(Instant::now() + TOKEN_RETRY);
+            true
+        }
+        Err(message) => {
+            mount_failed(ctx, st, message);
+            false
+        }
     }
 }
 
@@ -836,7 +913,7 @@ async fn start_container(
     };
     // subPaths are resolved (and made) on disk: blocking file I/O.
     let (container, vols) = (c.clone(), st.volumes.clone().unwrap_or_default());
-    let mounts = match tokio::task::spawn_blocking(move || volumes::mounts(&container, &vols))
+    let mut mounts = match tokio::task::spawn_blocking(move || volumes::mounts(&container, &vols))
         .await
         .unwrap_or_else(|e| Err(format!("resolving volume mounts: {e}")))
     {
@@ -847,6 +924,12 @@ async fn start_container(
             return;
         }
     };
+    if st.sa_token.is_some() && sa_token::wanted(pod) {
+        mounts.push(sa_token::mount(&volumes::pod_dir(
+            &ctx.config.data_dir,
+            &uid,
+        )));
+    }
     let mut argv: Vec<String> = Vec::new();
     argv.extend(c.command.clone().unwrap_or_default());
     argv.extend(c.args.clone().unwrap_or_default());

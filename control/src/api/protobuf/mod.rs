@@ -116,9 +116,23 @@ fn by_name(name: &str) -> Option<usize> {
     schema::MESSAGES.binary_search_by(|m| m.name.cmp(name)).ok()
 }
 
-/// The message of `apiVersion`/`kind`: a served kind, its `...List`, or a `meta/v1`
-/// type any group answers with (`Status`, `DeleteOptions`, `Table`).
+/// The message of `apiVersion`/`kind`: a served kind, its `...List`, a `meta/v1` type any
+/// group answers with (`Status`, `DeleteOptions`, `Table`), or another type of the group
+/// (a subresource's body: a `TokenRequest`), named as the protobuf packages name groups
+/// (`authentication.k8s.io/v1` is `api.authentication.v1`, the core group `api.core.v1`).
 pub fn message_for(api_version: &str, kind: &str) -> Option<usize> {
+    let found = resource_or_meta(api_version, kind);
+    if found.is_some() {
+        return found;
+    }
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g.split('.').next().unwrap_or(g), v),
+        None => ("core", api_version),
+    };
+    by_name(&format!("api.{group}.{version}.{kind}"))
+}
+
+fn resource_or_meta(api_version: &str, kind: &str) -> Option<usize> {
     let resource = |k: &str| {
         schema::RESOURCES
             .iter()

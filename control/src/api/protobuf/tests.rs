@@ -272,3 +272,14 @@ fn every_served_kind_has_a_message() {
         );
     }
 }
+
+#[test]
+fn subresource_bodies_have_their_groups_message() {
+    let name = |av: &str, k: &str| message_for(av, k).map(|i| message(i).name);
+    assert_eq!(
+        name("authentication.k8s.io/v1", "TokenRequest"),
+        Some("api.authentication.v1.TokenRequest")
+    );
+    assert_eq!(name("v1", "Binding"), Some("api.core.v1.Binding"));
+    assert_eq!(name("authentication.k8s.io/v1", "Widget"), None);
+}

@@ -9,7 +9,9 @@
 //! `rbac.authorization.k8s.io/aggregate-to-*` label), `edit` into `admin` and `view` into
 //! `edit`, as in Kubernetes; `system:discovery`, `system:basic-user` and
 //! `system:public-info-viewer` are bound to `system:authenticated` (the last also to
-//! `system:unauthenticated`).
+//! `system:unauthenticated`); `system:service-account-issuer-discovery` (the issuer's
+//! OpenID documents) to `system:serviceaccounts`; `system:auth-delegator` (TokenReview,
+//! SubjectAccessReview) is there to be bound.
 //!
 //! [`desired`] is pure; [`reconcile`] applies it through the API with the given client.
 
@@ -299,6 +301,31 @@ pub fn desired() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
             vec![urls(&["/v2", "/v2/", "/v2/*"], &["get"])],
         ),
         role(
+            "system:service-account-issuer-discovery",
+            &[],
+            vec![urls(
+                &[
+                    "/.well-known/openid-configuration",
+                    "/.well-known/openid-configuration/",
+                    "/openid/v1/jwks",
+                    "/openid/v1/jwks/",
+                ],
+                &["get"],
+            )],
+        ),
+        role(
+            "system:auth-delegator",
+            &[],
+            vec![
+                rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+                rule(
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                    &["create"],
+                ),
+            ],
+        ),
+        role(
             "system:public-info-viewer",
             &[],
             vec![urls(
@@ -328,6 +355,11 @@ pub fn desired() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
             "system:public-info-viewer",
             "system:public-info-viewer",
             &["system:authenticated", "system:unauthenticated"],
+        ),
+        binding(
+            "system:service-account-issuer-discovery",
+            "system:service-account-issuer-discovery",
+            &["system:serviceaccounts"],
         ),
     ];
     (roles, bindings)

@@ -267,7 +267,7 @@ pub trait Strategy: Send + Sync {
 
 /// The hostPath warnings of an object with a pod spec (a pod or a workload's template),
 /// none for a status write or a kind without one.
-async fn pod_spec_warnings(
+pub(crate) async fn pod_spec_warnings(
     pod_spec: Option<(&'static str, &'static str)>,
     state: &AppState,
     target: &Target,

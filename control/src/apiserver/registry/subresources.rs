@@ -85,6 +85,7 @@ pub static SUBRESOURCES: &[&Subresource] = &[
     &super::super::exec::EXEC,
     &super::super::portforward::PORTFORWARD,
     &super::strategies::namespace::FINALIZE,
+    &super::super::serviceaccounts::TOKEN,
 ];
 
 /// The subresource `name` of a kind whose strategy lists `offered`.

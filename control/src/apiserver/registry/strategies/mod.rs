@@ -17,6 +17,7 @@ pub mod rbac;
 pub mod replicaset;
 pub mod secret;
 pub mod service;
+pub mod serviceaccount;
 
 use super::Strategy;
 use super::subresources::{STATUS, Subresource};

@@ -1,14 +1,20 @@
 //! Pods: a first status (`Pending`, the QoS class) at creation, the pod spec's defaults
-//! and checks, graceful deletion while a node runs the pod, and the subresources a
-//! scheduler, `kubectl drain` and `kubectl logs` use.
+//! and checks, its ServiceAccount (`default` unless named; it must exist), graceful
+//! deletion while a node runs the pod, and the subresources a scheduler, `kubectl drain`
+//! and `kubectl logs` use.
 
 use super::super::Strategy;
 use super::super::store::DeleteOptions;
+use super::super::strategy::{Admitted, pod_spec_warnings};
 use super::super::subresources::{STATUS, Subresource};
 use crate::api::printers;
 use crate::api::strategic;
 use crate::api::validation::{self, FieldError};
+use crate::apiserver::error::ApiError;
+use crate::apiserver::request::Target;
+use crate::apiserver::{AppState, serviceaccounts};
 use crate::apiserver::{binding, eviction, exec, portforward, proxy};
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 pub struct PodStrategy;
@@ -61,7 +67,22 @@ impl Strategy for PodStrategy {
     fn default(&self, obj: &mut Value) {
         if let Some(spec) = obj.get_mut("spec") {
             validation::default_pod_spec(spec);
+            default_service_account(spec);
         }
+    }
+
+    /// The pod's ServiceAccount ([`serviceaccounts::admit_pod`]), then the hostPath
+    /// warnings every kind with a pod spec gets.
+    fn admit_create<'a>(
+        &'a self,
+        state: &'a AppState,
+        target: &'a Target,
+        obj: &'a mut Value,
+    ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
+        Box::pin(async move {
+            serviceaccounts::admit_pod(state, target, obj).await?;
+            pod_spec_warnings(self.pod_spec(), state, target, obj, false).await
+        })
     }
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
@@ -105,5 +126,24 @@ impl Strategy for PodStrategy {
             })
             .unwrap_or(DEFAULT_GRACE_SECONDS)
             .max(0)
+    }
+}
+
+/// A pod runs as `default` unless it names a ServiceAccount; the deprecated
+/// `serviceAccount` names it too (and is read when only it is given), as Kubernetes keeps
+/// them.
+fn default_service_account(spec: &mut Value) {
+    let named = |k: &str| {
+        spec.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+    };
+    let name = named("serviceAccountName")
+        .or_else(|| named("serviceAccount"))
+        .unwrap_or_else(|| crate::controllers::serviceaccount::DEFAULT.to_string());
+    if let Some(map) = spec.as_object_mut() {
+        map.insert("serviceAccountName".into(), json!(name));
+        map.insert("serviceAccount".into(), json!(name));
     }
 }

@@ -1,0 +1,204 @@
+//! The ServiceAccount token a pod's guests see, as the kubelet projects it: with
+//! `automountServiceAccountToken` (true unless the pod or its ServiceAccount says no; the
+//! API server settles it at admission), every container gets the read-only directory
+//! `/var/run/secrets/kubernetes.io/serviceaccount` holding `token` (a token of the pod's
+//! ServiceAccount bound to the pod), `ca.crt` (the cluster CA, to verify the API server)
+//! and `namespace`.
+//!
+//! Why bound and short-lived: the token dies with the pod (the API server refuses a token
+//! whose pod is gone) and expires on its own; the node asks the API for a new one when 80%
+//! of the current one's life has passed ([`refresh_at`], as the kubelet does) and replaces
+//! the file in place, so a guest that reads the file for each request always holds a
+//! valid token. The node may ask only for tokens of its own pods' ServiceAccounts, bound to
+//! those pods (the API server's Node authorizer checks it).
+//!
+//! The files live in the pod's directory outside its volumes, and are replaced by
+//! renaming a new file over the old one inside the directory: the guest's preopened
+//! directory stays the same, and never shows a half-written token.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, PostParams};
+use std::path::{Path, PathBuf};
+use wharf_runtime::{Mount, private};
+
+/// Where guests find the token, the CA and the namespace.
+pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// How long a token the node asks for lives (the kubelet asks for an hour and 7 s).
+pub const EXPIRATION_SECONDS: i64 = 3607;
+
+/// Whether `pod`'s containers get the token: automount is on and no container mounts a
+/// volume of its own at the same place.
+pub fn wanted(pod: &Pod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    let own_mount = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .any(|m| m.mount_path.trim_end_matches('/') == MOUNT_PATH);
+    spec.automount_service_account_token.unwrap_or(true) && !own_mount
+}
+
+/// The directory of a pod's token files on the node (`pod_dir` from
+/// [`super::volumes::pod_dir`]).
+pub fn dir(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("serviceaccount")
+}
+
+/// The mount every container of a pod that [`wanted`] the token gets.
+pub fn mount(pod_dir: &Path) -> Mount {
+    Mount {
+        host_path: dir(pod_dir),
+        guest_path: MOUNT_PATH.into(),
+        read_only: true,
+    }
+}
+
+/// A token the node holds for a pod.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Issued {
+    pub token: String,
+    pub issued: Timestamp,
+    pub expires: Timestamp,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("issued", &self.issued)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+/// When a token issued at `issued` and expiring at `expires` is replaced: once 80% of its
+/// life has passed.
+pub fn refresh_at(issued: Timestamp, expires: Timestamp) -> Timestamp {
+    let life = expires.duration_since(issued);
+    let part = SignedDuration::from_millis(life.as_millis() as i64 * 8 / 10);
+    issued.checked_add(part).unwrap_or(issued)
+}
+
+/// Asks the API for a token of `pod`'s ServiceAccount bound to `pod`, at `now`.
+pub async fn request(client: &kube::Client, pod: &Pod, now: Timestamp) -> Result<Issued, String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    // From JSON: the type's fields change with the API version k8s-openapi targets.
+    let body: TokenRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {
+            "expirationSeconds": EXPIRATION_SECONDS,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": name,
+                               "uid": pod.metadata.uid},
+        },
+    }))
+    .map_err(|e| format!("building a token request: {e}"))?;
+    let answer = api
+        .create_token_request(&sa, &PostParams::default(), &body)
+        .await
+        .map_err(|e| format!("requesting a token of service account {ns}/{sa}: {e}"))?;
+    let status = answer.status.unwrap_or_default();
+    match (status.token, status.expiration_timestamp) {
+        (Some(token), Some(expires)) if !token.is_empty() => Ok(Issued {
+            token,
+            issued: now,
+            expires: expires.0,
+        }),
+        _ => Err(format!(
+            "the token request for {ns}/{sa} was answered without a token"
+        )),
+    }
+}
+
+/// Writes (or replaces) the token files in `dir`: `token`, `ca.crt` (when the node knows
+/// the CA) and `namespace`. Blocking file I/O.
+pub fn write(dir: &Path, token: &str, ca_pem: Option<&str>, namespace: &str) -> Result<(), String> {
+    private::create_private_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mut files = vec![
+        ("token", token.as_bytes()),
+        ("namespace", namespace.as_bytes()),
+    ];
+    if let Some(ca) = ca_pem {
+        files.push(("ca.crt", ca.as_bytes()));
+    }
+    for (name, bytes) in files {
+        let staged = dir.join(format!("..{name}.new"));
+        let _ = std::fs::remove_file(&staged);
+        private::private_file_options()
+            .write(true)
+            .create_new(true)
+            .open(&staged)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
+            .and_then(|()| std::fs::rename(&staged, dir.join(name)))
+            .map_err(|e| format!("writing {}/{name}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: serde_json::Value) -> Pod {
+        serde_json::from_value(yaml).expect("pod")
+    }
+
+    #[test]
+    fn automount_unless_the_pod_says_no_or_mounts_its_own() {
+        let c = serde_json::json!([{"name": "c", "image": "a.wasm"}]);
+        assert!(wanted(&pod(serde_json::json!({"spec": {"containers": c}}))));
+        assert!(wanted(&pod(serde_json::json!({"spec": {
+            "automountServiceAccountToken": true, "containers": c}}))));
+        assert!(!wanted(&pod(serde_json::json!({"spec": {
+            "automountServiceAccountToken": false, "containers": c}}))));
+        let own = serde_json::json!([{"name": "c", "image": "a.wasm",
+            "volumeMounts": [{"name": "v", "mountPath": format!("{MOUNT_PATH}/")}]}]);
+        assert!(!wanted(&pod(
+            serde_json::json!({"spec": {"containers": own}})
+        )));
+    }
+
+    #[test]
+    fn tokens_are_refreshed_at_four_fifths_of_their_life() {
+        let issued: Timestamp = "2030-01-01T00:00:00Z".parse().expect("time");
+        let expires = issued + SignedDuration::from_secs(3600);
+        assert_eq!(
+            refresh_at(issued, expires),
+            issued + SignedDuration::from_secs(2880)
+        );
+        assert_eq!(refresh_at(issued, issued), issued);
+    }
+
+    #[test]
+    fn files_are_written_and_replaced_in_place() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = dir(tmp.path());
+        write(&d, "first", Some("CA"), "team").expect("write");
+        let read = |n: &str| std::fs::read_to_string(d.join(n)).expect(n);
+        assert_eq!(
+            (read("token"), read("ca.crt"), read("namespace")),
+            ("first".into(), "CA".into(), "team".into())
+        );
+        write(&d, "second", None, "team").expect("rewrite");
+        assert_eq!(read("token"), "second");
+        let mut names: Vec<String> = std::fs::read_dir(&d)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ca.crt", "namespace", "token"]);
+        assert_eq!(mount(tmp.path()).guest_path, MOUNT_PATH);
+        assert!(mount(tmp.path()).read_only);
+    }
+}
