@@ -91,6 +91,9 @@ pub struct ControlConfig {
     pub token_auth_file: Option<PathBuf>,
     /// Where the cluster state lives.
     pub backend: StoreBackend,
+    /// Leader election of the scheduler and the controller manager among the members
+    /// serving one store.
+    pub election: crate::leaderelection::ElectionConfig,
 }
 
 /// The store backend of a control plane.
@@ -117,6 +120,7 @@ impl ControlConfig {
             timeouts: ServeTimeouts::default(),
             token_auth_file: None,
             backend: StoreBackend::Fjall,
+            election: Default::default(),
         }
     }
 }
@@ -298,28 +302,17 @@ pub async fn start(
     };
     let router = apiserver::router(state.clone());
     bootstrap_namespaces(&router).await?;
-    apiserver::rbac::bootstrap::reconcile(apiserver::in_process_client(router.clone()))
-        .await
-        .map_err(|e| {
-            ControlError::Bootstrap(format!("reconciling the bootstrap RBAC policy: {e}"))
-        })?;
+    reconcile_rbac(&router).await?;
     apiserver::proxy::ensure_node_proxy_secret(&apiserver::in_process_client(router.clone()))
         .await
         .map_err(|e| ControlError::Bootstrap(e.to_string()))?;
 
     let mut components = JoinSet::new();
     if config.run_components {
-        let client = apiserver::in_process_client(router.clone());
-        crate::scheduler::start(
-            client.clone(),
-            &config.scheduler,
-            shutdown.clone(),
-            &mut components,
-        );
-        crate::controllers::start_all(
-            client,
-            &config.controllers,
-            shutdown.clone(),
+        start_components(
+            &config,
+            apiserver::in_process_client(router.clone()),
+            &shutdown,
             &mut components,
         );
     }
@@ -341,6 +334,64 @@ pub async fn start(
         server,
         components,
     })
+}
+
+/// The scheduler and the controller manager, each under its own leader election (see
+/// [`crate::leaderelection`]): with several members on one store, each runs in one of them.
+fn start_components(
+    config: &ControlConfig,
+    client: kube::Client,
+    shutdown: &CancellationToken,
+    components: &mut JoinSet<()>,
+) {
+    use crate::leaderelection::{self, CONTROLLER_MANAGER_LEASE, SCHEDULER_LEASE};
+    let mut election = config.election.clone();
+    // The embedded store is locked by this process: no other member can exist.
+    election.exclusive |= matches!(config.backend, StoreBackend::Fjall);
+    let scheduler = config.scheduler.clone();
+    let scheduler_client = client.clone();
+    components.spawn(leaderelection::run(
+        client.clone(),
+        SCHEDULER_LEASE,
+        election.clone(),
+        shutdown.clone(),
+        move |token, tasks| {
+            crate::scheduler::start(scheduler_client.clone(), &scheduler, token, tasks)
+        },
+    ));
+    let controllers = config.controllers.clone();
+    let controllers_client = client.clone();
+    components.spawn(leaderelection::run(
+        client,
+        CONTROLLER_MANAGER_LEASE,
+        election,
+        shutdown.clone(),
+        move |token, tasks| {
+            crate::controllers::start_all(controllers_client.clone(), &controllers, token, tasks)
+        },
+    ));
+}
+
+/// Creates or completes the bootstrap RBAC policy. Members starting together on one store
+/// race to write the same objects: a conflict means another wrote first, so read again.
+async fn reconcile_rbac(router: &axum::Router) -> Result<(), ControlError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match apiserver::rbac::bootstrap::reconcile(apiserver::in_process_client(router.clone()))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempts < 10 => {
+                tokio::time::sleep(Duration::from_millis(50 * attempts)).await;
+            }
+            Err(e) => {
+                return Err(ControlError::Bootstrap(format!(
+                    "reconciling the bootstrap RBAC policy: {e}"
+                )));
+            }
+        }
+    }
 }
 
 /// Creates the namespaces every cluster has, through the API like any client would.

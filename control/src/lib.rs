@@ -15,6 +15,7 @@ pub mod controlplane;
 pub mod events;
 pub mod fsutil;
 pub mod kubeconfig;
+pub mod leaderelection;
 pub mod pki;
 pub mod scheduler;
 pub mod store;

@@ -33,6 +33,41 @@ pub struct ControlArgs {
 
     #[command(flatten)]
     store: StoreArgs,
+
+    #[command(flatten)]
+    election: ElectionArgs,
+}
+
+/// Leader election of the scheduler and the controller manager (as kube-scheduler's flags).
+#[derive(Debug, Args)]
+pub struct ElectionArgs {
+    /// Run the scheduler and the controllers only while this member holds their Lease in
+    /// kube-system (members on one etcd take turns); `--leader-elect=false` runs them
+    /// unconditionally
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    leader_elect: bool,
+    /// How long the other members wait after the holder's last renewal before taking over
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = super::node::parse_duration)]
+    leader_elect_lease_duration: std::time::Duration,
+    /// How long the holder keeps trying to renew before it stops the loops
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::node::parse_duration)]
+    leader_elect_renew_deadline: std::time::Duration,
+    /// How often members try to take the lease and the holder renews it
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = super::node::parse_duration)]
+    leader_elect_retry_period: std::time::Duration,
+}
+
+impl ElectionArgs {
+    pub fn apply(&self, config: &mut ControlConfig) -> anyhow::Result<()> {
+        let election = &mut config.election;
+        election.enabled = self.leader_elect;
+        election.lease_duration = self.leader_elect_lease_duration;
+        election.renew_deadline = self.leader_elect_renew_deadline;
+        election.retry_period = self.leader_elect_retry_period;
+        election.validate()?;
+        Ok(())
+    }
 }
 
 /// Store settings shared by `wharf control` and `wharf up`.
@@ -128,6 +163,7 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     config.api.node_credential_validity = args.node_credential_validity;
     config.token_auth_file = args.token_auth_file;
     args.store.apply(&mut config)?;
+    args.election.apply(&mut config)?;
     let shutdown = CancellationToken::new();
     let plane = wharf_control::start(config, shutdown.clone())
         .await
@@ -183,6 +219,49 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         store: StoreArgs,
+    }
+
+    #[derive(Parser)]
+    struct ElectionCli {
+        #[command(flatten)]
+        election: ElectionArgs,
+    }
+
+    #[test]
+    fn leader_election_is_on_by_default_with_kube_schedulers_timings() {
+        use std::time::Duration;
+        let parse = |args: &[&str]| {
+            let cli =
+                ElectionCli::try_parse_from(std::iter::once("wharf").chain(args.iter().copied()))?;
+            let mut config = ControlConfig::new("/nonexistent");
+            cli.election
+                .apply(&mut config)
+                .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e))?;
+            Ok::<_, clap::Error>(config.election)
+        };
+        let e = parse(&[]).unwrap();
+        assert!(e.enabled);
+        assert_eq!(
+            (e.lease_duration, e.renew_deadline, e.retry_period),
+            (
+                Duration::from_secs(15),
+                Duration::from_secs(10),
+                Duration::from_secs(2)
+            )
+        );
+        assert!(!parse(&["--leader-elect=false"]).unwrap().enabled);
+        assert!(parse(&["--leader-elect"]).unwrap().enabled);
+        let e = parse(&[
+            "--leader-elect-lease-duration",
+            "3s",
+            "--leader-elect-renew-deadline",
+            "2s",
+            "--leader-elect-retry-period",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(e.retry_period, Duration::from_millis(500));
+        assert!(parse(&["--leader-elect-renew-deadline", "20s"]).is_err());
     }
 
     fn applied(args: &[&str]) -> ControlConfig {

@@ -13,6 +13,7 @@ mod cluster;
 mod control;
 mod delete;
 mod describe;
+mod failover;
 mod get;
 mod logs;
 pub mod manifest;

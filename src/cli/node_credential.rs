@@ -44,8 +44,12 @@ pub struct NodeClient {
 
 /// Connects a node named `node` with the kubeconfig (`flag`, else as kubectl finds it):
 /// with its own credential, obtained with the kubeconfig's join token if need be.
+///
+/// With `servers`, the client fails over between those control plane members (see
+/// [`super::failover`]) instead of using the kubeconfig's one server.
 pub async fn connect(
     flag: Option<PathBuf>,
+    servers: &[String],
     node: &str,
     data_dir: &Path,
 ) -> anyhow::Result<NodeClient> {
@@ -60,15 +64,16 @@ pub async fn connect(
         .and_then(NodeToken::parse)
         .filter(|t| t.kind() == TokenKind::Join)
     else {
-        let client = kube::Client::try_from(config)
+        let client = super::failover::client(config, servers, |c| Ok(kube::Client::try_from(c)?))
             .with_context(|| format!("kubeconfig {}", path.display()))?;
         return Ok(NodeClient {
             client,
             renewer: None,
         });
     };
-    let join_client = kube::Client::try_from(config.clone())
-        .with_context(|| format!("kubeconfig {}", path.display()))?;
+    let join_client =
+        super::failover::client(config.clone(), servers, |c| Ok(kube::Client::try_from(c)?))
+            .with_context(|| format!("kubeconfig {}", path.display()))?;
     config.auth_info.token = None;
     config.auth_info.token_file = None;
     let file = data_dir.join(CREDENTIAL_FILE);
@@ -76,7 +81,7 @@ pub async fn connect(
     let cell: TokenCell = Arc::new(RwLock::new(
         stored.as_ref().map(ToString::to_string).unwrap_or_default(),
     ));
-    let client = client_with_cell(config, cell.clone())?;
+    let client = super::failover::client(config, servers, |c| client_with_cell(c, cell.clone()))?;
     let secrets = |c: &kube::Client| Api::<Secret>::namespaced(c.clone(), NODE_TOKEN_NAMESPACE);
 
     // The credential on disk, if the server still takes it.
