@@ -11,34 +11,6 @@ use kube::api::ListParams;
 use std::time::Duration;
 use wharf_control::store::{EtcdConfig, EtcdStore, Store as _};
 
-/// A hello-http Deployment of `replicas` on `port`.
-fn hello(replicas: u32, port: u16) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: hello
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: hello}}
-  template:
-    metadata:
-      labels: {{app: hello}}
-    spec:
-      containers:
-        - name: hello
-          image: {image}
-          ports:
-            - containerPort: {port}
-          readinessProbe:
-            httpGet: {{path: /, port: {port}}}
-            periodSeconds: 1
-"#,
-        image = common::sample("hello-http", "hello_http"),
-    )
-}
-
 #[tokio::test]
 async fn a_deployment_runs_on_a_cluster_whose_control_plane_is_on_etcd() {
     common::build_samples().await;
@@ -48,7 +20,9 @@ async fn a_deployment_runs_on_a_cluster_whose_control_plane_is_on_etcd() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let cluster = common::Cluster::up_with(tmp.path(), 2, &flags).await;
     let port = common::free_port();
-    cluster.apply("hello.yaml", &hello(2, port)).await;
+    cluster
+        .apply("hello.yaml", &common::hello_deployment("hello", 2, port))
+        .await;
     let timeout = common::POD_TIMEOUT.as_secs().to_string() + "s";
     let out = cluster
         .wharf(&["rollout", "status", "deploy/hello", "--timeout", &timeout])

@@ -624,6 +624,35 @@ spec:
     )
 }
 
+/// A hello-http Deployment `name` (label `app: NAME`) of `replicas` on `port`, ready when
+/// it answers HTTP.
+pub fn hello_deployment(name: &str, replicas: u32, port: u16) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+        - name: hello
+          image: {image}
+          ports:
+            - containerPort: {port}
+          readinessProbe:
+            httpGet: {{path: /, port: {port}}}
+            periodSeconds: 1
+"#,
+        image = sample("hello-http", "hello_http"),
+    )
+}
+
 /// One HTTP/1.0 POST without a body on a fresh connection: status and body.
 pub async fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_request("POST", addr, path).await

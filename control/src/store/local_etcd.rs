@@ -149,6 +149,7 @@ impl LocalEtcd {
         let script = r#"bin="$1"; dir="$2"; shift 2
 "$bin" "$@" >"$dir/etcd.log" 2>&1 &
 pid=$!
+echo "$pid" >"$dir/etcd.pid"
 read -r _ignored
 kill "$pid" 2>/dev/null
 wait "$pid"
@@ -235,6 +236,22 @@ rm -rf "$dir"
         let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Kills the member with SIGKILL (a crash: no clean shutdown) and waits until it is
+    /// gone; its directory stays until the value is dropped.
+    pub fn kill(&self) -> std::io::Result<()> {
+        let pid = std::fs::read_to_string(self.dir.join("etcd.pid"))?;
+        let pid = pid.trim();
+        let status = Command::new("kill").args(["-KILL", pid]).status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!("kill -KILL {pid}: {status}")));
+        }
+        let deadline = Instant::now() + READY_WITHIN;
+        while Path::new("/proc").join(pid).join("exe").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// The member's directory (data dir and log).
