@@ -94,6 +94,8 @@ pub struct ControlConfig {
     /// Leader election of the scheduler and the controller manager among the members
     /// serving one store.
     pub election: crate::leaderelection::ElectionConfig,
+    /// Scheduled snapshots of the state (`--snapshot-interval`), if any.
+    pub snapshots: Option<crate::snapshot::ScheduleConfig>,
 }
 
 /// The store backend of a control plane.
@@ -121,6 +123,7 @@ impl ControlConfig {
             token_auth_file: None,
             backend: StoreBackend::Fjall,
             election: Default::default(),
+            snapshots: None,
         }
     }
 }
@@ -315,6 +318,13 @@ pub async fn start(
             &shutdown,
             &mut components,
         );
+    }
+    if let Some(schedule) = config.snapshots.clone() {
+        components.spawn(crate::snapshot::run_schedule(
+            store.clone(),
+            schedule,
+            shutdown.clone(),
+        ));
     }
     let server = tokio::spawn(serve_tls(
         listener,

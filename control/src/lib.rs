@@ -18,6 +18,7 @@ pub mod kubeconfig;
 pub mod leaderelection;
 pub mod pki;
 pub mod scheduler;
+pub mod snapshot;
 pub mod store;
 
 pub use controlplane::{

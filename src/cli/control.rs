@@ -36,6 +36,16 @@ pub struct ControlArgs {
 
     #[command(flatten)]
     election: ElectionArgs,
+
+    /// Take a snapshot of the cluster's state this often (e.g. 6h; off unless given)
+    #[arg(long, value_name = "DURATION", value_parser = super::node::parse_duration)]
+    snapshot_interval: Option<std::time::Duration>,
+    /// How many scheduled snapshots to keep (the oldest beyond are deleted)
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    snapshot_retention: usize,
+    /// Where scheduled snapshots go [default: DATA_DIR/snapshots]
+    #[arg(long, value_name = "DIR")]
+    snapshot_dir: Option<PathBuf>,
 }
 
 /// Leader election of the scheduler and the controller manager (as kube-scheduler's flags).
@@ -158,8 +168,19 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         Some(dir) => dir,
         None => super::default_data_dir()?,
     };
-    let mut config = ControlConfig::new(data_dir);
+    let mut config = ControlConfig::new(&data_dir);
     config.listen = args.listen;
+    config.snapshots = args
+        .snapshot_interval
+        .filter(|i| !i.is_zero())
+        .map(|interval| wharf_control::snapshot::ScheduleConfig {
+            interval,
+            retention: args.snapshot_retention.max(1),
+            dir: args
+                .snapshot_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("snapshots")),
+        });
     config.api.node_credential_validity = args.node_credential_validity;
     config.token_auth_file = args.token_auth_file;
     args.store.apply(&mut config)?;

@@ -25,6 +25,7 @@ mod node_credential;
 mod port_forward;
 mod rollout;
 mod scale;
+mod snapshot;
 mod target;
 mod token;
 mod up;
@@ -62,6 +63,8 @@ pub enum Command {
     Node(node::NodeArgs),
     /// Copy a stopped control plane's embedded store into etcd
     Migrate(migrate::MigrateArgs),
+    /// Save, restore and list snapshots of the cluster's state
+    Snapshot(snapshot::SnapshotArgs),
     /// Create or update objects from manifests (YAML or JSON)
     Apply(apply::ApplyArgs),
     /// List objects, or show some by name
@@ -116,6 +119,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Control(args) => control::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Snapshot(args) => snapshot::run(kubeconfig, args).await,
         Command::Up(args) => up::run(args).await,
         Command::Node(args) => node::run(kubeconfig, args).await,
         Command::Apply(args) => apply::run(&cluster::connect(kubeconfig).await?, args).await,

@@ -134,6 +134,7 @@ pub fn router(state: AppState) -> Router {
             &reviews::Review::SelfSubject.path(),
             post(self_subject_review),
         )
+        .route(crate::snapshot::API_PATH, get(crate::snapshot::serve))
         .route("/api/{version}/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .fallback(not_found)
