@@ -422,8 +422,29 @@ async fn three_members_on_three_etcd_survive_losing_the_leader_and_an_etcd_membe
         "the watch never had to resume elsewhere"
     );
 
-    // (e) The surviving members agree.
+    // (e) The surviving members agree, through kube clients and through kubectl, which
+    // also shows the new holder of the scheduler's Lease.
     same_objects_everywhere(&[&c2, &c3]).await;
+    let (k2, k3) = (m2.kubeconfig(), m3.kubeconfig());
+    let (k2, k3) = (
+        common::kubectl::Kubectl { kubeconfig: &k2 },
+        common::kubectl::Kubectl { kubeconfig: &k3 },
+    );
+    let names = ["get", "configmaps", "-l", "writer=ha", "-o", "name"];
+    let through_m2 = k2.ok(&names).await;
+    assert_eq!(through_m2.lines().count(), objects(&c2).await.0.len());
+    assert_eq!(k3.ok(&names).await, through_m2);
+    let holder = [
+        "get",
+        "lease",
+        "-n",
+        "kube-system",
+        "wharf-scheduler",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ];
+    assert_eq!(k2.ok(&holder).await, taken[0]);
+    assert_eq!(k3.ok(&holder).await, taken[0]);
     eprintln!(
         "{} acknowledged writes, watch resumed {resumed:?}, lease failover {failover:?}",
         acked.len()
