@@ -726,6 +726,7 @@ fn kubeconfig_yaml(
         token,
         context: "wharf",
         namespace: Some("default"),
+        more_servers: &[],
     })
     .map_err(|e| ControlError::Bootstrap(format!("writing the kubeconfig: {e}")))
 }

@@ -224,6 +224,18 @@ pub fn decide(
     })
 }
 
+/// Whether resourceVersion `read` is older than `known` (wharf's resourceVersions are
+/// store revisions: numbers that only grow).
+fn is_older(read: Option<&str>, known: Option<&str>) -> bool {
+    match (
+        read.and_then(|r| r.parse::<u64>().ok()),
+        known.and_then(|k| k.parse::<u64>().ok()),
+    ) {
+        (Some(read), Some(known)) => read < known,
+        _ => false,
+    }
+}
+
 /// How one attempt ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Attempt {
@@ -259,6 +271,14 @@ impl Elector {
         let lease = self.api.get_opt(&self.name).await?;
         let now = Instant::now();
         match &lease {
+            // A read older than what we last wrote or read (a member's watch cache may lag
+            // behind its own write): what we know is newer, keep it. The write below is a
+            // compare-and-swap, so acting on what we know is never unsafe.
+            Some(lease)
+                if is_older(
+                    lease.metadata.resource_version.as_deref(),
+                    self.resource_version.as_deref(),
+                ) => {}
             Some(lease) => {
                 let record = LeaseRecord::of(lease);
                 self.observed = Some(observe(self.observed.take(), record, now));
@@ -573,6 +593,15 @@ mod tests {
         let seen = observe(None, held_by("old-run", 0, 0), t0);
         let d = decide(Some(&seen), t0, wall(1), "a", LEASE, true);
         assert!(matches!(d, Decision::Write(r) if r.holder == "a" && r.transitions == 1));
+    }
+
+    #[test]
+    fn a_read_older_than_what_we_know_is_not_taken_for_news() {
+        assert!(is_older(Some("9"), Some("10")));
+        assert!(!is_older(Some("10"), Some("10")));
+        assert!(!is_older(Some("11"), Some("10")));
+        assert!(!is_older(Some("9"), None));
+        assert!(!is_older(None, Some("10")));
     }
 
     #[test]

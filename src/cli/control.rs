@@ -1,7 +1,8 @@
 //! `wharf control`: one control plane in the foreground until Ctrl-C or SIGTERM.
 //!
 //! The started line on stderr is a contract: `wharf control: serving on https://ADDR,
-//! kubeconfig PATH`; tests start `--listen 127.0.0.1:0` and read the port from it.
+//! kubeconfig PATH[, leader election as IDENTITY]`; tests start `--listen 127.0.0.1:0` and
+//! read the port (and the Lease holder identity) from it.
 
 use anyhow::Context;
 use clap::Args;
@@ -185,14 +186,24 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     config.token_auth_file = args.token_auth_file;
     args.store.apply(&mut config)?;
     args.election.apply(&mut config)?;
+    let identity = if config.election.enabled {
+        config.election.identity.clone()
+    } else {
+        String::new()
+    };
     let shutdown = CancellationToken::new();
     let plane = wharf_control::start(config, shutdown.clone())
         .await
         .map_err(one_line)?;
     eprintln!(
-        "wharf control: serving on https://{}, kubeconfig {}",
+        "wharf control: serving on https://{}, kubeconfig {}{}",
         plane.local_addr,
-        plane.kubeconfig.display()
+        plane.kubeconfig.display(),
+        if identity.is_empty() {
+            String::new()
+        } else {
+            format!(", leader election as {identity}")
+        }
     );
 
     let stopped = plane.wait();

@@ -58,6 +58,48 @@ pub fn client(
     Ok(kube::Client::new(service, namespace))
 }
 
+/// The control plane members a kubeconfig lists: the server of its current context's
+/// cluster first, then those of its other clusters with the same CA (the other members,
+/// as `wharf token create --server A --server B` writes them). Empty when there is only
+/// one.
+pub fn kubeconfig_members(kubeconfig: &kube::config::Kubeconfig) -> Vec<String> {
+    let current = kubeconfig.current_context.as_deref().and_then(|name| {
+        kubeconfig
+            .contexts
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.context.as_ref())
+            .map(|c| c.cluster.clone())
+    });
+    let Some(first) = current
+        .and_then(|name| kubeconfig.clusters.iter().find(|c| c.name == name))
+        .and_then(|c| c.cluster.as_ref())
+    else {
+        return Vec::new();
+    };
+    let (Some(server), Some(ca)) = (&first.server, &first.certificate_authority_data) else {
+        return Vec::new();
+    };
+    let mut servers = vec![server.clone()];
+    for other in kubeconfig
+        .clusters
+        .iter()
+        .filter_map(|c| c.cluster.as_ref())
+    {
+        if other.certificate_authority_data.as_ref() == Some(ca)
+            && let Some(s) = &other.server
+            && !servers.contains(s)
+        {
+            servers.push(s.clone());
+        }
+    }
+    if servers.len() > 1 {
+        servers
+    } else {
+        Vec::new()
+    }
+}
+
 /// Whether `method` may be sent again after any transport error.
 fn idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
@@ -136,6 +178,32 @@ impl tower::Service<Request<Body>> for Failover {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kubeconfig_lists_the_members_that_share_its_clusters_ca() {
+        let yaml = "apiVersion: v1
+kind: Config
+clusters:
+- {name: w, cluster: {server: 'https://a:6443', certificate-authority-data: Q0E=}}
+- {name: w-2, cluster: {server: 'https://b:6443', certificate-authority-data: Q0E=}}
+- {name: other, cluster: {server: 'https://x:6443', certificate-authority-data: T1RIRVI=}}
+users: [{name: u, user: {token: t}}]
+contexts:
+- {name: c2, context: {cluster: w-2, user: u}}
+- {name: c, context: {cluster: w, user: u}}
+current-context: c2
+";
+        let k = kube::config::Kubeconfig::from_yaml(yaml).unwrap();
+        assert_eq!(kubeconfig_members(&k), ["https://b:6443", "https://a:6443"]);
+        // A CA no other cluster has: one member, nothing to fail over to.
+        let one = yaml.replace("current-context: c2", "current-context: x");
+        let one = one.replace(
+            "contexts:\n",
+            "contexts:\n- {name: x, context: {cluster: other, user: u}}\n",
+        );
+        let k = kube::config::Kubeconfig::from_yaml(&one).unwrap();
+        assert_eq!(kubeconfig_members(&k), Vec::<String>::new());
+    }
 
     #[test]
     fn members_are_tried_from_the_last_that_answered_round_the_list() {

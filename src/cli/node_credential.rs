@@ -54,6 +54,19 @@ pub async fn connect(
     data_dir: &Path,
 ) -> anyhow::Result<NodeClient> {
     let (mut config, path) = cluster::load_config(flag).await?;
+    // Without --server, the members the kubeconfig lists (if it lists several).
+    let listed;
+    let servers = if servers.is_empty() {
+        listed = kube::config::Kubeconfig::read_from(&path)
+            .map(|k| super::failover::kubeconfig_members(&k))
+            .unwrap_or_default();
+        if !listed.is_empty() {
+            tracing::info!(members = ?listed, "failing over between the control plane members of the kubeconfig");
+        }
+        &listed[..]
+    } else {
+        servers
+    };
     let given = config
         .auth_info
         .token

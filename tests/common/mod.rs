@@ -67,6 +67,8 @@ pub struct ControlProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// Its leader election identity (the Leases' holderIdentity), from the start line.
+    pub identity: Option<String>,
 }
 
 impl ControlProcess {
@@ -97,11 +99,15 @@ impl ControlProcess {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
-        let addr = tokio::time::timeout(TIMEOUT, async {
+        let (addr, identity) = tokio::time::timeout(TIMEOUT, async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(rest) = line.split("serving on https://").nth(1) {
                     let addr = rest.split([',', ' ']).next().unwrap();
-                    return addr.parse::<SocketAddr>().unwrap();
+                    let identity = line
+                        .split("leader election as ")
+                        .nth(1)
+                        .map(|i| i.trim().to_string());
+                    return (addr.parse::<SocketAddr>().unwrap(), identity);
                 }
             }
             panic!("wharf control exited before serving");
@@ -114,6 +120,7 @@ impl ControlProcess {
             child,
             addr,
             data_dir: data_dir.to_path_buf(),
+            identity,
         }
     }
 
