@@ -75,7 +75,10 @@ async fn a_restored_snapshot_brings_the_cluster_back_and_nodes_stop_pods_made_af
 
     // After the snapshot: a pod that the restore must take away again.
     let extra = tmp.path().join("extra.yaml");
-    std::fs::write(&extra, common::hello_pod("extra", "n1", port, "")).unwrap();
+    // On a port of its own: a Deployment pod that later gets its freed address must not
+    // pass for it.
+    let extra_port = common::free_port();
+    std::fs::write(&extra, common::hello_pod("extra", "n1", extra_port, "")).unwrap();
     wharf_ok(&kubeconfig, &["apply", "-f", extra.to_str().unwrap()]).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let deadline = Instant::now() + common::POD_TIMEOUT;
@@ -93,7 +96,7 @@ async fn a_restored_snapshot_brings_the_cluster_back_and_nodes_stop_pods_made_af
         assert!(Instant::now() < deadline, "pod extra not running");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let extra_addr = std::net::SocketAddr::new(extra_ip, port);
+    let extra_addr = std::net::SocketAddr::new(extra_ip, extra_port);
     common::http_ok(extra_addr, "/", common::POD_TIMEOUT).await;
     cp.terminate().await;
 
@@ -166,7 +169,10 @@ async fn a_restored_snapshot_brings_the_cluster_back_and_nodes_stop_pods_made_af
     // The node lists again (its resourceVersion is from before the restore) and stops the
     // pod that is no longer in the store.
     let deadline = Instant::now() + common::POD_TIMEOUT;
-    while common::http_get(extra_addr, "/").await.is_ok() {
+    while common::http_get(extra_addr, "/")
+        .await
+        .is_ok_and(|(_, body)| body.contains("hello from pod extra"))
+    {
         assert!(
             Instant::now() < deadline,
             "pod extra still serving after the restore:\n{}",
