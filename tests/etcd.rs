@@ -11,34 +11,6 @@ use kube::api::ListParams;
 use std::time::Duration;
 use wharf_control::store::{EtcdConfig, EtcdStore, Store as _};
 
-/// A hello-http Deployment of `replicas` on `port`.
-fn hello(replicas: u32, port: u16) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: hello
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: hello}}
-  template:
-    metadata:
-      labels: {{app: hello}}
-    spec:
-      containers:
-        - name: hello
-          image: {image}
-          ports:
-            - containerPort: {port}
-          readinessProbe:
-            httpGet: {{path: /, port: {port}}}
-            periodSeconds: 1
-"#,
-        image = common::sample("hello-http", "hello_http"),
-    )
-}
-
 #[tokio::test]
 async fn a_deployment_runs_on_a_cluster_whose_control_plane_is_on_etcd() {
     common::build_samples().await;
@@ -48,7 +20,9 @@ async fn a_deployment_runs_on_a_cluster_whose_control_plane_is_on_etcd() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let cluster = common::Cluster::up_with(tmp.path(), 2, &flags).await;
     let port = common::free_port();
-    cluster.apply("hello.yaml", &hello(2, port)).await;
+    cluster
+        .apply("hello.yaml", &common::hello_deployment("hello", 2, port))
+        .await;
     let timeout = common::POD_TIMEOUT.as_secs().to_string() + "s";
     let out = cluster
         .wharf(&["rollout", "status", "deploy/hello", "--timeout", &timeout])
@@ -174,4 +148,82 @@ async fn wharf_migrate_moves_a_fjall_cluster_into_etcd_with_its_objects_whole() 
         String::from_utf8_lossy(&again.stderr)
     );
     cp.terminate().await;
+}
+
+/// The etcd backup an operator makes: `etcdctl snapshot save` from the running etcd,
+/// `etcdctl snapshot restore` into a new one; a control plane on the restored etcd has
+/// the objects of the snapshot and not those made after it.
+#[tokio::test]
+async fn an_etcdctl_snapshot_restored_into_a_new_etcd_brings_the_cluster_back() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use wharf_control::store::local_etcd::LocalEtcd;
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("control");
+    let etcd = tokio::task::spawn_blocking(LocalEtcd::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let flags = |url: &str| {
+        vec![
+            "--store".to_string(),
+            "etcd".into(),
+            "--etcd-endpoints".into(),
+            url.to_string(),
+        ]
+    };
+    let first = flags(&etcd.client_url);
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let cp = common::ControlProcess::start_with(&data_dir, &first).await;
+    let configmaps: kube::Api<ConfigMap> = kube::Api::default_namespaced(cp.client().await);
+    let cm = |name: &str| -> ConfigMap {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "data": {"k": name}}))
+            .unwrap()
+    };
+    let before = configmaps
+        .create(&Default::default(), &cm("before"))
+        .await
+        .unwrap();
+    let snapshot = tmp.path().join("etcd.snap");
+    let saved = tokio::time::timeout(
+        common::TIMEOUT,
+        tokio::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.client_url, "snapshot", "save"])
+            .arg(&snapshot)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    configmaps
+        .create(&Default::default(), &cm("after"))
+        .await
+        .unwrap();
+    cp.terminate().await;
+    tokio::task::spawn_blocking(move || drop(etcd))
+        .await
+        .unwrap();
+
+    let snap = snapshot.clone();
+    let restored = tokio::task::spawn_blocking(move || LocalEtcd::restored(&snap))
+        .await
+        .unwrap()
+        .unwrap();
+    let second = flags(&restored.client_url);
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let cp = common::ControlProcess::start_with(&data_dir, &second).await;
+    let configmaps: kube::Api<ConfigMap> = kube::Api::default_namespaced(cp.client().await);
+    let back = configmaps.get("before").await.unwrap();
+    assert_eq!(back.metadata.uid, before.metadata.uid);
+    assert_eq!(back.data, before.data);
+    assert!(configmaps.get_opt("after").await.unwrap().is_none());
+    cp.terminate().await;
+    tokio::task::spawn_blocking(move || drop(restored))
+        .await
+        .unwrap();
 }

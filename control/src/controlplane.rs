@@ -101,6 +101,11 @@ pub struct ControlConfig {
     /// The longest life a ServiceAccount token gets
     /// (`--service-account-max-token-expiration`); unbounded when `None`.
     pub service_account_max_token_expiration: Option<Duration>,
+    /// Leader election of the scheduler and the controller manager among the members
+    /// serving one store.
+    pub election: crate::leaderelection::ElectionConfig,
+    /// Scheduled snapshots of the state (`--snapshot-interval`), if any.
+    pub snapshots: Option<crate::snapshot::ScheduleConfig>,
 }
 
 /// The store backend of a control plane.
@@ -131,6 +136,8 @@ impl ControlConfig {
             audit: None,
             service_account_issuer: crate::apiserver::serviceaccounts::DEFAULT_ISSUER.into(),
             service_account_max_token_expiration: None,
+            election: Default::default(),
+            snapshots: None,
         }
     }
 }
@@ -369,30 +376,26 @@ pub async fn start(
         None => router.clone(),
     };
     bootstrap_namespaces(&router).await?;
-    apiserver::rbac::bootstrap::reconcile(apiserver::in_process_client(router.clone()))
-        .await
-        .map_err(|e| {
-            ControlError::Bootstrap(format!("reconciling the bootstrap RBAC policy: {e}"))
-        })?;
+    reconcile_rbac(&router).await?;
     apiserver::proxy::ensure_node_proxy_secret(&apiserver::in_process_client(router.clone()))
         .await
         .map_err(|e| ControlError::Bootstrap(e.to_string()))?;
 
     let mut components = JoinSet::new();
     if config.run_components {
-        let client = apiserver::in_process_client(router.clone());
-        crate::scheduler::start(
-            client.clone(),
-            &config.scheduler,
-            shutdown.clone(),
+        start_components(
+            &config,
+            apiserver::in_process_client(router.clone()),
+            &shutdown,
             &mut components,
         );
-        crate::controllers::start_all(
-            client,
-            &config.controllers,
+    }
+    if let Some(schedule) = config.snapshots.clone() {
+        components.spawn(crate::snapshot::run_schedule(
+            store.clone(),
+            schedule,
             shutdown.clone(),
-            &mut components,
-        );
+        ));
     }
     let server = tokio::spawn(serve_tls(listener, tls, served, config.timeouts, shutdown));
     tracing::info!(%local_addr, kubeconfig = %kubeconfig.display(), "control plane serving");
@@ -406,6 +409,64 @@ pub async fn start(
         server,
         components,
     })
+}
+
+/// The scheduler and the controller manager, each under its own leader election (see
+/// [`crate::leaderelection`]): with several members on one store, each runs in one of them.
+fn start_components(
+    config: &ControlConfig,
+    client: kube::Client,
+    shutdown: &CancellationToken,
+    components: &mut JoinSet<()>,
+) {
+    use crate::leaderelection::{self, CONTROLLER_MANAGER_LEASE, SCHEDULER_LEASE};
+    let mut election = config.election.clone();
+    // The embedded store is locked by this process: no other member can exist.
+    election.exclusive |= matches!(config.backend, StoreBackend::Fjall);
+    let scheduler = config.scheduler.clone();
+    let scheduler_client = client.clone();
+    components.spawn(leaderelection::run(
+        client.clone(),
+        SCHEDULER_LEASE,
+        election.clone(),
+        shutdown.clone(),
+        move |token, tasks| {
+            crate::scheduler::start(scheduler_client.clone(), &scheduler, token, tasks)
+        },
+    ));
+    let controllers = config.controllers.clone();
+    let controllers_client = client.clone();
+    components.spawn(leaderelection::run(
+        client,
+        CONTROLLER_MANAGER_LEASE,
+        election,
+        shutdown.clone(),
+        move |token, tasks| {
+            crate::controllers::start_all(controllers_client.clone(), &controllers, token, tasks)
+        },
+    ));
+}
+
+/// Creates or completes the bootstrap RBAC policy. Members starting together on one store
+/// race to write the same objects: a conflict means another wrote first, so read again.
+async fn reconcile_rbac(router: &axum::Router) -> Result<(), ControlError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match apiserver::rbac::bootstrap::reconcile(apiserver::in_process_client(router.clone()))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempts < 10 => {
+                tokio::time::sleep(Duration::from_millis(50 * attempts)).await;
+            }
+            Err(e) => {
+                return Err(ControlError::Bootstrap(format!(
+                    "reconciling the bootstrap RBAC policy: {e}"
+                )));
+            }
+        }
+    }
 }
 
 /// Creates the namespaces every cluster has, through the API like any client would.
@@ -747,6 +808,7 @@ fn kubeconfig_yaml(
         credential: crate::kubeconfig::Credential::Token(token),
         context: "wharf",
         namespace: Some("default"),
+        more_servers: &[],
     })
     .map_err(|e| ControlError::Bootstrap(format!("writing the kubeconfig: {e}")))
 }

@@ -1,6 +1,5 @@
 //! Writing kubeconfig files: the admin kubeconfig the control plane writes at start and
-//! the join kubeconfig `wharf token create --kubeconfig-out` writes for a node, and a
-//! user's from `wharf kubeconfig create` (a client certificate). One
+//! the join kubeconfig `wharf token create --kubeconfig-out` writes for a node. One
 //! shape, one writer ([`render`], [`write()`]), so both read back the same way with
 //! kubectl, kube-rs and wharf.
 
@@ -39,6 +38,11 @@ impl std::fmt::Debug for Credential<'_> {
 /// A kubeconfig with one cluster, one user (a bearer token or a client certificate)
 /// and one context (the current one, named `context`), optionally with a default
 /// namespace.
+///
+/// A kubeconfig names one server per cluster: the other members of a control plane
+/// (`more_servers`) are listed as clusters `NAME-2`, `NAME-3`, … with the same CA, each
+/// with its context `CONTEXT-2`, … (`kubectl config use-context` switches; `wharf node`
+/// fails over between all of them).
 #[derive(Debug, Clone)]
 pub struct Kubeconfig<'a> {
     pub cluster: &'a Cluster,
@@ -46,25 +50,42 @@ pub struct Kubeconfig<'a> {
     pub credential: Credential<'a>,
     pub context: &'a str,
     pub namespace: Option<&'a str>,
+    pub more_servers: &'a [String],
 }
 
 /// The kubeconfig as YAML.
 pub fn render(k: &Kubeconfig<'_>) -> Result<String, serde_saphyr::ser::Error> {
     let c = k.cluster;
-    let mut access = serde_json::Map::new();
-    access.insert("server".into(), c.server.clone().into());
-    if let Some(ca) = &c.ca_data {
-        access.insert("certificate-authority-data".into(), ca.clone().into());
-    }
-    if let Some(name) = &c.tls_server_name {
-        access.insert("tls-server-name".into(), name.clone().into());
-    }
-    if c.insecure_skip_tls_verify {
-        access.insert("insecure-skip-tls-verify".into(), true.into());
-    }
-    let mut context = serde_json::json!({"cluster": c.name, "user": k.user});
-    if let Some(ns) = k.namespace {
-        context["namespace"] = ns.into();
+    let access = |server: &str| {
+        let mut access = serde_json::Map::new();
+        access.insert("server".into(), server.into());
+        if let Some(ca) = &c.ca_data {
+            access.insert("certificate-authority-data".into(), ca.clone().into());
+        }
+        if let Some(name) = &c.tls_server_name {
+            access.insert("tls-server-name".into(), name.clone().into());
+        }
+        if c.insecure_skip_tls_verify {
+            access.insert("insecure-skip-tls-verify".into(), true.into());
+        }
+        access
+    };
+    let context = |cluster: &str| {
+        let mut context = serde_json::json!({"cluster": cluster, "user": k.user});
+        if let Some(ns) = k.namespace {
+            context["namespace"] = ns.into();
+        }
+        context
+    };
+    let mut clusters = vec![serde_json::json!({"name": c.name, "cluster": access(&c.server)})];
+    let mut contexts = vec![serde_json::json!({"name": k.context, "context": context(&c.name)})];
+    for (i, server) in k.more_servers.iter().enumerate() {
+        let cluster = format!("{}-{}", c.name, i + 2);
+        clusters.push(serde_json::json!({"name": cluster, "cluster": access(server)}));
+        contexts.push(serde_json::json!({
+            "name": format!("{}-{}", k.context, i + 2),
+            "context": context(&cluster),
+        }));
     }
     let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
     let user = match k.credential {
@@ -77,9 +98,9 @@ pub fn render(k: &Kubeconfig<'_>) -> Result<String, serde_saphyr::ser::Error> {
     let config = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": c.name, "cluster": access}],
+        "clusters": clusters,
         "users": [{"name": k.user, "user": user}],
-        "contexts": [{"name": k.context, "context": context}],
+        "contexts": contexts,
         "current-context": k.context,
         "preferences": {},
     });
@@ -113,6 +134,7 @@ mod tests {
             credential: Credential::Token("tok"),
             context: "wharf",
             namespace: Some("default"),
+            more_servers: &[],
         })
         .unwrap();
         let k = kube::config::Kubeconfig::from_yaml(&yaml).unwrap();
@@ -132,5 +154,69 @@ mod tests {
         );
         let auth = serde_json::to_value(k.auth_infos[0].auth_info.clone().unwrap()).unwrap();
         assert_eq!(auth["token"], "tok");
+    }
+
+    #[test]
+    fn more_members_are_clusters_and_contexts_of_their_own_with_the_same_ca() {
+        let cluster = Cluster {
+            name: "wharf".into(),
+            server: "https://a:6443".into(),
+            ca_data: Some("UEVN".into()),
+            tls_server_name: None,
+            insecure_skip_tls_verify: false,
+        };
+        let more = ["https://b:6443".to_string(), "https://c:6443".to_string()];
+        let yaml = render(&Kubeconfig {
+            cluster: &cluster,
+            user: "node",
+            credential: Credential::Token("tok"),
+            context: "node",
+            namespace: None,
+            more_servers: &more,
+        })
+        .unwrap();
+        let k = kube::config::Kubeconfig::from_yaml(&yaml).unwrap();
+        assert_eq!(k.current_context.as_deref(), Some("node"));
+        let servers: Vec<(String, Option<String>, Option<String>)> = k
+            .clusters
+            .iter()
+            .map(|c| {
+                let a = c.cluster.clone().unwrap();
+                (c.name.clone(), a.server, a.certificate_authority_data)
+            })
+            .collect();
+        assert_eq!(
+            servers,
+            [
+                (
+                    "wharf".into(),
+                    Some("https://a:6443".into()),
+                    Some("UEVN".into())
+                ),
+                (
+                    "wharf-2".into(),
+                    Some("https://b:6443".into()),
+                    Some("UEVN".into())
+                ),
+                (
+                    "wharf-3".into(),
+                    Some("https://c:6443".into()),
+                    Some("UEVN".into())
+                ),
+            ]
+        );
+        let contexts: Vec<(String, String)> = k
+            .contexts
+            .iter()
+            .map(|c| (c.name.clone(), c.context.clone().unwrap().cluster))
+            .collect();
+        assert_eq!(
+            contexts,
+            [
+                ("node".into(), "wharf".into()),
+                ("node-2".into(), "wharf-2".into()),
+                ("node-3".into(), "wharf-3".into()),
+            ]
+        );
     }
 }

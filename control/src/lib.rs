@@ -15,9 +15,11 @@ pub mod controlplane;
 pub mod events;
 pub mod fsutil;
 pub mod kubeconfig;
+pub mod leaderelection;
 pub mod oci;
 pub mod pki;
 pub mod scheduler;
+pub mod snapshot;
 pub mod store;
 
 pub use controlplane::{

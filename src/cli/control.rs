@@ -1,7 +1,8 @@
 //! `wharf control`: one control plane in the foreground until Ctrl-C or SIGTERM.
 //!
 //! The started line on stderr is a contract: `wharf control: serving on https://ADDR,
-//! kubeconfig PATH`; tests start `--listen 127.0.0.1:0` and read the port from it.
+//! kubeconfig PATH[, leader election as IDENTITY]`; tests start `--listen 127.0.0.1:0` and
+//! read the port (and the Lease holder identity) from it.
 
 use anyhow::Context;
 use clap::Args;
@@ -37,6 +38,51 @@ pub struct ControlArgs {
 
     #[command(flatten)]
     store: StoreArgs,
+
+    #[command(flatten)]
+    election: ElectionArgs,
+
+    /// Take a snapshot of the cluster's state this often (e.g. 6h; off unless given)
+    #[arg(long, value_name = "DURATION", value_parser = super::node::parse_duration)]
+    snapshot_interval: Option<std::time::Duration>,
+    /// How many scheduled snapshots to keep (the oldest beyond are deleted)
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    snapshot_retention: usize,
+    /// Where scheduled snapshots go [default: DATA_DIR/snapshots]
+    #[arg(long, value_name = "DIR")]
+    snapshot_dir: Option<PathBuf>,
+}
+
+/// Leader election of the scheduler and the controller manager (as kube-scheduler's flags).
+#[derive(Debug, Args)]
+pub struct ElectionArgs {
+    /// Run the scheduler and the controllers only while this member holds their Lease in
+    /// kube-system (members on one etcd take turns); `--leader-elect=false` runs them
+    /// unconditionally
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    leader_elect: bool,
+    /// How long the other members wait after the holder's last renewal before taking over
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = super::node::parse_duration)]
+    leader_elect_lease_duration: std::time::Duration,
+    /// How long the holder keeps trying to renew before it stops the loops
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::node::parse_duration)]
+    leader_elect_renew_deadline: std::time::Duration,
+    /// How often members try to take the lease and the holder renews it
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = super::node::parse_duration)]
+    leader_elect_retry_period: std::time::Duration,
+}
+
+impl ElectionArgs {
+    pub fn apply(&self, config: &mut ControlConfig) -> anyhow::Result<()> {
+        let election = &mut config.election;
+        election.enabled = self.leader_elect;
+        election.lease_duration = self.leader_elect_lease_duration;
+        election.renew_deadline = self.leader_elect_renew_deadline;
+        election.retry_period = self.leader_elect_retry_period;
+        election.validate()?;
+        Ok(())
+    }
 }
 
 /// ServiceAccount token settings shared by `wharf control` and `wharf up`.
@@ -171,20 +217,42 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
         Some(dir) => dir,
         None => super::default_data_dir()?,
     };
-    let mut config = ControlConfig::new(data_dir);
+    let mut config = ControlConfig::new(&data_dir);
     config.listen = args.listen;
+    config.snapshots = args
+        .snapshot_interval
+        .filter(|i| !i.is_zero())
+        .map(|interval| wharf_control::snapshot::ScheduleConfig {
+            interval,
+            retention: args.snapshot_retention.max(1),
+            dir: args
+                .snapshot_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("snapshots")),
+        });
     config.api.node_credential_validity = args.node_credential_validity;
     config.token_auth_file = args.token_auth_file;
     args.service_accounts.apply(&mut config);
     args.store.apply(&mut config)?;
+    args.election.apply(&mut config)?;
+    let identity = if config.election.enabled {
+        config.election.identity.clone()
+    } else {
+        String::new()
+    };
     let shutdown = CancellationToken::new();
     let plane = wharf_control::start(config, shutdown.clone())
         .await
         .map_err(one_line)?;
     eprintln!(
-        "wharf control: serving on https://{}, kubeconfig {}",
+        "wharf control: serving on https://{}, kubeconfig {}{}",
         plane.local_addr,
-        plane.kubeconfig.display()
+        plane.kubeconfig.display(),
+        if identity.is_empty() {
+            String::new()
+        } else {
+            format!(", leader election as {identity}")
+        }
     );
 
     let stopped = plane.wait();
@@ -232,6 +300,49 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         store: StoreArgs,
+    }
+
+    #[derive(Parser)]
+    struct ElectionCli {
+        #[command(flatten)]
+        election: ElectionArgs,
+    }
+
+    #[test]
+    fn leader_election_is_on_by_default_with_kube_schedulers_timings() {
+        use std::time::Duration;
+        let parse = |args: &[&str]| {
+            let cli =
+                ElectionCli::try_parse_from(std::iter::once("wharf").chain(args.iter().copied()))?;
+            let mut config = ControlConfig::new("/nonexistent");
+            cli.election
+                .apply(&mut config)
+                .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e))?;
+            Ok::<_, clap::Error>(config.election)
+        };
+        let e = parse(&[]).unwrap();
+        assert!(e.enabled);
+        assert_eq!(
+            (e.lease_duration, e.renew_deadline, e.retry_period),
+            (
+                Duration::from_secs(15),
+                Duration::from_secs(10),
+                Duration::from_secs(2)
+            )
+        );
+        assert!(!parse(&["--leader-elect=false"]).unwrap().enabled);
+        assert!(parse(&["--leader-elect"]).unwrap().enabled);
+        let e = parse(&[
+            "--leader-elect-lease-duration",
+            "3s",
+            "--leader-elect-renew-deadline",
+            "2s",
+            "--leader-elect-retry-period",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(e.retry_period, Duration::from_millis(500));
+        assert!(parse(&["--leader-elect-renew-deadline", "20s"]).is_err());
     }
 
     fn applied(args: &[&str]) -> ControlConfig {

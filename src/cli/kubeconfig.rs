@@ -91,6 +91,7 @@ pub async fn run(args: KubeconfigArgs) -> anyhow::Result<()> {
         },
         context: &user,
         namespace: None,
+        more_servers: &[],
     };
     wharf_control::kubeconfig::write(&output, &kubeconfig)
         .with_context(|| format!("writing {}", output.display()))?;

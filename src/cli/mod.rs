@@ -13,6 +13,7 @@ mod cluster;
 mod control;
 mod delete;
 mod describe;
+mod failover;
 mod get;
 mod images;
 mod kubeconfig;
@@ -28,6 +29,7 @@ mod push;
 mod rollout;
 mod scale;
 mod secrets_encrypt;
+mod snapshot;
 mod target;
 mod token;
 mod up;
@@ -65,6 +67,8 @@ pub enum Command {
     Node(node::NodeArgs),
     /// Copy a stopped control plane's embedded store into etcd
     Migrate(migrate::MigrateArgs),
+    /// Save, restore and list snapshots of the cluster's state
+    Snapshot(snapshot::SnapshotArgs),
     /// Create or update objects from manifests (YAML or JSON)
     Apply(apply::ApplyArgs),
     /// List objects, or show some by name
@@ -129,6 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Control(args) => control::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Snapshot(args) => snapshot::run(kubeconfig, args).await,
         Command::Up(args) => up::run(args).await,
         Command::Kubeconfig(args) => kubeconfig::run(args).await,
         Command::Node(args) => node::run(kubeconfig, args).await,

@@ -44,6 +44,11 @@ pub struct NodeArgs {
     /// Base of the restart back-off (doubles per restart up to 5 minutes)
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     backoff: Duration,
+    /// A control plane member's URL (repeatable, or comma-separated): the node talks to
+    /// one and fails over to the next when it cannot be reached; the kubeconfig still
+    /// gives the credentials and the CA [default: the kubeconfig's server]
+    #[arg(long = "server", value_name = "URL[,URL...]", value_delimiter = ',')]
+    servers: Vec<String>,
     #[command(flatten)]
     services: ServiceArgs,
     #[command(flatten)]
@@ -422,7 +427,8 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
         None => super::default_data_dir()?.join("nodes").join(&args.name),
     };
     // With a join token, the node's own credential (obtained once, renewed before it expires).
-    let node_client = node_credential::connect(kubeconfig.clone(), &args.name, &data_dir).await?;
+    let node_client =
+        node_credential::connect(kubeconfig.clone(), &args.servers, &args.name, &data_dir).await?;
     let cluster_registry = cluster_registry(kubeconfig, &data_dir, &node_client).await?;
     let mut node_config = NodeConfig::new(&args.name, data_dir);
     let config = &mut node_config.agent;

@@ -84,13 +84,30 @@ impl NodeClient {
 
 /// Connects a node named `node` with the kubeconfig (`flag`, else as kubectl finds it):
 /// with its own credential, obtained with the kubeconfig's join token if need be.
+///
+/// With `servers`, the client fails over between those control plane members (see
+/// [`super::failover`]) instead of using the kubeconfig's one server.
 pub async fn connect(
     flag: Option<PathBuf>,
+    servers: &[String],
     node: &str,
     data_dir: &Path,
 ) -> anyhow::Result<NodeClient> {
     let (mut config, path) = cluster::load_config(flag).await?;
     let cluster_ca_pem = ca_pem(&config);
+    // Without --server, the members the kubeconfig lists (if it lists several).
+    let listed;
+    let servers = if servers.is_empty() {
+        listed = kube::config::Kubeconfig::read_from(&path)
+            .map(|k| super::failover::kubeconfig_members(&k))
+            .unwrap_or_default();
+        if !listed.is_empty() {
+            tracing::info!(members = ?listed, "failing over between the control plane members of the kubeconfig");
+        }
+        &listed[..]
+    } else {
+        servers
+    };
     let given = config
         .auth_info
         .token
@@ -101,7 +118,7 @@ pub async fn connect(
         .and_then(NodeToken::parse)
         .filter(|t| t.kind() == TokenKind::Join)
     else {
-        let client = kube::Client::try_from(config)
+        let client = super::failover::client(config, servers, |c| Ok(kube::Client::try_from(c)?))
             .with_context(|| format!("kubeconfig {}", path.display()))?;
         return Ok(NodeClient {
             client,
@@ -109,8 +126,9 @@ pub async fn connect(
             cluster_ca_pem,
         });
     };
-    let join_client = kube::Client::try_from(config.clone())
-        .with_context(|| format!("kubeconfig {}", path.display()))?;
+    let join_client =
+        super::failover::client(config.clone(), servers, |c| Ok(kube::Client::try_from(c)?))
+            .with_context(|| format!("kubeconfig {}", path.display()))?;
     config.auth_info.token = None;
     config.auth_info.token_file = None;
     let file = data_dir.join(CREDENTIAL_FILE);
@@ -118,7 +136,7 @@ pub async fn connect(
     let cell: TokenCell = Arc::new(RwLock::new(
         stored.as_ref().map(ToString::to_string).unwrap_or_default(),
     ));
-    let client = client_with_cell(config, cell.clone())?;
+    let client = super::failover::client(config, servers, |c| client_with_cell(c, cell.clone()))?;
     let secrets = |c: &kube::Client| Api::<Secret>::namespaced(c.clone(), NODE_TOKEN_NAMESPACE);
 
     // The credential on disk, if the server still takes it.

@@ -51,9 +51,12 @@ pub enum TokenCommand {
         #[arg(long, value_name = "FILE")]
         kubeconfig_out: Option<PathBuf>,
         /// The API server URL the written kubeconfig points at, as the joining machine
-        /// reaches it [default: the admin kubeconfig's server]
-        #[arg(long, value_name = "URL", requires = "kubeconfig_out", value_parser = parse_server)]
-        server: Option<String>,
+        /// reaches it [default: the admin kubeconfig's server]; repeated (or a comma list)
+        /// for several control plane members, each a cluster and context of its own that
+        /// `wharf node` fails over between
+        #[arg(long, value_name = "URL", requires = "kubeconfig_out", value_parser = parse_server,
+              value_delimiter = ',')]
+        server: Vec<String>,
     },
     /// List node tokens: ID, TTL, EXPIRES, DESCRIPTION
     List,
@@ -144,14 +147,15 @@ pub async fn run(
 struct JoinKubeconfig {
     path: PathBuf,
     cluster: ClusterAccess,
+    /// The other control plane members' servers.
+    more_servers: Vec<String>,
 }
 
 impl JoinKubeconfig {
-    fn prepare(
-        flag: Option<PathBuf>,
-        path: PathBuf,
-        server: Option<String>,
-    ) -> anyhow::Result<Self> {
+    fn prepare(flag: Option<PathBuf>, path: PathBuf, servers: Vec<String>) -> anyhow::Result<Self> {
+        let mut servers = servers.into_iter();
+        let server = servers.next();
+        let more_servers: Vec<String> = servers.collect();
         let (admin_path, _) = kubeconfig_path(flag)?;
         let admin = Kubeconfig::read_from(&admin_path)
             .with_context(|| format!("reading kubeconfig {}", admin_path.display()))?;
@@ -168,7 +172,11 @@ impl JoinKubeconfig {
             ),
             None => {}
         }
-        Ok(JoinKubeconfig { path, cluster })
+        Ok(JoinKubeconfig {
+            path,
+            cluster,
+            more_servers,
+        })
     }
 }
 
@@ -256,7 +264,11 @@ fn loopback_server(server: &str) -> bool {
 }
 
 /// The kubeconfig a node joins with: the cluster, and the node token as the only user.
-fn node_kubeconfig(cluster: &ClusterAccess, token: &NodeToken) -> anyhow::Result<String> {
+fn node_kubeconfig(
+    cluster: &ClusterAccess,
+    more_servers: &[String],
+    token: &NodeToken,
+) -> anyhow::Result<String> {
     let user = format!("wharf-node-{}", token.id());
     Ok(wharf_control::kubeconfig::render(
         &wharf_control::kubeconfig::Kubeconfig {
@@ -265,6 +277,7 @@ fn node_kubeconfig(cluster: &ClusterAccess, token: &NodeToken) -> anyhow::Result
             credential: wharf_control::kubeconfig::Credential::Token(&token.to_string()),
             context: &user,
             namespace: None,
+            more_servers,
         },
     )?)
 }
@@ -297,7 +310,7 @@ async fn create(
         .await
         .map_err(|e| cluster.explain(e))?;
     if let Some(out) = out {
-        let written = node_kubeconfig(&out.cluster, &token).and_then(|yaml| {
+        let written = node_kubeconfig(&out.cluster, &out.more_servers, &token).and_then(|yaml| {
             write_private(&out.path, &yaml)
                 .with_context(|| format!("writing {}", out.path.display()))
         });
@@ -506,7 +519,7 @@ current-context: wharf
         assert_eq!(access.server, "https://127.0.0.1:6443");
         assert_eq!(access.ca_data.as_deref(), Some("UEVN"));
         let token = NodeToken::generate();
-        let yaml = node_kubeconfig(&access, &token).unwrap();
+        let yaml = node_kubeconfig(&access, &[], &token).unwrap();
         assert!(!yaml.contains("admin-secret"), "{yaml}");
         // It reads back as a kubeconfig whose current context uses the node token.
         let written = admin(&yaml);

@@ -67,6 +67,8 @@ pub struct ControlProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// Its leader election identity (the Leases' holderIdentity), from the start line.
+    pub identity: Option<String>,
 }
 
 impl ControlProcess {
@@ -97,11 +99,15 @@ impl ControlProcess {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
-        let addr = tokio::time::timeout(TIMEOUT, async {
+        let (addr, identity) = tokio::time::timeout(TIMEOUT, async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(rest) = line.split("serving on https://").nth(1) {
                     let addr = rest.split([',', ' ']).next().unwrap();
-                    return addr.parse::<SocketAddr>().unwrap();
+                    let identity = line
+                        .split("leader election as ")
+                        .nth(1)
+                        .map(|i| i.trim().to_string());
+                    return (addr.parse::<SocketAddr>().unwrap(), identity);
                 }
             }
             panic!("wharf control exited before serving");
@@ -114,6 +120,7 @@ impl ControlProcess {
             child,
             addr,
             data_dir: data_dir.to_path_buf(),
+            identity,
         }
     }
 
@@ -619,6 +626,35 @@ spec:
         - {{name: data, mountPath: /data}}
   volumes:
     - {{name: data, emptyDir: {{}}}}
+"#,
+        image = sample("hello-http", "hello_http"),
+    )
+}
+
+/// A hello-http Deployment `name` (label `app: NAME`) of `replicas` on `port`, ready when
+/// it answers HTTP.
+pub fn hello_deployment(name: &str, replicas: u32, port: u16) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+        - name: hello
+          image: {image}
+          ports:
+            - containerPort: {port}
+          readinessProbe:
+            httpGet: {{path: /, port: {port}}}
+            periodSeconds: 1
 "#,
         image = sample("hello-http", "hello_http"),
     )

@@ -148,6 +148,7 @@ pub fn router(state: AppState) -> Router {
             get(serviceaccounts::openid_configuration),
         )
         .route(serviceaccounts::JWKS_PATH, get(serviceaccounts::jwks))
+        .route(crate::snapshot::API_PATH, get(crate::snapshot::serve))
         .route("/api/{version}/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .fallback(not_found)

@@ -25,6 +25,8 @@ pub enum LocalEtcdError {
     },
     #[error("picking a free loopback port: {0}")]
     Port(std::io::Error),
+    #[error("etcdctl snapshot restore failed: {0}")]
+    Restore(String),
     #[error("etcd at {url} was not healthy within {within:?}; its log ends with:\n{log}")]
     NotHealthy {
         url: String,
@@ -106,6 +108,20 @@ impl LocalEtcd {
     /// Starts an etcd cluster of `members` members on loopback and waits until every one
     /// is healthy (which needs a quorum). Blocking, like [`LocalEtcd::start`].
     pub fn cluster(members: usize) -> Result<Vec<LocalEtcd>, LocalEtcdError> {
+        Self::cluster_from(members, None)
+    }
+
+    /// A one-member etcd whose data is restored from an `etcdctl snapshot save` file with
+    /// `etcdctl snapshot restore` (`$WHARF_ETCDCTL_BIN`, else `etcdctl`), as an operator
+    /// restores a backup. Blocking, like [`LocalEtcd::start`].
+    pub fn restored(snapshot: &Path) -> Result<LocalEtcd, LocalEtcdError> {
+        Ok(Self::cluster_from(1, Some(snapshot))?.remove(0))
+    }
+
+    fn cluster_from(
+        members: usize,
+        snapshot: Option<&Path>,
+    ) -> Result<Vec<LocalEtcd>, LocalEtcdError> {
         let ports = free_ports(members * 2)?;
         let cluster_tag = fresh_dir()
             .file_name()
@@ -125,7 +141,7 @@ impl LocalEtcd {
             .join(",");
         let mut started = Vec::new();
         for plan in &plans {
-            started.push(Self::spawn(plan, &initial, &cluster_tag)?);
+            started.push(Self::spawn(plan, &initial, &cluster_tag, snapshot)?);
         }
         for member in &started {
             member.wait_healthy()?;
@@ -133,7 +149,12 @@ impl LocalEtcd {
         Ok(started)
     }
 
-    fn spawn(plan: &Plan, initial: &str, tag: &str) -> Result<LocalEtcd, LocalEtcdError> {
+    fn spawn(
+        plan: &Plan,
+        initial: &str,
+        tag: &str,
+        snapshot: Option<&Path>,
+    ) -> Result<LocalEtcd, LocalEtcdError> {
         let dir = fresh_dir();
         let binary = etcd_binary();
         let spawn_error = |source| LocalEtcdError::Spawn {
@@ -144,11 +165,34 @@ impl LocalEtcd {
         let client_url = format!("http://127.0.0.1:{}", plan.client);
         let peer_url = format!("http://127.0.0.1:{}", plan.peer);
         let data = dir.join("data");
+        if let Some(snapshot) = snapshot {
+            let etcdctl =
+                std::env::var("WHARF_ETCDCTL_BIN").unwrap_or_else(|_| "etcdctl".to_owned());
+            let out = Command::new(&etcdctl)
+                .env("ETCDCTL_API", "3")
+                .args(["snapshot", "restore"])
+                .arg(snapshot)
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--name", &plan.name, "--initial-cluster", initial])
+                .args(["--initial-cluster-token", tag])
+                .arg("--initial-advertise-peer-urls")
+                .arg(&peer_url)
+                .output()
+                .map_err(|e| LocalEtcdError::Restore(format!("{etcdctl}: {e}")))?;
+            if !out.status.success() {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(LocalEtcdError::Restore(
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                ));
+            }
+        }
         // The shell starts etcd, then waits for its stdin to close, stops etcd and removes
         // the member's directory (a shared member is never dropped).
         let script = r#"bin="$1"; dir="$2"; shift 2
 "$bin" "$@" >"$dir/etcd.log" 2>&1 &
 pid=$!
+echo "$pid" >"$dir/etcd.pid"
 read -r _ignored
 kill "$pid" 2>/dev/null
 wait "$pid"
@@ -235,6 +279,22 @@ rm -rf "$dir"
         let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Kills the member with SIGKILL (a crash: no clean shutdown) and waits until it is
+    /// gone; its directory stays until the value is dropped.
+    pub fn kill(&self) -> std::io::Result<()> {
+        let pid = std::fs::read_to_string(self.dir.join("etcd.pid"))?;
+        let pid = pid.trim();
+        let status = Command::new("kill").args(["-KILL", pid]).status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!("kill -KILL {pid}: {status}")));
+        }
+        let deadline = Instant::now() + READY_WITHIN;
+        while Path::new("/proc").join(pid).join("exe").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// The member's directory (data dir and log).

@@ -23,7 +23,7 @@ pub enum MigrateError {
 }
 
 /// Whether `key` is an Event's (which expires after `--event-ttl`).
-fn is_event(key: &str) -> bool {
+pub fn is_event(key: &str) -> bool {
     key.starts_with(&collection_prefix("", "events", None))
         || key.starts_with(&collection_prefix("events.k8s.io", "events", None))
 }

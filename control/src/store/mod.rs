@@ -52,7 +52,7 @@ pub use cache::{CacheConfig, WatchCache};
 pub use etcd_store::{
     DEFAULT_COMPACTION_INTERVAL, DEFAULT_PREFIX, EtcdConfig, EtcdStore, EtcdTls, LIST_PAGE,
 };
-pub use fjall_store::{Clock, FjallStore, StoreConfig, StoreStats};
+pub use fjall_store::{Clock, FjallStore, StoreConfig, StoreStats, create_restored};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
