@@ -15,6 +15,7 @@ use k8s_openapi::api::{
     apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
     discovery::v1 as disc, rbac::v1 as rbac,
 };
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apireg;
 
 /// Everything the API server and the CLI need to know about one kind.
 pub struct ResourceKind {
@@ -150,6 +151,12 @@ pub static KINDS: &[ResourceKind] = &[
     builtin::<core::ConfigMap>("configmap", &["cm"], false, &s::configmap::STRATEGY),
     builtin::<core::Secret>("secret", &[], false, &s::secret::STRATEGY),
     builtin::<core::Event>("event", &["ev"], false, &s::event::STRATEGY),
+    builtin::<core::ReplicationController>(
+        "replicationcontroller",
+        &["rc"],
+        true,
+        &s::replicationcontroller::STRATEGY,
+    ),
     builtin::<apps::Deployment>("deployment", &["deploy"], true, &s::deployment::STRATEGY),
     builtin::<apps::ReplicaSet>("replicaset", &["rs"], true, &s::replicaset::STRATEGY),
     builtin::<apps::DaemonSet>("daemonset", &["ds"], true, &s::daemonset::STRATEGY),
@@ -165,6 +172,7 @@ pub static KINDS: &[ResourceKind] = &[
         false,
         &s::rbac::CLUSTER_ROLE_BINDING,
     ),
+    builtin::<apireg::APIService>("apiservice", &[], false, &s::apiservice::STRATEGY),
 ];
 
 /// The kind served at `group`/`version` under URL name `plural`.
@@ -261,6 +269,14 @@ mod tests {
                 ("", "ConfigMap", "configmaps", true, false, false),
                 ("", "Secret", "secrets", true, false, false),
                 ("", "Event", "events", true, false, false),
+                (
+                    "",
+                    "ReplicationController",
+                    "replicationcontrollers",
+                    true,
+                    true,
+                    true
+                ),
                 ("apps", "Deployment", "deployments", true, true, true),
                 ("apps", "ReplicaSet", "replicasets", true, true, true),
                 ("apps", "DaemonSet", "daemonsets", true, true, true),
@@ -305,6 +321,14 @@ mod tests {
                     false,
                     false,
                     false
+                ),
+                (
+                    "apiregistration.k8s.io",
+                    "APIService",
+                    "apiservices",
+                    false,
+                    true,
+                    true
                 ),
             ]
         );

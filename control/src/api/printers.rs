@@ -339,6 +339,38 @@ pub static LEASE: Printer = Printer {
     },
 };
 
+/// An APIService: `Local` or the Service that serves it, and whether it is available
+/// (with the reason when it is not), as kubectl prints them.
+pub static API_SERVICE: Printer = Printer {
+    narrow: &["NAME", "SERVICE", "AVAILABLE", "AGE"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        let service = match o.get("/spec/service") {
+            None => "Local".to_string(),
+            Some(_) => format!(
+                "{}/{}",
+                o.str("/spec/service/namespace"),
+                o.str("/spec/service/name")
+            ),
+        };
+        let available = o
+            .arr("/status/conditions")
+            .iter()
+            .map(|c| Obj(c))
+            .find(|c| c.str("/type") == "Available")
+            .map_or_else(
+                || "Unknown".to_string(),
+                |c| match c.str("/status") {
+                    "False" => format!("False ({})", c.str("/reason")),
+                    s => s.to_string(),
+                },
+            );
+        vec![name, service, available, age]
+    },
+};
+
 /// kubectl's wide event columns interleave with the narrow ones.
 pub static EVENT: Printer = Printer {
     narrow: &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
@@ -857,11 +889,16 @@ fn format_labels(labels: Option<&Value>) -> String {
     or_none(&pairs.join(","))
 }
 
-/// A `LabelSelector` (matchLabels and matchExpressions) in selector syntax, sorted by key.
+/// A `LabelSelector` (matchLabels and matchExpressions) in selector syntax, sorted by key;
+/// a plain label map (a ReplicationController's or a Service's selector) as equalities.
 pub fn format_selector(selector: Option<&Value>) -> String {
-    let Some(selector) = selector.map(Obj) else {
+    let Some(selector) = selector else {
         return NONE.to_string();
     };
+    if selector.get("matchLabels").is_none() && selector.get("matchExpressions").is_none() {
+        return format_labels(Some(selector));
+    }
+    let selector = Obj(selector);
     let mut reqs: Vec<(String, String)> = selector
         .map("/matchLabels")
         .into_iter()

@@ -826,7 +826,8 @@ async fn discovery_lists_every_kind() {
             "batch",
             "coordination.k8s.io",
             "discovery.k8s.io",
-            "rbac.authorization.k8s.io"
+            "rbac.authorization.k8s.io",
+            "apiregistration.k8s.io"
         ]
     );
     let (code, _) = api.send("GET", "/apis/apps/v1", None).await;

@@ -1,6 +1,7 @@
 //! One strategy per kind that behaves differently from [`Plain`]; see
 //! [`super::strategy`] for what a strategy decides.
 
+pub mod apiservice;
 pub mod configmap;
 pub mod daemonset;
 pub mod deployment;
@@ -13,6 +14,7 @@ pub mod node;
 pub mod pod;
 pub mod rbac;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod secret;
 pub mod service;
 
