@@ -358,7 +358,7 @@ pub static API_SERVICE: Printer = Printer {
         let available = o
             .arr("/status/conditions")
             .iter()
-            .map(|c| Obj(c))
+            .map(Obj)
             .find(|c| c.str("/type") == "Available")
             .map_or_else(
                 || "Unknown".to_string(),
