@@ -1,8 +1,8 @@
 //! End-to-end with the real kubectl: the built-in kinds clients rely on beyond the
 //! workloads: a ReplicationController with its pods and `kubectl scale rc`, a
 //! `type: LoadBalancer` Service whose ingress address answers from outside the cluster
-//! (the node address and the Service port, as k3s's ServiceLB gives), and
-//! `kubectl get apiservices`.
+//! (the node address and the Service port, as k3s's ServiceLB gives),
+//! `kubectl get apiservices`, and `kubectl explain` for every kind.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -157,6 +157,40 @@ async fn replication_controllers_load_balancers_and_apiservices() {
             out.lines().any(|l| l.starts_with(&format!("{gv} "))),
             "{gv}:\n{out}"
         );
+    }
+    // `kubectl explain` for every kind, from the OpenAPI v3 documents, nested fields too.
+    let kinds = k.ok(&["api-resources", "--no-headers", "-o", "name"]).await;
+    let mut explained = 0;
+    for resource in kinds.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let out = k.ok(&["explain", resource]).await;
+        assert!(
+            out.contains("KIND:") && out.contains("FIELDS:") && out.contains("metadata"),
+            "explain {resource}:\n{out}"
+        );
+        explained += 1;
+    }
+    assert!(explained >= 20, "{kinds}");
+    for (path, needle) in [
+        (
+            "deployment.spec.template",
+            "FIELD: template <PodTemplateSpec>",
+        ),
+        (
+            "deployment.spec.template.spec.containers.image",
+            "FIELD: image <string>",
+        ),
+        ("rc.spec.selector", "FIELD: selector <map[string]string>"),
+        (
+            "apiservices.spec.groupPriorityMinimum",
+            "FIELD: groupPriorityMinimum <integer>",
+        ),
+        (
+            "svc.status.loadBalancer.ingress",
+            "FIELD: ingress <[]LoadBalancerIngress>",
+        ),
+    ] {
+        let out = k.ok(&["explain", path]).await;
+        assert!(out.contains(needle), "explain {path}:\n{out}");
     }
     cluster.terminate().await;
 }

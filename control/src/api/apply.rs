@@ -971,14 +971,14 @@ mod tests {
     /// and fields that go away are no one's.
     #[test]
     fn updates_own_what_they_write() {
-        let cm = crate::api::kinds::resolve("configmap").unwrap();
+        let cm = crate::api::kinds::resolve("configmap").expect("configmaps");
         let mut created = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "c", "uid": "u", "labels": {"a": "1"}},
             "data": {"x": "1", "y": "2"}});
         record_update(cm, None, &mut created, "alice", None, "T1");
         let entries = created["metadata"]["managedFields"]
             .as_array()
-            .unwrap()
+            .expect("managedFields")
             .clone();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0]["manager"], "alice");
@@ -992,7 +992,7 @@ mod tests {
         record_update(cm, Some(&created), &mut updated, "bob", None, "T2");
         let entries = updated["metadata"]["managedFields"]
             .as_array()
-            .unwrap()
+            .expect("managedFields")
             .clone();
         let fields = |m: &str| {
             entries
