@@ -2,7 +2,8 @@
 //! workloads: a ReplicationController with its pods and `kubectl scale rc`, a
 //! `type: LoadBalancer` Service whose ingress address answers from outside the cluster
 //! (the node address and the Service port, as k3s's ServiceLB gives),
-//! `kubectl get apiservices`, and `kubectl explain` for every kind.
+//! `kubectl get apiservices`, `kubectl explain` for every kind, and `kubectl attach`
+//! reading a ticker's output.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -10,7 +11,9 @@ mod common;
 use common::kubectl::Kubectl;
 use common::{Cluster, build_samples, free_port, http_get, sample, within};
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn manifests(image: &str, pod_port: u16, lb_port: u16) -> String {
     format!(
@@ -192,5 +195,83 @@ async fn replication_controllers_load_balancers_and_apiservices() {
         let out = k.ok(&["explain", path]).await;
         assert!(out.contains(needle), "explain {path}:\n{out}");
     }
+    cluster.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_attach_reads_a_tickers_output() {
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), 1).await;
+    let k = Kubectl {
+        kubeconfig: &cluster.kubeconfig,
+    };
+    let manifest = dir.path().join("ticker.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: ticker
+spec:
+  containers:
+  - name: ticker
+    image: {}
+    env:
+    - name: INTERVAL_MS
+      value: \"200\"
+",
+            sample("ticker", "ticker")
+        ),
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", manifest.to_str().unwrap()]).await;
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/ticker",
+        "--timeout=60s",
+    ])
+    .await;
+    let mut attach = k
+        .command(&["attach", "ticker"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(attach.stdout.take().unwrap()).lines();
+    // Ticks that come after attaching, in order.
+    let ticks: Vec<u64> = within("ticks through kubectl attach", async {
+        let mut ticks = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(n) = line.trim().strip_prefix("tick ") {
+                ticks.push(n.parse::<u64>().unwrap());
+                if ticks.len() == 3 {
+                    return ticks;
+                }
+            }
+        }
+        let mut err = String::new();
+        use tokio::io::AsyncReadExt as _;
+        attach
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .await
+            .unwrap();
+        panic!("kubectl attach ended after {ticks:?}: {err}");
+    })
+    .await;
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
+    attach.kill().await.unwrap();
+    // Standard input is not connected to a wasm guest: `-i` is refused, saying so.
+    let r = k.run(&["attach", "-i", "ticker"]).await;
+    assert!(
+        !r.ok && r.stderr.contains("standard input is not connected"),
+        "{}",
+        r.stderr
+    );
     cluster.terminate().await;
 }

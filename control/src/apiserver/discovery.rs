@@ -472,6 +472,7 @@ mod tests {
         assert_eq!(
             names("pods"),
             [
+                "attach",
                 "binding",
                 "eviction",
                 "exec",
