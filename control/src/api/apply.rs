@@ -251,6 +251,134 @@ pub fn create(
     Ok(obj)
 }
 
+/// `managedFields[].operation` of every write that is not an apply.
+pub const UPDATE: &str = "Update";
+
+/// The fields of an object a write may own: without apiVersion and kind, the server's
+/// metadata, and the part the operation does not write (the status for the main
+/// resource of a kind with a status subresource, everything else for `status`).
+fn owned_part(kind: &ResourceKind, obj: &Value, subresource: Option<&str>) -> Value {
+    let mut obj = without_nulls(obj);
+    if let Some(map) = obj.as_object_mut() {
+        map.shift_remove("apiVersion");
+        map.shift_remove("kind");
+        if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+            for field in SERVER_METADATA {
+                meta.shift_remove(*field);
+            }
+        }
+        match subresource {
+            Some("status") => map.retain(|k, _| k == "status"),
+            _ if kind.has_status() => {
+                map.shift_remove("status");
+            }
+            _ => {}
+        }
+    }
+    obj
+}
+
+/// Records a write that is not an apply (a create, an update or a patch) by `manager` in
+/// `new`'s `metadata.managedFields`, as Kubernetes does: the fields it set (all of them
+/// on create, those whose value changed otherwise) become owned by its `Update` entry
+/// and by no one else; fields gone from the object are no one's; an entry left owning
+/// nothing is dropped. `live` is the object before the write (`None` for a create).
+/// An object whose fields cannot be read is left as it is.
+pub fn record_update(
+    kind: &ResourceKind,
+    live: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    subresource: Option<&str>,
+    now: &str,
+) {
+    let part = owned_part(kind, new, subresource);
+    let Ok(present) = FieldSet::of(kind, &part) else {
+        return;
+    };
+    let before = live.map(|l| owned_part(kind, l, subresource));
+    let changed: BTreeSet<Vec<String>> = present
+        .leaves()
+        .filter(|p| {
+            before
+                .as_ref()
+                .is_none_or(|b| value_at(b, p) != value_at(&part, p))
+        })
+        .cloned()
+        .collect();
+    let Ok(everything) = FieldSet::of(kind, &without_nulls(new)) else {
+        return;
+    };
+    let sub = subresource.unwrap_or("");
+    let mut entries = managed_entries(new);
+    let mine = entries.iter().position(|e| e.is(manager, UPDATE, sub));
+    let mine_before = mine.and_then(|i| entries[i].fields.clone());
+    let mut out = Vec::with_capacity(entries.len() + 1);
+    let mut mine_fields = FieldSet::default();
+    for (i, entry) in entries.iter_mut().enumerate() {
+        let Some(owned) = entry.fields.as_mut() else {
+            if Some(i) != mine {
+                out.push(Some(entry.raw.clone()));
+            }
+            continue;
+        };
+        let before_len = owned.0.len();
+        let is_mine = Some(i) == mine;
+        owned.0.retain(|p| {
+            everything.0.contains(p) && (is_mine || !changed.iter().any(|c| p.starts_with(c)))
+        });
+        if is_mine {
+            mine_fields = owned.clone();
+            out.push(None);
+            continue;
+        }
+        if owned.0.len() == before_len {
+            out.push(Some(entry.raw.clone()));
+        } else if !owned.0.is_empty() {
+            let mut raw = entry.raw.clone();
+            if let Some(map) = raw.as_object_mut() {
+                map.insert("fieldsV1".into(), owned.to_fields_v1());
+            }
+            out.push(Some(raw));
+        }
+    }
+    let unchanged_mine = changed.is_empty() && mine_before.as_ref() == Some(&mine_fields);
+    mine_fields.0.extend(changed);
+    let mine_entry = if unchanged_mine {
+        mine.map(|i| entries[i].raw.clone())
+    } else if mine_fields.0.is_empty() {
+        None
+    } else {
+        let mut entry = json!({
+            "manager": manager,
+            "operation": UPDATE,
+            "apiVersion": kind.api_version(),
+            "time": now,
+            "fieldsType": "FieldsV1",
+            "fieldsV1": mine_fields.to_fields_v1(),
+        });
+        if let Some(sub) = subresource {
+            entry["subresource"] = json!(sub);
+        }
+        Some(entry)
+    };
+    let mut list: Vec<Value> = Vec::new();
+    let mut placed = false;
+    for slot in out {
+        match slot {
+            Some(v) => list.push(v),
+            None => {
+                placed = true;
+                list.extend(mine_entry.clone());
+            }
+        }
+    }
+    if !placed {
+        list.extend(mine_entry);
+    }
+    set_managed_fields(new, list);
+}
+
 /// `metadata` fields that identify the object or belong to the server: never owned.
 const SERVER_METADATA: &[&str] = &[
     "name",
@@ -838,6 +966,50 @@ fn key_display(seg: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// A create owns every field it set; an update takes what it changes from everyone,
+    /// and fields that go away are no one's.
+    #[test]
+    fn updates_own_what_they_write() {
+        let cm = crate::api::kinds::resolve("configmap").expect("configmaps");
+        let mut created = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "uid": "u", "labels": {"a": "1"}},
+            "data": {"x": "1", "y": "2"}});
+        record_update(cm, None, &mut created, "alice", None, "T1");
+        let entries = created["metadata"]["managedFields"]
+            .as_array()
+            .expect("managedFields")
+            .clone();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0]["manager"], "alice");
+        assert_eq!(entries[0]["operation"], "Update");
+        assert_eq!(
+            entries[0]["fieldsV1"],
+            json!({"f:data": {"f:x": {}, "f:y": {}}, "f:metadata": {"f:labels": {"f:a": {}}}})
+        );
+        let mut updated = created.clone();
+        updated["data"] = json!({"x": "changed"});
+        record_update(cm, Some(&created), &mut updated, "bob", None, "T2");
+        let entries = updated["metadata"]["managedFields"]
+            .as_array()
+            .expect("managedFields")
+            .clone();
+        let fields = |m: &str| {
+            entries
+                .iter()
+                .find(|e| e["manager"] == m)
+                .map(|e| e["fieldsV1"].clone())
+        };
+        assert_eq!(
+            fields("alice"),
+            Some(json!({"f:metadata": {"f:labels": {"f:a": {}}}}))
+        );
+        assert_eq!(fields("bob"), Some(json!({"f:data": {"f:x": {}}})));
+        // Writing the same again changes nothing, not even the time.
+        let mut again = updated.clone();
+        record_update(cm, Some(&updated), &mut again, "bob", None, "T3");
+        assert_eq!(again, updated);
+    }
     use super::*;
     use crate::api::kinds::resolve;
 

@@ -19,6 +19,7 @@ use k8s_openapi::api::{
     discovery::v1 as disc, rbac::v1 as rbac,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apireg;
 
 /// Everything the API server and the CLI need to know about one kind.
 pub struct ResourceKind {
@@ -160,6 +161,12 @@ pub static KINDS: &[ResourceKind] = &[
         false,
         &s::serviceaccount::STRATEGY,
     ),
+    builtin::<core::ReplicationController>(
+        "replicationcontroller",
+        &["rc"],
+        true,
+        &s::replicationcontroller::STRATEGY,
+    ),
     builtin::<apps::Deployment>("deployment", &["deploy"], true, &s::deployment::STRATEGY),
     builtin::<apps::ReplicaSet>("replicaset", &["rs"], true, &s::replicaset::STRATEGY),
     builtin::<apps::DaemonSet>("daemonset", &["ds"], true, &s::daemonset::STRATEGY),
@@ -181,6 +188,7 @@ pub static KINDS: &[ResourceKind] = &[
         false,
         &s::customresourcedefinition::STRATEGY,
     ),
+    builtin::<apireg::APIService>("apiservice", &[], false, &s::apiservice::STRATEGY),
 ];
 
 /// The kind served at `group`/`version` under URL name `plural`.
@@ -278,6 +286,14 @@ mod tests {
                 ("", "Secret", "secrets", true, false, false),
                 ("", "Event", "events", true, false, false),
                 ("", "ServiceAccount", "serviceaccounts", true, false, false),
+                (
+                    "",
+                    "ReplicationController",
+                    "replicationcontrollers",
+                    true,
+                    true,
+                    true
+                ),
                 ("apps", "Deployment", "deployments", true, true, true),
                 ("apps", "ReplicaSet", "replicasets", true, true, true),
                 ("apps", "DaemonSet", "daemonsets", true, true, true),
@@ -327,6 +343,14 @@ mod tests {
                     "apiextensions.k8s.io",
                     "CustomResourceDefinition",
                     "customresourcedefinitions",
+                    false,
+                    true,
+                    true
+                ),
+                (
+                    "apiregistration.k8s.io",
+                    "APIService",
+                    "apiservices",
                     false,
                     true,
                     true

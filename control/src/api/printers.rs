@@ -345,6 +345,79 @@ pub static LEASE: Printer = Printer {
     },
 };
 
+/// Roles and ClusterRoles, as kubectl prints them: when they were created.
+pub static ROLE: Printer = Printer {
+    narrow: &["NAME", "CREATED AT"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, _) = basics(v, now);
+        vec![name, o.str("/metadata/creationTimestamp").to_string()]
+    },
+};
+
+/// RoleBindings and ClusterRoleBindings: the role, and with `-o wide` the subjects by
+/// kind (service accounts as `NAMESPACE/NAME`).
+pub static ROLE_BINDING: Printer = Printer {
+    narrow: &["NAME", "ROLE", "AGE"],
+    extra: &["USERS", "GROUPS", "SERVICEACCOUNTS"],
+    wide: None,
+    cells: |v, wide, now| {
+        let (o, name, age) = basics(v, now);
+        let role = format!("{}/{}", o.str("/roleRef/kind"), o.str("/roleRef/name"));
+        let mut cells = vec![name, role, age];
+        if wide {
+            let subjects = o.arr("/subjects");
+            let of = |kind: &str| {
+                subjects
+                    .iter()
+                    .map(Obj)
+                    .filter(|s| s.str("/kind") == kind)
+                    .map(|s| match kind {
+                        "ServiceAccount" => format!("{}/{}", s.str("/namespace"), s.str("/name")),
+                        _ => s.str("/name").to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            cells.extend([of("User"), of("Group"), of("ServiceAccount")]);
+        }
+        cells
+    },
+};
+
+/// An APIService: `Local` or the Service that serves it, and whether it is available
+/// (with the reason when it is not), as kubectl prints them.
+pub static API_SERVICE: Printer = Printer {
+    narrow: &["NAME", "SERVICE", "AVAILABLE", "AGE"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        let service = match o.get("/spec/service") {
+            None => "Local".to_string(),
+            Some(_) => format!(
+                "{}/{}",
+                o.str("/spec/service/namespace"),
+                o.str("/spec/service/name")
+            ),
+        };
+        let available = o
+            .arr("/status/conditions")
+            .iter()
+            .map(Obj)
+            .find(|c| c.str("/type") == "Available")
+            .map_or_else(
+                || "Unknown".to_string(),
+                |c| match c.str("/status") {
+                    "False" => format!("False ({})", c.str("/reason")),
+                    s => s.to_string(),
+                },
+            );
+        vec![name, service, available, age]
+    },
+};
+
 /// kubectl's wide event columns interleave with the narrow ones.
 pub static EVENT: Printer = Printer {
     narrow: &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
@@ -863,11 +936,16 @@ fn format_labels(labels: Option<&Value>) -> String {
     or_none(&pairs.join(","))
 }
 
-/// A `LabelSelector` (matchLabels and matchExpressions) in selector syntax, sorted by key.
+/// A `LabelSelector` (matchLabels and matchExpressions) in selector syntax, sorted by key;
+/// a plain label map (a ReplicationController's or a Service's selector) as equalities.
 pub fn format_selector(selector: Option<&Value>) -> String {
-    let Some(selector) = selector.map(Obj) else {
+    let Some(selector) = selector else {
         return NONE.to_string();
     };
+    if selector.get("matchLabels").is_none() && selector.get("matchExpressions").is_none() {
+        return format_labels(Some(selector));
+    }
+    let selector = Obj(selector);
     let mut reqs: Vec<(String, String)> = selector
         .map("/matchLabels")
         .into_iter()
@@ -1064,5 +1142,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn role_bindings_and_api_services_print_as_kubectl() {
+        let rb = json!({"metadata": {"name": "admins", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "roleRef": {"kind": "ClusterRole", "name": "admin"},
+            "subjects": [{"kind": "User", "name": "alice"}, {"kind": "Group", "name": "ops"},
+                {"kind": "ServiceAccount", "name": "ci", "namespace": "build"}]});
+        let kind = resolve("rolebindings").unwrap();
+        assert_eq!(
+            row(kind, &rb, true, at(NOW))[..2],
+            ["admins", "ClusterRole/admin"]
+        );
+        assert_eq!(
+            row(kind, &rb, true, at(NOW))[3..],
+            ["alice", "ops", "build/ci"]
+        );
+        let role = resolve("clusterroles").unwrap();
+        assert_eq!(
+            row(role, &rb, false, at(NOW)),
+            ["admins", "2026-01-01T00:00:00Z"]
+        );
+        let svc = json!({"metadata": {"name": "v1.apps"}, "spec": {"group": "apps"},
+            "status": {"conditions": [{"type": "Available", "status": "True"}]}});
+        let api = resolve("apiservices").unwrap();
+        assert_eq!(
+            row(api, &svc, false, at(NOW))[..3],
+            ["v1.apps", "Local", "True"]
+        );
+        let remote = json!({"metadata": {"name": "v1.x.io"},
+            "spec": {"service": {"namespace": "x", "name": "api"}},
+            "status": {"conditions": [{"type": "Available", "status": "False", "reason": "ServiceNotProxied"}]}});
+        assert_eq!(
+            row(api, &remote, false, at(NOW))[1..3],
+            ["x/api", "False (ServiceNotProxied)"]
+        );
     }
 }

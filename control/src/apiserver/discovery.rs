@@ -511,6 +511,7 @@ mod tests {
         assert_eq!(
             names("pods"),
             [
+                "attach",
                 "binding",
                 "eviction",
                 "exec",

@@ -169,7 +169,8 @@ impl ApiError {
         }
     }
 
-    /// The `meta/v1 Status` object for this error.
+    /// The `meta/v1 Status` object for this error, its fields in kube-apiserver's order
+    /// (`details` before `code`; clients have been seen comparing the text).
     pub fn status(&self) -> Value {
         let message = match self {
             ApiError::Internal(_) => {
@@ -184,7 +185,6 @@ impl ApiError {
             "status": "Failure",
             "message": message,
             "reason": self.reason(),
-            "code": self.code().as_u16(),
         });
         let subject = match self {
             ApiError::NotFound { subject, .. }
@@ -197,10 +197,11 @@ impl ApiError {
             status["details"] = json!({ "retryAfterSeconds": RETRY_AFTER_SECONDS });
         }
         if let Some(s) = subject {
-            let mut details = json!({ "name": s.name, "kind": s.resource });
+            let mut details = json!({ "name": s.name });
             if !s.group.is_empty() {
                 details["group"] = json!(s.group);
             }
+            details["kind"] = json!(s.resource);
             if let ApiError::Invalid { causes, kind, .. } = self {
                 details["kind"] = json!(kind);
                 details["causes"] = causes
@@ -210,6 +211,7 @@ impl ApiError {
             }
             status["details"] = details;
         }
+        status["code"] = json!(self.code().as_u16());
         status
     }
 }
@@ -249,7 +251,15 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "internal error answering a request");
         }
-        let mut response = (self.code(), axum::Json(self.status())).into_response();
+        // As kube-apiserver's encoder writes it: the JSON and a newline.
+        let mut body = serde_json::to_vec(&self.status()).unwrap_or_default();
+        body.push(b'\n');
+        let mut response = (
+            self.code(),
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
         if matches!(self, ApiError::ServiceUnavailable(_)) {
             response.headers_mut().insert(
                 http::header::RETRY_AFTER,
@@ -257,5 +267,33 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// The text of a Status is kube-apiserver's, byte for byte: the Python client's own
+    /// tests compare it.
+    #[tokio::test]
+    async fn a_status_reads_as_kube_apiservers() {
+        let err = ApiError::already_exists(Subject {
+            group: "apps".into(),
+            resource: "deployments".into(),
+            name: "web".into(),
+        });
+        let body = err.into_response().into_body().collect().await;
+        let text = String::from_utf8(body.map(|b| b.to_bytes().to_vec()).unwrap_or_default());
+        assert_eq!(
+            text.unwrap_or_default(),
+            concat!(
+                r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","#,
+                r#""message":"deployments.apps \"web\" already exists","reason":"AlreadyExists","#,
+                r#""details":{"name":"web","group":"apps","kind":"deployments"},"code":409}"#,
+                "\n"
+            )
+        );
     }
 }

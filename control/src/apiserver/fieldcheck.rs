@@ -24,6 +24,9 @@ const MAX_WARNINGS: usize = 50;
 #[derive(Debug)]
 pub struct FieldCheck {
     directive: Directive,
+    /// Who writes, for `metadata.managedFields`; `None` records nothing (an apply
+    /// records its own).
+    manager: Option<String>,
     duplicates: Vec<String>,
     warnings: Mutex<Vec<String>>,
 }
@@ -35,6 +38,7 @@ impl FieldCheck {
             Directive::parse(query.get("fieldValidation")).map_err(ApiError::BadRequest)?;
         Ok(FieldCheck {
             directive,
+            manager: None,
             duplicates,
             warnings: Mutex::new(Vec::new()),
         })
@@ -66,6 +70,42 @@ impl FieldCheck {
             })?;
         *self.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
         Ok(())
+    }
+
+    /// Records the write in `metadata.managedFields` as `manager`'s (see
+    /// [`FieldCheck::manager_of`]).
+    pub fn recording(mut self, manager: String) -> Self {
+        self.manager = Some(manager);
+        self
+    }
+
+    /// Who a write request says it is for `metadata.managedFields`: its `fieldManager`,
+    /// else its User-Agent up to the first `/`, as Kubernetes names it.
+    pub fn manager_of(query: &Query, headers: &http::HeaderMap) -> String {
+        if let Some(m) = query.get("fieldManager").filter(|m| !m.is_empty()) {
+            return m.to_string();
+        }
+        headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.split('/').next().unwrap_or_default().to_string())
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "unknown".to_string())
+    }
+
+    /// Records the write of `new` (over `live`, `None` for a create) in its
+    /// `metadata.managedFields`, if this request records.
+    pub fn record(
+        &self,
+        kind: &ResourceKind,
+        live: Option<&Value>,
+        new: &mut Value,
+        subresource: Option<&str>,
+    ) {
+        if let Some(manager) = &self.manager {
+            let now = super::objects::now_rfc3339();
+            crate::api::apply::record_update(kind, live, new, manager, subresource, &now);
+        }
     }
 
     /// Remembers one more warning for the response (an admission step's, not a field's).

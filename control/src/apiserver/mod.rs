@@ -12,6 +12,7 @@
 //! in-process [`kube::Client`] built by [`in_process_client`] calls the router as a tower
 //! service, so a controller sees exactly what a user sees, without a socket.
 
+pub mod attach;
 pub mod audit;
 pub mod auth;
 pub mod authz;

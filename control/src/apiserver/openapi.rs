@@ -964,6 +964,7 @@ mod tests {
             [
                 "api/v1",
                 "apis/apiextensions.k8s.io/v1",
+                "apis/apiregistration.k8s.io/v1",
                 "apis/apps/v1",
                 "apis/batch/v1",
                 "apis/coordination.k8s.io/v1",

@@ -422,12 +422,37 @@ pub async fn pod_logs(
     })?;
     let opts = LogOptions::from_query(query)?;
     let pod = get_object(state, "pods", Some(namespace), name).await?;
+    let data = log_stream(state, namespace, &pod, &opts).await?;
+    // Shutdown ends a followed stream, as it ends watches, so that draining finishes.
+    let body =
+        limit_bytes(data, opts.limit_bytes).take_until(state.shutdown.clone().cancelled_owned());
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .header(http::header::CACHE_CONTROL, "no-cache, private")
+        .body(Body::from_stream(body))
+        .map_err(|e| ApiError::Internal(format!("building the log response: {e}")))
+}
+
+/// Opens the log stream of `pod` (in `namespace`) on its node, with `opts`: what
+/// `pods/log` copies back, and what `pods/attach` follows.
+pub async fn log_stream(
+    state: &AppState,
+    namespace: &str,
+    pod: &Value,
+    opts: &LogOptions,
+) -> Result<BoxStream<'static, Result<Bytes, hyper::Error>>, ApiError> {
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let pod = pod.clone();
     let container = choose_container(&pod, opts.container.as_deref())?;
     let node_name = assigned_node(&pod)?;
     let node = get_object(state, "nodes", None, node_name).await?;
     let (host, port) = node_endpoint(&node)?;
     let token = proxy_token(state).await?;
-    let uri = node_log_uri(&host, port, namespace, name, &container, &opts);
+    let uri = node_log_uri(&host, port, namespace, name, &container, opts);
 
     let response = request_node(node_name, &host, port, &uri, &token).await?;
     if !response.status().is_success() {
@@ -443,17 +468,7 @@ pub async fn pod_logs(
         .unwrap_or_default();
         return Err(node_error(node_name, status, &body));
     }
-    let data: BoxStream<'static, Result<Bytes, hyper::Error>> =
-        BodyDataStream::new(response.into_body()).boxed();
-    // Shutdown ends a followed stream, as it ends watches, so that draining finishes.
-    let body =
-        limit_bytes(data, opts.limit_bytes).take_until(state.shutdown.clone().cancelled_owned());
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(http::header::CONTENT_TYPE, "text/plain")
-        .header(http::header::CACHE_CONTROL, "no-cache, private")
-        .body(Body::from_stream(body))
-        .map_err(|e| ApiError::Internal(format!("building the log response: {e}")))
+    Ok(BodyDataStream::new(response.into_body()).boxed())
 }
 
 /// Sends the request to the node; an unreachable or silent node is 503.

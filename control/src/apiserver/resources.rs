@@ -125,7 +125,8 @@ async fn handle(
             authz::write_guard(&state, identity, &target)
                 .await?
                 .check(&target, &body)?;
-            let fields = FieldCheck::new(&query, dups)?;
+            let fields = FieldCheck::new(&query, dups)?
+                .recording(FieldCheck::manager_of(&query, &parts.headers));
             let obj = store::create(&state, &target, &query, body, &fields).await?;
             Ok(fields.respond(json_response(StatusCode::CREATED, &obj)))
         }
@@ -136,6 +137,7 @@ async fn handle(
                 .await?
                 .check(&target, &body)?;
             let (dry, fields) = (query.dry_run()?, FieldCheck::new(&query, dups)?);
+            let fields = fields.recording(FieldCheck::manager_of(&query, &parts.headers));
             let obj = update_with(&state, &target, &name, status_sub, dry, &fields, |_| {
                 Ok(body.clone())
             })
@@ -163,6 +165,7 @@ async fn handle(
                 dups.clear(); // keys of the operations, not of the object
             }
             let (dry, fields) = (query.dry_run()?, FieldCheck::new(&query, dups)?);
+            let fields = fields.recording(FieldCheck::manager_of(&query, &parts.headers));
             let obj = update_with(
                 &state,
                 &target,

@@ -828,6 +828,7 @@ async fn discovery_lists_every_kind() {
             "discovery.k8s.io",
             "rbac.authorization.k8s.io",
             "apiextensions.k8s.io"
+            "apiregistration.k8s.io"
         ]
     );
     let (code, _) = api.send("GET", "/apis/apps/v1", None).await;
@@ -2845,3 +2846,47 @@ async fn portforward_needs_an_upgrade_and_a_running_pod() {
 
 /// Issue 13: RBAC through the API.
 mod rbac;
+
+/// Every write records who made it in `metadata.managedFields`: the create's manager owns
+/// what it set, a later patch's manager what it changed; an apply keeps its own entry.
+#[tokio::test]
+async fn writes_record_their_managers() {
+    let api = super::testing::TestApi::new().await;
+    let (code, created) = api
+        .send(
+            "POST",
+            "/apis/apps/v1/namespaces/default/deployments?fieldManager=alice",
+            Some(json!({"metadata": {"name": "web"}, "spec": {"replicas": 1,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "web.wasm"}]}}}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    let entry = &created["metadata"]["managedFields"][0];
+    assert_eq!(entry["manager"], "alice");
+    assert_eq!(entry["operation"], "Update");
+    assert_eq!(entry["apiVersion"], "apps/v1");
+    assert_eq!(entry["fieldsV1"]["f:spec"]["f:replicas"], json!({}));
+    let (code, patched) = api
+        .send_as(
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/web?fieldManager=bob",
+            "application/merge-patch+json",
+            Some(json!({"spec": {"replicas": 3}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{patched}");
+    let managers: Vec<(&str, &Value)> = patched["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["manager"].as_str().unwrap(), &e["fieldsV1"]))
+        .collect();
+    assert_eq!(managers.len(), 2, "{patched}");
+    assert!(
+        managers[0].1["f:spec"].get("f:replicas").is_none(),
+        "{patched}"
+    );
+    assert_eq!(managers[1], ("bob", &json!({"f:spec": {"f:replicas": {}}})));
+}

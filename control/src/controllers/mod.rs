@@ -7,6 +7,7 @@
 //! the API, and returns requeue-or-await-change; a separate error policy backs off. They
 //! all talk to the API server through the in-process client, like any user could.
 
+pub mod apiservices;
 pub mod clusterroleaggregation;
 pub mod common;
 pub mod crd;
@@ -18,7 +19,9 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod tokencleaner;
 
 use std::time::Duration;
@@ -67,6 +70,9 @@ pub fn start_all(
 ) {
     // Each controller adds its start line here.
     replicaset::start(client.clone(), shutdown.clone(), tasks);
+    replicationcontroller::start(client.clone(), shutdown.clone(), tasks);
+    servicelb::start(client.clone(), shutdown.clone(), tasks);
+    apiservices::start(client.clone(), shutdown.clone(), tasks);
     deployment::start(client.clone(), shutdown.clone(), tasks);
     endpoints::start(client.clone(), shutdown.clone(), tasks);
     daemonset::start(client.clone(), config, shutdown.clone(), tasks);

@@ -32,6 +32,13 @@
 //!
 //! Events: `SuccessfulCreate`, `SuccessfulDelete`, and `FailedCreate` / `FailedDelete`
 //! warnings, from `replicaset-controller`.
+//!
+//! **One controller, two kinds.** A ReplicationController is the legacy form of a
+//! ReplicaSet, and Kubernetes runs the same controller for it over converted objects. So
+//! does this one: [`run_for`] watches any kind that converts to a ReplicaSet, keeps the
+//! converted objects in its cache, and writes back through the kind's own [`Flavor`]
+//! (its owner references, events and status shape). `controllers::replicationcontroller`
+//! is only that conversion.
 
 use super::common::{self, Backoff, Claim, Error};
 use crate::events::{self, EventType, Recorder};
@@ -40,10 +47,13 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::runtime::controller::{self, Action, applier};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::Value;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::future::Future;
@@ -68,8 +78,65 @@ pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
 /// Starts the controller; it stops when `shutdown` is cancelled.
 pub fn start(client: kube::Client, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
-    tasks.spawn(run(client, shutdown));
+    tasks.spawn(run_for::<ReplicaSet>(
+        client,
+        shutdown,
+        &REPLICA_SET,
+        |rs| rs,
+    ));
 }
+
+/// The kind a run of the controller manages, beyond the ReplicaSet it reads it as: how
+/// its pods name it as their owner, how its events and logs name it, and the shape its
+/// status is written in.
+#[derive(Debug)]
+pub struct Flavor {
+    pub kind: &'static str,
+    pub group: &'static str,
+    pub version: &'static str,
+    /// Its resource name in URLs.
+    pub plural: &'static str,
+    /// Who records its events.
+    pub component: &'static str,
+    /// The status the controller computed, in the kind's own shape (JSON).
+    pub status_json: fn(&ReplicaSetStatus) -> Value,
+}
+
+impl Flavor {
+    /// `apps/v1`, `v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    fn api_resource(&self) -> ApiResource {
+        ApiResource {
+            group: self.group.to_string(),
+            version: self.version.to_string(),
+            api_version: self.api_version(),
+            kind: self.kind.to_string(),
+            plural: self.plural.to_string(),
+        }
+    }
+
+    /// Whether an owner reference names an object of this kind (any version of its group).
+    fn owns(&self, kind: &str, api_version: &str) -> bool {
+        kind == self.kind && crate::api::kinds::split_api_version(api_version).0 == self.group
+    }
+}
+
+/// ReplicaSets, as themselves.
+pub static REPLICA_SET: Flavor = Flavor {
+    kind: "ReplicaSet",
+    group: "apps",
+    version: "v1",
+    plural: "replicasets",
+    component: COMPONENT,
+    status_json: |s| serde_json::to_value(s).unwrap_or_default(),
+};
 
 // ---------------------------------------------------------------------------------------
 // Expectations
@@ -441,8 +508,9 @@ pub fn next_availability(rs: &ReplicaSet, owned: &[&Pod], now: Timestamp) -> Opt
 }
 
 /// The pod a ReplicaSet creates: `generateName: RSNAME-`, the template's labels,
-/// annotations, finalizers and spec, and the ReplicaSet as its controller.
-pub fn pod_from_template(rs: &ReplicaSet) -> Result<Pod, Error> {
+/// annotations, finalizers and spec, and the ReplicaSet (as `flavor`'s kind) as its
+/// controller.
+pub fn pod_from_template(rs: &ReplicaSet, flavor: &Flavor) -> Result<Pod, Error> {
     let name = rs.metadata.name.clone().unwrap_or_default();
     let template = rs
         .spec
@@ -458,8 +526,8 @@ pub fn pod_from_template(rs: &ReplicaSet) -> Result<Pod, Error> {
             annotations: tmeta.annotations,
             finalizers: tmeta.finalizers,
             owner_references: Some(vec![common::controller_ref(
-                "ReplicaSet",
-                "apps/v1",
+                flavor.kind,
+                &flavor.api_version(),
                 &rs.metadata,
             )]),
             ..Default::default()
@@ -474,6 +542,7 @@ pub fn pod_from_template(rs: &ReplicaSet) -> Result<Pod, Error> {
 
 struct Ctx {
     client: kube::Client,
+    flavor: &'static Flavor,
     pods: Store<Pod>,
     rss: Store<ReplicaSet>,
     expectations: Expectations,
@@ -483,36 +552,57 @@ struct Ctx {
 
 type ReconcileFuture = Pin<Box<dyn Future<Output = Result<Action, Error>> + Send>>;
 
-async fn run(client: kube::Client, shutdown: CancellationToken) {
+/// Runs the controller for the kind `K`, read as the ReplicaSet `convert` makes of it.
+pub async fn run_for<K>(
+    client: kube::Client,
+    shutdown: CancellationToken,
+    flavor: &'static Flavor,
+    convert: fn(K) -> ReplicaSet,
+) where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let (rss, rs_writer) = reflector::store::<ReplicaSet>();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
+        flavor,
         pods,
         rss: rss.clone(),
         expectations: Expectations::new(EXPECTATIONS_TIMEOUT),
-        recorder: Recorder::new(client.clone(), COMPONENT),
+        recorder: Recorder::new(client.clone(), flavor.component),
         backoff: Backoff::default(),
     });
 
-    let rs_triggers = watcher(
-        Api::<ReplicaSet>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(rs_writer)
-    .touched_objects()
-    .try_filter_map({
-        let ctx = ctx.clone();
-        move |rs| {
-            let at = ObjectRef::from_obj(&rs);
-            let present = ctx.rss.get(&at).is_some();
-            if !present {
-                ctx.expectations.forget(&common::key(&rs.metadata));
+    // Every object listed or changed is a trigger, a deleted one forgets its
+    // expectations. (Objects of the first list are not in the cache until the whole list
+    // is: asking the cache whether an object is there would drop them, and a ReplicaSet
+    // listed at start would wait for one of its pods to change.)
+    let rs_triggers = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map_ok(move |event| convert_event(event, convert))
+        .reflect(rs_writer)
+        .try_filter_map({
+            let ctx = ctx.clone();
+            move |event| {
+                let at = match event {
+                    watcher::Event::Apply(rs) | watcher::Event::InitApply(rs) => {
+                        Some(ObjectRef::from_obj(&rs))
+                    }
+                    watcher::Event::Delete(rs) => {
+                        ctx.expectations.forget(&common::key(&rs.metadata));
+                        None
+                    }
+                    watcher::Event::Init | watcher::Event::InitDone => None,
+                };
+                futures::future::ready(Ok(at))
             }
-            futures::future::ready(Ok(present.then_some(at)))
-        }
-    });
+        });
     let pod_triggers = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(pod_writer)
@@ -531,7 +621,22 @@ async fn run(client: kube::Client, shutdown: CancellationToken) {
         stream::select(rs_triggers, pod_triggers),
         controller::Config::default(),
     );
-    common::drive("replicaset", outcomes, shutdown).await;
+    common::drive(flavor.component, outcomes, shutdown).await;
+}
+
+/// A watch event of `K` as the event of the ReplicaSet it converts to.
+fn convert_event<K>(
+    event: watcher::Event<K>,
+    convert: fn(K) -> ReplicaSet,
+) -> watcher::Event<ReplicaSet> {
+    use watcher::Event as E;
+    match event {
+        E::Apply(k) => E::Apply(convert(k)),
+        E::Delete(k) => E::Delete(convert(k)),
+        E::Init => E::Init,
+        E::InitApply(k) => E::InitApply(convert(k)),
+        E::InitDone => E::InitDone,
+    }
 }
 
 impl Ctx {
@@ -541,7 +646,7 @@ impl Ctx {
     fn triggers_for_pod(&self, pod: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
         if let Some(owner) = common::controller_of(&pod.metadata) {
-            if owner.kind != "ReplicaSet" || !owner.api_version.starts_with("apps/") {
+            if !self.flavor.owns(&owner.kind, &owner.api_version) {
                 return Vec::new();
             }
             let name = pod.metadata.name.as_deref().unwrap_or_default();
@@ -662,7 +767,8 @@ async fn claim_pods(ctx: &Ctx, rs: &ReplicaSet, pods: &[Arc<Pod>]) -> Result<Vec
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let mut first_error = None;
     if !adopt.is_empty() && may_adopt(ctx, &ns, &name, &uid).await? {
-        let owner = common::controller_ref("ReplicaSet", "apps/v1", &rs.metadata);
+        let owner =
+            common::controller_ref(ctx.flavor.kind, &ctx.flavor.api_version(), &rs.metadata);
         for pod in adopt {
             let pod_name = pod.metadata.name.clone().unwrap_or_default();
             let patch = common::adopt_patch(&pod.metadata, &owner);
@@ -704,7 +810,8 @@ async fn claim_pods(ctx: &Ctx, rs: &ReplicaSet, pods: &[Arc<Pod>]) -> Result<Vec
 /// `RecheckDeletionTimestamp`): a cached ReplicaSet may already be gone or being deleted,
 /// and must not adopt anything then.
 async fn may_adopt(ctx: &Ctx, ns: &str, name: &str, uid: &str) -> Result<bool, Error> {
-    let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &ctx.flavor.api_resource());
     match api.get(name).await {
         Ok(fresh) => Ok(fresh.metadata.uid.as_deref() == Some(uid)
             && fresh.metadata.deletion_timestamp.is_none()),
@@ -714,10 +821,10 @@ async fn may_adopt(ctx: &Ctx, ns: &str, name: &str, uid: &str) -> Result<bool, E
 }
 
 async fn create_pods(ctx: &Ctx, rs: &ReplicaSet, key: &str, count: usize) -> Result<(), Error> {
-    let pod = pod_from_template(rs)?;
+    let pod = pod_from_template(rs, ctx.flavor)?;
     let ns = rs.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let about = events::reference("ReplicaSet", "apps/v1", &rs.metadata);
+    let about = events::reference(ctx.flavor.kind, &ctx.flavor.api_version(), &rs.metadata);
     for batch in slow_start_batches(count) {
         let params = PostParams::default();
         let results =
@@ -774,7 +881,7 @@ async fn delete_pods(
 ) -> Result<(), Error> {
     let ns = rs.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let about = events::reference("ReplicaSet", "apps/v1", &rs.metadata);
+    let about = events::reference(ctx.flavor.kind, &ctx.flavor.api_version(), &rs.metadata);
     let victims: Vec<(String, String)> = names
         .iter()
         .filter_map(|n| {
@@ -841,14 +948,19 @@ fn describe_error(e: &kube::Error) -> String {
 }
 
 async fn write_status(ctx: &Ctx, rs: &ReplicaSet, status: ReplicaSetStatus) -> Result<(), Error> {
-    if rs.status.as_ref() == Some(&status) {
+    let old = rs
+        .status
+        .as_ref()
+        .map(ctx.flavor.status_json)
+        .unwrap_or_default();
+    let new = (ctx.flavor.status_json)(&status);
+    if old == new {
         return Ok(());
     }
     let ns = rs.metadata.namespace.clone().unwrap_or_default();
     let name = rs.metadata.name.clone().unwrap_or_default();
-    let old = serde_json::to_value(&rs.status).unwrap_or_default();
-    let new = serde_json::to_value(&status).unwrap_or_default();
-    let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &ctx.flavor.api_resource());
     match api
         .patch_status(
             &name,
@@ -1091,7 +1203,7 @@ mod tests {
 
     #[test]
     fn pods_come_from_the_template_and_are_controlled() {
-        let p = pod_from_template(&rs(1)).unwrap();
+        let p = pod_from_template(&rs(1), &REPLICA_SET).unwrap();
         assert_eq!(p.metadata.generate_name.as_deref(), Some("web-"));
         assert_eq!(p.metadata.name, None);
         assert_eq!(
@@ -1106,7 +1218,7 @@ mod tests {
         assert_eq!(owner.block_owner_deletion, Some(true));
         let mut no_template = rs(1);
         no_template.spec.template = None;
-        assert!(pod_from_template(&no_template).is_err());
+        assert!(pod_from_template(&no_template, &REPLICA_SET).is_err());
     }
 
     #[test]

@@ -113,8 +113,9 @@ impl Shared {
 pub struct DesiredPort {
     pub http: bool,
     pub policy: LbPolicy,
-    /// Where to listen: `clusterIP:port`, and `nodeAddress:nodePort` for NodePort and
-    /// LoadBalancer Services.
+    /// Where to listen: `clusterIP:port`, `nodeAddress:nodePort` for NodePort and
+    /// LoadBalancer Services, and `nodeAddress:port` for a LoadBalancer Service whose
+    /// ingress names this node's address (`controllers::servicelb` in the control plane).
     pub binds: Vec<SocketAddr>,
     /// Where new traffic goes ([`model::routable`]).
     pub endpoints: Vec<SocketAddr>,
@@ -129,6 +130,8 @@ pub fn plan(snapshot: &Snapshot, node_address: IpAddr) -> BTreeMap<(ServiceKey, 
             continue;
         };
         let node_ports = matches!(svc.service_type.as_str(), "NodePort" | "LoadBalancer");
+        let load_balanced =
+            svc.service_type == "LoadBalancer" && svc.lb_ingress.contains(&node_address);
         for port in svc
             .ports
             .iter()
@@ -137,6 +140,9 @@ pub fn plan(snapshot: &Snapshot, node_address: IpAddr) -> BTreeMap<(ServiceKey, 
             let mut binds = vec![SocketAddr::new(ip, port.port)];
             if let (true, Some(np)) = (node_ports, port.node_port) {
                 binds.push(SocketAddr::new(node_address, np));
+            }
+            if load_balanced {
+                binds.push(SocketAddr::new(node_address, port.port));
             }
             out.insert(
                 (svc.key.clone(), port.port),
@@ -482,6 +488,46 @@ mod tests {
         );
         // The terminating endpoint gets nothing new while a ready one exists.
         assert_eq!(web.endpoints, vec!["127.64.0.2:8080".parse().unwrap()]);
+    }
+
+    /// A LoadBalancer Service is served on `nodeAddress:port` once its ingress names the
+    /// node's address, and not before (the port may be another Service's).
+    #[test]
+    fn plan_serves_load_balancer_ports_on_the_node_address_of_the_ingress() {
+        let lb = |name: &str, ip: &str, ingress: serde_json::Value| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "default", "name": name},
+                "spec": {"type": "LoadBalancer", "clusterIP": ip,
+                         "ports": [{"name": "http", "port": 8088, "nodePort": 30088}]},
+                "status": {"loadBalancer": ingress},
+            }))
+            .unwrap()
+        };
+        let services = [
+            lb(
+                "web",
+                "127.250.0.7",
+                serde_json::json!({"ingress": [{"ip": "127.0.0.1"}]}),
+            ),
+            lb("pending", "127.250.0.8", serde_json::json!({})),
+        ];
+        let snap = model::build(1, &services, &[]);
+        let plan = plan(&snap, "127.0.0.1".parse().unwrap());
+        assert_eq!(
+            plan[&(ServiceKey::new("default", "web"), 8088)].binds,
+            vec![
+                "127.250.0.7:8088".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:30088".parse().unwrap(),
+                "127.0.0.1:8088".parse().unwrap(),
+            ]
+        );
+        assert_eq!(
+            plan[&(ServiceKey::new("default", "pending"), 8088)].binds,
+            vec![
+                "127.250.0.8:8088".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:30088".parse().unwrap(),
+            ]
+        );
     }
 
     /// A hand-written slice naming the host's loopback (or any address outside every

@@ -176,6 +176,9 @@ pub struct ServiceInfo {
     pub ports: Vec<PortInfo>,
     pub policy: LbPolicy,
     pub publish_not_ready: bool,
+    /// The load balancer addresses the Service was given (`status.loadBalancer.ingress`):
+    /// a node serves the Service's ports on its address when it is among them.
+    pub lb_ingress: Vec<IpAddr>,
     /// Port name → backends, merged from every slice of the Service, sorted by address and
     /// without duplicates.
     pub backends: BTreeMap<String, Vec<Backend>>,
@@ -324,6 +327,15 @@ fn service_info(svc: &Service) -> Option<ServiceInfo> {
         ports,
         policy,
         publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+        lb_ingress: svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect(),
         backends: BTreeMap::new(),
         pods: Vec::new(),
     })

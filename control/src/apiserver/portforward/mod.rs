@@ -170,7 +170,9 @@ fn spdy_upgrade(parts: &http::request::Parts, ip: IpAddr) -> Result<Response, Ap
 }
 
 /// A copy of the request head that the WebSocket upgrade can take apart.
-fn upgrade_parts(parts: &http::request::Parts) -> Result<http::request::Parts, ApiError> {
+pub(crate) fn upgrade_parts(
+    parts: &http::request::Parts,
+) -> Result<http::request::Parts, ApiError> {
     let mut req = http::Request::builder()
         .method(parts.method.clone())
         .uri(parts.uri.clone())

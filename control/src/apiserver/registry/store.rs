@@ -338,6 +338,7 @@ pub(crate) async fn create(
     for w in admitted.warnings {
         fields.warn(w);
     }
+    fields.record(kind, None, &mut obj, None);
     if dry {
         encode(&obj)?;
         return Ok(obj);
@@ -491,8 +492,14 @@ pub(crate) async fn update_with(
         for w in admitted.warnings {
             fields.warn(w);
         }
-        let result = prepare_update(kind, &current, new, status_only)
+        let mut result = prepare_update(kind, &current, new, status_only)
             .map_err(|errs| invalid(kind, &current, target, errs))?;
+        fields.record(
+            kind,
+            Some(&current),
+            &mut result,
+            status_only.then_some("status"),
+        );
         if semantically_equal(&result, &current) {
             return Ok(result);
         }

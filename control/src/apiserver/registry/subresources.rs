@@ -83,6 +83,7 @@ pub static SUBRESOURCES: &[&Subresource] = &[
     &super::super::binding::BINDING,
     &super::super::proxy::LOG,
     &super::super::exec::EXEC,
+    &super::super::attach::ATTACH,
     &super::super::portforward::PORTFORWARD,
     &super::strategies::namespace::FINALIZE,
     &super::super::serviceaccounts::TOKEN,

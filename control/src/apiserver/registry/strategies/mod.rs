@@ -1,6 +1,7 @@
 //! One strategy per kind that behaves differently from [`Plain`]; see
 //! [`super::strategy`] for what a strategy decides.
 
+pub mod apiservice;
 pub mod configmap;
 pub mod customresource;
 pub mod customresourcedefinition;
@@ -15,6 +16,7 @@ pub mod node;
 pub mod pod;
 pub mod rbac;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod secret;
 pub mod service;
 pub mod serviceaccount;

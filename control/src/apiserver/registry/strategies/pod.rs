@@ -30,6 +30,7 @@ static SUBRESOURCES: &[&Subresource] = &[
     &eviction::EVICTION,
     &proxy::LOG,
     &exec::EXEC,
+    &crate::apiserver::attach::ATTACH,
     &portforward::PORTFORWARD,
 ];
 

@@ -34,6 +34,14 @@ impl RbacStrategy {
 }
 
 impl Strategy for RbacStrategy {
+    fn printer(&self) -> &'static crate::api::printers::Printer {
+        if self.binding() {
+            &crate::api::printers::ROLE_BINDING
+        } else {
+            &crate::api::printers::ROLE
+        }
+    }
+
     /// Kubernetes' `ValidatePathSegmentName`.
     fn name_invalid(&self, name: &str) -> Option<&'static str> {
         path_segment_invalid(name)

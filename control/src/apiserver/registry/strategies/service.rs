@@ -74,6 +74,9 @@ impl Strategy for ServiceStrategy {
         if ty == "LoadBalancer" {
             set_default(obj, "/spec/allocateLoadBalancerNodePorts", json!(true));
         }
+        // Every Service has a status, if only an empty load balancer one, as Kubernetes
+        // gives it (clients read `status.loadBalancer` without checking).
+        set_default(obj, "/status/loadBalancer", json!({}));
     }
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
