@@ -827,7 +827,7 @@ async fn discovery_lists_every_kind() {
             "coordination.k8s.io",
             "discovery.k8s.io",
             "rbac.authorization.k8s.io",
-            "apiextensions.k8s.io"
+            "apiextensions.k8s.io",
             "apiregistration.k8s.io"
         ]
     );
