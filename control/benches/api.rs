@@ -319,8 +319,8 @@ async fn main() -> Result<(), BoxError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let seq = env_usize("WHARF_BENCH_SEQ", 1000);
     let conc = env_usize("WHARF_BENCH_CONC", 10000);
-    let backends =
-        std::env::var("WHARF_BENCH_BACKENDS").unwrap_or_else(|_| "fjall,etcd1,etcd3".to_owned());
+    let backends = std::env::var("WHARF_BENCH_BACKENDS")
+        .unwrap_or_else(|_| "fjall,etcd1,etcd3,rbac".to_owned());
     println!(
         "| backend | path | clients | writes | wall | writes/s | p50 | p99 | max |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---:|"
