@@ -45,12 +45,20 @@ async fn holders(client: &kube::Client) -> Vec<String> {
     out
 }
 
-/// A second member of the cluster of `first`: the cluster CA and the admin token are
-/// shared (copied into its data dir before its first start), so its serving certificate
-/// chains to the same CA and the admin kubeconfig works against it.
+/// A second member of the cluster of `first`: the cluster CA, the admin token, the
+/// ServiceAccount signing key and the Secrets' encryption keys are shared (copied into its
+/// data dir before its first start), so its serving certificate chains to the same CA, the
+/// admin kubeconfig and every token work against it, and it reads the Secrets the others
+/// wrote.
 fn share_credentials(first: &Path, member: &Path) {
     std::fs::create_dir_all(member.join("pki")).unwrap();
-    for file in ["pki/ca.crt", "pki/ca.key", "admin.token"] {
+    for file in [
+        "pki/ca.crt",
+        "pki/ca.key",
+        "pki/sa.key",
+        "pki/encryption-keys.json",
+        "admin.token",
+    ] {
         std::fs::copy(first.join(file), member.join(file)).unwrap();
     }
 }

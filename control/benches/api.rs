@@ -20,6 +20,12 @@
 //! through a RoleBinding to `edit` (RBAC on: the Node authorizer, then every binding that
 //! could apply is evaluated).
 //!
+//! `failover` (not in the default set: it takes about 20 s a run): two members on one etcd
+//! with the default election timings; the one holding the scheduler's and the controller
+//! manager's Leases stops without releasing them (its electors and loops aborted, as a
+//! SIGKILL stops them) and the time until the other holds both is measured
+//! (`WHARF_BENCH_FAILOVERS` runs, default 3).
+//!
 //! Sizes: `WHARF_BENCH_SEQ` (writes at 1 client, default 1000), `WHARF_BENCH_CONC` (writes
 //! at 64 clients, default 10000), `WHARF_BENCH_BACKENDS` (default `fjall,etcd1,etcd3,rbac`).
 
@@ -308,6 +314,100 @@ async fn rbac(conc: usize) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Who holds the scheduler's and the controller manager's Leases, through `client`.
+async fn holders(client: &kube::Client) -> Result<Vec<Option<String>>, BoxError> {
+    use wharf_control::leaderelection::{CONTROLLER_MANAGER_LEASE, SCHEDULER_LEASE};
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "kube-system");
+    let mut out = Vec::new();
+    for name in [SCHEDULER_LEASE, CONTROLLER_MANAGER_LEASE] {
+        let lease = leases.get_opt(name).await?;
+        out.push(lease.and_then(|l| l.spec?.holder_identity));
+    }
+    Ok(out)
+}
+
+/// Polls until both Leases are held by `identity`; the time it took.
+async fn until_held(
+    client: &kube::Client,
+    identity: &str,
+    within: Duration,
+) -> Result<Duration, BoxError> {
+    let started = Instant::now();
+    loop {
+        if holders(client)
+            .await?
+            .iter()
+            .all(|h| h.as_deref() == Some(identity))
+        {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > within {
+            return Err(format!("{identity} did not take both Leases within {within:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Lease failover: two control plane members on one etcd with the default election
+/// timings; the member holding both Leases stops without releasing them (its scheduler,
+/// controller manager and electors are aborted, as a process killed with SIGKILL stops
+/// them), and the time until the other member holds both is measured.
+async fn failover(runs: usize) -> Result<(), BoxError> {
+    let etcd = tokio::task::spawn_blocking(LocalEtcd::start).await??;
+    let base = env!("CARGO_TARGET_TMPDIR");
+    std::fs::create_dir_all(base)?;
+    println!(
+        "\n| run | lease duration / renew deadline / retry period | kill -> other member holds both Leases |\n\
+         |---:|---|---:|"
+    );
+    let defaults = wharf_control::leaderelection::ElectionConfig::default();
+    let mut times = Vec::new();
+    for run in 1..=runs {
+        let member = |name: &str| -> Result<(ControlConfig, tempfile::TempDir), BoxError> {
+            let dir = tempfile::tempdir_in(base)?;
+            let mut config = ControlConfig::new(dir.path());
+            config.listen = "127.0.0.1:0".parse()?;
+            let mut etcd_config = EtcdConfig::new(vec![etcd.client_url.clone()]);
+            etcd_config.prefix = format!("/failover-{run}");
+            config.backend = StoreBackend::Etcd(etcd_config);
+            config.election.identity = format!("{name}-{run}");
+            Ok((config, dir))
+        };
+        let (a_config, _a_dir) = member("a")?;
+        let (b_config, _b_dir) = member("b")?;
+        let (a_shutdown, b_shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let a = start(a_config, a_shutdown.clone()).await?;
+        until_held(&a.client(), &format!("a-{run}"), Duration::from_secs(60)).await?;
+        let b = start(b_config, b_shutdown.clone()).await?;
+        let b_client = b.client();
+        // B is up and trying; A stops without a word.
+        tokio::time::sleep(defaults.retry_period).await;
+        drop(a);
+        let took = until_held(&b_client, &format!("b-{run}"), Duration::from_secs(120)).await?;
+        println!(
+            "| {run} | {:?} / {:?} / {:?} | {:.2} s |",
+            defaults.lease_duration,
+            defaults.renew_deadline,
+            defaults.retry_period,
+            took.as_secs_f64()
+        );
+        times.push(took);
+        a_shutdown.cancel();
+        b_shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), b.wait()).await??;
+    }
+    times.sort();
+    if let (Some(min), Some(max)) = (times.first(), times.last()) {
+        println!(
+            "\nfailover over {runs} runs: {:.2} s to {:.2} s",
+            min.as_secs_f64(),
+            max.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 fn etcd_backend(members: &[LocalEtcd]) -> StoreBackend {
     StoreBackend::Etcd(EtcdConfig::new(
         members.iter().map(|m| m.client_url.clone()).collect(),
@@ -345,6 +445,9 @@ async fn main() -> Result<(), BoxError> {
             }
             "rbac" => {
                 rbac(conc).await?;
+            }
+            "failover" => {
+                failover(env_usize("WHARF_BENCH_FAILOVERS", 3)).await?;
             }
             other => {
                 return Err(format!("unknown backend {other:?} in WHARF_BENCH_BACKENDS").into());
