@@ -374,11 +374,22 @@ async fn failover(runs: usize) -> Result<(), BoxError> {
             config.election.identity = format!("{name}-{run}");
             Ok((config, dir))
         };
-        let (a_config, _a_dir) = member("a")?;
-        let (b_config, _b_dir) = member("b")?;
+        let (a_config, a_dir) = member("a")?;
+        let (b_config, b_dir) = member("b")?;
         let (a_shutdown, b_shutdown) = (CancellationToken::new(), CancellationToken::new());
         let a = start(a_config, a_shutdown.clone()).await?;
         until_held(&a.client(), &format!("a-{run}"), Duration::from_secs(60)).await?;
+        // B shares A's CA and keys, as members of one cluster do.
+        std::fs::create_dir_all(b_dir.path().join("pki"))?;
+        for file in [
+            "pki/ca.crt",
+            "pki/ca.key",
+            "pki/sa.key",
+            "pki/encryption-keys.json",
+            "admin.token",
+        ] {
+            std::fs::copy(a_dir.path().join(file), b_dir.path().join(file))?;
+        }
         let b = start(b_config, b_shutdown.clone()).await?;
         let b_client = b.client();
         // B is up and trying; A stops without a word.
