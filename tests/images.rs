@@ -1123,5 +1123,69 @@ async fn the_cluster_registry_takes_pushes_from_wharf_and_skopeo_and_nodes_run_t
             .join("registry/repositories/wasm/ticker/tags/1.0")
             .is_file()
     );
+
+    // Garbage collection: an image deleted with skopeo leaves its blobs until `wharf
+    // registry gc` deletes what nothing references; the images in use stay.
+    let hello = sample("hello-http", "hello_http");
+    let out = cluster
+        .wharf(&["push", &hello, "registry.wharf.local/tmp/hello:1.0"])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hello_layer = sha(&std::fs::read(&hello).unwrap());
+    let blob = |hex: &str| cluster.data_dir.join("registry/blobs/sha256").join(hex);
+    assert!(blob(&hello_layer).is_file());
+    let out = skopeo(vec![
+        "delete".into(),
+        "--cert-dir".into(),
+        certs.display().to_string(),
+        "--creds".into(),
+        creds.clone(),
+        format!("docker://{host}/tmp/hello:1.0"),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "skopeo delete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        blob(&hello_layer).is_file(),
+        "deleting a manifest leaves its blobs to gc"
+    );
+    let out = cluster
+        .wharf(&[
+            "registry",
+            "gc",
+            "--data-dir",
+            cluster.data_dir.to_str().unwrap(),
+        ])
+        .await;
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("deleted 3 blobs"), "{report}");
+    assert!(
+        !blob(&hello_layer).exists(),
+        "the unreferenced layer is deleted"
+    );
+    assert!(blob(&manifest_hex).is_file(), "the ticker's manifest stays");
+    let out = skopeo(vec![
+        "inspect".into(),
+        "--raw".into(),
+        "--cert-dir".into(),
+        certs.display().to_string(),
+        "--creds".into(),
+        creds.clone(),
+        format!("docker://{host}/wasm/ticker:1.0"),
+    ])
+    .await;
+    assert!(out.status.success(), "the tagged image is intact after gc");
     cluster.terminate().await;
 }
