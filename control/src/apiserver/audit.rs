@@ -210,17 +210,17 @@ pub fn verb(method: &Method, object: Option<&ObjectRef>, query: &str) -> String 
     }
 }
 
-fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
+fn format(at: jiff::Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 /// The middleware: records the request once it is answered, if it changed state or was
 /// refused. The identity comes from the response (the authentication layer leaves it
 /// there); the source address from the connection.
 pub async fn record(State(log): State<AuditLog>, req: Request, next: Next) -> Response {
-    let received = now();
+    // Taken as an instant; formatted only for the requests that are recorded (reads are
+    // most requests and are not).
+    let received = jiff::Timestamp::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
     let source = req
@@ -255,8 +255,8 @@ pub async fn record(State(log): State<AuditLog>, req: Request, next: Next) -> Re
         },
         "sourceIPs": source.into_iter().collect::<Vec<_>>(),
         "responseStatus": {"metadata": {}, "code": status.as_u16()},
-        "requestReceivedTimestamp": received,
-        "stageTimestamp": now(),
+        "requestReceivedTimestamp": format(received),
+        "stageTimestamp": format(jiff::Timestamp::now()),
         "annotations": {
             "authorization.k8s.io/decision": if status == http::StatusCode::FORBIDDEN { "forbid" } else { "allow" },
         },

@@ -267,15 +267,19 @@ impl KeyRing {
     }
 }
 
+/// The key ring every reader shares: a read takes the current ring by cloning the `Arc`
+/// (no key material is copied), and a rotation swaps in a new ring whole.
+pub type SharedRing = Arc<RwLock<Arc<KeyRing>>>;
+
 /// The store decorator and its key ring.
 pub struct EncryptedStore {
     inner: Arc<dyn Store>,
-    ring: Arc<RwLock<KeyRing>>,
+    ring: SharedRing,
     prefixes: Vec<String>,
 }
 
 impl EncryptedStore {
-    pub fn new(inner: Arc<dyn Store>, ring: Arc<RwLock<KeyRing>>, prefixes: Vec<String>) -> Self {
+    pub fn new(inner: Arc<dyn Store>, ring: SharedRing, prefixes: Vec<String>) -> Self {
         EncryptedStore {
             inner,
             ring,
@@ -287,7 +291,7 @@ impl EncryptedStore {
         self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
     }
 
-    fn ring(&self) -> KeyRing {
+    fn ring(&self) -> Arc<KeyRing> {
         self.ring.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -313,6 +317,9 @@ impl Store for EncryptedStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<StoredObject>, StoreError>> {
         Box::pin(async move {
             let object = self.inner.get(key).await?;
+            if !self.covers(key) {
+                return Ok(object);
+            }
             let ring = self.ring();
             object.map(|o| self.open(&ring, o)).transpose()
         })
@@ -321,6 +328,9 @@ impl Store for EncryptedStore {
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<ListResult, StoreError>> {
         Box::pin(async move {
             let listed = self.inner.list(prefix).await?;
+            if !listed.items.iter().any(|o| self.covers(&o.key)) {
+                return Ok(listed);
+            }
             let ring = self.ring();
             let items = listed
                 .items
@@ -336,6 +346,9 @@ impl Store for EncryptedStore {
 
     fn txn<'a>(&'a self, writes: Vec<Write>) -> BoxFuture<'a, Result<Vec<Arc<Event>>, StoreError>> {
         Box::pin(async move {
+            if !writes.iter().any(|w| self.covers(w.key())) {
+                return self.inner.txn(writes).await;
+            }
             let ring = self.ring();
             let mut sealed = Vec::with_capacity(writes.len());
             for write in writes {
@@ -402,7 +415,7 @@ impl Store for EncryptedStore {
 /// below the decorator (to count what is stored how) and the prefixes it covers.
 pub struct Encryption {
     path: PathBuf,
-    ring: Arc<RwLock<KeyRing>>,
+    ring: SharedRing,
     backend: Arc<dyn Store>,
     prefixes: Vec<String>,
     /// One rotation at a time.
@@ -427,7 +440,7 @@ impl Encryption {
         backend: Arc<dyn Store>,
         prefixes: Vec<String>,
     ) -> Result<(Arc<Encryption>, Arc<dyn Store>), EncryptionError> {
-        let ring = Arc::new(RwLock::new(KeyRing::load_or_create(&path)?));
+        let ring = Arc::new(RwLock::new(Arc::new(KeyRing::load_or_create(&path)?)));
         let store: Arc<dyn Store> = Arc::new(EncryptedStore::new(
             backend.clone(),
             ring.clone(),
@@ -445,7 +458,7 @@ impl Encryption {
         ))
     }
 
-    fn ring(&self) -> KeyRing {
+    fn ring(&self) -> Arc<KeyRing> {
         self.ring.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -471,7 +484,7 @@ impl Encryption {
     /// other keys. Returns the new key's name.
     pub async fn rotate(&self, store: &dyn Store) -> Result<String, EncryptionError> {
         let _one = self.rotating.lock().await;
-        let mut ring = self.ring();
+        let mut ring = KeyRing::clone(&self.ring());
         let next = (1..)
             .map(|n| format!("key-{n}"))
             .find(|n| !ring.keys.contains_key(n))
@@ -482,7 +495,7 @@ impl Encryption {
         tokio::task::spawn_blocking(move || saved.save(&path))
             .await
             .map_err(|e| EncryptionError::Store(StoreError::Io(e.to_string())))??;
-        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = ring.clone();
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring.clone());
         // Rewrite: a value not yet under the new key is written again (its bytes as they
         // are; the decorator encrypts with the primary).
         for prefix in &self.prefixes {
@@ -519,7 +532,7 @@ impl Encryption {
         tokio::task::spawn_blocking(move || saved.save(&path))
             .await
             .map_err(|e| EncryptionError::Store(StoreError::Io(e.to_string())))??;
-        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = retired;
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(retired);
         Ok(next)
     }
 }
