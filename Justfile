@@ -47,3 +47,8 @@ bench-pods:
 # hello-http direct / through the proxy / `wasmtime serve` (wrk), and the cluster DNS (dnsperf)
 bench-serve:
     scripts/bench-serve
+
+# Every benchmark in sequence on a quiet machine, peers in the same run; rewrites the
+# "Latest full run" section of BENCHMARKS.md.
+bench-all:
+    scripts/bench-all --write
