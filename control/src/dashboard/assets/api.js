@@ -202,7 +202,6 @@ export const KINDS = {
   Deployment: ["/apis/apps/v1", "deployments", true],
   ReplicaSet: ["/apis/apps/v1", "replicasets", true],
   DaemonSet: ["/apis/apps/v1", "daemonsets", true],
-  StatefulSet: ["/apis/apps/v1", "statefulsets", true],
   Job: ["/apis/batch/v1", "jobs", true],
 };
 

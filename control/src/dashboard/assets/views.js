@@ -71,20 +71,31 @@ export function notify(message, kind = "info") {
   el.textContent = message;
 }
 
-// Asks before doing anything that changes the cluster.
-export function confirmAction(text, detail = "") {
+// Asks before doing anything that changes the cluster: resolves true or false; with
+// `number` given, the dialog also asks for a number (starting at it) and resolves with
+// what was entered, or null when cancelled.
+export function confirmAction(text, detail = "", number = undefined) {
   const dialog = document.getElementById("confirm");
+  const input = document.getElementById("confirm-number");
   document.getElementById("confirm-text").textContent = text;
   document.getElementById("confirm-detail").textContent = detail;
+  input.hidden = number === undefined;
+  if (number !== undefined) input.value = String(number);
   return new Promise((resolve) => {
-    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+    dialog.addEventListener("close", () => {
+      const ok = dialog.returnValue === "ok";
+      resolve(number === undefined ? ok : ok ? input.value : null);
+    }, { once: true });
     dialog.returnValue = "";
     dialog.showModal();
   });
 }
 
 async function act(question, detail, work, done) {
-  if (!(await confirmAction(question, detail))) return;
+  if (await confirmAction(question, detail)) await perform(work, done);
+}
+
+async function perform(work, done) {
   try {
     await work();
     notify(done, "ok");
@@ -241,7 +252,6 @@ export function workloads(view, ns) {
   const panels = {
     Deployment: panel("Deployments", "deployments"),
     DaemonSet: panel("DaemonSets", "daemonsets"),
-    StatefulSet: panel("StatefulSets", "statefulsets"),
     Job: panel("Jobs", "jobs"),
     ReplicaSet: panel("ReplicaSets", "replicasets"),
     Pod: panel("Pods", "ns-pods"),
@@ -262,20 +272,20 @@ export function workloads(view, ns) {
     const [state, words] = rolloutState(d);
     const s = d.status || {};
     const name = d.metadata.name;
-    const replicas = h("input", { type: "number", min: 0, value: d.spec?.replicas ?? 1, class: "replicas", "aria-label": "replicas" });
+    const current = d.spec?.replicas ?? 1;
     return h("tr", { "data-kind": "Deployment", "data-name": name },
       h("td", {}, name),
-      h("td", { class: "ready" }, `${s.readyReplicas || 0}/${d.spec?.replicas ?? 1}`),
+      h("td", { class: "ready" }, `${s.readyReplicas || 0}/${current}`),
       h("td", {}, s.updatedReplicas || 0),
       h("td", {}, s.availableReplicas || 0),
       h("td", { class: "rollout state-" + state, title: words }, `${state}: ${words}`),
       h("td", { class: "actions" },
-        replicas,
-        h("button", { "data-action": "scale", onclick: () => {
-          const to = parseInt(replicas.value, 10);
-          if (!(to >= 0)) { notify("replicas must be a number of at least 0", "error"); return; }
-          act(`Scale deployment ${ns}/${name} from ${d.spec?.replicas ?? 1} to ${to} replicas?`, "",
-            () => api.request("PATCH", base("Deployment", name) + "/scale", { contentType: "application/merge-patch+json", body: { spec: { replicas: to } } }),
+        h("button", { "data-action": "scale", onclick: async () => {
+          const answer = await confirmAction(`Scale deployment ${ns}/${name} to how many replicas?`, `It has ${current} now.`, current);
+          if (answer === null) return;
+          const to = answer.trim() === "" ? NaN : Number(answer);
+          if (!Number.isInteger(to) || to < 0) { notify("replicas must be a whole number of at least 0", "error"); return; }
+          await perform(() => api.request("PATCH", base("Deployment", name) + "/scale", { contentType: "application/merge-patch+json", body: { spec: { replicas: to } } }),
             `deployment ${name} scaled to ${to}`);
         } }, "Scale"),
         h("button", { "data-action": "restart", onclick: () => act(`Restart deployment ${ns}/${name}?`,
@@ -300,8 +310,6 @@ export function workloads(view, ns) {
     DaemonSet: [["Name", "Desired", "Ready", "Up-to-date", "Actions"], (o) => h("tr", { "data-kind": "DaemonSet", "data-name": o.metadata.name },
       h("td", {}, o.metadata.name), h("td", {}, o.status?.desiredNumberScheduled || 0), h("td", { class: "ready" }, o.status?.numberReady || 0),
       h("td", {}, o.status?.updatedNumberScheduled || 0), h("td", {}, deleteButton("DaemonSet", o)))],
-    StatefulSet: [["Name", "Ready", "Actions"], (o) => h("tr", { "data-kind": "StatefulSet", "data-name": o.metadata.name },
-      h("td", {}, o.metadata.name), h("td", { class: "ready" }, `${o.status?.readyReplicas || 0}/${o.spec?.replicas ?? 1}`), h("td", {}, deleteButton("StatefulSet", o)))],
     Job: [["Name", "Completions", "Active", "Failed", "State", "Actions"], (o) => {
       const done = (o.status?.conditions || []).find((c) => (c.type === "Complete" || c.type === "Failed") && c.status === "True");
       return h("tr", { "data-kind": "Job", "data-name": o.metadata.name },
