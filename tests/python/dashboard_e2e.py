@@ -150,6 +150,11 @@ def run(driver):
     nodes = int(os.environ["NODES"])
     wait_for(driver, f"{nodes} Ready nodes", lambda d: len(css(d, '#nodes tr[data-kind="Node"] td.ok')) == nodes)
     wait_for(driver, "the ticker pod", lambda d: css(d, '#pods tr[data-kind="Pod"][data-name="ticker"]'))
+    # The ticker asks for nothing but is limited to 100m and 16Mi: its node counts the
+    # limits as its requests, as the scheduler does.
+    ticker_node = wait_for(driver, "the ticker's node", lambda d: css(d, '#pods tr[data-name="ticker"] td')[5].text)
+    wait_for(driver, "the ticker's requests on its node", lambda d: re.search(
+        r"100m / .*16Mi / ", css(d, f'#nodes tr[data-name="{ticker_node}"]')[0].text, re.S))
     node_row = wait_for(driver, "a node row", lambda d: css(d, '#nodes tr[data-kind="Node"]')[0].text)
     assert re.search(r"\d+ / \d+", node_row), f"the node row shows no pod count: {node_row!r}"
     shot(driver, "overview")

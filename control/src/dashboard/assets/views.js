@@ -40,9 +40,32 @@ function panel(title, id) {
   const section = h("section", { class: "panel", id }, h("h2", {}, title), body);
   return {
     section,
-    show(content) { body.replaceChildren(content); },
+    show(content) {
+      const old = body.firstElementChild;
+      if (old?.tagName === "TABLE" && content.tagName === "TABLE" && old.tHead.outerHTML === content.tHead.outerHTML) {
+        patchRows(old.tBodies[0], content.tBodies[0]);
+      } else {
+        body.replaceChildren(content);
+      }
+    },
     fail(err) { body.replaceChildren(failure(err)); },
   };
+}
+
+const rowKey = (r) => (r.dataset.name ? `${r.dataset.kind}/${r.dataset.namespace || ""}/${r.dataset.name}` : r.outerHTML);
+
+// Redraws only the rows that changed: a row whose markup is the same stays the same
+// element, so a watch event elsewhere in the table does not pull a button away from
+// under the pointer (rows whose handlers depend on the object carry its
+// resourceVersion, so they are redrawn when it changes).
+function patchRows(oldBody, newBody) {
+  const kept = new Map([...oldBody.rows].map((r) => [rowKey(r), r]));
+  const rows = [...newBody.rows].map((r) => {
+    const old = kept.get(rowKey(r));
+    return old && old.outerHTML === r.outerHTML ? old : r;
+  });
+  if (rows.length === oldBody.rows.length && rows.every((r, i) => r === oldBody.rows[i])) return;
+  oldBody.replaceChildren(...rows);
 }
 
 export function failure(err) {
@@ -108,8 +131,20 @@ async function perform(work, done) {
 
 const TERMINATED = new Set(["Succeeded", "Failed"]);
 
-// What the pods on each node request, summed over their containers (as the scheduler
-// counts them: terminated pods hold nothing).
+// A container's request for `resource`: its requests, else its limits (the API
+// defaults requests to limits).
+const containerRequest = (c, resource) => api.quantity(c.resources?.requests?.[resource] ?? c.resources?.limits?.[resource]);
+
+// What a pod requests, as the scheduler counts it: containers summed, or the largest
+// init container if that is more, plus the pod's overhead.
+export function podRequest(p, resource) {
+  const sum = (p.spec?.containers || []).reduce((n, c) => n + containerRequest(c, resource), 0);
+  const init = Math.max(0, ...(p.spec?.initContainers || []).map((c) => containerRequest(c, resource)));
+  return Math.max(sum, init) + api.quantity(p.spec?.overhead?.[resource]);
+}
+
+// What the pods on each node request (terminated pods hold nothing), and how many
+// pods each node has.
 export function allocation(pods) {
   const byNode = new Map();
   for (const p of pods) {
@@ -119,10 +154,8 @@ export function allocation(pods) {
     a.pods++;
     if (!TERMINATED.has(p.status?.phase)) {
       a.running++;
-      for (const c of p.spec.containers || []) {
-        a.cpu += api.quantity(c.resources?.requests?.cpu);
-        a.memory += api.quantity(c.resources?.requests?.memory);
-      }
+      a.cpu += podRequest(p, "cpu");
+      a.memory += podRequest(p, "memory");
     }
     byNode.set(node, a);
   }
@@ -273,7 +306,7 @@ export function workloads(view, ns) {
     const s = d.status || {};
     const name = d.metadata.name;
     const current = d.spec?.replicas ?? 1;
-    return h("tr", { "data-kind": "Deployment", "data-name": name },
+    return h("tr", { "data-kind": "Deployment", "data-name": name, "data-rv": d.metadata.resourceVersion },
       h("td", {}, name),
       h("td", { class: "ready" }, `${s.readyReplicas || 0}/${current}`),
       h("td", {}, s.updatedReplicas || 0),
