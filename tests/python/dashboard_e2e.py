@@ -140,6 +140,47 @@ def run(driver):
     assert perf["transferred"] > 0 and perf["decoded"] > 0, perf
     shot(driver, "login")
 
+    step("the page's own readers, in the browser: kubeconfig, YAML, rollout state, requests")
+    checks = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        Promise.all([import(new URL('yaml.js', location.href).href), import(new URL('views.js', location.href).href)]).then(([y, v]) => {
+          const out = {};
+          const kc = (user) => `apiVersion: v1
+        kind: Config
+        contexts:
+        - context: {cluster: c, user: u}
+          name: x
+        current-context: x
+        users:
+        - name: u
+          user:
+        ${user}`.replace(/^        /gm, '');
+          out.token = y.kubeconfigToken(kc('    token: "t0k:en" # a comment'));
+          try { y.kubeconfigToken(kc('    client-certificate-data: QQ==')); } catch (e) { out.cert = e.message; }
+          const docs = y.splitDocuments('a: 1\\n---\\n# only a comment\\n---\\nkind: X\\nmetadata:\\n  name: x\\ndata:\\n  f: |\\n    one\\n    two\\n  list:\\n  - {k: v}\\n  - [1, "2"]\\n');
+          out.docs = docs.length;
+          out.second = y.parse(docs[1]);
+          const d = (status, spec = {}) => ({ metadata: { generation: 2 }, spec: { replicas: 2, ...spec }, status: { observedGeneration: 2, ...status } });
+          out.rollout = [
+            v.rolloutState(d({ updatedReplicas: 2, replicas: 2, availableReplicas: 2 }))[0],
+            v.rolloutState(d({ updatedReplicas: 1, replicas: 2, availableReplicas: 2 }))[0],
+            v.rolloutState(d({ updatedReplicas: 2, replicas: 3, availableReplicas: 2 }))[0],
+            v.rolloutState({ ...d({ updatedReplicas: 2, replicas: 2, availableReplicas: 2 }), metadata: { generation: 3 } })[0],
+          ];
+          out.request = v.podRequest({ spec: {
+            containers: [{ resources: { requests: { cpu: '100m' } } }, { resources: { limits: { cpu: '1', memory: '64Mi' } } }],
+            initContainers: [{ resources: { requests: { cpu: '2' } } }],
+            overhead: { cpu: '50m' } } }, 'cpu');
+          done(out);
+        }).catch((e) => done({ error: String(e) }));""")
+    assert "error" not in checks, checks
+    assert checks["token"] == "t0k:en", checks
+    assert "client certificate" in checks["cert"], checks
+    assert checks["docs"] == 2, checks
+    assert checks["second"] == {"kind": "X", "metadata": {"name": "x"}, "data": {"f": "one\ntwo\n", "list": [{"k": "v"}, [1, "2"]]}}, checks
+    assert checks["rollout"] == ["complete", "progressing", "progressing", "progressing"], checks
+    assert abs(checks["request"] - 2.05) < 1e-9, checks
+
     step("log in with the kubeconfig file")
     driver.find_element(By.ID, "kubeconfig").send_keys(os.environ["KUBECONFIG"])
     driver.find_element(By.ID, "login-button").click()

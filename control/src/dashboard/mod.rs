@@ -162,6 +162,7 @@ fn with_security_headers(mut response: Response) -> Response {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use axum::body::Body;
