@@ -2,7 +2,8 @@
 
 Logs in with the cluster's kubeconfig file, sees the nodes and the pods, opens the
 ticker pod and sees its log lines arrive, applies a Deployment from the YAML form and
-sees it become Ready, scales it, restarts it and undoes the restart, checks the browser console stayed clean, measures the
+sees it become Ready, scales it, restarts it, undoes the restart and deletes it, checks
+that a watch the server ends resumes from its resourceVersion, checks the browser console stayed clean, measures the
 page's transferred size and first paint, and checks that a wrong token is refused and that an identity with fewer rights (VIEWER_TOKEN)
 sees "Not allowed" where RBAC refuses it.
 Screenshots of the main pages go to OUT_DIR. Prints "all steps passed" at the end.
@@ -274,6 +275,48 @@ spec:
              lambda d: [c.text for c in css(d, f'#replicasets tr[data-name="{first_rs}"] td')][1:2] == ["3"])
     wait_for(driver, "the undo rolled out", lambda d: deployment_ready(d, "web", 2), timeout=120)
     shot(driver, "workloads")
+
+    step("delete it, after confirming, and see it go")
+    click(driver, row + ' button[data-action="delete"]')
+    confirm(driver, "Delete Deployment default/web")
+    wait_for(driver, "deployment web gone", lambda d: not css(d, row), timeout=60)
+    wait_for(driver, "its pods gone", lambda d: not [r for r in css(d, '#ns-pods tr[data-kind="Pod"]')
+                                                    if r.get_attribute("data-name").startswith("web-")], timeout=60)
+
+    step("a watch that the server ends resumes from its resourceVersion, without listing again")
+    resumed = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        (async () => {
+          const api = await import(new URL('api.js', location.href).href);
+          const deadline = Date.now() + 30000;
+          const until = async (what, cond) => {
+            while (!cond()) {
+              if (Date.now() > deadline) throw new Error('timed out waiting for ' + what);
+              await new Promise((r) => setTimeout(r, 50));
+            }
+          };
+          const path = '/api/v1/namespaces/default/configmaps?timeoutSeconds=1';
+          const calls = (watch) => performance.getEntriesByType('resource')
+            .filter((e) => e.name.includes('/configmaps?timeoutSeconds=1') && e.name.includes('watch=1') === watch).length;
+          let names = null;
+          const failures = [];
+          const stop = api.watchList(path, (items) => { names = items.map((i) => i.metadata.name); }, (e) => failures.push(String(e)));
+          const create = (name) => api.request('POST', '/api/v1/namespaces/default/configmaps', {
+            contentType: 'application/json', body: { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name } } });
+          try {
+            await until('the list', () => names !== null);
+            await create('before-end');
+            await until('before-end', () => names.includes('before-end'));
+            // The first watch has ended (its entry is complete) and the next one runs.
+            await until('the first watch to end', () => calls(true) >= 1);
+            await create('after-end');
+            await until('after-end', () => names.includes('after-end'));
+            done({ lists: calls(false), watches: calls(true), failures, names });
+          } finally { stop(); }
+        })().catch((e) => done({ error: String(e) }));""")
+    assert "error" not in resumed, resumed
+    assert resumed["lists"] == 1, f"the watch listed again instead of resuming: {resumed}"
+    assert not resumed["failures"], resumed
 
     step("the browser console has no errors")
     errors = [e for e in console(driver) if e.get("level") == "SEVERE"]
