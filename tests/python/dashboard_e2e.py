@@ -172,6 +172,7 @@ def run(driver):
             containers: [{ resources: { requests: { cpu: '100m' } } }, { resources: { limits: { cpu: '1', memory: '64Mi' } } }],
             initContainers: [{ resources: { requests: { cpu: '2' } } }],
             overhead: { cpu: '50m' } } }, 'cpu');
+          out.spark = v.sparkline([0, 5, 10], 100, 10);
           done(out);
         }).catch((e) => done({ error: String(e) }));""")
     assert "error" not in checks, checks
@@ -181,6 +182,7 @@ def run(driver):
     assert checks["second"] == {"kind": "X", "metadata": {"name": "x"}, "data": {"f": "one\ntwo\n", "list": [{"k": "v"}, [1, "2"]]}}, checks
     assert checks["rollout"] == ["complete", "progressing", "progressing", "progressing"], checks
     assert abs(checks["request"] - 2.05) < 1e-9, checks
+    assert checks["spark"] == "0.0,10.0 50.0,5.0 100.0,0.0", checks
 
     step("log in with the kubeconfig file")
     driver.find_element(By.ID, "kubeconfig").send_keys(os.environ["KUBECONFIG"])
@@ -212,6 +214,9 @@ def run(driver):
     wait_for(driver, "log lines", lambda d: ticks(d))
     first = max(ticks(driver))
     wait_for(driver, "new log lines arriving", lambda d: max(ticks(d)) >= first + 2, timeout=30)
+    # Until the cluster serves metrics.k8s.io the usage panel says so (and sends nothing
+    # that fails).
+    wait_for(driver, "the usage panel", lambda d: "metrics.k8s.io" in text_of(d, "#usage") or css(d, "#usage svg.spark"))
     shot(driver, "pod")
 
     step("apply a Deployment from the YAML form")

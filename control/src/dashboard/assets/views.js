@@ -379,6 +379,65 @@ function stateText(s) {
   return "—";
 }
 
+// ---- usage graphs ----------------------------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+const METRICS_PERIOD_MS = 15000;
+const METRICS_KEEP = 240; // an hour of samples at the period above
+
+// The polyline points of `values` scaled into a width x height box (0 at the bottom).
+export function sparkline(values, width, height) {
+  const max = Math.max(...values, 0) || 1;
+  const step = values.length > 1 ? width / (values.length - 1) : 0;
+  return values.map((v, i) => `${(i * step).toFixed(1)},${(height - (v / max) * height).toFixed(1)}`).join(" ");
+}
+
+function graph(values, fmt) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 240 40");
+  svg.setAttribute("class", "spark");
+  const line = document.createElementNS(SVG, "polyline");
+  line.setAttribute("points", sparkline(values, 240, 40));
+  svg.append(line);
+  const last = values[values.length - 1];
+  return h("span", { class: "graph" }, svg, ` ${fmt(last)} (max ${fmt(Math.max(...values))})`);
+}
+
+// CPU and memory per container from metrics.k8s.io, sampled while the page is open
+// (kept for an hour). Polls only when the cluster serves the group, so a cluster without
+// it shows a note instead of failing requests.
+function usagePanel(ns, name) {
+  const p = panel("Usage", "usage");
+  const samples = new Map(); // container -> {cpu: [], memory: []}
+  let timer = null;
+  let stopped = false;
+  const draw = () => p.show(table(["Container", "CPU (cores)", "Memory"], [...samples].map(([c, s]) =>
+    h("tr", { "data-kind": "Container", "data-name": c }, h("td", {}, c), h("td", {}, graph(s.cpu, cores)), h("td", {}, graph(s.memory, bytes)))),
+  "No samples yet."));
+  async function sample() {
+    try {
+      const m = await api.get(`/apis/metrics.k8s.io/v1beta1/namespaces/${enc(ns)}/pods/${enc(name)}`);
+      for (const c of m.containers || []) {
+        const s = samples.get(c.name) || { cpu: [], memory: [] };
+        s.cpu.push(api.quantity(c.usage?.cpu));
+        s.memory.push(api.quantity(c.usage?.memory));
+        if (s.cpu.length > METRICS_KEEP) { s.cpu.shift(); s.memory.shift(); }
+        samples.set(c.name, s);
+      }
+      draw();
+    } catch (err) {
+      p.fail(err);
+    }
+    if (!stopped) timer = setTimeout(sample, METRICS_PERIOD_MS);
+  }
+  api.get("/apis").then((groups) => {
+    if (stopped) return;
+    if ((groups.groups || []).some((g) => g.name === "metrics.k8s.io")) sample();
+    else p.show(h("p", { class: "empty" }, "No usage graphs: this cluster does not serve metrics.k8s.io."));
+  }).catch((err) => p.fail(err));
+  return { section: p.section, stop: () => { stopped = true; clearTimeout(timer); } };
+}
+
 export function pod(view, ns, name) {
   const summary = panel("Pod", "pod-summary");
   const containers = panel("Containers", "containers");
@@ -389,7 +448,8 @@ export function pod(view, ns, name) {
   const logs = h("section", { class: "panel", id: "logs" }, h("h2", {}, "Log ", containerSelect, " ", logState), logPre);
   const del = h("button", { class: "danger", "data-action": "delete", onclick: () => act(`Delete pod ${ns}/${name}?`, "",
     () => api.request("DELETE", `/api/v1/namespaces/${enc(ns)}/pods/${enc(name)}`), `pod ${name} deleted`) }, "Delete pod");
-  view.replaceChildren(h("h1", {}, "Pod ", h("span", { id: "pod-name" }, `${ns}/${name}`), " ", del), summary.section, containers.section, logs, events.section);
+  const usage = usagePanel(ns, name);
+  view.replaceChildren(h("h1", {}, "Pod ", h("span", { id: "pod-name" }, `${ns}/${name}`), " ", del), summary.section, containers.section, usage.section, logs, events.section);
 
   let stopLog = () => {};
   let logContainer = null;
@@ -448,7 +508,7 @@ export function pod(view, ns, name) {
       events.show(table(["Age", "Type", "Reason", "Object", "Message", "Count"], eventRows(mine), "No events."));
     }, (e) => events.fail(e)),
   ];
-  return () => { stopLog(); stops.forEach((s) => s()); };
+  return () => { stopLog(); usage.stop(); stops.forEach((s) => s()); };
 }
 
 // What a manifest names, read with the small YAML reader: the server parses it for real.
