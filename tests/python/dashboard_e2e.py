@@ -399,6 +399,14 @@ spec:
     wait_for(driver, "the ticker pod in default", lambda d: css(d, '#ns-pods tr[data-kind="Pod"][data-name="ticker"]'))
     wait_for(driver, "deployments not allowed", lambda d: "Not allowed" in text_of(d, "#deployments .forbidden"))
     shot(driver, "not-allowed")
+    # An action RBAC refuses says so, and changes nothing.
+    go(driver, "#/pod/default/ticker")
+    wait_for(driver, "the viewer's log of the ticker", lambda d: "tick " in d.find_element(By.ID, "log").text)
+    click(driver, 'button[data-action="delete"]')
+    confirm(driver, "Delete pod default/ticker")
+    wait_for(driver, "the refusal of the delete", lambda d: d.find_element(By.ID, "notice").text.startswith(
+        'Not allowed: pods "ticker" is forbidden'))
+    assert "Running" in text_of(driver, "#pod-summary dd.status"), "the ticker is still running"
 
 
 if __name__ == "__main__":
