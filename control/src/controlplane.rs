@@ -351,7 +351,8 @@ pub async fn start(
         kinds: Default::default(),
     };
     let mut router = apiserver::router(state.clone())
-        .merge(crate::oci::router(state.clone(), dir.join("registry")));
+        .merge(crate::oci::router(state.clone(), dir.join("registry")))
+        .merge(crate::dashboard::router());
     if let Some(encryption) = encryption {
         router = router.merge(apiserver::secrets_encrypt::router(
             state.clone(),

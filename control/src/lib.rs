@@ -4,6 +4,7 @@
 //! - [`store`]: the durable store (fjall) with its revision log and watch;
 //! - [`apiserver`]: the Kubernetes-shaped HTTP API over the store;
 //! - [`pki`]: the cluster's own CA and the API server's serving certificate;
+//! - [`dashboard`]: the web dashboard at `/ui/`, static files over the same API;
 //! - [`controlplane`]: [`start`] puts them together as one serving control plane.
 //!
 //! Everything talks to the API server; nothing but the API server talks to the store.
@@ -12,6 +13,7 @@ pub mod api;
 pub mod apiserver;
 pub mod controllers;
 pub mod controlplane;
+pub mod dashboard;
 pub mod events;
 pub mod fsutil;
 pub mod kubeconfig;
