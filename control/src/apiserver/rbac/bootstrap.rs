@@ -325,6 +325,24 @@ pub fn desired() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 ),
             ],
         ),
+        // Scrapers of `/metrics` (Prometheus' identity is put in the group).
+        role(
+            "system:monitoring",
+            &[],
+            vec![urls(
+                &[
+                    "/healthz",
+                    "/healthz/*",
+                    "/livez",
+                    "/livez/*",
+                    "/metrics",
+                    "/metrics/slis",
+                    "/readyz",
+                    "/readyz/*",
+                ],
+                &["get"],
+            )],
+        ),
         role(
             "system:public-info-viewer",
             &[],
@@ -350,6 +368,11 @@ pub fn desired() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
             "system:wharf:registry-puller",
             "system:wharf:registry-puller",
             &["system:nodes"],
+        ),
+        binding(
+            "system:monitoring",
+            "system:monitoring",
+            &["system:monitoring"],
         ),
         binding(
             "system:public-info-viewer",
