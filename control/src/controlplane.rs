@@ -388,6 +388,7 @@ pub async fn start(
         None => router.clone(),
     };
     bootstrap_namespaces(&router).await?;
+    bootstrap_ingress_class(&router).await?;
     reconcile_rbac(&router).await?;
     apiserver::proxy::ensure_node_proxy_secret(&apiserver::in_process_client(router.clone()))
         .await
@@ -483,6 +484,25 @@ async fn reconcile_rbac(router: &axum::Router) -> Result<(), ControlError> {
                 )));
             }
         }
+    }
+}
+
+/// Creates the built-in IngressClass `wharf` (the default class, served by the node
+/// proxies) unless it exists; an admin's later edits to it are kept.
+async fn bootstrap_ingress_class(router: &axum::Router) -> Result<(), ControlError> {
+    use k8s_openapi::api::networking::v1::IngressClass;
+    use kube::api::{Api, PostParams};
+    let class: IngressClass =
+        serde_json::from_value(apiserver::registry::strategies::ingressclass::builtin())
+            .map_err(|e| ControlError::Bootstrap(format!("the built-in IngressClass: {e}")))?;
+    let api: Api<IngressClass> = Api::all(apiserver::in_process_client(router.clone()));
+    match api.create(&PostParams::default(), &class).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(ControlError::Bootstrap(format!(
+            "creating the IngressClass {}: {e}",
+            apiserver::registry::strategies::ingressclass::WHARF_CLASS
+        ))),
     }
 }
 

@@ -288,6 +288,17 @@ pub async fn start(
             shutdown.clone(),
         ));
         if config.proxy.enabled {
+            // Ingresses, on the node's address: the same endpoints and balancing as the
+            // Service proxy, through the same dialer.
+            tasks.spawn(proxy::ingress::run(
+                client.clone(),
+                config.proxy.clone(),
+                config.address,
+                proxy::http::client(&config.proxy, dialer.clone()),
+                snapshots.clone(),
+                ctx.api.clone(),
+                shutdown.clone(),
+            ));
             tasks.spawn(proxy::run(
                 ctx.services.clone(),
                 config.proxy.clone(),

@@ -21,6 +21,10 @@ use std::time::Instant;
 
 /// The path of the metrics endpoint.
 pub const PATH: &str = "/metrics";
+/// Prometheus HTTP service discovery of the nodes' `/metrics` (`http_sd_configs`): the
+/// node servers' addresses as the Nodes publish them, for scrapers without Kubernetes
+/// service discovery.
+pub const TARGETS_PATH: &str = "/metrics/targets";
 
 /// What a request is, as Kubernetes labels it in metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -153,9 +157,75 @@ pub async fn serve(State(state): State<AppState>) -> Response {
     }
 }
 
+/// The HTTP service discovery document of the nodes' servers (pure): one target group per
+/// Node with an address (`InternalIP`, else `ExternalIP`) and a server port, labelled
+/// with the node's name.
+pub fn node_targets(nodes: &[serde_json::Value]) -> serde_json::Value {
+    let groups: Vec<serde_json::Value> = nodes
+        .iter()
+        .filter_map(|n| {
+            let name = n.pointer("/metadata/name")?.as_str()?;
+            let port = n
+                .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")?
+                .as_i64()
+                .filter(|p| *p > 0)?;
+            let addrs = n.pointer("/status/addresses")?.as_array()?;
+            let of = |ty: &str| {
+                addrs
+                    .iter()
+                    .find(|a| a["type"] == ty)
+                    .and_then(|a| a["address"].as_str())
+            };
+            let ip = of("InternalIP").or_else(|| of("ExternalIP"))?;
+            let host = match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V6(_)) => format!("[{ip}]:{port}"),
+                _ => format!("{ip}:{port}"),
+            };
+            Some(serde_json::json!({"targets": [host], "labels": {"node": name}}))
+        })
+        .collect();
+    serde_json::Value::Array(groups)
+}
+
+/// `GET /metrics/targets`: [`node_targets`] of the stored Nodes.
+pub async fn serve_targets(State(state): State<AppState>) -> Response {
+    let prefix = crate::store::collection_prefix("", "nodes", None);
+    match state.store.list(&prefix).await {
+        Ok(listed) => {
+            let nodes: Vec<serde_json::Value> = listed
+                .items
+                .iter()
+                .filter_map(|o| serde_json::from_slice(&o.value).ok())
+                .collect();
+            axum::Json(node_targets(&nodes)).into_response()
+        }
+        Err(e) => super::error::ApiError::from_store(e, Default::default()).into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_targets_are_their_servers_by_name() {
+        let node = |name: &str, ip: &str, port: i64| {
+            serde_json::json!({"metadata": {"name": name}, "status": {
+                "addresses": [{"type": "Hostname", "address": "h"}, {"type": "InternalIP", "address": ip}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}})
+        };
+        assert_eq!(
+            node_targets(&[
+                node("n1", "127.0.0.1", 40001),
+                node("n2", "::1", 40002),
+                node("n3", "127.0.0.1", 0)
+            ]),
+            serde_json::json!([
+                {"targets": ["127.0.0.1:40001"], "labels": {"node": "n1"}},
+                {"targets": ["[::1]:40002"], "labels": {"node": "n2"}},
+            ])
+        );
+    }
 
     fn c(method: Method, path: &str, query: Option<&str>) -> (String, String, String, String) {
         let c = classify(&method, path, query, false);

@@ -156,6 +156,7 @@ pub fn router(state: AppState) -> Router {
         .route(serviceaccounts::JWKS_PATH, get(serviceaccounts::jwks))
         .route(crate::snapshot::API_PATH, get(crate::snapshot::serve))
         .route(metrics::PATH, get(metrics::serve))
+        .route(metrics::TARGETS_PATH, get(metrics::serve_targets))
         .route("/api/{version}/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .fallback(not_found)

@@ -15,6 +15,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod ingress;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -75,6 +76,7 @@ pub fn start_all(
     replicaset::start(client.clone(), config, shutdown.clone(), tasks);
     replicationcontroller::start(client.clone(), config, shutdown.clone(), tasks);
     servicelb::start(client.clone(), shutdown.clone(), tasks);
+    ingress::start(client.clone(), shutdown.clone(), tasks);
     apiservices::start(client.clone(), shutdown.clone(), tasks);
     deployment::start(client.clone(), config, shutdown.clone(), tasks);
     endpoints::start(client.clone(), config, shutdown.clone(), tasks);

@@ -325,6 +325,20 @@ pub fn desired() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 ),
             ],
         ),
+        // The node proxies serve Ingresses: they follow Ingresses and their classes, and
+        // the TLS Secrets Ingresses name (as an Ingress controller's ServiceAccount does).
+        role(
+            "system:wharf:ingress-proxy",
+            &[],
+            vec![
+                rule(
+                    &["networking.k8s.io"],
+                    &["ingresses", "ingressclasses"],
+                    READ,
+                ),
+                rule(&[""], &["secrets"], &["list", "watch"]),
+            ],
+        ),
         // Scrapers of `/metrics` (Prometheus' identity is put in the group).
         role(
             "system:monitoring",
@@ -337,6 +351,7 @@ pub fn desired() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                     "/livez/*",
                     "/metrics",
                     "/metrics/slis",
+                    "/metrics/targets",
                     "/readyz",
                     "/readyz/*",
                 ],
@@ -373,6 +388,11 @@ pub fn desired() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
             "system:monitoring",
             "system:monitoring",
             &["system:monitoring"],
+        ),
+        binding(
+            "system:wharf:ingress-proxy",
+            "system:wharf:ingress-proxy",
+            &["system:nodes"],
         ),
         binding(
             "system:public-info-viewer",
