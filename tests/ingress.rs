@@ -4,6 +4,8 @@
 //! for no rule, routing that follows an edit of the Ingress, and the Ingress's
 //! `status.loadBalancer` filled in with the node's address.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use k8s_openapi::api::networking::v1::Ingress;

@@ -4,6 +4,8 @@
 //! `promtool check metrics` (Debian's `prometheus` package; the check is skipped, saying
 //! so, where promtool is not installed).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
