@@ -222,7 +222,8 @@ fn store_failed(config: &ControlConfig, error: StoreError) -> ControlError {
 /// cache.
 async fn open_store(
     config: &ControlConfig,
-) -> Result<(Arc<dyn Store>, Option<Arc<Encryption>>), ControlError> {
+    metrics: &crate::metrics::StoreMetrics,
+) -> Result<(Arc<WatchCache>, Option<Arc<Encryption>>), ControlError> {
     let failed = |error| store_failed(config, error);
     let backend: Arc<dyn Store> = match &config.backend {
         StoreBackend::Fjall => {
@@ -238,6 +239,8 @@ async fn open_store(
             Arc::new(EtcdStore::connect(etcd.clone()).await.map_err(failed)?)
         }
     };
+    // Every call to the backend is timed, whichever backend it is.
+    let backend: Arc<dyn Store> = Arc::new(crate::store::Metered::new(backend, metrics.clone()));
     let (backend, encryption) = if config.encrypt_secrets {
         let path = config.data_dir.join("pki").join("encryption-keys.json");
         let prefixes = vec![crate::store::collection_prefix("", "secrets", None)];
@@ -288,7 +291,14 @@ pub async fn start(
             addr: config.listen,
             error,
         })?;
-    let (store, encryption) = open_store(&config).await?;
+    // One registry for the process: the API server, the scheduler and the controller
+    // manager all register here, and `/metrics` serves it.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = crate::metrics::ControlMetrics::register(&mut registry);
+    let (cache, encryption) = open_store(&config, &metrics.store).await?;
+    registry.register_collector(Box::new(crate::metrics::StorageObjects(cache.clone())));
+    let registry = Arc::new(registry);
+    let store: Arc<dyn Store> = cache;
     // The allocators must hold what the stored Services and Nodes hold before the first
     // allocation (stores from before they existed, leaks after a hand edit).
     apiserver::ipam::repair(store.as_ref())
@@ -349,6 +359,8 @@ pub async fn start(
         shutdown: shutdown.clone(),
         rbac: Default::default(),
         kinds: Default::default(),
+        metrics: metrics.clone(),
+        registry,
     };
     let mut router = apiserver::router(state.clone())
         .merge(crate::oci::router(state.clone(), dir.join("registry")))
@@ -377,6 +389,7 @@ pub async fn start(
         None => router.clone(),
     };
     bootstrap_namespaces(&router).await?;
+    bootstrap_ingress_class(&router).await?;
     reconcile_rbac(&router).await?;
     apiserver::proxy::ensure_node_proxy_secret(&apiserver::in_process_client(router.clone()))
         .await
@@ -386,6 +399,7 @@ pub async fn start(
     if config.run_components {
         start_components(
             &config,
+            &metrics,
             apiserver::in_process_client(router.clone()),
             &shutdown,
             &mut components,
@@ -416,6 +430,7 @@ pub async fn start(
 /// [`crate::leaderelection`]): with several members on one store, each runs in one of them.
 fn start_components(
     config: &ControlConfig,
+    metrics: &crate::metrics::ControlMetrics,
     client: kube::Client,
     shutdown: &CancellationToken,
     components: &mut JoinSet<()>,
@@ -424,7 +439,9 @@ fn start_components(
     let mut election = config.election.clone();
     // The embedded store is locked by this process: no other member can exist.
     election.exclusive |= matches!(config.backend, StoreBackend::Fjall);
-    let scheduler = config.scheduler.clone();
+    election.metrics = metrics.leader.clone();
+    let mut scheduler = config.scheduler.clone();
+    scheduler.metrics = metrics.scheduler.clone();
     let scheduler_client = client.clone();
     components.spawn(leaderelection::run(
         client.clone(),
@@ -435,7 +452,8 @@ fn start_components(
             crate::scheduler::start(scheduler_client.clone(), &scheduler, token, tasks)
         },
     ));
-    let controllers = config.controllers.clone();
+    let mut controllers = config.controllers.clone();
+    controllers.workqueue = metrics.workqueue.clone();
     let controllers_client = client.clone();
     components.spawn(leaderelection::run(
         client,
@@ -467,6 +485,25 @@ async fn reconcile_rbac(router: &axum::Router) -> Result<(), ControlError> {
                 )));
             }
         }
+    }
+}
+
+/// Creates the built-in IngressClass `wharf` (the default class, served by the node
+/// proxies) unless it exists; an admin's later edits to it are kept.
+async fn bootstrap_ingress_class(router: &axum::Router) -> Result<(), ControlError> {
+    use k8s_openapi::api::networking::v1::IngressClass;
+    use kube::api::{Api, PostParams};
+    let class: IngressClass =
+        serde_json::from_value(apiserver::registry::strategies::ingressclass::builtin())
+            .map_err(|e| ControlError::Bootstrap(format!("the built-in IngressClass: {e}")))?;
+    let api: Api<IngressClass> = Api::all(apiserver::in_process_client(router.clone()));
+    match api.create(&PostParams::default(), &class).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(ControlError::Bootstrap(format!(
+            "creating the IngressClass {}: {e}",
+            apiserver::registry::strategies::ingressclass::WHARF_CLASS
+        ))),
     }
 }
 

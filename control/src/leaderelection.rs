@@ -54,6 +54,8 @@ pub struct ElectionConfig {
     /// exist, so a Lease held by another identity is left over from an earlier run of this
     /// one and is taken over at once instead of after it runs out.
     pub exclusive: bool,
+    /// `leader_election_master_status{name}`: 1 while this member holds the Lease.
+    pub metrics: crate::metrics::LeaderMetrics,
 }
 
 impl Default for ElectionConfig {
@@ -65,6 +67,7 @@ impl Default for ElectionConfig {
             retry_period: Duration::from_secs(2),
             identity: default_identity(),
             exclusive: false,
+            metrics: Default::default(),
         }
     }
 }
@@ -380,6 +383,7 @@ pub async fn run<F>(
     F: Fn(CancellationToken, &mut JoinSet<()>),
 {
     if !config.enabled {
+        config.metrics.set(name, true);
         let mut tasks = JoinSet::new();
         start(shutdown.clone(), &mut tasks);
         while tasks.join_next().await.is_some() {}
@@ -387,6 +391,8 @@ pub async fn run<F>(
     }
     let retry = config.retry_period;
     let renew_deadline = config.renew_deadline;
+    let status = config.metrics.clone();
+    status.set(name, false);
     let mut elector = Elector::new(client, name, config);
     loop {
         // Trying to take the lease.
@@ -407,6 +413,7 @@ pub async fn run<F>(
             }
         }
         tracing::info!(lease = name, identity = %elector.config.identity, "became the leader");
+        status.set(name, true);
         let term = shutdown.child_token();
         let mut tasks = JoinSet::new();
         start(term.clone(), &mut tasks);
@@ -439,6 +446,7 @@ pub async fn run<F>(
             }
         };
         term.cancel();
+        status.set(name, false);
         stop(&mut tasks).await;
         if stopping {
             elector.release().await;

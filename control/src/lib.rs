@@ -18,6 +18,7 @@ pub mod events;
 pub mod fsutil;
 pub mod kubeconfig;
 pub mod leaderelection;
+pub mod metrics;
 pub mod oci;
 pub mod pki;
 pub mod scheduler;

@@ -216,13 +216,18 @@ pub async fn start(
     let tunnel_metrics = Arc::new(TunnelMetrics::default());
     let dialer = Arc::new(Dialer::new(proxy_token.as_deref(), tunnel_metrics.clone()));
 
+    let pods: daemon::PodIndex = Arc::default();
     let ctx = Arc::new(NodeContext {
         config: config.clone(),
         client: client.clone(),
         runtime: runtime.clone(),
         addresses: Mutex::new(addresses),
         sockets: Arc::default(),
-        pods: Arc::default(),
+        metrics: Arc::new(crate::metrics::NodeMetrics::new(
+            pods.clone(),
+            runtime.clone(),
+        )),
+        pods,
         services: Arc::new(proxy::Shared::new(&config.cluster_domain)),
         events: Recorder::new(client.clone(), EVENT_SOURCE).with_host(&config.node_name),
         tunnel: tunnel_metrics.clone(),
@@ -268,6 +273,7 @@ pub async fn start(
         pods: ctx.pods.clone(),
         services: ctx.services.clone(),
         tunnel: ctx.tunnel.clone(),
+        kubelet: ctx.metrics.clone(),
         shutdown: shutdown.clone(),
     });
     tasks.spawn(daemon::serve(listener, daemon_ctx, proxy_token));
@@ -282,6 +288,17 @@ pub async fn start(
             shutdown.clone(),
         ));
         if config.proxy.enabled {
+            // Ingresses, on the node's address: the same endpoints and balancing as the
+            // Service proxy, through the same dialer.
+            tasks.spawn(proxy::ingress::run(
+                client.clone(),
+                config.proxy.clone(),
+                config.address,
+                proxy::http::client(&config.proxy, dialer.clone()),
+                snapshots.clone(),
+                ctx.api.clone(),
+                shutdown.clone(),
+            ));
             tasks.spawn(proxy::run(
                 ctx.services.clone(),
                 config.proxy.clone(),

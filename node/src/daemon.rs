@@ -74,6 +74,8 @@ pub struct DaemonContext {
     pub pods: PodIndex,
     pub services: Arc<proxy::Shared>,
     pub tunnel: Arc<TunnelMetrics>,
+    /// The kubelet's and runtime's section of `/metrics`.
+    pub kubelet: Arc<crate::metrics::NodeMetrics>,
     pub shutdown: CancellationToken,
 }
 
@@ -119,6 +121,7 @@ pub async fn serve(
 async fn metrics(State(state): State<DaemonState>) -> Response {
     let mut text = state.ctx.services.metrics.render();
     text.push_str(&state.ctx.tunnel.render());
+    text.push_str(&state.ctx.kubelet.render());
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         text,

@@ -15,6 +15,7 @@ pub mod agent;
 mod assembly;
 pub mod daemon;
 pub mod dns;
+pub mod metrics;
 pub mod proxy;
 pub mod reachability;
 pub mod tunnel;

@@ -274,6 +274,14 @@ pub struct ServiceArgs {
     /// What the DNS does with names outside the cluster domain
     #[arg(long, value_enum, default_value_t = DnsExternal::Forward)]
     dns_external: DnsExternal,
+    /// The node port Ingresses (class `wharf`) are served on over HTTP, on the node's
+    /// address (nodes on one machine share it); 0 turns it off
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
+    ingress_http_port: u16,
+    /// The node port Ingresses are served on over HTTPS (certificates from their TLS
+    /// Secrets, by SNI); 0 turns it off
+    #[arg(long, value_name = "PORT", default_value_t = 8443)]
+    ingress_https_port: u16,
 }
 
 /// `--tunnel-port`: a port, or no tunnel.
@@ -334,6 +342,8 @@ impl ServiceArgs {
         config.dns_listen = self.dns_listen.0;
         config.cluster_domain = self.cluster_domain.trim_matches('.').to_string();
         config.dns_forward = self.dns_external == DnsExternal::Forward;
+        config.proxy.ingress_http_port = self.ingress_http_port;
+        config.proxy.ingress_https_port = self.ingress_https_port;
     }
 }
 

@@ -174,6 +174,8 @@ pub(crate) struct StoreFactory {
     pub(crate) cpu: Arc<CpuThrottle>,
     pub(crate) logs: LogSink,
     pub(crate) epoch_interval: Duration,
+    /// Counts every store made: each is one instantiation.
+    pub(crate) instantiations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Why a store could not be made (a mount that cannot be opened).
@@ -255,6 +257,8 @@ impl StoreFactory {
     }
 
     fn finish<T: HasCommon>(&self, mut store: Store<T>) -> Store<T> {
+        self.instantiations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         store.limiter(|s| &mut s.common().limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(on_epoch_deadline::<T>);

@@ -157,6 +157,8 @@ pub struct RuntimeStats {
     pub fetches: u64,
     /// Distinct images held in memory.
     pub images: usize,
+    /// Guest instances made (a command's run, one per wasi:http request).
+    pub instantiations: u64,
 }
 
 /// What the runtime remembers of a held image for garbage collection.
@@ -186,6 +188,8 @@ struct Counters {
     cache_hits: AtomicU64,
     cache_discarded: AtomicU64,
     fetches: AtomicU64,
+    /// Shared with every container's store factory.
+    instantiations: Arc<AtomicU64>,
 }
 
 /// The node's wasm container runtime. Cheap to clone (a handle).
@@ -352,6 +356,7 @@ impl Runtime {
             cache_hits: c.cache_hits.load(Ordering::Relaxed),
             cache_discarded: c.cache_discarded.load(Ordering::Relaxed),
             fetches: c.fetches.load(Ordering::Relaxed),
+            instantiations: c.instantiations.load(Ordering::Relaxed),
             images: lock(&self.inner.images)
                 .values()
                 .filter(|c| c.initialized())
@@ -986,6 +991,7 @@ impl Runtime {
             budget: budget.clone(),
             logs: sink.clone(),
             epoch_interval: inner.config.epoch_interval,
+            instantiations: inner.counters.instantiations.clone(),
         };
         let kill = inner.root.child_token();
         let stop = kill.child_token();

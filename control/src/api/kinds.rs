@@ -16,7 +16,7 @@ use crate::apiserver::registry::Strategy;
 use crate::apiserver::registry::strategies::{self as s, Plain};
 use k8s_openapi::api::{
     apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-    discovery::v1 as disc, rbac::v1 as rbac,
+    discovery::v1 as disc, networking::v1 as net, rbac::v1 as rbac,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apireg;
@@ -173,6 +173,8 @@ pub static KINDS: &[ResourceKind] = &[
     builtin::<batch::Job>("job", &[], true, &s::job::STRATEGY),
     builtin::<coord::Lease>("lease", &[], false, &LEASE),
     builtin::<disc::EndpointSlice>("endpointslice", &[], false, &s::endpointslice::STRATEGY),
+    builtin::<net::Ingress>("ingress", &["ing"], false, &s::ingress::STRATEGY),
+    builtin::<net::IngressClass>("ingressclass", &[], false, &s::ingressclass::STRATEGY),
     builtin::<rbac::Role>("role", &[], false, &s::rbac::ROLE),
     builtin::<rbac::ClusterRole>("clusterrole", &[], false, &s::rbac::CLUSTER_ROLE),
     builtin::<rbac::RoleBinding>("rolebinding", &[], false, &s::rbac::ROLE_BINDING),
@@ -306,6 +308,22 @@ mod tests {
                     true,
                     false,
                     false
+                ),
+                (
+                    "networking.k8s.io",
+                    "Ingress",
+                    "ingresses",
+                    true,
+                    true,
+                    true
+                ),
+                (
+                    "networking.k8s.io",
+                    "IngressClass",
+                    "ingressclasses",
+                    false,
+                    false,
+                    true
                 ),
                 (
                     "rbac.authorization.k8s.io",

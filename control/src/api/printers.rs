@@ -345,6 +345,58 @@ pub static LEASE: Printer = Printer {
     },
 };
 
+/// Ingresses, as kubectl prints them: class, hosts, load balancer addresses, ports.
+pub static INGRESS: Printer = Printer {
+    narrow: &["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        let class = match o.str("/spec/ingressClassName") {
+            "" => "<none>".to_string(),
+            c => c.to_string(),
+        };
+        let list = |ptr: &str, field: &str| -> Vec<String> {
+            v.pointer(ptr)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.get(field).and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        };
+        let hosts = list("/spec/rules", "host");
+        let hosts = if hosts.is_empty() {
+            "*".to_string()
+        } else {
+            hosts.join(",")
+        };
+        let address = list("/status/loadBalancer/ingress", "ip").join(",");
+        let tls = v
+            .pointer("/spec/tls")
+            .and_then(Value::as_array)
+            .is_some_and(|t| !t.is_empty());
+        let ports = if tls { "80, 443" } else { "80" };
+        vec![name, class, hosts, address, ports.to_string(), age]
+    },
+};
+
+/// IngressClasses: the controller that serves them.
+pub static INGRESS_CLASS: Printer = Printer {
+    narrow: &["NAME", "CONTROLLER", "PARAMETERS", "AGE"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        vec![
+            name,
+            o.str("/spec/controller").to_string(),
+            "<none>".to_string(),
+            age,
+        ]
+    },
+};
+
 /// Roles and ClusterRoles, as kubectl prints them: when they were created.
 pub static ROLE: Printer = Printer {
     narrow: &["NAME", "CREATED AT"],

@@ -26,6 +26,7 @@ pub mod fieldcheck;
 pub mod followed;
 pub mod host_path;
 pub mod ipam;
+pub mod metrics;
 pub mod objects;
 pub mod openapi;
 pub mod paging;
@@ -106,6 +107,10 @@ pub struct AppState {
     /// The kinds served: the built-ins and what CustomResourceDefinitions add,
     /// following the store.
     pub kinds: Arc<registry::custom::Kinds>,
+    /// The control plane's metric families (the API server counts requests here).
+    pub metrics: crate::metrics::ControlMetrics,
+    /// What `/metrics` serves: the process's registry, where `metrics` is registered.
+    pub registry: Arc<prometheus_client::registry::Registry>,
 }
 
 /// The whole API: health and version endpoints without authentication, everything else
@@ -150,6 +155,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route(serviceaccounts::JWKS_PATH, get(serviceaccounts::jwks))
         .route(crate::snapshot::API_PATH, get(crate::snapshot::serve))
+        .route(metrics::PATH, get(metrics::serve))
+        .route(metrics::TARGETS_PATH, get(metrics::serve_targets))
         .route("/api/{version}/{*rest}", any(core_resource))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .fallback(not_found)
@@ -173,6 +180,11 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(discovery::version))
         .route("/version/", get(discovery::version))
         .merge(api)
+        // Outermost: every request is counted, refused ones too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::record,
+        ))
         .with_state(state)
 }
 

@@ -932,6 +932,8 @@ mod handler_tests {
             shutdown: CancellationToken::new(),
             rbac: Default::default(),
             kinds: Default::default(),
+            metrics: Default::default(),
+            registry: Default::default(),
         })
     }
 

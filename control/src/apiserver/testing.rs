@@ -51,11 +51,21 @@ impl TestApi {
             ..CacheConfig::default()
         };
         let fjall = Arc::new(FjallStore::open(sc).expect("store"));
-        let store: Arc<dyn Store> = Arc::new(
-            WatchCache::start(fjall.clone(), cache)
+        // One registry, as the control plane has it: the store's calls are timed and
+        // `/metrics` serves what the requests count.
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = crate::metrics::ControlMetrics::register(&mut registry);
+        let metered: Arc<dyn Store> = Arc::new(crate::store::Metered::new(
+            fjall.clone(),
+            metrics.store.clone(),
+        ));
+        let cache = Arc::new(
+            WatchCache::start(metered, cache)
                 .await
                 .expect("watch cache"),
         );
+        registry.register_collector(Box::new(crate::metrics::StorageObjects(cache.clone())));
+        let store: Arc<dyn Store> = cache;
         let auth = Arc::new(Authenticator::new());
         auth.add_token(ADMIN_TOKEN, Identity::admin());
         auth.set_token_issuer(
@@ -69,6 +79,8 @@ impl TestApi {
             shutdown: CancellationToken::new(),
             rbac: Default::default(),
             kinds: Default::default(),
+            metrics,
+            registry: Arc::new(registry),
         };
         let api = TestApi {
             router: router(state.clone()),

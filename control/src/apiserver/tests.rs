@@ -826,6 +826,7 @@ async fn discovery_lists_every_kind() {
             "batch",
             "coordination.k8s.io",
             "discovery.k8s.io",
+            "networking.k8s.io",
             "rbac.authorization.k8s.io",
             "apiextensions.k8s.io",
             "apiregistration.k8s.io"
@@ -2716,6 +2717,9 @@ mod hardening;
 
 /// Issue 10: the API server over the store seam.
 mod store_seam;
+
+/// Issue 17: Ingresses.
+mod ingress;
 
 /// Issue 11 section 5: CustomResourceDefinitions.
 mod crd;

@@ -199,6 +199,17 @@ pub async fn serve(
         .map_err(|e| ApiError::from_store(e, Default::default()))?;
 
     let seen = Arc::new(AtomicU64::new(start));
+    // `apiserver_watch_events_total`: every event line sent to this watcher.
+    let sent = state
+        .metrics
+        .apiserver
+        .watch_events
+        .get_or_create(&crate::metrics::WatchEventLabels {
+            group: kind.group.into(),
+            version: kind.version.into(),
+            kind: kind.kind.into(),
+        })
+        .clone();
     let events = {
         let seen = seen.clone();
         let filter = filter.clone();
@@ -208,6 +219,7 @@ pub async fn serve(
                     seen.store(event.revision, Ordering::Relaxed);
                     match classify(&event, &filter) {
                         Ok(Some((ty, parsed))) => {
+                            sent.inc();
                             Some(Line(event_line(kind, output, ty, &parsed), false))
                         }
                         Ok(None) => None,

@@ -381,6 +381,40 @@ pub async fn create_pod_recorded(
     }
 }
 
+/// Wraps a controller's reconcile function to keep its work queue's metrics: every key the
+/// queue hands to `reconcile` counts in `workqueue_adds_total{name}`, and
+/// `workqueue_depth{name}` is the keys taken and not yet done. kube-runtime's queue is
+/// inside its applier (it merges duplicate triggers before a key is taken), so keys are
+/// counted where they leave it: a burst of triggers for one key counts once, as it is
+/// worked on once.
+pub fn metered<K, C, F, Fut, T, E>(
+    queue: crate::metrics::QueueMetrics,
+    mut reconcile: F,
+) -> impl FnMut(std::sync::Arc<K>, std::sync::Arc<C>) -> futures::future::BoxFuture<'static, Result<T, E>>
+where
+    F: FnMut(std::sync::Arc<K>, std::sync::Arc<C>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+{
+    /// Takes the key off the depth when the reconcile ends, or is dropped.
+    struct Taken(prometheus_client::metrics::gauge::Gauge);
+    impl Drop for Taken {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    move |object, ctx| {
+        queue.adds.inc();
+        queue.depth.inc();
+        let taken = Taken(queue.depth.clone());
+        let work = reconcile(object, ctx);
+        Box::pin(async move {
+            let result = work.await;
+            drop(taken);
+            result
+        })
+    }
+}
+
 /// Drives a controller's applier until `shutdown`: a failed reconcile is the error
 /// policy's business, a watch failure is worth a warning (the controller is blind until
 /// it recovers), anything else is debug detail. The one outcome loop of the controllers
@@ -559,6 +593,38 @@ mod tests {
             status_patch(&old, &new),
             json!({"status": {"replicas": 2, "conditions": null, "readyReplicas": null}})
         );
+    }
+
+    #[tokio::test]
+    async fn a_metered_reconcile_counts_the_key_and_holds_it_in_depth_while_it_runs() {
+        let queue = crate::metrics::QueueMetrics::default();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = std::sync::Arc::new(Mutex::new(Some(released)));
+        let mut reconcile = metered(
+            queue.clone(),
+            move |_: std::sync::Arc<u32>, _: std::sync::Arc<()>| {
+                let released = released.lock().unwrap().take();
+                async move {
+                    if let Some(r) = released {
+                        let _ = r.await;
+                    }
+                    Ok::<_, std::convert::Infallible>(())
+                }
+            },
+        );
+        let running = tokio::spawn(reconcile(std::sync::Arc::new(1), std::sync::Arc::new(())));
+        // Polled or not, the key is taken as soon as the queue hands it out.
+        assert_eq!((queue.adds.get(), queue.depth.get()), (1, 1));
+        release.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!((queue.adds.get(), queue.depth.get()), (1, 0));
+        // A reconcile dropped before it ends gives its key back too.
+        drop(reconcile(std::sync::Arc::new(2), std::sync::Arc::new(())));
+        assert_eq!((queue.adds.get(), queue.depth.get()), (2, 0));
     }
 
     #[test]

@@ -71,7 +71,7 @@ const RESYNC: Duration = Duration::from_secs(60);
 /// Starts the controller; it stops when `shutdown` is cancelled.
 pub fn start(
     client: kube::Client,
-    _config: &ControllerConfig,
+    config: &ControllerConfig,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
@@ -99,7 +99,11 @@ pub fn start(
             },
         )
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, ctx)
+        .run(
+            common::metered(config.workqueue.queue("daemonset"), reconcile),
+            error_policy,
+            ctx,
+        )
         .for_each(|outcome| {
             if let Err(e) = outcome {
                 tracing::debug!(error = %e, "daemonset controller");

@@ -112,8 +112,13 @@ pub const MIN_AVAILABLE: &str = "MinimumReplicasAvailable";
 pub const MIN_UNAVAILABLE: &str = "MinimumReplicasUnavailable";
 
 /// Starts the controller; it stops when `shutdown` is cancelled.
-pub fn start(client: kube::Client, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
-    tasks.spawn(run(client, shutdown));
+pub fn start(
+    client: kube::Client,
+    config: &super::ControllerConfig,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    tasks.spawn(run(client, config.workqueue.queue("deployment"), shutdown));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1283,7 +1288,11 @@ struct Ctx {
 
 type ReconcileFuture = Pin<Box<dyn Future<Output = Result<Action, Error>> + Send>>;
 
-async fn run(client: kube::Client, shutdown: CancellationToken) {
+async fn run(
+    client: kube::Client,
+    queue: crate::metrics::QueueMetrics,
+    shutdown: CancellationToken,
+) {
     let (deployments, deploy_writer) = reflector::store::<Deployment>();
     let (rss, rs_writer) = reflector::store::<ReplicaSet>();
     let (pods, pod_writer) = reflector::store::<Pod>();
@@ -1337,7 +1346,9 @@ async fn run(client: kube::Client, shutdown: CancellationToken) {
         .try_flatten();
 
     let outcomes = applier(
-        |d, ctx| -> ReconcileFuture { Box::pin(reconcile(d, ctx)) },
+        common::metered(queue, |d, ctx| -> ReconcileFuture {
+            Box::pin(reconcile(d, ctx))
+        }),
         error_policy,
         ctx,
         deployments,

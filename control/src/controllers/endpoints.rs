@@ -85,8 +85,13 @@ const RESYNC: Duration = Duration::from_secs(60);
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Starts the controller; it stops when `shutdown` is cancelled.
-pub fn start(client: kube::Client, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
-    tasks.spawn(run(client, shutdown));
+pub fn start(
+    client: kube::Client,
+    config: &super::ControllerConfig,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    tasks.spawn(run(client, config.workqueue.queue("endpoint"), shutdown));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -592,7 +597,11 @@ fn managed_selector(service: &str) -> String {
     format!("{SERVICE_NAME_LABEL}={service},{MANAGED_BY_LABEL}={MANAGED_BY}")
 }
 
-async fn run(client: kube::Client, shutdown: CancellationToken) {
+async fn run(
+    client: kube::Client,
+    queue: crate::metrics::QueueMetrics,
+    shutdown: CancellationToken,
+) {
     let (services, svc_writer) = reflector::store::<Service>();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
@@ -661,7 +670,9 @@ async fn run(client: kube::Client, shutdown: CancellationToken) {
     ])
     .take_until(shutdown.clone().cancelled_owned());
     let mut outcomes = applier(
-        |svc, ctx| -> ReconcileFuture { Box::pin(reconcile(svc, ctx)) },
+        common::metered(queue, |svc, ctx| -> ReconcileFuture {
+            Box::pin(reconcile(svc, ctx))
+        }),
         error_policy,
         ctx.clone(),
         services,
@@ -1210,7 +1221,12 @@ mod live_tests {
         let client = api.client();
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        start(client.clone(), shutdown.clone(), &mut tasks);
+        start(
+            client.clone(),
+            &Default::default(),
+            shutdown.clone(),
+            &mut tasks,
+        );
 
         let services: Api<Service> = Api::namespaced(client.clone(), "default");
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");

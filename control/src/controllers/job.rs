@@ -68,7 +68,11 @@ pub fn start(
     let reconciles = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Pod>::all(client), watcher::Config::default())
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, ctx)
+        .run(
+            common::metered(config.workqueue.queue("job"), reconcile),
+            error_policy,
+            ctx,
+        )
         .for_each(|outcome| {
             if let Err(e) = outcome {
                 tracing::debug!(error = %e, "job controller");

@@ -15,6 +15,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod ingress;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -46,6 +47,8 @@ pub struct ControllerConfig {
     pub gc_debounce: Duration,
     /// How often expired join tokens and node credentials are looked for and deleted.
     pub token_cleanup_interval: Duration,
+    /// `workqueue_*` metric families, one series per controller.
+    pub workqueue: crate::metrics::WorkqueueMetrics,
 }
 
 impl Default for ControllerConfig {
@@ -57,6 +60,7 @@ impl Default for ControllerConfig {
             job_backoff: Duration::from_secs(10),
             gc_debounce: Duration::from_millis(100),
             token_cleanup_interval: Duration::from_secs(60),
+            workqueue: Default::default(),
         }
     }
 }
@@ -69,12 +73,13 @@ pub fn start_all(
     tasks: &mut JoinSet<()>,
 ) {
     // Each controller adds its start line here.
-    replicaset::start(client.clone(), shutdown.clone(), tasks);
-    replicationcontroller::start(client.clone(), shutdown.clone(), tasks);
+    replicaset::start(client.clone(), config, shutdown.clone(), tasks);
+    replicationcontroller::start(client.clone(), config, shutdown.clone(), tasks);
     servicelb::start(client.clone(), shutdown.clone(), tasks);
+    ingress::start(client.clone(), shutdown.clone(), tasks);
     apiservices::start(client.clone(), shutdown.clone(), tasks);
-    deployment::start(client.clone(), shutdown.clone(), tasks);
-    endpoints::start(client.clone(), shutdown.clone(), tasks);
+    deployment::start(client.clone(), config, shutdown.clone(), tasks);
+    endpoints::start(client.clone(), config, shutdown.clone(), tasks);
     daemonset::start(client.clone(), config, shutdown.clone(), tasks);
     job::start(client.clone(), config, shutdown.clone(), tasks);
     nodelifecycle::start(client.clone(), config, shutdown.clone(), tasks);

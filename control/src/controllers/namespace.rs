@@ -51,7 +51,7 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// Starts the controller; it stops when `shutdown` is cancelled.
 pub fn start(
     client: kube::Client,
-    _config: &ControllerConfig,
+    config: &ControllerConfig,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
@@ -61,7 +61,11 @@ pub fn start(
     });
     let reconciles = Controller::new(Api::<Namespace>::all(client), watcher::Config::default())
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, ctx)
+        .run(
+            common::metered(config.workqueue.queue("namespace"), reconcile),
+            error_policy,
+            ctx,
+        )
         .for_each(|outcome| {
             if let Err(e) = outcome {
                 tracing::debug!(error = %e, "namespace controller");

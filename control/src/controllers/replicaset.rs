@@ -77,9 +77,15 @@ const RESYNC: Duration = Duration::from_secs(60);
 pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
 /// Starts the controller; it stops when `shutdown` is cancelled.
-pub fn start(client: kube::Client, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
+pub fn start(
+    client: kube::Client,
+    config: &super::ControllerConfig,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
     tasks.spawn(run_for::<ReplicaSet>(
         client,
+        config.workqueue.queue("replicaset"),
         shutdown,
         &REPLICA_SET,
         |rs| rs,
@@ -555,6 +561,7 @@ type ReconcileFuture = Pin<Box<dyn Future<Output = Result<Action, Error>> + Send
 /// Runs the controller for the kind `K`, read as the ReplicaSet `convert` makes of it.
 pub async fn run_for<K>(
     client: kube::Client,
+    queue: crate::metrics::QueueMetrics,
     shutdown: CancellationToken,
     flavor: &'static Flavor,
     convert: fn(K) -> ReplicaSet,
@@ -614,7 +621,9 @@ pub async fn run_for<K>(
         .try_flatten();
 
     let outcomes = applier(
-        |rs, ctx| -> ReconcileFuture { Box::pin(reconcile(rs, ctx)) },
+        common::metered(queue, |rs, ctx| -> ReconcileFuture {
+            Box::pin(reconcile(rs, ctx))
+        }),
         error_policy,
         ctx,
         rss,

@@ -30,9 +30,15 @@ pub static REPLICATION_CONTROLLER: Flavor = Flavor {
 };
 
 /// Starts the controller; it stops when `shutdown` is cancelled.
-pub fn start(client: kube::Client, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
+pub fn start(
+    client: kube::Client,
+    config: &super::ControllerConfig,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
     tasks.spawn(replicaset::run_for::<ReplicationController>(
         client,
+        config.workqueue.queue("replicationmanager"),
         shutdown,
         &REPLICATION_CONTROLLER,
         as_replica_set,
@@ -164,7 +170,12 @@ mod tests {
         let api = TestApi::new().await;
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        start(api.client(), shutdown.clone(), &mut tasks);
+        start(
+            api.client(),
+            &Default::default(),
+            shutdown.clone(),
+            &mut tasks,
+        );
         let rcs = "/api/v1/namespaces/default/replicationcontrollers";
         let (code, rc) = api
             .send(

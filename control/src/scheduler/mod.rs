@@ -55,6 +55,8 @@ pub struct SchedulerConfig {
     /// Share of the nodes to find feasible before scoring (1..=100); `None` is adaptive
     /// (all nodes below 100, 42% of 1,000, 10% of 5,000), as Kubernetes does.
     pub percentage_of_nodes_to_score: Option<u32>,
+    /// `scheduler_*` metric families.
+    pub metrics: crate::metrics::SchedulerMetrics,
 }
 
 impl Default for SchedulerConfig {
@@ -65,6 +67,7 @@ impl Default for SchedulerConfig {
             max_backoff: Duration::from_secs(10),
             max_unschedulable: Duration::from_secs(60),
             percentage_of_nodes_to_score: None,
+            metrics: Default::default(),
         }
     }
 }

@@ -164,6 +164,8 @@ enum Done {
         pod: Arc<PodInfo>,
         node: Arc<str>,
         result: Result<(), kube::Error>,
+        /// When the attempt began (for `scheduler_scheduling_attempt_duration_seconds`).
+        started: Instant,
     },
     Reported,
 }
@@ -193,6 +195,9 @@ pub(super) struct Scheduler {
     /// During a relist: what has been seen again.
     seen_nodes: Option<HashSet<String>>,
     seen_pods: Option<HashSet<Arc<str>>>,
+    metrics: crate::metrics::SchedulerMetrics,
+    /// When `scheduler_pending_pods` was last set from the queue.
+    pending_reported: Option<Instant>,
 }
 
 /// Wiring for [`Scheduler::run`].
@@ -243,6 +248,8 @@ impl Scheduler {
             events,
             seen_nodes: None,
             seen_pods: None,
+            metrics: config.metrics.clone(),
+            pending_reported: None,
         }
     }
 
@@ -290,6 +297,7 @@ impl Scheduler {
                 tokio::task::consume_budget().await;
                 continue;
             }
+            self.report_pending(false);
             let wake_at = self.queue.next_backoff();
             let wake = tokio::select! {
                 _ = shutdown.cancelled() => Wake::Shutdown,
@@ -395,7 +403,37 @@ impl Scheduler {
         }
     }
 
+    /// Sets `scheduler_pending_pods` from the queue: when idle, and at most once a second
+    /// during a run of decisions (counting walks the queue).
+    fn report_pending(&mut self, busy: bool) {
+        let now = Instant::now();
+        if busy
+            && self
+                .pending_reported
+                .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.pending_reported = Some(now);
+        let stats = self.queue.stats();
+        for (queue, n) in [
+            ("active", stats.active),
+            ("backoff", stats.backoff),
+            ("unschedulable", stats.unschedulable),
+            ("gated", 0),
+        ] {
+            self.metrics
+                .pending
+                .get_or_create(&crate::metrics::QueueLabel {
+                    queue: queue.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     fn schedule_one(&mut self, pod: Arc<PodInfo>) {
+        self.report_pending(true);
+        let started = Instant::now();
         let result = algorithm::schedule(
             &self.profile,
             &self.cache,
@@ -421,16 +459,23 @@ impl Scheduler {
                             format!("binding did not finish within {BIND_TIMEOUT:?}").into(),
                         )),
                     };
-                    Done::Bound { pod, node, result }
+                    Done::Bound {
+                        pod,
+                        node,
+                        result,
+                        started,
+                    }
                 });
             }
             Err(ScheduleError::Unschedulable(fit)) => {
+                self.metrics.attempt("unschedulable", started.elapsed());
                 let message = fit.to_string();
                 tracing::debug!(pod = %pod.key(), %message, "unschedulable");
                 self.queue.failed(&pod.uid, true, Instant::now());
                 self.failure(pod, "Unschedulable", message);
             }
             Err(ScheduleError::Error(e)) => {
+                self.metrics.attempt("error", started.elapsed());
                 tracing::warn!(pod = %pod.key(), error = %e, "scheduling failed");
                 self.queue.failed(&pod.uid, false, Instant::now());
                 self.failure(pod, "SchedulerError", e);
@@ -513,8 +558,15 @@ impl Scheduler {
         };
         match done {
             Done::Reported => self.reports_in_flight = self.reports_in_flight.saturating_sub(1),
-            Done::Bound { pod, node, result } => {
+            Done::Bound {
+                pod,
+                node,
+                result,
+                started,
+            } => {
                 self.binds_in_flight = self.binds_in_flight.saturating_sub(1);
+                let outcome = if result.is_ok() { "scheduled" } else { "error" };
+                self.metrics.attempt(outcome, started.elapsed());
                 match result {
                     Ok(()) => {
                         self.queue.done(&pod.uid);

@@ -211,6 +211,18 @@ impl WatchCache {
         })
     }
 
+    /// How many objects of each resource the cache holds, by the resource's metric name
+    /// (`pods`, `deployments.apps`): `apiserver_storage_objects`.
+    pub fn object_counts(&self) -> BTreeMap<String, i64> {
+        let mut counts = BTreeMap::new();
+        for key in self.shared.read().objects.keys() {
+            *counts
+                .entry(super::metered::resource_of_key(key))
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// The revision the cache has applied (for tests and diagnostics).
     pub fn cached_revision(&self) -> Revision {
         self.shared.read().revision

@@ -46,6 +46,7 @@ pub mod encryption;
 mod etcd_store;
 mod fjall_store;
 pub mod local_etcd;
+pub mod metered;
 pub mod migrate;
 
 pub use cache::{CacheConfig, WatchCache};
@@ -53,6 +54,7 @@ pub use etcd_store::{
     DEFAULT_COMPACTION_INTERVAL, DEFAULT_PREFIX, EtcdConfig, EtcdStore, EtcdTls, LIST_PAGE,
 };
 pub use fjall_store::{Clock, FjallStore, StoreConfig, StoreStats, create_restored};
+pub use metered::Metered;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;

@@ -182,6 +182,8 @@ pub struct NodeContext {
     pub tunnel: Arc<TunnelMetrics>,
     /// Whether the control plane answers; every API call of the node reports to it.
     pub api: Arc<ApiHealth>,
+    /// The kubelet's and runtime's metrics (pod start durations are observed here).
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
     pub shutdown: CancellationToken,
 }
 

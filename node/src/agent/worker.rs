@@ -109,6 +109,9 @@ struct PodState {
     next_instance: u64,
     /// Limits the pod's `Unhealthy` Events.
     unhealthy_events: EventBudget,
+    /// When this worker first saw the pod, until every container ran once
+    /// (`kubelet_pod_start_duration_seconds` is observed then, once).
+    starting_since: Option<Instant>,
 }
 
 pub async fn run(ctx: Arc<NodeContext>, mut rx: watch::Receiver<Option<Arc<Pod>>>) {
@@ -132,6 +135,7 @@ pub async fn run(ctx: Arc<NodeContext>, mut rx: watch::Receiver<Option<Arc<Pod>>
         chores: JoinSet::new(),
         next_instance: 0,
         unhealthy_events: EventBudget::new(Instant::now()),
+        starting_since: Some(Instant::now()),
     };
     let mut last_pod: Option<Arc<Pod>> = None;
     loop {
@@ -997,6 +1001,12 @@ async fn start_container(
                 started_at: Timestamp::now(),
             };
             tracing::info!(pod = %pod_name(pod), container = %c.name, "container started");
+            let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+            if st.running.len() >= containers
+                && let Some(since) = st.starting_since.take()
+            {
+                ctx.metrics.pod_start.observe(since.elapsed().as_secs_f64());
+            }
         }
         Err(e) => {
             waiting(st, idx, "CreateContainerError", e.to_string());

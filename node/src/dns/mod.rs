@@ -103,6 +103,8 @@ pub fn bind(listen: SocketAddr) -> Result<DnsSockets, DnsError> {
 #[derive(Clone, Default)]
 pub struct ZoneSwitch {
     current: Arc<RwLock<Option<Arc<Catalog>>>>,
+    /// Where answered queries are counted (`wharf_dns_queries_total`).
+    counts: Option<Arc<crate::proxy::Shared>>,
 }
 
 impl ZoneSwitch {
@@ -121,6 +123,27 @@ impl ZoneSwitch {
 #[async_trait::async_trait]
 impl RequestHandler for ZoneSwitch {
     async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        let info = self.answer::<R, T>(request, response_handle).await;
+        if let Some(counts) = &self.counts {
+            let rcode = match info.response_code {
+                ResponseCode::NoError => "NOERROR",
+                ResponseCode::NXDomain => "NXDOMAIN",
+                ResponseCode::ServFail => "SERVFAIL",
+                ResponseCode::Refused => "REFUSED",
+                _ => "other",
+            };
+            counts.metrics.dns_answered(rcode);
+        }
+        info
+    }
+}
+
+impl ZoneSwitch {
+    async fn answer<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
         mut response_handle: R,
@@ -202,7 +225,10 @@ pub async fn run(
     } else {
         None
     };
-    let switch = ZoneSwitch::default();
+    let switch = ZoneSwitch {
+        counts: Some(metrics.clone()),
+        ..ZoneSwitch::default()
+    };
     let mut server = Server::new(switch.clone());
     server.register_socket(sockets.udp);
     server.register_listener(sockets.tcp, Duration::from_secs(10), 64);

@@ -209,7 +209,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-fn error_response(status: StatusCode, message: String) -> Response<ResponseBody> {
+pub(crate) fn error_response(status: StatusCode, message: String) -> Response<ResponseBody> {
     let body = Full::new(Bytes::from(message + "\n"))
         .map_err(|never: Infallible| match never {})
         .boxed_unsync();

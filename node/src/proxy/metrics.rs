@@ -51,7 +51,12 @@ pub struct Metrics {
     ports: RwLock<BTreeMap<(ServiceKey, u16), Arc<PortStats>>>,
     dns_generation: AtomicU64,
     refused_endpoints: AtomicU64,
+    /// DNS queries answered, by [`DNS_RCODES`].
+    dns_queries: [AtomicU64; DNS_RCODES.len()],
 }
+
+/// The response codes `wharf_dns_queries_total` tells apart; anything else is `other`.
+pub const DNS_RCODES: [&str; 5] = ["NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "other"];
 
 impl Metrics {
     /// The counters of a port, created on first use.
@@ -68,6 +73,15 @@ impl Metrics {
 
     pub fn set_dns_generation(&self, generation: u64) {
         self.dns_generation.store(generation, Ordering::Relaxed);
+    }
+
+    /// Counts one DNS query answered with `rcode` (a name of [`DNS_RCODES`]).
+    pub fn dns_answered(&self, rcode: &str) {
+        let slot = DNS_RCODES
+            .iter()
+            .position(|c| *c == rcode)
+            .unwrap_or(DNS_RCODES.len() - 1);
+        self.dns_queries[slot].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_refused_endpoints(&self, n: usize) {
@@ -129,6 +143,18 @@ impl Metrics {
              # TYPE wharf_proxy_endpoints_refused gauge\nwharf_proxy_endpoints_refused {}",
             self.refused_endpoints.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP wharf_dns_queries_total DNS queries the cluster DNS answered, by response code.\n\
+             # TYPE wharf_dns_queries_total counter"
+        );
+        for (rcode, n) in DNS_RCODES.iter().zip(&self.dns_queries) {
+            let _ = writeln!(
+                out,
+                "wharf_dns_queries_total{{rcode=\"{rcode}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }

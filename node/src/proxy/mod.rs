@@ -32,6 +32,7 @@
 pub mod balance;
 pub mod discover;
 pub mod http;
+pub mod ingress;
 pub mod listener;
 pub mod metrics;
 pub mod model;
@@ -67,6 +68,10 @@ pub struct ProxyConfig {
     /// Connections (L4) or requests (L7) in flight per Service port; beyond, new ones are
     /// shed.
     pub max_in_flight: usize,
+    /// The node port Ingresses are served on over HTTP (`--ingress-http-port`); 0: none.
+    pub ingress_http_port: u16,
+    /// The node port Ingresses are served on over HTTPS (`--ingress-https-port`); 0: none.
+    pub ingress_https_port: u16,
 }
 
 impl Default for ProxyConfig {
@@ -76,6 +81,8 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(2),
             connect_attempts: 3,
             max_in_flight: 10_000,
+            ingress_http_port: 8080,
+            ingress_https_port: 8443,
         }
     }
 }

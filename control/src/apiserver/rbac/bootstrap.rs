@@ -325,6 +325,39 @@ pub fn desired() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 ),
             ],
         ),
+        // The node proxies serve Ingresses: they follow Ingresses and their classes, and
+        // the TLS Secrets Ingresses name (as an Ingress controller's ServiceAccount does).
+        role(
+            "system:wharf:ingress-proxy",
+            &[],
+            vec![
+                rule(
+                    &["networking.k8s.io"],
+                    &["ingresses", "ingressclasses"],
+                    READ,
+                ),
+                rule(&[""], &["secrets"], &["list", "watch"]),
+            ],
+        ),
+        // Scrapers of `/metrics` (Prometheus' identity is put in the group).
+        role(
+            "system:monitoring",
+            &[],
+            vec![urls(
+                &[
+                    "/healthz",
+                    "/healthz/*",
+                    "/livez",
+                    "/livez/*",
+                    "/metrics",
+                    "/metrics/slis",
+                    "/metrics/targets",
+                    "/readyz",
+                    "/readyz/*",
+                ],
+                &["get"],
+            )],
+        ),
         role(
             "system:public-info-viewer",
             &[],
@@ -349,6 +382,16 @@ pub fn desired() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
         binding(
             "system:wharf:registry-puller",
             "system:wharf:registry-puller",
+            &["system:nodes"],
+        ),
+        binding(
+            "system:monitoring",
+            "system:monitoring",
+            &["system:monitoring"],
+        ),
+        binding(
+            "system:wharf:ingress-proxy",
+            "system:wharf:ingress-proxy",
             &["system:nodes"],
         ),
         binding(

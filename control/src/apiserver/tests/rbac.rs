@@ -506,3 +506,92 @@ async fn discovery_is_for_those_rbac_lets_discover() {
         assert_eq!(code, StatusCode::OK, "{path}: {out}");
     }
 }
+
+/// The value of the first sample of `text` whose line starts with `series` (a name and
+/// its labels up to where the test cares).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_are_for_admins_and_monitoring_and_count_requests() {
+    let api = api_with_alice().await;
+    bootstrap::reconcile(api.client())
+        .await
+        .expect("bootstrap policy");
+    // Alice is authenticated but not a monitor.
+    let (code, status) = as_alice(&api, "GET", "/metrics", None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{status}");
+    assert_eq!(
+        status["message"],
+        "forbidden: User \"alice\" cannot get path \"/metrics\""
+    );
+    api.add_token(
+        "prometheus-token",
+        Identity {
+            user: "prometheus".into(),
+            groups: vec!["system:authenticated".into(), "system:monitoring".into()],
+        },
+    );
+    let scrape = |token: &'static str| {
+        let api = &api;
+        async move {
+            let (code, text) = api.send_with(token, "GET", "/metrics", "", None).await;
+            assert_eq!(code, StatusCode::OK, "{text}");
+            text.as_str().expect("text").to_owned()
+        }
+    };
+    let before = scrape("prometheus-token").await;
+    let lists = r#"apiserver_request_total{verb="LIST",group="",version="v1",resource="namespaces",subresource="",scope="cluster",component="apiserver",code="200"}"#;
+    let was = sample(&before, lists).unwrap_or(0.0);
+    let mut namespaces = 0;
+    for _ in 0..3 {
+        let (code, out) = api.send("GET", "/api/v1/namespaces", None).await;
+        assert_eq!(code, StatusCode::OK, "{out}");
+        namespaces = out["items"].as_array().map_or(0, Vec::len);
+    }
+    // A made-up resource is counted without its name.
+    let (code, _) = api.send("GET", "/api/v1/no-such-things", None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let after = scrape(super::super::testing::ADMIN_TOKEN).await;
+    assert_eq!(sample(&after, lists), Some(was + 3.0), "{after}");
+    assert!(!after.contains("no-such-things"), "{after}");
+    assert!(
+        sample(
+            &after,
+            r#"apiserver_request_total{verb="LIST",group="",version="v1",resource="",subresource="",scope="cluster",component="apiserver",code="404"}"#
+        ) >= Some(1.0),
+        "{after}"
+    );
+    // The refused scrape was counted too, as a GET of a non-resource path.
+    assert!(
+        sample(
+            &after,
+            r#"apiserver_request_total{verb="GET",group="",version="",resource="",subresource="",scope="",component="apiserver",code="403"}"#
+        ) >= Some(1.0),
+        "{after}"
+    );
+    // The histogram's buckets filled: its +Inf bucket holds every LIST of namespaces.
+    let inf = r#"apiserver_request_duration_seconds_bucket{le="+Inf",verb="LIST",group="",version="v1",resource="namespaces",subresource="",scope="cluster",component="apiserver"}"#;
+    assert!(sample(&after, inf) >= Some(3.0), "{after}");
+    // What the store holds and what it was asked.
+    assert_eq!(
+        sample(
+            &after,
+            r#"apiserver_storage_objects{resource="namespaces"}"#
+        ),
+        Some(namespaces as f64),
+        "{after}"
+    );
+    assert!(
+        sample(
+            &after,
+            r#"etcd_request_duration_seconds_count{operation="create",type="namespaces"}"#
+        ) >= Some(2.0),
+        "{after}"
+    );
+}

@@ -91,6 +91,13 @@ impl Kinds {
         }
     }
 
+    /// Whether `group`/`resource` is a kind served (built-in, or as last seen of the
+    /// definitions): for metric labels, which name only what exists.
+    pub async fn serves(&self, state: &AppState, group: &str, resource: &str) -> bool {
+        let known = |k: &&ResourceKind| k.group == group && k.plural == resource;
+        KINDS.iter().any(|k| known(&k)) || self.custom(state).await.rows.iter().any(known)
+    }
+
     /// Every kind served, built-ins first, as stored now.
     pub async fn all(&self, state: &AppState) -> Vec<&'static ResourceKind> {
         let custom = self.fresh(state).await;

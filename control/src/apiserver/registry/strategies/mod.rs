@@ -10,6 +10,8 @@ pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod event;
+pub mod ingress;
+pub mod ingressclass;
 pub mod job;
 pub mod namespace;
 pub mod node;
