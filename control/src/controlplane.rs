@@ -349,6 +349,7 @@ pub async fn start(
         shutdown: shutdown.clone(),
         rbac: Default::default(),
         kinds: Default::default(),
+        metrics: Default::default(),
     };
     let mut router = apiserver::router(state.clone())
         .merge(crate::oci::router(state.clone(), dir.join("registry")));

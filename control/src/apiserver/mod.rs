@@ -26,6 +26,7 @@ pub mod fieldcheck;
 pub mod followed;
 pub mod host_path;
 pub mod ipam;
+pub mod metrics;
 pub mod objects;
 pub mod openapi;
 pub mod paging;
@@ -106,6 +107,8 @@ pub struct AppState {
     /// The kinds served: the built-ins and what CustomResourceDefinitions add,
     /// following the store.
     pub kinds: Arc<registry::custom::Kinds>,
+    /// The nodes' recent stats samples, which `metrics.k8s.io` rates are computed from.
+    pub metrics: Arc<metrics::Samples>,
 }
 
 /// The whole API: health and version endpoints without authentication, everything else

@@ -932,6 +932,7 @@ mod handler_tests {
             shutdown: CancellationToken::new(),
             rbac: Default::default(),
             kinds: Default::default(),
+            metrics: Default::default(),
         })
     }
 

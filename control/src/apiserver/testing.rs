@@ -69,6 +69,7 @@ impl TestApi {
             shutdown: CancellationToken::new(),
             rbac: Default::default(),
             kinds: Default::default(),
+            metrics: Default::default(),
         };
         let api = TestApi {
             router: router(state.clone()),

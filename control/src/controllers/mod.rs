@@ -15,6 +15,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod hpa;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -46,6 +47,9 @@ pub struct ControllerConfig {
     pub gc_debounce: Duration,
     /// How often expired join tokens and node credentials are looked for and deleted.
     pub token_cleanup_interval: Duration,
+    /// How often each HorizontalPodAutoscaler is evaluated (kube-controller-manager's
+    /// `--horizontal-pod-autoscaler-sync-period`, 15 s).
+    pub hpa_sync_period: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -57,6 +61,7 @@ impl Default for ControllerConfig {
             job_backoff: Duration::from_secs(10),
             gc_debounce: Duration::from_millis(100),
             token_cleanup_interval: Duration::from_secs(60),
+            hpa_sync_period: Duration::from_secs(15),
         }
     }
 }
@@ -82,6 +87,7 @@ pub fn start_all(
     namespace::start(client.clone(), config, shutdown.clone(), tasks);
     clusterroleaggregation::start(client.clone(), shutdown.clone(), tasks);
     crd::start(client.clone(), shutdown.clone(), tasks);
+    hpa::start(client.clone(), config, shutdown.clone(), tasks);
     serviceaccount::start(client.clone(), shutdown.clone(), tasks);
     tokencleaner::start(
         client.clone(),

@@ -58,6 +58,7 @@ fn router_over(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         shutdown: CancellationToken::new(),
         rbac: Default::default(),
         kinds: Default::default(),
+        metrics: Default::default(),
     })
 }
 
