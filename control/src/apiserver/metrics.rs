@@ -254,7 +254,7 @@ pub fn cpu_quantity(nanocores: u64) -> String {
 
 /// Memory as a Quantity: KiB when whole, else bytes (as metrics-server writes it).
 pub fn memory_quantity(bytes: u64) -> String {
-    if bytes % 1024 == 0 && bytes != 0 {
+    if bytes.is_multiple_of(1024) && bytes != 0 {
         format!("{}Ki", bytes / 1024)
     } else {
         bytes.to_string()
