@@ -319,3 +319,184 @@ async fn hpas_are_served_in_v1_and_v2_from_one_object() {
     let (_, group) = api.send("GET", "/apis/autoscaling", None).await;
     assert_eq!(group["preferredVersion"]["version"], "v2", "{group}");
 }
+
+/// A clock the test moves.
+struct TestClock(Mutex<jiff::Timestamp>);
+
+impl crate::controllers::hpa::Clock for TestClock {
+    fn now(&self) -> jiff::Timestamp {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// A node whose one pod (`uid` in `pod`) uses `rate` cores, changeable as it runs.
+async fn fake_node_with_load(
+    token: String,
+    pod: Arc<Mutex<Option<String>>>,
+    rate: Arc<Mutex<f64>>,
+) -> u16 {
+    // (last update, CPU seconds so far)
+    let counter = Arc::new(Mutex::new((Instant::now(), 0.0f64)));
+    let start_time = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(100);
+    let app = Router::new().fallback(move |req: axum::extract::Request| {
+        let (token, pod, rate, counter) =
+            (token.clone(), pod.clone(), rate.clone(), counter.clone());
+        async move {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|h| h.to_str().ok());
+            if auth != Some(format!("Bearer {token}").as_str()) {
+                return (StatusCode::UNAUTHORIZED, "who are you?").into_response();
+            }
+            let cpu = {
+                let mut c = counter.lock().unwrap();
+                let now = Instant::now();
+                c.1 += now.duration_since(c.0).as_secs_f64() * *rate.lock().unwrap();
+                c.0 = now;
+                (c.1 * 1e9) as u64
+            };
+            let time = jiff::Timestamp::now().to_string();
+            let pods: Vec<Value> = pod
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|uid| {
+                    json!({"podRef": {"name": "web-1", "namespace": "default", "uid": uid},
+                           "containers": [{"name": "app", "startTime": start_time.to_string(),
+                               "cpu": {"time": time, "usageCoreNanoSeconds": cpu},
+                               "memory": {"time": time, "workingSetBytes": 1 << 20}}]})
+                })
+                .collect();
+            axum::Json(
+                json!({"node": {"cpu": {"time": time, "usageCoreNanoSeconds": cpu}},
+                              "pods": pods}),
+            )
+            .into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// Polls `path` until `pred` holds on it (bounded).
+async fn until(api: &super::Api, path: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, v) = api.send("GET", path, None).await;
+        if code == StatusCode::OK && pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: last {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The controller scales up on the pods' metrics, then holds a scale down for the default
+/// 300 s stabilization window of its clock, not of the wall's: moving the clock past it
+/// scales down at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hpa_controller_scales_by_its_clock() {
+    let api = super::api().await;
+    api.create_namespace("kube-system").await;
+    let client = super::super::in_process_client(api.router.clone());
+    let token = tokio::time::timeout(
+        Duration::from_secs(10),
+        super::super::proxy::ensure_node_proxy_secret(&client),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let uid = Arc::new(Mutex::new(None));
+    let rate = Arc::new(Mutex::new(0.08));
+    let port = fake_node_with_load(token, uid.clone(), rate.clone()).await;
+    api.node_at("n1", port).await;
+    let mut deployment = super::deployment("web", 1);
+    deployment["spec"]["template"]["spec"]["containers"][0]["resources"] =
+        json!({"requests": {"cpu": "100m"}});
+    let (code, s) = api
+        .send(
+            "POST",
+            "/apis/apps/v1/namespaces/default/deployments",
+            Some(deployment),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{s}");
+    // The pod the Deployment would have made (no deployment controller runs here).
+    let mut p = super::pod("web-1", json!({"app": "web"}));
+    p["spec"]["nodeName"] = json!("n1");
+    p["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "100m"}});
+    let (code, created) = api
+        .send("POST", "/api/v1/namespaces/default/pods", Some(p))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    *uid.lock().unwrap() = Some(created["metadata"]["uid"].as_str().unwrap().to_string());
+    let (code, s) = api
+        .send(
+            "POST",
+            HPA_V2,
+            Some(json!({"metadata": {"name": "web"},
+                "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                         "minReplicas": 1, "maxReplicas": 5,
+                         "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                             "target": {"type": "Utilization", "averageUtilization": 50}}}]}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{s}");
+
+    let clock = Arc::new(TestClock(Mutex::new(jiff::Timestamp::now())));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    crate::controllers::hpa::start_with_clock(
+        client,
+        Duration::from_millis(300),
+        clock.clone(),
+        shutdown.clone(),
+        &mut tasks,
+    );
+    const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/default/deployments/web";
+    // 80 % of the request against 50 %: two replicas.
+    until(&api, DEPLOYMENT, "scale up", |d| d["spec"]["replicas"] == 2).await;
+    let hpa = until(&api, &format!("{HPA_V2}/web"), "status", |h| {
+        h["status"]["lastScaleTime"].is_string()
+    })
+    .await;
+    let util = hpa["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"]
+        .as_i64()
+        .unwrap();
+    assert!((70..=90).contains(&util), "{hpa}");
+    let (_, events) = api
+        .send(
+            "GET",
+            "/api/v1/namespaces/default/events?fieldSelector=reason%3DSuccessfulRescale",
+            None,
+        )
+        .await;
+    assert_eq!(
+        events["items"][0]["message"],
+        "New size: 2; reason: cpu resource utilization (percentage of request) above target",
+        "{events}"
+    );
+
+    // Idle: the HPA wants 1 but holds at 2 within its window.
+    *rate.lock().unwrap() = 0.0;
+    let held = until(&api, &format!("{HPA_V2}/web"), "held", |h| {
+        h["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["reason"] == "ScaleDownStabilized"))
+    })
+    .await;
+    assert_eq!(held["status"]["desiredReplicas"], 2, "{held}");
+    let (_, d) = api.send("GET", DEPLOYMENT, None).await;
+    assert_eq!(d["spec"]["replicas"], 2);
+    // Five minutes later by the controller's clock: down to one.
+    *clock.0.lock().unwrap() += jiff::SignedDuration::from_secs(301);
+    until(&api, DEPLOYMENT, "scale down", |d| {
+        d["spec"]["replicas"] == 1
+    })
+    .await;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+}

@@ -40,7 +40,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -114,25 +114,27 @@ struct Ctx {
     sync_period: Duration,
     /// Per HPA (by uid): what [`decide::decide`] needs from earlier syncs.
     history: Mutex<HashMap<String, History>>,
-    /// Per HPA (by uid): the generation last evaluated, and when.
-    evaluated: Mutex<HashMap<String, (Option<i64>, Timestamp)>>,
+    /// Per HPA (by uid): the generation last evaluated, and when (monotonic time: this
+    /// paces the work, the decisions' clock is [`Ctx::clock`]).
+    evaluated: Mutex<HashMap<String, (Option<i64>, Instant)>>,
 }
 
 /// How long until an HPA last evaluated at `last` (for generation `generation`) is due
 /// again; `None`: now. A new generation (a spec change) is due at once; anything else
 /// (its own status writes, which wake the controller too) waits for the period.
 pub fn wait_before_sync(
-    last: Option<(Option<i64>, Timestamp)>,
+    last: Option<(Option<i64>, Instant)>,
     generation: Option<i64>,
-    now: Timestamp,
+    now: Instant,
     period: Duration,
 ) -> Option<Duration> {
     let (seen, at) = last?;
     if seen != generation {
         return None;
     }
-    let elapsed = Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO);
-    period.checked_sub(elapsed).filter(|d| !d.is_zero())
+    period
+        .checked_sub(now.saturating_duration_since(at))
+        .filter(|d| !d.is_zero())
 }
 
 impl Ctx {
@@ -380,15 +382,18 @@ async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Result<A
         return Ok(Action::await_change());
     }
     let requeue = Action::requeue(ctx.sync_period);
-    let now = ctx.clock.now();
     {
         let mut evaluated = ctx.evaluated.lock().unwrap_or_else(|p| p.into_inner());
         let last = evaluated.get(&uid).copied();
-        if let Some(wait) = wait_before_sync(last, hpa.metadata.generation, now, ctx.sync_period) {
+        let started = Instant::now();
+        if let Some(wait) =
+            wait_before_sync(last, hpa.metadata.generation, started, ctx.sync_period)
+        {
             return Ok(Action::requeue(wait));
         }
-        evaluated.insert(uid.clone(), (hpa.metadata.generation, now));
+        evaluated.insert(uid.clone(), (hpa.metadata.generation, started));
     }
+    let now = ctx.clock.now();
     let ns = hpa.metadata.namespace.clone().unwrap_or_default();
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &ns);
     let about = events::reference("HorizontalPodAutoscaler", "autoscaling/v2", &hpa.metadata);
@@ -560,7 +565,8 @@ mod tests {
 
     #[test]
     fn status_writes_do_not_wake_an_evaluation_before_the_period() {
-        let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).expect("time");
+        let t0 = Instant::now();
+        let t = |s: u64| t0 + Duration::from_secs(s);
         let period = Duration::from_secs(15);
         assert_eq!(wait_before_sync(None, Some(1), t(0), period), None);
         assert_eq!(
