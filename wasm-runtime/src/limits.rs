@@ -25,7 +25,9 @@
 //! `kubectl top` shows is exactly what the limits act on, measured once: CPU is the total
 //! charged by the throttle (guest execution only, never the node process's total), and
 //! memory is the budget's linear-memory bytes plus [`INSTANCE_OVERHEAD_BYTES`] per live
-//! instance, with its peak since the container started.
+//! instance, with its peak since the container started. An instance's last slice (from its
+//! last deadline to its end) is charged when its store is dropped, so that requests shorter
+//! than one interval count too.
 
 use std::sync::Arc;
 use std::sync::Mutex;

@@ -1099,6 +1099,22 @@ async fn usage_measures_guest_cpu_and_memory() {
         );
         assert!(u.peak_memory_bytes >= u.memory_bytes, "{u:?}");
     }
+    // Requests shorter than an epoch interval are charged too (their last slice).
+    let hello = pull(&rt, &hello_http()).await;
+    let mut spec = ContainerSpec::new(unique_id("usage-web"));
+    spec.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let web = within(30, "start web", rt.start(spec, &hello))
+        .await
+        .expect("start");
+    let url = format!("http://{}/", web.http_addr().expect("addr"));
+    let client = client();
+    for _ in 0..5 {
+        let (status, _) = within(10, "request", get(&client, &url)).await;
+        assert_eq!(status, 200);
+    }
+    let served = of(&rt.usage(), web.id());
+    assert!(served.cpu_nanos > 0, "{served:?}");
+    within(10, "stop", web.stop(Duration::from_secs(1))).await;
     within(10, "stop", spinner.stop(Duration::from_secs(1))).await;
     within(10, "stop", ticker.stop(Duration::from_secs(1))).await;
     let after = rt.usage();
