@@ -362,6 +362,44 @@ mod tests {
         );
     }
 
+    /// `/stats/summary` is served to the API server's token only, as container logs are.
+    #[tokio::test]
+    async fn the_summary_needs_the_api_servers_token() {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let mut config = wharf_runtime::RuntimeConfig::new(dir.path());
+        config.pooling = None;
+        let runtime = wharf_runtime::Runtime::new(config).expect("runtime");
+        let ctx = Arc::new(crate::daemon::DaemonContext {
+            node_name: "n1".into(),
+            runtime: Arc::new(runtime),
+            pods: Default::default(),
+            services: Arc::new(crate::proxy::Shared::new("cluster.local")),
+            tunnel: Default::default(),
+            shutdown: Default::default(),
+        });
+        let app = crate::daemon::router(ctx, Some("secret".into()));
+        let ask = |auth: Option<&str>| {
+            let mut req = http::Request::get("/stats/summary");
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            app.clone()
+                .oneshot(req.body(axum::body::Body::empty()).expect("request"))
+        };
+        let refused = ask(None).await.expect("answer");
+        assert_eq!(refused.status(), http::StatusCode::UNAUTHORIZED);
+        let refused = ask(Some("Bearer nope")).await.expect("answer");
+        assert_eq!(refused.status(), http::StatusCode::UNAUTHORIZED);
+        let ok = ask(Some("Bearer secret")).await.expect("answer");
+        assert_eq!(ok.status(), http::StatusCode::OK);
+        let body = ok.into_body().collect().await.expect("body").to_bytes();
+        let summary: Summary = serde_json::from_slice(&body).expect("a summary");
+        assert_eq!(summary.node.node_name, "n1");
+        assert!(summary.pods.is_empty());
+    }
+
     #[test]
     fn metrics_have_a_series_per_container_and_pod() {
         let pods = vec![pod("default", "a", "u1", &["app", "side"])];
