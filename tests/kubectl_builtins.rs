@@ -165,7 +165,15 @@ async fn replication_controllers_load_balancers_and_apiservices() {
     let kinds = k.ok(&["api-resources", "--no-headers", "-o", "name"]).await;
     let mut explained = 0;
     for resource in kinds.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let out = k.ok(&["explain", resource]).await;
+        // `nodes.metrics.k8s.io` would read as the field path `metrics.k8s.io` of core
+        // nodes: kubectl explains a resource of another group by `--api-version`.
+        let out = match resource.strip_suffix(".metrics.k8s.io") {
+            Some(base) => {
+                k.ok(&["explain", base, "--api-version=metrics.k8s.io/v1beta1"])
+                    .await
+            }
+            None => k.ok(&["explain", resource]).await,
+        };
         assert!(
             out.contains("KIND:") && out.contains("FIELDS:") && out.contains("metadata"),
             "explain {resource}:\n{out}"

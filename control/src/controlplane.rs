@@ -361,6 +361,7 @@ pub async fn start(
         kinds: Default::default(),
         metrics: metrics.clone(),
         registry,
+        resource_samples: Default::default(),
     };
     let mut router = apiserver::router(state.clone())
         .merge(crate::oci::router(state.clone(), dir.join("registry")))

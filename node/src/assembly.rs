@@ -269,6 +269,7 @@ pub async fn start(
         ));
     }
     let daemon_ctx = Arc::new(daemon::DaemonContext {
+        node_name: config.node_name.clone(),
         runtime: ctx.runtime.clone(),
         pods: ctx.pods.clone(),
         services: ctx.services.clone(),

@@ -6,6 +6,10 @@
 //! following. Only the API server calls it: requests must carry the bearer token the
 //! control plane keeps in the `kube-system/wharf-node-proxy` Secret, which the agent reads
 //! when it starts, so a pod or another user on the network cannot read logs directly.
+//!
+//! `GET /stats/summary`, behind the same token: the guests' resource usage as the kubelet's
+//! Summary API shapes it, which the API server reads to serve `metrics.k8s.io` (see
+//! [`crate::stats`]).
 
 use crate::container_id;
 use crate::proxy;
@@ -70,6 +74,7 @@ pub type PodIndex = Arc<Mutex<HashMap<String, Arc<k8s_openapi::api::core::v1::Po
 /// Handed over by whoever assembles the node, so the server knows nothing of the kubelet.
 #[derive(Clone)]
 pub struct DaemonContext {
+    pub node_name: String,
     pub runtime: Arc<Runtime>,
     pub pods: PodIndex,
     pub services: Arc<proxy::Shared>,
@@ -89,6 +94,7 @@ pub fn router(ctx: Arc<DaemonContext>, token: Option<String>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/stats/summary", get(stats_summary))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
@@ -122,6 +128,10 @@ async fn metrics(State(state): State<DaemonState>) -> Response {
     let mut text = state.ctx.services.metrics.render();
     text.push_str(&state.ctx.tunnel.render());
     text.push_str(&state.ctx.kubelet.render());
+    text.push_str(&crate::stats::render_metrics(
+        &state.ctx.runtime.usage(),
+        &node_pods(&state),
+    ));
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         text,
@@ -163,25 +173,60 @@ fn render(line: &LogLine, timestamps: bool) -> String {
     s
 }
 
+/// Refuses a request that does not carry the API server's token.
+fn refused(state: &DaemonState, headers: &HeaderMap) -> Option<Response> {
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (&state.token, presented) {
+        (Some(expected), Some(got)) if constant_time_eq(expected.as_bytes(), got.as_bytes()) => {
+            None
+        }
+        (None, _) => Some(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node has no proxy token; logs and stats are not served".into(),
+        )),
+        _ => Some(text(StatusCode::UNAUTHORIZED, "Unauthorized".into())),
+    }
+}
+
+/// The pods the node runs now.
+fn node_pods(state: &DaemonState) -> Vec<Arc<k8s_openapi::api::core::v1::Pod>> {
+    state
+        .ctx
+        .pods
+        .lock()
+        .map(|pods| pods.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// `GET /stats/summary`: the guests' usage now ([`crate::stats::summary`]).
+async fn stats_summary(State(state): State<DaemonState>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refused(&state, &headers) {
+        return refusal;
+    }
+    let snapshot = state.ctx.runtime.usage();
+    let mut pods = node_pods(&state);
+    pods.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    axum::Json(crate::stats::summary(
+        &state.ctx.node_name,
+        &snapshot,
+        &pods,
+    ))
+    .into_response()
+}
+
 async fn container_logs(
     State(state): State<DaemonState>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     Query(q): Query<LogQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let presented = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match (&state.token, presented) {
-        (Some(expected), Some(got)) if constant_time_eq(expected.as_bytes(), got.as_bytes()) => {}
-        (None, _) => {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "this node has no proxy token; logs are not served".into(),
-            );
-        }
-        _ => return text(StatusCode::UNAUTHORIZED, "Unauthorized".into()),
+    if let Some(refusal) = refused(&state, &headers) {
+        return refusal;
     }
     let found = state
         .ctx

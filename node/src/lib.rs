@@ -4,7 +4,8 @@
 //!
 //! - [`agent`]: wharf's kubelet. It registers the Node, renews its Lease, and runs the
 //!   pods bound to it on the wasm runtime (`wharf-runtime`), writing their status.
-//! - [`daemon`]: the node's own HTTP server (container logs for `pods/log`, `/metrics`).
+//! - [`daemon`]: the node's own HTTP server (container logs for `pods/log`, `/metrics`,
+//!   `/stats/summary`); [`stats`]: the guests' resource usage it serves.
 //! - [`proxy`]: wharf's kube-proxy, a user-space tower load balancer listening on every
 //!   Service's cluster IP, and the name table pods resolve Services from.
 //! - [`dns`]: the cluster DNS (hickory), answering for `cluster.local` from the same view.
@@ -18,6 +19,7 @@ pub mod dns;
 pub mod metrics;
 pub mod proxy;
 pub mod reachability;
+pub mod stats;
 pub mod tunnel;
 
 pub use assembly::{NodeConfig, NodeHandle, StartError, start};

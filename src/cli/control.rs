@@ -162,6 +162,10 @@ pub struct StoreArgs {
     /// 0 never compacts (another member or an operator does)
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = super::node::parse_duration)]
     etcd_compaction_interval: std::time::Duration,
+
+    /// How often each HorizontalPodAutoscaler is evaluated
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = super::node::parse_duration)]
+    horizontal_pod_autoscaler_sync_period: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -174,6 +178,7 @@ impl StoreArgs {
     pub fn apply(&self, config: &mut ControlConfig) -> anyhow::Result<()> {
         config.watch_history = self.watch_history;
         config.api.event_ttl = self.event_ttl;
+        config.controllers.hpa_sync_period = self.horizontal_pod_autoscaler_sync_period;
         config.encrypt_secrets = self.secrets_encryption;
         config.audit = self.audit_log.as_ref().map(|path| AuditConfig {
             path: path.clone(),

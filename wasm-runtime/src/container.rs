@@ -201,6 +201,36 @@ pub struct ContainerStats {
     pub timed_out: u64,
 }
 
+/// The resource usage of one running container, as the node measures it (see `limits`):
+/// what `kubectl top` and the HorizontalPodAutoscaler read, through the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerUsage {
+    /// The container id from its spec.
+    pub id: String,
+    /// When this run of the container started: the cumulative counters start from zero
+    /// then (a restarted container is a new run).
+    pub started_at: std::time::SystemTime,
+    /// CPU time its instances have spent executing guest code since it started, in
+    /// nanoseconds (cumulative, as cgroups' `cpuacct.usage`).
+    pub cpu_nanos: u64,
+    /// Memory now: its instances' linear memories plus
+    /// [`crate::INSTANCE_OVERHEAD_BYTES`] per live instance.
+    pub memory_bytes: u64,
+    /// The highest `memory_bytes` since it started.
+    pub peak_memory_bytes: u64,
+    /// Instances alive now.
+    pub instances: u64,
+}
+
+/// The usage of every running container at one moment: [`crate::Runtime::usage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageSnapshot {
+    /// When it was taken.
+    pub taken_at: std::time::SystemTime,
+    /// One entry per running container, by id.
+    pub containers: Vec<ContainerUsage>,
+}
+
 /// The shared, observable part of a container.
 pub(crate) struct ContainerShared {
     pub(crate) budget: Arc<MemoryBudget>,
@@ -212,6 +242,18 @@ pub(crate) struct ContainerShared {
 }
 
 impl ContainerShared {
+    /// The container's usage now.
+    pub(crate) fn usage(&self, id: &str, started_at: std::time::SystemTime) -> ContainerUsage {
+        ContainerUsage {
+            id: id.to_string(),
+            started_at,
+            cpu_nanos: u64::try_from(self.cpu.used().as_nanos()).unwrap_or(u64::MAX),
+            memory_bytes: self.budget.usage(),
+            peak_memory_bytes: self.budget.peak(),
+            instances: self.budget.instances(),
+        }
+    }
+
     pub(crate) fn new(budget: Arc<MemoryBudget>, cpu: Arc<CpuThrottle>) -> Arc<Self> {
         Arc::new(Self {
             budget,

@@ -49,6 +49,18 @@ pub(crate) struct GuestCommon {
     slice_start: Instant,
 }
 
+impl Drop for GuestCommon {
+    /// Charges the last slice (from the last epoch deadline to the end of the instance, at
+    /// most one interval, as at every deadline), so that an instance that ends within one
+    /// interval, such as a short request, is not free in the usage the node reports.
+    fn drop(&mut self) {
+        let used = Instant::now()
+            .saturating_duration_since(self.slice_start)
+            .min(self.epoch_interval);
+        let _ = self.cpu.charge(used);
+    }
+}
+
 /// Store data for a preview1 module.
 pub(crate) struct P1State {
     pub(crate) wasi: WasiP1Ctx,

@@ -59,9 +59,12 @@ mod registry;
 mod runtime;
 mod spec;
 
-pub use container::{Container, ContainerStats, ExitReason, ExitStatus, StartError};
+pub use container::{
+    Container, ContainerStats, ContainerUsage, ExitReason, ExitStatus, StartError, UsageSnapshot,
+};
 pub use engine::{AllocatorKind, PoolingConfig, RuntimeConfig, RuntimeError};
 pub use image::{Digest, ImagePullError, LocalImages, PullPolicy, WorkloadKind};
+pub use limits::INSTANCE_OVERHEAD_BYTES;
 pub use logs::{ContainerLogs, LogError, LogLine, LogOptions, LogStream};
 pub use registry::{
     Registries, RegistryCredential, RegistryHost, WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE,

@@ -21,7 +21,10 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::cache::{ArtifactCache, Compiled, Lookup};
-use crate::container::{Container, ContainerShared, ExitStatus, Outcome, StartError, exit_status};
+use crate::container::{
+    Container, ContainerShared, ContainerUsage, ExitStatus, Outcome, StartError, UsageSnapshot,
+    exit_status,
+};
 use crate::engine::{
     AllocatorKind, EpochTicker, RuntimeConfig, RuntimeError, build_engine, engine_fingerprint,
 };
@@ -230,6 +233,9 @@ struct Inner {
     pulls: tokio::sync::RwLock<()>,
     /// A collection removed images but could not sweep: the next one sweeps.
     sweep_pending: std::sync::atomic::AtomicBool,
+    /// The running containers' observable parts and start times, by id: what
+    /// [`Runtime::usage`] reads. Removed by the supervisor when the container ends.
+    running: Mutex<HashMap<String, (Arc<ContainerShared>, std::time::SystemTime)>>,
     /// Log progress of running containers, by id, for followers.
     live_logs: Mutex<HashMap<String, (u32, watch::Receiver<LogProgress>)>>,
     counters: Counters,
@@ -324,6 +330,7 @@ impl Runtime {
                 pulls: tokio::sync::RwLock::new(()),
                 sweep_pending: std::sync::atomic::AtomicBool::new(false),
                 live_logs: Mutex::new(HashMap::new()),
+                running: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
                 root: CancellationToken::new(),
                 tracker: TaskTracker::new(),
@@ -346,6 +353,21 @@ impl Runtime {
     /// The configuration the runtime was created with.
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.config
+    }
+
+    /// The resource usage of every running container now (see `limits`): a snapshot of
+    /// the counters the limits keep, nothing measured anew.
+    pub fn usage(&self) -> UsageSnapshot {
+        let taken_at = std::time::SystemTime::now();
+        let mut containers: Vec<ContainerUsage> = lock(&self.inner.running)
+            .iter()
+            .map(|(id, (shared, started))| shared.usage(id, *started))
+            .collect();
+        containers.sort_by(|a, b| a.id.cmp(&b.id));
+        UsageSnapshot {
+            taken_at,
+            containers,
+        }
     }
 
     /// Image pipeline counters.
@@ -1044,6 +1066,8 @@ impl Runtime {
                 }
             };
         lock(&inner.live_logs).insert(id.clone(), (attempt, writer.progress.clone()));
+        lock(&inner.running).insert(id.clone(), (shared.clone(), std::time::SystemTime::now()));
+        let running_shared = shared.clone();
         let (status_tx, status_rx) = watch::channel(None);
         let supervisor_inner = inner.clone();
         let supervisor_id = id.clone();
@@ -1059,6 +1083,15 @@ impl Runtime {
                 let mut live = lock(&supervisor_inner.live_logs);
                 if live.get(&supervisor_id).is_some_and(|(a, _)| *a == attempt) {
                     live.remove(&supervisor_id);
+                }
+            }
+            {
+                let mut running = lock(&supervisor_inner.running);
+                if running
+                    .get(&supervisor_id)
+                    .is_some_and(|(s, _)| Arc::ptr_eq(s, &running_shared))
+                {
+                    running.remove(&supervisor_id);
                 }
             }
             tracing::debug!(container = %supervisor_id, reason = %status.reason, code = status.code, "container ended");

@@ -1041,3 +1041,88 @@ async fn a_request_past_its_timeout_gets_504_and_frees_its_instance() {
     assert_eq!(status, 200, "{body}");
     within(10, "stop", container.stop(Duration::from_secs(1))).await;
 }
+
+/// `Runtime::usage` reports what the guests' instances use: a spinner limited to 300m
+/// about 0.3 CPU-seconds per second, an idle ticker next to nothing, both with memory and
+/// a peak; a stopped container leaves the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_measures_guest_cpu_and_memory() {
+    build_samples().await;
+    let rt = shared_runtime();
+    let spin = pull(&rt, &spinner()).await;
+    let tick = pull(&rt, &ticker()).await;
+    let mut spec = ContainerSpec::new(unique_id("usage-spin"));
+    spec.resources.cpu_millicores = Some(300);
+    let spinner = within(30, "start spinner", rt.start(spec, &spin))
+        .await
+        .expect("start");
+    let ticker = within(
+        30,
+        "start ticker",
+        rt.start(ContainerSpec::new(unique_id("usage-tick")), &tick),
+    )
+    .await
+    .expect("start");
+    let of = |snap: &wharf_runtime::UsageSnapshot, id: &str| {
+        snap.containers
+            .iter()
+            .find(|c| c.id == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in {snap:?}"))
+    };
+    // Let both settle (the spinner's first period may use its saved-up quota).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = rt.usage();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = rt.usage();
+    let elapsed = second
+        .taken_at
+        .duration_since(first.taken_at)
+        .expect("monotonic enough")
+        .as_secs_f64();
+    let rate = |id: &str| {
+        let (a, b) = (of(&first, id), of(&second, id));
+        assert_eq!(a.started_at, b.started_at);
+        (b.cpu_nanos - a.cpu_nanos) as f64 / 1e9 / elapsed
+    };
+    let spin_rate = rate(spinner.id());
+    let tick_rate = rate(ticker.id());
+    eprintln!("spinner {spin_rate:.3} cores, ticker {tick_rate:.3} cores");
+    assert!((0.2..=0.4).contains(&spin_rate), "spinner at {spin_rate}");
+    assert!(tick_rate < 0.05, "ticker at {tick_rate}");
+    for id in [spinner.id(), ticker.id()] {
+        let u = of(&second, id);
+        assert_eq!(u.instances, 1, "{u:?}");
+        assert!(
+            u.memory_bytes > wharf_runtime::INSTANCE_OVERHEAD_BYTES,
+            "{u:?}"
+        );
+        assert!(u.peak_memory_bytes >= u.memory_bytes, "{u:?}");
+    }
+    // Requests shorter than an epoch interval are charged too (their last slice).
+    let hello = pull(&rt, &hello_http()).await;
+    let mut spec = ContainerSpec::new(unique_id("usage-web"));
+    spec.http_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let web = within(30, "start web", rt.start(spec, &hello))
+        .await
+        .expect("start");
+    let url = format!("http://{}/", web.http_addr().expect("addr"));
+    let client = client();
+    for _ in 0..5 {
+        let (status, _) = within(10, "request", get(&client, &url)).await;
+        assert_eq!(status, 200);
+    }
+    let served = of(&rt.usage(), web.id());
+    assert!(served.cpu_nanos > 0, "{served:?}");
+    within(10, "stop", web.stop(Duration::from_secs(1))).await;
+    within(10, "stop", spinner.stop(Duration::from_secs(1))).await;
+    within(10, "stop", ticker.stop(Duration::from_secs(1))).await;
+    let after = rt.usage();
+    assert!(
+        after
+            .containers
+            .iter()
+            .all(|c| c.id != spinner.id() && c.id != ticker.id()),
+        "{after:?}"
+    );
+}

@@ -15,8 +15,9 @@ use super::typed::{Scoped, TypeOps, Typed};
 use crate::apiserver::registry::Strategy;
 use crate::apiserver::registry::strategies::{self as s, Plain};
 use k8s_openapi::api::{
-    apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-    discovery::v1 as disc, networking::v1 as net, rbac::v1 as rbac,
+    apps::v1 as apps, autoscaling::v1 as autoscaling1, autoscaling::v2 as autoscaling2,
+    batch::v1 as batch, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
+    networking::v1 as net, rbac::v1 as rbac,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apireg;
@@ -171,6 +172,19 @@ pub static KINDS: &[ResourceKind] = &[
     builtin::<apps::ReplicaSet>("replicaset", &["rs"], true, &s::replicaset::STRATEGY),
     builtin::<apps::DaemonSet>("daemonset", &["ds"], true, &s::daemonset::STRATEGY),
     builtin::<batch::Job>("job", &[], true, &s::job::STRATEGY),
+    builtin::<autoscaling2::HorizontalPodAutoscaler>(
+        "horizontalpodautoscaler",
+        &["hpa"],
+        true,
+        &s::horizontalpodautoscaler::STRATEGY,
+    ),
+    // Served from the v2 objects, converting (see the strategy).
+    builtin::<autoscaling1::HorizontalPodAutoscaler>(
+        "horizontalpodautoscaler",
+        &["hpa"],
+        false,
+        &s::horizontalpodautoscaler::V1_STRATEGY,
+    ),
     builtin::<coord::Lease>("lease", &[], false, &LEASE),
     builtin::<disc::EndpointSlice>("endpointslice", &[], false, &s::endpointslice::STRATEGY),
     builtin::<net::Ingress>("ingress", &["ing"], false, &s::ingress::STRATEGY),
@@ -191,7 +205,43 @@ pub static KINDS: &[ResourceKind] = &[
         &s::customresourcedefinition::STRATEGY,
     ),
     builtin::<apireg::APIService>("apiservice", &[], false, &s::apiservice::STRATEGY),
+    computed(
+        "NodeMetrics",
+        "nodes",
+        "nodemetrics",
+        false,
+        &s::metrics::NODE_METRICS,
+    ),
+    computed(
+        "PodMetrics",
+        "pods",
+        "podmetrics",
+        true,
+        &s::metrics::POD_METRICS,
+    ),
 ];
+
+/// A row of `metrics.k8s.io/v1beta1`: a kind computed on request, with no Rust type.
+const fn computed(
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+    strategy: &'static dyn Strategy,
+) -> ResourceKind {
+    ResourceKind {
+        group: crate::apiserver::resource_metrics::GROUP,
+        version: crate::apiserver::resource_metrics::VERSION,
+        kind,
+        plural,
+        singular,
+        namespaced,
+        short_names: &[],
+        in_all: false,
+        strategy,
+        typed: TypeOps::untyped(),
+    }
+}
 
 /// The kind served at `group`/`version` under URL name `plural`.
 pub fn find_by_plural(group: &str, version: &str, plural: &str) -> Option<&'static ResourceKind> {
@@ -300,6 +350,22 @@ mod tests {
                 ("apps", "ReplicaSet", "replicasets", true, true, true),
                 ("apps", "DaemonSet", "daemonsets", true, true, true),
                 ("batch", "Job", "jobs", true, true, true),
+                (
+                    "autoscaling",
+                    "HorizontalPodAutoscaler",
+                    "horizontalpodautoscalers",
+                    true,
+                    true,
+                    true
+                ),
+                (
+                    "autoscaling",
+                    "HorizontalPodAutoscaler",
+                    "horizontalpodautoscalers",
+                    true,
+                    true,
+                    true
+                ),
                 ("coordination.k8s.io", "Lease", "leases", true, false, true),
                 (
                     "discovery.k8s.io",
@@ -373,9 +439,30 @@ mod tests {
                     true,
                     true
                 ),
+                (
+                    "metrics.k8s.io",
+                    "NodeMetrics",
+                    "nodes",
+                    false,
+                    false,
+                    false
+                ),
+                ("metrics.k8s.io", "PodMetrics", "pods", true, false, false),
             ]
         );
-        assert!(KINDS.iter().all(|k| k.version == "v1"));
+        let versions: Vec<String> = KINDS
+            .iter()
+            .filter(|k| k.version != "v1")
+            .map(|k| k.api_version())
+            .collect();
+        assert_eq!(
+            versions,
+            [
+                "autoscaling/v2",
+                "metrics.k8s.io/v1beta1",
+                "metrics.k8s.io/v1beta1"
+            ]
+        );
     }
 
     #[test]

@@ -106,7 +106,8 @@ mod tests {
 
     #[test]
     fn every_kind_has_its_own_type() {
-        for k in KINDS {
+        // Computed kinds (resource metrics) have no Rust type.
+        for k in KINDS.iter().filter(|k| k.strategy.computed().is_none()) {
             let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
             let name = (k.typed.schema)(&mut generator);
             assert!(name.ends_with(k.kind), "{name} for {}", k.kind);

@@ -36,6 +36,7 @@ pub mod proxy;
 pub mod rbac;
 pub mod registry;
 pub mod request;
+pub mod resource_metrics;
 pub mod resources;
 pub mod reviews;
 pub mod scale;
@@ -111,6 +112,8 @@ pub struct AppState {
     pub metrics: crate::metrics::ControlMetrics,
     /// What `/metrics` serves: the process's registry, where `metrics` is registered.
     pub registry: Arc<prometheus_client::registry::Registry>,
+    /// The nodes' recent stats samples, which `metrics.k8s.io` rates are computed from.
+    pub resource_samples: Arc<resource_metrics::Samples>,
 }
 
 /// The whole API: health and version endpoints without authentication, everything else

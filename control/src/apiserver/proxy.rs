@@ -143,7 +143,7 @@ pub async fn ensure_node_proxy_secret(client: &kube::Client) -> Result<String, P
 }
 
 /// The token, read from the store (the API server's side).
-async fn proxy_token(state: &AppState) -> Result<String, ApiError> {
+pub(crate) async fn proxy_token(state: &AppState) -> Result<String, ApiError> {
     let key = object_key(
         "",
         "secrets",
@@ -390,7 +390,7 @@ pub fn node_error(node: &str, status: StatusCode, body: &[u8]) -> ApiError {
 
 // ---- Doing ----------------------------------------------------------------------------
 
-async fn get_object(
+pub(crate) async fn get_object(
     state: &AppState,
     plural: &str,
     namespace: Option<&str>,
@@ -472,7 +472,7 @@ pub async fn log_stream(
 }
 
 /// Sends the request to the node; an unreachable or silent node is 503.
-async fn request_node(
+pub(crate) async fn request_node(
     node: &str,
     host: &str,
     port: u16,

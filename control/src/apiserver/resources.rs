@@ -73,6 +73,18 @@ async fn handle(
     if let Some(verb) = Verb::of_target(&parts.method, &target, watch) {
         authz::enforce(&state, parts.extensions.get::<Identity>(), verb, &target).await?;
     }
+    if let Some(serve) = target.kind.strategy.computed() {
+        return match (&parts.method, target.subresource.as_deref()) {
+            (&Method::GET, None) if !watch => {
+                let value = serve(&state, &target, &query).await?;
+                Ok(super::objects::json_response(StatusCode::OK, &value))
+            }
+            (m, _) => Err(ApiError::MethodNotAllowed(format!(
+                "{m} is not supported on {}: it is computed, only get and list are served",
+                target.kind.qualified_plural()
+            ))),
+        };
+    }
     let status_sub = match target.subresource.as_deref() {
         None => false,
         Some(name) => match subresources::find(target.kind.strategy.subresources(), name) {

@@ -934,6 +934,7 @@ mod handler_tests {
             kinds: Default::default(),
             metrics: Default::default(),
             registry: Default::default(),
+            resource_samples: Default::default(),
         })
     }
 

@@ -81,6 +81,7 @@ impl TestApi {
             kinds: Default::default(),
             metrics,
             registry: Arc::new(registry),
+            resource_samples: Default::default(),
         };
         let api = TestApi {
             router: router(state.clone()),

@@ -824,12 +824,14 @@ async fn discovery_lists_every_kind() {
         [
             "apps",
             "batch",
+            "autoscaling",
             "coordination.k8s.io",
             "discovery.k8s.io",
             "networking.k8s.io",
             "rbac.authorization.k8s.io",
             "apiextensions.k8s.io",
-            "apiregistration.k8s.io"
+            "apiregistration.k8s.io",
+            "metrics.k8s.io"
         ]
     );
     let (code, _) = api.send("GET", "/apis/apps/v1", None).await;
@@ -2723,6 +2725,9 @@ mod ingress;
 
 /// Issue 11 section 5: CustomResourceDefinitions.
 mod crd;
+
+/// Issue 15: resource metrics and HorizontalPodAutoscalers.
+mod metrics;
 
 /// Issue 11: `kubectl exec` gets a Status that says a wasm pod has no shell, over both
 /// upgrades kubectl tries, and discovery lists `pods/exec`.

@@ -392,7 +392,9 @@ fn new_custom_kinds(
 async fn run(client: kube::Client, debounce: Duration, shutdown: CancellationToken) {
     let mut stores: Stores = Vec::new();
     let mut changes: Changes = SelectAll::new();
-    for kind in KINDS {
+    let owned: Vec<&'static ResourceKind> =
+        KINDS.iter().filter(|k| k.strategy.owns_storage()).collect();
+    for kind in owned.iter().copied() {
         watch_kind(&client, kind, &mut stores, &mut changes);
     }
     // Custom kinds are watched from when their definition is established.
@@ -437,11 +439,11 @@ async fn run(client: kube::Client, debounce: Duration, shutdown: CancellationTok
                 next_pass = None;
                 // The built-in kinds' caches must be complete; a custom kind's may lag
                 // (an owner missing from it is confirmed gone live before anything).
-                if !synced[..KINDS.len()].iter().all(|s| *s) {
+                if !synced[..owned.len()].iter().all(|s| *s) {
                     continue;
                 }
                 let custom: Vec<&'static ResourceKind> =
-                    stores[KINDS.len()..].iter().map(|(k, _)| *k).collect();
+                    stores[owned.len()..].iter().map(|(k, _)| *k).collect();
                 let items: Vec<Item> = stores
                     .iter()
                     .flat_map(|(kind, store)| {

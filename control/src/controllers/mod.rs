@@ -15,6 +15,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod hpa;
 pub mod ingress;
 pub mod job;
 pub mod namespace;
@@ -49,6 +50,9 @@ pub struct ControllerConfig {
     pub token_cleanup_interval: Duration,
     /// `workqueue_*` metric families, one series per controller.
     pub workqueue: crate::metrics::WorkqueueMetrics,
+    /// How often each HorizontalPodAutoscaler is evaluated (kube-controller-manager's
+    /// `--horizontal-pod-autoscaler-sync-period`, 15 s).
+    pub hpa_sync_period: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -61,6 +65,7 @@ impl Default for ControllerConfig {
             gc_debounce: Duration::from_millis(100),
             token_cleanup_interval: Duration::from_secs(60),
             workqueue: Default::default(),
+            hpa_sync_period: Duration::from_secs(15),
         }
     }
 }
@@ -87,6 +92,7 @@ pub fn start_all(
     namespace::start(client.clone(), config, shutdown.clone(), tasks);
     clusterroleaggregation::start(client.clone(), shutdown.clone(), tasks);
     crd::start(client.clone(), shutdown.clone(), tasks);
+    hpa::start(client.clone(), config, shutdown.clone(), tasks);
     serviceaccount::start(client.clone(), shutdown.clone(), tasks);
     tokencleaner::start(
         client.clone(),

@@ -326,7 +326,10 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 async fn namespaced_kinds(
     client: &kube::Client,
 ) -> Result<Vec<&'static ResourceKind>, kube::Error> {
-    let mut kinds: Vec<&'static ResourceKind> = KINDS.iter().filter(|k| k.namespaced).collect();
+    let mut kinds: Vec<&'static ResourceKind> = KINDS
+        .iter()
+        .filter(|k| k.namespaced && k.strategy.owns_storage())
+        .collect();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in crds.list(&ListParams::default()).await?.items {
         let Ok(crd) = serde_json::to_value(&crd) else {

@@ -258,6 +258,13 @@ pub fn desired() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 ),
             ],
         ),
+        // Resource metrics (`kubectl top`), aggregated into view, edit and admin as
+        // metrics-server's role is in Kubernetes.
+        role(
+            "system:aggregated-metrics-reader",
+            &[(TO_VIEW, "true"), (TO_EDIT, "true"), (TO_ADMIN, "true")],
+            vec![rule(&["metrics.k8s.io"], &["pods", "nodes"], READ)],
+        ),
         role(
             "system:discovery",
             &[],

@@ -31,6 +31,13 @@ use crate::api::{printers, strategic};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
+/// How a kind that is not kept in the store serves `get` (`name` set) and `list`.
+pub type Computed = for<'a> fn(
+    &'a AppState,
+    &'a Target,
+    &'a super::super::request::Query,
+) -> BoxFuture<'a, Result<Value, ApiError>>;
+
 /// Every verb of a resource's main endpoint.
 pub const ALL_VERBS: &[&str] = &[
     "create",
@@ -83,6 +90,21 @@ pub trait Strategy: Send + Sync {
     /// The subresources the kind serves, from [`super::subresources::SUBRESOURCES`].
     fn subresources(&self) -> &'static [&'static Subresource] {
         &[]
+    }
+
+    /// For a kind whose objects are computed on request rather than stored (resource
+    /// metrics, read from the nodes): what serves its `get` and `list`. Its verbs must be
+    /// those two.
+    fn computed(&self) -> Option<Computed> {
+        None
+    }
+
+    /// Whether this row owns its objects in the store: what the garbage collector watches
+    /// and namespace deletion deletes. Not a computed kind, and not a second version served
+    /// from another row's storage (converted by [`Strategy::present`] and
+    /// [`Strategy::default`]).
+    fn owns_storage(&self) -> bool {
+        self.computed().is_none()
     }
 
     /// The verbs of the main endpoint, as discovery lists them.

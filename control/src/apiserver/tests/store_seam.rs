@@ -60,6 +60,7 @@ fn router_over(store: Arc<dyn Store>, config: ApiConfig) -> Router {
         kinds: Default::default(),
         metrics: Default::default(),
         registry: Default::default(),
+        resource_samples: Default::default(),
     })
 }
 
