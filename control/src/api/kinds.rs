@@ -16,7 +16,7 @@ use crate::apiserver::registry::Strategy;
 use crate::apiserver::registry::strategies::{self as s, Plain};
 use k8s_openapi::api::{
     apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-    discovery::v1 as disc, rbac::v1 as rbac,
+    discovery::v1 as disc, rbac::v1 as rbac, storage::v1 as storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apireg;
@@ -145,6 +145,13 @@ static LEASE: Plain = Plain {
     printer: &super::printers::LEASE,
 };
 
+/// ControllerRevisions: immutable snapshots a StatefulSet's rollouts are made of.
+static CONTROLLER_REVISION: Plain = Plain {
+    spec: false,
+    status: false,
+    printer: &super::printers::stateful::CONTROLLER_REVISION,
+};
+
 /// Every kind wharf serves, grouped by API group in the order discovery lists them.
 pub static KINDS: &[ResourceKind] = &[
     builtin::<core::Namespace>("namespace", &["ns"], false, &s::namespace::STRATEGY),
@@ -167,9 +174,23 @@ pub static KINDS: &[ResourceKind] = &[
         true,
         &s::replicationcontroller::STRATEGY,
     ),
+    builtin::<core::PersistentVolume>(
+        "persistentvolume",
+        &["pv"],
+        false,
+        &s::persistentvolume::STRATEGY,
+    ),
+    builtin::<core::PersistentVolumeClaim>(
+        "persistentvolumeclaim",
+        &["pvc"],
+        false,
+        &s::persistentvolumeclaim::STRATEGY,
+    ),
     builtin::<apps::Deployment>("deployment", &["deploy"], true, &s::deployment::STRATEGY),
     builtin::<apps::ReplicaSet>("replicaset", &["rs"], true, &s::replicaset::STRATEGY),
     builtin::<apps::DaemonSet>("daemonset", &["ds"], true, &s::daemonset::STRATEGY),
+    builtin::<apps::StatefulSet>("statefulset", &["sts"], true, &s::statefulset::STRATEGY),
+    builtin::<apps::ControllerRevision>("controllerrevision", &[], false, &CONTROLLER_REVISION),
     builtin::<batch::Job>("job", &[], true, &s::job::STRATEGY),
     builtin::<coord::Lease>("lease", &[], false, &LEASE),
     builtin::<disc::EndpointSlice>("endpointslice", &[], false, &s::endpointslice::STRATEGY),
@@ -189,6 +210,7 @@ pub static KINDS: &[ResourceKind] = &[
         &s::customresourcedefinition::STRATEGY,
     ),
     builtin::<apireg::APIService>("apiservice", &[], false, &s::apiservice::STRATEGY),
+    builtin::<storage::StorageClass>("storageclass", &["sc"], false, &s::storageclass::STRATEGY),
 ];
 
 /// The kind served at `group`/`version` under URL name `plural`.
@@ -294,9 +316,34 @@ mod tests {
                     true,
                     true
                 ),
+                (
+                    "",
+                    "PersistentVolume",
+                    "persistentvolumes",
+                    false,
+                    true,
+                    true
+                ),
+                (
+                    "",
+                    "PersistentVolumeClaim",
+                    "persistentvolumeclaims",
+                    true,
+                    true,
+                    true
+                ),
                 ("apps", "Deployment", "deployments", true, true, true),
                 ("apps", "ReplicaSet", "replicasets", true, true, true),
                 ("apps", "DaemonSet", "daemonsets", true, true, true),
+                ("apps", "StatefulSet", "statefulsets", true, true, true),
+                (
+                    "apps",
+                    "ControllerRevision",
+                    "controllerrevisions",
+                    true,
+                    false,
+                    false
+                ),
                 ("batch", "Job", "jobs", true, true, true),
                 ("coordination.k8s.io", "Lease", "leases", true, false, true),
                 (
@@ -354,6 +401,14 @@ mod tests {
                     false,
                     true,
                     true
+                ),
+                (
+                    "storage.k8s.io",
+                    "StorageClass",
+                    "storageclasses",
+                    false,
+                    false,
+                    false
                 ),
             ]
         );

@@ -828,7 +828,8 @@ async fn discovery_lists_every_kind() {
             "discovery.k8s.io",
             "rbac.authorization.k8s.io",
             "apiextensions.k8s.io",
-            "apiregistration.k8s.io"
+            "apiregistration.k8s.io",
+            "storage.k8s.io"
         ]
     );
     let (code, _) = api.send("GET", "/apis/apps/v1", None).await;
@@ -2716,6 +2717,9 @@ mod hardening;
 
 /// Issue 10: the API server over the store seam.
 mod store_seam;
+
+/// Issue 16: StorageClasses, PersistentVolumes, claims and StatefulSets.
+mod storage;
 
 /// Issue 11 section 5: CustomResourceDefinitions.
 mod crd;

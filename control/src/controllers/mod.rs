@@ -18,10 +18,12 @@ pub mod gc;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod persistentvolume;
 pub mod replicaset;
 pub mod replicationcontroller;
 pub mod serviceaccount;
 pub mod servicelb;
+pub mod statefulset;
 pub mod tokencleaner;
 
 use std::time::Duration;
@@ -82,6 +84,8 @@ pub fn start_all(
     namespace::start(client.clone(), config, shutdown.clone(), tasks);
     clusterroleaggregation::start(client.clone(), shutdown.clone(), tasks);
     crd::start(client.clone(), shutdown.clone(), tasks);
+    persistentvolume::start(client.clone(), shutdown.clone(), tasks);
+    statefulset::start(client.clone(), shutdown.clone(), tasks);
     serviceaccount::start(client.clone(), shutdown.clone(), tasks);
     tokencleaner::start(
         client.clone(),

@@ -19,7 +19,7 @@
 
 use super::cache::Cache;
 use super::framework::{Code, Cycle, FilterPlugin, NodeInfo, ScorePlugin, Status};
-use super::plugins::{self, inter_pod_affinity};
+use super::plugins::{self, inter_pod_affinity, volume_binding};
 use rand::Rng;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -75,12 +75,18 @@ pub struct FitError {
     pub reasons: HashMap<Cow<'static, str>, usize>,
     /// Nodes that failed with `UnschedulableAndUnresolvable`.
     pub unresolvable: usize,
+    /// Why the pre-filter turned the pod away before any node (a missing claim): the
+    /// message then has that instead of per-node counts, as Kubernetes prints it.
+    pub pre_filter: Option<Cow<'static, str>>,
 }
 
 impl fmt::Display for FitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.num_nodes == 0 {
             return f.write_str("no nodes available to schedule pods");
+        }
+        if let Some(reason) = &self.pre_filter {
+            return write!(f, "0/{} nodes are available: {reason}.", self.num_nodes);
         }
         let mut parts: Vec<String> = self
             .reasons
@@ -143,17 +149,31 @@ pub fn schedule(
             num_nodes: 0,
             reasons: HashMap::new(),
             unresolvable: 0,
+            pre_filter: None,
         }));
     }
     // PreFilter: the cluster-wide part of pod (anti-)affinity, once per pod.
     let affinity =
         inter_pod_affinity::pre_filter(pod, cache.placed_pods(), cache.anti_affinity_pods())
             .map_err(|e| ScheduleError::Error(format!("{}: {e}", inter_pod_affinity::NAME)))?;
+    // PreFilter: the pod's claims, once per pod.
+    let volumes = match volume_binding::pre_filter(pod, &cache.volumes) {
+        Ok(v) => v,
+        Err(status) => {
+            return Err(ScheduleError::Unschedulable(FitError {
+                num_nodes,
+                reasons: HashMap::new(),
+                unresolvable: num_nodes,
+                pre_filter: status.reasons.into_iter().next(),
+            }));
+        }
+    };
     let cycle = Cycle {
         pod,
         num_nodes,
         image_nodes: cache.image_nodes(),
         affinity,
+        volumes,
     };
 
     let to_find = num_feasible_nodes_to_find(num_nodes, profile.percentage_of_nodes_to_score);
@@ -200,6 +220,7 @@ pub fn schedule(
             num_nodes,
             reasons,
             unresolvable,
+            pre_filter: None,
         }));
     }
     let decision = |node: &NodeInfo| Decision {

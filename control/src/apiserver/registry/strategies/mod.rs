@@ -13,6 +13,8 @@ pub mod event;
 pub mod job;
 pub mod namespace;
 pub mod node;
+pub mod persistentvolume;
+pub mod persistentvolumeclaim;
 pub mod pod;
 pub mod rbac;
 pub mod replicaset;
@@ -20,6 +22,8 @@ pub mod replicationcontroller;
 pub mod secret;
 pub mod service;
 pub mod serviceaccount;
+pub mod statefulset;
+pub mod storageclass;
 
 use super::Strategy;
 use super::subresources::{STATUS, Subresource};
