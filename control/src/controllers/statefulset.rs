@@ -45,7 +45,7 @@ use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -754,6 +754,7 @@ pub fn claim_owner(sts: &StatefulSet) -> Option<OwnerReference> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn ts(s: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + s).unwrap()

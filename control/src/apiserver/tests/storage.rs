@@ -179,3 +179,19 @@ async fn statefulsets_default_validate_and_scale() {
         "{s}"
     );
 }
+
+#[tokio::test]
+async fn controller_revisions_keep_their_data() {
+    let api = api().await;
+    let uri = "/apis/apps/v1/namespaces/default/controllerrevisions";
+    let data = json!({"spec": {"template": {"$patch": "replace",
+        "metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "app", "image": "kv.wasm"}]}}}});
+    let rev = json!({"apiVersion": "apps/v1", "kind": "ControllerRevision",
+        "metadata": {"name": "web-1"}, "revision": 1, "data": data});
+    let (code, created) = api.send("POST", uri, Some(rev)).await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    let (_, got) = api.send("GET", &format!("{uri}/web-1"), None).await;
+    assert_eq!(got["data"], data);
+    assert_eq!(got["revision"], 1);
+}
