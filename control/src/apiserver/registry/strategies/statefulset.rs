@@ -79,7 +79,7 @@ impl Strategy for StatefulSetStrategy {
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         let spec = obj.get("spec");
-        validation::validate_workload("StatefulSet", spec, errs);
+        validation::validate_workload("StatefulSet", with_claim_volumes(spec).as_ref(), errs);
         let Some(spec) = spec else { return };
         let spec_obj = json!({"spec": spec});
         super::storageclass::supported(
@@ -168,6 +168,33 @@ impl Strategy for StatefulSetStrategy {
     }
 }
 
+/// The spec as its pods will have it: each claim template is a volume of the template
+/// (what the containers' `volumeMounts` name).
+fn with_claim_volumes(spec: Option<&Value>) -> Option<Value> {
+    let mut spec = spec?.clone();
+    let names: Vec<Value> = spec
+        .get("volumeClaimTemplates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.pointer("/metadata/name").cloned())
+        .collect();
+    if let Some(pod) = spec
+        .pointer_mut("/template/spec")
+        .and_then(Value::as_object_mut)
+    {
+        let volumes = pod.entry("volumes").or_insert_with(|| json!([]));
+        if let Some(list) = volumes.as_array_mut() {
+            for name in names {
+                if !list.iter().any(|v| v.get("name") == Some(&name)) {
+                    list.push(json!({"name": name, "persistentVolumeClaim": {"claimName": name}}));
+                }
+            }
+        }
+    }
+    Some(spec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,7 +204,8 @@ mod tests {
             "serviceName": "web",
             "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}},
-                         "spec": {"containers": [{"name": "a", "image": "a.wasm"}]}},
+                         "spec": {"containers": [{"name": "a", "image": "a.wasm",
+                             "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
             "volumeClaimTemplates": [{"metadata": {"name": "data"},
                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]
         }})
