@@ -6,11 +6,13 @@
 //! `local-path` volume on the node its pod runs on, each replica answers at its own DNS
 //! name through the headless Service, data written to a replica survives the deletion of
 //! its pod (the replacement gets the same claim, on the same node), a partitioned rollout
-//! updates only the ordinals at or above the partition, and a scale-down stops pods from
-//! the highest ordinal down while their claims stay. A pod naming a claim that does not
-//! exist stays Pending with Kubernetes' message.
+//! updates only the ordinals at or above the partition (and `kubectl rollout undo` takes it
+//! back), a scale-down stops pods from the highest ordinal down while their claims stay, a
+//! pod naming a claim that does not exist stays Pending with Kubernetes' message, and the
+//! data is still there after the whole cluster restarts.
 //!
 //! Run alone: `flock /tmp/wharf-e2e.lock cargo test --test stateful`.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -324,6 +326,8 @@ async fn a_statefulset_keeps_names_order_claims_and_data() {
     let kv1 = &pods["kv-1"];
     let addr = SocketAddr::new(pod_ip(kv1), port);
     assert_eq!(http_put(addr, "/kv/greeting", "hello from kv-1").await, 200);
+    let kv0 = SocketAddr::new(pod_ip(&pods["kv-0"]), port);
+    assert_eq!(http_put(kv0, "/kv/kept", "across restarts").await, 200);
     let old_uid = kv1.metadata.uid.clone().unwrap();
     cluster
         .pods()
@@ -403,6 +407,27 @@ async fn a_statefulset_keeps_names_order_claims_and_data() {
         "partitioned roll out complete: 1 new pods have been updated...\n"
     );
 
+    // kubectl reads the ControllerRevisions: undo puts kv-2 back on the old revision.
+    let kubectl = common::kubectl::Kubectl {
+        kubeconfig: &cluster.kubeconfig,
+    };
+    let undo = kubectl.run(&["rollout", "undo", "statefulset/kv"]).await;
+    assert!(undo.ok, "kubectl rollout undo: {}", undo.stderr);
+    assert_eq!(undo.stdout.trim(), "statefulset.apps/kv rolled back");
+    watch_pods(
+        &cluster,
+        "kv-2 rolled back",
+        POD_TIMEOUT * 2,
+        |_, _, _| {},
+        |state| {
+            state.len() == 3
+                && state
+                    .values()
+                    .all(|p| ready(p) && revision(p) == old_revision)
+        },
+    )
+    .await;
+
     // Ordered stop: scaling to one removes kv-2, then kv-1; their claims stay.
     let scale = json!({"spec": {"replicas": 1}});
     sets.patch(SET, &PatchParams::default(), &Patch::Merge(&scale))
@@ -477,5 +502,19 @@ spec:
         message,
         "0/2 nodes are available: persistentvolumeclaim \"nope\" not found."
     );
+
+    // The data outlives the whole cluster: after a restart kv-0 still has it.
+    cluster.terminate().await;
+    let cluster = Cluster::up_with(
+        dir.path(),
+        2,
+        &["--dns-listen", &dns.to_string(), "--dns-external", "refuse"],
+    )
+    .await;
+    let kv0 = cluster
+        .wait_pod("kv-0", "ready after the restart", POD_TIMEOUT, ready)
+        .await;
+    let kept = http_ok(SocketAddr::new(pod_ip(&kv0), port), "/kv/kept", TIMEOUT).await;
+    assert_eq!(kept, "across restarts");
     cluster.terminate().await;
 }

@@ -354,7 +354,7 @@ pub fn decide(
             condemned.push((i, pod));
         }
     }
-    condemned.sort_by(|a, b| b.0.cmp(&a.0));
+    condemned.sort_by_key(|c| std::cmp::Reverse(c.0));
 
     let mut status = StatefulSetStatus {
         observed_generation: sts.metadata.generation,

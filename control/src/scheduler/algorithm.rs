@@ -292,6 +292,39 @@ mod tests {
     }
 
     #[test]
+    fn claims_speak_kubernetes_words_when_nothing_fits() {
+        use crate::scheduler::plugins::volume_binding::VolumeUpdate;
+        let mut cache = Cache::new();
+        for n in ["n1", "n2"] {
+            cache.upsert_node(node(n, 1000, 1 << 30, 10));
+        }
+        let pod = pod_with(
+            "p",
+            json!({}),
+            json!({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}),
+        );
+        let err = run(&cache, &pod).expect_err("no node fits").to_string();
+        assert_eq!(
+            err,
+            "0/2 nodes are available: persistentvolumeclaim \"data\" not found."
+        );
+        // A delayed claim of the local-path class, on nodes that publish no root.
+        cache.volumes.apply(VolumeUpdate::Class(std::sync::Arc::new(
+            crate::controllers::persistentvolume::local_path_class(),
+        )));
+        cache.volumes.apply(VolumeUpdate::Claim(std::sync::Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "data", "namespace": "default"},
+                "spec": {"storageClassName": "local-path"}}))
+            .expect("a claim"),
+        )));
+        let err = run(&cache, &pod).expect_err("no node fits").to_string();
+        assert_eq!(
+            err,
+            "0/2 nodes are available: 2 node(s) didn't find available persistent volumes to bind."
+        );
+    }
+
+    #[test]
     fn feasible_share_is_adaptive_like_kubernetes() {
         assert_eq!(num_feasible_nodes_to_find(3, None), 3);
         assert_eq!(num_feasible_nodes_to_find(99, None), 99);
