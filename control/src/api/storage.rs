@@ -20,6 +20,10 @@ pub const BIND_COMPLETED_ANNOTATION: &str = "pv.kubernetes.io/bind-completed";
 /// Set on a PersistentVolume a provisioner made, naming it.
 pub const PROVISIONED_BY_ANNOTATION: &str = "pv.kubernetes.io/provisioned-by";
 
+/// The finalizer that keeps a claim while a pod uses it (Kubernetes' storage object in
+/// use protection): the PV controller removes it once no pod does.
+pub const PVC_PROTECTION_FINALIZER: &str = "kubernetes.io/pvc-protection";
+
 /// The built-in class and its provisioner: a directory in the chosen node's data dir.
 pub const LOCAL_PATH_CLASS: &str = "local-path";
 pub const LOCAL_PATH_PROVISIONER: &str = "wharf.dev/local-path";

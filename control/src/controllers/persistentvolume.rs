@@ -22,6 +22,9 @@
 //!   with `Immediate`, the first node (by name) that publishes a root. The node makes the
 //!   directory when a pod first mounts it. Capacity is recorded, not enforced: a
 //!   directory has no size limit of its own (no quota on the node's file system).
+//! - **In-use protection.** A claim carries `kubernetes.io/pvc-protection` from its
+//!   creation; once it is being deleted the controller removes the finalizer only when no
+//!   pod that has not ended uses it, so a running pod never loses its volume under it.
 //! - **Reclaiming.** A volume whose claim is gone (or was recreated: another uid) is
 //!   `Released`; with reclaim policy `Delete` the volume object is deleted and the node
 //!   removes the directory once no volume names it; with `Retain` it stays `Released`
@@ -78,6 +81,9 @@ pub struct World {
     pub classes: Vec<StorageClass>,
     /// Node name → the directory under which it keeps local-path volumes.
     pub roots: BTreeMap<String, String>,
+    /// (namespace, claim) of every claim a pod that has not ended uses; read only while
+    /// some claim is being deleted.
+    pub in_use: std::collections::BTreeSet<(String, String)>,
 }
 
 /// A claim, by namespace, name and uid.
@@ -117,6 +123,12 @@ pub enum Step {
     Provision(Box<PersistentVolume>),
     /// Delete a released volume (reclaim policy Delete).
     Delete { pv: String, uid: String },
+    /// Let a deleted claim no pod uses go: its finalizers without the protection one.
+    Unprotect {
+        claim: ClaimKey,
+        resource_version: String,
+        finalizers: Vec<String>,
+    },
 }
 
 fn key_of(pvc: &PersistentVolumeClaim) -> ClaimKey {
@@ -269,10 +281,28 @@ pub fn decide(world: &World) -> Vec<Step> {
     // Volumes this pass reserves, so two claims do not take the same one.
     let mut taken: Vec<&str> = Vec::new();
     for pvc in &world.claims {
+        let claim = key_of(pvc);
         if pvc.metadata.deletion_timestamp.is_some() {
+            let finalizers = pvc.metadata.finalizers.clone().unwrap_or_default();
+            let used = world
+                .in_use
+                .contains(&(claim.namespace.clone(), claim.name.clone()));
+            if !used
+                && finalizers
+                    .iter()
+                    .any(|f| f == storage::PVC_PROTECTION_FINALIZER)
+            {
+                steps.push(Step::Unprotect {
+                    claim,
+                    resource_version: pvc.metadata.resource_version.clone().unwrap_or_default(),
+                    finalizers: finalizers
+                        .into_iter()
+                        .filter(|f| f != storage::PVC_PROTECTION_FINALIZER)
+                        .collect(),
+                });
+            }
             continue;
         }
-        let claim = key_of(pvc);
         let bound_phase = storage::claim_bound(pvc);
         let bind = |pv: &PersistentVolume, set_volume_name: bool| {
             let spec = pv.spec.clone().unwrap_or_default();
@@ -439,9 +469,17 @@ async fn run(client: kube::Client, shutdown: CancellationToken) {
     let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .map(|_| ());
+    // Only pods going away matter: they may free a claim being deleted.
+    let pods = watcher(
+        Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .filter(|e| futures::future::ready(matches!(e, Ok(watcher::Event::Delete(_)))))
+    .map(|_| ());
     let mut changes = std::pin::pin!(futures::stream::select(
         futures::stream::select(claims, volumes),
-        nodes
+        futures::stream::select(nodes, pods)
     ));
     let mut failures = 0u32;
     loop {
@@ -513,11 +551,38 @@ async fn pass(client: &kube::Client) -> Result<(), Error> {
             Some((n.metadata.name?, root))
         })
         .collect();
+    let in_use = if claims
+        .iter()
+        .any(|c| c.metadata.deletion_timestamp.is_some())
+    {
+        Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone())
+            .list(&lp)
+            .await
+            .map_err(Error::api("listing", "pods"))?
+            .items
+            .iter()
+            .filter(|p| {
+                !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+            })
+            .flat_map(|p| {
+                let ns = p.metadata.namespace.clone().unwrap_or_default();
+                storage::pod_claims(p)
+                    .into_iter()
+                    .map(move |c| (ns.clone(), c.to_string()))
+            })
+            .collect()
+    } else {
+        Default::default()
+    };
     let world = World {
         claims,
         volumes,
         classes,
         roots,
+        in_use,
     };
     for step in decide(&world) {
         match execute(client, &step).await {
@@ -583,6 +648,16 @@ async fn execute(client: &kube::Client, step: &Step) -> Result<(), kube::Error> 
             let status = json!({"status": {"phase": phase}});
             pvs.patch_status(pv, &pp, &Patch::Merge(&status)).await?;
         }
+        Step::Unprotect {
+            claim,
+            resource_version,
+            finalizers,
+        } => {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &claim.namespace);
+            let patch = json!({"metadata": {"resourceVersion": resource_version,
+                "finalizers": finalizers}});
+            api.patch(&claim.name, &pp, &Patch::Merge(&patch)).await?;
+        }
         Step::Provision(pv) => {
             pvs.create(&PostParams::default(), pv).await?;
         }
@@ -647,6 +722,7 @@ mod tests {
             claims,
             volumes,
             classes: vec![local_path_class()],
+            in_use: Default::default(),
             roots: BTreeMap::from([
                 ("n1".to_string(), "/data/n1/storage".to_string()),
                 ("n2".to_string(), "/data/n2/storage".to_string()),
@@ -792,6 +868,31 @@ mod tests {
             json!({"spec": {"storageClassName": "manual", "resources": {"requests": {"storage": "1Ti"}}}}),
         );
         assert!(decide(&world(vec![huge], vec![volume("v", json!({}))])).is_empty());
+    }
+
+    #[test]
+    fn a_deleted_claim_goes_only_once_no_pod_uses_it() {
+        let c = claim(
+            "data",
+            json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z", "resourceVersion": "9",
+                "finalizers": [storage::PVC_PROTECTION_FINALIZER, "other"]}}),
+        );
+        let mut w = world(vec![c], vec![]);
+        w.in_use.insert(("default".into(), "data".into()));
+        assert!(decide(&w).is_empty());
+        w.in_use.clear();
+        assert_eq!(
+            decide(&w),
+            [Step::Unprotect {
+                claim: ClaimKey {
+                    namespace: "default".into(),
+                    name: "data".into(),
+                    uid: "u-data".into()
+                },
+                resource_version: "9".into(),
+                finalizers: vec!["other".into()],
+            }]
+        );
     }
 
     #[test]

@@ -91,14 +91,17 @@ pub(super) async fn watch_volumes(
 ) {
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
     use k8s_openapi::api::storage::v1::StorageClass;
+    use volume_binding::Relisted;
     fn digest<K>(
         seen: fn(Arc<K>) -> VolumeUpdate,
         gone: fn(Arc<K>) -> VolumeUpdate,
+        which: Relisted,
     ) -> impl Fn(watcher::Event<K>) -> Option<VolumeUpdate> {
         move |e| match e {
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => Some(seen(Arc::new(o))),
             watcher::Event::Delete(o) => Some(gone(Arc::new(o))),
-            watcher::Event::Init | watcher::Event::InitDone => None,
+            watcher::Event::Init => Some(VolumeUpdate::Relist(which)),
+            watcher::Event::InitDone => None,
         }
     }
     let config = watcher::Config::default;
@@ -112,21 +115,33 @@ pub(super) async fn watch_volumes(
             tx.clone(),
             shutdown.clone(),
             "persistentvolumeclaims",
-            digest(VolumeUpdate::Claim, VolumeUpdate::ClaimGone),
+            digest(
+                VolumeUpdate::Claim,
+                VolumeUpdate::ClaimGone,
+                Relisted::Claims
+            ),
         ),
         forward(
             volumes,
             tx.clone(),
             shutdown.clone(),
             "persistentvolumes",
-            digest(VolumeUpdate::Volume, VolumeUpdate::VolumeGone),
+            digest(
+                VolumeUpdate::Volume,
+                VolumeUpdate::VolumeGone,
+                Relisted::Volumes
+            ),
         ),
         forward(
             classes,
             tx,
             shutdown,
             "storageclasses",
-            digest(VolumeUpdate::Class, VolumeUpdate::ClassGone),
+            digest(
+                VolumeUpdate::Class,
+                VolumeUpdate::ClassGone,
+                Relisted::Classes
+            ),
         ),
     );
 }

@@ -53,6 +53,10 @@ async fn a_claim_without_a_class_gets_the_default_and_keeps_its_spec() {
     assert_eq!(c["spec"]["storageClassName"], "local-path");
     assert_eq!(c["spec"]["volumeMode"], "Filesystem");
     assert_eq!(c["status"]["phase"], "Pending");
+    assert_eq!(
+        c["metadata"]["finalizers"],
+        json!(["kubernetes.io/pvc-protection"])
+    );
     // An explicit empty class stays empty (no dynamic provisioning), as in Kubernetes.
     let (_, none) = api
         .send(

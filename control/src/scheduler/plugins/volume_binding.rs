@@ -52,6 +52,17 @@ pub enum VolumeUpdate {
     VolumeGone(Arc<PersistentVolume>),
     Class(Arc<StorageClass>),
     ClassGone(Arc<StorageClass>),
+    /// A watch starts over (its list follows): forget what it said so far, so objects
+    /// deleted while it was away do not linger.
+    Relist(Relisted),
+}
+
+/// Which watch starts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relisted {
+    Claims,
+    Volumes,
+    Classes,
 }
 
 fn claim_key(c: &PersistentVolumeClaim) -> (String, String) {
@@ -85,6 +96,9 @@ impl Volumes {
             VolumeUpdate::ClassGone(c) => {
                 self.classes.remove(&name(&c.metadata));
             }
+            VolumeUpdate::Relist(Relisted::Claims) => self.claims.clear(),
+            VolumeUpdate::Relist(Relisted::Volumes) => self.volumes.clear(),
+            VolumeUpdate::Relist(Relisted::Classes) => self.classes.clear(),
         }
     }
 
@@ -367,6 +381,14 @@ mod tests {
         assert_eq!(fits(&state, &n1).reasons, [ERR_CONFLICT]);
         assert!(fits(&state, &provisioning_node("n2")).is_success());
         assert!(claims_to_select(&pod_using("data"), &v).is_empty());
+    }
+
+    #[test]
+    fn a_relist_forgets_what_was_deleted_meanwhile() {
+        let mut v = volumes(vec![claim("data", json!({}))]);
+        assert!(pre_filter(&pod_using("data"), &v).is_ok());
+        v.apply(VolumeUpdate::Relist(Relisted::Claims));
+        assert!(pre_filter(&pod_using("data"), &v).is_err());
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! PersistentVolumeClaims: a request for storage that the PV controller binds to a
 //! volume. As in Kubernetes, a claim that names no class gets the default class at
 //! admission (the `DefaultStorageClass` admission plugin, here the strategy's create
-//! hook), a new claim starts `Pending`, and its spec is immutable once created except for
+//! hook), a new claim starts `Pending` with the `kubernetes.io/pvc-protection` finalizer
+//! (it stays while a pod uses it), and its spec is immutable once created except for
 //! what binding fills in (`volumeName`, a class where there was none) and growth of
 //! `resources.requests`.
 
 use super::super::Strategy;
 use super::super::strategy::Admitted;
 use crate::api::printers;
-use crate::api::storage::DEFAULT_CLASS_ANNOTATION;
+use crate::api::storage::{DEFAULT_CLASS_ANNOTATION, PVC_PROTECTION_FINALIZER};
 use crate::api::validation::{self, FieldError, Reason};
 use crate::apiserver::AppState;
 use crate::apiserver::error::ApiError;
@@ -39,6 +40,14 @@ impl Strategy for PersistentVolumeClaimStrategy {
     fn prepare_for_create(&self, obj: &mut Value, _uid: &str) {
         if let Some(map) = obj.as_object_mut() {
             map.insert("status".into(), json!({"phase": "Pending"}));
+        }
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            let finalizers = meta.entry("finalizers").or_insert_with(|| json!([]));
+            if let Some(list) = finalizers.as_array_mut()
+                && !list.iter().any(|f| f == PVC_PROTECTION_FINALIZER)
+            {
+                list.push(json!(PVC_PROTECTION_FINALIZER));
+            }
         }
     }
 
