@@ -7,7 +7,8 @@
 //! name through the headless Service, data written to a replica survives the deletion of
 //! its pod (the replacement gets the same claim, on the same node), a partitioned rollout
 //! updates only the ordinals at or above the partition (and `kubectl rollout undo` takes it
-//! back), a scale-down stops pods from the highest ordinal down while their claims stay, a
+//! back), a scale-down stops pods from the highest ordinal down while their claims stay
+//! (and deleting one reclaims its volume and directory), a
 //! pod naming a claim that does not exist stays Pending with Kubernetes' message, and the
 //! data is still there after the whole cluster restarts.
 //!
@@ -460,6 +461,35 @@ async fn a_statefulset_keeps_names_order_claims_and_data() {
         left,
         ["data-kv-0", "data-kv-1", "data-kv-2"],
         "claims retained"
+    );
+
+    // Deleting a claim no pod uses releases its volume; reclaim Delete removes the volume
+    // and its node removes the directory.
+    let claim2 = claims.get("data-kv-2").await.unwrap();
+    let pv2 = claim2.spec.and_then(|s| s.volume_name).unwrap();
+    let dir2 = wharf_control::api::storage::volume_path(&volumes.get(&pv2).await.unwrap())
+        .unwrap()
+        .to_string();
+    assert!(std::path::Path::new(&dir2).is_dir());
+    claims
+        .delete("data-kv-2", &DeleteParams::default())
+        .await
+        .unwrap();
+    let reclaimed = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let claim_gone = claims.get_opt("data-kv-2").await.unwrap().is_none();
+            let pv_gone = volumes.get_opt(&pv2).await.unwrap().is_none();
+            if claim_gone && pv_gone && !std::path::Path::new(&dir2).exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        reclaimed.is_ok(),
+        "claim, volume {pv2} and {dir2} not all gone\n--- wharf up log:\n{}",
+        cluster.log_tail(30)
     );
 
     // A pod whose claim does not exist is Pending with Kubernetes' message.
