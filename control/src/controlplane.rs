@@ -391,6 +391,7 @@ pub async fn start(
     };
     bootstrap_namespaces(&router).await?;
     bootstrap_ingress_class(&router).await?;
+    bootstrap_storage_class(&router).await?;
     reconcile_rbac(&router).await?;
     apiserver::proxy::ensure_node_proxy_secret(&apiserver::in_process_client(router.clone()))
         .await
@@ -533,6 +534,27 @@ async fn bootstrap_namespaces(router: &axum::Router) -> Result<(), ControlError>
         }
     }
     Ok(())
+}
+
+/// Creates the built-in `local-path` StorageClass (the cluster's default, as k3s ships
+/// one) when it is missing: like the system namespaces, it is there after every start.
+async fn bootstrap_storage_class(router: &axum::Router) -> Result<(), ControlError> {
+    use k8s_openapi::api::storage::v1::StorageClass;
+    use kube::api::{Api, PostParams};
+    let api: Api<StorageClass> = Api::all(apiserver::in_process_client(router.clone()));
+    match api
+        .create(
+            &PostParams::default(),
+            &crate::controllers::persistentvolume::local_path_class(),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(ControlError::Bootstrap(format!(
+            "creating the local-path storage class: {e}"
+        ))),
+    }
 }
 
 /// Serves `app` over TLS until `shutdown`, then drains: stops accepting, asks every

@@ -201,6 +201,11 @@ pub async fn start(
     );
     facts.tunnel = tunnel_addr;
     facts.allow_host_path = config.allow_host_path;
+    facts.local_path_root = Some(
+        agent::volumes::storage_root(&config.data_dir)
+            .to_string_lossy()
+            .into_owned(),
+    );
     facts.instances = match runtime.allocator() {
         wharf_runtime::AllocatorKind::Pooling { total_instances } => Some(*total_instances),
         wharf_runtime::AllocatorKind::OnDemand { .. } => None,

@@ -103,21 +103,36 @@ pub async fn run(cluster: &Cluster, args: RolloutArgs) -> anyhow::Result<()> {
     match args.command {
         RolloutCommand::Status(a) => status(cluster, a).await,
         RolloutCommand::History(a) => {
-            each(cluster, &a.target, &["Deployment"], |c, k, ns, n| {
-                Box::pin(history(c, k, ns, n, a.revision))
-            })
+            each(
+                cluster,
+                &a.target,
+                &["Deployment", "StatefulSet"],
+                |c, k, ns, n| match k.kind {
+                    "StatefulSet" => Box::pin(statefulset_history(c, k, ns, n)),
+                    _ => Box::pin(history(c, k, ns, n, a.revision)),
+                },
+            )
             .await
         }
         RolloutCommand::Undo(a) => {
-            each(cluster, &a.target, &["Deployment"], |c, k, ns, n| {
-                Box::pin(undo(c, k, ns, n, a.to_revision))
-            })
+            each(
+                cluster,
+                &a.target,
+                &["Deployment", "StatefulSet"],
+                |c, k, ns, n| match k.kind {
+                    "StatefulSet" => Box::pin(statefulset_undo(c, k, ns, n, a.to_revision)),
+                    _ => Box::pin(undo(c, k, ns, n, a.to_revision)),
+                },
+            )
             .await
         }
         RolloutCommand::Restart(a) => {
-            each(cluster, &a, &["Deployment", "DaemonSet"], |c, k, ns, n| {
-                Box::pin(restart(c, k, ns, n))
-            })
+            each(
+                cluster,
+                &a,
+                &["Deployment", "DaemonSet", "StatefulSet"],
+                |c, k, ns, n| Box::pin(restart(c, k, ns, n)),
+            )
             .await
         }
         RolloutCommand::Pause(a) => {
@@ -190,6 +205,9 @@ pub fn rollout_message(kind: &str, object: &Value) -> Result<(String, bool), Str
     let int = |ptr: &str| object.pointer(ptr).and_then(Value::as_i64).unwrap_or(0);
     let generation = int("/metadata/generation");
     let observed = int("/status/observedGeneration");
+    if kind == "StatefulSet" {
+        return statefulset_message(object, generation, observed);
+    }
     if kind == "DaemonSet" {
         let strategy = object
             .pointer("/spec/updateStrategy/type")
@@ -287,7 +305,10 @@ pub fn rollout_message(kind: &str, object: &Value) -> Result<(String, bool), Str
 }
 
 async fn status(cluster: &Cluster, args: StatusArgs) -> anyhow::Result<()> {
-    let targets = named(&args.target.args, &["Deployment", "DaemonSet"])?;
+    let targets = named(
+        &args.target.args,
+        &["Deployment", "DaemonSet", "StatefulSet"],
+    )?;
     let [(kind, name)] = targets.as_slice() else {
         bail!("rollout status takes one object");
     };
@@ -375,6 +396,202 @@ fn resource_version(object: &Value) -> String {
         .and_then(Value::as_str)
         .unwrap_or("0")
         .to_string()
+}
+
+/// kubectl's StatefulSet status viewer.
+fn statefulset_message(
+    object: &Value,
+    generation: i64,
+    observed: i64,
+) -> Result<(String, bool), String> {
+    let int = |ptr: &str| object.pointer(ptr).and_then(Value::as_i64).unwrap_or(0);
+    let text = |ptr: &str| {
+        object
+            .pointer(ptr)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let strategy = object
+        .pointer("/spec/updateStrategy/type")
+        .and_then(Value::as_str)
+        .unwrap_or("RollingUpdate");
+    if strategy != "RollingUpdate" {
+        return Err("rollout status is only available for RollingUpdate strategy type".into());
+    }
+    if observed == 0 || generation > observed {
+        return Ok((
+            "Waiting for statefulset spec update to be observed...\n".into(),
+            false,
+        ));
+    }
+    let replicas = object
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let ready = int("/status/readyReplicas");
+    if ready < replicas {
+        return Ok((
+            format!("Waiting for {} pods to be ready...\n", replicas - ready),
+            false,
+        ));
+    }
+    let partition = int("/spec/updateStrategy/rollingUpdate/partition");
+    let updated = int("/status/updatedReplicas");
+    if partition > 0 {
+        if updated < replicas - partition {
+            return Ok((
+                format!(
+                    "Waiting for partitioned roll out to finish: {updated} out of {} new pods have been updated...\n",
+                    replicas - partition
+                ),
+                false,
+            ));
+        }
+        return Ok((
+            format!("partitioned roll out complete: {updated} new pods have been updated...\n"),
+            true,
+        ));
+    }
+    let update_revision = text("/status/updateRevision");
+    if update_revision != text("/status/currentRevision") {
+        return Ok((
+            format!(
+                "waiting for statefulset rolling update to complete {updated} pods at revision {update_revision}...\n"
+            ),
+            false,
+        ));
+    }
+    Ok((
+        format!(
+            "statefulset rolling update complete {} pods at revision {}...\n",
+            int("/status/currentReplicas"),
+            text("/status/currentRevision")
+        ),
+        true,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// StatefulSet history and undo (its ControllerRevisions)
+
+/// The ControllerRevisions `sts` controls, by revision number.
+async fn controller_revisions(
+    cluster: &Cluster,
+    namespace: &str,
+    sts: &Value,
+) -> anyhow::Result<BTreeMap<i64, Value>> {
+    let kind = resolve("controllerrevisions.apps")
+        .ok_or_else(|| anyhow!("controllerrevisions are not served"))?;
+    let list = cluster
+        .send(
+            cluster
+                .at(kind, Some(namespace))
+                .list(&ListParams::default()),
+        )
+        .await
+        .map_err(|e| cluster.explain(e))?;
+    let uid = sts.pointer("/metadata/uid").and_then(Value::as_str);
+    Ok(list
+        .get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|r| {
+            r.pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|o| {
+                    o.get("controller").and_then(Value::as_bool) == Some(true)
+                        && o.get("uid").and_then(Value::as_str) == uid
+                })
+        })
+        .filter_map(|r| Some((r.get("revision")?.as_i64()?, r.clone())))
+        .collect())
+}
+
+async fn statefulset_history(
+    cluster: &Cluster,
+    kind: &'static ResourceKind,
+    namespace: &str,
+    name: String,
+) -> anyhow::Result<()> {
+    let sts = get(cluster, kind, namespace, &name).await?;
+    let revisions = controller_revisions(cluster, namespace, &sts).await?;
+    let mut text = String::from("REVISION\tCHANGE-CAUSE\n");
+    for (revision, r) in &revisions {
+        let cause = r
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(CHANGE_CAUSE))
+            .and_then(Value::as_str)
+            .unwrap_or("<none>");
+        text.push_str(&format!("{revision}\t{cause}\n"));
+    }
+    println!("{}/{name}", kind.qualified_singular());
+    println!("{}", tabwrite(&text));
+    Ok(())
+}
+
+/// The revision a StatefulSet rolls back to: `to`, or the one before the newest.
+pub fn statefulset_rollback_target<'a>(
+    name: &str,
+    revisions: &'a BTreeMap<i64, Value>,
+    to: i64,
+) -> anyhow::Result<&'a Value> {
+    if to > 0 {
+        return revisions
+            .get(&to)
+            .ok_or_else(|| anyhow!("unable to find specified revision {to} in history"));
+    }
+    if to < 0 {
+        bail!("unable to find specified revision {to} in history");
+    }
+    revisions
+        .values()
+        .rev()
+        .nth(1)
+        .ok_or_else(|| anyhow!("no rollout history found for statefulset {name:?}"))
+}
+
+async fn statefulset_undo(
+    cluster: &Cluster,
+    kind: &'static ResourceKind,
+    namespace: &str,
+    name: String,
+    to: i64,
+) -> anyhow::Result<()> {
+    let sts = get(cluster, kind, namespace, &name).await?;
+    let revisions = controller_revisions(cluster, namespace, &sts).await?;
+    let target = statefulset_rollback_target(&name, &revisions, to)?;
+    let data = target.get("data").cloned().unwrap_or(Value::Null);
+    let qualified = format!("{}/{name}", kind.qualified_singular());
+    let mut template = data
+        .pointer("/spec/template")
+        .cloned()
+        .unwrap_or(Value::Null);
+    if let Some(m) = template.as_object_mut() {
+        m.remove("$patch");
+    }
+    if sts.pointer("/spec/template") == Some(&template) {
+        println!("{qualified} skipped rollback (current template already matches revision)");
+        return Ok(());
+    }
+    // The revision's data is the strategic merge patch that restores its template.
+    let request = http::Request::patch(kind.object_path(Some(namespace), &name))
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/strategic-merge-patch+json",
+        )
+        .header(http::header::ACCEPT, "application/json")
+        .body(serde_json::to_vec(&data)?)
+        .map_err(|e| anyhow!("building the patch request: {e}"))?;
+    cluster
+        .send(Ok(request))
+        .await
+        .map_err(|e| cluster.explain(e))?;
+    println!("{qualified} rolled back");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -659,6 +876,57 @@ mod tests {
     fn deployment(generation: i64, status: Value) -> Value {
         json!({"metadata": {"name": "web", "generation": generation},
                "spec": {"replicas": 3}, "status": status})
+    }
+
+    #[test]
+    fn statefulset_status_lines_follow_kubectl() {
+        let sts = |status: Value, partition: i64| {
+            json!({"metadata": {"name": "web", "generation": 2},
+                   "spec": {"replicas": 3, "updateStrategy": {"type": "RollingUpdate",
+                            "rollingUpdate": {"partition": partition}}},
+                   "status": status})
+        };
+        let msg = |v: &Value| rollout_message("StatefulSet", v).unwrap();
+        assert_eq!(
+            msg(&sts(json!({"observedGeneration": 1}), 0)).0,
+            "Waiting for statefulset spec update to be observed...\n"
+        );
+        assert_eq!(
+            msg(&sts(
+                json!({"observedGeneration": 2, "readyReplicas": 1}),
+                0
+            )),
+            ("Waiting for 2 pods to be ready...\n".to_string(), false)
+        );
+        let rolling = json!({"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 1,
+            "currentReplicas": 2, "currentRevision": "web-a", "updateRevision": "web-b"});
+        assert_eq!(
+            msg(&sts(rolling.clone(), 0)),
+            (
+                "waiting for statefulset rolling update to complete 1 pods at revision web-b...\n"
+                    .to_string(),
+                false
+            )
+        );
+        assert_eq!(
+            msg(&sts(rolling, 2)),
+            (
+                "partitioned roll out complete: 1 new pods have been updated...\n".to_string(),
+                true
+            )
+        );
+        let done = json!({"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 3,
+            "currentReplicas": 3, "currentRevision": "web-b", "updateRevision": "web-b"});
+        assert_eq!(
+            msg(&sts(done, 0)),
+            (
+                "statefulset rolling update complete 3 pods at revision web-b...\n".to_string(),
+                true
+            )
+        );
+        let on_delete =
+            json!({"metadata": {"name": "web"}, "spec": {"updateStrategy": {"type": "OnDelete"}}});
+        assert!(rollout_message("StatefulSet", &on_delete).is_err());
     }
 
     #[test]

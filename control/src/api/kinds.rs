@@ -17,7 +17,7 @@ use crate::apiserver::registry::strategies::{self as s, Plain};
 use k8s_openapi::api::{
     apps::v1 as apps, autoscaling::v1 as autoscaling1, autoscaling::v2 as autoscaling2,
     batch::v1 as batch, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
-    networking::v1 as net, rbac::v1 as rbac,
+    networking::v1 as net, rbac::v1 as rbac, storage::v1 as storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apireg;
@@ -146,6 +146,13 @@ static LEASE: Plain = Plain {
     printer: &super::printers::LEASE,
 };
 
+/// ControllerRevisions: immutable snapshots a StatefulSet's rollouts are made of.
+static CONTROLLER_REVISION: Plain = Plain {
+    spec: false,
+    status: false,
+    printer: &super::printers::stateful::CONTROLLER_REVISION,
+};
+
 /// Every kind wharf serves, grouped by API group in the order discovery lists them.
 pub static KINDS: &[ResourceKind] = &[
     builtin::<core::Namespace>("namespace", &["ns"], false, &s::namespace::STRATEGY),
@@ -168,9 +175,23 @@ pub static KINDS: &[ResourceKind] = &[
         true,
         &s::replicationcontroller::STRATEGY,
     ),
+    builtin::<core::PersistentVolume>(
+        "persistentvolume",
+        &["pv"],
+        false,
+        &s::persistentvolume::STRATEGY,
+    ),
+    builtin::<core::PersistentVolumeClaim>(
+        "persistentvolumeclaim",
+        &["pvc"],
+        false,
+        &s::persistentvolumeclaim::STRATEGY,
+    ),
     builtin::<apps::Deployment>("deployment", &["deploy"], true, &s::deployment::STRATEGY),
     builtin::<apps::ReplicaSet>("replicaset", &["rs"], true, &s::replicaset::STRATEGY),
     builtin::<apps::DaemonSet>("daemonset", &["ds"], true, &s::daemonset::STRATEGY),
+    builtin::<apps::StatefulSet>("statefulset", &["sts"], true, &s::statefulset::STRATEGY),
+    builtin::<apps::ControllerRevision>("controllerrevision", &[], false, &CONTROLLER_REVISION),
     builtin::<batch::Job>("job", &[], true, &s::job::STRATEGY),
     builtin::<autoscaling2::HorizontalPodAutoscaler>(
         "horizontalpodautoscaler",
@@ -219,6 +240,7 @@ pub static KINDS: &[ResourceKind] = &[
         true,
         &s::metrics::POD_METRICS,
     ),
+    builtin::<storage::StorageClass>("storageclass", &["sc"], false, &s::storageclass::STRATEGY),
 ];
 
 /// A row of `metrics.k8s.io/v1beta1`: a kind computed on request, with no Rust type.
@@ -346,9 +368,34 @@ mod tests {
                     true,
                     true
                 ),
+                (
+                    "",
+                    "PersistentVolume",
+                    "persistentvolumes",
+                    false,
+                    true,
+                    true
+                ),
+                (
+                    "",
+                    "PersistentVolumeClaim",
+                    "persistentvolumeclaims",
+                    true,
+                    true,
+                    true
+                ),
                 ("apps", "Deployment", "deployments", true, true, true),
                 ("apps", "ReplicaSet", "replicasets", true, true, true),
                 ("apps", "DaemonSet", "daemonsets", true, true, true),
+                ("apps", "StatefulSet", "statefulsets", true, true, true),
+                (
+                    "apps",
+                    "ControllerRevision",
+                    "controllerrevisions",
+                    true,
+                    false,
+                    false
+                ),
                 ("batch", "Job", "jobs", true, true, true),
                 (
                     "autoscaling",
@@ -448,6 +495,14 @@ mod tests {
                     false
                 ),
                 ("metrics.k8s.io", "PodMetrics", "pods", true, false, false),
+                (
+                    "storage.k8s.io",
+                    "StorageClass",
+                    "storageclasses",
+                    false,
+                    false,
+                    false
+                ),
             ]
         );
         let versions: Vec<String> = KINDS

@@ -17,6 +17,7 @@ pub mod protobuf;
 pub mod qos;
 pub mod quantity;
 pub mod selector;
+pub mod storage;
 pub mod strategic;
 pub mod tolerations;
 pub mod typed;

@@ -16,6 +16,8 @@ use std::collections::BTreeSet;
 
 const NONE: &str = "<none>";
 
+pub mod stateful;
+
 /// How a kind prints: its columns and the cells of one object. Each kind's strategy
 /// names its printer ([`Strategy::printer`]); [`DEFAULT`] prints NAME and AGE.
 ///

@@ -141,6 +141,11 @@ const NODE_READABLE: &[(&str, &str)] = &[
     ("", "Endpoints"),
     ("discovery.k8s.io", "EndpointSlice"),
     ("", "Namespace"),
+    // Its pods' claims and their volumes, to mount them, and every volume, to remove
+    // the directories of reclaimed ones. (Kubernetes lets a node get only the claims and
+    // volumes of its own pods; wharf's nodes also watch volumes, which hold no secrets.)
+    ("", "PersistentVolumeClaim"),
+    ("", "PersistentVolume"),
 ];
 
 /// The node name of a node identity (`system:node:NAME` in group `system:nodes`).

@@ -831,7 +831,8 @@ async fn discovery_lists_every_kind() {
             "rbac.authorization.k8s.io",
             "apiextensions.k8s.io",
             "apiregistration.k8s.io",
-            "metrics.k8s.io"
+            "metrics.k8s.io",
+            "storage.k8s.io"
         ]
     );
     let (code, _) = api.send("GET", "/apis/apps/v1", None).await;
@@ -2722,6 +2723,8 @@ mod store_seam;
 
 /// Issue 17: Ingresses.
 mod ingress;
+/// Issue 16: StorageClasses, PersistentVolumes, claims and StatefulSets.
+mod storage;
 
 /// Issue 11 section 5: CustomResourceDefinitions.
 mod crd;

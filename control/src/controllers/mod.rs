@@ -20,10 +20,12 @@ pub mod ingress;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod persistentvolume;
 pub mod replicaset;
 pub mod replicationcontroller;
 pub mod serviceaccount;
 pub mod servicelb;
+pub mod statefulset;
 pub mod tokencleaner;
 
 use std::time::Duration;
@@ -93,6 +95,8 @@ pub fn start_all(
     clusterroleaggregation::start(client.clone(), shutdown.clone(), tasks);
     crd::start(client.clone(), shutdown.clone(), tasks);
     hpa::start(client.clone(), config, shutdown.clone(), tasks);
+    persistentvolume::start(client.clone(), shutdown.clone(), tasks);
+    statefulset::start(client.clone(), shutdown.clone(), tasks);
     serviceaccount::start(client.clone(), shutdown.clone(), tasks);
     tokencleaner::start(
         client.clone(),

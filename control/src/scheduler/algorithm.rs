@@ -19,7 +19,7 @@
 
 use super::cache::Cache;
 use super::framework::{Code, Cycle, FilterPlugin, NodeInfo, ScorePlugin, Status};
-use super::plugins::{self, inter_pod_affinity};
+use super::plugins::{self, inter_pod_affinity, volume_binding};
 use rand::Rng;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -75,12 +75,18 @@ pub struct FitError {
     pub reasons: HashMap<Cow<'static, str>, usize>,
     /// Nodes that failed with `UnschedulableAndUnresolvable`.
     pub unresolvable: usize,
+    /// Why the pre-filter turned the pod away before any node (a missing claim): the
+    /// message then has that instead of per-node counts, as Kubernetes prints it.
+    pub pre_filter: Option<Cow<'static, str>>,
 }
 
 impl fmt::Display for FitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.num_nodes == 0 {
             return f.write_str("no nodes available to schedule pods");
+        }
+        if let Some(reason) = &self.pre_filter {
+            return write!(f, "0/{} nodes are available: {reason}.", self.num_nodes);
         }
         let mut parts: Vec<String> = self
             .reasons
@@ -143,17 +149,31 @@ pub fn schedule(
             num_nodes: 0,
             reasons: HashMap::new(),
             unresolvable: 0,
+            pre_filter: None,
         }));
     }
     // PreFilter: the cluster-wide part of pod (anti-)affinity, once per pod.
     let affinity =
         inter_pod_affinity::pre_filter(pod, cache.placed_pods(), cache.anti_affinity_pods())
             .map_err(|e| ScheduleError::Error(format!("{}: {e}", inter_pod_affinity::NAME)))?;
+    // PreFilter: the pod's claims, once per pod.
+    let volumes = match volume_binding::pre_filter(pod, &cache.volumes) {
+        Ok(v) => v,
+        Err(status) => {
+            return Err(ScheduleError::Unschedulable(FitError {
+                num_nodes,
+                reasons: HashMap::new(),
+                unresolvable: num_nodes,
+                pre_filter: status.reasons.into_iter().next(),
+            }));
+        }
+    };
     let cycle = Cycle {
         pod,
         num_nodes,
         image_nodes: cache.image_nodes(),
         affinity,
+        volumes,
     };
 
     let to_find = num_feasible_nodes_to_find(num_nodes, profile.percentage_of_nodes_to_score);
@@ -200,6 +220,7 @@ pub fn schedule(
             num_nodes,
             reasons,
             unresolvable,
+            pre_filter: None,
         }));
     }
     let decision = |node: &NodeInfo| Decision {
@@ -268,6 +289,39 @@ mod tests {
     fn run(cache: &Cache, pod: &PodInfo) -> Result<Decision, ScheduleError> {
         let mut rng = StdRng::seed_from_u64(7);
         schedule(&Profile::default(), cache, pod, &mut 0, &mut rng)
+    }
+
+    #[test]
+    fn claims_speak_kubernetes_words_when_nothing_fits() {
+        use crate::scheduler::plugins::volume_binding::VolumeUpdate;
+        let mut cache = Cache::new();
+        for n in ["n1", "n2"] {
+            cache.upsert_node(node(n, 1000, 1 << 30, 10));
+        }
+        let pod = pod_with(
+            "p",
+            json!({}),
+            json!({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}),
+        );
+        let err = run(&cache, &pod).expect_err("no node fits").to_string();
+        assert_eq!(
+            err,
+            "0/2 nodes are available: persistentvolumeclaim \"data\" not found."
+        );
+        // A delayed claim of the local-path class, on nodes that publish no root.
+        cache.volumes.apply(VolumeUpdate::Class(std::sync::Arc::new(
+            crate::controllers::persistentvolume::local_path_class(),
+        )));
+        cache.volumes.apply(VolumeUpdate::Claim(std::sync::Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "data", "namespace": "default"},
+                "spec": {"storageClassName": "local-path"}}))
+            .expect("a claim"),
+        )));
+        let err = run(&cache, &pod).expect_err("no node fits").to_string();
+        assert_eq!(
+            err,
+            "0/2 nodes are available: 2 node(s) didn't find available persistent volumes to bind."
+        );
     }
 
     #[test]

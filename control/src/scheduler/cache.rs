@@ -37,6 +37,8 @@ pub struct Cache {
     image_nodes: HashMap<String, usize>,
     /// Pods with required anti-affinity terms -> their node.
     anti_affinity_pods: HashMap<Arc<str>, Arc<str>>,
+    /// Claims, volumes and classes, for VolumeBinding.
+    pub volumes: super::plugins::volume_binding::Volumes,
 }
 
 impl Cache {

@@ -471,6 +471,8 @@ pub struct Cycle<'a> {
     pub image_nodes: &'a HashMap<String, usize>,
     /// Pod (anti-)affinity, precomputed against every pod in the cluster.
     pub affinity: AffinityState,
+    /// The pod's persistent volumes (the VolumeBinding pre-filter).
+    pub volumes: super::plugins::volume_binding::VolumeState,
 }
 
 /// A filter plugin: a name and a pure function.
@@ -597,6 +599,7 @@ pub(crate) mod testing {
             num_nodes: 1,
             image_nodes: images,
             affinity: AffinityState::default(),
+            volumes: Default::default(),
         }
     }
 

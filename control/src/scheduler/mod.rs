@@ -84,12 +84,19 @@ pub fn start(
     let (event_tx, event_rx) = run::event_channel();
     tasks.spawn(run::watch_nodes(client.clone(), node_tx, shutdown.clone()));
     tasks.spawn(run::watch_pods(client.clone(), pod_tx, shutdown.clone()));
+    let (volume_tx, volume_rx) = mpsc::channel(1024);
+    tasks.spawn(run::watch_volumes(
+        client.clone(),
+        volume_tx,
+        shutdown.clone(),
+    ));
     let recorder = crate::events::Recorder::new(client.clone(), run::COMPONENT);
     tasks.spawn(run::record_events(recorder, event_rx, shutdown.clone()));
     let scheduler = run::Scheduler::new(client, config, event_tx);
     let channels = run::Channels {
         nodes: node_rx,
         pods: pod_rx,
+        volumes: volume_rx,
     };
     tasks.spawn(scheduler.run(channels, shutdown));
 }

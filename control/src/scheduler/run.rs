@@ -21,6 +21,7 @@ use super::SchedulerConfig;
 use super::algorithm::{self, Profile, ScheduleError};
 use super::cache::Cache;
 use super::framework::PodInfo;
+use super::plugins::volume_binding::{self, VolumeUpdate};
 use super::queue::{Backoff, Queue};
 use crate::events::{self, EventType, Recorder};
 use futures::StreamExt;
@@ -80,6 +81,69 @@ pub(super) async fn watch_nodes(
     let api: Api<Node> = Api::all(client);
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     forward(stream, tx, shutdown, "nodes", Some).await;
+}
+
+/// Watches claims, volumes and classes (for VolumeBinding) and forwards what changed.
+pub(super) async fn watch_volumes(
+    client: kube::Client,
+    tx: mpsc::Sender<VolumeUpdate>,
+    shutdown: CancellationToken,
+) {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use k8s_openapi::api::storage::v1::StorageClass;
+    use volume_binding::Relisted;
+    fn digest<K>(
+        seen: fn(Arc<K>) -> VolumeUpdate,
+        gone: fn(Arc<K>) -> VolumeUpdate,
+        which: Relisted,
+    ) -> impl Fn(watcher::Event<K>) -> Option<VolumeUpdate> {
+        move |e| match e {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => Some(seen(Arc::new(o))),
+            watcher::Event::Delete(o) => Some(gone(Arc::new(o))),
+            watcher::Event::Init => Some(VolumeUpdate::Relist(which)),
+            watcher::Event::InitDone => None,
+        }
+    }
+    let config = watcher::Config::default;
+    let claims =
+        watcher(Api::<PersistentVolumeClaim>::all(client.clone()), config()).default_backoff();
+    let volumes = watcher(Api::<PersistentVolume>::all(client.clone()), config()).default_backoff();
+    let classes = watcher(Api::<StorageClass>::all(client), config()).default_backoff();
+    tokio::join!(
+        forward(
+            claims,
+            tx.clone(),
+            shutdown.clone(),
+            "persistentvolumeclaims",
+            digest(
+                VolumeUpdate::Claim,
+                VolumeUpdate::ClaimGone,
+                Relisted::Claims
+            ),
+        ),
+        forward(
+            volumes,
+            tx.clone(),
+            shutdown.clone(),
+            "persistentvolumes",
+            digest(
+                VolumeUpdate::Volume,
+                VolumeUpdate::VolumeGone,
+                Relisted::Volumes
+            ),
+        ),
+        forward(
+            classes,
+            tx,
+            shutdown,
+            "storageclasses",
+            digest(
+                VolumeUpdate::Class,
+                VolumeUpdate::ClassGone,
+                Relisted::Classes
+            ),
+        ),
+    );
 }
 
 /// Watches the pods that hold or may hold resources (not the finished ones), digests
@@ -204,6 +268,7 @@ pub(super) struct Scheduler {
 pub(super) struct Channels {
     pub nodes: mpsc::Receiver<watcher::Event<Node>>,
     pub pods: mpsc::Receiver<PodUpdate>,
+    pub volumes: mpsc::Receiver<VolumeUpdate>,
 }
 
 pub(super) fn event_channel() -> (mpsc::Sender<EventRequest>, mpsc::Receiver<EventRequest>) {
@@ -214,6 +279,7 @@ enum Wake {
     Shutdown,
     Node(Option<Box<watcher::Event<Node>>>),
     Pod(Option<PodUpdate>),
+    Volume(Option<VolumeUpdate>),
     Done(Result<Done, tokio::task::JoinError>),
     Timer,
     Flush,
@@ -281,6 +347,16 @@ impl Scheduler {
                     }
                 }
             }
+            for _ in 0..EVENT_BATCH {
+                match ch.volumes.try_recv() {
+                    Ok(e) => self.on_volume(e),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
             if closed {
                 break;
             }
@@ -303,12 +379,14 @@ impl Scheduler {
                 _ = shutdown.cancelled() => Wake::Shutdown,
                 e = ch.nodes.recv() => Wake::Node(e.map(Box::new)),
                 e = ch.pods.recv() => Wake::Pod(e),
+                e = ch.volumes.recv() => Wake::Volume(e),
                 Some(done) = self.work.join_next(), if !self.work.is_empty() => Wake::Done(done),
                 _ = sleep_until(wake_at), if wake_at.is_some() => Wake::Timer,
                 _ = flush.tick() => Wake::Flush,
             };
             match wake {
-                Wake::Shutdown | Wake::Node(None) | Wake::Pod(None) => break,
+                Wake::Shutdown | Wake::Node(None) | Wake::Pod(None) | Wake::Volume(None) => break,
+                Wake::Volume(Some(e)) => self.on_volume(e),
                 Wake::Node(Some(e)) => self.on_node(*e),
                 Wake::Pod(Some(e)) => self.on_pod(e),
                 Wake::Done(done) => self.on_done(done),
@@ -345,6 +423,12 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// A claim, volume or class changed: pods waiting for one may fit now.
+    fn on_volume(&mut self, update: VolumeUpdate) {
+        self.cache.volumes.apply(update);
+        self.queue.move_all(Instant::now());
     }
 
     fn on_pod(&mut self, event: PodUpdate) {
@@ -443,6 +527,7 @@ impl Scheduler {
         );
         match result {
             Ok(decision) => {
+                let select = volume_binding::claims_to_select(&pod, &self.cache.volumes);
                 self.cache.assume(pod.clone(), &decision.node);
                 self.binds_in_flight += 1;
                 let client = self.client.clone();
@@ -450,7 +535,7 @@ impl Scheduler {
                 self.work.spawn(async move {
                     let result = match tokio::time::timeout(
                         BIND_TIMEOUT,
-                        bind(&client, &pod, &node),
+                        select_then_bind(&client, &pod, &select, &node),
                     )
                     .await
                     {
@@ -608,6 +693,33 @@ fn binding_is_moot(e: &kube::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// Records `node` on the pod's delayed claims that have none yet (the PV controller
+/// provisions there), then binds the pod.
+async fn select_then_bind(
+    client: &kube::Client,
+    pod: &PodInfo,
+    claims: &[String],
+    node: &str,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &pod.namespace);
+    for claim in claims {
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            crate::api::storage::SELECTED_NODE_ANNOTATION: node}}});
+        // A claim gone since the decision is not a reason to forget the pod (as a 404
+        // of the binding would be): it backs off and is decided again.
+        api.patch(claim, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 404 => kube::Error::Service(
+                    format!("persistentvolumeclaim \"{claim}\" not found").into(),
+                ),
+                e => e,
+            })?;
+    }
+    bind(client, pod, node).await
 }
 
 /// `POST pods/NAME/binding`, with the pod's uid as a precondition.

@@ -193,7 +193,69 @@ pub fn spawn(tasks: &mut JoinSet<()>, ctx: Arc<NodeContext>, facts: NodeFacts) {
     tasks.spawn(heartbeat(ctx.clone(), facts));
     tasks.spawn(renew_lease(ctx.clone()));
     tasks.spawn(collect_images(ctx.clone()));
+    tasks.spawn(reclaim_volumes(ctx.clone()));
     tasks.spawn(watch_pods(ctx));
+}
+
+/// Removes the directories of `local-path` volumes whose PersistentVolume is gone (the
+/// PV controller deletes a released volume with reclaim policy `Delete`): after every
+/// change to the volumes, once the first list is complete, what is under the storage root
+/// and named by no volume goes ([`volumes::orphaned`]).
+async fn reclaim_volumes(ctx: Arc<NodeContext>) {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    use kube::runtime::{WatchStreamExt, reflector};
+    let (reader, writer) = reflector::store::<PersistentVolume>();
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let stream = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    let mut stream = std::pin::pin!(stream);
+    let mut ready = false;
+    loop {
+        let next = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            next = stream.next() => next,
+            // Deletions come as changes too; this wakes the first sweep after the list.
+            _ = reader.wait_until_ready(), if !ready => { ready = true; Some(Ok(Default::default())) }
+        };
+        match next {
+            None => return,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "watching persistentvolumes");
+                continue;
+            }
+            Some(Ok(_)) => {}
+        }
+        if !ready {
+            continue;
+        }
+        let paths: Vec<String> = reader
+            .state()
+            .iter()
+            .filter_map(|pv| wharf_control::api::storage::volume_path(pv).map(str::to_string))
+            .collect();
+        let root = volumes::storage_root(&ctx.config.data_dir);
+        let swept = tokio::task::spawn_blocking(move || {
+            let entries: Vec<String> = std::fs::read_dir(&root)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.starts_with("pvc-"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for dir in volumes::orphaned(&root, &entries, &paths) {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => tracing::info!(dir = %dir.display(), "removed a reclaimed volume"),
+                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "removing a reclaimed volume"),
+                }
+            }
+        })
+        .await;
+        if let Err(e) = swept {
+            tracing::warn!(error = %e, "sweeping reclaimed volumes");
+        }
+    }
 }
 
 /// Every container image (init containers too) a pod names.

@@ -38,6 +38,9 @@ pub struct NodeFacts {
     /// an HTTP pod uses one per request in flight), shown as the extended resource
     /// [`INSTANCES_RESOURCE`]; `None` without a pool.
     pub instances: Option<u32>,
+    /// Where the node keeps `local-path` volumes, published as the
+    /// `wharf.dev/local-path-root` annotation so that the provisioner puts them there.
+    pub local_path_root: Option<String>,
 }
 
 /// The extended resource in a Node's capacity that counts its wasm instance slots.
@@ -66,6 +69,7 @@ impl NodeFacts {
             reserved_memory_bytes: 256 << 20,
             allow_host_path: false,
             instances: None,
+            local_path_root: None,
         }
     }
 }
@@ -97,6 +101,10 @@ pub fn node_annotations(facts: &NodeFacts) -> BTreeMap<String, Option<String>> {
         (
             wharf_control::apiserver::host_path::ALLOW_HOST_PATH_ANNOTATION.to_string(),
             facts.allow_host_path.then(|| "true".to_string()),
+        ),
+        (
+            wharf_control::api::storage::LOCAL_PATH_ROOT_ANNOTATION.to_string(),
+            facts.local_path_root.clone(),
         ),
     ])
 }
@@ -302,6 +310,7 @@ mod tests {
             reserved_memory_bytes: 256 << 20,
             allow_host_path: false,
             instances: Some(512),
+            local_path_root: None,
         }
     }
 

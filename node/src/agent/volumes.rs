@@ -4,7 +4,14 @@
 //!   containers, removed with the pod;
 //! - `configMap` and `secret`: a directory holding one file per key (or per `items`
 //!   entry), written before the containers start and mounted read-only;
-//! - `hostPath`: the host directory itself, only when the node allows it.
+//! - `hostPath`: the host directory itself, only when the node allows it;
+//! - `persistentVolumeClaim`: the directory of the claim's bound PersistentVolume
+//!   (`local.path` or `hostPath.path`), resolved by the worker through the API
+//!   ([`claim_dir`]) and made here if missing. Volumes the `local-path` provisioner made
+//!   live under [`storage_root`]; a volume elsewhere on the host runs only where hostPath
+//!   volumes are allowed. A directory under the root whose PersistentVolume is gone
+//!   (reclaim policy `Delete`) is removed ([`orphaned`]). Capacity is not enforced: the
+//!   directory can grow as far as the node's file system lets it.
 //!
 //! Nothing else of the host file system is visible to a guest.
 
@@ -17,6 +24,57 @@ use wharf_runtime::{Mount, private};
 /// Where a pod's volumes live on the node.
 pub fn pod_dir(data_dir: &Path, pod_uid: &str) -> PathBuf {
     data_dir.join("pods").join(pod_uid)
+}
+
+/// Where the node keeps `local-path` PersistentVolumes (published on its Node).
+pub fn storage_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("storage")
+}
+
+/// The host directory of a claim's volume, given the PersistentVolume's path and the
+/// node it is pinned to: refused when the volume belongs to another node, or lies
+/// outside the node's storage root on a node that does not run hostPath volumes.
+pub fn claim_dir(
+    claim: &str,
+    volume_path: Option<&str>,
+    volume_node: Option<&str>,
+    node: &str,
+    root: &Path,
+    allow_host_path: bool,
+) -> Result<PathBuf, String> {
+    let path = volume_path
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .ok_or_else(|| {
+            format!("persistentvolumeclaim {claim:?}: its volume has no local or hostPath path")
+        })?;
+    if let Some(other) = volume_node.filter(|n| *n != node) {
+        return Err(format!(
+            "persistentvolumeclaim {claim:?}: its volume is on node {other:?}"
+        ));
+    }
+    let climbs = path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir);
+    if climbs || (!path.starts_with(root) && !allow_host_path) {
+        return Err(format!(
+            "persistentvolumeclaim {claim:?}: volume path {} is outside {} and hostPath volumes are not allowed on this node",
+            path.display(),
+            root.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// The entries of the storage root that no PersistentVolume names any more: what a
+/// `Delete` reclaim leaves for the node to remove. `entries` are the names under the
+/// root, `volume_paths` every volume's path (of any node).
+pub fn orphaned(root: &Path, entries: &[String], volume_paths: &[String]) -> Vec<PathBuf> {
+    entries
+        .iter()
+        .map(|e| root.join(e))
+        .filter(|p| !volume_paths.iter().any(|v| Path::new(v) == p))
+        .collect()
 }
 
 /// The data a configMap or secret volume projects: key → bytes.
@@ -62,15 +120,29 @@ pub fn decode_secret_value(v: &str) -> Option<Vec<u8>> {
 
 /// Makes every volume's directory; returns volume name → host directory.
 /// Blocking file I/O: call from `spawn_blocking`.
+/// `claims` maps a claim name to its volume's directory ([`claim_dir`]).
 pub fn prepare(
     pod: &Pod,
     pod_dir: &Path,
     config_maps: &BTreeMap<String, Projection>,
     secrets: &BTreeMap<String, Projection>,
+    claims: &BTreeMap<String, PathBuf>,
     allow_host_path: bool,
 ) -> Result<BTreeMap<String, (PathBuf, bool)>, String> {
     let mut out = BTreeMap::new();
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        if let Some(c) = &v.persistent_volume_claim {
+            let dir = claims
+                .get(&c.claim_name)
+                .ok_or_else(|| format!("persistentvolumeclaim {:?} is not bound", c.claim_name))?;
+            // The volume's own directory: owner-only, like an emptyDir.
+            if !dir.is_dir() {
+                private::create_private_dir(dir)
+                    .map_err(|e| format!("volume {:?}: creating {}: {e}", v.name, dir.display()))?;
+            }
+            out.insert(v.name.clone(), (dir.clone(), c.read_only.unwrap_or(false)));
+            continue;
+        }
         let dir = pod_dir.join("volumes").join(&v.name);
         let (path, read_only) = prepare_one(v, &dir, config_maps, secrets, allow_host_path)?;
         out.insert(v.name.clone(), (path, read_only));
@@ -132,7 +204,7 @@ fn prepare_one(
         )
     } else {
         return Err(format!(
-            "volume {:?}: only emptyDir, configMap, secret and hostPath volumes are supported",
+            "volume {:?}: only emptyDir, configMap, secret, hostPath and persistentVolumeClaim volumes are supported",
             v.name
         ));
     };
@@ -297,7 +369,15 @@ mod tests {
             "settings".to_string(),
             Projection::from([("mode".to_string(), b"fast".to_vec())]),
         );
-        let vols = prepare(&pod, dir.path(), &cms, &BTreeMap::new(), false).expect("prepare");
+        let vols = prepare(
+            &pod,
+            dir.path(),
+            &cms,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            false,
+        )
+        .expect("prepare");
         let (cfg, ro) = &vols["cfg"];
         assert!(*ro);
         assert_eq!(
@@ -309,7 +389,14 @@ mod tests {
         assert_eq!(m[0].guest_path, "/etc/app");
         assert!(m[0].read_only && !m[1].read_only);
 
-        let missing = prepare(&pod, dir.path(), &BTreeMap::new(), &BTreeMap::new(), false);
+        let missing = prepare(
+            &pod,
+            dir.path(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            false,
+        );
         assert_eq!(missing, Err("configmap \"settings\" not found".into()));
 
         let host: Pod = serde_json::from_value(json!({
@@ -317,8 +404,28 @@ mod tests {
             "spec": {"containers": [], "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
         }))
         .expect("pod");
-        assert!(prepare(&host, dir.path(), &BTreeMap::new(), &BTreeMap::new(), false).is_err());
-        assert!(prepare(&host, dir.path(), &BTreeMap::new(), &BTreeMap::new(), true).is_ok());
+        assert!(
+            prepare(
+                &host,
+                dir.path(),
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                false
+            )
+            .is_err()
+        );
+        assert!(
+            prepare(
+                &host,
+                dir.path(),
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                true
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -341,14 +448,22 @@ mod tests {
             ("../../escape", "must not contain '..'"),
             ("a//b", "must not contain empty path elements"),
         ] {
-            let err = prepare(&with_path(path), dir.path(), &cms, &BTreeMap::new(), false)
-                .expect_err(path);
+            let err = prepare(
+                &with_path(path),
+                dir.path(),
+                &cms,
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                false,
+            )
+            .expect_err(path);
             assert_eq!(err, format!("volume \"cfg\": path {path:?}: {why}"));
         }
         let vols = prepare(
             &with_path("conf/mode"),
             dir.path(),
             &cms,
+            &BTreeMap::new(),
             &BTreeMap::new(),
             false,
         )
@@ -403,5 +518,73 @@ mod tests {
         std::os::unix::fs::symlink("app", scratch.join("inner")).expect("symlink");
         let m = mounts(&mount_of("inner/cache"), &vols).expect("inner symlink");
         assert_eq!(m[0].host_path, root.join("app/cache"));
+    }
+
+    #[test]
+    fn claims_mount_their_volume_directory_on_its_node_only() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = storage_root(dir.path());
+        let inside = root.join("pvc-1_default_data");
+        let inside_str = inside.to_string_lossy().into_owned();
+        assert_eq!(
+            claim_dir("data", Some(&inside_str), Some("n1"), "n1", &root, false),
+            Ok(inside.clone())
+        );
+        assert!(
+            claim_dir("data", Some(&inside_str), Some("n2"), "n1", &root, false)
+                .expect_err("another node's")
+                .contains("is on node \"n2\"")
+        );
+        assert!(claim_dir("data", Some("/srv/x"), None, "n1", &root, false).is_err());
+        assert!(claim_dir("data", Some("/srv/x"), None, "n1", &root, true).is_ok());
+        let climbing = format!("{}/../../etc", root.display());
+        assert!(claim_dir("data", Some(&climbing), None, "n1", &root, true).is_err());
+
+        // The directory is made when the pod first mounts it, and survives the pod.
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "a", "image": "a.wasm"}],
+                     "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}
+        }))
+        .expect("pod");
+        let claims = BTreeMap::from([("data".to_string(), inside.clone())]);
+        let pod_dir = dir.path().join("pods/u");
+        let vols = prepare(
+            &pod,
+            &pod_dir,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &claims,
+            false,
+        )
+        .expect("prepare");
+        assert_eq!(vols["d"], (inside.clone(), false));
+        assert!(inside.is_dir());
+        let unbound = prepare(
+            &pod,
+            &pod_dir,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            false,
+        );
+        assert_eq!(
+            unbound,
+            Err("persistentvolumeclaim \"data\" is not bound".to_string())
+        );
+    }
+
+    #[test]
+    fn directories_without_a_volume_are_orphans() {
+        let root = Path::new("/d/storage");
+        let entries = ["pvc-a_ns_x".to_string(), "pvc-b_ns_y".to_string()];
+        let paths = [
+            "/d/storage/pvc-a_ns_x".to_string(),
+            "/elsewhere".to_string(),
+        ];
+        assert_eq!(
+            orphaned(root, &entries, &paths),
+            [PathBuf::from("/d/storage/pvc-b_ns_y")]
+        );
     }
 }

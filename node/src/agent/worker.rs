@@ -644,15 +644,60 @@ async fn prepare_volumes(
             secrets.insert(name, data);
         }
     }
+    let claims = claim_dirs(ctx, &ns, pod).await?;
     let pod = pod.clone();
     let dir = volumes::pod_dir(
         &ctx.config.data_dir,
         pod.metadata.uid.as_deref().unwrap_or("unknown"),
     );
     let allow = ctx.config.allow_host_path;
-    tokio::task::spawn_blocking(move || volumes::prepare(&pod, &dir, &cms, &secrets, allow))
-        .await
-        .map_err(|e| format!("preparing volumes: {e}"))?
+    tokio::task::spawn_blocking(move || {
+        volumes::prepare(&pod, &dir, &cms, &secrets, &claims, allow)
+    })
+    .await
+    .map_err(|e| format!("preparing volumes: {e}"))?
+}
+
+/// The directory of each of the pod's claims: the claim must be bound (its volume
+/// named and the claim `Bound`), its volume on this node ([`volumes::claim_dir`]). Until
+/// then the pod waits in `ContainerCreating` with the reason, retried like a missing
+/// ConfigMap.
+async fn claim_dirs(
+    ctx: &NodeContext,
+    ns: &str,
+    pod: &Pod,
+) -> Result<BTreeMap<String, PathBuf>, String> {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use wharf_control::api::storage;
+    let mut out = BTreeMap::new();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let root = volumes::storage_root(&ctx.config.data_dir);
+    for name in storage::pod_claims(pod) {
+        let pvc = claims
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("persistentvolumeclaim {name:?}: {e}"))?
+            .ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
+        let volume = storage::claim_volume(&pvc)
+            .filter(|_| storage::claim_bound(&pvc))
+            .ok_or_else(|| format!("persistentvolumeclaim {name:?} is not bound"))?;
+        let pv = pvs
+            .get_opt(volume)
+            .await
+            .map_err(|e| format!("persistentvolume {volume:?}: {e}"))?
+            .ok_or_else(|| format!("persistentvolume {volume:?} not found"))?;
+        let dir = volumes::claim_dir(
+            name,
+            storage::volume_path(&pv),
+            storage::volume_node(&pv),
+            &ctx.config.node_name,
+            &root,
+            ctx.config.allow_host_path,
+        )?;
+        out.insert(name.to_string(), dir);
+    }
+    Ok(out)
 }
 
 async fn env_sources(ctx: &NodeContext, ns: &str, c: &ContainerSpecK8s) -> Sources {

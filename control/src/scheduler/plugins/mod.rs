@@ -3,7 +3,7 @@
 //! Filters run in this order and a node's first failure is its reason (as in Kubernetes,
 //! cheap and unresolvable checks first): [`node_unschedulable`], [`node_name`],
 //! [`taint_toleration`], [`node_ready`], [`node_affinity`], [`node_resources_fit`],
-//! [`inter_pod_affinity`]. `TaintToleration` runs before `NodeReady` so that a node the
+//! [`inter_pod_affinity`], [`volume_binding`]. `TaintToleration` runs before `NodeReady` so that a node the
 //! lifecycle controller tainted `unreachable` is reported by its taint, the way
 //! Kubernetes users read it.
 //!
@@ -23,6 +23,7 @@ pub mod node_resources_fit;
 pub mod node_unschedulable;
 pub mod owner_spread;
 pub mod taint_toleration;
+pub mod volume_binding;
 
 use super::framework::{FilterPlugin, ScorePlugin};
 
@@ -36,6 +37,7 @@ pub fn default_filters() -> Vec<FilterPlugin> {
         node_affinity::FILTER,
         node_resources_fit::PLUGIN,
         inter_pod_affinity::PLUGIN,
+        volume_binding::PLUGIN,
     ]
 }
 

@@ -17,6 +17,8 @@ pub mod job;
 pub mod metrics;
 pub mod namespace;
 pub mod node;
+pub mod persistentvolume;
+pub mod persistentvolumeclaim;
 pub mod pod;
 pub mod rbac;
 pub mod replicaset;
@@ -24,6 +26,8 @@ pub mod replicationcontroller;
 pub mod secret;
 pub mod service;
 pub mod serviceaccount;
+pub mod statefulset;
+pub mod storageclass;
 
 use super::Strategy;
 use super::subresources::{STATUS, Subresource};
