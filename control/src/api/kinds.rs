@@ -171,6 +171,7 @@ pub static KINDS: &[ResourceKind] = &[
     builtin::<apps::ReplicaSet>("replicaset", &["rs"], true, &s::replicaset::STRATEGY),
     builtin::<apps::DaemonSet>("daemonset", &["ds"], true, &s::daemonset::STRATEGY),
     builtin::<batch::Job>("job", &[], true, &s::job::STRATEGY),
+    builtin::<batch::CronJob>("cronjob", &["cj"], true, &s::cronjob::STRATEGY),
     builtin::<coord::Lease>("lease", &[], false, &LEASE),
     builtin::<disc::EndpointSlice>("endpointslice", &[], false, &s::endpointslice::STRATEGY),
     builtin::<rbac::Role>("role", &[], false, &s::rbac::ROLE),
@@ -298,6 +299,7 @@ mod tests {
                 ("apps", "ReplicaSet", "replicasets", true, true, true),
                 ("apps", "DaemonSet", "daemonsets", true, true, true),
                 ("batch", "Job", "jobs", true, true, true),
+                ("batch", "CronJob", "cronjobs", true, true, true),
                 ("coordination.k8s.io", "Lease", "leases", true, false, true),
                 (
                     "discovery.k8s.io",

@@ -9,6 +9,7 @@
 //! declare.
 
 pub mod apply;
+pub mod cron;
 pub mod fields;
 pub mod jsonpatch;
 pub mod kinds;

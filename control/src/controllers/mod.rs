@@ -8,9 +8,11 @@
 //! all talk to the API server through the in-process client, like any user could.
 
 pub mod apiservices;
+pub mod clock;
 pub mod clusterroleaggregation;
 pub mod common;
 pub mod crd;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -46,6 +48,8 @@ pub struct ControllerConfig {
     pub gc_debounce: Duration,
     /// How often expired join tokens and node credentials are looked for and deleted.
     pub token_cleanup_interval: Duration,
+    /// The time the CronJob controller and the Jobs' TTL decide on (tests drive it).
+    pub clock: clock::Clock,
 }
 
 impl Default for ControllerConfig {
@@ -57,6 +61,7 @@ impl Default for ControllerConfig {
             job_backoff: Duration::from_secs(10),
             gc_debounce: Duration::from_millis(100),
             token_cleanup_interval: Duration::from_secs(60),
+            clock: clock::Clock::system(),
         }
     }
 }
@@ -77,6 +82,12 @@ pub fn start_all(
     endpoints::start(client.clone(), shutdown.clone(), tasks);
     daemonset::start(client.clone(), config, shutdown.clone(), tasks);
     job::start(client.clone(), config, shutdown.clone(), tasks);
+    cronjob::start(
+        client.clone(),
+        config.clock.clone(),
+        shutdown.clone(),
+        tasks,
+    );
     nodelifecycle::start(client.clone(), config, shutdown.clone(), tasks);
     gc::start(client.clone(), config, shutdown.clone(), tasks);
     namespace::start(client.clone(), config, shutdown.clone(), tasks);

@@ -3,6 +3,7 @@
 
 pub mod apiservice;
 pub mod configmap;
+pub mod cronjob;
 pub mod customresource;
 pub mod customresourcedefinition;
 pub mod daemonset;
