@@ -16,7 +16,7 @@ use crate::apiserver::registry::Strategy;
 use crate::apiserver::registry::strategies::{self as s, Plain};
 use k8s_openapi::api::{
     apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-    discovery::v1 as disc, rbac::v1 as rbac,
+    discovery::v1 as disc, policy::v1 as policy, rbac::v1 as rbac,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apireg;
@@ -174,6 +174,12 @@ pub static KINDS: &[ResourceKind] = &[
     builtin::<batch::CronJob>("cronjob", &["cj"], true, &s::cronjob::STRATEGY),
     builtin::<coord::Lease>("lease", &[], false, &LEASE),
     builtin::<disc::EndpointSlice>("endpointslice", &[], false, &s::endpointslice::STRATEGY),
+    builtin::<policy::PodDisruptionBudget>(
+        "poddisruptionbudget",
+        &["pdb"],
+        false,
+        &s::poddisruptionbudget::STRATEGY,
+    ),
     builtin::<rbac::Role>("role", &[], false, &s::rbac::ROLE),
     builtin::<rbac::ClusterRole>("clusterrole", &[], false, &s::rbac::CLUSTER_ROLE),
     builtin::<rbac::RoleBinding>("rolebinding", &[], false, &s::rbac::ROLE_BINDING),
@@ -308,6 +314,14 @@ mod tests {
                     true,
                     false,
                     false
+                ),
+                (
+                    "policy",
+                    "PodDisruptionBudget",
+                    "poddisruptionbudgets",
+                    true,
+                    true,
+                    true
                 ),
                 (
                     "rbac.authorization.k8s.io",

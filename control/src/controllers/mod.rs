@@ -15,6 +15,7 @@ pub mod crd;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod job;
@@ -82,6 +83,7 @@ pub fn start_all(
     endpoints::start(client.clone(), shutdown.clone(), tasks);
     daemonset::start(client.clone(), config, shutdown.clone(), tasks);
     job::start(client.clone(), config, shutdown.clone(), tasks);
+    disruption::start(client.clone(), shutdown.clone(), tasks);
     cronjob::start(
         client.clone(),
         config.clock.clone(),
