@@ -161,6 +161,13 @@ pub static KINDS: &[ResourceKind] = &[
         false,
         &s::serviceaccount::STRATEGY,
     ),
+    builtin::<core::ResourceQuota>(
+        "resourcequota",
+        &["quota"],
+        false,
+        &s::resourcequota::STRATEGY,
+    ),
+    builtin::<core::LimitRange>("limitrange", &["limits"], false, &s::limitrange::STRATEGY),
     builtin::<core::ReplicationController>(
         "replicationcontroller",
         &["rc"],
@@ -293,6 +300,8 @@ mod tests {
                 ("", "Secret", "secrets", true, false, false),
                 ("", "Event", "events", true, false, false),
                 ("", "ServiceAccount", "serviceaccounts", true, false, false),
+                ("", "ResourceQuota", "resourcequotas", true, true, true),
+                ("", "LimitRange", "limitranges", true, false, true),
                 (
                     "",
                     "ReplicationController",

@@ -17,6 +17,7 @@ pub mod printers;
 pub mod protobuf;
 pub mod qos;
 pub mod quantity;
+pub mod quota;
 pub mod selector;
 pub mod strategic;
 pub mod tolerations;

@@ -23,6 +23,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod replicationcontroller;
+pub mod resourcequota;
 pub mod serviceaccount;
 pub mod servicelb;
 pub mod tokencleaner;
@@ -84,6 +85,7 @@ pub fn start_all(
     daemonset::start(client.clone(), config, shutdown.clone(), tasks);
     job::start(client.clone(), config, shutdown.clone(), tasks);
     disruption::start(client.clone(), shutdown.clone(), tasks);
+    resourcequota::start(client.clone(), shutdown.clone(), tasks);
     cronjob::start(
         client.clone(),
         config.clock.clone(),
