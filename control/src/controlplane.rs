@@ -376,6 +376,11 @@ pub async fn start(
         None => router.clone(),
     };
     bootstrap_namespaces(&router).await?;
+    apiserver::priority::bootstrap(apiserver::in_process_client(router.clone()))
+        .await
+        .map_err(|e| {
+            ControlError::Bootstrap(format!("creating the system PriorityClasses: {e}"))
+        })?;
     reconcile_rbac(&router).await?;
     apiserver::proxy::ensure_node_proxy_secret(&apiserver::in_process_client(router.clone()))
         .await

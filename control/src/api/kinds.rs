@@ -16,7 +16,7 @@ use crate::apiserver::registry::Strategy;
 use crate::apiserver::registry::strategies::{self as s, Plain};
 use k8s_openapi::api::{
     apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-    discovery::v1 as disc, policy::v1 as policy, rbac::v1 as rbac,
+    discovery::v1 as disc, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as sched,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apireg;
@@ -187,6 +187,7 @@ pub static KINDS: &[ResourceKind] = &[
         false,
         &s::poddisruptionbudget::STRATEGY,
     ),
+    builtin::<sched::PriorityClass>("priorityclass", &["pc"], false, &s::priorityclass::STRATEGY),
     builtin::<rbac::Role>("role", &[], false, &s::rbac::ROLE),
     builtin::<rbac::ClusterRole>("clusterrole", &[], false, &s::rbac::CLUSTER_ROLE),
     builtin::<rbac::RoleBinding>("rolebinding", &[], false, &s::rbac::ROLE_BINDING),
@@ -331,6 +332,14 @@ mod tests {
                     true,
                     true,
                     true
+                ),
+                (
+                    "scheduling.k8s.io",
+                    "PriorityClass",
+                    "priorityclasses",
+                    false,
+                    false,
+                    false
                 ),
                 (
                     "rbac.authorization.k8s.io",

@@ -31,6 +31,7 @@ pub mod objects;
 pub mod openapi;
 pub mod paging;
 pub mod portforward;
+pub mod priority;
 pub mod protobuf;
 pub mod proxy;
 pub mod quota;

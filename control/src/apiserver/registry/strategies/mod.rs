@@ -17,6 +17,7 @@ pub mod namespace;
 pub mod node;
 pub mod pod;
 pub mod poddisruptionbudget;
+pub mod priorityclass;
 pub mod rbac;
 pub mod replicaset;
 pub mod replicationcontroller;
