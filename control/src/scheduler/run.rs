@@ -21,6 +21,7 @@ use super::SchedulerConfig;
 use super::algorithm::{self, Profile, ScheduleError};
 use super::cache::Cache;
 use super::framework::PodInfo;
+use super::preemption;
 use super::queue::{Backoff, Queue};
 use crate::events::{self, EventType, Recorder};
 use futures::StreamExt;
@@ -166,6 +167,10 @@ enum Done {
         result: Result<(), kube::Error>,
     },
     Reported,
+    Preempted {
+        pod: Arc<PodInfo>,
+        result: Result<(), kube::Error>,
+    },
 }
 
 /// A `PodScheduled=False` to write.
@@ -193,6 +198,10 @@ pub(super) struct Scheduler {
     /// During a relist: what has been seen again.
     seen_nodes: Option<HashSet<String>>,
     seen_pods: Option<HashSet<Arc<str>>>,
+    /// Preemptors and the victims they wait for: no second preemption while one of them
+    /// is still on its node.
+    nominations: HashMap<Arc<str>, Vec<Arc<str>>>,
+    recorder: Recorder,
 }
 
 /// Wiring for [`Scheduler::run`].
@@ -221,7 +230,7 @@ impl Scheduler {
         events: mpsc::Sender<EventRequest>,
     ) -> Scheduler {
         Scheduler {
-            client,
+            client: client.clone(),
             profile: Profile {
                 percentage_of_nodes_to_score: config.percentage_of_nodes_to_score,
                 ..Profile::default()
@@ -243,6 +252,8 @@ impl Scheduler {
             events,
             seen_nodes: None,
             seen_pods: None,
+            nominations: HashMap::new(),
+            recorder: Recorder::new(client.clone(), COMPONENT),
         }
     }
 
@@ -388,6 +399,7 @@ impl Scheduler {
 
     fn pod_gone(&mut self, uid: &Arc<str>) {
         self.queue.remove(uid);
+        self.nominations.remove(uid);
         self.reports.remove(uid);
         if self.cache.remove_pod(uid) {
             // Its resources are free: parked pods may fit now.
@@ -427,6 +439,7 @@ impl Scheduler {
             Err(ScheduleError::Unschedulable(fit)) => {
                 let message = fit.to_string();
                 tracing::debug!(pod = %pod.key(), %message, "unschedulable");
+                self.try_preemption(&pod, &fit);
                 self.queue.failed(&pod.uid, true, Instant::now());
                 self.failure(pod, "Unschedulable", message);
             }
@@ -436,6 +449,46 @@ impl Scheduler {
                 self.failure(pod, "SchedulerError", e);
             }
         }
+    }
+
+    /// PostFilter: when some node failed for a reason evictions can cure, preempts
+    /// lower-priority pods on the best such node ([`preemption::select`]), unless the pod
+    /// still waits for the victims of its last preemption.
+    fn try_preemption(&mut self, pod: &Arc<PodInfo>, fit: &algorithm::FitError) {
+        if fit.unresolvable >= fit.num_nodes {
+            return;
+        }
+        if let Some(victims) = self.nominations.get(&pod.uid) {
+            if victims.iter().any(|v| self.cache.contains_pod(v)) {
+                return;
+            }
+            self.nominations.remove(&pod.uid);
+        }
+        let Some(candidate) = preemption::select(&self.profile, &self.cache, pod) else {
+            return;
+        };
+        tracing::info!(pod = %pod.key(), node = %candidate.node, victims = candidate.victims.len(), "preempting");
+        self.nominations.insert(
+            pod.uid.clone(),
+            candidate.victims.iter().map(|v| v.uid.clone()).collect(),
+        );
+        let client = self.client.clone();
+        let recorder = self.recorder.clone();
+        let pod = pod.clone();
+        self.work.spawn(async move {
+            let result = match tokio::time::timeout(
+                BIND_TIMEOUT,
+                preemption::preempt(&client, &recorder, &pod, &candidate),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(kube::Error::Service(
+                    format!("preemption did not finish within {BIND_TIMEOUT:?}").into(),
+                )),
+            };
+            Done::Preempted { pod, result }
+        });
     }
 
     /// Reports a failed attempt: a Warning event, and the pod's condition.
@@ -513,11 +566,18 @@ impl Scheduler {
         };
         match done {
             Done::Reported => self.reports_in_flight = self.reports_in_flight.saturating_sub(1),
+            Done::Preempted { pod, result } => {
+                if let Err(e) = result {
+                    tracing::warn!(pod = %pod.key(), error = %e, "preemption failed");
+                    self.nominations.remove(&pod.uid);
+                }
+            }
             Done::Bound { pod, node, result } => {
                 self.binds_in_flight = self.binds_in_flight.saturating_sub(1);
                 match result {
                     Ok(()) => {
                         self.queue.done(&pod.uid);
+                        self.nominations.remove(&pod.uid);
                         let message = format!("Successfully assigned {} to {node}", pod.key());
                         self.event(&pod, EventType::Normal, "Scheduled", message);
                     }
