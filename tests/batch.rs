@@ -199,12 +199,12 @@ async fn kubectl_creates_cron_jobs_and_jobs_from_them() {
 /// 429 and retried, and the drain finishes only once the first replica's replacement is
 /// Ready on the other node.
 ///
-/// Ignored for now: against the `wharf control` binary the refused evictions (429) take
-/// minutes to be answered (the drain's first refusal came after ~85 s, a second client's
-/// after ~400 s), while the same refusal in-process is immediate
-/// (`apiserver::eviction::tests`); the cause is not found yet.
+/// Ignored for now: the drain is held and retries every 5 s as it should, but in this
+/// run on simulated nodes the budget did not open once the replacement was reported
+/// Ready, so the drain timed out; the cause is not found yet (the same budget logic
+/// passes in-process: `apiserver::eviction::tests`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "refused evictions are answered only after minutes against the binary; under investigation"]
+#[ignore = "the budget does not open after the replacement is Ready on simulated nodes; under investigation"]
 async fn a_disruption_budget_holds_a_drain_until_a_replica_is_ready_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let control = ControlProcess::start(dir.path()).await;

@@ -206,11 +206,12 @@ pub async fn drain(cluster: &Cluster, args: DrainArgs) -> anyhow::Result<()> {
         }),
         ..Default::default()
     };
+    let evictions = cluster.client_without_retries()?;
     for pod in &evict {
         let key = pod_key(pod);
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
         let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(cluster.client(), ns);
+        let api: Api<Pod> = Api::namespaced(evictions.clone(), ns);
         println!("evicting pod {key}");
         loop {
             match api.evict(name, &params).await {
