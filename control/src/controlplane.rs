@@ -392,6 +392,11 @@ pub async fn start(
     bootstrap_namespaces(&router).await?;
     bootstrap_ingress_class(&router).await?;
     bootstrap_storage_class(&router).await?;
+    apiserver::priority::bootstrap(apiserver::in_process_client(router.clone()))
+        .await
+        .map_err(|e| {
+            ControlError::Bootstrap(format!("creating the system PriorityClasses: {e}"))
+        })?;
     reconcile_rbac(&router).await?;
     apiserver::proxy::ensure_node_proxy_secret(&apiserver::in_process_client(router.clone()))
         .await

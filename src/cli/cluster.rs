@@ -19,6 +19,8 @@ use wharf_control::api::ResourceKind;
 /// A connected client and what messages need to know about it.
 pub struct Cluster {
     client: kube::Client,
+    /// The configuration the client was built from, for clients that differ.
+    config: kube::Config,
     /// The server URL, for "unreachable" messages.
     url: String,
     /// The kubeconfig context's namespace, else `default`: where `-n` defaults to.
@@ -85,10 +87,11 @@ pub async fn connect(flag: Option<PathBuf>) -> anyhow::Result<Cluster> {
         .to_string()
         .trim_end_matches('/')
         .to_string();
-    let client = kube::Client::try_from(config).with_context(context)?;
+    let client = kube::Client::try_from(config.clone()).with_context(context)?;
     let namespace = client.default_namespace().to_string();
     Ok(Cluster {
         client,
+        config,
         url,
         namespace,
     })
@@ -116,6 +119,15 @@ impl Cluster {
     /// The kube client, for long-running components (a node agent) started from the CLI.
     pub fn client(&self) -> kube::Client {
         self.client.clone()
+    }
+
+    /// A client that answers a 429 at once instead of retrying it (kube's default retries
+    /// 429s with a back-off growing to minutes): `drain` handles a refused eviction itself,
+    /// every 5 s, as kubectl does.
+    pub fn client_without_retries(&self) -> anyhow::Result<kube::Client> {
+        let mut config = self.config.clone();
+        config.default_retry = false;
+        Ok(kube::Client::try_from(config)?)
     }
 
     /// The request builder for `kind` in `namespace` (all namespaces when `None`).

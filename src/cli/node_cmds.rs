@@ -6,9 +6,10 @@
 //!   taint); `uncordon NODE` clears it. Both print `node/NAME cordoned` (or `already
 //!   cordoned`), as kubectl.
 //! - `drain NODE` cordons, then evicts every pod on the node through the `pods/eviction`
-//!   subresource, so the eviction goes through the same checks as kubectl's (wharf has no
-//!   PodDisruptionBudgets yet, so no eviction is refused; a 429 would be retried every
-//!   5 s as kubectl does), and waits until the pods are gone. As kubectl, it refuses
+//!   subresource, so the eviction goes through the same checks as kubectl's: an eviction
+//!   a PodDisruptionBudget refuses (429) is retried every 5 s as kubectl does, until the
+//!   budget's workload has a replacement Ready elsewhere, and it waits until the pods
+//!   are gone. As kubectl, it refuses
 //!   pods managed by a DaemonSet (their controller would put them right back) unless
 //!   `--ignore-daemonsets` skips them, and pods without a controller (nothing would
 //!   recreate them) unless `--force` deletes them anyway. Pods that already ended are
@@ -205,11 +206,12 @@ pub async fn drain(cluster: &Cluster, args: DrainArgs) -> anyhow::Result<()> {
         }),
         ..Default::default()
     };
+    let evictions = cluster.client_without_retries()?;
     for pod in &evict {
         let key = pod_key(pod);
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
         let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(cluster.client(), ns);
+        let api: Api<Pod> = Api::namespaced(evictions.clone(), ns);
         println!("evicting pod {key}");
         loop {
             match api.evict(name, &params).await {

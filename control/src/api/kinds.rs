@@ -17,7 +17,8 @@ use crate::apiserver::registry::strategies::{self as s, Plain};
 use k8s_openapi::api::{
     apps::v1 as apps, autoscaling::v1 as autoscaling1, autoscaling::v2 as autoscaling2,
     batch::v1 as batch, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
-    networking::v1 as net, rbac::v1 as rbac, storage::v1 as storage,
+    networking::v1 as net, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as sched,
+    storage::v1 as storage,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1 as apireg;
@@ -169,6 +170,13 @@ pub static KINDS: &[ResourceKind] = &[
         false,
         &s::serviceaccount::STRATEGY,
     ),
+    builtin::<core::ResourceQuota>(
+        "resourcequota",
+        &["quota"],
+        false,
+        &s::resourcequota::STRATEGY,
+    ),
+    builtin::<core::LimitRange>("limitrange", &["limits"], false, &s::limitrange::STRATEGY),
     builtin::<core::ReplicationController>(
         "replicationcontroller",
         &["rc"],
@@ -206,10 +214,18 @@ pub static KINDS: &[ResourceKind] = &[
         false,
         &s::horizontalpodautoscaler::V1_STRATEGY,
     ),
+    builtin::<batch::CronJob>("cronjob", &["cj"], true, &s::cronjob::STRATEGY),
     builtin::<coord::Lease>("lease", &[], false, &LEASE),
     builtin::<disc::EndpointSlice>("endpointslice", &[], false, &s::endpointslice::STRATEGY),
     builtin::<net::Ingress>("ingress", &["ing"], false, &s::ingress::STRATEGY),
     builtin::<net::IngressClass>("ingressclass", &[], false, &s::ingressclass::STRATEGY),
+    builtin::<policy::PodDisruptionBudget>(
+        "poddisruptionbudget",
+        &["pdb"],
+        false,
+        &s::poddisruptionbudget::STRATEGY,
+    ),
+    builtin::<sched::PriorityClass>("priorityclass", &["pc"], false, &s::priorityclass::STRATEGY),
     builtin::<rbac::Role>("role", &[], false, &s::rbac::ROLE),
     builtin::<rbac::ClusterRole>("clusterrole", &[], false, &s::rbac::CLUSTER_ROLE),
     builtin::<rbac::RoleBinding>("rolebinding", &[], false, &s::rbac::ROLE_BINDING),
@@ -360,6 +376,8 @@ mod tests {
                 ("", "Secret", "secrets", true, false, false),
                 ("", "Event", "events", true, false, false),
                 ("", "ServiceAccount", "serviceaccounts", true, false, false),
+                ("", "ResourceQuota", "resourcequotas", true, true, true),
+                ("", "LimitRange", "limitranges", true, false, true),
                 (
                     "",
                     "ReplicationController",
@@ -413,6 +431,7 @@ mod tests {
                     true,
                     true
                 ),
+                ("batch", "CronJob", "cronjobs", true, true, true),
                 ("coordination.k8s.io", "Lease", "leases", true, false, true),
                 (
                     "discovery.k8s.io",
@@ -437,6 +456,22 @@ mod tests {
                     false,
                     false,
                     true
+                ),
+                (
+                    "policy",
+                    "PodDisruptionBudget",
+                    "poddisruptionbudgets",
+                    true,
+                    true,
+                    true
+                ),
+                (
+                    "scheduling.k8s.io",
+                    "PriorityClass",
+                    "priorityclasses",
+                    false,
+                    false,
+                    false
                 ),
                 (
                     "rbac.authorization.k8s.io",

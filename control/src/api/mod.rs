@@ -9,6 +9,7 @@
 //! declare.
 
 pub mod apply;
+pub mod cron;
 pub mod fields;
 pub mod jsonpatch;
 pub mod kinds;
@@ -16,6 +17,7 @@ pub mod printers;
 pub mod protobuf;
 pub mod qos;
 pub mod quantity;
+pub mod quota;
 pub mod selector;
 pub mod storage;
 pub mod strategic;

@@ -176,6 +176,138 @@ pub static JOB: Printer = Printer {
     },
 };
 
+/// CronJobs, as kubectl prints them.
+pub static CRON_JOB: Printer = Printer {
+    narrow: &[
+        "NAME",
+        "SCHEDULE",
+        "TIMEZONE",
+        "SUSPEND",
+        "ACTIVE",
+        "LAST SCHEDULE",
+        "AGE",
+    ],
+    extra: &["CONTAINERS", "IMAGES", "SELECTOR"],
+    wide: None,
+    cells: |v, wide, now| {
+        let (o, name, created) = basics(v, now);
+        let last = o
+            .time("/status/lastScheduleTime")
+            .map_or_else(|| "<none>".to_string(), |t| age(t, now));
+        let mut cells = vec![
+            name,
+            o.str("/spec/schedule").to_string(),
+            o.str_or("/spec/timeZone", "<none>").to_string(),
+            if o.bool("/spec/suspend") {
+                "True"
+            } else {
+                "False"
+            }
+            .to_string(),
+            o.len("/status/active").to_string(),
+            last,
+            created,
+        ];
+        if wide {
+            let (names, images) =
+                containers(o.arr("/spec/jobTemplate/spec/template/spec/containers"));
+            cells.extend([
+                names,
+                images,
+                format_selector(o.get("/spec/jobTemplate/spec/selector")),
+            ]);
+        }
+        cells
+    },
+};
+
+/// PodDisruptionBudgets: the budget and how many disruptions it allows now.
+pub static PDB: Printer = Printer {
+    narrow: &[
+        "NAME",
+        "MIN AVAILABLE",
+        "MAX UNAVAILABLE",
+        "ALLOWED DISRUPTIONS",
+        "AGE",
+    ],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        let int_or_str = |p: &str| match o.get(p) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => "N/A".to_string(),
+        };
+        vec![
+            name,
+            int_or_str("/spec/minAvailable"),
+            int_or_str("/spec/maxUnavailable"),
+            o.int("/status/disruptionsAllowed").to_string(),
+            age,
+        ]
+    },
+};
+
+/// ResourceQuotas: what is used of each hard limit, requests and limits apart.
+pub static RESOURCE_QUOTA: Printer = Printer {
+    narrow: &["NAME", "AGE", "REQUEST", "LIMIT"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        let mut request = Vec::new();
+        let mut limit = Vec::new();
+        if let Some(hard) = o.map("/status/hard").or_else(|| o.map("/spec/hard")) {
+            for (k, h) in hard {
+                let used = o
+                    .get(&format!(
+                        "/status/used/{}",
+                        k.replace('~', "~0").replace('/', "~1")
+                    ))
+                    .and_then(Value::as_str)
+                    .unwrap_or("0");
+                let cell = format!("{k}: {used}/{}", h.as_str().unwrap_or_default());
+                if k.starts_with("limits.") {
+                    limit.push(cell);
+                } else {
+                    request.push(cell);
+                }
+            }
+        }
+        vec![name, age, request.join(", "), limit.join(", ")]
+    },
+};
+
+/// LimitRanges: when they were created.
+pub static LIMIT_RANGE: Printer = Printer {
+    narrow: &["NAME", "CREATED AT"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, _) = basics(v, now);
+        vec![name, o.str("/metadata/creationTimestamp").to_string()]
+    },
+};
+
+/// PriorityClasses: the value, whether it is the default, the preemption policy.
+pub static PRIORITY_CLASS: Printer = Printer {
+    narrow: &["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"],
+    extra: &[],
+    wide: None,
+    cells: |v, _, now| {
+        let (o, name, age) = basics(v, now);
+        vec![
+            name,
+            o.int("/value").to_string(),
+            o.bool("/globalDefault").to_string(),
+            age,
+            o.str_or("/preemptionPolicy", "PreemptLowerPriority")
+                .to_string(),
+        ]
+    },
+};
+
 pub static SERVICE: Printer = Printer {
     narrow: &[
         "NAME",

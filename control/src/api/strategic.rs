@@ -193,6 +193,22 @@ pub static JOB: Section = Section {
     nested: &[("metadata", &OBJECT_META), ("spec.template", &POD_TEMPLATE)],
 };
 
+/// CronJobs: the pod template inside the job template.
+pub static CRON_JOB: Section = Section {
+    lists: &[("status.active", Replace)],
+    nested: &[
+        ("metadata", &OBJECT_META),
+        ("spec.jobTemplate.metadata", &OBJECT_META),
+        ("spec.jobTemplate.spec.template", &POD_TEMPLATE),
+    ],
+};
+
+/// PodDisruptionBudgets: conditions by type.
+pub static PDB: Section = Section {
+    lists: &[("status.conditions", TYPE)],
+    nested: &[("metadata", &OBJECT_META)],
+};
+
 pub static ENDPOINT_SLICE: Section = Section {
     lists: &[("endpoints", Replace), ("ports", Replace)],
     nested: &[("metadata", &OBJECT_META)],

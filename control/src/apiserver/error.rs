@@ -61,6 +61,13 @@ pub enum ApiError {
     ContinueExpired,
     #[error("{0}")]
     ServiceUnavailable(String),
+    /// 429: a request the server refuses for now (an eviction that would break a
+    /// disruption budget), with Kubernetes' `details.causes` (`reason`, `message`).
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        causes: Vec<(String, String)>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -146,6 +153,7 @@ impl ApiError {
             }
             ApiError::Expired { .. } | ApiError::ContinueExpired => StatusCode::GONE,
             ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -165,6 +173,7 @@ impl ApiError {
             ApiError::TooLarge { .. } | ApiError::EntityTooLarge(_) => "RequestEntityTooLarge",
             ApiError::Expired { .. } | ApiError::ContinueExpired => "Expired",
             ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -195,6 +204,14 @@ impl ApiError {
         };
         if matches!(self, ApiError::ServiceUnavailable(_)) {
             status["details"] = json!({ "retryAfterSeconds": RETRY_AFTER_SECONDS });
+        }
+        if let ApiError::TooManyRequests { causes, .. } = self {
+            status["details"] = json!({
+                "causes": causes
+                    .iter()
+                    .map(|(reason, message)| json!({"reason": reason, "message": message}))
+                    .collect::<Vec<_>>(),
+            });
         }
         if let Some(s) = subject {
             let mut details = json!({ "name": s.name });

@@ -978,7 +978,9 @@ mod tests {
                 "apis/discovery.k8s.io/v1",
                 "apis/metrics.k8s.io/v1beta1",
                 "apis/networking.k8s.io/v1",
+                "apis/policy/v1",
                 "apis/rbac.authorization.k8s.io/v1",
+                "apis/scheduling.k8s.io/v1",
                 "apis/storage.k8s.io/v1"
             ]
         );

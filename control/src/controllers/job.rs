@@ -20,6 +20,10 @@
 //!   running or terminating the terminal condition follows, `Complete` (with
 //!   `completionTime`) or `Failed`. `spec.suspend` deletes the running pods and adds
 //!   `Suspended`.
+//! - **TTL after finished.** A finished Job with `ttlSecondsAfterFinished` is deleted
+//!   (foreground, so its pods go first) that long after its `completionTime` (or its
+//!   `Failed` condition), as Kubernetes' TTL-after-finished controller does; the time
+//!   comes from the controllers' [`super::clock::Clock`].
 //! - **Level-triggered, live reads**, as the DaemonSet controller: the Job's pods are
 //!   listed through the API (by the selector the API server generated at create,
 //!   `batch.kubernetes.io/controller-uid`) in every reconcile, so pods created by the
@@ -64,9 +68,11 @@ pub fn start(
         recorder: Recorder::new(client.clone(), COMPONENT),
         backoff: Backoff::default(),
         pod_backoff: config.job_backoff,
+        clock: config.clock.clone(),
     });
     let reconciles = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Pod>::all(client), watcher::Config::default())
+        .reconcile_all_on(config.clock.ticks())
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(
             common::metered(config.workqueue.queue("job"), reconcile),
@@ -97,6 +103,8 @@ pub struct Plan {
     pub status: JobStatus,
     pub events: Vec<Note>,
     pub requeue: Option<Duration>,
+    /// The Job finished `ttlSecondsAfterFinished` ago: delete it (and its pods).
+    pub expired: bool,
 }
 
 fn phase(pod: &Pod) -> &str {
@@ -139,6 +147,20 @@ fn set_condition(status: &mut JobStatus, new: JobCondition) {
         Some(c) => *c = new,
         None => conditions.push(new),
     }
+}
+
+/// When a finished Job finished: its `completionTime`, else when it became `Failed`
+/// (or `Complete`), as the TTL-after-finished controller reads it.
+fn finish_time(status: &JobStatus) -> Option<Timestamp> {
+    status.completion_time.as_ref().map(|t| t.0).or_else(|| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .filter(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+            .filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
+            .max()
+    })
 }
 
 /// When the pod ended: its containers' last `finishedAt`, else its creation.
@@ -201,6 +223,7 @@ pub fn decide(job: &Job, pods: &[Pod], now: Timestamp, backoff_base: Duration) -
         status: JobStatus::default(),
         events: Vec::new(),
         requeue: None,
+        expired: false,
     };
     let active: Vec<&Pod> = pods.iter().filter(|p| common::is_pod_active(p)).collect();
     let terminating = pods
@@ -222,9 +245,17 @@ pub fn decide(job: &Job, pods: &[Pod], now: Timestamp, backoff_base: Duration) -
     status.terminating = Some(i32::try_from(terminating).unwrap_or(i32::MAX));
     let delete_active = |plan: &mut Plan| plan.delete.extend(active.iter().map(|p| pod_ref(p)));
 
-    // A finished Job only keeps its counts current.
+    // A finished Job only keeps its counts current, until its TTL runs out.
     if has(&old, "Complete") || has(&old, "Failed") {
         delete_active(&mut plan);
+        if let (Some(ttl), Some(at)) = (spec.ttl_seconds_after_finished, finish_time(&old)) {
+            let expires = at + SignedDuration::from_secs(i64::from(ttl.max(0)));
+            if expires <= now {
+                plan.expired = true;
+            } else {
+                plan.requeue = Some(to_duration(expires.duration_since(now)));
+            }
+        }
         plan.status = status;
         return plan;
     }
@@ -439,6 +470,7 @@ struct Ctx {
     recorder: Recorder,
     backoff: Backoff,
     pod_backoff: Duration,
+    clock: super::clock::Clock,
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -479,8 +511,29 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
 
-    let plan = decide(&job, &pods, common::now(), ctx.pod_backoff);
+    let plan = decide(&job, &pods, ctx.clock.now(), ctx.pod_backoff);
     let about = events::reference("Job", "batch/v1", &job.metadata);
+    if plan.expired {
+        // ttlSecondsAfterFinished: the Job goes, its pods with it (foreground, as the
+        // TTL-after-finished controller deletes), and only the Job that was judged.
+        let params = DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Foreground),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        let name = job.metadata.name.as_deref().unwrap_or_default();
+        return match Api::<Job>::namespaced(ctx.client.clone(), &ns)
+            .delete(name, &params)
+            .await
+        {
+            Ok(_) => Ok(Action::await_change()),
+            Err(e) if matches!(common::code_of(&e), Some(404 | 409)) => Ok(Action::await_change()),
+            Err(e) => Err(Error::api("deleting the expired job", &key)(e)),
+        };
+    }
     for (name, pod_uid) in &plan.delete {
         let params = DeleteParams {
             preconditions: Some(Preconditions {
@@ -800,5 +853,31 @@ mod tests {
         assert_eq!(backoff_after(BASE, 0), Duration::ZERO);
         assert_eq!(backoff_after(BASE, 3), Duration::from_secs(40));
         assert_eq!(backoff_after(BASE, 30), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn finished_jobs_expire_after_their_ttl() {
+        let done = json!({"conditions": [{"type": "Complete", "status": "True"}],
+            "completionTime": ts(-10).to_string(), "succeeded": 1});
+        let j = job(json!({"ttlSecondsAfterFinished": 30}), done.clone());
+        let plan = decide(&j, &[], ts(0), BASE);
+        assert!(!plan.expired);
+        assert_eq!(plan.requeue, Some(Duration::from_millis(20_050)));
+        assert!(decide(&j, &[], ts(20), BASE).expired);
+        // Failed: from when it failed.
+        let failed = job(
+            json!({"ttlSecondsAfterFinished": 0}),
+            json!({"conditions": [{"type": "Failed", "status": "True",
+                "lastTransitionTime": ts(-1).to_string()}]}),
+        );
+        assert!(decide(&failed, &[], ts(0), BASE).expired);
+        // Without a TTL a finished Job stays.
+        let kept = job(json!({}), done);
+        let plan = decide(&kept, &[], ts(1000), BASE);
+        assert!(!plan.expired);
+        assert_eq!(plan.requeue, None);
+        // An unfinished Job never expires.
+        let running = job(json!({"ttlSecondsAfterFinished": 0}), json!({}));
+        assert!(!decide(&running, &[], ts(1000), BASE).expired);
     }
 }

@@ -8,11 +8,14 @@
 //! all talk to the API server through the in-process client, like any user could.
 
 pub mod apiservices;
+pub mod clock;
 pub mod clusterroleaggregation;
 pub mod common;
 pub mod crd;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod hpa;
@@ -23,6 +26,7 @@ pub mod nodelifecycle;
 pub mod persistentvolume;
 pub mod replicaset;
 pub mod replicationcontroller;
+pub mod resourcequota;
 pub mod serviceaccount;
 pub mod servicelb;
 pub mod statefulset;
@@ -55,6 +59,8 @@ pub struct ControllerConfig {
     /// How often each HorizontalPodAutoscaler is evaluated (kube-controller-manager's
     /// `--horizontal-pod-autoscaler-sync-period`, 15 s).
     pub hpa_sync_period: Duration,
+    /// The time the CronJob controller and the Jobs' TTL decide on (tests drive it).
+    pub clock: clock::Clock,
 }
 
 impl Default for ControllerConfig {
@@ -68,6 +74,7 @@ impl Default for ControllerConfig {
             token_cleanup_interval: Duration::from_secs(60),
             workqueue: Default::default(),
             hpa_sync_period: Duration::from_secs(15),
+            clock: clock::Clock::system(),
         }
     }
 }
@@ -89,6 +96,14 @@ pub fn start_all(
     endpoints::start(client.clone(), config, shutdown.clone(), tasks);
     daemonset::start(client.clone(), config, shutdown.clone(), tasks);
     job::start(client.clone(), config, shutdown.clone(), tasks);
+    disruption::start(client.clone(), shutdown.clone(), tasks);
+    resourcequota::start(client.clone(), shutdown.clone(), tasks);
+    cronjob::start(
+        client.clone(),
+        config.clock.clone(),
+        shutdown.clone(),
+        tasks,
+    );
     nodelifecycle::start(client.clone(), config, shutdown.clone(), tasks);
     gc::start(client.clone(), config, shutdown.clone(), tasks);
     namespace::start(client.clone(), config, shutdown.clone(), tasks);

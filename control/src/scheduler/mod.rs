@@ -25,6 +25,9 @@
 //!   is retried after its back-off (1 s doubling to 10 s). So adding a node that fits
 //!   schedules a pending pod without anyone touching it.
 //!
+//! - **Preempt when nothing fits.** A pending pod that fits no node may evict pods of
+//!   lower priority from one node ([`preemption`]); the queue is ordered by priority.
+//!
 //! Only pods with `spec.schedulerName` `default-scheduler` (or none), without
 //! `spec.nodeName`, and not being deleted are scheduled. Everything runs in the tasks
 //! [`start`] puts in the control plane's `JoinSet` and ends with the shutdown token.
@@ -33,6 +36,7 @@ pub mod algorithm;
 pub mod cache;
 pub mod framework;
 pub mod plugins;
+pub mod preemption;
 pub mod queue;
 mod run;
 

@@ -22,6 +22,7 @@ use super::algorithm::{self, Profile, ScheduleError};
 use super::cache::Cache;
 use super::framework::PodInfo;
 use super::plugins::volume_binding::{self, VolumeUpdate};
+use super::preemption;
 use super::queue::{Backoff, Queue};
 use crate::events::{self, EventType, Recorder};
 use futures::StreamExt;
@@ -232,6 +233,10 @@ enum Done {
         started: Instant,
     },
     Reported,
+    Preempted {
+        pod: Arc<PodInfo>,
+        result: Result<(), kube::Error>,
+    },
 }
 
 /// A `PodScheduled=False` to write.
@@ -262,6 +267,10 @@ pub(super) struct Scheduler {
     metrics: crate::metrics::SchedulerMetrics,
     /// When `scheduler_pending_pods` was last set from the queue.
     pending_reported: Option<Instant>,
+    /// Preemptors and the victims they wait for: no second preemption while one of them
+    /// is still on its node.
+    nominations: HashMap<Arc<str>, Vec<Arc<str>>>,
+    recorder: Recorder,
 }
 
 /// Wiring for [`Scheduler::run`].
@@ -292,7 +301,7 @@ impl Scheduler {
         events: mpsc::Sender<EventRequest>,
     ) -> Scheduler {
         Scheduler {
-            client,
+            client: client.clone(),
             profile: Profile {
                 percentage_of_nodes_to_score: config.percentage_of_nodes_to_score,
                 ..Profile::default()
@@ -316,6 +325,8 @@ impl Scheduler {
             seen_pods: None,
             metrics: config.metrics.clone(),
             pending_reported: None,
+            nominations: HashMap::new(),
+            recorder: Recorder::new(client.clone(), COMPONENT),
         }
     }
 
@@ -480,6 +491,7 @@ impl Scheduler {
 
     fn pod_gone(&mut self, uid: &Arc<str>) {
         self.queue.remove(uid);
+        self.nominations.remove(uid);
         self.reports.remove(uid);
         if self.cache.remove_pod(uid) {
             // Its resources are free: parked pods may fit now.
@@ -556,6 +568,7 @@ impl Scheduler {
                 self.metrics.attempt("unschedulable", started.elapsed());
                 let message = fit.to_string();
                 tracing::debug!(pod = %pod.key(), %message, "unschedulable");
+                self.try_preemption(&pod, &fit);
                 self.queue.failed(&pod.uid, true, Instant::now());
                 self.failure(pod, "Unschedulable", message);
             }
@@ -566,6 +579,46 @@ impl Scheduler {
                 self.failure(pod, "SchedulerError", e);
             }
         }
+    }
+
+    /// PostFilter: when some node failed for a reason evictions can cure, preempts
+    /// lower-priority pods on the best such node ([`preemption::select`]), unless the pod
+    /// still waits for the victims of its last preemption.
+    fn try_preemption(&mut self, pod: &Arc<PodInfo>, fit: &algorithm::FitError) {
+        if fit.unresolvable >= fit.num_nodes {
+            return;
+        }
+        if let Some(victims) = self.nominations.get(&pod.uid) {
+            if victims.iter().any(|v| self.cache.contains_pod(v)) {
+                return;
+            }
+            self.nominations.remove(&pod.uid);
+        }
+        let Some(candidate) = preemption::select(&self.profile, &self.cache, pod) else {
+            return;
+        };
+        tracing::info!(pod = %pod.key(), node = %candidate.node, victims = candidate.victims.len(), "preempting");
+        self.nominations.insert(
+            pod.uid.clone(),
+            candidate.victims.iter().map(|v| v.uid.clone()).collect(),
+        );
+        let client = self.client.clone();
+        let recorder = self.recorder.clone();
+        let pod = pod.clone();
+        self.work.spawn(async move {
+            let result = match tokio::time::timeout(
+                BIND_TIMEOUT,
+                preemption::preempt(&client, &recorder, &pod, &candidate),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(kube::Error::Service(
+                    format!("preemption did not finish within {BIND_TIMEOUT:?}").into(),
+                )),
+            };
+            Done::Preempted { pod, result }
+        });
     }
 
     /// Reports a failed attempt: a Warning event, and the pod's condition.
@@ -643,6 +696,12 @@ impl Scheduler {
         };
         match done {
             Done::Reported => self.reports_in_flight = self.reports_in_flight.saturating_sub(1),
+            Done::Preempted { pod, result } => {
+                if let Err(e) = result {
+                    tracing::warn!(pod = %pod.key(), error = %e, "preemption failed");
+                    self.nominations.remove(&pod.uid);
+                }
+            }
             Done::Bound {
                 pod,
                 node,
@@ -655,6 +714,7 @@ impl Scheduler {
                 match result {
                     Ok(()) => {
                         self.queue.done(&pod.uid);
+                        self.nominations.remove(&pod.uid);
                         let message = format!("Successfully assigned {} to {node}", pod.key());
                         self.event(&pod, EventType::Normal, "Scheduled", message);
                     }

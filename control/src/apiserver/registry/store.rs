@@ -338,6 +338,8 @@ pub(crate) async fn create(
     for w in admitted.warnings {
         fields.warn(w);
     }
+    // Last, what the namespace's quotas let in (charged by compare-and-swap on them).
+    super::super::quota::admit_create(state, target, &obj, dry).await?;
     fields.record(kind, None, &mut obj, None);
     if dry {
         encode(&obj)?;

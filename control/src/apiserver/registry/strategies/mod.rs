@@ -3,6 +3,7 @@
 
 pub mod apiservice;
 pub mod configmap;
+pub mod cronjob;
 pub mod customresource;
 pub mod customresourcedefinition;
 pub mod daemonset;
@@ -14,15 +15,19 @@ pub mod horizontalpodautoscaler;
 pub mod ingress;
 pub mod ingressclass;
 pub mod job;
+pub mod limitrange;
 pub mod metrics;
 pub mod namespace;
 pub mod node;
 pub mod persistentvolume;
 pub mod persistentvolumeclaim;
 pub mod pod;
+pub mod poddisruptionbudget;
+pub mod priorityclass;
 pub mod rbac;
 pub mod replicaset;
 pub mod replicationcontroller;
+pub mod resourcequota;
 pub mod secret;
 pub mod service;
 pub mod serviceaccount;

@@ -82,6 +82,8 @@ impl Strategy for PodStrategy {
     ) -> BoxFuture<'a, Result<Admitted, ApiError>> {
         Box::pin(async move {
             serviceaccounts::admit_pod(state, target, obj).await?;
+            crate::apiserver::priority::admit_pod(state, target, obj).await?;
+            crate::apiserver::limitranger::admit_pod(state, target, obj).await?;
             pod_spec_warnings(self.pod_spec(), state, target, obj, false).await
         })
     }
