@@ -228,28 +228,29 @@ async fn kubectl_generator_commands_work_with_and_without_server_dry_run() {
         assert!(r.stderr.contains(needle), "{needle}: {}", r.stderr);
     }
 
-    // Generators for kinds not served yet fail with Kubernetes' 404, not a 415.
-    for args in [
-        &[
-            "create",
-            "cronjob",
-            "cj",
-            "--image=x",
-            "--schedule=* * * * *",
-        ][..],
-        &["autoscale", "deployment", "web", "--max=3"],
+    // Generators for CronJobs and HorizontalPodAutoscalers (kinds served since issues 16
+    // and 15) create their objects.
+    for (args, object) in [
+        (
+            &[
+                "create",
+                "cronjob",
+                "cj",
+                "--image=x",
+                "--schedule=* * * * *",
+            ][..],
+            "cronjob.batch/cj",
+        ),
+        (
+            &["autoscale", "deployment", "web", "--max=3"][..],
+            "horizontalpodautoscaler.autoscaling/web",
+        ),
     ] {
         let mut full = vec!["-n", NS];
         full.extend_from_slice(args);
         let r = k.run(&full).await;
-        assert!(
-            !r.ok
-                && r.stderr
-                    .contains("the server could not find the requested resource"),
-            "kubectl {args:?}: {}{}",
-            r.stdout,
-            r.stderr
-        );
-        assert!(!r.stderr.contains("415"), "{}", r.stderr);
+        assert!(r.ok, "kubectl {args:?}: {}{}", r.stdout, r.stderr);
+        let got = k.ok(&["-n", NS, "get", object, "-o", "name"]).await;
+        assert_eq!(got.trim(), object, "kubectl {args:?} stored its object");
     }
 }
