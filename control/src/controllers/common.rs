@@ -83,6 +83,29 @@ pub fn code_of(err: &kube::Error) -> Option<u16> {
     }
 }
 
+/// Deletes the pod `name` only while it is still the one with `uid` (a new pod that took
+/// the name is left alone), as Kubernetes' controllers delete with a UID precondition.
+/// `Ok(false)` when the pod is already gone or was replaced: nothing to do, the watch
+/// will say.
+pub async fn delete_pod_with_uid(
+    pods: &kube::Api<Pod>,
+    name: &str,
+    uid: &str,
+) -> Result<bool, kube::Error> {
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match pods.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(code_of(&e), Some(404 | 409)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Waits until a reflector store has its first complete list: deciding on a partial view
 /// would create pods that already exist.
 pub async fn synced<K>(store: &Store<K>, what: &'static str) -> Result<(), Error>

@@ -52,7 +52,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -585,26 +585,18 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 )
                 .await;
         }
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(pod.uid.clone()),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match pods_api.delete(&pod.name, &params).await {
-            Ok(_) => {
-                ctx.recorder
-                    .record(
-                        &about,
-                        EventType::Normal,
-                        "SuccessfulDelete",
-                        &format!("Deleted pod: {}", pod.name),
-                    )
-                    .await
-            }
-            Err(e) if matches!(common::code_of(&e), Some(404 | 409)) => {}
-            Err(e) => return Err(Error::api("deleting a pod of daemonset", &key)(e)),
+        let deleted = common::delete_pod_with_uid(&pods_api, &pod.name, &pod.uid)
+            .await
+            .map_err(Error::api("deleting a pod of daemonset", &key))?;
+        if deleted {
+            ctx.recorder
+                .record(
+                    &about,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {}", pod.name),
+                )
+                .await;
         }
     }
     let old = serde_json::to_value(ds.status.clone().unwrap_or_default()).unwrap_or_default();

@@ -535,26 +535,18 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         };
     }
     for (name, pod_uid) in &plan.delete {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(pod_uid.clone()),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match pods_api.delete(name, &params).await {
-            Ok(_) => {
-                ctx.recorder
-                    .record(
-                        &about,
-                        EventType::Normal,
-                        "SuccessfulDelete",
-                        &format!("Deleted pod: {name}"),
-                    )
-                    .await
-            }
-            Err(e) if matches!(common::code_of(&e), Some(404 | 409)) => {}
-            Err(e) => return Err(Error::api("deleting a pod of job", &key)(e)),
+        let deleted = common::delete_pod_with_uid(&pods_api, name, pod_uid)
+            .await
+            .map_err(Error::api("deleting a pod of job", &key))?;
+        if deleted {
+            ctx.recorder
+                .record(
+                    &about,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {name}"),
+                )
+                .await;
         }
     }
     let template = pod_for(&job);

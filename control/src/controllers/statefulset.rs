@@ -42,7 +42,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use serde_json::json;
@@ -682,26 +682,18 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
         }
     }
     for pod in &plan.delete {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(pod.uid.clone()),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match pods_api.delete(&pod.name, &params).await {
-            Ok(_) => {
-                ctx.recorder
-                    .record(
-                        &about,
-                        EventType::Normal,
-                        "SuccessfulDelete",
-                        &format!("delete Pod {} in StatefulSet {name} successful", pod.name),
-                    )
-                    .await
-            }
-            Err(e) if matches!(common::code_of(&e), Some(404 | 409)) => {}
-            Err(e) => return Err(Error::api("deleting a pod of statefulset", &key)(e)),
+        let deleted = common::delete_pod_with_uid(&pods_api, &pod.name, &pod.uid)
+            .await
+            .map_err(Error::api("deleting a pod of statefulset", &key))?;
+        if deleted {
+            ctx.recorder
+                .record(
+                    &about,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    &format!("delete Pod {} in StatefulSet {name} successful", pod.name),
+                )
+                .await;
         }
     }
     for claim in &plan.delete_claims {
