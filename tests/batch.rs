@@ -198,13 +198,7 @@ async fn kubectl_creates_cron_jobs_and_jobs_from_them() {
 /// available: the first eviction goes through, the second is refused with Kubernetes'
 /// 429 and retried, and the drain finishes only once the first replica's replacement is
 /// Ready on the other node.
-///
-/// Ignored for now: the drain is held and retries every 5 s as it should, but in this
-/// run on simulated nodes the budget did not open once the replacement was reported
-/// Ready, so the drain timed out; the cause is not found yet (the same budget logic
-/// passes in-process: `apiserver::eviction::tests`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the budget does not open after the replacement is Ready on simulated nodes; under investigation"]
 async fn a_disruption_budget_holds_a_drain_until_a_replica_is_ready_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let control = ControlProcess::start(dir.path()).await;
@@ -285,18 +279,21 @@ async fn a_disruption_budget_holds_a_drain_until_a_replica_is_ready_elsewhere() 
         .collect();
     assert_eq!(remaining.len(), 1, "one replica must stay on n1");
     let kept = remaining[0].metadata.name.clone().unwrap();
-    let refused = pods.evict(&kept, &Default::default()).await.unwrap_err();
-    match refused {
-        kube::Error::Api(s) => {
-            assert_eq!(s.code, 429);
-            assert_eq!(
-                s.message,
-                "Cannot evict pod as it would violate the pod's disruption budget."
-            );
-        }
-        e => panic!("{e}"),
-    }
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The budget refuses the drain's eviction (429, which the drain retries every 5 s, as
+    // kubectl does): its retry message is the evidence. (Not evicted from here: kube's
+    // client retries a 429 itself, with a back-off growing to minutes.)
+    let held = format!(
+        "error when evicting pods/\"{kept}\" -n \"default\" (will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget."
+    );
+    eventually(
+        "the drain held by the budget",
+        Duration::from_secs(30),
+        || async {
+            let stderr = std::fs::read_to_string(dir.path().join("drain.err")).ok()?;
+            stderr.contains(&held).then_some(())
+        },
+    )
+    .await;
     assert!(
         pods.get_opt(&kept).await.unwrap().is_some(),
         "the drain must wait for the budget"
@@ -304,6 +301,15 @@ async fn a_disruption_budget_holds_a_drain_until_a_replica_is_ready_elsewhere() 
 
     // The replacement becomes Ready: the budget allows one more, the drain finishes.
     report_ready(&pods, &replacement).await;
+    eventually(
+        "the budget allowing one more",
+        Duration::from_secs(30),
+        || async {
+            let s = budgets.get_status("web").await.ok()?.status?;
+            (s.disruptions_allowed == Some(1)).then_some(())
+        },
+    )
+    .await;
     let status = tokio::time::timeout(Duration::from_secs(60), drain.wait()).await;
     let stdout = std::fs::read_to_string(dir.path().join("drain.out")).unwrap();
     let stderr = std::fs::read_to_string(dir.path().join("drain.err")).unwrap();
@@ -311,12 +317,6 @@ async fn a_disruption_budget_holds_a_drain_until_a_replica_is_ready_elsewhere() 
     let status = status
         .unwrap_or_else(|_| panic!("the drain did not finish:\n{stdout}\n{stderr}\n{budget:?}"));
     assert!(status.unwrap().success(), "{stdout}\n{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "error when evicting pods/\"{kept}\" -n \"default\" (will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget."
-        )),
-        "{stderr}"
-    );
     assert!(stdout.contains("node/n1 drained"), "{stdout}");
     assert!(pods.get_opt(&kept).await.unwrap().is_none());
 }
