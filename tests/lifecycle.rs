@@ -1125,3 +1125,119 @@ spec:
     assert_eq!(done.items.len(), 3);
     cluster.terminate().await;
 }
+
+/// An Indexed Job gives each pod its index (`JOB_COMPLETION_INDEX`, read by the guest) and
+/// completes when every index succeeded; a pod failure policy fails a Job at the first
+/// pod that exits with a listed code, whatever its `backoffLimit`.
+#[tokio::test]
+async fn an_indexed_job_and_a_pod_failure_policy_on_a_node() {
+    common::build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = common::Cluster::up(dir.path(), 1).await;
+    let manifest = format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: shards
+spec:
+  completionMode: Indexed
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: shard
+          image: {batch}
+          args: ["1000"]
+          env:
+            - name: ECHO_ENV
+              value: JOB_COMPLETION_INDEX
+---
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: strict
+spec:
+  backoffLimit: 6
+  podFailurePolicy:
+    rules:
+      - action: FailJob
+        onExitCodes:
+          operator: In
+          values: [134]
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: crash
+          image: {crasher}
+          args: ["panic"]
+"#,
+        batch = common::sample("batch-p1", "batch_p1"),
+        crasher = common::sample("crasher", "crasher"),
+    );
+    cluster.apply("jobs.yaml", &manifest).await;
+    let jobs: Api<Job> = Api::default_namespaced(cluster.client.clone());
+    let ended = |name: &'static str, condition: &'static str| {
+        let jobs = jobs.clone();
+        async move {
+            eventually(name, common::POD_TIMEOUT, || async {
+                let j = jobs.get(name).await.map_err(|e| e.to_string())?;
+                let s = j.status.clone().unwrap_or_default();
+                s.conditions
+                    .iter()
+                    .flatten()
+                    .find(|c| c.type_ == condition && c.status == "True")
+                    .map(|c| (s.clone(), c.clone()))
+                    .ok_or(format!("{:?}", j.status))
+            })
+            .await
+        }
+    };
+    let (status, _) = ended("shards", "Complete").await;
+    assert_eq!(status.completed_indexes.as_deref(), Some("0-2"));
+    assert_eq!(status.succeeded, Some(3));
+    let pods: Api<Pod> = Api::default_namespaced(cluster.client.clone());
+    let shards = pods
+        .list(&ListParams::default().labels("job-name=shards"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(shards.len(), 3);
+    for pod in &shards {
+        let name = pod.metadata.name.clone().unwrap();
+        let index =
+            &pod.metadata.annotations.as_ref().unwrap()["batch.kubernetes.io/job-completion-index"];
+        assert!(name.starts_with(&format!("shards-{index}-")), "{name}");
+        let log = tokio::time::timeout(common::TIMEOUT, pods.logs(&name, &Default::default()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            log.contains(&format!("JOB_COMPLETION_INDEX={index}\n")),
+            "{name}: {log}"
+        );
+    }
+
+    let (status, failed) = ended("strict", "Failed").await;
+    assert_eq!(failed.reason.as_deref(), Some("PodFailurePolicy"));
+    let crashed = pods
+        .list(&ListParams::default().labels("job-name=strict"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(crashed.len(), 1, "one pod, no retry");
+    let pod = crashed[0].metadata.name.clone().unwrap();
+    assert_eq!(
+        failed.message.as_deref(),
+        Some(
+            format!(
+                "Container crash for pod default/{pod} failed with exit code 134 matching FailJob rule at index 0"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(status.failed, Some(1));
+    cluster.terminate().await;
+}

@@ -686,6 +686,7 @@ pub fn validate_job(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
         }
     }
     validate_selector_and_template(spec, errs);
+    validate_job_modes(spec, errs);
     match spec
         .pointer("/template/spec/restartPolicy")
         .and_then(Value::as_str)
@@ -701,6 +702,111 @@ pub fn validate_job(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
             other.map(|p| format!("{p:?}")),
             "supported values: \"OnFailure\", \"Never\"",
         )),
+    }
+}
+
+/// A Job's completion mode and pod failure policy, with Kubernetes' messages.
+fn validate_job_modes(spec: &Value, errs: &mut Vec<FieldError>) {
+    let mode = spec.get("completionMode").and_then(Value::as_str);
+    match mode {
+        None | Some("NonIndexed") => {}
+        Some("Indexed") => {
+            if spec.get("completions").is_none_or(Value::is_null) {
+                errs.push(FieldError::required(
+                    "spec.completions",
+                    "when completion mode is Indexed",
+                ));
+            }
+        }
+        Some(other) => errs.push(FieldError::new(
+            "spec.completionMode",
+            Reason::NotSupported,
+            Some(format!("{other:?}")),
+            "supported values: \"NonIndexed\", \"Indexed\"",
+        )),
+    }
+    if let Some(v) = spec.get("backoffLimitPerIndex").filter(|v| !v.is_null()) {
+        errs.push(FieldError::invalid(
+            "spec.backoffLimitPerIndex",
+            v,
+            "per-index backoff limits are not supported by wharf; use backoffLimit",
+        ));
+    }
+    let Some(policy) = spec.get("podFailurePolicy").filter(|v| !v.is_null()) else {
+        return;
+    };
+    if let Some(p) = spec
+        .pointer("/template/spec/restartPolicy")
+        .and_then(Value::as_str)
+        .filter(|p| *p != "Never")
+    {
+        errs.push(FieldError::invalid(
+            "spec.template.spec.restartPolicy",
+            p,
+            "only \"Never\" is supported when podFailurePolicy is specified",
+        ));
+    }
+    let rules = policy.get("rules").and_then(Value::as_array);
+    for (i, rule) in rules.into_iter().flatten().enumerate() {
+        let at = format!("spec.podFailurePolicy.rules[{i}]");
+        match rule.get("action").and_then(Value::as_str) {
+            Some("FailJob" | "Ignore" | "Count") => {}
+            Some("FailIndex") => errs.push(FieldError::invalid(
+                format!("{at}.action"),
+                "FailIndex",
+                "requires the backoffLimitPerIndex to be set",
+            )),
+            other => errs.push(FieldError::new(
+                format!("{at}.action"),
+                if other.is_none() {
+                    Reason::Required
+                } else {
+                    Reason::NotSupported
+                },
+                other.map(|a| format!("{a:?}")),
+                "supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\"",
+            )),
+        }
+        let codes = rule.get("onExitCodes").filter(|v| !v.is_null());
+        let conditions = rule.get("onPodConditions").filter(|v| !v.is_null());
+        match (codes, conditions) {
+            (Some(_), Some(_)) => errs.push(FieldError::new(
+                &at,
+                Reason::Invalid,
+                None,
+                "specifying both OnExitCodes and OnPodConditions is not supported",
+            )),
+            (None, None) => errs.push(FieldError::new(
+                &at,
+                Reason::Invalid,
+                None,
+                "specifying one of OnExitCodes and OnPodConditions is required",
+            )),
+            _ => {}
+        }
+        if let Some(codes) = codes {
+            let at = format!("{at}.onExitCodes");
+            match codes.get("operator").and_then(Value::as_str) {
+                Some("In" | "NotIn") => {}
+                other => errs.push(FieldError::new(
+                    format!("{at}.operator"),
+                    if other.is_none() {
+                        Reason::Required
+                    } else {
+                        Reason::NotSupported
+                    },
+                    other.map(|o| format!("{o:?}")),
+                    "supported values: \"In\", \"NotIn\"",
+                )),
+            }
+            let values = codes.get("values").and_then(Value::as_array);
+            if values.is_none_or(|v| v.is_empty()) {
+                errs.push(FieldError::required(
+                    format!("{at}.values"),
+                    "at least one value is required",
+                ));
+            }
+        }
     }
 }
 
@@ -1210,5 +1316,72 @@ mod tests {
         let mut alias = json!({"spec": {"type": "ExternalName", "externalName": "x.example"}});
         apply_defaults(kind("svc"), &mut alias);
         assert!(alias.pointer("/spec/ipFamilies").is_none());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod job_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn errors(spec: Value) -> Vec<String> {
+        let mut base = json!({
+            "selector": {"matchLabels": {"app": "pi"}},
+            "template": {"metadata": {"labels": {"app": "pi"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "pi", "image": "pi.wasm"}]}},
+        });
+        json_patch_merge(&mut base, &spec);
+        let mut errs = Vec::new();
+        validate_job(Some(&base), &mut errs);
+        errs.iter().map(ToString::to_string).collect()
+    }
+
+    fn json_patch_merge(a: &mut Value, b: &Value) {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    json_patch_merge(a.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+            (a, b) => *a = b.clone(),
+        }
+    }
+
+    #[test]
+    fn completion_modes_and_failure_policies_read_as_kubernetes() {
+        assert!(errors(json!({"completionMode": "Indexed", "completions": 3})).is_empty());
+        assert_eq!(
+            errors(json!({"completionMode": "Indexed"})),
+            ["spec.completions: Required value: when completion mode is Indexed"]
+        );
+        assert_eq!(
+            errors(json!({"completionMode": "Sometimes"})),
+            [
+                "spec.completionMode: Unsupported value: \"Sometimes\": supported values: \"NonIndexed\", \"Indexed\""
+            ]
+        );
+        let ok = json!({"podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [42]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}});
+        assert!(errors(ok).is_empty());
+        let bad = json!({
+            "template": {"spec": {"restartPolicy": "OnFailure"}},
+            "podFailurePolicy": {"rules": [
+                {"action": "FailIndex", "onExitCodes": {"operator": "Is", "values": []}},
+                {"action": "Ignore"},
+                {"action": "Count", "onExitCodes": {"operator": "In", "values": [1]},
+                 "onPodConditions": [{"type": "X"}]}]}});
+        assert_eq!(
+            errors(bad),
+            [
+                "spec.template.spec.restartPolicy: Invalid value: \"OnFailure\": only \"Never\" is supported when podFailurePolicy is specified",
+                "spec.podFailurePolicy.rules[0].action: Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set",
+                "spec.podFailurePolicy.rules[0].onExitCodes.operator: Unsupported value: \"Is\": supported values: \"In\", \"NotIn\"",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values: Required value: at least one value is required",
+                "spec.podFailurePolicy.rules[1]: Invalid value: specifying one of OnExitCodes and OnPodConditions is required",
+                "spec.podFailurePolicy.rules[2]: Invalid value: specifying both OnExitCodes and OnPodConditions is not supported",
+            ]
+        );
     }
 }

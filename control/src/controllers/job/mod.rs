@@ -31,8 +31,15 @@
 //!   template's labels (which include the selector's) and a controller ownerReference;
 //!   matching orphans are adopted. [`decide`] is pure and unit-tested.
 //!
+//! - **Indexed Jobs** ([`indexed`]) give each pod one of `completions` indexes and finish
+//!   when every index has succeeded; a **pod failure policy** ([`failure_policy`]) can
+//!   fail the Job on a given exit code or ignore a failure (an evicted pod).
+//!
 //! Events (`job-controller`): `SuccessfulCreate`, `SuccessfulDelete`, `Completed`,
-//! `BackoffLimitExceeded`, `DeadlineExceeded`, `Suspended`, `Resumed`.
+//! `BackoffLimitExceeded`, `DeadlineExceeded`, `PodFailurePolicy`, `Suspended`, `Resumed`.
+
+pub mod failure_policy;
+pub mod indexed;
 
 use super::ControllerConfig;
 use super::common::{self, Backoff, Claim, Error};
@@ -40,7 +47,7 @@ use crate::events::{self, EventType, Recorder};
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -98,6 +105,8 @@ pub type Note = (EventType, &'static str, String);
 pub struct Plan {
     /// How many pods to create.
     pub create: i32,
+    /// For an Indexed Job, the indexes of the pods to create (`create` of them).
+    pub indexes: Vec<i32>,
     /// Pods to delete: (name, uid).
     pub delete: Vec<(String, String)>,
     pub status: JobStatus,
@@ -219,6 +228,7 @@ pub fn decide(job: &Job, pods: &[Pod], now: Timestamp, backoff_base: Duration) -
     let mut status = old.clone();
     let mut plan = Plan {
         create: 0,
+        indexes: Vec::new(),
         delete: Vec::new(),
         status: JobStatus::default(),
         events: Vec::new(),
@@ -233,8 +243,37 @@ pub fn decide(job: &Job, pods: &[Pod], now: Timestamp, backoff_base: Duration) -
     let count = |ph: &str| {
         i32::try_from(pods.iter().filter(|p| phase(p) == ph).count()).unwrap_or(i32::MAX)
     };
-    let succeeded = count("Succeeded").max(old.succeeded.unwrap_or(0));
-    let failed = count("Failed").max(old.failed.unwrap_or(0));
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+    let completions = spec.completions.unwrap_or(1).max(0);
+    let done = if indexed {
+        indexed::completed(old.completed_indexes.as_deref(), pods, completions)
+    } else {
+        Default::default()
+    };
+    let succeeded = if indexed {
+        i32::try_from(done.len()).unwrap_or(i32::MAX)
+    } else {
+        count("Succeeded")
+    }
+    .max(old.succeeded.unwrap_or(0));
+    // The pod failure policy judges each failed pod: ignored failures are not counted,
+    // and one matching a FailJob rule fails the Job.
+    let mut fail_job = None;
+    let mut counted_failures = 0;
+    for pod in pods.iter().filter(|p| phase(p) == "Failed") {
+        match failure_policy::judge(spec.pod_failure_policy.as_ref(), pod) {
+            failure_policy::Verdict::Ignore => {}
+            failure_policy::Verdict::Count => counted_failures += 1,
+            failure_policy::Verdict::FailJob(message) => {
+                counted_failures += 1;
+                fail_job.get_or_insert(message);
+            }
+        }
+    }
+    let failed = counted_failures.max(old.failed.unwrap_or(0));
+    if indexed && !done.is_empty() {
+        status.completed_indexes = Some(indexed::format(&done));
+    }
     status.succeeded = Some(succeeded);
     status.failed = Some(failed);
     status.active = Some(i32::try_from(active.len()).unwrap_or(i32::MAX));
@@ -321,7 +360,9 @@ pub fn decide(job: &Job, pods: &[Pod], now: Timestamp, backoff_base: Duration) -
         });
     let mut failure = existing_failure.clone();
     if failure.is_none() {
-        if failed + restarts > backoff_limit {
+        if let Some(message) = fail_job {
+            failure = Some(("PodFailurePolicy".into(), message));
+        } else if failed + restarts > backoff_limit {
             failure = Some((
                 "BackoffLimitExceeded".into(),
                 "Job has reached the specified backoff limit".into(),
@@ -340,6 +381,7 @@ pub fn decide(job: &Job, pods: &[Pod], now: Timestamp, backoff_base: Duration) -
     }
     let success = has(&old, "SuccessCriteriaMet")
         || match spec.completions {
+            Some(c) if indexed => done.len() >= usize::try_from(c).unwrap_or(0),
             Some(c) => succeeded >= c,
             None => succeeded > 0 && active.is_empty(),
         };
@@ -350,10 +392,10 @@ pub fn decide(job: &Job, pods: &[Pod], now: Timestamp, backoff_base: Duration) -
                 &mut status,
                 condition("FailureTarget", "True", &reason, &message, now),
             );
-            let reason = if reason == "DeadlineExceeded" {
-                "DeadlineExceeded"
-            } else {
-                "BackoffLimitExceeded"
+            let reason = match reason.as_str() {
+                "DeadlineExceeded" => "DeadlineExceeded",
+                "PodFailurePolicy" => "PodFailurePolicy",
+                _ => "BackoffLimitExceeded",
             };
             plan.events
                 .push((EventType::Warning, reason, message.clone()));
@@ -397,7 +439,18 @@ pub fn decide(job: &Job, pods: &[Pod], now: Timestamp, backoff_base: Duration) -
         }
         plan.requeue = None;
     } else {
+        // An Indexed Job first drops pods of indexes already done, duplicates and pods
+        // without a valid index.
+        let mut active = active.clone();
+        if indexed {
+            let extra = indexed::surplus(&active, completions, &done, deletion_rank);
+            plan.delete.extend(extra.iter().map(|p| pod_ref(p)));
+            active.retain(|p| !extra.iter().any(|e| std::ptr::eq(*e, *p)));
+        }
         let want = match spec.completions {
+            Some(c) if indexed => {
+                parallelism.min((c - i32::try_from(done.len()).unwrap_or(i32::MAX)).max(0))
+            }
             Some(c) => parallelism.min((c - succeeded).max(0)),
             // A work queue: once one pod succeeded, no new pods; the rest finish.
             None if succeeded > 0 => i32::try_from(active.len()).unwrap_or(0).min(parallelism),
@@ -425,7 +478,13 @@ pub fn decide(job: &Job, pods: &[Pod], now: Timestamp, backoff_base: Duration) -
                     let wait = to_duration(at.duration_since(now));
                     plan.requeue = Some(plan.requeue.map_or(wait, |r| r.min(wait)));
                 }
-                _ => plan.create = (want - have).min(BURST),
+                _ => {
+                    plan.create = (want - have).min(BURST);
+                    if indexed {
+                        plan.indexes = indexed::missing(&active, completions, &done, plan.create);
+                        plan.create = i32::try_from(plan.indexes.len()).unwrap_or(0);
+                    }
+                }
             }
         }
     }
@@ -433,23 +492,58 @@ pub fn decide(job: &Job, pods: &[Pod], now: Timestamp, backoff_base: Duration) -
     plan
 }
 
-/// The pod a Job creates.
-pub fn pod_for(job: &Job) -> Pod {
+/// The pod a Job creates; for an Indexed Job, the pod of `index`.
+pub fn pod_for(job: &Job, index: Option<i32>) -> Pod {
     let template = job
         .spec
         .as_ref()
         .map(|s| s.template.clone())
         .unwrap_or_default();
     let meta = template.metadata.unwrap_or_default();
+    let job_name = job.metadata.name.as_deref().unwrap_or("job");
+    let (mut labels, mut annotations, mut spec) = (meta.labels, meta.annotations, template.spec);
+    if let Some(i) = index {
+        let i = i.to_string();
+        labels
+            .get_or_insert_default()
+            .insert(indexed::INDEX_KEY.into(), i.clone());
+        annotations
+            .get_or_insert_default()
+            .insert(indexed::INDEX_KEY.into(), i.clone());
+        if let Some(spec) = spec.as_mut() {
+            spec.hostname
+                .get_or_insert_with(|| format!("{job_name}-{i}"));
+            let containers = spec
+                .containers
+                .iter_mut()
+                .chain(spec.init_containers.iter_mut().flatten());
+            for c in containers {
+                let env = c.env.get_or_insert_default();
+                env.retain(|e| e.name != indexed::INDEX_ENV);
+                env.push(EnvVar {
+                    name: indexed::INDEX_ENV.into(),
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            api_version: Some("v1".into()),
+                            field_path: format!("metadata.annotations['{}']", indexed::INDEX_KEY),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    let generate_name = match index {
+        Some(i) => format!("{job_name}-{i}-"),
+        None => format!("{job_name}-"),
+    };
     Pod {
         metadata: ObjectMeta {
-            generate_name: Some(format!(
-                "{}-",
-                job.metadata.name.as_deref().unwrap_or("job")
-            )),
+            generate_name: Some(generate_name),
             namespace: job.metadata.namespace.clone(),
-            labels: meta.labels,
-            annotations: meta.annotations,
+            labels,
+            annotations,
             owner_references: Some(vec![common::controller_ref(
                 "Job",
                 "batch/v1",
@@ -457,7 +551,7 @@ pub fn pod_for(job: &Job) -> Pod {
             )]),
             ..Default::default()
         },
-        spec: template.spec,
+        spec,
         status: None,
     }
 }
@@ -549,9 +643,17 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 .await;
         }
     }
-    let template = pod_for(&job);
-    for _ in 0..plan.create {
-        common::create_pod_recorded(&pods_api, &template, &ctx.recorder, &about)
+    let templates: Vec<Pod> = if plan.indexes.is_empty() {
+        let template = pod_for(&job, None);
+        (0..plan.create).map(|_| template.clone()).collect()
+    } else {
+        plan.indexes
+            .iter()
+            .map(|i| pod_for(&job, Some(*i)))
+            .collect()
+    };
+    for template in &templates {
+        common::create_pod_recorded(&pods_api, template, &ctx.recorder, &about)
             .await
             .map_err(Error::api("creating a pod for job", &key))?;
     }
@@ -641,6 +743,139 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    fn indexed_pod(name: &str, index: i32, phase: &str) -> Pod {
+        let mut p = pod(name, phase, 1);
+        p.metadata.annotations = Some([(indexed::INDEX_KEY.to_string(), index.to_string())].into());
+        p
+    }
+
+    #[test]
+    fn an_indexed_job_runs_each_missing_index_once_and_completes_when_all_succeeded() {
+        let j = job(
+            json!({"completionMode": "Indexed", "parallelism": 2, "completions": 4}),
+            json!({}),
+        );
+        let plan = decide(&j, &[], ts(0), BASE);
+        assert_eq!((plan.create, plan.indexes.clone()), (2, vec![0, 1]));
+
+        // 0 succeeded, 1 runs (twice: one goes), 2 failed: 2 and 3 are missing, one slot.
+        let pods = [
+            indexed_pod("a", 0, "Succeeded"),
+            indexed_pod("b", 1, "Running"),
+            indexed_pod("b2", 1, "Pending"),
+            indexed_pod("c", 2, "Failed"),
+        ];
+        let plan = decide(&j, &pods, ts(3600), BASE);
+        assert_eq!(plan.delete, [("b2".to_string(), "uid-b2".to_string())]);
+        assert_eq!(plan.indexes, [2]);
+        assert_eq!(plan.status.completed_indexes.as_deref(), Some("0"));
+        assert_eq!(
+            (plan.status.succeeded, plan.status.failed),
+            (Some(1), Some(1))
+        );
+
+        // Every index done (3 recorded before, the others now): complete.
+        let pods = [
+            indexed_pod("a", 0, "Succeeded"),
+            indexed_pod("b", 1, "Succeeded"),
+            indexed_pod("c", 2, "Succeeded"),
+        ];
+        let j = job(
+            json!({"completionMode": "Indexed", "parallelism": 2, "completions": 4}),
+            json!({"completedIndexes": "3", "succeeded": 1}),
+        );
+        let plan = decide(&j, &pods, ts(0), BASE);
+        assert_eq!(plan.status.completed_indexes.as_deref(), Some("0-3"));
+        assert_eq!(plan.status.succeeded, Some(4));
+        assert!(has(&plan.status, "Complete"), "{:?}", plan.status);
+    }
+
+    #[test]
+    fn the_pod_failure_policy_fails_the_job_or_ignores_a_failure() {
+        let policy = json!({"rules": [
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [42]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]});
+        let j = job(
+            json!({"backoffLimit": 0, "podFailurePolicy": policy}),
+            json!({}),
+        );
+        let mut evicted = pod("a", "Failed", 5);
+        evicted.status.as_mut().unwrap().conditions = Some(vec![
+            serde_json::from_value(json!({"type": "DisruptionTarget", "status": "True"})).unwrap(),
+        ]);
+        // An evicted pod is not counted (backoffLimit 0 is not exceeded) and is replaced.
+        let plan = decide(&j, std::slice::from_ref(&evicted), ts(0), BASE);
+        assert_eq!(plan.status.failed, Some(0));
+        assert!(conditions(&plan.status).is_empty());
+        assert_eq!(plan.create, 1);
+
+        let mut crashed = pod("b", "Failed", 5);
+        crashed.metadata.namespace = Some("default".into());
+        crashed.status.as_mut().unwrap().container_statuses = Some(vec![
+            serde_json::from_value(json!({"name": "pi", "ready": false, "restartCount": 0,
+                "image": "pi.wasm", "imageID": "", "state": {"terminated": {"exitCode": 42}}}))
+            .unwrap(),
+        ]);
+        let plan = decide(&j, &[evicted, crashed], ts(0), BASE);
+        assert_eq!(
+            conditions(&plan.status),
+            [
+                ("FailureTarget", "True", "PodFailurePolicy"),
+                ("Failed", "True", "PodFailurePolicy")
+            ]
+        );
+        let message = plan.status.conditions.as_ref().unwrap()[1].message.clone();
+        assert_eq!(
+            message.as_deref(),
+            Some(
+                "Container pi for pod default/b failed with exit code 42 matching FailJob rule at index 0"
+            )
+        );
+        assert_eq!(plan.events[0].1, "PodFailurePolicy");
+    }
+
+    #[test]
+    fn indexed_pods_carry_their_index_name_hostname_and_variable() {
+        let j = job(
+            json!({"completionMode": "Indexed", "completions": 3}),
+            json!({}),
+        );
+        let p = pod_for(&j, Some(2));
+        assert_eq!(p.metadata.generate_name.as_deref(), Some("pi-2-"));
+        assert_eq!(
+            p.metadata
+                .annotations
+                .unwrap()
+                .get(indexed::INDEX_KEY)
+                .map(String::as_str),
+            Some("2")
+        );
+        assert_eq!(
+            p.metadata
+                .labels
+                .unwrap()
+                .get(indexed::INDEX_KEY)
+                .map(String::as_str),
+            Some("2")
+        );
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("pi-2"));
+        let env = spec.containers[0].env.clone().unwrap();
+        assert_eq!(env[0].name, "JOB_COMPLETION_INDEX");
+        assert_eq!(
+            env[0]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        );
     }
 
     #[test]
@@ -823,7 +1058,7 @@ mod tests {
     #[test]
     fn pods_carry_the_template_labels_and_the_owner() {
         let j = job(json!({}), json!({}));
-        let pod = pod_for(&j);
+        let pod = pod_for(&j, None);
         assert_eq!(pod.metadata.generate_name.as_deref(), Some("pi-"));
         let labels = pod.metadata.labels.unwrap();
         assert_eq!(
