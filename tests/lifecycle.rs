@@ -1241,3 +1241,135 @@ spec:
     assert_eq!(status.failed, Some(1));
     cluster.terminate().await;
 }
+
+/// A CronJob on a whole cluster, its clock driven through `--controller-clock-file`:
+/// every minute, on a real node. The first run completes (the CronJob records
+/// `lastSuccessfulTime`); with `Replace`, a long-running Job is replaced by the next
+/// minute's.
+#[tokio::test]
+async fn a_cron_job_fires_each_minute_of_a_driven_clock_on_a_node() {
+    use k8s_openapi::api::batch::v1::CronJob;
+    common::build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock");
+    // Until the file exists the clock stands still at the control plane's start. A
+    // CronJob counts its times from its creation, stamped with the real time, so the
+    // driven times lie a little ahead of it (of the times missed since, only the latest
+    // runs, as in Kubernetes).
+    let base = (Timestamp::now().as_second() / 60 + 3) * 60;
+    let at = |seconds: i64| Timestamp::from_second(base + seconds).unwrap();
+    let clock_arg = clock.display().to_string();
+    let cluster =
+        common::Cluster::up_with(dir.path(), 1, &["--controller-clock-file", &clock_arg]).await;
+    let manifest = format!(
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: primes
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+            - name: primes
+              image: {batch}
+              args: ["1000"]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: ticker
+spec:
+  schedule: "* * * * *"
+  concurrencyPolicy: Replace
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          terminationGracePeriodSeconds: 0
+          containers:
+            - name: ticker
+              image: {ticker}
+"#,
+        batch = common::sample("batch-p1", "batch_p1"),
+        ticker = common::sample("ticker", "ticker"),
+    );
+    cluster.apply("cronjobs.yaml", &manifest).await;
+    let jobs: Api<Job> = Api::default_namespaced(cluster.client.clone());
+    let cron_jobs: Api<CronJob> = Api::default_namespaced(cluster.client.clone());
+    // Jobs are named by the scheduled minute, in minutes since the epoch.
+    let minute = |t: Timestamp| t.as_second() / 60;
+    let job_names = || async {
+        let mut names: Vec<String> = jobs
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .filter(|j| j.metadata.deletion_timestamp.is_none())
+            .filter_map(|j| j.metadata.name)
+            .collect();
+        names.sort();
+        Ok::<_, String>(names)
+    };
+
+    // The next minute: both fire once.
+    std::fs::write(&clock, at(0).to_string()).unwrap();
+    let first = minute(at(0));
+    let want = vec![format!("primes-{first}"), format!("ticker-{first}")];
+    eventually("the first minute's jobs", common::POD_TIMEOUT, || async {
+        let names = job_names().await?;
+        (names == want).then_some(()).ok_or(format!("{names:?}"))
+    })
+    .await;
+    let status = eventually("primes succeeded", common::POD_TIMEOUT, || async {
+        let cj = cron_jobs
+            .get_status("primes")
+            .await
+            .map_err(|e| e.to_string())?;
+        let s = cj.status.unwrap_or_default();
+        s.last_successful_time
+            .is_some()
+            .then_some(s.clone())
+            .ok_or(format!("{s:?}"))
+    })
+    .await;
+    assert_eq!(
+        status.last_schedule_time.map(|t| t.0.to_string()),
+        Some(at(0).to_string())
+    );
+    let pods: Api<Pod> = Api::default_namespaced(cluster.client.clone());
+    eventually("the ticker running", common::POD_TIMEOUT, || async {
+        let items = pods
+            .list(&ListParams::default().labels(&format!("job-name=ticker-{first}")))
+            .await
+            .map_err(|e| e.to_string())?
+            .items;
+        items
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .then_some(())
+            .ok_or(format!("{} pods", items.len()))
+    })
+    .await;
+
+    // A minute later: the finished primes job stays beside the new one; the running
+    // ticker job is replaced.
+    std::fs::write(&clock, at(60).to_string()).unwrap();
+    let second = minute(at(60));
+    let want = vec![
+        format!("primes-{first}"),
+        format!("primes-{second}"),
+        format!("ticker-{second}"),
+    ];
+    eventually("the second minute's jobs", common::POD_TIMEOUT, || async {
+        let names = job_names().await?;
+        (names == want).then_some(()).ok_or(format!("{names:?}"))
+    })
+    .await;
+    cluster.terminate().await;
+}

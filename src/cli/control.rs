@@ -166,6 +166,11 @@ pub struct StoreArgs {
     /// How often each HorizontalPodAutoscaler is evaluated
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = super::node::parse_duration)]
     horizontal_pod_autoscaler_sync_period: std::time::Duration,
+
+    /// For tests: the CronJob controller and Job TTLs read the time from this file
+    /// (RFC 3339), so a test can move it instead of waiting
+    #[arg(long, value_name = "FILE", hide = true)]
+    controller_clock_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -179,6 +184,10 @@ impl StoreArgs {
         config.watch_history = self.watch_history;
         config.api.event_ttl = self.event_ttl;
         config.controllers.hpa_sync_period = self.horizontal_pod_autoscaler_sync_period;
+        if let Some(path) = &self.controller_clock_file {
+            config.controllers.clock =
+                wharf_control::controllers::clock::Clock::following_file(path.clone());
+        }
         config.encrypt_secrets = self.secrets_encryption;
         config.audit = self.audit_log.as_ref().map(|path| AuditConfig {
             path: path.clone(),

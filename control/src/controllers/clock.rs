@@ -38,6 +38,33 @@ impl Clock {
         }
     }
 
+    /// A manual clock that follows the RFC 3339 time written in `path` (re-read every
+    /// 50 ms; the system time until the file holds one), so a test can drive the
+    /// controllers of a whole `wharf control` process (the hidden
+    /// `--controller-clock-file` flag). The follower stops when the clock is dropped.
+    /// Needs a Tokio runtime.
+    pub fn following_file(path: std::path::PathBuf) -> Self {
+        let clock = Clock::manual(Timestamp::now());
+        let weak = clock.manual.as_ref().map(Arc::downgrade);
+        tokio::spawn(async move {
+            let mut last = String::new();
+            while let Some(manual) = weak.as_ref().and_then(std::sync::Weak::upgrade) {
+                let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+                let text = text.trim();
+                if text != last {
+                    if let Ok(at) = text.parse::<Timestamp>() {
+                        *manual.now.lock().unwrap_or_else(|e| e.into_inner()) = at;
+                        manual.ticks.send_modify(|n| *n += 1);
+                    }
+                    last = text.to_string();
+                }
+                drop(manual);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        });
+        clock
+    }
+
     /// Now, to the second (what `metav1.Time` keeps).
     pub fn now(&self) -> Timestamp {
         let now = match &self.manual {
