@@ -363,9 +363,14 @@ pub async fn start(
         registry,
         resource_samples: Default::default(),
     };
+    let usage_history = Arc::new(apiserver::usage_history::UsageHistory::default());
     let mut router = apiserver::router(state.clone())
         .merge(crate::oci::router(state.clone(), dir.join("registry")))
-        .merge(crate::dashboard::router());
+        .merge(crate::dashboard::router())
+        .merge(apiserver::usage_history::router(
+            state.clone(),
+            usage_history.clone(),
+        ));
     if let Some(encryption) = encryption {
         router = router.merge(apiserver::secrets_encrypt::router(
             state.clone(),
@@ -411,6 +416,14 @@ pub async fn start(
             &shutdown,
             &mut components,
         );
+    }
+    if !config.api.usage_history_interval.is_zero() {
+        components.spawn(apiserver::usage_history::run(
+            state.clone(),
+            usage_history,
+            config.api.usage_history_interval,
+            shutdown.clone(),
+        ));
     }
     if let Some(schedule) = config.snapshots.clone() {
         components.spawn(crate::snapshot::run_schedule(

@@ -167,6 +167,11 @@ pub struct StoreArgs {
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = super::node::parse_duration)]
     horizontal_pod_autoscaler_sync_period: std::time::Duration,
 
+    /// How often the API server samples every node's usage for the dashboard's graphs
+    /// (an hour kept in memory); 0 keeps none
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = super::node::parse_duration)]
+    usage_history_interval: std::time::Duration,
+
     /// For tests: the CronJob controller and Job TTLs read the time from this file
     /// (RFC 3339), so a test can move it instead of waiting
     #[arg(long, value_name = "FILE", hide = true)]
@@ -183,6 +188,7 @@ impl StoreArgs {
     pub fn apply(&self, config: &mut ControlConfig) -> anyhow::Result<()> {
         config.watch_history = self.watch_history;
         config.api.event_ttl = self.event_ttl;
+        config.api.usage_history_interval = self.usage_history_interval;
         config.controllers.hpa_sync_period = self.horizontal_pod_autoscaler_sync_period;
         if let Some(path) = &self.controller_clock_file {
             config.controllers.clock =

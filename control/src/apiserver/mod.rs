@@ -47,6 +47,7 @@ pub mod secrets_encrypt;
 pub mod serviceaccounts;
 pub mod services;
 pub mod table;
+pub mod usage_history;
 pub mod watch;
 
 use crate::store::Store;
@@ -75,6 +76,9 @@ pub struct ApiConfig {
     /// How long an Event lives after its last write (`wharf control --event-ttl`, an hour
     /// by default, as kube-apiserver's `--event-ttl`): the store deletes it then.
     pub event_ttl: Duration,
+    /// How often the dashboard's usage history samples the nodes (`wharf control
+    /// --usage-history-interval`); zero keeps none ([`usage_history`]).
+    pub usage_history_interval: Duration,
 }
 
 impl ApiConfig {
@@ -93,6 +97,7 @@ impl Default for ApiConfig {
             services: services::ServiceRanges::default(),
             node_credential_validity: Duration::from_secs(365 * 24 * 3600),
             event_ttl: Duration::from_secs(3600),
+            usage_history_interval: Duration::from_secs(15),
         }
     }
 }

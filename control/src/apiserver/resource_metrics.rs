@@ -464,6 +464,16 @@ async fn usage_of_nodes(state: &AppState, nodes: &[Value]) -> BTreeMap<String, N
     asked.into_iter().flatten().collect()
 }
 
+/// The usage of every node that answers (for the dashboard's history).
+pub async fn usage_of_all_nodes(state: &AppState) -> Result<BTreeMap<String, NodeUsage>, ApiError> {
+    let Some(kind) = crate::api::find_kind("v1", "Node") else {
+        return Ok(BTreeMap::new());
+    };
+    let filter = Filter::from_query(kind, &super::request::Query::parse(None))?;
+    let nodes = list_core(state, "nodes", None, &filter).await?;
+    Ok(usage_of_nodes(state, &nodes).await)
+}
+
 fn not_found(resource: &str, name: &str) -> ApiError {
     ApiError::not_found(Subject {
         group: GROUP.into(),

@@ -403,9 +403,10 @@ function graph(values, fmt) {
   return h("span", { class: "graph" }, svg, ` ${fmt(last)} (max ${fmt(Math.max(...values))})`);
 }
 
-// CPU and memory per container from metrics.k8s.io, sampled while the page is open
-// (kept for an hour). Polls only when the cluster serves the group, so a cluster without
-// it shows a note instead of failing requests.
+// CPU and memory per container: the last hour the API server kept
+// (/wharf/v1/.../usage), then metrics.k8s.io sampled while the page is open (kept for an
+// hour). Polls only when the cluster serves the group, so a cluster without it shows a
+// note instead of failing requests.
 function usagePanel(ns, name) {
   const p = panel("Usage", "usage");
   const samples = new Map(); // container -> {cpu: [], memory: []}
@@ -417,22 +418,36 @@ function usagePanel(ns, name) {
   async function sample() {
     try {
       const m = await api.get(`/apis/metrics.k8s.io/v1beta1/namespaces/${enc(ns)}/pods/${enc(name)}`);
-      for (const c of m.containers || []) {
-        const s = samples.get(c.name) || { cpu: [], memory: [] };
-        s.cpu.push(api.quantity(c.usage?.cpu));
-        s.memory.push(api.quantity(c.usage?.memory));
-        if (s.cpu.length > METRICS_KEEP) { s.cpu.shift(); s.memory.shift(); }
-        samples.set(c.name, s);
-      }
+      for (const c of m.containers || []) add(c.name, api.quantity(c.usage?.cpu), api.quantity(c.usage?.memory));
       draw();
     } catch (err) {
       p.fail(err);
     }
     if (!stopped) timer = setTimeout(sample, METRICS_PERIOD_MS);
   }
-  api.get("/apis").then((groups) => {
+  function add(container, cpu, memory) {
+    const s = samples.get(container) || { cpu: [], memory: [] };
+    s.cpu.push(cpu);
+    s.memory.push(memory);
+    if (s.cpu.length > METRICS_KEEP) { s.cpu.shift(); s.memory.shift(); }
+    samples.set(container, s);
+  }
+  async function history() {
+    try {
+      const kept = await api.get(`/wharf/v1/namespaces/${enc(ns)}/pods/${enc(name)}/usage`);
+      for (const point of kept.points || []) {
+        for (const c of point.containers || []) add(c.name, c.cpuNanocores / 1e9, c.memoryBytes);
+      }
+    } catch (err) {
+      // No history (an older control plane, or not allowed): the live samples still come.
+    }
+  }
+  api.get("/apis").then(async (groups) => {
     if (stopped) return;
-    if ((groups.groups || []).some((g) => g.name === "metrics.k8s.io")) sample();
+    if ((groups.groups || []).some((g) => g.name === "metrics.k8s.io")) {
+      await history();
+      if (!stopped) sample();
+    }
     else p.show(h("p", { class: "empty" }, "No usage graphs: this cluster does not serve metrics.k8s.io."));
   }).catch((err) => p.fail(err));
   return { section: p.section, stop: () => { stopped = true; clearTimeout(timer); } };
