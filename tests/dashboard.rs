@@ -63,6 +63,7 @@ async fn the_dashboard_works_in_headless_chromium() {
     build_samples().await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::up(dir.path(), 2).await;
+    cluster.push_samples().await;
     cluster
         .apply_file(&samples_dir().join("ticker/pod.yaml"))
         .await;
