@@ -63,6 +63,7 @@ async fn the_dashboard_works_in_headless_chromium() {
     build_samples().await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::up_with(dir.path(), 2, &["--usage-history-interval", "1s"]).await;
+    cluster.push_samples().await;
     cluster
         .apply_file(&samples_dir().join("ticker/pod.yaml"))
         .await;

@@ -1189,3 +1189,73 @@ async fn the_cluster_registry_takes_pushes_from_wharf_and_skopeo_and_nodes_run_t
     assert!(out.status.success(), "the tagged image is intact after gc");
     cluster.terminate().await;
 }
+
+/// Every `image` a sample manifest names (containers and init containers of every
+/// document, recursively).
+fn images_in(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("image", serde_json::Value::String(image)) => out.push(image.clone()),
+                    _ => images_in(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| images_in(v, out)),
+        _ => {}
+    }
+}
+
+/// The sample manifests apply unmodified with kubectl: each names its image in the cluster
+/// registry, under a reference `samples/build.sh --push` (and so `scripts/up` and
+/// [`Cluster::push_samples`]) pushes. A file name would only work through `wharf apply`'s
+/// rewriting and on the machine that built it.
+#[test]
+fn every_sample_manifest_names_an_image_the_samples_push() {
+    let pushed: Vec<String> = common::sample_images()
+        .into_iter()
+        .map(|(file, reference)| {
+            assert!(
+                Path::new(&file).extension().is_some_and(|e| e == "wasm"),
+                "{file}"
+            );
+            reference
+        })
+        .collect();
+    let mut manifests = Vec::new();
+    let samples = common::samples_dir();
+    for entry in std::fs::read_dir(&samples).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.is_dir() || dir.ends_with("target") {
+            continue;
+        }
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let file = file.unwrap().path();
+            if file.extension().is_some_and(|e| e == "yaml") {
+                manifests.push(file);
+            }
+        }
+    }
+    assert!(manifests.len() >= 10, "{manifests:?}");
+    let mut checked = 0;
+    for manifest in &manifests {
+        let text = std::fs::read_to_string(manifest).unwrap();
+        let docs = serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap();
+        let mut images = Vec::new();
+        docs.iter().for_each(|d| images_in(d, &mut images));
+        for image in images {
+            assert!(
+                image.starts_with("registry.wharf.local/") && pushed.contains(&image),
+                "{}: image {image} is not a cluster-registry reference that samples/images.txt \
+                 pushes",
+                manifest.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= manifests.len(),
+        "{checked} images in {manifests:?}"
+    );
+}

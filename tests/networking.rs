@@ -941,14 +941,9 @@ async fn frontend_reaches_backend_by_name() {
             pod["metadata"]["name"] = json!(name);
             pod["spec"]["nodeName"] = json!("node-1");
             let c = &mut pod["spec"]["containers"][0];
+            // The manifest names the registry image; these pods run the built file.
             let image = c["image"].as_str().unwrap().to_string();
-            c["image"] = json!(
-                common::samples_dir()
-                    .join("two-tier")
-                    .join(image)
-                    .display()
-                    .to_string()
-            );
+            c["image"] = json!(common::sample_for(&image));
             c["ports"][0]["containerPort"] = json!(port);
             net.create_pod(pod).await;
             names.push(name);

@@ -144,6 +144,8 @@ async fn latencies(addr: SocketAddr, n: usize) -> Vec<Duration> {
 #[tokio::test]
 async fn the_three_kinds_of_workload_run() {
     let (_dir, cluster) = start().await;
+    // The sample manifests name their images in the cluster registry.
+    cluster.push_samples().await;
 
     // A wasi:http component, applied from the sample manifest as a user would.
     cluster
@@ -534,6 +536,7 @@ spec:
 #[tokio::test]
 async fn a_memory_hog_is_oom_killed_and_the_node_stays_ready() {
     let (_dir, mut cluster) = start().await;
+    cluster.push_samples().await;
     cluster
         .apply_file(&samples_dir().join("hog/pod.yaml"))
         .await;

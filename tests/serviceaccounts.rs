@@ -3,7 +3,9 @@
 //! acts as the ServiceAccount with what RBAC grants it, and is refused once the
 //! ServiceAccount is deleted, once the pod it is bound to is deleted, and once it expires.
 //! A guest reads its own token, the cluster CA and its namespace from
-//! `/var/run/secrets/kubernetes.io/serviceaccount`, and that token is its ServiceAccount.
+//! `/var/run/secrets/kubernetes.io/serviceaccount`, and that token is its ServiceAccount;
+//! a guest whose pod allows `kubernetes.default.svc` calls the API over HTTPS with it and
+//! can do exactly what its ServiceAccount may.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -354,6 +356,99 @@ async fn guests_read_a_token_of_their_service_account_bound_to_their_pod() {
     let r = as_token(&k, &token, &["auth", "whoami"]).await;
     assert!(!r.ok, "{}", r.stdout);
     assert!(r.stderr.contains(UNAUTHORIZED), "{}", r.stderr);
+    cluster.terminate().await;
+}
+
+/// A pod-lister pod of ServiceAccount `sa`; `allow` adds the pod's allow list entry for
+/// the API server's in-cluster name.
+fn lister_pod(name: &str, sa: &str, allow: bool) -> String {
+    let annotations = if allow {
+        "  annotations:\n    wharf.dev/allow-hosts: kubernetes.default.svc:443\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+{annotations}spec:
+  nodeName: node-1
+  serviceAccountName: {sa}
+  restartPolicy: Never
+  containers:
+    - name: list
+      image: {image}
+"#,
+        image = sample("pod-lister", "pod_lister"),
+    )
+}
+
+/// The pod-lister sample, run as a guest: at `https://kubernetes.default.svc` (the
+/// environment's KUBERNETES_SERVICE_HOST/PORT), verified with the cluster CA, with its
+/// mounted token it lists its namespace's pods when its ServiceAccount is bound to `view`
+/// there, and gets kube-apiserver's 403 when it is not; a pod that does not allow the
+/// host cannot reach the API at all.
+#[tokio::test]
+async fn a_guest_calls_the_api_with_exactly_its_service_accounts_permissions() {
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), 1).await;
+    let k = Kubectl {
+        kubeconfig: &cluster.kubeconfig,
+    };
+    k.ok(&["create", "serviceaccount", "viewer"]).await;
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "viewer-views",
+        "--clusterrole=view",
+        "--serviceaccount=default:viewer",
+    ])
+    .await;
+    let mut pods = lister_pod("lister-viewer", "viewer", true);
+    pods.push_str("---\n");
+    pods.push_str(&lister_pod("lister-default", "default", true));
+    pods.push_str("---\n");
+    pods.push_str(&lister_pod("lister-unallowed", "viewer", false));
+    cluster.apply("listers.yaml", &pods).await;
+    let ended = |p: &k8s_openapi::api::core::v1::Pod| matches!(phase(p), "Succeeded" | "Failed");
+    let url = "GET https://kubernetes.default.svc:443/api/v1/namespaces/default/pods";
+
+    // Bound to `view`: the list, which includes the guest's own pod.
+    let pod = cluster
+        .wait_pod("lister-viewer", "ended", POD_TIMEOUT, ended)
+        .await;
+    let log = k.ok(&["logs", "lister-viewer"]).await;
+    assert_eq!(phase(&pod), "Succeeded", "{log}");
+    assert!(log.contains(&format!("{url}: 200")), "{log}");
+    assert!(log.contains("pod lister-viewer "), "{log}");
+    assert!(log.contains("pod lister-default "), "{log}");
+
+    // Not bound: kube-apiserver's 403, as the ServiceAccount.
+    let pod = cluster
+        .wait_pod("lister-default", "ended", POD_TIMEOUT, ended)
+        .await;
+    let log = k.ok(&["logs", "lister-default"]).await;
+    assert_eq!(phase(&pod), "Failed", "{log}");
+    assert!(log.contains(&format!("{url}: 403")), "{log}");
+    assert!(
+        log.contains(
+            "pods is forbidden: User \"system:serviceaccount:default:default\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
+        ),
+        "{log}"
+    );
+
+    // The allow list decides first: without it the request never leaves the node.
+    let pod = cluster
+        .wait_pod("lister-unallowed", "ended", POD_TIMEOUT, ended)
+        .await;
+    let log = k.ok(&["logs", "lister-unallowed"]).await;
+    assert_eq!(phase(&pod), "Failed", "{log}");
+    assert!(
+        log.contains(&format!("{url} failed: ErrorCode::HttpRequestDenied")),
+        "{log}"
+    );
     cluster.terminate().await;
 }
 

@@ -124,6 +124,10 @@ pub async fn start(
             .ca_files
             .push(registry.ca_file.clone());
     }
+    // Guests' https trusts the cluster CA too: the API server's certificate is from it.
+    if let Some(ca) = &config.cluster_ca_pem {
+        runtime_config.egress_ca_pems.push(ca.clone());
+    }
     // Creating the runtime does blocking work (directories, the instance pool).
     let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
         .await

@@ -453,6 +453,8 @@ pub async fn run(kubeconfig: Option<PathBuf>, args: NodeArgs) -> anyhow::Result<
     config.allow_host_path = args.allow_host_path;
     config.backoff.base = args.backoff;
     config.cluster_ca_pem = node_client.cluster_ca_pem.clone();
+    // The API server as this node's client reaches it (the cluster registry is served there).
+    config.api_server = Some(cluster_registry.host.clone());
     args.services.apply(config);
     let shutdown = CancellationToken::new();
     let local_images = args.images.local_images(false);

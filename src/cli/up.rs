@@ -75,6 +75,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let mut config = NodeConfig::new(&name, data_dir.join("nodes").join(&name));
         config.agent.backoff.base = args.backoff;
         config.agent.cluster_ca_pem = std::fs::read_to_string(&plane.ca_cert).ok();
+        config.agent.api_server = Some(plane.local_addr.to_string());
         args.services.apply(&mut config.agent);
         args.images.apply(&mut config, local_images.clone())?;
         // The cluster registry on the control plane, pulled from with the admin token (the

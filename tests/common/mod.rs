@@ -223,6 +223,31 @@ pub fn sample(dir: &str, file: &str) -> String {
         .to_string()
 }
 
+/// The built sample guests and the cluster-registry references the sample manifests name
+/// them by (`samples/images.txt`): `(absolute path of the .wasm, reference)`.
+pub fn sample_images() -> Vec<(String, String)> {
+    let list = std::fs::read_to_string(samples_dir().join("images.txt")).unwrap();
+    list.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .map(|(file, reference)| {
+            let path = samples_dir().join(file).display().to_string();
+            (path, reference.trim().to_string())
+        })
+        .collect()
+}
+
+/// The built guest a sample manifest's registry `reference` names, as a path (for tests
+/// that run a manifest's pods without the cluster registry).
+pub fn sample_for(reference: &str) -> String {
+    sample_images()
+        .into_iter()
+        .find(|(_, r)| r == reference)
+        .map(|(path, _)| path)
+        .unwrap_or_else(|| panic!("{reference} is not in samples/images.txt"))
+}
+
 static SAMPLES: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// Builds every sample guest through `samples/build.sh`, once per test process (the tests
@@ -367,6 +392,20 @@ impl Cluster {
         let path = self.dir.join(name);
         std::fs::write(&path, yaml).unwrap();
         self.apply_file(&path).await
+    }
+
+    /// Pushes every sample guest to this cluster's registry under the reference the
+    /// sample manifests name (as `samples/build.sh --push` does), so that a sample
+    /// manifest applies as it is. Needs [`build_samples`] first.
+    pub async fn push_samples(&self) {
+        for (file, reference) in sample_images() {
+            let out = self.wharf(&["push", &file, &reference]).await;
+            assert!(
+                out.status.success(),
+                "wharf push {file} {reference} failed: {}",
+                out.stderr_text()
+            );
+        }
     }
 
     /// `wharf apply -f PATH`; panics if the apply fails.

@@ -54,6 +54,9 @@ pub struct RuntimeConfig {
     /// directly over TLS with the system's roots, anonymously unless a pod brings
     /// credentials).
     pub registries: crate::registry::Registries,
+    /// CA certificates (PEM) that guests' outgoing `https` requests trust besides the
+    /// system's roots. A node gives its cluster's CA, so that pods reach the API server.
+    pub egress_ca_pems: Vec<String>,
 }
 
 impl RuntimeConfig {
@@ -69,6 +72,7 @@ impl RuntimeConfig {
             max_image_bytes: 256 * 1024 * 1024,
             local_images: LocalImages::Any,
             registries: crate::registry::Registries::default(),
+            egress_ca_pems: Vec::new(),
         }
     }
 }
@@ -145,6 +149,9 @@ pub enum RuntimeError {
     /// A configuration value is out of range.
     #[error("invalid runtime configuration: {0}")]
     Config(String),
+    /// The guests' TLS client could not be set up (a bad extra CA).
+    #[error("guests' outgoing TLS: {0}")]
+    EgressTls(#[from] crate::egress_tls::EgressTlsError),
 }
 
 /// The settings every engine shares, pooling or not.

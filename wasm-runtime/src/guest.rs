@@ -22,6 +22,12 @@
 //! treatment: wasmtime 48's only hook there (`socket_addr_check`) allows or denies an
 //! address but cannot change it, so a socket to 127.0.0.1 is judged by the allow list like
 //! any other address.
+//!
+//! **https.** Outgoing `https` requests are sent over TLS (`egress_tls`), verified against
+//! the host the guest wrote, whatever address a Service or an alias routes them to.
+//! **Aliases** ([`ContainerSpec::host_aliases`]) come after the allow list: a host is
+//! first allowed as written, then connected to where the node says. That is how
+//! `https://kubernetes.default.svc` reaches the API server from a pod that allows it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -39,7 +45,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use crate::limits::{CpuThrottle, MemoryBudget, StoreLimiter};
 use crate::logs::{LogSink, LogStream};
-use crate::spec::{ContainerSpec, NetworkAccess};
+use crate::spec::{ContainerSpec, HostAlias, NetworkAccess};
 
 /// State every store carries, whatever the kind of guest.
 pub(crate) struct GuestCommon {
@@ -180,6 +186,8 @@ pub(crate) struct StoreFactory {
     pub(crate) engine: Engine,
     /// What `localhost` may reach (see the module docs).
     pub(crate) serving: Arc<Serving>,
+    /// The client configuration of `https` requests (`egress_tls`).
+    pub(crate) egress_tls: Arc<rustls::ClientConfig>,
     pub(crate) spec: Arc<ContainerSpec>,
     pub(crate) argv: Arc<Vec<String>>,
     pub(crate) budget: Arc<MemoryBudget>,
@@ -262,6 +270,8 @@ impl StoreFactory {
                 pod_ip: self.spec.pod_ip,
                 pod_ports: self.spec.pod_ports.clone(),
                 serving: self.serving.clone(),
+                tls: self.egress_tls.clone(),
+                spec: self.spec.clone(),
             },
             common: self.common(),
         };
@@ -306,14 +316,16 @@ fn on_epoch_deadline<T: HasCommon>(
 }
 
 /// The egress policy for outgoing wasi:http requests ([`egress_target`]). Requests are sent
-/// over plain HTTP/1.1 with the guest's Host header (this build has no TLS client, so
-/// `https` is refused).
+/// as HTTP/1.1 with the guest's Host header, over TLS for `https` (`egress_tls`).
 pub(crate) struct EgressHooks {
     policy: NetworkAccess,
     services: Option<Arc<dyn crate::spec::ServiceResolver>>,
     pod_ip: Option<IpAddr>,
     pod_ports: Vec<u16>,
     serving: Arc<Serving>,
+    tls: Arc<rustls::ClientConfig>,
+    /// For its host aliases.
+    spec: Arc<ContainerSpec>,
 }
 
 /// Whether a request host names the local machine's loopback the way a container means
@@ -328,27 +340,25 @@ pub(crate) fn is_localhost(host: &str) -> bool {
 
 /// Where an outgoing request to `host:port` is sent, or `None` when it is denied (pure):
 ///
-/// 1. `https`: denied (no TLS client in this build);
-/// 2. `localhost`/`127.0.0.1`/`::1` from a pod: its own pod IP, same port, if one of the
+/// 1. `localhost`/`127.0.0.1`/`::1` from a pod: its own pod IP, same port, if one of the
 ///    pod's containers declares the port (`pod_ports`) and something of this runtime
 ///    serves it (`served`), else denied;
-/// 3. a host the service resolver knows: the address it names (Services are
+/// 2. a host the service resolver knows: the address it names (Services are
 ///    cluster-internal and need no allow-list entry);
-/// 4. anything else: as it is, if the network policy allows the authority.
+/// 3. anything else, if the network policy allows the authority as written: where an
+///    alias for `host:port` points, else as it is.
 ///
 /// `host` is as written in the request (brackets and a trailing root dot are ignored).
+/// The scheme does not matter: an `https` request goes the same way, with TLS on top.
 pub(crate) fn egress_target(
     host: &str,
     port: u16,
-    https: bool,
     pod: Option<(IpAddr, &[u16])>,
     served: &dyn Fn(SocketAddr) -> bool,
     services: Option<&dyn crate::spec::ServiceResolver>,
     policy: &NetworkAccess,
+    aliases: &[HostAlias],
 ) -> Option<(String, u16)> {
-    if https {
-        return None;
-    }
     let bare = host
         .trim_start_matches('[')
         .trim_end_matches(']')
@@ -362,9 +372,16 @@ pub(crate) fn egress_target(
     if let Some(addr) = services.and_then(|s| s.resolve(bare, port)) {
         return Some((addr.ip().to_string(), addr.port()));
     }
-    policy
-        .allows_http(host, port)
-        .then(|| (host.to_string(), port))
+    if !policy.allows_http(host, port) {
+        return None;
+    }
+    let alias = aliases
+        .iter()
+        .find(|a| a.port == port && a.host.eq_ignore_ascii_case(bare));
+    Some(match alias {
+        Some(a) => (a.target_host.clone(), a.target_port),
+        None => (host.to_string(), port),
+    })
 }
 
 type SendResult = Result<
@@ -384,20 +401,33 @@ impl WasiHttpHooks for EgressHooks {
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let uri = request.uri();
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-        let host = uri.host().unwrap_or_default().to_string();
+        let written = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let pod = self.pod_ip.map(|ip| (ip, self.pod_ports.as_slice()));
         let serving = &self.serving;
         let Some((host, port)) = egress_target(
-            &host,
+            &written,
             port,
-            https,
             pod,
             &|addr| serving.contains(addr),
             self.services.as_deref(),
             &self.policy,
+            &self.spec.host_aliases,
         ) else {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        };
+        // TLS proves the host the guest wrote, wherever the connection goes.
+        let tls = if https {
+            match crate::egress_tls::server_name(&written) {
+                Some(name) => Some((self.tls.clone(), name)),
+                None => {
+                    return Box::new(async {
+                        Err(wasmtime_wasi_http::Error::HttpRequestUriInvalid)
+                    });
+                }
+            }
+        } else {
+            None
         };
         let connect_timeout = options
             .and_then(|o| o.connect_timeout)
@@ -405,10 +435,9 @@ impl WasiHttpHooks for EgressHooks {
         let first_byte_timeout = options
             .and_then(|o| o.first_byte_timeout)
             .unwrap_or(Duration::from_secs(600));
-        Box::new(send_plain_http(
+        Box::new(send_http(
             request,
-            host,
-            port,
+            Upstream { host, port, tls },
             connect_timeout,
             first_byte_timeout,
         ))
@@ -419,21 +448,57 @@ impl WasiHttpHooks for EgressHooks {
     }
 }
 
-async fn send_plain_http(
-    mut request: http::Request<wasmtime_wasi_http::WasiBody>,
-    host: String,
-    port: u16,
+/// Where a request is sent: the address to connect to and, for `https`, the TLS client
+/// configuration and the name the server must prove.
+pub(crate) struct Upstream {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+/// Connects (TCP, then TLS for `https`, both within `connect_timeout`) and sends.
+pub(crate) async fn send_http(
+    request: http::Request<wasmtime_wasi_http::WasiBody>,
+    upstream: Upstream,
     connect_timeout: Duration,
     first_byte_timeout: Duration,
 ) -> SendResult {
     use wasmtime_wasi_http::Error;
-    let stream = tokio::time::timeout(
-        connect_timeout,
+    let Upstream { host, port, tls } = upstream;
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    let stream = tokio::time::timeout_at(
+        deadline,
         tokio::net::TcpStream::connect((host.as_str(), port)),
     )
     .await
     .map_err(|_| Error::ConnectionTimeout)?
     .map_err(Error::Connect)?;
+    match tls {
+        None => send_over(request, stream, first_byte_timeout).await,
+        Some((config, name)) => {
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let stream = tokio::time::timeout_at(deadline, connector.connect(name, stream))
+                .await
+                .map_err(|_| Error::ConnectionTimeout)?
+                .map_err(crate::egress_tls::handshake_error)?;
+            send_over(request, stream, first_byte_timeout).await
+        }
+    }
+}
+
+/// Sends one HTTP/1.1 request over a connected stream (plain or TLS).
+async fn send_over<S>(
+    mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+    stream: S,
+    first_byte_timeout: Duration,
+) -> SendResult
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use wasmtime_wasi_http::Error;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     // The request line carries only the path: we are not talking to a proxy.
@@ -515,7 +580,7 @@ mod tests {
         let pod = pod_ip.map(|p| (p.parse().unwrap(), [8081, 9000].as_slice()));
         // 9000 is declared but nothing serves it.
         let served = |a: SocketAddr| a.port() != 9000;
-        egress_target(host, port, false, pod, &served, Some(&Backend), policy)
+        egress_target(host, port, pod, &served, Some(&Backend), policy, &[])
             .map(|(h, p)| format!("{h}:{p}"))
     }
 
@@ -566,20 +631,6 @@ mod tests {
             assert_eq!(target("localhost", 5432, pod, policy), None);
             assert_eq!(target("127.0.0.1", 6443, pod, policy), None);
         }
-        // https is never sent (no TLS client).
-        let ip: IpAddr = "127.64.0.7".parse().unwrap();
-        assert_eq!(
-            egress_target(
-                "localhost",
-                8081,
-                true,
-                Some((ip, &[8081])),
-                &|_| true,
-                None,
-                &none
-            ),
-            None
-        );
     }
 
     #[test]
@@ -599,6 +650,163 @@ mod tests {
             Some("example.com:8080")
         );
         assert_eq!(target("example.com", 80, None, &hosts), None);
+    }
+
+    #[test]
+    fn aliases_come_after_the_allow_list() {
+        let api = [HostAlias {
+            host: "kubernetes.default.svc".into(),
+            port: 443,
+            target_host: "10.1.2.3".into(),
+            target_port: 6443,
+        }];
+        let to = |host: &str, port: u16, policy: &NetworkAccess| {
+            egress_target(host, port, None, &|_| true, Some(&Backend), policy, &api)
+                .map(|(h, p)| format!("{h}:{p}"))
+        };
+        let allowed = NetworkAccess::Hosts(vec!["kubernetes.default.svc:443".into()]);
+        // Not allowed: the alias does not open the way.
+        assert_eq!(
+            to("kubernetes.default.svc", 443, &NetworkAccess::None),
+            None
+        );
+        // Allowed as written: connected where the alias says.
+        for host in ["kubernetes.default.svc", "Kubernetes.Default.SVC"] {
+            assert_eq!(
+                to(host, 443, &allowed).as_deref(),
+                Some("10.1.2.3:6443"),
+                "{host}"
+            );
+        }
+        assert_eq!(
+            to("kubernetes.default.svc", 443, &NetworkAccess::All).as_deref(),
+            Some("10.1.2.3:6443")
+        );
+        // Another port is no alias, and the allow list named only 443.
+        assert_eq!(to("kubernetes.default.svc", 80, &allowed), None);
+        assert_eq!(
+            to("kubernetes.default.svc", 80, &NetworkAccess::All).as_deref(),
+            Some("kubernetes.default.svc:80")
+        );
+        // Services still resolve first.
+        assert_eq!(
+            to("backend", 80, &NetworkAccess::None).as_deref(),
+            Some("127.250.0.9:80")
+        );
+    }
+
+    /// A CA, and a TLS server with a certificate from it for `kubernetes.default.svc`
+    /// answering every request with `hello`. Returns the CA (PEM) and the server's port.
+    async fn tls_upstream() -> (String, u16, tokio::task::JoinHandle<()>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["kubernetes.default.svc".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                        .await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        (ca.pem(), port, task)
+    }
+
+    fn get(url: &str) -> http::Request<wasmtime_wasi_http::WasiBody> {
+        http::Request::get(url)
+            .body(
+                http_body_util::Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap()
+    }
+
+    /// `https` is verified against the extra CA and the host as written, while the
+    /// connection goes to another address (as an alias or a Service sends it).
+    #[tokio::test]
+    async fn https_verifies_the_written_host_against_the_extra_ca() {
+        let (ca, port, server) = tls_upstream().await;
+        let send = |config: Arc<rustls::ClientConfig>, name: &str| {
+            let upstream = Upstream {
+                host: "127.0.0.1".into(),
+                port,
+                tls: Some((config, crate::egress_tls::server_name(name).unwrap())),
+            };
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                send_http(
+                    get("https://kubernetes.default.svc/"),
+                    upstream,
+                    Duration::from_secs(5),
+                    Duration::from_secs(5),
+                ),
+            )
+        };
+        let with_ca = crate::egress_tls::client_config(std::slice::from_ref(&ca)).unwrap();
+        let (response, _io) = match send(with_ca.clone(), "kubernetes.default.svc")
+            .await
+            .unwrap()
+        {
+            Ok(r) => r,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_eq!(response.status(), 200);
+        let body = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], b"hello");
+        // The certificate names kubernetes.default.svc, not what the guest wrote.
+        match send(with_ca, "example.com").await.unwrap() {
+            Err(wasmtime_wasi_http::Error::TlsCertificateError) => {}
+            other => panic!("{:?}", other.map(|(r, _)| r.status())),
+        }
+        // Without the cluster CA the server is not trusted.
+        let system_only = crate::egress_tls::client_config(&[]).unwrap();
+        match send(system_only, "kubernetes.default.svc").await.unwrap() {
+            Err(wasmtime_wasi_http::Error::TlsCertificateError) => {}
+            other => panic!("{:?}", other.map(|(r, _)| r.status())),
+        }
+        server.abort();
     }
 
     #[test]
@@ -644,10 +852,13 @@ mod tests {
                 .unwrap();
             let sent = tokio::time::timeout(
                 Duration::from_secs(10),
-                send_plain_http(
+                send_http(
                     request,
-                    "127.0.0.1".into(),
-                    port,
+                    Upstream {
+                        host: "127.0.0.1".into(),
+                        port,
+                        tls: None,
+                    },
                     Duration::from_secs(5),
                     Duration::from_secs(5),
                 ),

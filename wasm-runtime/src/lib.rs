@@ -41,12 +41,13 @@
 //!
 //! Registry images are pulled over TLS (rustls with the system's roots plus the node's
 //! configured CAs; plain HTTP only for endpoints the node's configuration lists as
-//! `http://`). `http(s)://` URL images are fetched over plain `http://` only, and guests'
-//! outgoing wasi:http requests are plain HTTP only; pin URL images with `@sha256:` for
-//! integrity.
+//! `http://`). `http(s)://` URL images are fetched over plain `http://` only; pin URL
+//! images with `@sha256:` for integrity. Guests' outgoing wasi:http requests may be
+//! `http` or `https` (`egress_tls`: the system's roots plus the node's cluster CA).
 
 mod cache;
 mod container;
+mod egress_tls;
 mod engine;
 pub mod gc;
 mod guest;
@@ -62,6 +63,7 @@ mod spec;
 pub use container::{
     Container, ContainerStats, ContainerUsage, ExitReason, ExitStatus, StartError, UsageSnapshot,
 };
+pub use egress_tls::EgressTlsError;
 pub use engine::{AllocatorKind, PoolingConfig, RuntimeConfig, RuntimeError};
 pub use image::{Digest, ImagePullError, LocalImages, PullPolicy, WorkloadKind};
 pub use limits::INSTANCE_OVERHEAD_BYTES;
@@ -72,7 +74,7 @@ pub use registry::{
 };
 pub use runtime::{Image, ImageGcReport, PullOptions, Pulled, Runtime, RuntimeStats};
 pub use spec::{
-    ContainerSpec, DEFAULT_REQUEST_TIMEOUT, HttpLimits, INSTANCE_MEMORY_ESTIMATE, Mount,
+    ContainerSpec, DEFAULT_REQUEST_TIMEOUT, HostAlias, HttpLimits, INSTANCE_MEMORY_ESTIMATE, Mount,
     NetworkAccess, Resources, ServiceResolver, max_concurrency,
 };
 pub use wharf_image_ref::{default_pull_policy, is_registry_reference};

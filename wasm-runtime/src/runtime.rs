@@ -246,6 +246,8 @@ struct Inner {
     ticker: Mutex<Option<EpochTicker>>,
     /// The addresses HTTP containers serve on now (what a pod's `localhost` may reach).
     serving: Arc<Serving>,
+    /// The client configuration of guests' `https` requests (`egress_tls`).
+    egress_tls: Arc<rustls::ClientConfig>,
 }
 
 impl Drop for Inner {
@@ -310,6 +312,7 @@ impl Runtime {
         }
         let registries = RegistryClients::new(config.registries.clone(), Duration::from_secs(30))
             .map_err(RuntimeError::Config)?;
+        let egress_tls = crate::egress_tls::client_config(&config.egress_ca_pems)?;
         let ticker = EpochTicker::start(engine.clone(), config.epoch_interval)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -336,6 +339,7 @@ impl Runtime {
                 tracker: TaskTracker::new(),
                 ticker: Mutex::new(Some(ticker)),
                 serving: Arc::default(),
+                egress_tls,
             }),
         })
     }
@@ -1007,6 +1011,7 @@ impl Runtime {
         let factory = StoreFactory {
             engine: inner.engine.clone(),
             serving: inner.serving.clone(),
+            egress_tls: inner.egress_tls.clone(),
             cpu: cpu.clone(),
             spec: Arc::new(spec),
             argv: Arc::new(argv),

@@ -68,6 +68,21 @@ pub struct ContainerSpec {
     pub http_listen: Option<SocketAddr>,
     /// Bounds on a `wasi:http` container's request instances (ignored for commands).
     pub http: HttpLimits,
+    /// Hosts that are connected to elsewhere once `network` has allowed them, as
+    /// `/etc/hosts` entries would send them: the node maps the API server's in-cluster
+    /// names (`kubernetes.default.svc:443`, ...) to the API server's address. An `https`
+    /// request is still verified against the host as written.
+    pub host_aliases: Vec<HostAlias>,
+}
+
+/// One entry of [`ContainerSpec::host_aliases`]: `host:port` (as a guest writes it in a
+/// URL, any case, without a trailing dot) is connected to at `target_host:target_port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAlias {
+    pub host: String,
+    pub port: u16,
+    pub target_host: String,
+    pub target_port: u16,
 }
 
 /// Bounds on the request instances of a `wasi:http` container, so that one slow or
@@ -131,6 +146,7 @@ impl ContainerSpec {
             pod_ports: Vec::new(),
             http_listen: None,
             http: HttpLimits::default(),
+            host_aliases: Vec::new(),
         }
     }
 }

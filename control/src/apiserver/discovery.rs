@@ -14,7 +14,9 @@
 //!
 //! Each resource lists the verbs and subresources the handlers really serve (see
 //! [`super::resources`]): a client that trusts discovery never meets a 404 or 405 it could
-//! not have predicted.
+//! not have predicted. The reviews ([`super::reviews`]: TokenReview, SubjectAccessReview,
+//! the SelfSubject reviews) are no kinds of the registry (never stored, create only), so
+//! they are added from their own table ([`review_resources`]), as kube-apiserver lists them.
 
 use super::AppState;
 use super::error::ApiError;
@@ -124,12 +126,41 @@ pub async fn api_versions(headers: HeaderMap) -> Response {
     }
 }
 
-/// The named API groups of `kinds`, in their order.
+/// A resource served only as a create-only endpoint, never stored: a review.
+#[derive(Debug, Clone, Copy)]
+pub struct ReviewResource {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub plural: &'static str,
+    pub kind: &'static str,
+}
+
+/// The only verb of a review.
+const CREATE_ONLY: &[&str] = &["create"];
+
+/// The reviews, as discovery lists them (cluster-scoped, `create` only).
+pub fn review_resources() -> impl Iterator<Item = ReviewResource> {
+    super::reviews::Review::ALL.into_iter().map(|r| {
+        let (group, plural, kind) = r.group_resource_kind();
+        ReviewResource {
+            group,
+            version: "v1",
+            plural,
+            kind,
+        }
+    })
+}
+
+/// The named API groups of `kinds` in their order, then those only reviews are in.
 pub fn groups(kinds: &[&'static ResourceKind]) -> Vec<&'static str> {
     let mut groups: Vec<&str> = Vec::new();
-    for k in kinds.iter().filter(|k| !k.group.is_empty()) {
-        if !groups.contains(&k.group) {
-            groups.push(k.group);
+    let named = kinds
+        .iter()
+        .map(|k| k.group)
+        .chain(review_resources().map(|r| r.group));
+    for group in named.filter(|g| !g.is_empty()) {
+        if !groups.contains(&group) {
+            groups.push(group);
         }
     }
     groups
@@ -138,12 +169,50 @@ pub fn groups(kinds: &[&'static ResourceKind]) -> Vec<&'static str> {
 /// The versions served in `group`, preferred first.
 fn versions_of(kinds: &[&'static ResourceKind], group: &str) -> Vec<&'static str> {
     let mut versions: Vec<&str> = Vec::new();
-    for k in kinds.iter().filter(|k| k.group == group) {
-        if !versions.contains(&k.version) {
-            versions.push(k.version);
+    let served = kinds
+        .iter()
+        .filter(|k| k.group == group)
+        .map(|k| k.version)
+        .chain(
+            review_resources()
+                .filter(|r| r.group == group)
+                .map(|r| r.version),
+        );
+    for version in served {
+        if !versions.contains(&version) {
+            versions.push(version);
         }
     }
     versions
+}
+
+/// The reviews of one group-version.
+fn reviews_in(group: &str, version: &str) -> Vec<ReviewResource> {
+    review_resources()
+        .filter(|r| r.group == group && r.version == version)
+        .collect()
+}
+
+/// The legacy (`APIResourceList`) entry of a review (no storage version: never stored).
+fn review_entry(r: ReviewResource) -> Value {
+    json!({
+        "name": r.plural,
+        "singularName": r.kind.to_ascii_lowercase(),
+        "namespaced": false,
+        "kind": r.kind,
+        "verbs": CREATE_ONLY,
+    })
+}
+
+/// The aggregated discovery entry of a review.
+fn aggregated_review(r: ReviewResource) -> Value {
+    json!({
+        "resource": r.plural,
+        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "scope": "Cluster",
+        "singularResource": r.kind.to_ascii_lowercase(),
+        "verbs": CREATE_ONLY,
+    })
 }
 
 fn group_json(kinds: &[&'static ResourceKind], group: &str) -> Value {
@@ -262,19 +331,25 @@ fn resource_list(
         .copied()
         .filter(|k| k.group == group && k.version == version)
         .collect();
+    let reviews = reviews_in(group, version);
     let gv = if group.is_empty() {
         version.to_string()
     } else {
         format!("{group}/{version}")
     };
-    if kinds.is_empty() {
+    if kinds.is_empty() && reviews.is_empty() {
         return Err(not_found(&gv));
     }
+    let resources: Vec<Value> = kinds
+        .into_iter()
+        .flat_map(resource_entries)
+        .chain(reviews.into_iter().map(review_entry))
+        .collect();
     Ok(Json(json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
         "groupVersion": gv,
-        "resources": kinds.into_iter().flat_map(resource_entries).collect::<Vec<_>>(),
+        "resources": resources,
     })))
 }
 
@@ -378,6 +453,11 @@ pub fn aggregated_document(
                         .copied()
                         .filter(|k| k.group == *group && k.version == version)
                         .map(aggregated_resource)
+                        .chain(
+                            reviews_in(group, version)
+                                .into_iter()
+                                .map(aggregated_review),
+                        )
                         .collect();
                     json!({"version": version, "resources": resources, "freshness": "Current"})
                 })

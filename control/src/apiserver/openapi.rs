@@ -22,6 +22,11 @@
 //! once, off the async threads, on first use. Each is served with a content hash in the
 //! index URL and as ETag, so clients (kubectl caches them on disk) fetch it once.
 //!
+//! The reviews (TokenReview, SubjectAccessReview, the SelfSubject reviews) are no kinds
+//! of the table but discovery lists them, so their group-versions have documents too
+//! ([`review_document`]): the review's schema and its one `create` operation, which is
+//! what `kubectl explain tokenreviews` reads.
+//!
 //! The group-versions CustomResourceDefinitions add have documents too, built per
 //! request from the definitions as stored (they are small and change at any time): a
 //! custom kind's schema is its definition's `openAPIV3Schema` (named as Kubernetes names
@@ -173,7 +178,105 @@ fn accepts_json(headers: &HeaderMap) -> bool {
 
 fn build_all() -> Documents {
     let kinds: Vec<&'static ResourceKind> = KINDS.iter().collect();
-    build(&kinds)
+    let mut docs = build(&kinds);
+    let mut gvs: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in discovery::review_resources() {
+        if !gvs.contains(&(r.group, r.version)) {
+            gvs.push((r.group, r.version));
+        }
+    }
+    for (group, version) in gvs {
+        let path = gv_path(group, version);
+        if docs.by_path.contains_key(&path) {
+            continue;
+        }
+        docs.by_path
+            .insert(path, document(&review_document(group, version)));
+    }
+    docs
+}
+
+/// A document serialized, with its hash.
+fn document(doc: &Value) -> Document {
+    // Serializing a `Value` cannot fail.
+    let body = Bytes::from(serde_json::to_vec(doc).unwrap_or_default());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+    let hash = digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<String>();
+    Document { body, hash }
+}
+
+/// Registers the schema of a review's type.
+fn review_schema(kind: &str, generator: &mut schemars::SchemaGenerator) -> Option<String> {
+    use k8s_openapi::api::{authentication::v1 as authn, authorization::v1 as authz};
+    Some(match kind {
+        "TokenReview" => register::<authn::TokenReview>(generator),
+        "SelfSubjectReview" => register::<authn::SelfSubjectReview>(generator),
+        "SelfSubjectAccessReview" => register::<authz::SelfSubjectAccessReview>(generator),
+        "SelfSubjectRulesReview" => register::<authz::SelfSubjectRulesReview>(generator),
+        "SubjectAccessReview" => register::<authz::SubjectAccessReview>(generator),
+        _ => return None,
+    })
+}
+
+/// The document of a group-version that holds only reviews: each review's schema and its
+/// `create` operation (`POST`, never stored).
+pub fn review_document(group: &str, version: &str) -> Value {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let mut reviews = Vec::new();
+    for r in discovery::review_resources().filter(|r| r.group == group && r.version == version) {
+        if let Some(name) = review_schema(r.kind, &mut generator) {
+            reviews.push((r, name));
+        }
+    }
+    let mut schemas = generator.take_definitions(true);
+    for (r, name) in &reviews {
+        if let Some(Value::Object(s)) = schemas.get_mut(name) {
+            s.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([gvk(r.group, r.version, r.kind)]),
+            );
+            if let Some(Value::Array(required)) = s.get_mut("required") {
+                required.retain(|f| f != "metadata");
+            }
+        }
+    }
+    let tag = tag(group, version);
+    let infix = op_infix(group, version);
+    let mut paths = Map::new();
+    for (r, name) in &reviews {
+        let obj = schema_ref(name);
+        let op = Op {
+            method: "post",
+            id: format!("create{infix}{}", r.kind),
+            description: format!("create a {}", r.kind),
+            action: "post",
+            gvk: gvk(r.group, r.version, r.kind),
+            params: write_params(),
+            body: Some((obj.clone(), JSON)),
+            responses: vec![("200", obj.clone()), ("201", obj.clone()), ("202", obj)],
+            produces: JSON,
+        };
+        add_path(
+            &mut paths,
+            format!("/{}/{}", gv_path(group, version), r.plural),
+            vec![pretty()],
+            vec![op],
+            &tag,
+        );
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {
+            "title": "wharf",
+            "version": format!("v{}.{}.0", discovery::KUBERNETES_VERSION.0, discovery::KUBERNETES_VERSION.1),
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
 }
 
 /// The documents of every group-version of `kinds`.
@@ -188,15 +291,7 @@ fn build(kinds: &[&'static ResourceKind]) -> Documents {
         .into_iter()
         .map(|(group, version)| {
             let doc = group_version_document(kinds, group, version);
-            // Serializing a `Value` cannot fail.
-            let body = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
-            let digest = ring::digest::digest(&ring::digest::SHA256, &body);
-            let hash = digest
-                .as_ref()
-                .iter()
-                .map(|b| format!("{b:02X}"))
-                .collect::<String>();
-            (gv_path(group, version), Document { body, hash })
+            (gv_path(group, version), document(&doc))
         })
         .collect();
     Documents { by_path }
@@ -971,6 +1066,8 @@ mod tests {
                 "apis/apiextensions.k8s.io/v1",
                 "apis/apiregistration.k8s.io/v1",
                 "apis/apps/v1",
+                "apis/authentication.k8s.io/v1",
+                "apis/authorization.k8s.io/v1",
                 "apis/autoscaling/v1",
                 "apis/autoscaling/v2",
                 "apis/batch/v1",

@@ -36,7 +36,17 @@ pub enum Review {
 }
 
 impl Review {
-    fn group_resource_kind(self) -> (&'static str, &'static str, &'static str) {
+    /// Every review, in the order discovery lists them.
+    pub const ALL: [Review; 5] = [
+        Review::SelfSubject,
+        Review::Token,
+        Review::SelfSubjectAccess,
+        Review::SelfSubjectRules,
+        Review::SubjectAccess,
+    ];
+
+    /// Its API group, resource (plural) and kind.
+    pub fn group_resource_kind(self) -> (&'static str, &'static str, &'static str) {
         match self {
             Review::SelfSubjectAccess => (
                 AUTHORIZATION,

@@ -834,11 +834,96 @@ async fn discovery_lists_every_kind() {
             "apiextensions.k8s.io",
             "apiregistration.k8s.io",
             "metrics.k8s.io",
-            "storage.k8s.io"
+            "storage.k8s.io",
+            "authentication.k8s.io",
+            "authorization.k8s.io"
         ]
     );
     let (code, _) = api.send("GET", "/apis/apps/v1", None).await;
     assert_eq!(code, StatusCode::OK);
+}
+
+/// The reviews are listed as kube-apiserver lists them: cluster-scoped, `create` only, in
+/// the legacy documents and in aggregated discovery, with an OpenAPI schema each (what
+/// `kubectl api-resources` and `kubectl explain` read).
+#[tokio::test]
+async fn discovery_lists_the_reviews_create_only() {
+    let api = api().await;
+    let expected = [
+        (
+            "authentication.k8s.io",
+            vec![
+                ("selfsubjectreviews", "SelfSubjectReview"),
+                ("tokenreviews", "TokenReview"),
+            ],
+        ),
+        (
+            "authorization.k8s.io",
+            vec![
+                ("selfsubjectaccessreviews", "SelfSubjectAccessReview"),
+                ("selfsubjectrulesreviews", "SelfSubjectRulesReview"),
+                ("subjectaccessreviews", "SubjectAccessReview"),
+            ],
+        ),
+    ];
+    for (group, reviews) in &expected {
+        let (code, g) = api.send("GET", &format!("/apis/{group}"), None).await;
+        assert_eq!(code, StatusCode::OK, "{g}");
+        assert_eq!(g["preferredVersion"]["groupVersion"], format!("{group}/v1"));
+        let (code, v) = api.send("GET", &format!("/apis/{group}/v1"), None).await;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        let mut listed: Vec<(String, String)> = Vec::new();
+        for r in v["resources"].as_array().unwrap() {
+            assert_eq!(r["verbs"], json!(["create"]), "{r}");
+            assert_eq!(r["namespaced"], false, "{r}");
+            listed.push((
+                r["name"].as_str().unwrap().to_string(),
+                r["kind"].as_str().unwrap().to_string(),
+            ));
+        }
+        listed.sort();
+        let want: Vec<(String, String)> = reviews
+            .iter()
+            .map(|(p, k)| (p.to_string(), k.to_string()))
+            .collect();
+        assert_eq!(listed, want, "{group}");
+        // Their OpenAPI documents carry each review's schema and create operation.
+        let (code, doc) = api
+            .send("GET", &format!("/openapi/v3/apis/{group}/v1"), None)
+            .await;
+        assert_eq!(code, StatusCode::OK);
+        for (plural, kind) in reviews {
+            let post = &doc["paths"][format!("/apis/{group}/v1/{plural}")]["post"];
+            assert_eq!(post["x-kubernetes-action"], "post", "{plural}");
+            assert_eq!(post["x-kubernetes-group-version-kind"]["kind"], *kind);
+            let gvk_of_schema = doc["components"]["schemas"]
+                .as_object()
+                .unwrap()
+                .values()
+                .filter_map(|s| s["x-kubernetes-group-version-kind"][0]["kind"].as_str())
+                .any(|k| k == *kind);
+            assert!(gvk_of_schema, "no schema for {kind}");
+        }
+    }
+    // Aggregated discovery lists them too.
+    let (code, _, agg) = api
+        .exchange("GET", "/apis", &[("accept", AGGREGATED_V2)], None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let item = agg["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["metadata"]["name"] == "authorization.k8s.io")
+        .expect("authorization.k8s.io in aggregated discovery");
+    let resources = item["versions"][0]["resources"].as_array().unwrap();
+    let sar = resources
+        .iter()
+        .find(|r| r["resource"] == "subjectaccessreviews")
+        .expect("subjectaccessreviews");
+    assert_eq!(sar["verbs"], json!(["create"]));
+    assert_eq!(sar["scope"], "Cluster");
+    assert_eq!(sar["responseKind"]["kind"], "SubjectAccessReview");
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@
 pub mod addresses;
 pub mod env;
 pub mod http_limits;
+pub mod in_cluster;
 pub mod node_object;
 pub mod probes;
 pub mod pull;
@@ -96,6 +97,9 @@ pub struct AgentConfig {
     /// The cluster CA (PEM) guests get as `ca.crt` beside their ServiceAccount token
     /// ([`sa_token`]); none when the node does not know it.
     pub cluster_ca_pem: Option<String>,
+    /// Where this node reaches the API server (`host:port`): what pods reach at
+    /// `https://kubernetes.default.svc` ([`in_cluster`]); none: pods get no such names.
+    pub api_server: Option<String>,
 }
 
 /// How a node reaches its cluster's registry ([`wharf_control::oci`]): the control
@@ -154,6 +158,7 @@ impl AgentConfig {
             image_gc_period: Duration::from_secs(300),
             cluster_registry: None,
             cluster_ca_pem: None,
+            api_server: None,
         }
     }
 }

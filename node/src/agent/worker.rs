@@ -991,7 +991,12 @@ async fn start_container(
     let mut spec = ContainerSpec::new(container_id(&uid, &c.name));
     spec.restart_count = u32::try_from(st.records[idx].restart_count).unwrap_or(0);
     spec.argv = argv;
-    spec.env = env;
+    // The API server's variables, when pods can reach it (`in_cluster`).
+    spec.env = if ctx.config.api_server.is_some() {
+        super::in_cluster::with_service_env(env)
+    } else {
+        env
+    };
     spec.working_dir = c.working_dir.clone();
     spec.mounts = mounts;
     spec.resources = resources(c);
@@ -1002,6 +1007,13 @@ async fn start_container(
             .resolver(pod.metadata.namespace.as_deref().unwrap_or("default")),
     );
     spec.http_listen = http_listen;
+    // `kubernetes.default.svc` and its other names, once the allow list lets them through.
+    spec.host_aliases = ctx
+        .config
+        .api_server
+        .as_deref()
+        .map(|a| super::in_cluster::aliases(a, &ctx.config.cluster_domain))
+        .unwrap_or_default();
     let (http, ignored) = super::http_limits::http_limits(pod);
     for message in ignored {
         tracing::warn!(pod = %pod_name(pod), "ignoring an annotation: {message}");
