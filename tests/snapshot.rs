@@ -188,6 +188,109 @@ async fn check_restored(
     }
 }
 
+#[tokio::test]
+async fn a_restored_wharf_snapshot_brings_the_cluster_back_and_nodes_stop_pods_made_after_it() {
+    common::build_samples().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("control");
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let flags = ["--store", "fjall"];
+    let cp = common::ControlProcess::start_on(&data, &listen, &flags).await;
+    let kubeconfig = cp.kubeconfig();
+    let backed = cluster_to_back_up(tmp.path(), &cp).await;
+
+    let snap = tmp.path().join("before.snap");
+    let saved = wharf_ok(&kubeconfig, &["snapshot", "save", snap.to_str().unwrap()]).await;
+    assert!(saved.starts_with("saved "), "{saved}");
+
+    let (extra_addr, n2) = changes_after_the_backup(tmp.path(), &cp).await;
+    cp.terminate().await;
+
+    // Refused, with nothing written: a data dir that still has its store, and a truncated
+    // file.
+    let restore = |file: std::path::PathBuf| {
+        let data = data.clone();
+        async move {
+            common::wharf(
+                std::path::Path::new("/nonexistent"),
+                &[
+                    "snapshot",
+                    "restore",
+                    file.to_str().unwrap(),
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                ],
+            )
+            .await
+        }
+    };
+    let out = restore(snap.clone()).await;
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_text().contains("exists"),
+        "{}",
+        out.stderr_text()
+    );
+    std::fs::rename(data.join("store"), tmp.path().join("store.old")).unwrap();
+    let bytes = std::fs::read(&snap).unwrap();
+    let truncated = tmp.path().join("truncated.snap");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 10]).unwrap();
+    let out = restore(truncated).await;
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_text().contains("truncated snapshot"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(
+        !data.join("store").exists(),
+        "a refused restore wrote a store"
+    );
+    let out = restore(snap.clone()).await;
+    assert!(out.status.success(), "{}", out.stderr_text());
+    assert!(
+        out.stdout_text().starts_with("restored "),
+        "{}",
+        out.stdout_text()
+    );
+
+    // The restored cluster, with scheduled snapshots on.
+    let snaps = tmp.path().join("snaps");
+    let cp = common::ControlProcess::start_on(
+        &data,
+        &listen,
+        &[
+            "--store",
+            "fjall",
+            "--snapshot-interval",
+            "1h",
+            "--snapshot-dir",
+            snaps.to_str().unwrap(),
+        ],
+    )
+    .await;
+    check_restored(&cp, &backed, extra_addr, &n2).await;
+
+    // The first scheduled snapshot is taken at start; `ls` shows it.
+    let deadline = Instant::now() + common::TIMEOUT;
+    let listed = loop {
+        let out = wharf_ok(
+            &cp.kubeconfig(),
+            &["snapshot", "ls", "--snapshot-dir", snaps.to_str().unwrap()],
+        )
+        .await;
+        if out.lines().count() > 1 {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "no scheduled snapshot: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(listed.contains("wharf-snapshot-"), "{listed}");
+    assert!(!listed.contains("unusable"), "{listed}");
+    drop((backed, n2));
+    cp.terminate().await;
+}
+
 /// The same on etcd, with the operator's tools: `etcdctl snapshot save` from the running
 /// etcd, `etcdctl snapshot restore` into a new one (a new cluster: the control plane
 /// sees it and moves its revisions past every earlier one, so that the nodes list again).
