@@ -65,6 +65,7 @@ async fn up(dir: &Path, nodes: u32, extra: &[&str]) -> Net {
         args.extend(["--dns-external".into(), "refuse".into()]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(common::store_flags(&data_dir, extra).await);
     let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
         .args(&args)
         .arg("--data-dir")

@@ -259,6 +259,7 @@ async fn open_store(
         events: CacheConfig::default()
             .events
             .min(config.watch_history.max(1)),
+        history: Some(u64::try_from(config.watch_history.max(1)).unwrap_or(u64::MAX)),
         ..CacheConfig::default()
     };
     Ok((

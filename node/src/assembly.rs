@@ -221,6 +221,7 @@ pub async fn start(
         .and_then(|s| s.pod_cidr.clone())
         .or_else(|| config.fallback_pod_cidr.clone())
         .ok_or_else(|| StartError::NoPodCidr(config.node_name.clone()))?;
+    facts.pod_cidr = Some(pod_cidr.clone());
     let addresses = PodAddresses::new(&pod_cidr)?;
     let tunnel_metrics = Arc::new(TunnelMetrics::default());
     let dialer = Arc::new(Dialer::new(proxy_token.as_deref(), tunnel_metrics.clone()));

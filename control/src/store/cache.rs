@@ -17,6 +17,11 @@
 //! - `watch` after `r` reads the ring while it still holds every event after `r`; a
 //!   watcher further back (or one the ring has overtaken) is handed to a backend watch
 //!   from its position, which answers `Expired` if the backend's log no longer reaches it.
+//!   With [`CacheConfig::history`] (the control plane's `--watch-history`), a watcher more
+//!   than that many revisions behind is `Expired` at once, whatever the backend still
+//!   holds: etcd keeps every revision until its next compaction, and the promise of
+//!   `--watch-history` (older resourceVersions get 410, as kube-apiserver's watch cache
+//!   answers beyond its window) must not depend on the backend.
 //!
 //! # The feed
 //!
@@ -55,6 +60,9 @@ pub struct CacheConfig {
     pub sync_timeout: Duration,
     /// Pause before the feed retries an unavailable backend (default 1 s).
     pub retry: Duration,
+    /// How many revisions back a watch may start (see the module doc); `None` (the
+    /// default): as far back as the backend reaches.
+    pub history: Option<Revision>,
 }
 
 impl Default for CacheConfig {
@@ -65,6 +73,7 @@ impl Default for CacheConfig {
             watch_chunk: 1024,
             sync_timeout: Duration::from_secs(3),
             retry: Duration::from_secs(1),
+            history: None,
         }
     }
 }
@@ -437,13 +446,29 @@ impl Watcher {
                         return None;
                     }
                 }
-                Step::Behind => match self.backend.watch(&self.prefix, self.position).await {
-                    Ok(stream) => self.fallback = Some(stream),
-                    Err(e) => return Some(Err(e)),
-                },
+                Step::Behind => {
+                    if let Some(expired) = self.beyond_history() {
+                        return Some(Err(expired));
+                    }
+                    match self.backend.watch(&self.prefix, self.position).await {
+                        Ok(stream) => self.fallback = Some(stream),
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
                 Step::Closed => return None,
             }
         }
+    }
+
+    /// `Expired` if `position` is further behind the cache's revision than
+    /// [`CacheConfig::history`] allows.
+    fn beyond_history(&self) -> Option<StoreError> {
+        let history = self.shared.config.history?;
+        let oldest = self.shared.read().revision.saturating_sub(history);
+        (self.position < oldest).then_some(StoreError::Expired {
+            requested: self.position,
+            oldest,
+        })
     }
 
     /// Takes the next chunk of the ring after `position` (never splitting the events of
@@ -569,6 +594,46 @@ mod tests {
         );
         t(cache.create("k/r/ns/live", v("l"))).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 1).await), [11]);
+    }
+
+    #[tokio::test]
+    async fn a_watcher_beyond_the_history_is_expired_though_the_backend_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fjall = backend(&dir, 100_000); // the backend keeps everything
+        let config = CacheConfig {
+            events: 3,
+            history: Some(5),
+            ..CacheConfig::default()
+        };
+        let cache = t(WatchCache::start(fjall.clone(), config)).await.unwrap();
+        for i in 0..10 {
+            t(cache.create(&format!("k/r/ns/{i}"), v("x")))
+                .await
+                .unwrap();
+        }
+        t(cache.list("")).await.unwrap(); // the cache has applied everything
+        let mut old = t(cache.watch("", 2)).await.unwrap();
+        let first = t(old.next()).await;
+        assert!(
+            matches!(
+                first,
+                Some(Err(StoreError::Expired {
+                    requested: 2,
+                    oldest: 5
+                }))
+            ),
+            "{first:?}"
+        );
+        assert!(
+            t(old.next()).await.is_none(),
+            "the stream ends after Expired"
+        );
+        // Within the history, behind the ring: from the backend.
+        let mut w = t(cache.watch("", 5)).await.unwrap();
+        assert_eq!(
+            revisions(&take(&mut w, 5).await),
+            (6..=10).collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test]

@@ -354,6 +354,19 @@ async fn heartbeat(ctx: Arc<NodeContext>, facts: NodeFacts) {
         }
         let previous = match nodes.get_status(&facts.name).await {
             Ok(n) => n.status,
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                // The Node is gone while this node runs (deleted, or the control plane's
+                // store restored from before the node joined): register again, with the
+                // pod range the node's pods already have.
+                match register(&ctx.client, &facts).await {
+                    Ok(_) => {
+                        tracing::info!(node = %facts.name, "the Node object was gone; registered again");
+                        ctx.api.ok();
+                    }
+                    Err(e) => tracing::warn!("{e}"),
+                }
+                continue;
+            }
             Err(e) => {
                 // The control plane is away: nothing to write to either.
                 ctx.api.failed("reading the node's status", &e);

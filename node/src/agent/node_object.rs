@@ -41,6 +41,10 @@ pub struct NodeFacts {
     /// Where the node keeps `local-path` volumes, published as the
     /// `wharf.dev/local-path-root` annotation so that the provisioner puts them there.
     pub local_path_root: Option<String>,
+    /// The pod range the node runs with, once it has one: a Node created again (its
+    /// object gone, say after the control plane's store was restored from a snapshot
+    /// taken before the node joined) asks for it back, as its pods' addresses are in it.
+    pub pod_cidr: Option<String>,
 }
 
 /// The extended resource in a Node's capacity that counts its wasm instance slots.
@@ -70,6 +74,7 @@ impl NodeFacts {
             allow_host_path: false,
             instances: None,
             local_path_root: None,
+            pod_cidr: None,
         }
     }
 }
@@ -109,7 +114,8 @@ pub fn node_annotations(facts: &NodeFacts) -> BTreeMap<String, Option<String>> {
     ])
 }
 
-/// The Node as first created: metadata and spec. The control plane assigns `podCIDR`.
+/// The Node as first created: metadata and spec. The control plane assigns `podCIDR`,
+/// unless the node already runs with one ([`NodeFacts::pod_cidr`]).
 pub fn node_object(facts: &NodeFacts) -> Node {
     let labels: BTreeMap<String, String> = [
         ("kubernetes.io/hostname", facts.name.as_str()),
@@ -135,7 +141,10 @@ pub fn node_object(facts: &NodeFacts) -> Node {
             .filter(|a: &BTreeMap<String, String>| !a.is_empty()),
             ..Default::default()
         },
-        spec: Some(NodeSpec::default()),
+        spec: Some(NodeSpec {
+            pod_cidr: facts.pod_cidr.clone(),
+            ..Default::default()
+        }),
         status: None,
     }
 }
@@ -311,7 +320,22 @@ mod tests {
             allow_host_path: false,
             instances: Some(512),
             local_path_root: None,
+            pod_cidr: None,
         }
+    }
+
+    #[test]
+    fn a_node_registering_again_asks_for_the_pod_range_it_runs_with() {
+        let first = node_object(&facts());
+        assert_eq!(first.spec.and_then(|s| s.pod_cidr), None);
+        let again = node_object(&NodeFacts {
+            pod_cidr: Some("127.65.0.0/16".into()),
+            ..facts()
+        });
+        assert_eq!(
+            again.spec.and_then(|s| s.pod_cidr).as_deref(),
+            Some("127.65.0.0/16")
+        );
     }
 
     #[test]
