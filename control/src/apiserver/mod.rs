@@ -28,6 +28,7 @@ pub mod host_path;
 pub mod ipam;
 pub mod limitranger;
 pub mod metrics;
+pub mod nodecert;
 pub mod objects;
 pub mod openapi;
 pub mod paging;
@@ -75,6 +76,13 @@ pub struct ApiConfig {
     /// How long an Event lives after its last write (`wharf control --event-ttl`, an hour
     /// by default, as kube-apiserver's `--event-ttl`): the store deletes it then.
     pub event_ttl: Duration,
+    /// The cluster CA's directory (`DATA_DIR/pki`), which node certificates are signed
+    /// with (`nodes/NAME/certificate`, see [`nodecert`]); `None` signs none.
+    pub pki_dir: Option<std::path::PathBuf>,
+    /// How the API server calls nodes (logs, stats): TLS with its client certificate,
+    /// verifying the node's against the cluster CA (see [`crate::nodetls`]); `None`
+    /// reaches no node.
+    pub node_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ApiConfig {
@@ -93,6 +101,8 @@ impl Default for ApiConfig {
             services: services::ServiceRanges::default(),
             node_credential_validity: Duration::from_secs(365 * 24 * 3600),
             event_ttl: Duration::from_secs(3600),
+            pki_dir: None,
+            node_tls: None,
         }
     }
 }
