@@ -444,11 +444,13 @@ spec:
         counter(&again_a, TUNNEL_FORBIDDEN) + 3,
         "{last}"
     );
-    // Plain HTTP to the tunnel port or the node server is not a way in: no HTTP answer.
-    for addr in [tunnel_a, node_a.daemon_addr] {
-        let answer = http_get(addr, "/metrics").await;
-        assert!(answer.is_err(), "{addr}: {answer:?}");
-    }
+    // Plain HTTP to the tunnel port or the node server is not a way in: no HTTP answer
+    // from the tunnel, a 400 saying so from the node server (as from the API server).
+    let answer = http_get(tunnel_a, "/metrics").await;
+    assert!(answer.is_err(), "{answer:?}");
+    let (status, body) = http_get(node_a.daemon_addr, "/metrics").await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("HTTPS server"), "{body}");
     // TLS with a certificate of another cluster's CA: both refuse the handshake, even
     // for the user and groups a node or the API server would have, and the tunnel
     // refuses a peer without a certificate.
