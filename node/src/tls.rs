@@ -267,8 +267,8 @@ pub(crate) mod testing {
             Cluster { dir, ca_pem }
         }
 
-        /// A certificate of node `name` for address `ip`.
-        pub fn node_cert(&self, name: &str, ip: &str) -> Arc<ReloadableCert> {
+        /// A certificate (PEM) of node `name` for address `ip`, and its key.
+        pub fn node_pem(&self, name: &str, ip: &str) -> (String, String) {
             let addr: IpAddr = ip.parse().unwrap();
             let (key, csr) = nodetls::node_csr(name, &[addr], &[]).unwrap();
             let cert = nodetls::sign_node_csr(
@@ -280,7 +280,13 @@ pub(crate) mod testing {
                 SystemTime::now(),
             )
             .unwrap();
-            Arc::new(ReloadableCert::from_pem(&cert, &key.serialize_pem()).unwrap())
+            (cert, key.serialize_pem())
+        }
+
+        /// A certificate of node `name` for address `ip`.
+        pub fn node_cert(&self, name: &str, ip: &str) -> Arc<ReloadableCert> {
+            let (cert, key) = self.node_pem(name, ip);
+            Arc::new(ReloadableCert::from_pem(&cert, &key).unwrap())
         }
 
         /// A tunnel's TLS, for node `name` at `ip`.
@@ -329,6 +335,48 @@ mod tests {
         assert!(err.contains("renewal"), "{err}");
         let moved: IpAddr = "127.0.0.2".parse().unwrap();
         assert!(load(dir.path(), &cluster.ca_pem, &[moved], &[], now).is_err());
+    }
+
+    /// Renewal without a restart: a server whose certificate is replaced serves the new
+    /// one on the next handshake.
+    #[tokio::test]
+    async fn a_replaced_certificate_is_served_on_the_next_handshake() {
+        let cluster = testing::Cluster::new();
+        let (first, first_key) = cluster.node_pem("n1", "127.0.0.1");
+        let cert = Arc::new(ReloadableCert::from_pem(&first, &first_key).unwrap());
+        let server =
+            nodetls::server_config(&cluster.ca_pem, cert.clone(), true, &[b"http/1.1"]).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepting = tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(server);
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        let client = cluster.dialer("peer");
+        let served = || {
+            let client = client.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let tls = tokio_rustls::TlsConnector::from(client)
+                    .connect(name, tcp)
+                    .await
+                    .unwrap();
+                tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+            }
+        };
+        let pem_der = |pem: &str| {
+            use rustls::pki_types::pem::PemObject;
+            rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+        };
+        let within = |f| tokio::time::timeout(Duration::from_secs(10), f);
+        assert_eq!(within(served()).await.unwrap(), pem_der(&first));
+        let (second, second_key) = cluster.node_pem("n1", "127.0.0.1");
+        cert.replace(&second, &second_key).unwrap();
+        assert_eq!(within(served()).await.unwrap(), pem_der(&second));
+        accepting.abort();
     }
 
     #[test]
