@@ -161,6 +161,8 @@ async fn run() -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut node_config = NodeConfig::new("node-1", dir.path().join("node-1"));
+    // The node serves TLS with a certificate of the cluster CA.
+    node_config.agent.cluster_ca_pem = std::fs::read_to_string(&plane.ca_cert).ok();
     let token = plane.admin_token.clone();
     node_config.agent.cluster_registry = Some(ClusterRegistry {
         host: plane.local_addr.to_string(),

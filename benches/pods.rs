@@ -226,6 +226,8 @@ async fn run() -> Result<()> {
     let node_dir = dir.path().join("node-1");
     let mut node_config = NodeConfig::new("node-1", &node_dir);
     node_config.runtime = RuntimeConfig::new(node_dir.join("runtime"));
+    // The node serves TLS with a certificate of the cluster CA.
+    node_config.agent.cluster_ca_pem = std::fs::read_to_string(&plane.ca_cert).ok();
     let agent = wharf_node::start(node_config, plane.client(), shutdown.clone()).await?;
     let api: Api<Pod> = Api::namespaced(plane.client(), "default");
 

@@ -231,7 +231,7 @@ async fn the_api_server_and_a_node_serve_kubernetes_named_metrics_that_promtool_
     let server = node_server(&client).await;
     let deadline = Instant::now() + common::TIMEOUT;
     let node = loop {
-        let (status, node) = common::http_get(server, "/metrics").await.unwrap();
+        let (status, node) = common::https_get(server, "/metrics").await.unwrap();
         assert_eq!(status, 200, "{node}");
         if sample(&node, "kubelet_running_pods ") == Some(2.0) || Instant::now() > deadline {
             break node;

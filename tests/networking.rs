@@ -199,7 +199,9 @@ impl Net {
 
     /// The value of a series on one node's `/metrics`.
     async fn metric(&self, node: usize, series: &str) -> Option<f64> {
-        let (status, body) = http_get(self.node_servers[node], "/metrics").await.ok()?;
+        let (status, body) = common::https_get(self.node_servers[node], "/metrics")
+            .await
+            .ok()?;
         assert_eq!(status, 200, "{body}");
         body.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())

@@ -24,8 +24,11 @@ use common::{
 };
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use kube::api::Api;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -145,16 +148,55 @@ const TUNNEL_UNAUTHORIZED: &str = "wharf_tunnel_connections_total{result=\"unaut
 const TUNNEL_FORBIDDEN: &str = "wharf_tunnel_connections_total{result=\"forbidden\"}";
 const DIALS_OK: &str = "wharf_tunnel_dials_total{result=\"ok\"}";
 
-/// Sends `CONNECT target` to a tunnel with `credential` (if any) and returns the status
-/// and the open stream.
+/// A TLS client of the cluster whose CA is in `pki` (`DATA_DIR/pki`), presenting a client
+/// certificate of that CA (or of `signer`'s, if given) for `user` in `groups`.
+fn tls_client(
+    pki: &Path,
+    signer: Option<&Path>,
+    user: &str,
+    groups: &[&str],
+) -> Arc<rustls::ClientConfig> {
+    let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    let cert = wharf_control::pki::issue_client_cert(
+        signer.unwrap_or(pki),
+        user,
+        &groups,
+        Duration::from_secs(3600),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let ca = std::fs::read_to_string(pki.join(wharf_control::pki::CA_CERT)).unwrap();
+    let cert = Arc::new(
+        wharf_control::nodetls::ReloadableCert::from_pem(&cert.cert_pem, &cert.key_pem).unwrap(),
+    );
+    wharf_control::nodetls::client_config(&ca, cert, &[b"http/1.1"]).unwrap()
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Opens a TLS connection to a tunnel with `tls`, checking its certificate for its IP.
+async fn tls_connect(
+    tunnel: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsStream> {
+    let tcp = within("connect to tunnel", tokio::net::TcpStream::connect(tunnel)).await?;
+    let name = rustls::pki_types::ServerName::IpAddress(tunnel.ip().into());
+    within(
+        "TLS handshake",
+        tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp),
+    )
+    .await
+}
+
+/// Sends `CONNECT target` to a tunnel over `tls` with `credential` (if any) and returns the
+/// status and the open stream.
 async fn connect(
     tunnel: SocketAddr,
     target: SocketAddr,
     credential: Option<&str>,
-) -> (u16, tokio::net::TcpStream) {
-    let mut stream = within("connect to tunnel", tokio::net::TcpStream::connect(tunnel))
-        .await
-        .unwrap();
+    tls: &Arc<rustls::ClientConfig>,
+) -> (u16, TlsStream) {
+    let mut stream = tls_connect(tunnel, tls).await.unwrap();
     let auth = credential
         .map(|c| format!("Proxy-Authorization: Bearer {c}\r\n"))
         .unwrap_or_default();
@@ -179,6 +221,32 @@ async fn connect(
         let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest)).await;
     }
     (status, stream)
+}
+
+/// Whether a TLS connection with `tls` to `addr` is refused: the handshake fails, or the
+/// server closes or alerts at the first read (TLS 1.3 clients learn of a refused client
+/// certificate only then).
+async fn tls_refused(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> bool {
+    let Ok(mut stream) = tls_connect(addr, tls).await else {
+        return true;
+    };
+    if stream
+        .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return true;
+    }
+    let mut answer = Vec::new();
+    match within(
+        "a refused TLS peer's answer",
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    {
+        Err(_) => true,
+        Ok(_) => !String::from_utf8_lossy(&answer).starts_with("HTTP/"),
+    }
 }
 
 #[tokio::test]
@@ -312,12 +380,20 @@ spec:
         .unwrap();
     let credential = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
     let credential = credential.trim();
-    assert_eq!(connect(tunnel_a, pod_addr, None).await.0, 407);
+    // A peer: a client certificate of the cluster CA, as another node presents.
+    let pki = cp.data_dir.join("pki");
+    let peer = tls_client(&pki, None, "system:node:peer", &["system:nodes"]);
+    assert_eq!(connect(tunnel_a, pod_addr, None, &peer).await.0, 407);
     assert_eq!(
-        connect(tunnel_a, pod_addr, Some("not-the-secret")).await.0,
+        connect(tunnel_a, pod_addr, Some("not-the-secret"), &peer)
+            .await
+            .0,
         407
     );
-    assert_eq!(connect(tunnel_a, cp.addr, Some(credential)).await.0, 403);
+    assert_eq!(
+        connect(tunnel_a, cp.addr, Some(credential), &peer).await.0,
+        403
+    );
     // A host service on 0.0.0.0 answers on every pod address too: an address of A's pod
     // range where no pod is, and the pod's address at a port it does not declare, are
     // refused all the same.
@@ -332,13 +408,13 @@ spec:
         SocketAddr::new(pod_addr.ip(), host_port),
     ] {
         assert_eq!(
-            connect(tunnel_a, target, Some(credential)).await.0,
+            connect(tunnel_a, target, Some(credential), &peer).await.0,
             403,
             "{target}"
         );
     }
     drop(host);
-    let (status, mut stream) = connect(tunnel_a, pod_addr, Some(credential)).await;
+    let (status, mut stream) = connect(tunnel_a, pod_addr, Some(credential), &peer).await;
     assert_eq!(status, 200);
     stream
         .write_all(format!("GET /via-tunnel HTTP/1.0\r\nHost: {pod_addr}\r\n\r\n").as_bytes())
@@ -368,9 +444,79 @@ spec:
         counter(&again_a, TUNNEL_FORBIDDEN) + 3,
         "{last}"
     );
-    // Plain HTTP to the tunnel port is not a way in either.
-    let (status, _) = http_get(tunnel_a, "/").await.unwrap();
-    assert_eq!(status, 407);
+    // Plain HTTP to the tunnel port or the node server is not a way in: no HTTP answer
+    // from the tunnel, a 400 saying so from the node server (as from the API server).
+    let answer = http_get(tunnel_a, "/metrics").await;
+    assert!(answer.is_err(), "{answer:?}");
+    let (status, body) = http_get(node_a.daemon_addr, "/metrics").await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("HTTPS server"), "{body}");
+    // TLS with a certificate of another cluster's CA: both refuse the handshake, even
+    // for the user and groups a node or the API server would have, and the tunnel
+    // refuses a peer without a certificate.
+    let other = dir.path().join("other-pki");
+    wharf_control::pki::Pki::load_or_generate(&other, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let foreign_node = tls_client(&pki, Some(&other), "system:node:peer", &["system:nodes"]);
+    let foreign_api = tls_client(
+        &pki,
+        Some(&other),
+        wharf_control::nodetls::APISERVER_NODE_CLIENT,
+        &[],
+    );
+    assert!(tls_refused(tunnel_a, &foreign_node).await);
+    assert!(tls_refused(node_a.daemon_addr, &foreign_api).await);
+    let anonymous = Arc::new(
+        rustls::ClientConfig::builder_with_provider(wharf_control::pki::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates({
+                let mut roots = rustls::RootCertStore::empty();
+                let ca = std::fs::read(pki.join(wharf_control::pki::CA_CERT)).unwrap();
+                roots
+                    .add(CertificateDer::from_pem_slice(&ca).unwrap())
+                    .unwrap();
+                roots
+            })
+            .with_no_client_auth(),
+    );
+    assert!(tls_refused(tunnel_a, &anonymous).await);
+    // The node server's certificate is the node's, for the address it was dialed at:
+    // verified against the cluster CA, the API server's client certificate and the token
+    // read stats; a node's certificate with the token does not.
+    let api_client = tls_client(
+        &pki,
+        None,
+        wharf_control::nodetls::APISERVER_NODE_CLIENT,
+        &[],
+    );
+    let bearer = format!("Authorization: Bearer {credential}\r\n");
+    let (status, body) = common::exchange(
+        "GET",
+        node_a.daemon_addr,
+        "/stats/summary",
+        Some(api_client),
+        &bearer,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("tunnel-a"), "{body}");
+    let (status, body) = common::exchange(
+        "GET",
+        node_a.daemon_addr,
+        "/stats/summary",
+        Some(peer.clone()),
+        &bearer,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 401, "{body}");
+    // After the refused handshakes, the tunnel counted them as unauthorized.
+    let refused = node_a.metrics().await;
+    assert!(
+        counter(&refused, TUNNEL_UNAUTHORIZED) >= counter(&last, TUNNEL_UNAUTHORIZED) + 2,
+        "{refused}"
+    );
 }
 
 /// A non-loopback IPv4 address of this machine, if it has one (a UDP socket "connected"

@@ -353,10 +353,23 @@ pub async fn start(
     )
     .await?;
 
+    // Nodes are called over TLS with a client certificate of the cluster CA, and sign
+    // their own certificates' requests with it (see `crate::nodetls`).
+    let mut api = config.api.clone();
+    let pki_dir = dir.join("pki");
+    api.pki_dir = Some(pki_dir.clone());
+    api.node_tls = Some(
+        tokio::task::spawn_blocking(move || {
+            crate::nodetls::apiserver_client_config(&pki_dir, std::time::SystemTime::now())
+        })
+        .await
+        .map_err(|e| ControlError::Bootstrap(format!("preparing node TLS: {e}")))?
+        .map_err(|e| ControlError::Bootstrap(format!("preparing node TLS: {e}")))?,
+    );
     let state = AppState {
         store: store.clone(),
         auth,
-        config: Arc::new(config.api.clone()),
+        config: Arc::new(api),
         shutdown: shutdown.clone(),
         rbac: Default::default(),
         kinds: Default::default(),
@@ -579,7 +592,7 @@ async fn bootstrap_storage_class(router: &axum::Router) -> Result<(), ControlErr
 /// Serves `app` over TLS until `shutdown`, then drains: stops accepting, asks every
 /// connection to finish (HTTP/2 GOAWAY, HTTP/1 close after the response in flight), waits
 /// up to [`DRAIN_TIMEOUT`] and closes what is left. Watches end on the same token.
-async fn serve_tls(
+pub async fn serve_tls(
     listener: TcpListener,
     tls: TlsAcceptor,
     app: axum::Router,

@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod kubeconfig;
 pub mod leaderelection;
 pub mod metrics;
+pub mod nodetls;
 pub mod oci;
 pub mod pki;
 pub mod scheduler;

@@ -298,6 +298,19 @@ pub fn issue_client_cert(
     })
 }
 
+/// The CA in `dir` (`DATA_DIR/pki`) as a signer, for certificates rcgen writes (node
+/// certificates, see [`crate::nodetls`]). Blocking: reads the CA's key.
+pub fn ca_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
+    let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    let missing = |path: &Path| PkiError::Invalid {
+        path: path.to_path_buf(),
+        message: "missing: is this the data dir of a control plane that has started?".into(),
+    };
+    let ca_cert = read_optional(&cert_path)?.ok_or_else(|| missing(&cert_path))?;
+    let ca_key = read_optional(&key_path)?.ok_or_else(|| missing(&key_path))?;
+    issuer(dir, &ca_cert, &ca_key)
+}
+
 /// The user (CommonName) and groups (each Organization) of a client certificate the TLS
 /// handshake verified, as kube-apiserver's x509 authenticator maps them; `None` for a
 /// certificate without a CommonName.

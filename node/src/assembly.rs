@@ -57,6 +57,8 @@ pub enum StartError {
     Addresses(#[from] addresses::AddressError),
     #[error("node server: {0}")]
     Daemon(#[from] daemon::DaemonError),
+    #[error("node certificate: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("node tunnel: cannot listen on {addr}: {error} (--tunnel-port 0 picks a free port)")]
     Tunnel {
         addr: SocketAddr,
@@ -223,8 +225,31 @@ pub async fn start(
         .ok_or_else(|| StartError::NoPodCidr(config.node_name.clone()))?;
     facts.pod_cidr = Some(pod_cidr.clone());
     let addresses = PodAddresses::new(&pod_cidr)?;
+    // The node's certificate, for the names the Node now publishes: the node server and
+    // the tunnel serve TLS only, and peers' tunnels are dialed with it.
+    let (ips, dns) = crate::tls::names_of(&node);
+    let tls = Arc::new(
+        crate::tls::NodeTls::start(
+            &client,
+            &config.data_dir.join("pki"),
+            &config.node_name,
+            config.cluster_ca_pem.as_deref(),
+            ips,
+            dns,
+        )
+        .await?,
+    );
+    tasks.spawn(crate::tls::renew(
+        client.clone(),
+        tls.clone(),
+        shutdown.clone(),
+    ));
     let tunnel_metrics = Arc::new(TunnelMetrics::default());
-    let dialer = Arc::new(Dialer::new(proxy_token.as_deref(), tunnel_metrics.clone()));
+    let dialer = Arc::new(Dialer::new(
+        proxy_token.as_deref(),
+        Some(tls.dialer.clone()),
+        tunnel_metrics.clone(),
+    ));
 
     let pods: daemon::PodIndex = Arc::default();
     let ctx = Arc::new(NodeContext {
@@ -254,6 +279,7 @@ pub async fn start(
             pods: ctx.sockets.clone(),
             source: Some(config.address),
             connect_timeout: config.proxy.connect_timeout,
+            tls: tls.tunnel.clone(),
         };
         tasks.spawn(tunnel::server::serve(
             listener,
@@ -287,7 +313,12 @@ pub async fn start(
         kubelet: ctx.metrics.clone(),
         shutdown: shutdown.clone(),
     });
-    tasks.spawn(daemon::serve(listener, daemon_ctx, proxy_token));
+    tasks.spawn(daemon::serve(
+        listener,
+        daemon_ctx,
+        proxy_token,
+        tls.daemon.clone(),
+    ));
     agent::spawn(&mut tasks, ctx.clone(), facts);
     // Services: one watch of Services and EndpointSlices feeds the proxy and the DNS.
     if config.proxy.enabled || dns_sockets.is_some() {

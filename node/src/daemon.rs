@@ -1,9 +1,11 @@
 //! The node's own HTTP server: container logs for the API server's `pods/log`, and the
 //! proxy's and tunnel's counters at `/metrics`.
 //!
-//! `GET /containerLogs/{namespace}/{pod}/{container}` with `follow`, `tailLines`,
-//! `timestamps` and `previous`, answering plain text, streamed as it is written when
-//! following. Only the API server calls it: requests must carry the bearer token the
+//! TLS only, with the node's certificate ([`crate::tls`]). `GET
+//! /containerLogs/{namespace}/{pod}/{container}` with `follow`, `tailLines`, `timestamps`
+//! and `previous`, answering plain text, streamed as it is written when following. Only
+//! the API server calls it: requests must come with its client certificate (of the
+//! cluster CA, for `system:kube-apiserver-node-client`) and carry the bearer token the
 //! control plane keeps in the `kube-system/wharf-node-proxy` Secret, which the agent reads
 //! when it starts, so a pod or another user on the network cannot read logs directly.
 //!
@@ -14,12 +16,12 @@
 use crate::container_id;
 use crate::proxy;
 use crate::tunnel::metrics::TunnelMetrics;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
@@ -27,6 +29,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
+use wharf_control::apiserver::auth::ClientCert;
+use wharf_control::nodetls::APISERVER_NODE_CLIENT;
 use wharf_runtime::{LogLine, LogOptions, Runtime};
 
 /// The Secret holding the token the API server presents to nodes.
@@ -105,17 +109,23 @@ pub fn router(ctx: Arc<DaemonContext>, token: Option<String>) -> Router {
         })
 }
 
-/// Serves until the node shuts down.
+/// Serves over TLS only (`tls`, see [`crate::tls`]) until the node shuts down.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ctx: Arc<DaemonContext>,
     token: Option<String>,
+    tls: Arc<rustls::ServerConfig>,
 ) {
     let shutdown = ctx.shutdown.clone();
     let app = router(ctx, token);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    if let Err(e) = wharf_control::controlplane::serve_tls(
+        listener,
+        tokio_rustls::TlsAcceptor::from(tls),
+        app,
+        Default::default(),
+        shutdown,
+    )
+    .await
     {
         tracing::error!(error = %e, "node server failed");
     }
@@ -173,8 +183,19 @@ fn render(line: &LogLine, timestamps: bool) -> String {
     s
 }
 
-/// Refuses a request that does not carry the API server's token.
-fn refused(state: &DaemonState, headers: &HeaderMap) -> Option<Response> {
+/// Refuses a request that does not come from the API server: its client certificate
+/// (verified against the cluster CA in the TLS handshake) and its token.
+fn refused(
+    state: &DaemonState,
+    cert: Option<&ClientCert>,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    if cert.is_none_or(|c| c.0.user != APISERVER_NODE_CLIENT) {
+        return Some(text(
+            StatusCode::UNAUTHORIZED,
+            format!("Unauthorized: a client certificate for {APISERVER_NODE_CLIENT} is required"),
+        ));
+    }
     let presented = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -202,8 +223,12 @@ fn node_pods(state: &DaemonState) -> Vec<Arc<k8s_openapi::api::core::v1::Pod>> {
 }
 
 /// `GET /stats/summary`: the guests' usage now ([`crate::stats::summary`]).
-async fn stats_summary(State(state): State<DaemonState>, headers: HeaderMap) -> Response {
-    if let Some(refusal) = refused(&state, &headers) {
+async fn stats_summary(
+    State(state): State<DaemonState>,
+    cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = refused(&state, cert.as_deref(), &headers) {
         return refusal;
     }
     let snapshot = state.ctx.runtime.usage();
@@ -223,9 +248,10 @@ async fn container_logs(
     State(state): State<DaemonState>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     Query(q): Query<LogQuery>,
+    cert: Option<Extension<ClientCert>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = refused(&state, &headers) {
+    if let Some(refusal) = refused(&state, cert.as_deref(), &headers) {
         return refusal;
     }
     let found = state

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reachability;
 pub mod stats;
+pub mod tls;
 pub mod tunnel;
 
 pub use assembly::{NodeConfig, NodeHandle, StartError, start};

@@ -386,19 +386,31 @@ mod tests {
             shutdown: Default::default(),
         });
         let app = crate::daemon::router(ctx, Some("secret".into()));
-        let ask = |auth: Option<&str>| {
+        let ask = |auth: Option<&str>, user: Option<&str>| {
             let mut req = http::Request::get("/stats/summary");
             if let Some(a) = auth {
                 req = req.header("authorization", a);
             }
+            if let Some(user) = user {
+                let cert = wharf_control::apiserver::auth::ClientCert::new(user.into(), vec![]);
+                req = req.extension(cert);
+            }
             app.clone()
                 .oneshot(req.body(axum::body::Body::empty()).expect("request"))
         };
-        let refused = ask(None).await.expect("answer");
+        let apiserver = Some(wharf_control::nodetls::APISERVER_NODE_CLIENT);
+        let refused = ask(None, apiserver).await.expect("answer");
         assert_eq!(refused.status(), http::StatusCode::UNAUTHORIZED);
-        let refused = ask(Some("Bearer nope")).await.expect("answer");
+        let refused = ask(Some("Bearer nope"), apiserver).await.expect("answer");
         assert_eq!(refused.status(), http::StatusCode::UNAUTHORIZED);
-        let ok = ask(Some("Bearer secret")).await.expect("answer");
+        // The token without the API server's client certificate, or with another's.
+        let refused = ask(Some("Bearer secret"), None).await.expect("answer");
+        assert_eq!(refused.status(), http::StatusCode::UNAUTHORIZED);
+        let refused = ask(Some("Bearer secret"), Some("system:node:n2"))
+            .await
+            .expect("answer");
+        assert_eq!(refused.status(), http::StatusCode::UNAUTHORIZED);
+        let ok = ask(Some("Bearer secret"), apiserver).await.expect("answer");
         assert_eq!(ok.status(), http::StatusCode::OK);
         let body = ok.into_body().collect().await.expect("body").to_bytes();
         let summary: Summary = serde_json::from_slice(&body).expect("a summary");

@@ -9,7 +9,7 @@ use kube::runtime::WatchStreamExt as _;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
@@ -593,12 +593,104 @@ pub async fn http_request(
     addr: SocketAddr,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
+    exchange(method, addr, path, None, "").await
+}
+
+/// `GET path` over TLS without a client certificate and without checking the server's
+/// (what a node server's `/metrics` needs; tests of the TLS itself are in `tunnel.rs`).
+pub async fn https_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    exchange("GET", addr, path, Some(unverified_tls()), "").await
+}
+
+/// A TLS client that accepts any server certificate, for tests that read what a TLS
+/// server says rather than test its TLS.
+pub fn unverified_tls() -> Arc<rustls::ClientConfig> {
+    use rustls::DigitallySignedStruct;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    #[derive(Debug)]
+    struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+    impl ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = wharf_control::pki::crypto_provider();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+            .with_no_client_auth(),
+    )
+}
+
+/// One HTTP/1.0 request without a body on a fresh connection, over TLS with `tls` (the
+/// server named by its IP) if given, with `headers` (`Name: value\r\n` lines): status
+/// and body.
+pub async fn exchange(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    headers: &str,
+) -> std::io::Result<(u16, String)> {
     let request = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut stream: Box<dyn Stream> = match tls {
+            Some(tls) => Box::new(
+                tokio_rustls::TlsConnector::from(tls)
+                    .connect(
+                        rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                        tcp,
+                    )
+                    .await?,
+            ),
+            None => Box::new(tcp),
+        };
         stream
             .write_all(
-                format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n")
-                    .as_bytes(),
+                format!(
+                    "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\n\r\n"
+                )
+                .as_bytes(),
             )
             .await?;
         let mut response = Vec::new();
@@ -620,6 +712,10 @@ pub async fn http_request(
             )))
         })
 }
+
+/// A byte stream, plain or TLS.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 /// GETs until the answer is 200 (the listener may not be up yet); returns the body.
 pub async fn http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> String {
@@ -814,7 +910,7 @@ impl NodeProcess {
 
     /// The node server's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let (status, body) = http_get(self.daemon_addr, "/metrics").await.unwrap();
+        let (status, body) = https_get(self.daemon_addr, "/metrics").await.unwrap();
         assert_eq!(status, 200, "{body}");
         body
     }

@@ -211,6 +211,14 @@ fn node_may(
     if is(kind, "", "ServiceAccount") && subresource == Some("token") {
         return if verb == Verb::Create { Allow } else { Deny };
     }
+    // Its own TLS certificate (see `nodecert`): for its own Node only.
+    if is(kind, "", "Node") && subresource == Some(super::nodecert::CERTIFICATE_SUBRESOURCE) {
+        return if verb == Verb::Create && name == Some(node) {
+            Allow
+        } else {
+            Deny
+        };
+    }
     // Objects and their status; not the log proxy (a node reads its own pods' logs
     // locally), not bindings, evictions or scale.
     if !matches!(subresource, None | Some("status")) {
@@ -854,6 +862,35 @@ mod tests {
                 Some("p"),
                 Some("log")
             ),
+            Decision::Deny
+        );
+    }
+
+    #[test]
+    fn a_node_asks_for_a_certificate_for_itself_only() {
+        let n = node();
+        let (nodes, sub) = (
+            kind("node"),
+            Some(super::super::nodecert::CERTIFICATE_SUBRESOURCE),
+        );
+        assert_eq!(
+            authorize(&n, Verb::Create, nodes, None, Some("node-1"), sub),
+            Decision::Allow
+        );
+        assert_eq!(
+            authorize(&n, Verb::Create, nodes, None, Some("node-2"), sub),
+            Decision::Deny
+        );
+        assert_eq!(
+            authorize(&n, Verb::Get, nodes, None, Some("node-1"), sub),
+            Decision::Deny
+        );
+        let bootstrap = Identity {
+            user: "system:node-bootstrap:abc".into(),
+            groups: vec![GROUP_BOOTSTRAPPERS.into()],
+        };
+        assert_eq!(
+            authorize(&bootstrap, Verb::Create, nodes, None, Some("node-1"), sub),
             Decision::Deny
         );
     }

@@ -28,6 +28,7 @@ pub mod host_path;
 pub mod ipam;
 pub mod limitranger;
 pub mod metrics;
+pub mod nodecert;
 pub mod objects;
 pub mod openapi;
 pub mod paging;
@@ -79,6 +80,13 @@ pub struct ApiConfig {
     /// How often the dashboard's usage history samples the nodes (`wharf control
     /// --usage-history-interval`); zero keeps none ([`usage_history`]).
     pub usage_history_interval: Duration,
+    /// The cluster CA's directory (`DATA_DIR/pki`), which node certificates are signed
+    /// with (`nodes/NAME/certificate`, see [`nodecert`]); `None` signs none.
+    pub pki_dir: Option<std::path::PathBuf>,
+    /// How the API server calls nodes (logs, stats): TLS with its client certificate,
+    /// verifying the node's against the cluster CA (see [`crate::nodetls`]); `None`
+    /// reaches no node.
+    pub node_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ApiConfig {
@@ -98,6 +106,8 @@ impl Default for ApiConfig {
             node_credential_validity: Duration::from_secs(365 * 24 * 3600),
             event_ttl: Duration::from_secs(3600),
             usage_history_interval: Duration::from_secs(15),
+            pki_dir: None,
+            node_tls: None,
         }
     }
 }

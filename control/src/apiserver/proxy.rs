@@ -10,11 +10,13 @@
 //! The contract with a node agent:
 //! - Where: the Node's `status.addresses` (the `InternalIP`, else `ExternalIP`, else
 //!   `Hostname`) and `status.daemonEndpoints.kubeletEndpoint.Port`.
-//! - What: `GET http://ADDR:PORT/containerLogs/NS/POD/CONTAINER?follow=BOOL&timestamps=BOOL
+//! - What: `GET https://ADDR:PORT/containerLogs/NS/POD/CONTAINER?follow=BOOL&timestamps=BOOL
 //!   &previous=BOOL[&tailLines=N][&limitBytes=N][&sinceSeconds=N][&sinceTime=RFC3339]`,
 //!   answered `200` with the log bytes (any status else, with a text or `Status` body, is
 //!   reported to the client).
-//! - Who: `Authorization: Bearer TOKEN`, the `token` of the Secret
+//! - How: TLS only; the API server presents its client certificate and checks the node's
+//!   against the cluster CA and the address it dialed ([`crate::nodetls`]).
+//! - Who: that client certificate, and `Authorization: Bearer TOKEN`, the `token` of the Secret
 //!   `kube-system/wharf-node-proxy` ([`NODE_PROXY_SECRET_NAME`]). The control plane
 //!   creates it once ([`ensure_node_proxy_secret`]); a node reads it when it starts and
 //!   accepts no other token, so that only the API server (which enforces authorization on
@@ -40,14 +42,13 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use http::{Method, StatusCode};
 use http_body_util::{BodyDataStream, BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
 use std::net::IpAddr;
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// The subresource this module serves.
 pub const LOG_SUBRESOURCE: &str = "log";
@@ -358,7 +359,7 @@ pub fn node_log_uri(
         query.append_pair("sinceTime", t);
     }
     format!(
-        "http://{host}:{port}/containerLogs/{namespace}/{pod}/{container}?{}",
+        "https://{host}:{port}/containerLogs/{namespace}/{pod}/{container}?{}",
         query.finish()
     )
 }
@@ -454,7 +455,7 @@ pub async fn log_stream(
     let token = proxy_token(state).await?;
     let uri = node_log_uri(&host, port, namespace, name, &container, opts);
 
-    let response = request_node(node_name, &host, port, &uri, &token).await?;
+    let response = request_node(state, node_name, &host, port, &uri, &token).await?;
     if !response.status().is_success() {
         let status = response.status();
         let body = tokio::time::timeout(
@@ -471,34 +472,70 @@ pub async fn log_stream(
     Ok(BodyDataStream::new(response.into_body()).boxed())
 }
 
-/// Sends the request to the node; an unreachable or silent node is 503.
+/// Sends the request to the node; an unreachable or silent node is 503. The one place the
+/// API server dials a node's server: TLS, presenting its client certificate and
+/// verifying the node's against the cluster CA and `host` ([`crate::nodetls`]); `uri`'s
+/// path and query are sent.
 pub(crate) async fn request_node(
+    state: &AppState,
     node: &str,
     host: &str,
     port: u16,
     uri: &str,
     token: &str,
 ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    connector.set_nodelay(true);
-    // One client per request, no idle pool: a log stream is long-lived and rare, and a
-    // client with nothing pooled leaves no connection behind when the stream ends.
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector);
-    let request = http::Request::get(uri)
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Empty::new())
-        .map_err(|e| ApiError::Internal(format!("building the request to node {node}: {e}")))?;
     let unreachable = |why: String| {
         ApiError::ServiceUnavailable(format!(
             "node {node} is unreachable at {host}:{port}: {why}"
         ))
     };
-    match tokio::time::timeout(RESPONSE_TIMEOUT, client.request(request)).await {
+    let Some(tls) = state.config.node_tls.clone() else {
+        return Err(unreachable(
+            "this API server has no TLS configuration for nodes".into(),
+        ));
+    };
+    let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| unreachable(format!("{host:?} is not a name TLS can verify: {e}")))?;
+    let uri: http::Uri = uri
+        .parse()
+        .map_err(|e| ApiError::Internal(format!("the URL for node {node}: {e}")))?;
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let request = http::Request::get(path)
+        .header(http::header::HOST, format!("{host}:{port}"))
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ApiError::Internal(format!("building the request to node {node}: {e}")))?;
+    // One connection per request, nothing pooled: a log stream is long-lived and rare,
+    // and nothing is left behind when the stream ends.
+    let connect = async {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()))?
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| innermost(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection to a node ended with an error");
+            }
+        });
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| innermost(&e))
+    };
+    match tokio::time::timeout(RESPONSE_TIMEOUT, connect).await {
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => Err(unreachable(innermost(&e))),
+        Ok(Err(why)) => Err(unreachable(why)),
         Err(_) => Err(unreachable(format!(
             "no answer within {}s",
             RESPONSE_TIMEOUT.as_secs()
@@ -617,12 +654,12 @@ mod tests {
         };
         assert_eq!(
             node_log_uri("10.0.0.7", 10250, "default", "web", "app", &opts),
-            "http://10.0.0.7:10250/containerLogs/default/web/app?follow=true&timestamps=false\
+            "https://10.0.0.7:10250/containerLogs/default/web/app?follow=true&timestamps=false\
              &previous=false&tailLines=10&limitBytes=100"
         );
         assert_eq!(
             node_log_uri("::1", 1, "a", "b", "c", &LogOptions::default()),
-            "http://[::1]:1/containerLogs/a/b/c?follow=false&timestamps=false&previous=false"
+            "https://[::1]:1/containerLogs/a/b/c?follow=false&timestamps=false&previous=false"
         );
     }
 

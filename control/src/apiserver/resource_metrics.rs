@@ -373,8 +373,8 @@ async fn sample_node(state: &AppState, node: &Value) -> Result<Arc<Sample>, ApiE
         Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
         _ => host.clone(),
     };
-    let uri = format!("http://{host_part}:{port}/stats/summary");
-    let response = request_node(name, &host, port, &uri, &token).await?;
+    let uri = format!("https://{host_part}:{port}/stats/summary");
+    let response = request_node(state, name, &host, port, &uri, &token).await?;
     let status = response.status();
     let body = tokio::time::timeout(
         Duration::from_secs(30),

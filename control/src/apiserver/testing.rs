@@ -72,6 +72,19 @@ impl TestApi {
             super::serviceaccounts::TokenIssuer::generate(super::serviceaccounts::DEFAULT_ISSUER)
                 .expect("service account key"),
         );
+        // The cluster CA: nodes' certificates are signed with it, and fake nodes
+        // ([`TestApi::serve_node`]) are called over TLS with it.
+        let mut config = config;
+        let pki_dir = dir.path().join("pki");
+        crate::pki::Pki::load_or_generate(&pki_dir, "127.0.0.1:0".parse().expect("address"))
+            .expect("pki");
+        if config.node_tls.is_none() {
+            config.node_tls = Some(
+                crate::nodetls::apiserver_client_config(&pki_dir, std::time::SystemTime::now())
+                    .expect("node client TLS"),
+            );
+        }
+        config.pki_dir.get_or_insert(pki_dir);
         let state = AppState {
             store: store.clone(),
             auth,
@@ -99,6 +112,35 @@ impl TestApi {
             .await;
         assert_eq!(code, StatusCode::CREATED, "{body}");
         api
+    }
+
+    /// Serves `app` as a node's server on `listener`: TLS with a certificate of this
+    /// API's CA for 127.0.0.1, a client certificate of the CA required.
+    pub fn serve_node(&self, listener: tokio::net::TcpListener, app: Router) {
+        let dir = self.state.config.pki_dir.clone().expect("pki dir");
+        let ca = std::fs::read_to_string(dir.join(crate::pki::CA_CERT)).expect("ca");
+        let ip = "127.0.0.1".parse().expect("ip");
+        let (key, csr) = crate::nodetls::node_csr("n1", &[ip], &[]).expect("csr");
+        let cert = crate::nodetls::sign_node_csr(
+            &dir,
+            "n1",
+            &csr,
+            &["127.0.0.1".into()],
+            Duration::from_secs(3600),
+            std::time::SystemTime::now(),
+        )
+        .expect("node certificate");
+        let cert = Arc::new(
+            crate::nodetls::ReloadableCert::from_pem(&cert, &key.serialize_pem()).expect("cert"),
+        );
+        let tls = crate::nodetls::server_config(&ca, cert, true, &[b"http/1.1"]).expect("tls");
+        tokio::spawn(crate::controlplane::serve_tls(
+            listener,
+            tokio_rustls::TlsAcceptor::from(tls),
+            app,
+            Default::default(),
+            self.state.shutdown.clone(),
+        ));
     }
 
     /// The store's current revision.

@@ -1357,6 +1357,7 @@ struct NodeLogRequest {
 
 /// A node's log server on 127.0.0.1:0 that accepts only `token`.
 async fn fake_node(
+    api: &Api,
     token: String,
 ) -> (
     std::net::SocketAddr,
@@ -1392,7 +1393,7 @@ async fn fake_node(
     let app = Router::new().fallback(serve).with_state((token, seen_tx));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    api.serve_node(listener, app);
     (addr, seen_rx)
 }
 
@@ -1498,7 +1499,7 @@ async fn pod_logs_stream_from_the_node_as_they_come() {
     .unwrap();
     assert_eq!(token, again, "the credential is created once");
 
-    let (addr, mut requests) = fake_node(token).await;
+    let (addr, mut requests) = fake_node(&api, token).await;
     api.node_at("n1", addr.port()).await;
 
     let resp = api
@@ -2988,4 +2989,61 @@ async fn writes_record_their_managers() {
         "{patched}"
     );
     assert_eq!(managers[1], ("bob", &json!({"f:spec": {"f:replicas": {}}})));
+}
+
+/// `POST nodes/NAME/certificate`: a node gets its own certificate for its published
+/// addresses, signed by the cluster CA; another node, a user and names the node does not
+/// publish are refused.
+#[tokio::test]
+async fn a_node_gets_its_certificate_signed_for_its_own_addresses_only() {
+    let api = api().await;
+    api.node_at("n1", 10250).await;
+    api.add_token("node-n1", super::auth::Identity::node("n1"));
+    api.add_token("node-n2", super::auth::Identity::node("n2"));
+    api.add_token(
+        "alice",
+        super::auth::Identity {
+            user: "alice".into(),
+            groups: vec!["system:authenticated".into()],
+        },
+    );
+    let ask = |token: &'static str, csr: String| {
+        let req = Request::post("/api/v1/nodes/n1/certificate")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/pkcs10")
+            .body(Body::from(csr))
+            .unwrap();
+        api.request(req)
+    };
+    let ip = "127.0.0.1".parse().unwrap();
+    let (key, csr) = crate::nodetls::node_csr("n1", &[ip], &["localhost".into()]).unwrap();
+    let (code, body) = ask("node-n1", csr.clone()).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let cert = body.as_str().expect("PEM text").to_string();
+    let dir = api.state.config.pki_dir.clone().unwrap();
+    let ca = std::fs::read_to_string(dir.join(crate::pki::CA_CERT)).unwrap();
+    crate::nodetls::check_node_cert(
+        &ca,
+        &cert,
+        &[ip],
+        &["localhost".into()],
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    crate::nodetls::ReloadableCert::from_pem(&cert, &key.serialize_pem()).unwrap();
+
+    // Another node, and a user, may not have n1's certificate.
+    let (code, body) = ask("node-n2", csr.clone()).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    let (code, body) = ask("alice", csr).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    // An address n1 does not publish.
+    let other: std::net::IpAddr = "10.9.9.9".parse().unwrap();
+    let (_, csr) = crate::nodetls::node_csr("n1", &[other], &[]).unwrap();
+    let (code, body) = ask("node-n1", csr).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("10.9.9.9"), "{body}");
+    // Not a signing request.
+    let (code, _) = ask("node-n1", "hello".into()).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
 }

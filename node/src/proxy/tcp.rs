@@ -324,6 +324,7 @@ mod tests {
         let tunnel_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tunnel = tunnel_listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
+        let cluster = crate::tls::testing::Cluster::new();
         let server = tokio::spawn(serve(
             tunnel_listener,
             ServerConfig {
@@ -336,12 +337,17 @@ mod tests {
                 },
                 source: None,
                 connect_timeout: Duration::from_secs(2),
+                tls: cluster.tunnel_server("remote", "127.0.0.1"),
             },
             server_metrics.clone(),
             shutdown.clone(),
         ));
         let client_metrics = Arc::new(TunnelMetrics::default());
-        let dialer = Arc::new(Dialer::new(Some("cluster-secret"), client_metrics.clone()));
+        let dialer = Arc::new(Dialer::new(
+            Some("cluster-secret"),
+            Some(cluster.dialer("local")),
+            client_metrics.clone(),
+        ));
         dialer.set_routes([(remote.ip(), tunnel)].into());
         let set = Arc::new(EndpointSet::new());
         set.reset([remote]);

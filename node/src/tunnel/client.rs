@@ -2,9 +2,10 @@
 //! ([`dial`]), and the [`Dialer`] the proxy and the mirrors connect with, which goes
 //! through a tunnel for pods the route table names and directly for every other address.
 //!
-//! A dial is one TCP connection to the tunnel, one `CONNECT POD-IP:PORT` with the
-//! credential, and, on `200`, the same connection handed over as the pod's byte stream.
-//! Nothing is spawned: the HTTP/1 connection is driven inside the dial until the upgrade
+//! A dial is one TCP connection to the tunnel, a TLS handshake (this node's certificate
+//! as the client's, the tunnel's verified against the cluster CA and the tunnel's IP),
+//! one `CONNECT POD-IP:PORT` with the credential, and, on `200`, the same connection
+//! handed over as the pod's byte stream. Nothing is spawned: the HTTP/1 connection is driven inside the dial until the upgrade
 //! completes, and hyper's upgraded stream keeps whatever the tunnel sent after its answer
 //! (a server that speaks first loses nothing).
 
@@ -43,10 +44,15 @@ pub enum DialError {
         target: SocketAddr,
         status: StatusCode,
     },
+    #[error("node tunnel {tunnel}: TLS: {source}")]
+    Tls {
+        tunnel: SocketAddr,
+        source: io::Error,
+    },
     #[error("node tunnel {tunnel} closed the connection before answering")]
     Closed { tunnel: SocketAddr },
     #[error(
-        "{target} is on another node but this node has no tunnel credential (the kube-system/wharf-node-proxy secret)"
+        "{target} is on another node but this node has no tunnel credential (the kube-system/wharf-node-proxy secret) or no node certificate"
     )]
     NoCredential { target: SocketAddr },
 }
@@ -55,6 +61,7 @@ impl From<DialError> for io::Error {
     fn from(e: DialError) -> io::Error {
         match e {
             DialError::Connect { source, .. } => source,
+            DialError::Tls { .. } => io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()),
             DialError::Refused {
                 status: StatusCode::PROXY_AUTHENTICATION_REQUIRED | StatusCode::FORBIDDEN,
                 ..
@@ -64,17 +71,23 @@ impl From<DialError> for io::Error {
     }
 }
 
-/// A connection to `target` through the tunnel at `tunnel`, authenticated with
-/// `credential`.
+/// A connection to `target` through the tunnel at `tunnel`, over TLS with `tls` (the
+/// tunnel's certificate verified for its IP), authenticated with `credential`.
 pub async fn dial(
     tunnel: SocketAddr,
     target: SocketAddr,
     credential: &str,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> Result<TokioIo<Upgraded>, DialError> {
     let stream = TcpStream::connect(tunnel)
         .await
         .map_err(|source| DialError::Connect { tunnel, source })?;
     let _ = stream.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::IpAddress(tunnel.ip().into());
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|source| DialError::Tls { tunnel, source })?;
     let http = |source| DialError::Http { tunnel, source };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -210,21 +223,29 @@ pub type Routes = HashMap<IpAddr, SocketAddr>;
 pub struct Dialer {
     routes: RwLock<Arc<Routes>>,
     credential: Option<Arc<str>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     metrics: Arc<TunnelMetrics>,
 }
 
 impl Dialer {
-    pub fn new(credential: Option<&str>, metrics: Arc<TunnelMetrics>) -> Self {
+    /// Dials tunnels with `credential` over `tls` (the node's certificate, see
+    /// [`crate::tls`]); without either, only directly.
+    pub fn new(
+        credential: Option<&str>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        metrics: Arc<TunnelMetrics>,
+    ) -> Self {
         Dialer {
             routes: RwLock::default(),
             credential: credential.filter(|c| !c.is_empty()).map(Arc::from),
+            tls,
             metrics,
         }
     }
 
     /// A dialer that always connects directly (no routes, no credential).
     pub fn direct() -> Self {
-        Dialer::new(None, Arc::default())
+        Dialer::new(None, None, Arc::default())
     }
 
     /// Replaces the route table; returns whether it changed.
@@ -264,11 +285,11 @@ impl Dialer {
         tunnel: SocketAddr,
         target: SocketAddr,
     ) -> Result<Upstream, DialError> {
-        let Some(credential) = &self.credential else {
+        let (Some(credential), Some(tls)) = (&self.credential, &self.tls) else {
             self.metrics.dialed(false);
             return Err(DialError::NoCredential { target });
         };
-        let dialed = dial(tunnel, target, credential).await;
+        let dialed = dial(tunnel, target, credential, tls).await;
         self.metrics.dialed(dialed.is_ok());
         if let Err(e) = &dialed {
             tracing::debug!(%tunnel, %target, error = %e, "dial through node tunnel failed");

@@ -489,12 +489,17 @@ mod tests {
     /// as the pod (echoes four bytes back after `pod:`); sends each request head it got.
     async fn fake_tunnel(
         tasks: &mut JoinSet<()>,
+        cluster: &crate::tls::testing::Cluster,
     ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let tls = tokio_rustls::TlsAcceptor::from(cluster.tunnel_server("remote", "127.0.0.1"));
         tasks.spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
+            while let Ok((s, _)) = l.accept().await {
+                let Ok(mut s) = tls.accept(s).await else {
+                    continue;
+                };
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1];
                 while !head.ends_with(b"\r\n\r\n") && s.read_exact(&mut byte).await.is_ok() {
@@ -511,9 +516,17 @@ mod tests {
         (addr, rx)
     }
 
-    fn mirrors(credential: &str, shutdown: &CancellationToken) -> (Mirrors, Arc<TunnelMetrics>) {
+    fn mirrors(
+        credential: &str,
+        cluster: &crate::tls::testing::Cluster,
+        shutdown: &CancellationToken,
+    ) -> (Mirrors, Arc<TunnelMetrics>) {
         let metrics = Arc::new(TunnelMetrics::default());
-        let dialer = Arc::new(Dialer::new(Some(credential), metrics.clone()));
+        let dialer = Arc::new(Dialer::new(
+            Some(credential),
+            Some(cluster.dialer("peer")),
+            metrics.clone(),
+        ));
         let m = Mirrors::new(
             dialer,
             metrics.clone(),
@@ -529,9 +542,10 @@ mod tests {
     #[tokio::test]
     async fn mirrors_forward_through_the_tunnel_and_skip_local_pods() {
         let mut tasks = JoinSet::new();
-        let (tunnel, mut heads) = fake_tunnel(&mut tasks).await;
+        let cluster = crate::tls::testing::Cluster::new();
+        let (tunnel, mut heads) = fake_tunnel(&mut tasks, &cluster).await;
         let shutdown = CancellationToken::new();
-        let (mut mirrors, metrics) = mirrors("secret", &shutdown);
+        let (mut mirrors, metrics) = mirrors("secret", &cluster, &shutdown);
         // A free address of a "remote" pod range, and one a local pod holds.
         let remote = {
             let probe = TcpListener::bind("127.73.0.6:0").await.unwrap();
@@ -603,6 +617,7 @@ mod tests {
     async fn a_mirror_refuses_its_pods_own_node() {
         let mut tasks = JoinSet::new();
         let node_address: IpAddr = "127.0.0.9".parse().unwrap();
+        let cluster = crate::tls::testing::Cluster::new();
         let tunnel_listener = TcpListener::bind("127.0.0.9:0").await.unwrap();
         let tunnel = tunnel_listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -616,11 +631,12 @@ mod tests {
                 pods: pod_sockets.clone(),
                 source: Some(node_address),
                 connect_timeout: Duration::from_secs(2),
+                tls: cluster.tunnel_server("tunnel", "127.0.0.9"),
             },
             server_metrics.clone(),
             shutdown.clone(),
         ));
-        let (mut mirrors, metrics) = mirrors("secret", &shutdown);
+        let (mut mirrors, metrics) = mirrors("secret", &cluster, &shutdown);
         let pod = TcpListener::bind("127.74.0.5:0")
             .await
             .unwrap()

@@ -18,9 +18,13 @@
 //! the control plane and the nodes) rotates both. Unauthenticated requests get `407`; a
 //! target that is not a declared `containerPort` of a pod with an address on this node
 //! gets `403`, so the tunnel is never a way into the node's machine beyond its pods (not
-//! even to a host service on `0.0.0.0`, which answers at every pod address). The tunnel authenticates but
-//! does not encrypt (like the node's log server): run nodes of one cluster on a network you
-//! trust, or under a VPN such as WireGuard.
+//! even to a host service on `0.0.0.0`, which answers at every pod address).
+//!
+//! **Encrypted.** The tunnel speaks TLS only, with the node's certificate (signed by the
+//! cluster CA for the node's addresses, see [`crate::tls`]), and requires a client
+//! certificate of the same CA: peers present their node certificate and verify the
+//! tunnel's against the CA and the tunnel's IP, so the credential never crosses the wire
+//! in clear and a peer outside the cluster fails the handshake.
 //!
 //! **Who uses it.**
 //! - The node proxy: when the endpoint it picked runs on a node at another address, it

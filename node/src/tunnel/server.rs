@@ -1,6 +1,10 @@
 //! The tunnel server: one port on the node's real address that connects authenticated
 //! peers to this node's pods.
 //!
+//! TLS only: a peer must present a certificate of the cluster CA (another node's, see
+//! [`crate::tls`]); plaintext, no certificate or another CA's fails the handshake (counted
+//! as `unauthorized`). Inside, requests are HTTP/1.1:
+//!
 //! A connection speaks HTTP/1.1 until a `CONNECT POD-IP:PORT` is admitted; then it is the
 //! pod's byte stream until either side closes. [`admit`] is the whole decision, pure and
 //! unit-tested, in this order:
@@ -53,7 +57,13 @@ pub struct ServerConfig {
     pub source: Option<IpAddr>,
     /// How long connecting to a pod may take.
     pub connect_timeout: Duration,
+    /// TLS, requiring a client certificate of the cluster CA (see [`crate::tls`]): the
+    /// tunnel speaks nothing else.
+    pub tls: Arc<rustls::ServerConfig>,
 }
+
+/// How long a peer may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a request is not tunneled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +269,22 @@ async fn connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config.tls.clone());
+    let stream = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                metrics.count(Outcome::Unauthorized);
+                tracing::debug!(error = %e, "node tunnel TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("node tunnel TLS handshake timed out");
+                return;
+            }
+        }
+    };
     let slot: Arc<Mutex<Option<Admitted>>> = Arc::default();
     let service = {
         let (config, metrics, slot) = (config.clone(), metrics.clone(), slot.clone());
@@ -338,6 +364,7 @@ pub async fn serve(
 mod tests {
     use super::*;
     use crate::tunnel::client::{DialError, dial};
+    use rustls::pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn range(ip: IpAddr) -> bool {
@@ -521,6 +548,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tunnel = listener.local_addr().unwrap();
         let metrics = Arc::new(TunnelMetrics::default());
+        let cluster = crate::tls::testing::Cluster::new();
         let shutdown = CancellationToken::new();
         // A pod address where nothing listens, declared by its pod.
         let gone = TcpListener::bind("127.70.0.10:0")
@@ -544,10 +572,12 @@ mod tests {
             pods,
             source: None,
             connect_timeout: Duration::from_secs(2),
+            tls: cluster.tunnel_server("tunnel", "127.0.0.1"),
         };
         let server = tokio::spawn(serve(listener, config, metrics.clone(), shutdown.clone()));
+        let tls = cluster.dialer("peer");
 
-        let mut stream = within(dial(tunnel, pod_addr, "s3cret"))
+        let mut stream = within(dial(tunnel, pod_addr, "s3cret", &tls))
             .await
             .unwrap()
             .unwrap();
@@ -569,14 +599,19 @@ mod tests {
             other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
         };
         assert_eq!(
-            refused(within(dial(tunnel, pod_addr, "wrong")).await.unwrap()),
+            refused(within(dial(tunnel, pod_addr, "wrong", &tls)).await.unwrap()),
             StatusCode::PROXY_AUTHENTICATION_REQUIRED
         );
         assert_eq!(
             refused(
-                within(dial(tunnel, "127.0.0.1:22".parse().unwrap(), "s3cret"))
-                    .await
-                    .unwrap()
+                within(dial(
+                    tunnel,
+                    "127.0.0.1:22".parse().unwrap(),
+                    "s3cret",
+                    &tls
+                ))
+                .await
+                .unwrap()
             ),
             StatusCode::FORBIDDEN
         );
@@ -587,7 +622,7 @@ mod tests {
             SocketAddr::new(pod_addr.ip(), host_port),
         ] {
             assert_eq!(
-                refused(within(dial(tunnel, target, "s3cret")).await.unwrap()),
+                refused(within(dial(tunnel, target, "s3cret", &tls)).await.unwrap()),
                 StatusCode::FORBIDDEN,
                 "{target}"
             );
@@ -595,11 +630,92 @@ mod tests {
         drop(host);
         // A declared pod socket where nothing listens.
         assert_eq!(
-            refused(within(dial(tunnel, gone, "s3cret")).await.unwrap()),
+            refused(within(dial(tunnel, gone, "s3cret", &tls)).await.unwrap()),
             StatusCode::BAD_GATEWAY
         );
-        // A raw request without credentials gets 407 and the challenge.
-        let mut raw = TcpStream::connect(tunnel).await.unwrap();
+        // Plaintext: the TLS handshake fails, nothing is answered.
+        let mut plain = TcpStream::connect(tunnel).await.unwrap();
+        plain
+            .write_all(
+                format!(
+                    "CONNECT {pod_addr} HTTP/1.1\r\nHost: {pod_addr}\r\n\
+                     Proxy-Authorization: Bearer s3cret\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = within(plain.read_to_end(&mut answer)).await.unwrap();
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("HTTP/1.1"),
+            "{answer:?}"
+        );
+        // TLS with a certificate of another cluster's CA, or with none: refused in the
+        // handshake, whatever the credential.
+        let other = crate::tls::testing::Cluster::new();
+        let foreign = wharf_control::nodetls::client_config(
+            &cluster.ca_pem,
+            other.node_cert("peer", "127.0.0.1"),
+            &[b"http/1.1"],
+        )
+        .unwrap();
+        let err = within(dial(tunnel, pod_addr, "s3cret", &foreign))
+            .await
+            .unwrap()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(err, DialError::Tls { .. } | DialError::Http { .. }),
+            "{err}"
+        );
+        let anonymous = Arc::new(
+            rustls::ClientConfig::builder_with_provider(wharf_control::pki::crypto_provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates({
+                    let mut roots = rustls::RootCertStore::empty();
+                    for c in
+                        rustls::pki_types::CertificateDer::pem_slice_iter(cluster.ca_pem.as_bytes())
+                    {
+                        roots.add(c.unwrap()).unwrap();
+                    }
+                    roots
+                })
+                .with_no_client_auth(),
+        );
+        assert!(
+            within(dial(tunnel, pod_addr, "s3cret", &anonymous))
+                .await
+                .unwrap()
+                .is_err()
+        );
+        // A tunnel whose certificate another CA signed is not trusted by the dialer.
+        let impostor_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let impostor = impostor_listener.local_addr().unwrap();
+        let impostor_tls = other.tunnel_server("impostor", "127.0.0.1");
+        tasks.spawn(async move {
+            while let Ok((s, _)) = impostor_listener.accept().await {
+                let _ = tokio_rustls::TlsAcceptor::from(impostor_tls.clone())
+                    .accept(s)
+                    .await;
+            }
+        });
+        let err = within(dial(impostor, pod_addr, "s3cret", &tls))
+            .await
+            .unwrap()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(err, DialError::Tls { .. }), "{err}");
+        // Over TLS, a request without credentials gets 407 and the challenge.
+        let raw = TcpStream::connect(tunnel).await.unwrap();
+        let mut raw = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(
+                rustls::pki_types::ServerName::IpAddress(tunnel.ip().into()),
+                raw,
+            )
+            .await
+            .unwrap();
         raw.write_all(
             format!("CONNECT {pod_addr} HTTP/1.1\r\nHost: {pod_addr}\r\n\r\n").as_bytes(),
         )
@@ -616,7 +732,9 @@ mod tests {
         );
 
         assert_eq!(metrics.connections(Outcome::Ok), 1);
-        assert_eq!(metrics.connections(Outcome::Unauthorized), 2);
+        // Two wrong credentials, and three handshakes refused (plaintext, another CA's
+        // certificate, none).
+        assert_eq!(metrics.connections(Outcome::Unauthorized), 5);
         assert_eq!(metrics.connections(Outcome::Forbidden), 3);
         assert_eq!(metrics.connections(Outcome::Failed), 1);
         shutdown.cancel();

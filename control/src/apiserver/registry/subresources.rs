@@ -87,6 +87,7 @@ pub static SUBRESOURCES: &[&Subresource] = &[
     &super::super::portforward::PORTFORWARD,
     &super::strategies::namespace::FINALIZE,
     &super::super::serviceaccounts::TOKEN,
+    &super::super::nodecert::CERTIFICATE,
 ];
 
 /// The subresource `name` of a kind whose strategy lists `offered`.

@@ -11,7 +11,12 @@ use std::time::{Duration, Instant};
 
 /// A node whose guests use `cores` of CPU steadily since it started, for the pod uids
 /// in `uids` (one container `app`, 2 MiB).
-async fn fake_stats_node(token: String, uids: Arc<Mutex<Vec<String>>>, cores: f64) -> u16 {
+async fn fake_stats_node(
+    api: &super::Api,
+    token: String,
+    uids: Arc<Mutex<Vec<String>>>,
+    cores: f64,
+) -> u16 {
     let started = Instant::now();
     let start_time = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(100);
     type S = (
@@ -63,7 +68,7 @@ async fn fake_stats_node(token: String, uids: Arc<Mutex<Vec<String>>>, cores: f6
         .with_state((token, uids, cores, started, start_time));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    api.serve_node(listener, app);
     port
 }
 
@@ -87,7 +92,7 @@ async fn pod_and_node_metrics_are_rates_of_the_nodes_counters() {
     .unwrap()
     .unwrap();
     let uids = Arc::new(Mutex::new(Vec::new()));
-    let port = fake_stats_node(token, uids.clone(), 0.5).await;
+    let port = fake_stats_node(&api, token, uids.clone(), 0.5).await;
     api.node_at("n1", port).await;
     let mut p = super::pod("web", json!({"app": "web"}));
     p["spec"]["nodeName"] = json!("n1");
@@ -331,6 +336,7 @@ impl crate::controllers::hpa::Clock for TestClock {
 
 /// A node whose one pod (`uid` in `pod`) uses `rate` cores, changeable as it runs.
 async fn fake_node_with_load(
+    api: &super::Api,
     token: String,
     pod: Arc<Mutex<Option<String>>>,
     rate: Arc<Mutex<f64>>,
@@ -377,7 +383,7 @@ async fn fake_node_with_load(
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    api.serve_node(listener, app);
     port
 }
 
@@ -411,7 +417,7 @@ async fn the_hpa_controller_scales_by_its_clock() {
     .unwrap();
     let uid = Arc::new(Mutex::new(None));
     let rate = Arc::new(Mutex::new(0.08));
-    let port = fake_node_with_load(token, uid.clone(), rate.clone()).await;
+    let port = fake_node_with_load(&api, token, uid.clone(), rate.clone()).await;
     api.node_at("n1", port).await;
     let mut deployment = super::deployment("web", 1);
     deployment["spec"]["template"]["spec"]["containers"][0]["resources"] =

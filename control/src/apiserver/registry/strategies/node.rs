@@ -21,7 +21,11 @@ impl Strategy for NodeStrategy {
     }
 
     fn subresources(&self) -> &'static [&'static Subresource] {
-        super::STATUS_ONLY
+        static NODE: &[&Subresource] = &[
+            &super::super::subresources::STATUS,
+            &crate::apiserver::nodecert::CERTIFICATE,
+        ];
+        NODE
     }
 
     fn has_spec(&self) -> bool {
