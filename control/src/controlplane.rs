@@ -355,7 +355,10 @@ pub async fn start(
     let state = AppState {
         store: store.clone(),
         auth,
-        config: Arc::new(config.api.clone()),
+        config: Arc::new(ApiConfig {
+            address: Some(local_addr.ip()),
+            ..config.api.clone()
+        }),
         shutdown: shutdown.clone(),
         rbac: Default::default(),
         kinds: Default::default(),

@@ -75,6 +75,10 @@ pub struct ApiConfig {
     /// How long an Event lives after its last write (`wharf control --event-ttl`, an hour
     /// by default, as kube-apiserver's `--event-ttl`): the store deletes it then.
     pub event_ttl: Duration,
+    /// The address the API server listens on (set when it binds): port-forward reaches
+    /// the pods of nodes at this address directly and those of nodes elsewhere through
+    /// their tunnel. `None` is taken as listening on every address.
+    pub address: Option<std::net::IpAddr>,
 }
 
 impl ApiConfig {
@@ -93,6 +97,7 @@ impl Default for ApiConfig {
             services: services::ServiceRanges::default(),
             node_credential_validity: Duration::from_secs(365 * 24 * 3600),
             event_ttl: Duration::from_secs(3600),
+            address: None,
         }
     }
 }
