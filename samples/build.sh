@@ -20,7 +20,7 @@ done
 
 # Components (wasi:cli commands and the wasi:http handler).
 cargo build --quiet --locked --release --target wasm32-wasip2 \
-    -p hello-http -p ticker -p crasher -p spinner -p hog -p frontend -p backend -p kv-store >&2
+    -p hello-http -p ticker -p crasher -p spinner -p hog -p frontend -p backend -p kv-store -p echo >&2
 # A preview1 core module.
 cargo build --quiet --locked --release --target wasm32-wasip1 -p batch-p1 >&2
 
@@ -34,5 +34,6 @@ install -m 0644 "$p2/hog.wasm"        hog/hog.wasm
 install -m 0644 "$p2/frontend.wasm"   two-tier/frontend.wasm
 install -m 0644 "$p2/backend.wasm"    two-tier/backend.wasm
 install -m 0644 "$p2/kv_store.wasm"   kv-store/kv_store.wasm
+install -m 0644 "$p2/echo.wasm"       echo/echo.wasm
 install -m 0644 "$p1/batch_p1.wasm"   batch-p1/batch_p1.wasm
 echo "$here"

@@ -68,6 +68,10 @@ pub struct ContainerSpec {
     pub http_listen: Option<SocketAddr>,
     /// Bounds on a `wasi:http` container's request instances (ignored for commands).
     pub http: HttpLimits,
+    /// Whether a command's standard input is a pipe the host writes to
+    /// ([`crate::Runtime::stdin`], Kubernetes' `stdin: true`); else it is at end of file.
+    /// Ignored for HTTP components.
+    pub stdin: bool,
 }
 
 /// Bounds on the request instances of a `wasi:http` container, so that one slow or
@@ -131,6 +135,7 @@ impl ContainerSpec {
             pod_ports: Vec::new(),
             http_listen: None,
             http: HttpLimits::default(),
+            stdin: false,
         }
     }
 }

@@ -471,7 +471,64 @@ pub async fn log_stream(
     Ok(BodyDataStream::new(response.into_body()).boxed())
 }
 
-/// Sends the request to the node; an unreachable or silent node is 503.
+/// Opens the standard input of `container` of `pod` (in `namespace`) on its node: what is
+/// sent on the channel goes to the container as it comes, and dropping the sender ends
+/// it (a container with `stdinOnce` then reads end of file). The node's answer comes when
+/// the input ends; a refusal is logged, since the attach it belongs to is under way.
+pub async fn stdin_sink(
+    state: &AppState,
+    namespace: &str,
+    pod: &Value,
+    container: &str,
+) -> Result<tokio::sync::mpsc::Sender<Bytes>, ApiError> {
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let node_name = assigned_node(pod)?.to_string();
+    let node = get_object(state, "nodes", None, &node_name).await?;
+    let (host, port) = node_endpoint(&node)?;
+    let token = proxy_token(state).await?;
+    let host_part = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => host.clone(),
+    };
+    let uri = format!("http://{host_part}:{port}/containerStdin/{namespace}/{name}/{container}");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let frames = futures::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(data)),
+            rx,
+        ))
+    });
+    let body = http_body_util::StreamBody::new(frames).boxed_unsync();
+    tokio::spawn(async move {
+        match send_to_node(
+            &node_name,
+            (&host, port),
+            &uri,
+            &token,
+            Method::POST,
+            body,
+            true,
+        )
+        .await
+        {
+            Ok(response) if response.status().is_success() => {}
+            Ok(response) => tracing::info!(
+                node = %node_name, pod = %name, status = %response.status(),
+                "the node refused the attach's standard input"
+            ),
+            Err(e) => tracing::info!(node = %node_name, pod = %name, error = %e,
+                "sending the attach's standard input to the node failed"),
+        }
+    });
+    Ok(tx)
+}
+
+/// Sends a GET to the node; an unreachable or silent node is 503.
 pub(crate) async fn request_node(
     node: &str,
     host: &str,
@@ -479,24 +536,59 @@ pub(crate) async fn request_node(
     uri: &str,
     token: &str,
 ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
+    send_to_node(
+        node,
+        (host, port),
+        uri,
+        token,
+        Method::GET,
+        Empty::<Bytes>::new(),
+        false,
+    )
+    .await
+}
+
+/// Sends `method` with `body` to the node; an unreachable or silent node is 503. A
+/// `streamed` body's answer may take as long as the body.
+async fn send_to_node<B>(
+    node: &str,
+    (host, port): (&str, u16),
+    uri: &str,
+    token: &str,
+    method: Method,
+    body: B,
+    streamed: bool,
+) -> Result<http::Response<hyper::body::Incoming>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     connector.set_nodelay(true);
     // One client per request, no idle pool: a log stream is long-lived and rare, and a
     // client with nothing pooled leaves no connection behind when the stream ends.
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+    let client: Client<HttpConnector, B> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(connector);
-    let request = http::Request::get(uri)
+    let request = http::Request::builder()
+        .method(method)
+        .uri(uri)
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Empty::new())
+        .body(body)
         .map_err(|e| ApiError::Internal(format!("building the request to node {node}: {e}")))?;
     let unreachable = |why: String| {
         ApiError::ServiceUnavailable(format!(
             "node {node} is unreachable at {host}:{port}: {why}"
         ))
     };
-    match tokio::time::timeout(RESPONSE_TIMEOUT, client.request(request)).await {
+    // The node answers a streamed body (stdin) once it ends: no time limit then.
+    let timeout = if streamed {
+        Duration::MAX
+    } else {
+        RESPONSE_TIMEOUT
+    };
+    match tokio::time::timeout(timeout, client.request(request)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(unreachable(innermost(&e))),
         Err(_) => Err(unreachable(format!(
