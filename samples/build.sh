@@ -25,7 +25,7 @@ done
 # Components (wasi:cli commands and the wasi:http handler).
 cargo build --quiet --locked --release --target wasm32-wasip2 \
     -p hello-http -p ticker -p crasher -p spinner -p hog -p frontend -p backend -p kv-store \
-    -p pod-lister >&2
+    -p pod-lister -p echo >&2
 # A preview1 core module.
 cargo build --quiet --locked --release --target wasm32-wasip1 -p batch-p1 >&2
 
@@ -40,6 +40,7 @@ install -m 0644 "$p2/frontend.wasm"   two-tier/frontend.wasm
 install -m 0644 "$p2/backend.wasm"    two-tier/backend.wasm
 install -m 0644 "$p2/kv_store.wasm"   kv-store/kv_store.wasm
 install -m 0644 "$p2/pod-lister.wasm" pod-lister/pod_lister.wasm
+install -m 0644 "$p2/echo.wasm"       echo/echo.wasm
 install -m 0644 "$p1/batch_p1.wasm"   batch-p1/batch_p1.wasm
 if [ "${1:-}" = "--push" ]; then
     while read -r file ref; do

@@ -218,6 +218,33 @@ async fn kubectl_uses_a_custom_resource_definition() {
         .ok(&["get", "widget", "small", "-o", "jsonpath={.spec.replicas}"])
         .await;
     assert_eq!(replicas, "4");
+    // The write is recorded as kubectl's, through the scale subresource.
+    let scaled: Value = serde_json::from_str(
+        &k.ok(&[
+            "get",
+            "widget",
+            "small",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ])
+        .await,
+    )
+    .unwrap();
+    let entry = scaled["metadata"]["managedFields"]
+        .as_array()
+        .and_then(|m| m.iter().find(|e| e["subresource"] == "scale"))
+        .unwrap_or_else(|| panic!("no scale entry in {scaled}"));
+    assert_eq!(entry["operation"], "Update", "{entry}");
+    assert!(
+        entry["manager"].as_str().unwrap().starts_with("kubectl"),
+        "{entry}"
+    );
+    assert_eq!(
+        entry["fieldsV1"],
+        json!({"f:spec": {"f:replicas": {}}}),
+        "{entry}"
+    );
 
     // kubectl explain, from the published OpenAPI.
     let explained = k.ok(&["explain", "widgets.spec"]).await;

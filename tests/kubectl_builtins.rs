@@ -3,7 +3,7 @@
 //! `type: LoadBalancer` Service whose ingress address answers from outside the cluster
 //! (the node address and the Service port, as k3s's ServiceLB gives),
 //! `kubectl get apiservices`, `kubectl explain` for every kind, and `kubectl attach`
-//! reading a ticker's output.
+//! reading a ticker's output, and `kubectl attach -i` writing to a guest's stdin.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -280,6 +280,87 @@ spec:
         !r.ok && r.stderr.contains("standard input is not connected"),
         "{}",
         r.stderr
+    );
+    cluster.terminate().await;
+}
+
+/// `kubectl attach -i` to a command started with `stdin: true`: a line sent reaches the
+/// guest's standard input and its echo comes back on the attach's output; closing
+/// kubectl's stdin ends the guest's (`stdinOnce`), which then ends, and so does the attach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_attach_i_writes_to_a_guests_stdin() {
+    use tokio::io::AsyncWriteExt as _;
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), 1).await;
+    let k = Kubectl {
+        kubeconfig: &cluster.kubeconfig,
+    };
+    let manifest = dir.path().join("echo.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: echo
+spec:
+  restartPolicy: Never
+  containers:
+  - name: echo
+    image: {}
+    stdin: true
+    stdinOnce: true
+",
+            sample("echo", "echo")
+        ),
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", manifest.to_str().unwrap()]).await;
+    k.ok(&["wait", "--for=condition=Ready", "pod/echo", "--timeout=60s"])
+        .await;
+    let mut attach = k
+        .command(&["attach", "-i", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = attach.stdin.take().unwrap();
+    let mut lines = BufReader::new(attach.stdout.take().unwrap()).lines();
+    input.write_all(b"hello wharf\n").await.unwrap();
+    input.flush().await.unwrap();
+    let mut seen = Vec::new();
+    within("the echo through kubectl attach -i", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.trim() == "echo: hello wharf";
+            seen.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("kubectl attach ended before the echo: {seen:?}");
+    })
+    .await;
+    // kubectl's stdin ends: so does the guest's (stdinOnce), and then the guest.
+    drop(input);
+    within("the guest's end of input", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.trim() == "echo: end of input" {
+                return;
+            }
+        }
+        panic!("kubectl attach ended before the guest's end of input");
+    })
+    .await;
+    let out = within("kubectl attach exits", attach.wait_with_output())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
     cluster.terminate().await;
 }

@@ -1,13 +1,17 @@
 //! End-to-end: `kubectl port-forward` (the WebSocket `SPDY/3.1+portforward.k8s.io`
 //! protocol of kubectl 1.30+) to a hello-http pod and to its Service, carrying 1,000 HTTP
 //! requests, several ports at once, and an error for a port nothing listens on; and the
-//! SPDY/3.1 upgrade kubectl falls back to.
+//! SPDY/3.1 upgrade kubectl falls back to; and to a pod on a node at another address than
+//! the API server's (another machine), through that node's tunnel.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::kubectl::Kubectl;
-use common::{Cluster, POD_TIMEOUT, build_samples, free_port, http_get, http_ok, sample};
+use common::{
+    Cluster, ControlProcess, NodeProcess, POD_TIMEOUT, TIMEOUT, build_samples, counter, free_port,
+    http_get, http_ok, sample, wait_node_ready, wharf,
+};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -189,4 +193,80 @@ spec:
             && l.contains("101 Switching Protocols")),
         "kubectl used the SPDY upgrade: {log}"
     );
+}
+
+/// The API server listens on 127.0.0.1 and the pod's node is at 127.0.0.2 with a tunnel:
+/// two machines as far as addresses tell. kubectl port-forward reaches the pod through
+/// the node's tunnel, as the node's tunnel counters show, over WebSocket and SPDY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_to_a_pod_on_another_machine_goes_through_its_tunnel() {
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlProcess::start(&dir.path().join("control")).await;
+    let join = dir.path().join("node.kubeconfig");
+    let out = wharf(
+        &cp.kubeconfig(),
+        &[
+            "token",
+            "create",
+            "--kubeconfig-out",
+            join.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.stderr_text());
+    let node = NodeProcess::start(dir.path(), &join, "remote", [127, 0, 0, 2].into(), &[]).await;
+    assert!(node.tunnel_addr.is_some(), "{}", node.log_tail(20));
+    wait_node_ready(&cp.client().await, "remote", TIMEOUT).await;
+    let kubeconfig = cp.kubeconfig();
+    let k = Kubectl {
+        kubeconfig: &kubeconfig,
+    };
+    let port = free_port();
+    let manifest = dir.path().join("hello.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: hello
+spec:
+  nodeName: remote
+  containers:
+    - name: hello
+      image: {image}
+      ports:
+        - {{containerPort: {port}}}
+",
+            image = sample("hello-http", "hello_http")
+        ),
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", manifest.to_str().unwrap()]).await;
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/hello",
+        "--timeout=120s",
+    ])
+    .await;
+
+    const TUNNEL_OK: &str = "wharf_tunnel_connections_total{result=\"ok\"}";
+    for spdy in [false, true] {
+        let before = counter(&node.metrics().await, TUNNEL_OK);
+        let local = free_port();
+        let mut pf = port_forward(&k, &["pod/hello", &format!("{local}:{port}")], 1, spdy).await;
+        let addr = SocketAddr::from(([127, 0, 0, 1], local));
+        http_ok(addr, "/", Duration::from_secs(30)).await;
+        requests(addr, 100).await;
+        let after = counter(&node.metrics().await, TUNNEL_OK);
+        assert!(
+            after > before,
+            "spdy={spdy}: the node's tunnel was not used ({before} -> {after})\n{}",
+            node.log_tail(20)
+        );
+        pf.start_kill().unwrap();
+        let _ = pf.wait().await;
+    }
 }

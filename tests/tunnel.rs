@@ -19,8 +19,8 @@
 mod common;
 
 use common::{
-    ControlProcess, NodeProcess, POD_TIMEOUT, TIMEOUT, build_samples, free_port, http_get, http_ok,
-    sample, wait_node_ready, wharf, within,
+    ControlProcess, NodeProcess, POD_TIMEOUT, TIMEOUT, build_samples, counter, free_port, http_get,
+    http_ok, sample, wait_node_ready, wharf, within,
 };
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use kube::api::Api;
@@ -133,14 +133,6 @@ async fn a_node_joins_with_the_kubeconfig_token_create_writes() {
         out.stderr_text()
     );
     assert!(!dir.path().join("bad").exists());
-}
-
-/// A counter's value in Prometheus text, 0 when absent.
-fn counter(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 const TUNNEL_OK: &str = "wharf_tunnel_connections_total{result=\"ok\"}";

@@ -356,6 +356,7 @@ pub async fn start(
     // Nodes are called over TLS with a client certificate of the cluster CA, and sign
     // their own certificates' requests with it (see `crate::nodetls`).
     let mut api = config.api.clone();
+    api.address = Some(local_addr.ip());
     let pki_dir = dir.join("pki");
     api.pki_dir = Some(pki_dir.clone());
     api.node_tls = Some(

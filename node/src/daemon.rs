@@ -9,6 +9,10 @@
 //! control plane keeps in the `kube-system/wharf-node-proxy` Secret, which the agent reads
 //! when it starts, so a pod or another user on the network cannot read logs directly.
 //!
+//! `POST /containerStdin/{namespace}/{pod}/{container}`, behind the same token: the body
+//! is written to the standard input of a command started with `stdin: true`, for the API
+//! server's `pods/attach` with `stdin` ([`container_stdin`]).
+//!
 //! `GET /stats/summary`, behind the same token: the guests' resource usage as the kubelet's
 //! Summary API shapes it, which the API server reads to serve `metrics.k8s.io` (see
 //! [`crate::stats`]).
@@ -20,7 +24,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -102,6 +106,10 @@ pub fn router(ctx: Arc<DaemonContext>, token: Option<String>) -> Router {
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
+        )
+        .route(
+            "/containerStdin/{namespace}/{pod}/{container}",
+            post(container_stdin),
         )
         .with_state(DaemonState {
             ctx,
@@ -244,6 +252,95 @@ async fn stats_summary(
     .into_response()
 }
 
+/// The uid of pod `namespace/pod` on this node and its container `container`'s spec, or
+/// the answer saying which is not there.
+#[allow(clippy::result_large_err)]
+fn find_container(
+    state: &DaemonState,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<(String, k8s_openapi::api::core::v1::Container), Response> {
+    let found = state
+        .ctx
+        .pods
+        .lock()
+        .ok()
+        .and_then(|pods| pods.get(&format!("{namespace}/{pod}")).cloned());
+    let Some(found) = found else {
+        return Err(text(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} is not on this node"),
+        ));
+    };
+    let uid = found.metadata.uid.clone().unwrap_or_default();
+    found
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .find(|c| c.name == container)
+        .map(|c| (uid, c.clone()))
+        .ok_or_else(|| {
+            text(
+                StatusCode::BAD_REQUEST,
+                format!("container {container} is not valid for pod {pod}"),
+            )
+        })
+}
+
+/// `POST /containerStdin/{namespace}/{pod}/{container}`: the request body, as it comes,
+/// is written to the standard input of a running command started with `stdin: true`
+/// (what `kubectl attach -i` sends through the API server). When the body ends (the
+/// attach ended), a container with `stdinOnce` has its input closed: it reads end of
+/// file, and later attaches get none.
+async fn container_stdin(
+    State(state): State<DaemonState>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    cert: Option<Extension<ClientCert>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(refusal) = refused(&state, cert.as_deref(), &headers) {
+        return refusal;
+    }
+    let (uid, spec) = match find_container(&state, &namespace, &pod, &container) {
+        Ok(found) => found,
+        Err(refusal) => return refusal,
+    };
+    if spec.stdin != Some(true) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} in pod {pod} does not set stdin: true"),
+        );
+    }
+    let Some(stdin) = state.ctx.runtime.stdin(&container_id(&uid, &container)) else {
+        return text(
+            StatusCode::CONFLICT,
+            format!("container {container} in pod {pod} is not running"),
+        );
+    };
+    if stdin.is_closed().await {
+        return text(
+            StatusCode::CONFLICT,
+            format!(
+                "the standard input of container {container} in pod {pod} was closed \
+                 (stdinOnce) when its first attach ended"
+            ),
+        );
+    }
+    let mut data = body.into_data_stream();
+    while let Some(chunk) = data.next().await {
+        let Ok(chunk) = chunk else { break };
+        if stdin.write(&chunk).await.is_err() {
+            break;
+        }
+    }
+    if spec.stdin_once == Some(true) {
+        stdin.close().await;
+    }
+    StatusCode::OK.into_response()
+}
+
 async fn container_logs(
     State(state): State<DaemonState>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
@@ -254,30 +351,10 @@ async fn container_logs(
     if let Some(refusal) = refused(&state, cert.as_deref(), &headers) {
         return refusal;
     }
-    let found = state
-        .ctx
-        .pods
-        .lock()
-        .ok()
-        .and_then(|pods| pods.get(&format!("{namespace}/{pod}")).cloned());
-    let Some(found) = found else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("pod {namespace}/{pod} is not on this node"),
-        );
+    let (uid, _) = match find_container(&state, &namespace, &pod, &container) {
+        Ok(found) => found,
+        Err(refusal) => return refusal,
     };
-    let uid = found.metadata.uid.clone().unwrap_or_default();
-    let known = found
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .any(|c| c.name == container);
-    if !known {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!("container {container} is not valid for pod {pod}"),
-        );
-    }
     let logs = match state.ctx.runtime.logs(&container_id(&uid, &container)) {
         Ok(l) => l,
         Err(e) => return text(StatusCode::NOT_FOUND, e.to_string()),

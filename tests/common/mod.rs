@@ -916,6 +916,14 @@ impl NodeProcess {
     }
 }
 
+/// A counter's value in Prometheus text, 0 when absent.
+pub fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Waits until Node `name` reports the condition Ready=True.
 pub async fn wait_node_ready(
     client: &kube::Client,

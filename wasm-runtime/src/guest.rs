@@ -2,8 +2,9 @@
 //! and the linkers every image is instantiated against.
 //!
 //! What a guest gets is exactly what the spec grants: argv, the resolved environment, the
-//! working directory, the preopened mounts (read-only or read-write), stdin at EOF, stdout and
-//! stderr into the container log, and the network only when `ContainerSpec::network` allows
+//! working directory, the preopened mounts (read-only or read-write), stdin at EOF (or a pipe the
+//! node writes to, when the spec asks: [`crate::stdin`]), stdout and stderr into the
+//! container log, and the network only when `ContainerSpec::network` allows
 //! it (wasi:sockets TCP/UDP/name lookup are off otherwise, and every address is checked
 //! against the allow list; outgoing wasi:http requests go through [`EgressHooks`]). Clocks and
 //! random are the host's. Nothing else of the host is reachable.
@@ -194,6 +195,9 @@ pub(crate) struct StoreFactory {
     pub(crate) cpu: Arc<CpuThrottle>,
     pub(crate) logs: LogSink,
     pub(crate) epoch_interval: Duration,
+    /// The guest's end of its standard input pipe, for the first store made (a command
+    /// has one); `None` (or taken): stdin at end of file.
+    pub(crate) stdin: Arc<Mutex<Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>>>,
     /// Counts every store made: each is one instantiation.
     pub(crate) instantiations: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -215,6 +219,14 @@ impl StoreFactory {
         b.envs(&spec.env);
         if let Some(dir) = &spec.working_dir {
             b.initial_cwd(dir);
+        }
+        if let Some(reader) = self
+            .stdin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            b.stdin(wasmtime_wasi::cli::AsyncStdinStream::new(reader));
         }
         b.stdout(self.logs.stdio(LogStream::Stdout));
         b.stderr(self.logs.stdio(LogStream::Stderr));

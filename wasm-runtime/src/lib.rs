@@ -59,6 +59,7 @@ pub mod private;
 mod registry;
 mod runtime;
 mod spec;
+mod stdin;
 
 pub use container::{
     Container, ContainerStats, ContainerUsage, ExitReason, ExitStatus, StartError, UsageSnapshot,
@@ -77,6 +78,7 @@ pub use spec::{
     ContainerSpec, DEFAULT_REQUEST_TIMEOUT, HostAlias, HttpLimits, INSTANCE_MEMORY_ESTIMATE, Mount,
     NetworkAccess, Resources, ServiceResolver, max_concurrency,
 };
+pub use stdin::Stdin;
 pub use wharf_image_ref::{default_pull_policy, is_registry_reference};
 
 #[cfg(test)]

@@ -236,6 +236,8 @@ struct Inner {
     /// The running containers' observable parts and start times, by id: what
     /// [`Runtime::usage`] reads. Removed by the supervisor when the container ends.
     running: Mutex<HashMap<String, (Arc<ContainerShared>, std::time::SystemTime)>>,
+    /// The standard input of running commands started with `stdin: true`, by id.
+    stdins: Mutex<HashMap<String, crate::stdin::Stdin>>,
     /// Log progress of running containers, by id, for followers.
     live_logs: Mutex<HashMap<String, (u32, watch::Receiver<LogProgress>)>>,
     counters: Counters,
@@ -332,6 +334,7 @@ impl Runtime {
                 usage: Mutex::new(HashMap::new()),
                 pulls: tokio::sync::RwLock::new(()),
                 sweep_pending: std::sync::atomic::AtomicBool::new(false),
+                stdins: Mutex::new(HashMap::new()),
                 live_logs: Mutex::new(HashMap::new()),
                 running: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
@@ -1008,6 +1011,14 @@ impl Runtime {
         let budget = MemoryBudget::new(spec.resources.memory_bytes);
         let cpu = CpuThrottle::new(spec.resources.cpu_millicores);
         let (spec_http, spec_memory) = (spec.http, spec.resources.memory_bytes);
+        // A command started with `stdin: true` reads a pipe the node writes to.
+        let (stdin_reader, stdin) = match (&image.prepared, spec.stdin) {
+            (Prepared::P1(_) | Prepared::Cli(_), true) => {
+                let (reader, stdin) = crate::stdin::pipe();
+                (Some(reader), Some(stdin))
+            }
+            _ => (None, None),
+        };
         let factory = StoreFactory {
             engine: inner.engine.clone(),
             serving: inner.serving.clone(),
@@ -1018,6 +1029,7 @@ impl Runtime {
             budget: budget.clone(),
             logs: sink.clone(),
             epoch_interval: inner.config.epoch_interval,
+            stdin: Arc::new(Mutex::new(stdin_reader)),
             instantiations: inner.counters.instantiations.clone(),
         };
         let kill = inner.root.child_token();
@@ -1071,6 +1083,10 @@ impl Runtime {
                 }
             };
         lock(&inner.live_logs).insert(id.clone(), (attempt, writer.progress.clone()));
+        match &stdin {
+            Some(stdin) => lock(&inner.stdins).insert(id.clone(), stdin.clone()),
+            None => lock(&inner.stdins).remove(&id),
+        };
         lock(&inner.running).insert(id.clone(), (shared.clone(), std::time::SystemTime::now()));
         let running_shared = shared.clone();
         let (status_tx, status_rx) = watch::channel(None);
@@ -1088,6 +1104,12 @@ impl Runtime {
                 let mut live = lock(&supervisor_inner.live_logs);
                 if live.get(&supervisor_id).is_some_and(|(a, _)| *a == attempt) {
                     live.remove(&supervisor_id);
+                }
+            }
+            if let Some(stdin) = &stdin {
+                let mut stdins = lock(&supervisor_inner.stdins);
+                if stdins.get(&supervisor_id).is_some_and(|s| s.same(stdin)) {
+                    stdins.remove(&supervisor_id);
                 }
             }
             {
@@ -1124,6 +1146,12 @@ impl Runtime {
             self.inner.logs_dir.join(id),
             live,
         ))
+    }
+
+    /// The standard input of the running command `id`, if it was started with
+    /// `stdin: true` ([`ContainerSpec::stdin`]).
+    pub fn stdin(&self, id: &str) -> Option<crate::stdin::Stdin> {
+        lock(&self.inner.stdins).get(id).cloned()
     }
 
     /// Deletes every log file of a container (when its pod is gone).

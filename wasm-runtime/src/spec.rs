@@ -68,6 +68,10 @@ pub struct ContainerSpec {
     pub http_listen: Option<SocketAddr>,
     /// Bounds on a `wasi:http` container's request instances (ignored for commands).
     pub http: HttpLimits,
+    /// Whether a command's standard input is a pipe the host writes to
+    /// ([`crate::Runtime::stdin`], Kubernetes' `stdin: true`); else it is at end of file.
+    /// Ignored for HTTP components.
+    pub stdin: bool,
     /// Hosts that are connected to elsewhere once `network` has allowed them, as
     /// `/etc/hosts` entries would send them: the node maps the API server's in-cluster
     /// names (`kubernetes.default.svc:443`, ...) to the API server's address. An `https`
@@ -146,6 +150,7 @@ impl ContainerSpec {
             pod_ports: Vec::new(),
             http_listen: None,
             http: HttpLimits::default(),
+            stdin: false,
             host_aliases: Vec::new(),
         }
     }

@@ -42,3 +42,6 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The EndpointSlice annotation `{"NODE": "HOST-IP"}`: the address of each endpoint's node
 /// (wharf's own).
 pub const NODE_ADDRESSES_ANNOTATION: &str = "wharf.dev/node-addresses";
+/// The Node annotation where a node publishes its tunnel, `IP:PORT` (wharf's own): nodes
+/// and the API server reach pods of a node at another address through it.
+pub const TUNNEL_ANNOTATION: &str = "wharf.dev/tunnel";

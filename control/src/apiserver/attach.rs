@@ -10,14 +10,21 @@
 //! the container's stream ends (it exited), the `Status` says so and the socket closes;
 //! when the client leaves, the stream is dropped.
 //!
-//! Not done: stdin (the runtime gives a guest no stdin to write to, so `-i` is refused
-//! with a Status saying so), a TTY, and the SPDY/3.1 upgrade older kubectl versions use.
+//! **Stdin** (`kubectl attach -i`): for a container started with `stdin: true` (a
+//! command guest; the node gives it a pipe as its standard input), what the client sends
+//! on channel 0 goes to the node's `containerStdin` endpoint as one streamed request
+//! ([`super::proxy::stdin_sink`]), which writes it to the guest as it comes. When the
+//! client closes its stdin (v5's close of channel 0) or leaves, the request ends; a
+//! container with `stdinOnce` then reads end of file, as Kubernetes closes it after the
+//! first attach. `-i` on a container without `stdin: true` is refused.
+//!
+//! Not done: a TTY, and the SPDY/3.1 upgrade older kubectl versions use.
 
 use super::auth::Identity;
 use super::authz::{self, Verb};
 use super::error::ApiError;
 use super::portforward::upgrade_parts;
-use super::proxy::{LogOptions, choose_container, log_stream};
+use super::proxy::{LogOptions, choose_container, log_stream, stdin_sink};
 use super::registry::store;
 use super::registry::subresources::{Serve, SubRequest, Subresource};
 use axum::extract::FromRequestParts;
@@ -30,6 +37,8 @@ use serde_json::{Value, json};
 
 /// The remote-command WebSocket subprotocols served, preferred first.
 pub const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// Channel of the client's standard input.
+const STDIN: u8 = 0;
 /// Channel of the container's standard output.
 const STDOUT: u8 = 1;
 /// Channel of the final `Status`.
@@ -67,17 +76,29 @@ impl AttachOptions {
     }
 }
 
-/// Why attaching to `pod` is refused, if it is (pure): stdin or a TTY asked for, or a
-/// container that is not running.
+/// Why attaching to `pod` is refused, if it is (pure): a TTY asked for, stdin asked of
+/// a container that does not set `stdin: true`, or a container that is not running.
 pub fn refusal(pod: &Value, container: &str, opts: &AttachOptions) -> Option<String> {
     let name = pod
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if opts.stdin || opts.tty {
+    if opts.tty {
         return Some(format!(
-            "pod {name:?} runs WebAssembly guests, whose standard input is not connected: \
-             attach without -i/-t to read container {container:?}'s output"
+            "pod {name:?} runs WebAssembly guests, which have no terminal: attach without -t \
+             to container {container:?}"
+        ));
+    }
+    let reads_stdin = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| c["name"] == container && c["stdin"] == true);
+    if opts.stdin && !reads_stdin {
+        return Some(format!(
+            "container {container:?} in pod {name:?} does not set stdin: true, so its standard \
+             input is not connected: attach without -i to read its output"
         ));
     }
     let running = pod
@@ -140,18 +161,23 @@ fn handle(req: SubRequest<'_>) -> BoxFuture<'_, Result<Response, ApiError>> {
         // The stream is opened before the upgrade is answered, so a node that cannot be
         // reached is an error the client sees as such.
         let log_opts = LogOptions {
-            container: Some(container),
+            container: Some(container.clone()),
             follow: true,
             tail_lines: Some(0),
             ..LogOptions::default()
         };
         let output = log_stream(req.state, &namespace, &pod, &log_opts).await?;
+        let stdin = if opts.stdin {
+            Some(stdin_sink(req.state, &namespace, &pod, &container).await?)
+        } else {
+            None
+        };
         let shutdown = req.state.shutdown.clone();
         let pod_name = name.to_string();
         Ok(ws
             .protocols([*protocol])
             .on_upgrade(move |socket| async move {
-                serve(socket, output, shutdown).await;
+                serve(socket, output, stdin, shutdown).await;
                 tracing::debug!(pod = %pod_name, "attach session ended");
             })
             .into_response())
@@ -169,6 +195,7 @@ pub fn frame(channel: u8, data: &[u8]) -> Vec<u8> {
 async fn serve(
     socket: WebSocket,
     mut output: futures::stream::BoxStream<'static, Result<bytes::Bytes, hyper::Error>>,
+    mut stdin: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let (mut tx, mut rx) = socket.split();
@@ -189,8 +216,21 @@ async fn serve(
             msg = rx.next() => match msg {
                 // The client left (or closed its side: v5's close of a channel).
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(Message::Binary(b))) if b.first() == Some(&CLOSE) => {}
-                // Anything else (stdin, a resize) has nowhere to go.
+                // v5: the client's stdin ended; the container's input ends with it.
+                Some(Ok(Message::Binary(b))) if b.first() == Some(&CLOSE) => {
+                    if b.get(1) == Some(&STDIN) {
+                        stdin = None;
+                    }
+                }
+                Some(Ok(Message::Binary(b))) if b.first() == Some(&STDIN) => {
+                    if let Some(input) = &stdin
+                        && b.len() > 1
+                        && input.send(b.slice(1..)).await.is_err()
+                    {
+                        stdin = None;
+                    }
+                }
+                // Anything else (a resize) has nowhere to go.
                 Some(Ok(_)) => {}
             },
         }
@@ -199,7 +239,13 @@ async fn serve(
         let text = serde_json::to_vec(&status).unwrap_or_default();
         let _ = tx.send(Message::Binary(frame(ERROR, &text).into())).await;
     }
-    let _ = tx.send(Message::Close(None)).await;
+    // A normal closure: what the client reads as the end of every stream (a close
+    // without a code is an error to it).
+    let normal = axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    };
+    let _ = tx.send(Message::Close(Some(normal))).await;
 }
 
 #[cfg(test)]
@@ -218,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn attaching_needs_a_running_container_and_no_stdin() {
+    fn attaching_needs_a_running_container_and_stdin_only_where_read() {
         let plain = AttachOptions {
             container: None,
             stdin: false,
@@ -230,12 +276,17 @@ mod tests {
         );
         let stdin = AttachOptions {
             stdin: true,
-            ..plain
+            ..plain.clone()
         };
         assert!(
             refusal(&pod(true), "ticker", &stdin)
-                .is_some_and(|m| m.contains("standard input is not connected"))
+                .is_some_and(|m| m.contains("does not set stdin: true"))
         );
+        let mut reads = pod(true);
+        reads["spec"]["containers"][0]["stdin"] = json!(true);
+        assert_eq!(refusal(&reads, "ticker", &stdin), None);
+        let tty = AttachOptions { tty: true, ..plain };
+        assert!(refusal(&reads, "ticker", &tty).is_some_and(|m| m.contains("no terminal")));
         assert_eq!(frame(STDOUT, b"tick 1\n"), b"\x01tick 1\n");
     }
 }

@@ -27,6 +27,9 @@ pub struct FieldCheck {
     /// Who writes, for `metadata.managedFields`; `None` records nothing (an apply
     /// records its own).
     manager: Option<String>,
+    /// The subresource writes are recorded through when the store's own choice
+    /// (`status` or none) is not it: `scale`.
+    subresource: Option<&'static str>,
     duplicates: Vec<String>,
     warnings: Mutex<Vec<String>>,
 }
@@ -39,6 +42,7 @@ impl FieldCheck {
         Ok(FieldCheck {
             directive,
             manager: None,
+            subresource: None,
             duplicates,
             warnings: Mutex::new(Vec::new()),
         })
@@ -79,6 +83,12 @@ impl FieldCheck {
         self
     }
 
+    /// Records writes as made through `subresource` (`scale`), whatever the store says.
+    pub fn through(mut self, subresource: &'static str) -> Self {
+        self.subresource = Some(subresource);
+        self
+    }
+
     /// Who a write request says it is for `metadata.managedFields`: its `fieldManager`,
     /// else its User-Agent up to the first `/`, as Kubernetes names it.
     pub fn manager_of(query: &Query, headers: &http::HeaderMap) -> String {
@@ -104,6 +114,7 @@ impl FieldCheck {
     ) {
         if let Some(manager) = &self.manager {
             let now = super::objects::now_rfc3339();
+            let subresource = self.subresource.or(subresource);
             crate::api::apply::record_update(kind, live, new, manager, subresource, &now);
         }
     }

@@ -25,7 +25,7 @@
 
 use super::AppState;
 use super::error::{ApiError, Subject};
-use super::objects::{decode, encode, meta_str};
+use super::objects::{decode, meta_str};
 use super::request::Target;
 use crate::api::kinds::ResourceKind;
 use crate::api::validation::{FieldError, Reason};
@@ -365,7 +365,7 @@ pub async fn store_create(
     loop {
         let write = Write::Create {
             key: key.to_owned(),
-            value: encode(&obj)?,
+            value: super::registry::store::encode_stored(target.kind, &obj)?,
             ttl: state.config.ttl_of(target.kind),
         };
         match commit(state.store.as_ref(), target.kind, write, None, Some(&obj)).await {

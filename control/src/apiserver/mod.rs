@@ -87,6 +87,10 @@ pub struct ApiConfig {
     /// verifying the node's against the cluster CA (see [`crate::nodetls`]); `None`
     /// reaches no node.
     pub node_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The address the API server listens on (set when it binds): port-forward reaches
+    /// the pods of nodes at this address directly and those of nodes elsewhere through
+    /// their tunnel. `None` is taken as listening on every address.
+    pub address: Option<std::net::IpAddr>,
 }
 
 impl ApiConfig {
@@ -108,6 +112,7 @@ impl Default for ApiConfig {
             usage_history_interval: Duration::from_secs(15),
             pki_dir: None,
             node_tls: None,
+            address: None,
         }
     }
 }

@@ -47,6 +47,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -472,10 +473,66 @@ pub async fn log_stream(
     Ok(BodyDataStream::new(response.into_body()).boxed())
 }
 
-/// Sends the request to the node; an unreachable or silent node is 503. The one place the
-/// API server dials a node's server: TLS, presenting its client certificate and
-/// verifying the node's against the cluster CA and `host` ([`crate::nodetls`]); `uri`'s
-/// path and query are sent.
+/// Opens the standard input of `container` of `pod` (in `namespace`) on its node: what is
+/// sent on the channel goes to the container as it comes, and dropping the sender ends
+/// it (a container with `stdinOnce` then reads end of file). The node's answer comes when
+/// the input ends; a refusal is logged, since the attach it belongs to is under way.
+pub async fn stdin_sink(
+    state: &AppState,
+    namespace: &str,
+    pod: &Value,
+    container: &str,
+) -> Result<tokio::sync::mpsc::Sender<Bytes>, ApiError> {
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let node_name = assigned_node(pod)?.to_string();
+    let node = get_object(state, "nodes", None, &node_name).await?;
+    let (host, port) = node_endpoint(&node)?;
+    let token = proxy_token(state).await?;
+    let host_part = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => host.clone(),
+    };
+    let uri = format!("https://{host_part}:{port}/containerStdin/{namespace}/{name}/{container}");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let frames = futures::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(data)),
+            rx,
+        ))
+    });
+    let body = http_body_util::StreamBody::new(frames).boxed_unsync();
+    let tls = state.config.node_tls.clone();
+    tokio::spawn(async move {
+        match send_to_node(
+            tls,
+            &node_name,
+            (&host, port),
+            &uri,
+            &token,
+            Method::POST,
+            body,
+            true,
+        )
+        .await
+        {
+            Ok(response) if response.status().is_success() => {}
+            Ok(response) => tracing::info!(
+                node = %node_name, pod = %name, status = %response.status(),
+                "the node refused the attach's standard input"
+            ),
+            Err(e) => tracing::info!(node = %node_name, pod = %name, error = %e,
+                "sending the attach's standard input to the node failed"),
+        }
+    });
+    Ok(tx)
+}
+
+/// Sends a GET to the node; an unreachable or silent node is 503.
 pub(crate) async fn request_node(
     state: &AppState,
     node: &str,
@@ -484,12 +541,45 @@ pub(crate) async fn request_node(
     uri: &str,
     token: &str,
 ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
+    send_to_node(
+        state.config.node_tls.clone(),
+        node,
+        (host, port),
+        uri,
+        token,
+        Method::GET,
+        Empty::<Bytes>::new(),
+        false,
+    )
+    .await
+}
+
+/// Sends `method` with `body` to the node; an unreachable or silent node is 503, and a
+/// `streamed` body's answer may take as long as the body. The one place the API server
+/// dials a node's server: TLS with `tls` (its client certificate, verifying the node's
+/// against the cluster CA and `host`, see [`crate::nodetls`]); `uri`'s path and query
+/// are sent.
+#[allow(clippy::too_many_arguments)]
+async fn send_to_node<B>(
+    tls: Option<Arc<rustls::ClientConfig>>,
+    node: &str,
+    (host, port): (&str, u16),
+    uri: &str,
+    token: &str,
+    method: Method,
+    body: B,
+    streamed: bool,
+) -> Result<http::Response<hyper::body::Incoming>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let unreachable = |why: String| {
         ApiError::ServiceUnavailable(format!(
             "node {node} is unreachable at {host}:{port}: {why}"
         ))
     };
-    let Some(tls) = state.config.node_tls.clone() else {
+    let Some(tls) = tls else {
         return Err(unreachable(
             "this API server has no TLS configuration for nodes".into(),
         ));
@@ -503,10 +593,12 @@ pub(crate) async fn request_node(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let request = http::Request::get(path)
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
         .header(http::header::HOST, format!("{host}:{port}"))
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Empty::<Bytes>::new())
+        .body(body)
         .map_err(|e| ApiError::Internal(format!("building the request to node {node}: {e}")))?;
     // One connection per request, nothing pooled: a log stream is long-lived and rare,
     // and nothing is left behind when the stream ends.
@@ -533,7 +625,13 @@ pub(crate) async fn request_node(
             .await
             .map_err(|e| innermost(&e))
     };
-    match tokio::time::timeout(RESPONSE_TIMEOUT, connect).await {
+    // The node answers a streamed body (stdin) once it ends: no time limit then.
+    let timeout = if streamed {
+        Duration::MAX
+    } else {
+        RESPONSE_TIMEOUT
+    };
+    match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(why)) => Err(unreachable(why)),
         Err(_) => Err(unreachable(format!(

@@ -184,7 +184,11 @@ pub async fn serve(
     let dry = query.dry_run()?;
     let paths = target.kind.strategy.scale_paths();
     // Only `spec.replicas` of the stored parent changes: nothing undeclared can come in.
-    let fields = FieldCheck::new(query, Vec::new())?;
+    // The write is recorded in the parent's managedFields as the client's, through
+    // `scale`, as Kubernetes records it.
+    let fields = FieldCheck::new(query, Vec::new())?
+        .recording(FieldCheck::manager_of(query, &parts.headers))
+        .through("scale");
     let parent = match parts.method {
         Method::GET => store::get_object(state, target, name).await?,
         Method::PUT => {

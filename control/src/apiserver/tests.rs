@@ -3047,3 +3047,54 @@ async fn a_node_gets_its_certificate_signed_for_its_own_addresses_only() {
     let (code, _) = ask("node-n1", "hello".into()).await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
 }
+
+/// A write through `scale` is recorded too: the client (by its User-Agent, as kubectl
+/// scale sends it) owns `spec.replicas` through the `scale` subresource, and the
+/// creator no longer does.
+#[tokio::test]
+async fn scale_writes_record_their_manager() {
+    let api = super::testing::TestApi::new().await;
+    let (code, created) = api
+        .send(
+            "POST",
+            "/apis/apps/v1/namespaces/default/deployments?fieldManager=alice",
+            Some(json!({"metadata": {"name": "web"}, "spec": {"replicas": 1,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "web.wasm"}]}}}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    let req = Request::builder()
+        .method("PATCH")
+        .uri("/apis/apps/v1/namespaces/default/deployments/web/scale")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/merge-patch+json")
+        .header("user-agent", "kubectl/v1.32.0 (linux/amd64) kubernetes/abc")
+        .body(Body::from(json!({"spec": {"replicas": 4}}).to_string()))
+        .unwrap();
+    let (code, scale) = api.request(req).await;
+    assert_eq!(code, StatusCode::OK, "{scale}");
+    let (_, web) = api
+        .send(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            None,
+        )
+        .await;
+    assert_eq!(web["spec"]["replicas"], 4);
+    let entries = web["metadata"]["managedFields"].as_array().unwrap();
+    let scaled = entries
+        .iter()
+        .find(|e| e["subresource"] == "scale")
+        .unwrap_or_else(|| panic!("no scale entry: {web}"));
+    assert_eq!(scaled["manager"], "kubectl");
+    assert_eq!(scaled["operation"], "Update");
+    assert_eq!(scaled["apiVersion"], "apps/v1");
+    assert_eq!(scaled["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
+    let alice = entries.iter().find(|e| e["manager"] == "alice").unwrap();
+    assert!(
+        alice["fieldsV1"]["f:spec"].get("f:replicas").is_none(),
+        "{web}"
+    );
+}

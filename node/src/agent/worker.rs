@@ -1019,6 +1019,8 @@ async fn start_container(
         tracing::warn!(pod = %pod_name(pod), "ignoring an annotation: {message}");
     }
     spec.http = http;
+    // `kubectl attach -i` writes to it (through the node server).
+    spec.stdin = c.stdin == Some(true);
     // `localhost` from this container is the pod: its sibling containers' ports.
     spec.pod_ip = st.ip.map(IpAddr::V4);
     spec.pod_ports = pod

@@ -45,7 +45,7 @@ pub mod mirror;
 pub mod server;
 
 /// The Node annotation where a node publishes its tunnel, `IP:PORT`.
-pub const TUNNEL_ANNOTATION: &str = "wharf.dev/tunnel";
+pub use wharf_control::api::wellknown::TUNNEL_ANNOTATION;
 
 /// The tunnel port of `wharf node` unless `--tunnel-port` says otherwise (the node
 /// server's 10250, plus one).

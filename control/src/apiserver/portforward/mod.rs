@@ -11,18 +11,17 @@
 //! local connection closes, while the others go on. Several ports and connections share
 //! one session.
 //!
-//! **How the pod is reached.** Directly at `podIP:port`: pod addresses are loopback
-//! addresses of the machine their node runs on (README, "Addresses without root"), and
-//! the control plane of a one-machine cluster is on that machine, as it is for the
-//! nodes `wharf up` starts. A pod on a node of another machine is not reachable so yet:
-//! that needs the node tunnel's `CONNECT` (`wharf.dev/tunnel`), whose client lives in the
-//! node crate, which the control plane cannot call; the connection then fails with its
-//! error on the error stream.
+//! **How the pod is reached** ([`reach`]): directly at `podIP:port` when its node is on
+//! the API server's machine (pod addresses are loopback addresses of the machine their
+//! node runs on), else through the node's tunnel (`wharf.dev/tunnel`), as nodes reach
+//! each other's pods. A connection that cannot be opened gets its error on the error
+//! stream.
 //!
 //! The SPDY/3.1 upgrade kubectl falls back to (a `POST` with `Upgrade: SPDY/3.1` and
 //! `X-Stream-Protocol-Version: portforward.k8s.io`, the only way before 1.30) runs the
 //! same session on the HTTP connection itself.
 
+pub mod reach;
 pub mod spdy;
 
 use super::auth::Identity;
@@ -37,12 +36,11 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use http::Method;
+use reach::PodTarget;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// The WebSocket subprotocol kubectl 1.30+ asks for.
@@ -53,8 +51,6 @@ const SUBPROTOCOL: &str = "portforward.k8s.io";
 const SPDY_UPGRADE: &str = "SPDY/3.1";
 /// The header that names the stream protocol of a SPDY upgrade.
 const STREAM_PROTOCOL: &str = "x-stream-protocol-version";
-/// How long connecting to a pod's port may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of a pod's output one data frame carries.
 const CHUNK: usize = 32 * 1024;
 
@@ -83,8 +79,9 @@ fn handle(req: SubRequest<'_>) -> BoxFuture<'_, Result<Response, ApiError>> {
                 "pod {name} has no address yet: it is not running on a node"
             ))
         })?;
+        let target = reach::pod_target(req.state, &pod, ip).await?;
         if is_spdy_upgrade(req.parts) {
-            return spdy_upgrade(req.parts, ip);
+            return spdy_upgrade(req.parts, target);
         }
         if req.parts.method != Method::GET {
             return Err(ApiError::BadRequest(format!(
@@ -118,7 +115,7 @@ fn handle(req: SubRequest<'_>) -> BoxFuture<'_, Result<Response, ApiError>> {
         Ok(ws
             .protocols([PROTOCOL])
             .on_upgrade(move |socket| async move {
-                serve_websocket(socket, ip).await;
+                serve_websocket(socket, target).await;
                 tracing::debug!(pod = %pod_name, "port-forward session ended");
             })
             .into_response())
@@ -136,7 +133,7 @@ fn is_spdy_upgrade(parts: &http::request::Parts) -> bool {
 /// Answers `101 Switching Protocols` to a SPDY/3.1 upgrade (the protocol kubectl falls
 /// back to, and the only one before 1.30) and serves the session once the connection is
 /// handed over.
-fn spdy_upgrade(parts: &http::request::Parts, ip: IpAddr) -> Result<Response, ApiError> {
+fn spdy_upgrade(parts: &http::request::Parts, target: PodTarget) -> Result<Response, ApiError> {
     let offered = parts
         .headers
         .get_all(STREAM_PROTOCOL)
@@ -156,7 +153,7 @@ fn spdy_upgrade(parts: &http::request::Parts, ip: IpAddr) -> Result<Response, Ap
         .ok_or_else(|| ApiError::BadRequest("this connection cannot be upgraded".into()))?;
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(io) => serve_spdy(io, ip).await,
+            Ok(io) => serve_spdy(io, target).await,
             Err(e) => tracing::debug!("port-forward: the SPDY upgrade failed: {e}"),
         }
     });
@@ -223,7 +220,7 @@ struct Pair {
 /// Runs one port-forward session on a WebSocket until either side ends it.
 /// Runs a port-forward session over a WebSocket: its binary messages carry the SPDY
 /// bytes.
-async fn serve_websocket(socket: WebSocket, ip: IpAddr) {
+async fn serve_websocket(socket: WebSocket, target: PodTarget) {
     let (mut ws_tx, ws_rx) = socket.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
@@ -252,12 +249,12 @@ async fn serve_websocket(socket: WebSocket, ip: IpAddr) {
                 _ => None,
             })
         });
-    serve_session(incoming, out_tx, ip).await;
+    serve_session(incoming, out_tx, &target).await;
     let _ = writer.await;
 }
 
 /// Runs a port-forward session over a connection upgraded to SPDY/3.1 itself.
-async fn serve_spdy(io: hyper::upgrade::Upgraded, ip: IpAddr) {
+async fn serve_spdy(io: hyper::upgrade::Upgraded, target: PodTarget) {
     let (rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(io));
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
@@ -275,7 +272,7 @@ async fn serve_spdy(io: hyper::upgrade::Upgraded, ip: IpAddr) {
                 Ok(n) => Some((Bytes::copy_from_slice(&chunk[..n]), (rd, chunk))),
             }
         });
-    serve_session(incoming, out_tx, ip).await;
+    serve_session(incoming, out_tx, &target).await;
     let _ = writer.await;
 }
 
@@ -284,7 +281,7 @@ async fn serve_spdy(io: hyper::upgrade::Upgraded, ip: IpAddr) {
 async fn serve_session(
     incoming: impl futures::Stream<Item = Bytes>,
     out_tx: mpsc::UnboundedSender<Vec<u8>>,
-    ip: IpAddr,
+    target: &PodTarget,
 ) {
     let mut incoming = std::pin::pin!(incoming);
     let mut reader = spdy::Reader::default();
@@ -336,7 +333,7 @@ async fn serve_session(
                         }) = pairs.remove(&request)
                     {
                         let out = out_tx.clone();
-                        tokio::spawn(forward(SocketAddr::new(ip, port), error, data, rx, out));
+                        tokio::spawn(forward(target.clone(), port, error, data, rx, out));
                     }
                 }
                 spdy::Frame::Data { stream, fin, data } => {
@@ -367,19 +364,21 @@ async fn serve_session(
 /// One forwarded connection: the pod's port and the data stream, both ways; a failure to
 /// connect is written on the error stream.
 async fn forward(
-    target: SocketAddr,
+    target: PodTarget,
+    port: u16,
     error: u32,
     data: u32,
     mut from_client: mpsc::Receiver<Bytes>,
     out: mpsc::UnboundedSender<Vec<u8>>,
 ) {
-    let conn = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return refuse(&out, error, data, target, &e.to_string()),
-        Err(_) => return refuse(&out, error, data, target, "timed out connecting"),
+    let conn = match reach::dial_pod(&target, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            let pod = SocketAddr::new(target.ip, port);
+            return refuse(&out, error, data, pod, &e.to_string());
+        }
     };
-    let _ = conn.set_nodelay(true);
-    let (mut rd, mut wr) = conn.into_split();
+    let (mut rd, mut wr) = tokio::io::split(conn);
     let to_pod = async move {
         while let Some(chunk) = from_client.recv().await {
             if wr.write_all(&chunk).await.is_err() {

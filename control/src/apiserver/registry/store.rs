@@ -188,6 +188,17 @@ fn metadata_mut(obj: &mut Value) -> Result<&mut Map<String, Value>, ApiError> {
         .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))
 }
 
+/// The bytes `obj` (of `kind`) is stored as: its kind's storage form
+/// ([`Strategy::storage_form`]), which reads give back as the version asked for.
+///
+/// [`Strategy::storage_form`]: super::Strategy::storage_form
+pub(crate) fn encode_stored(kind: &ResourceKind, obj: &Value) -> Result<bytes::Bytes, ApiError> {
+    match kind.strategy.storage_form(obj) {
+        Some(stored) => encode(&stored),
+        None => encode(obj),
+    }
+}
+
 /// Checks (or fills) `apiVersion` and `kind` against the URL's kind.
 fn check_type(kind: &ResourceKind, obj: &mut Value) -> Result<(), ApiError> {
     let map = obj
@@ -545,7 +556,7 @@ pub(crate) async fn store_write(
     } else {
         Write::Update {
             key: key.to_owned(),
-            value: encode(obj)?,
+            value: encode_stored(kind, obj)?,
             expected: Some(revision),
             ttl: state.config.ttl_of(kind),
         }
@@ -899,7 +910,7 @@ pub(crate) async fn delete(
                     .store
                     .update_with_ttl(
                         &key,
-                        encode(&marked)?,
+                        encode_stored(kind, &marked)?,
                         Some(stored.mod_revision),
                         state.config.ttl_of(kind),
                     )

@@ -199,6 +199,15 @@ pub trait Strategy: Send + Sync {
     /// resource's `apiVersion` (the version asked for) and its schema's defaults.
     fn present(&self, _obj: &mut Value) {}
 
+    /// The form an object is stored in, when it is not the form it was written in: a
+    /// custom resource written at one version of its definition is stored at the
+    /// storage version (`apiVersion` rewritten; conversion `None`), and
+    /// [`Strategy::present`] rewrites it back to the version asked for. `None`: stored
+    /// as it is.
+    fn storage_form(&self, _obj: &Value) -> Option<Value> {
+        None
+    }
+
     /// Whether [`Strategy::present`] changes anything (else what is stored is served as
     /// it is, and a watch event's line is encoded once for every watcher).
     fn presents(&self) -> bool {

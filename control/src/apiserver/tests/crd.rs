@@ -283,6 +283,88 @@ async fn versions_share_one_collection_and_reads_follow_the_version_asked() {
     assert_eq!(line["object"]["apiVersion"], "example.com/v2");
 }
 
+/// Objects are stored at the storage version whichever version wrote them, and read at
+/// the version asked for, as Kubernetes does with conversion `None`.
+#[tokio::test]
+async fn objects_are_stored_at_the_storage_version() {
+    let api = Api::new().await;
+    create_crd(&api, widget_crd()).await;
+    let stored_version = |api: &Api, name: &'static str| {
+        let api = api.clone();
+        async move {
+            let key = crate::store::object_key("example.com", "widgets", "default", name);
+            let stored = api.store.get(&key).await.unwrap().unwrap();
+            let obj = crate::apiserver::objects::decode(&stored).unwrap();
+            obj["apiVersion"].as_str().unwrap().to_string()
+        }
+    };
+    // Written through v2 (not the storage version): answered as v2, stored as v1.
+    let v2 = "/apis/example.com/v2/namespaces/default/widgets";
+    let (code, w) = api
+        .send(
+            "POST",
+            v2,
+            Some(json!({"apiVersion": "example.com/v2", "kind": "Widget",
+                "metadata": {"name": "w2"}, "spec": {"size": "small"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{w}");
+    assert_eq!(w["apiVersion"], "example.com/v2");
+    assert_eq!(stored_version(&api, "w2").await, "example.com/v1");
+    // An update and a status write through v2 keep it at v1.
+    let (code, w) = api
+        .send_as(
+            "PATCH",
+            &format!("{v2}/w2"),
+            "application/merge-patch+json",
+            Some(json!({"spec": {"size": "large"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{w}");
+    assert_eq!(w["apiVersion"], "example.com/v2");
+    assert_eq!(stored_version(&api, "w2").await, "example.com/v1");
+    let (_, w) = api.send("GET", &format!("{WIDGETS}/w2"), None).await;
+    assert_eq!(w["apiVersion"], "example.com/v1");
+    assert_eq!(w["spec"]["size"], "large");
+
+    // The storage version moves to v2: new writes are stored at v2, old objects read
+    // as asked all the same.
+    let (code, crd) = api
+        .send_as(
+            "PATCH",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.com",
+            "application/json-patch+json",
+            Some(json!([
+                {"op": "replace", "path": "/spec/versions/0/storage", "value": false},
+                {"op": "replace", "path": "/spec/versions/1/storage", "value": true},
+            ])),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{crd}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, w) = api
+            .send(
+                "POST",
+                WIDGETS,
+                Some(json!({"metadata": {"name": "w3"}, "spec": {"size": "small"}})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{w}");
+        assert_eq!(w["apiVersion"], "example.com/v1");
+        if stored_version(&api, "w3").await == "example.com/v2" {
+            break;
+        }
+        // The kinds table follows the definitions by a watch: try again.
+        assert!(Instant::now() < deadline, "w3 is still stored at v1");
+        let (code, _) = api.send("DELETE", &format!("{WIDGETS}/w3"), None).await;
+        assert_eq!(code, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, w) = api.send("GET", &format!("{v2}/w2"), None).await;
+    assert_eq!(w["apiVersion"], "example.com/v2");
+}
+
 #[tokio::test]
 async fn patches_status_and_scale() {
     let api = Api::new().await;

@@ -172,6 +172,7 @@ fn build_rows(crd: &Value) -> Vec<&'static ResourceKind> {
             .to_string()
     };
     versions.sort_by(|a, b| definition::version_order(&name(a), &name(b)));
+    let storage = definition::storage_version(crd);
     versions
         .into_iter()
         .filter(|v| v.get("served").and_then(Value::as_bool) == Some(true))
@@ -187,6 +188,7 @@ fn build_rows(crd: &Value) -> Vec<&'static ResourceKind> {
             };
             let strategy = Box::leak(Box::new(CustomResource {
                 api_version: format!("{group}/{version}"),
+                storage_api_version: format!("{group}/{}", storage.as_deref().unwrap_or(version)),
                 schema: v
                     .pointer("/schema/openAPIV3Schema")
                     .cloned()

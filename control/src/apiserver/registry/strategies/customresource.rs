@@ -4,7 +4,8 @@
 //! read), `status` and `scale` are offered when the definition asks, `kubectl get`
 //! prints its `additionalPrinterColumns`, and strategic merge patches are refused, as
 //! Kubernetes refuses them for custom resources. All versions of a definition are one
-//! stored collection (conversion `None`): an object reads in the version asked for.
+//! stored collection (conversion `None`): an object is stored at the definition's storage
+//! version and reads in the version asked for, `apiVersion` rewritten both ways.
 
 use super::super::Strategy;
 use super::super::custom::columns::{self, Column};
@@ -20,6 +21,8 @@ use serde_json::{Value, json};
 pub struct CustomResource {
     /// `GROUP/VERSION` of the row this strategy serves.
     pub api_version: String,
+    /// `GROUP/VERSION` of the definition's storage version, which objects are stored at.
+    pub storage_api_version: String,
     /// The version's `openAPIV3Schema`.
     pub schema: Value,
     pub subresources: &'static [&'static Subresource],
@@ -104,6 +107,18 @@ impl Strategy for CustomResource {
 
     fn presents(&self) -> bool {
         true
+    }
+
+    fn storage_form(&self, obj: &Value) -> Option<Value> {
+        if obj.get("apiVersion").and_then(Value::as_str) == Some(self.storage_api_version.as_str())
+        {
+            return None;
+        }
+        let mut stored = obj.clone();
+        if let Some(map) = stored.as_object_mut() {
+            map.insert("apiVersion".into(), json!(self.storage_api_version));
+        }
+        Some(stored)
     }
 
     fn openapi_schema(&self) -> Option<&Value> {
