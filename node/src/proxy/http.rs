@@ -442,6 +442,81 @@ mod tests {
         tasks.abort_all();
     }
 
+    /// A Service marked for wake-ups: with no endpoint its requests wait, counted in
+    /// flight, and go to the first endpoint that appears; one that waits too long gets a
+    /// 503 saying why.
+    #[tokio::test]
+    async fn requests_to_a_sleeping_service_wait_for_its_first_endpoint() {
+        let mut tasks = JoinSet::new();
+        let a = backend("a", &mut tasks).await;
+        let set = Arc::new(EndpointSet::new());
+        let config = ProxyConfig {
+            hold_timeout: Duration::from_millis(500),
+            ..ProxyConfig::default()
+        };
+        let stats = Arc::new(PortStats::default());
+        let wake = Arc::new(PortWake::new(
+            crate::proxy::model::ServiceKey::new("default", "web"),
+            80,
+            set.clone(),
+            Arc::new(crate::proxy::wake::NoSignal),
+            config.hold_timeout,
+            config.max_held,
+        ));
+        wake.set_workload(Some("web".into()));
+        let stack = stack(
+            set.clone(),
+            Arc::new(PolicyCell::new(LbPolicy::RoundRobin)),
+            stats.clone(),
+            client(&config, Arc::new(Dialer::direct())),
+            &config,
+            Some(wake),
+        );
+        let request = || {
+            Request::builder()
+                .uri("/x")
+                .header(header::HOST, "web.default")
+                .body(Either::Left(Empty::new()))
+                .unwrap()
+        };
+        let answer = |stack: HttpStack, req: Request<ProxyBody>| async move {
+            match stack.oneshot(req).await {
+                Ok(Balanced { response, .. }) => {
+                    let status = response.status();
+                    let body = response.into_body().collect().await.unwrap().to_bytes();
+                    (status, String::from_utf8_lossy(&body).into_owned())
+                }
+                Err(e) => {
+                    assert!(e.is::<HoldError>(), "{e}");
+                    (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                }
+            }
+        };
+        // No endpoint for longer than the hold timeout: 503, saying why.
+        let (status, body) = answer(stack.clone(), request()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("is scaled to zero"), "{body}");
+        // Held while there is none, counted in flight, released to the first one.
+        let held = tokio::spawn(answer(stack.clone(), request()));
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while stats.active() != 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        set.reset([a]);
+        let (status, body) = tokio::time::timeout(Duration::from_secs(5), held)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "a /x web.default")
+        );
+        tasks.abort_all();
+    }
+
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
