@@ -529,6 +529,34 @@ mod tests {
         assert_eq!(web.endpoints, vec!["127.64.0.2:8080".parse().unwrap()]);
     }
 
+    /// A Service marked for wake-ups holds on its HTTP ports only (an L4 connection is
+    /// not held).
+    #[test]
+    fn plan_holds_http_ports_of_services_marked_for_wake_ups() {
+        let mut marked = svc(
+            "web",
+            serde_json::json!({"clusterIP": "127.250.0.9", "ports": [
+                {"name": "http", "port": 80},
+                {"name": "raw", "port": 81},
+            ]}),
+        );
+        marked.metadata.annotations = Some(
+            [(model::WAKE_ANNOTATION.to_string(), "web".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        let plain = svc(
+            "other",
+            serde_json::json!({"clusterIP": "127.250.0.10", "ports": [{"name": "http", "port": 80}]}),
+        );
+        let snap = model::build(1, [&marked, &plain], []);
+        let plan = plan(&snap, "127.0.0.1".parse().unwrap());
+        let web = ServiceKey::new("default", "web");
+        assert_eq!(plan[&(web.clone(), 80)].wake.as_deref(), Some("web"));
+        assert_eq!(plan[&(web, 81)].wake, None);
+        assert_eq!(plan[&(ServiceKey::new("default", "other"), 80)].wake, None);
+    }
+
     /// A LoadBalancer Service is served on `nodeAddress:port` once its ingress names the
     /// node's address, and not before (the port may be another Service's).
     #[test]

@@ -379,7 +379,7 @@ mod tests {
         );
         assert!(
             options(&a(&[(SCALE_TO_ZERO_AFTER_ANNOTATION, "soon")]))
-                .unwrap_err()
+                .expect_err("an invalid duration")
                 .contains("must be a positive duration")
         );
     }
