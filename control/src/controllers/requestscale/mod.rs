@@ -31,7 +31,7 @@ use crate::api::wellknown::{WAKE_ON_REQUEST_ANNOTATION, WAKE_UP_REQUESTED_REASON
 use crate::events::{self, EventType, Recorder};
 use bytes::Bytes;
 use decide::{Load, Memory, Options};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -117,6 +117,31 @@ pub fn services_of<'a>(deployment: &Deployment, services: &'a [Arc<Service>]) ->
             selector.is_some_and(|sel| {
                 !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
             })
+        })
+        .map(|s| s.as_ref())
+        .collect()
+}
+
+/// The Services marked for wake-ups whose Deployment no longer may sleep (it lost the
+/// annotation, or is gone), pure: their mark is removed, so that their proxies answer at
+/// once again when they have no endpoint.
+pub fn stale_marks<'a>(
+    services: &'a [Arc<Service>],
+    sleepers: &HashSet<(String, String)>,
+) -> Vec<&'a Service> {
+    services
+        .iter()
+        .filter(|s| {
+            let Some(marked) = s
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(WAKE_ON_REQUEST_ANNOTATION))
+            else {
+                return false;
+            };
+            let ns = s.metadata.namespace.clone().unwrap_or_default();
+            !sleepers.contains(&(ns, marked.clone()))
         })
         .map(|s| s.as_ref())
         .collect()
@@ -340,11 +365,25 @@ impl Ctx {
     /// One period: every opted-in Deployment against the nodes' counters.
     async fn sync(&mut self) {
         let opted = self.opted().await;
+        let services = self.services.state();
+        if self.deployments.wait_until_ready().now_or_never().is_some() {
+            let sleepers: HashSet<(String, String)> = opted
+                .iter()
+                .filter(|(_, o)| o.idle_after.is_some())
+                .map(|(d, _)| {
+                    (
+                        d.metadata.namespace.clone().unwrap_or_default(),
+                        d.metadata.name.clone().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            self.unmark_services(&stale_marks(&services, &sleepers))
+                .await;
+        }
         if opted.is_empty() {
             return;
         }
         let loads = self.scrape().await;
-        let services = self.services.state();
         for (d, options) in opted {
             let selected = services_of(&d, &services);
             if options.idle_after.is_some() {
@@ -409,6 +448,25 @@ impl Ctx {
                 .await
             {
                 tracing::warn!(service = %format!("{ns}/{svc}"), error = %e, "marking a service of a deployment that may sleep");
+            }
+        }
+    }
+
+    /// Removes the wake-up mark of Services whose Deployment no longer may sleep.
+    async fn unmark_services(&self, services: &[&Service]) {
+        for s in services {
+            let (Some(ns), Some(svc)) =
+                (s.metadata.namespace.as_deref(), s.metadata.name.as_deref())
+            else {
+                continue;
+            };
+            let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
+            let patch = json!({"metadata": {"annotations": {WAKE_ON_REQUEST_ANNOTATION: null}}});
+            if let Err(e) = api
+                .patch(svc, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::warn!(service = %format!("{ns}/{svc}"), error = %e, "unmarking a service whose deployment no longer sleeps");
             }
         }
     }
@@ -539,6 +597,39 @@ mod tests {
             .filter_map(|s| s.metadata.name.as_deref())
             .collect();
         assert_eq!(names, ["web", "front"]);
+    }
+
+    #[test]
+    fn marks_of_deployments_that_no_longer_sleep_are_stale() {
+        let svc = |ns: &str, name: &str, mark: Option<&str>| -> Arc<Service> {
+            let mut s: Service = serde_json::from_value(json!({
+                "metadata": {"namespace": ns, "name": name},
+            }))
+            .expect("service");
+            s.metadata.annotations = mark.map(|m| {
+                [(WAKE_ON_REQUEST_ANNOTATION.to_string(), m.to_string())]
+                    .into_iter()
+                    .collect()
+            });
+            Arc::new(s)
+        };
+        let services = vec![
+            svc("default", "web", Some("web")),
+            svc("default", "old", Some("gone")),
+            svc("other", "web", Some("web")),
+            svc("default", "plain", None),
+        ];
+        let sleepers: HashSet<(String, String)> = [("default".to_string(), "web".to_string())]
+            .into_iter()
+            .collect();
+        let stale: Vec<(Option<&str>, Option<&str>)> = stale_marks(&services, &sleepers)
+            .iter()
+            .map(|s| (s.metadata.namespace.as_deref(), s.metadata.name.as_deref()))
+            .collect();
+        assert_eq!(
+            stale,
+            [(Some("default"), Some("old")), (Some("other"), Some("web"))]
+        );
     }
 
     #[test]
