@@ -426,6 +426,7 @@ pub async fn start(
     if config.run_components {
         start_components(
             &config,
+            state.config.node_tls.clone(),
             &metrics,
             apiserver::in_process_client(router.clone()),
             &shutdown,
@@ -465,6 +466,7 @@ pub async fn start(
 /// [`crate::leaderelection`]): with several members on one store, each runs in one of them.
 fn start_components(
     config: &ControlConfig,
+    node_tls: Option<Arc<rustls::ClientConfig>>,
     metrics: &crate::metrics::ControlMetrics,
     client: kube::Client,
     shutdown: &CancellationToken,
@@ -489,6 +491,7 @@ fn start_components(
     ));
     let mut controllers = config.controllers.clone();
     controllers.workqueue = metrics.workqueue.clone();
+    controllers.node_tls = node_tls;
     let controllers_client = client.clone();
     components.spawn(leaderelection::run(
         client,

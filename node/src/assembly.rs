@@ -341,11 +341,15 @@ pub async fn start(
                 ctx.api.clone(),
                 shutdown.clone(),
             ));
+            let wake = proxy::wake::EventSignal::new(
+                Recorder::new(client.clone(), "wharf-proxy").with_host(&config.node_name),
+            );
             tasks.spawn(proxy::run(
                 ctx.services.clone(),
                 config.proxy.clone(),
                 config.address,
                 dialer,
+                Arc::new(wake),
                 snapshots.clone(),
                 shutdown.clone(),
             ));

@@ -282,6 +282,13 @@ pub struct ServiceArgs {
     /// Secrets, by SNI); 0 turns it off
     #[arg(long, value_name = "PORT", default_value_t = 8443)]
     ingress_https_port: u16,
+    /// How long the proxy holds a request to a Service scaled to zero while it wakes up,
+    /// before answering 503
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    proxy_hold_timeout: Duration,
+    /// Requests the proxy holds at once per Service port while it wakes up; beyond, 503
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    proxy_max_held: usize,
 }
 
 /// `--tunnel-port`: a port, or no tunnel.
@@ -344,6 +351,8 @@ impl ServiceArgs {
         config.dns_forward = self.dns_external == DnsExternal::Forward;
         config.proxy.ingress_http_port = self.ingress_http_port;
         config.proxy.ingress_https_port = self.ingress_https_port;
+        config.proxy.hold_timeout = self.proxy_hold_timeout;
+        config.proxy.max_held = self.proxy_max_held;
     }
 }
 

@@ -45,3 +45,17 @@ pub const NODE_ADDRESSES_ANNOTATION: &str = "wharf.dev/node-addresses";
 /// The Node annotation where a node publishes its tunnel, `IP:PORT` (wharf's own): nodes
 /// and the API server reach pods of a node at another address through it.
 pub const TUNNEL_ANNOTATION: &str = "wharf.dev/tunnel";
+
+/// Request-driven autoscaling (the `requestscale` controller and the node proxy): the
+/// Deployment annotation asking for `ceil(requests in flight / N)` replicas.
+pub const TARGET_CONCURRENCY_ANNOTATION: &str = "wharf.dev/target-concurrency";
+/// The Deployment annotation that lets it sleep at zero replicas after this long idle
+/// (a Go duration: `60s`, `5m`).
+pub const SCALE_TO_ZERO_AFTER_ANNOTATION: &str = "wharf.dev/scale-to-zero-after";
+/// The Deployment annotation bounding request-driven scaling (default 100).
+pub const MAX_REPLICAS_ANNOTATION: &str = "wharf.dev/max-replicas";
+/// The Service annotation naming the Deployment to wake when a request finds no endpoint.
+pub const WAKE_ON_REQUEST_ANNOTATION: &str = "wharf.dev/wake-on-request";
+/// The reason of the Event a node proxy records about a sleeping Deployment when it holds
+/// a request for it: the autoscaler's wake-up signal.
+pub const WAKE_UP_REQUESTED_REASON: &str = "WakeUpRequested";

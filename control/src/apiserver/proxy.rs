@@ -558,9 +558,9 @@ pub(crate) async fn request_node(
 /// `streamed` body's answer may take as long as the body. The one place the API server
 /// dials a node's server: TLS with `tls` (its client certificate, verifying the node's
 /// against the cluster CA and `host`, see [`crate::nodetls`]); `uri`'s path and query
-/// are sent.
+/// are sent, with `token` as the bearer unless it is empty.
 #[allow(clippy::too_many_arguments)]
-async fn send_to_node<B>(
+pub(crate) async fn send_to_node<B>(
     tls: Option<Arc<rustls::ClientConfig>>,
     node: &str,
     (host, port): (&str, u16),
@@ -593,11 +593,14 @@ where
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method(method)
         .uri(path)
-        .header(http::header::HOST, format!("{host}:{port}"))
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(http::header::HOST, format!("{host}:{port}"));
+    if !token.is_empty() {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
         .body(body)
         .map_err(|e| ApiError::Internal(format!("building the request to node {node}: {e}")))?;
     // One connection per request, nothing pooled: a log stream is long-lived and rare,

@@ -26,6 +26,7 @@ pub mod nodelifecycle;
 pub mod persistentvolume;
 pub mod replicaset;
 pub mod replicationcontroller;
+pub mod requestscale;
 pub mod resourcequota;
 pub mod serviceaccount;
 pub mod servicelb;
@@ -59,8 +60,14 @@ pub struct ControllerConfig {
     /// How often each HorizontalPodAutoscaler is evaluated (kube-controller-manager's
     /// `--horizontal-pod-autoscaler-sync-period`, 15 s).
     pub hpa_sync_period: Duration,
+    /// How often the request-driven autoscaler reads the node proxies' in-flight counts
+    /// (only while some Deployment opts in).
+    pub request_scale_sync_period: Duration,
     /// The time the CronJob controller and the Jobs' TTL decide on (tests drive it).
     pub clock: clock::Clock,
+    /// How controllers that read nodes (request-driven autoscaling reads their
+    /// `/metrics`) call them: the API server's TLS towards nodes; `None` reads none.
+    pub node_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ControllerConfig {
@@ -74,7 +81,9 @@ impl Default for ControllerConfig {
             token_cleanup_interval: Duration::from_secs(60),
             workqueue: Default::default(),
             hpa_sync_period: Duration::from_secs(15),
+            request_scale_sync_period: Duration::from_millis(500),
             clock: clock::Clock::system(),
+            node_tls: None,
         }
     }
 }
@@ -110,6 +119,7 @@ pub fn start_all(
     clusterroleaggregation::start(client.clone(), shutdown.clone(), tasks);
     crd::start(client.clone(), shutdown.clone(), tasks);
     hpa::start(client.clone(), config, shutdown.clone(), tasks);
+    requestscale::start(client.clone(), config, shutdown.clone(), tasks);
     persistentvolume::start(client.clone(), shutdown.clone(), tasks);
     statefulset::start(client.clone(), shutdown.clone(), tasks);
     serviceaccount::start(client.clone(), shutdown.clone(), tasks);

@@ -13,6 +13,8 @@
 //!   endpoint look idle).
 //!
 //! Readers take a cheap snapshot (`Arc<[Endpoint]>`), so a pick never waits on a writer.
+//! A request held for a Service scaled to zero ([`super::wake`]) waits for the set to gain
+//! an endpoint with [`EndpointSet::wait_nonempty`]: every change wakes the waiters.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,6 +74,7 @@ impl Change {
 #[derive(Debug, Default)]
 pub struct EndpointSet {
     current: RwLock<Arc<[Endpoint]>>,
+    changed: tokio::sync::Notify,
 }
 
 impl EndpointSet {
@@ -121,8 +124,25 @@ impl EndpointSet {
             .collect();
         if !change.is_empty() {
             *guard = next.into();
+            drop(guard);
+            self.changed.notify_waiters();
         }
         change
+    }
+
+    /// Returns once the set has an endpoint (at once if it has one now).
+    pub async fn wait_nonempty(&self) {
+        loop {
+            let notified = self.changed.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a change between the check and the wait
+            // is not missed.
+            notified.as_mut().enable();
+            if !self.is_empty() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Adds one endpoint; false if it was there.
@@ -191,5 +211,25 @@ mod tests {
         assert!(set.remove(a("127.0.0.1:1")));
         assert!(!set.remove(a("127.0.0.1:1")));
         assert_eq!(set.snapshot()[0].addr, a("127.0.0.1:2"));
+    }
+
+    #[tokio::test]
+    async fn waiters_are_released_when_an_endpoint_arrives() {
+        let set = Arc::new(EndpointSet::new());
+        let waiting = tokio::spawn({
+            let set = set.clone();
+            async move { set.wait_nonempty().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        set.reset([a("127.0.0.1:1")]);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        // Nonempty: at once.
+        tokio::time::timeout(std::time::Duration::from_secs(5), set.wait_nonempty())
+            .await
+            .unwrap();
     }
 }

@@ -6,6 +6,8 @@
 //! ```text
 //! request from a client connection (hyper server, HTTP/1.1)
 //!   │  metrics        requests, failures, active per Service port
+//!   │  hold           a Service scaled to zero without endpoints: wait for a wake-up
+//!   │                 (bounded, with a timeout; see [`super::wake`])
 //!   │  load shed      over the limit: 503 at once
 //!   │  concurrency    at most `max_in_flight` requests awaiting a response per port
 //!   │  retry          idempotent, bodiless requests that got no response: another endpoint
@@ -17,7 +19,7 @@
 //! ```
 //!
 //! The endpoint's load is held until the response body ends (a long download counts).
-//! Failures answer 503 (no endpoint, shed) or 502 (the endpoint failed) with a text body.
+//! Failures answer 503 (no endpoint, shed, not woken in time) or 502 (the endpoint failed) with a text body.
 //! Upgrades (WebSocket) and h2c are not proxied here; a port that needs them should not be
 //! marked HTTP, and then gets the L4 path.
 //!
@@ -31,6 +33,7 @@ use super::balance::{Balance, Balanced, NoEndpoints, PolicyCell};
 use super::discover::EndpointSet;
 use super::metrics::{MetricsLayer, PortStats};
 use super::retry::{HttpRetry, ProxyBody, idempotent};
+use super::wake::{HoldError, HoldLayer, PortWake};
 use crate::tunnel::client::{Dialer, Upstream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -152,17 +155,22 @@ impl Service<Request<ProxyBody>> for HttpEndpoint {
     }
 }
 
-/// The whole L7 stack of one Service port.
+/// The whole L7 stack of one Service port; `wake`: the port holds requests while its
+/// Service is asleep (Service ports; not Ingress backends).
 pub fn stack(
     endpoints: Arc<EndpointSet>,
     policy: Arc<PolicyCell>,
     stats: Arc<PortStats>,
     client: HttpClient,
     config: &ProxyConfig,
+    wake: Option<Arc<PortWake>>,
 ) -> HttpStack {
     let stack = ServiceBuilder::new()
-        // Metrics: requests taken, failed and awaiting a response, per Service port.
+        // Metrics: requests taken, failed and awaiting a response (held ones included),
+        // per Service port.
         .layer(MetricsLayer::new(stats))
+        // Hold: while the Service is scaled to zero, wait for an endpoint.
+        .option_layer(wake.map(HoldLayer::new))
         // Load shed: when the limit below has no slot, answer 503 now instead of queueing.
         .layer(LoadShedLayer::new())
         // Concurrency limit: requests in flight at once, per Service port.
@@ -250,6 +258,9 @@ pub async fn proxy_request(stack: HttpStack, req: Request<Incoming>) -> Response
             StatusCode::SERVICE_UNAVAILABLE,
             "wharf proxy: no endpoints available for this service".into(),
         ),
+        Err(e) if e.is::<HoldError>() => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, format!("wharf proxy: {e}"))
+        }
         Err(e) if e.is::<Overloaded>() => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "wharf proxy: too many requests in flight for this service".into(),
@@ -373,6 +384,7 @@ mod tests {
             stats.clone(),
             client(&config, Arc::new(Dialer::direct())),
             &config,
+            None,
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = listener.local_addr().unwrap();
@@ -427,6 +439,81 @@ mod tests {
         );
         assert_eq!(stats.requests(), 11);
         assert_eq!(stats.failures(), 2);
+        tasks.abort_all();
+    }
+
+    /// A Service marked for wake-ups: with no endpoint its requests wait, counted in
+    /// flight, and go to the first endpoint that appears; one that waits too long gets a
+    /// 503 saying why.
+    #[tokio::test]
+    async fn requests_to_a_sleeping_service_wait_for_its_first_endpoint() {
+        let mut tasks = JoinSet::new();
+        let a = backend("a", &mut tasks).await;
+        let set = Arc::new(EndpointSet::new());
+        let config = ProxyConfig {
+            hold_timeout: Duration::from_millis(500),
+            ..ProxyConfig::default()
+        };
+        let stats = Arc::new(PortStats::default());
+        let wake = Arc::new(PortWake::new(
+            crate::proxy::model::ServiceKey::new("default", "web"),
+            80,
+            set.clone(),
+            Arc::new(crate::proxy::wake::NoSignal),
+            config.hold_timeout,
+            config.max_held,
+        ));
+        wake.set_workload(Some("web".into()));
+        let stack = stack(
+            set.clone(),
+            Arc::new(PolicyCell::new(LbPolicy::RoundRobin)),
+            stats.clone(),
+            client(&config, Arc::new(Dialer::direct())),
+            &config,
+            Some(wake),
+        );
+        let request = || {
+            Request::builder()
+                .uri("/x")
+                .header(header::HOST, "web.default")
+                .body(Either::Left(Empty::new()))
+                .unwrap()
+        };
+        let answer = |stack: HttpStack, req: Request<ProxyBody>| async move {
+            match stack.oneshot(req).await {
+                Ok(Balanced { response, .. }) => {
+                    let status = response.status();
+                    let body = response.into_body().collect().await.unwrap().to_bytes();
+                    (status, String::from_utf8_lossy(&body).into_owned())
+                }
+                Err(e) => {
+                    assert!(e.is::<HoldError>(), "{e}");
+                    (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                }
+            }
+        };
+        // No endpoint for longer than the hold timeout: 503, saying why.
+        let (status, body) = answer(stack.clone(), request()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("is scaled to zero"), "{body}");
+        // Held while there is none, counted in flight, released to the first one.
+        let held = tokio::spawn(answer(stack.clone(), request()));
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while stats.active() != 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        set.reset([a]);
+        let (status, body) = tokio::time::timeout(Duration::from_secs(5), held)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "a /x web.default")
+        );
         tasks.abort_all();
     }
 

@@ -22,7 +22,10 @@
 //!   node's tunnel: [`route`] (pure) computes the table from the snapshot, and every
 //!   connect goes through the node's [`Dialer`], which consults it;
 //! - [`resolve`] gives pods the same view by name, for their outgoing HTTP requests;
-//! - [`metrics`] counts per port, served at the node's `/metrics`.
+//! - [`metrics`] counts per port, served at the node's `/metrics`; the control plane's
+//!   request-driven autoscaler reads its in-flight counts there;
+//! - [`wake`] holds the HTTP requests of a Service scaled to zero until it has an
+//!   endpoint, and asks for the wake-up.
 //!
 //! Several nodes on one machine share every address with `SO_REUSEPORT` ([`listener`]).
 //! Ports below 1024 need `net.ipv4.ip_unprivileged_port_start` lowered (or root): where
@@ -40,6 +43,7 @@ pub mod resolve;
 pub mod retry;
 pub mod route;
 pub mod tcp;
+pub mod wake;
 pub mod watch;
 
 use crate::tunnel::client::Dialer;
@@ -68,6 +72,12 @@ pub struct ProxyConfig {
     /// Connections (L4) or requests (L7) in flight per Service port; beyond, new ones are
     /// shed.
     pub max_in_flight: usize,
+    /// How long a request to a Service scaled to zero waits for an endpoint before it is
+    /// answered 503 (`--proxy-hold-timeout`).
+    pub hold_timeout: Duration,
+    /// Requests that may wait at once per Service port for a Service scaled to zero
+    /// (`--proxy-max-held`); beyond, 503 at once.
+    pub max_held: usize,
     /// The node port Ingresses are served on over HTTP (`--ingress-http-port`); 0: none.
     pub ingress_http_port: u16,
     /// The node port Ingresses are served on over HTTPS (`--ingress-https-port`); 0: none.
@@ -81,6 +91,8 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(2),
             connect_attempts: 3,
             max_in_flight: 10_000,
+            hold_timeout: Duration::from_secs(30),
+            max_held: 1_000,
             ingress_http_port: 8080,
             ingress_https_port: 8443,
         }
@@ -126,6 +138,9 @@ pub struct DesiredPort {
     pub binds: Vec<SocketAddr>,
     /// Where new traffic goes ([`model::routable`]).
     pub endpoints: Vec<SocketAddr>,
+    /// The Deployment to wake when a request finds no endpoint (HTTP ports of Services
+    /// marked with [`model::WAKE_ANNOTATION`]).
+    pub wake: Option<String>,
 }
 
 /// The ports to serve, from a snapshot (pure). Only TCP ports of Services with a cluster
@@ -158,6 +173,7 @@ pub fn plan(snapshot: &Snapshot, node_address: IpAddr) -> BTreeMap<(ServiceKey, 
                     policy: svc.policy,
                     binds,
                     endpoints: model::routable(svc.backends_of(&port.name)),
+                    wake: svc.wake.clone().filter(|_| port.http),
                 },
             );
         }
@@ -182,6 +198,7 @@ struct PortState {
     endpoints: Arc<EndpointSet>,
     policy: Arc<PolicyCell>,
     stats: Arc<PortStats>,
+    wake: Arc<wake::PortWake>,
     handler: Handler,
     listeners: HashMap<SocketAddr, Listening>,
 }
@@ -202,6 +219,7 @@ struct Proxy {
     node_address: IpAddr,
     dialer: Arc<Dialer>,
     client: http::HttpClient,
+    signal: Arc<dyn wake::Signal>,
     ports: BTreeMap<(ServiceKey, u16), PortState>,
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
@@ -235,6 +253,14 @@ impl Proxy {
                     let endpoints = Arc::new(EndpointSet::new());
                     let policy = Arc::new(PolicyCell::new(want.policy));
                     let stats = self.shared.metrics.port(&key.0, key.1);
+                    let wake = Arc::new(wake::PortWake::new(
+                        key.0.clone(),
+                        key.1,
+                        endpoints.clone(),
+                        self.signal.clone(),
+                        self.config.hold_timeout,
+                        self.config.max_held,
+                    ));
                     let handler = if want.http {
                         Handler::Http(http::stack(
                             endpoints.clone(),
@@ -242,6 +268,7 @@ impl Proxy {
                             stats.clone(),
                             self.client.clone(),
                             &self.config,
+                            Some(wake.clone()),
                         ))
                     } else {
                         Handler::Tcp(tcp::stack(
@@ -258,12 +285,14 @@ impl Proxy {
                         endpoints,
                         policy,
                         stats,
+                        wake,
                         handler,
                         listeners: HashMap::new(),
                     })
                 }
             };
             st.policy.set(want.policy);
+            st.wake.set_workload(want.wake.clone());
             let change = st.endpoints.reset(want.endpoints.iter().copied());
             if !change.is_empty() {
                 tracing::debug!(service = %key.0, port = key.1, added = ?change.added, removed = ?change.removed, "endpoints changed");
@@ -389,18 +418,21 @@ fn bind_port(
 }
 
 /// Serves the Services of every snapshot until shutdown, connecting to endpoints through
-/// `dialer` (directly, or through node tunnels).
+/// `dialer` (directly, or through node tunnels); `signal` asks for the wake-up of a
+/// Service scaled to zero.
 pub async fn run(
     shared: Arc<Shared>,
     config: ProxyConfig,
     node_address: IpAddr,
     dialer: Arc<Dialer>,
+    signal: Arc<dyn wake::Signal>,
     mut snapshots: watch::SnapshotRx,
     shutdown: CancellationToken,
 ) {
     let mut proxy = Proxy {
         shared,
         client: http::client(&config, dialer.clone()),
+        signal,
         config,
         node_address,
         dialer,
@@ -495,6 +527,34 @@ mod tests {
         );
         // The terminating endpoint gets nothing new while a ready one exists.
         assert_eq!(web.endpoints, vec!["127.64.0.2:8080".parse().unwrap()]);
+    }
+
+    /// A Service marked for wake-ups holds on its HTTP ports only (an L4 connection is
+    /// not held).
+    #[test]
+    fn plan_holds_http_ports_of_services_marked_for_wake_ups() {
+        let mut marked = svc(
+            "web",
+            serde_json::json!({"clusterIP": "127.250.0.9", "ports": [
+                {"name": "http", "port": 80},
+                {"name": "raw", "port": 81},
+            ]}),
+        );
+        marked.metadata.annotations = Some(
+            [(model::WAKE_ANNOTATION.to_string(), "web".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        let plain = svc(
+            "other",
+            serde_json::json!({"clusterIP": "127.250.0.10", "ports": [{"name": "http", "port": 80}]}),
+        );
+        let snap = model::build(1, [&marked, &plain], []);
+        let plan = plan(&snap, "127.0.0.1".parse().unwrap());
+        let web = ServiceKey::new("default", "web");
+        assert_eq!(plan[&(web.clone(), 80)].wake.as_deref(), Some("web"));
+        assert_eq!(plan[&(web, 81)].wake, None);
+        assert_eq!(plan[&(ServiceKey::new("default", "other"), 80)].wake, None);
     }
 
     /// A LoadBalancer Service is served on `nodeAddress:port` once its ingress names the
@@ -632,6 +692,7 @@ mod tests {
             ProxyConfig::default(),
             "127.0.0.1".parse().unwrap(),
             Arc::new(Dialer::direct()),
+            Arc::new(wake::NoSignal),
             rx,
             shutdown.clone(),
         ));

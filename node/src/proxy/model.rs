@@ -31,6 +31,11 @@ pub use wharf_control::api::wellknown::SERVICE_NAME_LABEL;
 pub const LB_POLICY_ANNOTATION: &str = "wharf.dev/lb-policy";
 /// The EndpointSlice annotation `{"NODE": "HOST-IP"}`: the address of each endpoint's node.
 pub use wharf_control::api::wellknown::NODE_ADDRESSES_ANNOTATION;
+/// The Service annotation naming the Deployment behind it that may be scaled to zero: the
+/// control plane's request-driven autoscaler sets it, and the proxy then holds the
+/// Service's HTTP requests while it has no endpoint, and asks for a wake-up
+/// ([`super::wake`]).
+pub use wharf_control::api::wellknown::WAKE_ON_REQUEST_ANNOTATION as WAKE_ANNOTATION;
 
 /// `namespace/name` of a Service.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -179,6 +184,8 @@ pub struct ServiceInfo {
     /// The load balancer addresses the Service was given (`status.loadBalancer.ingress`):
     /// a node serves the Service's ports on its address when it is among them.
     pub lb_ingress: Vec<IpAddr>,
+    /// The Deployment to wake when a request finds no endpoint ([`WAKE_ANNOTATION`]).
+    pub wake: Option<String>,
     /// Port name → backends, merged from every slice of the Service, sorted by address and
     /// without duplicates.
     pub backends: BTreeMap<String, Vec<Backend>>,
@@ -336,6 +343,13 @@ fn service_info(svc: &Service) -> Option<ServiceInfo> {
             .flatten()
             .filter_map(|i| i.ip.as_deref()?.parse().ok())
             .collect(),
+        wake: svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(WAKE_ANNOTATION))
+            .map(|w| w.trim().to_string())
+            .filter(|w| !w.is_empty()),
         backends: BTreeMap::new(),
         pods: Vec::new(),
     })

@@ -452,7 +452,8 @@ fn fraction(n: u64, div: u64) -> String {
     format!("{whole}.{}", digits.trim_end_matches('0'))
 }
 
-fn parse_duration(s: &str) -> Option<i64> {
+/// A Go duration (`1h2m3.5s`) in nanoseconds; also read by the request-driven autoscaler.
+pub(crate) fn parse_duration(s: &str) -> Option<i64> {
     let (neg, mut rest) = match s.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, s.strip_prefix('+').unwrap_or(s)),

@@ -26,7 +26,9 @@
 //! `ScalingLimited`) and their reasons and messages are Kubernetes'.
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscalerSpec, MetricSpec};
+use k8s_openapi::api::autoscaling::v2::{
+    HPAScalingRules, HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricSpec,
+};
 use std::collections::BTreeMap;
 
 /// How far from 1 a usage ratio may be and change nothing.
@@ -69,7 +71,19 @@ impl History {
         to: i32,
         now: Timestamp,
     ) {
-        let (up, down) = rules(spec);
+        self.record_rescale_by(spec.behavior.as_ref(), from, to, now);
+    }
+
+    /// [`History::record_rescale`] under `behavior` (an HPA's, or the request-driven
+    /// autoscaler's).
+    pub fn record_rescale_by(
+        &mut self,
+        behavior: Option<&HorizontalPodAutoscalerBehavior>,
+        from: i32,
+        to: i32,
+        now: Timestamp,
+    ) {
+        let (up, down) = rules_of(behavior);
         let keep = |events: &mut Vec<(Timestamp, i32)>, rules: &Rules| {
             let longest = rules.policies.iter().map(|p| p.period).max().unwrap_or(0);
             events.retain(|(t, _)| now.duration_since(*t) <= SignedDuration::from_secs(longest));
@@ -157,7 +171,11 @@ fn policy(pods: bool, value: i32, period: i64) -> Policy {
 
 /// The scale-up and scale-down rules of `spec`, Kubernetes' defaults filled in.
 fn rules(spec: &HorizontalPodAutoscalerSpec) -> (Rules, Rules) {
-    let behavior = spec.behavior.as_ref();
+    rules_of(spec.behavior.as_ref())
+}
+
+/// The scale-up and scale-down rules of `behavior`, Kubernetes' defaults filled in.
+fn rules_of(behavior: Option<&HorizontalPodAutoscalerBehavior>) -> (Rules, Rules) {
     let up_default = Rules {
         window: 0,
         select: Select::Max,
@@ -519,6 +537,22 @@ fn limit(
         "DesiredWithinRange",
         "the desired count is within the acceptable range",
     )
+}
+
+/// Steps 3 and 4 for a recommendation made elsewhere (the request-driven autoscaler's,
+/// [`crate::controllers::requestscale`]): `desired` stabilized by `behavior`'s windows
+/// (recorded in `history`), then limited by its rate policies and `(min, max)`.
+pub fn settle(
+    desired: i32,
+    current: i32,
+    bounds: (i32, i32),
+    behavior: Option<&HorizontalPodAutoscalerBehavior>,
+    history: &mut History,
+    now: Timestamp,
+) -> i32 {
+    let (up, down) = rules_of(behavior);
+    let (stabilized, _, _) = stabilize(desired, current, &up, &down, history, now);
+    limit(stabilized, current, bounds, (&up, &down), history, now).0
 }
 
 /// Decides the size of the target (see the module docs). `current` is the target's

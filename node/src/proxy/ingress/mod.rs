@@ -226,6 +226,7 @@ fn executor(
                 Arc::new(PortStats::default()),
                 client.clone(),
                 config,
+                None,
             );
             (set, stack)
         });

@@ -289,6 +289,7 @@ mod tests {
             policy: Default::default(),
             publish_not_ready: false,
             lb_ingress: Vec::new(),
+            wake: None,
             backends: BTreeMap::from([(
                 "http".to_string(),
                 endpoints

@@ -1,0 +1,358 @@
+//! End-to-end (issue 15): request-driven autoscaling and scale to zero, with the real
+//! `kubectl` against a `wharf up` cluster and requests through a Service's cluster IP.
+//!
+//! - a burst of slow requests (`samples/hello-http`'s `/sleep/MS`) scales a Deployment
+//!   annotated `wharf.dev/target-concurrency` up;
+//! - a Deployment annotated `wharf.dev/scale-to-zero-after` goes to 0/0 when idle; 100
+//!   concurrent first requests through its Service are held by the node proxy while it
+//!   wakes, and all get 200; it then goes back to zero; the sleep and the wake-up are
+//!   Events on the Deployment.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::kubectl::Kubectl;
+use common::{Cluster, build_samples, free_port, hello_deployment, http_get, http_ok};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// A Service `name` selecting `app: NAME`, HTTP port 7080 to `target`.
+fn service_yaml(name: &str, target: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  selector:
+    app: {name}
+  ports:
+  - name: http
+    port: 7080
+    targetPort: {target}
+"
+    )
+}
+
+/// A hello-http Deployment with `annotations` (YAML lines `k: "v"`).
+fn annotated_deployment(name: &str, replicas: u32, port: u16, annotations: &[&str]) -> String {
+    let plain = hello_deployment(name, replicas, port);
+    let lines: String = annotations.iter().map(|a| format!("    {a}\n")).collect();
+    plain.replacen(
+        &format!("metadata:\n  name: {name}\n"),
+        &format!("metadata:\n  name: {name}\n  annotations:\n{lines}"),
+        1,
+    )
+}
+
+async fn cluster_ip(k: &Kubectl<'_>, name: &str) -> IpAddr {
+    k.ok(&["get", "service", name, "-o", "jsonpath={.spec.clusterIP}"])
+        .await
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+async fn spec_replicas(k: &Kubectl<'_>, name: &str) -> u32 {
+    k.ok(&["get", "deployment", name, "-o", "jsonpath={.spec.replicas}"])
+        .await
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_requests_scales_a_concurrency_targeted_deployment_up() {
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), 1).await;
+    let k = Kubectl {
+        kubeconfig: &cluster.kubeconfig,
+    };
+    let port = free_port();
+    let manifest = dir.path().join("busy.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "{}---\n{}",
+            annotated_deployment(
+                "busy",
+                1,
+                port,
+                &[
+                    "wharf.dev/target-concurrency: \"4\"",
+                    "wharf.dev/max-replicas: \"3\""
+                ]
+            ),
+            service_yaml("busy", port)
+        ),
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", manifest.to_str().unwrap()]).await;
+    k.ok(&["rollout", "status", "deployment/busy", "--timeout=90s"])
+        .await;
+    let addr = SocketAddr::new(cluster_ip(&k, "busy").await, 7080);
+    http_ok(addr, "/", Duration::from_secs(30)).await;
+
+    // 12 requests of 6 s each in flight: ceil(12 / 4) = 3 replicas, within a second or
+    // two of the burst (the sync period is 500 ms).
+    let started = Instant::now();
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        burst.spawn(async move { http_get(addr, "/sleep/6000").await });
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while spec_replicas(&k, "busy").await < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "not scaled up within 20 s of the burst:\n{}",
+            k.ok(&["describe", "deployment", "busy"]).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    eprintln!("scaled to 3 replicas {took:?} after the burst started");
+    assert!(
+        took < Duration::from_secs(5),
+        "scaled up only {took:?} after the burst"
+    );
+    let events = k
+        .until(
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=busy,reason=SuccessfulRescale",
+            ],
+            |out| out.contains("New size: 3"),
+        )
+        .await;
+    assert!(
+        events.contains("requests in flight above target concurrency 4 per replica"),
+        "{events}"
+    );
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(done) = burst.join_next().await {
+            let (status, body) = done.unwrap().unwrap();
+            assert_eq!(status, 200, "{body}");
+        }
+    })
+    .await
+    .expect("the burst's requests did not finish");
+    cluster.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_deployment_sleeps_at_zero_and_a_request_wakes_it() {
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), 1).await;
+    let k = Kubectl {
+        kubeconfig: &cluster.kubeconfig,
+    };
+    let port = free_port();
+    let manifest = dir.path().join("sleepy.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "{}---\n{}",
+            annotated_deployment("sleepy", 1, port, &["wharf.dev/scale-to-zero-after: 3s"]),
+            service_yaml("sleepy", port)
+        ),
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", manifest.to_str().unwrap()]).await;
+    let addr = SocketAddr::new(cluster_ip(&k, "sleepy").await, 7080);
+
+    // Idle for 3 s: asleep at 0/0, its Service marked for wake-ups, no pod left.
+    let asleep = |out: &str| {
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().nth(1) == Some("0/0"))
+    };
+    let deploy = k.until(&["get", "deployment", "sleepy"], asleep).await;
+    eprintln!("{deploy}");
+    let marked = k
+        .ok(&[
+            "get",
+            "service",
+            "sleepy",
+            "-o",
+            "jsonpath={.metadata.annotations.wharf\\.dev/wake-on-request}",
+        ])
+        .await;
+    assert_eq!(marked.trim(), "sleepy");
+    k.until(&["get", "pods", "-l", "app=sleepy", "-o", "name"], |out| {
+        out.trim().is_empty()
+    })
+    .await;
+    let slept = k
+        .until(
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=sleepy,reason=ScaledToZero",
+            ],
+            |out| out.contains("Scaled to zero: no request for 3s"),
+        )
+        .await;
+    eprintln!("{slept}");
+
+    // 100 concurrent first requests through the cluster IP: held while it wakes, all
+    // answered by the woken pod.
+    let started = Instant::now();
+    let mut first = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        first.spawn(async move {
+            let r = http_get(addr, "/").await;
+            (r, started.elapsed())
+        });
+    }
+    let mut latencies = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(done) = first.join_next().await {
+            let (r, took) = done.unwrap();
+            let (status, body) = r.unwrap();
+            assert_eq!(status, 200, "{body}");
+            assert!(body.starts_with("hello from pod"), "{body}");
+            latencies.push(took);
+        }
+    })
+    .await
+    .expect("the first requests were not answered");
+    latencies.sort();
+    eprintln!(
+        "100 requests to a sleeping deployment: first answer after {:?}, last after {:?}",
+        latencies[0],
+        latencies[latencies.len() - 1]
+    );
+    let woke = k
+        .until(
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=sleepy,reason=WokenUp",
+            ],
+            |out| out.contains("Scaled up from zero to 1"),
+        )
+        .await;
+    eprintln!("{woke}");
+    let asked = k
+        .ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=sleepy,reason=WakeUpRequested",
+        ])
+        .await;
+    assert!(
+        asked.contains("a request for Service sleepy port 7080 is waiting for an endpoint"),
+        "{asked}"
+    );
+
+    // Idle again: back to zero.
+    let deploy = k.until(&["get", "deployment", "sleepy"], asleep).await;
+    eprintln!("{deploy}");
+    cluster.terminate().await;
+}
+
+/// The wake-up benchmark (BENCHMARKS.md): `WHARF_BENCH_WAKEUPS` times (100 by default),
+/// wait until the Deployment is asleep (0 replicas, no pod, no endpoint), then time one
+/// GET through the Service's cluster IP from its first byte sent to its whole answer; then
+/// the same GET to the awake pod. Prints p50/p99/max of both.
+///
+/// `cargo test --release --test scale_to_zero -- --ignored --nocapture wake_up_latency`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: minutes long"]
+async fn wake_up_latency() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, ListParams};
+
+    let runs: usize = std::env::var("WHARF_BENCH_WAKEUPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), 1).await;
+    let k = Kubectl {
+        kubeconfig: &cluster.kubeconfig,
+    };
+    let port = free_port();
+    let manifest = dir.path().join("bench.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "{}---\n{}",
+            // No readiness probe: the pod is ready when its guest runs (a probe would add
+            // up to its period to every wake-up).
+            annotated_deployment("bench", 1, port, &["wharf.dev/scale-to-zero-after: 1s"])
+                .split("          readinessProbe:")
+                .next()
+                .unwrap_or_default(),
+            service_yaml("bench", port)
+        ),
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", manifest.to_str().unwrap()]).await;
+    let addr = SocketAddr::new(cluster_ip(&k, "bench").await, 7080);
+    let deployments: Api<Deployment> = Api::default_namespaced(cluster.client.clone());
+    let pods: Api<Pod> = Api::default_namespaced(cluster.client.clone());
+    let slices: Api<EndpointSlice> = Api::default_namespaced(cluster.client.clone());
+    let asleep = || async {
+        let d = deployments.get("bench").await.ok()?;
+        let zero = d.spec.replicas == Some(0);
+        let no_pods = pods
+            .list(&ListParams::default().labels("app=bench"))
+            .await
+            .ok()?
+            .items
+            .is_empty();
+        let no_endpoints = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=bench"))
+            .await
+            .ok()?
+            .items
+            .iter()
+            .all(|s| s.endpoints.as_ref().is_none_or(Vec::is_empty));
+        Some(zero && no_pods && no_endpoints)
+    };
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for run in 0..runs {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while asleep().await != Some(true) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("run {run}: not asleep within 60 s"));
+        let started = Instant::now();
+        let (status, body) = http_get(addr, "/").await.unwrap();
+        cold.push(started.elapsed());
+        assert_eq!(status, 200, "run {run}: {body}");
+        let started = Instant::now();
+        let (status, body) = http_get(addr, "/").await.unwrap();
+        warm.push(started.elapsed());
+        assert_eq!(status, 200, "run {run}: {body}");
+    }
+    let pct = |v: &mut Vec<Duration>, p: f64| -> Duration {
+        v.sort();
+        v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+    };
+    for (what, v) in [("from zero", &mut cold), ("awake", &mut warm)] {
+        let (p50, p99, max) = (pct(v, 0.5), pct(v, 0.99), pct(v, 1.0));
+        eprintln!(
+            "BENCH wake-up {what}: runs {} p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            v.len(),
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
+        );
+    }
+    cluster.terminate().await;
+}
