@@ -146,17 +146,44 @@ async fn node_tokens_join_report_and_are_revoked() {
 /// (each string is one chunk; dropping the sender ends the response).
 type LogRequest = (String, mpsc::UnboundedSender<String>);
 
-/// A node log server on 127.0.0.1:0 speaking just enough HTTP/1.1: it checks the bearer
-/// token and streams chunks as the test sends them.
-async fn fake_node(token: String) -> (u16, mpsc::UnboundedReceiver<LogRequest>) {
+/// A node log server on 127.0.0.1:0 speaking just enough HTTP/1.1 over TLS, as nodes
+/// do: a node certificate for 127.0.0.1 from the cluster CA in `pki_dir`, the API
+/// server's client certificate required. It checks the bearer token and streams chunks
+/// as the test sends them.
+async fn fake_node(
+    token: String,
+    pki_dir: &std::path::Path,
+) -> (u16, mpsc::UnboundedReceiver<LogRequest>) {
+    use wharf_control::nodetls;
+    let ca = std::fs::read_to_string(pki_dir.join(wharf_control::pki::CA_CERT)).unwrap();
+    let ip = "127.0.0.1".parse().unwrap();
+    let (key, csr) = nodetls::node_csr("n1", &[ip], &[]).unwrap();
+    let cert = nodetls::sign_node_csr(
+        pki_dir,
+        "n1",
+        &csr,
+        &["127.0.0.1".into()],
+        std::time::Duration::from_secs(3600),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let cert = std::sync::Arc::new(
+        nodetls::ReloadableCert::from_pem(&cert, &key.serialize_pem()).unwrap(),
+    );
+    let tls = tokio_rustls::TlsAcceptor::from(
+        nodetls::server_config(&ca, cert, true, &[b"http/1.1"]).unwrap(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (seen_tx, seen_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (token, seen) = (token.clone(), seen_tx.clone());
+            let (token, seen, tls) = (token.clone(), seen_tx.clone(), tls.clone());
             tokio::spawn(async move {
-                let (read, mut write) = tcp.into_split();
+                let Ok(stream) = tls.accept(tcp).await else {
+                    return;
+                };
+                let (read, mut write) = tokio::io::split(stream);
                 let mut lines = BufReader::new(read).lines();
                 let request_line = lines.next_line().await.unwrap().unwrap_or_default();
                 let mut authorized = false;
@@ -210,7 +237,7 @@ async fn logs_stream_from_the_node_through_the_api_server() {
     ))
     .await
     .unwrap();
-    let (port, mut requests) = fake_node(proxy_token).await;
+    let (port, mut requests) = fake_node(proxy_token, &dir.path().join("pki")).await;
 
     let nodes: Api<Node> = Api::all(admin.clone());
     let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap();
