@@ -355,10 +355,10 @@ async fn a_replica_set_keeps_its_pods_adopts_and_releases() {
     })
     .await;
     assert_eq!(rs[0].status.as_ref().unwrap().ready_replicas, None);
-    let out = wharf(&kc, &["describe", "rs", "web"]).await;
-    assert!(out.status.success(), "{}", out.stderr_text());
-    let text = out.stdout_text();
-    for expected in [
+    // `describe` reads the status again: the controller may still be writing it (the
+    // release and its replacement are two writes), so ask until it settles, within a
+    // deadline.
+    let expected = [
         "Name:         web\n",
         "Replicas:     3 current / 3 desired\n",
         "Pods Status:  0 Running / 3 Waiting / 0 Succeeded / 0 Failed\n",
@@ -367,8 +367,25 @@ async fn a_replica_set_keeps_its_pods_adopts_and_releases() {
         "Created pod: web-",
         "SuccessfulDelete",
         "replicaset-controller",
-    ] {
-        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    ];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = wharf(&kc, &["describe", "rs", "web"]).await;
+        assert!(out.status.success(), "{}", out.stderr_text());
+        let text = out.stdout_text();
+        let missing: Vec<&str> = expected
+            .iter()
+            .copied()
+            .filter(|e| !text.contains(e))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing:?} not in:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     control.terminate().await;
 }
