@@ -117,6 +117,18 @@ impl TestApi {
     /// Serves `app` as a node's server on `listener`: TLS with a certificate of this
     /// API's CA for 127.0.0.1, a client certificate of the CA required.
     pub fn serve_node(&self, listener: tokio::net::TcpListener, app: Router) {
+        tokio::spawn(crate::controlplane::serve_tls(
+            listener,
+            tokio_rustls::TlsAcceptor::from(self.node_server_tls()),
+            app,
+            Default::default(),
+            self.state.shutdown.clone(),
+        ));
+    }
+
+    /// A node server's TLS for node `n1` at 127.0.0.1, certified by this API's CA, with
+    /// client certificates required (as nodes' tunnels and servers are).
+    pub fn node_server_tls(&self) -> Arc<rustls::ServerConfig> {
         let dir = self.state.config.pki_dir.clone().expect("pki dir");
         let ca = std::fs::read_to_string(dir.join(crate::pki::CA_CERT)).expect("ca");
         let ip = "127.0.0.1".parse().expect("ip");
@@ -133,14 +145,7 @@ impl TestApi {
         let cert = Arc::new(
             crate::nodetls::ReloadableCert::from_pem(&cert, &key.serialize_pem()).expect("cert"),
         );
-        let tls = crate::nodetls::server_config(&ca, cert, true, &[b"http/1.1"]).expect("tls");
-        tokio::spawn(crate::controlplane::serve_tls(
-            listener,
-            tokio_rustls::TlsAcceptor::from(tls),
-            app,
-            Default::default(),
-            self.state.shutdown.clone(),
-        ));
+        crate::nodetls::server_config(&ca, cert, true, &[b"http/1.1"]).expect("tls")
     }
 
     /// The store's current revision.

@@ -290,22 +290,7 @@ mod tests {
         api: &crate::apiserver::testing::TestApi,
         status: &'static str,
     ) -> (SocketAddr, tokio::task::JoinHandle<String>) {
-        let dir = api.state.config.pki_dir.clone().unwrap();
-        let ca = std::fs::read_to_string(dir.join(crate::pki::CA_CERT)).unwrap();
-        let (key, csr) = crate::nodetls::node_csr("n1", &[ip("127.0.0.1")], &[]).unwrap();
-        let cert = crate::nodetls::sign_node_csr(
-            &dir,
-            "n1",
-            &csr,
-            &["127.0.0.1".into()],
-            Duration::from_secs(3600),
-            std::time::SystemTime::now(),
-        )
-        .unwrap();
-        let cert = Arc::new(
-            crate::nodetls::ReloadableCert::from_pem(&cert, &key.serialize_pem()).unwrap(),
-        );
-        let tls = crate::nodetls::server_config(&ca, cert, true, &[b"http/1.1"]).unwrap();
+        let tls = api.node_server_tls();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
