@@ -114,8 +114,13 @@ impl ControlProcess {
         })
         .await
         .expect("wharf control did not start in time");
-        // Keep draining stderr so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining stderr so the child never blocks on a full pipe, and pass its
+        // warnings on: the test harness shows them when the test fails.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[wharf control {addr}] {line}");
+            }
+        });
         ControlProcess {
             child,
             addr,

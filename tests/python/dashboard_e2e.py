@@ -252,6 +252,18 @@ def run(driver):
     assert re.search(r"\d+ / \d+", node_row), f"the node row shows no pod count: {node_row!r}"
     shot(driver, "overview")
 
+    # The pod page draws the history the API server kept when it opens (sampled every
+    # second in this cluster): wait until three samples are kept, so the graphs below
+    # have three points whatever the pace of this machine.
+    def kept_points(d):
+        return d.execute_async_script("""
+          const done = arguments[arguments.length - 1];
+          import(new URL('api.js', location.href).href)
+            .then((api) => api.get('/wharf/v1/namespaces/default/pods/ticker/usage'))
+            .then((kept) => done((kept.points || []).length), () => done(0));""")
+
+    wait_for(driver, "three kept usage samples of the ticker", lambda d: kept_points(d) >= 3)
+
     step("the pod page follows the ticker's log as lines arrive")
     click(driver, '#pods tr[data-name="ticker"] a')
     wait_for(driver, "the pod page", lambda d: d.find_element(By.ID, "pod-name").text == "default/ticker")
@@ -263,8 +275,8 @@ def run(driver):
     wait_for(driver, "log lines", lambda d: ticks(d))
     first = max(ticks(driver))
     wait_for(driver, "new log lines arriving", lambda d: max(ticks(d)) >= first + 2, timeout=30)
-    # The usage graphs open with the history the API server kept (sampled every second
-    # in this cluster), not only the samples taken since the page opened (one per 15 s).
+    # The usage graphs open with the history the API server kept, not only the samples
+    # taken since the page opened (one per 15 s).
     def graph_points(d):
         lines = d.find_elements(By.CSS_SELECTOR, '#usage tr[data-name="ticker"] svg.spark polyline')
         return min((len(l.get_attribute("points").split()) for l in lines), default=0)
