@@ -68,6 +68,27 @@ pub struct ContainerStats {
     pub start_time: String,
     pub cpu: CpuStats,
     pub memory: MemoryStats,
+    /// The kubelet's per-container custom metrics; wharf puts an HTTP handler's request
+    /// count here ([`HTTP_REQUESTS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_defined_metrics: Vec<UserDefinedMetric>,
+}
+
+/// The name of the cumulative count of HTTP requests a container has received, among its
+/// `userDefinedMetrics`.
+pub const HTTP_REQUESTS: &str = "http_requests";
+
+/// One of a container's `userDefinedMetrics`, shaped as the kubelet's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserDefinedMetric {
+    pub name: String,
+    /// `cumulative`, `gauge` or `delta`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub units: String,
+    pub time: String,
+    pub value: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +199,17 @@ pub fn summary(node_name: &str, snapshot: &UsageSnapshot, pods: &[Arc<Pod>]) -> 
                             start_time: rfc3339(u.started_at),
                             cpu,
                             memory,
+                            user_defined_metrics: u
+                                .requests
+                                .map(|n| UserDefinedMetric {
+                                    name: HTTP_REQUESTS.to_string(),
+                                    kind: "cumulative".to_string(),
+                                    units: "requests".to_string(),
+                                    time: time.clone(),
+                                    value: n as f64,
+                                })
+                                .into_iter()
+                                .collect(),
                         }
                     })
                     .collect(),
@@ -268,6 +300,23 @@ pub fn render_metrics(snapshot: &UsageSnapshot, pods: &[Arc<Pod>]) -> String {
         container_rows(&|u| peak(u).to_string()),
     );
     family(
+        "wharf_container_http_requests_total",
+        "counter",
+        "HTTP requests the container's wasi:http handler received since it started.",
+        per_pod
+            .iter()
+            .flat_map(|(pod, cs)| {
+                cs.iter().filter_map(move |(name, u)| {
+                    let n = u.requests?;
+                    Some((
+                        format!("container=\"{}\",{}", label(name), pod_labels(pod)),
+                        n.to_string(),
+                    ))
+                })
+            })
+            .collect(),
+    );
+    family(
         "pod_cpu_usage_seconds_total",
         "counter",
         "CPU time the pod's running containers spent executing guest code.",
@@ -314,6 +363,7 @@ mod tests {
             memory_bytes: mem,
             peak_memory_bytes: mem * 2,
             instances: 1,
+            requests: None,
         }
     }
 
@@ -321,7 +371,11 @@ mod tests {
         UsageSnapshot {
             taken_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_100),
             containers: vec![
-                usage("u1_app", 2_500_000_000, 1 << 20),
+                // An HTTP handler: it counts requests.
+                ContainerUsage {
+                    requests: Some(42),
+                    ..usage("u1_app", 2_500_000_000, 1 << 20)
+                },
                 usage("u1_side", 500_000_000, 1 << 19),
                 usage("u2_web", 7, 100),
                 // A container of no pod the node knows (being torn down): left out.
@@ -359,6 +413,19 @@ mod tests {
         assert_eq!(
             json.pointer("/pods/1/podRef/namespace"),
             Some(&serde_json::json!("prod"))
+        );
+        // The HTTP handler's request count is a kubelet-shaped user-defined metric; a
+        // container that counts none has no such list.
+        assert_eq!(
+            json.pointer("/pods/0/containers/0/userDefinedMetrics/0"),
+            Some(&serde_json::json!({
+                "name": "http_requests", "type": "cumulative", "units": "requests",
+                "time": "2027-01-15T08:01:40Z", "value": 42.0,
+            }))
+        );
+        assert_eq!(
+            json.pointer("/pods/0/containers/1/userDefinedMetrics"),
+            None
         );
     }
 
@@ -445,6 +512,16 @@ mod tests {
                 1 << 20
             )),
             "{text}"
+        );
+        assert!(
+            text.contains(
+                "wharf_container_http_requests_total{container=\"app\",namespace=\"default\",pod=\"a\"} 42\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("wharf_container_http_requests_total{container=\"side\""),
+            "a container that serves no HTTP has no request series: {text}"
         );
         assert!(!text.contains("u2"), "{text}");
     }

@@ -100,6 +100,15 @@ def click(driver, selector):
     wait_for(driver, f"clicking {selector}", lambda d: css(d, selector)[0].click() or True)
 
 
+def kept_points(driver, pod):
+    """The usage points the API server keeps for default/POD (none if it answers no)."""
+    return driver.execute_async_script("""
+      const done = arguments[arguments.length - 1];
+      import(new URL('api.js', location.href).href)
+        .then((api) => api.get('/wharf/v1/namespaces/default/pods/' + arguments[0] + '/usage'))
+        .then((kept) => done(kept.points || []), () => done([]));""", pod)
+
+
 def go(driver, fragment):
     driver.execute_script("location.hash = arguments[0]", fragment)
 
@@ -255,14 +264,7 @@ def run(driver):
     # The pod page draws the history the API server kept when it opens (sampled every
     # second in this cluster): wait until three samples are kept, so the graphs below
     # have three points whatever the pace of this machine.
-    def kept_points(d):
-        return d.execute_async_script("""
-          const done = arguments[arguments.length - 1];
-          import(new URL('api.js', location.href).href)
-            .then((api) => api.get('/wharf/v1/namespaces/default/pods/ticker/usage'))
-            .then((kept) => done((kept.points || []).length), () => done(0));""")
-
-    wait_for(driver, "three kept usage samples of the ticker", lambda d: kept_points(d) >= 3)
+    wait_for(driver, "three kept usage samples of the ticker", lambda d: len(kept_points(d, "ticker")) >= 3)
 
     step("the pod page follows the ticker's log as lines arrive")
     click(driver, '#pods tr[data-name="ticker"] a')
@@ -321,6 +323,25 @@ spec:
     step("the workloads page shows it rolled out and Ready")
     go(driver, "#/workloads/default")
     wait_for(driver, "deployment web 1/1 and rolled out", lambda d: deployment_ready(d, "web", 1), timeout=120)
+
+    step("the web pod's page graphs the requests its readiness probe makes")
+    web = wait_for(driver, "the web pod", lambda d: [r.get_attribute("data-name") for r in css(d, '#ns-pods tr[data-kind="Pod"]')
+                                                     if r.get_attribute("data-name").startswith("web-")][0])
+
+    def web_rates(d):
+        return [c.get("requestsPerSecond", 0) for p in kept_points(d, web) for c in p["containers"]]
+
+    # The probe asks every second; the API server samples every second in this cluster.
+    wait_for(driver, "a kept sample of the web pod with requests", lambda d: any(r > 0 for r in web_rates(d)))
+    click(driver, f'#ns-pods tr[data-name="{web}"] a')
+    wait_for(driver, "the web pod's page", lambda d: d.find_element(By.ID, "pod-name").text == f"default/{web}")
+    cell = '#usage tr[data-name="hello"] td.requests'
+    wait_for(driver, "a requests graph", lambda d: css(d, cell + " svg.spark polyline"))
+    shown = float(re.search(r"max ([0-9.]+)", text_of(driver, cell)).group(1))
+    assert shown > 0, f"the requests graph shows no requests: {text_of(driver, cell)!r}"
+    shot(driver, "pod-requests")
+    go(driver, "#/workloads/default")
+    wait_for(driver, "the workloads page", lambda d: css(d, 'tr[data-kind="Deployment"][data-name="web"]'))
 
     step("scale it to 2")
     row = 'tr[data-kind="Deployment"][data-name="web"]'

@@ -220,6 +220,9 @@ pub struct ContainerUsage {
     pub peak_memory_bytes: u64,
     /// Instances alive now.
     pub instances: u64,
+    /// HTTP requests it has received since it started (cumulative); `None` for a command,
+    /// which serves none.
+    pub requests: Option<u64>,
 }
 
 /// The usage of every running container at one moment: [`crate::Runtime::usage`].
@@ -235,6 +238,8 @@ pub struct UsageSnapshot {
 pub(crate) struct ContainerShared {
     pub(crate) budget: Arc<MemoryBudget>,
     pub(crate) cpu: Arc<CpuThrottle>,
+    /// A `wasi:http` handler (it counts requests).
+    pub(crate) serves_http: bool,
     pub(crate) requests: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) rejected: AtomicU64,
@@ -251,13 +256,21 @@ impl ContainerShared {
             memory_bytes: self.budget.usage(),
             peak_memory_bytes: self.budget.peak(),
             instances: self.budget.instances(),
+            requests: self
+                .serves_http
+                .then(|| self.requests.load(Ordering::Relaxed)),
         }
     }
 
-    pub(crate) fn new(budget: Arc<MemoryBudget>, cpu: Arc<CpuThrottle>) -> Arc<Self> {
+    pub(crate) fn new(
+        budget: Arc<MemoryBudget>,
+        cpu: Arc<CpuThrottle>,
+        serves_http: bool,
+    ) -> Arc<Self> {
         Arc::new(Self {
             budget,
             cpu,
+            serves_http,
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             rejected: AtomicU64::new(0),

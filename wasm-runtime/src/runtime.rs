@@ -1034,7 +1034,8 @@ impl Runtime {
         };
         let kill = inner.root.child_token();
         let stop = kill.child_token();
-        let shared = ContainerShared::new(budget.clone(), cpu);
+        let serves_http = matches!(image.prepared, Prepared::Http(_));
+        let shared = ContainerShared::new(budget.clone(), cpu, serves_http);
         let mount_err = |e: crate::guest::StoreError| StartError::Mount(e.to_string());
         let run: Pin<Box<dyn Future<Output = ExitStatus> + Send>> =
             match (&image.prepared, listener) {

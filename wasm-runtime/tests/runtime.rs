@@ -1114,6 +1114,9 @@ async fn usage_measures_guest_cpu_and_memory() {
     }
     let served = of(&rt.usage(), web.id());
     assert!(served.cpu_nanos > 0, "{served:?}");
+    // A handler counts the requests it received; a command counts none.
+    assert_eq!(served.requests, Some(5), "{served:?}");
+    assert_eq!(of(&second, ticker.id()).requests, None);
     within(10, "stop", web.stop(Duration::from_secs(1))).await;
     within(10, "stop", spinner.stop(Duration::from_secs(1))).await;
     within(10, "stop", ticker.stop(Duration::from_secs(1))).await;

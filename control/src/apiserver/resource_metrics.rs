@@ -17,6 +17,9 @@
 //! minute takes a second). A container that (re)started after the older sample is rated
 //! from its start (its counters start at zero then); a pod with a container that cannot
 //! be rated is left out, as metrics-server leaves it out. Memory is the newer sample's.
+//! An HTTP handler's cumulative request count (the `http_requests` entry of its
+//! `userDefinedMetrics`) is rated the same way, for the dashboard's request graphs; it is
+//! not part of the `metrics.k8s.io` objects, which have no such field.
 //! Node usage is the sum of its guests' (the node process itself is not a workload).
 //!
 //! Deciding (which sample pairs with which, the rates, the objects' shapes) is pure and
@@ -90,6 +93,28 @@ struct ContainerDoc {
     start_time: Timestamp,
     cpu: CpuDoc,
     memory: MemoryDoc,
+    #[serde(default)]
+    user_defined_metrics: Vec<UserDefinedMetricDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+struct UserDefinedMetricDoc {
+    name: String,
+    value: f64,
+}
+
+/// The name the node gives its HTTP handlers' cumulative request count among a
+/// container's `userDefinedMetrics`.
+const HTTP_REQUESTS: &str = "http_requests";
+
+impl ContainerDoc {
+    /// The HTTP requests the container has received since it started, if it serves HTTP.
+    fn http_requests(&self) -> Option<u64> {
+        self.user_defined_metrics
+            .iter()
+            .find(|m| m.name == HTTP_REQUESTS)
+            .map(|m| m.value as u64)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -131,6 +156,9 @@ pub struct ContainerUsage {
     pub name: String,
     pub cpu_nanocores: u64,
     pub memory_bytes: u64,
+    /// HTTP requests per second received over the window, in thousandths; `None` for a
+    /// container that serves no HTTP (or when the window does not allow a rate).
+    pub request_millis_per_second: Option<u64>,
 }
 
 /// One pod's usage over a window.
@@ -213,22 +241,27 @@ pub fn usage(base: &Sample, current: &Sample) -> Option<NodeUsage> {
                 .containers
                 .iter()
                 .map(|c| {
-                    let cpu = match before.get(&(pod.pod_ref.uid.as_str(), c.name.as_str())) {
-                        Some(b) if b.start_time == c.start_time => rate(
-                            b.cpu.usage_core_nano_seconds,
-                            c.cpu.usage_core_nano_seconds,
-                            window,
-                        ),
-                        // Started after the older sample: rated from its start.
-                        _ if c.start_time >= base.at => since(c.cpu.time, c.start_time)
-                            .filter(|w| *w >= MIN_WINDOW / 10)
-                            .and_then(|w| rate(0, c.cpu.usage_core_nano_seconds, w)),
-                        _ => None,
-                    }?;
+                    let b = before.get(&(pod.pod_ref.uid.as_str(), c.name.as_str()));
+                    // A counter's rate over the window, or since the container started if
+                    // that was after the older sample (its counters start from zero).
+                    let counter_rate = |value: &dyn Fn(&ContainerDoc) -> Option<u64>| {
+                        let now = value(c)?;
+                        match b {
+                            Some(b) if b.start_time == c.start_time => rate(value(b)?, now, window),
+                            _ if c.start_time >= base.at => since(c.cpu.time, c.start_time)
+                                .filter(|w| *w >= MIN_WINDOW / 10)
+                                .and_then(|w| rate(0, now, w)),
+                            _ => None,
+                        }
+                    };
+                    let cpu = counter_rate(&|d| Some(d.cpu.usage_core_nano_seconds))?;
                     Some(ContainerUsage {
                         name: c.name.clone(),
                         cpu_nanocores: cpu,
                         memory_bytes: c.memory.working_set_bytes,
+                        request_millis_per_second: counter_rate(&|d| {
+                            d.http_requests().map(|n| n.saturating_mul(1000))
+                        }),
                     })
                 })
                 .collect::<Option<Vec<_>>>()?;
@@ -603,6 +636,7 @@ mod tests {
                 memory: MemoryDoc {
                     working_set_bytes: *mem,
                 },
+                user_defined_metrics: Vec::new(),
             };
             match pods.iter_mut().find(|p| p.pod_ref.uid == *uid) {
                 Some(p) => p.containers.push(c),
@@ -630,6 +664,39 @@ mod tests {
         assert_eq!(u.pods[0].containers[0].cpu_nanocores, 250_000_000);
         assert_eq!(u.pods[0].containers[0].memory_bytes, 2 << 20);
         assert_eq!(u.total(), (250_000_000, 2 << 20));
+    }
+
+    /// An HTTP handler's request count (its `http_requests` user-defined metric) is rated
+    /// as CPU is, in thousandths; a container without it has no request rate.
+    #[test]
+    fn http_requests_are_rated_over_the_window() {
+        let with_requests = |mut s: Sample, counts: &[f64]| {
+            for (c, n) in s.pods[0].containers.iter_mut().zip(counts) {
+                c.user_defined_metrics = vec![UserDefinedMetricDoc {
+                    name: HTTP_REQUESTS.into(),
+                    value: *n,
+                }];
+            }
+            s
+        };
+        let pair = [("u1", "web", -100, 0, 1), ("u1", "worker", -100, 0, 1)];
+        let base = with_requests(sample(0, &pair), &[100.0]);
+        // 5 requests over 4 s: 1.25 per second.
+        let cur = with_requests(sample(4, &pair), &[105.0]);
+        let u = usage(&base, &cur).expect("usage");
+        let rates: Vec<Option<u64>> = u.pods[0]
+            .containers
+            .iter()
+            .map(|c| c.request_millis_per_second)
+            .collect();
+        assert_eq!(rates, [Some(1250), None]);
+        // Restarted at 2 s: its count starts from zero then (3 over 2 s).
+        let restarted = with_requests(sample(4, &[("u1", "web", 2, 0, 1)]), &[3.0]);
+        let u = usage(&base, &restarted).expect("usage");
+        assert_eq!(
+            u.pods[0].containers[0].request_millis_per_second,
+            Some(1500)
+        );
     }
 
     #[test]

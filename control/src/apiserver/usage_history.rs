@@ -5,7 +5,8 @@
 //! - **Sampled the way `metrics.k8s.io` is read.** Every `--usage-history-interval` (15 s
 //!   by default) the API server asks every node for its `/stats/summary`, as it does to
 //!   answer PodMetrics, and keeps one point per pod: each container's CPU (nanocores,
-//!   averaged since the previous sample) and memory. A ring per pod keeps an hour; a pod
+//!   averaged since the previous sample), memory, and for an HTTP handler the requests
+//!   per second it received over the same window. A ring per pod keeps an hour; a pod
 //!   not seen for an hour is forgotten; a pod recreated under the same name (another uid)
 //!   starts a new ring.
 //! - **Authorized as PodMetrics are.** `GET /wharf/v1/namespaces/NS/pods/NAME/usage`
@@ -35,16 +36,19 @@ use tokio_util::sync::CancellationToken;
 pub const KEEP: SignedDuration = SignedDuration::from_secs(3600);
 
 /// One container at one moment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerPoint {
     pub name: String,
     pub cpu_nanocores: u64,
     pub memory_bytes: u64,
+    /// HTTP requests per second it received (a `wasi:http` handler only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
 }
 
 /// One pod at one moment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Point {
     pub timestamp: Timestamp,
     pub containers: Vec<ContainerPoint>,
@@ -90,6 +94,7 @@ impl UsageHistory {
                         name: c.name.clone(),
                         cpu_nanocores: c.cpu_nanocores,
                         memory_bytes: c.memory_bytes,
+                        requests_per_second: c.request_millis_per_second.map(|m| m as f64 / 1000.0),
                     })
                     .collect(),
             });
@@ -201,6 +206,7 @@ mod tests {
                         name: "app".into(),
                         cpu_nanocores: *cpu,
                         memory_bytes: 1 << 20,
+                        request_millis_per_second: Some(2500),
                     }],
                 })
                 .collect(),
@@ -239,6 +245,7 @@ mod tests {
             250_000_000
         );
         assert_eq!(body["points"][0]["containers"][0]["memoryBytes"], 1 << 20);
+        assert_eq!(body["points"][0]["containers"][0]["requestsPerSecond"], 2.5);
 
         let (code, body) = api.send_with("alice-token", "GET", uri, "", None).await;
         assert_eq!(code, StatusCode::FORBIDDEN, "{body}");

@@ -42,6 +42,19 @@
 //!   [`StoreError::Unavailable`] keeping etcd's error as its source (the API answers 503);
 //!   anything else is `Io`.
 //!
+//! # Failover between members
+//!
+//! The client spreads requests over every endpoint it was given, and its balancer keeps
+//! a member whose process is gone in the pool: each request sent there fails at once
+//! (connection refused), and as a failing endpoint has no requests pending it is even
+//! picked more often than a busy live one. So with several endpoints the store probes
+//! each member every [`HEALTH_INTERVAL`] (a `status` call over a connection of its own,
+//! within [`PROBE_TIMEOUT`]) and keeps in the pool only those that answered
+//! ([`pool_changes`]); a member that answers again is put back. When none answers, the
+//! pool is left as it is: requests then fail with `Unavailable`, which is what the
+//! cluster is. Between a member's death and the next probe, requests sent to it fail
+//! with `Unavailable` and are retried by their callers, as any 503.
+//!
 //! # Restores: the revision epoch
 //!
 //! An etcd restored from a snapshot (`etcdctl snapshot restore`) is back at the
@@ -67,7 +80,7 @@ use etcd_client::{
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,13 +142,102 @@ pub struct EtcdStore {
     /// Added to every etcd revision (see "Restores" in the module doc).
     offset: Revision,
     leases: tokio::sync::Mutex<HashMap<u64, Lease>>,
-    compactor: Option<tokio::task::JoinHandle<()>>,
+    /// The endpoints requests are balanced over now (see "Failover between members").
+    pool: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    /// The compaction and member probe loops, which end with the store.
+    _tasks: Vec<Background>,
 }
 
-impl Drop for EtcdStore {
+/// A task that is aborted when this is dropped (with the store, or when `connect` fails
+/// after starting it).
+struct Background(tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
     fn drop(&mut self) {
-        if let Some(task) = &self.compactor {
-            task.abort();
+        self.0.abort();
+    }
+}
+
+/// How often every member is probed when there are several.
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a member may take to answer a probe.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What changes in the balanced pool after a probe round: the endpoints to add (answered,
+/// not in the pool) and to remove (in the pool, did not answer). When no member answered,
+/// nothing is removed: an empty pool would make every request wait for its timeout
+/// instead of failing at once.
+pub fn pool_changes(
+    in_pool: &BTreeSet<String>,
+    healthy: &BTreeSet<String>,
+) -> (Vec<String>, Vec<String>) {
+    let add = healthy.difference(in_pool).cloned().collect();
+    let remove = if healthy.is_empty() {
+        Vec::new()
+    } else {
+        in_pool.difference(healthy).cloned().collect()
+    };
+    (add, remove)
+}
+
+/// Probes every endpoint each [`HEALTH_INTERVAL`] and moves the balanced pool of `client`
+/// to those that answered ([`pool_changes`]).
+async fn keep_pool_healthy(
+    client: Client,
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    pool: Arc<std::sync::Mutex<BTreeSet<String>>>,
+) {
+    // One connection per member, so that a probe reaches exactly that member.
+    let mut probes = Vec::new();
+    for endpoint in &endpoints {
+        match Client::connect([endpoint.as_str()], Some(options.clone())).await {
+            Ok(probe) => probes.push((endpoint.clone(), probe)),
+            Err(e) => tracing::warn!(%endpoint, error = %e, "etcd: cannot probe this member"),
+        }
+    }
+    let mut ticks = tokio::time::interval(HEALTH_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let answers = futures::future::join_all(probes.iter().map(|(endpoint, probe)| {
+            let mut probe = probe.clone();
+            async move {
+                let answered = tokio::time::timeout(PROBE_TIMEOUT, probe.status())
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                (endpoint.clone(), answered)
+            }
+        }))
+        .await;
+        let healthy: BTreeSet<String> = answers
+            .into_iter()
+            .filter_map(|(endpoint, answered)| answered.then_some(endpoint))
+            .collect();
+        let in_pool = pool.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (add, remove) = pool_changes(&in_pool, &healthy);
+        for endpoint in add {
+            match client.add_endpoint(&endpoint).await {
+                Ok(()) => {
+                    tracing::info!(%endpoint, "etcd member answers again: back in the pool");
+                    pool.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(endpoint);
+                }
+                Err(e) => tracing::warn!(%endpoint, error = %e, "etcd: adding a member back"),
+            }
+        }
+        for endpoint in remove {
+            match client.remove_endpoint(&endpoint).await {
+                Ok(()) => {
+                    tracing::warn!(%endpoint, "etcd member does not answer: out of the pool");
+                    pool.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&endpoint);
+                }
+                Err(e) => tracing::warn!(%endpoint, error = %e, "etcd: removing a member"),
+            }
         }
     }
 }
@@ -368,12 +470,28 @@ impl EtcdStore {
         if let Some(tls) = &config.tls {
             options = options.with_tls(tls_options(tls).await?);
         }
-        let client = Client::connect(&config.endpoints, Some(options))
+        let client = Client::connect(&config.endpoints, Some(options.clone()))
             .await
             .map_err(|e| store_error("connect", e))?;
-        let compactor = config
-            .compaction_interval
-            .map(|every| tokio::spawn(compact_periodically(client.clone(), prefix.clone(), every)));
+        let pool = Arc::new(std::sync::Mutex::new(
+            config.endpoints.iter().cloned().collect::<BTreeSet<_>>(),
+        ));
+        let mut tasks = Vec::new();
+        if config.endpoints.len() > 1 {
+            tasks.push(Background(tokio::spawn(keep_pool_healthy(
+                client.clone(),
+                config.endpoints.clone(),
+                options,
+                pool.clone(),
+            ))));
+        }
+        if let Some(every) = config.compaction_interval {
+            tasks.push(Background(tokio::spawn(compact_periodically(
+                client.clone(),
+                prefix.clone(),
+                every,
+            ))));
+        }
         let epoch = connect_epoch(&client, &prefix).await?;
         let marker_value = serde_json::to_vec(&epoch)
             .map_err(|e| StoreError::Io(format!("encoding the store's epoch: {e}")))?;
@@ -384,8 +502,15 @@ impl EtcdStore {
             marker_value,
             offset: epoch.offset,
             leases: tokio::sync::Mutex::new(HashMap::new()),
-            compactor,
+            pool,
+            _tasks: tasks,
         })
+    }
+
+    /// The endpoints requests are balanced over now: those that answered the last probe
+    /// (see "Failover between members").
+    pub fn endpoints_in_use(&self) -> BTreeSet<String> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn full(&self, key: &str) -> String {
@@ -1088,6 +1213,32 @@ mod tests {
         assert_eq!(listed.revision, store.revision().await.unwrap());
     }
 
+    #[test]
+    fn the_pool_keeps_the_members_that_answer() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let all = set(&["a", "b", "c"]);
+        // b stopped answering: out; nothing to add.
+        assert_eq!(
+            pool_changes(&all, &set(&["a", "c"])),
+            (vec![], vec!["b".to_string()])
+        );
+        // b answers again: back in.
+        assert_eq!(
+            pool_changes(&set(&["a", "c"]), &all),
+            (vec!["b".to_string()], vec![])
+        );
+        // Nobody answers: the pool stays, so requests fail at once instead of waiting.
+        assert_eq!(pool_changes(&all, &set(&[])), (vec![], vec![]));
+        // Only a member out of the pool answers: it comes in, the silent ones go.
+        assert_eq!(
+            pool_changes(&set(&["a", "b"]), &set(&["c"])),
+            (
+                vec!["c".to_string()],
+                vec!["a".to_string(), "b".to_string()]
+            )
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_continue_when_one_of_three_members_dies() {
         let mut members = tokio::task::spawn_blocking(|| LocalEtcd::cluster(3))
@@ -1112,6 +1263,7 @@ mod tests {
             }
         }
         let dead = members.remove(leader.expect("one member leads"));
+        let dead_url = dead.client_url.clone();
         tokio::task::spawn_blocking(move || drop(dead))
             .await
             .unwrap();
@@ -1145,6 +1297,26 @@ mod tests {
             }
         };
         assert_eq!(listed.items.len(), 21);
+        // The probes take the dead member out of the pool; from then on no request is
+        // sent to it, and none fails.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while store.endpoints_in_use().contains(&dead_url) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the dead member is still in the pool");
+        assert_eq!(store.endpoints_in_use().len(), 2);
+        for i in 0..100 {
+            store
+                .create(&format!("c/r/ns/later-{i}"), value())
+                .await
+                .unwrap_or_else(|e| panic!("write {i} with the dead member out: {e}"));
+            store
+                .get(&format!("c/r/ns/later-{i}"))
+                .await
+                .unwrap_or_else(|e| panic!("read {i} with the dead member out: {e}"));
+        }
     }
 
     /// An `etcdctl snapshot restore` brings etcd back to the snapshot's revision: the

@@ -201,6 +201,7 @@ function podStatus(p) {
   return p.status?.phase || "Pending";
 }
 
+const rate = (n) => (n >= 10 ? n.toFixed(0) : n.toFixed(2).replace(/\.?0+$/, "") || "0");
 const cores = (n) => (n >= 1 ? n.toFixed(2).replace(/\.?0+$/, "") : Math.round(n * 1000) + "m");
 function bytes(n) {
   const units = ["B", "Ki", "Mi", "Gi", "Ti"];
@@ -403,51 +404,66 @@ function graph(values, fmt) {
   return h("span", { class: "graph" }, svg, ` ${fmt(last)} (max ${fmt(Math.max(...values))})`);
 }
 
-// CPU and memory per container: the last hour the API server kept
-// (/wharf/v1/.../usage), then metrics.k8s.io sampled while the page is open (kept for an
-// hour). Polls only when the cluster serves the group, so a cluster without it shows a
-// note instead of failing requests.
+// CPU, memory and (for HTTP handlers) requests per second per container: the last hour
+// the API server keeps (/wharf/v1/.../usage), read again every period. Without that
+// history (an older control plane, or not allowed) metrics.k8s.io is sampled while the
+// page is open instead (CPU and memory, kept for an hour). Polls only when the cluster
+// serves metrics.k8s.io, so a cluster without it shows a note instead of failing requests.
 function usagePanel(ns, name) {
   const p = panel("Usage", "usage");
-  const samples = new Map(); // container -> {cpu: [], memory: []}
+  let samples = new Map(); // container -> {cpu: [], memory: [], requests: []}
   let timer = null;
   let stopped = false;
-  const draw = () => p.show(table(["Container", "CPU (cores)", "Memory"], [...samples].map(([c, s]) =>
-    h("tr", { "data-kind": "Container", "data-name": c }, h("td", {}, c), h("td", {}, graph(s.cpu, cores)), h("td", {}, graph(s.memory, bytes)))),
+  let kept = true; // the history answers; false once it did not
+  const requestsCell = (s) => s.requests.some((v) => v !== null)
+    ? graph(s.requests.map((v) => v ?? 0), rate)
+    : "—";
+  const draw = () => p.show(table(["Container", "CPU (cores)", "Memory", "Requests/s"], [...samples].map(([c, s]) =>
+    h("tr", { "data-kind": "Container", "data-name": c }, h("td", {}, c), h("td", { class: "cpu" }, graph(s.cpu, cores)),
+      h("td", { class: "memory" }, graph(s.memory, bytes)), h("td", { class: "requests" }, requestsCell(s)))),
   "No samples yet."));
+  function add(into, container, cpu, memory, requests) {
+    const s = into.get(container) || { cpu: [], memory: [], requests: [] };
+    s.cpu.push(cpu);
+    s.memory.push(memory);
+    s.requests.push(requests);
+    if (s.cpu.length > METRICS_KEEP) { s.cpu.shift(); s.memory.shift(); s.requests.shift(); }
+    into.set(container, s);
+  }
+  // The kept history, drawn; false when there is none to draw.
+  async function history() {
+    let points;
+    try {
+      points = (await api.get(`/wharf/v1/namespaces/${enc(ns)}/pods/${enc(name)}/usage`)).points || [];
+    } catch (err) {
+      kept = false;
+      return false;
+    }
+    if (!points.length) return false;
+    const fresh = new Map();
+    for (const point of points) {
+      for (const c of point.containers || []) add(fresh, c.name, c.cpuNanocores / 1e9, c.memoryBytes, c.requestsPerSecond ?? null);
+    }
+    samples = fresh;
+    draw();
+    return true;
+  }
   async function sample() {
     try {
       const m = await api.get(`/apis/metrics.k8s.io/v1beta1/namespaces/${enc(ns)}/pods/${enc(name)}`);
-      for (const c of m.containers || []) add(c.name, api.quantity(c.usage?.cpu), api.quantity(c.usage?.memory));
+      for (const c of m.containers || []) add(samples, c.name, api.quantity(c.usage?.cpu), api.quantity(c.usage?.memory), null);
       draw();
     } catch (err) {
       p.fail(err);
     }
-    if (!stopped) timer = setTimeout(sample, METRICS_PERIOD_MS);
   }
-  function add(container, cpu, memory) {
-    const s = samples.get(container) || { cpu: [], memory: [] };
-    s.cpu.push(cpu);
-    s.memory.push(memory);
-    if (s.cpu.length > METRICS_KEEP) { s.cpu.shift(); s.memory.shift(); }
-    samples.set(container, s);
+  async function tick() {
+    if (!(kept && await history()) && !stopped) await sample();
+    if (!stopped) timer = setTimeout(tick, METRICS_PERIOD_MS);
   }
-  async function history() {
-    try {
-      const kept = await api.get(`/wharf/v1/namespaces/${enc(ns)}/pods/${enc(name)}/usage`);
-      for (const point of kept.points || []) {
-        for (const c of point.containers || []) add(c.name, c.cpuNanocores / 1e9, c.memoryBytes);
-      }
-    } catch (err) {
-      // No history (an older control plane, or not allowed): the live samples still come.
-    }
-  }
-  api.get("/apis").then(async (groups) => {
+  api.get("/apis").then((groups) => {
     if (stopped) return;
-    if ((groups.groups || []).some((g) => g.name === "metrics.k8s.io")) {
-      await history();
-      if (!stopped) sample();
-    }
+    if ((groups.groups || []).some((g) => g.name === "metrics.k8s.io")) tick();
     else p.show(h("p", { class: "empty" }, "No usage graphs: this cluster does not serve metrics.k8s.io."));
   }).catch((err) => p.fail(err));
   return { section: p.section, stop: () => { stopped = true; clearTimeout(timer); } };
