@@ -1,14 +1,16 @@
-//! End-to-end: the web dashboard (`https://ADDRESS/ui/`) in headless Chromium, driven by
-//! selenium from tests/python/dashboard_e2e.py against a `wharf up` cluster: log in with
+//! End-to-end: the web dashboard (`https://ADDRESS/ui/`) in headless Chromium and
+//! headless Firefox, driven by selenium from tests/python/dashboard_e2e.py against a `wharf up` cluster: log in with
 //! the kubeconfig file, see the nodes and pods, follow a pod's log, apply a Deployment
 //! from the YAML form and see it Ready, scale it, no console errors, a wrong token
 //! refused, and an identity with fewer rights shown "Not allowed" where RBAC says so.
-//! Screenshots of the main pages go to `target/ui-screenshots/`; the page's
+//! Screenshots of the main pages go to `target/ui-screenshots/BROWSER/`; the page's
 //! transferred size and first paint are printed (`page: {...}`).
 //!
-//! `scripts/deps` installs Debian's `chromium` and `chromium-driver` and selenium into
-//! the repository's venv (`.venv`). Without Chromium the test says so and skips; with
-//! Chromium but without selenium it fails with that hint.
+//! `scripts/deps` installs Debian's `chromium`, `chromium-driver` and `firefox-esr`,
+//! builds geckodriver (not packaged by Debian) into `target/tools`, and installs selenium
+//! into the repository's venv (`.venv`). A browser that is not installed is skipped with
+//! a line that says so; with a browser but without selenium the test fails with that
+//! hint.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -48,19 +50,62 @@ fn on_path(names: &[&str]) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_works_in_headless_chromium() {
-    let (Some(chromium), Some(driver)) = (
+/// A browser the script can drive: its name (the script's `BROWSER`) and the
+/// environment naming its binary and WebDriver.
+struct Browser {
+    name: &'static str,
+    env: [(&'static str, PathBuf); 2],
+}
+
+/// The browsers installed here, each with its WebDriver; says which are missing.
+fn browsers() -> Vec<Browser> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    match (
         on_path(&["chromium", "chromium-browser"]),
         on_path(&["chromedriver"]),
-    ) else {
-        eprintln!(
-            "skipped: Chromium or chromedriver is not installed (scripts/deps installs \
-             Debian's chromium and chromium-driver)"
-        );
+    ) {
+        (Some(chromium), Some(driver)) => found.push(Browser {
+            name: "chromium",
+            env: [("CHROMIUM", chromium), ("CHROMEDRIVER", driver)],
+        }),
+        _ => eprintln!(
+            "Chromium skipped: chromium or chromedriver is not installed (scripts/deps \
+             installs Debian's chromium and chromium-driver)"
+        ),
+    }
+    // geckodriver is not packaged by Debian: scripts/deps builds it into target/tools.
+    let gecko = on_path(&["geckodriver"])
+        .or_else(|| Some(root.join("target/tools/bin/geckodriver")).filter(|p| p.is_file()));
+    match (on_path(&["firefox-esr", "firefox"]), gecko) {
+        (Some(firefox), Some(driver)) => found.push(Browser {
+            name: "firefox",
+            env: [("FIREFOX", firefox), ("GECKODRIVER", driver)],
+        }),
+        _ => eprintln!(
+            "Firefox skipped: firefox or geckodriver is not installed (scripts/deps installs \
+             Debian's firefox-esr and builds geckodriver into target/tools)"
+        ),
+    }
+    found
+}
+
+/// Each installed browser in turn, each against a cluster of its own (the script
+/// creates and deletes objects by fixed names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_in_headless_chromium_and_firefox() {
+    let browsers = browsers();
+    if browsers.is_empty() {
+        eprintln!("skipped: no browser with its WebDriver is installed");
         return;
-    };
+    }
     build_samples().await;
+    for browser in &browsers {
+        drive(browser).await;
+    }
+}
+
+async fn drive(browser: &Browser) {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::up_with(dir.path(), 2, &["--usage-history-interval", "1s"]).await;
     cluster.push_samples().await;
@@ -89,7 +134,8 @@ async fn the_dashboard_works_in_headless_chromium() {
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
-        .join("ui-screenshots");
+        .join("ui-screenshots")
+        .join(browser.name);
     let python = root.join(".venv/bin/python3");
     let out = tokio::time::timeout(
         Duration::from_secs(600),
@@ -101,14 +147,14 @@ async fn the_dashboard_works_in_headless_chromium() {
             .env("HELLO_IMAGE", sample("hello-http", "hello_http"))
             .env("PORT", free_port().to_string())
             .env("OUT_DIR", &out_dir)
-            .env("CHROMIUM", &chromium)
-            .env("CHROMEDRIVER", &driver)
+            .env("BROWSER", browser.name)
+            .envs(browser.env.iter().map(|(k, v)| (*k, v)))
             .env("VIEWER_TOKEN", &token)
             .kill_on_drop(true)
             .output(),
     )
     .await
-    .expect("the dashboard browser script timed out")
+    .unwrap_or_else(|_| panic!("the dashboard browser script timed out in {}", browser.name))
     .unwrap_or_else(|e| {
         panic!(
             "running {}: {e}: run scripts/deps (.venv)",
@@ -123,12 +169,13 @@ async fn the_dashboard_works_in_headless_chromium() {
     );
     assert!(
         out.status.success() && stdout.contains("all steps passed"),
-        "dashboard browser script failed\nstdout:\n{stdout}\nstderr:\n{stderr}\ncluster log:\n{}",
+        "dashboard browser script failed in {}\nstdout:\n{stdout}\nstderr:\n{stderr}\ncluster log:\n{}",
+        browser.name,
         cluster.log_tail(30)
     );
     // The steps passed, and the page's size and first paint (README's dashboard paragraph
     // quotes them).
-    eprintln!("{stdout}");
+    eprintln!("{}:\n{stdout}", browser.name);
     eprintln!("screenshots in {}", out_dir.display());
     cluster.terminate().await;
 }

@@ -1,4 +1,5 @@
-"""The web dashboard in headless Chromium, driven by selenium (tests/dashboard.rs runs it).
+"""The web dashboard in headless Chromium or Firefox, driven by selenium (tests/dashboard.rs
+runs it in each that is installed).
 
 Logs in with the cluster's kubeconfig file, sees the nodes and the pods, opens the
 ticker pod and sees its log lines arrive, applies a Deployment from the YAML form and
@@ -10,7 +11,8 @@ sees "Not allowed" where RBAC refuses it.
 Screenshots of the main pages go to OUT_DIR. Prints "all steps passed" at the end.
 
 Environment: DASH_URL (https://ADDRESS/ui/), KUBECONFIG, NODES (how many), HELLO_IMAGE,
-PORT (the Deployment's container port), OUT_DIR, CHROMIUM, CHROMEDRIVER.
+PORT (the Deployment's container port), OUT_DIR, and BROWSER: `chromium` (the default,
+with CHROMIUM and CHROMEDRIVER) or `firefox` (with FIREFOX and GECKODRIVER).
 """
 
 import json
@@ -34,7 +36,12 @@ def step(msg):
     print(f"step: {msg}", flush=True)
 
 
+BROWSER = os.environ.get("BROWSER", "chromium")
+
+
 def browser():
+    if BROWSER == "firefox":
+        return firefox()
     options = webdriver.ChromeOptions()
     options.binary_location = os.environ["CHROMIUM"]
     for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
@@ -45,6 +52,27 @@ def browser():
     options.accept_insecure_certs = True
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(executable_path=os.environ["CHROMEDRIVER"]), options=options)
+
+
+def firefox():
+    from selenium.webdriver.firefox.service import Service as GeckoService
+    options = webdriver.FirefoxOptions()
+    options.binary_location = os.environ["FIREFOX"]
+    options.add_argument("-headless")
+    options.add_argument("--width=1400")
+    options.add_argument("--height=1000")
+    options.accept_insecure_certs = True
+    # geckodriver has no log endpoint: the console comes over WebDriver BiDi.
+    options.enable_bidi = True
+    driver = webdriver.Firefox(service=GeckoService(executable_path=os.environ["GECKODRIVER"]), options=options)
+    levels = {"error": "SEVERE", "warn": "WARNING", "warning": "WARNING"}
+
+    def keep(entry):
+        _console.append({"level": levels.get(str(entry.level).lower(), "INFO"), "message": entry.text})
+
+    driver.script.add_console_message_handler(keep)
+    driver.script.add_javascript_error_handler(keep)
+    return driver
 
 
 def wait_for(driver, what, cond, timeout=WAIT):
@@ -70,7 +98,8 @@ _console = []
 
 
 def console(driver):
-    _console.extend(driver.get_log("browser"))
+    if BROWSER != "firefox":
+        _console.extend(driver.get_log("browser"))
     return _console
 
 
@@ -332,7 +361,7 @@ spec:
         return [c.get("requestsPerSecond", 0) for p in kept_points(d, web) for c in p["containers"]]
 
     # The probe asks every second; the API server samples every second in this cluster.
-    wait_for(driver, "a kept sample of the web pod with requests", lambda d: any(r > 0 for r in web_rates(d)))
+    wait_for(driver, "two kept samples of the web pod with requests", lambda d: len([r for r in web_rates(d) if r > 0]) >= 2)
     click(driver, f'#ns-pods tr[data-name="{web}"] a')
     wait_for(driver, "the web pod's page", lambda d: d.find_element(By.ID, "pod-name").text == f"default/{web}")
     cell = '#usage tr[data-name="hello"] td.requests'
