@@ -85,10 +85,11 @@ async fn start_pods(
 ) -> Result<(Vec<Duration>, HashMap<String, String>)> {
     let list = api.list(&Default::default()).await?;
     let rv = list.metadata.resource_version.unwrap_or_default();
-    let mut watch = api
-        .watch(&WatchParams::default().labels("app=bench"), &rv)
-        .await?
-        .boxed();
+    let params = WatchParams::default().labels("app=bench");
+    let mut watch = api.watch(&params, &rv).await?.boxed();
+    // The server ends a watch after its timeout (kube's default asks for 290 s): a start
+    // of thousands of pods may take longer, so the watch resumes from the last event.
+    let mut last_rv = rv;
     let mut created: HashMap<String, Instant> = HashMap::new();
     let mut latencies = Vec::new();
     let mut ips = HashMap::new();
@@ -119,10 +120,21 @@ async fn start_pods(
         if Instant::now() > deadline {
             bail!("pods did not start within 10 minutes");
         }
-        let event = tokio::time::timeout(Duration::from_secs(60), watch.next())
+        let received = tokio::time::timeout(Duration::from_secs(60), watch.next())
             .await
-            .context("no pod event for 60 s")?
-            .context("watch ended")??;
+            .context("no pod event for 60 s")?;
+        let Some(event) = received else {
+            watch = api.watch(&params, &last_rv).await?.boxed();
+            continue;
+        };
+        let event = event?;
+        match &event {
+            WatchEvent::Added(p) | WatchEvent::Modified(p) | WatchEvent::Deleted(p) => {
+                last_rv = p.metadata.resource_version.clone().unwrap_or(last_rv);
+            }
+            WatchEvent::Bookmark(b) => last_rv = b.metadata.resource_version.clone(),
+            WatchEvent::Error(e) => bail!("the pod watch failed: {e:?}"),
+        }
         if let WatchEvent::Added(p) | WatchEvent::Modified(p) = event
             && let Some(ip) = running(&p)
         {
