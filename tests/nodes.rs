@@ -345,3 +345,110 @@ async fn pods_keep_serving_while_the_control_plane_is_away() {
     assert_eq!(common::restart_count(&pod), 0);
     http_ok(addr, "/", TIMEOUT).await;
 }
+
+/// The hard limit on open files of this process, which a `wharf` started from it inherits
+/// and raises its soft limit to.
+fn hard_open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    match line.split_whitespace().nth(4).unwrap() {
+        "unlimited" => u64::MAX,
+        n => n.parse().unwrap(),
+    }
+}
+
+/// A node advertises the pods its machine can hold (its open files limit and memory)
+/// unless `--max-pods` says otherwise, and the scheduler keeps to it: with one pod on a
+/// node of `--max-pods 1` the next is Pending with "Too many pods", and goes to a node
+/// that has room once one joins.
+#[tokio::test]
+async fn a_node_advertises_the_pods_it_can_hold() {
+    use common::{ControlProcess, NodeProcess};
+    use k8s_openapi::api::core::v1::Pod;
+    use wharf_node::agent::node_object::{host_memory_bytes, pods_capacity};
+    build_samples().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlProcess::start(&dir.path().join("cp")).await;
+    let kubeconfig = cp.kubeconfig();
+    let client = cp.client().await;
+    let _n1 = NodeProcess::start(
+        dir.path(),
+        &kubeconfig,
+        "n1",
+        "127.0.0.1".parse().unwrap(),
+        &["--max-pods", "1"],
+    )
+    .await;
+    common::wait_node_ready(&client, "n1", TIMEOUT).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods_capacity_of = |n: Node| {
+        n.status
+            .and_then(|s| s.capacity)
+            .and_then(|c| c.get("pods").map(|q| q.0.clone()))
+    };
+    assert_eq!(
+        pods_capacity_of(nodes.get("n1").await.unwrap()).as_deref(),
+        Some("1")
+    );
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n    - {{name: hello, image: {}}}\n",
+            common::sample("hello-http", "hello_http")
+        )
+    };
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    for name in ["first", "second"] {
+        let manifest = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&manifest, pod(name)).unwrap();
+        let out = common::wharf(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]).await;
+        assert!(out.status.success(), "{}", out.stderr_text());
+        if name == "first" {
+            poll_until("the first pod runs on n1", POD_TIMEOUT, || async {
+                pods.get("first").await.is_ok_and(|p| running(&p))
+            })
+            .await;
+        }
+    }
+    poll_until("the second pod Pending: Too many pods", TIMEOUT, || async {
+        pods.get("second").await.is_ok_and(|p| {
+            p.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| {
+                    c.type_ == "PodScheduled"
+                        && c.status == "False"
+                        && c.message.as_deref().unwrap_or("").contains("Too many pods")
+                })
+        })
+    })
+    .await;
+
+    // A node without the flag advertises what this machine allows.
+    let _n2 = NodeProcess::start(
+        dir.path(),
+        &kubeconfig,
+        "n2",
+        "127.0.0.2".parse().unwrap(),
+        &[],
+    )
+    .await;
+    common::wait_node_ready(&client, "n2", TIMEOUT).await;
+    let expected = pods_capacity(
+        hard_open_files_limit(),
+        host_memory_bytes().saturating_sub(256 << 20),
+    );
+    assert_eq!(
+        pods_capacity_of(nodes.get("n2").await.unwrap()),
+        Some(expected.to_string())
+    );
+    poll_until("the second pod runs on n2", POD_TIMEOUT, || async {
+        pods.get("second")
+            .await
+            .is_ok_and(|p| running(&p) && p.spec.and_then(|s| s.node_name).as_deref() == Some("n2"))
+    })
+    .await;
+}

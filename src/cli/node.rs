@@ -289,6 +289,10 @@ pub struct ServiceArgs {
     /// Requests the proxy holds at once per Service port while it wakes up; beyond, 503
     #[arg(long, value_name = "N", default_value_t = 1000)]
     proxy_max_held: usize,
+    /// The pods this node advertises it can run (its Node's `pods` capacity); by default
+    /// what its open files limit and memory allow
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_pods: Option<u32>,
 }
 
 /// `--tunnel-port`: a port, or no tunnel.
@@ -353,6 +357,7 @@ impl ServiceArgs {
         config.proxy.ingress_https_port = self.ingress_https_port;
         config.proxy.hold_timeout = self.proxy_hold_timeout;
         config.proxy.max_held = self.proxy_max_held;
+        config.max_pods = self.max_pods;
     }
 }
 

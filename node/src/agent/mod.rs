@@ -76,7 +76,9 @@ pub struct AgentConfig {
     pub backoff: Backoff,
     /// Whether pods may mount `hostPath` volumes.
     pub allow_host_path: bool,
-    pub max_pods: u32,
+    /// The pods the node advertises it can run (`--max-pods`); `None`: what its open
+    /// files limit and memory allow (`node_object::pods_capacity`).
+    pub max_pods: Option<u32>,
     /// The Service proxy (see [`crate::proxy`]).
     pub proxy: ProxyConfig,
     /// Where the cluster DNS answers (UDP and TCP, shared with the machine's other nodes);
@@ -149,7 +151,7 @@ impl AgentConfig {
             status_interval: Duration::from_secs(10),
             backoff: Backoff::default(),
             allow_host_path: false,
-            max_pods: 1000,
+            max_pods: None,
             proxy: ProxyConfig::default(),
             dns_listen: Some(SocketAddr::from(([127, 0, 0, 1], 5353))),
             cluster_domain: "cluster.local".into(),

@@ -50,13 +50,65 @@ pub struct NodeFacts {
 /// The extended resource in a Node's capacity that counts its wasm instance slots.
 pub const INSTANCES_RESOURCE: &str = "wharf.dev/instances";
 
+/// Descriptors a running pod holds in the node process: its HTTP listener, its log file,
+/// and a pooled proxy connection to it (both ends are in the node process).
+pub const FDS_PER_POD: u64 = 4;
+
+/// Descriptors kept for the node's own work (API watches and writes, proxy clients, DNS,
+/// the tunnel, probes in flight), beyond its pods'.
+pub const FDS_RESERVED: u64 = 4096;
+
+/// The memory an idle pod is counted for: an idle `hello-http` pod costs the node about
+/// 153 KiB (BENCHMARKS.md, "Pods on a node"), rounded up for its instance when it serves.
+pub const MEMORY_PER_POD: u64 = 256 << 10;
+
+/// The pods a node can hold, given its open files limit and the memory it gives to pods:
+/// whichever runs out first, at [`FDS_PER_POD`] descriptors and [`MEMORY_PER_POD`] each.
+/// At least one.
+pub fn pods_capacity(open_files: u64, allocatable_memory: u64) -> u32 {
+    let by_files = open_files.saturating_sub(FDS_RESERVED) / FDS_PER_POD;
+    let by_memory = allocatable_memory / MEMORY_PER_POD;
+    u32::try_from(by_files.min(by_memory))
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+/// This process's limit on open files now (the soft limit of /proc/self/limits; the
+/// binary raises it to the hard limit at start). 1024, the usual default, where it
+/// cannot be read.
+pub fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+            let soft = line
+                .trim_start_matches("Max open files")
+                .split_whitespace()
+                .next()?;
+            match soft {
+                "unlimited" => Some(u64::MAX),
+                n => n.parse().ok(),
+            }
+        })
+        .unwrap_or(1024)
+}
+
 impl NodeFacts {
-    /// Capacity of this machine: its cores and memory (from /proc/meminfo where present).
-    pub fn of_host(name: &str, address: &str, daemon_port: u16, max_pods: u32) -> Self {
+    /// Capacity of this machine: its cores and memory (from /proc/meminfo where present),
+    /// and `max_pods`, or when `None` the pods its open files limit and memory allow
+    /// ([`pods_capacity`]).
+    pub fn of_host(name: &str, address: &str, daemon_port: u16, max_pods: Option<u32>) -> Self {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get() as u64)
             .unwrap_or(1);
         let memory = host_memory_bytes();
+        let reserved_memory_bytes = 256 << 20;
+        let max_pods = max_pods.unwrap_or_else(|| {
+            pods_capacity(
+                open_files_limit(),
+                memory.saturating_sub(reserved_memory_bytes),
+            )
+        });
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| name.to_string());
@@ -70,7 +122,7 @@ impl NodeFacts {
             memory_bytes: memory,
             max_pods,
             reserved_cpu_millis: 100,
-            reserved_memory_bytes: 256 << 20,
+            reserved_memory_bytes,
             allow_host_path: false,
             instances: None,
             local_path_root: None,
@@ -300,6 +352,25 @@ pub fn node_images(held: impl IntoIterator<Item = (Vec<String>, u64)>) -> Vec<Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_capacity_is_what_files_and_memory_allow() {
+        // The usual soft limit of 1024 files leaves no room beyond the node's own: one.
+        assert_eq!(pods_capacity(1024, 8 << 30), 1);
+        // Raised to 2^20 files on a 24 GiB machine: files allow 261,120, memory 98,304.
+        assert_eq!(pods_capacity(1 << 20, 24 << 30), 98_304);
+        // 65,536 files: (65,536 - 4,096) / 4 = 15,360, fewer than 4 GiB allows (16,384).
+        assert_eq!(pods_capacity(65_536, 4 << 30), 15_360);
+        assert_eq!(pods_capacity(u64::MAX, u64::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn the_open_files_limit_is_read() {
+        // This process has one, and it is at least what it has open now.
+        let limit = open_files_limit();
+        let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as u64;
+        assert!(limit >= open && limit > 0, "limit {limit}, open {open}");
+    }
 
     fn facts() -> NodeFacts {
         NodeFacts {
