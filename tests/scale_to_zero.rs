@@ -258,10 +258,160 @@ async fn an_idle_deployment_sleeps_at_zero_and_a_request_wakes_it() {
     cluster.terminate().await;
 }
 
+/// The milestones of a wake-up, in the order they happen, as this test's own watches see
+/// them (each includes one watch delivery, as the component reacting to it sees it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Hop {
+    /// The node proxy's `WakeUpRequested` Event about the Deployment is written.
+    Event,
+    /// The request autoscaler wrote the Deployment's `scale` to 1.
+    Scale,
+    /// The Deployment controller scaled the ReplicaSet to 1.
+    ReplicaSet,
+    /// The ReplicaSet controller created the pod.
+    PodCreated,
+    /// The scheduler bound it to the node.
+    PodBound,
+    /// The node started it and wrote it Ready.
+    PodReady,
+    /// The EndpointSlice controller published it as a ready endpoint.
+    Endpoint,
+}
+
+const HOPS: [Hop; 7] = [
+    Hop::Event,
+    Hop::Scale,
+    Hop::ReplicaSet,
+    Hop::PodCreated,
+    Hop::PodBound,
+    Hop::PodReady,
+    Hop::Endpoint,
+];
+
+/// Watches the objects of Deployment `name` (pods and Service selected by `app=NAME`) and
+/// sends each milestone reached, with when this watch saw it.
+fn watch_hops(
+    client: &kube::Client,
+    name: &'static str,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> tokio::sync::mpsc::UnboundedReceiver<(Hop, Instant)> {
+    use futures::StreamExt;
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use k8s_openapi::api::core::v1::{Event, Pod};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::runtime::{WatchStreamExt, watcher};
+
+    fn feed<K, F>(
+        tasks: &mut tokio::task::JoinSet<()>,
+        api: kube::Api<K>,
+        config: watcher::Config,
+        tx: tokio::sync::mpsc::UnboundedSender<(Hop, Instant)>,
+        reached: F,
+    ) where
+        K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        F: Fn(&K) -> Vec<Hop> + Send + 'static,
+    {
+        tasks.spawn(async move {
+            let mut objects =
+                std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
+            while let Some(o) = objects.next().await {
+                let Ok(o) = o else { continue };
+                let at = Instant::now();
+                for hop in reached(&o) {
+                    let _ = tx.send((hop, at));
+                }
+            }
+        });
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let labels = format!("app={name}");
+    feed(
+        tasks,
+        kube::Api::<Event>::default_namespaced(client.clone()),
+        watcher::Config::default().fields("reason=WakeUpRequested"),
+        tx.clone(),
+        move |e: &Event| {
+            if e.involved_object.name.as_deref() == Some(name) {
+                vec![Hop::Event]
+            } else {
+                vec![]
+            }
+        },
+    );
+    feed(
+        tasks,
+        kube::Api::<Deployment>::default_namespaced(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+        tx.clone(),
+        |d: &Deployment| {
+            if d.spec.replicas == Some(1) {
+                vec![Hop::Scale]
+            } else {
+                vec![]
+            }
+        },
+    );
+    feed(
+        tasks,
+        kube::Api::<ReplicaSet>::default_namespaced(client.clone()),
+        watcher::Config::default().labels(&labels),
+        tx.clone(),
+        |rs: &ReplicaSet| {
+            if rs.spec.replicas == Some(1) {
+                vec![Hop::ReplicaSet]
+            } else {
+                vec![]
+            }
+        },
+    );
+    feed(
+        tasks,
+        kube::Api::<Pod>::default_namespaced(client.clone()),
+        watcher::Config::default().labels(&labels),
+        tx.clone(),
+        |p: &Pod| {
+            if p.metadata.deletion_timestamp.is_some() {
+                return vec![];
+            }
+            let mut hops = vec![Hop::PodCreated];
+            if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+                hops.push(Hop::PodBound);
+            }
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                hops.push(Hop::PodReady);
+            }
+            hops
+        },
+    );
+    feed(
+        tasks,
+        kube::Api::<EndpointSlice>::default_namespaced(client.clone()),
+        watcher::Config::default().labels(&format!("kubernetes.io/service-name={name}")),
+        tx,
+        |s: &EndpointSlice| {
+            let ready = s
+                .endpoints
+                .iter()
+                .flatten()
+                .any(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false));
+            if ready { vec![Hop::Endpoint] } else { vec![] }
+        },
+    );
+    rx
+}
+
 /// The wake-up benchmark (BENCHMARKS.md): `WHARF_BENCH_WAKEUPS` times (100 by default),
 /// wait until the Deployment is asleep (0 replicas, no pod, no endpoint), then time one
 /// GET through the Service's cluster IP from its first byte sent to its whole answer; then
-/// the same GET to the awake pod. Prints p50/p99/max of both.
+/// the same GET to the awake pod. Prints p50/p99/max of both, and when each milestone of
+/// the wake-up ([`Hop`]) was reached after the request was sent (p50/p99), and the hops of
+/// the slowest runs.
 ///
 /// `cargo test --release --test scale_to_zero -- --ignored --nocapture wake_up_latency`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,8 +471,12 @@ async fn wake_up_latency() {
             .all(|s| s.endpoints.as_ref().is_none_or(Vec::is_empty));
         Some(zero && no_pods && no_endpoints)
     };
+    let mut watches = tokio::task::JoinSet::new();
+    let mut hops = watch_hops(&cluster.client, "bench", &mut watches);
     let mut cold = Vec::new();
     let mut warm = Vec::new();
+    // Per run: when each milestone was reached after the request was sent.
+    let mut reached: Vec<Vec<(Hop, Duration)>> = Vec::new();
     for run in 0..runs {
         tokio::time::timeout(Duration::from_secs(60), async {
             while asleep().await != Some(true) {
@@ -331,15 +485,32 @@ async fn wake_up_latency() {
         })
         .await
         .unwrap_or_else(|_| panic!("run {run}: not asleep within 60 s"));
+        while hops.try_recv().is_ok() {}
         let started = Instant::now();
         let (status, body) = http_get(addr, "/").await.unwrap();
         cold.push(started.elapsed());
         assert_eq!(status, 200, "run {run}: {body}");
-        let started = Instant::now();
+        let warm_started = Instant::now();
         let (status, body) = http_get(addr, "/").await.unwrap();
-        warm.push(started.elapsed());
+        warm.push(warm_started.elapsed());
         assert_eq!(status, 200, "run {run}: {body}");
+        // Every milestone was reached before the answer; our watches may see the last
+        // ones a little later than the components did.
+        let mut seen: Vec<(Hop, Duration)> = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while seen.len() < HOPS.len() {
+            let Ok(Some((hop, at))) = tokio::time::timeout_at(deadline, hops.recv()).await else {
+                break;
+            };
+            if at >= started && !seen.iter().any(|(h, _)| *h == hop) {
+                seen.push((hop, at - started));
+            }
+        }
+        seen.sort();
+        reached.push(seen);
     }
+    watches.abort_all();
+    let cold_by_run = cold.clone();
     let pct = |v: &mut Vec<Duration>, p: f64| -> Duration {
         v.sort();
         v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
@@ -352,6 +523,39 @@ async fn wake_up_latency() {
             p50.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3,
             max.as_secs_f64() * 1e3
+        );
+    }
+    // Milestones: when each was reached after the request was sent, over the runs.
+    for hop in HOPS {
+        let mut at: Vec<Duration> = reached
+            .iter()
+            .filter_map(|r| r.iter().find(|(h, _)| *h == hop).map(|(_, d)| *d))
+            .collect();
+        if at.is_empty() {
+            eprintln!("BENCH wake-up hop {hop:?}: never seen");
+            continue;
+        }
+        let n = at.len();
+        let (p50, p99, max) = (pct(&mut at, 0.5), pct(&mut at, 0.99), pct(&mut at, 1.0));
+        eprintln!(
+            "BENCH wake-up hop {hop:?}: seen in {n} runs, after p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
+        );
+    }
+    // The slowest wake-ups, hop by hop.
+    let mut by_time: Vec<usize> = (0..reached.len()).collect();
+    by_time.sort_by_key(|&i| std::cmp::Reverse(cold_by_run[i]));
+    for &i in by_time.iter().take(5) {
+        let hops: Vec<String> = reached[i]
+            .iter()
+            .map(|(h, d)| format!("{h:?} {:.1}", d.as_secs_f64() * 1e3))
+            .collect();
+        eprintln!(
+            "BENCH wake-up slow run {i}: {:.1} ms: {}",
+            cold_by_run[i].as_secs_f64() * 1e3,
+            hops.join(", ")
         );
     }
     cluster.terminate().await;

@@ -18,7 +18,10 @@
 //! `wharf.dev/wake-on-request`, see the node's `proxy::wake`) records an Event
 //! `WakeUpRequested` about the Deployment; this controller watches those Events and
 //! scales the Deployment to 1 at once, without waiting for the period or reading any
-//! node. (Nodes may record Events; they may not write a Deployment's scale.)
+//! node. (Nodes may record Events; they may not write a Deployment's scale.) "At once"
+//! includes while the nodes are being read: a read runs as a task of its own (a node may
+//! take up to [`SCRAPE_TIMEOUT`] to answer, and a wake-up is the request a user is
+//! waiting on), and its counters are weighed when it ends.
 //!
 //! Deciding is [`decide::decide`] (pure, unit-tested); this module reads the inputs,
 //! writes the `scale` subresource, and records `ScaledToZero`, `WokenUp` and
@@ -187,7 +190,7 @@ struct Ctx {
     services: Store<Service>,
     nodes: Store<Node>,
     /// TLS towards the nodes' servers (their `/metrics`).
-    node_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    node_tls: Option<Arc<rustls::ClientConfig>>,
     /// Per Deployment uid.
     memory: HashMap<String, Memory>,
     /// Invalid annotations already reported, per Deployment uid.
@@ -241,10 +244,13 @@ async fn run(
     };
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The nodes' counters being read (one read at a time), apart from this loop so that a
+    // wake-up never waits for a slow node.
+    let mut scrapes: JoinSet<Option<HashMap<ServiceRef, Load>>> = JoinSet::new();
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => ctx.sync().await,
             Some(event) = wakes.next() => {
                 if let Ok(event) = event
                     && let Some((ns, name)) = wake_target(&event, Timestamp::now())
@@ -252,9 +258,106 @@ async fn run(
                     ctx.wake(&ns, &name).await;
                 }
             }
+            Some(loads) = scrapes.join_next(), if !scrapes.is_empty() => {
+                ctx.apply(loads.unwrap_or(None)).await;
+            }
+            _ = tick.tick(), if scrapes.is_empty() => {
+                if ctx.prepare().await {
+                    scrapes.spawn(scrape(ready_nodes(&ctx.nodes), ctx.node_tls.clone()));
+                }
+            }
         }
     }
+    scrapes.abort_all();
     feeds.abort_all();
+}
+
+/// The Nodes whose `Ready` condition is `True`: those whose counters are read.
+fn ready_nodes(nodes: &Store<Node>) -> Vec<Arc<Node>> {
+    nodes
+        .state()
+        .into_iter()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                .is_some_and(|c| c.status == "True")
+        })
+        .collect()
+}
+
+/// Every node's counters by Service; `None` when a node did not answer.
+async fn scrape(
+    nodes: Vec<Arc<Node>>,
+    node_tls: Option<Arc<rustls::ClientConfig>>,
+) -> Option<HashMap<ServiceRef, Load>> {
+    let answers =
+        futures::future::join_all(nodes.iter().map(|n| scrape_node(n, node_tls.clone()))).await;
+    let mut total: HashMap<ServiceRef, Load> = HashMap::new();
+    for answer in answers {
+        for (svc, load) in answer? {
+            let t = total.entry(svc).or_default();
+            t.in_flight += load.in_flight;
+            t.requests += load.requests;
+        }
+    }
+    Some(total)
+}
+
+async fn scrape_node(
+    node: &Node,
+    node_tls: Option<Arc<rustls::ClientConfig>>,
+) -> Option<HashMap<ServiceRef, Load>> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let value = serde_json::to_value(node).ok()?;
+    let (host, port) = match crate::apiserver::proxy::node_endpoint(&value) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::debug!(node = %name, error = %e, "no counters from node");
+            return None;
+        }
+    };
+    let host = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => host,
+    };
+    let uri = format!("https://{host}:{port}/metrics");
+    let read = async {
+        // The node's `/metrics` needs no token; the TLS is the API server's.
+        let response = crate::apiserver::proxy::send_to_node(
+            node_tls,
+            &name,
+            (host.trim_start_matches('[').trim_end_matches(']'), port),
+            &uri,
+            "",
+            http::Method::GET,
+            Empty::<Bytes>::new(),
+            false,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let body = http_body_util::Limited::new(response.into_body(), SCRAPE_LIMIT)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(parse_series(&String::from_utf8_lossy(&body)))
+    };
+    match tokio::time::timeout(SCRAPE_TIMEOUT, read).await {
+        Ok(Ok(series)) => Some(series),
+        Ok(Err(e)) => {
+            tracing::debug!(node = %name, error = %e, "no counters from node");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(node = %name, "no counters from node in time");
+            None
+        }
+    }
 }
 
 impl Ctx {
@@ -289,86 +392,9 @@ impl Ctx {
         out
     }
 
-    /// Every node's counters by Service; `None` when a Ready node did not answer.
-    async fn scrape(&self) -> Option<HashMap<ServiceRef, Load>> {
-        let nodes: Vec<Arc<Node>> = self
-            .nodes
-            .state()
-            .into_iter()
-            .filter(|n| {
-                n.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-                    .is_some_and(|c| c.status == "True")
-            })
-            .collect();
-        let answers = futures::future::join_all(nodes.iter().map(|n| self.scrape_node(n))).await;
-        let mut total: HashMap<ServiceRef, Load> = HashMap::new();
-        for answer in answers {
-            for (svc, load) in answer? {
-                let t = total.entry(svc).or_default();
-                t.in_flight += load.in_flight;
-                t.requests += load.requests;
-            }
-        }
-        Some(total)
-    }
-
-    async fn scrape_node(&self, node: &Node) -> Option<HashMap<ServiceRef, Load>> {
-        let name = node.metadata.name.clone().unwrap_or_default();
-        let value = serde_json::to_value(node).ok()?;
-        let (host, port) = match crate::apiserver::proxy::node_endpoint(&value) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::debug!(node = %name, error = %e, "no counters from node");
-                return None;
-            }
-        };
-        let host = match host.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
-            _ => host,
-        };
-        let uri = format!("https://{host}:{port}/metrics");
-        let read = async {
-            // The node's `/metrics` needs no token; the TLS is the API server's.
-            let response = crate::apiserver::proxy::send_to_node(
-                self.node_tls.clone(),
-                &name,
-                (host.trim_start_matches('[').trim_end_matches(']'), port),
-                &uri,
-                "",
-                http::Method::GET,
-                Empty::<Bytes>::new(),
-                false,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                return Err(format!("status {}", response.status()));
-            }
-            let body = http_body_util::Limited::new(response.into_body(), SCRAPE_LIMIT)
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok(parse_series(&String::from_utf8_lossy(&body)))
-        };
-        match tokio::time::timeout(SCRAPE_TIMEOUT, read).await {
-            Ok(Ok(series)) => Some(series),
-            Ok(Err(e)) => {
-                tracing::debug!(node = %name, error = %e, "no counters from node");
-                None
-            }
-            Err(_) => {
-                tracing::debug!(node = %name, "no counters from node in time");
-                None
-            }
-        }
-    }
-
-    /// One period: every opted-in Deployment against the nodes' counters.
-    async fn sync(&mut self) {
+    /// The start of a period: removes stale wake-up marks; whether some Deployment opts in
+    /// (then the nodes' counters are read, and [`Ctx::apply`]d when they are).
+    async fn prepare(&mut self) -> bool {
         let opted = self.opted().await;
         let services = self.services.state();
         if self.deployments.wait_until_ready().now_or_never().is_some() {
@@ -385,10 +411,14 @@ impl Ctx {
             self.unmark_services(&stale_marks(&services, &sleepers))
                 .await;
         }
-        if opted.is_empty() {
-            return;
-        }
-        let loads = self.scrape().await;
+        !opted.is_empty()
+    }
+
+    /// The end of a period: every opted-in Deployment (as it is now) against the nodes'
+    /// counters just read (`None`: not every node answered).
+    async fn apply(&mut self, loads: Option<HashMap<ServiceRef, Load>>) {
+        let opted = self.opted().await;
+        let services = self.services.state();
         for (d, options) in opted {
             let selected = services_of(&d, &services);
             if options.idle_after.is_some() {
@@ -543,6 +573,129 @@ impl Ctx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apiserver::testing::TestApi;
+    use http::StatusCode;
+
+    /// Set when the request it is part of is abandoned by the client.
+    struct Abandoned(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Abandoned {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A node whose server never answers `/metrics`, and the Deployment `web` asleep at
+    /// zero: a wake-up is carried out while the node's counters are still being read,
+    /// not after the read gives up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wake_up_does_not_wait_for_a_node_that_is_slow_to_answer() {
+        let api = TestApi::new().await;
+        let (scraped_tx, mut scraped) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let app = axum::Router::new().fallback({
+            let abandoned = abandoned.clone();
+            move || {
+                let guard = Abandoned(abandoned.clone());
+                let _ = scraped_tx.send(());
+                async move {
+                    let _guard = guard;
+                    futures::future::pending::<()>().await;
+                    "never"
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let port = listener.local_addr().expect("address").port();
+        api.serve_node(listener, app);
+        let (code, body) = api
+            .send(
+                "POST",
+                "/api/v1/nodes",
+                Some(json!({"metadata": {"name": "n1"}})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+        let (code, body) = api
+            .send_as(
+                "PATCH",
+                "/api/v1/nodes/n1/status",
+                "application/merge-patch+json",
+                Some(json!({"status": {
+                    "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                    "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+                    "conditions": [{"type": "Ready", "status": "True"}]}})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let (code, body) = api
+            .send(
+                "POST",
+                "/apis/apps/v1/namespaces/default/deployments",
+                Some(json!({
+                    "metadata": {"name": "web", "annotations": {
+                        crate::api::wellknown::SCALE_TO_ZERO_AFTER_ANNOTATION: "60s"}},
+                    "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+                             "template": {"metadata": {"labels": {"app": "web"}},
+                                          "spec": {"containers": [{"name": "web", "image": "web.wasm"}]}}},
+                })),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+
+        let config = crate::controllers::ControllerConfig {
+            node_tls: api.state.config.node_tls.clone(),
+            request_scale_sync_period: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        start(api.client(), &config, shutdown.clone(), &mut tasks);
+
+        // A read of the node's counters is under way (and will not be answered).
+        tokio::time::timeout(Duration::from_secs(30), scraped.recv())
+            .await
+            .expect("the node's counters were not read")
+            .expect("scrape channel");
+        let (code, body) = api
+            .send(
+                "POST",
+                "/api/v1/namespaces/default/events",
+                Some(json!({
+                    "metadata": {"name": "web.wake"},
+                    "involvedObject": {"kind": "Deployment", "apiVersion": "apps/v1",
+                                       "namespace": "default", "name": "web"},
+                    "reason": WAKE_UP_REQUESTED_REASON,
+                    "message": "a request for Service web port 80 is waiting for an endpoint",
+                    "type": "Normal",
+                    "lastTimestamp": Timestamp::now().to_string(),
+                })),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+
+        let deployments: Api<Deployment> = Api::namespaced(api.client(), "default");
+        let woken = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let d = deployments.get("web").await.expect("deployment");
+                if d.spec.replicas == Some(1) {
+                    // Whether the read of the node's counters was given up by then.
+                    return abandoned.load(std::sync::atomic::Ordering::SeqCst);
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the deployment was not woken up");
+        assert!(
+            !woken,
+            "the wake-up waited for the node's read to time out ({SCRAPE_TIMEOUT:?})"
+        );
+        shutdown.cancel();
+        while tasks.join_next().await.is_some() {}
+    }
 
     #[test]
     fn node_counters_are_summed_per_service() {
