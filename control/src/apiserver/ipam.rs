@@ -348,13 +348,14 @@ pub async fn admit_node(
 /// Creates `obj` at `key` together with what its admission allocated, for any kind (kinds
 /// that hold nothing are written alone). If another server took one of its values first,
 /// the kind's admission runs again on `original`, the object as it was before admission.
+/// Returns what was stored and the object it was encoded from.
 pub async fn store_create(
     state: &AppState,
     target: &Target,
     key: &str,
     mut obj: Value,
     original: Value,
-) -> Result<StoredObject, ApiError> {
+) -> Result<(StoredObject, Value), ApiError> {
     let name = meta_str(&obj, "name").unwrap_or_default().to_owned();
     let subject = Subject {
         group: target.kind.group.to_owned(),
@@ -372,7 +373,7 @@ pub async fn store_create(
             Ok(events) => {
                 return events
                     .first()
-                    .map(|e| e.object.clone())
+                    .map(|e| (e.object.clone(), obj))
                     .ok_or_else(|| ApiError::Internal("a create stored nothing".into()));
             }
             Err(CommitError::Store(e)) => return Err(ApiError::from_store(e, subject)),

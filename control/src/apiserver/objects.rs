@@ -9,7 +9,8 @@ use crate::store::StoredObject;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value, json};
 
 /// The API form of a stored object.
 pub fn decode(stored: &StoredObject) -> Result<Value, ApiError> {
@@ -41,11 +42,7 @@ pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
 /// The stored form: the object without its resourceVersion. Every write of the API
 /// server goes through here, so this is where [`MAX_OBJECT_BYTES`] is enforced (413).
 pub fn encode(v: &Value) -> Result<Bytes, ApiError> {
-    let mut v = v.clone();
-    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
-    }
-    let bytes = serde_json::to_vec(&v)
+    let bytes = serde_json::to_vec(&StoredForm(v))
         .map_err(|e| ApiError::Internal(format!("encoding an object: {e}")))?;
     if bytes.len() > MAX_OBJECT_BYTES {
         return Err(ApiError::EntityTooLarge(format!(
@@ -54,6 +51,39 @@ pub fn encode(v: &Value) -> Result<Bytes, ApiError> {
         )));
     }
     Ok(Bytes::from(bytes))
+}
+
+/// `v` as it is stored: serialized without `metadata.resourceVersion`, in place (every
+/// write goes through [`encode`], and a copy of the whole object only to drop one field
+/// showed in the write path's profile).
+struct StoredForm<'a>(&'a Value);
+
+impl Serialize for StoredForm<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Some(map) = self.0.as_object() else {
+            return self.0.serialize(serializer);
+        };
+        let mut out = serializer.serialize_map(Some(map.len()))?;
+        for (key, value) in map {
+            match value.as_object() {
+                Some(meta) if key == "metadata" => {
+                    out.serialize_entry(key, &WithoutResourceVersion(meta))?
+                }
+                _ => out.serialize_entry(key, value)?,
+            }
+        }
+        out.end()
+    }
+}
+
+/// An object's `metadata` without its `resourceVersion`.
+struct WithoutResourceVersion<'a>(&'a Map<String, Value>);
+
+impl Serialize for WithoutResourceVersion<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let fields = self.0.iter().filter(|(k, _)| *k != "resourceVersion");
+        serializer.collect_map(fields)
+    }
 }
 
 /// `metadata.FIELD` as a string.
@@ -85,4 +115,35 @@ pub fn now_rfc3339() -> String {
 /// A JSON response.
 pub fn json_response(code: StatusCode, value: &Value) -> Response {
     (code, axum::Json(value)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_drops_only_the_resource_version_and_keeps_field_order() {
+        let obj = json!({
+            "kind": "ConfigMap",
+            "metadata": {"name": "a", "resourceVersion": "7", "namespace": "ns", "uid": "u"},
+            "data": {"z": "1", "a": "2"},
+        });
+        let bytes = encode(&obj).expect("encodes");
+        assert_eq!(
+            std::str::from_utf8(&bytes).expect("utf-8"),
+            r#"{"kind":"ConfigMap","metadata":{"name":"a","namespace":"ns","uid":"u"},"data":{"z":"1","a":"2"}}"#
+        );
+        // Not an object, or metadata not an object: stored as they are.
+        assert_eq!(&encode(&json!([1, 2])).expect("encodes")[..], b"[1,2]");
+        assert_eq!(
+            &encode(&json!({"metadata": "x"})).expect("encodes")[..],
+            br#"{"metadata":"x"}"#
+        );
+    }
+
+    #[test]
+    fn encode_refuses_objects_over_the_limit() {
+        let obj = json!({"metadata": {"name": "big"}, "data": {"x": "v".repeat(MAX_OBJECT_BYTES)}});
+        assert!(matches!(encode(&obj), Err(ApiError::EntityTooLarge(_))));
+    }
 }

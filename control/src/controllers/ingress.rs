@@ -115,8 +115,7 @@ async fn run(client: kube::Client, shutdown: CancellationToken) {
             continue;
         }
         let all: Vec<Ingress> = ingresses.state().iter().map(|i| (**i).clone()).collect();
-        let node_list: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
-        let wanted = plan(&all, &node_addresses(&node_list));
+        let wanted = plan(&all, &node_addresses(nodes.state().iter().map(|n| &**n)));
         for ing in &all {
             let Some(want) = wanted.get(&key(ing)) else {
                 continue;

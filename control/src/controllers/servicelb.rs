@@ -25,8 +25,10 @@ pub fn start(client: kube::Client, shutdown: CancellationToken, tasks: &mut Join
 }
 
 /// The addresses of the Ready nodes (their `InternalIP`), sorted, without duplicates
-/// (several nodes of one machine share one).
-pub fn node_addresses(nodes: &[Node]) -> Vec<String> {
+/// (several nodes of one machine share one). Takes the nodes by reference: callers pass
+/// their informer's cache, which copied every Node on every Node event before (quadratic
+/// in the node count while nodes register).
+pub fn node_addresses<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<String> {
     let ready = |n: &Node| {
         n.status
             .as_ref()
@@ -34,7 +36,7 @@ pub fn node_addresses(nodes: &[Node]) -> Vec<String> {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     };
     let set: BTreeSet<String> = nodes
-        .iter()
+        .into_iter()
         .filter(|n| ready(n))
         .filter_map(|n| {
             let addrs = n.status.as_ref()?.addresses.as_ref()?;
@@ -168,8 +170,7 @@ async fn run(client: kube::Client, shutdown: CancellationToken) {
             continue;
         }
         let all: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
-        let node_list: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
-        let wanted = plan(&all, &node_addresses(&node_list));
+        let wanted = plan(&all, &node_addresses(nodes.state().iter().map(|n| &**n)));
         for svc in &all {
             let current = svc
                 .status
