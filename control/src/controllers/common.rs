@@ -23,6 +23,7 @@
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use kube::Api;
 use kube::runtime::reflector::Store;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -309,6 +310,35 @@ fn guarded_meta_patch(object: &ObjectMeta, fields: Value) -> Value {
 
 /// A merge patch that makes the status `new`: `old`'s fields missing from `new` are set
 /// to null, arrays (conditions) are replaced whole.
+/// Writes `new` as the status of `name` through `api` when it differs from `old` (compared
+/// as JSON; `None` counts as the default status), as a merge patch of [`status_patch`].
+pub async fn write_status_if_changed<K, S>(
+    api: &Api<K>,
+    name: &str,
+    old: Option<&S>,
+    new: &S,
+) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize + Default,
+{
+    let old = match old {
+        Some(old) => serde_json::to_value(old),
+        None => serde_json::to_value(S::default()),
+    }
+    .unwrap_or_default();
+    let new = serde_json::to_value(new).unwrap_or_default();
+    if old != new {
+        api.patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(status_patch(&old, &new)),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 pub fn status_patch(old: &Value, new: &Value) -> Value {
     let mut patch = new.as_object().cloned().unwrap_or_default();
     if let Some(old) = old.as_object() {

@@ -34,7 +34,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use std::sync::Arc;
@@ -455,18 +455,14 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             }
         }
     }
-    let old = serde_json::to_value(cj.status.clone().unwrap_or_default()).unwrap_or_default();
-    let new = serde_json::to_value(&plan.status).unwrap_or_default();
-    if old != new {
-        Api::<CronJob>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                cj.metadata.name.as_deref().unwrap_or_default(),
-                &PatchParams::default(),
-                &Patch::Merge(common::status_patch(&old, &new)),
-            )
-            .await
-            .map_err(Error::api("writing the status of cronjob", &key))?;
-    }
+    common::write_status_if_changed(
+        &Api::<CronJob>::namespaced(ctx.client.clone(), &ns),
+        cj.metadata.name.as_deref().unwrap_or_default(),
+        cj.status.as_ref(),
+        &plan.status,
+    )
+    .await
+    .map_err(Error::api("writing the status of cronjob", &key))?;
     for (ty, reason, message) in &plan.events {
         ctx.recorder.record(&about, *ty, reason, message).await;
     }
@@ -777,9 +773,13 @@ mod tests {
         // The first job completes: the skipped minute runs now.
         let done = json!({"status": {"conditions": [{"type": "Complete", "status": "True"}],
             "completionTime": clock.now().to_string(), "startTime": clock.now().to_string()}});
-        jobs.patch_status(&first_name, &PatchParams::default(), &Patch::Merge(done))
-            .await
-            .unwrap();
+        jobs.patch_status(
+            &first_name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(done),
+        )
+        .await
+        .unwrap();
         until("the second job", || async { count().await == 2 }).await;
         until("SawCompletedJob", || async {
             reasons().await.iter().any(|r| r == "SawCompletedJob")

@@ -599,18 +599,14 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 .await;
         }
     }
-    let old = serde_json::to_value(ds.status.clone().unwrap_or_default()).unwrap_or_default();
-    let new = serde_json::to_value(&plan.status).unwrap_or_default();
-    if old != new {
-        Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                ds.metadata.name.as_deref().unwrap_or_default(),
-                &PatchParams::default(),
-                &Patch::Merge(common::status_patch(&old, &new)),
-            )
-            .await
-            .map_err(Error::api("writing the status of daemonset", &key))?;
-    }
+    common::write_status_if_changed(
+        &Api::<DaemonSet>::namespaced(ctx.client.clone(), &ns),
+        ds.metadata.name.as_deref().unwrap_or_default(),
+        ds.status.as_ref(),
+        &plan.status,
+    )
+    .await
+    .map_err(Error::api("writing the status of daemonset", &key))?;
     ctx.backoff.succeeded(&key);
     Ok(Action::requeue(plan.requeue.unwrap_or(RESYNC).min(RESYNC)))
 }

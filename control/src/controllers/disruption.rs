@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -309,18 +309,14 @@ async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Ctx>) -> Result<Actio
     };
     let now = common::now();
     let status = decide(&pdb, &pods, scale, now);
-    let old = serde_json::to_value(pdb.status.clone().unwrap_or_default()).unwrap_or_default();
-    let new = serde_json::to_value(&status).unwrap_or_default();
-    if old != new {
-        Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                pdb.metadata.name.as_deref().unwrap_or_default(),
-                &PatchParams::default(),
-                &Patch::Merge(common::status_patch(&old, &new)),
-            )
-            .await
-            .map_err(Error::api("writing the status of budget", &key))?;
-    }
+    common::write_status_if_changed(
+        &Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), &ns),
+        pdb.metadata.name.as_deref().unwrap_or_default(),
+        pdb.status.as_ref(),
+        &status,
+    )
+    .await
+    .map_err(Error::api("writing the status of budget", &key))?;
     ctx.backoff.succeeded(&key);
     // Disrupted pods expire: look again when the oldest does.
     let next = status

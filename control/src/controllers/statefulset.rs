@@ -703,18 +703,14 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
             Err(e) => return Err(Error::api("deleting a claim of statefulset", &key)(e)),
         }
     }
-    let old = serde_json::to_value(sts.status.clone().unwrap_or_default()).unwrap_or_default();
-    let new = serde_json::to_value(&plan.status).unwrap_or_default();
-    if old != new {
-        Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(common::status_patch(&old, &new)),
-            )
-            .await
-            .map_err(Error::api("writing the status of statefulset", &key))?;
-    }
+    common::write_status_if_changed(
+        &Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns),
+        &name,
+        sts.status.as_ref(),
+        &plan.status,
+    )
+    .await
+    .map_err(Error::api("writing the status of statefulset", &key))?;
     ctx.backoff.succeeded(&key);
     let busy = !plan.create.is_empty() || !plan.delete.is_empty();
     Ok(Action::requeue(if busy {

@@ -661,18 +661,14 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if plan.create > 0 {
         status.active = Some(status.active.unwrap_or(0) + plan.create);
     }
-    let old = serde_json::to_value(job.status.clone().unwrap_or_default()).unwrap_or_default();
-    let new = serde_json::to_value(&status).unwrap_or_default();
-    if old != new {
-        Api::<Job>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                job.metadata.name.as_deref().unwrap_or_default(),
-                &PatchParams::default(),
-                &Patch::Merge(common::status_patch(&old, &new)),
-            )
-            .await
-            .map_err(Error::api("writing the status of job", &key))?;
-    }
+    common::write_status_if_changed(
+        &Api::<Job>::namespaced(ctx.client.clone(), &ns),
+        job.metadata.name.as_deref().unwrap_or_default(),
+        job.status.as_ref(),
+        &status,
+    )
+    .await
+    .map_err(Error::api("writing the status of job", &key))?;
     // Events about the outcome only once it is recorded in the status.
     for (ty, reason, message) in &plan.events {
         ctx.recorder.record(&about, *ty, reason, message).await;
