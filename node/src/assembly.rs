@@ -326,6 +326,7 @@ pub async fn start(
         tasks.spawn(proxy::watch::run(
             client.clone(),
             snapshots_tx,
+            ctx.services.local_ready.subscribe(),
             ctx.api.clone(),
             shutdown.clone(),
         ));

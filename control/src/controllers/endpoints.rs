@@ -158,7 +158,9 @@ pub fn manages(svc: &Service) -> bool {
     selector(svc).is_some() && !external
 }
 
-fn selects(svc: &Service, pod: &Pod) -> bool {
+/// Does `svc` select `pod` (same namespace, every selector label)? Also the nodes' view
+/// of their own Ready pods for Services asleep at zero.
+pub fn selects(svc: &Service, pod: &Pod) -> bool {
     let Some(selector) = selector(svc) else {
         return false;
     };
@@ -194,7 +196,7 @@ fn service_ports(svc: &Service) -> &[ServicePort] {
 
 /// The pod's port for a Service port (`podutil.FindPort`): a number as it is, a name
 /// through the containers' (and sidecars') named ports of the same protocol.
-fn find_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
+pub fn find_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
     let protocol = sp.protocol.as_deref().unwrap_or("TCP");
     match &sp.target_port {
         None => Some(sp.port),

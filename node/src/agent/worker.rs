@@ -1162,7 +1162,7 @@ fn human(d: Duration) -> String {
     }
 }
 
-async fn write_status(ctx: &NodeContext, st: &mut PodState, pod: &Pod) {
+async fn write_status(ctx: &NodeContext, st: &mut PodState, pod: &Arc<Pod>) {
     let status = pod_status(
         &st.records,
         &restart_policy(pod),
@@ -1171,6 +1171,7 @@ async fn write_status(ctx: &NodeContext, st: &mut PodState, pod: &Pod) {
         pod.status.as_ref().and_then(|s| s.qos_class.clone()),
         Timestamp::now(),
     );
+    publish_ready(ctx, st, pod, &status);
     let Ok(value) = serde_json::to_value(&status) else {
         return;
     };
@@ -1217,6 +1218,26 @@ async fn write_status(ctx: &NodeContext, st: &mut PodState, pod: &Pod) {
             ));
         }
     }
+}
+
+/// Tells the node's proxy whether the pod is Ready here, the moment the worker knows and
+/// before its status is written ([`crate::proxy::local`]): Ready as its status says, with
+/// an address, and not being deleted.
+fn publish_ready(ctx: &NodeContext, st: &PodState, pod: &Arc<Pod>, status: &PodStatus) {
+    let ready = pod.metadata.deletion_timestamp.is_none()
+        && status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+    let local = match (ready, st.ip) {
+        (true, Some(ip)) => Some(crate::proxy::local::ReadyPod {
+            pod: pod.clone(),
+            ip: IpAddr::V4(ip),
+        }),
+        _ => None,
+    };
+    ctx.services.local_ready.set(&pod_name(pod), local);
 }
 
 /// The pod's `terminationGracePeriodSeconds` (30 s when unset, as Kubernetes defaults it).
@@ -1321,6 +1342,8 @@ async fn terminate(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
         .unwrap_or(30)
         .max(0);
     tracing::info!(pod = %pod_name(pod), grace, "stopping pod");
+    // No new requests from this node's proxy, before the slice says so.
+    ctx.services.local_ready.set(&pod_name(pod), None);
     stop_all(st, Duration::from_secs(grace as u64)).await;
     if st.records.is_empty() {
         let saved = load_saved_status(ctx, pod).await;
@@ -1352,6 +1375,7 @@ async fn terminate(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
 
 /// Releases the pod's address, volumes and logs.
 async fn cleanup(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Pod) {
+    ctx.services.local_ready.set(&pod_name(pod), None);
     if let Some(ip) = st.ip {
         ctx.sockets.remove(ip);
     }

@@ -25,7 +25,8 @@
 //! - [`metrics`] counts per port, served at the node's `/metrics`; the control plane's
 //!   request-driven autoscaler reads its in-flight counts there;
 //! - [`wake`] holds the HTTP requests of a Service scaled to zero until it has an
-//!   endpoint, and asks for the wake-up.
+//!   endpoint, and asks for the wake-up; [`local`] lets such a Service reach a pod of
+//!   this node as soon as the node knows it Ready, before its EndpointSlice says so.
 //!
 //! Several nodes on one machine share every address with `SO_REUSEPORT` ([`listener`]).
 //! Ports below 1024 need `net.ipv4.ip_unprivileged_port_start` lowered (or root): where
@@ -37,6 +38,7 @@ pub mod discover;
 pub mod http;
 pub mod ingress;
 pub mod listener;
+pub mod local;
 pub mod metrics;
 pub mod model;
 pub mod resolve;
@@ -106,6 +108,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub table: Arc<SharedTable>,
     pub cluster_domain: Arc<str>,
+    /// The pods of this node its pod workers know Ready ([`local`]).
+    pub local_ready: local::LocalReady,
 }
 
 impl Shared {
@@ -114,6 +118,7 @@ impl Shared {
             metrics: Metrics::default(),
             table: Arc::new(SharedTable::default()),
             cluster_domain: Arc::from(cluster_domain.trim_matches('.')),
+            local_ready: local::LocalReady::default(),
         }
     }
 

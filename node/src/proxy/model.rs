@@ -423,7 +423,7 @@ fn add_slice(info: &mut ServiceInfo, slice: &EndpointSlice) {
 
 /// Sorts backends and merges duplicates (the same endpoint in two slices while a slice is
 /// being split or replaced): the entry that says ready wins.
-fn normalize(list: &mut Vec<Backend>) {
+pub(crate) fn normalize(list: &mut Vec<Backend>) {
     list.sort_by(|a, b| {
         a.addr
             .cmp(&b.addr)

@@ -12,6 +12,7 @@
 //! [`NodeInfo`] the proxy needs, so their heartbeats (a status write every few seconds
 //! per node) change nothing and publish nothing.
 
+use super::local::{self, ReadyPods};
 use super::model::{self, NodeInfo, Snapshot};
 use crate::reachability::{ApiHealth, api_retry_delay};
 use futures::StreamExt;
@@ -154,10 +155,12 @@ pub(crate) fn node_infos() -> Projected<Node, NodeInfo> {
     )
 }
 
-/// Watches until shutdown, publishing a snapshot after every change.
+/// Watches until shutdown, publishing a snapshot after every change, of the watches or
+/// of this node's Ready pods (`local`, joined in by [`super::local::join`]).
 pub async fn run(
     client: kube::Client,
     tx: watch::Sender<Arc<Snapshot>>,
+    mut local: watch::Receiver<ReadyPods>,
     health: Arc<ApiHealth>,
     shutdown: CancellationToken,
 ) {
@@ -179,9 +182,14 @@ pub async fn run(
     let mut generation = 0u64;
     let mut refused = BTreeMap::new();
     let mut failures = 0u32;
+    let mut local_open = true;
     loop {
         let changed = tokio::select! {
             _ = shutdown.cancelled() => return,
+            c = local.changed(), if local_open => {
+                local_open = c.is_ok();
+                local_open
+            }
             e = services.next() => match e {
                 Some(Ok(e)) => { health.ok(); failures = 0; svc.apply(e) }
                 Some(Err(e)) => { backoff("services watch", e, &health, &mut failures, &shutdown).await; false }
@@ -201,6 +209,11 @@ pub async fn run(
         if changed && svc.synced && eps.synced && nds.synced {
             generation += 1;
             let mut snapshot = model::build(generation, svc.objects.values(), eps.objects.values());
+            local::join(
+                &mut snapshot,
+                svc.objects.values(),
+                &local.borrow_and_update(),
+            );
             snapshot.nodes = nds.items.clone();
             model::confine_to_pod_ranges(&mut snapshot);
             if snapshot.refused != refused {
