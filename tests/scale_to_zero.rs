@@ -278,6 +278,21 @@ enum Hop {
     Endpoint,
 }
 
+impl Hop {
+    /// The milestone as BENCHMARKS.md names it.
+    fn describe(self) -> &'static str {
+        match self {
+            Hop::Event => "node proxy's `WakeUpRequested` Event written",
+            Hop::Scale => "Deployment `scale` at 1 (request autoscaler)",
+            Hop::ReplicaSet => "ReplicaSet at 1 (Deployment controller)",
+            Hop::PodCreated => "pod created (ReplicaSet controller)",
+            Hop::PodBound => "pod bound (scheduler)",
+            Hop::PodReady => "pod Ready in the API (node agent's status write)",
+            Hop::Endpoint => "ready endpoint in the EndpointSlice",
+        }
+    }
+}
+
 const HOPS: [Hop; 7] = [
     Hop::Event,
     Hop::Scale,
@@ -515,17 +530,35 @@ async fn wake_up_latency() {
         v.sort();
         v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
     };
-    for (what, v) in [("from zero", &mut cold), ("awake", &mut warm)] {
+    // The tables go to stdout as Markdown, each line marked `MD ` (scripts/bench-wake
+    // keeps those lines only); the same figures go to stderr as progress.
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+    println!("MD | request | runs | p50 | p99 | max |");
+    println!("MD |---|---:|---:|---:|---:|");
+    for (what, v) in [
+        ("first request to a Deployment asleep at zero", &mut cold),
+        ("the same request to the awake pod", &mut warm),
+    ] {
         let (p50, p99, max) = (pct(v, 0.5), pct(v, 0.99), pct(v, 1.0));
         eprintln!(
-            "BENCH wake-up {what}: runs {} p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            "BENCH wake-up {what}: runs {} p50 {} p99 {} max {}",
             v.len(),
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3,
-            max.as_secs_f64() * 1e3
+            ms(p50),
+            ms(p99),
+            ms(max)
+        );
+        println!(
+            "MD | {what} | {} | {} | {} | {} |",
+            v.len(),
+            ms(p50),
+            ms(p99),
+            ms(max)
         );
     }
     // Milestones: when each was reached after the request was sent, over the runs.
+    println!("MD ");
+    println!("MD | milestone (after the request was sent) | runs | p50 | p99 | max |");
+    println!("MD |---|---:|---:|---:|---:|");
     for hop in HOPS {
         let mut at: Vec<Duration> = reached
             .iter()
@@ -533,15 +566,23 @@ async fn wake_up_latency() {
             .collect();
         if at.is_empty() {
             eprintln!("BENCH wake-up hop {hop:?}: never seen");
+            println!("MD | {} | 0 | | | |", hop.describe());
             continue;
         }
         let n = at.len();
         let (p50, p99, max) = (pct(&mut at, 0.5), pct(&mut at, 0.99), pct(&mut at, 1.0));
         eprintln!(
-            "BENCH wake-up hop {hop:?}: seen in {n} runs, after p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3,
-            max.as_secs_f64() * 1e3
+            "BENCH wake-up hop {hop:?}: seen in {n} runs, after p50 {} p99 {} max {}",
+            ms(p50),
+            ms(p99),
+            ms(max)
+        );
+        println!(
+            "MD | {} | {n} | {} | {} | {} |",
+            hop.describe(),
+            ms(p50),
+            ms(p99),
+            ms(max)
         );
     }
     // The slowest wake-ups, hop by hop.
