@@ -6,7 +6,8 @@
 //! - a Deployment annotated `wharf.dev/scale-to-zero-after` goes to 0/0 when idle; 100
 //!   concurrent first requests through its Service are held by the node proxy while it
 //!   wakes, and all get 200; it then goes back to zero; the sleep and the wake-up are
-//!   Events on the Deployment.
+//!   Events on the Deployment; asleep again, a request through an Ingress to its Service
+//!   is held and answered the same way.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -146,7 +147,18 @@ async fn a_burst_of_requests_scales_a_concurrency_targeted_deployment_up() {
 async fn an_idle_deployment_sleeps_at_zero_and_a_request_wakes_it() {
     build_samples().await;
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::up(dir.path(), 1).await;
+    let ingress_port = free_port();
+    let cluster = Cluster::up_with(
+        dir.path(),
+        1,
+        &[
+            "--ingress-http-port",
+            &ingress_port.to_string(),
+            "--ingress-https-port",
+            "0",
+        ],
+    )
+    .await;
     let k = Kubectl {
         kubeconfig: &cluster.kubeconfig,
     };
@@ -255,6 +267,29 @@ async fn an_idle_deployment_sleeps_at_zero_and_a_request_wakes_it() {
     // Idle again: back to zero.
     let deploy = k.until(&["get", "deployment", "sleepy"], asleep).await;
     eprintln!("{deploy}");
+
+    // Asleep again, a request through an Ingress is held and answered too.
+    let ingress = dir.path().join("ingress.yaml");
+    std::fs::write(
+        &ingress,
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: sleepy}\nspec:\n  rules:\n    - http:\n        paths:\n          - {path: /, pathType: Prefix, backend: {service: {name: sleepy, port: {number: 7080}}}}\n",
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", ingress.to_str().unwrap()]).await;
+    let via_ingress: SocketAddr = format!("127.0.0.1:{ingress_port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (status, body) = loop {
+        // 404 until the node's Ingress table has the rule; the first other answer is the
+        // held request's.
+        match http_get(via_ingress, "/").await {
+            Ok((404, _)) | Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => break other.unwrap(),
+        }
+    };
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("hello from pod"), "{body}");
     cluster.terminate().await;
 }
 

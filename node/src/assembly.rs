@@ -331,26 +331,29 @@ pub async fn start(
             shutdown.clone(),
         ));
         if config.proxy.enabled {
-            // Ingresses, on the node's address: the same endpoints and balancing as the
-            // Service proxy, through the same dialer.
+            let wake: Arc<dyn proxy::wake::Signal> = Arc::new(proxy::wake::EventSignal::new(
+                Recorder::new(client.clone(), "wharf-proxy").with_host(&config.node_name),
+            ));
+            // Ingresses, on the node's address: the same endpoints, balancing and holding
+            // for Services asleep at zero as the Service proxy, through the same dialer.
             tasks.spawn(proxy::ingress::run(
                 client.clone(),
                 config.proxy.clone(),
                 config.address,
-                proxy::http::client(&config.proxy, dialer.clone()),
+                proxy::ingress::Upstream {
+                    client: proxy::http::client(&config.proxy, dialer.clone()),
+                    signal: wake.clone(),
+                },
                 snapshots.clone(),
                 ctx.api.clone(),
                 shutdown.clone(),
             ));
-            let wake = proxy::wake::EventSignal::new(
-                Recorder::new(client.clone(), "wharf-proxy").with_host(&config.node_name),
-            );
             tasks.spawn(proxy::run(
                 ctx.services.clone(),
                 config.proxy.clone(),
                 config.address,
                 dialer,
-                Arc::new(wake),
+                wake,
                 snapshots.clone(),
                 shutdown.clone(),
             ));

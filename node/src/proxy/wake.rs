@@ -21,7 +21,8 @@
 //!
 //! The layer sits under the metrics layer, so held requests count as in flight: the
 //! autoscaler reads that as demand. Only HTTP ports hold (an L4 connection to a sleeping
-//! Service is refused as before).
+//! Service is refused as before); the Ingress's stack of a backend Service port holds the
+//! same way, with a [`PortWake`] of its own.
 
 use super::discover::EndpointSet;
 use super::model::ServiceKey;

@@ -17,7 +17,8 @@
 //!
 //! Answers of its own: 404 when no rule (and no default backend) matches, 503 with the
 //! reason when the backend Service does not exist, lacks the port, or has no ready
-//! endpoint.
+//! endpoint. A backend Service asleep at zero is the exception: its requests are held
+//! and its wake-up asked for, by the same [`super::wake`] layer as the Service proxy's.
 
 pub mod table;
 
@@ -27,6 +28,7 @@ use super::discover::EndpointSet;
 use super::http::{self, HttpClient, HttpStack, ResponseBody};
 use super::metrics::PortStats;
 use super::model::{ServiceKey, Snapshot};
+use super::wake::{PortWake, Signal};
 use super::watch::SnapshotRx;
 use crate::reachability::ApiHealth;
 use futures::StreamExt;
@@ -93,12 +95,19 @@ pub fn served(ingress: &Ingress) -> bool {
     }
 }
 
+/// How the Ingress reaches its backends: the proxy's HTTP client (through the node's
+/// dialer), and the signal that asks for a sleeping Service's wake-up.
+pub struct Upstream {
+    pub client: HttpClient,
+    pub signal: Arc<dyn Signal>,
+}
+
 /// Serves Ingresses until `shutdown`. Returns at once when both ports are 0.
 pub async fn run(
     client: kube::Client,
     config: ProxyConfig,
     node_address: IpAddr,
-    http_client: HttpClient,
+    upstream: Upstream,
     mut snapshots: SnapshotRx,
     health: Arc<ApiHealth>,
     shutdown: CancellationToken,
@@ -165,7 +174,7 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let mut backends: HashMap<(ServiceKey, u16), (Arc<EndpointSet>, HttpStack)> = HashMap::new();
+    let mut backends: HashMap<(ServiceKey, u16), BackendStack> = HashMap::new();
     loop {
         let snapshot: Arc<Snapshot> = snapshots.borrow_and_update().clone();
         let served_ingresses: Vec<Ingress> = ingresses
@@ -189,7 +198,7 @@ pub async fn run(
             })
             .collect();
         let table = RouteTable::build(&served_ingresses, &snapshot, &tls);
-        current.set(executor(&table, &mut backends, &http_client, &config));
+        current.set(executor(&table, &mut backends, &upstream, &config));
         tokio::select! {
             _ = shutdown.cancelled() => break,
             r = snapshots.changed() => if r.is_err() { break },
@@ -199,12 +208,20 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
 }
 
+/// One backend Service port's stack, kept across rebuilds: its endpoint set and its
+/// wake-up state are updated in place.
+struct BackendStack {
+    endpoints: Arc<EndpointSet>,
+    wake: Arc<PortWake>,
+    stack: HttpStack,
+}
+
 /// The live state for `table`: a stack per backend Service port (kept across rebuilds,
 /// its endpoint set reset), and the parsed certificates.
 fn executor(
     table: &RouteTable,
-    backends: &mut HashMap<(ServiceKey, u16), (Arc<EndpointSet>, HttpStack)>,
-    client: &HttpClient,
+    backends: &mut HashMap<(ServiceKey, u16), BackendStack>,
+    upstream: &Upstream,
     config: &ProxyConfig,
 ) -> Live {
     let mut used = HashMap::new();
@@ -213,25 +230,39 @@ fn executor(
             key,
             port,
             endpoints,
+            wake,
         } = backend
         else {
             continue;
         };
         let id = (key.clone(), *port);
-        let (set, stack) = backends.entry(id.clone()).or_insert_with(|| {
+        let b = backends.entry(id.clone()).or_insert_with(|| {
             let set = Arc::new(EndpointSet::new());
+            let port_wake = Arc::new(PortWake::new(
+                key.clone(),
+                *port,
+                set.clone(),
+                upstream.signal.clone(),
+                config.hold_timeout,
+                config.max_held,
+            ));
             let stack = http::stack(
                 set.clone(),
                 Arc::new(PolicyCell::new(Default::default())),
                 Arc::new(PortStats::default()),
-                client.clone(),
+                upstream.client.clone(),
                 config,
-                None,
+                Some(port_wake.clone()),
             );
-            (set, stack)
+            BackendStack {
+                endpoints: set,
+                wake: port_wake,
+                stack,
+            }
         });
-        set.reset(endpoints.iter().copied());
-        used.insert(id, std::sync::Mutex::new(stack.clone()));
+        b.wake.set_workload(wake.clone());
+        b.endpoints.reset(endpoints.iter().copied());
+        used.insert(id, std::sync::Mutex::new(b.stack.clone()));
     }
     backends.retain(|id, _| used.contains_key(id));
     let mut certs = HashMap::new();
@@ -361,8 +392,9 @@ async fn handle(
             key,
             port,
             endpoints,
+            wake,
         }) => {
-            if endpoints.is_empty() {
+            if endpoints.is_empty() && wake.is_none() {
                 return error_response(
                     hyper::StatusCode::SERVICE_UNAVAILABLE,
                     format!("wharf ingress: service {key} port {port} has no ready endpoints"),

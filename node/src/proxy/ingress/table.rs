@@ -25,6 +25,9 @@ pub enum Backend {
         key: ServiceKey,
         port: u16,
         endpoints: Vec<SocketAddr>,
+        /// The Deployment to wake while the Service has no endpoint (a Service asleep at
+        /// zero, [`super::super::wake`]): its requests are held, not refused.
+        wake: Option<String>,
     },
     /// The backend cannot be served: why, for the 503's body.
     Unavailable(String),
@@ -263,6 +266,7 @@ fn resolve(ns: &str, backend: &IngressBackend, snapshot: &Snapshot) -> Backend {
         key,
         port: port.port,
         endpoints: model::routable(svc.backends_of(&port.name)),
+        wake: svc.wake.clone(),
     }
 }
 
@@ -448,7 +452,8 @@ mod tests {
             Decision::Route(&Backend::Service {
                 key: ServiceKey::new("default", "app"),
                 port: 80,
-                endpoints: vec![]
+                endpoints: vec![],
+                wake: None,
             })
         );
         assert_eq!(
@@ -456,7 +461,8 @@ mod tests {
             Decision::Route(&Backend::Service {
                 key: ServiceKey::new("default", "up"),
                 port: 80,
-                endpoints: vec!["127.0.1.9:80".parse().unwrap()]
+                endpoints: vec!["127.0.1.9:80".parse().unwrap()],
+                wake: None
             })
         );
     }
