@@ -10,8 +10,9 @@
 //! So the pod workers publish here every pod the moment they find it Ready (all its
 //! containers ready, as the pod's `Ready` condition says) and withdraw it the moment it is
 //! not, or is being deleted. The Service watch joins these into its snapshot ([`join`]),
-//! for the Services marked for wake-ups only (everywhere else the EndpointSlice stays the
-//! one source), matching selectors and target ports with the endpoint controller's own
+//! and publishes a new one for a readiness change only when the join changes,
+//! which is for the Services marked for wake-ups only (everywhere else the EndpointSlice
+//! stays the one source, and a pod's readiness costs the proxy and the DNS nothing), matching selectors and target ports with the endpoint controller's own
 //! functions: the proxy's view is what the slice is about to say, a few writes sooner.
 //! Once the slice says it, the two entries are one ([`super::model`] merges duplicates).
 
@@ -77,21 +78,27 @@ impl LocalReady {
     }
 }
 
-/// Adds the Ready pods of this node that a Service marked for wake-ups selects to that
-/// Service's backends, port by port, as the endpoint controller will (pure).
-pub fn join<'a>(
-    snapshot: &mut Snapshot,
+/// Backends a Service port gains from this node's Ready pods, by Service and port name.
+pub type LocalBackends = BTreeMap<(ServiceKey, String), Vec<Backend>>;
+
+/// The Ready pods of this node that each Service marked for wake-ups selects, port by
+/// port, as the endpoint controller will publish them (pure). Empty unless some marked
+/// Service has a ready pod here, so the readiness of every other pod changes nothing.
+pub fn backends<'a>(
+    snapshot: &Snapshot,
     services: impl IntoIterator<Item = &'a Service>,
     ready: &BTreeMap<String, ReadyPod>,
-) {
+) -> LocalBackends {
+    let mut out = LocalBackends::new();
     if ready.is_empty() {
-        return;
+        return out;
     }
     for svc in services {
         let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
             continue;
         };
-        let Some(info) = snapshot.services.get_mut(&ServiceKey::new(ns, name)) else {
+        let key = ServiceKey::new(ns, name);
+        let Some(info) = snapshot.services.get(&key) else {
             continue;
         };
         if info.wake.is_none()
@@ -113,24 +120,33 @@ pub fn join<'a>(
                 else {
                     continue;
                 };
-                let list = info
-                    .backends
-                    .entry(sp.name.clone().unwrap_or_default())
-                    .or_default();
-                list.push(Backend {
-                    addr: SocketAddr::new(local.ip, port),
-                    conditions: Conditions {
-                        ready: true,
-                        serving: true,
-                        terminating: false,
-                    },
-                    hostname: None,
-                    node_name: local.pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-                    node_address: None,
-                    pod: local.pod.metadata.name.clone(),
-                });
-                super::model::normalize(list);
+                out.entry((key.clone(), sp.name.clone().unwrap_or_default()))
+                    .or_default()
+                    .push(Backend {
+                        addr: SocketAddr::new(local.ip, port),
+                        conditions: Conditions {
+                            ready: true,
+                            serving: true,
+                            terminating: false,
+                        },
+                        hostname: None,
+                        node_name: local.pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                        node_address: None,
+                        pod: local.pod.metadata.name.clone(),
+                    });
             }
+        }
+    }
+    out
+}
+
+/// Adds `local` (from [`backends`]) to the snapshot's Services (pure).
+pub fn join(snapshot: &mut Snapshot, local: &LocalBackends) {
+    for ((key, port), list) in local {
+        if let Some(info) = snapshot.services.get_mut(key) {
+            let backends = info.backends.entry(port.clone()).or_default();
+            backends.extend(list.iter().cloned());
+            super::model::normalize(backends);
         }
     }
 }
@@ -191,15 +207,23 @@ mod tests {
                 ready_pod("api-1", "api", "127.64.0.6"),
             ),
         ]);
-        join(&mut snap, &services, &ready);
+        let local = backends(&snap, &services, &ready);
+        join(&mut snap, &local);
         let web = &snap.services[&ServiceKey::new("default", "web")];
         assert_eq!(
             model::routable(web.backends_of("http")),
             vec!["127.64.0.5:8080".parse::<SocketAddr>().unwrap()]
         );
-        // A Service not marked for wake-ups keeps to its EndpointSlices.
+        // A Service not marked for wake-ups keeps to its EndpointSlices, and the pods it
+        // selects change nothing.
         let api = &snap.services[&ServiceKey::new("default", "api")];
         assert!(api.backends_of("http").is_empty());
+        assert_eq!(local.len(), 1);
+        let only_api = BTreeMap::from([(
+            "default/api-1".to_string(),
+            ready_pod("api-1", "api", "127.64.0.6"),
+        )]);
+        assert!(backends(&snap, &services, &only_api).is_empty());
     }
 
     #[test]
@@ -218,7 +242,8 @@ mod tests {
             "default/web-1".to_string(),
             ready_pod("web-1", "web", "127.64.0.5"),
         )]);
-        join(&mut snap, &services, &ready);
+        let local = backends(&snap, &services, &ready);
+        join(&mut snap, &local);
         let web = &snap.services[&ServiceKey::new("default", "web")];
         // The slice still says not ready; the node knows better, and there is one entry.
         assert_eq!(web.backends_of("http").len(), 1);

@@ -183,11 +183,14 @@ pub async fn run(
     let mut refused = BTreeMap::new();
     let mut failures = 0u32;
     let mut local_open = true;
+    let mut local_backends = local::LocalBackends::new();
     loop {
+        let mut only_local = false;
         let changed = tokio::select! {
             _ = shutdown.cancelled() => return,
             c = local.changed(), if local_open => {
                 local_open = c.is_ok();
+                only_local = true;
                 local_open
             }
             e = services.next() => match e {
@@ -207,13 +210,18 @@ pub async fn run(
             },
         };
         if changed && svc.synced && eps.synced && nds.synced {
+            // A pod's readiness that no Service asleep at zero cares about publishes
+            // nothing (which Services those are, the last snapshot says).
+            if only_local
+                && local::backends(&tx.borrow(), svc.objects.values(), &local.borrow())
+                    == local_backends
+            {
+                continue;
+            }
             generation += 1;
             let mut snapshot = model::build(generation, svc.objects.values(), eps.objects.values());
-            local::join(
-                &mut snapshot,
-                svc.objects.values(),
-                &local.borrow_and_update(),
-            );
+            local_backends = local::backends(&snapshot, svc.objects.values(), &local.borrow());
+            local::join(&mut snapshot, &local_backends);
             snapshot.nodes = nds.items.clone();
             model::confine_to_pod_ranges(&mut snapshot);
             if snapshot.refused != refused {
