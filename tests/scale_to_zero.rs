@@ -566,30 +566,22 @@ async fn wake_up_latency() {
         v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
     };
     // The tables go to stdout as Markdown, each line marked `MD ` (scripts/bench-wake
-    // keeps those lines only); the same figures go to stderr as progress.
-    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+    // keeps those lines only); each row also goes to stderr as progress.
+    let row = |what: &str, v: &mut Vec<Duration>| {
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+        let cells = if v.is_empty() {
+            "0 | | | ".to_string()
+        } else {
+            let (p50, p99, max) = (pct(v, 0.5), pct(v, 0.99), pct(v, 1.0));
+            format!("{} | {} | {} | {}", v.len(), ms(p50), ms(p99), ms(max))
+        };
+        eprintln!("BENCH wake-up {what}: runs | p50 | p99 | max: {cells}");
+        println!("MD | {what} | {cells} |");
+    };
     println!("MD | request | runs | p50 | p99 | max |");
     println!("MD |---|---:|---:|---:|---:|");
-    for (what, v) in [
-        ("first request to a Deployment asleep at zero", &mut cold),
-        ("the same request to the awake pod", &mut warm),
-    ] {
-        let (p50, p99, max) = (pct(v, 0.5), pct(v, 0.99), pct(v, 1.0));
-        eprintln!(
-            "BENCH wake-up {what}: runs {} p50 {} p99 {} max {}",
-            v.len(),
-            ms(p50),
-            ms(p99),
-            ms(max)
-        );
-        println!(
-            "MD | {what} | {} | {} | {} | {} |",
-            v.len(),
-            ms(p50),
-            ms(p99),
-            ms(max)
-        );
-    }
+    row("first request to a Deployment asleep at zero", &mut cold);
+    row("the same request to the awake pod", &mut warm);
     // Milestones: when each was reached after the request was sent, over the runs.
     println!("MD ");
     println!("MD | milestone (after the request was sent) | runs | p50 | p99 | max |");
@@ -599,26 +591,7 @@ async fn wake_up_latency() {
             .iter()
             .filter_map(|r| r.iter().find(|(h, _)| *h == hop).map(|(_, d)| *d))
             .collect();
-        if at.is_empty() {
-            eprintln!("BENCH wake-up hop {hop:?}: never seen");
-            println!("MD | {} | 0 | | | |", hop.describe());
-            continue;
-        }
-        let n = at.len();
-        let (p50, p99, max) = (pct(&mut at, 0.5), pct(&mut at, 0.99), pct(&mut at, 1.0));
-        eprintln!(
-            "BENCH wake-up hop {hop:?}: seen in {n} runs, after p50 {} p99 {} max {}",
-            ms(p50),
-            ms(p99),
-            ms(max)
-        );
-        println!(
-            "MD | {} | {n} | {} | {} | {} |",
-            hop.describe(),
-            ms(p50),
-            ms(p99),
-            ms(max)
-        );
+        row(hop.describe(), &mut at);
     }
     // The slowest wake-ups, hop by hop.
     let mut by_time: Vec<usize> = (0..reached.len()).collect();

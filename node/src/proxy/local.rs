@@ -93,7 +93,15 @@ pub fn backends<'a>(
     if ready.is_empty() {
         return out;
     }
-    for svc in services {
+    // Runs on every readiness change of a pod here: Services not marked for wake-ups are
+    // passed over on their annotation alone, before any lookup.
+    let marked = services.into_iter().filter(|svc| {
+        svc.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(super::model::WAKE_ANNOTATION))
+    });
+    for svc in marked {
         let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
             continue;
         };
