@@ -472,7 +472,14 @@ mod tests {
         let client = api.client();
         let shutdown = tokio_util::sync::CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
-        crate::controllers::disruption::start(client.clone(), shutdown.clone(), &mut tasks);
+        let mut informers = crate::controllers::informer::Informers::new(&client);
+        crate::controllers::disruption::start(
+            client.clone(),
+            &mut informers.pods,
+            shutdown.clone(),
+            &mut tasks,
+        );
+        informers.start(shutdown.clone(), &mut tasks);
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
         for name in ["web-1", "web-2"] {
             let pod: Pod = serde_json::from_value(

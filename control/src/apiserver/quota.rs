@@ -115,7 +115,14 @@ mod tests {
         let client = api.client();
         let shutdown = tokio_util::sync::CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
-        crate::controllers::resourcequota::start(client.clone(), shutdown.clone(), &mut tasks);
+        let mut informers = crate::controllers::informer::Informers::new(&client);
+        crate::controllers::resourcequota::start(
+            client.clone(),
+            &mut informers.pods,
+            shutdown.clone(),
+            &mut tasks,
+        );
+        informers.start(shutdown.clone(), &mut tasks);
         let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "default");
         let q: ResourceQuota = serde_json::from_value(
             json!({"metadata": {"name": "compute"}, "spec": {"hard": {"pods": "2", "requests.cpu": "1"}}}),

@@ -72,6 +72,7 @@ const RESYNC: Duration = Duration::from_secs(60);
 pub fn start(
     client: kube::Client,
     config: &ControllerConfig,
+    pods: &mut super::informer::SharedInformer<Pod>,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
@@ -86,7 +87,7 @@ pub fn start(
     );
     let daemonsets = controller.store();
     let reconciles = controller
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .owns_shared_stream(pods.subscribe())
         .watches(
             Api::<Node>::all(client),
             watcher::Config::default(),

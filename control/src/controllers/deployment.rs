@@ -115,10 +115,16 @@ pub const MIN_UNAVAILABLE: &str = "MinimumReplicasUnavailable";
 pub fn start(
     client: kube::Client,
     config: &super::ControllerConfig,
+    pods: &mut super::informer::SharedInformer<Pod>,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
-    tasks.spawn(run(client, config.workqueue.queue("deployment"), shutdown));
+    tasks.spawn(run(
+        client,
+        config.workqueue.queue("deployment"),
+        pods.feed(),
+        shutdown,
+    ));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1291,16 +1297,16 @@ type ReconcileFuture = Pin<Box<dyn Future<Output = Result<Action, Error>> + Send
 async fn run(
     client: kube::Client,
     queue: crate::metrics::QueueMetrics,
+    pod_feed: super::informer::Feed<Pod>,
     shutdown: CancellationToken,
 ) {
     let (deployments, deploy_writer) = reflector::store::<Deployment>();
     let (rss, rs_writer) = reflector::store::<ReplicaSet>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         deployments: deployments.clone(),
         rss,
-        pods,
+        pods: pod_feed.store.clone(),
         recorder: Recorder::new(client.clone(), COMPONENT),
         backoff: Backoff::default(),
     });
@@ -1335,10 +1341,8 @@ async fn run(
         move |rs| stream::iter(ctx.triggers_for_rs(&rs).into_iter().map(Ok))
     })
     .try_flatten();
-    let from_pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pod_writer)
-        .touched_objects()
+    let from_pods = pod_feed
+        .results()
         .map_ok({
             let ctx = ctx.clone();
             move |pod| stream::iter(ctx.triggers_for_pod(&pod).into_iter().map(Ok))

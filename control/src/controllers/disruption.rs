@@ -39,7 +39,12 @@ pub const COMPONENT: &str = "controllermanager";
 const DELETION_TIMEOUT: SignedDuration = SignedDuration::from_secs(120);
 
 /// Starts the controller; it stops when `shutdown` is cancelled.
-pub fn start(client: kube::Client, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
+pub fn start(
+    client: kube::Client,
+    pods: &mut super::informer::SharedInformer<Pod>,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), COMPONENT),
@@ -52,20 +57,16 @@ pub fn start(client: kube::Client, shutdown: CancellationToken, tasks: &mut Join
     let budgets = controller.store();
     // A pod's change reaches every budget of its namespace that selects it.
     let outcomes = controller
-        .watches(
-            Api::<Pod>::all(client),
-            watcher::Config::default(),
-            move |pod: Pod| {
-                let ns = pod.metadata.namespace.clone();
-                budgets
-                    .state()
-                    .into_iter()
-                    .filter(|b| b.metadata.namespace == ns)
-                    .filter(|b| selects(b, &pod))
-                    .map(|b| ObjectRef::from_obj(&*b))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_shared_stream(pods.subscribe(), move |pod: Arc<Pod>| {
+            let ns = pod.metadata.namespace.clone();
+            budgets
+                .state()
+                .into_iter()
+                .filter(|b| b.metadata.namespace == ns)
+                .filter(|b| selects(b, &pod))
+                .map(|b| ObjectRef::from_obj(&*b))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx);
     tasks.spawn(common::drive("disruption", outcomes, shutdown));

@@ -88,10 +88,16 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub fn start(
     client: kube::Client,
     config: &super::ControllerConfig,
+    pods: &mut super::informer::SharedInformer<Pod>,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
-    tasks.spawn(run(client, config.workqueue.queue("endpoint"), shutdown));
+    tasks.spawn(run(
+        client,
+        config.workqueue.queue("endpoint"),
+        pods.feed(),
+        shutdown,
+    ));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -602,14 +608,14 @@ fn managed_selector(service: &str) -> String {
 async fn run(
     client: kube::Client,
     queue: crate::metrics::QueueMetrics,
+    pod_feed: super::informer::Feed<Pod>,
     shutdown: CancellationToken,
 ) {
     let (services, svc_writer) = reflector::store::<Service>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        pods,
+        pods: pod_feed.store.clone(),
         services: services.clone(),
         slices,
         backoff: Backoff::default(),
@@ -623,10 +629,8 @@ async fn run(
     .reflect(svc_writer)
     .touched_objects()
     .map_ok(|svc| ObjectRef::from_obj(&svc));
-    let pod_triggers = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pod_writer)
-        .touched_objects()
+    let pod_triggers = pod_feed
+        .results()
         .map_ok({
             let ctx = ctx.clone();
             move |pod| {
@@ -1223,12 +1227,15 @@ mod live_tests {
         let client = api.client();
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let mut informers = crate::controllers::informer::Informers::new(&client.clone());
         start(
             client.clone(),
             &Default::default(),
+            &mut informers.pods,
             shutdown.clone(),
             &mut tasks,
         );
+        informers.start(shutdown.clone(), &mut tasks);
 
         let services: Api<Service> = Api::namespaced(client.clone(), "default");
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");

@@ -19,6 +19,7 @@ pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod hpa;
+pub mod informer;
 pub mod ingress;
 pub mod job;
 pub mod namespace;
@@ -95,33 +96,36 @@ pub fn start_all(
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
+    // One watch and cache of pods for every controller that reads them.
+    let mut informers = informer::Informers::new(&client);
+    let pods = &mut informers.pods;
     // Each controller adds its start line here.
-    replicaset::start(client.clone(), config, shutdown.clone(), tasks);
-    replicationcontroller::start(client.clone(), config, shutdown.clone(), tasks);
+    replicaset::start(client.clone(), config, pods, shutdown.clone(), tasks);
+    replicationcontroller::start(client.clone(), config, pods, shutdown.clone(), tasks);
     servicelb::start(client.clone(), shutdown.clone(), tasks);
     ingress::start(client.clone(), shutdown.clone(), tasks);
     apiservices::start(client.clone(), shutdown.clone(), tasks);
-    deployment::start(client.clone(), config, shutdown.clone(), tasks);
-    endpoints::start(client.clone(), config, shutdown.clone(), tasks);
-    daemonset::start(client.clone(), config, shutdown.clone(), tasks);
-    job::start(client.clone(), config, shutdown.clone(), tasks);
-    disruption::start(client.clone(), shutdown.clone(), tasks);
-    resourcequota::start(client.clone(), shutdown.clone(), tasks);
+    deployment::start(client.clone(), config, pods, shutdown.clone(), tasks);
+    endpoints::start(client.clone(), config, pods, shutdown.clone(), tasks);
+    daemonset::start(client.clone(), config, pods, shutdown.clone(), tasks);
+    job::start(client.clone(), config, pods, shutdown.clone(), tasks);
+    disruption::start(client.clone(), pods, shutdown.clone(), tasks);
+    resourcequota::start(client.clone(), pods, shutdown.clone(), tasks);
     cronjob::start(
         client.clone(),
         config.clock.clone(),
         shutdown.clone(),
         tasks,
     );
-    nodelifecycle::start(client.clone(), config, shutdown.clone(), tasks);
+    nodelifecycle::start(client.clone(), config, pods, shutdown.clone(), tasks);
     gc::start(client.clone(), config, shutdown.clone(), tasks);
     namespace::start(client.clone(), config, shutdown.clone(), tasks);
     clusterroleaggregation::start(client.clone(), shutdown.clone(), tasks);
     crd::start(client.clone(), shutdown.clone(), tasks);
     hpa::start(client.clone(), config, shutdown.clone(), tasks);
     requestscale::start(client.clone(), config, shutdown.clone(), tasks);
-    persistentvolume::start(client.clone(), shutdown.clone(), tasks);
-    statefulset::start(client.clone(), shutdown.clone(), tasks);
+    persistentvolume::start(client.clone(), pods, shutdown.clone(), tasks);
+    statefulset::start(client.clone(), pods, shutdown.clone(), tasks);
     serviceaccount::start(client.clone(), shutdown.clone(), tasks);
     tokencleaner::start(
         client.clone(),
@@ -129,5 +133,6 @@ pub fn start_all(
         shutdown.clone(),
         tasks,
     );
+    informers.start(shutdown.clone(), tasks);
     let _ = (client, config, shutdown, tasks);
 }

@@ -82,6 +82,7 @@ const RESYNC: Duration = Duration::from_secs(30);
 pub fn start(
     client: kube::Client,
     config: &ControllerConfig,
+    pod_informer: &mut super::informer::SharedInformer<Pod>,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
@@ -118,8 +119,9 @@ pub fn start(
         first_seen: Mutex::default(),
         backoff: Backoff::default(),
     });
-    let controller = Controller::new(Api::<Pod>::all(client.clone()), watcher::Config::default());
-    let pods = controller.store();
+    let feed = pod_informer.feed();
+    let pods = feed.store.clone();
+    let controller = Controller::for_shared_stream(feed.changes, feed.store);
     let eviction_loop = controller
         .watches(
             Api::<Node>::all(client),

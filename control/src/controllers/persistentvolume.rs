@@ -449,11 +449,20 @@ fn reserve(pv: &PersistentVolume, claim: &ClaimKey) -> Step {
 // Doing
 
 /// Starts the controller; it stops when `shutdown` is cancelled.
-pub fn start(client: kube::Client, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
-    tasks.spawn(run(client, shutdown));
+pub fn start(
+    client: kube::Client,
+    pods: &mut super::informer::SharedInformer<k8s_openapi::api::core::v1::Pod>,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    tasks.spawn(run(client, pods.feed(), shutdown));
 }
 
-async fn run(client: kube::Client, shutdown: CancellationToken) {
+async fn run(
+    client: kube::Client,
+    pods: super::informer::Feed<k8s_openapi::api::core::v1::Pod>,
+    shutdown: CancellationToken,
+) {
     let claims = watcher(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         watcher::Config::default(),
@@ -469,14 +478,17 @@ async fn run(client: kube::Client, shutdown: CancellationToken) {
     let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .map(|_| ());
-    // Only pods going away matter: they may free a claim being deleted.
-    let pods = watcher(
-        Api::<k8s_openapi::api::core::v1::Pod>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .filter(|e| futures::future::ready(matches!(e, Ok(watcher::Event::Delete(_)))))
-    .map(|_| ());
+    // Only pods going away matter: they may free a claim being deleted. (The shared
+    // cache drops a pod before its subscribers hear of it.)
+    let store = pods.store;
+    let pods = pods
+        .changes
+        .filter(move |pod| {
+            let now = store.get(&kube::runtime::reflector::ObjectRef::from_obj(&**pod));
+            let gone = now.is_none_or(|p| p.metadata.uid != pod.metadata.uid);
+            futures::future::ready(gone)
+        })
+        .map(|_| ());
     let mut changes = std::pin::pin!(futures::stream::select(
         futures::stream::select(claims, volumes),
         futures::stream::select(nodes, pods)

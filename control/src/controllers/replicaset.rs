@@ -41,6 +41,7 @@
 //! is only that conversion.
 
 use super::common::{self, Backoff, Claim, Error};
+use super::informer::{Feed, SharedInformer};
 use crate::events::{self, EventType, Recorder};
 use futures::{TryStreamExt, stream};
 use jiff::Timestamp;
@@ -80,12 +81,14 @@ pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 pub fn start(
     client: kube::Client,
     config: &super::ControllerConfig,
+    pods: &mut SharedInformer<Pod>,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
     tasks.spawn(run_for::<ReplicaSet>(
         client,
         config.workqueue.queue("replicaset"),
+        pods.feed(),
         shutdown,
         &REPLICA_SET,
         |rs| rs,
@@ -562,6 +565,7 @@ type ReconcileFuture = Pin<Box<dyn Future<Output = Result<Action, Error>> + Send
 pub async fn run_for<K>(
     client: kube::Client,
     queue: crate::metrics::QueueMetrics,
+    pod_feed: Feed<Pod>,
     shutdown: CancellationToken,
     flavor: &'static Flavor,
     convert: fn(K) -> ReplicaSet,
@@ -575,11 +579,10 @@ pub async fn run_for<K>(
         + 'static,
 {
     let (rss, rs_writer) = reflector::store::<ReplicaSet>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         flavor,
-        pods,
+        pods: pod_feed.store.clone(),
         rss: rss.clone(),
         expectations: Expectations::new(EXPECTATIONS_TIMEOUT),
         recorder: Recorder::new(client.clone(), flavor.component),
@@ -610,10 +613,8 @@ pub async fn run_for<K>(
                 futures::future::ready(Ok(at))
             }
         });
-    let pod_triggers = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pod_writer)
-        .touched_objects()
+    let pod_triggers = pod_feed
+        .results()
         .map_ok({
             let ctx = ctx.clone();
             move |pod| stream::iter(ctx.triggers_for_pod(&pod).into_iter().map(Ok))

@@ -33,12 +33,14 @@ pub static REPLICATION_CONTROLLER: Flavor = Flavor {
 pub fn start(
     client: kube::Client,
     config: &super::ControllerConfig,
+    pods: &mut super::informer::SharedInformer<k8s_openapi::api::core::v1::Pod>,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
     tasks.spawn(replicaset::run_for::<ReplicationController>(
         client,
         config.workqueue.queue("replicationmanager"),
+        pods.feed(),
         shutdown,
         &REPLICATION_CONTROLLER,
         as_replica_set,
@@ -170,12 +172,15 @@ mod tests {
         let api = TestApi::new().await;
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let mut informers = crate::controllers::informer::Informers::new(&api.client());
         start(
             api.client(),
             &Default::default(),
+            &mut informers.pods,
             shutdown.clone(),
             &mut tasks,
         );
+        informers.start(shutdown.clone(), &mut tasks);
         let rcs = "/api/v1/namespaces/default/replicationcontrollers";
         let (code, rc) = api
             .send(

@@ -37,7 +37,12 @@ const RESYNC: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// Starts the controller; it stops when `shutdown` is cancelled.
-pub fn start(client: kube::Client, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
+pub fn start(
+    client: kube::Client,
+    pods: &mut super::informer::SharedInformer<Pod>,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         backoff: Backoff::default(),
@@ -49,19 +54,15 @@ pub fn start(client: kube::Client, shutdown: CancellationToken, tasks: &mut Join
     );
     let quotas = controller.store();
     let outcomes = controller
-        .watches(
-            Api::<Pod>::all(client),
-            watcher::Config::default(),
-            move |pod: Pod| {
-                let ns = pod.metadata.namespace.clone();
-                quotas
-                    .state()
-                    .into_iter()
-                    .filter(|q| q.metadata.namespace == ns)
-                    .map(|q| ObjectRef::from_obj(&*q))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_shared_stream(pods.subscribe(), move |pod: Arc<Pod>| {
+            let ns = pod.metadata.namespace.clone();
+            quotas
+                .state()
+                .into_iter()
+                .filter(|q| q.metadata.namespace == ns)
+                .map(|q| ObjectRef::from_obj(&*q))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx);
     tasks.spawn(common::drive("resourcequota", outcomes, shutdown));

@@ -61,7 +61,12 @@ pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 const RESYNC: Duration = Duration::from_secs(60);
 
 /// Starts the controller; it stops when `shutdown` is cancelled.
-pub fn start(client: kube::Client, shutdown: CancellationToken, tasks: &mut JoinSet<()>) {
+pub fn start(
+    client: kube::Client,
+    pods: &mut super::informer::SharedInformer<Pod>,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), COMPONENT),
@@ -71,7 +76,7 @@ pub fn start(client: kube::Client, shutdown: CancellationToken, tasks: &mut Join
         Api::<StatefulSet>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
+    .owns_shared_stream(pods.subscribe())
     .graceful_shutdown_on(shutdown.clone().cancelled_owned())
     .run(reconcile, error_policy, ctx)
     .for_each(|outcome| {

@@ -67,6 +67,7 @@ const BURST: i32 = 500;
 pub fn start(
     client: kube::Client,
     config: &ControllerConfig,
+    pods: &mut super::informer::SharedInformer<Pod>,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) {
@@ -78,7 +79,7 @@ pub fn start(
         clock: config.clock.clone(),
     });
     let reconciles = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(client), watcher::Config::default())
+        .owns_shared_stream(pods.subscribe())
         .reconcile_all_on(config.clock.ticks())
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(
