@@ -55,6 +55,12 @@ pub struct CacheConfig {
     pub bytes: usize,
     /// Most events a watcher takes from the ring at a time (default 1024).
     pub watch_chunk: usize,
+    /// How many of the newest events keep what watchers derived from them once for all
+    /// (the API server's parsed JSON, in [`Memo`](super::Memo)s; default 1024). Watchers
+    /// keep up within a few events, so older memos are retired: a ring of 10 000 parsed
+    /// objects would hold several times the ring's bytes. A watcher further behind
+    /// derives for itself.
+    pub memo_window: usize,
     /// How long a list waits for the cache to reach the backend's revision before asking
     /// the backend (default 3 s).
     pub sync_timeout: Duration,
@@ -71,6 +77,7 @@ impl Default for CacheConfig {
             events: 10_000,
             bytes: 64 * 1024 * 1024,
             watch_chunk: 1024,
+            memo_window: 1024,
             sync_timeout: Duration::from_secs(3),
             retry: Duration::from_secs(1),
             history: None,
@@ -144,6 +151,7 @@ impl Shared {
             if revision <= state.revision {
                 return; // Already applied (a resumed feed may repeat its last revision).
             }
+            let batch_len = batch.len();
             for event in batch {
                 match event.kind {
                     EventKind::Put => {
@@ -163,6 +171,14 @@ impl Shared {
                 }
             }
             state.revision = revision;
+            // The events that just left the memo window (a batch of several may move it
+            // by several).
+            let len = state.ring.len();
+            let window = self.config.memo_window;
+            let leaving = len.saturating_sub(window + batch_len)..len.saturating_sub(window);
+            for old in state.ring.range(leaving) {
+                old.memo.retire();
+            }
             while state.ring.len() > self.config.events
                 || (state.ring_bytes > self.config.bytes && state.ring.len() > 1)
             {
@@ -594,6 +610,43 @@ mod tests {
         );
         t(cache.create("k/r/ns/live", v("l"))).await.unwrap();
         assert_eq!(revisions(&take(&mut w, 1).await), [11]);
+    }
+
+    #[tokio::test]
+    async fn memos_of_events_behind_the_window_are_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        let fjall = backend(&dir, 100_000);
+        let config = CacheConfig {
+            memo_window: 2,
+            ..CacheConfig::default()
+        };
+        let cache = t(WatchCache::start(fjall.clone(), config)).await.unwrap();
+        let mut w = t(cache.watch("", 0)).await.unwrap();
+        let memoize = |e: &Event| {
+            let revision = e.revision;
+            e.memo.get_or_init(move || revision)
+        };
+        let mut seen = Vec::new();
+        for i in 0..5 {
+            t(cache.create(&format!("k/r/ns/{i}"), v("x")))
+                .await
+                .unwrap();
+            let event = take(&mut w, 1).await.remove(0);
+            memoize(&event);
+            seen.push(event);
+        }
+        let set: Vec<bool> = seen
+            .iter()
+            .map(|e| format!("{:?}", e.memo) == "Memo(set)")
+            .collect();
+        assert_eq!(
+            set,
+            [false, false, false, true, true],
+            "the two newest keep theirs"
+        );
+        // A watcher that far behind still gets its value, computed for it.
+        assert_eq!(*memoize(&seen[0]).unwrap(), seen[0].revision);
+        assert_eq!(format!("{:?}", seen[0].memo), "Memo(empty)");
     }
 
     #[tokio::test]

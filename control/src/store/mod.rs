@@ -103,23 +103,66 @@ pub struct Event {
     pub memo: Memo,
 }
 
-/// A write-once slot of any type, shared by every holder of an `Arc<Event>`. Equality
+/// A compute-once slot of any type, shared by every holder of an `Arc<Event>`. Equality
 /// ignores it and a clone starts empty: it is a cache, never state.
+///
+/// A memo can be *retired* (the watch cache retires those of events its watchers have
+/// left behind): a retired memo computes for each caller and keeps nothing, so what it
+/// held (parsed JSON is several times the stored bytes) does not stay for as long as the
+/// event stays in the ring.
 #[derive(Default)]
-pub struct Memo(std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>);
+pub struct Memo(std::sync::Mutex<MemoSlot>);
+
+#[derive(Default)]
+enum MemoSlot {
+    #[default]
+    Empty,
+    Set(Arc<dyn std::any::Any + Send + Sync>),
+    Retired,
+}
 
 impl Memo {
-    /// The value of type `T` in the slot, computing it with `init` if the slot is empty.
-    /// `None` if the slot already holds a value of another type.
+    /// The value of type `T` in the slot, computing it with `init` if the slot is empty
+    /// (and for each call once it is retired). `None` if the slot already holds a value
+    /// of another type.
     pub fn get_or_init<T: std::any::Any + Send + Sync>(
         &self,
         init: impl FnOnce() -> T,
     ) -> Option<Arc<T>> {
-        self.0
-            .get_or_init(|| Arc::new(init()))
-            .clone()
-            .downcast::<T>()
-            .ok()
+        // Computing under the lock makes a second caller wait for the first one's value
+        // rather than compute it again. Nothing panics while holding it.
+        let mut slot = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let value = match &*slot {
+            MemoSlot::Set(value) => value.clone(),
+            MemoSlot::Retired => return Some(Arc::new(init())),
+            MemoSlot::Empty => {
+                let value: Arc<dyn std::any::Any + Send + Sync> = Arc::new(init());
+                *slot = MemoSlot::Set(value.clone());
+                value
+            }
+        };
+        value.downcast::<T>().ok()
+    }
+
+    /// Drops what the slot holds, and keeps nothing from now on.
+    pub fn retire(&self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = MemoSlot::Retired;
+    }
+
+    fn is_set(&self) -> bool {
+        matches!(
+            *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            MemoSlot::Set(_)
+        )
     }
 }
 
@@ -139,7 +182,7 @@ impl Eq for Memo {}
 
 impl std::fmt::Debug for Memo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
+        f.write_str(if self.is_set() {
             "Memo(set)"
         } else {
             "Memo(empty)"
@@ -564,5 +607,21 @@ mod tests {
         let clone = memo.clone();
         assert_eq!(*clone.get_or_init(|| 9u32).unwrap(), 9);
         assert_eq!(memo, Memo::default());
+
+        // Retired: what it held is dropped, and each call computes without keeping.
+        let held = a.unwrap();
+        drop(b);
+        memo.retire();
+        assert_eq!(Arc::strong_count(&held), 1, "the memo let go of its value");
+        let mut calls = 0;
+        for want in [10u32, 11] {
+            let got = memo.get_or_init(|| {
+                calls += 1;
+                want
+            });
+            assert_eq!(*got.unwrap(), want);
+        }
+        assert_eq!(calls, 2);
+        assert_eq!(format!("{memo:?}"), "Memo(empty)");
     }
 }
