@@ -114,6 +114,35 @@ impl TestApi {
         api
     }
 
+    /// Registers the Node `name` as a node agent would: Ready, at 127.0.0.1 (hostname
+    /// `localhost`), with its server at `port` when given.
+    pub async fn ready_node(&self, name: &str, port: Option<u16>) {
+        let (code, body) = self
+            .send(
+                "POST",
+                "/api/v1/nodes",
+                Some(json!({"metadata": {"name": name}})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "creating node {name}: {body}");
+        let mut status = json!({
+            "addresses": [{"type": "Hostname", "address": "localhost"},
+                          {"type": "InternalIP", "address": "127.0.0.1"}],
+            "conditions": [{"type": "Ready", "status": "True"}]});
+        if let Some(port) = port {
+            status["daemonEndpoints"] = json!({"kubeletEndpoint": {"Port": port}});
+        }
+        let (code, body) = self
+            .send_as(
+                "PATCH",
+                &format!("/api/v1/nodes/{name}/status"),
+                "application/merge-patch+json",
+                Some(json!({ "status": status })),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "readying node {name}: {body}");
+    }
+
     /// Serves `app` as a node's server on `listener`: TLS with a certificate of this
     /// API's CA for 127.0.0.1, a client certificate of the CA required.
     pub fn serve_node(&self, listener: tokio::net::TcpListener, app: Router) {

@@ -1398,30 +1398,6 @@ async fn fake_node(
 }
 
 impl Api {
-    /// A Node whose log server is at `port` on 127.0.0.1.
-    async fn node_at(&self, name: &str, port: u16) {
-        let (code, s) = self
-            .send(
-                "POST",
-                "/api/v1/nodes",
-                Some(json!({"metadata": {"name": name}})),
-            )
-            .await;
-        assert_eq!(code, StatusCode::CREATED, "{s}");
-        let (code, s) = self
-            .send_as(
-                "PATCH",
-                &format!("/api/v1/nodes/{name}/status"),
-                "application/merge-patch+json",
-                Some(json!({"status": {
-                    "addresses": [{"type": "Hostname", "address": "localhost"},
-                                  {"type": "InternalIP", "address": "127.0.0.1"}],
-                    "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}})),
-            )
-            .await;
-        assert_eq!(code, StatusCode::OK, "{s}");
-    }
-
     async fn pod_on(&self, name: &str, node: Option<&str>, containers: &[&str]) {
         let mut p = pod(name, json!({}));
         p["spec"]["containers"] = containers
@@ -1500,7 +1476,7 @@ async fn pod_logs_stream_from_the_node_as_they_come() {
     assert_eq!(token, again, "the credential is created once");
 
     let (addr, mut requests) = fake_node(&api, token).await;
-    api.node_at("n1", addr.port()).await;
+    api.ready_node("n1", Some(addr.port())).await;
 
     let resp = api
         .open("/api/v1/namespaces/default/pods/web/log?follow=true&tailLines=10&timestamps=true")
@@ -1553,7 +1529,7 @@ async fn pod_logs_explain_what_is_missing() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    api.node_at("gone", port).await;
+    api.ready_node("gone", Some(port)).await;
     api.pod_on("orphan", Some("gone"), &["app"]).await;
 
     // No credential for nodes yet: the proxy cannot work.
@@ -2997,7 +2973,7 @@ async fn writes_record_their_managers() {
 #[tokio::test]
 async fn a_node_gets_its_certificate_signed_for_its_own_addresses_only() {
     let api = api().await;
-    api.node_at("n1", 10250).await;
+    api.ready_node("n1", Some(10250)).await;
     api.add_token("node-n1", super::auth::Identity::node("n1"));
     api.add_token("node-n2", super::auth::Identity::node("n2"));
     api.add_token(

@@ -261,26 +261,7 @@ mod tests {
         use std::time::{Duration, Instant};
 
         let api = TestApi::new().await;
-        let (code, out) = api
-            .send(
-                "POST",
-                "/api/v1/nodes",
-                Some(json!({"metadata": {"name": "n1"}})),
-            )
-            .await;
-        assert_eq!(code, StatusCode::CREATED, "{out}");
-        let (code, out) = api
-            .send_as(
-                "PATCH",
-                "/api/v1/nodes/n1/status",
-                "application/merge-patch+json",
-                Some(
-                    json!({"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-                    "conditions": [{"type": "Ready", "status": "True"}]}}),
-                ),
-            )
-            .await;
-        assert_eq!(code, StatusCode::OK, "{out}");
+        api.ready_node("n1", None).await;
         let services = "/api/v1/namespaces/default/services";
         let (code, plain) = api
             .send(

@@ -93,7 +93,7 @@ async fn pod_and_node_metrics_are_rates_of_the_nodes_counters() {
     .unwrap();
     let uids = Arc::new(Mutex::new(Vec::new()));
     let port = fake_stats_node(&api, token, uids.clone(), 0.5).await;
-    api.node_at("n1", port).await;
+    api.ready_node("n1", Some(port)).await;
     let mut p = super::pod("web", json!({"app": "web"}));
     p["spec"]["nodeName"] = json!("n1");
     let (code, created) = api
@@ -418,7 +418,7 @@ async fn the_hpa_controller_scales_by_its_clock() {
     let uid = Arc::new(Mutex::new(None));
     let rate = Arc::new(Mutex::new(0.08));
     let port = fake_node_with_load(&api, token, uid.clone(), rate.clone()).await;
-    api.node_at("n1", port).await;
+    api.ready_node("n1", Some(port)).await;
     let mut deployment = super::deployment("web", 1);
     deployment["spec"]["template"]["spec"]["containers"][0]["resources"] =
         json!({"requests": {"cpu": "100m"}});

@@ -610,26 +610,7 @@ mod tests {
             .expect("listen");
         let port = listener.local_addr().expect("address").port();
         api.serve_node(listener, app);
-        let (code, body) = api
-            .send(
-                "POST",
-                "/api/v1/nodes",
-                Some(json!({"metadata": {"name": "n1"}})),
-            )
-            .await;
-        assert_eq!(code, StatusCode::CREATED, "{body}");
-        let (code, body) = api
-            .send_as(
-                "PATCH",
-                "/api/v1/nodes/n1/status",
-                "application/merge-patch+json",
-                Some(json!({"status": {
-                    "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-                    "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
-                    "conditions": [{"type": "Ready", "status": "True"}]}})),
-            )
-            .await;
-        assert_eq!(code, StatusCode::OK, "{body}");
+        api.ready_node("n1", Some(port)).await;
         let (code, body) = api
             .send(
                 "POST",
