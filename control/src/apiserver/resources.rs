@@ -222,6 +222,7 @@ async fn list(
     let (revision, page) = store::list(state, target, &filter, &opts).await?;
     let mut body = match output {
         Output::Objects => list_object(target.kind, page.items, revision),
+        Output::Metadata => table::partial_metadata_list(&page.items, revision),
         Output::Table { version, include } => table::table(
             target.kind,
             version,

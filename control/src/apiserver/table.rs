@@ -1,10 +1,17 @@
-//! Server-side printing: `meta.k8s.io` `Table` responses for get, list and watch.
+//! Server-side printing: `meta.k8s.io` `Table` responses for get, list and watch, and
+//! `PartialObjectMetadata` ones (only each object's metadata).
 //!
 //! `kubectl get` asks for `Accept: application/json;as=Table;v=v1;g=meta.k8s.io` and prints
 //! whatever columns the server describes; without a Table it can only show NAME and AGE.
 //! The cells come from [`crate::api::printers`], the same functions `wharf get` uses, so
 //! both clients print the same thing. Every column is sent; those kubectl shows only with
 //! `-o wide` carry `priority: 1`.
+//!
+//! Clients that need only metadata (a garbage collector, a metadata informer: kube-runtime's
+//! `metadata_watcher`, client-go's metadata client) ask for
+//! `application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1` (and
+//! `as=PartialObjectMetadataList` for lists): each object becomes its `metadata` alone,
+//! which is far less to send and to parse than a pod with its spec and status.
 //!
 //! The decision (does this request want a Table, which version, which embedded object) is a
 //! pure function of the headers and query; turning objects into rows is pure too, with the
@@ -28,6 +35,9 @@ pub enum Output {
         version: TableVersion,
         include: Include,
     },
+    /// Each object as a `meta.k8s.io/v1` `PartialObjectMetadata`, lists as a
+    /// `PartialObjectMetadataList`.
+    Metadata,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +101,13 @@ impl Output {
                         include: include_object(query)?,
                     });
                 }
-                // Another `as=` (PartialObjectMetadata and friends) we do not serve: try
-                // the next media type.
+                (
+                    "application/json" | "*/*" | "application/*",
+                    Some("PartialObjectMetadata" | "PartialObjectMetadataList"),
+                ) if param("g") == Some("meta.k8s.io") && param("v") == Some("v1") => {
+                    return Ok(Output::Metadata);
+                }
+                // Another `as=` we do not serve: try the next media type.
                 (_, Some(_)) => continue,
                 // Plain JSON, YAML-or-protobuf-first clients, anything else: JSON objects
                 // (protobuf is never served; clients fall back to JSON when they see it).
@@ -177,6 +192,25 @@ fn column_description(name: &str) -> &'static str {
     }
 }
 
+/// `object` as a `PartialObjectMetadata`: its metadata alone.
+pub fn partial_metadata(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
+/// A `PartialObjectMetadataList` of `objects` at `resource_version`.
+pub fn partial_metadata_list(objects: &[Value], resource_version: u64) -> Value {
+    json!({
+        "kind": "PartialObjectMetadataList",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": resource_version.to_string()},
+        "items": objects.iter().map(partial_metadata).collect::<Vec<_>>(),
+    })
+}
+
 /// One row: the cells and the embedded object.
 fn row(kind: &ResourceKind, object: &Value, include: Include, now: Timestamp) -> Value {
     let cells = printers::row(kind, object, true, now);
@@ -184,13 +218,7 @@ fn row(kind: &ResourceKind, object: &Value, include: Include, now: Timestamp) ->
     match include {
         Include::None => {}
         Include::Object => row["object"] = object.clone(),
-        Include::Metadata => {
-            row["object"] = json!({
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
-            })
-        }
+        Include::Metadata => row["object"] = partial_metadata(object),
     }
     row
 }
@@ -221,6 +249,7 @@ pub fn table(
 pub fn shape_object(kind: &ResourceKind, output: Output, object: Value) -> Value {
     match output {
         Output::Objects => object,
+        Output::Metadata => partial_metadata(&object),
         Output::Table { version, include } => {
             let rv = object
                 .pointer("/metadata/resourceVersion")
@@ -284,9 +313,36 @@ mod tests {
     }
 
     #[test]
+    fn metadata_clients_get_partial_object_metadata() {
+        // kube-runtime's metadata_watcher and client-go's metadata client send these.
+        for accept in [
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+            "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
+        ] {
+            let out = Output::negotiate(&headers(accept), &query("")).unwrap();
+            assert_eq!(out, Output::Metadata, "{accept}");
+        }
+        let pod = json!({"kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": "p", "resourceVersion": "7", "ownerReferences": [{"name": "o"}]},
+            "spec": {"containers": []}, "status": {"phase": "Running"}});
+        let kind = find_kind("v1", "Pod").unwrap();
+        let shaped = shape_object(kind, Output::Metadata, pod.clone());
+        assert_eq!(
+            shaped,
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                "metadata": pod["metadata"]})
+        );
+        let list = partial_metadata_list(&[pod], 9);
+        assert_eq!(list["kind"], "PartialObjectMetadataList");
+        assert_eq!(list["metadata"]["resourceVersion"], "9");
+        assert_eq!(list["items"][0], shaped);
+    }
+
+    #[test]
     fn unknown_as_falls_through_to_the_next_media_type() {
         let out = Output::negotiate(
-            &headers("application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io"),
+            &headers("application/json;as=PartialObjectMetadata;v=v1beta1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io"),
             &query("includeObject=Object"),
         )
         .unwrap();

@@ -968,6 +968,75 @@ async fn the_in_process_client_speaks_the_same_api() {
     assert!(matches!(err, kube::Error::Api(s) if s.code == 409));
 }
 
+/// What kube-runtime's metadata informers and client-go's metadata client ask for: lists,
+/// gets and watches of `PartialObjectMetadata`, metadata and nothing else.
+#[tokio::test]
+async fn metadata_clients_get_partial_object_metadata() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api as KubeApi, ListParams, PartialObjectMeta};
+    use kube::runtime::watcher;
+    let api = api().await;
+    let pod = |name: &str| {
+        json!({"metadata": {"name": name, "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "a.wasm"}]}})
+    };
+    let (code, s) = api
+        .send("POST", "/api/v1/namespaces/default/pods", Some(pod("p1")))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{s}");
+
+    // The wire: no spec, no status.
+    let req = Request::builder()
+        .uri("/api/v1/namespaces/default/pods")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header(
+            "accept",
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
+        )
+        .body(Body::empty())
+        .unwrap();
+    let (code, list) = api.request(req).await;
+    assert_eq!(code, StatusCode::OK, "{list}");
+    assert_eq!(list["kind"], "PartialObjectMetadataList");
+    assert_eq!(list["items"][0]["kind"], "PartialObjectMetadata");
+    assert_eq!(list["items"][0]["metadata"]["labels"]["app"], "web");
+    assert!(list["items"][0].get("spec").is_none(), "{list}");
+
+    // kube's metadata API reads it, and so does a metadata watcher.
+    let client = super::in_process_client(api.router.clone());
+    let meta: KubeApi<PartialObjectMeta<Pod>> = KubeApi::namespaced(client, "default");
+    let listed = tokio::time::timeout(Duration::from_secs(10), meta.list(&ListParams::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].metadata.name.as_deref(), Some("p1"));
+    let got = tokio::time::timeout(Duration::from_secs(10), meta.get("p1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.metadata.uid.is_some());
+    let mut events = std::pin::pin!(watcher(meta, watcher::Config::default()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut next = async || {
+        tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("the watch answers within 10 s")
+            .expect("the watch goes on")
+            .expect("no watch error")
+    };
+    while !matches!(next().await, watcher::Event::InitDone) {}
+    let (code, s) = api
+        .send("POST", "/api/v1/namespaces/default/pods", Some(pod("p2")))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{s}");
+    match next().await {
+        watcher::Event::Apply(p) => assert_eq!(p.metadata.name.as_deref(), Some("p2")),
+        other => panic!("expected p2 added, got {other:?}"),
+    }
+}
+
 // ---- Node tokens, authorization, pods/log ----------------------------------------------
 
 impl Api {

@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::objects::{decode, decode_at};
 use super::request::Target;
 use super::resources::{Filter, Query, list_prefix};
-use super::table::{Output, shape_object};
+use super::table::{Output, partial_metadata, shape_object};
 use crate::api::kinds::ResourceKind;
 use crate::store::{Event, EventKind};
 use axum::body::Body;
@@ -64,6 +64,8 @@ pub struct Decoded {
     prev: Option<Value>,
     /// `ADDED`, `MODIFIED`, `DELETED` lines of `object`, made on first use.
     lines: [OnceLock<Bytes>; 3],
+    /// The same lines of `object` as a `PartialObjectMetadata` (for metadata watchers).
+    metadata_lines: [OnceLock<Bytes>; 3],
 }
 
 const EVENT_TYPES: [&str; 3] = ["ADDED", "MODIFIED", "DELETED"];
@@ -81,6 +83,7 @@ impl Decoded {
             object: object.map_err(|e| e.to_string())?,
             prev: prev.map_err(|e| e.to_string())?,
             lines: Default::default(),
+            metadata_lines: Default::default(),
         })
     }
 
@@ -88,6 +91,13 @@ impl Decoded {
     fn line(&self, ty: usize) -> Bytes {
         self.lines[ty]
             .get_or_init(|| line(EVENT_TYPES[ty], &self.object))
+            .clone()
+    }
+
+    /// The line of `object`'s metadata alone as event type `ty`.
+    fn metadata_line(&self, ty: usize) -> Bytes {
+        self.metadata_lines[ty]
+            .get_or_init(|| line(EVENT_TYPES[ty], &partial_metadata(&self.object)))
             .clone()
     }
 }
@@ -133,6 +143,7 @@ pub fn classify(event: &Event, filter: &Filter) -> Result<Option<(usize, Parsed)
 fn event_line(kind: &ResourceKind, output: Output, ty: usize, parsed: &Parsed) -> Bytes {
     match (&**parsed, output) {
         (Ok(d), Output::Objects) if !kind.strategy.presents() => d.line(ty),
+        (Ok(d), Output::Metadata) if !kind.strategy.presents() => d.metadata_line(ty),
         (Ok(d), output) => {
             let mut object = d.object.clone();
             kind.strategy.present(&mut object);

@@ -15,7 +15,9 @@
 //!   ownerReferences to it from its dependents, then the finalizer.
 //!
 //! **Generic over kinds.** The collector watches every kind of the kinds table
-//! ([`crate::api::KINDS`]) as `DynamicObject`s, each into a reflector cache, and looks at
+//! ([`crate::api::KINDS`]) as metadata alone (`PartialObjectMetadata`: the API server
+//! sends no spec or status, so a pod change costs the collector little to parse), each
+//! into a reflector cache, and looks at
 //! the ownership graph as a whole: no code per kind, and a new kind in the table is
 //! collected without a change here. The kinds CustomResourceDefinitions add are watched
 //! too, from when their definition is established, so an operator's objects own what it
@@ -41,10 +43,10 @@ use crate::apiserver::registry::custom::{self, definition};
 use futures::StreamExt;
 use futures::stream::SelectAll;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions,
-    PropagationPolicy,
+    Api, ApiResource, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams,
+    Preconditions, PropagationPolicy,
 };
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -134,8 +136,7 @@ pub struct Item {
 }
 
 impl Item {
-    pub fn of(kind: &'static ResourceKind, obj: &DynamicObject) -> Self {
-        let m = &obj.metadata;
+    pub fn of(kind: &'static ResourceKind, m: &ObjectMeta) -> Self {
         Item {
             kind,
             namespace: m.namespace.clone().filter(|n| !n.is_empty()),
@@ -335,7 +336,10 @@ pub fn decide(custom: &[&'static ResourceKind], items: &[Item]) -> Vec<Action> {
 
 type Changes = SelectAll<Pin<Box<dyn futures::Stream<Item = (usize, bool)> + Send>>>;
 
-type Stores = Vec<(&'static ResourceKind, Store<DynamicObject>)>;
+type Stores = Vec<(
+    &'static ResourceKind,
+    Store<PartialObjectMeta<DynamicObject>>,
+)>;
 
 /// Starts watching `kind` into a new cache, its changes tagged with its index.
 fn watch_kind(
@@ -348,13 +352,13 @@ fn watch_kind(
     let ar = api_resource(kind);
     let writer = reflector::store::Writer::new(ar.clone());
     stores.push((kind, writer.as_reader()));
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    // An `Api` of `PartialObjectMeta` asks for metadata-only lists and watches.
+    let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &ar);
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        // The collector reads only metadata ([`Item::of`]): its cache keeps nothing
-        // else, so a cluster of large objects is not held twice in memory.
-        .modify(|o: &mut DynamicObject| {
-            o.data = serde_json::Value::Null;
+        // The collector reads only ownership and deletion state ([`Item::of`]): its
+        // cache keeps nothing else, so a cluster's metadata is not held twice in memory.
+        .modify(|o: &mut PartialObjectMeta<DynamicObject>| {
             o.metadata.annotations = None;
             o.metadata.labels = None;
             o.metadata.managed_fields = None;
@@ -447,7 +451,10 @@ async fn run(client: kube::Client, debounce: Duration, shutdown: CancellationTok
                 let items: Vec<Item> = stores
                     .iter()
                     .flat_map(|(kind, store)| {
-                        store.state().into_iter().map(move |o| Item::of(kind, &o))
+                        store
+                            .state()
+                            .into_iter()
+                            .map(move |o| Item::of(kind, &o.metadata))
                     })
                     .collect();
                 let actions = decide(&custom, &items);
