@@ -56,8 +56,8 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -112,29 +112,31 @@ pub fn start(
         });
     tasks.spawn(super::gc::run_until_shutdown(shutdown.clone(), health_loop));
 
+    let (node_cache, node_writer) = reflector::store::<Node>();
+    let node_changes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(node_writer)
+        .touched_objects();
     let eviction = Arc::new(EvictionCtx {
         client: client.clone(),
         config: config.clone(),
         recorder: Recorder::new(client.clone(), EVICTION_COMPONENT),
         first_seen: Mutex::default(),
         backoff: Backoff::default(),
+        nodes: node_cache,
     });
     let feed = pod_informer.feed();
     let pods = feed.store.clone();
     let controller = Controller::for_shared_stream(feed.changes, feed.store);
     let eviction_loop = controller
-        .watches(
-            Api::<Node>::all(client),
-            watcher::Config::default(),
-            move |node: Node| {
-                let name = node.metadata.name.unwrap_or_default();
-                pods.state()
-                    .into_iter()
-                    .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&name))
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(node_changes, move |node: Node| {
+            let name = node.metadata.name.unwrap_or_default();
+            pods.state()
+                .into_iter()
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&name))
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile_pod, pod_error_policy, eviction)
         .for_each(|outcome| {
@@ -526,6 +528,9 @@ struct EvictionCtx {
     /// them, the start of their tolerationSeconds.
     first_seen: Mutex<HashMap<(String, String, String), Timestamp>>,
     backoff: Backoff,
+    /// Every Node, as the watch last told: read for each pod change, so a pod's change
+    /// costs no request. A decision to delete is taken again on the live Node.
+    nodes: Store<Node>,
 }
 
 async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<EvictionCtx>) -> Result<Action, Error> {
@@ -538,11 +543,6 @@ async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<EvictionCtx>) -> Result<Action, E
         return Ok(Action::await_change());
     };
     let key = common::key(&pod.metadata);
-    let nodes = Api::<Node>::all(ctx.client.clone());
-    let node = nodes
-        .get_opt(&node_name)
-        .await
-        .map_err(Error::api("reading node", &node_name))?;
     let now = common::now();
     let taint_added = |t: &Taint| -> Timestamp {
         if let Some(at) = &t.time_added {
@@ -557,7 +557,17 @@ async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<EvictionCtx>) -> Result<Action, E
             })
             .unwrap_or(now)
     };
-    let plan = decide_pod(&pod, node.as_ref(), &taint_added, now, &ctx.config);
+    let cached = ctx.nodes.get(&ObjectRef::new(&node_name));
+    let mut plan = decide_pod(&pod, cached.as_deref(), &taint_added, now, &ctx.config);
+    if !matches!(plan.action, PodAction::Nothing) {
+        // The cache may lag (a node just registered, a taint just removed): a pod is
+        // deleted only for what the Node says now.
+        let live = Api::<Node>::all(ctx.client.clone())
+            .get_opt(&node_name)
+            .await
+            .map_err(Error::api("reading node", &node_name))?;
+        plan = decide_pod(&pod, live.as_ref(), &taint_added, now, &ctx.config);
+    }
     let name = pod.metadata.name.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
