@@ -118,7 +118,13 @@ async fn start_pods(
     }
     while waiting > 0 {
         if Instant::now() > deadline {
-            bail!("pods did not start within 10 minutes");
+            let listed = api.list(&Default::default()).await?;
+            let up = listed.items.iter().filter(|p| running(p).is_some()).count();
+            bail!(
+                "pods did not start within 10 minutes: the watch saw {} of {} Running, a list shows {up}",
+                latencies.len(),
+                names.len()
+            );
         }
         let received = tokio::time::timeout(Duration::from_secs(60), watch.next())
             .await
@@ -262,7 +268,9 @@ async fn run() -> Result<()> {
 
     let before = rss_kib();
     let names: Vec<String> = (0..n_density).map(|i| format!("idle-{i}")).collect();
+    let t = Instant::now();
     let (_, idle_ips) = start_pods(&api, &image, &names, true).await?;
+    let density_all = t.elapsed();
     // Every idle pod answers (they are really serving).
     for ip in idle_ips.values().take(20) {
         let (_, _) = load(&format!("{ip}:8080"), 1, 1).await?;
@@ -289,7 +297,8 @@ async fn run() -> Result<()> {
         ms(percentile(&lat, 0.99))
     );
     println!(
-        "| idle hello-http pods on one node | {n_density} Running, process RSS {} MiB -> {} MiB, {:.1} KiB per pod |",
+        "| idle hello-http pods on one node | {n_density} Running {} after their creates began, process RSS {} MiB -> {} MiB, {:.1} KiB per pod |",
+        ms(density_all),
         before / 1024,
         after / 1024,
         per_pod
@@ -304,6 +313,13 @@ async fn run() -> Result<()> {
 
 fn main() -> Result<()> {
     wharf_control::pki::install_crypto_provider();
+    // RUST_LOG=warn (or finer) shows what the control plane and node report while measuring.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

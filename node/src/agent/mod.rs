@@ -36,7 +36,7 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use node_object::NodeFacts;
 use restart::Backoff;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -463,7 +463,9 @@ async fn watch_pods(ctx: Arc<NodeContext>) {
     let mut stream = std::pin::pin!(stream);
     let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
     let mut worker_tasks: JoinSet<String> = JoinSet::new();
-    let mut seen_in_init: Vec<String> = Vec::new();
+    // The pods a relist named, to find at its end those that vanished while the watch was
+    // down; filled by the relist's own events only.
+    let mut seen_in_init: HashSet<String> = HashSet::new();
     let mut failures = 0u32;
     loop {
         let event = tokio::select! {
@@ -494,20 +496,34 @@ async fn watch_pods(ctx: Arc<NodeContext>) {
                 continue;
             }
         };
+        let relisting = matches!(event, watcher::Event::InitApply(_));
         match event {
             watcher::Event::Init => seen_in_init.clear(),
             watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
                 let Some(uid) = pod.metadata.uid.clone() else {
                     continue;
                 };
-                seen_in_init.push(uid.clone());
+                if relisting {
+                    seen_in_init.insert(uid.clone());
+                }
                 let pod = Arc::new(pod);
                 if let Ok(mut map) = ctx.pods.lock() {
                     map.insert(pod_key(&pod), pod.clone());
                 }
                 match workers.get(&uid) {
                     Some(tx) => {
-                        tx.send_replace(Some(pod));
+                        // A relist names every pod again: a worker wakes only for a
+                        // version it has not seen.
+                        tx.send_if_modified(|current| {
+                            let same = current.as_ref().is_some_and(|c| {
+                                c.metadata.resource_version.is_some()
+                                    && c.metadata.resource_version == pod.metadata.resource_version
+                            });
+                            if !same {
+                                *current = Some(pod);
+                            }
+                            !same
+                        });
                     }
                     None => {
                         let (tx, rx) = watch::channel(Some(pod));
@@ -540,6 +556,7 @@ async fn watch_pods(ctx: Arc<NodeContext>) {
                         tx.send_replace(None);
                     }
                 }
+                seen_in_init = HashSet::new();
             }
         }
     }

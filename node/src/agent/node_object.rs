@@ -50,9 +50,10 @@ pub struct NodeFacts {
 /// The extended resource in a Node's capacity that counts its wasm instance slots.
 pub const INSTANCES_RESOURCE: &str = "wharf.dev/instances";
 
-/// Descriptors a running pod holds in the node process: its HTTP listener, its log file,
-/// and a pooled proxy connection to it (both ends are in the node process).
-pub const FDS_PER_POD: u64 = 4;
+/// Descriptors a serving pod holds in the node process: its HTTP listener and a pooled
+/// proxy connection to it (both ends are in the node process). Its log file is open only
+/// while it writes output, so an idle pod holds its listener alone.
+pub const FDS_PER_POD: u64 = 3;
 
 /// Descriptors kept for the node's own work (API watches and writes, proxy clients, DNS,
 /// the tunnel, probes in flight), beyond its pods'.
@@ -357,10 +358,10 @@ mod tests {
     fn pods_capacity_is_what_files_and_memory_allow() {
         // The usual soft limit of 1024 files leaves no room beyond the node's own: one.
         assert_eq!(pods_capacity(1024, 8 << 30), 1);
-        // Raised to 2^20 files on a 24 GiB machine: files allow 261,120, memory 98,304.
+        // Raised to 2^20 files on a 24 GiB machine: files allow 348,160, memory 98,304.
         assert_eq!(pods_capacity(1 << 20, 24 << 30), 98_304);
-        // 65,536 files: (65,536 - 4,096) / 4 = 15,360, fewer than 4 GiB allows (16,384).
-        assert_eq!(pods_capacity(65_536, 4 << 30), 15_360);
+        // 40,000 files: (40,000 - 4,096) / 3 = 11,968, fewer than 4 GiB allows (16,384).
+        assert_eq!(pods_capacity(40_000, 4 << 30), 11_968);
         assert_eq!(pods_capacity(u64::MAX, u64::MAX), u32::MAX);
     }
 
