@@ -264,7 +264,9 @@ pub async fn start(
         )),
         pods,
         services: Arc::new(proxy::Shared::new(&config.cluster_domain)),
-        events: Recorder::new(client.clone(), EVENT_SOURCE).with_host(&config.node_name),
+        events: Recorder::new(client.clone(), EVENT_SOURCE)
+            .with_host(&config.node_name)
+            .with_rate(config.event_rate),
         tunnel: tunnel_metrics.clone(),
         api: Arc::new(ApiHealth::new(&config.node_name)),
         shutdown: shutdown.clone(),

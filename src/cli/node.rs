@@ -293,6 +293,13 @@ pub struct ServiceArgs {
     /// what its open files limit and memory allow
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_pods: Option<u32>,
+    /// Events the node writes per second, as the kubelet's flag; 0 writes them as they
+    /// come. Beyond a thousand waiting, events are dropped
+    #[arg(long, value_name = "QPS", default_value_t = 50)]
+    event_qps: u32,
+    /// Events the node writes at once before --event-qps paces them
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    event_burst: u32,
 }
 
 /// `--tunnel-port`: a port, or no tunnel.
@@ -358,6 +365,10 @@ impl ServiceArgs {
         config.proxy.hold_timeout = self.proxy_hold_timeout;
         config.proxy.max_held = self.proxy_max_held;
         config.max_pods = self.max_pods;
+        config.event_rate = wharf_control::events::EventRate {
+            qps: f64::from(self.event_qps),
+            burst: self.event_burst,
+        };
     }
 }
 

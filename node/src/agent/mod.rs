@@ -79,6 +79,9 @@ pub struct AgentConfig {
     /// The pods the node advertises it can run (`--max-pods`); `None`: what its open
     /// files limit and memory allow (`node_object::pods_capacity`).
     pub max_pods: Option<u32>,
+    /// How fast the node writes Events (`--event-qps`, `--event-burst`); what waits
+    /// beyond a thousand is dropped ([`wharf_control::events`]).
+    pub event_rate: wharf_control::events::EventRate,
     /// The Service proxy (see [`crate::proxy`]).
     pub proxy: ProxyConfig,
     /// Where the cluster DNS answers (UDP and TCP, shared with the machine's other nodes);
@@ -152,6 +155,7 @@ impl AgentConfig {
             backoff: Backoff::default(),
             allow_host_path: false,
             max_pods: None,
+            event_rate: wharf_control::events::EventRate::KUBELET,
             proxy: ProxyConfig::default(),
             dns_listen: Some(SocketAddr::from(([127, 0, 0, 1], 5353))),
             cluster_domain: "cluster.local".into(),
