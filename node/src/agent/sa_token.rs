@@ -14,7 +14,10 @@
 //!
 //! The files live in the pod's directory outside its volumes, and are replaced by
 //! renaming a new file over the old one inside the directory: the guest's preopened
-//! directory stays the same, and never shows a half-written token.
+//! directory stays the same, and never shows a half-written token. `ca.crt` and
+//! `namespace` are the same for many pods: they are hard links to one copy per content in
+//! the node's [`shared_dir`], so a pod costs the filesystem one new file (its token), not
+//! three; creating files is what a node starting ten thousand pods spends most on.
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -121,29 +124,90 @@ pub async fn request(client: &kube::Client, pod: &Pod, now: Timestamp) -> Result
     }
 }
 
+/// Where a node keeps the one copy of each `ca.crt` and `namespace` its pods' token
+/// directories link to.
+pub fn shared_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("serviceaccount-files")
+}
+
 /// Writes (or replaces) the token files in `dir`: `token`, `ca.crt` (when the node knows
-/// the CA) and `namespace`. Blocking file I/O.
-pub fn write(dir: &Path, token: &str, ca_pem: Option<&str>, namespace: &str) -> Result<(), String> {
+/// the CA) and `namespace`, the last two linked from `shared` (see the module doc).
+/// Blocking file I/O.
+pub fn write(
+    dir: &Path,
+    shared: &Path,
+    token: &str,
+    ca_pem: Option<&str>,
+    namespace: &str,
+) -> Result<(), String> {
     private::create_private_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let mut files = vec![
-        ("token", token.as_bytes()),
-        ("namespace", namespace.as_bytes()),
-    ];
-    if let Some(ca) = ca_pem {
-        files.push(("ca.crt", ca.as_bytes()));
-    }
-    for (name, bytes) in files {
+    let replace = |name: &str, bytes: &[u8], linked: Option<String>| {
         let staged = dir.join(format!("..{name}.new"));
         let _ = std::fs::remove_file(&staged);
-        private::private_file_options()
-            .write(true)
-            .create_new(true)
-            .open(&staged)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
-            .and_then(|()| std::fs::rename(&staged, dir.join(name)))
-            .map_err(|e| format!("writing {}/{name}: {e}", dir.display()))?;
+        let link = linked.and_then(|key| link_shared(shared, &key, bytes, &staged).ok());
+        match link {
+            Some(()) => Ok(()),
+            None => private::private_file_options()
+                .write(true)
+                .create_new(true)
+                .open(&staged)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, bytes)),
+        }
+        .and_then(|()| std::fs::rename(&staged, dir.join(name)))
+        .map_err(|e| format!("writing {}/{name}: {e}", dir.display()))?;
+        // Renaming a link over another link to the same file leaves both names (POSIX):
+        // the staged one goes now.
+        let _ = std::fs::remove_file(&staged);
+        Ok::<(), String>(())
+    };
+    replace("token", token.as_bytes(), None)?;
+    replace(
+        "namespace",
+        namespace.as_bytes(),
+        Some(shared_name("namespace", namespace.as_bytes())),
+    )?;
+    if let Some(ca) = ca_pem {
+        replace(
+            "ca.crt",
+            ca.as_bytes(),
+            Some(shared_name("ca.crt", ca.as_bytes())),
+        )?;
     }
     Ok(())
+}
+
+/// The name of the shared copy of `bytes`: the file's name, the length and a hash of the
+/// content (the content is compared before a link is made, so a collision only costs a
+/// file of its own).
+fn shared_name(name: &str, bytes: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    format!("{name}-{}-{:016x}", bytes.len(), h.finish())
+}
+
+/// Links `at` to the shared copy `key` of `bytes`, writing the copy first when there is
+/// none. Fails (the caller then writes a file of its own) when the copy holds anything
+/// else or the link cannot be made.
+fn link_shared(shared: &Path, key: &str, bytes: &[u8], at: &Path) -> std::io::Result<()> {
+    let copy = shared.join(key);
+    match std::fs::read(&copy) {
+        Ok(held) if held == bytes => {}
+        Ok(_) => return Err(std::io::Error::other("a different shared copy")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            private::create_private_dir(shared)?;
+            let staged = shared.join(format!("..{key}.{}.new", std::process::id()));
+            let _ = std::fs::remove_file(&staged);
+            private::private_file_options()
+                .write(true)
+                .create_new(true)
+                .open(&staged)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))?;
+            std::fs::rename(&staged, &copy)?;
+        }
+        Err(e) => return Err(e),
+    }
+    std::fs::hard_link(&copy, at)
 }
 
 #[cfg(test)]
@@ -184,13 +248,14 @@ mod tests {
     fn files_are_written_and_replaced_in_place() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let d = dir(tmp.path());
-        write(&d, "first", Some("CA"), "team").expect("write");
+        let shared = shared_dir(tmp.path());
+        write(&d, &shared, "first", Some("CA"), "team").expect("write");
         let read = |n: &str| std::fs::read_to_string(d.join(n)).expect(n);
         assert_eq!(
             (read("token"), read("ca.crt"), read("namespace")),
             ("first".into(), "CA".into(), "team".into())
         );
-        write(&d, "second", None, "team").expect("rewrite");
+        write(&d, &shared, "second", None, "team").expect("rewrite");
         assert_eq!(read("token"), "second");
         let mut names: Vec<String> = std::fs::read_dir(&d)
             .expect("dir")
@@ -199,6 +264,32 @@ mod tests {
         names.sort();
         assert_eq!(names, ["ca.crt", "namespace", "token"]);
         assert_eq!(mount(tmp.path()).guest_path, MOUNT_PATH);
+        assert!(mount(tmp.path()).read_only);
+    }
+
+    #[test]
+    fn pods_share_one_copy_of_ca_and_namespace_and_never_a_wrong_one() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let shared = shared_dir(tmp.path());
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        write(&a, &shared, "ta", Some("CA"), "team").expect("a");
+        write(&b, &shared, "tb", Some("CA"), "team").expect("b");
+        let ino = |p: PathBuf| std::fs::metadata(p).expect("file").ino();
+        assert_eq!(ino(a.join("ca.crt")), ino(b.join("ca.crt")));
+        assert_eq!(ino(a.join("namespace")), ino(b.join("namespace")));
+        assert_ne!(ino(a.join("token")), ino(b.join("token")));
+        // A shared copy that holds something else (a collision, or tampering) is not
+        // linked: the pod gets its own file with the right content.
+        let key = shared_name("namespace", b"other");
+        std::fs::write(shared.join(&key), "not other").expect("plant");
+        let c = tmp.path().join("c");
+        write(&c, &shared, "tc", None, "other").expect("c");
+        assert_eq!(
+            std::fs::read_to_string(c.join("namespace")).expect("ns"),
+            "other"
+        );
+        assert_ne!(ino(c.join("namespace")), ino(shared.join(key)));
         assert!(mount(tmp.path()).read_only);
     }
 }

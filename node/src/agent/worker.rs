@@ -449,11 +449,14 @@ async fn ensure_token(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Pod) -> b
                 pod.metadata.uid.as_deref().unwrap_or("unknown"),
             ));
             let (token, ca) = (issued.token.clone(), ctx.config.cluster_ca_pem.clone());
-            tokio::task::spawn_blocking(move || sa_token::write(&dir, &token, ca.as_deref(), &ns))
-                .await
-                .map_err(|e| format!("writing the service account token: {e}"))
-                .and_then(|r| r)
-                .map(|()| issued)
+            let shared = sa_token::shared_dir(&ctx.config.data_dir);
+            tokio::task::spawn_blocking(move || {
+                sa_token::write(&dir, &shared, &token, ca.as_deref(), &ns)
+            })
+            .await
+            .map_err(|e| format!("writing the service account token: {e}"))
+            .and_then(|r| r)
+            .map(|()| issued)
         }
         Err(e) => Err(e),
     };
