@@ -36,7 +36,6 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {
     api: Api<K>,
-    config: watcher::Config,
     writer: reflector::store::Writer<K>,
     reader: Store<K>,
     subscribers: Vec<mpsc::UnboundedSender<Arc<K>>>,
@@ -58,7 +57,6 @@ where
         let reader = writer.as_reader();
         SharedInformer {
             api,
-            config: watcher::Config::default(),
             writer,
             reader,
             subscribers: Vec::new(),
@@ -94,7 +92,7 @@ where
 
     async fn run(mut self, shutdown: CancellationToken) {
         let kind = K::kind(&());
-        let stream = watcher(self.api.clone(), self.config.clone()).default_backoff();
+        let stream = watcher(self.api.clone(), watcher::Config::default()).default_backoff();
         let mut stream = std::pin::pin!(stream.take_until(shutdown.cancelled_owned()));
         while let Some(next) = stream.next().await {
             let event = match next {
