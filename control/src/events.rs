@@ -17,7 +17,6 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -106,7 +105,6 @@ impl Pace {
 struct Limiter {
     pace: Mutex<Pace>,
     queue: Arc<tokio::sync::Semaphore>,
-    dropped: AtomicU64,
 }
 
 /// The reference to an object that an Event is about.
@@ -140,17 +138,9 @@ impl Recorder {
             Arc::new(Limiter {
                 pace: Mutex::new(Pace::new(rate)),
                 queue: Arc::new(tokio::sync::Semaphore::new(MAX_QUEUED)),
-                dropped: AtomicU64::new(0),
             })
         });
         self
-    }
-
-    /// Events dropped so far because [`MAX_QUEUED`] were waiting.
-    pub fn dropped(&self) -> u64 {
-        self.limit
-            .as_ref()
-            .map_or(0, |l| l.dropped.load(Ordering::Relaxed))
     }
 
     /// The node a kubelet-like component runs on (`source.host`).
@@ -172,7 +162,6 @@ impl Recorder {
             None => None,
             Some(limit) => {
                 let Ok(turn) = limit.queue.clone().try_acquire_owned() else {
-                    limit.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(component = %self.component, reason, "dropping an event: {MAX_QUEUED} are waiting");
                     return;
                 };

@@ -20,9 +20,10 @@
 //! the guest, it hands the bytes to the container's writer task through a channel. The writer
 //! formats lines and does the file I/O in `spawn_blocking` (one hop per batch of writes), so
 //! no file I/O runs on the async workers. The file is open only while output is queued: an
-//! idle container holds no descriptor for its log. Backpressure: when more than 1 MiB is waiting to be
-//! written, `check-write` returns 0 and the guest's stream becomes ready again only once the
-//! writer has caught up, so a guest printing in a loop cannot grow the host's memory.
+//! idle container holds no descriptor for its log. Backpressure: when more than 1 MiB is
+//! waiting to be written, `check-write` returns 0 and the guest's stream becomes ready again
+//! only once the writer has caught up, so a guest printing in a loop cannot grow the host's
+//! memory.
 //!
 //! **Reading.** [`ContainerLogs`] reads the last N lines (across rotated files), the previous
 //! attempt's log, or follows the live file as an async stream: the writer publishes its

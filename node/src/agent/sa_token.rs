@@ -195,15 +195,10 @@ fn link_shared(shared: &Path, key: &str, bytes: &[u8], at: &Path) -> std::io::Re
         Ok(held) if held == bytes => {}
         Ok(_) => return Err(std::io::Error::other("a different shared copy")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Two pods of one namespace may get here at once: each writes its own
+            // temporary file, and the copy is whole whichever rename lands last.
             private::create_private_dir(shared)?;
-            let staged = shared.join(format!("..{key}.{}.new", std::process::id()));
-            let _ = std::fs::remove_file(&staged);
-            private::private_file_options()
-                .write(true)
-                .create_new(true)
-                .open(&staged)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))?;
-            std::fs::rename(&staged, &copy)?;
+            wharf_control::fsutil::write_private(&copy, bytes)?;
         }
         Err(e) => return Err(e),
     }
