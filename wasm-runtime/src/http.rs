@@ -313,7 +313,7 @@ async fn handle(
             // The body may still be streaming: the instance lives as long as the connection.
             answered.store(true, Ordering::Release);
             guard.hand_to(&guests);
-            Ok(response)
+            Ok(crate::coalesce::coalesce(response).await)
         }
         Ok(Err(code)) => Ok(error_response(
             http::StatusCode::INTERNAL_SERVER_ERROR,

@@ -46,6 +46,7 @@
 //! `http` or `https` (`egress_tls`: the system's roots plus the node's cluster CA).
 
 mod cache;
+mod coalesce;
 mod container;
 mod egress_tls;
 mod engine;

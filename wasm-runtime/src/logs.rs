@@ -19,8 +19,9 @@
 //! **Capture path.** Guests write through a [`LogSink`]: its wasi `OutputStream` never blocks
 //! the guest, it hands the bytes to the container's writer task through a channel. The writer
 //! formats lines and does the file I/O in `spawn_blocking` (one hop per batch of writes), so
-//! no file I/O runs on the async workers. The file is open only while output is queued: an
-//! idle container holds no descriptor for its log. Backpressure: when more than 1 MiB is
+//! no file I/O runs on the async workers. The file is open only while output comes: it is
+//! closed once nothing was written for [`LINGER`], so an idle container holds no descriptor
+//! for its log, while one that logs every request does not reopen its file per request. Backpressure: when more than 1 MiB is
 //! waiting to be written, `check-write` returns 0 and the guest's stream becomes ready again
 //! only once the writer has caught up, so a guest printing in a loop cannot grow the host's
 //! memory.
@@ -38,7 +39,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -582,7 +583,7 @@ pub(crate) async fn open(
         acct: acct.clone(),
     });
     let (progress_tx, progress_rx) = watch::channel(LogProgress::default());
-    let task = tokio::spawn(run_writer(file, rx, acct, progress_tx));
+    let task = tokio::spawn(run_writer(file, rx, acct, progress_tx, LINGER));
     Ok((
         LogSink { shared },
         LogWriter {
@@ -592,31 +593,53 @@ pub(crate) async fn open(
     ))
 }
 
+/// How long the writer keeps its file open after the last output.
+pub const LINGER: Duration = Duration::from_millis(250);
+
 async fn run_writer(
     mut file: LogFile,
     mut rx: mpsc::UnboundedReceiver<(LogStream, Bytes)>,
     acct: Arc<Accounting>,
     progress: watch::Sender<LogProgress>,
+    linger: Duration,
 ) {
     let mut batch = Vec::with_capacity(64);
     let mut failed = false;
     loop {
-        if rx.recv_many(&mut batch, 64).await == 0 {
+        let received = if file.file.is_some() {
+            match tokio::time::timeout(linger, rx.recv_many(&mut batch, 64)).await {
+                Ok(n) => n,
+                Err(_) => {
+                    // Quiet for `linger`: let go of the descriptor (see `LogFile::file`).
+                    match tokio::task::spawn_blocking(move || {
+                        file.close();
+                        file
+                    })
+                    .await
+                    {
+                        Ok(f) => file = f,
+                        Err(e) => {
+                            tracing::error!("container log writer task failed: {e}");
+                            return;
+                        }
+                    }
+                    continue;
+                }
+            }
+        } else {
+            rx.recv_many(&mut batch, 64).await
+        };
+        if received == 0 {
             break;
         }
         let bytes: usize = batch.iter().map(|(_, b)| b.len()).sum();
         let chunks = std::mem::take(&mut batch);
-        // Nothing more queued: the file is closed after this batch (see `LogFile::file`).
-        let idle = rx.is_empty();
         let result = tokio::task::spawn_blocking(move || {
             let r = if failed {
                 Ok(())
             } else {
                 file.write_chunks(&chunks)
             };
-            if idle {
-                file.close();
-            }
             (file, r)
         })
         .await;
@@ -1091,31 +1114,68 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_writer_closes_the_file_when_nothing_is_queued() {
+    async fn the_writer_keeps_its_file_open_while_output_comes_and_closes_it_when_quiet() {
         let dir = tempfile::tempdir().unwrap();
-        let file = LogFile::create(dir.path(), 0, config(1 << 30)).unwrap();
         let path = attempt_path(dir.path(), 0);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let acct = Arc::new(Accounting {
-            in_flight: AtomicUsize::new(0),
-            space: Notify::new(),
-        });
-        let (progress_tx, mut progress) = watch::channel(LogProgress::default());
-        let task = tokio::spawn(run_writer(file, rx, acct, progress_tx));
-        tx.send((LogStream::Stdout, Bytes::from_static(b"hello\n")))
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(10), progress.wait_for(|p| p.bytes > 0))
+        let start = |linger| {
+            let file = LogFile::create(dir.path(), 0, config(1 << 30)).unwrap();
+            let (tx, rx) = mpsc::unbounded_channel();
+            let acct = Arc::new(Accounting {
+                in_flight: AtomicUsize::new(0),
+                space: Notify::new(),
+            });
+            let (progress_tx, progress) = watch::channel(LogProgress::default());
+            let task = tokio::spawn(run_writer(file, rx, acct, progress_tx, linger));
+            (tx, progress, task)
+        };
+        async fn written(progress: &mut watch::Receiver<LogProgress>, bytes: u64) {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                progress.wait_for(|p| p.bytes >= bytes),
+            )
             .await
             .expect("the line is written")
             .unwrap();
-        assert!(!held_open(&path), "an idle writer holds no descriptor");
+        }
+
+        // Within its linger (an hour here) the file stays open between writes.
+        let (tx, mut progress, task) = start(Duration::from_secs(3600));
+        tx.send((LogStream::Stdout, Bytes::from_static(b"one\n")))
+            .unwrap();
+        written(&mut progress, 1).await;
+        assert!(held_open(&path), "open while output comes");
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the writer ends")
+            .unwrap();
+        assert!(!held_open(&path), "closed when the container is done");
+
+        // Quiet for its linger: closed, and the next line reopens it to append.
+        let (tx, mut progress, task) = start(Duration::from_millis(20));
+        tx.send((LogStream::Stdout, Bytes::from_static(b"two\n")))
+            .unwrap();
+        written(&mut progress, 1).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while held_open(&path) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "an idle writer holds no descriptor"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let before = progress.borrow().bytes;
+        tx.send((LogStream::Stdout, Bytes::from_static(b"three\n")))
+            .unwrap();
+        written(&mut progress, before + 1).await;
         drop(tx);
         tokio::time::timeout(Duration::from_secs(10), task)
             .await
             .expect("the writer ends")
             .unwrap();
         let (lines, _) = read_tail(&path, None, None).unwrap();
-        assert_eq!(lines.len(), 1);
+        let texts: Vec<_> = lines.iter().map(|l| l.text.clone()).collect();
+        assert_eq!(texts, ["two", "three"]);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! gets a query answers it the same. With port 0, each node binds its own free port (the
 //! same for UDP and TCP) and reports it.
 
+mod udp;
 pub mod zone;
 
 use crate::proxy::listener;
@@ -99,24 +100,91 @@ pub fn bind(listen: SocketAddr) -> Result<DnsSockets, DnsError> {
     ))
 }
 
-/// The request handler: the current catalog, replaced whole per snapshot.
+/// One zone as served: its catalog, the zone's origin, and the UDP answers it gave.
+pub struct Zone {
+    catalog: Catalog,
+    origin: LowerName,
+    answers: udp::Answers,
+}
+
+/// The request handler: the current zone, replaced whole per snapshot.
 #[derive(Clone, Default)]
 pub struct ZoneSwitch {
-    current: Arc<RwLock<Option<Arc<Catalog>>>>,
+    current: Arc<RwLock<Option<Arc<Zone>>>>,
     /// Where answered queries are counted (`wharf_dns_queries_total`).
     counts: Option<Arc<crate::proxy::Shared>>,
 }
 
 impl ZoneSwitch {
-    fn get(&self) -> Option<Arc<Catalog>> {
+    fn get(&self) -> Option<Arc<Zone>> {
         self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    fn install(&self, catalog: Catalog) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(catalog));
+    fn install(&self, catalog: Catalog, origin: LowerName) {
+        let zone = Zone {
+            catalog,
+            origin,
+            answers: udp::Answers::default(),
+        };
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(zone));
+    }
+
+    /// The current zone's kept answer to a UDP question, written to `out`.
+    fn answer_kept(&self, question: &[u8], out: &mut Vec<u8>) -> Option<ResponseCode> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        current.as_ref()?.answers.answer(question, out)
+    }
+
+    /// Counts one answered query by its response code.
+    fn count(&self, rcode: ResponseCode) {
+        if let Some(counts) = &self.counts {
+            let rcode = match rcode {
+                ResponseCode::NoError => "NOERROR",
+                ResponseCode::NXDomain => "NXDOMAIN",
+                ResponseCode::ServFail => "SERVFAIL",
+                ResponseCode::Refused => "REFUSED",
+                _ => "other",
+            };
+            counts.metrics.dns_answered(rcode);
+        }
+    }
+
+    /// Answers from `zone` (SERVFAIL without one) and counts the answer.
+    async fn answer_in<R: ResponseHandler, T: Time>(
+        &self,
+        zone: Option<&Zone>,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let info = match zone {
+            Some(zone) => {
+                zone.catalog
+                    .handle_request::<R, T>(request, response_handle)
+                    .await
+            }
+            None => {
+                // Not synced with the API yet: "try again", not "does not exist".
+                let response = MessageResponseBuilder::new(&request.queries, None)
+                    .error_msg(&request.metadata, ResponseCode::ServFail);
+                match response_handle.send_response(response).await {
+                    Ok(info) => info,
+                    Err(error) => {
+                        tracing::debug!(%error, "sending a DNS response failed");
+                        let mut metadata = request.metadata;
+                        metadata.response_code = ResponseCode::ServFail;
+                        ResponseInfo::from(hickory_proto::op::Header {
+                            metadata,
+                            counts: Default::default(),
+                        })
+                    }
+                }
+            }
+        };
+        self.count(info.response_code);
+        info
     }
 }
 
@@ -127,56 +195,19 @@ impl RequestHandler for ZoneSwitch {
         request: &Request,
         response_handle: R,
     ) -> ResponseInfo {
-        let info = self.answer::<R, T>(request, response_handle).await;
-        if let Some(counts) = &self.counts {
-            let rcode = match info.response_code {
-                ResponseCode::NoError => "NOERROR",
-                ResponseCode::NXDomain => "NXDOMAIN",
-                ResponseCode::ServFail => "SERVFAIL",
-                ResponseCode::Refused => "REFUSED",
-                _ => "other",
-            };
-            counts.metrics.dns_answered(rcode);
-        }
-        info
+        let zone = self.get();
+        self.answer_in::<R, T>(zone.as_deref(), request, response_handle)
+            .await
     }
 }
 
-impl ZoneSwitch {
-    async fn answer<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        if let Some(catalog) = self.get() {
-            return catalog
-                .handle_request::<R, T>(request, response_handle)
-                .await;
-        }
-        // Not synced with the API yet: "try again", not "does not exist".
-        let response = MessageResponseBuilder::new(&request.queries, None)
-            .error_msg(&request.metadata, ResponseCode::ServFail);
-        match response_handle.send_response(response).await {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::debug!(%error, "sending a DNS response failed");
-                let mut metadata = request.metadata;
-                metadata.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(hickory_proto::op::Header {
-                    metadata,
-                    counts: Default::default(),
-                })
-            }
-        }
-    }
-}
-
-/// A catalog serving the snapshot's zone, and forwarding the rest if a forwarder is given.
+/// A catalog serving the snapshot's zone, and forwarding the rest if a forwarder is given;
+/// with the zone's origin.
 pub fn catalog(
     snapshot: &Snapshot,
     domain: &str,
     forwarder: Option<Arc<dyn ZoneHandler>>,
-) -> Result<Catalog, DnsError> {
+) -> Result<(Catalog, LowerName), DnsError> {
     let origin = Name::from_ascii(format!("{}.", domain.trim_matches('.')))
         .map_err(|_| DnsError::Domain(domain.to_string()))?;
     let mut zone: InMemoryZoneHandler =
@@ -188,12 +219,13 @@ pub fn catalog(
             tracing::debug!(%owner, "record not added to the cluster zone");
         }
     }
+    let origin = LowerName::new(&origin);
     let mut catalog = Catalog::new();
-    catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
+    catalog.upsert(origin.clone(), vec![Arc::new(zone)]);
     if let Some(forwarder) = forwarder {
         catalog.upsert(LowerName::new(&Name::root()), vec![forwarder]);
     }
-    Ok(catalog)
+    Ok((catalog, origin))
 }
 
 /// The forwarder to the host's resolvers, or why there is none.
@@ -230,7 +262,10 @@ pub async fn run(
         ..ZoneSwitch::default()
     };
     let mut server = Server::new(switch.clone());
-    server.register_socket(sockets.udp);
+    let udp = match sockets.udp.into_std() {
+        Ok(socket) => tokio::spawn(udp::serve(socket, switch.clone(), shutdown.clone())),
+        Err(error) => tokio::spawn(async move { Err(error) }),
+    };
     server.register_listener(sockets.tcp, Duration::from_secs(10), 64);
     tracing::info!(addr = %sockets.addr, domain = %config.cluster_domain, forward = forwarder.is_some(), "cluster DNS serving");
     let metrics: &Metrics = &metrics.metrics;
@@ -238,8 +273,8 @@ pub async fn run(
         let snapshot = snapshots.borrow_and_update().clone();
         if snapshot.synced {
             match catalog(&snapshot, &config.cluster_domain, forwarder.clone()) {
-                Ok(c) => {
-                    switch.install(c);
+                Ok((c, origin)) => {
+                    switch.install(c, origin);
                     metrics.set_dns_generation(snapshot.generation);
                 }
                 Err(e) => tracing::error!(error = %e, "cluster DNS zone not built"),
@@ -251,6 +286,12 @@ pub async fn run(
         }
     }
     let stopped = tokio::time::timeout(Duration::from_secs(5), server.shutdown_gracefully()).await;
+    match tokio::time::timeout(Duration::from_secs(5), udp).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(%error, "cluster DNS could not serve over UDP"),
+        Ok(Err(error)) => tracing::error!(%error, "cluster DNS over UDP failed"),
+        Err(_) => tracing::debug!("cluster DNS over UDP did not stop in time"),
+    }
     if !matches!(stopped, Ok(Ok(()))) {
         tracing::debug!("cluster DNS did not stop cleanly");
     }
