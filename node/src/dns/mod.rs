@@ -396,6 +396,22 @@ mod tests {
 
         let m = query(addr, "db.shop.svc.cluster.local.", RecordType::A).await;
         assert_eq!(a_answers(&m), ["127.64.0.7", "127.64.0.8"]);
+        // Asked again: the kept answer, the same records, and counted like the first.
+        let noerror = || {
+            let rendered = shared.metrics.render();
+            let line = rendered
+                .lines()
+                .find(|l| l.starts_with("wharf_dns_queries_total{rcode=\"NOERROR\"}"))
+                .map(str::to_owned);
+            line.and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap()
+        };
+        let before = noerror();
+        for _ in 0..2 {
+            let again = query(addr, "db.shop.svc.cluster.local.", RecordType::A).await;
+            assert_eq!(again.answers, m.answers);
+        }
+        assert_eq!(noerror(), before + 2);
 
         let m = query(addr, "missing.shop.svc.cluster.local.", RecordType::A).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);

@@ -278,8 +278,9 @@ fn receive(
             continue;
         }
         if let Some(rcode) = switch.answer_kept(question, &mut out) {
-            send(&socket, &out, src);
+            // Counted before it is sent, as a first answer is: whoever got it sees it counted.
             switch.count(rcode);
+            send(&socket, &out, src);
             continue;
         }
         let (switch, socket, question) = (switch.clone(), socket.clone(), question.to_vec());
