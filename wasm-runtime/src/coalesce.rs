@@ -16,8 +16,8 @@
 //! `net/http` makes the same choice for a handler that finishes within its buffer.
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -71,7 +71,10 @@ pub async fn coalesce(
                     whole.extend_from_slice(&data);
                 }
             }
-            Whole(Some(whole.freeze())).boxed_unsync()
+            // Full has an exact size hint: hyper sends the length.
+            Full::new(whole.freeze())
+                .map_err(|never| match never {})
+                .boxed_unsync()
         }
         Some(end) => Prefixed {
             read,
@@ -81,29 +84,6 @@ pub async fn coalesce(
         .boxed_unsync(),
     };
     http::Response::from_parts(parts, body)
-}
-
-/// A body read to its end: one frame of known length.
-struct Whole(Option<Bytes>);
-
-impl Body for Whole {
-    type Data = Bytes;
-    type Error = ErrorCode;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ErrorCode>>> {
-        Poll::Ready(self.0.take().map(|data| Ok(Frame::data(data))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.0.as_ref().map_or(0, |d| d.len() as u64))
-    }
 }
 
 /// The frames read during the window, then the error that ended it or the rest.
@@ -139,7 +119,7 @@ impl Body for Prefixed {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use http_body_util::{Full, StreamBody};
+    use http_body_util::StreamBody;
 
     fn response(body: HyperOutgoingBody) -> http::Response<HyperOutgoingBody> {
         http::Response::new(body)

@@ -101,7 +101,7 @@ pub fn bind(listen: SocketAddr) -> Result<DnsSockets, DnsError> {
 }
 
 /// One zone as served: its catalog, the zone's origin, and the UDP answers it gave.
-pub struct Zone {
+struct Zone {
     catalog: Catalog,
     origin: LowerName,
     answers: udp::Answers,
