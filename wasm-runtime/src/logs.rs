@@ -21,10 +21,10 @@
 //! formats lines and does the file I/O in `spawn_blocking` (one hop per batch of writes), so
 //! no file I/O runs on the async workers. The file is open only while output comes: it is
 //! closed once nothing was written for [`LINGER`], so an idle container holds no descriptor
-//! for its log, while one that logs every request does not reopen its file per request. Backpressure: when more than 1 MiB is
-//! waiting to be written, `check-write` returns 0 and the guest's stream becomes ready again
-//! only once the writer has caught up, so a guest printing in a loop cannot grow the host's
-//! memory.
+//! for its log, while one that logs every request does not reopen its file per request.
+//! Backpressure: when more than 1 MiB is waiting to be written, `check-write` returns 0 and
+//! the guest's stream becomes ready again only once the writer has caught up, so a guest
+//! printing in a loop cannot grow the host's memory.
 //!
 //! **Reading.** [`ContainerLogs`] reads the last N lines (across rotated files), the previous
 //! attempt's log, or follows the live file as an async stream: the writer publishes its
