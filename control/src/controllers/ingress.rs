@@ -115,6 +115,11 @@ async fn run(client: kube::Client, shutdown: CancellationToken) {
             continue;
         }
         let all: Vec<Ingress> = ingresses.state().iter().map(|i| (**i).clone()).collect();
+        // Nothing to plan without a served Ingress; a Node event (thousands while a fleet
+        // registers) then costs no walk over every Node.
+        if !all.iter().any(served) {
+            continue;
+        }
         let wanted = plan(&all, &node_addresses(nodes.state().iter().map(|n| &**n)));
         for ing in &all {
             let Some(want) = wanted.get(&key(ing)) else {

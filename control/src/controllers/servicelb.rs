@@ -49,18 +49,19 @@ pub fn node_addresses<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<Stri
     set.into_iter().collect()
 }
 
+/// Whether this controller gives `svc` addresses: a LoadBalancer Service of no other class,
+/// not being deleted. Only these need the node addresses in [`plan`].
+fn is_ours(svc: &Service) -> bool {
+    svc.metadata.deletion_timestamp.is_none()
+        && svc.spec.as_ref().is_some_and(|spec| {
+            spec.type_.as_deref() == Some("LoadBalancer") && spec.load_balancer_class.is_none()
+        })
+}
+
 /// The `status.loadBalancer` every Service should have: `{}` for those that are not
 /// ours or are pending, the ingress list for the others. Keyed by `namespace/name`.
 pub fn plan(services: &[Service], addresses: &[String]) -> BTreeMap<String, Value> {
-    let mut ours: Vec<&Service> = services
-        .iter()
-        .filter(|s| s.metadata.deletion_timestamp.is_none())
-        .filter(|s| {
-            s.spec.as_ref().is_some_and(|spec| {
-                spec.type_.as_deref() == Some("LoadBalancer") && spec.load_balancer_class.is_none()
-            })
-        })
-        .collect();
+    let mut ours: Vec<&Service> = services.iter().filter(|s| is_ours(s)).collect();
     ours.sort_by_key(|s| {
         (
             s.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -170,7 +171,14 @@ async fn run(client: kube::Client, shutdown: CancellationToken) {
             continue;
         }
         let all: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
-        let wanted = plan(&all, &node_addresses(nodes.state().iter().map(|n| &**n)));
+        // The node addresses only matter to a Service of ours; without one, a Node event
+        // (thousands while a fleet registers) costs no walk over every Node.
+        let addresses = if all.iter().any(is_ours) {
+            node_addresses(nodes.state().iter().map(|n| &**n))
+        } else {
+            Vec::new()
+        };
+        let wanted = plan(&all, &addresses);
         for svc in &all {
             let current = svc
                 .status
@@ -250,6 +258,25 @@ mod tests {
         assert_eq!(plan["default/plain"], json!({}));
         // No ready node: nothing to give.
         assert_eq!(super::plan(&services, &[])["default/web"], json!({}));
+    }
+
+    /// The controller plans without the node addresses when no Service is ours: the plan
+    /// must be the same as with them.
+    #[test]
+    fn without_a_service_of_ours_the_plan_needs_no_node_addresses() {
+        let mut deleted = svc("going", 1, "LoadBalancer", &[80]);
+        deleted.metadata.deletion_timestamp = svc("going", 1, "ClusterIP", &[])
+            .metadata
+            .creation_timestamp;
+        let mut classed = svc("elsewhere", 2, "LoadBalancer", &[81]);
+        if let Some(spec) = classed.spec.as_mut() {
+            spec.load_balancer_class = Some("example.com/lb".into());
+        }
+        let services = [svc("plain", 3, "ClusterIP", &[80]), deleted, classed];
+        assert!(!services.iter().any(is_ours));
+        let addrs = node_addresses(&[node("127.0.0.1", "True")]);
+        assert_eq!(plan(&services, &addrs), plan(&services, &[]));
+        assert!(is_ours(&svc("web", 4, "LoadBalancer", &[80])));
     }
 
     /// Through the API: every Service has `status.loadBalancer`, and a LoadBalancer one
