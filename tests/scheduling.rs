@@ -341,18 +341,49 @@ async fn selectors_taints_tolerations_and_cordons() {
         .patch("ssd", &PatchParams::default(), &Patch::Merge(&cordon(true)))
         .await
         .unwrap();
-    create(
-        &pods,
-        &pod(
-            "fast-2",
-            "128Mi",
-            json!({"spec": {"nodeSelector": {"disk": "ssd"}}}),
-        ),
-    )
-    .await;
+    // The scheduler decides on its Node cache, as kube-scheduler does: a pod created just
+    // after the cordon may be scheduled before the cache has it, and bind to ssd. Such a
+    // pod is removed and another one tried; a scheduler that ignored cordons would bind
+    // every one and fail at the deadline.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut attempt = 0;
+    let fast2 = loop {
+        attempt += 1;
+        let name = format!("fast-2-{attempt}");
+        create(
+            &pods,
+            &pod(
+                &name,
+                "128Mi",
+                json!({"spec": {"nodeSelector": {"disk": "ssd"}}}),
+            ),
+        )
+        .await;
+        let decided = tokio::time::timeout_at(
+            deadline,
+            await_condition(pods.clone(), &name, |p: Option<&Pod>| {
+                p.is_some_and(|p| {
+                    node_of(p).is_some()
+                        || scheduled_condition(p).is_some_and(|(s, _, _)| s == "False")
+                })
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!("pod {name}: neither bound nor unschedulable within {TIMEOUT:?}")
+        })
+        .unwrap()
+        .unwrap();
+        if node_of(&decided).is_none() {
+            break name;
+        }
+        pods.delete(&name, &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap();
+    };
     unschedulable_with(
         &pods,
-        "fast-2",
+        &fast2,
         "0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, \
          1 node(s) had untolerated taint {dedicated: gpu}, 1 node(s) were unschedulable.",
     )
@@ -365,7 +396,7 @@ async fn selectors_taints_tolerations_and_cordons() {
         )
         .await
         .unwrap();
-    assert_eq!(bound(&pods, "fast-2").await, "ssd");
+    assert_eq!(bound(&pods, &fast2).await, "ssd");
     control.terminate().await;
 }
 
