@@ -36,6 +36,7 @@ use super::kinds::ResourceKind;
 use super::strategic::{self, Key, ListStrategy, Path, element_key, list_strategy};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 
 /// The media type of a server-side apply request.
 pub const CONTENT_TYPE: &str = "application/apply-patch+yaml";
@@ -258,24 +259,34 @@ pub const UPDATE: &str = "Update";
 /// metadata, and the part the operation does not write (the status for the main
 /// resource of a kind with a status subresource, everything else for `status`).
 fn owned_part(kind: &ResourceKind, obj: &Value, subresource: Option<&str>) -> Value {
-    let mut obj = without_nulls(obj);
-    if let Some(map) = obj.as_object_mut() {
-        map.shift_remove("apiVersion");
-        map.shift_remove("kind");
-        if let Some(Value::Object(meta)) = map.get_mut("metadata") {
-            for field in SERVER_METADATA {
-                meta.shift_remove(*field);
+    let Value::Object(map) = obj else {
+        return without_nulls(obj);
+    };
+    // Only what is kept is copied: a status write copies the status, not the spec.
+    let kept = |k: &str| match subresource {
+        Some("status") => k == "status",
+        _ => k != "apiVersion" && k != "kind" && !(k == "status" && kind.has_status()),
+    };
+    let mut out = Map::new();
+    for (k, v) in map.iter().filter(|(k, v)| kept(k) && !v.is_null()) {
+        let v = match v {
+            Value::Object(meta) if k == "metadata" => {
+                let meta: Map<String, Value> = meta
+                    .iter()
+                    .filter(|(f, v)| !v.is_null() && !SERVER_METADATA.contains(&f.as_str()))
+                    .map(|(f, v)| (f.clone(), without_nulls(v)))
+                    .collect();
+                // Metadata with nothing but the server's is not a field anyone sets.
+                if meta.is_empty() {
+                    continue;
+                }
+                Value::Object(meta)
             }
-        }
-        match subresource {
-            Some("status") => map.retain(|k, _| k == "status"),
-            _ if kind.has_status() => {
-                map.shift_remove("status");
-            }
-            _ => {}
-        }
+            v => without_nulls(v),
+        };
+        out.insert(k.clone(), v);
     }
-    obj
+    Value::Object(out)
 }
 
 /// Records a write that is not an apply (a create, an update or a patch) by `manager` in
@@ -306,9 +317,6 @@ pub fn record_update(
         })
         .cloned()
         .collect();
-    let Ok(everything) = FieldSet::of(kind, &without_nulls(new)) else {
-        return;
-    };
     let sub = subresource.unwrap_or("");
     let mut entries = managed_entries(new);
     let mine = entries.iter().position(|e| e.is(manager, UPDATE, sub));
@@ -324,8 +332,10 @@ pub fn record_update(
         };
         let before_len = owned.0.len();
         let is_mine = Some(i) == mine;
+        // A field gone from the object is no one's. Checked path by path: the object's
+        // whole field set (every leaf of a pod) cost more than the few paths owned.
         owned.0.retain(|p| {
-            everything.0.contains(p) && (is_mine || !changed.iter().any(|c| p.starts_with(c)))
+            (is_mine || !changed.iter().any(|c| p.starts_with(c))) && sets(kind, new, p)
         });
         if is_mine {
             mine_fields = owned.clone();
@@ -595,7 +605,13 @@ impl FieldSet {
     /// The fields `value` (an object of `kind`, from its root) sets.
     pub fn of(kind: &ResourceKind, value: &Value) -> Result<FieldSet, ApplyError> {
         let mut set = FieldSet::default();
-        collect(kind, value, &Path::default(), &mut Vec::new(), &mut set.0)?;
+        collect(
+            kind,
+            value,
+            &mut Walk::default(),
+            &mut Vec::new(),
+            &mut set.0,
+        )?;
         Ok(set)
     }
 
@@ -669,10 +685,52 @@ impl FieldSet {
     }
 }
 
+/// Where [`collect`] is: the schema path (field names only) picks the list rules, the
+/// shown path (with indices) names the place in errors. Both are grown and cut back in
+/// place as the walk goes, so that a field costs no allocation of its own.
+#[derive(Default)]
+struct Walk {
+    schema: String,
+    shown: String,
+}
+
+impl Walk {
+    /// Enters field `k`; returns the lengths to [`Walk::leave`] back to.
+    fn field(&mut self, k: &str) -> (usize, usize) {
+        let marks = (self.schema.len(), self.shown.len());
+        for s in [&mut self.schema, &mut self.shown] {
+            if !s.is_empty() {
+                s.push('.');
+            }
+            s.push_str(k);
+        }
+        marks
+    }
+
+    /// Enters element `i` of the list here (the schema path stays the list's).
+    fn index(&mut self, i: usize) -> usize {
+        let mark = self.shown.len();
+        let _ = write!(self.shown, "[{i}]");
+        mark
+    }
+
+    fn leave(&mut self, (schema, shown): (usize, usize)) {
+        self.schema.truncate(schema);
+        self.shown.truncate(shown);
+    }
+
+    fn path(&self) -> Path {
+        Path {
+            schema: self.schema.clone(),
+            shown: self.shown.clone(),
+        }
+    }
+}
+
 fn collect(
     kind: &ResourceKind,
     value: &Value,
-    at: &Path,
+    at: &mut Walk,
     prefix: &mut Vec<String>,
     out: &mut BTreeSet<Vec<String>>,
 ) -> Result<(), ApplyError> {
@@ -680,32 +738,39 @@ fn collect(
         Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
                 prefix.push(format!("f:{k}"));
-                collect(kind, v, &at.field(k), prefix, out)?;
+                let marks = at.field(k);
+                collect(kind, v, at, prefix, out)?;
+                at.leave(marks);
                 prefix.pop();
             }
         }
         Value::Array(items) if !items.is_empty() => match list_strategy(kind, &at.schema) {
             ListStrategy::Keyed(fields) => {
                 for (i, element) in items.iter().enumerate() {
-                    let key = element_key(element, fields, &at.index(i))?;
+                    let mark = at.index(i);
+                    let key = match Key::of(element, fields) {
+                        Some(key) => key,
+                        None => element_key(element, fields, &at.path())?,
+                    };
                     prefix.push(key_segment(&key));
                     if !out.insert(prefix.clone()) {
                         return Err(ApplyError::Malformed(format!(
                             "{}: duplicate element: another element of the list has the key {}",
-                            at.index(i).shown,
+                            at.shown,
                             key_display(prefix.last().map(String::as_str).unwrap_or_default())
                         )));
                     }
-                    collect(kind, element, &at.index(i), prefix, out)?;
+                    collect(kind, element, at, prefix, out)?;
                     prefix.pop();
+                    at.shown.truncate(mark);
                 }
             }
             ListStrategy::Set => {
                 for (i, element) in items.iter().enumerate() {
                     if element.is_object() || element.is_array() {
                         return Err(ApplyError::Malformed(format!(
-                            "{}: must be a single value: the list is a set of values",
-                            at.index(i).shown
+                            "{}[{i}]: must be a single value: the list is a set of values",
+                            at.shown
                         )));
                     }
                     prefix.push(format!("v:{element}"));
@@ -724,6 +789,58 @@ fn collect(
         }
     }
     Ok(())
+}
+
+/// Whether `path` is one of the fields `value` sets, nulls left out: what
+/// `FieldSet::of(kind, &without_nulls(value)).contains(path)` says, found by walking
+/// the one path instead of collecting every field of the object.
+fn sets(kind: &ResourceKind, value: &Value, path: &[String]) -> bool {
+    let mut at = value;
+    let mut schema = String::new();
+    for seg in path {
+        let next = if let Some(field) = seg.strip_prefix("f:") {
+            if !schema.is_empty() {
+                schema.push('.');
+            }
+            schema.push_str(field);
+            at.as_object().and_then(|m| m.get(field))
+        } else {
+            let items = at
+                .as_array()
+                .map(|items| items.iter().filter(|e| !e.is_null()));
+            match (items, list_strategy(kind, &schema)) {
+                (Some(mut items), ListStrategy::Keyed(fields)) => items.find(|e| {
+                    e.is_object() && Key::of(e, fields).is_some_and(|k| key_segment(&k) == *seg)
+                }),
+                (Some(mut items), ListStrategy::Set) => {
+                    let want = seg
+                        .strip_prefix("v:")
+                        .and_then(|v| serde_json::from_str::<Value>(v).ok());
+                    items.find(|e| !e.is_object() && !e.is_array() && want.as_ref() == Some(*e))
+                }
+                _ => None,
+            }
+        };
+        match next {
+            Some(v) if !v.is_null() => at = v,
+            _ => return false,
+        }
+    }
+    match path.last() {
+        None => false,
+        // A list element (`k:` or `v:`) is a field of its own.
+        Some(seg) if !seg.starts_with("f:") => true,
+        // A field is one if nothing under it is: no member, no element merged by key
+        // or as a set.
+        Some(_) => match at {
+            Value::Object(map) => map.values().all(Value::is_null),
+            Value::Array(items) => {
+                items.iter().all(Value::is_null)
+                    || matches!(list_strategy(kind, &schema), ListStrategy::Replace)
+            }
+            _ => true,
+        },
+    }
 }
 
 /// `k:{...}`: the element's key fields, sorted by name, defaults filled in.
@@ -1009,6 +1126,128 @@ mod tests {
         let mut again = updated.clone();
         record_update(cm, Some(&updated), &mut again, "bob", None, "T3");
         assert_eq!(again, updated);
+    }
+
+    /// `sets` (one path walked) says what the whole field set of the object says, for
+    /// every field and every prefix of one, through keyed lists, sets, replaced lists,
+    /// nulls and empty maps.
+    #[test]
+    fn one_path_walked_agrees_with_the_whole_field_set() {
+        let pod = resolve("pod").expect("pods");
+        let obj = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "labels": {"a": "1", "gone": null},
+                "finalizers": ["x/y", "z"], "annotations": {}},
+            "spec": {"nodeName": null, "containers": [
+                {"name": "c", "image": "i", "args": ["--a", "b"],
+                 "ports": [{"containerPort": 80}, {"containerPort": 53, "protocol": "UDP"}],
+                 "env": [{"name": "E", "value": "v"}, {"name": "F", "value": null}],
+                 "resources": {"limits": {"memory": null}}},
+                null,
+                {"name": "d", "image": "j", "ports": []}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+        let all = FieldSet::of(pod, &without_nulls(&obj)).expect("fields");
+        let mut asked: BTreeSet<Vec<String>> = BTreeSet::new();
+        for path in &all.0 {
+            for end in 1..=path.len() {
+                asked.insert(path[..end].to_vec());
+            }
+        }
+        let made_up = [
+            vec!["f:spec", "f:nodeName"],
+            vec!["f:metadata", "f:labels", "f:gone"],
+            vec!["f:spec", "f:containers", "k:{\"name\":\"e\"}"],
+            vec![
+                "f:spec",
+                "f:containers",
+                "k:{\"name\":\"c\"}",
+                "f:resources",
+                "f:limits",
+                "f:memory",
+            ],
+            vec!["f:metadata", "f:finalizers", "v:\"w\""],
+            vec!["f:spec", "f:containers", "i:0"],
+            vec!["f:nothing"],
+        ];
+        for path in made_up {
+            let path: Vec<String> = path.into_iter().map(String::from).collect();
+            assert!(!all.0.contains(&path), "{path:?} is made up");
+            asked.insert(path);
+        }
+        assert!(asked.len() > all.0.len() + 10, "prefixes were asked too");
+        for path in &asked {
+            assert_eq!(
+                sets(pod, &obj, path),
+                all.0.contains(path),
+                "{path:?} in {all:?}"
+            );
+        }
+        assert!(sets(
+            pod,
+            &obj,
+            &[
+                "f:spec".into(),
+                "f:containers".into(),
+                "k:{\"name\":\"c\"}".into(),
+                "f:ports".into(),
+                "k:{\"containerPort\":80,\"protocol\":\"TCP\"}".into()
+            ]
+        ));
+    }
+
+    /// A status write owns the status fields it changed and leaves the spec's owner as it
+    /// was; a later update that drops a container field takes it from that owner.
+    #[test]
+    fn status_writes_own_the_status_alone() {
+        let pod = resolve("pod").expect("pods");
+        let mut created = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "uid": "u"},
+            "spec": {"containers": [{"name": "c", "image": "i", "args": ["a"]}]}});
+        record_update(pod, None, &mut created, "alice", None, "T1");
+        let alice = created["metadata"]["managedFields"][0]["fieldsV1"].clone();
+        assert_eq!(
+            alice,
+            json!({"f:spec": {"f:containers": {"k:{\"name\":\"c\"}": {
+                "f:args": {}, "f:image": {}, "f:name": {}}}}})
+        );
+        let mut running = created.clone();
+        running["status"] = json!({"phase": "Running", "podIP": "127.64.0.2"});
+        record_update(
+            pod,
+            Some(&created),
+            &mut running,
+            "node",
+            Some("status"),
+            "T2",
+        );
+        let entries = running["metadata"]["managedFields"]
+            .as_array()
+            .expect("entries");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0]["fieldsV1"], alice);
+        assert_eq!(entries[1]["manager"], "node");
+        assert_eq!(entries[1]["subresource"], "status");
+        assert_eq!(
+            entries[1]["fieldsV1"],
+            json!({"f:status": {"f:phase": {}, "f:podIP": {}}})
+        );
+        let mut updated = running.clone();
+        updated["spec"]["containers"][0]
+            .as_object_mut()
+            .expect("container")
+            .remove("args");
+        record_update(pod, Some(&running), &mut updated, "bob", None, "T3");
+        let entries = updated["metadata"]["managedFields"]
+            .as_array()
+            .expect("entries");
+        assert_eq!(
+            entries[0]["fieldsV1"],
+            json!({"f:spec": {"f:containers": {"k:{\"name\":\"c\"}": {
+                "f:image": {}, "f:name": {}}}}})
+        );
+        assert_eq!(
+            entries[1]["manager"], "node",
+            "the status owner is untouched"
+        );
     }
     use super::*;
     use crate::api::kinds::resolve;

@@ -33,7 +33,15 @@ use std::time::Duration;
 struct Line(Bytes, bool);
 
 fn line(kind: &str, object: &Value) -> Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    // Written around the object rather than through `json!`, which would copy the whole
+    // object into a new value first (once per event, for every pod event).
+    #[derive(serde::Serialize)]
+    struct WatchLine<'a> {
+        #[serde(rename = "type")]
+        ty: &'a str,
+        object: &'a Value,
+    }
+    let mut v = serde_json::to_vec(&WatchLine { ty: kind, object }).unwrap_or_default();
     v.push(b'\n');
     Bytes::from(v)
 }
