@@ -50,6 +50,13 @@ pub struct RuntimeConfig {
     /// Which local paths may be images. Default [`LocalImages::Any`]: the binary that
     /// embeds the runtime decides (`wharf node` allows only its `--image-dir`s).
     pub local_images: LocalImages,
+    /// How long a local image file must have been unchanged (by its modification and
+    /// change times) for a pull to trust that equal times mean equal bytes. A pull of an
+    /// image held in memory whose file is unchanged then neither reads nor hashes it.
+    /// Default 1 s: file times move in coarse ticks, so a write just after a read may
+    /// leave them as they were; a file still for longer than a tick gets visibly newer
+    /// times from any later write.
+    pub local_image_settle: Duration,
     /// Registry mirrors, credentials and TLS roots. Default: none (registries reached
     /// directly over TLS with the system's roots, anonymously unless a pod brings
     /// credentials).
@@ -71,6 +78,7 @@ impl RuntimeConfig {
             pull_timeout: Duration::from_secs(300),
             max_image_bytes: 256 * 1024 * 1024,
             local_images: LocalImages::Any,
+            local_image_settle: Duration::from_secs(1),
             registries: crate::registry::Registries::default(),
             egress_ca_pems: Vec::new(),
         }

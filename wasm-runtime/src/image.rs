@@ -353,39 +353,105 @@ fn file_kind(t: std::fs::FileType) -> &'static str {
     }
 }
 
+/// What a local image file is on disk: which file (device and inode), its size, and
+/// when its contents or metadata last changed. Equal stamps mean the same bytes, as long
+/// as the file had not changed within a moment of being read (see [`FileStamp::settled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// Whether the file had been still for `window` when stamped (see
+    /// `RuntimeConfig::local_image_settle`).
+    pub(crate) fn settled(&self, window: Duration) -> bool {
+        let at = |(secs, nanos): (i64, i64)| {
+            Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+                + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+        };
+        let changed = at(self.mtime).max(at(self.ctime));
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|now| changed + window <= now)
+    }
+}
+
+/// Checks a local image the way [`read_local`] does before opening it (allowed by
+/// `policy`, a regular file) and stamps it, without reading it. Blocking.
+pub(crate) fn stamp_local(
+    path: &Path,
+    reference: &str,
+    policy: &LocalImages,
+) -> Result<FileStamp, ImagePullError> {
+    let (_, meta) = checked_local(path, reference, policy)?;
+    Ok(FileStamp::of(&meta))
+}
+
+/// The canonical path and metadata of a local image allowed by `policy` and regular.
+fn checked_local(
+    path: &Path,
+    reference: &str,
+    policy: &LocalImages,
+) -> Result<(PathBuf, std::fs::Metadata), ImagePullError> {
+    let read_err = |source| ImagePullError::Read {
+        reference: reference.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let canonical = std::fs::canonicalize(path).map_err(read_err)?;
+    policy
+        .check(&canonical)
+        .map_err(|reason| ImagePullError::LocalRefused {
+            reference: reference.to_string(),
+            reason,
+        })?;
+    let meta = std::fs::metadata(&canonical).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(not_regular(path, reference, meta.file_type()));
+    }
+    Ok((canonical, meta))
+}
+
+fn not_regular(path: &Path, reference: &str, t: std::fs::FileType) -> ImagePullError {
+    ImagePullError::LocalRefused {
+        reference: reference.to_string(),
+        reason: format!("{} is {}, not a regular file", path.display(), file_kind(t)),
+    }
+}
+
 /// Reads a local image: a regular file, allowed by `policy`, at most `limit` bytes. The
 /// type is checked before opening (so a FIFO or device is never opened) and again on the
 /// open file (opened non-blocking, so one swapped in meanwhile cannot block the thread);
-/// the limit is enforced while reading, not taken from the metadata. Blocking.
+/// the limit is enforced while reading, not taken from the metadata. Answers the bytes
+/// and the stamp of the open file, taken before reading. Blocking.
 pub(crate) fn read_local(
     path: &Path,
     reference: &str,
     limit: u64,
     policy: &LocalImages,
-) -> Result<Bytes, ImagePullError> {
+) -> Result<(Bytes, FileStamp), ImagePullError> {
     use std::io::Read;
     let read_err = |source| ImagePullError::Read {
         reference: reference.to_string(),
         path: path.to_path_buf(),
         source,
     };
-    let refused = |reason: String| ImagePullError::LocalRefused {
-        reference: reference.to_string(),
-        reason,
-    };
-    let canonical = std::fs::canonicalize(path).map_err(read_err)?;
-    policy.check(&canonical).map_err(refused)?;
-    let not_regular = |t: std::fs::FileType| {
-        refused(format!(
-            "{} is {}, not a regular file",
-            path.display(),
-            file_kind(t)
-        ))
-    };
-    let meta = std::fs::metadata(&canonical).map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(not_regular(meta.file_type()));
-    }
+    let (canonical, _) = checked_local(path, reference, policy)?;
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -393,8 +459,9 @@ pub(crate) fn read_local(
     let file = options.open(&canonical).map_err(read_err)?;
     let meta = file.metadata().map_err(read_err)?;
     if !meta.is_file() {
-        return Err(not_regular(meta.file_type()));
+        return Err(not_regular(path, reference, meta.file_type()));
     }
+    let stamp = FileStamp::of(&meta);
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len().min(limit)).unwrap_or(0));
     file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
@@ -405,7 +472,7 @@ pub(crate) fn read_local(
             limit,
         });
     }
-    Ok(Bytes::from(bytes))
+    Ok((Bytes::from(bytes), stamp))
 }
 
 /// Where an image's bytes come from.
@@ -829,12 +896,9 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let path = path.to_path_buf();
         std::thread::spawn(move || {
-            let _ = tx.send(read_local(
-                &path,
-                &path.display().to_string(),
-                limit,
-                &policy,
-            ));
+            let _ = tx.send(
+                read_local(&path, &path.display().to_string(), limit, &policy).map(|(b, _)| b),
+            );
         });
         rx.recv_timeout(Duration::from_secs(5))
             .expect("read_local blocked or took longer than 5 s")

@@ -31,8 +31,8 @@ use crate::engine::{
 use crate::guest::{Linkers, P1State, P2State, Serving, StoreFactory};
 use crate::http::HttpServer;
 use crate::image::{
-    BlobStore, Digest, HttpClient, ImagePullError, PullPolicy, Reference, Source, WorkloadKind,
-    fetch_http, http_client, parse_reference, read_local,
+    BlobStore, Digest, FileStamp, HttpClient, ImagePullError, PullPolicy, Reference, Source,
+    WorkloadKind, fetch_http, http_client, parse_reference, read_local, stamp_local,
 };
 use crate::limits::{CpuThrottle, MemoryBudget};
 use crate::logs::{self, ContainerLogs, LogConfig, LogError, LogProgress, LogSink};
@@ -122,6 +122,8 @@ pub struct Pulled {
 struct Fetched {
     digest: Digest,
     bytes: Bytes,
+    /// The image already held for `digest`, when `bytes` were not read for it.
+    held: Option<Arc<Image>>,
     image_id: String,
     fetched: bool,
     size: u64,
@@ -158,6 +160,8 @@ pub struct RuntimeStats {
     pub cache_discarded: u64,
     /// Remote fetches over the network.
     pub fetches: u64,
+    /// Local image files read (a pull of a held image whose file is unchanged reads none).
+    pub local_reads: u64,
     /// Distinct images held in memory.
     pub images: usize,
     /// Guest instances made (a command's run, one per wasi:http request).
@@ -191,6 +195,7 @@ struct Counters {
     cache_hits: AtomicU64,
     cache_discarded: AtomicU64,
     fetches: AtomicU64,
+    local_reads: AtomicU64,
     /// Shared with every container's store factory.
     instantiations: Arc<AtomicU64>,
 }
@@ -227,6 +232,9 @@ struct Inner {
     /// keep it (top manifests, or the blob of a file or URL image): what image garbage
     /// collection decides by and keeps.
     usage: Mutex<HashMap<Digest, ImageRecord>>,
+    /// Each local image file as it was when last read, and the digest of what was read:
+    /// a pod start whose file is unchanged neither reads nor hashes it again.
+    local_seen: Mutex<HashMap<PathBuf, (FileStamp, Digest)>>,
     /// Held shared by every pull in progress; the garbage collection's sweep of the blob
     /// store takes it exclusively, and skips its turn while any pull runs (a pull's blobs
     /// are stored before its image is held, so a sweep then would take them).
@@ -332,6 +340,7 @@ impl Runtime {
                 names: Mutex::new(HashMap::new()),
                 images: Mutex::new(HashMap::new()),
                 usage: Mutex::new(HashMap::new()),
+                local_seen: Mutex::new(HashMap::new()),
                 pulls: tokio::sync::RwLock::new(()),
                 sweep_pending: std::sync::atomic::AtomicBool::new(false),
                 stdins: Mutex::new(HashMap::new()),
@@ -385,6 +394,7 @@ impl Runtime {
             cache_hits: c.cache_hits.load(Ordering::Relaxed),
             cache_discarded: c.cache_discarded.load(Ordering::Relaxed),
             fetches: c.fetches.load(Ordering::Relaxed),
+            local_reads: c.local_reads.load(Ordering::Relaxed),
             instantiations: c.instantiations.load(Ordering::Relaxed),
             images: lock(&self.inner.images)
                 .values()
@@ -443,9 +453,16 @@ impl Runtime {
             .entry(fetched.digest)
             .or_default()
             .clone();
+        let (held, bytes) = (fetched.held, fetched.bytes);
         let image = cell
-            .get_or_try_init(|| {
-                self.compile(parsed.original.clone(), fetched.digest, fetched.bytes)
+            .get_or_try_init(|| async {
+                match held {
+                    Some(image) => Ok(image),
+                    None => {
+                        self.compile(parsed.original.clone(), fetched.digest, bytes)
+                            .await
+                    }
+                }
             })
             .await?
             .clone();
@@ -518,6 +535,7 @@ impl Runtime {
             image_id: digest.to_string(),
             size: bytes.len() as u64,
             bytes,
+            held: None,
             fetched,
             waited: Duration::ZERO,
         };
@@ -527,15 +545,40 @@ impl Runtime {
             message: e.to_string(),
         };
         let limit = inner.config.max_image_bytes;
+        let mut local = None;
         let (bytes, remote) = match &r.source {
             Source::File(path) => {
                 let (path, reference) = (path.clone(), r.original.clone());
                 let policy = inner.config.local_images.clone();
-                let bytes = tokio::task::spawn_blocking(move || {
-                    read_local(&path, &reference, limit, &policy)
+                // An unchanged file whose image is held is not read again. The checks of
+                // a read (allowed, a regular file) still run on every pull.
+                let seen = lock(&inner.local_seen).get(&path).copied();
+                if let Some((was, digest)) = seen
+                    && let Some(image) = self.cached_image(&digest)
+                {
+                    let (path, reference, policy) =
+                        (path.clone(), reference.clone(), policy.clone());
+                    let now = tokio::task::spawn_blocking(move || {
+                        stamp_local(&path, &reference, &policy)
+                    })
+                    .await
+                    .map_err(task_err)??;
+                    if now == was {
+                        return Ok(Fetched {
+                            size: image.size,
+                            held: Some(image),
+                            ..sha(digest, Bytes::new(), false)
+                        });
+                    }
+                }
+                inner.counters.local_reads.fetch_add(1, Ordering::Relaxed);
+                let (bytes, stamp) = tokio::task::spawn_blocking({
+                    let path = path.clone();
+                    move || read_local(&path, &reference, limit, &policy)
                 })
                 .await
                 .map_err(task_err)??;
+                local = Some((path, stamp));
                 (bytes, false)
             }
             Source::Registry(registry_ref) => {
@@ -599,6 +642,14 @@ impl Runtime {
             {
                 tracing::warn!("remembering {original} -> {digest} failed: {e}");
             }
+            if let Some((path, stamp)) = local {
+                let mut seen = lock(&inner.local_seen);
+                if stamp.settled(inner.config.local_image_settle) {
+                    seen.insert(path, (stamp, digest));
+                } else {
+                    seen.remove(&path);
+                }
+            }
             Ok(sha(digest, bytes, remote))
         })
         .await
@@ -656,6 +707,7 @@ impl Runtime {
             return Ok(Fetched {
                 digest,
                 bytes,
+                held: None,
                 image_id: registry_ref.image_id(&top),
                 fetched: false,
                 size,
@@ -687,6 +739,7 @@ impl Runtime {
                     return Ok(Fetched {
                         digest,
                         bytes,
+                        held: None,
                         image_id: registry_ref.image_id(&top),
                         fetched: true,
                         size,

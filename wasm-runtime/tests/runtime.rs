@@ -10,7 +10,7 @@ use common::*;
 use futures::StreamExt;
 use wharf_runtime::{
     AllocatorKind, ContainerSpec, ExitReason, HttpLimits, ImagePullError, LogOptions, LogStream,
-    Mount, Resources, Runtime, StartError, WorkloadKind,
+    Mount, PullOptions, Resources, Runtime, StartError, WorkloadKind,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -450,6 +450,68 @@ async fn non_runnable_binaries_are_refused() {
         .await
         .expect_err("not runnable");
     assert!(matches!(err, ImagePullError::NotRunnable { .. }), "{err}");
+}
+
+/// The smallest runnable command: a core module exporting an empty `_start`.
+const START_ONLY: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // types: () -> ()
+    0x03, 0x02, 0x01, 0x00, // functions: one of type 0
+    0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x00, // export _start
+    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // code: an empty body
+];
+
+/// A local image file is read and hashed again only when it changed: while it stays as it
+/// was, pulls of its held image read nothing; a new version is read by the next pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_local_images_are_not_read_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    // Trust file times at once (the default waits a second after a change).
+    config.local_image_settle = Duration::ZERO;
+    let rt = Runtime::new(config).expect("runtime");
+    let app = dir.path().join("app.wasm");
+    std::fs::write(&app, START_ONLY).expect("write");
+    let reference = app.display().to_string();
+    let pulled = |rt: Runtime, reference: String| async move {
+        within(
+            60,
+            "pull",
+            rt.pull_with(&reference, &PullOptions::default()),
+        )
+        .await
+        .expect("pull")
+    };
+
+    let first = pulled(rt.clone(), reference.clone()).await;
+    assert_eq!(rt.stats().local_reads, 1);
+    for _ in 0..3 {
+        let again = pulled(rt.clone(), reference.clone()).await;
+        assert_eq!(again.image_id, first.image_id);
+        assert!(Arc::ptr_eq(&again.image, &first.image));
+        assert_eq!(again.size, first.size);
+    }
+    assert_eq!(
+        rt.stats().local_reads,
+        1,
+        "an unchanged file is not read again"
+    );
+
+    // A new version (a custom section more) is read by the next pull.
+    let mut changed = START_ONLY.to_vec();
+    changed.extend_from_slice(&[0x00, 0x02, 0x01, b'x']);
+    std::fs::write(&app, &changed).expect("rewrite");
+    let second = pulled(rt.clone(), reference.clone()).await;
+    assert_eq!(rt.stats().local_reads, 2);
+    assert_ne!(second.image_id, first.image_id);
+    assert_eq!(second.size, changed.len() as u64);
+
+    // Checks still run on every pull: a file gone is an error, not the held image.
+    std::fs::remove_file(&app).expect("remove");
+    let err = within(60, "pull", rt.pull(&reference))
+        .await
+        .expect_err("gone");
+    assert!(matches!(err, ImagePullError::Read { .. }), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
