@@ -303,6 +303,104 @@ pub fn record_update(
     subresource: Option<&str>,
     now: &str,
 ) {
+    // A create that names no managers (what clients send): its entry owns every field
+    // of the object and nobody else owns anything, so the entry's fields are made from
+    // the object in one walk, without the path sets an update compares.
+    let named = new
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .is_some_and(|list| list.iter().any(Value::is_object));
+    if live.is_none() && !named {
+        let part = owned_part(kind, new, subresource);
+        let Ok(fields) = fields_v1_of(kind, &part, &mut String::new()) else {
+            return;
+        };
+        let entries = match fields {
+            Value::Object(map) if map.is_empty() => Vec::new(),
+            fields => vec![update_entry(kind, manager, subresource, now, fields)],
+        };
+        set_managed_fields(new, entries);
+        return;
+    }
+    record_changes(kind, live, new, manager, subresource, now);
+}
+
+/// The `Update` entry of `manager` owning `fields` (`FieldsV1`).
+fn update_entry(
+    kind: &ResourceKind,
+    manager: &str,
+    subresource: Option<&str>,
+    now: &str,
+    fields: Value,
+) -> Value {
+    let mut entry = json!({
+        "manager": manager,
+        "operation": UPDATE,
+        "apiVersion": kind.api_version(),
+        "time": now,
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields,
+    });
+    if let Some(sub) = subresource {
+        entry["subresource"] = json!(sub);
+    }
+    entry
+}
+
+/// The `FieldsV1` of every field `value` (without nulls, at schema path `schema`) sets:
+/// what `FieldSet::of(..).leaves()` turned into `FieldsV1` gives, in one walk. Fails
+/// where [`FieldSet::of`] fails (a list element without its key, or twice the same key;
+/// an object in a set).
+fn fields_v1_of(kind: &ResourceKind, value: &Value, schema: &mut String) -> Result<Value, ()> {
+    let mut out = BTreeMap::new();
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                let mark = schema.len();
+                if !schema.is_empty() {
+                    schema.push('.');
+                }
+                schema.push_str(k);
+                let child = fields_v1_of(kind, v, schema);
+                schema.truncate(mark);
+                out.insert(format!("f:{k}"), child?);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => match list_strategy(kind, schema) {
+            ListStrategy::Keyed(fields) => {
+                for element in items {
+                    let key = Key::of(element, fields).ok_or(())?;
+                    let child = fields_v1_of(kind, element, schema)?;
+                    if out.insert(key_segment(&key), child).is_some() {
+                        return Err(());
+                    }
+                }
+            }
+            ListStrategy::Set => {
+                for element in items {
+                    if element.is_object() || element.is_array() {
+                        return Err(());
+                    }
+                    out.insert(format!("v:{element}"), json!({}));
+                }
+            }
+            ListStrategy::Replace => {}
+        },
+        _ => {}
+    }
+    Ok(Value::Object(out.into_iter().collect()))
+}
+
+/// [`record_update`] of a write that changes an object, or names managers: what each
+/// entry owns is compared with what the write changed.
+fn record_changes(
+    kind: &ResourceKind,
+    live: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    subresource: Option<&str>,
+    now: &str,
+) {
     let part = owned_part(kind, new, subresource);
     let Ok(present) = FieldSet::of(kind, &part) else {
         return;
@@ -359,18 +457,13 @@ pub fn record_update(
     } else if mine_fields.0.is_empty() {
         None
     } else {
-        let mut entry = json!({
-            "manager": manager,
-            "operation": UPDATE,
-            "apiVersion": kind.api_version(),
-            "time": now,
-            "fieldsType": "FieldsV1",
-            "fieldsV1": mine_fields.to_fields_v1(),
-        });
-        if let Some(sub) = subresource {
-            entry["subresource"] = json!(sub);
-        }
-        Some(entry)
+        Some(update_entry(
+            kind,
+            manager,
+            subresource,
+            now,
+            mine_fields.to_fields_v1(),
+        ))
     };
     let mut list: Vec<Value> = Vec::new();
     let mut placed = false;
@@ -1192,6 +1285,66 @@ mod tests {
                 "k:{\"containerPort\":80,\"protocol\":\"TCP\"}".into()
             ]
         ));
+    }
+
+    /// A create's entry made in one walk is the one the general comparison makes, for
+    /// objects with keyed lists, sets, replaced lists, nulls and empty maps, on the main
+    /// resource and on the status; objects the field set refuses are left as they were.
+    #[test]
+    fn a_create_records_what_the_general_comparison_records() {
+        let pod = resolve("pod").expect("pods");
+        let cm = resolve("configmap").expect("configmaps");
+        let objects = [
+            (
+                pod,
+                json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "uid": "u", "labels": {"a": "1", "b": null},
+                    "finalizers": ["x/y", "z"], "annotations": {}},
+                "spec": {"containers": [
+                    {"name": "c", "image": "i", "args": ["--a", "b"],
+                     "ports": [{"containerPort": 80}, {"containerPort": 53, "protocol": "UDP"}],
+                     "env": [{"name": "E", "value": "v"}, {"name": "F", "value": null}],
+                     "resources": {"limits": {"memory": null}}},
+                    {"name": "d", "image": "j", "ports": []}]},
+                "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled"}]}}),
+            ),
+            (
+                cm,
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "c", "namespace": "n"}, "data": {"x": "1", "y": ""}}),
+            ),
+            (
+                cm,
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "e"}}),
+            ),
+            // Two containers with one name: the field set refuses it.
+            (
+                pod,
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "d"},
+                "spec": {"containers": [{"name": "c"}, {"name": "c"}]}}),
+            ),
+        ];
+        for (kind, obj) in objects {
+            for sub in [None, Some("status")] {
+                let mut fast = obj.clone();
+                record_update(kind, None, &mut fast, "m", sub, "T");
+                let mut general = obj.clone();
+                record_changes(kind, None, &mut general, "m", sub, "T");
+                assert_eq!(fast, general, "{sub:?} {obj}");
+            }
+        }
+        let mut refused = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "d"},
+            "spec": {"containers": [{"name": "c"}, {"name": "c"}]}});
+        let before = refused.clone();
+        record_update(pod, None, &mut refused, "m", None, "T");
+        assert_eq!(refused, before);
+        let mut created = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c"}, "data": {"x": "1"}});
+        record_update(cm, None, &mut created, "m", None, "T");
+        assert_eq!(
+            created["metadata"]["managedFields"][0]["fieldsV1"],
+            json!({"f:data": {"f:x": {}}})
+        );
     }
 
     /// A status write owns the status fields it changed and leaves the spec's owner as it
