@@ -553,7 +553,9 @@ impl Runtime {
                 // An unchanged file whose image is held is not read again. The checks of
                 // a read (allowed, a regular file) still run on every pull.
                 let seen = lock(&inner.local_seen).get(&path).copied();
+                // A pin other than what the file held is checked (and refused) by a read.
                 if let Some((was, digest)) = seen
+                    && r.pin.is_none_or(|pin| pin == digest)
                     && let Some(image) = self.cached_image(&digest)
                 {
                     let (path, reference, policy) =

@@ -496,13 +496,31 @@ async fn unchanged_local_images_are_not_read_again() {
         1,
         "an unchanged file is not read again"
     );
+    // A pin is still checked: a wrong one is refused, not answered with the held image.
+    let wrong = format!("{reference}@sha256:{}", "0".repeat(64));
+    let err = within(60, "pull", rt.pull(&wrong))
+        .await
+        .expect_err("a wrong pin");
+    assert!(
+        matches!(err, ImagePullError::DigestMismatch { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        rt.stats().local_reads,
+        2,
+        "a wrong pin is checked by reading"
+    );
+    let right = format!("{reference}@{}", first.image_id);
+    let pinned = pulled(rt.clone(), right).await;
+    assert!(Arc::ptr_eq(&pinned.image, &first.image));
+    assert_eq!(rt.stats().local_reads, 2);
 
     // A new version (a custom section more) is read by the next pull.
     let mut changed = START_ONLY.to_vec();
     changed.extend_from_slice(&[0x00, 0x02, 0x01, b'x']);
     std::fs::write(&app, &changed).expect("rewrite");
     let second = pulled(rt.clone(), reference.clone()).await;
-    assert_eq!(rt.stats().local_reads, 2);
+    assert_eq!(rt.stats().local_reads, 3);
     assert_ne!(second.image_id, first.image_id);
     assert_eq!(second.size, changed.len() as u64);
 
