@@ -45,9 +45,10 @@ use futures::stream::SelectAll;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams,
-    Preconditions, PropagationPolicy,
+    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions,
+    PropagationPolicy,
 };
+use kube::core::{DynamicResourceScope, Resource};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
@@ -336,10 +337,82 @@ pub fn decide(custom: &[&'static ResourceKind], items: &[Item]) -> Vec<Action> {
 
 type Changes = SelectAll<Pin<Box<dyn futures::Stream<Item = (usize, bool)> + Send>>>;
 
-type Stores = Vec<(
-    &'static ResourceKind,
-    Store<PartialObjectMeta<DynamicObject>>,
-)>;
+type Stores = Vec<(&'static ResourceKind, Store<Ownership>)>;
+
+/// An object as the collector watches and caches it: the metadata [`Item::of`] reads
+/// (identity, owners, finalizers, deletion), from the API's metadata-only answers
+/// (`PartialObjectMetadata`). Labels, annotations and managedFields are skipped by the
+/// decoder rather than built and dropped: every write of every kind passes through here,
+/// and a pod's managedFields alone are several times what the collector keeps of it.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Ownership {
+    #[serde(default, deserialize_with = "ownership_meta")]
+    metadata: ObjectMeta,
+}
+
+fn ownership_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase", default)]
+    struct Read {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        resource_version: Option<String>,
+        owner_references: Option<Vec<OwnerReference>>,
+        finalizers: Option<Vec<String>>,
+        deletion_timestamp: Option<Time>,
+    }
+    let m = <Read as serde::Deserialize>::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        owner_references: m.owner_references,
+        finalizers: m.finalizers,
+        deletion_timestamp: m.deletion_timestamp,
+        ..ObjectMeta::default()
+    })
+}
+
+impl Resource for Ownership {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    /// Lists, gets and watches of it ask for `PartialObjectMetadata`.
+    fn metadata_api() -> bool {
+        true
+    }
+
+    fn kind(dt: &ApiResource) -> std::borrow::Cow<'_, str> {
+        dt.kind.as_str().into()
+    }
+
+    fn group(dt: &ApiResource) -> std::borrow::Cow<'_, str> {
+        dt.group.as_str().into()
+    }
+
+    fn version(dt: &ApiResource) -> std::borrow::Cow<'_, str> {
+        dt.version.as_str().into()
+    }
+
+    fn api_version(dt: &ApiResource) -> std::borrow::Cow<'_, str> {
+        dt.api_version.as_str().into()
+    }
+
+    fn plural(dt: &ApiResource) -> std::borrow::Cow<'_, str> {
+        dt.plural.as_str().into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// Starts watching `kind` into a new cache, its changes tagged with its index.
 fn watch_kind(
@@ -352,17 +425,12 @@ fn watch_kind(
     let ar = api_resource(kind);
     let writer = reflector::store::Writer::new(ar.clone());
     stores.push((kind, writer.as_reader()));
-    // An `Api` of `PartialObjectMeta` asks for metadata-only lists and watches.
-    let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &ar);
+    // Metadata-only lists and watches (see `Ownership`), decoded into only what the
+    // collector reads: its cache keeps nothing else, so a cluster's metadata is not held
+    // twice in memory.
+    let api: Api<Ownership> = Api::all_with(client.clone(), &ar);
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        // The collector reads only ownership and deletion state ([`Item::of`]): its
-        // cache keeps nothing else, so a cluster's metadata is not held twice in memory.
-        .modify(|o: &mut PartialObjectMeta<DynamicObject>| {
-            o.metadata.annotations = None;
-            o.metadata.labels = None;
-            o.metadata.managed_fields = None;
-        })
         .reflect(writer)
         .map(move |event| match event {
             Ok(watcher::Event::InitDone) => (i, true),
@@ -599,6 +667,45 @@ async fn patch(client: &kube::Client, item: &Item, body: Value) -> Result<(), co
 mod tests {
     use super::*;
     use crate::api::kinds::resolve;
+
+    /// The collector's watch asks for metadata alone and keeps what `Item::of` reads,
+    /// nothing else of what the API sends.
+    #[test]
+    fn ownership_keeps_what_the_collector_reads() {
+        assert!(Ownership::metadata_api());
+        let sent = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"name": "web-1", "namespace": "default", "uid": "u1",
+                "resourceVersion": "42", "generation": 3,
+                "creationTimestamp": "2026-12-07T10:00:00Z",
+                "deletionTimestamp": "2026-12-07T11:00:00Z",
+                "labels": {"app": "web"}, "annotations": {"a": "b"},
+                "finalizers": ["foregroundDeletion"],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "web", "uid": "u0", "controller": true}],
+                "managedFields": [{"manager": "m", "operation": "Update",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]}});
+        let o: Ownership = serde_json::from_value(sent).expect("decodes");
+        let m = &o.metadata;
+        assert_eq!(m.name.as_deref(), Some("web-1"));
+        assert_eq!(m.namespace.as_deref(), Some("default"));
+        assert_eq!(m.uid.as_deref(), Some("u1"));
+        assert_eq!(m.resource_version.as_deref(), Some("42"));
+        assert!(m.deletion_timestamp.is_some());
+        assert_eq!(m.finalizers, Some(vec!["foregroundDeletion".to_string()]));
+        let owners = m.owner_references.as_ref().expect("owners");
+        assert_eq!(
+            (owners[0].uid.as_str(), owners[0].controller),
+            ("u0", Some(true))
+        );
+        assert!(m.labels.is_none() && m.annotations.is_none() && m.managed_fields.is_none());
+        assert!(m.generation.is_none() && m.creation_timestamp.is_none());
+        let item = Item::of(resolve("pods").expect("pods"), &o.metadata);
+        assert!(item.deleting);
+        assert_eq!(item.owners.len(), 1);
+        // An object without metadata (never sent, but not a failure) is empty.
+        let bare: Ownership = serde_json::from_value(json!({})).expect("decodes");
+        assert!(bare.metadata.name.is_none());
+    }
 
     fn owner_ref(kind: &str, name: &str, uid: &str, block: bool) -> OwnerReference {
         let api_version = resolve(kind).unwrap().api_version();
