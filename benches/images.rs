@@ -169,7 +169,7 @@ async fn run() -> Result<()> {
         ca_file: plane.ca_cert.clone(),
         credential: std::sync::Arc::new(move || Some(token.clone())),
     });
-    let agent = wharf_node::start(node_config, plane.client(), shutdown.clone()).await?;
+    let agent = wharf_node::start(node_config, plane.component_client(), shutdown.clone()).await?;
     let api: Api<Pod> = Api::namespaced(plane.client(), "default");
 
     println!("| pod start, create -> Running via watch | runs | p50 | min | max |");

@@ -246,7 +246,7 @@ async fn run() -> Result<()> {
     node_config.runtime = RuntimeConfig::new(node_dir.join("runtime"));
     // The node serves TLS with a certificate of the cluster CA.
     node_config.agent.cluster_ca_pem = std::fs::read_to_string(&plane.ca_cert).ok();
-    let agent = wharf_node::start(node_config, plane.client(), shutdown.clone()).await?;
+    let agent = wharf_node::start(node_config, plane.component_client(), shutdown.clone()).await?;
     let api: Api<Pod> = Api::namespaced(plane.client(), "default");
 
     // Compile once: every figure below is for a cached module.

@@ -189,6 +189,13 @@ impl ControlPlane {
         apiserver::in_process_client(self.router.clone())
     }
 
+    /// A client for a node that runs in this process (`wharf up`): as [`Self::client`],
+    /// and its lists and watches leave out managedFields, as the control plane's own
+    /// components' do ([`apiserver::WithoutManagedFields`]).
+    pub fn component_client(&self) -> kube::Client {
+        apiserver::component_client(self.router.clone())
+    }
+
     /// The store (for components that are part of the control plane process).
     pub fn store(&self) -> Arc<dyn Store> {
         self.state.store.clone()
@@ -428,7 +435,7 @@ pub async fn start(
             &config,
             state.config.node_tls.clone(),
             &metrics,
-            apiserver::in_process_client(router.clone()),
+            apiserver::component_client(router.clone()),
             &shutdown,
             &mut components,
         );

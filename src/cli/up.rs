@@ -86,7 +86,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             ca_file: plane.ca_cert.clone(),
             credential: std::sync::Arc::new(move || Some(token.clone())),
         });
-        let started = start_node(config, plane.client(), shutdown.clone()).await;
+        let started = start_node(config, plane.component_client(), shutdown.clone()).await;
         let agent = match started {
             Ok(n) => n,
             Err(e) => {

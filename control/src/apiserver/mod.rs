@@ -264,9 +264,34 @@ async fn token_review(State(state): State<AppState>, req: Request) -> Response {
 /// A `kube::Client` that calls `router` in process, as the system identity: no TCP, the
 /// same handlers and semantics as any client.
 pub fn in_process_client(router: Router) -> kube::Client {
+    client_of(router, false)
+}
+
+/// Marks a request whose lists and watches leave out `metadata.managedFields`. The
+/// control plane's own components never read them (the API server works out field
+/// ownership from what it stores), yet a pod's managedFields are about as large as the
+/// rest of it: kube-controller-manager and kube-scheduler strip them from their informer
+/// caches; here they are not encoded for these watchers in the first place, nor decoded
+/// and held by them. Only [`component_client`] sets it: a request extension, which no
+/// caller over the network can send. An update of an object read this way keeps the
+/// stored managedFields, as any update that does not mention them.
+#[derive(Clone, Copy, Debug)]
+pub struct WithoutManagedFields;
+
+/// [`in_process_client`] for the control plane's own components (scheduler, controllers)
+/// and the nodes that run in its process: its lists and watches come without
+/// managedFields ([`WithoutManagedFields`]).
+pub fn component_client(router: Router) -> kube::Client {
+    client_of(router, true)
+}
+
+fn client_of(router: Router, without_managed_fields: bool) -> kube::Client {
     use tower::ServiceExt;
-    let service = router.map_request(|mut req: http::Request<kube::client::Body>| {
+    let service = router.map_request(move |mut req: http::Request<kube::client::Body>| {
         req.extensions_mut().insert(Identity::system());
+        if without_managed_fields {
+            req.extensions_mut().insert(WithoutManagedFields);
+        }
         req.map(axum::body::Body::new)
     });
     kube::Client::new(service, "default")

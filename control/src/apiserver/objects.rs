@@ -20,11 +20,16 @@ pub fn decode(stored: &StoredObject) -> Result<Value, ApiError> {
 /// The API form with `resourceVersion` set to `revision` (a delete event carries the
 /// revision of the delete).
 pub fn decode_at(stored: &StoredObject, revision: u64) -> Result<Value, ApiError> {
-    let mut v: Value = serde_json::from_slice(&stored.value).map_err(|e| {
-        ApiError::Internal(format!("stored object {} is not JSON: {e}", stored.key))
-    })?;
+    let mut v: Value = decode_as(stored)?;
     set_resource_version(&mut v, revision);
     Ok(v)
+}
+
+/// The stored JSON read as `T`: a type that names only the fields a caller reads skips
+/// the rest of the object instead of building it (no resourceVersion stamped in).
+pub fn decode_as<T: serde::de::DeserializeOwned>(stored: &StoredObject) -> Result<T, ApiError> {
+    serde_json::from_slice(&stored.value)
+        .map_err(|e| ApiError::Internal(format!("stored object {} is not JSON: {e}", stored.key)))
 }
 
 pub fn set_resource_version(v: &mut Value, revision: u64) {
@@ -42,7 +47,7 @@ pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
 /// The stored form: the object without its resourceVersion. Every write of the API
 /// server goes through here, so this is where [`MAX_OBJECT_BYTES`] is enforced (413).
 pub fn encode(v: &Value) -> Result<Bytes, ApiError> {
-    let bytes = serde_json::to_vec(&StoredForm(v))
+    let bytes = serde_json::to_vec(&stored_form(v))
         .map_err(|e| ApiError::Internal(format!("encoding an object: {e}")))?;
     if bytes.len() > MAX_OBJECT_BYTES {
         return Err(ApiError::EntityTooLarge(format!(
@@ -56,19 +61,43 @@ pub fn encode(v: &Value) -> Result<Bytes, ApiError> {
 /// `v` as it is stored: serialized without `metadata.resourceVersion`, in place (every
 /// write goes through [`encode`], and a copy of the whole object only to drop one field
 /// showed in the write path's profile).
-struct StoredForm<'a>(&'a Value);
+fn stored_form(v: &Value) -> WithoutMetadataField<'_> {
+    WithoutMetadataField {
+        object: v,
+        field: "resourceVersion",
+    }
+}
 
-impl Serialize for StoredForm<'_> {
+/// `object` serialized without `metadata.managedFields`, without copying it first: the
+/// watch lines of the control plane's own informers ([`super::WithoutManagedFields`]).
+pub fn without_managed_fields(object: &Value) -> WithoutMetadataField<'_> {
+    WithoutMetadataField {
+        object,
+        field: "managedFields",
+    }
+}
+
+/// An object serialized without one field of its `metadata`.
+pub struct WithoutMetadataField<'a> {
+    object: &'a Value,
+    field: &'static str,
+}
+
+impl Serialize for WithoutMetadataField<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let Some(map) = self.0.as_object() else {
-            return self.0.serialize(serializer);
+        let Some(map) = self.object.as_object() else {
+            return self.object.serialize(serializer);
         };
         let mut out = serializer.serialize_map(Some(map.len()))?;
         for (key, value) in map {
             match value.as_object() {
-                Some(meta) if key == "metadata" => {
-                    out.serialize_entry(key, &WithoutResourceVersion(meta))?
-                }
+                Some(meta) if key == "metadata" => out.serialize_entry(
+                    key,
+                    &MetadataWithout {
+                        meta,
+                        field: self.field,
+                    },
+                )?,
                 _ => out.serialize_entry(key, value)?,
             }
         }
@@ -76,13 +105,15 @@ impl Serialize for StoredForm<'_> {
     }
 }
 
-/// An object's `metadata` without its `resourceVersion`.
-struct WithoutResourceVersion<'a>(&'a Map<String, Value>);
+/// An object's `metadata` without one of its fields.
+struct MetadataWithout<'a> {
+    meta: &'a Map<String, Value>,
+    field: &'static str,
+}
 
-impl Serialize for WithoutResourceVersion<'_> {
+impl Serialize for MetadataWithout<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let fields = self.0.iter().filter(|(k, _)| *k != "resourceVersion");
-        serializer.collect_map(fields)
+        serializer.collect_map(self.meta.iter().filter(|(k, _)| *k != self.field))
     }
 }
 

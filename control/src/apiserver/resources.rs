@@ -118,9 +118,16 @@ async fn handle(
     };
     let name = target.name.clone();
     let output = Output::negotiate(&parts.headers, &query)?;
+    // The control plane's own informers list and watch without managedFields.
+    let collection_output = match parts.extensions.get::<super::WithoutManagedFields>() {
+        Some(_) => output.without_managed_fields(),
+        None => output,
+    };
     match (&parts.method, name) {
-        (&Method::GET, None) if watch => watch::serve(state, &target, &query, output).await,
-        (&Method::GET, None) => list(&state, &target, &query, output).await,
+        (&Method::GET, None) if watch => {
+            watch::serve(state, &target, &query, collection_output).await
+        }
+        (&Method::GET, None) => list(&state, &target, &query, collection_output).await,
         (&Method::GET, Some(name)) => {
             let obj = store::get_object(&state, &target, &name).await?;
             Ok(json_response(
@@ -222,7 +229,19 @@ async fn list(
     let (revision, page) = store::list(state, target, &filter, &opts).await?;
     let mut body = match output {
         Output::Objects => list_object(target.kind, page.items, revision),
+        Output::ObjectsWithoutManagedFields => {
+            let mut items = page.items;
+            items.iter_mut().for_each(table::strip_managed_fields);
+            list_object(target.kind, items, revision)
+        }
         Output::Metadata => table::partial_metadata_list(&page.items, revision),
+        Output::MetadataWithoutManagedFields => {
+            let mut list = table::partial_metadata_list(&page.items, revision);
+            if let Some(items) = list.get_mut("items").and_then(Value::as_array_mut) {
+                items.iter_mut().for_each(table::strip_managed_fields);
+            }
+            list
+        }
         Output::Table { version, include } => table::table(
             target.kind,
             version,

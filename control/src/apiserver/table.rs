@@ -30,6 +30,9 @@ use serde_json::{Value, json};
 pub enum Output {
     /// The objects themselves.
     Objects,
+    /// The objects without `metadata.managedFields`: the lists and watches of the control
+    /// plane's own components ([`super::WithoutManagedFields`]), never negotiated.
+    ObjectsWithoutManagedFields,
     /// A `Table` of `meta.k8s.io/{version}` embedding each row's object as `include` says.
     Table {
         version: TableVersion,
@@ -38,6 +41,20 @@ pub enum Output {
     /// Each object as a `meta.k8s.io/v1` `PartialObjectMetadata`, lists as a
     /// `PartialObjectMetadataList`.
     Metadata,
+    /// [`Output::Metadata`] without `managedFields`, as [`Output::ObjectsWithoutManagedFields`].
+    MetadataWithoutManagedFields,
+}
+
+impl Output {
+    /// What a request of the control plane's own components gets instead
+    /// ([`super::WithoutManagedFields`]): objects and metadata without managedFields.
+    pub fn without_managed_fields(self) -> Output {
+        match self {
+            Output::Objects => Output::ObjectsWithoutManagedFields,
+            Output::Metadata => Output::MetadataWithoutManagedFields,
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,10 +263,27 @@ pub fn table(
 }
 
 /// Shapes one object (a get, or a watch event's object) for `output`.
+/// Takes `metadata.managedFields` out of `object`.
+pub fn strip_managed_fields(object: &mut Value) {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.shift_remove("managedFields");
+    }
+}
+
 pub fn shape_object(kind: &ResourceKind, output: Output, object: Value) -> Value {
     match output {
         Output::Objects => object,
+        Output::ObjectsWithoutManagedFields => {
+            let mut object = object;
+            strip_managed_fields(&mut object);
+            object
+        }
         Output::Metadata => partial_metadata(&object),
+        Output::MetadataWithoutManagedFields => {
+            let mut metadata = partial_metadata(&object);
+            strip_managed_fields(&mut metadata);
+            metadata
+        }
         Output::Table { version, include } => {
             let rv = object
                 .pointer("/metadata/resourceVersion")

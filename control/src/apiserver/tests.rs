@@ -3143,3 +3143,144 @@ async fn scale_writes_record_their_manager() {
         "{web}"
     );
 }
+
+#[tokio::test]
+async fn component_lists_and_watches_leave_out_managed_fields() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api as KubeApi, ListParams, PostParams, WatchEvent, WatchParams};
+    let api = api().await;
+    let user: KubeApi<ConfigMap> = KubeApi::namespaced(api.client(), "default");
+    let component: KubeApi<ConfigMap> =
+        KubeApi::namespaced(super::component_client(api.router.clone()), "default");
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "lean", "labels": {"app": "x"}}, "data": {"k": "v"}}))
+    .unwrap();
+    let created = user.create(&PostParams::default(), &cm).await.unwrap();
+    assert!(created.metadata.managed_fields.is_some());
+
+    // A list and a watch of a component: no managedFields, the rest of the object as is.
+    let listed = component.list(&ListParams::default()).await.unwrap();
+    let item = listed
+        .items
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("lean"));
+    let item = item.expect("listed");
+    assert!(item.metadata.managed_fields.is_none(), "{item:?}");
+    assert_eq!(item.metadata.labels, created.metadata.labels);
+    assert_eq!(item.data, created.data);
+    // From "0" the events are the list's; from "1" the store's log.
+    let next = |api: KubeApi<ConfigMap>, start: &'static str| async move {
+        let stream = api.watch(&WatchParams::default(), start).await.unwrap();
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("an event in time")
+                .expect("a stream")
+                .unwrap();
+            if let WatchEvent::Added(c) = event
+                && c.metadata.name.as_deref() == Some("lean")
+            {
+                return c;
+            }
+        }
+    };
+    for start in ["0", "1"] {
+        let seen = next(component.clone(), start).await;
+        assert!(seen.metadata.managed_fields.is_none(), "{start}: {seen:?}");
+        assert_eq!(seen.data, created.data);
+        assert_eq!(
+            seen.metadata.resource_version,
+            created.metadata.resource_version
+        );
+        assert!(
+            next(user.clone(), start)
+                .await
+                .metadata
+                .managed_fields
+                .is_some()
+        );
+    }
+    // Metadata lists and watches (the garbage collector's) too.
+    let meta = component
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        meta.items
+            .iter()
+            .all(|m| m.metadata.managed_fields.is_none())
+    );
+    assert!(
+        meta.items
+            .iter()
+            .any(|m| m.metadata.labels == created.metadata.labels)
+    );
+    let stream = component
+        .watch_metadata(&WatchParams::default(), "1")
+        .await
+        .unwrap();
+    let mut stream = std::pin::pin!(stream);
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an event in time")
+        .expect("a stream")
+        .unwrap();
+    let WatchEvent::Added(m) = event else {
+        panic!("{event:?}")
+    };
+    assert!(m.metadata.managed_fields.is_none(), "{m:?}");
+    let meta = user.list_metadata(&ListParams::default()).await.unwrap();
+    let lean =
+        |m: &&kube::core::PartialObjectMeta<ConfigMap>| m.metadata.name.as_deref() == Some("lean");
+    assert!(
+        meta.items
+            .iter()
+            .find(lean)
+            .unwrap()
+            .metadata
+            .managed_fields
+            .is_some()
+    );
+    // Any other client gets them in lists (and watches, above); a component's read too.
+    let listed = user.list(&ListParams::default()).await.unwrap();
+    let lean = |c: &&ConfigMap| c.metadata.name.as_deref() == Some("lean");
+    assert!(
+        listed
+            .items
+            .iter()
+            .find(lean)
+            .unwrap()
+            .metadata
+            .managed_fields
+            .is_some()
+    );
+    assert!(
+        component
+            .get("lean")
+            .await
+            .unwrap()
+            .metadata
+            .managed_fields
+            .is_some()
+    );
+
+    // A component's update of what it listed keeps the stored managedFields.
+    let mut changed = item.clone();
+    changed.data = Some([("k".to_string(), "w".to_string())].into());
+    component
+        .replace("lean", &PostParams::default(), &changed)
+        .await
+        .unwrap();
+    let after = user.get("lean").await.unwrap();
+    assert_eq!(after.data, changed.data);
+    let managers: Vec<_> = after
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|e| e.manager.clone())
+        .collect();
+    assert!(!managers.is_empty(), "{after:?}");
+}

@@ -12,10 +12,10 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::objects::{decode, decode_at};
+use super::objects::{decode, decode_at, without_managed_fields};
 use super::request::Target;
 use super::resources::{Filter, Query, list_prefix};
-use super::table::{Output, partial_metadata, shape_object};
+use super::table::{Output, partial_metadata, shape_object, strip_managed_fields};
 use crate::api::kinds::ResourceKind;
 use crate::store::{Event, EventKind};
 use axum::body::Body;
@@ -32,14 +32,14 @@ use std::time::Duration;
 /// One line of the stream, and whether it is the last.
 struct Line(Bytes, bool);
 
-fn line(kind: &str, object: &Value) -> Bytes {
+fn line<T: serde::Serialize + ?Sized>(kind: &str, object: &T) -> Bytes {
     // Written around the object rather than through `json!`, which would copy the whole
     // object into a new value first (once per event, for every pod event).
     #[derive(serde::Serialize)]
-    struct WatchLine<'a> {
+    struct WatchLine<'a, T: ?Sized> {
         #[serde(rename = "type")]
         ty: &'a str,
-        object: &'a Value,
+        object: &'a T,
     }
     let mut v = serde_json::to_vec(&WatchLine { ty: kind, object }).unwrap_or_default();
     v.push(b'\n');
@@ -74,6 +74,10 @@ pub struct Decoded {
     lines: [OnceLock<Bytes>; 3],
     /// The same lines of `object` as a `PartialObjectMetadata` (for metadata watchers).
     metadata_lines: [OnceLock<Bytes>; 3],
+    /// The same lines without `metadata.managedFields` (the control plane's informers).
+    lean_lines: [OnceLock<Bytes>; 3],
+    /// The metadata lines without `managedFields` (the control plane's metadata watches).
+    lean_metadata_lines: [OnceLock<Bytes>; 3],
 }
 
 const EVENT_TYPES: [&str; 3] = ["ADDED", "MODIFIED", "DELETED"];
@@ -92,6 +96,8 @@ impl Decoded {
             prev: prev.map_err(|e| e.to_string())?,
             lines: Default::default(),
             metadata_lines: Default::default(),
+            lean_lines: Default::default(),
+            lean_metadata_lines: Default::default(),
         })
     }
 
@@ -99,6 +105,24 @@ impl Decoded {
     fn line(&self, ty: usize) -> Bytes {
         self.lines[ty]
             .get_or_init(|| line(EVENT_TYPES[ty], &self.object))
+            .clone()
+    }
+
+    /// The line of `object` without its managedFields as event type `ty`.
+    fn lean_line(&self, ty: usize) -> Bytes {
+        self.lean_lines[ty]
+            .get_or_init(|| line(EVENT_TYPES[ty], &without_managed_fields(&self.object)))
+            .clone()
+    }
+
+    /// The line of `object`'s metadata alone, without managedFields, as event type `ty`.
+    fn lean_metadata_line(&self, ty: usize) -> Bytes {
+        self.lean_metadata_lines[ty]
+            .get_or_init(|| {
+                let mut metadata = partial_metadata(&self.object);
+                strip_managed_fields(&mut metadata);
+                line(EVENT_TYPES[ty], &metadata)
+            })
             .clone()
     }
 
@@ -152,6 +176,12 @@ fn event_line(kind: &ResourceKind, output: Output, ty: usize, parsed: &Parsed) -
     match (&**parsed, output) {
         (Ok(d), Output::Objects) if !kind.strategy.presents() => d.line(ty),
         (Ok(d), Output::Metadata) if !kind.strategy.presents() => d.metadata_line(ty),
+        (Ok(d), Output::ObjectsWithoutManagedFields) if !kind.strategy.presents() => {
+            d.lean_line(ty)
+        }
+        (Ok(d), Output::MetadataWithoutManagedFields) if !kind.strategy.presents() => {
+            d.lean_metadata_line(ty)
+        }
         (Ok(d), output) => {
             let mut object = d.object.clone();
             kind.strategy.present(&mut object);
