@@ -394,8 +394,14 @@ impl LogFile {
     /// Prepares the directory for `attempt` (keeping only the previous attempt's files) and
     /// creates its log file, empty.
     fn create(dir: &Path, attempt: u32, config: LogConfig) -> Result<Self, LogError> {
-        crate::private::create_private_dir(dir).map_err(io_err(dir))?;
-        for old in attempts_in(dir).map_err(io_err(dir))? {
+        // A directory made just now holds no older attempts to list.
+        let fresh = crate::private::create_private_dir_fresh(dir).map_err(io_err(dir))?;
+        let older = if fresh {
+            Vec::new()
+        } else {
+            attempts_in(dir).map_err(io_err(dir))?
+        };
+        for old in older {
             if old + 1 == attempt {
                 continue;
             }

@@ -12,9 +12,10 @@
 //! valid token. The node may ask only for tokens of its own pods' ServiceAccounts, bound to
 //! those pods (the API server's Node authorizer checks it).
 //!
-//! The files live in the pod's directory outside its volumes, and are replaced by
-//! renaming a new file over the old one inside the directory: the guest's preopened
-//! directory stays the same, and never shows a half-written token. `ca.crt` and
+//! The files live in a directory of their own per pod ([`dir`]), outside the pod's
+//! volumes, written in place when the directory is new and replaced afterwards by renaming
+//! a new file over the old one inside the directory: the guest's preopened directory
+//! stays the same, and never shows a half-written token. `ca.crt` and
 //! `namespace` are the same for many pods: they are hard links to one copy per content in
 //! the node's [`shared_dir`], so a pod costs the filesystem one new file (its token), not
 //! three; creating files is what a node starting ten thousand pods spends most on.
@@ -45,16 +46,17 @@ pub fn wanted(pod: &Pod) -> bool {
     spec.automount_service_account_token.unwrap_or(true) && !own_mount
 }
 
-/// The directory of a pod's token files on the node (`pod_dir` from
-/// [`super::volumes::pod_dir`]).
-pub fn dir(pod_dir: &Path) -> PathBuf {
-    pod_dir.join("serviceaccount")
+/// The directory of a pod's token files on the node: `DATA_DIR/tokens/<pod uid>`, beside
+/// the pod's volume directory rather than in it, so that a pod without volumes costs the
+/// node one directory for its token and none for itself.
+pub fn dir(data_dir: &Path, pod_uid: &str) -> PathBuf {
+    data_dir.join("tokens").join(pod_uid)
 }
 
 /// The mount every container of a pod that [`wanted`] the token gets.
-pub fn mount(pod_dir: &Path) -> Mount {
+pub fn mount(data_dir: &Path, pod_uid: &str) -> Mount {
     Mount {
-        host_path: dir(pod_dir),
+        host_path: dir(data_dir, pod_uid),
         guest_path: MOUNT_PATH.into(),
         read_only: true,
     }
@@ -140,10 +142,20 @@ pub fn write(
     ca_pem: Option<&str>,
     namespace: &str,
 ) -> Result<(), String> {
-    private::create_private_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    // A directory made by this call has not been mounted by any guest yet: its files are
+    // written in place. One that was there (a refresh, an agent restarted under running
+    // pods) gets each file by rename, so a guest never reads half a token.
+    let fresh = private::create_private_dir_fresh(dir)
+        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let replace = |name: &str, bytes: &[u8], linked: Option<String>| {
-        let staged = dir.join(format!("..{name}.new"));
-        let _ = std::fs::remove_file(&staged);
+        let target = dir.join(name);
+        let staged = if fresh {
+            target.clone()
+        } else {
+            let staged = dir.join(format!("..{name}.new"));
+            let _ = std::fs::remove_file(&staged);
+            staged
+        };
         let link = linked.and_then(|key| link_shared(shared, &key, bytes, &staged).ok());
         match link {
             Some(()) => Ok(()),
@@ -153,11 +165,16 @@ pub fn write(
                 .open(&staged)
                 .and_then(|mut f| std::io::Write::write_all(&mut f, bytes)),
         }
-        .and_then(|()| std::fs::rename(&staged, dir.join(name)))
+        .and_then(|()| match fresh {
+            true => Ok(()),
+            false => std::fs::rename(&staged, &target),
+        })
         .map_err(|e| format!("writing {}/{name}: {e}", dir.display()))?;
-        // Renaming a link over another link to the same file leaves both names (POSIX):
-        // the staged one goes now.
-        let _ = std::fs::remove_file(&staged);
+        if !fresh {
+            // Renaming a link over another link to the same file leaves both names
+            // (POSIX): the staged one goes now.
+            let _ = std::fs::remove_file(&staged);
+        }
         Ok::<(), String>(())
     };
     replace("token", token.as_bytes(), None)?;
@@ -240,26 +257,48 @@ mod tests {
     }
 
     #[test]
-    fn files_are_written_and_replaced_in_place() {
+    fn files_are_written_in_place_then_replaced_by_rename() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let tmp = tempfile::tempdir().expect("tempdir");
-        let d = dir(tmp.path());
+        let d = dir(tmp.path(), "uid-1");
+        assert_eq!(d, tmp.path().join("tokens/uid-1"));
         let shared = shared_dir(tmp.path());
+        let names = || {
+            let mut names: Vec<String> = std::fs::read_dir(&d)
+                .expect("dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        // A new directory: the files are written where they belong.
         write(&d, &shared, "first", Some("CA"), "team").expect("write");
         let read = |n: &str| std::fs::read_to_string(d.join(n)).expect(n);
         assert_eq!(
             (read("token"), read("ca.crt"), read("namespace")),
             ("first".into(), "CA".into(), "team".into())
         );
+        assert_eq!(names(), ["ca.crt", "namespace", "token"]);
+        let meta = |n: &str| std::fs::metadata(d.join(n)).expect(n);
+        assert_eq!(meta("token").permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&d).expect("dir").permissions().mode() & 0o777,
+            0o700
+        );
+        // A refresh replaces the token by rename: a guest holding the old file reads it
+        // whole, and the next open gets the new one.
+        let before = meta("token").ino();
         write(&d, &shared, "second", None, "team").expect("rewrite");
         assert_eq!(read("token"), "second");
-        let mut names: Vec<String> = std::fs::read_dir(&d)
-            .expect("dir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["ca.crt", "namespace", "token"]);
-        assert_eq!(mount(tmp.path()).guest_path, MOUNT_PATH);
-        assert!(mount(tmp.path()).read_only);
+        assert_ne!(
+            meta("token").ino(),
+            before,
+            "replaced, not rewritten in place"
+        );
+        assert_eq!(names(), ["ca.crt", "namespace", "token"]);
+        let m = mount(tmp.path(), "uid-1");
+        assert_eq!((m.host_path, m.guest_path), (d.clone(), MOUNT_PATH.into()));
+        assert!(m.read_only);
     }
 
     #[test]
@@ -285,6 +324,5 @@ mod tests {
             "other"
         );
         assert_ne!(ino(c.join("namespace")), ino(shared.join(key)));
-        assert!(mount(tmp.path()).read_only);
     }
 }

@@ -259,7 +259,7 @@ fn prepare_one(
 
 /// The runtime mounts of one container. A `subPath` is resolved inside its volume by
 /// [`sub_path_dir`] (created if missing, as Kubernetes does).
-/// Blocking file I/O: call from `spawn_blocking`.
+/// Blocking file I/O when [`mounts_touch_disk`]: then call from `spawn_blocking`.
 pub fn mounts(
     c: &Container,
     volumes: &BTreeMap<String, (PathBuf, bool)>,
@@ -269,7 +269,7 @@ pub fn mounts(
         let (path, forced_ro) = volumes
             .get(&m.name)
             .ok_or_else(|| format!("volumeMount {:?}: no such volume", m.name))?;
-        let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+        let host = match sub_path_of(m) {
             Some(sub) => sub_path_dir(path, sub)
                 .map_err(|e| format!("volumeMount {:?}: subPath {sub:?}: {e}", m.name))?,
             None => path.clone(),
@@ -281,6 +281,19 @@ pub fn mounts(
         });
     }
     Ok(out)
+}
+
+/// Whether [`mounts`] of `c` resolves a `subPath` on disk; without one it only looks
+/// names up.
+pub fn mounts_touch_disk(c: &Container) -> bool {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| sub_path_of(m).is_some())
+}
+
+fn sub_path_of(m: &k8s_openapi::api::core::v1::VolumeMount) -> Option<&str> {
+    m.sub_path.as_deref().filter(|s| !s.is_empty())
 }
 
 /// Refuses a path that is absolute or climbs with `..` (a subPath, an `items[].path`), in

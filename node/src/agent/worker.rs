@@ -38,7 +38,7 @@ use k8s_openapi::api::core::v1::{
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -97,7 +97,8 @@ struct PodState {
     sa_token: Option<sa_token::Issued>,
     token_refresh: Option<Instant>,
     last_written: Option<serde_json::Value>,
-    /// The status last saved in the pod's directory on this node.
+    /// The status saved on this node because the API had not accepted it ([`save_status`]);
+    /// `None` when none is saved.
     last_saved: Option<serde_json::Value>,
     /// The status the API has not accepted yet: when to try again, and how many tries
     /// failed in a row.
@@ -332,8 +333,7 @@ async fn converge(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
         return;
     };
     if st.records.is_empty() {
-        let saved = load_saved_status(ctx, pod).await;
-        adopt(st, pod, saved.as_ref());
+        adopt_saved(ctx, st, pod).await;
     }
     if st.ip.is_none() {
         match assign_ip(ctx, pod) {
@@ -444,10 +444,10 @@ async fn ensure_token(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Pod) -> b
         .unwrap_or_else(|| "default".into());
     let written = match sa_token::request(&ctx.client, pod, now).await {
         Ok(issued) => {
-            let dir = sa_token::dir(&volumes::pod_dir(
+            let dir = sa_token::dir(
                 &ctx.config.data_dir,
                 pod.metadata.uid.as_deref().unwrap_or("unknown"),
-            ));
+            );
             let (token, ca) = (issued.token.clone(), ctx.config.cluster_ca_pem.clone());
             let shared = sa_token::shared_dir(&ctx.config.data_dir);
             tokio::task::spawn_blocking(move || {
@@ -621,6 +621,14 @@ async fn prepare_volumes(
     ctx: &Arc<NodeContext>,
     pod: &Pod,
 ) -> Result<BTreeMap<String, (PathBuf, bool)>, String> {
+    if pod
+        .spec
+        .as_ref()
+        .is_none_or(|s| s.volumes.as_ref().is_none_or(Vec::is_empty))
+    {
+        // Nothing to make: no trip to a blocking thread.
+        return Ok(BTreeMap::new());
+    }
     let ns = pod
         .metadata
         .namespace
@@ -963,12 +971,17 @@ async fn start_container(
             return;
         }
     };
-    // subPaths are resolved (and made) on disk: blocking file I/O.
-    let (container, vols) = (c.clone(), st.volumes.clone().unwrap_or_default());
-    let mut mounts = match tokio::task::spawn_blocking(move || volumes::mounts(&container, &vols))
-        .await
-        .unwrap_or_else(|e| Err(format!("resolving volume mounts: {e}")))
-    {
+    // subPaths are resolved (and made) on disk: blocking file I/O, on a blocking thread.
+    // Mounts without one are names looked up in the pod's volumes, done here.
+    let resolved = if volumes::mounts_touch_disk(c) {
+        let (container, vols) = (c.clone(), st.volumes.clone().unwrap_or_default());
+        tokio::task::spawn_blocking(move || volumes::mounts(&container, &vols))
+            .await
+            .unwrap_or_else(|e| Err(format!("resolving volume mounts: {e}")))
+    } else {
+        volumes::mounts(c, st.volumes.as_ref().unwrap_or(&BTreeMap::new()))
+    };
+    let mut mounts = match resolved {
         Ok(m) => m,
         Err(message) => {
             waiting(st, idx, "CreateContainerConfigError", message);
@@ -977,10 +990,7 @@ async fn start_container(
         }
     };
     if st.sa_token.is_some() && sa_token::wanted(pod) {
-        mounts.push(sa_token::mount(&volumes::pod_dir(
-            &ctx.config.data_dir,
-            &uid,
-        )));
+        mounts.push(sa_token::mount(&ctx.config.data_dir, &uid));
     }
     let mut argv: Vec<String> = Vec::new();
     argv.extend(c.command.clone().unwrap_or_default());
@@ -1183,10 +1193,6 @@ async fn write_status(ctx: &NodeContext, st: &mut PodState, pod: &Arc<Pod>) {
         st.status_retry = None;
         return;
     }
-    if st.last_saved.as_ref() != Some(&value) {
-        save_status(ctx, pod, &value).await;
-        st.last_saved = Some(value.clone());
-    }
     let api: Api<Pod> = Api::namespaced(
         ctx.client.clone(),
         pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -1204,9 +1210,17 @@ async fn write_status(ctx: &NodeContext, st: &mut PodState, pod: &Arc<Pod>) {
             ctx.api.ok();
             st.last_written = Some(value);
             st.status_retry = None;
+            // The API has it now: what was kept for it on the node goes.
+            if st.last_saved.take().is_some() {
+                remove_saved_status(ctx, pod).await;
+            }
         }
         Err(kube::Error::Api(s)) if s.code == 404 => st.status_retry = None,
         Err(e) => {
+            if st.last_saved.as_ref() != Some(&value) {
+                save_status(ctx, pod, &value).await;
+                st.last_saved = Some(value.clone());
+            }
             // Kept, and written again (the newest status at that time) until the API
             // accepts it, as the kubelet's status manager does.
             if matches!(&e, kube::Error::Api(_)) {
@@ -1251,15 +1265,26 @@ fn termination_grace(spec: Option<&PodSpec>) -> Duration {
     Duration::from_secs(seconds.max(0).unsigned_abs())
 }
 
-/// Where this node keeps a pod's last computed status: in the pod's directory, which
-/// outlives the agent process and goes when the pod does.
+/// Where this node keeps a status of a pod that the API has not accepted:
+/// `DATA_DIR/pod-status/<uid>.json`. It outlives the agent process, so an agent restarted
+/// while the control plane was away still knows how the pod's containers ended, and goes
+/// once the API has the status, or with the pod.
+///
+/// Only statuses the API did not take are saved (after the write failed): a status the API
+/// holds is read back from it by a restarted agent, and a node starting ten thousand pods
+/// then writes no file per pod for it. A status not yet acknowledged when the agent dies
+/// (the write in flight) is not saved; the new agent starts from the API's.
 fn saved_status_path(ctx: &NodeContext, pod: &Pod) -> Option<PathBuf> {
     let uid = pod.metadata.uid.as_deref().filter(|u| !u.is_empty())?;
-    Some(volumes::pod_dir(&ctx.config.data_dir, uid).join("status.json"))
+    Some(status_path(&ctx.config.data_dir, uid))
 }
 
-/// Saves `status` for the pod (temp file and rename, so a crash leaves the old or the new
-/// one). Best effort: without it a restarted agent knows only what the API has.
+fn status_path(data_dir: &Path, uid: &str) -> PathBuf {
+    data_dir.join("pod-status").join(format!("{uid}.json"))
+}
+
+/// Saves `status` for the pod. Best effort: without it a restarted agent knows only what
+/// the API has.
 async fn save_status(ctx: &NodeContext, pod: &Pod, status: &serde_json::Value) {
     let Some(path) = saved_status_path(ctx, pod) else {
         return;
@@ -1267,23 +1292,7 @@ async fn save_status(ctx: &NodeContext, pod: &Pod, status: &serde_json::Value) {
     let Ok(bytes) = serde_json::to_vec(status) else {
         return;
     };
-    let written = tokio::task::spawn_blocking(move || {
-        use std::io::Write as _;
-        if let Some(dir) = path.parent() {
-            wharf_runtime::private::create_private_dir(dir)?;
-        }
-        // Owner-only, as everything in the node's data dir.
-        let tmp = path.with_extension("json.tmp");
-        let mut file = wharf_runtime::private::private_file_options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        file.write_all(&bytes)?;
-        drop(file);
-        std::fs::rename(&tmp, &path)
-    })
-    .await;
+    let written = tokio::task::spawn_blocking(move || write_saved_status(&path, &bytes)).await;
     match written {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -1295,7 +1304,51 @@ async fn save_status(ctx: &NodeContext, pod: &Pod, status: &serde_json::Value) {
     }
 }
 
-/// The status this node last saved for the pod, if any.
+/// Writes a saved status to a temporary file renamed over the old one, so that a crash
+/// leaves the old or the new one; the directory is made when missing. Blocking.
+fn write_saved_status(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("json.tmp");
+    let open = || {
+        wharf_runtime::private::private_file_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+    };
+    let mut file = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                wharf_runtime::private::create_private_dir(dir)?;
+            }
+            open()?
+        }
+        other => other?,
+    };
+    file.write_all(bytes)?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
+/// Removes the pod's saved status (the API has a newer one). Best effort.
+async fn remove_saved_status(ctx: &NodeContext, pod: &Pod) {
+    let Some(path) = saved_status_path(ctx, pod) else {
+        return;
+    };
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+}
+
+/// Adopts what the pod's containers were (after an agent restart, or for a pod this agent
+/// meets first): the status saved on the node when there is one, which is newer than the
+/// API's, else the API's.
+async fn adopt_saved(ctx: &NodeContext, st: &mut PodState, pod: &Pod) {
+    let saved = load_saved_status(ctx, pod).await;
+    adopt(st, pod, saved.as_ref());
+    // Marks the file as there, to be removed once the API takes a status.
+    st.last_saved = saved.and_then(|s| serde_json::to_value(s).ok());
+}
+
+/// The status this node saved for the pod, if any.
 async fn load_saved_status(ctx: &NodeContext, pod: &Pod) -> Option<PodStatus> {
     let path = saved_status_path(ctx, pod)?;
     let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
@@ -1349,8 +1402,7 @@ async fn terminate(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Arc<Pod>) {
     ctx.services.local_ready.set(&pod_name(pod), None);
     stop_all(st, Duration::from_secs(grace as u64)).await;
     if st.records.is_empty() {
-        let saved = load_saved_status(ctx, pod).await;
-        adopt(st, pod, saved.as_ref());
+        adopt_saved(ctx, st, pod).await;
     }
     write_status(ctx, st, pod).await;
     let api: Api<Pod> = Api::namespaced(
@@ -1387,8 +1439,14 @@ async fn cleanup(ctx: &Arc<NodeContext>, st: &mut PodState, pod: &Pod) {
     }
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     if !uid.is_empty() {
-        let dir = volumes::pod_dir(&ctx.config.data_dir, &uid);
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        let data_dir = ctx.config.data_dir.clone();
+        let removed_uid = uid.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(volumes::pod_dir(&data_dir, &removed_uid));
+            let _ = std::fs::remove_dir_all(sa_token::dir(&data_dir, &removed_uid));
+            let _ = std::fs::remove_file(status_path(&data_dir, &removed_uid));
+        })
+        .await;
         for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
             let _ = ctx.runtime.remove_logs(&container_id(&uid, &c.name)).await;
         }
@@ -1432,5 +1490,38 @@ mod limit_tests {
         ];
         assert_eq!(changed_images(&records, &spec), ["a"]);
         assert_eq!(image_of(&spec, "a"), "a-v2.wasm");
+    }
+
+    #[test]
+    fn saved_statuses_are_written_whole_and_replaced_by_rename() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = status_path(tmp.path(), "uid-1");
+        assert_eq!(path, tmp.path().join("pod-status/uid-1.json"));
+        // The first save makes the directory.
+        write_saved_status(&path, br#"{"phase":"Pending"}"#).expect("first");
+        let meta = |p: &Path| std::fs::metadata(p).expect("exists");
+        assert_eq!(meta(&path).permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            meta(path.parent().expect("dir")).permissions().mode() & 0o777,
+            0o700
+        );
+        // Later ones replace it by rename: a crash leaves the old file or the new one.
+        let before = meta(&path).ino();
+        write_saved_status(&path, br#"{"phase":"Running"}"#).expect("second");
+        assert_ne!(
+            meta(&path).ino(),
+            before,
+            "replaced, not rewritten in place"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            r#"{"phase":"Running"}"#
+        );
+        let names: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["uid-1.json"], "no temporary file left");
     }
 }
