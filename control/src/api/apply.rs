@@ -356,11 +356,7 @@ fn fields_v1_of(kind: &ResourceKind, value: &Value, schema: &mut String) -> Resu
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
-                let mark = schema.len();
-                if !schema.is_empty() {
-                    schema.push('.');
-                }
-                schema.push_str(k);
+                let mark = push_field(schema, k);
                 let child = fields_v1_of(kind, v, schema);
                 schema.truncate(mark);
                 out.insert(format!("f:{k}"), child?);
@@ -778,6 +774,17 @@ impl FieldSet {
     }
 }
 
+/// Appends field `k` to the dotted path `path` (grown in place by the walks below);
+/// returns the length to truncate back to.
+fn push_field(path: &mut String, k: &str) -> usize {
+    let mark = path.len();
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(k);
+    mark
+}
+
 /// Where [`collect`] is: the schema path (field names only) picks the list rules, the
 /// shown path (with indices) names the place in errors. Both are grown and cut back in
 /// place as the walk goes, so that a field costs no allocation of its own.
@@ -790,14 +797,10 @@ struct Walk {
 impl Walk {
     /// Enters field `k`; returns the lengths to [`Walk::leave`] back to.
     fn field(&mut self, k: &str) -> (usize, usize) {
-        let marks = (self.schema.len(), self.shown.len());
-        for s in [&mut self.schema, &mut self.shown] {
-            if !s.is_empty() {
-                s.push('.');
-            }
-            s.push_str(k);
-        }
-        marks
+        (
+            push_field(&mut self.schema, k),
+            push_field(&mut self.shown, k),
+        )
     }
 
     /// Enters element `i` of the list here (the schema path stays the list's).
@@ -892,10 +895,7 @@ fn sets(kind: &ResourceKind, value: &Value, path: &[String]) -> bool {
     let mut schema = String::new();
     for seg in path {
         let next = if let Some(field) = seg.strip_prefix("f:") {
-            if !schema.is_empty() {
-                schema.push('.');
-            }
-            schema.push_str(field);
+            push_field(&mut schema, field);
             at.as_object().and_then(|m| m.get(field))
         } else {
             let items = at

@@ -14,7 +14,7 @@ use crate::api::validation;
 use crate::api::wellknown::{NAMESPACE_FINALIZER, SYSTEM_NAMESPACES};
 use crate::apiserver::AppState;
 use crate::apiserver::error::{ApiError, Subject};
-use crate::apiserver::objects::{decode, json_response};
+use crate::apiserver::objects::{decode, decode_as, json_response};
 use crate::apiserver::request::{JSON, Target, read_json};
 use crate::store::{StoreError, object_key};
 use axum::response::Response;
@@ -261,9 +261,7 @@ pub(crate) async fn ensure_open(state: &AppState, ns: &str) -> Result<(), ApiErr
                 #[serde(default, rename = "deletionTimestamp")]
                 deletion_timestamp: Option<serde::de::IgnoredAny>,
             }
-            let obj: Lifecycle = serde_json::from_slice(&stored.value).map_err(|e| {
-                ApiError::Internal(format!("stored object {} is not JSON: {e}", stored.key))
-            })?;
+            let obj: Lifecycle = decode_as(&stored)?;
             if obj.metadata.deletion_timestamp.is_some() {
                 return Err(ApiError::Forbidden(format!(
                     "unable to create new content in namespace {ns} because it is being terminated"
