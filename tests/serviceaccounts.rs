@@ -488,9 +488,9 @@ spec:
     let uid = pod.metadata.uid.unwrap();
     let file = cluster
         .data_dir
-        .join("nodes/node-1/pods")
+        .join("nodes/node-1/tokens")
         .join(&uid)
-        .join("serviceaccount/token");
+        .join("token");
     let first = std::fs::read_to_string(&file).unwrap();
     let expires = expiry(&first);
     let deadline = Instant::now() + TIMEOUT;

@@ -3144,6 +3144,14 @@ async fn scale_writes_record_their_manager() {
     );
 }
 
+/// Whether the object named `name` among `items` has managedFields.
+fn has_managed_fields<K: kube::Resource>(items: &[K], name: &str) -> bool {
+    let item = items
+        .iter()
+        .find(|i| i.meta().name.as_deref() == Some(name));
+    item.expect(name).meta().managed_fields.is_some()
+}
+
 #[tokio::test]
 async fn component_lists_and_watches_leave_out_managed_fields() {
     use futures::StreamExt;
@@ -3232,30 +3240,10 @@ async fn component_lists_and_watches_leave_out_managed_fields() {
     };
     assert!(m.metadata.managed_fields.is_none(), "{m:?}");
     let meta = user.list_metadata(&ListParams::default()).await.unwrap();
-    let lean =
-        |m: &&kube::core::PartialObjectMeta<ConfigMap>| m.metadata.name.as_deref() == Some("lean");
-    assert!(
-        meta.items
-            .iter()
-            .find(lean)
-            .unwrap()
-            .metadata
-            .managed_fields
-            .is_some()
-    );
+    assert!(has_managed_fields(&meta.items, "lean"));
     // Any other client gets them in lists (and watches, above); a component's read too.
     let listed = user.list(&ListParams::default()).await.unwrap();
-    let lean = |c: &&ConfigMap| c.metadata.name.as_deref() == Some("lean");
-    assert!(
-        listed
-            .items
-            .iter()
-            .find(lean)
-            .unwrap()
-            .metadata
-            .managed_fields
-            .is_some()
-    );
+    assert!(has_managed_fields(&listed.items, "lean"));
     assert!(
         component
             .get("lean")
