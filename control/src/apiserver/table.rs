@@ -262,7 +262,6 @@ pub fn table(
     })
 }
 
-/// Shapes one object (a get, or a watch event's object) for `output`.
 /// Takes `metadata.managedFields` out of `object`.
 pub fn strip_managed_fields(object: &mut Value) {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -270,6 +269,7 @@ pub fn strip_managed_fields(object: &mut Value) {
     }
 }
 
+/// Shapes one object (a get, or a watch event's object) for `output`.
 pub fn shape_object(kind: &ResourceKind, output: Output, object: Value) -> Value {
     match output {
         Output::Objects => object,
