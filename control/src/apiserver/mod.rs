@@ -269,8 +269,9 @@ pub fn in_process_client(router: Router) -> kube::Client {
 
 /// Marks a request whose lists and watches leave out `metadata.managedFields`. The
 /// control plane's own components never read them (the API server works out field
-/// ownership from what it stores), yet a pod's managedFields are about as large as the
-/// rest of it: kube-controller-manager and kube-scheduler strip them from their informer
+/// ownership from what it stores), yet every pod carries at least two entries (its
+/// creator's, naming each field of the spec, and its node's, naming each field of the
+/// status): kube-controller-manager and kube-scheduler strip them from their informer
 /// caches; here they are not encoded for these watchers in the first place, nor decoded
 /// and held by them. Only [`component_client`] sets it: a request extension, which no
 /// caller over the network can send. An update of an object read this way keeps the
