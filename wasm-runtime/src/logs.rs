@@ -14,7 +14,10 @@
 //! **Layout.** `DATA_DIR/logs/<container id>/<restart count>.log`, rotated to
 //! `<n>.log.1` (newest) .. `<n>.log.<max_files>` when it reaches `log_max_bytes`. When
 //! attempt `n` starts, the files of attempt `n - 1` are kept (that is `kubectl logs
-//! --previous`) and older attempts are deleted.
+//! --previous`) and older attempts are deleted. A container's first attempt makes its
+//! directory and file at its first output instead (a node starting thousands of quiet
+//! servers then makes no log inodes for them); readers take the attempt number from the
+//! runtime, so an attempt without a file has an empty log.
 //!
 //! **Capture path.** Guests write through a [`LogSink`]: its wasi `OutputStream` never blocks
 //! the guest, it hands the bytes to the container's writer task through a channel. The writer
@@ -184,6 +187,9 @@ pub(crate) struct LogProgress {
     pub(crate) rotations: u64,
     pub(crate) bytes: u64,
 }
+
+/// A container's latest attempt and, while it runs, its log writer's progress.
+pub(crate) type LatestAttempt = (u32, Option<watch::Receiver<LogProgress>>);
 
 fn attempt_path(dir: &Path, attempt: u32) -> PathBuf {
     dir.join(format!("{attempt}.log"))
@@ -378,7 +384,12 @@ impl tokio::io::AsyncWrite for LogAsyncWrite {
 // The writer: line framing, CRI formatting, rotation. All of it runs in spawn_blocking.
 
 struct LogFile {
+    dir: PathBuf,
+    attempt: u32,
     path: PathBuf,
+    /// Whether [`LogFile::prepare`] ran: at start for a restart, at the first output for a
+    /// container's first attempt (see `open`).
+    prepared: bool,
     /// Open while output is flowing: the writer closes it whenever it has nothing queued
     /// ([`LogFile::close`]) and the next write opens it again for appending. An idle pod
     /// then holds no descriptor for its log, which is what lets one node hold 10 000 pods
@@ -391,9 +402,25 @@ struct LogFile {
 }
 
 impl LogFile {
-    /// Prepares the directory for `attempt` (keeping only the previous attempt's files) and
-    /// creates its log file, empty.
-    fn create(dir: &Path, attempt: u32, config: LogConfig) -> Result<Self, LogError> {
+    /// The log of `attempt` in `dir`; nothing is made on disk until [`LogFile::prepare`].
+    fn new(dir: &Path, attempt: u32, config: LogConfig) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            attempt,
+            path: attempt_path(dir, attempt),
+            prepared: false,
+            file: None,
+            size: 0,
+            config,
+            pending: [Vec::new(), Vec::new()],
+            progress: LogProgress::default(),
+        }
+    }
+
+    /// Makes the directory (keeping only the previous attempt's files) and creates this
+    /// attempt's file, empty.
+    fn prepare(&mut self) -> Result<(), LogError> {
+        let dir = &self.dir;
         // A directory made just now holds no older attempts to list.
         let fresh = crate::private::create_private_dir_fresh(dir).map_err(io_err(dir))?;
         let older = if fresh {
@@ -402,26 +429,19 @@ impl LogFile {
             attempts_in(dir).map_err(io_err(dir))?
         };
         for old in older {
-            if old + 1 == attempt {
+            if old + 1 == self.attempt {
                 continue;
             }
-            remove_attempt(dir, old, config.max_files)?;
+            remove_attempt(dir, old, self.config.max_files)?;
         }
-        let path = attempt_path(dir, attempt);
         crate::private::private_file_options()
             .create(true)
             .write(true)
             .truncate(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        Ok(Self {
-            path,
-            file: None,
-            size: 0,
-            config,
-            pending: [Vec::new(), Vec::new()],
-            progress: LogProgress::default(),
-        })
+            .open(&self.path)
+            .map_err(io_err(&self.path))?;
+        self.prepared = true;
+        Ok(())
     }
 
     fn write_chunks(&mut self, chunks: &[(LogStream, Bytes)]) -> io::Result<()> {
@@ -480,6 +500,9 @@ impl LogFile {
     fn write_out(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         if out.is_empty() {
             return Ok(());
+        }
+        if !self.prepared {
+            self.prepare().map_err(io::Error::other)?;
         }
         let file = match &mut self.file {
             Some(file) => file,
@@ -569,16 +592,25 @@ pub(crate) struct LogWriter {
     pub(crate) progress: watch::Receiver<LogProgress>,
 }
 
-/// Creates the log file for `attempt` of the container whose log dir is `dir` and starts
-/// its writer task.
+/// Starts the log writer for `attempt` of the container whose log dir is `dir`.
+///
+/// A restart (`attempt > 0`) makes its file now, so that `--previous` and the current log
+/// both have a file, and older attempts are removed when the new one starts. A container's
+/// first attempt touches the disk only when it writes its first byte: most pods (a server
+/// that logs nothing until asked) then cost no directory and no file at start, which on a
+/// node starting thousands of pods at once is a large share of the start's work. Readers
+/// know the attempt from the runtime, so a missing file reads as an empty log.
 pub(crate) async fn open(
     dir: PathBuf,
     attempt: u32,
     config: LogConfig,
 ) -> Result<(LogSink, LogWriter), LogError> {
-    let file = tokio::task::spawn_blocking(move || LogFile::create(&dir, attempt, config))
-        .await
-        .map_err(|e| LogError::Task(e.to_string()))??;
+    let mut file = LogFile::new(&dir, attempt, config);
+    if attempt > 0 {
+        file = tokio::task::spawn_blocking(move || file.prepare().map(|()| file))
+            .await
+            .map_err(|e| LogError::Task(e.to_string()))??;
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let acct = Arc::new(Accounting {
         in_flight: AtomicUsize::new(0),
@@ -720,33 +752,48 @@ pub(crate) fn rfc3339_nanos(t: SystemTime) -> String {
 pub struct ContainerLogs {
     id: String,
     dir: PathBuf,
-    /// The live writer's attempt and progress, when the container is running.
-    live: Option<(u32, watch::Receiver<LogProgress>)>,
+    /// The latest attempt this runtime started, running or ended; `None` for a container
+    /// it has not started (its logs are then found by listing the directory).
+    attempt: Option<u32>,
+    /// The live writer's progress, when that attempt is running.
+    live: Option<watch::Receiver<LogProgress>>,
 }
 
 impl ContainerLogs {
     pub(crate) fn new(
         id: String,
         dir: PathBuf,
-        live: Option<(u32, watch::Receiver<LogProgress>)>,
+        attempt: Option<u32>,
+        live: Option<watch::Receiver<LogProgress>>,
     ) -> Self {
-        Self { id, dir, live }
+        Self {
+            id,
+            dir,
+            attempt,
+            live,
+        }
     }
 
     /// The attempt being written now, when the container is running.
     pub fn live_attempt(&self) -> Option<u32> {
-        self.live.as_ref().map(|(attempt, _)| *attempt)
+        self.attempt.filter(|_| self.live.is_some())
     }
 
     /// Reads the current (or previous) attempt's log, or its last `tail` lines, including
-    /// rotated files as needed.
+    /// rotated files as needed. An attempt that has written nothing has an empty log.
     pub async fn read(&self, options: LogOptions) -> Result<Vec<LogLine>, LogError> {
         let dir = self.dir.clone();
         let id = self.id.clone();
+        let known = self.attempt;
         tokio::task::spawn_blocking(move || {
-            let attempt = pick_attempt(&dir, &id, options.previous)?;
-            let (lines, _) = read_tail(&attempt_path(&dir, attempt), options.tail, None)?;
-            Ok(lines)
+            let attempt = pick_attempt(&dir, &id, known, options.previous)?;
+            match read_tail(&attempt_path(&dir, attempt), options.tail, None) {
+                Ok((lines, _)) => Ok(lines),
+                Err(LogError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    Ok(Vec::new())
+                }
+                Err(e) => Err(e),
+            }
         })
         .await
         .map_err(|e| LogError::Task(e.to_string()))?
@@ -762,6 +809,7 @@ impl ContainerLogs {
         let state = Follow {
             id: self.id.clone(),
             dir: self.dir.clone(),
+            attempt: self.attempt,
             live: self.live.clone(),
             tail,
             phase: Phase::Start,
@@ -786,13 +834,20 @@ impl ContainerLogs {
     }
 }
 
-/// The attempt to read: the latest, or the one before it.
-fn pick_attempt(dir: &Path, id: &str, previous: bool) -> Result<u32, LogError> {
-    let attempts = attempts_in(dir).map_err(io_err(dir))?;
+/// The attempt to read: the latest (`known`, else the newest on disk), or the one before it.
+fn pick_attempt(dir: &Path, id: &str, known: Option<u32>, previous: bool) -> Result<u32, LogError> {
     let not_found = || LogError::NotFound {
         id: id.to_string(),
         previous,
     };
+    if let Some(latest) = known {
+        return if previous {
+            latest.checked_sub(1).ok_or_else(not_found)
+        } else {
+            Ok(latest)
+        };
+    }
+    let attempts = attempts_in(dir).map_err(io_err(dir))?;
     let latest = *attempts.last().ok_or_else(not_found)?;
     if !previous {
         return Ok(latest);
@@ -873,7 +928,8 @@ enum Phase {
 struct Follow {
     id: String,
     dir: PathBuf,
-    live: Option<(u32, watch::Receiver<LogProgress>)>,
+    attempt: Option<u32>,
+    live: Option<watch::Receiver<LogProgress>>,
     tail: Option<usize>,
     phase: Phase,
     queue: VecDeque<LogLine>,
@@ -887,22 +943,42 @@ impl Follow {
             Phase::Start => {
                 // Snapshot the rotation count before opening: a rotation in between makes us
                 // re-read the new file from its start (possible duplicates, never a gap).
-                if let Some((_, rx)) = &mut self.live {
+                if let Some(rx) = &mut self.live {
                     self.seen_rotations = rx.borrow_and_update().rotations;
                 }
-                let (dir, id, tail) = (self.dir.clone(), self.id.clone(), self.tail);
-                let live_attempt = self.live.as_ref().map(|(a, _)| *a);
-                let (file, lines, partial) = blocking(move || {
-                    let attempt = match live_attempt {
-                        Some(a) => a,
-                        None => pick_attempt(&dir, &id, false)?,
-                    };
+                let (dir, id, tail, known) =
+                    (self.dir.clone(), self.id.clone(), self.tail, self.attempt);
+                let opened = blocking(move || {
+                    let attempt = pick_attempt(&dir, &id, known, false)?;
                     let path = attempt_path(&dir, attempt);
-                    let mut file = File::open(&path).map_err(io_err(&path))?;
+                    let mut file = match File::open(&path) {
+                        Ok(file) => file,
+                        // The attempt has written nothing yet (or, ended, nothing at all).
+                        Err(e) if e.kind() == io::ErrorKind::NotFound && known.is_some() => {
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(LogError::Io { path, source: e }),
+                    };
                     let (lines, partial) = read_tail(&path, tail, Some(&mut file))?;
-                    Ok((file, lines, partial))
+                    Ok(Some((file, lines, partial)))
                 })
                 .await?;
+                let Some((file, lines, partial)) = opened else {
+                    // Wait for the first output: every line from then on is new.
+                    self.tail = None;
+                    let changed = match &mut self.live {
+                        Some(rx) => rx.changed().await.is_ok(),
+                        None => false,
+                    };
+                    // Ended without a file: one more look (the last write may have made
+                    // it), then done.
+                    self.phase = if changed || self.live.take().is_some() {
+                        Phase::Start
+                    } else {
+                        Phase::Done
+                    };
+                    return Ok(());
+                };
                 self.queue.extend(lines);
                 self.partial = partial;
                 self.phase = if self.live.is_some() {
@@ -914,7 +990,7 @@ impl Follow {
             }
             Phase::Reading { file } => {
                 let rotations = match &mut self.live {
-                    Some((_, rx)) => rx.borrow_and_update().rotations,
+                    Some(rx) => rx.borrow_and_update().rotations,
                     None => self.seen_rotations,
                 };
                 let file = self.read_more(file).await?;
@@ -931,7 +1007,7 @@ impl Follow {
                     return Ok(());
                 }
                 let changed = match &mut self.live {
-                    Some((_, rx)) => rx.changed().await.is_ok(),
+                    Some(rx) => rx.changed().await.is_ok(),
                     None => false,
                 };
                 self.phase = if changed {
@@ -943,7 +1019,7 @@ impl Follow {
             }
             Phase::Draining { file } => {
                 let rotations = match &mut self.live {
-                    Some((_, rx)) => rx.borrow_and_update().rotations,
+                    Some(rx) => rx.borrow_and_update().rotations,
                     None => self.seen_rotations,
                 };
                 let file = self.read_more(file).await?;
@@ -993,13 +1069,8 @@ impl Follow {
     }
 
     fn current_path(&self) -> PathBuf {
-        let attempt = self.live.as_ref().map_or(0, |(a, _)| *a);
-        match &self.live {
-            Some(_) => attempt_path(&self.dir, attempt),
-            None => pick_attempt(&self.dir, &self.id, false)
-                .map(|a| attempt_path(&self.dir, a))
-                .unwrap_or_else(|_| attempt_path(&self.dir, 0)),
-        }
+        let attempt = pick_attempt(&self.dir, &self.id, self.attempt, false).unwrap_or(0);
+        attempt_path(&self.dir, attempt)
     }
 }
 
@@ -1059,10 +1130,16 @@ mod tests {
         }
     }
 
+    fn prepared(dir: &Path, attempt: u32, config: LogConfig) -> LogFile {
+        let mut file = LogFile::new(dir, attempt, config);
+        file.prepare().unwrap();
+        file
+    }
+
     #[test]
     fn framing_partial_long_lines_and_finish() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = LogFile::create(dir.path(), 0, config(1 << 30)).unwrap();
+        let mut f = prepared(dir.path(), 0, config(1 << 30));
         f.write_chunks(&[
             (LogStream::Stdout, Bytes::from_static(b"one\ntw")),
             (LogStream::Stderr, Bytes::from_static(b"err\n")),
@@ -1102,7 +1179,7 @@ mod tests {
     #[test]
     fn the_file_is_open_only_while_written_and_appends_after_a_close() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = LogFile::create(dir.path(), 0, config(1 << 30)).unwrap();
+        let mut f = prepared(dir.path(), 0, config(1 << 30));
         let path = attempt_path(dir.path(), 0);
         assert!(!held_open(&path), "created, not yet written");
         f.write_chunks(&[(LogStream::Stdout, Bytes::from_static(b"one\n"))])
@@ -1124,7 +1201,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = attempt_path(dir.path(), 0);
         let start = |linger| {
-            let file = LogFile::create(dir.path(), 0, config(1 << 30)).unwrap();
+            let file = prepared(dir.path(), 0, config(1 << 30));
             let (tx, rx) = mpsc::unbounded_channel();
             let acct = Arc::new(Accounting {
                 in_flight: AtomicUsize::new(0),
@@ -1187,7 +1264,7 @@ mod tests {
     #[test]
     fn rotation_keeps_max_files_and_tail_spans_them() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = LogFile::create(dir.path(), 3, config(200)).unwrap();
+        let mut f = prepared(dir.path(), 3, config(200));
         for i in 0..40 {
             f.write_chunks(&[(LogStream::Stdout, Bytes::from(format!("line {i}\n")))])
                 .unwrap();
@@ -1212,7 +1289,7 @@ mod tests {
     fn new_attempt_keeps_only_the_previous_one() {
         let dir = tempfile::tempdir().unwrap();
         for attempt in 0..3 {
-            let mut f = LogFile::create(dir.path(), attempt, config(1 << 20)).unwrap();
+            let mut f = prepared(dir.path(), attempt, config(1 << 20));
             f.write_chunks(&[(
                 LogStream::Stdout,
                 Bytes::from(format!("attempt {attempt}\n")),
@@ -1221,8 +1298,96 @@ mod tests {
             f.finish().unwrap();
         }
         assert_eq!(attempts_in(dir.path()).unwrap(), vec![1, 2]);
-        assert_eq!(pick_attempt(dir.path(), "c", true).unwrap(), 1);
-        assert_eq!(pick_attempt(dir.path(), "c", false).unwrap(), 2);
+        assert_eq!(pick_attempt(dir.path(), "c", None, true).unwrap(), 1);
+        assert_eq!(pick_attempt(dir.path(), "c", None, false).unwrap(), 2);
+        // An attempt the runtime knows is read whether or not it has a file.
+        assert_eq!(pick_attempt(dir.path(), "c", Some(4), false).unwrap(), 4);
+        assert_eq!(pick_attempt(dir.path(), "c", Some(4), true).unwrap(), 3);
+        assert!(matches!(
+            pick_attempt(dir.path(), "c", Some(0), true),
+            Err(LogError::NotFound { previous: true, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_first_attempt_makes_its_log_at_its_first_output() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("c");
+        let (sink, writer) = open(dir.clone(), 0, config(1 << 20)).await.unwrap();
+        assert!(!dir.exists(), "nothing on disk before the first output");
+        let logs = ContainerLogs::new(
+            "c".into(),
+            dir.clone(),
+            Some(0),
+            Some(writer.progress.clone()),
+        );
+        let read = logs.read(LogOptions::default()).await.unwrap();
+        assert!(
+            read.is_empty(),
+            "an attempt without output has an empty log"
+        );
+        // A follower started before the first line waits for it.
+        let mut stream = Box::pin(logs.follow(Some(1)));
+        let waiting = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(waiting.is_err(), "no line yet: {waiting:?}");
+        for i in 0..3 {
+            sink.write_line(LogStream::Stdout, &format!("line {i}"));
+        }
+        for i in 0..3 {
+            assert_eq!(next(&mut stream).await, format!("line {i}"));
+        }
+        drop(sink);
+        tokio::time::timeout(Duration::from_secs(5), writer.task)
+            .await
+            .unwrap()
+            .unwrap();
+        let rest = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        assert!(rest.unwrap().is_none(), "the stream ends with the writer");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(attempt_path(&dir, 0))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "the log is private: {mode:o}");
+
+        // A first attempt of a container that left files behind (an earlier run of the
+        // node) removes them at its first output; an ended attempt without output reads
+        // as empty, and following it ends at once.
+        let (sink, writer) = open(dir.clone(), 0, config(1 << 20)).await.unwrap();
+        drop(sink);
+        tokio::time::timeout(Duration::from_secs(5), writer.task)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut old = prepared(&dir, 5, config(1 << 20));
+        old.write_chunks(&[(LogStream::Stdout, Bytes::from_static(b"old\n"))])
+            .unwrap();
+        old.finish().unwrap();
+        let ended = ContainerLogs::new("c".into(), root.path().join("d"), Some(0), None);
+        assert!(ended.read(LogOptions::default()).await.unwrap().is_empty());
+        let lines: Vec<_> = tokio::time::timeout(
+            Duration::from_secs(5),
+            Box::pin(ended.follow(None)).collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+        assert!(lines.is_empty(), "{lines:?}");
+        let (sink, writer) = open(dir.clone(), 0, config(1 << 20)).await.unwrap();
+        assert_eq!(
+            attempts_in(&dir).unwrap(),
+            vec![5],
+            "untouched until output"
+        );
+        sink.write_line(LogStream::Stdout, "new");
+        drop(sink);
+        tokio::time::timeout(Duration::from_secs(5), writer.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(attempts_in(&dir).unwrap(), vec![0]);
+        let (lines, _) = read_tail(&attempt_path(&dir, 0), None, None).unwrap();
+        let texts: Vec<_> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["new"]);
     }
 
     async fn next<S: Stream<Item = Result<LogLine, LogError>> + Unpin>(stream: &mut S) -> String {
@@ -1249,7 +1414,8 @@ mod tests {
         let logs = ContainerLogs::new(
             "c".into(),
             dir.path().to_path_buf(),
-            Some((0, writer.progress.clone())),
+            Some(0),
+            Some(writer.progress.clone()),
         );
         let mut stream = Box::pin(logs.follow(Some(10)));
         assert_eq!(next(&mut stream).await, "before");

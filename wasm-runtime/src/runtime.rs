@@ -35,7 +35,7 @@ use crate::image::{
     WorkloadKind, fetch_http, http_client, parse_reference, read_local, stamp_local,
 };
 use crate::limits::{CpuThrottle, MemoryBudget};
-use crate::logs::{self, ContainerLogs, LogConfig, LogError, LogProgress, LogSink};
+use crate::logs::{self, ContainerLogs, LogConfig, LogError, LogSink};
 use crate::registry::{
     Endpoint, KeyedLocks, RegistryClients, RegistryCredential, RegistryError, RegistryRef, Step,
     next_step, wasm_from_tar,
@@ -246,8 +246,11 @@ struct Inner {
     running: Mutex<HashMap<String, (Arc<ContainerShared>, std::time::SystemTime)>>,
     /// The standard input of running commands started with `stdin: true`, by id.
     stdins: Mutex<HashMap<String, crate::stdin::Stdin>>,
-    /// Log progress of running containers, by id, for followers.
-    live_logs: Mutex<HashMap<String, (u32, watch::Receiver<LogProgress>)>>,
+    /// The latest attempt of every container started here, by id, with its log writer's
+    /// progress while it runs (for followers). Readers need the attempt: a container's
+    /// first attempt makes its log file only when it writes (see `logs::open`). Removed
+    /// with the container's logs.
+    log_attempts: Mutex<HashMap<String, logs::LatestAttempt>>,
     counters: Counters,
     /// Parent of every container's kill token.
     root: CancellationToken,
@@ -344,7 +347,7 @@ impl Runtime {
                 pulls: tokio::sync::RwLock::new(()),
                 sweep_pending: std::sync::atomic::AtomicBool::new(false),
                 stdins: Mutex::new(HashMap::new()),
-                live_logs: Mutex::new(HashMap::new()),
+                log_attempts: Mutex::new(HashMap::new()),
                 running: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
                 root: CancellationToken::new(),
@@ -1138,7 +1141,7 @@ impl Runtime {
                     });
                 }
             };
-        lock(&inner.live_logs).insert(id.clone(), (attempt, writer.progress.clone()));
+        lock(&inner.log_attempts).insert(id.clone(), (attempt, Some(writer.progress.clone())));
         match &stdin {
             Some(stdin) => lock(&inner.stdins).insert(id.clone(), stdin.clone()),
             None => lock(&inner.stdins).remove(&id),
@@ -1156,11 +1159,10 @@ impl Runtime {
                 Ok(Err(e)) => tracing::error!(container = %supervisor_id, "log writer failed: {e}"),
                 Err(_) => tracing::error!(container = %supervisor_id, "log writer did not finish in {LOG_FLUSH:?}"),
             }
+            if let Some((a, live)) = lock(&supervisor_inner.log_attempts).get_mut(&supervisor_id)
+                && *a == attempt
             {
-                let mut live = lock(&supervisor_inner.live_logs);
-                if live.get(&supervisor_id).is_some_and(|(a, _)| *a == attempt) {
-                    live.remove(&supervisor_id);
-                }
+                *live = None;
             }
             if let Some(stdin) = &stdin {
                 let mut stdins = lock(&supervisor_inner.stdins);
@@ -1196,10 +1198,14 @@ impl Runtime {
         if !valid_id(id) {
             return Err(LogError::InvalidId(id.to_string()));
         }
-        let live = lock(&self.inner.live_logs).get(id).cloned();
+        let (attempt, live) = lock(&self.inner.log_attempts)
+            .get(id)
+            .cloned()
+            .map_or((None, None), |(attempt, live)| (Some(attempt), live));
         Ok(ContainerLogs::new(
             id.to_string(),
             self.inner.logs_dir.join(id),
+            attempt,
             live,
         ))
     }
@@ -1215,6 +1221,7 @@ impl Runtime {
         if !valid_id(id) {
             return Err(LogError::InvalidId(id.to_string()));
         }
+        lock(&self.inner.log_attempts).remove(id);
         logs::remove_all(self.inner.logs_dir.join(id)).await
     }
 
