@@ -24,6 +24,10 @@ use wharf_control::ControlConfig;
 use wharf_node::NodeConfig;
 use wharf_runtime::RuntimeConfig;
 
+/// The allocator of the `wharf` binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 use wharf::cli::{self, Cli};
 
+/// The allocator wharf runs with: glibc's malloc spent a quarter of a ten-thousand-pod
+/// start in its own bookkeeping (BENCHMARKS.md, "mimalloc").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -36,6 +36,10 @@ use wharf_control::store::EtcdConfig;
 use wharf_control::store::local_etcd::LocalEtcd;
 use wharf_control::{ControlConfig, StoreBackend, start};
 
+/// The allocator of the `wharf` binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type BoxError = Box<dyn Error + Send + Sync>;
 
 const CREATORS: usize = 64;

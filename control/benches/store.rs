@@ -13,6 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wharf_control::store::{FjallStore, Store, StoreConfig};
 
+/// The allocator of the `wharf` binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TASKS: usize = 64;
 
 /// A pod about the size the API server stores (~1 KiB of JSON).
